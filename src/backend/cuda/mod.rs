@@ -1,0 +1,1 @@
+//! CUDA backend: device discovery and embedded kernels.

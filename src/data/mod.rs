@@ -1,0 +1,1 @@
+//! Corpus readers, byte datasets, batching and held-out splits.

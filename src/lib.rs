@@ -1,0 +1,12 @@
+//! terse: train and serve language models over neurally compressed text.
+//!
+//! The crate is laid out as `DESIGN.md` describes: `model` holds configurations and the parameter
+//! arena, `backend` the compute (a CPU reference and, where a GPU is present, CUDA), `data` the
+//! corpus readers and batching, `train` the optimiser, loop and checkpoints, `eval` the scoring.
+
+pub mod backend;
+pub mod data;
+pub mod eval;
+pub mod model;
+pub mod rng;
+pub mod train;

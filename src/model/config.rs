@@ -1,0 +1,115 @@
+//! Transformer shapes. Presets follow the paper's Table 4 (non-embedding parameter counts).
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// Shape and numeric constants of a decoder-only transformer: pre-norm RMSNorm, rotary positions,
+/// ReLU MLP, no biases, untied input and output embeddings, head dimension 64.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Preset name this configuration came from (informative only).
+    pub preset: String,
+    pub vocab: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub d_ff: usize,
+    pub rope_theta: f32,
+    pub norm_eps: f32,
+    /// Weight of the z-loss term `z_loss * logsumexp(logits)^2` added to cross-entropy.
+    pub z_loss: f32,
+}
+
+/// (name, d_model, n_layers, n_heads, d_ff, default vocab)
+pub const PRESETS: [(&str, usize, usize, usize, usize, usize); 5] = [
+    ("tiny", 128, 2, 2, 512, 256),
+    ("m1-3m", 256, 3, 4, 1024, 256),
+    ("m2-25m", 512, 6, 8, 2048, 65536),
+    ("m2-113m", 768, 12, 12, 3072, 65536),
+    ("m2-403m", 1024, 24, 16, 4096, 65536),
+];
+
+impl ModelConfig {
+    /// A named preset with the given vocabulary (256 for bytes and 8-bit tokens, 65536 for 16-bit
+    /// tokens); `None` keeps the preset's default. Unknown names are an error listing the choices.
+    pub fn preset(name: &str, vocab: Option<usize>) -> Result<Self> {
+        let Some(&(_, d, l, h, ff, v)) = PRESETS.iter().find(|p| p.0 == name) else {
+            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+            bail!("unknown preset '{name}' (choose one of: {})", names.join(", "));
+        };
+        let cfg = ModelConfig {
+            preset: name.to_string(),
+            vocab: vocab.unwrap_or(v),
+            d_model: d,
+            n_layers: l,
+            n_heads: h,
+            d_ff: ff,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            z_loss: 1e-4,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Refuses shapes the kernels do not support.
+    pub fn validate(&self) -> Result<()> {
+        if self.vocab == 0 || self.vocab > 65536 {
+            bail!("vocab {} out of range 1..=65536", self.vocab);
+        }
+        if self.n_heads == 0 || self.d_model != self.n_heads * 64 {
+            bail!(
+                "d_model {} must equal n_heads {} x head dim 64",
+                self.d_model,
+                self.n_heads
+            );
+        }
+        if self.n_layers == 0 || self.d_ff == 0 {
+            bail!("n_layers and d_ff must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+
+    /// Parameters outside the embedding and unembedding tables (the paper's model-size measure).
+    pub fn non_embedding_params(&self) -> usize {
+        let d = self.d_model;
+        self.n_layers * (4 * d * d + 2 * d * self.d_ff + 2 * d) + d
+    }
+
+    pub fn total_params(&self) -> usize {
+        self.non_embedding_params() + 2 * self.vocab * self.d_model
+    }
+
+    /// Training FLOPs per token: 6 x (all matmul params) plus attention's 6 x 2 x L x T x d
+    /// (score and value products, forward and backward), as llm.c and PaLM count them.
+    pub fn train_flops_per_token(&self, seq: usize) -> f64 {
+        let matmul_params = self.n_layers * (4 * self.d_model * self.d_model + 2 * self.d_model * self.d_ff)
+            + self.vocab * self.d_model;
+        6.0 * matmul_params as f64 + 6.0 * (self.n_layers * seq * self.d_model) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_match_paper_sizes() {
+        // Paper Table 4: non-embedding parameters 3M, 25M, 113M, 403M.
+        let m = |n| ModelConfig::preset(n, None).unwrap().non_embedding_params() as f64 / 1e6;
+        assert!((m("m1-3m") - 3.1).abs() < 0.2, "{}", m("m1-3m"));
+        assert!((m("m2-25m") - 25.2).abs() < 0.5, "{}", m("m2-25m"));
+        assert!((m("m2-113m") - 113.3).abs() < 1.0, "{}", m("m2-113m"));
+        assert!((m("m2-403m") - 403.0).abs() < 2.0, "{}", m("m2-403m"));
+    }
+
+    #[test]
+    fn unknown_preset_lists_choices() {
+        let e = ModelConfig::preset("huge", None).unwrap_err().to_string();
+        assert!(e.contains("unknown preset 'huge'") && e.contains("m1-3m"), "{e}");
+    }
+}

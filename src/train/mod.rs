@@ -1,0 +1,3 @@
+//! Training: optimiser, schedules, loop and checkpoints.
+
+pub mod checkpoint;
