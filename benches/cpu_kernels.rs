@@ -1,1 +1,59 @@
-fn main(){}
+//! Criterion benches of the CPU backend's heaviest ops at the shapes of `tiny` and `m1-3m`
+//! training: the linear layer (forward and backward) and causal attention (forward and backward).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use terse::backend::cpu::attention::{attention_backward, attention_forward, AttnShape};
+use terse::backend::cpu::matmul::{matmul_backward, matmul_forward};
+use terse::rng::Rng;
+
+fn rand(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.normal() as f32).collect()
+}
+
+fn matmul(c: &mut Criterion) {
+    let mut g = c.benchmark_group("matmul");
+    g.sample_size(10);
+    // (rows = batch*seq, in, out): m1-3m's qkv and MLP projections at 16 x 256 tokens.
+    for &(n, di, dout) in &[(4096, 256, 768), (4096, 256, 1024), (4096, 1024, 256)] {
+        let (x, w, dy) = (rand(n * di, 1), rand(dout * di, 2), rand(n * dout, 3));
+        let flops = 2 * n * di * dout;
+        g.throughput(Throughput::Elements(flops as u64));
+        let id = format!("{n}x{di}x{dout}");
+        let mut y = vec![0.0; n * dout];
+        g.bench_function(BenchmarkId::new("forward", &id), |b| b.iter(|| matmul_forward(&mut y, &x, &w, n, di, dout)));
+        let (mut dx, mut dw) = (vec![0.0; n * di], vec![0.0; dout * di]);
+        g.throughput(Throughput::Elements(2 * flops as u64));
+        g.bench_function(BenchmarkId::new("backward", &id), |b| {
+            b.iter(|| matmul_backward(&mut dx, &mut dw, &dy, &x, &w, n, di, dout, false))
+        });
+    }
+    g.finish();
+}
+
+fn attention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attention");
+    g.sample_size(10);
+    for &(batch, seq, heads) in &[(16, 256, 4), (4, 1024, 4)] {
+        let s = AttnShape { batch, seq, heads };
+        let d = heads * 64;
+        let n = batch * seq;
+        let qkv = rand(n * 3 * d, 4);
+        let (mut out, mut lse) = (vec![0.0; n * d], vec![0.0; batch * heads * seq]);
+        // Causal: about seq/2 keys per query, 2 x 64 multiply-adds each for scores and values.
+        let flops = (batch * heads * seq * (seq + 1) / 2 * 64 * 4) as u64;
+        let id = format!("b{batch}_t{seq}_h{heads}");
+        g.throughput(Throughput::Elements(flops));
+        g.bench_function(BenchmarkId::new("forward", &id), |b| b.iter(|| attention_forward(&mut out, &mut lse, &qkv, s)));
+        let dy = rand(n * d, 5);
+        let mut dqkv = vec![0.0; n * 3 * d];
+        g.throughput(Throughput::Elements(2 * flops));
+        g.bench_function(BenchmarkId::new("backward", &id), |b| {
+            b.iter(|| attention_backward(&mut dqkv, &dy, &out, &lse, &qkv, s))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, matmul, attention);
+criterion_main!(benches);

@@ -1,1 +1,405 @@
-fn main(){}
+//! The `terse` command line: parse, call the library, print.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Instant;
+use terse::backend::{self, create_backend, Device, OptimConfig};
+use terse::data::{baselines, heldout_windows, open_stream, read_heldout};
+use terse::eval::score_windows;
+use terse::train::{checkpoint::load_model, train, RunStart, ScheduleKind, TrainOptions, TrainSummary};
+
+/// The bundled sample corpus (six public-domain books; see data/README.md).
+const SAMPLE: &[u8] = include_bytes!("../data/sample-books.txt");
+
+#[derive(Parser)]
+#[command(name = "terse", version, about = "Train and serve language models over neurally compressed text")]
+struct Cli {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a byte-level model (M1) on a corpus, or resume a run.
+    Train(TrainArgs),
+    /// Bits per byte of a checkpoint on a corpus file.
+    Eval(EvalArgs),
+    /// Version, built-in backends, embedded kernels and GPUs found.
+    Info {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train a small M1 on the bundled sample and compare it with gzip -9 and xz -9.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Model preset: tiny, m1-3m, m2-25m, m2-113m, m2-403m.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Corpus: .txt or .jsonl (C4 layout), optionally .gz or .zst.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Total optimiser steps (the schedule's length). On --resume, may extend the run.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Sequences per step [default: 16].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Bytes per sequence [default: 256].
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Peak learning rate [default: 1e-3].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Linear warmup steps [default: min(100, steps/10)].
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// Decay after warmup [default: cosine].
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
+    /// Final learning rate as a fraction of the peak [default: 0.1].
+    #[arg(long)]
+    min_lr_frac: Option<f32>,
+    /// AdamW decoupled weight decay on matrices [default: 0.1].
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Global gradient-norm clip, 0 to disable [default: 1.0].
+    #[arg(long)]
+    clip: Option<f32>,
+    /// Bytes at the head of the corpus held out for evaluation [default: 262144].
+    #[arg(long)]
+    heldout_bytes: Option<u64>,
+    /// Held-out evaluation every N steps [default: 100].
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Held-out windows per evaluation, 0 for all [default: 64].
+    #[arg(long)]
+    eval_windows: Option<usize>,
+    /// Checkpoint every N steps (always at the end) [default: 500].
+    #[arg(long)]
+    ckpt_every: Option<u64>,
+    /// Seed for initialisation and data order [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output directory: checkpoint files and metrics.jsonl [default: runs/<preset>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint directory, exactly.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Stop this invocation after step N (saving a checkpoint); the schedule is unchanged.
+    #[arg(long)]
+    stop_after: Option<u64>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    /// Print the final summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Checkpoint directory (or its model.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Corpus file to score (its whole byte stream, documents joined by a blank line).
+    #[arg(long)]
+    data: PathBuf,
+    /// Bytes of context per window.
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Score only the first N bytes.
+    #[arg(long)]
+    max_bytes: Option<u64>,
+    /// Also compute gzip -9, xz -9 and zstd -19 on the same bytes.
+    #[arg(long)]
+    baselines: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Seconds of training (the schedule is fitted to it).
+    #[arg(long, default_value_t = 240.0)]
+    seconds: f64,
+    /// Corpus to use instead of the bundled sample.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    /// Last line of output is one JSON object with the results.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            eprintln!("error: --threads {n}: {e}");
+            std::process::exit(2);
+        }
+    }
+    let result = match cli.cmd {
+        Cmd::Train(a) => cmd_train(a),
+        Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Info { json } => cmd_info(json),
+        Cmd::Demo(a) => cmd_demo(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let progress = !a.quiet;
+    let summary = if let Some(dir) = &a.resume {
+        let fixed = [
+            ("--preset", a.preset.is_some()),
+            ("--data", a.data.is_some()),
+            ("--batch", a.batch.is_some()),
+            ("--seq", a.seq.is_some()),
+            ("--lr", a.lr.is_some()),
+            ("--warmup", a.warmup.is_some()),
+            ("--schedule", a.schedule.is_some()),
+            ("--min-lr-frac", a.min_lr_frac.is_some()),
+            ("--weight-decay", a.weight_decay.is_some()),
+            ("--clip", a.clip.is_some()),
+            ("--heldout-bytes", a.heldout_bytes.is_some()),
+            ("--eval-every", a.eval_every.is_some()),
+            ("--eval-windows", a.eval_windows.is_some()),
+            ("--ckpt-every", a.ckpt_every.is_some()),
+            ("--seed", a.seed.is_some()),
+        ];
+        if let Some((flag, _)) = fixed.iter().find(|f| f.1) {
+            bail!("{flag} cannot be changed on --resume: the run's settings come from the checkpoint (only --steps, --stop-after, --out and --device may be given)");
+        }
+        let out = a.out.clone().unwrap_or_else(|| dir.clone());
+        train(RunStart::Resume { dir, steps: a.steps }, a.stop_after, &out, a.device, progress)?
+    } else {
+        let Some(data) = a.data.clone() else { bail!("--data is required (a corpus file), or --resume a checkpoint") };
+        let preset = a.preset.clone().unwrap_or_else(|| "m1-3m".into());
+        let steps = a.steps.unwrap_or(1000);
+        let mut o = default_options(data, preset.clone(), steps);
+        o.batch = a.batch.unwrap_or(o.batch);
+        o.seq = a.seq.unwrap_or(o.seq);
+        o.lr = a.lr.unwrap_or(o.lr);
+        o.warmup = a.warmup.unwrap_or(o.warmup);
+        o.schedule = a.schedule.unwrap_or(o.schedule);
+        o.min_lr_frac = a.min_lr_frac.unwrap_or(o.min_lr_frac);
+        o.optim.weight_decay = a.weight_decay.unwrap_or(o.optim.weight_decay);
+        o.optim.clip = a.clip.unwrap_or(o.optim.clip);
+        o.heldout_bytes = a.heldout_bytes.unwrap_or(o.heldout_bytes);
+        o.eval_every = a.eval_every.unwrap_or(o.eval_every);
+        o.eval_windows = a.eval_windows.unwrap_or(o.eval_windows);
+        o.ckpt_every = a.ckpt_every.unwrap_or(o.ckpt_every);
+        o.seed = a.seed.unwrap_or(o.seed);
+        let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&preset));
+        train(RunStart::Fresh(&o), a.stop_after, &out, a.device, progress)?
+    };
+    print_summary(&summary, a.json)
+}
+
+/// The defaults of `terse train`; the CLI overrides field by field.
+fn default_options(data: PathBuf, preset: String, steps: u64) -> TrainOptions {
+    TrainOptions {
+        preset,
+        data,
+        steps,
+        batch: 16,
+        seq: 256,
+        lr: 1e-3,
+        warmup: (steps / 10).clamp(1, 100),
+        schedule: ScheduleKind::Cosine,
+        min_lr_frac: 0.1,
+        optim: OptimConfig::default(),
+        heldout_bytes: 262_144,
+        eval_every: 100,
+        eval_windows: 64,
+        ckpt_every: 500,
+        seed: 0,
+        time_budget_s: None,
+    }
+}
+
+fn print_summary(s: &TrainSummary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(s)?);
+    } else {
+        println!(
+            "trained {}/{} steps on {} in {:.1} s: {:.0} tokens/s, train {:.3} bpb, held-out {}; checkpoint in {}",
+            s.steps_done,
+            s.steps_total,
+            s.backend,
+            s.seconds,
+            s.tokens_per_s,
+            s.final_train_bpb,
+            s.heldout_bpb.map_or("not evaluated".into(), |b| format!("{b:.3} bpb")),
+            s.out.display()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    if a.seq == 0 || a.batch == 0 {
+        bail!("--seq and --batch must be positive");
+    }
+    let (cfg, params) = load_model(&a.checkpoint)?;
+    if cfg.vocab != 256 {
+        bail!("checkpoint {} has vocab {}: `terse eval --data` scores byte-level models (vocab 256)", a.checkpoint.display(), cfg.vocab);
+    }
+    let mut stream = open_stream(&a.data)?;
+    let mut bytes = Vec::new();
+    let limit = a.max_bytes.unwrap_or(u64::MAX);
+    let mut buf = vec![0u8; 1 << 20];
+    while (bytes.len() as u64) < limit {
+        let want = buf.len().min((limit - bytes.len() as u64) as usize);
+        let got = stream.read_full(&mut buf[..want])?;
+        bytes.extend_from_slice(&buf[..got]);
+        if got < want {
+            break;
+        }
+    }
+    if bytes.len() < 2 {
+        bail!("corpus {} holds too little text to score (need at least 2 bytes)", a.data.display());
+    }
+    let t = Instant::now();
+    let (mut be, _) = create_backend(a.device, &cfg, params, None)?;
+    let windows = heldout_windows(&bytes, a.seq, None);
+    let score = score_windows(be.as_mut(), &windows, a.batch)?;
+    let secs = t.elapsed().as_secs_f64();
+    let base = if a.baselines { Some(baselines(&bytes)?) } else { None };
+    if a.json {
+        let mut j = serde_json::json!({
+            "bits_per_byte": score.bits_per_byte, "bytes_scored": score.bytes_scored,
+            "seconds": secs, "backend": be.name(),
+        });
+        if let Some(b) = &base {
+            j["gzip_bpb"] = b.gzip_bpb.into();
+            j["xz_bpb"] = b.xz_bpb.into();
+            j["zstd_bpb"] = b.zstd_bpb.into();
+        }
+        println!("{j}");
+    } else {
+        println!(
+            "{}: {:.4} bits/byte over {} bytes ({:.1} s, {:.0} bytes/s on {})",
+            a.data.display(),
+            score.bits_per_byte,
+            score.bytes_scored,
+            secs,
+            score.bytes_scored as f64 / secs,
+            be.name()
+        );
+        if let Some(b) = base {
+            println!("gzip -9 {:.4}  xz -9 {:.4}  zstd -19 {:.4} bits/byte", b.gzip_bpb, b.xz_bpb, b.zstd_bpb);
+        }
+    }
+    Ok(())
+}
+
+fn cmd_info(json: bool) -> Result<()> {
+    let probe = backend::cuda::probe();
+    let kernels: Vec<&str> = backend::cuda::embedded_kernels().iter().map(|k| k.name).collect();
+    let info = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "backends": {
+            "cpu": {"threads": rayon::current_num_threads()},
+            "cuda": {"training": false, "kernels_embedded": kernels, "nvcc": backend::cuda::nvcc_version()},
+        },
+        "cuda_driver_found": probe.driver_found,
+        "gpus": probe.gpus,
+        "note": probe.note,
+    });
+    if json {
+        println!("{info}");
+        return Ok(());
+    }
+    println!("terse {}", env!("CARGO_PKG_VERSION"));
+    println!("cpu backend: yes ({} threads)", rayon::current_num_threads());
+    if kernels.is_empty() {
+        println!("cuda kernels: none embedded (built without nvcc)");
+    } else {
+        println!("cuda kernels: {} embedded ({}), nvcc {}", kernels.len(), kernels.join(", "), backend::cuda::nvcc_version());
+    }
+    println!("cuda training backend: not in this build yet");
+    if probe.gpus.is_empty() {
+        println!("gpus: none ({})", probe.note);
+    }
+    for g in &probe.gpus {
+        println!(
+            "gpu {}: {} (sm_{}{}, {:.1} GiB)",
+            g.ordinal,
+            g.name,
+            g.compute_capability.0,
+            g.compute_capability.1,
+            g.memory_bytes as f64 / (1u64 << 30) as f64
+        );
+    }
+    Ok(())
+}
+
+fn cmd_demo(a: DemoArgs) -> Result<()> {
+    let t0 = Instant::now();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let data = match &a.data {
+        Some(p) => p.clone(),
+        None => {
+            let p = a.out.join("sample-books.txt");
+            std::fs::write(&p, SAMPLE).with_context(|| format!("cannot write {}", p.display()))?;
+            p
+        }
+    };
+    let mut o = default_options(data.clone(), "tiny".into(), 100_000);
+    o.batch = 16;
+    o.seq = 128;
+    o.lr = 3e-3;
+    o.warmup = 30;
+    o.optim.weight_decay = 0.0;
+    o.eval_every = 0;
+    o.eval_windows = 0;
+    o.ckpt_every = 0;
+    o.time_budget_s = Some(a.seconds);
+    eprintln!("terse demo: training a tiny M1 on {} for about {:.0} s", data.display(), a.seconds);
+    let ckpt = a.out.join("m1");
+    let s = train(RunStart::Fresh(&o), None, &ckpt, a.device, !a.json)?;
+    let heldout = read_heldout(&data, o.heldout_bytes)?;
+    let base = baselines(&heldout)?;
+    let m1 = s.heldout_bpb.context("training ended without a held-out evaluation")?;
+    let seconds = t0.elapsed().as_secs_f64();
+    println!("held-out: first {} bytes of {}", heldout.len(), data.display());
+    println!("  {:<28} {:>8}", "method", "bits/byte");
+    println!("  {:<28} {:>8.3}", format!("M1 ({}, {} steps)", s.backend, s.steps_done), m1);
+    println!("  {:<28} {:>8.3}", "gzip -9", base.gzip_bpb);
+    println!("  {:<28} {:>8.3}", "xz -9", base.xz_bpb);
+    println!("  {:<28} {:>8.3}", "zstd -19", base.zstd_bpb);
+    println!("M1 checkpoint: {}   total time {:.1} s", ckpt.display(), seconds);
+    if a.json {
+        let j = serde_json::json!({
+            "m1_heldout_bpb": m1, "gzip_bpb": base.gzip_bpb, "xz_bpb": base.xz_bpb, "zstd_bpb": base.zstd_bpb,
+            "heldout_bytes": heldout.len(), "train_steps": s.steps_done, "train_tokens_per_s": s.tokens_per_s,
+            "backend": s.backend, "checkpoint": ckpt, "seconds": seconds,
+        });
+        println!("{j}");
+    }
+    Ok(())
+}

@@ -1,4 +1,99 @@
 //! Compute backends behind one trait: `cpu` (f32, rayon; the reference) and `cuda`.
+//!
+//! A backend owns the weights, gradients, optimiser moments and activations of one model, in
+//! whatever memory suits it, and exposes whole training steps: that is the granularity at which a
+//! GPU backend can keep everything on the device and replay a captured graph.
 
 pub mod cpu;
 pub mod cuda;
+
+use crate::data::Batch;
+use crate::model::{ModelConfig, ParamArena};
+use anyhow::{bail, Result};
+pub use cpu::LossSums;
+
+/// AdamW and clipping settings shared by every step of a run.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OptimConfig {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Decoupled weight decay, applied to matrices (not to norm gains).
+    pub weight_decay: f32,
+    /// Global gradient-norm clip; 0 disables clipping.
+    pub clip: f32,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, clip: 1.0 }
+    }
+}
+
+/// What one training step reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Mean cross-entropy in nats per target token.
+    pub ce: f32,
+    /// Mean logsumexp^2 (multiply by the z-loss weight for its share of the loss).
+    pub z: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+}
+
+impl StepStats {
+    pub fn from_sums(s: &LossSums, grad_norm: f32) -> Self {
+        let n = s.rows.max(1) as f64;
+        StepStats { ce: (s.ce / n) as f32, z: (s.z / n) as f32, grad_norm }
+    }
+}
+
+/// One model on one device.
+pub trait Backend {
+    /// A human-readable description ("cpu (2 threads)", "cuda: NVIDIA H100 ...").
+    fn name(&self) -> String;
+    /// Forward, backward, clipping and one AdamW update at learning rate `lr`; `step` counts
+    /// optimiser steps from 1 (bias correction).
+    fn train_step(&mut self, batch: &Batch, lr: f32, step: u64, opt: &OptimConfig) -> Result<StepStats>;
+    /// Loss sums of the current weights on `batch`, without touching any state.
+    fn eval_batch(&mut self, batch: &Batch) -> Result<LossSums>;
+    /// A host copy of the current weights.
+    fn params(&self) -> Result<ParamArena>;
+    /// Host copies of the AdamW moments (m, v), in the weights' layout.
+    fn optimizer_state(&self) -> Result<(Vec<f32>, Vec<f32>)>;
+}
+
+/// Where to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    /// The GPU when one is usable, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Builds the backend for `device`. The CUDA training backend is not part of this build yet, so
+/// `cuda` is refused with that reason and `auto` runs on the CPU (saying so in `note`).
+pub fn create_backend(
+    device: Device,
+    cfg: &ModelConfig,
+    params: ParamArena,
+    moments: Option<(Vec<f32>, Vec<f32>)>,
+) -> Result<(Box<dyn Backend>, String)> {
+    match device {
+        Device::Cuda => bail!(
+            "--device cuda: the CUDA training backend is not implemented in this build yet; use --device cpu (found: {})",
+            cuda::probe().note
+        ),
+        Device::Auto | Device::Cpu => {
+            let note = if device == Device::Auto && cuda::probe().gpus.is_empty() {
+                "no GPU found; using the CPU".to_string()
+            } else if device == Device::Auto {
+                "a GPU is present but the CUDA training backend is not built yet; using the CPU".to_string()
+            } else {
+                "CPU requested".to_string()
+            };
+            Ok((Box::new(cpu::CpuBackend::new(cfg, params, moments)?), note))
+        }
+    }
+}

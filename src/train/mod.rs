@@ -1,3 +1,8 @@
-//! Training: optimiser, schedules, loop and checkpoints.
+//! Training: schedules, the loop, checkpoints.
 
 pub mod checkpoint;
+pub mod schedule;
+mod trainer;
+
+pub use schedule::{Schedule, ScheduleKind};
+pub use trainer::{train, RunStart, TrainOptions, TrainSummary};

@@ -1,1 +1,133 @@
-//! CPU reference backend.
+//! The CPU backend: f32 arithmetic, threads from rayon. It is the reference every CUDA kernel is
+//! checked against (each op family here has a twin of the same name under `kernels/`) and the
+//! fallback that runs the whole pipeline where no GPU is present.
+//!
+//! Every reduction runs in a fixed order over fixed-size blocks, so a step's results are
+//! bit-identical across runs and thread counts; this is what makes `--resume` exact.
+
+pub mod adamw;
+pub mod attention;
+pub mod classifier;
+pub mod embed;
+pub mod matmul;
+mod model;
+pub mod norm;
+pub mod rope;
+mod vecops;
+
+use super::{Backend, OptimConfig, StepStats};
+use crate::data::Batch;
+use crate::model::{ModelConfig, ParamArena};
+use adamw::{adamw, AdamWStep};
+use anyhow::{ensure, Result};
+pub use classifier::LossSums;
+use model::{forward_backward, Activations};
+
+/// Model weights, gradients, AdamW moments and activations in host memory.
+pub struct CpuBackend {
+    cfg: ModelConfig,
+    params: ParamArena,
+    grads: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    acts: Option<Activations>,
+}
+
+impl CpuBackend {
+    /// Takes ownership of the weights; `moments` restores AdamW state (`m`, `v`) on resume.
+    pub fn new(cfg: &ModelConfig, params: ParamArena, moments: Option<(Vec<f32>, Vec<f32>)>) -> Result<Self> {
+        let n = params.len();
+        ensure!(n == cfg.total_params(), "weights hold {n} values, config expects {}", cfg.total_params());
+        let (m, v) = moments.unwrap_or_else(|| (vec![0.0; n], vec![0.0; n]));
+        ensure!(m.len() == n && v.len() == n, "optimizer state does not match the weights");
+        Ok(CpuBackend { cfg: cfg.clone(), params, grads: vec![0.0; n], m, v, acts: None })
+    }
+
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
+        let n = batch.batch * batch.seq;
+        ensure!(n > 0, "empty batch");
+        ensure!(batch.inputs.len() == n && batch.targets.len() == n, "batch arrays do not match its shape");
+        let v = self.cfg.vocab as u32;
+        ensure!(
+            batch.inputs.iter().chain(&batch.targets).all(|&t| t < v),
+            "token id out of range for vocab {v}"
+        );
+        Ok(())
+    }
+
+    /// Loss sums and the gradient of the mean loss for `params` (which need not be this backend's
+    /// own weights): the entry point of the finite-difference gradient check.
+    pub fn loss_and_grads(&mut self, params: &[f32], batch: &Batch) -> Result<(LossSums, Vec<f32>)> {
+        self.check_batch(batch)?;
+        let mut grads = vec![0.0; params.len()];
+        let a = activations_for(&mut self.acts, &self.cfg, batch);
+        let sums = forward_backward(&self.cfg, params, &batch.inputs, &batch.targets, a, Some(&mut grads));
+        Ok((sums, grads))
+    }
+
+    /// Loss sums only, for arbitrary `params`.
+    pub fn loss(&mut self, params: &[f32], batch: &Batch) -> Result<LossSums> {
+        self.check_batch(batch)?;
+        let a = activations_for(&mut self.acts, &self.cfg, batch);
+        Ok(forward_backward(&self.cfg, params, &batch.inputs, &batch.targets, a, None))
+    }
+}
+
+/// The activation buffers for `batch`'s shape, reallocated only when the shape changes.
+fn activations_for<'a>(acts: &'a mut Option<Activations>, cfg: &ModelConfig, batch: &Batch) -> &'a mut Activations {
+    if !acts.as_ref().is_some_and(|a| a.fits(batch.batch, batch.seq)) {
+        *acts = Some(Activations::new(cfg, batch.batch, batch.seq));
+    }
+    acts.as_mut().expect("just set")
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn train_step(&mut self, batch: &Batch, lr: f32, step: u64, opt: &OptimConfig) -> Result<StepStats> {
+        self.check_batch(batch)?;
+        ensure!(step >= 1, "optimizer steps count from 1");
+        self.grads.fill(0.0);
+        let acts = activations_for(&mut self.acts, &self.cfg, batch);
+        let sums = forward_backward(&self.cfg, &self.params.data, &batch.inputs, &batch.targets, acts, Some(&mut self.grads));
+        let mut sq = 0f64;
+        for s in &self.params.specs {
+            sq += vecops::sum_sq_f64(&self.grads[s.range()]);
+        }
+        let grad_norm = sq.sqrt() as f32;
+        ensure!(grad_norm.is_finite(), "gradient norm is not finite at step {step} (loss {})", sums.ce / sums.rows as f64);
+        let grad_scale = if opt.clip > 0.0 && grad_norm > opt.clip { opt.clip / grad_norm } else { 1.0 };
+        for s in &self.params.specs {
+            let r = s.range();
+            let h = AdamWStep {
+                lr,
+                beta1: opt.beta1,
+                beta2: opt.beta2,
+                eps: opt.eps,
+                weight_decay: if s.shape.len() == 2 { opt.weight_decay } else { 0.0 },
+                grad_scale,
+                bias_corr1: 1.0 - opt.beta1.powi(step as i32),
+                bias_corr2: 1.0 - opt.beta2.powi(step as i32),
+            };
+            adamw(&mut self.params.data[r.clone()], &self.grads[r.clone()], &mut self.m[r.clone()], &mut self.v[r], &h);
+        }
+        Ok(StepStats::from_sums(&sums, grad_norm))
+    }
+
+    fn eval_batch(&mut self, batch: &Batch) -> Result<LossSums> {
+        let params = std::mem::take(&mut self.params.data);
+        let r = self.loss(&params, batch);
+        self.params.data = params;
+        r
+    }
+
+    fn params(&self) -> Result<ParamArena> {
+        Ok(self.params.clone())
+    }
+
+    fn optimizer_state(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok((self.m.clone(), self.v.clone()))
+    }
+}

@@ -1,0 +1,235 @@
+//! The training loop for byte-level models: batches from a streamed corpus, one backend step per
+//! batch, periodic held-out bits/byte, JSONL metrics, a progress bar and atomic checkpoints from
+//! which `--resume` continues bit for bit.
+
+use super::checkpoint::{load_training, save_checkpoint, TrainingState};
+use super::schedule::{Schedule, ScheduleKind};
+use crate::backend::{create_backend, Backend, Device, OptimConfig};
+use crate::data::{heldout_windows, read_heldout, ByteLoader, LoaderState};
+use crate::eval::score_windows;
+use crate::model::{ModelConfig, ParamArena};
+use anyhow::{bail, ensure, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Everything that defines a run. Saved in the checkpoint so that a resume continues the same run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub preset: String,
+    pub data: PathBuf,
+    /// Total optimiser steps (the schedule's length).
+    pub steps: u64,
+    pub batch: usize,
+    pub seq: usize,
+    pub lr: f32,
+    pub warmup: u64,
+    pub schedule: ScheduleKind,
+    pub min_lr_frac: f32,
+    pub optim: OptimConfig,
+    /// Bytes at the head of the corpus kept out of training and used for held-out bits/byte.
+    pub heldout_bytes: u64,
+    /// Held-out evaluation every this many steps (0: only at the end).
+    pub eval_every: u64,
+    /// Held-out windows scored per evaluation (0: all).
+    pub eval_windows: usize,
+    /// Checkpoint every this many steps (0: only at the end).
+    pub ckpt_every: u64,
+    pub seed: u64,
+    /// If set, the step count is fitted to this many seconds of training, measured after the
+    /// first steps; the fitted count is saved, so a resume repeats it.
+    pub time_budget_s: Option<f64>,
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub out: PathBuf,
+    pub backend: String,
+    pub steps_done: u64,
+    pub steps_total: u64,
+    pub tokens: u64,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    pub final_train_bpb: f64,
+    pub heldout_bpb: Option<f64>,
+    pub params: usize,
+}
+
+/// What the loop saves beside the weights (the `state` of a training checkpoint).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RunState {
+    options: TrainOptions,
+    step: u64,
+    loader: LoaderState,
+    tokens: u64,
+}
+
+/// How a run begins.
+pub enum RunStart<'a> {
+    /// A new run with these settings.
+    Fresh(&'a TrainOptions),
+    /// Continue the run saved in a checkpoint directory, with its settings; `steps` may extend it.
+    Resume { dir: &'a Path, steps: Option<u64> },
+}
+
+/// Runs or resumes training, writing checkpoints and `metrics.jsonl` under `out`. `stop_after`
+/// ends this invocation at that step (saving a checkpoint) without changing the schedule.
+pub fn train(start: RunStart, stop_after: Option<u64>, out: &Path, device: Device, progress: bool) -> Result<TrainSummary> {
+    let (cfg, params, moments, mut run) = match start {
+        RunStart::Resume { dir, steps: steps_override } => {
+            let (cfg, params, st) = load_training(dir)?;
+            let mut run: RunState = serde_json::from_value(st.state)
+                .with_context(|| format!("checkpoint {} holds training state of another format", dir.display()))?;
+            if let Some(s) = steps_override {
+                run.options.steps = s;
+            }
+            (cfg, params, Some((st.m, st.v)), run)
+        }
+        RunStart::Fresh(opts) => {
+            validate(opts)?;
+            let cfg = ModelConfig::preset(&opts.preset, Some(256))?;
+            let params = ParamArena::init(&cfg, opts.seed);
+            let loader = ByteLoader::new(&opts.data, opts.heldout_bytes, opts.batch, opts.seq, opts.seed)?;
+            let run = RunState { options: opts.clone(), step: 0, loader: loader.state(), tokens: 0 };
+            (cfg, params, None, run)
+        }
+    };
+    let o = run.options.clone();
+    ensure!(run.step <= o.steps, "checkpoint is at step {} beyond --steps {}", run.step, o.steps);
+    let heldout = read_heldout(&o.data, o.heldout_bytes)?;
+    let windows = heldout_windows(&heldout, o.seq, (o.eval_windows > 0).then_some(o.eval_windows));
+    let mut loader = ByteLoader::resume(&o.data, o.heldout_bytes, o.batch, o.seq, o.seed, &run.loader)?;
+    let (mut backend, note) = create_backend(device, &cfg, params, moments)?;
+    eprintln!(
+        "terse train: {} ({:.2}M params) on {} [{note}], {} x {} bytes per step, steps {}..{}",
+        cfg.preset,
+        cfg.total_params() as f64 / 1e6,
+        backend.name(),
+        o.batch,
+        o.seq,
+        run.step,
+        o.steps
+    );
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
+    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), run.step)?;
+
+    let stop = stop_after.unwrap_or(o.steps).min(o.steps);
+    let bar = if progress { ProgressBar::new(o.steps) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]")
+            .expect("static template"),
+    );
+    bar.set_position(run.step);
+    let tokens_per_step = (o.batch * o.seq) as u64;
+    let started = Instant::now();
+    let start_step = run.step;
+    let (mut last_bpb, mut heldout_bpb) = (f64::NAN, None);
+    let mut window_t = Instant::now();
+    let mut window_tokens = 0u64;
+    let mut steps_total = o.steps;
+    while run.step < stop.min(steps_total) {
+        let sched = Schedule { kind: o.schedule, peak_lr: o.lr, warmup: o.warmup, total: steps_total, min_lr_frac: o.min_lr_frac };
+        let lr = sched.lr(run.step);
+        let batch = loader.next_batch()?;
+        let stats = backend.train_step(&batch, lr, run.step + 1, &o.optim)?;
+        run.step += 1;
+        run.tokens += tokens_per_step;
+        window_tokens += tokens_per_step;
+        last_bpb = stats.ce as f64 / std::f64::consts::LN_2;
+        if let (Some(budget), 5) = (o.time_budget_s, run.step) {
+            // Fit the schedule to the budget from the speed of the first steps (kept on resume).
+            let per_step = started.elapsed().as_secs_f64() / 5.0;
+            steps_total = ((budget / per_step) as u64).clamp(6, o.steps);
+            run.options.steps = steps_total;
+            run.options.time_budget_s = None;
+            bar.set_length(steps_total);
+        }
+        let tok_s = window_tokens as f64 / window_t.elapsed().as_secs_f64().max(1e-9);
+        let eval_now = o.eval_every > 0 && run.step % o.eval_every == 0;
+        let mut rec = serde_json::json!({
+            "step": run.step, "loss": stats.ce, "train_bpb": last_bpb, "z": stats.z,
+            "grad_norm": stats.grad_norm, "lr": lr, "tokens_per_s": tok_s, "tokens": run.tokens,
+        });
+        if eval_now || run.step == steps_total {
+            let s = score_windows(backend.as_mut(), &windows, o.batch)?;
+            heldout_bpb = Some(s.bits_per_byte);
+            rec["heldout_bpb"] = s.bits_per_byte.into();
+            bar.println(format!(
+                "step {:>6}/{steps_total}  train {:.3} bpb  held-out {:.3} bpb  lr {:.2e}  {:.0} tok/s",
+                run.step, last_bpb, s.bits_per_byte, lr, tok_s
+            ));
+        }
+        metrics.write(&rec)?;
+        bar.set_position(run.step);
+        bar.set_message(format!("{last_bpb:.3} bpb {:.1}K tok/s", tok_s / 1e3));
+        if run.step % 20 == 0 {
+            window_t = Instant::now();
+            window_tokens = 0;
+        }
+        if (o.ckpt_every > 0 && run.step % o.ckpt_every == 0) || run.step == stop || run.step == steps_total {
+            run.loader = loader.state();
+            save(out, &cfg, backend.as_ref(), &run)?;
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let tokens_run = (run.step - start_step) * tokens_per_step;
+    Ok(TrainSummary {
+        out: out.to_path_buf(),
+        backend: backend.name(),
+        steps_done: run.step,
+        steps_total,
+        tokens: tokens_run,
+        seconds,
+        tokens_per_s: tokens_run as f64 / seconds.max(1e-9),
+        final_train_bpb: last_bpb,
+        heldout_bpb,
+        params: cfg.total_params(),
+    })
+}
+
+fn validate(o: &TrainOptions) -> Result<()> {
+    if o.batch == 0 || o.seq == 0 || o.steps == 0 {
+        bail!("--batch, --seq and --steps must be positive");
+    }
+    if !(o.lr > 0.0 && o.lr.is_finite()) {
+        bail!("--lr must be a positive number");
+    }
+    Ok(())
+}
+
+fn save(out: &Path, cfg: &ModelConfig, backend: &dyn Backend, run: &RunState) -> Result<()> {
+    let params = backend.params()?;
+    let (m, v) = backend.optimizer_state()?;
+    let state = TrainingState { m, v, state: serde_json::to_value(run)? };
+    save_checkpoint(out, cfg, &params, Some(&state)).with_context(|| format!("saving checkpoint to {}", out.display()))
+}
+
+/// `metrics.jsonl`: one JSON object per step. On resume, records past the checkpoint's step
+/// (written by the interrupted run after its last save) are dropped, so the log has no duplicates.
+struct MetricsLog {
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    fn open(path: &Path, resume_step: u64) -> Result<Self> {
+        let kept: String = match std::fs::read_to_string(path) {
+            Ok(text) if resume_step > 0 => text
+                .lines()
+                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= resume_step))
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            _ => String::new(),
+        };
+        std::fs::write(path, kept).with_context(|| format!("cannot write {}", path.display()))?;
+        let file = std::fs::OpenOptions::new().append(true).open(path)?;
+        Ok(MetricsLog { file })
+    }
+
+    fn write(&mut self, rec: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{rec}").context("writing metrics.jsonl")
+    }
+}

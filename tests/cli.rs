@@ -1,0 +1,95 @@
+//! The command line end to end: a short run, evaluation, info, and one clear error (non-zero
+//! exit, one message) for each kind of bad input.
+
+mod common;
+
+use common::{stderr, terse};
+
+fn assert_fails_with(args: &[&str], needle: &str) {
+    let o = terse(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    let e = stderr(&o);
+    assert!(e.contains(needle), "{args:?}: expected '{needle}' in stderr:\n{e}");
+    assert!(!e.contains("panicked"), "{args:?} panicked:\n{e}");
+}
+
+#[test]
+fn train_then_eval_then_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 20_000);
+    let out = dir.path().join("ck");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let args = ["train", "--preset", "tiny", "--data", d, "--steps", "4", "--batch", "2", "--seq", "32", "--heldout-bytes", "4000", "--out", o, "--quiet", "--json"];
+    let r = terse(&args);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let summary: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(summary["steps_done"], 4);
+    assert!(summary["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(out.join("model.safetensors").exists() && out.join("metrics.jsonl").exists());
+
+    let r = terse(&["eval", "--checkpoint", o, "--data", d, "--seq", "32", "--max-bytes", "3000", "--json", "--baselines"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let e: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let bpb = e["bits_per_byte"].as_f64().unwrap();
+    assert!(bpb > 0.5 && bpb < 9.0, "{bpb}");
+    assert!(e["xz_bpb"].as_f64().unwrap() > 0.5);
+
+    let r = terse(&["train", "--resume", o, "--steps", "6", "--quiet", "--json"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let s: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(s["steps_done"], 6);
+    assert_fails_with(&["train", "--resume", o, "--lr", "0.1"], "--lr cannot be changed on --resume");
+}
+
+#[test]
+fn info_reports_backends() {
+    let r = terse(&["info", "--json"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert!(j["backends"]["cpu"]["threads"].as_u64().unwrap() >= 1);
+    assert!(j["gpus"].is_array());
+}
+
+#[test]
+fn missing_empty_and_unreadable_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.txt");
+    assert_fails_with(&["train", "--preset", "tiny", "--data", missing.to_str().unwrap(), "--steps", "1"], "cannot open corpus");
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, b"").unwrap();
+    assert_fails_with(&["train", "--preset", "tiny", "--data", empty.to_str().unwrap(), "--steps", "1"], "holds no text");
+    let a_dir = dir.path().join("corpus.txt");
+    std::fs::create_dir(&a_dir).unwrap();
+    assert_fails_with(&["train", "--preset", "tiny", "--data", a_dir.to_str().unwrap(), "--steps", "1"], "directory");
+    let bad_gz = dir.path().join("bad.txt.gz");
+    std::fs::write(&bad_gz, b"this is not gzip data at all").unwrap();
+    assert_fails_with(&["train", "--preset", "tiny", "--data", bad_gz.to_str().unwrap(), "--steps", "1", "--heldout-bytes", "10"], "bad.txt.gz");
+}
+
+#[test]
+fn corrupt_and_truncated_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 8_000);
+    let out = dir.path().join("ck");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let r = terse(&["train", "--preset", "tiny", "--data", d, "--steps", "1", "--batch", "1", "--seq", "16", "--heldout-bytes", "1000", "--out", o, "--quiet"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let model = out.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails_with(&["eval", "--checkpoint", o, "--data", d], "model.safetensors");
+    let mut flipped = bytes.clone();
+    flipped[10] ^= 0xFF;
+    std::fs::write(&model, &flipped).unwrap();
+    assert_fails_with(&["eval", "--checkpoint", o, "--data", d], "model.safetensors");
+    assert_fails_with(&["eval", "--checkpoint", dir.path().join("none").to_str().unwrap(), "--data", d], "none");
+}
+
+#[test]
+fn unknown_preset_and_bad_flags() {
+    assert_fails_with(&["train", "--preset", "huge", "--data", "x.txt"], "unknown preset 'huge'");
+    assert_fails_with(&["train", "--bogus"], "--bogus");
+    assert_fails_with(&["train", "--steps", "many"], "many");
+    assert_fails_with(&["frobnicate"], "frobnicate");
+    assert_fails_with(&["train", "--preset", "tiny"], "--data is required");
+}

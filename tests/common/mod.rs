@@ -1,0 +1,23 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A small real corpus: the first `n` bytes of the bundled sample (cut at a newline).
+pub fn sample_prefix(dir: &Path, n: usize) -> PathBuf {
+    let text = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample-books.txt")).unwrap();
+    let end = text[n..].iter().position(|&c| c == b'\n').map_or(text.len(), |p| n + p);
+    let p = dir.join("corpus.txt");
+    std::fs::write(&p, &text[..end]).unwrap();
+    p
+}
+
+/// Runs the `terse` binary with `args`.
+pub fn terse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_terse")).args(args).output().expect("run terse")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
