@@ -4,18 +4,17 @@
 //! # The held-out split
 //!
 //! Everything works on the corpus's canonical byte stream `S` (documents joined by `"\n\n"`, see
-//! [`CorpusStream`]). With `h = heldout_bytes > 0`:
+//! [`CorpusStream`]). With `h = heldout_bytes > 0`, `S` is cut into spans: a span is
+//! `span_len(h) = clamp(h / 8, 64, 32 KiB)` bytes extended to the end of the paragraph it stops in
+//! (through the next `"\n"`, at most 64 KiB further). Span `k` is held out when
+//! `k % HELDOUT_STRIDE == HELDOUT_STRIDE - 1` and fewer than `h` bytes are held out so far; every
+//! other span is training text. So the held-out set is about `h` bytes (whole spans) sampled
+//! across the first `HELDOUT_STRIDE * h` bytes of the corpus, not one stretch of its first
+//! document: on a corpus of a few books it samples every book.
 //!
-//! - the held-out set is `S[..e]`, where `e` is the position of the first `"\n"` at or after
-//!   index `h - 1` (the end of the paragraph holding the `h`-th byte), capped at `h + 64 KiB`
-//!   when a paragraph runs on longer, or the end of `S`; trailing newlines are not included;
-//! - training uses `S[t..]`, where `t` is `e` plus the run of `"\n"` bytes found there, so
-//!   training starts at the first byte of the next paragraph.
-//!
-//! With `h = 0` there is no held-out set and training uses all of `S`. The rule streams (the
-//! held-out part is read first) and needs no document boundaries, so it works for a corpus that
-//! is one long document as well as for many short ones. It is a pure function of the bytes, so
-//! every epoch and every resume find the same split.
+//! With `h = 0` there is no held-out set and training uses all of `S`. The rule streams, needs no
+//! document boundaries and is a pure function of the bytes, so every epoch and every resume find
+//! the same split.
 
 use super::corpus::{open_stream, CorpusStream};
 use crate::rng::Rng;
@@ -23,75 +22,166 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// How far past `heldout_bytes` the held-out set may extend to finish its paragraph.
+/// How far past its nominal length a span may extend to finish its paragraph.
 pub const HELDOUT_EXTENSION_CAP: u64 = 64 * 1024;
+
+/// One span in this many is held out (until `heldout_bytes` are collected).
+pub const HELDOUT_STRIDE: u64 = 6;
 
 /// Sequences per shuffled block in [`ByteLoader::new`].
 pub const DEFAULT_BLOCK_SEQS: usize = 512;
 
+/// Nominal span length for a held-out budget of `h` bytes (about 8 held-out spans).
+fn span_len(h: u64) -> u64 {
+    (h / 8).clamp(64, 32 * 1024)
+}
+
 /// Reads the held-out set of the corpus at `path` (see the module docs for the rule).
 ///
-/// Refuses a corpus that holds no text. Returns an empty vector when `heldout_bytes` is 0.
+/// Refuses a corpus that holds no text, and one too short to hold any held-out span when
+/// `heldout_bytes > 0`. Returns an empty vector when `heldout_bytes` is 0.
 pub fn read_heldout(path: &Path, heldout_bytes: u64) -> Result<Vec<u8>> {
-    let mut stream = open_stream(path)?;
+    let mut stream = SplitStream::open(path, heldout_bytes, Part::Heldout)?;
     let mut heldout = Vec::new();
-    split(&mut stream, heldout_bytes, Some(&mut heldout))?;
-    if stream.offset() == 0 && stream.peek_byte()?.is_none() {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = stream.read_full(&mut buf)?;
+        heldout.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            break;
+        }
+    }
+    if stream.corpus_bytes() == 0 {
         bail!("corpus {} holds no text", path.display());
+    }
+    if heldout_bytes > 0 && heldout.is_empty() {
+        bail!(
+            "corpus {} ({} bytes) is too short to hold out {heldout_bytes} bytes: held-out spans of ~{} bytes are every {}th; lower --heldout-bytes",
+            path.display(),
+            stream.corpus_bytes(),
+            span_len(heldout_bytes),
+            HELDOUT_STRIDE
+        );
     }
     Ok(heldout)
 }
 
-/// Reads through the held-out set, keeping it in `keep` if given, and leaves `stream` at the
-/// first training byte.
-fn split(stream: &mut CorpusStream, h: u64, mut keep: Option<&mut Vec<u8>>) -> Result<()> {
-    if h == 0 {
-        return Ok(());
+/// Which side of the held-out split a [`SplitStream`] delivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    Heldout,
+    Train,
+}
+
+/// One side of the held-out split of a corpus, as a sequential byte stream.
+#[derive(Debug)]
+pub(crate) struct SplitStream {
+    inner: CorpusStream,
+    heldout_bytes: u64,
+    part: Part,
+    span_index: u64,
+    heldout_taken: u64,
+    span: Vec<u8>,
+    pos: usize,
+    offset: u64,
+}
+
+impl SplitStream {
+    pub(crate) fn open(path: &Path, heldout_bytes: u64, part: Part) -> Result<Self> {
+        Ok(SplitStream {
+            inner: open_stream(path)?,
+            heldout_bytes,
+            part,
+            span_index: 0,
+            heldout_taken: 0,
+            span: Vec::new(),
+            pos: 0,
+            offset: 0,
+        })
     }
-    // The first h bytes, remembering the last one.
-    let mut chunk = vec![0u8; (h.min(1 << 20)) as usize];
-    let mut read = 0u64;
-    let mut last = None;
-    while read < h {
-        let want = (h - read).min(chunk.len() as u64) as usize;
-        let n = stream.read_full(&mut chunk[..want])?;
-        if n == 0 {
-            break;
-        }
-        if let Some(k) = keep.as_deref_mut() {
-            k.extend_from_slice(&chunk[..n]);
-        }
-        last = Some(chunk[n - 1]);
-        read += n as u64;
-        if n < want {
-            break;
-        }
+
+    /// Bytes of this part delivered so far.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
     }
-    // Finish the paragraph, unless the h-th byte already ends it.
-    if read == h && last != Some(b'\n') {
-        let mut extended = 0;
-        while extended < HELDOUT_EXTENSION_CAP {
-            match stream.peek_byte()? {
-                Some(b'\n') | None => break,
-                Some(b) => {
-                    stream.next_byte()?;
-                    if let Some(k) = keep.as_deref_mut() {
-                        k.push(b);
+
+    /// Bytes of the whole corpus stream read so far (both parts).
+    pub(crate) fn corpus_bytes(&self) -> u64 {
+        self.inner.offset()
+    }
+
+    /// Loads the next span of this part into `span`; false at the end of the corpus.
+    fn next_span(&mut self) -> Result<bool> {
+        self.pos = 0;
+        loop {
+            let h = self.heldout_bytes;
+            let len = if h == 0 { 1 << 16 } else { span_len(h) } as usize;
+            self.span.resize(len, 0);
+            let n = self.inner.read_full(&mut self.span)?;
+            self.span.truncate(n);
+            if n == 0 {
+                return Ok(false);
+            }
+            if h > 0 && n == len && self.span[n - 1] != b'\n' {
+                let mut extended = 0;
+                while extended < HELDOUT_EXTENSION_CAP {
+                    match self.inner.next_byte()? {
+                        Some(b) => {
+                            self.span.push(b);
+                            extended += 1;
+                            if b == b'\n' {
+                                break;
+                            }
+                        }
+                        None => break,
                     }
-                    extended += 1;
                 }
+            }
+            let held = h > 0 && self.span_index % HELDOUT_STRIDE == HELDOUT_STRIDE - 1 && self.heldout_taken < h;
+            self.span_index += 1;
+            if held {
+                self.heldout_taken += self.span.len() as u64;
+            }
+            if held == (self.part == Part::Heldout) {
+                return Ok(true);
+            }
+            if self.part == Part::Heldout && self.heldout_taken >= h {
+                self.span.clear();
+                return Ok(false);
             }
         }
     }
-    while stream.peek_byte()? == Some(b'\n') {
-        stream.next_byte()?;
-    }
-    if let Some(k) = keep {
-        while k.last() == Some(&b'\n') {
-            k.pop();
+
+    /// Fills `buf` as far as this part allows; fewer bytes only at its end.
+    pub(crate) fn read_full(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            if self.pos == self.span.len() && !self.next_span()? {
+                break;
+            }
+            let n = (self.span.len() - self.pos).min(buf.len() - filled);
+            buf[filled..filled + n].copy_from_slice(&self.span[self.pos..self.pos + n]);
+            self.pos += n;
+            filled += n;
         }
+        self.offset += filled as u64;
+        Ok(filled)
     }
-    Ok(())
+
+    /// Discards up to `n` bytes of this part; returns how many were discarded.
+    pub(crate) fn skip(&mut self, n: u64) -> Result<u64> {
+        let mut buf = vec![0u8; (n.min(1 << 20)) as usize];
+        let mut done = 0;
+        while done < n {
+            let want = (n - done).min(buf.len() as u64) as usize;
+            let got = self.read_full(&mut buf[..want])?;
+            done += got as u64;
+            if got < want {
+                break;
+            }
+        }
+        Ok(done)
+    }
 }
 
 /// One training batch of byte sequences, row-major `[batch, seq]`.
@@ -148,8 +238,7 @@ pub struct ByteLoader {
     seq: usize,
     seed: u64,
     block_seqs: usize,
-    stream: CorpusStream,
-    training_start: u64,
+    stream: SplitStream,
     epoch: u64,
     block_index: u64,
     block_offset: u64,
@@ -231,8 +320,7 @@ impl ByteLoader {
             seq,
             seed,
             block_seqs: state.block_seqs as usize,
-            stream: open_stream(path)?,
-            training_start: 0,
+            stream: SplitStream::open(path, heldout_bytes, Part::Train)?,
             epoch: state.epoch,
             block_index: state.block_index,
             block_offset: 0,
@@ -269,9 +357,7 @@ impl ByteLoader {
 
     /// Reopens the corpus at the first training byte of `epoch`.
     fn start_epoch(&mut self, epoch: u64) -> Result<()> {
-        self.stream = open_stream(&self.path)?;
-        split(&mut self.stream, self.heldout_bytes, None)?;
-        self.training_start = self.stream.offset();
+        self.stream = SplitStream::open(&self.path, self.heldout_bytes, Part::Train)?;
         self.epoch = epoch;
         self.block_index = 0;
         self.block_offset = 0;
@@ -304,16 +390,16 @@ impl ByteLoader {
     }
 
     fn no_training_text(&self) -> anyhow::Error {
-        let total = self.stream.offset();
+        let total = self.stream.corpus_bytes();
         if total == 0 {
             anyhow::anyhow!("corpus {} holds no text", self.path.display())
         } else {
             anyhow::anyhow!(
-                "corpus {}: too little training text for seq {}: {} training bytes after {} held-out bytes, need at least {}",
+                "corpus {}: too little training text for seq {}: {} training bytes of {} in all, need at least {}",
                 self.path.display(),
                 self.seq,
-                total - self.training_start,
-                self.training_start,
+                self.stream.offset(),
+                total,
                 self.seq + 1
             )
         }
@@ -383,11 +469,6 @@ impl ByteLoader {
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
-
-    /// Offset in the corpus byte stream where training starts (the held-out part's extent).
-    pub fn training_start(&self) -> u64 {
-        self.training_start
-    }
 }
 
 /// Evaluation windows over held-out bytes: window `i` is `heldout[i*seq .. i*seq + seq + 1]`
@@ -430,41 +511,68 @@ mod tests {
         t
     }
 
+    /// The split rule written plainly over an in-memory stream: (held-out, training).
+    fn naive_split(s: &[u8], h: u64) -> (Vec<u8>, Vec<u8>) {
+        if h == 0 {
+            return (Vec::new(), s.to_vec());
+        }
+        let (mut held, mut train, mut pos, mut k) = (Vec::new(), Vec::new(), 0usize, 0u64);
+        while pos < s.len() {
+            let mut end = (pos + span_len(h) as usize).min(s.len());
+            if end - pos == span_len(h) as usize && s[end - 1] != b'\n' {
+                let cap = (end + HELDOUT_EXTENSION_CAP as usize).min(s.len());
+                end = s[end..cap].iter().position(|&b| b == b'\n').map_or(cap, |p| end + p + 1);
+            }
+            if k % HELDOUT_STRIDE == HELDOUT_STRIDE - 1 && (held.len() as u64) < h {
+                held.extend_from_slice(&s[pos..end]);
+            } else {
+                train.extend_from_slice(&s[pos..end]);
+            }
+            pos = end;
+            k += 1;
+        }
+        (held, train)
+    }
+
+    fn read_part(p: &Path, h: u64, part: Part) -> Vec<u8> {
+        let mut st = SplitStream::open(p, h, part).unwrap();
+        let mut v = vec![0u8; 1 << 22];
+        let n = st.read_full(&mut v).unwrap();
+        v.truncate(n);
+        v
+    }
+
     #[test]
     fn heldout_rule() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write_corpus(dir.path(), "h.txt", b"aaaa\nbbbb\n\ncccc\n\ndddd\n");
-        // S = "aaaa\nbbbb\n\ncccc\n\ndddd"
-        let cases: [(u64, &[u8], u64); 8] = [
-            (0, b"", 0),
-            (1, b"aaaa", 5),
-            (4, b"aaaa", 5),
-            (5, b"aaaa", 5),
-            (6, b"aaaa\nbbbb", 11),
-            (11, b"aaaa\nbbbb", 11),
-            (12, b"aaaa\nbbbb\n\ncccc", 17),
-            (100, b"aaaa\nbbbb\n\ncccc\n\ndddd", 21),
-        ];
+        let p = write_corpus(dir.path(), "h.txt", &sample_text(400));
         let s = stream_bytes(&p);
-        for (h, want, start) in cases {
-            assert_eq!(read_heldout(&p, h).unwrap(), want, "h={h}");
-            let mut stream = open_stream(&p).unwrap();
-            split(&mut stream, h, None).unwrap();
-            assert_eq!(stream.offset(), start, "h={h}");
-            assert!(start as usize == s.len() || s[start as usize] != b'\n');
+        for h in [0u64, 100, 640, 2000, 5000] {
+            let (held, train) = naive_split(&s, h);
+            assert_eq!(read_heldout(&p, h).unwrap(), held, "h={h}");
+            assert_eq!(read_part(&p, h, Part::Train), train, "h={h}");
+            assert!(held.len() as u64 <= h + span_len(h) + 200, "h={h}: {}", held.len());
+            if h <= 2000 {
+                assert!(held.len() as u64 >= h, "h={h}: {}", held.len());
+            }
         }
-        // A paragraph longer than the cap is cut at h + 64 KiB.
-        let long = vec![b'q'; 200_000];
+        // Held-out spans come from across the corpus, not only its start.
+        let held = read_heldout(&p, 2000).unwrap();
+        let last_doc = String::from_utf8_lossy(&held).rsplit("Doc ").next().unwrap().to_string();
+        let n: usize = last_doc.split(' ').next().unwrap().parse().unwrap();
+        assert!(n > 200, "last held-out document {n}");
+        // A paragraph longer than the cap is cut at span + 64 KiB.
+        let long = vec![b'q'; 700_000];
         let p = write_corpus(dir.path(), "long.txt", &long);
         let held = read_heldout(&p, 1000).unwrap();
-        assert_eq!(held.len() as u64, 1000 + HELDOUT_EXTENSION_CAP);
-        // An empty corpus is refused.
+        assert_eq!(held.len() as u64, span_len(1000) + HELDOUT_EXTENSION_CAP);
+        // An empty corpus is refused, and so is one too short for any held-out span.
         let p = write_corpus(dir.path(), "empty.txt", b"");
         let msg = format!("{:#}", read_heldout(&p, 10).unwrap_err());
-        assert!(
-            msg.contains("holds no text") && msg.contains("empty.txt"),
-            "{msg}"
-        );
+        assert!(msg.contains("holds no text") && msg.contains("empty.txt"), "{msg}");
+        let p = write_corpus(dir.path(), "short.txt", b"one short paragraph\n");
+        let msg = format!("{:#}", read_heldout(&p, 1000).unwrap_err());
+        assert!(msg.contains("too short to hold out 1000 bytes"), "{msg}");
     }
 
     #[test]
@@ -473,10 +581,8 @@ mod tests {
         let p = write_corpus(dir.path(), "c.txt", &sample_text(300));
         let (seq, h, block_seqs) = (16usize, 500u64, 7usize);
         let s = stream_bytes(&p);
-        let heldout = read_heldout(&p, h).unwrap();
-        assert_eq!(&s[..heldout.len()], &heldout[..]);
+        let (_, training) = naive_split(&s, h);
         let mut loader = ByteLoader::with_block_seqs(&p, h, 1, seq, 3, block_seqs).unwrap();
-        let training = &s[loader.training_start() as usize..];
         let n_seqs = (training.len() - 1) / seq;
         let mut expected: Vec<Vec<u8>> = (0..n_seqs)
             .map(|i| training[i * seq..i * seq + seq + 1].to_vec())

@@ -153,7 +153,7 @@ pub fn train(start: RunStart, stop_after: Option<u64>, out: &Path, device: Devic
             "step": run.step, "loss": stats.ce, "train_bpb": last_bpb, "z": stats.z,
             "grad_norm": stats.grad_norm, "lr": lr, "tokens_per_s": tok_s, "tokens": run.tokens,
         });
-        if eval_now || run.step == steps_total {
+        if (eval_now || run.step == steps_total) && !windows.is_empty() {
             let s = score_windows(backend.as_mut(), &windows, o.batch)?;
             heldout_bpb = Some(s.bits_per_byte);
             rec["heldout_bpb"] = s.bits_per_byte.into();
