@@ -21,7 +21,9 @@ fn matmul(c: &mut Criterion) {
         g.throughput(Throughput::Elements(flops as u64));
         let id = format!("{n}x{di}x{dout}");
         let mut y = vec![0.0; n * dout];
-        g.bench_function(BenchmarkId::new("forward", &id), |b| b.iter(|| matmul_forward(&mut y, &x, &w, n, di, dout)));
+        g.bench_function(BenchmarkId::new("forward", &id), |b| {
+            b.iter(|| matmul_forward(&mut y, &x, &w, n, di, dout))
+        });
         let (mut dx, mut dw) = (vec![0.0; n * di], vec![0.0; dout * di]);
         g.throughput(Throughput::Elements(2 * flops as u64));
         g.bench_function(BenchmarkId::new("backward", &id), |b| {
@@ -44,7 +46,9 @@ fn attention(c: &mut Criterion) {
         let flops = (batch * heads * seq * (seq + 1) / 2 * 64 * 4) as u64;
         let id = format!("b{batch}_t{seq}_h{heads}");
         g.throughput(Throughput::Elements(flops));
-        g.bench_function(BenchmarkId::new("forward", &id), |b| b.iter(|| attention_forward(&mut out, &mut lse, &qkv, s)));
+        g.bench_function(BenchmarkId::new("forward", &id), |b| {
+            b.iter(|| attention_forward(&mut out, &mut lse, &qkv, s))
+        });
         let dy = rand(n * d, 5);
         let mut dqkv = vec![0.0; n * 3 * d];
         g.throughput(Throughput::Elements(2 * flops));

@@ -7,13 +7,19 @@ use std::time::Instant;
 use terse::backend::{self, create_backend, Device, OptimConfig};
 use terse::data::{baselines, heldout_windows, open_stream, read_heldout};
 use terse::eval::score_windows;
-use terse::train::{checkpoint::load_model, train, RunStart, ScheduleKind, TrainOptions, TrainSummary};
+use terse::train::{
+    checkpoint::load_model, train, RunStart, ScheduleKind, TrainOptions, TrainSummary,
+};
 
 /// The bundled sample corpus (six public-domain books; see data/README.md).
 const SAMPLE: &[u8] = include_bytes!("../data/sample-books.txt");
 
 #[derive(Parser)]
-#[command(name = "terse", version, about = "Train and serve language models over neurally compressed text")]
+#[command(
+    name = "terse",
+    version,
+    about = "Train and serve language models over neurally compressed text"
+)]
 struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
@@ -25,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train a byte-level model (M1) on a corpus, or resume a run.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Bits per byte of a checkpoint on a corpus file.
     Eval(EvalArgs),
     /// Version, built-in backends, embedded kernels and GPUs found.
@@ -153,13 +159,16 @@ struct DemoArgs {
 fn main() {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
             eprintln!("error: --threads {n}: {e}");
             std::process::exit(2);
         }
     }
     let result = match cli.cmd {
-        Cmd::Train(a) => cmd_train(a),
+        Cmd::Train(a) => cmd_train(*a),
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Info { json } => cmd_info(json),
         Cmd::Demo(a) => cmd_demo(a),
@@ -194,9 +203,20 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             bail!("{flag} cannot be changed on --resume: the run's settings come from the checkpoint (only --steps, --stop-after, --out and --device may be given)");
         }
         let out = a.out.clone().unwrap_or_else(|| dir.clone());
-        train(RunStart::Resume { dir, steps: a.steps }, a.stop_after, &out, a.device, progress)?
+        train(
+            RunStart::Resume {
+                dir,
+                steps: a.steps,
+            },
+            a.stop_after,
+            &out,
+            a.device,
+            progress,
+        )?
     } else {
-        let Some(data) = a.data.clone() else { bail!("--data is required (a corpus file), or --resume a checkpoint") };
+        let Some(data) = a.data.clone() else {
+            bail!("--data is required (a corpus file), or --resume a checkpoint")
+        };
         let preset = a.preset.clone().unwrap_or_else(|| "m1-3m".into());
         let steps = a.steps.unwrap_or(1000);
         let mut o = default_options(data, preset.clone(), steps);
@@ -213,7 +233,10 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         o.eval_windows = a.eval_windows.unwrap_or(o.eval_windows);
         o.ckpt_every = a.ckpt_every.unwrap_or(o.ckpt_every);
         o.seed = a.seed.unwrap_or(o.seed);
-        let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&preset));
+        let out = a
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(&preset));
         train(RunStart::Fresh(&o), a.stop_after, &out, a.device, progress)?
     };
     print_summary(&summary, a.json)
@@ -266,7 +289,11 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     }
     let (cfg, params) = load_model(&a.checkpoint)?;
     if cfg.vocab != 256 {
-        bail!("checkpoint {} has vocab {}: `terse eval --data` scores byte-level models (vocab 256)", a.checkpoint.display(), cfg.vocab);
+        bail!(
+            "checkpoint {} has vocab {}: `terse eval --data` scores byte-level models (vocab 256)",
+            a.checkpoint.display(),
+            cfg.vocab
+        );
     }
     let mut stream = open_stream(&a.data)?;
     let mut bytes = Vec::new();
@@ -281,14 +308,21 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         }
     }
     if bytes.len() < 2 {
-        bail!("corpus {} holds too little text to score (need at least 2 bytes)", a.data.display());
+        bail!(
+            "corpus {} holds too little text to score (need at least 2 bytes)",
+            a.data.display()
+        );
     }
     let t = Instant::now();
     let (mut be, _) = create_backend(a.device, &cfg, params, None)?;
     let windows = heldout_windows(&bytes, a.seq, None);
     let score = score_windows(be.as_mut(), &windows, a.batch)?;
     let secs = t.elapsed().as_secs_f64();
-    let base = if a.baselines { Some(baselines(&bytes)?) } else { None };
+    let base = if a.baselines {
+        Some(baselines(&bytes)?)
+    } else {
+        None
+    };
     if a.json {
         let mut j = serde_json::json!({
             "bits_per_byte": score.bits_per_byte, "bytes_scored": score.bytes_scored,
@@ -311,7 +345,10 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             be.name()
         );
         if let Some(b) = base {
-            println!("gzip -9 {:.4}  xz -9 {:.4}  zstd -19 {:.4} bits/byte", b.gzip_bpb, b.xz_bpb, b.zstd_bpb);
+            println!(
+                "gzip -9 {:.4}  xz -9 {:.4}  zstd -19 {:.4} bits/byte",
+                b.gzip_bpb, b.xz_bpb, b.zstd_bpb
+            );
         }
     }
     Ok(())
@@ -319,7 +356,10 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
 
 fn cmd_info(json: bool) -> Result<()> {
     let probe = backend::cuda::probe();
-    let kernels: Vec<&str> = backend::cuda::embedded_kernels().iter().map(|k| k.name).collect();
+    let kernels: Vec<&str> = backend::cuda::embedded_kernels()
+        .iter()
+        .map(|k| k.name)
+        .collect();
     let info = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "backends": {
@@ -335,11 +375,19 @@ fn cmd_info(json: bool) -> Result<()> {
         return Ok(());
     }
     println!("terse {}", env!("CARGO_PKG_VERSION"));
-    println!("cpu backend: yes ({} threads)", rayon::current_num_threads());
+    println!(
+        "cpu backend: yes ({} threads)",
+        rayon::current_num_threads()
+    );
     if kernels.is_empty() {
         println!("cuda kernels: none embedded (built without nvcc)");
     } else {
-        println!("cuda kernels: {} embedded ({}), nvcc {}", kernels.len(), kernels.join(", "), backend::cuda::nvcc_version());
+        println!(
+            "cuda kernels: {} embedded ({}), nvcc {}",
+            kernels.len(),
+            kernels.join(", "),
+            backend::cuda::nvcc_version()
+        );
     }
     println!("cuda training backend: not in this build yet");
     if probe.gpus.is_empty() {
@@ -360,7 +408,8 @@ fn cmd_info(json: bool) -> Result<()> {
 
 fn cmd_demo(a: DemoArgs) -> Result<()> {
     let t0 = Instant::now();
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
     let data = match &a.data {
         Some(p) => p.clone(),
         None => {
@@ -379,20 +428,38 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
     o.eval_windows = 0;
     o.ckpt_every = 0;
     o.time_budget_s = Some(a.seconds);
-    eprintln!("terse demo: training a tiny M1 on {} for about {:.0} s", data.display(), a.seconds);
+    eprintln!(
+        "terse demo: training a tiny M1 on {} for about {:.0} s",
+        data.display(),
+        a.seconds
+    );
     let ckpt = a.out.join("m1");
     let s = train(RunStart::Fresh(&o), None, &ckpt, a.device, !a.json)?;
     let heldout = read_heldout(&data, o.heldout_bytes)?;
     let base = baselines(&heldout)?;
-    let m1 = s.heldout_bpb.context("training ended without a held-out evaluation")?;
+    let m1 = s
+        .heldout_bpb
+        .context("training ended without a held-out evaluation")?;
     let seconds = t0.elapsed().as_secs_f64();
-    println!("held-out: first {} bytes of {}", heldout.len(), data.display());
+    println!(
+        "held-out: first {} bytes of {}",
+        heldout.len(),
+        data.display()
+    );
     println!("  {:<28} {:>8}", "method", "bits/byte");
-    println!("  {:<28} {:>8.3}", format!("M1 ({}, {} steps)", s.backend, s.steps_done), m1);
+    println!(
+        "  {:<28} {:>8.3}",
+        format!("M1 ({}, {} steps)", s.backend, s.steps_done),
+        m1
+    );
     println!("  {:<28} {:>8.3}", "gzip -9", base.gzip_bpb);
     println!("  {:<28} {:>8.3}", "xz -9", base.xz_bpb);
     println!("  {:<28} {:>8.3}", "zstd -19", base.zstd_bpb);
-    println!("M1 checkpoint: {}   total time {:.1} s", ckpt.display(), seconds);
+    println!(
+        "M1 checkpoint: {}   total time {:.1} s",
+        ckpt.display(),
+        seconds
+    );
     if a.json {
         let j = serde_json::json!({
             "m1_heldout_bpb": m1, "gzip_bpb": base.gzip_bpb, "xz_bpb": base.xz_bpb, "zstd_bpb": base.zstd_bpb,

@@ -9,7 +9,10 @@ fn assert_fails_with(args: &[&str], needle: &str) {
     let o = terse(args);
     assert!(!o.status.success(), "{args:?} should fail");
     let e = stderr(&o);
-    assert!(e.contains(needle), "{args:?}: expected '{needle}' in stderr:\n{e}");
+    assert!(
+        e.contains(needle),
+        "{args:?}: expected '{needle}' in stderr:\n{e}"
+    );
     assert!(!e.contains("panicked"), "{args:?} panicked:\n{e}");
 }
 
@@ -19,7 +22,25 @@ fn train_then_eval_then_resume() {
     let data = common::sample_prefix(dir.path(), 20_000);
     let out = dir.path().join("ck");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let args = ["train", "--preset", "tiny", "--data", d, "--steps", "4", "--batch", "2", "--seq", "32", "--heldout-bytes", "4000", "--out", o, "--quiet", "--json"];
+    let args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        d,
+        "--steps",
+        "4",
+        "--batch",
+        "2",
+        "--seq",
+        "32",
+        "--heldout-bytes",
+        "4000",
+        "--out",
+        o,
+        "--quiet",
+        "--json",
+    ];
     let r = terse(&args);
     assert!(r.status.success(), "{}", stderr(&r));
     let summary: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
@@ -27,7 +48,19 @@ fn train_then_eval_then_resume() {
     assert!(summary["tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(out.join("model.safetensors").exists() && out.join("metrics.jsonl").exists());
 
-    let r = terse(&["eval", "--checkpoint", o, "--data", d, "--seq", "32", "--max-bytes", "3000", "--json", "--baselines"]);
+    let r = terse(&[
+        "eval",
+        "--checkpoint",
+        o,
+        "--data",
+        d,
+        "--seq",
+        "32",
+        "--max-bytes",
+        "3000",
+        "--json",
+        "--baselines",
+    ]);
     assert!(r.status.success(), "{}", stderr(&r));
     let e: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     let bpb = e["bits_per_byte"].as_f64().unwrap();
@@ -38,7 +71,10 @@ fn train_then_eval_then_resume() {
     assert!(r.status.success(), "{}", stderr(&r));
     let s: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(s["steps_done"], 6);
-    assert_fails_with(&["train", "--resume", o, "--lr", "0.1"], "--lr cannot be changed on --resume");
+    assert_fails_with(
+        &["train", "--resume", o, "--lr", "0.1"],
+        "--lr cannot be changed on --resume",
+    );
 }
 
 #[test]
@@ -54,16 +90,62 @@ fn info_reports_backends() {
 fn missing_empty_and_unreadable_corpus() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.txt");
-    assert_fails_with(&["train", "--preset", "tiny", "--data", missing.to_str().unwrap(), "--steps", "1"], "cannot open corpus");
+    assert_fails_with(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            missing.to_str().unwrap(),
+            "--steps",
+            "1",
+        ],
+        "cannot open corpus",
+    );
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, b"").unwrap();
-    assert_fails_with(&["train", "--preset", "tiny", "--data", empty.to_str().unwrap(), "--steps", "1"], "holds no text");
+    assert_fails_with(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            empty.to_str().unwrap(),
+            "--steps",
+            "1",
+        ],
+        "holds no text",
+    );
     let a_dir = dir.path().join("corpus.txt");
     std::fs::create_dir(&a_dir).unwrap();
-    assert_fails_with(&["train", "--preset", "tiny", "--data", a_dir.to_str().unwrap(), "--steps", "1"], "directory");
+    assert_fails_with(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            a_dir.to_str().unwrap(),
+            "--steps",
+            "1",
+        ],
+        "directory",
+    );
     let bad_gz = dir.path().join("bad.txt.gz");
     std::fs::write(&bad_gz, b"this is not gzip data at all").unwrap();
-    assert_fails_with(&["train", "--preset", "tiny", "--data", bad_gz.to_str().unwrap(), "--steps", "1", "--heldout-bytes", "10"], "bad.txt.gz");
+    assert_fails_with(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            bad_gz.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--heldout-bytes",
+            "10",
+        ],
+        "bad.txt.gz",
+    );
 }
 
 #[test]
@@ -72,22 +154,57 @@ fn corrupt_and_truncated_checkpoints() {
     let data = common::sample_prefix(dir.path(), 8_000);
     let out = dir.path().join("ck");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let r = terse(&["train", "--preset", "tiny", "--data", d, "--steps", "1", "--batch", "1", "--seq", "16", "--heldout-bytes", "1000", "--out", o, "--quiet"]);
+    let r = terse(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        d,
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--heldout-bytes",
+        "1000",
+        "--out",
+        o,
+        "--quiet",
+    ]);
     assert!(r.status.success(), "{}", stderr(&r));
     let model = out.join("model.safetensors");
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
-    assert_fails_with(&["eval", "--checkpoint", o, "--data", d], "model.safetensors");
+    assert_fails_with(
+        &["eval", "--checkpoint", o, "--data", d],
+        "model.safetensors",
+    );
     let mut flipped = bytes.clone();
     flipped[10] ^= 0xFF;
     std::fs::write(&model, &flipped).unwrap();
-    assert_fails_with(&["eval", "--checkpoint", o, "--data", d], "model.safetensors");
-    assert_fails_with(&["eval", "--checkpoint", dir.path().join("none").to_str().unwrap(), "--data", d], "none");
+    assert_fails_with(
+        &["eval", "--checkpoint", o, "--data", d],
+        "model.safetensors",
+    );
+    assert_fails_with(
+        &[
+            "eval",
+            "--checkpoint",
+            dir.path().join("none").to_str().unwrap(),
+            "--data",
+            d,
+        ],
+        "none",
+    );
 }
 
 #[test]
 fn unknown_preset_and_bad_flags() {
-    assert_fails_with(&["train", "--preset", "huge", "--data", "x.txt"], "unknown preset 'huge'");
+    assert_fails_with(
+        &["train", "--preset", "huge", "--data", "x.txt"],
+        "unknown preset 'huge'",
+    );
     assert_fails_with(&["train", "--bogus"], "--bogus");
     assert_fails_with(&["train", "--steps", "many"], "many");
     assert_fails_with(&["frobnicate"], "frobnicate");

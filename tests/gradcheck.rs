@@ -44,7 +44,10 @@ fn every_parameter_tensor_matches_finite_differences() {
         // Directions: the gradient plus independent random parts of comparable size, so a wrong
         // direction or a wrong magnitude both show.
         for trial in 0..3 {
-            let mut u: Vec<f64> = g.iter().map(|x| *x as f64 / gnorm + r.normal() / (g.len() as f64).sqrt()).collect();
+            let mut u: Vec<f64> = g
+                .iter()
+                .map(|x| *x as f64 / gnorm + r.normal() / (g.len() as f64).sqrt())
+                .collect();
             let un = u.iter().map(|x| x * x).sum::<f64>().sqrt();
             u.iter_mut().for_each(|x| *x /= un);
             let analytic: f64 = g.iter().zip(&u).map(|(a, b)| *a as f64 * b).sum();
@@ -61,7 +64,10 @@ fn every_parameter_tensor_matches_finite_differences() {
             let lm = mean_loss(&mut be, &cfg, &p, &batch);
             let fd = (lp - lm) / (2.0 * h);
             let rel = (fd - analytic).abs() / analytic.abs().max(1e-4);
-            report.push(format!("{:<28} trial {trial}: analytic {analytic:+.6e} fd {fd:+.6e} rel {rel:.1e}", spec.name));
+            report.push(format!(
+                "{:<28} trial {trial}: analytic {analytic:+.6e} fd {fd:+.6e} rel {rel:.1e}",
+                spec.name
+            ));
             assert!(rel < 2e-2, "{}\n{}", spec.name, report.join("\n"));
         }
     }

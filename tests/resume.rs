@@ -37,11 +37,27 @@ fn resume_is_bit_identical() {
     train(RunStart::Fresh(&o), None, &a, Device::Cpu, false).unwrap();
     let first = train(RunStart::Fresh(&o), Some(4), &b, Device::Cpu, false).unwrap();
     assert_eq!(first.steps_done, 4);
-    let second = train(RunStart::Resume { dir: &b, steps: None }, None, &b, Device::Cpu, false).unwrap();
+    let second = train(
+        RunStart::Resume {
+            dir: &b,
+            steps: None,
+        },
+        None,
+        &b,
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
     assert_eq!(second.steps_done, 8);
     let (_, wa) = load_model(&a).unwrap();
     let (_, wb) = load_model(&b).unwrap();
-    assert!(wa.data.iter().zip(&wb.data).all(|(x, y)| x.to_bits() == y.to_bits()), "weights differ after resume");
+    assert!(
+        wa.data
+            .iter()
+            .zip(&wb.data)
+            .all(|(x, y)| x.to_bits() == y.to_bits()),
+        "weights differ after resume"
+    );
     let (_, _, sa) = load_training(&a).unwrap();
     let (_, _, sb) = load_training(&b).unwrap();
     assert_eq!(sa.m, sb.m);
@@ -49,7 +65,14 @@ fn resume_is_bit_identical() {
     assert_eq!(sa.state, sb.state);
     // The metrics log of the split run has each step once.
     let log = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
     assert_eq!(steps, (1..=8).collect::<Vec<_>>());
 }
 
@@ -66,5 +89,9 @@ fn training_lowers_the_loss() {
     let s = train(RunStart::Fresh(&o), None, &out, Device::Cpu, false).unwrap();
     // Uniform over 256 bytes is 8 bits/byte; 60 small steps must reach well below that.
     assert!(s.final_train_bpb < 4.5, "train bpb {}", s.final_train_bpb);
-    assert!(s.heldout_bpb.unwrap() < 4.8, "held-out bpb {:?}", s.heldout_bpb);
+    assert!(
+        s.heldout_bpb.unwrap() < 4.8,
+        "held-out bpb {:?}",
+        s.heldout_bpb
+    );
 }

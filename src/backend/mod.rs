@@ -26,7 +26,13 @@ pub struct OptimConfig {
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        OptimConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, clip: 1.0 }
+        OptimConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            clip: 1.0,
+        }
     }
 }
 
@@ -44,7 +50,11 @@ pub struct StepStats {
 impl StepStats {
     pub fn from_sums(s: &LossSums, grad_norm: f32) -> Self {
         let n = s.rows.max(1) as f64;
-        StepStats { ce: (s.ce / n) as f32, z: (s.z / n) as f32, grad_norm }
+        StepStats {
+            ce: (s.ce / n) as f32,
+            z: (s.z / n) as f32,
+            grad_norm,
+        }
     }
 }
 
@@ -54,7 +64,13 @@ pub trait Backend {
     fn name(&self) -> String;
     /// Forward, backward, clipping and one AdamW update at learning rate `lr`; `step` counts
     /// optimiser steps from 1 (bias correction).
-    fn train_step(&mut self, batch: &Batch, lr: f32, step: u64, opt: &OptimConfig) -> Result<StepStats>;
+    fn train_step(
+        &mut self,
+        batch: &Batch,
+        lr: f32,
+        step: u64,
+        opt: &OptimConfig,
+    ) -> Result<StepStats>;
     /// Loss sums of the current weights on `batch`, without touching any state.
     fn eval_batch(&mut self, batch: &Batch) -> Result<LossSums>;
     /// A host copy of the current weights.

@@ -137,7 +137,9 @@ impl SplitStream {
                     }
                 }
             }
-            let held = h > 0 && self.span_index % HELDOUT_STRIDE == HELDOUT_STRIDE - 1 && self.heldout_taken < h;
+            let held = h > 0
+                && self.span_index % HELDOUT_STRIDE == HELDOUT_STRIDE - 1
+                && self.heldout_taken < h;
             self.span_index += 1;
             if held {
                 self.heldout_taken += self.span.len() as u64;
@@ -521,7 +523,10 @@ mod tests {
             let mut end = (pos + span_len(h) as usize).min(s.len());
             if end - pos == span_len(h) as usize && s[end - 1] != b'\n' {
                 let cap = (end + HELDOUT_EXTENSION_CAP as usize).min(s.len());
-                end = s[end..cap].iter().position(|&b| b == b'\n').map_or(cap, |p| end + p + 1);
+                end = s[end..cap]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(cap, |p| end + p + 1);
             }
             if k % HELDOUT_STRIDE == HELDOUT_STRIDE - 1 && (held.len() as u64) < h {
                 held.extend_from_slice(&s[pos..end]);
@@ -551,14 +556,22 @@ mod tests {
             let (held, train) = naive_split(&s, h);
             assert_eq!(read_heldout(&p, h).unwrap(), held, "h={h}");
             assert_eq!(read_part(&p, h, Part::Train), train, "h={h}");
-            assert!(held.len() as u64 <= h + span_len(h) + 200, "h={h}: {}", held.len());
+            assert!(
+                held.len() as u64 <= h + span_len(h) + 200,
+                "h={h}: {}",
+                held.len()
+            );
             if h <= 2000 {
                 assert!(held.len() as u64 >= h, "h={h}: {}", held.len());
             }
         }
         // Held-out spans come from across the corpus, not only its start.
         let held = read_heldout(&p, 2000).unwrap();
-        let last_doc = String::from_utf8_lossy(&held).rsplit("Doc ").next().unwrap().to_string();
+        let last_doc = String::from_utf8_lossy(&held)
+            .rsplit("Doc ")
+            .next()
+            .unwrap()
+            .to_string();
         let n: usize = last_doc.split(' ').next().unwrap().parse().unwrap();
         assert!(n > 200, "last held-out document {n}");
         // A paragraph longer than the cap is cut at span + 64 KiB.
@@ -569,7 +582,10 @@ mod tests {
         // An empty corpus is refused, and so is one too short for any held-out span.
         let p = write_corpus(dir.path(), "empty.txt", b"");
         let msg = format!("{:#}", read_heldout(&p, 10).unwrap_err());
-        assert!(msg.contains("holds no text") && msg.contains("empty.txt"), "{msg}");
+        assert!(
+            msg.contains("holds no text") && msg.contains("empty.txt"),
+            "{msg}"
+        );
         let p = write_corpus(dir.path(), "short.txt", b"one short paragraph\n");
         let msg = format!("{:#}", read_heldout(&p, 1000).unwrap_err());
         assert!(msg.contains("too short to hold out 1000 bytes"), "{msg}");

@@ -55,7 +55,11 @@ impl ParamArena {
         shapes
             .into_iter()
             .map(|(name, shape)| {
-                let s = TensorSpec { name, shape, offset };
+                let s = TensorSpec {
+                    name,
+                    shape,
+                    offset,
+                };
                 offset += s.len();
                 s
             })
@@ -66,7 +70,10 @@ impl ParamArena {
     pub fn zeros(cfg: &ModelConfig) -> Self {
         let specs = Self::layout(cfg);
         let n = specs.last().map_or(0, |s| s.offset + s.len());
-        ParamArena { specs, data: vec![0.0; n] }
+        ParamArena {
+            specs,
+            data: vec![0.0; n],
+        }
     }
 
     /// Seeded initialisation: norm gains 1, matrices N(0, 0.02), residual output projections
@@ -81,7 +88,9 @@ impl ParamArena {
                 dst.fill(1.0);
                 continue;
             }
-            let std = if spec.name.ends_with("attn.out.weight") || spec.name.ends_with("mlp.down.weight") {
+            let std = if spec.name.ends_with("attn.out.weight")
+                || spec.name.ends_with("mlp.down.weight")
+            {
                 0.02 * resid_scale
             } else {
                 0.02
@@ -106,7 +115,9 @@ impl ParamArena {
     }
 
     pub fn tensor(&self, name: &str) -> &[f32] {
-        let s = self.spec(name).unwrap_or_else(|| panic!("no tensor {name}"));
+        let s = self
+            .spec(name)
+            .unwrap_or_else(|| panic!("no tensor {name}"));
         &self.data[s.range()]
     }
 }

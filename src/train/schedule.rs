@@ -36,7 +36,9 @@ impl Schedule {
                 let progress = ((step - self.warmup) as f64 / span).min(1.0);
                 floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
             }
-            ScheduleKind::Rsqrt => (peak * (self.warmup.max(1) as f64 / (step + 1) as f64).sqrt()).max(floor),
+            ScheduleKind::Rsqrt => {
+                (peak * (self.warmup.max(1) as f64 / (step + 1) as f64).sqrt()).max(floor)
+            }
         };
         lr as f32
     }
@@ -48,7 +50,13 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine_to_floor() {
-        let s = Schedule { kind: ScheduleKind::Cosine, peak_lr: 1.0, warmup: 10, total: 110, min_lr_frac: 0.1 };
+        let s = Schedule {
+            kind: ScheduleKind::Cosine,
+            peak_lr: 1.0,
+            warmup: 10,
+            total: 110,
+            min_lr_frac: 0.1,
+        };
         assert!((s.lr(0) - 0.1).abs() < 1e-6);
         assert!((s.lr(9) - 1.0).abs() < 1e-6);
         assert!((s.lr(10) - 1.0).abs() < 1e-6);
@@ -59,7 +67,13 @@ mod tests {
 
     #[test]
     fn rsqrt_decays_and_floors() {
-        let s = Schedule { kind: ScheduleKind::Rsqrt, peak_lr: 1.0, warmup: 100, total: 0, min_lr_frac: 0.2 };
+        let s = Schedule {
+            kind: ScheduleKind::Rsqrt,
+            peak_lr: 1.0,
+            warmup: 100,
+            total: 0,
+            min_lr_frac: 0.2,
+        };
         assert!((s.lr(399) - 0.5).abs() < 1e-6);
         assert!((s.lr(1_000_000) - 0.2).abs() < 1e-6);
     }

@@ -77,12 +77,25 @@ pub enum RunStart<'a> {
 
 /// Runs or resumes training, writing checkpoints and `metrics.jsonl` under `out`. `stop_after`
 /// ends this invocation at that step (saving a checkpoint) without changing the schedule.
-pub fn train(start: RunStart, stop_after: Option<u64>, out: &Path, device: Device, progress: bool) -> Result<TrainSummary> {
+pub fn train(
+    start: RunStart,
+    stop_after: Option<u64>,
+    out: &Path,
+    device: Device,
+    progress: bool,
+) -> Result<TrainSummary> {
     let (cfg, params, moments, mut run) = match start {
-        RunStart::Resume { dir, steps: steps_override } => {
+        RunStart::Resume {
+            dir,
+            steps: steps_override,
+        } => {
             let (cfg, params, st) = load_training(dir)?;
-            let mut run: RunState = serde_json::from_value(st.state)
-                .with_context(|| format!("checkpoint {} holds training state of another format", dir.display()))?;
+            let mut run: RunState = serde_json::from_value(st.state).with_context(|| {
+                format!(
+                    "checkpoint {} holds training state of another format",
+                    dir.display()
+                )
+            })?;
             if let Some(s) = steps_override {
                 run.options.steps = s;
             }
@@ -92,16 +105,43 @@ pub fn train(start: RunStart, stop_after: Option<u64>, out: &Path, device: Devic
             validate(opts)?;
             let cfg = ModelConfig::preset(&opts.preset, Some(256))?;
             let params = ParamArena::init(&cfg, opts.seed);
-            let loader = ByteLoader::new(&opts.data, opts.heldout_bytes, opts.batch, opts.seq, opts.seed)?;
-            let run = RunState { options: opts.clone(), step: 0, loader: loader.state(), tokens: 0 };
+            let loader = ByteLoader::new(
+                &opts.data,
+                opts.heldout_bytes,
+                opts.batch,
+                opts.seq,
+                opts.seed,
+            )?;
+            let run = RunState {
+                options: opts.clone(),
+                step: 0,
+                loader: loader.state(),
+                tokens: 0,
+            };
             (cfg, params, None, run)
         }
     };
     let o = run.options.clone();
-    ensure!(run.step <= o.steps, "checkpoint is at step {} beyond --steps {}", run.step, o.steps);
+    ensure!(
+        run.step <= o.steps,
+        "checkpoint is at step {} beyond --steps {}",
+        run.step,
+        o.steps
+    );
     let heldout = read_heldout(&o.data, o.heldout_bytes)?;
-    let windows = heldout_windows(&heldout, o.seq, (o.eval_windows > 0).then_some(o.eval_windows));
-    let mut loader = ByteLoader::resume(&o.data, o.heldout_bytes, o.batch, o.seq, o.seed, &run.loader)?;
+    let windows = heldout_windows(
+        &heldout,
+        o.seq,
+        (o.eval_windows > 0).then_some(o.eval_windows),
+    );
+    let mut loader = ByteLoader::resume(
+        &o.data,
+        o.heldout_bytes,
+        o.batch,
+        o.seq,
+        o.seed,
+        &run.loader,
+    )?;
     let (mut backend, note) = create_backend(device, &cfg, params, moments)?;
     eprintln!(
         "terse train: {} ({:.2}M params) on {} [{note}], {} x {} bytes per step, steps {}..{}",
@@ -113,14 +153,21 @@ pub fn train(start: RunStart, stop_after: Option<u64>, out: &Path, device: Devic
         run.step,
         o.steps
     );
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output directory {}", out.display()))?;
     let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), run.step)?;
 
     let stop = stop_after.unwrap_or(o.steps).min(o.steps);
-    let bar = if progress { ProgressBar::new(o.steps) } else { ProgressBar::hidden() };
+    let bar = if progress {
+        ProgressBar::new(o.steps)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]")
-            .expect("static template"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("static template"),
     );
     bar.set_position(run.step);
     let tokens_per_step = (o.batch * o.seq) as u64;
@@ -131,7 +178,13 @@ pub fn train(start: RunStart, stop_after: Option<u64>, out: &Path, device: Devic
     let mut window_tokens = 0u64;
     let mut steps_total = o.steps;
     while run.step < stop.min(steps_total) {
-        let sched = Schedule { kind: o.schedule, peak_lr: o.lr, warmup: o.warmup, total: steps_total, min_lr_frac: o.min_lr_frac };
+        let sched = Schedule {
+            kind: o.schedule,
+            peak_lr: o.lr,
+            warmup: o.warmup,
+            total: steps_total,
+            min_lr_frac: o.min_lr_frac,
+        };
         let lr = sched.lr(run.step);
         let batch = loader.next_batch()?;
         let stats = backend.train_step(&batch, lr, run.step + 1, &o.optim)?;
@@ -169,7 +222,10 @@ pub fn train(start: RunStart, stop_after: Option<u64>, out: &Path, device: Devic
             window_t = Instant::now();
             window_tokens = 0;
         }
-        if (o.ckpt_every > 0 && run.step % o.ckpt_every == 0) || run.step == stop || run.step == steps_total {
+        if (o.ckpt_every > 0 && run.step % o.ckpt_every == 0)
+            || run.step == stop
+            || run.step == steps_total
+        {
             run.loader = loader.state();
             save(out, &cfg, backend.as_ref(), &run)?;
         }
@@ -204,8 +260,13 @@ fn validate(o: &TrainOptions) -> Result<()> {
 fn save(out: &Path, cfg: &ModelConfig, backend: &dyn Backend, run: &RunState) -> Result<()> {
     let params = backend.params()?;
     let (m, v) = backend.optimizer_state()?;
-    let state = TrainingState { m, v, state: serde_json::to_value(run)? };
-    save_checkpoint(out, cfg, &params, Some(&state)).with_context(|| format!("saving checkpoint to {}", out.display()))
+    let state = TrainingState {
+        m,
+        v,
+        state: serde_json::to_value(run)?,
+    };
+    save_checkpoint(out, cfg, &params, Some(&state))
+        .with_context(|| format!("saving checkpoint to {}", out.display()))
 }
 
 /// `metrics.jsonl`: one JSON object per step. On resume, records past the checkpoint's step
@@ -219,7 +280,12 @@ impl MetricsLog {
         let kept: String = match std::fs::read_to_string(path) {
             Ok(text) if resume_step > 0 => text
                 .lines()
-                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= resume_step))
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s <= resume_step)
+                })
                 .map(|l| format!("{l}\n"))
                 .collect(),
             _ => String::new(),

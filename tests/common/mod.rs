@@ -6,8 +6,12 @@ use std::process::{Command, Output};
 
 /// A small real corpus: the first `n` bytes of the bundled sample (cut at a newline).
 pub fn sample_prefix(dir: &Path, n: usize) -> PathBuf {
-    let text = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample-books.txt")).unwrap();
-    let end = text[n..].iter().position(|&c| c == b'\n').map_or(text.len(), |p| n + p);
+    let text =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample-books.txt")).unwrap();
+    let end = text[n..]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map_or(text.len(), |p| n + p);
     let p = dir.join("corpus.txt");
     std::fs::write(&p, &text[..end]).unwrap();
     p
@@ -15,7 +19,10 @@ pub fn sample_prefix(dir: &Path, n: usize) -> PathBuf {
 
 /// Runs the `terse` binary with `args`.
 pub fn terse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_terse")).args(args).output().expect("run terse")
+    Command::new(env!("CARGO_BIN_EXE_terse"))
+        .args(args)
+        .output()
+        .expect("run terse")
 }
 
 pub fn stderr(o: &Output) -> String {

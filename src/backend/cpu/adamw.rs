@@ -59,6 +59,9 @@ mod tests {
         };
         adamw(&mut p, &g, &mut m, &mut v, &h);
         // With bias correction the first update is lr * sign(g).
-        assert!((p[0] - 0.99).abs() < 1e-6 && (p[1] + 1.99).abs() < 1e-6 && (p[2] - 0.49).abs() < 1e-4, "{p:?}");
+        assert!(
+            (p[0] - 0.99).abs() < 1e-6 && (p[1] + 1.99).abs() < 1e-6 && (p[2] - 0.49).abs() < 1e-4,
+            "{p:?}"
+        );
     }
 }

@@ -70,7 +70,14 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: AttnS
 }
 
 /// Overwrites `dqkv[B*T, 3d]` with the gradient of the attention output `dout[B*T, d]`.
-pub fn attention_backward(dqkv: &mut [f32], dout: &[f32], out: &[f32], lse: &[f32], qkv: &[f32], s: AttnShape) {
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    qkv: &[f32],
+    s: AttnShape,
+) {
     let (t_len, d) = (s.seq, s.d());
     let scale = 1.0 / (HEAD_DIM as f32).sqrt();
     let per_head: Vec<Vec<f32>> = (0..s.batch * s.heads)
@@ -129,7 +136,11 @@ mod tests {
                     let sc: Vec<f64> = (0..=i)
                         .map(|j| {
                             let k = &qkv[s.head_ptr(b, j, 1, h)..][..HEAD_DIM];
-                            q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / 8.0
+                            q.iter()
+                                .zip(k)
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum::<f64>()
+                                / 8.0
                         })
                         .collect();
                     let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -149,10 +160,16 @@ mod tests {
 
     #[test]
     fn forward_matches_naive_and_backward_matches_finite_differences() {
-        let s = AttnShape { batch: 2, seq: 7, heads: 2 };
+        let s = AttnShape {
+            batch: 2,
+            seq: 7,
+            heads: 2,
+        };
         let d = s.d();
         let mut r = Rng::new(9);
-        let qkv: Vec<f32> = (0..s.batch * s.seq * 3 * d).map(|_| r.normal() as f32).collect();
+        let qkv: Vec<f32> = (0..s.batch * s.seq * 3 * d)
+            .map(|_| r.normal() as f32)
+            .collect();
         let mut out = vec![f32::NAN; s.batch * s.seq * d];
         let mut lse = vec![f32::NAN; s.batch * s.heads * s.seq];
         attention_forward(&mut out, &mut lse, &qkv, s);
@@ -163,7 +180,8 @@ mod tests {
         let w: Vec<f32> = (0..out.len()).map(|_| r.normal() as f32).collect();
         let mut dqkv = vec![f32::NAN; qkv.len()];
         attention_backward(&mut dqkv, &w, &out, &lse, &qkv, s);
-        let loss = |x: &[f32]| -> f64 { naive(x, s).iter().zip(&w).map(|(o, w)| o * *w as f64).sum() };
+        let loss =
+            |x: &[f32]| -> f64 { naive(x, s).iter().zip(&w).map(|(o, w)| o * *w as f64).sum() };
         for idx in (0..qkv.len()).step_by(13) {
             let mut p = qkv.clone();
             let eps = 1e-2f32;
@@ -172,7 +190,11 @@ mod tests {
             p[idx] -= 2.0 * eps;
             let lm = loss(&p);
             let fd = (lp - lm) / (2.0 * eps as f64);
-            assert!((fd - dqkv[idx] as f64).abs() < 2e-3 * (1.0 + fd.abs()), "idx {idx}: fd {fd} vs {}", dqkv[idx]);
+            assert!(
+                (fd - dqkv[idx] as f64).abs() < 2e-3 * (1.0 + fd.abs()),
+                "idx {idx}: fd {fd} vs {}",
+                dqkv[idx]
+            );
         }
     }
 }

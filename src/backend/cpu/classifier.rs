@@ -77,8 +77,16 @@ pub fn classifier_forward_backward(
                 rows,
                 v,
                 d,
-                StridedRef { data: lg, rs: v, cs: 1 },
-                StridedRef { data: w, rs: d, cs: 1 },
+                StridedRef {
+                    data: lg,
+                    rs: v,
+                    cs: 1,
+                },
+                StridedRef {
+                    data: w,
+                    rs: d,
+                    cs: 1,
+                },
                 0.0,
                 &mut g.dx[r0 * d..(r0 + rows) * d],
             );

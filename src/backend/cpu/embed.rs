@@ -4,10 +4,12 @@ use rayon::prelude::*;
 
 /// `out[n, d] = table[tokens[n]]`.
 pub fn embed_forward(out: &mut [f32], table: &[f32], tokens: &[u32], d: usize) {
-    out.par_chunks_mut(d).zip(tokens.par_iter()).for_each(|(o, &t)| {
-        let t = t as usize;
-        o.copy_from_slice(&table[t * d..(t + 1) * d]);
-    });
+    out.par_chunks_mut(d)
+        .zip(tokens.par_iter())
+        .for_each(|(o, &t)| {
+            let t = t as usize;
+            o.copy_from_slice(&table[t * d..(t + 1) * d]);
+        });
 }
 
 /// `dtable[tokens[n]] += dout[n]`. Positions are bucketed by token with a counting sort, then

@@ -22,44 +22,63 @@ pub fn gemm(m: usize, k: usize, n: usize, a: StridedRef, b: StridedRef, beta: f3
     if m == 0 || n == 0 {
         return;
     }
-    let last = |v: &StridedRef, rows: usize, cols: usize| (rows - 1) * v.rs + (cols.max(1) - 1) * v.cs;
+    let last =
+        |v: &StridedRef, rows: usize, cols: usize| (rows - 1) * v.rs + (cols.max(1) - 1) * v.cs;
     if k > 0 {
         assert!(a.data.len() > last(&a, m, k), "gemm: A too short");
         assert!(b.data.len() > last(&b, k, n), "gemm: B too short");
     }
-    c[..m * n].par_chunks_mut(ROW_BLOCK * n).enumerate().for_each(|(blk, c_blk)| {
-        let rows = c_blk.len() / n;
-        let a_off = blk * ROW_BLOCK * a.rs;
-        // SAFETY: bounds of every element touched were asserted above; C chunks are disjoint.
-        unsafe {
-            matrixmultiply::sgemm(
-                rows,
-                k,
-                n,
-                1.0,
-                a.data.as_ptr().add(a_off),
-                a.rs as isize,
-                a.cs as isize,
-                b.data.as_ptr(),
-                b.rs as isize,
-                b.cs as isize,
-                beta,
-                c_blk.as_mut_ptr(),
-                n as isize,
-                1,
-            );
-        }
-    });
+    c[..m * n]
+        .par_chunks_mut(ROW_BLOCK * n)
+        .enumerate()
+        .for_each(|(blk, c_blk)| {
+            let rows = c_blk.len() / n;
+            let a_off = blk * ROW_BLOCK * a.rs;
+            // SAFETY: bounds of every element touched were asserted above; C chunks are disjoint.
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows,
+                    k,
+                    n,
+                    1.0,
+                    a.data.as_ptr().add(a_off),
+                    a.rs as isize,
+                    a.cs as isize,
+                    b.data.as_ptr(),
+                    b.rs as isize,
+                    b.cs as isize,
+                    beta,
+                    c_blk.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+        });
 }
 
 /// `out[n, d_out] = inp[n, d_in] W^T` with `W` stored `[d_out, d_in]`.
-pub fn matmul_forward(out: &mut [f32], inp: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize) {
+pub fn matmul_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    n: usize,
+    d_in: usize,
+    d_out: usize,
+) {
     gemm(
         n,
         d_in,
         d_out,
-        StridedRef { data: inp, rs: d_in, cs: 1 },
-        StridedRef { data: w, rs: 1, cs: d_in },
+        StridedRef {
+            data: inp,
+            rs: d_in,
+            cs: 1,
+        },
+        StridedRef {
+            data: w,
+            rs: 1,
+            cs: d_in,
+        },
         0.0,
         out,
     );
@@ -83,8 +102,16 @@ pub fn matmul_backward(
         n,
         d_out,
         d_in,
-        StridedRef { data: dout, rs: d_out, cs: 1 },
-        StridedRef { data: w, rs: d_in, cs: 1 },
+        StridedRef {
+            data: dout,
+            rs: d_out,
+            cs: 1,
+        },
+        StridedRef {
+            data: w,
+            rs: d_in,
+            cs: 1,
+        },
         if accumulate { 1.0 } else { 0.0 },
         dinp,
     );
@@ -92,13 +119,28 @@ pub fn matmul_backward(
 }
 
 /// `dw[d_out, d_in] += dout[n, d_out]^T inp[n, d_in]`.
-pub fn matmul_backward_weight(dw: &mut [f32], dout: &[f32], inp: &[f32], n: usize, d_in: usize, d_out: usize) {
+pub fn matmul_backward_weight(
+    dw: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    n: usize,
+    d_in: usize,
+    d_out: usize,
+) {
     gemm(
         d_out,
         n,
         d_in,
-        StridedRef { data: dout, rs: 1, cs: d_out },
-        StridedRef { data: inp, rs: d_in, cs: 1 },
+        StridedRef {
+            data: dout,
+            rs: 1,
+            cs: d_out,
+        },
+        StridedRef {
+            data: inp,
+            rs: d_in,
+            cs: 1,
+        },
         1.0,
         dw,
     );
@@ -127,17 +169,24 @@ mod tests {
         matmul_backward(&mut dx, &mut dw, &g, &x, &w, n, di, dout, false);
         for r in 0..n {
             for o in 0..dout {
-                let e: f64 = (0..di).map(|i| x[r * di + i] as f64 * w[o * di + i] as f64).sum();
+                let e: f64 = (0..di)
+                    .map(|i| x[r * di + i] as f64 * w[o * di + i] as f64)
+                    .sum();
                 assert!((y[r * dout + o] as f64 - e).abs() < 1e-4, "y");
             }
             for i in 0..di {
-                let e: f64 = (0..dout).map(|o| g[r * dout + o] as f64 * w[o * di + i] as f64).sum();
+                let e: f64 = (0..dout)
+                    .map(|o| g[r * dout + o] as f64 * w[o * di + i] as f64)
+                    .sum();
                 assert!((dx[r * di + i] as f64 - e).abs() < 1e-4, "dx");
             }
         }
         for o in 0..dout {
             for i in 0..di {
-                let e: f64 = 0.5 + (0..n).map(|r| g[r * dout + o] as f64 * x[r * di + i] as f64).sum::<f64>();
+                let e: f64 = 0.5
+                    + (0..n)
+                        .map(|r| g[r * dout + o] as f64 * x[r * di + i] as f64)
+                        .sum::<f64>();
                 assert!((dw[o * di + i] as f64 - e).abs() < 1e-3, "dw");
             }
         }
@@ -149,7 +198,10 @@ mod tests {
         let x = rand(n * di, 4);
         let w = rand(dout * di, 5);
         let run = |threads| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             let mut y = vec![0.0; n * dout];
             pool.install(|| matmul_forward(&mut y, &x, &w, n, di, dout));
             y

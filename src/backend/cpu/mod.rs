@@ -35,18 +35,39 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     /// Takes ownership of the weights; `moments` restores AdamW state (`m`, `v`) on resume.
-    pub fn new(cfg: &ModelConfig, params: ParamArena, moments: Option<(Vec<f32>, Vec<f32>)>) -> Result<Self> {
+    pub fn new(
+        cfg: &ModelConfig,
+        params: ParamArena,
+        moments: Option<(Vec<f32>, Vec<f32>)>,
+    ) -> Result<Self> {
         let n = params.len();
-        ensure!(n == cfg.total_params(), "weights hold {n} values, config expects {}", cfg.total_params());
+        ensure!(
+            n == cfg.total_params(),
+            "weights hold {n} values, config expects {}",
+            cfg.total_params()
+        );
         let (m, v) = moments.unwrap_or_else(|| (vec![0.0; n], vec![0.0; n]));
-        ensure!(m.len() == n && v.len() == n, "optimizer state does not match the weights");
-        Ok(CpuBackend { cfg: cfg.clone(), params, grads: vec![0.0; n], m, v, acts: None })
+        ensure!(
+            m.len() == n && v.len() == n,
+            "optimizer state does not match the weights"
+        );
+        Ok(CpuBackend {
+            cfg: cfg.clone(),
+            params,
+            grads: vec![0.0; n],
+            m,
+            v,
+            acts: None,
+        })
     }
 
     fn check_batch(&self, batch: &Batch) -> Result<()> {
         let n = batch.batch * batch.seq;
         ensure!(n > 0, "empty batch");
-        ensure!(batch.inputs.len() == n && batch.targets.len() == n, "batch arrays do not match its shape");
+        ensure!(
+            batch.inputs.len() == n && batch.targets.len() == n,
+            "batch arrays do not match its shape"
+        );
         let v = self.cfg.vocab as u32;
         ensure!(
             batch.inputs.iter().chain(&batch.targets).all(|&t| t < v),
@@ -57,11 +78,22 @@ impl CpuBackend {
 
     /// Loss sums and the gradient of the mean loss for `params` (which need not be this backend's
     /// own weights): the entry point of the finite-difference gradient check.
-    pub fn loss_and_grads(&mut self, params: &[f32], batch: &Batch) -> Result<(LossSums, Vec<f32>)> {
+    pub fn loss_and_grads(
+        &mut self,
+        params: &[f32],
+        batch: &Batch,
+    ) -> Result<(LossSums, Vec<f32>)> {
         self.check_batch(batch)?;
         let mut grads = vec![0.0; params.len()];
         let a = activations_for(&mut self.acts, &self.cfg, batch);
-        let sums = forward_backward(&self.cfg, params, &batch.inputs, &batch.targets, a, Some(&mut grads));
+        let sums = forward_backward(
+            &self.cfg,
+            params,
+            &batch.inputs,
+            &batch.targets,
+            a,
+            Some(&mut grads),
+        );
         Ok((sums, grads))
     }
 
@@ -69,13 +101,27 @@ impl CpuBackend {
     pub fn loss(&mut self, params: &[f32], batch: &Batch) -> Result<LossSums> {
         self.check_batch(batch)?;
         let a = activations_for(&mut self.acts, &self.cfg, batch);
-        Ok(forward_backward(&self.cfg, params, &batch.inputs, &batch.targets, a, None))
+        Ok(forward_backward(
+            &self.cfg,
+            params,
+            &batch.inputs,
+            &batch.targets,
+            a,
+            None,
+        ))
     }
 }
 
 /// The activation buffers for `batch`'s shape, reallocated only when the shape changes.
-fn activations_for<'a>(acts: &'a mut Option<Activations>, cfg: &ModelConfig, batch: &Batch) -> &'a mut Activations {
-    if !acts.as_ref().is_some_and(|a| a.fits(batch.batch, batch.seq)) {
+fn activations_for<'a>(
+    acts: &'a mut Option<Activations>,
+    cfg: &ModelConfig,
+    batch: &Batch,
+) -> &'a mut Activations {
+    if !acts
+        .as_ref()
+        .is_some_and(|a| a.fits(batch.batch, batch.seq))
+    {
         *acts = Some(Activations::new(cfg, batch.batch, batch.seq));
     }
     acts.as_mut().expect("just set")
@@ -86,19 +132,40 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
-    fn train_step(&mut self, batch: &Batch, lr: f32, step: u64, opt: &OptimConfig) -> Result<StepStats> {
+    fn train_step(
+        &mut self,
+        batch: &Batch,
+        lr: f32,
+        step: u64,
+        opt: &OptimConfig,
+    ) -> Result<StepStats> {
         self.check_batch(batch)?;
         ensure!(step >= 1, "optimizer steps count from 1");
         self.grads.fill(0.0);
         let acts = activations_for(&mut self.acts, &self.cfg, batch);
-        let sums = forward_backward(&self.cfg, &self.params.data, &batch.inputs, &batch.targets, acts, Some(&mut self.grads));
+        let sums = forward_backward(
+            &self.cfg,
+            &self.params.data,
+            &batch.inputs,
+            &batch.targets,
+            acts,
+            Some(&mut self.grads),
+        );
         let mut sq = 0f64;
         for s in &self.params.specs {
             sq += vecops::sum_sq_f64(&self.grads[s.range()]);
         }
         let grad_norm = sq.sqrt() as f32;
-        ensure!(grad_norm.is_finite(), "gradient norm is not finite at step {step} (loss {})", sums.ce / sums.rows as f64);
-        let grad_scale = if opt.clip > 0.0 && grad_norm > opt.clip { opt.clip / grad_norm } else { 1.0 };
+        ensure!(
+            grad_norm.is_finite(),
+            "gradient norm is not finite at step {step} (loss {})",
+            sums.ce / sums.rows as f64
+        );
+        let grad_scale = if opt.clip > 0.0 && grad_norm > opt.clip {
+            opt.clip / grad_norm
+        } else {
+            1.0
+        };
         for s in &self.params.specs {
             let r = s.range();
             let h = AdamWStep {
@@ -106,12 +173,22 @@ impl Backend for CpuBackend {
                 beta1: opt.beta1,
                 beta2: opt.beta2,
                 eps: opt.eps,
-                weight_decay: if s.shape.len() == 2 { opt.weight_decay } else { 0.0 },
+                weight_decay: if s.shape.len() == 2 {
+                    opt.weight_decay
+                } else {
+                    0.0
+                },
                 grad_scale,
                 bias_corr1: 1.0 - opt.beta1.powi(step as i32),
                 bias_corr2: 1.0 - opt.beta2.powi(step as i32),
             };
-            adamw(&mut self.params.data[r.clone()], &self.grads[r.clone()], &mut self.m[r.clone()], &mut self.v[r], &h);
+            adamw(
+                &mut self.params.data[r.clone()],
+                &self.grads[r.clone()],
+                &mut self.m[r.clone()],
+                &mut self.v[r],
+                &h,
+            );
         }
         Ok(StepStats::from_sums(&sums, grad_norm))
     }

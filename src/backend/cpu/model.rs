@@ -101,7 +101,11 @@ pub(crate) fn forward_backward(
 ) -> LossSums {
     let (b, t) = (a.batch, a.seq);
     let (n, d, ff, v) = (b * t, cfg.d_model, cfg.d_ff, cfg.vocab);
-    let shape = AttnShape { batch: b, seq: t, heads: cfg.n_heads };
+    let shape = AttnShape {
+        batch: b,
+        seq: t,
+        heads: cfg.n_heads,
+    };
     let (nd, nd3, nff, nlse) = (n * d, n * 3 * d, n * ff, b * cfg.n_heads * t);
     let w: Vec<&[f32]> = {
         let mut rest = params;
@@ -119,12 +123,21 @@ pub(crate) fn forward_backward(
 
     embed_forward(&mut a.x[..nd], tok_emb, inputs, d);
     for l in 0..cfg.n_layers {
-        let [attn_norm, w_qkv, w_out, mlp_norm, w_up, w_down] = w[1 + PER_LAYER * l..1 + PER_LAYER * (l + 1)] else {
+        let [attn_norm, w_qkv, w_out, mlp_norm, w_up, w_down] =
+            w[1 + PER_LAYER * l..1 + PER_LAYER * (l + 1)]
+        else {
             unreachable!()
         };
         let (x_in, x_next) = a.x[l * nd..(l + 2) * nd].split_at_mut(nd);
         let xn1 = &mut a.xn1[l * nd..(l + 1) * nd];
-        rmsnorm_forward(xn1, &mut a.rstd1[l * n..(l + 1) * n], x_in, attn_norm, d, cfg.norm_eps);
+        rmsnorm_forward(
+            xn1,
+            &mut a.rstd1[l * n..(l + 1) * n],
+            x_in,
+            attn_norm,
+            d,
+            cfg.norm_eps,
+        );
         let qkv = &mut a.qkv[l * nd3..(l + 1) * nd3];
         matmul_forward(qkv, xn1, w_qkv, n, d, 3 * d);
         rope_apply(qkv, &a.rope, d, false);
@@ -136,7 +149,14 @@ pub(crate) fn forward_backward(
             xmid[i] = x_in[i] + a.tmp[i];
         }
         let xn2 = &mut a.xn2[l * nd..(l + 1) * nd];
-        rmsnorm_forward(xn2, &mut a.rstd2[l * n..(l + 1) * n], xmid, mlp_norm, d, cfg.norm_eps);
+        rmsnorm_forward(
+            xn2,
+            &mut a.rstd2[l * n..(l + 1) * n],
+            xmid,
+            mlp_norm,
+            d,
+            cfg.norm_eps,
+        );
         let h = &mut a.h[l * nff..(l + 1) * nff];
         matmul_forward(h, xn2, w_up, n, d, ff);
         h.iter_mut().for_each(|x| *x = x.max(0.0));
@@ -149,7 +169,16 @@ pub(crate) fn forward_backward(
     rmsnorm_forward(&mut a.xf, &mut a.rstdf, x_last, final_norm, d, cfg.norm_eps);
 
     let Some(grads) = grads else {
-        return classifier_forward_backward(&a.xf, lm_head, targets, d, v, cfg.z_loss, None, &mut a.logits);
+        return classifier_forward_backward(
+            &a.xf,
+            lm_head,
+            targets,
+            d,
+            v,
+            cfg.z_loss,
+            None,
+            &mut a.logits,
+        );
     };
 
     // ---- backward: dres accumulates the residual stream's gradient from every branch ----
@@ -161,16 +190,32 @@ pub(crate) fn forward_backward(
         d,
         v,
         cfg.z_loss,
-        Some(ClassifierGrads { dx: &mut a.dxn, dw: &mut g[last], rows_total: n }),
+        Some(ClassifierGrads {
+            dx: &mut a.dxn,
+            dw: g[last],
+            rows_total: n,
+        }),
         &mut a.logits,
     );
     a.dres.fill(0.0);
-    rmsnorm_backward(&mut a.dres, &mut g[last - 1], &a.dxn, x_last, final_norm, &a.rstdf, d);
+    rmsnorm_backward(
+        &mut a.dres,
+        g[last - 1],
+        &a.dxn,
+        x_last,
+        final_norm,
+        &a.rstdf,
+        d,
+    );
     for l in (0..cfg.n_layers).rev() {
-        let [attn_norm, w_qkv, w_out, mlp_norm, w_up, w_down] = w[1 + PER_LAYER * l..1 + PER_LAYER * (l + 1)] else {
+        let [attn_norm, w_qkv, w_out, mlp_norm, w_up, w_down] =
+            w[1 + PER_LAYER * l..1 + PER_LAYER * (l + 1)]
+        else {
             unreachable!()
         };
-        let [g_norm1, g_qkv, g_out, g_norm2, g_up, g_down] = &mut g[1 + PER_LAYER * l..1 + PER_LAYER * (l + 1)] else {
+        let [g_norm1, g_qkv, g_out, g_norm2, g_up, g_down] =
+            &mut g[1 + PER_LAYER * l..1 + PER_LAYER * (l + 1)]
+        else {
             unreachable!()
         };
         let x_in = &a.x[l * nd..(l + 1) * nd];
@@ -185,17 +230,40 @@ pub(crate) fn forward_backward(
         }
         let xn2 = &a.xn2[l * nd..(l + 1) * nd];
         matmul_backward(&mut a.dxn, g_up, &a.dh, xn2, w_up, n, d, ff, false);
-        rmsnorm_backward(&mut a.dres, g_norm2, &a.dxn, xmid, mlp_norm, &a.rstd2[l * n..(l + 1) * n], d);
+        rmsnorm_backward(
+            &mut a.dres,
+            g_norm2,
+            &a.dxn,
+            xmid,
+            mlp_norm,
+            &a.rstd2[l * n..(l + 1) * n],
+            d,
+        );
         // Attention: xmid = x_in + attn(rope(xn1 Wqkv^T)) Wout^T
         let att = &a.att[l * nd..(l + 1) * nd];
         matmul_backward(&mut a.datt, g_out, &a.dres, att, w_out, n, d, d, false);
         let qkv = &a.qkv[l * nd3..(l + 1) * nd3];
-        attention_backward(&mut a.dqkv, &a.datt, att, &a.lse[l * nlse..(l + 1) * nlse], qkv, shape);
+        attention_backward(
+            &mut a.dqkv,
+            &a.datt,
+            att,
+            &a.lse[l * nlse..(l + 1) * nlse],
+            qkv,
+            shape,
+        );
         rope_apply(&mut a.dqkv, &a.rope, d, true);
         let xn1 = &a.xn1[l * nd..(l + 1) * nd];
         matmul_backward(&mut a.dxn, g_qkv, &a.dqkv, xn1, w_qkv, n, d, 3 * d, false);
-        rmsnorm_backward(&mut a.dres, g_norm1, &a.dxn, x_in, attn_norm, &a.rstd1[l * n..(l + 1) * n], d);
+        rmsnorm_backward(
+            &mut a.dres,
+            g_norm1,
+            &a.dxn,
+            x_in,
+            attn_norm,
+            &a.rstd1[l * n..(l + 1) * n],
+            d,
+        );
     }
-    embed_backward(&mut g[0], &a.dres, inputs, d);
+    embed_backward(g[0], &a.dres, inputs, d);
     sums
 }

@@ -7,7 +7,14 @@ use rayon::prelude::*;
 const ROWS_PER_TASK: usize = 256;
 
 /// Writes `out[n, d]` and the per-row reciprocal RMS `rstd[n]` (kept for the backward pass).
-pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], inp: &[f32], g: &[f32], d: usize, eps: f32) {
+pub fn rmsnorm_forward(
+    out: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    g: &[f32],
+    d: usize,
+    eps: f32,
+) {
     out.par_chunks_mut(d)
         .zip(rstd.par_iter_mut())
         .zip(inp.par_chunks(d))
@@ -23,7 +30,15 @@ pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], inp: &[f32], g: &[f32]
 
 /// Backward: `dinp += dL/dx` (the residual stream's gradient is accumulated into) and
 /// `dg += sum_rows dout * x * rstd`.
-pub fn rmsnorm_backward(dinp: &mut [f32], dg: &mut [f32], dout: &[f32], inp: &[f32], g: &[f32], rstd: &[f32], d: usize) {
+pub fn rmsnorm_backward(
+    dinp: &mut [f32],
+    dg: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    g: &[f32],
+    rstd: &[f32],
+    d: usize,
+) {
     let n = rstd.len();
     dinp.par_chunks_mut(d)
         .zip(dout.par_chunks(d))

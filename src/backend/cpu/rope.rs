@@ -38,7 +38,10 @@ pub fn rope_apply(qkv: &mut [f32], tables: &RopeTables, d: usize, inverse: bool)
     let seq = tables.seq;
     qkv.par_chunks_mut(3 * d).enumerate().for_each(|(r, row)| {
         let t = r % seq;
-        let (c, s) = (&tables.cos[t * HALF..(t + 1) * HALF], &tables.sin[t * HALF..(t + 1) * HALF]);
+        let (c, s) = (
+            &tables.cos[t * HALF..(t + 1) * HALF],
+            &tables.sin[t * HALF..(t + 1) * HALF],
+        );
         for head in row[..2 * d].chunks_mut(HEAD_DIM) {
             for i in 0..HALF {
                 let (x1, x2) = (head[i], head[i + HALF]);
@@ -58,7 +61,9 @@ mod tests {
     fn inverse_undoes_forward_and_preserves_norms() {
         let d = 128;
         let t = RopeTables::new(5, 10_000.0);
-        let orig: Vec<f32> = (0..5 * 3 * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let orig: Vec<f32> = (0..5 * 3 * d)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
         let mut x = orig.clone();
         rope_apply(&mut x, &t, d, false);
         for (a, b) in x.chunks(HEAD_DIM).zip(orig.chunks(HEAD_DIM)) {
