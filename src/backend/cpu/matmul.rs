@@ -15,45 +15,70 @@ pub struct StridedRef<'a> {
     pub cs: usize,
 }
 
-/// `C[m, n] = beta * C + A[m, k] * B[k, n]`, C row-major with row stride `n`.
-/// Panics if a view is too short for the stated shape (a caller bug, never data-dependent).
+/// `C[m, n] = beta * C + A[m, k] * B[k, n]`, C row-major with row stride `n`, split across
+/// threads in blocks of rows. Panics if a view is too short for the stated shape (a caller bug,
+/// never data-dependent).
 pub fn gemm(m: usize, k: usize, n: usize, a: StridedRef, b: StridedRef, beta: f32, c: &mut [f32]) {
     assert!(c.len() >= m * n, "gemm: C holds {} < {}x{}", c.len(), m, n);
     if m == 0 || n == 0 {
         return;
-    }
-    let last =
-        |v: &StridedRef, rows: usize, cols: usize| (rows - 1) * v.rs + (cols.max(1) - 1) * v.cs;
-    if k > 0 {
-        assert!(a.data.len() > last(&a, m, k), "gemm: A too short");
-        assert!(b.data.len() > last(&b, k, n), "gemm: B too short");
     }
     c[..m * n]
         .par_chunks_mut(ROW_BLOCK * n)
         .enumerate()
         .for_each(|(blk, c_blk)| {
             let rows = c_blk.len() / n;
-            let a_off = blk * ROW_BLOCK * a.rs;
-            // SAFETY: bounds of every element touched were asserted above; C chunks are disjoint.
-            unsafe {
-                matrixmultiply::sgemm(
-                    rows,
-                    k,
-                    n,
-                    1.0,
-                    a.data.as_ptr().add(a_off),
-                    a.rs as isize,
-                    a.cs as isize,
-                    b.data.as_ptr(),
-                    b.rs as isize,
-                    b.cs as isize,
-                    beta,
-                    c_blk.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
-            }
+            let a_blk = StridedRef {
+                data: &a.data[(blk * ROW_BLOCK * a.rs).min(a.data.len())..],
+                ..a
+            };
+            gemm_serial(rows, k, n, a_blk, b, beta, c_blk, n);
         });
+}
+
+/// `C[m, n] = beta * C + A[m, k] * B[k, n]` on the calling thread, C with row stride `ldc`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: StridedRef,
+    b: StridedRef,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        ldc >= n && c.len() > (m - 1) * ldc + n - 1,
+        "gemm: C too short"
+    );
+    let last = |v: &StridedRef, rows: usize, cols: usize| (rows - 1) * v.rs + (cols - 1) * v.cs;
+    if k > 0 {
+        assert!(a.data.len() > last(&a, m, k), "gemm: A too short");
+        assert!(b.data.len() > last(&b, k, n), "gemm: B too short");
+    }
+    // SAFETY: every element touched lies within the slices, as asserted above.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.data.as_ptr(),
+            a.rs as isize,
+            a.cs as isize,
+            b.data.as_ptr(),
+            b.rs as isize,
+            b.cs as isize,
+            beta,
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
+        );
+    }
 }
 
 /// `out[n, d_out] = inp[n, d_in] W^T` with `W` stored `[d_out, d_in]`.
