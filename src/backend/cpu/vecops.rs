@@ -18,15 +18,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `y += alpha * x`
-#[inline]
-pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    debug_assert_eq!(x.len(), y.len());
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
-    }
-}
-
 /// Sum of squares accumulated in f64 (gradient norms, RMSNorm statistics in tests).
 pub fn sum_sq_f64(x: &[f32]) -> f64 {
     let mut acc = [0f64; 4];
