@@ -42,6 +42,9 @@ enum Cmd {
     },
     /// Train a small M1 on the bundled sample and compare it with gzip -9 and xz -9.
     Demo(DemoArgs),
+    /// Throughput figures (JSON with --json).
+    #[command(subcommand)]
+    Bench(BenchCmd),
 }
 
 #[derive(Args)]
@@ -138,6 +141,26 @@ struct EvalArgs {
     json: bool,
 }
 
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time training steps on random bytes: ms/step, tokens/s, GFLOP/s.
+    Train {
+        #[arg(long, default_value = "m1-3m")]
+        preset: String,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        /// Timed steps (after 2 untimed warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: u64,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args)]
 struct DemoArgs {
     /// Seconds of training (the schedule is fitted to it).
@@ -172,6 +195,7 @@ fn main() {
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Info { json } => cmd_info(json),
         Cmd::Demo(a) => cmd_demo(a),
+        Cmd::Bench(b) => cmd_bench(b),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -467,6 +491,63 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
             "backend": s.backend, "checkpoint": ckpt, "seconds": seconds,
         });
         println!("{j}");
+    }
+    Ok(())
+}
+
+fn cmd_bench(b: BenchCmd) -> Result<()> {
+    let BenchCmd::Train {
+        preset,
+        batch,
+        seq,
+        steps,
+        device,
+        json,
+    } = b;
+    if batch == 0 || seq == 0 || steps == 0 {
+        bail!("--batch, --seq and --steps must be positive");
+    }
+    let cfg = terse::model::ModelConfig::preset(&preset, None)?;
+    let params = terse::model::ParamArena::init(&cfg, 0);
+    let (mut be, note) = create_backend(device, &cfg, params, None)?;
+    let mut rng = terse::rng::Rng::new(1);
+    let n = batch * seq;
+    let tokens: Vec<u32> = (0..n + 1)
+        .map(|_| rng.below(cfg.vocab as u64) as u32)
+        .collect();
+    let data = terse::data::Batch {
+        inputs: tokens[..n].to_vec(),
+        targets: tokens[1..].to_vec(),
+        batch,
+        seq,
+    };
+    let opt = OptimConfig::default();
+    for step in 1..=2 {
+        be.train_step(&data, 1e-4, step, &opt)?;
+    }
+    let t = Instant::now();
+    for step in 3..3 + steps {
+        be.train_step(&data, 1e-4, step, &opt)?;
+    }
+    let secs = t.elapsed().as_secs_f64() / steps as f64;
+    let tok_s = n as f64 / secs;
+    let gflops = cfg.train_flops_per_token(seq) * tok_s / 1e9;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "train", "preset": preset, "batch": batch, "seq": seq, "steps": steps,
+                "backend": be.name(), "ms_per_step": secs * 1e3, "tokens_per_s": tok_s, "gflops": gflops,
+            })
+        );
+    } else {
+        println!(
+            "train {preset} {batch}x{seq} on {} [{note}]: {:.1} ms/step, {:.0} tokens/s, {:.1} GFLOP/s",
+            be.name(),
+            secs * 1e3,
+            tok_s,
+            gflops
+        );
     }
     Ok(())
 }

@@ -87,6 +87,21 @@ fn info_reports_backends() {
 }
 
 #[test]
+fn bench_train_reports_throughput() {
+    let r = terse(&[
+        "bench", "train", "--preset", "tiny", "--batch", "2", "--seq", "16", "--steps", "2",
+        "--device", "cpu", "--json",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert!(j["tokens_per_s"].as_f64().unwrap() > 0.0 && j["ms_per_step"].as_f64().unwrap() > 0.0);
+    assert_fails_with(
+        &["bench", "train", "--preset", "nope"],
+        "unknown preset 'nope'",
+    );
+}
+
+#[test]
 fn missing_empty_and_unreadable_corpus() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.txt");
