@@ -6,8 +6,18 @@
 //!
 //! cudarc loads libcuda at run time and panics when it is missing, so nothing here touches the
 //! driver before [`probe`] has checked that the library is present.
+//!
+//! [`GpuKernels`] loads the modules onto a device once; [`launch`] holds one typed launcher per
+//! kernel (grid maths stated beside each), generic over the storage type (`f32` or [`Bf16`]).
 
 use std::sync::OnceLock;
+
+pub mod launch;
+mod loader;
+
+pub use loader::{
+    gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels, KernelSource, TRAINING_ENTRIES,
+};
 
 /// One kernel file (`kernels/<name>.cu`) compiled at build time.
 ///
@@ -187,9 +197,14 @@ fn probe_inner() -> CudaProbe {
 ///
 /// Probes once per process and caches the answer; never panics.
 pub fn cuda_available() -> bool {
-    static PROBE: OnceLock<CudaProbe> = OnceLock::new();
-    let p = PROBE.get_or_init(probe);
+    let p = cached_probe();
     p.driver_found && !p.gpus.is_empty() && !embedded_kernels().is_empty()
+}
+
+/// [`probe`]'s answer, computed once per process.
+pub fn cached_probe() -> &'static CudaProbe {
+    static PROBE: OnceLock<CudaProbe> = OnceLock::new();
+    PROBE.get_or_init(probe)
 }
 
 #[cfg(test)]

@@ -1,0 +1,68 @@
+/*
+Shared helpers for the training kernels (embed, norm, rope, attention, classifier, relu,
+global_norm, cast): the storage types, conversions, and warp/block reductions.
+
+Storage: every training kernel is a template over its activation/weight storage type T, either
+`float` (the f32 path, checked against the CPU backend at 1e-4) or `bf16` (the training path,
+checked at 1e-2). All arithmetic is fp32 (fp64 where a long sum is reduced), whatever T is; a bf16
+value is converted to float on load and rounded to nearest-even on store. Kernels are exported as
+`extern "C"` wrappers named `<op>_f32` and `<op>_bf16`, so the module's symbol names are plain.
+
+Reductions here are deterministic: a fixed shuffle tree inside a warp, then a fixed sequential
+order over warps. Nothing uses atomics.
+*/
+#pragma once
+
+#include <cuda_bf16.h>
+#include <stddef.h>
+
+typedef __nv_bfloat16 bf16;
+
+#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+#define WARP_SIZE 32
+
+// ----------------------------------------------------------------------------
+// conversions
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(bf16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+// Round to nearest, ties to even (the same rounding as the host's `Bf16::from_f32`).
+template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+// ----------------------------------------------------------------------------
+// reductions
+
+// Butterfly (xor) reduction: every lane ends with the same value, computed in the same order.
+__device__ __forceinline__ float warp_reduce_sum(float v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+__device__ __forceinline__ double warp_reduce_sum(double v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+__device__ __forceinline__ float warp_reduce_max(float v) {
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024). `shared` holds 32 values.
+// Every thread gets the total. Deterministic: warp trees, then warp 0 sums the warp totals with
+// the same tree. Contains __syncthreads: call it from every thread of the block.
+template <typename V>
+__device__ __forceinline__ V block_reduce_sum(V v, V* shared) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int num_warps = blockDim.x / WARP_SIZE;
+    v = warp_reduce_sum(v);
+    __syncthreads(); // `shared` may still be read by a previous call
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    V w = (lane < num_warps) ? shared[lane] : (V)0;
+    return warp_reduce_sum(w);
+}
