@@ -4,6 +4,13 @@
 use serde::{Deserialize, Serialize};
 
 /// SplitMix64: 64 bits of state, passes BigCrush, trivially serialisable for resume.
+///
+/// ```
+/// use terse::rng::Rng;
+/// let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+/// assert_eq!(a.next_u64(), b.next_u64());
+/// assert!(a.below(10) < 10);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rng {
     state: u64,

@@ -34,6 +34,15 @@ pub const PRESETS: [(&str, usize, usize, usize, usize, usize); 5] = [
 impl ModelConfig {
     /// A named preset with the given vocabulary (256 for bytes and 8-bit tokens, 65536 for 16-bit
     /// tokens); `None` keeps the preset's default. Unknown names are an error listing the choices.
+    ///
+    /// ```
+    /// use terse::model::ModelConfig;
+    /// let m1 = ModelConfig::preset("m1-3m", None).unwrap();
+    /// assert_eq!((m1.d_model, m1.n_layers, m1.n_heads, m1.vocab), (256, 3, 4, 256));
+    /// let m2 = ModelConfig::preset("m2-25m", Some(256)).unwrap();
+    /// assert_eq!(m2.vocab, 256);
+    /// assert!(ModelConfig::preset("m9", None).is_err());
+    /// ```
     pub fn preset(name: &str, vocab: Option<usize>) -> Result<Self> {
         let Some(&(_, d, l, h, ff, v)) = PRESETS.iter().find(|p| p.0 == name) else {
             let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
