@@ -5,6 +5,7 @@
 //! corpus readers and batching, `train` the optimiser, loop and checkpoints, `eval` the scoring.
 
 pub mod backend;
+pub mod coder;
 pub mod data;
 pub mod eval;
 pub mod model;

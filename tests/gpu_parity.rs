@@ -101,7 +101,7 @@ fn compare(what: &str, got: &[f32], want: &[f32], tol: f32) {
     let mut worst = (0usize, 0f32);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs() / w.abs().max(floor);
-        if !(err <= tol) {
+        if err.is_nan() || err > tol {
             panic!(
                 "{what}: element {i}: gpu {g} vs cpu {w} (relative error {err:e} > {tol:e}; \
                  tensor rms {rms:e})"

@@ -1,0 +1,70 @@
+//! Pure integer arithmetic coding: quantised CDFs, the Equal-Info window coder, the whole-stream
+//! coder of the plain AC baseline, and bit <-> token packing. No model code lives here and no
+//! floating point is used, except that [`CdfQuantizer`] reads `f32` probabilities (by their bit
+//! patterns: the conversion itself is integer arithmetic).
+//!
+//! - [`cdf`]: [`Cdf`], a validated integer CDF over the 256 byte values with total `2^total_bits`,
+//!   and [`CdfQuantizer`], which builds one from 256 `f32` probabilities with a floor `f_min` per
+//!   byte, chosen so that any byte fits in a fresh window of the smallest window size (16 bits).
+//! - [`window`]: [`WindowEncoder`] / [`WindowDecoder`] for Equal-Info windows of `b` bits: the
+//!   encoder knows the window's exact shortest code length after every byte, appends bytes while
+//!   the window still has a code of `b` bits, and picks a code that the decoder maps back to
+//!   exactly the window's bytes without any side information; every `b`-bit code decodes to some
+//!   byte string. [`encode_windows`] and [`decode_window`] drive them with a CDF callback.
+//! - [`stream`]: [`StreamEncoder`] / [`StreamDecoder`], a carry-propagating range coder (64-bit
+//!   state, byte output) for whole-text AC; the decoder needs the symbol count.
+//! - [`pack`]: window codes and byte streams to 8- or 16-bit tokens, MSB first, and back.
+//!
+//! Every decoder here is total: no input bytes, code or token makes it panic or loop forever.
+
+pub mod cdf;
+pub mod pack;
+pub mod stream;
+pub mod window;
+
+pub use cdf::{
+    min_f_min, Cdf, CdfQuantizer, DEFAULT_F_MIN, DEFAULT_TOTAL_BITS, MAX_TOTAL_BITS, MIN_TOTAL_BITS,
+};
+pub use pack::{bytes_to_tokens, codes_to_tokens, tokens_to_bytes, tokens_to_codes};
+pub use stream::{StreamDecoder, StreamEncoder};
+pub use window::{
+    decode_window, encode_windows, window_bits_supported, EncodedWindows, WindowDecoder,
+    WindowEncoder, WindowEnd, MAX_WINDOW_BITS, MIN_WINDOW_BITS,
+};
+
+/// What the coder refuses, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CoderError {
+    #[error("CDF total bits {0} outside {MIN_TOTAL_BITS}..={MAX_TOTAL_BITS}")]
+    TotalBits(u32),
+    #[error(
+        "f_min {f_min} invalid at total 2^{total_bits}: need {min}..={max} \
+         (the lower bound lets any byte fit in a fresh 16-bit window)"
+    )]
+    FMin {
+        f_min: u32,
+        total_bits: u32,
+        min: u32,
+        max: u32,
+    },
+    #[error("expected 256 probabilities, got {0}")]
+    ProbabilityCount(usize),
+    #[error("probability of byte {index} is not finite ({value})")]
+    NonFiniteProbability { index: usize, value: f32 },
+    #[error("probability of byte {index} is negative ({value})")]
+    NegativeProbability { index: usize, value: f32 },
+    #[error("invalid CDF: {0}")]
+    InvalidCdf(String),
+    #[error("window bits {0} unsupported: need a multiple of 8 in {MIN_WINDOW_BITS}..={MAX_WINDOW_BITS}")]
+    WindowBits(u32),
+    #[error("window code {code:#x} does not fit in {bits} bits")]
+    CodeTooWide { code: u128, bits: u32 },
+    #[error("an empty window has no code")]
+    EmptyWindow,
+    #[error("token bits {0} unsupported: need 8 or 16")]
+    TokenBits(u32),
+    #[error("token {token} does not fit in {bits} bits")]
+    TokenTooWide { token: u16, bits: u32 },
+    #[error("window encoder made no progress at byte {0} (coder invariant broken)")]
+    NoProgress(usize),
+}
