@@ -466,7 +466,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         .context("training ended without a held-out evaluation")?;
     let seconds = t0.elapsed().as_secs_f64();
     println!(
-        "held-out: first {} bytes of {}",
+        "held-out: {} bytes sampled across {} (never trained on)",
         heldout.len(),
         data.display()
     );

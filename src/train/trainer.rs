@@ -38,8 +38,8 @@ pub struct TrainOptions {
     /// Checkpoint every this many steps (0: only at the end).
     pub ckpt_every: u64,
     pub seed: u64,
-    /// If set, the step count is fitted to this many seconds of training, measured after the
-    /// first steps; the fitted count is saved, so a resume repeats it.
+    /// If set, the step count is fitted to this many seconds of training, measured over the
+    /// first dozen steps; the fitted count is saved, so a resume repeats it.
     pub time_budget_s: Option<f64>,
 }
 
@@ -173,6 +173,7 @@ pub fn train(
     let tokens_per_step = (o.batch * o.seq) as u64;
     let started = Instant::now();
     let start_step = run.step;
+    let mut budget_clock = Instant::now();
     let (mut last_bpb, mut heldout_bpb) = (f64::NAN, None);
     let mut window_t = Instant::now();
     let mut window_tokens = 0u64;
@@ -192,10 +193,15 @@ pub fn train(
         run.tokens += tokens_per_step;
         window_tokens += tokens_per_step;
         last_bpb = stats.ce as f64 / std::f64::consts::LN_2;
-        if let (Some(budget), 5) = (o.time_budget_s, run.step) {
-            // Fit the schedule to the budget from the speed of the first steps (kept on resume).
-            let per_step = started.elapsed().as_secs_f64() / 5.0;
-            steps_total = ((budget / per_step) as u64).clamp(6, o.steps);
+        if run.step == start_step + 2 {
+            budget_clock = Instant::now();
+        }
+        if let (Some(budget), true) = (o.time_budget_s, run.step == start_step + 12) {
+            // Fit the schedule to the budget from the speed of steps 3..12 (the first two pay for
+            // allocation); the fitted count is saved, so a resume repeats it.
+            let per_step = budget_clock.elapsed().as_secs_f64() / 10.0;
+            let spent = started.elapsed().as_secs_f64();
+            steps_total = (run.step + ((budget - spent).max(0.0) / per_step) as u64).clamp(run.step + 1, o.steps);
             run.options.steps = steps_total;
             run.options.time_budget_s = None;
             bar.set_length(steps_total);
