@@ -458,6 +458,11 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         a.seconds
     );
     let ckpt = a.out.join("m1");
+    // The demo owns this directory: each run starts a new M1.
+    if ckpt.exists() {
+        std::fs::remove_dir_all(&ckpt)
+            .with_context(|| format!("cannot clear {}", ckpt.display()))?;
+    }
     let s = train(RunStart::Fresh(&o), None, &ckpt, a.device, !a.json)?;
     let heldout = read_heldout(&data, o.heldout_bytes)?;
     let base = baselines(&heldout)?;

@@ -2,7 +2,7 @@
 //! batch, periodic held-out bits/byte, JSONL metrics, a progress bar and atomic checkpoints from
 //! which `--resume` continues bit for bit.
 
-use super::checkpoint::{load_training, save_checkpoint, TrainingState};
+use super::checkpoint::{load_training, save_checkpoint, TrainingState, MANIFEST_FILE, MODEL_FILE};
 use super::schedule::{Schedule, ScheduleKind};
 use crate::backend::{create_backend, Backend, Device, OptimConfig};
 use crate::data::{heldout_windows, read_heldout, ByteLoader, LoaderState};
@@ -77,6 +77,27 @@ pub enum RunStart<'a> {
 
 /// Runs or resumes training, writing checkpoints and `metrics.jsonl` under `out`. `stop_after`
 /// ends this invocation at that step (saving a checkpoint) without changing the schedule.
+/// Refuses to write a new run over a checkpoint that is not the one being resumed.
+fn check_output_dir(start: &RunStart, out: &Path) -> Result<()> {
+    let holds_checkpoint = [MODEL_FILE, MANIFEST_FILE]
+        .iter()
+        .any(|f| out.join(f).exists());
+    if !holds_checkpoint {
+        return Ok(());
+    }
+    let same = |a: &Path| match (a.canonicalize(), out.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    };
+    match start {
+        RunStart::Resume { dir, .. } if same(dir) => Ok(()),
+        _ => bail!(
+            "output directory {} already holds a checkpoint; continue it with --resume {0}, or choose another --out",
+            out.display()
+        ),
+    }
+}
+
 pub fn train(
     start: RunStart,
     stop_after: Option<u64>,
@@ -84,6 +105,7 @@ pub fn train(
     device: Device,
     progress: bool,
 ) -> Result<TrainSummary> {
+    check_output_dir(&start, out)?;
     let (cfg, params, moments, mut run) = match start {
         RunStart::Resume {
             dir,
@@ -201,7 +223,8 @@ pub fn train(
             // allocation); the fitted count is saved, so a resume repeats it.
             let per_step = budget_clock.elapsed().as_secs_f64() / 10.0;
             let spent = started.elapsed().as_secs_f64();
-            steps_total = (run.step + ((budget - spent).max(0.0) / per_step) as u64).clamp(run.step + 1, o.steps);
+            steps_total = (run.step + ((budget - spent).max(0.0) / per_step) as u64)
+                .clamp(run.step + 1, o.steps);
             run.options.steps = steps_total;
             run.options.time_budget_s = None;
             bar.set_length(steps_total);
