@@ -106,6 +106,7 @@ struct TrainArgs {
     /// Stop this invocation after step N (saving a checkpoint); the schedule is unchanged.
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Where to run: auto (the GPU when usable, else the CPU), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
     /// Print the final summary as one JSON object.
@@ -127,6 +128,7 @@ struct EvalArgs {
     /// Bytes of context per window.
     #[arg(long, default_value_t = 256)]
     seq: usize,
+    /// Windows per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
     /// Score only the first N bytes.
@@ -135,6 +137,7 @@ struct EvalArgs {
     /// Also compute gzip -9, xz -9 and zstd -19 on the same bytes.
     #[arg(long)]
     baselines: bool,
+    /// Where to run: auto (the GPU when usable, else the CPU), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
     #[arg(long)]
@@ -145,17 +148,22 @@ struct EvalArgs {
 enum BenchCmd {
     /// Time training steps on random bytes: ms/step, tokens/s, GFLOP/s.
     Train {
+        /// Model preset.
         #[arg(long, default_value = "m1-3m")]
         preset: String,
+        /// Sequences per step.
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        /// Tokens per sequence.
         #[arg(long, default_value_t = 256)]
         seq: usize,
         /// Timed steps (after 2 untimed warm-up steps).
         #[arg(long, default_value_t = 10)]
         steps: u64,
+        /// Where to run: auto, cpu or cuda.
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -172,6 +180,7 @@ struct DemoArgs {
     /// Output directory.
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
+    /// Where to run: auto (the GPU when usable, else the CPU), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
     /// Last line of output is one JSON object with the results.
