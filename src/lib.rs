@@ -8,6 +8,7 @@ pub mod backend;
 pub mod coder;
 pub mod data;
 pub mod eval;
+pub mod m1;
 pub mod model;
 pub mod rng;
 pub mod train;

@@ -1,0 +1,464 @@
+//! M1 inference for coding, under the numeric contract of DESIGN.md: the probabilities M1 gives
+//! for the next byte are a pure function of (weights, window bytes), defined by a fixed sequence
+//! of IEEE-754 f32 operations, so an encoder and a decoder (on any machine, CPU or GPU, batched or
+//! not) see exactly the same bits.
+//!
+//! The contract (version [`CONTRACT_VERSION`]):
+//! - every window starts from an empty context: position 0 is the input byte [`WINDOW_START`],
+//!   position `k + 1` is the window's byte `k`; rotary angles come from [`RopeTables`] (f64 on the
+//!   host, rounded to f32);
+//! - a dot product is one chain `acc = fma(x[k], w[k], acc)` over ascending `k` from `acc = 0`;
+//! - RMSNorm: `ss` is an fma chain of `x[k]^2`, then `r = 1 / sqrt(ss / d + eps)`, `y = (x r) g`;
+//! - rotary: `y1 = fma(x1, c, -(x2 s))`, `y2 = fma(x1, s, x2 c)`;
+//! - attention: scores `dot(q, k_j) * 0.125`, the max over `j` ascending, `p_j = exp(s_j - max)`
+//!   with [`exp_contract`], the sum over ascending `j`, `o = fma` chain of `p_j v_j` over ascending
+//!   `j`, then `o / sum`;
+//! - softmax over the 256 logits the same way; residual adds and ReLU are single operations.
+//!
+//! Computing a window position by position (with a key/value cache) or all positions at once
+//! gives identical bits, and so does any batching of windows: each output is the same chain.
+
+mod exp;
+
+pub use exp::exp_contract;
+
+use crate::backend::cpu::rope::{RopeTables, HEAD_DIM};
+use crate::model::{ModelConfig, ParamArena};
+use anyhow::{ensure, Result};
+
+/// Version of the arithmetic above; a compressed file records it and refuses another.
+pub const CONTRACT_VERSION: u32 = 1;
+
+/// The input byte at position 0 of every window (the window's empty context).
+pub const WINDOW_START: u8 = 0;
+
+/// Next-byte probabilities (they sum to 1 up to rounding).
+pub type Probs = [f32; 256];
+
+/// One layer's weights, matrices transposed to `[in, out]` so a matrix-vector product runs every
+/// output's chain side by side.
+struct Layer {
+    attn_norm: Vec<f32>,
+    qkv_t: Vec<f32>,
+    out_t: Vec<f32>,
+    mlp_norm: Vec<f32>,
+    up_t: Vec<f32>,
+    down_t: Vec<f32>,
+}
+
+/// M1 prepared for exact inference: fp32 weights of a byte-level model (vocab 256).
+pub struct ExactM1 {
+    cfg: ModelConfig,
+    tok_emb: Vec<f32>,
+    layers: Vec<Layer>,
+    final_norm: Vec<f32>,
+    head_t: Vec<f32>,
+    fingerprint: u64,
+}
+
+/// The context of one window: key and value caches of every layer.
+#[derive(Clone, Default)]
+pub struct WindowState {
+    pos: usize,
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    rope: Option<RopeTables>,
+}
+
+fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for o in 0..out {
+        for i in 0..inp {
+            t[i * out + o] = w[o * inp + i];
+        }
+    }
+    t
+}
+
+/// FNV-1a over bytes (64-bit): the fingerprint hash.
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h
+}
+
+impl ExactM1 {
+    /// Prepares `params` of a byte-level model. Refuses other vocabularies and non-finite weights.
+    pub fn new(cfg: &ModelConfig, params: &ParamArena) -> Result<Self> {
+        ensure!(
+            cfg.vocab == 256,
+            "M1 must be a byte-level model (vocab 256), this one has vocab {}",
+            cfg.vocab
+        );
+        ensure!(
+            params.len() == cfg.total_params(),
+            "weights do not match the configuration"
+        );
+        ensure!(
+            params.data.iter().all(|x| x.is_finite()),
+            "M1 weights hold NaN or infinite values"
+        );
+        let (d, ff) = (cfg.d_model, cfg.d_ff);
+        let t = |name: &str| params.tensor(name).to_vec();
+        let layers = (0..cfg.n_layers)
+            .map(|l| Layer {
+                attn_norm: t(&format!("layers.{l}.attn_norm.weight")),
+                qkv_t: transpose(
+                    params.tensor(&format!("layers.{l}.attn.qkv.weight")),
+                    3 * d,
+                    d,
+                ),
+                out_t: transpose(params.tensor(&format!("layers.{l}.attn.out.weight")), d, d),
+                mlp_norm: t(&format!("layers.{l}.mlp_norm.weight")),
+                up_t: transpose(params.tensor(&format!("layers.{l}.mlp.up.weight")), ff, d),
+                down_t: transpose(params.tensor(&format!("layers.{l}.mlp.down.weight")), d, ff),
+            })
+            .collect();
+        let mut fp = fnv1a(0xCBF2_9CE4_8422_2325, &CONTRACT_VERSION.to_le_bytes());
+        fp = fnv1a(fp, serde_json::to_string(cfg)?.as_bytes());
+        fp = fnv1a(fp, bytemuck::cast_slice(&params.data));
+        Ok(ExactM1 {
+            cfg: cfg.clone(),
+            tok_emb: t("tok_emb.weight"),
+            layers,
+            final_norm: t("final_norm.weight"),
+            head_t: transpose(params.tensor("lm_head.weight"), 256, d),
+            fingerprint: fp,
+        })
+    }
+
+    /// Hash of the contract version, the configuration and every weight bit.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// A fresh window: feeds [`WINDOW_START`] and returns the distribution of the window's first byte.
+    pub fn start(&self, state: &mut WindowState) -> Probs {
+        *state = WindowState {
+            pos: 0,
+            keys: vec![Vec::new(); self.cfg.n_layers],
+            values: vec![Vec::new(); self.cfg.n_layers],
+            rope: None,
+        };
+        self.push(state, WINDOW_START)
+    }
+
+    /// Appends `byte` to the window and returns the distribution of the byte after it.
+    pub fn push(&self, state: &mut WindowState, byte: u8) -> Probs {
+        let d = self.cfg.d_model;
+        let t = state.pos;
+        let needs_rope = state.rope.as_ref().is_none_or(|r| r.seq <= t);
+        if needs_rope {
+            state.rope = Some(RopeTables::new(
+                (t + 1).next_power_of_two().max(64),
+                self.cfg.rope_theta,
+            ));
+        }
+        let rope = state.rope.as_ref().expect("set above");
+        let mut x = self.tok_emb[byte as usize * d..(byte as usize + 1) * d].to_vec();
+        let (mut h, mut qkv, mut att, mut proj) = (
+            vec![0f32; d],
+            vec![0f32; 3 * d],
+            vec![0f32; d],
+            vec![0f32; d],
+        );
+        let mut up = vec![0f32; self.cfg.d_ff];
+        for (l, w) in self.layers.iter().enumerate() {
+            rmsnorm(&mut h, &x, &w.attn_norm, self.cfg.norm_eps);
+            matvec(&mut qkv, &h, &w.qkv_t);
+            rotate(&mut qkv[..2 * d], rope, t);
+            state.keys[l].extend_from_slice(&qkv[d..2 * d]);
+            state.values[l].extend_from_slice(&qkv[2 * d..]);
+            attend(&mut att, &qkv[..d], &state.keys[l], &state.values[l], d);
+            matvec(&mut proj, &att, &w.out_t);
+            add_into(&mut x, &proj);
+            rmsnorm(&mut h, &x, &w.mlp_norm, self.cfg.norm_eps);
+            matvec(&mut up, &h, &w.up_t);
+            up.iter_mut().for_each(|u| *u = u.max(0.0));
+            matvec(&mut proj, &up, &w.down_t);
+            add_into(&mut x, &proj);
+        }
+        rmsnorm(&mut h, &x, &self.final_norm, self.cfg.norm_eps);
+        let mut logits = [0f32; 256];
+        matvec(&mut logits, &h, &self.head_t);
+        state.pos += 1;
+        softmax(&logits)
+    }
+
+    /// The distributions a coder needs for `window`: entry `k` is the distribution of byte `k`
+    /// (given bytes `0..k`), for `k` in `0..=window.len()`. All positions of a layer are computed
+    /// before the next layer; the bits equal those of [`start`](Self::start) and
+    /// [`push`](Self::push) one byte at a time.
+    pub fn window_probs(&self, window: &[u8]) -> Vec<Probs> {
+        let (d, n) = (self.cfg.d_model, window.len() + 1);
+        let rope = RopeTables::new(n, self.cfg.rope_theta);
+        let inputs: Vec<u8> = std::iter::once(WINDOW_START)
+            .chain(window.iter().copied())
+            .collect();
+        let mut xs: Vec<f32> = inputs
+            .iter()
+            .flat_map(|&b| self.tok_emb[b as usize * d..(b as usize + 1) * d].to_vec())
+            .collect();
+        let mut h = vec![0f32; d];
+        let mut qkv = vec![0f32; n * 3 * d];
+        let (mut keys, mut values) = (vec![0f32; n * d], vec![0f32; n * d]);
+        let (mut att, mut proj, mut up) = (vec![0f32; d], vec![0f32; d], vec![0f32; self.cfg.d_ff]);
+        for w in &self.layers {
+            for t in 0..n {
+                let row = &mut qkv[t * 3 * d..(t + 1) * 3 * d];
+                rmsnorm(
+                    &mut h,
+                    &xs[t * d..(t + 1) * d],
+                    &w.attn_norm,
+                    self.cfg.norm_eps,
+                );
+                matvec(row, &h, &w.qkv_t);
+                rotate(&mut row[..2 * d], &rope, t);
+                keys[t * d..(t + 1) * d].copy_from_slice(&row[d..2 * d]);
+                values[t * d..(t + 1) * d].copy_from_slice(&row[2 * d..]);
+            }
+            for t in 0..n {
+                let x = &mut xs[t * d..(t + 1) * d];
+                attend(
+                    &mut att,
+                    &qkv[t * 3 * d..t * 3 * d + d],
+                    &keys[..(t + 1) * d],
+                    &values[..(t + 1) * d],
+                    d,
+                );
+                matvec(&mut proj, &att, &w.out_t);
+                add_into(x, &proj);
+                rmsnorm(&mut h, x, &w.mlp_norm, self.cfg.norm_eps);
+                matvec(&mut up, &h, &w.up_t);
+                up.iter_mut().for_each(|u| *u = u.max(0.0));
+                matvec(&mut proj, &up, &w.down_t);
+                add_into(x, &proj);
+            }
+        }
+        let mut logits = [0f32; 256];
+        (0..n)
+            .map(|t| {
+                rmsnorm(
+                    &mut h,
+                    &xs[t * d..(t + 1) * d],
+                    &self.final_norm,
+                    self.cfg.norm_eps,
+                );
+                matvec(&mut logits, &h, &self.head_t);
+                softmax(&logits)
+            })
+            .collect()
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += *b;
+    }
+}
+
+fn rmsnorm(out: &mut [f32], x: &[f32], g: &[f32], eps: f32) {
+    let mut ss = 0f32;
+    for &v in x {
+        ss = v.mul_add(v, ss);
+    }
+    let r = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for ((o, &v), &gi) in out.iter_mut().zip(x).zip(g) {
+        *o = (v * r) * gi;
+    }
+}
+
+/// Rotary embedding of the q and k parts (`[2d]`) at position `t`.
+fn rotate(qk: &mut [f32], rope: &RopeTables, t: usize) {
+    let half = HEAD_DIM / 2;
+    let (c, s) = (
+        &rope.cos[t * half..(t + 1) * half],
+        &rope.sin[t * half..(t + 1) * half],
+    );
+    for head in qk.chunks_mut(HEAD_DIM) {
+        for i in 0..half {
+            let (x1, x2) = (head[i], head[i + half]);
+            head[i] = x1.mul_add(c[i], -(x2 * s[i]));
+            head[i + half] = x1.mul_add(s[i], x2 * c[i]);
+        }
+    }
+}
+
+/// Causal attention of one query position over the cached keys and values (`[t+1, d]`).
+fn attend(out: &mut [f32], q: &[f32], keys: &[f32], values: &[f32], d: usize) {
+    let n = keys.len() / d;
+    let mut scores = vec![0f32; n];
+    for (head, o) in out.chunks_mut(HEAD_DIM).enumerate() {
+        let qh = &q[head * HEAD_DIM..(head + 1) * HEAD_DIM];
+        let mut m = f32::NEG_INFINITY;
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = dot(
+                qh,
+                &keys[j * d + head * HEAD_DIM..j * d + (head + 1) * HEAD_DIM],
+            ) * 0.125;
+            m = m.max(*s);
+        }
+        let mut sum = 0f32;
+        o.fill(0.0);
+        for (j, s) in scores.iter().enumerate() {
+            let p = exp_contract(s - m);
+            sum += p;
+            let v = &values[j * d + head * HEAD_DIM..j * d + (head + 1) * HEAD_DIM];
+            for (oc, &vc) in o.iter_mut().zip(v) {
+                *oc = p.mul_add(vc, *oc);
+            }
+        }
+        o.iter_mut().for_each(|x| *x /= sum);
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = 0f32;
+    for (&x, &y) in a.iter().zip(b) {
+        acc = x.mul_add(y, acc);
+    }
+    acc
+}
+
+fn softmax(logits: &[f32; 256]) -> Probs {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+    let mut p = [0f32; 256];
+    let mut sum = 0f32;
+    for (pi, &l) in p.iter_mut().zip(logits) {
+        *pi = exp_contract(l - m);
+        sum += *pi;
+    }
+    p.iter_mut().for_each(|x| *x /= sum);
+    p
+}
+
+/// `out[o] = sum_k x[k] w_t[k, o]`, one fma chain per output over ascending `k`. The chains of
+/// neighbouring outputs run side by side, which is what lets the compiler vectorise across `o`
+/// without changing any output's operation order.
+fn matvec(out: &mut [f32], x: &[f32], w_t: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the features the function is compiled for were just detected.
+        unsafe { matvec_fma(out, x, w_t) };
+        return;
+    }
+    matvec_chains(out, x, w_t);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn matvec_fma(out: &mut [f32], x: &[f32], w_t: &[f32]) {
+    matvec_chains(out, x, w_t);
+}
+
+#[inline(always)]
+fn matvec_chains(out: &mut [f32], x: &[f32], w_t: &[f32]) {
+    let n = out.len();
+    out.fill(0.0);
+    for (k, &xk) in x.iter().enumerate() {
+        for (o, &w) in out.iter_mut().zip(&w_t[k * n..(k + 1) * n]) {
+            *o = xk.mul_add(w, *o);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::data::Batch;
+
+    fn model() -> (ModelConfig, ParamArena) {
+        let cfg = ModelConfig::preset("tiny", None).unwrap();
+        let mut p = ParamArena::init(&cfg, 3);
+        p.data.iter_mut().for_each(|x| *x *= 8.0); // sharper, more varied distributions
+        (cfg, p)
+    }
+
+    fn bits(p: &[Probs]) -> Vec<u32> {
+        p.iter()
+            .flat_map(|r| r.iter().map(|x| x.to_bits()))
+            .collect()
+    }
+
+    #[test]
+    fn position_by_position_equals_all_at_once_bit_for_bit() {
+        let (cfg, p) = model();
+        let m1 = ExactM1::new(&cfg, &p).unwrap();
+        for window in [
+            &b""[..],
+            b"a",
+            b"The quick brown fox jumps over the lazy dog.",
+            &[0u8, 255, 7, 7, 7, 128][..],
+        ] {
+            let mut st = WindowState::default();
+            let mut stepped = vec![m1.start(&mut st)];
+            for &b in window {
+                stepped.push(m1.push(&mut st, b));
+            }
+            assert_eq!(bits(&stepped), bits(&m1.window_probs(window)), "{window:?}");
+            for r in &stepped {
+                let s: f64 = r.iter().map(|&x| x as f64).sum();
+                assert!((s - 1.0).abs() < 1e-5 && r.iter().all(|&x| x >= 0.0));
+            }
+        }
+        // A window's probabilities do not depend on what was coded before it.
+        let mut st = WindowState::default();
+        m1.start(&mut st);
+        m1.push(&mut st, b'z');
+        let again = m1.start(&mut st);
+        assert_eq!(bits(&[again]), bits(&m1.window_probs(b"")));
+    }
+
+    #[test]
+    fn agrees_with_the_training_forward_pass() {
+        let (cfg, p) = model();
+        let m1 = ExactM1::new(&cfg, &p).unwrap();
+        let window = b"Equal-Info windows reset M1 at every window.";
+        let probs = m1.window_probs(window);
+        let nll_exact: f64 = window
+            .iter()
+            .enumerate()
+            .map(|(k, &b)| -(probs[k][b as usize] as f64).ln())
+            .sum();
+        let inputs: Vec<u32> = std::iter::once(WINDOW_START as u32)
+            .chain(window.iter().map(|&b| b as u32))
+            .take(window.len())
+            .collect();
+        let targets: Vec<u32> = window.iter().map(|&b| b as u32).collect();
+        let batch = Batch {
+            inputs,
+            targets,
+            batch: 1,
+            seq: window.len(),
+        };
+        let sums = CpuBackend::new(&cfg, p.clone(), None)
+            .unwrap()
+            .loss(&p.data, &batch)
+            .unwrap();
+        assert!(
+            (sums.ce - nll_exact).abs() < 1e-3 * nll_exact,
+            "exact {nll_exact} vs training {}",
+            sums.ce
+        );
+    }
+
+    #[test]
+    fn fingerprint_tracks_every_weight_bit() {
+        let (cfg, mut p) = model();
+        let a = ExactM1::new(&cfg, &p).unwrap().fingerprint();
+        assert_eq!(a, ExactM1::new(&cfg, &p).unwrap().fingerprint());
+        p.data[12345] = f32::from_bits(p.data[12345].to_bits() ^ 1);
+        assert_ne!(a, ExactM1::new(&cfg, &p).unwrap().fingerprint());
+        p.data[0] = f32::NAN;
+        assert!(ExactM1::new(&cfg, &p).is_err());
+        let big = ModelConfig::preset("tiny", Some(65536)).unwrap();
+        assert!(ExactM1::new(&big, &ParamArena::zeros(&big)).is_err());
+    }
+}
