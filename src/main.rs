@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Instant;
 use terse::backend::{self, create_backend, Device, OptimConfig};
-use terse::data::{baselines, heldout_windows, open_stream, read_heldout};
+use terse::data::{baselines, eval_windows, open_stream, read_heldout};
 use terse::eval::score_windows;
 use terse::train::{
     checkpoint::load_model, train, RunStart, ScheduleKind, TrainOptions, TrainSummary,
@@ -348,7 +348,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     }
     let t = Instant::now();
     let (mut be, _) = create_backend(a.device, &cfg, params, None)?;
-    let windows = heldout_windows(&bytes, a.seq, None);
+    let windows = eval_windows(&bytes, a.seq, None);
     let score = score_windows(be.as_mut(), &windows, a.batch)?;
     let secs = t.elapsed().as_secs_f64();
     let base = if a.baselines {

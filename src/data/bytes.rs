@@ -473,20 +473,60 @@ impl ByteLoader {
     }
 }
 
-/// Evaluation windows over held-out bytes: window `i` is `heldout[i*seq .. i*seq + seq + 1]`
-/// (the last may be shorter). Neighbours share one byte, so every held-out byte after the first
-/// is a target exactly once; a final window under 2 bytes (nothing to predict) is omitted.
-/// `max_windows` keeps only the first windows. Panics if `seq` is 0.
-pub fn heldout_windows(heldout: &[u8], seq: usize, max_windows: Option<usize>) -> Vec<Vec<u8>> {
-    assert!(seq > 0, "heldout_windows: seq must be positive");
-    let mut windows = Vec::new();
-    let mut start = 0;
-    while start + 1 < heldout.len() && max_windows.map_or(true, |m| windows.len() < m) {
-        let end = (start + seq + 1).min(heldout.len());
-        windows.push(heldout[start..end].to_vec());
-        start += seq;
+/// Evaluation windows: consecutive non-overlapping pieces of `seq` bytes (the last may be
+/// shorter); `max_windows` keeps only the first ones. Scored with a window start (see
+/// [`Batch::with_window_start`]), every byte is predicted exactly once. Panics if `seq` is 0.
+pub fn eval_windows(bytes: &[u8], seq: usize, max_windows: Option<usize>) -> Vec<&[u8]> {
+    assert!(seq > 0, "eval_windows: seq must be positive");
+    bytes
+        .chunks(seq)
+        .take(max_windows.unwrap_or(usize::MAX))
+        .collect()
+}
+
+impl Batch {
+    /// Equal-length windows framed for a model that starts every window from an empty context:
+    /// row `r` has inputs `[start, w[0], .., w[len-2]]` and targets `w` (every byte predicted).
+    /// Panics if the windows are empty or of different lengths.
+    pub fn from_windows(windows: &[&[u8]], start: u32) -> Batch {
+        let seq = windows[0].len();
+        assert!(
+            seq > 0 && windows.iter().all(|w| w.len() == seq),
+            "windows must be non-empty and of equal length"
+        );
+        let mut inputs = Vec::with_capacity(windows.len() * seq);
+        let mut targets = Vec::with_capacity(windows.len() * seq);
+        for w in windows {
+            inputs.push(start);
+            inputs.extend(w[..seq - 1].iter().map(|&b| b as u32));
+            targets.extend(w.iter().map(|&b| b as u32));
+        }
+        Batch {
+            inputs,
+            targets,
+            batch: windows.len(),
+            seq,
+        }
     }
-    windows
+
+    /// The same rows re-framed to start from `start`: each row's inputs become its targets, and
+    /// the inputs are `start` followed by all but the last of them. This is how byte-level models
+    /// train, matching M1's window contract (a window's first byte is predicted from the start
+    /// token alone).
+    pub fn with_window_start(self, start: u32) -> Batch {
+        let seq = self.seq;
+        let mut inputs = Vec::with_capacity(self.inputs.len());
+        for row in self.inputs.chunks(seq) {
+            inputs.push(start);
+            inputs.extend_from_slice(&row[..seq - 1]);
+        }
+        Batch {
+            inputs,
+            targets: self.inputs,
+            batch: self.batch,
+            seq,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -709,19 +749,26 @@ mod tests {
     }
 
     #[test]
-    fn heldout_windows_cover_every_byte_once() {
+    fn eval_windows_and_window_start_framing() {
         let data: Vec<u8> = (0..=255u8).cycle().take(1001).collect();
         for seq in [1usize, 7, 10, 1000, 2000] {
-            let w = heldout_windows(&data, seq, None);
-            assert!(w.iter().all(|x| x.len() >= 2 && x.len() <= seq + 1));
-            let targets: Vec<u8> = w.iter().flat_map(|x| x[1..].to_vec()).collect();
-            assert_eq!(targets, data[1..], "seq {seq}");
-            for pair in w.windows(2) {
-                assert_eq!(pair[0].last(), pair[1].first());
-            }
+            let w = eval_windows(&data, seq, None);
+            assert_eq!(w.concat(), data, "seq {seq}");
+            assert!(w.iter().all(|x| !x.is_empty() && x.len() <= seq));
         }
-        assert_eq!(heldout_windows(&data, 10, Some(3)).len(), 3);
-        assert!(heldout_windows(b"x", 10, None).is_empty());
-        assert!(heldout_windows(b"", 10, None).is_empty());
+        assert_eq!(eval_windows(&data, 10, Some(3)).len(), 3);
+        assert!(eval_windows(b"", 10, None).is_empty());
+        let b = Batch::from_windows(&[b"abc", b"xyz"], 0);
+        assert_eq!(b.inputs, vec![0, 97, 98, 0, 120, 121]);
+        assert_eq!(b.targets, vec![97, 98, 99, 120, 121, 122]);
+        let raw = Batch {
+            inputs: vec![1, 2, 3, 4, 5, 6],
+            targets: vec![2, 3, 4, 5, 6, 7],
+            batch: 2,
+            seq: 3,
+        };
+        let framed = raw.with_window_start(0);
+        assert_eq!(framed.inputs, vec![0, 1, 2, 0, 4, 5]);
+        assert_eq!(framed.targets, vec![1, 2, 3, 4, 5, 6]);
     }
 }

@@ -12,7 +12,7 @@ pub mod corpus;
 
 pub use baselines::{baselines, Baselines};
 pub use bytes::{
-    heldout_windows, read_heldout, Batch, ByteLoader, LoaderState, DEFAULT_BLOCK_SEQS,
+    eval_windows, read_heldout, Batch, ByteLoader, LoaderState, DEFAULT_BLOCK_SEQS,
     HELDOUT_EXTENSION_CAP,
 };
 pub use corpus::{

@@ -2,6 +2,7 @@
 
 use crate::backend::Backend;
 use crate::data::Batch;
+use crate::m1::WINDOW_START;
 use anyhow::{ensure, Result};
 use serde::Serialize;
 
@@ -10,15 +11,16 @@ use serde::Serialize;
 pub struct ByteScore {
     /// Mean cross-entropy of every predicted byte, in bits.
     pub bits_per_byte: f64,
-    /// Bytes predicted (each window's first byte is context only).
+    /// Bytes predicted (all of them).
     pub bytes_scored: u64,
 }
 
-/// Scores `windows` (each `len >= 2`: bytes `1..len` are predicted from those before them).
-/// Full-length windows go `batch` at a time; windows of other lengths are scored one by one.
+/// Scores `windows`, each from an empty context (the M1 window start token, then the window's
+/// bytes): every byte of every window is predicted. Equal-length windows go `batch` at a time;
+/// a window of another length (the last one) is scored alone.
 pub fn score_windows(
     backend: &mut dyn Backend,
-    windows: &[Vec<u8>],
+    windows: &[&[u8]],
     batch: usize,
 ) -> Result<ByteScore> {
     ensure!(
@@ -26,25 +28,11 @@ pub fn score_windows(
         "nothing to score: no evaluation windows"
     );
     ensure!(batch > 0, "batch must be positive");
-    let full = windows.iter().map(Vec::len).max().unwrap_or(0);
+    let full = windows[0].len();
     let (mut ce, mut scored) = (0f64, 0u64);
-    let (long, short): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) =
-        windows.iter().partition(|w| w.len() == full);
-    let groups = long.chunks(batch).chain(short.chunks(1));
-    for group in groups {
-        let seq = group[0].len() - 1;
-        ensure!(seq >= 1, "evaluation window shorter than 2 bytes");
-        let mut b = Batch {
-            inputs: Vec::with_capacity(group.len() * seq),
-            targets: Vec::new(),
-            batch: group.len(),
-            seq,
-        };
-        for w in group {
-            b.inputs.extend(w[..seq].iter().map(|&x| x as u32));
-            b.targets.extend(w[1..].iter().map(|&x| x as u32));
-        }
-        let s = backend.eval_batch(&b)?;
+    let (long, short): (Vec<&[u8]>, Vec<&[u8]>) = windows.iter().partition(|w| w.len() == full);
+    for group in long.chunks(batch).chain(short.chunks(1)) {
+        let s = backend.eval_batch(&Batch::from_windows(group, WINDOW_START as u32))?;
         ce += s.ce;
         scored += s.rows as u64;
     }

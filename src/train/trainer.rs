@@ -5,8 +5,9 @@
 use super::checkpoint::{load_training, save_checkpoint, TrainingState, MANIFEST_FILE, MODEL_FILE};
 use super::schedule::{Schedule, ScheduleKind};
 use crate::backend::{create_backend, Backend, Device, OptimConfig};
-use crate::data::{heldout_windows, read_heldout, ByteLoader, LoaderState};
+use crate::data::{eval_windows, read_heldout, ByteLoader, LoaderState};
 use crate::eval::score_windows;
+use crate::m1::WINDOW_START;
 use crate::model::{ModelConfig, ParamArena};
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -151,7 +152,7 @@ pub fn train(
         o.steps
     );
     let heldout = read_heldout(&o.data, o.heldout_bytes)?;
-    let windows = heldout_windows(
+    let windows = eval_windows(
         &heldout,
         o.seq,
         (o.eval_windows > 0).then_some(o.eval_windows),
@@ -209,7 +210,7 @@ pub fn train(
             min_lr_frac: o.min_lr_frac,
         };
         let lr = sched.lr(run.step);
-        let batch = loader.next_batch()?;
+        let batch = loader.next_batch()?.with_window_start(WINDOW_START as u32);
         let stats = backend.train_step(&batch, lr, run.step + 1, &o.optim)?;
         run.step += 1;
         run.tokens += tokens_per_step;
