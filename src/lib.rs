@@ -11,4 +11,5 @@ pub mod eval;
 pub mod m1;
 pub mod model;
 pub mod rng;
+pub mod tokenize;
 pub mod train;

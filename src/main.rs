@@ -45,6 +45,8 @@ enum Cmd {
     /// Throughput figures (JSON with --json).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Tokenize a corpus into a token dataset (raw tokens + metadata.json) for M2.
+    Tokenize(TokenizeArgs),
 }
 
 #[derive(Args)]
@@ -115,6 +117,28 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    /// Tokenization method (methods that need M1 are not available yet).
+    #[arg(long, value_enum)]
+    method: terse::tokenize::Method,
+    /// Corpus: .txt or .jsonl (C4 layout), optionally .gz or .zst.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output dataset directory (created; tokens.bin and metadata.json are replaced).
+    #[arg(long)]
+    out: PathBuf,
+    /// Bits per token: 8 (vocab 256) or 16 (vocab 65536).
+    #[arg(long, default_value_t = 16, value_parser = token_bits_parser())]
+    token_bits: u32,
+    /// Bytes of text per example (the paper's 10,240); the last chunk may be shorter.
+    #[arg(long, default_value_t = terse::tokenize::DEFAULT_CHUNK_BYTES)]
+    chunk_bytes: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -205,6 +229,7 @@ fn main() {
         Cmd::Info { json } => cmd_info(json),
         Cmd::Demo(a) => cmd_demo(a),
         Cmd::Bench(b) => cmd_bench(b),
+        Cmd::Tokenize(a) => cmd_tokenize(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -562,6 +587,46 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
             tok_s,
             gflops
         );
+    }
+    Ok(())
+}
+
+/// `--token-bits`: 8 or 16 only.
+fn token_bits_parser() -> impl clap::builder::TypedValueParser<Value = u32> {
+    clap::builder::TypedValueParser::map(
+        clap::builder::PossibleValuesParser::new(["8", "16"]),
+        |s: String| if s == "8" { 8 } else { 16 },
+    )
+}
+
+fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
+    let r = terse::tokenize::tokenize_corpus(
+        a.method,
+        &a.data,
+        &a.out,
+        a.token_bits,
+        a.chunk_bytes,
+        !a.json,
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} -> {} ({}, {}-bit tokens, {}-byte chunks)",
+            r.source,
+            r.out,
+            r.method.name(),
+            r.token_bits,
+            r.chunk_bytes
+        );
+        println!(
+            "{} bytes, {} tokens, {} chunks: {:.3} bytes/token, {:.3} bits/byte",
+            r.bytes, r.tokens, r.chunks, r.bytes_per_token, r.bits_per_byte
+        );
+        if let Some(h) = r.unigram_entropy {
+            println!("byte unigram entropy {h:.3} bits/byte");
+        }
+        println!("{:.2} s, {:.1} MB/s", r.seconds, r.bytes_per_second / 1e6);
     }
     Ok(())
 }

@@ -153,7 +153,7 @@ impl ExactM1 {
     pub fn push(&self, state: &mut WindowState, byte: u8) -> Probs {
         let d = self.cfg.d_model;
         let t = state.pos;
-        let needs_rope = state.rope.as_ref().is_none_or(|r| r.seq <= t);
+        let needs_rope = state.rope.as_ref().map_or(true, |r| r.seq <= t);
         if needs_rope {
             state.rope = Some(RopeTables::new(
                 (t + 1).next_power_of_two().max(64),

@@ -1,0 +1,539 @@
+//! The token dataset format: what `terse tokenize` writes and M2 training reads.
+//!
+//! A dataset is a directory holding two files:
+//!
+//! - `tokens.bin`: every token back to back, raw little-endian, one byte each (`token_bits = 8`)
+//!   or two bytes each (`token_bits = 16`); no header, so it memory-maps as a `u8`/`u16` array.
+//! - `metadata.json`: [`Metadata`]: `{"format": "terse-tokens", "version": 1, "method", "params",
+//!   "token_bits", "vocab", "m1_fingerprint", "source", "bytes_covered", "tokens", "examples"}`.
+//!   `examples` has one `[token_offset, byte_offset]` pair per example (chunk) start: example `i`
+//!   covers tokens `examples[i][0]..examples[i+1][0]` (the last one up to `tokens`) and source
+//!   bytes `examples[i][1]..examples[i+1][1]` (the last one up to `bytes_covered`). Byte offsets
+//!   start at 0 and strictly increase (no example is empty of text); token offsets start at 0 and
+//!   never decrease (an example may code to zero tokens, e.g. StaticAC on a run of `0x00`s).
+//!
+//! # Writing
+//!
+//! [`TokenDatasetWriter`] streams tokens into a hidden temp file in the directory. [`finish`]
+//! (TokenDatasetWriter::finish) fsyncs it, removes any old `metadata.json`, renames the temp file
+//! to `tokens.bin` and then writes `metadata.json` atomically (temp file, fsync, rename). A
+//! directory is a dataset only once `metadata.json` exists and agrees with `tokens.bin`, so an
+//! error or a crash at any point leaves no partial dataset: on error (and on drop without
+//! `finish`) the temp file, and a `tokens.bin` renamed by this writer, are removed.
+//!
+//! # Reading
+//!
+//! [`TokenDataset::open`] reads and validates the metadata and memory-maps `tokens.bin`; every
+//! refusal is a [`DatasetError`] naming the offending file.
+
+use crate::train::checkpoint::atomic_write;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// The `format` field of every token dataset's metadata.
+pub const FORMAT: &str = "terse-tokens";
+/// The metadata version this build reads and writes.
+pub const VERSION: u32 = 1;
+/// The token file's name inside a dataset directory.
+pub const TOKENS_FILE: &str = "tokens.bin";
+/// The metadata file's name inside a dataset directory.
+pub const METADATA_FILE: &str = "metadata.json";
+
+/// `metadata.json` (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Always [`VERSION`] for this build.
+    pub version: u32,
+    /// The tokenization method (`bytes`, `gzip`, `static-ac`, ...).
+    pub method: String,
+    /// Method parameters (chunk size, CDF counts, ...): whatever decoding needs.
+    pub params: serde_json::Value,
+    /// 8 or 16.
+    pub token_bits: u32,
+    /// Number of distinct token values, at most `2^token_bits`; every token is below it.
+    pub vocab: u32,
+    /// The M1 fingerprint for methods that code with M1, `null` otherwise.
+    pub m1_fingerprint: Option<String>,
+    /// The corpus the tokens came from, as given.
+    pub source: String,
+    /// Bytes of the corpus's canonical byte stream the tokens cover.
+    pub bytes_covered: u64,
+    /// Number of tokens in `tokens.bin`.
+    pub tokens: u64,
+    /// `[token_offset, byte_offset]` of every example's start.
+    pub examples: Vec<[u64; 2]>,
+}
+
+/// Why a token dataset could not be opened or written. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("{}: not found (not a token dataset?)", path.display())]
+    Missing { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: corrupt metadata: {message}", path.display())]
+    CorruptMetadata { path: PathBuf, message: String },
+    #[error("{}: format is {found:?}, expected {FORMAT:?}", path.display())]
+    WrongFormat { path: PathBuf, found: String },
+    #[error("{}: version {found} unsupported (this build reads version {VERSION})", path.display())]
+    UnsupportedVersion { path: PathBuf, found: u32 },
+    #[error("{}: token_bits {bits} unsupported (need 8 or 16)", path.display())]
+    TokenBits { path: PathBuf, bits: u32 },
+    #[error("{}: vocab {vocab} invalid for {token_bits}-bit tokens (need 1..=2^{token_bits})", path.display())]
+    Vocab {
+        path: PathBuf,
+        vocab: u32,
+        token_bits: u32,
+    },
+    #[error("{}: odd length {len} for 16-bit tokens", path.display())]
+    OddLength { path: PathBuf, len: u64 },
+    #[error(
+        "{}: length {len} bytes does not match the metadata's {tokens} tokens x {width} bytes",
+        path.display()
+    )]
+    LengthMismatch {
+        path: PathBuf,
+        len: u64,
+        tokens: u64,
+        width: u64,
+    },
+    #[error("{}: bad example offsets at example {index}: {message}", path.display())]
+    Examples {
+        path: PathBuf,
+        index: usize,
+        message: String,
+    },
+    #[error("{}: token {token} at index {index} is not below the vocab {vocab}", path.display())]
+    TokenOutOfRange {
+        path: PathBuf,
+        index: u64,
+        token: u32,
+        vocab: u32,
+    },
+}
+
+fn io_err(path: &Path, e: io::Error) -> DatasetError {
+    if e.kind() == io::ErrorKind::NotFound {
+        DatasetError::Missing {
+            path: path.to_path_buf(),
+        }
+    } else {
+        DatasetError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+/// Checks the metadata on its own (everything but the token file); `path` names metadata.json.
+pub fn validate_metadata(meta: &Metadata, path: &Path) -> Result<(), DatasetError> {
+    let p = || path.to_path_buf();
+    if meta.format != FORMAT {
+        return Err(DatasetError::WrongFormat {
+            path: p(),
+            found: meta.format.clone(),
+        });
+    }
+    if meta.version != VERSION {
+        return Err(DatasetError::UnsupportedVersion {
+            path: p(),
+            found: meta.version,
+        });
+    }
+    if meta.token_bits != 8 && meta.token_bits != 16 {
+        return Err(DatasetError::TokenBits {
+            path: p(),
+            bits: meta.token_bits,
+        });
+    }
+    if meta.vocab == 0 || meta.vocab as u64 > 1u64 << meta.token_bits {
+        return Err(DatasetError::Vocab {
+            path: p(),
+            vocab: meta.vocab,
+            token_bits: meta.token_bits,
+        });
+    }
+    let bad = |index: usize, message: String| DatasetError::Examples {
+        path: p(),
+        index,
+        message,
+    };
+    if meta.examples.is_empty() != (meta.bytes_covered == 0) {
+        return Err(bad(
+            0,
+            format!(
+                "{} examples for {} bytes covered",
+                meta.examples.len(),
+                meta.bytes_covered
+            ),
+        ));
+    }
+    if meta.examples.is_empty() && meta.tokens != 0 {
+        return Err(bad(0, format!("no examples but {} tokens", meta.tokens)));
+    }
+    for (i, &[t, b]) in meta.examples.iter().enumerate() {
+        let (pt, pb) = match i {
+            0 => {
+                if t != 0 || b != 0 {
+                    return Err(bad(
+                        0,
+                        format!("first example starts at [{t}, {b}], not [0, 0]"),
+                    ));
+                }
+                continue;
+            }
+            _ => (meta.examples[i - 1][0], meta.examples[i - 1][1]),
+        };
+        if t < pt {
+            return Err(bad(
+                i,
+                format!("token offset {t} decreases (previous {pt})"),
+            ));
+        }
+        if b <= pb {
+            return Err(bad(
+                i,
+                format!("byte offset {b} does not increase (previous {pb})"),
+            ));
+        }
+    }
+    if let Some(&[t, b]) = meta.examples.last() {
+        if t > meta.tokens {
+            return Err(bad(
+                meta.examples.len() - 1,
+                format!("token offset {t} beyond the {} tokens", meta.tokens),
+            ));
+        }
+        if b >= meta.bytes_covered {
+            return Err(bad(
+                meta.examples.len() - 1,
+                format!(
+                    "byte offset {b} not below the {} bytes covered",
+                    meta.bytes_covered
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Streams tokens into a new dataset directory (module docs).
+pub struct TokenDatasetWriter {
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+    token_bits: u32,
+    tokens: u64,
+    bytes: u64,
+    examples: Vec<[u64; 2]>,
+}
+
+impl TokenDatasetWriter {
+    /// Starts a dataset in `dir` (created if missing) with `token_bits`-bit tokens.
+    pub fn create(dir: &Path, token_bits: u32) -> anyhow::Result<Self> {
+        if token_bits != 8 && token_bits != 16 {
+            anyhow::bail!("token bits {token_bits} unsupported: need 8 or 16");
+        }
+        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let tmp = dir.join(format!(
+            ".{TOKENS_FILE}.{}.{}.tmp",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        Ok(TokenDatasetWriter {
+            dir: dir.to_path_buf(),
+            tmp,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            token_bits,
+            tokens: 0,
+            bytes: 0,
+            examples: Vec::new(),
+        })
+    }
+
+    /// Appends one example: the tokens coding `byte_len` (> 0) bytes of the source.
+    pub fn push_example(&mut self, tokens: &[u16], byte_len: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(byte_len > 0, "an example must cover at least one byte");
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("dataset writer already failed"))?;
+        self.examples.push([self.tokens, self.bytes]);
+        let written = if self.token_bits == 8 {
+            let mut buf = Vec::with_capacity(tokens.len());
+            for &t in tokens {
+                anyhow::ensure!(t < 256, "token {t} does not fit in 8 bits");
+                buf.push(t as u8);
+            }
+            file.write_all(&buf)
+        } else {
+            let buf: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+            file.write_all(&buf)
+        };
+        if let Err(e) = written {
+            self.file = None;
+            return Err(io_err(&self.tmp, e).into());
+        }
+        self.tokens += tokens.len() as u64;
+        self.bytes += byte_len;
+        Ok(())
+    }
+
+    /// Tokens written so far.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Source bytes covered so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Examples written so far.
+    pub fn examples(&self) -> usize {
+        self.examples.len()
+    }
+
+    /// Completes the dataset: `tokens.bin`, then `metadata.json` (module docs). Returns the
+    /// metadata written.
+    pub fn finish(
+        mut self,
+        method: &str,
+        params: serde_json::Value,
+        vocab: u32,
+        m1_fingerprint: Option<String>,
+        source: &str,
+    ) -> anyhow::Result<Metadata> {
+        let meta = Metadata {
+            format: FORMAT.into(),
+            version: VERSION,
+            method: method.into(),
+            params,
+            token_bits: self.token_bits,
+            vocab,
+            m1_fingerprint,
+            source: source.into(),
+            bytes_covered: self.bytes,
+            tokens: self.tokens,
+            examples: std::mem::take(&mut self.examples),
+        };
+        let meta_path = self.dir.join(METADATA_FILE);
+        validate_metadata(&meta, &meta_path)?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("dataset writer already failed"))?;
+        let file = file
+            .into_inner()
+            .map_err(|e| io_err(&self.tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| io_err(&self.tmp, e))?;
+        drop(file);
+        match fs::remove_file(&meta_path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err(&meta_path, e).into())
+            }
+            _ => {}
+        }
+        let tokens_path = self.dir.join(TOKENS_FILE);
+        fs::rename(&self.tmp, &tokens_path).map_err(|e| io_err(&tokens_path, e))?;
+        let json = serde_json::to_vec(&meta)?;
+        if let Err(e) = atomic_write(&meta_path, &json) {
+            let _ = fs::remove_file(&tokens_path);
+            return Err(e);
+        }
+        Ok(meta)
+    }
+}
+
+impl Drop for TokenDatasetWriter {
+    fn drop(&mut self) {
+        // After a successful finish the temp file has been renamed away: this is a no-op.
+        self.file = None;
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// An opened, validated token dataset with `tokens.bin` memory-mapped.
+#[derive(Debug)]
+pub struct TokenDataset {
+    dir: PathBuf,
+    meta: Metadata,
+    map: Option<memmap2::Mmap>,
+}
+
+impl TokenDataset {
+    /// Opens and validates the dataset in `dir` (see [`DatasetError`] for the refusals). When the
+    /// vocab is below `2^token_bits`, every token is checked against it (one pass over the file).
+    pub fn open(dir: &Path) -> Result<TokenDataset, DatasetError> {
+        let meta_path = dir.join(METADATA_FILE);
+        let text = fs::read(&meta_path).map_err(|e| io_err(&meta_path, e))?;
+        let meta: Metadata =
+            serde_json::from_slice(&text).map_err(|e| DatasetError::CorruptMetadata {
+                path: meta_path.clone(),
+                message: e.to_string(),
+            })?;
+        validate_metadata(&meta, &meta_path)?;
+        let tokens_path = dir.join(TOKENS_FILE);
+        let file = File::open(&tokens_path).map_err(|e| io_err(&tokens_path, e))?;
+        let len = file.metadata().map_err(|e| io_err(&tokens_path, e))?.len();
+        let width = meta.token_bits as u64 / 8;
+        if width == 2 && len % 2 == 1 {
+            return Err(DatasetError::OddLength {
+                path: tokens_path,
+                len,
+            });
+        }
+        if meta.tokens.checked_mul(width) != Some(len) {
+            return Err(DatasetError::LengthMismatch {
+                path: tokens_path,
+                len,
+                tokens: meta.tokens,
+                width,
+            });
+        }
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: the map is read-only; like every memory-mapped reader, it assumes nobody
+            // truncates or rewrites tokens.bin while it is open (the writer only ever replaces
+            // it by rename, which leaves this mapping intact).
+            Some(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(&tokens_path, e))?)
+        };
+        let ds = TokenDataset {
+            dir: dir.to_path_buf(),
+            meta,
+            map,
+        };
+        if (ds.meta.vocab as u64) < 1u64 << ds.meta.token_bits {
+            let vocab = ds.meta.vocab;
+            if let Some((index, token)) = ds.tokens().enumerate().find(|&(_, t)| t >= vocab) {
+                return Err(DatasetError::TokenOutOfRange {
+                    path: tokens_path,
+                    index: index as u64,
+                    token,
+                    vocab,
+                });
+            }
+        }
+        Ok(ds)
+    }
+
+    /// The dataset directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The validated metadata.
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
+    /// 8 or 16.
+    pub fn token_bits(&self) -> u32 {
+        self.meta.token_bits
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.meta.tokens as usize
+    }
+
+    /// True when there are no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.meta.tokens == 0
+    }
+
+    /// The raw bytes of `tokens.bin`.
+    pub fn raw(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// Token `i`, or `None` past the end.
+    pub fn get(&self, i: usize) -> Option<u32> {
+        let raw = self.raw();
+        if self.meta.token_bits == 8 {
+            raw.get(i).map(|&t| t as u32)
+        } else {
+            let j = i.checked_mul(2)?;
+            Some(u16::from_le_bytes([*raw.get(j)?, *raw.get(j + 1)?]) as u32)
+        }
+    }
+
+    /// Every token, in order.
+    pub fn tokens(&self) -> impl Iterator<Item = u32> + '_ {
+        let raw = self.raw();
+        let wide = self.meta.token_bits == 16;
+        let step = if wide { 2 } else { 1 };
+        raw.chunks_exact(step).map(move |c| {
+            if wide {
+                u16::from_le_bytes([c[0], c[1]]) as u32
+            } else {
+                c[0] as u32
+            }
+        })
+    }
+
+    /// The tokens as a `u8` slice (8-bit datasets only).
+    pub fn as_u8(&self) -> Option<&[u8]> {
+        (self.meta.token_bits == 8).then(|| self.raw())
+    }
+
+    /// The tokens as a `u16` slice (16-bit datasets on little-endian hosts only; the map is
+    /// page-aligned).
+    pub fn as_u16(&self) -> Option<&[u16]> {
+        if self.meta.token_bits != 16 || cfg!(target_endian = "big") {
+            return None;
+        }
+        match self.map.as_deref() {
+            None => Some(&[]),
+            Some(raw) => bytemuck::try_cast_slice(raw).ok(),
+        }
+    }
+
+    /// Tokens `range` as `u16`s (any width, any host).
+    pub fn tokens_u16(&self, range: Range<usize>) -> Vec<u16> {
+        let raw = self.raw();
+        if self.meta.token_bits == 8 {
+            let end = range.end.min(raw.len());
+            raw[range.start.min(end)..end]
+                .iter()
+                .map(|&t| t as u16)
+                .collect()
+        } else {
+            let end = range.end.min(raw.len() / 2);
+            raw[2 * range.start.min(end)..2 * end]
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect()
+        }
+    }
+
+    /// Number of examples.
+    pub fn num_examples(&self) -> usize {
+        self.meta.examples.len()
+    }
+
+    /// Example `i`: its token range and its source byte range.
+    pub fn example(&self, i: usize) -> Option<(Range<usize>, Range<u64>)> {
+        let ex = &self.meta.examples;
+        let [t0, b0] = *ex.get(i)?;
+        let (t1, b1) = match ex.get(i + 1) {
+            Some(&[t, b]) => (t, b),
+            None => (self.meta.tokens, self.meta.bytes_covered),
+        };
+        Some((t0 as usize..t1 as usize, b0..b1))
+    }
+}

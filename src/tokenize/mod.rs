@@ -1,0 +1,286 @@
+//! Token datasets for M2: a corpus cut into chunks, each chunk coded by one method into 8- or
+//! 16-bit tokens, written as a [`dataset`] (raw tokens plus `metadata.json`).
+//!
+//! Methods, one module each (the paper's §5 baselines that need no M1):
+//!
+//! - [`bytes`]: token = byte (or a big-endian byte pair);
+//! - [`gzip`]: each chunk's zlib stream (default level, header and trailer kept);
+//! - [`static_ac`]: each chunk arithmetic-coded with a fixed byte-unigram CDF from corpus counts.
+//!
+//! Chunks are [`DEFAULT_CHUNK_BYTES`] (10,240, the paper's) of the corpus's canonical byte stream;
+//! the last may be shorter. Every chunk is one example in the dataset's examples table, which also
+//! records each chunk's byte length, so every method decodes exactly ([`decode_dataset`]).
+//!
+//! Reported rates: `bytes_per_token = bytes / tokens`; `bits_per_byte = tokens × token_bits /
+//! bytes`, the compressed bits (including per-chunk headers, termination and token padding) per
+//! original byte.
+
+pub mod bytes;
+pub mod dataset;
+pub mod gzip;
+pub mod static_ac;
+
+pub use dataset::{
+    DatasetError, Metadata, TokenDataset, TokenDatasetWriter, FORMAT, METADATA_FILE, TOKENS_FILE,
+    VERSION,
+};
+
+use crate::data::open_stream;
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+use static_ac::StaticAc;
+use std::path::Path;
+use std::time::Instant;
+
+/// The paper's example length for compression-based methods.
+pub const DEFAULT_CHUNK_BYTES: usize = 10_240;
+
+/// Bytes of text read and coded per parallel batch (about).
+const BATCH_BYTES: usize = 16 << 20;
+
+/// A tokenization method that needs no M1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Token = byte (16-bit: byte pairs).
+    Bytes,
+    /// zlib per chunk, default level, header kept.
+    Gzip,
+    /// Arithmetic coding with a static byte-unigram model.
+    StaticAc,
+}
+
+impl Method {
+    /// The name stored in metadata and accepted on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Bytes => "bytes",
+            Method::Gzip => "gzip",
+            Method::StaticAc => "static-ac",
+        }
+    }
+
+    /// From a stored name.
+    pub fn from_name(name: &str) -> Option<Method> {
+        [Method::Bytes, Method::Gzip, Method::StaticAc]
+            .into_iter()
+            .find(|m| m.name() == name)
+    }
+}
+
+/// A method ready to code chunks.
+#[derive(Clone, Debug)]
+pub enum Coder {
+    Bytes,
+    Gzip,
+    StaticAc(Box<StaticAc>),
+}
+
+impl Coder {
+    /// The coder a dataset's metadata describes (for decoding).
+    pub fn from_metadata(meta: &Metadata) -> Result<Coder> {
+        Ok(match Method::from_name(&meta.method) {
+            Some(Method::Bytes) => Coder::Bytes,
+            Some(Method::Gzip) => Coder::Gzip,
+            Some(Method::StaticAc) => {
+                let freqs: Vec<u32> = serde_json::from_value(
+                    meta.params
+                        .get("freqs")
+                        .cloned()
+                        .context("static-ac metadata has no params.freqs")?,
+                )
+                .context("static-ac params.freqs is not a list of integers")?;
+                Coder::StaticAc(Box::new(StaticAc::from_freqs(&freqs)?))
+            }
+            None => bail!("method {:?} has no decoder in this build", meta.method),
+        })
+    }
+
+    /// One chunk's tokens.
+    pub fn encode(&self, chunk: &[u8], token_bits: u32) -> Result<Vec<u16>> {
+        match self {
+            Coder::Bytes => bytes::encode(chunk, token_bits),
+            Coder::Gzip => gzip::encode(chunk, token_bits),
+            Coder::StaticAc(m) => m.encode(chunk, token_bits),
+        }
+    }
+
+    /// One chunk's bytes from its tokens; the result is checked to be `byte_len` long.
+    pub fn decode(&self, tokens: &[u16], token_bits: u32, byte_len: usize) -> Result<Vec<u8>> {
+        let out = match self {
+            Coder::Bytes => bytes::decode(tokens, token_bits, byte_len)?,
+            Coder::Gzip => gzip::decode_capped(tokens, token_bits, byte_len)?,
+            Coder::StaticAc(m) => m.decode(tokens, token_bits, byte_len)?,
+        };
+        ensure!(
+            out.len() == byte_len,
+            "decoded {} bytes, expected {byte_len}",
+            out.len()
+        );
+        Ok(out)
+    }
+}
+
+/// What [`tokenize_corpus`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenizeReport {
+    pub method: Method,
+    pub source: String,
+    pub out: String,
+    pub token_bits: u32,
+    pub vocab: u32,
+    pub chunk_bytes: usize,
+    /// Corpus bytes covered.
+    pub bytes: u64,
+    pub tokens: u64,
+    /// Examples (chunks).
+    pub chunks: u64,
+    /// `bytes / tokens` (0 with no tokens).
+    pub bytes_per_token: f64,
+    /// `tokens × token_bits / bytes`: compressed bits per original byte (0 with no bytes).
+    pub bits_per_byte: f64,
+    /// static-ac only: the corpus's byte-unigram entropy, bits per byte.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unigram_entropy: Option<f64>,
+    /// Wall-clock seconds, counting pass included.
+    pub seconds: f64,
+    /// `bytes / seconds`.
+    pub bytes_per_second: f64,
+}
+
+/// Tokenizes the corpus at `corpus` (any format [`open_stream`] reads) into a dataset at `out`,
+/// streaming: memory stays at a few batches of chunks whatever the corpus size. `static-ac` reads
+/// the corpus twice (counts, then coding). Chunks are coded in parallel (rayon), written in order.
+pub fn tokenize_corpus(
+    method: Method,
+    corpus: &Path,
+    out: &Path,
+    token_bits: u32,
+    chunk_bytes: usize,
+    progress: bool,
+) -> Result<TokenizeReport> {
+    ensure!(
+        token_bits == 8 || token_bits == 16,
+        "token bits {token_bits} unsupported: need 8 or 16"
+    );
+    ensure!(
+        (1..=1 << 30).contains(&chunk_bytes),
+        "chunk bytes {chunk_bytes} out of range 1..=2^30"
+    );
+    let start = Instant::now();
+    let bar = if progress {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} {bytes} ({bytes_per_sec}) {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut buf = vec![0u8; BATCH_BYTES.div_ceil(chunk_bytes).max(1) * chunk_bytes];
+
+    let (coder, params, entropy) = match method {
+        Method::Bytes => (Coder::Bytes, json!({ "chunk_bytes": chunk_bytes }), None),
+        Method::Gzip => (
+            Coder::Gzip,
+            json!({ "chunk_bytes": chunk_bytes, "container": "zlib", "level": gzip::LEVEL }),
+            None,
+        ),
+        Method::StaticAc => {
+            bar.set_message("counting");
+            let mut counts = [0u64; 256];
+            let mut s = open_stream(corpus)?;
+            loop {
+                let n = s.read_full(&mut buf)?;
+                static_ac::count_bytes(&mut counts, &buf[..n]);
+                bar.inc(n as u64);
+                if n < buf.len() {
+                    break;
+                }
+            }
+            bar.set_position(0);
+            let m = StaticAc::from_counts(&counts)?;
+            let params = json!({
+                "chunk_bytes": chunk_bytes,
+                "cdf_total_bits": static_ac::TOTAL_BITS,
+                "counts": counts.to_vec(),
+                "freqs": m.freqs().to_vec(),
+            });
+            (
+                Coder::StaticAc(Box::new(m)),
+                params,
+                Some(static_ac::unigram_entropy(&counts)),
+            )
+        }
+    };
+    bar.set_message(method.name());
+
+    let mut stream = open_stream(corpus)?;
+    let mut w = TokenDatasetWriter::create(out, token_bits)?;
+    loop {
+        let n = stream.read_full(&mut buf)?;
+        let coded: Vec<Result<Vec<u16>>> = buf[..n]
+            .par_chunks(chunk_bytes)
+            .map(|c| coder.encode(c, token_bits))
+            .collect();
+        for (chunk, tokens) in buf[..n].chunks(chunk_bytes).zip(coded) {
+            w.push_example(&tokens?, chunk.len() as u64)?;
+        }
+        bar.inc(n as u64);
+        if n < buf.len() {
+            break;
+        }
+    }
+    let (bytes, tokens, chunks) = (w.bytes(), w.tokens(), w.examples() as u64);
+    let vocab = 1u32 << token_bits;
+    let source = corpus.display().to_string();
+    w.finish(method.name(), params, vocab, None, &source)
+        .with_context(|| format!("cannot write token dataset {}", out.display()))?;
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    Ok(TokenizeReport {
+        method,
+        source,
+        out: out.display().to_string(),
+        token_bits,
+        vocab,
+        chunk_bytes,
+        bytes,
+        tokens,
+        chunks,
+        bytes_per_token: ratio(bytes as f64, tokens as f64),
+        bits_per_byte: ratio((tokens * token_bits as u64) as f64, bytes as f64),
+        unigram_entropy: entropy,
+        seconds,
+        bytes_per_second: ratio(bytes as f64, seconds),
+    })
+}
+
+/// The source bytes of example `i` of an opened dataset, decoded with `coder`.
+pub fn decode_example(ds: &TokenDataset, coder: &Coder, i: usize) -> Result<Vec<u8>> {
+    let (toks, bytes) = ds
+        .example(i)
+        .with_context(|| format!("example {i} out of range"))?;
+    let tokens = ds.tokens_u16(toks);
+    coder
+        .decode(&tokens, ds.token_bits(), (bytes.end - bytes.start) as usize)
+        .with_context(|| format!("{}: cannot decode example {i}", ds.dir().display()))
+}
+
+/// The whole source byte stream a dataset covers, decoded (every method here has a decoder).
+pub fn decode_dataset(dir: &Path) -> Result<Vec<u8>> {
+    let ds = TokenDataset::open(dir)?;
+    let coder = Coder::from_metadata(ds.metadata())
+        .with_context(|| format!("{}: cannot decode", dir.display()))?;
+    let mut out = Vec::with_capacity(ds.metadata().bytes_covered as usize);
+    for i in 0..ds.num_examples() {
+        out.extend_from_slice(&decode_example(&ds, &coder, i)?);
+    }
+    Ok(out)
+}

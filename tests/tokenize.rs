@@ -1,0 +1,485 @@
+//! Token datasets: exact round trips for every method and width, property tests, validation
+//! errors, and the `terse tokenize` command end to end.
+
+use proptest::prelude::*;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use terse::data::open_stream;
+use terse::tokenize::static_ac::StaticAc;
+use terse::tokenize::{
+    decode_dataset, tokenize_corpus, Coder, DatasetError, Method, TokenDataset, TokenDatasetWriter,
+    DEFAULT_CHUNK_BYTES, METADATA_FILE, TOKENS_FILE,
+};
+
+const METHODS: [Method; 3] = [Method::Bytes, Method::Gzip, Method::StaticAc];
+
+fn sample_prefix(n: usize) -> Vec<u8> {
+    let all = fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/sample-books.txt"
+    ))
+    .unwrap();
+    all[..n.min(all.len())].to_vec()
+}
+
+/// The corpus's canonical byte stream (what a dataset covers).
+fn canonical(path: &Path) -> Vec<u8> {
+    let mut s = open_stream(path).unwrap();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = s.read_full(&mut buf).unwrap();
+        out.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            return out;
+        }
+    }
+}
+
+fn xorshift(seed: u64, n: usize) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+/// Tokenizes `content` (as a .txt corpus) with every method and width and checks the exact
+/// round trip and the dataset's bookkeeping.
+fn roundtrip_all(content: &[u8], chunk_bytes: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    fs::write(&corpus, content).unwrap();
+    let want = canonical(&corpus);
+    for method in METHODS {
+        for bits in [8u32, 16] {
+            let out = dir.path().join(format!("{}-{bits}", method.name()));
+            let r = tokenize_corpus(method, &corpus, &out, bits, chunk_bytes, false).unwrap();
+            assert_eq!(r.bytes, want.len() as u64);
+            assert_eq!(r.chunks, want.len().div_ceil(chunk_bytes) as u64);
+            let ds = TokenDataset::open(&out).unwrap();
+            assert_eq!(ds.len() as u64, r.tokens);
+            assert_eq!(ds.num_examples() as u64, r.chunks);
+            assert_eq!(ds.metadata().method, method.name());
+            assert_eq!(ds.metadata().vocab, 1 << bits);
+            assert_eq!(ds.metadata().m1_fingerprint, None);
+            if let Some(last) = ds.num_examples().checked_sub(1) {
+                let (toks, bytes) = ds.example(last).unwrap();
+                assert_eq!(toks.end, ds.len());
+                assert_eq!(bytes.end, want.len() as u64);
+            }
+            match bits {
+                8 => assert_eq!(ds.as_u8().unwrap().len(), ds.len()),
+                _ => assert_eq!(ds.as_u16().unwrap().len(), ds.len()),
+            }
+            assert_eq!(ds.tokens().count(), ds.len());
+            let got = decode_dataset(&out).unwrap();
+            assert!(
+                got == want,
+                "{} {bits}-bit: round trip differs",
+                method.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn roundtrip_sample_prefix() {
+    roundtrip_all(&sample_prefix(100_000), DEFAULT_CHUNK_BYTES);
+}
+
+#[test]
+fn roundtrip_random_binary() {
+    roundtrip_all(&xorshift(7, 50_001), DEFAULT_CHUNK_BYTES);
+}
+
+#[test]
+fn roundtrip_edge_sizes() {
+    roundtrip_all(b"", DEFAULT_CHUNK_BYTES);
+    roundtrip_all(b"x", DEFAULT_CHUNK_BYTES);
+    roundtrip_all(&[0], DEFAULT_CHUNK_BYTES);
+    // Ends mid-chunk, odd lengths everywhere, small chunks.
+    roundtrip_all(&sample_prefix(25_003), DEFAULT_CHUNK_BYTES);
+    roundtrip_all(&sample_prefix(1_001), 7);
+    roundtrip_all(&sample_prefix(64), 1);
+    // Runs of 0x00 code to no tokens at all with static-ac (examples with empty token ranges).
+    let mut zeros = vec![0u8; 5_000];
+    zeros.extend_from_slice(b"tail");
+    roundtrip_all(&zeros, 1_000);
+}
+
+#[test]
+fn empty_corpus_makes_an_empty_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("empty.txt");
+    fs::write(&corpus, b"").unwrap();
+    let out = dir.path().join("ds");
+    let r = tokenize_corpus(Method::Gzip, &corpus, &out, 16, 10_240, false).unwrap();
+    assert_eq!((r.bytes, r.tokens, r.chunks), (0, 0, 0));
+    assert_eq!((r.bits_per_byte, r.bytes_per_token), (0.0, 0.0));
+    let ds = TokenDataset::open(&out).unwrap();
+    assert!(ds.is_empty());
+    assert_eq!(ds.example(0), None);
+    assert_eq!(decode_dataset(&out).unwrap(), b"");
+}
+
+#[test]
+fn rates_are_plausible_on_the_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("sample.txt");
+    fs::write(&corpus, sample_prefix(400_000)).unwrap();
+    let report = |m, bits| {
+        tokenize_corpus(
+            m,
+            &corpus,
+            &dir.path().join("ds"),
+            bits,
+            DEFAULT_CHUNK_BYTES,
+            false,
+        )
+        .unwrap()
+    };
+    let b = report(Method::Bytes, 16);
+    assert_eq!((b.bits_per_byte, b.bytes_per_token), (8.0, 2.0));
+    // Paper: GZip[v=256] 2.23 bytes/token (3.59 bits/byte) on 10,240-byte C4 examples.
+    let g = report(Method::Gzip, 8);
+    assert!(
+        (3.0..4.0).contains(&g.bits_per_byte),
+        "gzip {}",
+        g.bits_per_byte
+    );
+    // StaticAC costs the unigram entropy (~4.5 bits/byte on English) plus a little.
+    for bits in [8, 16] {
+        let s = report(Method::StaticAc, bits);
+        let h = s.unigram_entropy.unwrap();
+        assert!((4.2..4.9).contains(&h), "entropy {h}");
+        assert!(
+            s.bits_per_byte >= h && s.bits_per_byte < h + 0.02,
+            "static-ac {}",
+            s.bits_per_byte
+        );
+        assert!((s.bytes as f64 / s.tokens as f64 - s.bytes_per_token).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn static_ac_decodes_from_metadata_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c.txt");
+    fs::write(&corpus, sample_prefix(30_000)).unwrap();
+    let out = dir.path().join("ds");
+    tokenize_corpus(Method::StaticAc, &corpus, &out, 16, 4096, false).unwrap();
+    fs::remove_file(&corpus).unwrap();
+    let meta = TokenDataset::open(&out).unwrap().metadata().clone();
+    let counts: Vec<u64> = serde_json::from_value(meta.params["counts"].clone()).unwrap();
+    assert_eq!(counts.iter().sum::<u64>(), 30_000);
+    assert_eq!(decode_dataset(&out).unwrap(), sample_prefix(30_000));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property tests: every method's chunk encode/decode, both widths.
+
+fn byte_strings() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..600),
+        // Long runs of one byte (the most and least likely bytes alike).
+        (any::<u8>(), 0..20_000usize).prop_map(|(b, n)| vec![b; n]),
+        // Runs mixed with noise.
+        prop::collection::vec((any::<u8>(), 1..300usize), 0..20)
+            .prop_map(|runs| runs.into_iter().flat_map(|(b, n)| vec![b; n]).collect()),
+        // Text-like.
+        prop::collection::vec(prop::sample::select(b" etaoinshrdlu\n.,".to_vec()), 0..2000),
+    ]
+}
+
+fn check_coder(coder: &Coder, data: &[u8]) -> Result<(), TestCaseError> {
+    for bits in [8u32, 16] {
+        let t = coder.encode(data, bits).unwrap();
+        prop_assert!(t.iter().all(|&x| (x as u32) < 1 << bits));
+        let back = coder.decode(&t, bits, data.len()).unwrap();
+        prop_assert_eq!(&back[..], data);
+    }
+    Ok(())
+}
+
+fn english_model() -> StaticAc {
+    static MODEL: std::sync::OnceLock<StaticAc> = std::sync::OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let mut counts = [0u64; 256];
+            terse::tokenize::static_ac::count_bytes(&mut counts, &sample_prefix(100_000));
+            StaticAc::from_counts(&counts).unwrap()
+        })
+        .clone()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn prop_bytes(data in byte_strings()) {
+        check_coder(&Coder::Bytes, &data)?;
+    }
+
+    #[test]
+    fn prop_gzip(data in byte_strings()) {
+        check_coder(&Coder::Gzip, &data)?;
+    }
+
+    #[test]
+    fn prop_static_ac(data in byte_strings(), skew in any::<bool>()) {
+        // An English unigram model (rare bytes get the floor) and a skewed random one.
+        let model = if skew {
+            let mut counts = [1u64; 256];
+            for (i, c) in counts.iter_mut().enumerate() {
+                *c = (i as u64 * 7919) % 1000 * 1000 + 1;
+            }
+            StaticAc::from_counts(&counts).unwrap()
+        } else {
+            english_model()
+        };
+        check_coder(&Coder::StaticAc(Box::new(model)), &data)?;
+    }
+
+    /// Garbage tokens never panic any decoder.
+    #[test]
+    fn prop_decoders_total(tokens in prop::collection::vec(any::<u16>(), 0..100), len in 0..500usize) {
+        for coder in [Coder::Bytes, Coder::Gzip, Coder::StaticAc(Box::new(english_model()))] {
+            let _ = coder.decode(&tokens, 16, len);
+            let narrow: Vec<u16> = tokens.iter().map(|t| t & 0xFF).collect();
+            let _ = coder.decode(&narrow, 8, len);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation errors.
+
+/// A small valid 16-bit dataset; returns its directory (inside `root`).
+fn small_dataset(root: &Path) -> std::path::PathBuf {
+    let corpus = root.join("c.txt");
+    fs::write(&corpus, sample_prefix(3_000)).unwrap();
+    let out = root.join("ds");
+    tokenize_corpus(Method::Gzip, &corpus, &out, 16, 1_000, false).unwrap();
+    out
+}
+
+fn edit_meta(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join(METADATA_FILE);
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+    f(&mut v);
+    fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+fn open_err(dir: &Path) -> DatasetError {
+    let e = TokenDataset::open(dir).unwrap_err();
+    // Every error names the file it is about.
+    let msg = e.to_string();
+    assert!(msg.contains(&dir.display().to_string()), "{msg}");
+    e
+}
+
+#[test]
+fn validation_errors_are_specific() {
+    let root = tempfile::tempdir().unwrap();
+    let fresh = || {
+        let d = root.path().join("ds");
+        let _ = fs::remove_dir_all(&d);
+        small_dataset(root.path())
+    };
+
+    let d = fresh();
+    fs::remove_file(d.join(METADATA_FILE)).unwrap();
+    assert!(
+        matches!(open_err(&d), DatasetError::Missing { path } if path.ends_with(METADATA_FILE))
+    );
+
+    let d = fresh();
+    fs::remove_file(d.join(TOKENS_FILE)).unwrap();
+    assert!(matches!(open_err(&d), DatasetError::Missing { path } if path.ends_with(TOKENS_FILE)));
+
+    let d = fresh();
+    fs::write(d.join(METADATA_FILE), b"{\"format\": \"terse-tok").unwrap();
+    assert!(matches!(open_err(&d), DatasetError::CorruptMetadata { .. }));
+
+    let d = fresh();
+    edit_meta(&d, |v| v["tokens"] = serde_json::json!("many"));
+    assert!(matches!(open_err(&d), DatasetError::CorruptMetadata { .. }));
+
+    let d = fresh();
+    edit_meta(&d, |v| v["format"] = serde_json::json!("safetensors"));
+    assert!(matches!(open_err(&d), DatasetError::WrongFormat { .. }));
+
+    let d = fresh();
+    edit_meta(&d, |v| v["version"] = serde_json::json!(2));
+    assert!(matches!(
+        open_err(&d),
+        DatasetError::UnsupportedVersion { found: 2, .. }
+    ));
+
+    let d = fresh();
+    edit_meta(&d, |v| v["token_bits"] = serde_json::json!(12));
+    assert!(matches!(
+        open_err(&d),
+        DatasetError::TokenBits { bits: 12, .. }
+    ));
+
+    let d = fresh();
+    edit_meta(&d, |v| v["vocab"] = serde_json::json!(70_000));
+    assert!(matches!(open_err(&d), DatasetError::Vocab { .. }));
+
+    // Truncated tokens.bin: by a whole token, and by half of one.
+    let d = fresh();
+    let raw = fs::read(d.join(TOKENS_FILE)).unwrap();
+    fs::write(d.join(TOKENS_FILE), &raw[..raw.len() - 2]).unwrap();
+    assert!(matches!(open_err(&d), DatasetError::LengthMismatch { .. }));
+    fs::write(d.join(TOKENS_FILE), &raw[..raw.len() - 1]).unwrap();
+    assert!(matches!(open_err(&d), DatasetError::OddLength { .. }));
+
+    // Token >= vocab.
+    let d = fresh();
+    edit_meta(&d, |v| v["vocab"] = serde_json::json!(256));
+    match open_err(&d) {
+        DatasetError::TokenOutOfRange { token, vocab, .. } => {
+            assert!(token >= 256);
+            assert_eq!(vocab, 256);
+        }
+        e => panic!("wrong error {e}"),
+    }
+
+    // Bad example offsets.
+    type Edit = fn(&mut serde_json::Value);
+    let bad_offsets: [Edit; 6] = [
+        |v| v["examples"][0] = serde_json::json!([1, 0]),
+        |v| v["examples"][1][1] = serde_json::json!(0),
+        |v| v["examples"][2][0] = serde_json::json!(0),
+        |v| v["examples"][2][1] = v["examples"][1][1].clone(),
+        |v| v["examples"][2][0] = serde_json::json!(1_000_000),
+        |v| v["examples"][2][1] = serde_json::json!(3_000),
+    ];
+    for edit in bad_offsets {
+        let d = fresh();
+        edit_meta(&d, edit);
+        assert!(matches!(open_err(&d), DatasetError::Examples { .. }));
+    }
+    let d = fresh();
+    edit_meta(&d, |v| v["examples"] = serde_json::json!([]));
+    assert!(matches!(open_err(&d), DatasetError::Examples { .. }));
+
+    // The untouched dataset opens.
+    let d = fresh();
+    assert!(TokenDataset::open(&d).is_ok());
+}
+
+#[test]
+fn corrupt_tokens_fail_to_decode_without_panic() {
+    let root = tempfile::tempdir().unwrap();
+    let d = small_dataset(root.path());
+    let p = d.join(TOKENS_FILE);
+    let mut raw = fs::read(&p).unwrap();
+    raw[10] ^= 0x55;
+    fs::write(&p, &raw).unwrap();
+    let e = decode_dataset(&d).unwrap_err();
+    assert!(format!("{e:#}").contains("example 0"), "{e:#}");
+}
+
+#[test]
+fn writer_leaves_no_partial_dataset() {
+    let root = tempfile::tempdir().unwrap();
+    let d = root.path().join("ds");
+    {
+        let mut w = TokenDatasetWriter::create(&d, 8).unwrap();
+        w.push_example(&[1, 2, 3], 5).unwrap();
+        assert!(w.push_example(&[300], 1).is_err(), "8-bit token too wide");
+        assert!(w.push_example(&[1], 0).is_err(), "empty example");
+        // Dropped without finish.
+    }
+    assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "temp file removed");
+    assert!(matches!(
+        TokenDataset::open(&d),
+        Err(DatasetError::Missing { .. })
+    ));
+
+    // Overwriting an existing dataset replaces it.
+    let mut w = TokenDatasetWriter::create(&d, 16).unwrap();
+    w.push_example(&[0xFFFF, 2], 3).unwrap();
+    w.push_example(&[], 2).unwrap();
+    let meta = w
+        .finish("bytes", serde_json::json!({}), 65536, None, "x")
+        .unwrap();
+    assert_eq!(meta.examples, vec![[0, 0], [2, 3]]);
+    let ds = TokenDataset::open(&d).unwrap();
+    assert_eq!(ds.tokens().collect::<Vec<_>>(), vec![0xFFFF, 2]);
+    assert_eq!(ds.example(1), Some((2..2, 3..5)));
+    assert_eq!(
+        fs::read_dir(&d).unwrap().count(),
+        2,
+        "only tokens.bin and metadata.json"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command line.
+
+#[test]
+fn cli_tokenize_json_end_to_end() {
+    let root = tempfile::tempdir().unwrap();
+    let corpus = root.path().join("small.txt");
+    fs::write(&corpus, sample_prefix(20_000)).unwrap();
+    for method in ["bytes", "gzip", "static-ac"] {
+        let out = root.path().join(method);
+        let o = Command::new(env!("CARGO_BIN_EXE_terse"))
+            .args(["tokenize", "--method", method, "--data"])
+            .arg(&corpus)
+            .arg("--out")
+            .arg(&out)
+            .args(["--token-bits", "8", "--chunk-bytes", "4096", "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(r["method"], method);
+        assert_eq!(r["bytes"], 20_000);
+        assert_eq!(r["chunks"], 5);
+        assert_eq!(r["token_bits"], 8);
+        for k in [
+            "tokens",
+            "bytes_per_token",
+            "bits_per_byte",
+            "seconds",
+            "bytes_per_second",
+        ] {
+            assert!(r[k].is_number(), "{k}");
+        }
+        assert_eq!(decode_dataset(&out).unwrap(), sample_prefix(20_000));
+    }
+    // Refusals: a width other than 8/16, a method that needs M1, a missing corpus.
+    let bad = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_terse"))
+            .args(["tokenize", "--data"])
+            .arg(&corpus)
+            .arg("--out")
+            .arg(root.path().join("bad"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} accepted");
+    };
+    bad(&["--method", "gzip", "--token-bits", "12"]);
+    bad(&["--method", "equal-info"]);
+    bad(&["--method", "gzip", "--chunk-bytes", "0"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_terse"))
+        .args(["tokenize", "--method", "bytes", "--data"])
+        .arg(root.path().join("nope.txt"))
+        .arg("--out")
+        .arg(root.path().join("bad"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(!root.path().join("bad").join(METADATA_FILE).exists());
+}
