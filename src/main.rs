@@ -170,6 +170,21 @@ struct EvalArgs {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Time M1's exact inference path (the coding contract) over many windows, all cores.
+    M1 {
+        /// Model preset (a byte-level model).
+        #[arg(long, default_value = "m1-3m")]
+        preset: String,
+        /// Windows to run.
+        #[arg(long, default_value_t = 256)]
+        windows: usize,
+        /// Bytes per window (positions per window = len + 1).
+        #[arg(long, default_value_t = 16)]
+        len: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time training steps on random bytes: ms/step, tokens/s, GFLOP/s.
     Train {
         /// Model preset.
@@ -535,6 +550,15 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
 }
 
 fn cmd_bench(b: BenchCmd) -> Result<()> {
+    if let BenchCmd::M1 {
+        preset,
+        windows,
+        len,
+        json,
+    } = b
+    {
+        return bench_m1(&preset, windows, len, json);
+    }
     let BenchCmd::Train {
         preset,
         batch,
@@ -542,7 +566,10 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
         steps,
         device,
         json,
-    } = b;
+    } = b
+    else {
+        unreachable!("handled above")
+    };
     if batch == 0 || seq == 0 || steps == 0 {
         bail!("--batch, --seq and --steps must be positive");
     }
@@ -627,6 +654,36 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
             println!("byte unigram entropy {h:.3} bits/byte");
         }
         println!("{:.2} s, {:.1} MB/s", r.seconds, r.bytes_per_second / 1e6);
+    }
+    Ok(())
+}
+
+fn bench_m1(preset: &str, windows: usize, len: usize, json: bool) -> Result<()> {
+    use rayon::prelude::*;
+    if windows == 0 {
+        bail!("--windows must be positive");
+    }
+    let cfg = terse::model::ModelConfig::preset(preset, Some(256))?;
+    let m1 = terse::m1::ExactM1::new(&cfg, &terse::model::ParamArena::init(&cfg, 0))?;
+    let mut rng = terse::rng::Rng::new(2);
+    let data: Vec<Vec<u8>> = (0..windows)
+        .map(|_| (0..len).map(|_| rng.below(256) as u8).collect())
+        .collect();
+    let t = Instant::now();
+    let positions: usize = data.par_iter().map(|w| m1.window_probs(w).len()).sum();
+    let secs = t.elapsed().as_secs_f64();
+    let rate = positions as f64 / secs;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "m1", "preset": preset, "windows": windows, "len": len,
+                "threads": rayon::current_num_threads(), "positions_per_s": rate, "seconds": secs})
+        );
+    } else {
+        println!(
+            "exact M1 {preset}: {positions} positions in {secs:.2} s = {rate:.0} positions/s on {} threads",
+            rayon::current_num_threads()
+        );
     }
     Ok(())
 }
