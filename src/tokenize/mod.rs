@@ -17,6 +17,7 @@
 
 pub mod bytes;
 pub mod dataset;
+pub mod equal_info;
 pub mod gzip;
 pub mod static_ac;
 
