@@ -121,9 +121,15 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct TokenizeArgs {
-    /// Tokenization method (methods that need M1 are not available yet).
+    /// Tokenization method (equal-info needs --m1).
     #[arg(long, value_enum)]
     method: terse::tokenize::Method,
+    /// M1 checkpoint (a byte-level model) for equal-info.
+    #[arg(long)]
+    m1: Option<PathBuf>,
+    /// Bits per Equal-Info window: 16..=128, a multiple of 8 and of --token-bits.
+    #[arg(long, default_value_t = 16)]
+    window_bits: u32,
     /// Corpus: .txt or .jsonl (C4 layout), optionally .gz or .zst.
     #[arg(long)]
     data: PathBuf,
@@ -627,12 +633,28 @@ fn token_bits_parser() -> impl clap::builder::TypedValueParser<Value = u32> {
 }
 
 fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
+    use terse::tokenize::{EqualInfoSpec, Method};
+    let spec = match (a.method, &a.m1) {
+        (Method::EqualInfo, Some(path)) => {
+            let (cfg, params) = load_model(path)?;
+            let m1 = terse::m1::ExactM1::new(&cfg, &params)
+                .with_context(|| format!("{} cannot serve as M1", path.display()))?;
+            Some(EqualInfoSpec {
+                m1: std::sync::Arc::new(m1),
+                window_bits: a.window_bits,
+            })
+        }
+        (Method::EqualInfo, None) => bail!("--method equal-info needs --m1 CHECKPOINT"),
+        (_, Some(_)) => bail!("--m1 is used only by --method equal-info"),
+        (_, None) => None,
+    };
     let r = terse::tokenize::tokenize_corpus(
         a.method,
         &a.data,
         &a.out,
         a.token_bits,
         a.chunk_bytes,
+        spec.as_ref(),
         !a.json,
     )?;
     if a.json {

@@ -59,7 +59,7 @@ fn roundtrip_all(content: &[u8], chunk_bytes: usize) {
     for method in METHODS {
         for bits in [8u32, 16] {
             let out = dir.path().join(format!("{}-{bits}", method.name()));
-            let r = tokenize_corpus(method, &corpus, &out, bits, chunk_bytes, false).unwrap();
+            let r = tokenize_corpus(method, &corpus, &out, bits, chunk_bytes, None, false).unwrap();
             assert_eq!(r.bytes, want.len() as u64);
             assert_eq!(r.chunks, want.len().div_ceil(chunk_bytes) as u64);
             let ds = TokenDataset::open(&out).unwrap();
@@ -119,7 +119,7 @@ fn empty_corpus_makes_an_empty_dataset() {
     let corpus = dir.path().join("empty.txt");
     fs::write(&corpus, b"").unwrap();
     let out = dir.path().join("ds");
-    let r = tokenize_corpus(Method::Gzip, &corpus, &out, 16, 10_240, false).unwrap();
+    let r = tokenize_corpus(Method::Gzip, &corpus, &out, 16, 10_240, None, false).unwrap();
     assert_eq!((r.bytes, r.tokens, r.chunks), (0, 0, 0));
     assert_eq!((r.bits_per_byte, r.bytes_per_token), (0.0, 0.0));
     let ds = TokenDataset::open(&out).unwrap();
@@ -140,6 +140,7 @@ fn rates_are_plausible_on_the_sample() {
             &dir.path().join("ds"),
             bits,
             DEFAULT_CHUNK_BYTES,
+            None,
             false,
         )
         .unwrap()
@@ -173,7 +174,7 @@ fn static_ac_decodes_from_metadata_alone() {
     let corpus = dir.path().join("c.txt");
     fs::write(&corpus, sample_prefix(30_000)).unwrap();
     let out = dir.path().join("ds");
-    tokenize_corpus(Method::StaticAc, &corpus, &out, 16, 4096, false).unwrap();
+    tokenize_corpus(Method::StaticAc, &corpus, &out, 16, 4096, None, false).unwrap();
     fs::remove_file(&corpus).unwrap();
     let meta = TokenDataset::open(&out).unwrap().metadata().clone();
     let counts: Vec<u64> = serde_json::from_value(meta.params["counts"].clone()).unwrap();
@@ -265,7 +266,7 @@ fn small_dataset(root: &Path) -> std::path::PathBuf {
     let corpus = root.join("c.txt");
     fs::write(&corpus, sample_prefix(3_000)).unwrap();
     let out = root.join("ds");
-    tokenize_corpus(Method::Gzip, &corpus, &out, 16, 1_000, false).unwrap();
+    tokenize_corpus(Method::Gzip, &corpus, &out, 16, 1_000, None, false).unwrap();
     out
 }
 
@@ -482,4 +483,59 @@ fn cli_tokenize_json_end_to_end() {
         .unwrap();
     assert!(!o.status.success());
     assert!(!root.path().join("bad").join(METADATA_FILE).exists());
+}
+
+#[test]
+fn equal_info_through_the_cli_round_trips_with_its_m1_only() {
+    use terse::model::{ModelConfig, ParamArena};
+    let root = tempfile::tempdir().unwrap();
+    let corpus = root.path().join("c.txt");
+    fs::write(&corpus, sample_prefix(6_000)).unwrap();
+    let cfg = ModelConfig::preset("tiny", None).unwrap();
+    let mut p = ParamArena::init(&cfg, 9);
+    p.data.iter_mut().for_each(|x| *x *= 8.0);
+    let ck = root.path().join("m1");
+    terse::train::checkpoint::save_checkpoint(&ck, &cfg, &p, None).unwrap();
+    for (b, bits) in [("16", "16"), ("32", "8"), ("24", "8")] {
+        let out = root.path().join(format!("ei{b}-{bits}"));
+        let o = Command::new(env!("CARGO_BIN_EXE_terse"))
+            .args([
+                "tokenize",
+                "--method",
+                "equal-info",
+                "--window-bits",
+                b,
+                "--token-bits",
+                bits,
+                "--chunk-bytes",
+                "1000",
+                "--json",
+                "--m1",
+            ])
+            .arg(&ck)
+            .arg("--data")
+            .arg(&corpus)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(r["method"], "equal-info");
+        let m1 = std::sync::Arc::new(terse::m1::ExactM1::new(&cfg, &p).unwrap());
+        assert_eq!(
+            terse::tokenize::decode_dataset_with_m1(&out, Some(m1)).unwrap(),
+            sample_prefix(6_000)
+        );
+        // Without M1, or with another one, decoding is refused.
+        assert!(decode_dataset(&out).is_err());
+        let mut other = p.clone();
+        other.data[0] += 1.0;
+        let wrong = std::sync::Arc::new(terse::m1::ExactM1::new(&cfg, &other).unwrap());
+        let e = format!(
+            "{:#}",
+            terse::tokenize::decode_dataset_with_m1(&out, Some(wrong)).unwrap_err()
+        );
+        assert!(e.contains("wrong M1"), "{e}");
+    }
 }

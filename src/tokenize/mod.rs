@@ -5,7 +5,8 @@
 //!
 //! - [`bytes`]: token = byte (or a big-endian byte pair);
 //! - [`gzip`]: each chunk's zlib stream (default level, header and trailer kept);
-//! - [`static_ac`]: each chunk arithmetic-coded with a fixed byte-unigram CDF from corpus counts.
+//! - [`static_ac`]: each chunk arithmetic-coded with a fixed byte-unigram CDF from corpus counts;
+//! - [`equal_info`]: EqualInfoAC, windows of exactly `b` bits under M1's exact path (needs M1).
 //!
 //! Chunks are [`DEFAULT_CHUNK_BYTES`] (10,240, the paper's) of the corpus's canonical byte stream;
 //! the last may be shorter. Every chunk is one example in the dataset's examples table, which also
@@ -26,13 +27,17 @@ pub use dataset::{
     VERSION,
 };
 
+use crate::coder::{codes_to_tokens, tokens_to_codes};
 use crate::data::open_stream;
+use crate::m1::ExactM1;
 use anyhow::{bail, ensure, Context, Result};
+use equal_info::EqualInfo;
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 use static_ac::StaticAc;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The paper's example length for compression-based methods.
@@ -51,6 +56,8 @@ pub enum Method {
     Gzip,
     /// Arithmetic coding with a static byte-unigram model.
     StaticAc,
+    /// Equal-Info windows of `--window-bits` under M1 (needs `--m1`).
+    EqualInfo,
 }
 
 impl Method {
@@ -60,14 +67,38 @@ impl Method {
             Method::Bytes => "bytes",
             Method::Gzip => "gzip",
             Method::StaticAc => "static-ac",
+            Method::EqualInfo => "equal-info",
         }
     }
 
     /// From a stored name.
     pub fn from_name(name: &str) -> Option<Method> {
-        [Method::Bytes, Method::Gzip, Method::StaticAc]
-            .into_iter()
-            .find(|m| m.name() == name)
+        [
+            Method::Bytes,
+            Method::Gzip,
+            Method::StaticAc,
+            Method::EqualInfo,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name)
+    }
+}
+
+/// M1 and the window width for [`Method::EqualInfo`].
+#[derive(Clone)]
+pub struct EqualInfoSpec {
+    pub m1: Arc<ExactM1>,
+    pub window_bits: u32,
+}
+
+impl std::fmt::Debug for EqualInfoSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "EqualInfo(b={}, m1 {:016x})",
+            self.window_bits,
+            self.m1.fingerprint()
+        )
     }
 }
 
@@ -77,10 +108,33 @@ pub enum Coder {
     Bytes,
     Gzip,
     StaticAc(Box<StaticAc>),
+    EqualInfo(EqualInfoSpec),
 }
 
 impl Coder {
-    /// The coder a dataset's metadata describes (for decoding).
+    /// The coder a dataset's metadata describes (for decoding). Methods that ran M1 need the
+    /// same M1 (checked by fingerprint) in `m1`.
+    pub fn from_metadata_with_m1(meta: &Metadata, m1: Option<Arc<ExactM1>>) -> Result<Coder> {
+        if Method::from_name(&meta.method) != Some(Method::EqualInfo) {
+            return Self::from_metadata(meta);
+        }
+        let m1 = m1.context("this dataset was coded with M1: pass the same M1 to decode it")?;
+        let want = meta.m1_fingerprint.as_deref().unwrap_or("none");
+        let have = format!("{:016x}", m1.fingerprint());
+        ensure!(
+            want == have,
+            "wrong M1: the dataset was coded with M1 {want}, this M1 is {have}"
+        );
+        let window_bits =
+            meta.params
+                .get("window_bits")
+                .and_then(|v| v.as_u64())
+                .context("equal-info metadata has no params.window_bits")? as u32;
+        EqualInfo::new(&m1, window_bits)?;
+        Ok(Coder::EqualInfo(EqualInfoSpec { m1, window_bits }))
+    }
+
+    /// The coder a dataset's metadata describes (for decoding), for methods without M1.
     pub fn from_metadata(meta: &Metadata) -> Result<Coder> {
         Ok(match Method::from_name(&meta.method) {
             Some(Method::Bytes) => Coder::Bytes,
@@ -95,6 +149,7 @@ impl Coder {
                 .context("static-ac params.freqs is not a list of integers")?;
                 Coder::StaticAc(Box::new(StaticAc::from_freqs(&freqs)?))
             }
+            Some(Method::EqualInfo) => bail!("{} datasets decode only with their M1", meta.method),
             None => bail!("method {:?} has no decoder in this build", meta.method),
         })
     }
@@ -105,6 +160,10 @@ impl Coder {
             Coder::Bytes => bytes::encode(chunk, token_bits),
             Coder::Gzip => gzip::encode(chunk, token_bits),
             Coder::StaticAc(m) => m.encode(chunk, token_bits),
+            Coder::EqualInfo(e) => {
+                let w = EqualInfo::new(&e.m1, e.window_bits)?.encode(chunk)?;
+                Ok(codes_to_tokens(&w.codes, e.window_bits, token_bits)?)
+            }
         }
     }
 
@@ -114,6 +173,10 @@ impl Coder {
             Coder::Bytes => bytes::decode(tokens, token_bits, byte_len)?,
             Coder::Gzip => gzip::decode_capped(tokens, token_bits, byte_len)?,
             Coder::StaticAc(m) => m.decode(tokens, token_bits, byte_len)?,
+            Coder::EqualInfo(e) => {
+                let codes = tokens_to_codes(tokens, e.window_bits, token_bits)?;
+                EqualInfo::new(&e.m1, e.window_bits)?.decode(&codes)?
+            }
         };
         ensure!(
             out.len() == byte_len,
@@ -154,12 +217,14 @@ pub struct TokenizeReport {
 /// Tokenizes the corpus at `corpus` (any format [`open_stream`] reads) into a dataset at `out`,
 /// streaming: memory stays at a few batches of chunks whatever the corpus size. `static-ac` reads
 /// the corpus twice (counts, then coding). Chunks are coded in parallel (rayon), written in order.
+/// `equal_info` is required by (and only used by) [`Method::EqualInfo`].
 pub fn tokenize_corpus(
     method: Method,
     corpus: &Path,
     out: &Path,
     token_bits: u32,
     chunk_bytes: usize,
+    equal_info: Option<&EqualInfoSpec>,
     progress: bool,
 ) -> Result<TokenizeReport> {
     ensure!(
@@ -185,8 +250,29 @@ pub fn tokenize_corpus(
     };
     let mut buf = vec![0u8; BATCH_BYTES.div_ceil(chunk_bytes).max(1) * chunk_bytes];
 
+    ensure!(
+        equal_info.is_some() == (method == Method::EqualInfo),
+        "M1 is needed by equal-info and by no other method"
+    );
+    let mut m1_fingerprint = None;
     let (coder, params, entropy) = match method {
         Method::Bytes => (Coder::Bytes, json!({ "chunk_bytes": chunk_bytes }), None),
+        Method::EqualInfo => {
+            let e = equal_info.expect("checked above").clone();
+            EqualInfo::new(&e.m1, e.window_bits)?;
+            ensure!(
+                e.window_bits % token_bits == 0,
+                "window bits {} must be a multiple of the token bits {token_bits}",
+                e.window_bits
+            );
+            m1_fingerprint = Some(format!("{:016x}", e.m1.fingerprint()));
+            let params = json!({
+                "chunk_bytes": chunk_bytes, "window_bits": e.window_bits,
+                "m1_contract": crate::m1::CONTRACT_VERSION, "cdf_total_bits": 16, "cdf_f_min": 1,
+                "m1_config": e.m1.config(),
+            });
+            (Coder::EqualInfo(e), params, None)
+        }
         Method::Gzip => (
             Coder::Gzip,
             json!({ "chunk_bytes": chunk_bytes, "container": "zlib", "level": gzip::LEVEL }),
@@ -240,7 +326,7 @@ pub fn tokenize_corpus(
     let (bytes, tokens, chunks) = (w.bytes(), w.tokens(), w.examples() as u64);
     let vocab = 1u32 << token_bits;
     let source = corpus.display().to_string();
-    w.finish(method.name(), params, vocab, None, &source)
+    w.finish(method.name(), params, vocab, m1_fingerprint, &source)
         .with_context(|| format!("cannot write token dataset {}", out.display()))?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
@@ -276,8 +362,13 @@ pub fn decode_example(ds: &TokenDataset, coder: &Coder, i: usize) -> Result<Vec<
 
 /// The whole source byte stream a dataset covers, decoded (every method here has a decoder).
 pub fn decode_dataset(dir: &Path) -> Result<Vec<u8>> {
+    decode_dataset_with_m1(dir, None)
+}
+
+/// As [`decode_dataset`], with the M1 that datasets of M1-based methods need.
+pub fn decode_dataset_with_m1(dir: &Path, m1: Option<Arc<ExactM1>>) -> Result<Vec<u8>> {
     let ds = TokenDataset::open(dir)?;
-    let coder = Coder::from_metadata(ds.metadata())
+    let coder = Coder::from_metadata_with_m1(ds.metadata(), m1)
         .with_context(|| format!("{}: cannot decode", dir.display()))?;
     let mut out = Vec::with_capacity(ds.metadata().bytes_covered as usize);
     for i in 0..ds.num_examples() {
