@@ -47,6 +47,18 @@ enum Cmd {
     Bench(BenchCmd),
     /// Tokenize a corpus into a token dataset (raw tokens + metadata.json) for M2.
     Tokenize(TokenizeArgs),
+    /// Decode a token dataset back to the exact bytes it covers.
+    Detokenize {
+        /// Token dataset directory.
+        #[arg(long)]
+        data: PathBuf,
+        /// The M1 checkpoint the dataset was coded with (equal-info datasets).
+        #[arg(long)]
+        m1: Option<PathBuf>,
+        /// Output file (written atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -251,6 +263,7 @@ fn main() {
         Cmd::Demo(a) => cmd_demo(a),
         Cmd::Bench(b) => cmd_bench(b),
         Cmd::Tokenize(a) => cmd_tokenize(a),
+        Cmd::Detokenize { data, m1, out } => cmd_detokenize(&data, m1.as_deref(), &out),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -707,5 +720,30 @@ fn bench_m1(preset: &str, windows: usize, len: usize, json: bool) -> Result<()> 
             rayon::current_num_threads()
         );
     }
+    Ok(())
+}
+
+fn cmd_detokenize(
+    data: &std::path::Path,
+    m1: Option<&std::path::Path>,
+    out: &std::path::Path,
+) -> Result<()> {
+    let m1 = match m1 {
+        Some(path) => {
+            let (cfg, params) = load_model(path)?;
+            Some(std::sync::Arc::new(terse::m1::ExactM1::new(&cfg, &params)?))
+        }
+        None => None,
+    };
+    let t = Instant::now();
+    let bytes = terse::tokenize::decode_dataset_with_m1(data, m1)?;
+    terse::train::checkpoint::atomic_write(out, &bytes)?;
+    println!(
+        "{}: {} bytes decoded to {} in {:.1} s",
+        data.display(),
+        bytes.len(),
+        out.display(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -527,6 +527,18 @@ fn equal_info_through_the_cli_round_trips_with_its_m1_only() {
             terse::tokenize::decode_dataset_with_m1(&out, Some(m1)).unwrap(),
             sample_prefix(6_000)
         );
+        let back = root.path().join(format!("back{b}-{bits}.txt"));
+        let o = Command::new(env!("CARGO_BIN_EXE_terse"))
+            .args(["detokenize", "--m1"])
+            .arg(&ck)
+            .arg("--data")
+            .arg(&out)
+            .arg("--out")
+            .arg(&back)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(fs::read(&back).unwrap(), sample_prefix(6_000));
         // Without M1, or with another one, decoding is refused.
         assert!(decode_dataset(&out).is_err());
         let mut other = p.clone();
