@@ -370,9 +370,14 @@ pub fn decode_dataset_with_m1(dir: &Path, m1: Option<Arc<ExactM1>>) -> Result<Ve
     let ds = TokenDataset::open(dir)?;
     let coder = Coder::from_metadata_with_m1(ds.metadata(), m1)
         .with_context(|| format!("{}: cannot decode", dir.display()))?;
+    // Examples are independent: decode them in parallel, concatenate in order.
+    let parts: Vec<Vec<u8>> = (0..ds.num_examples())
+        .into_par_iter()
+        .map(|i| decode_example(&ds, &coder, i))
+        .collect::<Result<_>>()?;
     let mut out = Vec::with_capacity(ds.metadata().bytes_covered as usize);
-    for i in 0..ds.num_examples() {
-        out.extend_from_slice(&decode_example(&ds, &coder, i)?);
+    for p in parts {
+        out.extend_from_slice(&p);
     }
     Ok(out)
 }
