@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod coder;
+pub mod compress;
 pub mod data;
 pub mod eval;
 pub mod m1;

@@ -47,6 +47,34 @@ enum Cmd {
     Bench(BenchCmd),
     /// Tokenize a corpus into a token dataset (raw tokens + metadata.json) for M2.
     Tokenize(TokenizeArgs),
+    /// Compress any file losslessly with Equal-Info windows under M1.
+    Compress {
+        /// M1 checkpoint (a byte-level model); decompression needs the same one.
+        #[arg(long)]
+        m1: PathBuf,
+        /// Bits per window: 16..=128, a multiple of 8.
+        #[arg(long, default_value_t = 16)]
+        window_bits: u32,
+        /// Bytes per independently coded chunk (parallelism; each chunk ends a window).
+        #[arg(long, default_value_t = terse::compress::DEFAULT_CHUNK_BYTES)]
+        chunk_bytes: u32,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        input: PathBuf,
+        output: PathBuf,
+    },
+    /// Restore a file made by `terse compress` (needs the same M1).
+    Decompress {
+        /// The M1 checkpoint the file was compressed with.
+        #[arg(long)]
+        m1: PathBuf,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        input: PathBuf,
+        output: PathBuf,
+    },
     /// Decode a token dataset back to the exact bytes it covers.
     Detokenize {
         /// Token dataset directory.
@@ -264,6 +292,26 @@ fn main() {
         Cmd::Bench(b) => cmd_bench(b),
         Cmd::Tokenize(a) => cmd_tokenize(a),
         Cmd::Detokenize { data, m1, out } => cmd_detokenize(&data, m1.as_deref(), &out),
+        Cmd::Compress {
+            m1,
+            window_bits,
+            chunk_bytes,
+            json,
+            input,
+            output,
+        } => load_exact_m1(&m1).and_then(|m| {
+            let r = terse::compress::compress_file(&input, &output, &m, window_bits, chunk_bytes)?;
+            print_compress(&r, json, "compressed")
+        }),
+        Cmd::Decompress {
+            m1,
+            json,
+            input,
+            output,
+        } => load_exact_m1(&m1).and_then(|m| {
+            let r = terse::compress::decompress_file(&input, &output, &m)?;
+            print_compress(&r, json, "decompressed")
+        }),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -745,5 +793,28 @@ fn cmd_detokenize(
         out.display(),
         t.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+fn load_exact_m1(path: &std::path::Path) -> Result<terse::m1::ExactM1> {
+    let (cfg, params) = load_model(path)?;
+    terse::m1::ExactM1::new(&cfg, &params)
+        .with_context(|| format!("{} cannot serve as M1", path.display()))
+}
+
+fn print_compress(r: &terse::compress::CompressReport, json: bool, what: &str) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        println!(
+            "{what} {} bytes <-> {} bytes ({:.3} bits/byte, {} windows) in {:.2} s, {:.0} bytes/s",
+            r.original_bytes,
+            r.compressed_bytes,
+            r.bits_per_byte,
+            r.windows,
+            r.seconds,
+            r.bytes_per_second
+        );
+    }
     Ok(())
 }

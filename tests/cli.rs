@@ -225,3 +225,89 @@ fn unknown_preset_and_bad_flags() {
     assert_fails_with(&["frobnicate"], "frobnicate");
     assert_fails_with(&["train", "--preset", "tiny"], "--data is required");
 }
+
+#[test]
+fn compress_decompress_round_trip_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 4_000);
+    let (d, ck) = (data.to_str().unwrap(), dir.path().join("m1"));
+    let r = terse(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        d,
+        "--steps",
+        "2",
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--heldout-bytes",
+        "500",
+        "--out",
+        ck.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let mut input = std::fs::read(&data).unwrap();
+    input.extend_from_slice(&[0xFF, 0x00, 0xC3, 0x28]); // not UTF-8
+    let src = dir.path().join("in.bin");
+    std::fs::write(&src, &input).unwrap();
+    let (z, back) = (dir.path().join("in.terse"), dir.path().join("back.bin"));
+    let (m, s, zs, bs) = (
+        ck.to_str().unwrap(),
+        src.to_str().unwrap(),
+        z.to_str().unwrap(),
+        back.to_str().unwrap(),
+    );
+    let r = terse(&["compress", "--m1", m, "--json", s, zs]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(rep["original_bytes"], input.len());
+    let r = terse(&["decompress", "--m1", m, zs, bs]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(std::fs::read(&back).unwrap(), input);
+    // Another M1 is refused by name, with no output left behind.
+    let other = dir.path().join("m1b");
+    let r = terse(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        d,
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--heldout-bytes",
+        "500",
+        "--seed",
+        "7",
+        "--out",
+        other.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let nope = dir.path().join("nope.bin");
+    assert_fails_with(
+        &[
+            "decompress",
+            "--m1",
+            other.to_str().unwrap(),
+            zs,
+            nope.to_str().unwrap(),
+        ],
+        "wrong M1",
+    );
+    assert!(!nope.exists());
+    let z_bytes = std::fs::read(&z).unwrap();
+    std::fs::write(&z, &z_bytes[..z_bytes.len() - 3]).unwrap();
+    assert_fails_with(
+        &["decompress", "--m1", m, zs, nope.to_str().unwrap()],
+        "truncated",
+    );
+    assert!(!nope.exists());
+}
