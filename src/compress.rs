@@ -205,6 +205,7 @@ pub fn decompress_file(input: &Path, output: &Path, m1: &ExactM1) -> Result<Comp
     // Walk the chunk records, checking every length against the file before using it.
     let code_bytes = b as usize / 8;
     let mut chunks: Vec<&[u8]> = Vec::new();
+    let mut windows = 0u64;
     let mut pos = HEADER_BYTES;
     while pos < data.len() {
         ensure!(
@@ -219,6 +220,7 @@ pub fn decompress_file(input: &Path, output: &Path, m1: &ExactM1) -> Result<Comp
             chunks.len()
         );
         chunks.push(&data[pos + 4..end]);
+        windows += n as u64;
         pos = end;
     }
     let expect_chunks = original_len.div_ceil(chunk_bytes as u64);
@@ -258,7 +260,7 @@ pub fn decompress_file(input: &Path, output: &Path, m1: &ExactM1) -> Result<Comp
     Ok(report(
         original_len,
         data.len() as u64,
-        (data.len() - HEADER_BYTES) as u64 / code_bytes as u64,
+        windows,
         t.elapsed().as_secs_f64(),
     ))
 }
