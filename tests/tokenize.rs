@@ -551,3 +551,33 @@ fn equal_info_through_the_cli_round_trips_with_its_m1_only() {
         assert!(e.contains("wrong M1"), "{e}");
     }
 }
+
+fn tiny_m1() -> std::sync::Arc<terse::m1::ExactM1> {
+    static M1: std::sync::OnceLock<std::sync::Arc<terse::m1::ExactM1>> = std::sync::OnceLock::new();
+    M1.get_or_init(|| {
+        let cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
+        let mut p = terse::model::ParamArena::init(&cfg, 21);
+        p.data.iter_mut().for_each(|x| *x *= 8.0); // sharp, varied distributions
+        std::sync::Arc::new(terse::m1::ExactM1::new(&cfg, &p).unwrap())
+    })
+    .clone()
+}
+
+fn short_byte_strings() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..64),
+        (any::<u8>(), 0..200usize).prop_map(|(b, n)| vec![b; n]),
+        prop::collection::vec(prop::sample::select(b" etaoinshrdlu\n.,".to_vec()), 0..120),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Equal-Info through the exact M1 round-trips every input, for several window widths.
+    #[test]
+    fn prop_equal_info(data in short_byte_strings(), b in prop::sample::select(vec![16u32, 32, 64, 128])) {
+        let spec = terse::tokenize::EqualInfoSpec { m1: tiny_m1(), window_bits: b };
+        check_coder(&Coder::EqualInfo(spec), &data)?;
+    }
+}
