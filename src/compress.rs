@@ -171,14 +171,27 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Decompresses `input` into `output`. Refuses (naming the mismatch) another format, contract or
+/// Decompresses `input` into `output`, streaming (the input is memory-mapped, the output written
+/// a batch of chunks at a time, so memory stays bounded). Refuses (naming the mismatch) another format, contract or
 /// M1, a truncated or corrupt file, and a result whose length or CRC-32 differs from the header.
 pub fn decompress_file(input: &Path, output: &Path, m1: &ExactM1) -> Result<CompressReport> {
     let t = std::time::Instant::now();
-    let data = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
     let name = input.display();
+    let file = File::open(input).with_context(|| format!("cannot open {name}"))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot read {name}"))?
+        .len();
     ensure!(
-        data.len() >= HEADER_BYTES && &data[..8] == MAGIC,
+        len >= HEADER_BYTES as u64,
+        "{name} is not a terse compressed file (bad magic or too short)"
+    );
+    // SAFETY: the map is read-only and lives only inside this call; a file truncated underneath
+    // it by another process is outside what any reader can defend against.
+    let data =
+        unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot read {name}"))?;
+    ensure!(
+        &data[..8] == MAGIC,
         "{name} is not a terse compressed file (bad magic or too short)"
     );
     let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]);
@@ -229,33 +242,43 @@ pub fn decompress_file(input: &Path, output: &Path, m1: &ExactM1) -> Result<Comp
         "{name} is truncated or corrupt: {} chunks, header implies {expect_chunks}",
         chunks.len()
     );
-    let parts: Vec<Result<Vec<u8>>> = chunks
-        .par_iter()
-        .map(|c| {
-            let codes: Vec<u128> = c
-                .chunks(code_bytes)
-                .map(|k| k.iter().fold(0u128, |acc, &x| (acc << 8) | x as u128))
-                .collect();
-            coder.decode(&codes)
-        })
-        .collect();
-    let mut out = Vec::new();
-    for (i, p) in parts.into_iter().enumerate() {
-        let p = p?;
-        let want = (original_len - i as u64 * chunk_bytes as u64).min(chunk_bytes as u64);
-        ensure!(
-            p.len() as u64 == want,
-            "{name} is corrupt: chunk {i} decodes to {} bytes, expected {want}",
-            p.len()
-        );
-        out.extend_from_slice(&p);
+    // Decode a batch of chunks at a time (all cores), streaming the result to a temp file.
+    let pending = PendingOutput::new(output);
+    let tmp = File::create(&pending.tmp)
+        .with_context(|| format!("cannot create {}", pending.tmp.display()))?;
+    let mut w = BufWriter::new(tmp);
+    let mut hasher = crc32fast::Hasher::new();
+    let batch = rayon::current_num_threads() * 4;
+    for (bi, group) in chunks.chunks(batch).enumerate() {
+        let parts: Vec<Result<Vec<u8>>> = group
+            .par_iter()
+            .map(|c| {
+                let codes: Vec<u128> = c
+                    .chunks(code_bytes)
+                    .map(|k| k.iter().fold(0u128, |acc, &x| (acc << 8) | x as u128))
+                    .collect();
+                coder.decode(&codes)
+            })
+            .collect();
+        for (k, p) in parts.into_iter().enumerate() {
+            let (i, p) = (bi * batch + k, p?);
+            let want = (original_len - i as u64 * chunk_bytes as u64).min(chunk_bytes as u64);
+            ensure!(
+                p.len() as u64 == want,
+                "{name} is corrupt: chunk {i} decodes to {} bytes, expected {want}",
+                p.len()
+            );
+            hasher.update(&p);
+            w.write_all(&p)
+                .with_context(|| format!("cannot write {}", pending.tmp.display()))?;
+        }
     }
-    if crc32fast::hash(&out) != crc {
+    if hasher.finalize() != crc {
         bail!("{name} is corrupt: the decoded bytes fail the CRC-32 check");
     }
-    let pending = PendingOutput::new(output);
-    std::fs::write(&pending.tmp, &out)
-        .with_context(|| format!("cannot write {}", pending.tmp.display()))?;
+    let tmp = w.into_inner().map_err(|e| e.into_error())?;
+    tmp.sync_all()?;
+    drop(tmp);
     pending.commit(output)?;
     Ok(report(
         original_len,
