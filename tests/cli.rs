@@ -105,62 +105,32 @@ fn bench_train_reports_throughput() {
 fn missing_empty_and_unreadable_corpus() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.txt");
-    assert_fails_with(
-        &[
-            "train",
-            "--preset",
-            "tiny",
-            "--data",
-            missing.to_str().unwrap(),
-            "--steps",
-            "1",
-        ],
-        "cannot open corpus",
-    );
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, b"").unwrap();
-    assert_fails_with(
-        &[
-            "train",
-            "--preset",
-            "tiny",
-            "--data",
-            empty.to_str().unwrap(),
-            "--steps",
-            "1",
-        ],
-        "holds no text",
-    );
     let a_dir = dir.path().join("corpus.txt");
     std::fs::create_dir(&a_dir).unwrap();
-    assert_fails_with(
-        &[
-            "train",
-            "--preset",
-            "tiny",
-            "--data",
-            a_dir.to_str().unwrap(),
-            "--steps",
-            "1",
-        ],
-        "directory",
-    );
     let bad_gz = dir.path().join("bad.txt.gz");
     std::fs::write(&bad_gz, b"this is not gzip data at all").unwrap();
-    assert_fails_with(
-        &[
+    for (path, needle) in [
+        (&missing, "cannot open corpus"),
+        (&empty, "holds no text"),
+        (&a_dir, "directory"),
+        (&bad_gz, "bad.txt.gz"),
+    ] {
+        let p = path.to_str().unwrap();
+        let args = [
             "train",
             "--preset",
             "tiny",
             "--data",
-            bad_gz.to_str().unwrap(),
+            p,
             "--steps",
             "1",
             "--heldout-bytes",
             "10",
-        ],
-        "bad.txt.gz",
-    );
+        ];
+        assert_fails_with(&args, needle);
+    }
 }
 
 #[test]
@@ -169,25 +139,7 @@ fn corrupt_and_truncated_checkpoints() {
     let data = common::sample_prefix(dir.path(), 8_000);
     let out = dir.path().join("ck");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let r = terse(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        d,
-        "--steps",
-        "1",
-        "--batch",
-        "1",
-        "--seq",
-        "16",
-        "--heldout-bytes",
-        "1000",
-        "--out",
-        o,
-        "--quiet",
-    ]);
-    assert!(r.status.success(), "{}", stderr(&r));
+    common::train_tiny(&data, &out, &["--steps", "1"]);
     let model = out.join("model.safetensors");
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
@@ -230,26 +182,8 @@ fn unknown_preset_and_bad_flags() {
 fn compress_decompress_round_trip_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::sample_prefix(dir.path(), 4_000);
-    let (d, ck) = (data.to_str().unwrap(), dir.path().join("m1"));
-    let r = terse(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        d,
-        "--steps",
-        "2",
-        "--batch",
-        "1",
-        "--seq",
-        "16",
-        "--heldout-bytes",
-        "500",
-        "--out",
-        ck.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(r.status.success(), "{}", stderr(&r));
+    let ck = dir.path().join("m1");
+    common::train_tiny(&data, &ck, &["--steps", "2"]);
     let mut input = std::fs::read(&data).unwrap();
     input.extend_from_slice(&[0xFF, 0x00, 0xC3, 0x28]); // not UTF-8
     let src = dir.path().join("in.bin");
@@ -270,27 +204,7 @@ fn compress_decompress_round_trip_and_refusals() {
     assert_eq!(std::fs::read(&back).unwrap(), input);
     // Another M1 is refused by name, with no output left behind.
     let other = dir.path().join("m1b");
-    let r = terse(&[
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        d,
-        "--steps",
-        "1",
-        "--batch",
-        "1",
-        "--seq",
-        "16",
-        "--heldout-bytes",
-        "500",
-        "--seed",
-        "7",
-        "--out",
-        other.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(r.status.success(), "{}", stderr(&r));
+    common::train_tiny(&data, &other, &["--steps", "1", "--seed", "7"]);
     let nope = dir.path().join("nope.bin");
     assert_fails_with(
         &[

@@ -302,6 +302,14 @@ impl CdfQuantizer {
     }
 }
 
+/// A CDF with `mass` on `byte` and the rest spread evenly (test models of the coders).
+#[cfg(test)]
+pub(crate) fn peaked(byte: u8, mass: f32) -> Cdf {
+    let mut p = [(1.0 - mass) / 255.0; 256];
+    p[byte as usize] = mass;
+    CdfQuantizer::default().quantize(&p).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

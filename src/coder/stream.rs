@@ -176,13 +176,8 @@ impl<'a> StreamDecoder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coder::cdf::CdfQuantizer;
+    use crate::coder::cdf::{peaked, CdfQuantizer};
 
-    fn peaked(byte: u8, mass: f32) -> Cdf {
-        let mut p = [(1.0 - mass) / 255.0; 256];
-        p[byte as usize] = mass;
-        CdfQuantizer::default().quantize(&p).unwrap()
-    }
 
     fn roundtrip(data: &[u8], cdfs: &[Cdf]) -> Vec<u8> {
         let mut enc = StreamEncoder::new();

@@ -619,13 +619,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coder::cdf::CdfQuantizer;
+    use crate::coder::cdf::{peaked, CdfQuantizer};
 
-    fn peaked(byte: u8, mass: f32) -> Cdf {
-        let mut p = [(1.0 - mass) / 255.0; 256];
-        p[byte as usize] = mass;
-        CdfQuantizer::default().quantize(&p).unwrap()
-    }
 
     fn roundtrip(b: u32, data: &[u8], model: &dyn Fn(&[u8]) -> Cdf) -> EncodedWindows {
         let enc = encode_windows(b, data, model).unwrap();

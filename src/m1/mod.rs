@@ -162,33 +162,17 @@ impl ExactM1 {
         }
         let rope = state.rope.as_ref().expect("set above");
         let mut x = self.tok_emb[byte as usize * d..(byte as usize + 1) * d].to_vec();
-        let (mut h, mut qkv, mut att, mut proj) = (
-            vec![0f32; d],
-            vec![0f32; 3 * d],
-            vec![0f32; d],
-            vec![0f32; d],
-        );
-        let mut up = vec![0f32; self.cfg.d_ff];
+        let mut s = Scratch::new(&self.cfg);
+        let mut qkv = vec![0f32; 3 * d];
         for (l, w) in self.layers.iter().enumerate() {
-            rmsnorm(&mut h, &x, &w.attn_norm, self.cfg.norm_eps);
-            matvec(&mut qkv, &h, &w.qkv_t);
-            rotate(&mut qkv[..2 * d], rope, t);
+            self.project_qkv(w, &x, rope, t, &mut s, &mut qkv);
             state.keys[l].extend_from_slice(&qkv[d..2 * d]);
             state.values[l].extend_from_slice(&qkv[2 * d..]);
-            attend(&mut att, &qkv[..d], &state.keys[l], &state.values[l], d);
-            matvec(&mut proj, &att, &w.out_t);
-            add_into(&mut x, &proj);
-            rmsnorm(&mut h, &x, &w.mlp_norm, self.cfg.norm_eps);
-            matvec(&mut up, &h, &w.up_t);
-            up.iter_mut().for_each(|u| *u = u.max(0.0));
-            matvec(&mut proj, &up, &w.down_t);
-            add_into(&mut x, &proj);
+            attend(&mut s.att, &qkv[..d], &state.keys[l], &state.values[l], d);
+            self.finish_layer(w, &mut x, &mut s);
         }
-        rmsnorm(&mut h, &x, &self.final_norm, self.cfg.norm_eps);
-        let mut logits = [0f32; 256];
-        matvec(&mut logits, &h, &self.head_t);
         state.pos += 1;
-        softmax(&logits)
+        self.next_byte_probs(&x, &mut s)
     }
 
     /// The distributions a coder needs for `window`: entry `k` is the distribution of byte `k`
@@ -205,55 +189,85 @@ impl ExactM1 {
             .iter()
             .flat_map(|&b| self.tok_emb[b as usize * d..(b as usize + 1) * d].to_vec())
             .collect();
-        let mut h = vec![0f32; d];
+        let mut s = Scratch::new(&self.cfg);
         let mut qkv = vec![0f32; n * 3 * d];
         let (mut keys, mut values) = (vec![0f32; n * d], vec![0f32; n * d]);
-        let (mut att, mut proj, mut up) = (vec![0f32; d], vec![0f32; d], vec![0f32; self.cfg.d_ff]);
         for w in &self.layers {
             for t in 0..n {
                 let row = &mut qkv[t * 3 * d..(t + 1) * 3 * d];
-                rmsnorm(
-                    &mut h,
-                    &xs[t * d..(t + 1) * d],
-                    &w.attn_norm,
-                    self.cfg.norm_eps,
-                );
-                matvec(row, &h, &w.qkv_t);
-                rotate(&mut row[..2 * d], &rope, t);
+                self.project_qkv(w, &xs[t * d..(t + 1) * d], &rope, t, &mut s, row);
                 keys[t * d..(t + 1) * d].copy_from_slice(&row[d..2 * d]);
                 values[t * d..(t + 1) * d].copy_from_slice(&row[2 * d..]);
             }
             for t in 0..n {
-                let x = &mut xs[t * d..(t + 1) * d];
+                let q = &qkv[t * 3 * d..t * 3 * d + d];
                 attend(
-                    &mut att,
-                    &qkv[t * 3 * d..t * 3 * d + d],
+                    &mut s.att,
+                    q,
                     &keys[..(t + 1) * d],
                     &values[..(t + 1) * d],
                     d,
                 );
-                matvec(&mut proj, &att, &w.out_t);
-                add_into(x, &proj);
-                rmsnorm(&mut h, x, &w.mlp_norm, self.cfg.norm_eps);
-                matvec(&mut up, &h, &w.up_t);
-                up.iter_mut().for_each(|u| *u = u.max(0.0));
-                matvec(&mut proj, &up, &w.down_t);
-                add_into(x, &proj);
+                self.finish_layer(w, &mut xs[t * d..(t + 1) * d], &mut s);
             }
         }
-        let mut logits = [0f32; 256];
         (0..n)
-            .map(|t| {
-                rmsnorm(
-                    &mut h,
-                    &xs[t * d..(t + 1) * d],
-                    &self.final_norm,
-                    self.cfg.norm_eps,
-                );
-                matvec(&mut logits, &h, &self.head_t);
-                softmax(&logits)
-            })
+            .map(|t| self.next_byte_probs(&xs[t * d..(t + 1) * d], &mut s))
             .collect()
+    }
+
+    /// `qkv = rotary(rmsnorm(x) Wqkv^T)` at position `t`.
+    fn project_qkv(
+        &self,
+        w: &Layer,
+        x: &[f32],
+        rope: &RopeTables,
+        t: usize,
+        s: &mut Scratch,
+        qkv: &mut [f32],
+    ) {
+        rmsnorm(&mut s.h, x, &w.attn_norm, self.cfg.norm_eps);
+        matvec(qkv, &s.h, &w.qkv_t);
+        rotate(&mut qkv[..2 * self.cfg.d_model], rope, t);
+    }
+
+    /// The rest of a layer once `s.att` holds the attention output: projection, residual, MLP.
+    fn finish_layer(&self, w: &Layer, x: &mut [f32], s: &mut Scratch) {
+        matvec(&mut s.proj, &s.att, &w.out_t);
+        add_into(x, &s.proj);
+        rmsnorm(&mut s.h, x, &w.mlp_norm, self.cfg.norm_eps);
+        matvec(&mut s.up, &s.h, &w.up_t);
+        s.up.iter_mut().for_each(|u| *u = u.max(0.0));
+        matvec(&mut s.proj, &s.up, &w.down_t);
+        add_into(x, &s.proj);
+    }
+
+    /// The next-byte distribution from the last layer's output `x`.
+    fn next_byte_probs(&self, x: &[f32], s: &mut Scratch) -> Probs {
+        rmsnorm(&mut s.h, x, &self.final_norm, self.cfg.norm_eps);
+        let mut logits = [0f32; 256];
+        matvec(&mut logits, &s.h, &self.head_t);
+        softmax(&logits)
+    }
+}
+
+/// Per-position work buffers.
+struct Scratch {
+    h: Vec<f32>,
+    att: Vec<f32>,
+    proj: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(cfg: &ModelConfig) -> Self {
+        let d = cfg.d_model;
+        Scratch {
+            h: vec![0.0; d],
+            att: vec![0.0; d],
+            proj: vec![0.0; d],
+            up: vec![0.0; cfg.d_ff],
+        }
     }
 }
 

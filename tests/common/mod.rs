@@ -28,3 +28,16 @@ pub fn terse(args: &[&str]) -> Output {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Trains a tiny model on `data` into `out` (1 x 16 bytes per step, 500 held-out bytes, plus
+/// `extra` flags such as `--steps`), asserting success.
+pub fn train_tiny(data: &Path, out: &Path, extra: &[&str]) {
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = vec![
+        "train", "--preset", "tiny", "--data", d, "--batch", "1", "--seq", "16",
+    ];
+    args.extend(["--heldout-bytes", "500", "--out", o, "--quiet"]);
+    args.extend(extra);
+    let r = terse(&args);
+    assert!(r.status.success(), "{}", stderr(&r));
+}

@@ -83,6 +83,29 @@ fn check_heads(d: usize) -> Result<usize> {
     Ok(d / HEAD_DIM)
 }
 
+/// Launches an elementwise kernel `name(out, inp, n)` after checking both lengths.
+/// Grid: ceil(n / 512) blocks of 512.
+fn launch_elementwise<O, I>(
+    k: &GpuKernels,
+    name: &str,
+    out: &mut impl DevicePtrMut<O>,
+    inp: &impl DevicePtr<I>,
+    n: usize,
+) -> Result<()> {
+    need(out.len(), n, &format!("{name} out"))?;
+    need(inp.len(), n, &format!("{name} inp"))?;
+    if n == 0 {
+        return Ok(());
+    }
+    let s = k.stream();
+    let (p_out, _g0) = out.device_ptr_mut(s);
+    let (p_inp, _g1) = inp.device_ptr(s);
+    let mut b = s.launch_builder(k.function(name)?);
+    b.arg(&p_out).arg(&p_inp).arg(&n);
+    unsafe { b.launch(grid_1d(n, 512)) }?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // cast.cu
 
@@ -93,18 +116,7 @@ pub fn cast_f32_to_bf16(
     inp: &impl DevicePtr<f32>,
     n: usize,
 ) -> Result<()> {
-    need(out.len(), n, "cast out")?;
-    need(inp.len(), n, "cast inp")?;
-    if n == 0 {
-        return Ok(());
-    }
-    let s = k.stream();
-    let (p_out, _g0) = out.device_ptr_mut(s);
-    let (p_inp, _g1) = inp.device_ptr(s);
-    let mut b = s.launch_builder(k.function("cast_f32_to_bf16")?);
-    b.arg(&p_out).arg(&p_inp).arg(&n);
-    unsafe { b.launch(grid_1d(n, 512)) }?;
-    Ok(())
+    launch_elementwise(k, "cast_f32_to_bf16", out, inp, n)
 }
 
 /// `out = f32(inp)` (exact). Grid: ceil(n / 512) blocks of 512.
@@ -114,18 +126,7 @@ pub fn cast_bf16_to_f32(
     inp: &impl DevicePtr<Bf16>,
     n: usize,
 ) -> Result<()> {
-    need(out.len(), n, "cast out")?;
-    need(inp.len(), n, "cast inp")?;
-    if n == 0 {
-        return Ok(());
-    }
-    let s = k.stream();
-    let (p_out, _g0) = out.device_ptr_mut(s);
-    let (p_inp, _g1) = inp.device_ptr(s);
-    let mut b = s.launch_builder(k.function("cast_bf16_to_f32")?);
-    b.arg(&p_out).arg(&p_inp).arg(&n);
-    unsafe { b.launch(grid_1d(n, 512)) }?;
-    Ok(())
+    launch_elementwise(k, "cast_bf16_to_f32", out, inp, n)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -138,18 +139,7 @@ pub fn relu_forward<T: GpuFloat>(
     inp: &impl DevicePtr<T>,
     n: usize,
 ) -> Result<()> {
-    need(out.len(), n, "relu out")?;
-    need(inp.len(), n, "relu inp")?;
-    if n == 0 {
-        return Ok(());
-    }
-    let s = k.stream();
-    let (p_out, _g0) = out.device_ptr_mut(s);
-    let (p_inp, _g1) = inp.device_ptr(s);
-    let mut b = s.launch_builder(k.function(T::pick("relu_forward_f32", "relu_forward_bf16"))?);
-    b.arg(&p_out).arg(&p_inp).arg(&n);
-    unsafe { b.launch(grid_1d(n, 512)) }?;
-    Ok(())
+    launch_elementwise(k, T::pick("relu_forward_f32", "relu_forward_bf16"), out, inp, n)
 }
 
 /// `x = max(x, 0)` in place (the CPU model's form). Grid: ceil(n / 512) blocks of 512.
@@ -177,18 +167,7 @@ pub fn relu_backward<T: GpuFloat>(
     h: &impl DevicePtr<T>,
     n: usize,
 ) -> Result<()> {
-    need(dh.len(), n, "relu dh")?;
-    need(h.len(), n, "relu h")?;
-    if n == 0 {
-        return Ok(());
-    }
-    let s = k.stream();
-    let (p_dh, _g0) = dh.device_ptr_mut(s);
-    let (p_h, _g1) = h.device_ptr(s);
-    let mut b = s.launch_builder(k.function(T::pick("relu_backward_f32", "relu_backward_bf16"))?);
-    b.arg(&p_dh).arg(&p_h).arg(&n);
-    unsafe { b.launch(grid_1d(n, 512)) }?;
-    Ok(())
+    launch_elementwise(k, T::pick("relu_backward_f32", "relu_backward_bf16"), dh, h, n)
 }
 
 // ---------------------------------------------------------------------------------------------

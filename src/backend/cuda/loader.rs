@@ -222,14 +222,10 @@ impl GpuKernels {
         }
         match std::panic::catch_unwind(|| Self::load(ordinal, source)) {
             Ok(r) => r,
-            Err(payload) => {
-                let msg = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_string());
-                Err(anyhow!("loading the CUDA kernels panicked: {msg}"))
-            }
+            Err(payload) => Err(anyhow!(
+                "loading the CUDA kernels panicked: {}",
+                super::panic_message(payload.as_ref())
+            )),
         }
     }
 

@@ -81,6 +81,15 @@ pub struct CudaProbe {
     pub note: String,
 }
 
+/// The text of a caught panic (cudarc panics where a library or symbol is missing).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
 /// Looks for the CUDA driver and GPUs. Never panics and never aborts on a machine without CUDA.
 ///
 /// First checks that libcuda can be loaded (cudarc would panic otherwise); then initialises the
@@ -96,11 +105,7 @@ pub fn probe() -> CudaProbe {
     match std::panic::catch_unwind(probe_inner) {
         Ok(p) => p,
         Err(payload) => {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
+            let msg = panic_message(payload.as_ref());
             CudaProbe {
                 driver_found: false,
                 gpus: Vec::new(),
