@@ -178,7 +178,6 @@ mod tests {
     use super::*;
     use crate::coder::cdf::{peaked, CdfQuantizer};
 
-
     fn roundtrip(data: &[u8], cdfs: &[Cdf]) -> Vec<u8> {
         let mut enc = StreamEncoder::new();
         for (i, &x) in data.iter().enumerate() {

@@ -621,7 +621,6 @@ mod tests {
     use super::*;
     use crate::coder::cdf::{peaked, CdfQuantizer};
 
-
     fn roundtrip(b: u32, data: &[u8], model: &dyn Fn(&[u8]) -> Cdf) -> EncodedWindows {
         let enc = encode_windows(b, data, model).unwrap();
         let mut at = 0usize;

@@ -139,7 +139,13 @@ pub fn relu_forward<T: GpuFloat>(
     inp: &impl DevicePtr<T>,
     n: usize,
 ) -> Result<()> {
-    launch_elementwise(k, T::pick("relu_forward_f32", "relu_forward_bf16"), out, inp, n)
+    launch_elementwise(
+        k,
+        T::pick("relu_forward_f32", "relu_forward_bf16"),
+        out,
+        inp,
+        n,
+    )
 }
 
 /// `x = max(x, 0)` in place (the CPU model's form). Grid: ceil(n / 512) blocks of 512.
@@ -167,7 +173,13 @@ pub fn relu_backward<T: GpuFloat>(
     h: &impl DevicePtr<T>,
     n: usize,
 ) -> Result<()> {
-    launch_elementwise(k, T::pick("relu_backward_f32", "relu_backward_bf16"), dh, h, n)
+    launch_elementwise(
+        k,
+        T::pick("relu_backward_f32", "relu_backward_bf16"),
+        dh,
+        h,
+        n,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
