@@ -148,6 +148,10 @@ struct TrainArgs {
     /// Stop this invocation after step N (saving a checkpoint); the schedule is unchanged.
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Fit the schedule to this many seconds of training: --steps becomes an upper bound and
+    /// the step count is set from the speed of steps 3..12 (saved, so a resume repeats it).
+    #[arg(long)]
+    time_budget: Option<f64>,
     /// Where to run: auto (the GPU when usable, else the CPU), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
@@ -338,6 +342,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             ("--eval-windows", a.eval_windows.is_some()),
             ("--ckpt-every", a.ckpt_every.is_some()),
             ("--seed", a.seed.is_some()),
+            ("--time-budget", a.time_budget.is_some()),
         ];
         if let Some((flag, _)) = fixed.iter().find(|f| f.1) {
             bail!("{flag} cannot be changed on --resume: the run's settings come from the checkpoint (only --steps, --stop-after, --out and --device may be given)");
@@ -369,6 +374,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         o.optim.weight_decay = a.weight_decay.unwrap_or(o.optim.weight_decay);
         o.optim.clip = a.clip.unwrap_or(o.optim.clip);
         o.heldout_bytes = a.heldout_bytes.unwrap_or(o.heldout_bytes);
+        o.time_budget_s = a.time_budget;
         o.eval_every = a.eval_every.unwrap_or(o.eval_every);
         o.eval_windows = a.eval_windows.unwrap_or(o.eval_windows);
         o.ckpt_every = a.ckpt_every.unwrap_or(o.ckpt_every);
