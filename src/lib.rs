@@ -2,13 +2,15 @@
 //!
 //! The crate is laid out as `DESIGN.md` describes: `model` holds configurations and the parameter
 //! arena, `backend` the compute (a CPU reference and, where a GPU is present, CUDA), `data` the
-//! corpus readers and batching, `train` the optimiser, loop and checkpoints, `eval` the scoring.
+//! corpus readers and batching, `train` the optimiser, loop and checkpoints, `eval` the scoring; `m1` and `coder` turn text into
+//! compressed tokens (`tokenize`, `compress`) and `generate` turns M2's samples back into text.
 
 pub mod backend;
 pub mod coder;
 pub mod compress;
 pub mod data;
 pub mod eval;
+pub mod generate;
 pub mod m1;
 pub mod model;
 pub mod rng;

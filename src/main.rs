@@ -30,10 +30,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Train a byte-level model (M1) on a corpus, or resume a run.
+    /// Train M1 on a corpus or M2 on a token dataset, or resume a run.
     Train(Box<TrainArgs>),
-    /// Bits per byte of a checkpoint on a corpus file.
+    /// Bits per byte of a checkpoint: M1 on a corpus file, M2 on a token dataset.
     Eval(EvalArgs),
+    /// Generate text with M2: sample compressed tokens, decode them through M1 as they come.
+    Generate(GenerateArgs),
     /// Version, built-in backends, embedded kernels and GPUs found.
     Info {
         /// Print one JSON object.
@@ -94,16 +96,21 @@ struct TrainArgs {
     /// Model preset: tiny, m1-3m, m2-25m, m2-113m, m2-403m.
     #[arg(long)]
     preset: Option<String>,
-    /// Corpus: .txt or .jsonl (C4 layout), optionally .gz or .zst.
+    /// Corpus (.txt or .jsonl in C4 layout, optionally .gz or .zst) to train a byte-level M1, or
+    /// a token dataset directory (`terse tokenize` output) to train M2 on its tokens.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// M2: the held-out token dataset (the same method on a held-out file) [default: every 20th
+    /// chunk of --data is held out].
+    #[arg(long)]
+    heldout: Option<PathBuf>,
     /// Total optimiser steps (the schedule's length). On --resume, may extend the run.
     #[arg(long)]
     steps: Option<u64>,
     /// Sequences per step [default: 16].
     #[arg(long)]
     batch: Option<usize>,
-    /// Bytes per sequence [default: 256].
+    /// Bytes (M1) or tokens (M2) per sequence [default: 256 bytes, 512 tokens].
     #[arg(long)]
     seq: Option<usize>,
     /// Peak learning rate [default: 1e-3].
@@ -194,14 +201,18 @@ struct TokenizeArgs {
 #[derive(Args)]
 struct EvalArgs {
     /// Checkpoint directory (or its model.safetensors).
-    #[arg(long)]
+    #[arg(long, visible_alias = "m2")]
     checkpoint: PathBuf,
-    /// Corpus file to score (its whole byte stream, documents joined by a blank line).
+    /// A corpus file (M1: its whole byte stream, documents joined by a blank line) or a token
+    /// dataset (M2: every token of its chunks, tokenized like the M2's training data).
     #[arg(long)]
     data: PathBuf,
-    /// Bytes of context per window.
-    #[arg(long, default_value_t = 256)]
-    seq: usize,
+    /// Context per window: bytes (M1) [default: 256], tokens (M2) [default: its training length].
+    #[arg(long)]
+    seq: Option<usize>,
+    /// M2: which chunks of the token dataset to score.
+    #[arg(long, value_enum, default_value = "all")]
+    split: terse::data::ChunkSplit,
     /// Windows per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -214,6 +225,33 @@ struct EvalArgs {
     /// Where to run: auto (the GPU when usable, else the CPU), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// The M2 checkpoint (trained with `terse train --data TOKENS`).
+    #[arg(long)]
+    m2: PathBuf,
+    /// The M1 its tokens were coded with (equal-info models).
+    #[arg(long)]
+    m1: Option<PathBuf>,
+    /// Text to continue.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Bytes to generate.
+    #[arg(long, default_value_t = 400)]
+    max_bytes: usize,
+    /// Sampling temperature; 0 takes the most likely token.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Sample among the K most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object (text and timing) instead of streaming the text.
     #[arg(long)]
     json: bool,
 }
@@ -291,6 +329,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Train(a) => cmd_train(*a),
         Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Generate(a) => cmd_generate(a),
         Cmd::Info { json } => cmd_info(json),
         Cmd::Demo(a) => cmd_demo(a),
         Cmd::Bench(b) => cmd_bench(b),
@@ -342,6 +381,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             ("--eval-windows", a.eval_windows.is_some()),
             ("--ckpt-every", a.ckpt_every.is_some()),
             ("--seed", a.seed.is_some()),
+            ("--heldout", a.heldout.is_some()),
             ("--time-budget", a.time_budget.is_some()),
         ];
         if let Some((flag, _)) = fixed.iter().find(|f| f.1) {
@@ -362,11 +402,20 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         let Some(data) = a.data.clone() else {
             bail!("--data is required (a corpus file), or --resume a checkpoint")
         };
-        let preset = a.preset.clone().unwrap_or_else(|| "m1-3m".into());
+        let preset = a.preset.clone().unwrap_or_else(|| {
+            if terse::train::is_token_dataset(&data) {
+                "m2-25m"
+            } else {
+                "m1-3m"
+            }
+            .into()
+        });
         let steps = a.steps.unwrap_or(1000);
+        let tokens = terse::train::is_token_dataset(&data);
         let mut o = default_options(data, preset.clone(), steps);
+        o.heldout_data = a.heldout.clone();
         o.batch = a.batch.unwrap_or(o.batch);
-        o.seq = a.seq.unwrap_or(o.seq);
+        o.seq = a.seq.unwrap_or(if tokens { 512 } else { o.seq });
         o.lr = a.lr.unwrap_or(o.lr);
         o.warmup = a.warmup.unwrap_or(o.warmup);
         o.schedule = a.schedule.unwrap_or(o.schedule);
@@ -407,6 +456,8 @@ fn default_options(data: PathBuf, preset: String, steps: u64) -> TrainOptions {
         ckpt_every: 500,
         seed: 0,
         time_budget_s: None,
+        heldout_data: None,
+        tokens: None,
     }
 }
 
@@ -429,10 +480,151 @@ fn print_summary(s: &TrainSummary, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// An M2 checkpoint's weights and the token source it was trained on.
+fn load_m2(
+    path: &std::path::Path,
+) -> Result<(
+    terse::model::ModelConfig,
+    terse::model::ParamArena,
+    TrainOptions,
+    terse::train::TokenSource,
+)> {
+    let (cfg, params) = load_model(path)?;
+    let opts = terse::train::saved_options(path)?.with_context(|| {
+        format!(
+            "checkpoint {} has no training state, so the tokens it was trained on are unknown",
+            path.display()
+        )
+    })?;
+    let src = opts.tokens.clone().with_context(|| {
+        format!(
+            "checkpoint {} is a byte-level model (M1) trained on a corpus, not an M2 trained on tokens",
+            path.display()
+        )
+    })?;
+    Ok((cfg, params, opts, src))
+}
+
+fn cmd_eval_m2(a: EvalArgs) -> Result<()> {
+    let (cfg, params, opts, src) = load_m2(&a.checkpoint)?;
+    let ds = terse::tokenize::TokenDataset::open(&a.data)?;
+    src.check_compatible(ds.metadata(), &a.data)?;
+    // The unigram model counts the M2's training tokens when they are still there.
+    let unigram = terse::tokenize::TokenDataset::open(&opts.data)
+        .ok()
+        .map(|t| {
+            (
+                terse::eval::tokens::token_counts(&t),
+                opts.data.display().to_string(),
+            )
+        });
+    let t = Instant::now();
+    let (mut be, _) = create_backend(a.device, &cfg, params, None)?;
+    let r = terse::eval::tokens::evaluate_m2(
+        be.as_mut(),
+        &cfg,
+        &src,
+        &ds,
+        a.split,
+        a.seq.unwrap_or(opts.seq),
+        a.batch,
+        unigram,
+    )?;
+    let secs = t.elapsed().as_secs_f64();
+    if a.json {
+        let mut j = serde_json::to_value(&r)?;
+        j["seconds"] = secs.into();
+        j["backend"] = be.name().into();
+        println!("{j}");
+    } else {
+        println!(
+            "{} ({}-bit {}, vocab {}): {} chunks, {} tokens over {} bytes ({:.3} bytes/token)",
+            a.data.display(),
+            r.token_bits,
+            r.method,
+            r.vocab,
+            r.chunks,
+            r.tokens,
+            r.bytes,
+            r.bytes_per_token
+        );
+        println!(
+            "  M2 {:.4} bits/byte ({:.4} bits/token)   uniform {:.4}   unigram {:.4}",
+            r.bits_per_byte, r.bits_per_token, r.uniform_bits_per_byte, r.unigram_bits_per_byte
+        );
+        println!(
+            "  inference {:.2}M FLOPs/byte (M2 {:.2}M non-embedding params{})   {:.1} s on {}",
+            r.flops_per_byte / 1e6,
+            r.m2_non_embedding_params as f64 / 1e6,
+            r.m1_non_embedding_params
+                .map(|p| format!(", M1 {:.2}M", p as f64 / 1e6))
+                .unwrap_or_default(),
+            secs,
+            be.name()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    use std::io::Write;
+    let (cfg, params, opts, src) = load_m2(&a.m2)?;
+    let m2 = terse::m1::ExactLm::new(&cfg, &params)?;
+    let m1 =
+        a.m1.as_deref()
+            .map(load_exact_m1)
+            .transpose()?
+            .map(std::sync::Arc::new);
+    let o = terse::generate::SampleOptions {
+        max_bytes: a.max_bytes,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        seed: a.seed,
+    };
+    let mut text = Vec::new();
+    let mut out = std::io::stdout().lock();
+    let prompt = a.prompt.as_bytes();
+    let json = a.json;
+    if !json {
+        out.write_all(prompt)?;
+        out.flush()?;
+    }
+    let r = terse::generate::generate(&m2, &src, m1, opts.seq, prompt, &o, |bytes| {
+        text.extend_from_slice(bytes);
+        if !json {
+            out.write_all(bytes)?;
+            out.flush()?;
+        }
+        Ok(())
+    })?;
+    if json {
+        let mut j = serde_json::to_value(&r)?;
+        j["text"] = String::from_utf8_lossy(&text).into_owned().into();
+        writeln!(out, "{j}")?;
+    } else {
+        writeln!(out)?;
+        eprintln!(
+            "terse generate: {} bytes in {} steps ({:.2} bytes/step), {:.3} ms/byte, {:.1} steps/s ({} M2, {}-bit tokens)",
+            r.bytes,
+            r.steps,
+            r.bytes_per_step,
+            r.ms_per_byte,
+            r.steps as f64 / r.seconds.max(1e-9),
+            r.method,
+            src.token_bits
+        );
+    }
+    Ok(())
+}
+
 fn cmd_eval(a: EvalArgs) -> Result<()> {
-    if a.seq == 0 || a.batch == 0 {
+    if a.seq == Some(0) || a.batch == 0 {
         bail!("--seq and --batch must be positive");
     }
+    if terse::train::is_token_dataset(&a.data) {
+        return cmd_eval_m2(a);
+    }
+    let seq = a.seq.unwrap_or(256);
     let (cfg, params) = load_model(&a.checkpoint)?;
     if cfg.vocab != 256 {
         bail!(
@@ -461,7 +653,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     }
     let t = Instant::now();
     let (mut be, _) = create_backend(a.device, &cfg, params, None)?;
-    let windows = eval_windows(&bytes, a.seq, None);
+    let windows = eval_windows(&bytes, seq, None);
     let score = score_windows(be.as_mut(), &windows, a.batch)?;
     let secs = t.elapsed().as_secs_f64();
     let base = if a.baselines {

@@ -24,6 +24,8 @@ fn options(data: std::path::PathBuf) -> TrainOptions {
         ckpt_every: 0,
         seed: 42,
         time_budget_s: None,
+        heldout_data: None,
+        tokens: None,
     }
 }
 

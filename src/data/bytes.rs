@@ -186,11 +186,12 @@ impl SplitStream {
     }
 }
 
-/// One training batch of byte sequences, row-major `[batch, seq]`.
+/// One training batch of token sequences (bytes for M1, compressed-text tokens for M2),
+/// row-major `[batch, seq]`.
 ///
-/// Guarantees: `inputs.len() == targets.len() == batch * seq`, every value is a byte (< 256), and
-/// `targets[r * seq + j]` is the byte that follows `inputs[r * seq + j]` in the corpus, so
-/// `targets[r * seq + j] == inputs[r * seq + j + 1]` within a row.
+/// Guarantees: `inputs.len() == targets.len() == batch * seq`, and `targets[r * seq + j]` is the
+/// token that follows `inputs[r * seq + j]`, so `targets[r * seq + j] == inputs[r * seq + j + 1]`
+/// within a row. Loaders of byte data give values below 256; backends check the vocabulary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
     pub inputs: Vec<u32>,
@@ -488,7 +489,7 @@ impl Batch {
     /// Equal-length windows framed for a model that starts every window from an empty context:
     /// row `r` has inputs `[start, w[0], .., w[len-2]]` and targets `w` (every byte predicted).
     /// Panics if the windows are empty or of different lengths.
-    pub fn from_windows(windows: &[&[u8]], start: u32) -> Batch {
+    pub fn from_windows<T: Copy + Into<u32>>(windows: &[&[T]], start: u32) -> Batch {
         let seq = windows[0].len();
         assert!(
             seq > 0 && windows.iter().all(|w| w.len() == seq),
@@ -498,8 +499,8 @@ impl Batch {
         let mut targets = Vec::with_capacity(windows.len() * seq);
         for w in windows {
             inputs.push(start);
-            inputs.extend(w[..seq - 1].iter().map(|&b| b as u32));
-            targets.extend(w.iter().map(|&b| b as u32));
+            inputs.extend(w[..seq - 1].iter().map(|&b| b.into()));
+            targets.extend(w.iter().map(|&b| b.into()));
         }
         Batch {
             inputs,

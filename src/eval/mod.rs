@@ -1,4 +1,7 @@
-//! Scoring a byte-level model: bits per byte over evaluation windows.
+//! Scoring: a byte-level model's bits per byte over evaluation windows (here), and an M2's bits
+//! per byte, FLOPs per byte and trivial-model baselines over token datasets ([`tokens`]).
+
+pub mod tokens;
 
 use crate::backend::Backend;
 use crate::data::Batch;

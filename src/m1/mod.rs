@@ -13,7 +13,7 @@
 //! - attention: scores `dot(q, k_j) * 0.125`, the max over `j` ascending, `p_j = exp(s_j - max)`
 //!   with [`exp_contract`], the sum over ascending `j`, `o = fma` chain of `p_j v_j` over ascending
 //!   `j`, then `o / sum`;
-//! - softmax over the 256 logits the same way; residual adds and ReLU are single operations.
+//! - softmax over the logits (256 for M1) the same way; residual adds and ReLU are single operations.
 //!
 //! Computing a window position by position (with a key/value cache) or all positions at once
 //! gives identical bits, and so does any batching of windows: each output is the same chain.
@@ -46,13 +46,21 @@ struct Layer {
     down_t: Vec<f32>,
 }
 
-/// M1 prepared for exact inference: fp32 weights of a byte-level model (vocab 256).
-pub struct ExactM1 {
+/// A model of any vocabulary prepared for inference under the contract, one position at a time
+/// with a key/value cache. M1 is the byte-level case ([`ExactM1`]); M2 generation runs on this
+/// too (its sampling needs no exactness, but a fixed operation order costs nothing and makes a
+/// seeded sample the same on every machine).
+pub struct ExactLm {
     cfg: ModelConfig,
     tok_emb: Vec<f32>,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
     head_t: Vec<f32>,
+}
+
+/// M1 prepared for exact inference: fp32 weights of a byte-level model (vocab 256).
+pub struct ExactM1 {
+    lm: ExactLm,
     fingerprint: u64,
 }
 
@@ -63,6 +71,17 @@ pub struct WindowState {
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     rope: Option<RopeTables>,
+}
+
+impl WindowState {
+    /// Positions fed so far.
+    pub fn len(&self) -> usize {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
 }
 
 fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
@@ -84,14 +103,9 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-impl ExactM1 {
-    /// Prepares `params` of a byte-level model. Refuses other vocabularies and non-finite weights.
+impl ExactLm {
+    /// Prepares `params` (transposing the matrices). Refuses non-finite weights.
     pub fn new(cfg: &ModelConfig, params: &ParamArena) -> Result<Self> {
-        ensure!(
-            cfg.vocab == 256,
-            "M1 must be a byte-level model (vocab 256), this one has vocab {}",
-            cfg.vocab
-        );
         ensure!(
             params.len() == cfg.total_params(),
             "weights do not match the configuration"
@@ -116,42 +130,49 @@ impl ExactM1 {
                 down_t: transpose(params.tensor(&format!("layers.{l}.mlp.down.weight")), d, ff),
             })
             .collect();
-        let mut fp = fnv1a(0xCBF2_9CE4_8422_2325, &CONTRACT_VERSION.to_le_bytes());
-        fp = fnv1a(fp, serde_json::to_string(cfg)?.as_bytes());
-        fp = fnv1a(fp, bytemuck::cast_slice(&params.data));
-        Ok(ExactM1 {
+        Ok(ExactLm {
             cfg: cfg.clone(),
             tok_emb: t("tok_emb.weight"),
             layers,
             final_norm: t("final_norm.weight"),
-            head_t: transpose(params.tensor("lm_head.weight"), 256, d),
-            fingerprint: fp,
+            head_t: transpose(params.tensor("lm_head.weight"), cfg.vocab, d),
         })
-    }
-
-    /// Hash of the contract version, the configuration and every weight bit.
-    pub fn fingerprint(&self) -> u64 {
-        self.fingerprint
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
 
-    /// A fresh window: feeds [`WINDOW_START`] and returns the distribution of the window's first byte.
-    pub fn start(&self, state: &mut WindowState) -> Probs {
-        *state = WindowState {
+    /// An empty context (no position fed yet).
+    pub fn empty_state(&self) -> WindowState {
+        WindowState {
             pos: 0,
             keys: vec![Vec::new(); self.cfg.n_layers],
             values: vec![Vec::new(); self.cfg.n_layers],
             rope: None,
-        };
-        self.push(state, WINDOW_START)
+        }
     }
 
-    /// Appends `byte` to the window and returns the distribution of the byte after it.
-    pub fn push(&self, state: &mut WindowState, byte: u8) -> Probs {
+    /// Appends `token` to the context and writes the distribution of the next token into
+    /// `probs` (`vocab` entries). Panics if `token` is not below the vocabulary.
+    pub fn push_token(&self, state: &mut WindowState, token: u32, probs: &mut [f32]) {
+        let x = self.advance(state, token);
+        self.next_token_probs(&x, &mut Scratch::new(&self.cfg), probs);
+    }
+
+    /// Appends `token` to the context without computing the next distribution (prompt prefill).
+    pub fn feed_token(&self, state: &mut WindowState, token: u32) {
+        self.advance(state, token);
+    }
+
+    /// Runs every layer for one new position; returns its last-layer output.
+    fn advance(&self, state: &mut WindowState, token: u32) -> Vec<f32> {
         let d = self.cfg.d_model;
+        let token = token as usize;
+        assert!(
+            token < self.cfg.vocab,
+            "token {token} outside the vocabulary"
+        );
         let t = state.pos;
         let needs_rope = state.rope.as_ref().map_or(true, |r| r.seq <= t);
         if needs_rope {
@@ -161,7 +182,7 @@ impl ExactM1 {
             ));
         }
         let rope = state.rope.as_ref().expect("set above");
-        let mut x = self.tok_emb[byte as usize * d..(byte as usize + 1) * d].to_vec();
+        let mut x = self.tok_emb[token * d..(token + 1) * d].to_vec();
         let mut s = Scratch::new(&self.cfg);
         let mut qkv = vec![0f32; 3 * d];
         for (l, w) in self.layers.iter().enumerate() {
@@ -172,48 +193,7 @@ impl ExactM1 {
             self.finish_layer(w, &mut x, &mut s);
         }
         state.pos += 1;
-        self.next_byte_probs(&x, &mut s)
-    }
-
-    /// The distributions a coder needs for `window`: entry `k` is the distribution of byte `k`
-    /// (given bytes `0..k`), for `k` in `0..=window.len()`. All positions of a layer are computed
-    /// before the next layer; the bits equal those of [`start`](Self::start) and
-    /// [`push`](Self::push) one byte at a time.
-    pub fn window_probs(&self, window: &[u8]) -> Vec<Probs> {
-        let (d, n) = (self.cfg.d_model, window.len() + 1);
-        let rope = RopeTables::new(n, self.cfg.rope_theta);
-        let inputs: Vec<u8> = std::iter::once(WINDOW_START)
-            .chain(window.iter().copied())
-            .collect();
-        let mut xs: Vec<f32> = inputs
-            .iter()
-            .flat_map(|&b| self.tok_emb[b as usize * d..(b as usize + 1) * d].to_vec())
-            .collect();
-        let mut s = Scratch::new(&self.cfg);
-        let mut qkv = vec![0f32; n * 3 * d];
-        let (mut keys, mut values) = (vec![0f32; n * d], vec![0f32; n * d]);
-        for w in &self.layers {
-            for t in 0..n {
-                let row = &mut qkv[t * 3 * d..(t + 1) * 3 * d];
-                self.project_qkv(w, &xs[t * d..(t + 1) * d], &rope, t, &mut s, row);
-                keys[t * d..(t + 1) * d].copy_from_slice(&row[d..2 * d]);
-                values[t * d..(t + 1) * d].copy_from_slice(&row[2 * d..]);
-            }
-            for t in 0..n {
-                let q = &qkv[t * 3 * d..t * 3 * d + d];
-                attend(
-                    &mut s.att,
-                    q,
-                    &keys[..(t + 1) * d],
-                    &values[..(t + 1) * d],
-                    d,
-                );
-                self.finish_layer(w, &mut xs[t * d..(t + 1) * d], &mut s);
-            }
-        }
-        (0..n)
-            .map(|t| self.next_byte_probs(&xs[t * d..(t + 1) * d], &mut s))
-            .collect()
+        x
     }
 
     /// `qkv = rotary(rmsnorm(x) Wqkv^T)` at position `t`.
@@ -242,12 +222,110 @@ impl ExactM1 {
         add_into(x, &s.proj);
     }
 
-    /// The next-byte distribution from the last layer's output `x`.
-    fn next_byte_probs(&self, x: &[f32], s: &mut Scratch) -> Probs {
+    /// The next-token distribution from the last layer's output `x`. A large head is split
+    /// across threads by output: each output's chain is unchanged, so the bits are too.
+    fn next_token_probs(&self, x: &[f32], s: &mut Scratch, probs: &mut [f32]) {
         rmsnorm(&mut s.h, x, &self.final_norm, self.cfg.norm_eps);
-        let mut logits = [0f32; 256];
-        matvec(&mut logits, &s.h, &self.head_t);
-        softmax(&logits)
+        let v = self.cfg.vocab;
+        if v >= 16_384 {
+            use rayon::prelude::*;
+            const PART: usize = 4096;
+            let h = &s.h;
+            probs
+                .par_chunks_mut(PART)
+                .enumerate()
+                .for_each(|(i, out)| matvec_cols(out, h, &self.head_t, v, i * PART));
+        } else {
+            matvec(probs, &s.h, &self.head_t);
+        }
+        softmax_in_place(probs);
+    }
+}
+
+impl ExactM1 {
+    /// Prepares `params` of a byte-level model. Refuses other vocabularies and non-finite weights.
+    pub fn new(cfg: &ModelConfig, params: &ParamArena) -> Result<Self> {
+        ensure!(
+            cfg.vocab == 256,
+            "M1 must be a byte-level model (vocab 256), this one has vocab {}",
+            cfg.vocab
+        );
+        let lm = ExactLm::new(cfg, params)?;
+        let mut fp = fnv1a(0xCBF2_9CE4_8422_2325, &CONTRACT_VERSION.to_le_bytes());
+        fp = fnv1a(fp, serde_json::to_string(cfg)?.as_bytes());
+        fp = fnv1a(fp, bytemuck::cast_slice(&params.data));
+        Ok(ExactM1 {
+            lm,
+            fingerprint: fp,
+        })
+    }
+
+    /// Hash of the contract version, the configuration and every weight bit.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.lm.cfg
+    }
+
+    /// A fresh window: feeds [`WINDOW_START`] and returns the distribution of the window's first byte.
+    pub fn start(&self, state: &mut WindowState) -> Probs {
+        *state = self.lm.empty_state();
+        self.push(state, WINDOW_START)
+    }
+
+    /// Appends `byte` to the window and returns the distribution of the byte after it.
+    pub fn push(&self, state: &mut WindowState, byte: u8) -> Probs {
+        let mut p = [0f32; 256];
+        self.lm.push_token(state, byte as u32, &mut p);
+        p
+    }
+
+    /// The distributions a coder needs for `window`: entry `k` is the distribution of byte `k`
+    /// (given bytes `0..k`), for `k` in `0..=window.len()`. All positions of a layer are computed
+    /// before the next layer; the bits equal those of [`start`](Self::start) and
+    /// [`push`](Self::push) one byte at a time.
+    pub fn window_probs(&self, window: &[u8]) -> Vec<Probs> {
+        let lm = &self.lm;
+        let (d, n) = (lm.cfg.d_model, window.len() + 1);
+        let rope = RopeTables::new(n, lm.cfg.rope_theta);
+        let inputs: Vec<u8> = std::iter::once(WINDOW_START)
+            .chain(window.iter().copied())
+            .collect();
+        let mut xs: Vec<f32> = inputs
+            .iter()
+            .flat_map(|&b| lm.tok_emb[b as usize * d..(b as usize + 1) * d].to_vec())
+            .collect();
+        let mut s = Scratch::new(&lm.cfg);
+        let mut qkv = vec![0f32; n * 3 * d];
+        let (mut keys, mut values) = (vec![0f32; n * d], vec![0f32; n * d]);
+        for w in &lm.layers {
+            for t in 0..n {
+                let row = &mut qkv[t * 3 * d..(t + 1) * 3 * d];
+                lm.project_qkv(w, &xs[t * d..(t + 1) * d], &rope, t, &mut s, row);
+                keys[t * d..(t + 1) * d].copy_from_slice(&row[d..2 * d]);
+                values[t * d..(t + 1) * d].copy_from_slice(&row[2 * d..]);
+            }
+            for t in 0..n {
+                let q = &qkv[t * 3 * d..t * 3 * d + d];
+                attend(
+                    &mut s.att,
+                    q,
+                    &keys[..(t + 1) * d],
+                    &values[..(t + 1) * d],
+                    d,
+                );
+                lm.finish_layer(w, &mut xs[t * d..(t + 1) * d], &mut s);
+            }
+        }
+        (0..n)
+            .map(|t| {
+                let mut p = [0f32; 256];
+                lm.next_token_probs(&xs[t * d..(t + 1) * d], &mut s, &mut p);
+                p
+            })
+            .collect()
     }
 }
 
@@ -340,43 +418,50 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc
 }
 
-fn softmax(logits: &[f32; 256]) -> Probs {
-    let m = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
-    let mut p = [0f32; 256];
+/// Softmax in place: the max, then `exp_contract(l - max)` and their sum in ascending order, then
+/// one division per entry.
+fn softmax_in_place(p: &mut [f32]) {
+    let m = p.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
     let mut sum = 0f32;
-    for (pi, &l) in p.iter_mut().zip(logits) {
-        *pi = exp_contract(l - m);
-        sum += *pi;
+    for x in p.iter_mut() {
+        *x = exp_contract(*x - m);
+        sum += *x;
     }
     p.iter_mut().for_each(|x| *x /= sum);
-    p
 }
 
 /// `out[o] = sum_k x[k] w_t[k, o]`, one fma chain per output over ascending `k`. The chains of
 /// neighbouring outputs run side by side, which is what lets the compiler vectorise across `o`
 /// without changing any output's operation order.
 fn matvec(out: &mut [f32], x: &[f32], w_t: &[f32]) {
+    matvec_cols(out, x, w_t, out.len(), 0);
+}
+
+/// [`matvec`] for the columns `col0..col0 + out.len()` of a `w_t` with `stride` columns: the same
+/// chain for each output, so any split of the columns gives the same bits.
+fn matvec_cols(out: &mut [f32], x: &[f32], w_t: &[f32], stride: usize, col0: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
         // SAFETY: the features the function is compiled for were just detected.
-        unsafe { matvec_fma(out, x, w_t) };
+        unsafe { matvec_fma(out, x, w_t, stride, col0) };
         return;
     }
-    matvec_chains(out, x, w_t);
+    matvec_chains(out, x, w_t, stride, col0);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn matvec_fma(out: &mut [f32], x: &[f32], w_t: &[f32]) {
-    matvec_chains(out, x, w_t);
+unsafe fn matvec_fma(out: &mut [f32], x: &[f32], w_t: &[f32], stride: usize, col0: usize) {
+    matvec_chains(out, x, w_t, stride, col0);
 }
 
 #[inline(always)]
-fn matvec_chains(out: &mut [f32], x: &[f32], w_t: &[f32]) {
+fn matvec_chains(out: &mut [f32], x: &[f32], w_t: &[f32], stride: usize, col0: usize) {
     let n = out.len();
     out.fill(0.0);
     for (k, &xk) in x.iter().enumerate() {
-        for (o, &w) in out.iter_mut().zip(&w_t[k * n..(k + 1) * n]) {
+        let row = &w_t[k * stride + col0..k * stride + col0 + n];
+        for (o, &w) in out.iter_mut().zip(row) {
             *o = xk.mul_add(w, *o);
         }
     }
@@ -461,6 +546,24 @@ mod tests {
             "exact {nll_exact} vs training {}",
             sums.ce
         );
+    }
+
+    #[test]
+    fn column_split_matvec_is_bit_identical() {
+        let mut r = crate::rng::Rng::new(9);
+        let (d, v) = (64, 10_000);
+        let x: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
+        let w: Vec<f32> = (0..d * v).map(|_| r.normal() as f32).collect();
+        let mut whole = vec![f32::NAN; v];
+        matvec(&mut whole, &x, &w);
+        let mut split = vec![f32::NAN; v];
+        for (i, part) in split.chunks_mut(3000).enumerate() {
+            matvec_cols(part, &x, &w, v, i * 3000);
+        }
+        assert!(whole
+            .iter()
+            .zip(&split)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]

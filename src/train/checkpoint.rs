@@ -1256,6 +1256,20 @@ pub fn load_model(path: &Path) -> Result<(ModelConfig, ParamArena)> {
     Ok((cfg, arena))
 }
 
+/// The trainer's saved state (the `state` of `trainer.json`) without loading any tensor: what an
+/// inference command needs to know about how a model was trained. `None` when the checkpoint was
+/// saved without training state. Checked against the manifest like every other file.
+pub fn load_trainer_state(path: &Path) -> Result<Option<Value>> {
+    let (dir, _) = locate(path)?;
+    let ck = Checkpoint::open(&dir)?;
+    let Some((tpath, tbytes)) = ck.read_small(TRAINER_FILE)? else {
+        return Ok(None);
+    };
+    let trainer: TrainerFile = serde_json::from_slice(&tbytes)
+        .map_err(|e| anyhow!("{} is not valid trainer state: {e}", tpath.display()))?;
+    Ok(Some(trainer.state))
+}
+
 /// Loads everything needed to resume training from the checkpoint directory `dir`: config,
 /// parameters, AdamW moments and the trainer's state, all bit for bit as saved.
 ///

@@ -5,4 +5,6 @@ pub mod schedule;
 mod trainer;
 
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{train, RunStart, TrainOptions, TrainSummary};
+pub use trainer::{
+    is_token_dataset, saved_options, train, RunStart, TokenSource, TrainOptions, TrainSummary,
+};

@@ -1,14 +1,19 @@
-//! The training loop for byte-level models: batches from a streamed corpus, one backend step per
-//! batch, periodic held-out bits/byte, JSONL metrics, a progress bar and atomic checkpoints from
-//! which `--resume` continues bit for bit.
+//! The training loop: byte-level models (M1) on a streamed corpus, or M2 on a token dataset
+//! (`terse tokenize`'s output, detected by its `metadata.json`); one backend step per batch,
+//! periodic held-out bits/byte, JSONL metrics, a progress bar and atomic checkpoints from which
+//! `--resume` continues bit for bit.
 
 use super::checkpoint::{load_training, save_checkpoint, TrainingState, MANIFEST_FILE, MODEL_FILE};
 use super::schedule::{Schedule, ScheduleKind};
 use crate::backend::{create_backend, Backend, Device, OptimConfig};
-use crate::data::{eval_windows, read_heldout, ByteLoader, LoaderState};
+use crate::data::{
+    eval_windows, read_heldout, Batch, ByteLoader, ChunkSplit, LoaderState, TokenEvalSet,
+    TokenLoader, TokenLoaderState,
+};
 use crate::eval::score_windows;
 use crate::m1::WINDOW_START;
 use crate::model::{ModelConfig, ParamArena};
+use crate::tokenize::{Metadata, TokenDataset, METADATA_FILE};
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -20,10 +25,16 @@ use std::time::Instant;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainOptions {
     pub preset: String,
+    /// A corpus (M1) or a token dataset directory (M2).
     pub data: PathBuf,
+    /// M2 only: the held-out token dataset (same method, a held-out file); without it every
+    /// [`crate::data::tokens::HELDOUT_EVERY`]-th chunk of `data` is held out instead.
+    #[serde(default)]
+    pub heldout_data: Option<PathBuf>,
     /// Total optimiser steps (the schedule's length).
     pub steps: u64,
     pub batch: usize,
+    /// Bytes (M1) or tokens (M2) per sequence.
     pub seq: usize,
     pub lr: f32,
     pub warmup: u64,
@@ -42,6 +53,64 @@ pub struct TrainOptions {
     /// If set, the step count is fitted to this many seconds of training, measured over the
     /// first dozen steps; the fitted count is saved, so a resume repeats it.
     pub time_budget_s: Option<f64>,
+    /// M2 only: what the token dataset holds (set from its metadata when the run starts; the
+    /// method, its parameters and the M1 fingerprint are what `terse generate` and `terse eval`
+    /// need to code text the way the training tokens were coded).
+    #[serde(default)]
+    pub tokens: Option<TokenSource>,
+}
+
+/// A token dataset's metadata without its examples table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenSource {
+    pub method: String,
+    pub params: serde_json::Value,
+    pub token_bits: u32,
+    pub vocab: u32,
+    pub m1_fingerprint: Option<String>,
+    pub source: String,
+    pub bytes_covered: u64,
+    pub tokens: u64,
+}
+
+impl TokenSource {
+    pub fn from_metadata(m: &Metadata) -> Self {
+        TokenSource {
+            method: m.method.clone(),
+            params: m.params.clone(),
+            token_bits: m.token_bits,
+            vocab: m.vocab,
+            m1_fingerprint: m.m1_fingerprint.clone(),
+            source: m.source.clone(),
+            bytes_covered: m.bytes_covered,
+            tokens: m.tokens,
+        }
+    }
+
+    /// Tokens per source byte over the whole dataset.
+    pub fn tokens_per_byte(&self) -> f64 {
+        self.tokens as f64 / self.bytes_covered.max(1) as f64
+    }
+}
+
+/// The options a checkpoint at `path` was trained with (`None` for a checkpoint saved without
+/// training state).
+pub fn saved_options(path: &Path) -> Result<Option<TrainOptions>> {
+    let Some(state) = super::checkpoint::load_trainer_state(path)? else {
+        return Ok(None);
+    };
+    let run: RunState = serde_json::from_value(state).with_context(|| {
+        format!(
+            "checkpoint {} holds training state of another format",
+            path.display()
+        )
+    })?;
+    Ok(Some(run.options))
+}
+
+/// True when `path` is a token dataset directory rather than a corpus file.
+pub fn is_token_dataset(path: &Path) -> bool {
+    path.join(METADATA_FILE).is_file()
 }
 
 /// What a finished (or stopped) run reports.
@@ -54,6 +123,8 @@ pub struct TrainSummary {
     pub tokens: u64,
     pub seconds: f64,
     pub tokens_per_s: f64,
+    /// Training loss of the last step in bits per byte (M2: bits per token times the training
+    /// dataset's tokens per byte).
     pub final_train_bpb: f64,
     pub heldout_bpb: Option<f64>,
     pub params: usize,
@@ -64,8 +135,141 @@ pub struct TrainSummary {
 struct RunState {
     options: TrainOptions,
     step: u64,
-    loader: LoaderState,
+    loader: DataState,
     tokens: u64,
+}
+
+/// Where the data loader stands (the JSON of a byte run is the bare [`LoaderState`], as before
+/// token runs existed).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum DataState {
+    Bytes(LoaderState),
+    Tokens(TokenLoaderState),
+}
+
+/// The run's data: training batches and the held-out set.
+enum DataSource {
+    Bytes {
+        loader: ByteLoader,
+        heldout: Vec<u8>,
+    },
+    Tokens {
+        loader: TokenLoader,
+        heldout: TokenEvalSet,
+    },
+}
+
+impl DataSource {
+    /// Opens the data of `o` at `state` (`None`: the start of a fresh run).
+    fn open(o: &TrainOptions, state: Option<&DataState>) -> Result<Self> {
+        if o.tokens.is_none() {
+            let loader = match state {
+                None => ByteLoader::new(&o.data, o.heldout_bytes, o.batch, o.seq, o.seed)?,
+                Some(DataState::Bytes(s)) => {
+                    ByteLoader::resume(&o.data, o.heldout_bytes, o.batch, o.seq, o.seed, s)?
+                }
+                Some(DataState::Tokens(_)) => bail!("byte run saved with a token loader state"),
+            };
+            let heldout = read_heldout(&o.data, o.heldout_bytes)?;
+            return Ok(DataSource::Bytes { loader, heldout });
+        }
+        let split = if o.heldout_data.is_some() {
+            ChunkSplit::All
+        } else {
+            ChunkSplit::Train
+        };
+        let loader = match state {
+            None => TokenLoader::new(&o.data, split, o.batch, o.seq, o.seed)?,
+            Some(DataState::Tokens(s)) => TokenLoader::resume(&o.data, o.batch, s)?,
+            Some(DataState::Bytes(_)) => bail!("token run saved with a byte loader state"),
+        };
+        let max_rows = (o.eval_windows > 0).then_some(o.eval_windows);
+        let heldout = match &o.heldout_data {
+            Some(dir) => {
+                let ds = TokenDataset::open(dir)?;
+                TokenSource::from_metadata(loader.dataset().metadata())
+                    .check_compatible(ds.metadata(), dir)?;
+                TokenEvalSet::new(&ds, ChunkSplit::All, o.seq, max_rows)
+            }
+            None => TokenEvalSet::new(loader.dataset(), ChunkSplit::Heldout, o.seq, max_rows),
+        };
+        Ok(DataSource::Tokens { loader, heldout })
+    }
+
+    fn next_batch(&mut self) -> Result<Batch> {
+        Ok(match self {
+            DataSource::Bytes { loader, .. } => {
+                loader.next_batch()?.with_window_start(WINDOW_START as u32)
+            }
+            DataSource::Tokens { loader, .. } => loader.next_batch(),
+        })
+    }
+
+    fn state(&self) -> DataState {
+        match self {
+            DataSource::Bytes { loader, .. } => DataState::Bytes(loader.state()),
+            DataSource::Tokens { loader, .. } => DataState::Tokens(loader.state()),
+        }
+    }
+
+    /// Held-out bits per byte (`None` when there is nothing held out).
+    fn heldout_bpb(&self, backend: &mut dyn Backend, o: &TrainOptions) -> Result<Option<f64>> {
+        match self {
+            DataSource::Bytes { heldout, .. } => {
+                let windows = eval_windows(
+                    heldout,
+                    o.seq,
+                    (o.eval_windows > 0).then_some(o.eval_windows),
+                );
+                if windows.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(
+                    score_windows(backend, &windows, o.batch)?.bits_per_byte,
+                ))
+            }
+            DataSource::Tokens { heldout, .. } => {
+                if heldout.tokens == 0 {
+                    return Ok(None);
+                }
+                Ok(Some(heldout.score(backend, o.batch)?.bits_per_byte))
+            }
+        }
+    }
+}
+
+impl TokenSource {
+    /// Refuses a dataset at `dir` (metadata `m`) that was not tokenized like this source: another
+    /// method, token width, vocabulary, M1 or coding parameters.
+    pub fn check_compatible(&self, m: &Metadata, dir: &Path) -> Result<()> {
+        ensure!(
+            self.method == m.method
+                && self.token_bits == m.token_bits
+                && self.vocab == m.vocab
+                && self.m1_fingerprint == m.m1_fingerprint
+                && params_without_counts(&self.params) == params_without_counts(&m.params),
+            "token dataset {} was not tokenized like the model's training data ({} {}-bit tokens{} vs {} {}-bit{}, or other parameters)",
+            dir.display(),
+            m.method,
+            m.token_bits,
+            m.m1_fingerprint.as_ref().map(|f| format!(", M1 {f}")).unwrap_or_default(),
+            self.method,
+            self.token_bits,
+            self.m1_fingerprint.as_ref().map(|f| format!(", M1 {f}")).unwrap_or_default(),
+        );
+        Ok(())
+    }
+}
+
+/// Method parameters minus corpus statistics (static-ac's counts differ between files even when
+/// coded with the same table; its `freqs` must match).
+fn params_without_counts(p: &serde_json::Value) -> serde_json::Value {
+    let mut p = p.clone();
+    if let Some(o) = p.as_object_mut() {
+        o.remove("counts");
+    }
+    p
 }
 
 /// How a run begins.
@@ -126,19 +330,28 @@ pub fn train(
         }
         RunStart::Fresh(opts) => {
             validate(opts)?;
-            let cfg = ModelConfig::preset(&opts.preset, Some(256))?;
+            let mut opts = opts.clone();
+            let vocab = if is_token_dataset(&opts.data) {
+                let ds = TokenDataset::open(&opts.data)?;
+                let src = TokenSource::from_metadata(ds.metadata());
+                let vocab = src.vocab as usize;
+                opts.tokens = Some(src);
+                vocab
+            } else {
+                ensure!(
+                    opts.heldout_data.is_none(),
+                    "--heldout takes a token dataset and goes with --data TOKENS; a byte-level run holds out part of its corpus (--heldout-bytes)"
+                );
+                opts.tokens = None;
+                256
+            };
+            let cfg = ModelConfig::preset(&opts.preset, Some(vocab))?;
             let params = ParamArena::init(&cfg, opts.seed);
-            let loader = ByteLoader::new(
-                &opts.data,
-                opts.heldout_bytes,
-                opts.batch,
-                opts.seq,
-                opts.seed,
-            )?;
+            let source = DataSource::open(&opts, None)?;
             let run = RunState {
-                options: opts.clone(),
+                options: opts,
                 step: 0,
-                loader: loader.state(),
+                loader: source.state(),
                 tokens: 0,
             };
             (cfg, params, None, run)
@@ -151,31 +364,25 @@ pub fn train(
         run.step,
         o.steps
     );
-    let heldout = read_heldout(&o.data, o.heldout_bytes)?;
-    let windows = eval_windows(
-        &heldout,
-        o.seq,
-        (o.eval_windows > 0).then_some(o.eval_windows),
-    );
-    let mut loader = ByteLoader::resume(
-        &o.data,
-        o.heldout_bytes,
-        o.batch,
-        o.seq,
-        o.seed,
-        &run.loader,
-    )?;
+    let mut data = DataSource::open(&o, Some(&run.loader))?;
     let (mut backend, note) = create_backend(device, &cfg, params, moments)?;
+    let unit = match &o.tokens {
+        Some(t) => format!("{}-bit {} tokens", t.token_bits, t.method),
+        None => "bytes".to_string(),
+    };
     eprintln!(
-        "terse train: {} ({:.2}M params) on {} [{note}], {} x {} bytes per step, steps {}..{}",
+        "terse train: {} ({:.2}M params, vocab {}) on {} [{note}], {} x {} {unit} per step, steps {}..{}",
         cfg.preset,
         cfg.total_params() as f64 / 1e6,
+        cfg.vocab,
         backend.name(),
         o.batch,
         o.seq,
         run.step,
         o.steps
     );
+    // Training loss is per token; scale it to bits per byte by the data's tokens per byte.
+    let tokens_per_byte = o.tokens.as_ref().map_or(1.0, |t| t.tokens_per_byte());
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create output directory {}", out.display()))?;
     let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), run.step)?;
@@ -210,12 +417,12 @@ pub fn train(
             min_lr_frac: o.min_lr_frac,
         };
         let lr = sched.lr(run.step);
-        let batch = loader.next_batch()?.with_window_start(WINDOW_START as u32);
+        let batch = data.next_batch()?;
         let stats = backend.train_step(&batch, lr, run.step + 1, &o.optim)?;
         run.step += 1;
         run.tokens += tokens_per_step;
         window_tokens += tokens_per_step;
-        last_bpb = stats.ce as f64 / std::f64::consts::LN_2;
+        last_bpb = stats.ce as f64 / std::f64::consts::LN_2 * tokens_per_byte;
         if run.step == start_step + 2 {
             budget_clock = Instant::now();
         }
@@ -236,14 +443,15 @@ pub fn train(
             "step": run.step, "loss": stats.ce, "train_bpb": last_bpb, "z": stats.z,
             "grad_norm": stats.grad_norm, "lr": lr, "tokens_per_s": tok_s, "tokens": run.tokens,
         });
-        if (eval_now || run.step == steps_total) && !windows.is_empty() {
-            let s = score_windows(backend.as_mut(), &windows, o.batch)?;
-            heldout_bpb = Some(s.bits_per_byte);
-            rec["heldout_bpb"] = s.bits_per_byte.into();
-            bar.println(format!(
-                "step {:>6}/{steps_total}  train {:.3} bpb  held-out {:.3} bpb  lr {:.2e}  {:.0} tok/s",
-                run.step, last_bpb, s.bits_per_byte, lr, tok_s
-            ));
+        if eval_now || run.step == steps_total {
+            if let Some(bpb) = data.heldout_bpb(backend.as_mut(), &o)? {
+                heldout_bpb = Some(bpb);
+                rec["heldout_bpb"] = bpb.into();
+                bar.println(format!(
+                    "step {:>6}/{steps_total}  train {:.3} bpb  held-out {:.3} bpb  lr {:.2e}  {:.0} tok/s",
+                    run.step, last_bpb, bpb, lr, tok_s
+                ));
+            }
         }
         metrics.write(&rec)?;
         bar.set_position(run.step);
@@ -256,7 +464,7 @@ pub fn train(
             || run.step == stop
             || run.step == steps_total
         {
-            run.loader = loader.state();
+            run.loader = data.state();
             save(out, &cfg, backend.as_ref(), &run)?;
         }
     }

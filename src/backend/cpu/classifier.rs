@@ -3,6 +3,7 @@
 //! held in full (at V = 65536 they would be the largest activation by far).
 
 use super::matmul::{gemm, matmul_backward_weight, matmul_forward, StridedRef};
+use crate::m1::exp_contract;
 use rayon::prelude::*;
 
 /// Logit floats per row block (16 MiB).
@@ -52,16 +53,14 @@ pub fn classifier_forward_backward(
             .par_chunks_mut(v)
             .zip(&targets[r0..r0 + rows])
             .map(|(row, &t)| {
-                let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f32 = row.iter().map(|&l| (l - m).exp()).sum();
+                let target_logit = row[t as usize];
+                let (m, sum) = exp_shifted(row);
                 let lse = m + sum.ln();
-                let ce = lse - row[t as usize];
+                let ce = lse - target_logit;
                 if scale != 0.0 {
-                    // d/dlogit of ce + z*lse^2 is p - onehot + 2 z lse p
-                    let coef = scale * (1.0 + 2.0 * z_loss * lse);
-                    for l in row.iter_mut() {
-                        *l = (*l - lse).exp() * coef;
-                    }
+                    // d/dlogit of ce + z*lse^2 is p - onehot + 2 z lse p, with p = e / sum
+                    let c = scale * (1.0 + 2.0 * z_loss * lse) / sum;
+                    row.iter_mut().for_each(|e| *e *= c);
                     row[t as usize] -= scale;
                 }
                 (ce as f64, (lse as f64) * (lse as f64))
@@ -95,4 +94,49 @@ pub fn classifier_forward_backward(
     }
     sums.rows = n;
     sums
+}
+
+/// Overwrites a row of logits with `e^(l - max)` and returns `(max, sum of them)`. The
+/// exponential is the contract's polynomial (within 4e-7 of `exp`), which vectorises where libm's
+/// does not: at vocab 65,536 the exponentials would otherwise cost more than the GEMMs. The sum
+/// runs in 8 interleaved partial sums, a fixed order whatever the thread count.
+fn exp_shifted(row: &mut [f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the features the function is compiled for were just detected.
+        return unsafe { exp_shifted_avx2(row) };
+    }
+    exp_shifted_portable(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_avx2(row: &mut [f32]) -> (f32, f32) {
+    exp_shifted_portable(row)
+}
+
+#[inline(always)]
+fn exp_shifted_portable(row: &mut [f32]) -> (f32, f32) {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = m.max(x);
+        }
+    }
+    let m = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    row.iter_mut().for_each(|x| *x = exp_contract(*x - m));
+    let mut sums = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (s, &x) in sums.iter_mut().zip(c) {
+            *s += x;
+        }
+    }
+    let sum = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+    (m, sum)
 }

@@ -1,0 +1,142 @@
+//! Scoring M2 the paper's way (§3.8, App. D.4): bits per byte over the exact bytes of whole
+//! chunks, inference FLOPs per byte, and the trivial models of its Table 3 (uniform and unigram
+//! over the same tokens) beside it.
+
+use crate::backend::Backend;
+use crate::data::{ChunkSplit, TokenEvalSet, TokenScore};
+use crate::model::ModelConfig;
+use crate::tokenize::TokenDataset;
+use crate::train::TokenSource;
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// Everything `terse eval` reports for an M2.
+#[derive(Clone, Debug, Serialize)]
+pub struct M2Report {
+    pub method: String,
+    pub token_bits: u32,
+    pub vocab: u32,
+    pub chunks: usize,
+    pub tokens: u64,
+    pub bytes: u64,
+    pub tokens_per_byte: f64,
+    /// Bytes per M2 step (per token).
+    pub bytes_per_token: f64,
+    pub bits_per_token: f64,
+    pub bits_per_byte: f64,
+    /// A model that gives every token `1 / vocab`.
+    pub uniform_bits_per_byte: f64,
+    /// A model that gives every token its frequency in `unigram_source` (add-½ smoothing).
+    pub unigram_bits_per_byte: f64,
+    pub unigram_source: String,
+    pub m2_non_embedding_params: usize,
+    /// Non-embedding parameters of the M1 the method runs, if any.
+    pub m1_non_embedding_params: Option<usize>,
+    pub flops_per_byte: f64,
+}
+
+/// Inference FLOPs per byte: `2 × N₂ × tokens/byte` for M2, plus `2 × N₁` (one M1 step per byte)
+/// for methods that run M1; `N` counts non-embedding parameters (the paper's §3.8).
+pub fn flops_per_byte(m2_params: f64, bytes_per_token: f64, m1_params: Option<f64>) -> f64 {
+    2.0 * m2_params / bytes_per_token + m1_params.map_or(0.0, |p| 2.0 * p)
+}
+
+/// The M1 configuration a token source's method ran (from its parameters), if it ran one.
+pub fn m1_config(src: &TokenSource) -> Result<Option<ModelConfig>> {
+    if src.m1_fingerprint.is_none() {
+        return Ok(None);
+    }
+    let v = src
+        .params
+        .get("m1_config")
+        .context("the method ran M1 but its parameters do not record M1's configuration")?;
+    Ok(Some(serde_json::from_value(v.clone()).context(
+        "the method's params.m1_config is not a model configuration",
+    )?))
+}
+
+/// Unigram counts of every token of `ds`.
+pub fn token_counts(ds: &TokenDataset) -> Vec<u64> {
+    let mut counts = vec![0u64; ds.metadata().vocab as usize];
+    for t in ds.tokens() {
+        counts[t as usize] += 1;
+    }
+    counts
+}
+
+/// Bits the unigram model with `counts` (add-½ smoothing) spends on `set`'s tokens.
+fn unigram_bits(counts: &[u64], set: &TokenEvalSet) -> f64 {
+    let total = counts.iter().sum::<u64>() as f64 + 0.5 * counts.len() as f64;
+    set.rows
+        .iter()
+        .flatten()
+        .map(|&t| -((counts[t as usize] as f64 + 0.5) / total).log2())
+        .sum()
+}
+
+/// Scores `m2` (its configuration `cfg`, trained on `src`'s tokens with rows of `seq` tokens) on
+/// the `split` chunks of `ds`. `unigram` gives the counts of the unigram model and their source's
+/// name (`None`: counted on `ds` itself).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_m2(
+    m2: &mut dyn Backend,
+    cfg: &ModelConfig,
+    src: &TokenSource,
+    ds: &TokenDataset,
+    split: ChunkSplit,
+    seq: usize,
+    batch: usize,
+    unigram: Option<(Vec<u64>, String)>,
+) -> Result<M2Report> {
+    let set = TokenEvalSet::new(ds, split, seq, None);
+    let score: TokenScore = set.score(m2, batch)?;
+    let (counts, unigram_source) =
+        unigram.unwrap_or_else(|| (token_counts(ds), ds.dir().display().to_string()));
+    let bytes = set.bytes as f64;
+    let tokens_per_byte = set.tokens as f64 / bytes;
+    let m1 = m1_config(src)?.map(|c| c.non_embedding_params());
+    let bytes_per_token = if set.tokens > 0 {
+        bytes / set.tokens as f64
+    } else {
+        f64::INFINITY
+    };
+    let m2_params = cfg.non_embedding_params();
+    Ok(M2Report {
+        method: src.method.clone(),
+        token_bits: src.token_bits,
+        vocab: src.vocab,
+        chunks: set.chunks,
+        tokens: set.tokens,
+        bytes: set.bytes,
+        tokens_per_byte,
+        bytes_per_token,
+        bits_per_token: score.bits_per_token,
+        bits_per_byte: score.bits_per_byte,
+        uniform_bits_per_byte: tokens_per_byte * (src.vocab as f64).log2(),
+        unigram_bits_per_byte: unigram_bits(&counts, &set) / bytes,
+        unigram_source,
+        m2_non_embedding_params: m2_params,
+        m1_non_embedding_params: m1,
+        flops_per_byte: flops_per_byte(m2_params as f64, bytes_per_token, m1.map(|p| p as f64)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flops_per_byte_matches_the_paper() {
+        // Table 15: 25m on EqualInfoAC[b=16, v=65k] (5.31 bytes/token, M1 3m): 15.42M.
+        let f = flops_per_byte(25e6, 5.31, Some(3e6));
+        assert!((f / 1e6 - 15.42).abs() < 0.005, "{f}");
+        // 25m on Bytes (1 byte/token, no M1): 50M.
+        assert_eq!(flops_per_byte(25e6, 1.0, None), 50e6);
+        // 25m on AC[v=256]: 8 bits per token at 1.457 bits/byte = 5.49 bytes/token, plus M1: 15.11M.
+        let a = flops_per_byte(25e6, 8.0 / 1.457, Some(3e6));
+        assert!((a / 1e6 - 15.11).abs() < 0.005, "{a}");
+        // 25m on GZip[v=256] (2.23 bytes/token, no M1: gzip's cost is ignored): 22.42M.
+        let g = flops_per_byte(25e6, 2.23, None);
+        assert!((g / 1e6 - 22.42).abs() < 0.005, "{g}");
+    }
+}

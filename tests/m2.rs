@@ -1,0 +1,287 @@
+//! M2 over token datasets: training, resume, scoring, generation, and the guarantee that every
+//! token sequence M2 can emit decodes.
+
+mod common;
+
+use common::{sample_prefix, stderr, terse};
+use proptest::prelude::*;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use terse::backend::Device;
+use terse::train::checkpoint::{load_model, load_training};
+use terse::train::{train, RunStart, TokenSource, TrainOptions};
+
+fn tokenize(corpus: &Path, out: &Path, method: &str, bits: &str) {
+    let r = terse(&[
+        "tokenize",
+        "--method",
+        method,
+        "--token-bits",
+        bits,
+        "--chunk-bytes",
+        "2048",
+        "--data",
+        corpus.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+}
+
+fn json_line(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "{}", stderr(out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+fn options(data: std::path::PathBuf) -> TrainOptions {
+    TrainOptions {
+        preset: "tiny".into(),
+        data,
+        steps: 6,
+        batch: 3,
+        seq: 64,
+        lr: 3e-3,
+        warmup: 2,
+        schedule: terse::train::ScheduleKind::Cosine,
+        min_lr_frac: 0.1,
+        optim: Default::default(),
+        heldout_bytes: 0,
+        eval_every: 2,
+        eval_windows: 8,
+        ckpt_every: 0,
+        seed: 7,
+        time_budget_s: None,
+        heldout_data: None,
+        tokens: None,
+    }
+}
+
+#[test]
+fn m2_trains_scores_and_generates_on_byte_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = sample_prefix(dir.path(), 50_000);
+    let (ds, gz) = (dir.path().join("bytes8"), dir.path().join("gzip8"));
+    tokenize(&corpus, &ds, "bytes", "8");
+    tokenize(&corpus, &gz, "gzip", "8");
+    let run = dir.path().join("m2");
+    let s = json_line(&terse(&[
+        "train",
+        "--data",
+        ds.to_str().unwrap(),
+        "--preset",
+        "tiny",
+        "--steps",
+        "12",
+        "--batch",
+        "4",
+        "--seq",
+        "64",
+        "--lr",
+        "3e-3",
+        "--eval-every",
+        "6",
+        "--out",
+        run.to_str().unwrap(),
+        "--quiet",
+        "--json",
+    ]));
+    // 12 small steps on bytes: well below the uniform 8 bits/byte.
+    assert!(s["heldout_bpb"].as_f64().unwrap() < 6.0, "{s}");
+
+    let e = json_line(&terse(&[
+        "eval",
+        "--m2",
+        run.to_str().unwrap(),
+        "--data",
+        ds.to_str().unwrap(),
+        "--split",
+        "heldout",
+        "--json",
+    ]));
+    let f = |k: &str| e[k].as_f64().unwrap();
+    // 50 KB in 2 KB chunks: chunk 19 is the one held-out chunk, all of its bytes scored.
+    assert_eq!(e["chunks"], 1);
+    assert_eq!(e["bytes"], 2048);
+    assert_eq!(e["tokens"], 2048);
+    assert!((f("bits_per_byte") - f("bits_per_token") * f("tokens_per_byte")).abs() < 1e-9);
+    assert!((f("uniform_bits_per_byte") - 8.0).abs() < 1e-12);
+    assert!(
+        f("unigram_bits_per_byte") < 6.0 && f("unigram_bits_per_byte") > 3.0,
+        "{e}"
+    );
+    assert!((f("bits_per_byte") - s["heldout_bpb"].as_f64().unwrap()).abs() < 0.05);
+    // No M1 in the bytes method: FLOPs/byte = 2 x non-embedding params.
+    assert_eq!(
+        f("flops_per_byte"),
+        2.0 * e["m2_non_embedding_params"].as_f64().unwrap()
+    );
+
+    // Data tokenized another way is refused, by name.
+    let r = terse(&[
+        "eval",
+        "--m2",
+        run.to_str().unwrap(),
+        "--data",
+        gz.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("not tokenized like"), "{}", stderr(&r));
+
+    // Generation: exactly the asked bytes, one byte per step for 8-bit byte tokens.
+    let g = json_line(&terse(&[
+        "generate",
+        "--m2",
+        run.to_str().unwrap(),
+        "--prompt",
+        "The ",
+        "--max-bytes",
+        "50",
+        "--seed",
+        "3",
+        "--json",
+    ]));
+    assert_eq!(g["bytes"], 50);
+    assert_eq!(g["steps"], 50);
+    assert_eq!(g["prompt_tokens"], 4);
+    // A byte-level M1 is not an M2.
+    let m1 = dir.path().join("m1");
+    common::train_tiny(&corpus, &m1, &["--steps", "2"]);
+    let r = terse(&["generate", "--m2", m1.to_str().unwrap(), "--prompt", "x"]);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("not an M2"), "{}", stderr(&r));
+}
+
+#[test]
+fn m2_resume_is_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = sample_prefix(dir.path(), 30_000);
+    let ds = dir.path().join("gzip16");
+    tokenize(&corpus, &ds, "gzip", "16");
+    let o = options(ds);
+    let (a, b) = (dir.path().join("straight"), dir.path().join("split"));
+    train(RunStart::Fresh(&o), None, &a, Device::Cpu, false).unwrap();
+    train(RunStart::Fresh(&o), Some(3), &b, Device::Cpu, false).unwrap();
+    let resumed = RunStart::Resume {
+        dir: &b,
+        steps: None,
+    };
+    let s = train(resumed, None, &b, Device::Cpu, false).unwrap();
+    assert_eq!(s.steps_done, 6);
+    let (cfg, wa) = load_model(&a).unwrap();
+    let (_, wb) = load_model(&b).unwrap();
+    assert_eq!(cfg.vocab, 65536, "vocab comes from the dataset");
+    assert!(wa
+        .data
+        .iter()
+        .zip(&wb.data)
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    let (_, _, sa) = load_training(&a).unwrap();
+    let (_, _, sb) = load_training(&b).unwrap();
+    assert_eq!(sa.state, sb.state);
+    assert_eq!(sa.state["options"]["tokens"]["method"], "gzip");
+}
+
+#[test]
+fn too_short_chunks_are_refused_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = sample_prefix(dir.path(), 20_000);
+    let ds = dir.path().join("gzip16");
+    tokenize(&corpus, &ds, "gzip", "16");
+    let mut o = options(ds);
+    o.seq = 4096;
+    let e = train(
+        RunStart::Fresh(&o),
+        None,
+        &dir.path().join("r"),
+        Device::Cpu,
+        false,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("no training chunk holds 4096 tokens"), "{e}");
+}
+
+fn tiny_m1() -> Arc<terse::m1::ExactM1> {
+    static M1: std::sync::OnceLock<Arc<terse::m1::ExactM1>> = std::sync::OnceLock::new();
+    M1.get_or_init(|| {
+        let cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
+        let mut p = terse::model::ParamArena::init(&cfg, 21);
+        p.data.iter_mut().for_each(|x| *x *= 8.0); // sharp, varied distributions
+        Arc::new(terse::m1::ExactM1::new(&cfg, &p).unwrap())
+    })
+    .clone()
+}
+
+fn source(method: &str, token_bits: u32, window_bits: u32) -> TokenSource {
+    let m1 = tiny_m1();
+    let equal_info = method == "equal-info";
+    TokenSource {
+        method: method.into(),
+        params: if equal_info {
+            serde_json::json!({ "window_bits": window_bits, "m1_config": m1.config() })
+        } else {
+            serde_json::json!({})
+        },
+        token_bits,
+        vocab: 1 << token_bits,
+        m1_fingerprint: equal_info.then(|| format!("{:016x}", m1.fingerprint())),
+        source: "test".into(),
+        bytes_covered: 1,
+        tokens: 1,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Any token sequence M2 can emit decodes: equal-info at every window width and token width,
+    /// and bytes, with the exact byte count a bytes model implies.
+    #[test]
+    fn prop_every_m2_token_sequence_decodes(
+        tokens in prop::collection::vec(any::<u16>(), 0..12),
+        b in prop::sample::select(vec![16u32, 32, 64]),
+        wide in any::<bool>(),
+    ) {
+        let bits = if wide { 16 } else { 8 };
+        let tokens: Vec<u16> = tokens.iter().map(|&t| if wide { t } else { t & 0xFF }).collect();
+        let ei = source("equal-info", bits, b);
+        terse::generate::decode_tokens(&ei, Some(tiny_m1()), &tokens).unwrap();
+        let by = source("bytes", bits, 0);
+        let text = terse::generate::decode_tokens(&by, None, &tokens).unwrap();
+        prop_assert_eq!(text.len(), tokens.len() * bits as usize / 8);
+    }
+}
+
+#[test]
+fn random_m2_generates_exactly_through_equal_info() {
+    // An untrained M2 samples near-uniform tokens: the hardest case for decoding.
+    for (bits, b) in [(16, 16), (8, 16), (16, 32)] {
+        let src = source("equal-info", bits, b);
+        let cfg = terse::model::ModelConfig::preset("tiny", Some(1 << bits)).unwrap();
+        let m2 = terse::m1::ExactLm::new(&cfg, &terse::model::ParamArena::init(&cfg, 1)).unwrap();
+        let o = terse::generate::SampleOptions {
+            max_bytes: 400,
+            temperature: 1.0,
+            top_k: 0,
+            seed: bits as u64,
+        };
+        let mut text = Vec::new();
+        let r = terse::generate::generate(&m2, &src, Some(tiny_m1()), 5, b"Once upon", &o, |t| {
+            text.extend_from_slice(t);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(text.len(), 400);
+        assert_eq!(r.bytes, 400);
+        assert!(r.steps > 5 && r.context_restarts > 0, "{r:?}");
+        // Without the M1 the tokens were coded with, generation is refused.
+        let e = terse::generate::generate(&m2, &src, None, 16, b"", &o, |_| Ok(()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("M1"), "{e}");
+    }
+}
