@@ -10,6 +10,7 @@ pub mod coder;
 pub mod compress;
 pub mod data;
 pub mod eval;
+pub mod experiment;
 pub mod generate;
 pub mod m1;
 pub mod model;

@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Instant;
 use terse::backend::{self, create_backend, Device, OptimConfig};
-use terse::data::{baselines, eval_windows, open_stream, read_heldout};
+use terse::data::{baselines, eval_windows, open_stream};
 use terse::eval::score_windows;
 use terse::train::{
     checkpoint::load_model, train, RunStart, ScheduleKind, TrainOptions, TrainSummary,
@@ -42,8 +42,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Train a small M1 on the bundled sample and compare it with gzip -9 and xz -9.
+    /// The whole pipeline on the bundled sample: M1, Equal-Info and byte tokens, an M2 on each,
+    /// scores, a generated sample.
     Demo(DemoArgs),
+    /// The paper's comparison: every method tokenized, one M2 each, scored side by side.
+    Experiment(ExperimentArgs),
     /// Throughput figures (JSON with --json).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -256,6 +259,33 @@ struct GenerateArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct ExperimentArgs {
+    /// Which comparison: `paper` (Table 15's methods and Fig. 5's window widths).
+    #[arg(long, default_value = "paper")]
+    grid: String,
+    /// Budget: smoke (seconds, CI), tiny (~30 min on 2 cores), small, paper (GPU-sized).
+    #[arg(long, value_enum, default_value = "tiny")]
+    scale: terse::experiment::Scale,
+    /// Corpus [default: the bundled sample].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Reuse this M1 instead of training one.
+    #[arg(long)]
+    m1: Option<PathBuf>,
+    /// Output directory (results.json, results.md, results.svg, datasets, checkpoints).
+    #[arg(long, default_value = "runs/experiment")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to run: auto (the GPU when usable, else the CPU), cpu or cuda.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    /// Print results.json's summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Time M1's exact inference path (the coding contract) over many windows, all cores.
@@ -298,9 +328,12 @@ enum BenchCmd {
 
 #[derive(Args)]
 struct DemoArgs {
-    /// Seconds of training (the schedule is fitted to it).
-    #[arg(long, default_value_t = 240.0)]
+    /// Seconds of M1 training (the schedule is fitted to it); each M2 gets its own share.
+    #[arg(long, default_value_t = 180.0)]
     seconds: f64,
+    /// Seconds of training for the Equal-Info M2 (the bytes M2 gets half).
+    #[arg(long, default_value_t = 240.0)]
+    m2_seconds: f64,
     /// Corpus to use instead of the bundled sample.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -332,6 +365,7 @@ fn main() {
         Cmd::Generate(a) => cmd_generate(a),
         Cmd::Info { json } => cmd_info(json),
         Cmd::Demo(a) => cmd_demo(a),
+        Cmd::Experiment(a) => cmd_experiment(a),
         Cmd::Bench(b) => cmd_bench(b),
         Cmd::Tokenize(a) => cmd_tokenize(a),
         Cmd::Detokenize { data, m1, out } => cmd_detokenize(&data, m1.as_deref(), &out),
@@ -745,6 +779,8 @@ fn cmd_info(json: bool) -> Result<()> {
 }
 
 fn cmd_demo(a: DemoArgs) -> Result<()> {
+    use terse::experiment::{prepare_corpus, train_m1, M2Budget, MethodSpec, Pipeline};
+    use terse::tokenize::Method;
     let t0 = Instant::now();
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
@@ -756,58 +792,198 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
             p
         }
     };
-    let mut o = default_options(data.clone(), "tiny".into(), 100_000);
-    o.batch = 16;
-    o.seq = 128;
-    o.lr = 3e-3;
-    o.warmup = 30;
-    o.optim.weight_decay = 0.0;
-    o.eval_every = 0;
-    o.eval_windows = 0;
-    o.ckpt_every = 0;
-    o.time_budget_s = Some(a.seconds);
+    let progress = !a.json;
+    let corpus = prepare_corpus(
+        &data,
+        &a.out.join("corpus"),
+        None,
+        terse::tokenize::DEFAULT_CHUNK_BYTES,
+    )?;
     eprintln!(
-        "terse demo: training a tiny M1 on {} for about {:.0} s",
+        "terse demo [1/4]: training a tiny M1 on {} for about {:.0} s ({} bytes held out)",
         data.display(),
-        a.seconds
+        a.seconds,
+        corpus.heldout.len()
     );
-    let ckpt = a.out.join("m1");
-    // The demo owns this directory: each run starts a new M1.
-    if ckpt.exists() {
-        std::fs::remove_dir_all(&ckpt)
-            .with_context(|| format!("cannot clear {}", ckpt.display()))?;
-    }
-    let s = train(RunStart::Fresh(&o), None, &ckpt, a.device, !a.json)?;
-    let heldout = read_heldout(&data, o.heldout_bytes)?;
-    let base = baselines(&heldout)?;
-    let m1 = s
-        .heldout_bpb
-        .context("training ended without a held-out evaluation")?;
+    // The demo owns its output directory: each run starts new models.
+    let m1 = train_m1(
+        &corpus,
+        &a.out.join("m1"),
+        "tiny",
+        a.seconds,
+        a.device,
+        progress,
+    )?;
+    let exact = std::sync::Arc::new(load_exact_m1(&m1.checkpoint)?);
+    let base = baselines(&corpus.heldout)?;
+    let p = Pipeline {
+        corpus: &corpus,
+        m1: Some(exact.clone()),
+        out: a.out.clone(),
+        device: a.device,
+        progress,
+    };
+    let budget = |seconds: f64| M2Budget {
+        preset: "tiny".into(),
+        steps: 1_000_000,
+        seconds: Some(seconds),
+        batch: 8,
+        seq: 128,
+        lr: 3e-3,
+        seed: 0,
+    };
+    eprintln!(
+        "terse demo [2/4]: EqualInfoAC[b=16, v=65k] tokens through M1, then an M2 on them for about {:.0} s",
+        a.m2_seconds
+    );
+    let ei = p.run_method(&MethodSpec::equal_info(16, 16), &budget(a.m2_seconds))?;
+    eprintln!(
+        "terse demo [3/4]: byte tokens and an M2 on them for about {:.0} s",
+        a.m2_seconds / 2.0
+    );
+    let by = p.run_method(
+        &MethodSpec::new(Method::Bytes, 8),
+        &budget(a.m2_seconds / 2.0),
+    )?;
+    eprintln!("terse demo [4/4]: generating with the Equal-Info M2 (decoded through M1)");
+    let (cfg, params) = load_model(&ei.checkpoint)?;
+    let lm = terse::m1::ExactLm::new(&cfg, &params)?;
+    let src = terse::train::TokenSource::from_metadata(
+        terse::tokenize::TokenDataset::open(&ei.dataset)?.metadata(),
+    );
+    let prompt = b"It was a dark and stormy night; ";
+    let mut sample = Vec::new();
+    let g = terse::generate::generate(
+        &lm,
+        &src,
+        Some(exact),
+        128,
+        prompt,
+        &terse::generate::SampleOptions {
+            max_bytes: 300,
+            temperature: 0.7,
+            top_k: 0,
+            seed: 1,
+        },
+        |t| {
+            sample.extend_from_slice(t);
+            Ok(())
+        },
+    )?;
+    let sample_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(prompt),
+        String::from_utf8_lossy(&sample)
+    );
     let seconds = t0.elapsed().as_secs_f64();
     println!(
-        "held-out: {} bytes sampled across {} (never trained on)",
-        heldout.len(),
-        data.display()
+        "held-out: {} bytes ({} chunks of {} bytes never trained on by M1 or M2)",
+        corpus.heldout.len(),
+        corpus.heldout.len().div_ceil(corpus.chunk_bytes),
+        corpus.chunk_bytes
     );
-    println!("  {:<28} {:>8}", "method", "bits/byte");
     println!(
-        "  {:<28} {:>8.3}",
-        format!("M1 ({}, {} steps)", s.backend, s.steps_done),
-        m1
+        "  {:<34} {:>9} {:>9} {:>11}",
+        "model", "bits/byte", "uniform", "bytes/token"
     );
-    println!("  {:<28} {:>8.3}", "gzip -9", base.gzip_bpb);
-    println!("  {:<28} {:>8.3}", "xz -9", base.xz_bpb);
-    println!("  {:<28} {:>8.3}", "zstd -19", base.zstd_bpb);
     println!(
-        "M1 checkpoint: {}   total time {:.1} s",
-        ckpt.display(),
+        "  {:<34} {:>9.3}",
+        format!(
+            "M1 tiny ({} steps)",
+            m1.train.as_ref().map_or(0, |t| t.steps_done)
+        ),
+        m1.heldout_bpb
+    );
+    for r in [&ei, &by] {
+        println!(
+            "  {:<34} {:>9.3} {:>9.3} {:>11.3}",
+            format!("M2 tiny on {} ({} steps)", r.label, r.train.steps_done),
+            r.eval.bits_per_byte,
+            r.eval.uniform_bits_per_byte,
+            r.eval.bytes_per_token
+        );
+    }
+    println!("  {:<34} {:>9.3}", "gzip -9", base.gzip_bpb);
+    println!("  {:<34} {:>9.3}", "xz -9", base.xz_bpb);
+    println!("  {:<34} {:>9.3}", "zstd -19", base.zstd_bpb);
+    println!(
+        "sample (Equal-Info M2, {} steps, {:.2} bytes/step, {:.2} ms/byte):\n{sample_text}",
+        g.steps, g.bytes_per_step, g.ms_per_byte
+    );
+    println!(
+        "outputs under {}   total time {:.1} s",
+        a.out.display(),
         seconds
     );
     if a.json {
         let j = serde_json::json!({
-            "m1_heldout_bpb": m1, "gzip_bpb": base.gzip_bpb, "xz_bpb": base.xz_bpb, "zstd_bpb": base.zstd_bpb,
-            "heldout_bytes": heldout.len(), "train_steps": s.steps_done, "train_tokens_per_s": s.tokens_per_s,
-            "backend": s.backend, "checkpoint": ckpt, "seconds": seconds,
+            "m1_heldout_bpb": m1.heldout_bpb,
+            "equal_info_bytes_per_token": ei.eval.bytes_per_token,
+            "m2_equal_info_bpb": ei.eval.bits_per_byte,
+            "m2_bytes_bpb": by.eval.bits_per_byte,
+            "uniform_equal_info_bpb": ei.eval.uniform_bits_per_byte,
+            "unigram_equal_info_bpb": ei.eval.unigram_bits_per_byte,
+            "uniform_bytes_bpb": by.eval.uniform_bits_per_byte,
+            "gzip_bpb": base.gzip_bpb, "xz_bpb": base.xz_bpb, "zstd_bpb": base.zstd_bpb,
+            "heldout_bytes": corpus.heldout.len(),
+            "m1_steps": m1.train.as_ref().map(|t| t.steps_done),
+            "m2_equal_info_steps": ei.train.steps_done, "m2_bytes_steps": by.train.steps_done,
+            "sample_text": sample_text, "generation_ms_per_byte": g.ms_per_byte,
+            "backend": ei.train.backend, "seconds": seconds,
+        });
+        println!("{j}");
+    }
+    Ok(())
+}
+
+fn cmd_experiment(a: ExperimentArgs) -> Result<()> {
+    use terse::experiment::{paper_grid, run_experiment, ExperimentOptions};
+    if a.grid != "paper" {
+        bail!("unknown grid {:?} (this build has: paper)", a.grid);
+    }
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let data = match &a.data {
+        Some(p) => p.clone(),
+        None => {
+            let p = a.out.join("sample-books.txt");
+            std::fs::write(&p, SAMPLE).with_context(|| format!("cannot write {}", p.display()))?;
+            p
+        }
+    };
+    let r = run_experiment(&ExperimentOptions {
+        scale: a.scale,
+        data,
+        out: a.out.clone(),
+        m1: a.m1,
+        grid: paper_grid(),
+        device: a.device,
+        seed: a.seed,
+        progress: !a.json,
+    })?;
+    print!("{}", terse::experiment::markdown_table(&r));
+    for f in &r.findings {
+        println!(
+            "[{}] {}: {}",
+            if f.holds { "x" } else { " " },
+            f.claim,
+            f.detail
+        );
+    }
+    println!(
+        "results: {0}/results.json, {0}/results.md, {0}/results.svg   ({1:.0} s)",
+        a.out.display(),
+        r.seconds
+    );
+    if a.json {
+        let j = serde_json::json!({
+            "m1_heldout_bpb": r.m1.heldout_bpb,
+            "methods": r.methods.iter().map(|m| serde_json::json!({
+                "label": m.label, "bytes_per_token": m.eval.bytes_per_token,
+                "bits_per_byte": m.eval.bits_per_byte, "uniform_bits_per_byte": m.eval.uniform_bits_per_byte,
+                "flops_per_byte": m.eval.flops_per_byte,
+            })).collect::<Vec<_>>(),
+            "findings": r.findings, "seconds": r.seconds,
         });
         println!("{j}");
     }
