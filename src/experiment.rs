@@ -309,7 +309,11 @@ pub struct M2Budget {
 pub struct MethodResult {
     pub label: String,
     pub spec: MethodSpec,
+    /// The run that coded the text (for a re-packed 16-bit dataset, its 8-bit twin's run).
     pub tokenize: TokenizeReport,
+    /// True when the dataset is the 8-bit one re-packed as 16-bit tokens (identical to coding
+    /// at 16 bits, without running M1 again; see [`crate::tokenize::repack`]).
+    pub repacked_from_8_bit: bool,
     pub train: TrainSummary,
     pub eval: M2Report,
     /// Top-1 accuracy of M2 on held-out tokens by position inside a window (Fig. 10): one entry
@@ -329,6 +333,8 @@ pub struct Pipeline<'a> {
     pub out: PathBuf,
     pub device: Device,
     pub progress: bool,
+    /// Datasets coded so far by this pipeline (their 16-bit twins are re-packed from them).
+    pub coded: std::cell::RefCell<Vec<(MethodSpec, TokenizeReport)>>,
 }
 
 impl Pipeline<'_> {
@@ -344,16 +350,44 @@ impl Pipeline<'_> {
             }),
             None => None,
         };
-        let tokenize = tokenize_corpus(
-            spec.method,
-            &self.corpus.corpus,
-            &dataset,
-            spec.token_bits,
-            self.corpus.chunk_bytes,
-            ei.as_ref(),
-            self.progress,
-        )
-        .with_context(|| format!("{label}: tokenizing"))?;
+        let twin = MethodSpec {
+            token_bits: 8,
+            ..*spec
+        };
+        let coded_twin = (spec.token_bits == 16
+            && crate::tokenize::repack::repackable(spec.method))
+        .then(|| {
+            self.coded
+                .borrow()
+                .iter()
+                .find(|c| c.0 == twin)
+                .map(|c| c.1.clone())
+        })
+        .flatten();
+        let (tokenize, repacked_from_8_bit) = match coded_twin {
+            Some(report) => {
+                crate::tokenize::repack::repack_to_16(
+                    &self.out.join("tokens").join(twin.slug()),
+                    &dataset,
+                )
+                .with_context(|| format!("{label}: re-packing"))?;
+                (report, true)
+            }
+            None => {
+                let r = tokenize_corpus(
+                    spec.method,
+                    &self.corpus.corpus,
+                    &dataset,
+                    spec.token_bits,
+                    self.corpus.chunk_bytes,
+                    ei.as_ref(),
+                    self.progress,
+                )
+                .with_context(|| format!("{label}: tokenizing"))?;
+                self.coded.borrow_mut().push((*spec, r.clone()));
+                (r, false)
+            }
+        };
         let checkpoint = self.out.join("m2").join(spec.slug());
         if checkpoint.exists() {
             std::fs::remove_dir_all(&checkpoint)
@@ -421,6 +455,7 @@ impl Pipeline<'_> {
             label,
             spec: *spec,
             tokenize,
+            repacked_from_8_bit,
             train: train_summary,
             eval,
             position_accuracy,
@@ -637,6 +672,7 @@ pub fn run_experiment(o: &ExperimentOptions) -> Result<ExperimentResults> {
         out: o.out.clone(),
         device: o.device,
         progress: o.progress,
+        coded: Default::default(),
     };
     let mut methods = Vec::new();
     for m in &o.grid {

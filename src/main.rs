@@ -822,6 +822,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         out: a.out.clone(),
         device: a.device,
         progress,
+        coded: Default::default(),
     };
     let budget = |seconds: f64| M2Budget {
         preset: "tiny".into(),

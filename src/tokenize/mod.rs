@@ -20,6 +20,7 @@ pub mod bytes;
 pub mod dataset;
 pub mod equal_info;
 pub mod gzip;
+pub mod repack;
 pub mod static_ac;
 
 pub use dataset::{

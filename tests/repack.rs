@@ -1,0 +1,76 @@
+//! Re-packing 8-bit datasets as 16-bit tokens gives exactly what tokenizing at 16 bits gives.
+
+mod common;
+
+use common::{sample_prefix, stderr, terse, train_tiny};
+use std::path::Path;
+
+fn tokenize(corpus: &Path, out: &Path, method: &str, bits: &str, extra: &[&str]) {
+    let mut args = vec![
+        "tokenize",
+        "--method",
+        method,
+        "--token-bits",
+        bits,
+        "--chunk-bytes",
+        "3000",
+        "--data",
+        corpus.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let r = terse(&args);
+    assert!(r.status.success(), "{}", stderr(&r));
+}
+
+#[test]
+fn repacked_datasets_equal_16_bit_tokenization() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = sample_prefix(dir.path(), 12_000);
+    let m1 = dir.path().join("m1");
+    train_tiny(&corpus, &m1, &["--steps", "3"]);
+    let m1 = m1.to_str().unwrap();
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("bytes", vec![]),
+        ("gzip", vec![]),
+        ("static-ac", vec![]),
+        ("equal-info", vec!["--m1", m1, "--window-bits", "16"]),
+        ("equal-info", vec!["--m1", m1, "--window-bits", "32"]),
+    ];
+    for (i, (method, extra)) in cases.iter().enumerate() {
+        let (d8, d16, rp) = (
+            dir.path().join(format!("{i}-8")),
+            dir.path().join(format!("{i}-16")),
+            dir.path().join(format!("{i}-rp")),
+        );
+        tokenize(&corpus, &d8, method, "8", extra);
+        tokenize(&corpus, &d16, method, "16", extra);
+        let meta = terse::tokenize::repack::repack_to_16(&d8, &rp).unwrap();
+        let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+        assert_eq!(
+            read(&rp, "tokens.bin"),
+            read(&d16, "tokens.bin"),
+            "{method} {extra:?}"
+        );
+        let direct = terse::tokenize::TokenDataset::open(&d16).unwrap();
+        assert_eq!(&meta, direct.metadata(), "{method} {extra:?}");
+    }
+    // 16-bit input, and windows that are not whole 16-bit tokens, are refused.
+    let e = terse::tokenize::repack::repack_to_16(&dir.path().join("0-16"), &dir.path().join("x"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("only 8-bit"), "{e}");
+    let d24 = dir.path().join("ei24");
+    tokenize(
+        &corpus,
+        &d24,
+        "equal-info",
+        "8",
+        &["--m1", m1, "--window-bits", "24"],
+    );
+    let e = terse::tokenize::repack::repack_to_16(&d24, &dir.path().join("y"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not whole 16-bit tokens"), "{e}");
+}
