@@ -178,6 +178,9 @@ struct TokenizeArgs {
     /// encodes to all zeros; such bytes start the next window. Default: designated codes.
     #[arg(long)]
     delay: bool,
+    /// subword: train the BPE on this corpus (its first 50 MB) instead of --data's first 50 MB.
+    #[arg(long)]
+    subword_train: Option<PathBuf>,
     /// Corpus: .txt or .jsonl (C4 layout), optionally .gz or .zst.
     #[arg(long)]
     data: PathBuf,
@@ -717,13 +720,14 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
         (false, Some(_)) => bail!("--m1 is used only by --method ac and equal-info"),
         (false, None) => None,
     };
-    let r = terse::tokenize::tokenize_corpus(
+    let r = terse::tokenize::tokenize_corpus_with(
         a.method,
         &a.data,
         &a.out,
         a.token_bits,
         a.chunk_bytes,
         spec.as_ref(),
+        a.subword_train.as_deref(),
         !a.json,
     )?;
     if a.json {

@@ -793,3 +793,124 @@ fn delay_costs_compression() {
         "delay {delay} vs designated {designated}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// subword: a byte-level BPE; every input round-trips, 16-bit tokens only.
+
+fn small_subword() -> std::sync::Arc<terse::tokenize::subword::Subword> {
+    static SW: std::sync::OnceLock<std::sync::Arc<terse::tokenize::subword::Subword>> =
+        std::sync::OnceLock::new();
+    SW.get_or_init(|| {
+        std::sync::Arc::new(
+            terse::tokenize::subword::Subword::train(&sample_prefix(300_000), 4_000).unwrap(),
+        )
+    })
+    .clone()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Any bytes (long runs, noise, text-like, invalid UTF-8) round-trip through the BPE.
+    #[test]
+    fn prop_subword(data in byte_strings(), invalid in prop::collection::vec(0x80u8..=0xFF, 0..50)) {
+        let coder = Coder::Subword(small_subword());
+        let mut data = data;
+        data.extend(invalid);
+        let t = coder.encode(&data, 16).unwrap();
+        prop_assert_eq!(coder.decode(&t, 16, data.len()).unwrap(), data.clone());
+        prop_assert!(coder.encode(&data, 8).is_err());
+    }
+
+    /// Garbage ids never panic the subword decoder.
+    #[test]
+    fn prop_subword_decoder_total(tokens in prop::collection::vec(any::<u16>(), 0..100), len in 0..500usize) {
+        let _ = Coder::Subword(small_subword()).decode(&tokens, 16, len);
+    }
+}
+
+/// subword datasets: empty, 1-byte, random binary, invalid UTF-8 and text corpora round-trip from
+/// the metadata alone; 8-bit tokens are refused; `--subword-train` trains on another file.
+#[test]
+fn subword_datasets_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut invalid = b"caf\xc3\xa9 \xff\xfe\xc3\x28 \xed\xa0\x80 \x00end".repeat(50);
+    invalid.extend(xorshift(3, 5_000).iter().map(|b| b | 0x80));
+    let inputs: [(&str, Vec<u8>); 5] = [
+        ("empty", vec![]),
+        ("one", vec![0xFF]),
+        ("random", xorshift(11, 30_000)),
+        ("invalid-utf8", invalid),
+        ("text", sample_prefix(120_000)),
+    ];
+    for (name, content) in &inputs {
+        let corpus = dir.path().join(format!("{name}.txt"));
+        fs::write(&corpus, content).unwrap();
+        let want = canonical(&corpus);
+        let out = dir.path().join(format!("sw-{name}"));
+        let r = tokenize_corpus(Method::Subword, &corpus, &out, 16, 10_240, None, false).unwrap();
+        assert_eq!(r.bytes, want.len() as u64);
+        let meta = TokenDataset::open(&out).unwrap().metadata().clone();
+        assert_eq!(meta.method, "subword");
+        assert!(meta.params["tokenizer"].is_object());
+        assert!(meta.params["vocab_size"].as_u64().unwrap() <= 32_000);
+        assert!(decode_dataset(&out).unwrap() == want, "{name}");
+        if *name == "text" {
+            assert!(r.bytes_per_token > 3.0, "{}", r.bytes_per_token);
+        }
+        let e = tokenize_corpus(Method::Subword, &corpus, &out, 8, 10_240, None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("16-bit"), "{e}");
+    }
+    // Trained on one file, applied to another, through the CLI; detokenize needs no extra file.
+    let train = dir.path().join("text.txt");
+    let data = dir.path().join("random.txt");
+    let out = dir.path().join("sw-cli");
+    let o = Command::new(env!("CARGO_BIN_EXE_terse"))
+        .args([
+            "tokenize",
+            "--method",
+            "subword",
+            "--json",
+            "--subword-train",
+        ])
+        .arg(&train)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["method"], "subword");
+    let meta = TokenDataset::open(&out).unwrap().metadata().clone();
+    assert_eq!(meta.params["train_source"], train.display().to_string());
+    let back = dir.path().join("back.bin");
+    let o = Command::new(env!("CARGO_BIN_EXE_terse"))
+        .args(["detokenize", "--data"])
+        .arg(&out)
+        .arg("--out")
+        .arg(&back)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fs::read(&back).unwrap(), canonical(&data));
+    let o = Command::new(env!("CARGO_BIN_EXE_terse"))
+        .args([
+            "tokenize",
+            "--method",
+            "subword",
+            "--token-bits",
+            "8",
+            "--data",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("bad"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("16-bit"));
+}

@@ -8,6 +8,8 @@
 //! - [`static_ac`]: each chunk arithmetic-coded with a fixed byte-unigram CDF from corpus counts;
 //! - [`ac`]: the plain AC baseline, each chunk one arithmetic code under M1, context never reset
 //!   (needs M1);
+//! - [`subword`]: a 32k byte-level BPE (the paper's SentencePiece baseline), trained on the corpus,
+//!   16-bit tokens only;
 //! - [`equal_info`]: EqualInfoAC, windows of exactly `b` bits under M1's exact path (needs M1), with
 //!   the designated-code termination rule or the paper's "Delay" rule.
 //!
@@ -25,6 +27,7 @@ pub mod dataset;
 pub mod equal_info;
 pub mod gzip;
 pub mod static_ac;
+pub mod subword;
 
 pub use dataset::{
     DatasetError, Metadata, TokenDataset, TokenDatasetWriter, FORMAT, METADATA_FILE, TOKENS_FILE,
@@ -43,6 +46,7 @@ use static_ac::StaticAc;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+use subword::Subword;
 
 /// The paper's example length for compression-based methods.
 pub const DEFAULT_CHUNK_BYTES: usize = 10_240;
@@ -62,6 +66,8 @@ pub enum Method {
     StaticAc,
     /// Arithmetic coding of each whole chunk under M1, context never reset (needs `--m1`).
     Ac,
+    /// A 32k byte-level BPE trained on the corpus (or `--subword-train`); 16-bit tokens.
+    Subword,
     /// Equal-Info windows of `--window-bits` under M1 (needs `--m1`; `--delay` for the paper's
     /// Delay rule).
     EqualInfo,
@@ -75,6 +81,7 @@ impl Method {
             Method::Gzip => "gzip",
             Method::StaticAc => "static-ac",
             Method::Ac => "ac",
+            Method::Subword => "subword",
             Method::EqualInfo => "equal-info",
         }
     }
@@ -91,6 +98,7 @@ impl Method {
             Method::Gzip,
             Method::StaticAc,
             Method::Ac,
+            Method::Subword,
             Method::EqualInfo,
         ]
         .into_iter()
@@ -162,6 +170,7 @@ pub enum Coder {
     StaticAc(Box<StaticAc>),
     /// M1 coding the whole chunk (the spec's window width and rule are unused).
     Ac(M1Spec),
+    Subword(Arc<Subword>),
     EqualInfo(M1Spec),
 }
 
@@ -218,6 +227,11 @@ impl Coder {
                 .context("static-ac params.freqs is not a list of integers")?;
                 Coder::StaticAc(Box::new(StaticAc::from_freqs(&freqs)?))
             }
+            Some(Method::Subword) => Coder::Subword(Arc::new(Subword::from_json(
+                meta.params
+                    .get("tokenizer")
+                    .context("subword metadata has no params.tokenizer")?,
+            )?)),
             Some(Method::EqualInfo | Method::Ac) => {
                 bail!("{} datasets decode only with their M1", meta.method)
             }
@@ -242,6 +256,7 @@ impl Coder {
             Coder::Gzip => plain(gzip::encode(chunk, token_bits)?),
             Coder::StaticAc(m) => plain(m.encode(chunk, token_bits)?),
             Coder::Ac(e) => plain(ac::encode(&e.m1, chunk, token_bits)?),
+            Coder::Subword(sw) => plain(sw.encode(chunk, token_bits)?),
             Coder::EqualInfo(e) => {
                 let w = EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?.encode(chunk)?;
                 let stats = ChunkStats {
@@ -260,6 +275,7 @@ impl Coder {
             Coder::Gzip => gzip::decode_capped(tokens, token_bits, byte_len)?,
             Coder::StaticAc(m) => m.decode(tokens, token_bits, byte_len)?,
             Coder::Ac(e) => ac::decode(&e.m1, tokens, token_bits, byte_len)?,
+            Coder::Subword(sw) => sw.decode(tokens, token_bits)?,
             Coder::EqualInfo(e) => {
                 let codes = tokens_to_codes(tokens, e.window_bits, token_bits)?;
                 EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?.decode(&codes)?
@@ -325,6 +341,39 @@ pub fn tokenize_corpus(
     m1: Option<&M1Spec>,
     progress: bool,
 ) -> Result<TokenizeReport> {
+    tokenize_corpus_with(
+        method,
+        corpus,
+        out,
+        token_bits,
+        chunk_bytes,
+        m1,
+        None,
+        progress,
+    )
+}
+
+/// As [`tokenize_corpus`]; [`Method::Subword`] trains on `subword_train` (any corpus format; its
+/// first [`subword::TRAIN_MAX_BYTES`]) instead of the corpus's first bytes when given.
+#[allow(clippy::too_many_arguments)]
+pub fn tokenize_corpus_with(
+    method: Method,
+    corpus: &Path,
+    out: &Path,
+    token_bits: u32,
+    chunk_bytes: usize,
+    m1: Option<&M1Spec>,
+    subword_train: Option<&Path>,
+    progress: bool,
+) -> Result<TokenizeReport> {
+    ensure!(
+        subword_train.is_none() || method == Method::Subword,
+        "a subword training file is used only by the subword method"
+    );
+    ensure!(
+        method != Method::Subword || token_bits == 16,
+        "subword tokens are 16-bit ids (a 32k vocabulary): --token-bits {token_bits} refused, use 16"
+    );
     ensure!(
         token_bits == 8 || token_bits == 16,
         "token bits {token_bits} unsupported: need 8 or 16"
@@ -381,6 +430,27 @@ pub fn tokenize_corpus(
                 "m1_config": e.m1.config(),
             });
             (Coder::EqualInfo(e), params, None)
+        }
+        Method::Subword => {
+            bar.set_message("training subword");
+            let src = subword_train.unwrap_or(corpus);
+            let mut text = vec![0u8; subword::TRAIN_MAX_BYTES];
+            let n = open_stream(src)?.read_full(&mut text)?;
+            text.truncate(n);
+            let sw = Subword::train(&text, subword::VOCAB_SIZE).with_context(|| {
+                format!("cannot train the subword tokenizer on {}", src.display())
+            })?;
+            let params = json!({
+                "chunk_bytes": chunk_bytes,
+                "algorithm": "byte-level BPE (tokenizers crate)",
+                "pretokenizer": subword::PRETOKENIZER,
+                "max_word_bytes": subword::MAX_WORD_BYTES,
+                "vocab_size": sw.vocab_size(),
+                "train_source": src.display().to_string(),
+                "train_bytes": n,
+                "tokenizer": sw.to_json()?,
+            });
+            (Coder::Subword(Arc::new(sw)), params, None)
         }
         Method::Gzip => (
             Coder::Gzip,
