@@ -854,6 +854,10 @@ fn subword_datasets_round_trip() {
         assert_eq!(meta.method, "subword");
         assert!(meta.params["tokenizer"].is_object());
         assert!(meta.params["vocab_size"].as_u64().unwrap() <= 32_000);
+        assert_eq!(
+            meta.vocab as u64,
+            meta.params["vocab_size"].as_u64().unwrap()
+        );
         assert!(decode_dataset(&out).unwrap() == want, "{name}");
         if *name == "text" {
             assert!(r.bytes_per_token > 3.0, "{}", r.bytes_per_token);

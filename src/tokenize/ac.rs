@@ -54,7 +54,7 @@ pub fn decode(m1: &ExactM1, tokens: &[u16], token_bits: u32, byte_len: usize) ->
     let bytes = tokens_to_bytes(tokens, token_bits)?;
     let mut d = StreamDecoder::new(&bytes);
     let mut state = WindowState::default();
-    let mut out = Vec::with_capacity(byte_len);
+    let mut out = Vec::with_capacity(byte_len.min(1 << 20)); // the length may be corrupt
     if byte_len == 0 {
         return Ok(out);
     }

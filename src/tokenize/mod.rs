@@ -51,6 +51,9 @@ use subword::Subword;
 /// The paper's example length for compression-based methods.
 pub const DEFAULT_CHUNK_BYTES: usize = 10_240;
 
+/// Largest chunk (example) accepted, in bytes, when tokenizing and when decoding.
+pub const MAX_CHUNK_BYTES: usize = 1 << 30;
+
 /// Bytes of text read and coded per parallel batch (about).
 const BATCH_BYTES: usize = 16 << 20;
 
@@ -379,7 +382,7 @@ pub fn tokenize_corpus_with(
         "token bits {token_bits} unsupported: need 8 or 16"
     );
     ensure!(
-        (1..=1 << 30).contains(&chunk_bytes),
+        (1..=MAX_CHUNK_BYTES).contains(&chunk_bytes),
         "chunk bytes {chunk_bytes} out of range 1..=2^30"
     );
     let start = Instant::now();
@@ -507,7 +510,10 @@ pub fn tokenize_corpus_with(
         }
     }
     let (bytes, tokens, chunks) = (w.bytes(), w.tokens(), w.examples() as u64);
-    let vocab = 1u32 << token_bits;
+    let vocab = match &coder {
+        Coder::Subword(sw) => sw.vocab_size() as u32, // M2's vocabulary: the trained one
+        _ => 1u32 << token_bits,
+    };
     let source = corpus.display().to_string();
     w.finish(method.name(), params, vocab, m1_fingerprint, &source)
         .with_context(|| format!("cannot write token dataset {}", out.display()))?;
@@ -536,14 +542,29 @@ pub fn tokenize_corpus_with(
     })
 }
 
-/// The source bytes of example `i` of an opened dataset, decoded with `coder`.
+/// The source bytes of example `i` of an opened dataset, decoded with `coder`. Refuses an example
+/// longer than the dataset's `params.chunk_bytes` or [`MAX_CHUNK_BYTES`] (corrupt metadata) before
+/// decoding it.
 pub fn decode_example(ds: &TokenDataset, coder: &Coder, i: usize) -> Result<Vec<u8>> {
     let (toks, bytes) = ds
         .example(i)
         .with_context(|| format!("example {i} out of range"))?;
+    let len = bytes.end - bytes.start;
+    let max = ds
+        .metadata()
+        .params
+        .get("chunk_bytes")
+        .and_then(|v| v.as_u64());
+    let max = max.map_or(MAX_CHUNK_BYTES as u64, |m| m.min(MAX_CHUNK_BYTES as u64));
+    ensure!(
+        len <= max,
+        "{}: corrupt metadata: example {i} covers {len} bytes, more than the {max}-byte chunks",
+        ds.dir().display()
+    );
+    let len = usize::try_from(len).context("example length beyond this machine's memory")?;
     let tokens = ds.tokens_u16(toks);
     coder
-        .decode(&tokens, ds.token_bits(), (bytes.end - bytes.start) as usize)
+        .decode(&tokens, ds.token_bits(), len)
         .with_context(|| format!("{}: cannot decode example {i}", ds.dir().display()))
 }
 
@@ -562,7 +583,7 @@ pub fn decode_dataset_with_m1(dir: &Path, m1: Option<Arc<ExactM1>>) -> Result<Ve
         .into_par_iter()
         .map(|i| decode_example(&ds, &coder, i))
         .collect::<Result<_>>()?;
-    let mut out = Vec::with_capacity(ds.metadata().bytes_covered as usize);
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
     for p in parts {
         out.extend_from_slice(&p);
     }
