@@ -51,6 +51,14 @@
 //! (nothing is designated before it) and, with any valid [`Cdf`], any first byte fits `b = 16`
 //! (see `super::cdf`), so every window holds at least one byte.
 //!
+//! **The paper's "Delay" rule** ([`WindowRule::Delay`], App. A.5) is the other way out: each
+//! prefix's code is simply its shortest code zero-padded (the code of `C(x)` with the most trailing
+//! zeros, no collision avoidance), the decoder stops at the *first* prefix whose code is `c` (no
+//! look-ahead), and the encoder, after filling the window greedily, drops the trailing bytes that
+//! did not change the code (bytes that "encode to all zeros"): they start the next window
+//! ([`WindowEncoder::window_len`]). Prefix codes along a window form runs of equal values, so the
+//! window ends at the first byte of its last run and the decoder stops exactly there.
+//!
 //! Every `b`-bit code decodes to some byte string, without error or panic. It holds at least one
 //! byte whenever the first CDF's total is at most `2^b` (always with the default `2^16`); with a
 //! larger total a code may straddle two first bytes and decode to nothing.
