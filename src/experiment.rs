@@ -16,7 +16,7 @@ use crate::data::{
 use crate::eval::score_windows;
 use crate::eval::tokens::{evaluate_m2, token_counts, M2Report};
 use crate::m1::{ExactLm, ExactM1};
-use crate::tokenize::{tokenize_corpus, EqualInfoSpec, Method, TokenDataset, TokenizeReport};
+use crate::tokenize::{tokenize_corpus, M1Spec, Method, TokenDataset, TokenizeReport};
 use crate::train::checkpoint::load_model;
 use crate::train::{train, RunStart, ScheduleKind, TrainOptions, TrainSummary};
 use anyhow::{bail, ensure, Context, Result};
@@ -114,6 +114,8 @@ impl MethodSpec {
         let v = if self.token_bits == 16 { "65k" } else { "256" };
         match self.method {
             Method::Bytes => "Bytes".into(),
+            Method::Subword => "BPE[32k]".into(),
+            Method::Ac => format!("AC[v={v}]"),
             Method::Gzip => format!("GZip[v={v}]"),
             Method::StaticAc => format!("StaticAC[v={v}]"),
             Method::EqualInfo => {
@@ -139,9 +141,14 @@ impl MethodSpec {
 
 /// The paper's comparison grid (Table 15 and Fig. 5), every method this build has.
 pub fn paper_grid() -> Vec<MethodSpec> {
-    let mut g = vec![MethodSpec::new(Method::Bytes, 8)];
-    for bits in [8, 16] {
-        g.push(MethodSpec::new(Method::StaticAc, bits));
+    let mut g = vec![
+        MethodSpec::new(Method::Bytes, 8),
+        MethodSpec::new(Method::Subword, 16),
+    ];
+    for method in [Method::Ac, Method::StaticAc] {
+        for bits in [8, 16] {
+            g.push(MethodSpec::new(method, bits));
+        }
     }
     for b in [16, 32, 64, 128] {
         for bits in [8, 16] {
@@ -343,12 +350,14 @@ impl Pipeline<'_> {
         let t0 = Instant::now();
         let label = spec.label();
         let dataset = self.out.join("tokens").join(spec.slug());
-        let ei = match spec.window_bits {
-            Some(window_bits) => Some(EqualInfoSpec {
-                m1: self.m1.clone().context("equal-info needs an M1")?,
-                window_bits,
-            }),
-            None => None,
+        let m1_spec = match spec.method {
+            Method::Ac | Method::EqualInfo => Some(M1Spec::new(
+                self.m1
+                    .clone()
+                    .context("this method codes with M1: none given")?,
+                spec.window_bits.unwrap_or(16),
+            )),
+            _ => None,
         };
         let twin = MethodSpec {
             token_bits: 8,
@@ -380,7 +389,7 @@ impl Pipeline<'_> {
                     &dataset,
                     spec.token_bits,
                     self.corpus.chunk_bytes,
-                    ei.as_ref(),
+                    m1_spec.as_ref(),
                     self.progress,
                 )
                 .with_context(|| format!("{label}: tokenizing"))?;

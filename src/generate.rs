@@ -15,7 +15,7 @@ use crate::data::M2_START;
 use crate::m1::{ExactLm, ExactM1, WindowState};
 use crate::rng::Rng;
 use crate::tokenize::equal_info::EqualInfo;
-use crate::tokenize::{bytes, Coder, EqualInfoSpec, Method};
+use crate::tokenize::{bytes, Coder, M1Spec, Method};
 use crate::train::TokenSource;
 use anyhow::{bail, ensure, Result};
 use serde::Serialize;
@@ -56,7 +56,7 @@ pub struct GenerationReport {
 /// Turns units of M2 tokens back into bytes.
 enum UnitCoder {
     Bytes { token_bits: u32 },
-    EqualInfo(EqualInfoSpec),
+    EqualInfo(M1Spec),
 }
 
 impl UnitCoder {

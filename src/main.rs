@@ -175,15 +175,22 @@ struct TrainArgs {
 
 #[derive(Args)]
 struct TokenizeArgs {
-    /// Tokenization method (equal-info needs --m1).
+    /// Tokenization method (ac and equal-info need --m1).
     #[arg(long, value_enum)]
     method: terse::tokenize::Method,
-    /// M1 checkpoint (a byte-level model) for equal-info.
+    /// M1 checkpoint (a byte-level model) for ac and equal-info.
     #[arg(long)]
     m1: Option<PathBuf>,
     /// Bits per Equal-Info window: 16..=128, a multiple of 8 and of --token-bits.
     #[arg(long, default_value_t = 16)]
     window_bits: u32,
+    /// equal-info: the paper's "Delay" rule (App. A.5): a window never ends with a byte that
+    /// encodes to all zeros; such bytes start the next window. Default: designated codes.
+    #[arg(long)]
+    delay: bool,
+    /// subword: train the BPE on this corpus (its first 50 MB) instead of --data's first 50 MB.
+    #[arg(long)]
+    subword_train: Option<PathBuf>,
     /// Corpus: .txt or .jsonl (C4 layout), optionally .gz or .zst.
     #[arg(long)]
     data: PathBuf,
@@ -1069,28 +1076,27 @@ fn token_bits_parser() -> impl clap::builder::TypedValueParser<Value = u32> {
 }
 
 fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
-    use terse::tokenize::{EqualInfoSpec, Method};
-    let spec = match (a.method, &a.m1) {
-        (Method::EqualInfo, Some(path)) => {
-            let (cfg, params) = load_model(path)?;
-            let m1 = terse::m1::ExactM1::new(&cfg, &params)
-                .with_context(|| format!("{} cannot serve as M1", path.display()))?;
-            Some(EqualInfoSpec {
-                m1: std::sync::Arc::new(m1),
-                window_bits: a.window_bits,
-            })
+    use terse::tokenize::{M1Spec, Method};
+    if a.delay && a.method != Method::EqualInfo {
+        bail!("--delay is a rule of --method equal-info only");
+    }
+    let spec = match (a.method.needs_m1(), &a.m1) {
+        (true, Some(path)) => {
+            let m1 = load_exact_m1(path)?;
+            Some(M1Spec::new(std::sync::Arc::new(m1), a.window_bits).with_delay(a.delay))
         }
-        (Method::EqualInfo, None) => bail!("--method equal-info needs --m1 CHECKPOINT"),
-        (_, Some(_)) => bail!("--m1 is used only by --method equal-info"),
-        (_, None) => None,
+        (true, None) => bail!("--method {} needs --m1 CHECKPOINT", a.method.name()),
+        (false, Some(_)) => bail!("--m1 is used only by --method ac and equal-info"),
+        (false, None) => None,
     };
-    let r = terse::tokenize::tokenize_corpus(
+    let r = terse::tokenize::tokenize_corpus_with(
         a.method,
         &a.data,
         &a.out,
         a.token_bits,
         a.chunk_bytes,
         spec.as_ref(),
+        a.subword_train.as_deref(),
         !a.json,
     )?;
     if a.json {
@@ -1111,7 +1117,13 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
         if let Some(h) = r.unigram_entropy {
             println!("byte unigram entropy {h:.3} bits/byte");
         }
-        println!("{:.2} s, {:.1} MB/s", r.seconds, r.bytes_per_second / 1e6);
+        if let (Some(w), Some(b)) = (r.windows, r.backoffs) {
+            println!(
+                "{w} windows ({:.3} bytes/window), {b} encoder back-offs",
+                r.bytes_per_window.unwrap_or(0.0)
+            );
+        }
+        println!("{:.2} s, {:.3} MB/s", r.seconds, r.bytes_per_second / 1e6);
     }
     Ok(())
 }

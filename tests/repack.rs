@@ -37,6 +37,7 @@ fn repacked_datasets_equal_16_bit_tokenization() {
         ("static-ac", vec![]),
         ("equal-info", vec!["--m1", m1, "--window-bits", "16"]),
         ("equal-info", vec!["--m1", m1, "--window-bits", "32"]),
+        ("ac", vec!["--m1", m1]),
     ];
     for (i, (method, extra)) in cases.iter().enumerate() {
         let (d8, d16, rp) = (
@@ -73,4 +74,17 @@ fn repacked_datasets_equal_16_bit_tokenization() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("not whole 16-bit tokens"), "{e}");
+    // Subword tokens are vocabulary entries, not bits.
+    let sw = dir.path().join("sw");
+    tokenize(&corpus, &sw, "subword", "16", &[]);
+    assert!(!terse::tokenize::repack::repackable(
+        terse::tokenize::Method::Subword
+    ));
+    let e = terse::tokenize::repack::repack_to_16(&sw, &dir.path().join("z"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("16-bit tokens") || e.contains("not a bit stream"),
+        "{e}"
+    );
 }

@@ -473,6 +473,8 @@ fn cli_tokenize_json_end_to_end() {
     };
     bad(&["--method", "gzip", "--token-bits", "12"]);
     bad(&["--method", "equal-info"]);
+    bad(&["--method", "ac"]);
+    bad(&["--method", "gzip", "--delay"]);
     bad(&["--method", "gzip", "--chunk-bytes", "0"]);
     let o = Command::new(env!("CARGO_BIN_EXE_terse"))
         .args(["tokenize", "--method", "bytes", "--data"])
@@ -496,22 +498,33 @@ fn equal_info_through_the_cli_round_trips_with_its_m1_only() {
     p.data.iter_mut().for_each(|x| *x *= 8.0);
     let ck = root.path().join("m1");
     terse::train::checkpoint::save_checkpoint(&ck, &cfg, &p, None).unwrap();
-    for (b, bits) in [("16", "16"), ("32", "8"), ("24", "8")] {
-        let out = root.path().join(format!("ei{b}-{bits}"));
+    for (method, b, bits, delay) in [
+        ("equal-info", "16", "16", false),
+        ("equal-info", "32", "8", false),
+        ("equal-info", "24", "8", false),
+        ("equal-info", "16", "8", true),
+        ("ac", "16", "16", false),
+        ("ac", "16", "8", false),
+    ] {
+        let out = root.path().join(format!("{method}{b}-{bits}-{delay}"));
+        let mut args = vec![
+            "tokenize",
+            "--method",
+            method,
+            "--window-bits",
+            b,
+            "--token-bits",
+            bits,
+            "--chunk-bytes",
+            "1000",
+            "--json",
+        ];
+        if delay {
+            args.push("--delay");
+        }
         let o = Command::new(env!("CARGO_BIN_EXE_terse"))
-            .args([
-                "tokenize",
-                "--method",
-                "equal-info",
-                "--window-bits",
-                b,
-                "--token-bits",
-                bits,
-                "--chunk-bytes",
-                "1000",
-                "--json",
-                "--m1",
-            ])
+            .args(&args)
+            .arg("--m1")
             .arg(&ck)
             .arg("--data")
             .arg(&corpus)
@@ -521,13 +534,34 @@ fn equal_info_through_the_cli_round_trips_with_its_m1_only() {
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(r["method"], "equal-info");
+        assert_eq!(r["method"], method);
+        for k in [
+            "tokens",
+            "bytes_per_token",
+            "bits_per_byte",
+            "bytes_per_second",
+        ] {
+            assert!(r[k].is_number(), "{k}");
+        }
+        if method == "equal-info" {
+            assert!(r["windows"].as_u64().unwrap() > 0);
+            assert!(r["backoffs"].is_u64() && r["bytes_per_window"].is_number());
+            let meta = TokenDataset::open(&out).unwrap().metadata().clone();
+            assert_eq!(
+                meta.params["window_rule"],
+                if delay { "delay" } else { "designated" }
+            );
+        } else {
+            assert!(r.get("windows").is_none() && r.get("backoffs").is_none());
+        }
         let m1 = std::sync::Arc::new(terse::m1::ExactM1::new(&cfg, &p).unwrap());
         assert_eq!(
             terse::tokenize::decode_dataset_with_m1(&out, Some(m1)).unwrap(),
             sample_prefix(6_000)
         );
-        let back = root.path().join(format!("back{b}-{bits}.txt"));
+        let back = root
+            .path()
+            .join(format!("back{method}{b}-{bits}-{delay}.txt"));
         let o = Command::new(env!("CARGO_BIN_EXE_terse"))
             .args(["detokenize", "--m1"])
             .arg(&ck)
@@ -577,7 +611,310 @@ proptest! {
     /// Equal-Info through the exact M1 round-trips every input, for several window widths.
     #[test]
     fn prop_equal_info(data in short_byte_strings(), b in prop::sample::select(vec![16u32, 32, 64, 128])) {
-        let spec = terse::tokenize::EqualInfoSpec { m1: tiny_m1(), window_bits: b };
+        let spec = terse::tokenize::M1Spec::new(tiny_m1(), b);
         check_coder(&Coder::EqualInfo(spec), &data)?;
     }
+
+    /// The paper's Delay rule round-trips every input too.
+    #[test]
+    fn prop_equal_info_delay(data in short_byte_strings(), b in prop::sample::select(vec![16u32, 32, 64, 128])) {
+        let spec = terse::tokenize::M1Spec::new(tiny_m1(), b).with_delay(true);
+        check_coder(&Coder::EqualInfo(spec), &data)?;
+    }
+
+    /// Plain AC under M1 (one context over the whole input) round-trips every input.
+    #[test]
+    fn prop_ac(data in m1_byte_strings()) {
+        check_coder(&Coder::Ac(terse::tokenize::M1Spec::new(tiny_m1(), 16)), &data)?;
+    }
+
+    /// Garbage tokens never panic the M1 decoders, and they give the requested length.
+    #[test]
+    fn prop_m1_decoders_total(tokens in prop::collection::vec(any::<u16>(), 0..40), len in 0..200usize) {
+        let spec = terse::tokenize::M1Spec::new(tiny_m1(), 16);
+        for coder in [
+            Coder::Ac(spec.clone()),
+            Coder::EqualInfo(spec.clone()),
+            Coder::EqualInfo(spec.clone().with_delay(true)),
+        ] {
+            if let Ok(out) = coder.decode(&tokens, 16, len) {
+                prop_assert_eq!(out.len(), len);
+            }
+            let narrow: Vec<u16> = tokens.iter().map(|t| t & 0xFF).collect();
+            let _ = coder.decode(&narrow, 8, len);
+        }
+    }
+}
+
+/// Inputs for the M1 coders: short random bytes, long runs of one byte (up to 2,000: `ac` codes
+/// them under one growing context), text-like strings and invalid UTF-8.
+fn m1_byte_strings() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..64),
+        (any::<u8>(), 0..2_000usize).prop_map(|(b, n)| vec![b; n]),
+        prop::collection::vec(prop::sample::select(b" etaoinshrdlu\n.,".to_vec()), 0..300),
+        prop::collection::vec(
+            prop::sample::select(vec![0xC0u8, 0xFF, 0x80, 0xE2, b'a']),
+            0..100
+        ),
+    ]
+}
+
+/// Every M1 method through whole datasets: empty, 1-byte, random binary and invalid UTF-8 inputs,
+/// 8- and 16-bit tokens, with the fingerprint recorded and another M1 refused.
+#[test]
+fn m1_methods_round_trip_datasets() {
+    use terse::tokenize::{decode_dataset_with_m1, M1Spec};
+    let m1 = tiny_m1();
+    let dir = tempfile::tempdir().unwrap();
+    let mut invalid = b"caf\xc3\xa9 \xff\xfe\xc3\x28 \xed\xa0\x80 end".to_vec();
+    invalid.extend(xorshift(3, 700).iter().map(|b| b | 0x80));
+    let inputs: [(&str, Vec<u8>); 5] = [
+        ("empty", vec![]),
+        ("one", b"A".to_vec()),
+        ("random", xorshift(11, 2_500)),
+        ("invalid-utf8", invalid),
+        ("text", sample_prefix(3_000)),
+    ];
+    let specs = [
+        (Method::Ac, M1Spec::new(m1.clone(), 16)),
+        (Method::EqualInfo, M1Spec::new(m1.clone(), 16)),
+        (
+            Method::EqualInfo,
+            M1Spec::new(m1.clone(), 32).with_delay(true),
+        ),
+    ];
+    let cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
+    let other = std::sync::Arc::new(
+        terse::m1::ExactM1::new(&cfg, &terse::model::ParamArena::init(&cfg, 99)).unwrap(),
+    );
+    for (name, content) in &inputs {
+        let corpus = dir.path().join(format!("{name}.txt"));
+        fs::write(&corpus, content).unwrap();
+        let want = canonical(&corpus);
+        for (method, spec) in &specs {
+            for bits in [8u32, 16] {
+                let out =
+                    dir.path()
+                        .join(format!("{name}-{}-{bits}-{:?}", method.name(), spec.rule));
+                let r = tokenize_corpus(*method, &corpus, &out, bits, 1_000, Some(spec), false)
+                    .unwrap();
+                assert_eq!(r.bytes, want.len() as u64);
+                let ei = *method == Method::EqualInfo;
+                assert_eq!(r.windows.is_some(), ei);
+                assert_eq!(r.backoffs.is_some(), ei);
+                if ei {
+                    let w = r.windows.unwrap();
+                    assert_eq!(r.tokens, w * spec.window_bits as u64 / bits as u64);
+                }
+                let meta = TokenDataset::open(&out).unwrap().metadata().clone();
+                assert_eq!(
+                    meta.m1_fingerprint,
+                    Some(format!("{:016x}", m1.fingerprint()))
+                );
+                if ei {
+                    assert_eq!(meta.params["window_rule"], spec.rule.name());
+                }
+                let got = decode_dataset_with_m1(&out, Some(m1.clone())).unwrap();
+                assert!(
+                    got == want,
+                    "{name} {} {bits}: round trip differs",
+                    method.name()
+                );
+                assert!(decode_dataset(&out).is_err());
+                if !want.is_empty() {
+                    let e = format!(
+                        "{:#}",
+                        decode_dataset_with_m1(&out, Some(other.clone())).unwrap_err()
+                    );
+                    assert!(e.contains("wrong M1"), "{e}");
+                }
+            }
+        }
+    }
+    // M1 is refused by the methods without it, and required by those with it.
+    let corpus = dir.path().join("one.txt");
+    let spec = M1Spec::new(m1.clone(), 16);
+    assert!(tokenize_corpus(
+        Method::Gzip,
+        &corpus,
+        &dir.path().join("x"),
+        16,
+        100,
+        Some(&spec),
+        false
+    )
+    .is_err());
+    assert!(tokenize_corpus(
+        Method::Ac,
+        &corpus,
+        &dir.path().join("x"),
+        16,
+        100,
+        None,
+        false
+    )
+    .is_err());
+}
+
+/// On text M1 predicts (sampled from it, context reset every 12 bytes), the Delay rule holds
+/// fewer bytes per window than the designated-code rule (the paper: 2.66 -> 2.20 bytes per token
+/// at b=16, v=256).
+#[test]
+fn delay_costs_compression() {
+    use terse::tokenize::M1Spec;
+    let m1 = tiny_m1();
+    let mut rng = xorshift(5, 6_000).into_iter();
+    let mut data = Vec::new();
+    while data.len() < 6_000 {
+        let mut st = terse::m1::WindowState::default();
+        let mut probs = m1.start(&mut st);
+        for _ in 0..12 {
+            let u = (rng.next().unwrap() as f32 + 0.5) / 256.0;
+            let (mut acc, mut byte) = (0f32, 255u8);
+            for (i, &p) in probs.iter().enumerate() {
+                acc += p;
+                if acc > u {
+                    byte = i as u8;
+                    break;
+                }
+            }
+            data.push(byte);
+            probs = m1.push(&mut st, byte);
+        }
+    }
+    let tokens = |c: Coder| c.encode(&data, 16).unwrap().len();
+    let designated = tokens(Coder::EqualInfo(M1Spec::new(m1.clone(), 16)));
+    let delay = tokens(Coder::EqualInfo(
+        M1Spec::new(m1.clone(), 16).with_delay(true),
+    ));
+    assert!(
+        delay > designated,
+        "delay {delay} vs designated {designated}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// subword: a byte-level BPE; every input round-trips, 16-bit tokens only.
+
+fn small_subword() -> std::sync::Arc<terse::tokenize::subword::Subword> {
+    static SW: std::sync::OnceLock<std::sync::Arc<terse::tokenize::subword::Subword>> =
+        std::sync::OnceLock::new();
+    SW.get_or_init(|| {
+        std::sync::Arc::new(
+            terse::tokenize::subword::Subword::train(&sample_prefix(300_000), 4_000).unwrap(),
+        )
+    })
+    .clone()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Any bytes (long runs, noise, text-like, invalid UTF-8) round-trip through the BPE.
+    #[test]
+    fn prop_subword(data in byte_strings(), invalid in prop::collection::vec(0x80u8..=0xFF, 0..50)) {
+        let coder = Coder::Subword(small_subword());
+        let mut data = data;
+        data.extend(invalid);
+        let t = coder.encode(&data, 16).unwrap();
+        prop_assert_eq!(coder.decode(&t, 16, data.len()).unwrap(), data.clone());
+        prop_assert!(coder.encode(&data, 8).is_err());
+    }
+
+    /// Garbage ids never panic the subword decoder.
+    #[test]
+    fn prop_subword_decoder_total(tokens in prop::collection::vec(any::<u16>(), 0..100), len in 0..500usize) {
+        let _ = Coder::Subword(small_subword()).decode(&tokens, 16, len);
+    }
+}
+
+/// subword datasets: empty, 1-byte, random binary, invalid UTF-8 and text corpora round-trip from
+/// the metadata alone; 8-bit tokens are refused; `--subword-train` trains on another file.
+#[test]
+fn subword_datasets_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut invalid = b"caf\xc3\xa9 \xff\xfe\xc3\x28 \xed\xa0\x80 \x00end".repeat(50);
+    invalid.extend(xorshift(3, 5_000).iter().map(|b| b | 0x80));
+    let inputs: [(&str, Vec<u8>); 5] = [
+        ("empty", vec![]),
+        ("one", vec![0xFF]),
+        ("random", xorshift(11, 30_000)),
+        ("invalid-utf8", invalid),
+        ("text", sample_prefix(120_000)),
+    ];
+    for (name, content) in &inputs {
+        let corpus = dir.path().join(format!("{name}.txt"));
+        fs::write(&corpus, content).unwrap();
+        let want = canonical(&corpus);
+        let out = dir.path().join(format!("sw-{name}"));
+        let r = tokenize_corpus(Method::Subword, &corpus, &out, 16, 10_240, None, false).unwrap();
+        assert_eq!(r.bytes, want.len() as u64);
+        let meta = TokenDataset::open(&out).unwrap().metadata().clone();
+        assert_eq!(meta.method, "subword");
+        assert!(meta.params["tokenizer"].is_object());
+        assert!(meta.params["vocab_size"].as_u64().unwrap() <= 32_000);
+        assert_eq!(
+            meta.vocab as u64,
+            meta.params["vocab_size"].as_u64().unwrap()
+        );
+        assert!(decode_dataset(&out).unwrap() == want, "{name}");
+        if *name == "text" {
+            assert!(r.bytes_per_token > 3.0, "{}", r.bytes_per_token);
+        }
+        let e = tokenize_corpus(Method::Subword, &corpus, &out, 8, 10_240, None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("16-bit"), "{e}");
+    }
+    // Trained on one file, applied to another, through the CLI; detokenize needs no extra file.
+    let train = dir.path().join("text.txt");
+    let data = dir.path().join("random.txt");
+    let out = dir.path().join("sw-cli");
+    let o = Command::new(env!("CARGO_BIN_EXE_terse"))
+        .args([
+            "tokenize",
+            "--method",
+            "subword",
+            "--json",
+            "--subword-train",
+        ])
+        .arg(&train)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["method"], "subword");
+    let meta = TokenDataset::open(&out).unwrap().metadata().clone();
+    assert_eq!(meta.params["train_source"], train.display().to_string());
+    let back = dir.path().join("back.bin");
+    let o = Command::new(env!("CARGO_BIN_EXE_terse"))
+        .args(["detokenize", "--data"])
+        .arg(&out)
+        .arg("--out")
+        .arg(&back)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fs::read(&back).unwrap(), canonical(&data));
+    let o = Command::new(env!("CARGO_BIN_EXE_terse"))
+        .args([
+            "tokenize",
+            "--method",
+            "subword",
+            "--token-bits",
+            "8",
+            "--data",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("bad"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("16-bit"));
 }

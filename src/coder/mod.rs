@@ -29,7 +29,7 @@ pub use pack::{bytes_to_tokens, codes_to_tokens, tokens_to_bytes, tokens_to_code
 pub use stream::{StreamDecoder, StreamEncoder};
 pub use window::{
     decode_window, encode_windows, window_bits_supported, EncodedWindows, WindowDecoder,
-    WindowEncoder, WindowEnd, MAX_WINDOW_BITS, MIN_WINDOW_BITS,
+    WindowEncoder, WindowEnd, WindowRule, MAX_WINDOW_BITS, MIN_WINDOW_BITS,
 };
 
 /// What the coder refuses, and why.

@@ -51,6 +51,14 @@
 //! (nothing is designated before it) and, with any valid [`Cdf`], any first byte fits `b = 16`
 //! (see `super::cdf`), so every window holds at least one byte.
 //!
+//! **The paper's "Delay" rule** ([`WindowRule::Delay`], App. A.5) is the other way out: each
+//! prefix's code is simply its shortest code zero-padded (the code of `C(x)` with the most trailing
+//! zeros, no collision avoidance), the decoder stops at the *first* prefix whose code is `c` (no
+//! look-ahead), and the encoder, after filling the window greedily, drops the trailing bytes that
+//! did not change the code (bytes that "encode to all zeros"): they start the next window
+//! ([`WindowEncoder::window_len`]). Prefix codes along a window form runs of equal values, so the
+//! window ends at the first byte of its last run and the decoder stops exactly there.
+//!
 //! Every `b`-bit code decodes to some byte string, without error or panic. It holds at least one
 //! byte whenever the first CDF's total is at most `2^b` (always with the default `2^16`); with a
 //! larger total a code may straddle two first bytes and decode to nothing.
@@ -93,6 +101,38 @@ fn check_b(b: u32) -> Result<(), CoderError> {
         Ok(())
     } else {
         Err(CoderError::WindowBits(b))
+    }
+}
+
+/// How a window's end is marked (module docs, "Termination rule").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WindowRule {
+    /// Designated codes: a prefix whose shortest code is taken gets another free code, or its
+    /// last byte is refused (a back-off). The default, and the better compressor.
+    #[default]
+    Designated,
+    /// The paper's "Delay" rule (App. A.5): each prefix's code is its shortest code zero-padded
+    /// (the code of `C(x)` with the most trailing zeros); the encoder never ends a window with a
+    /// byte that "encodes to all zeros" (one that leaves the prefix's code unchanged): such
+    /// trailing bytes are deferred to the next window. The decoder returns the fewest bytes whose
+    /// code is the window's code, with no look-ahead.
+    Delay,
+}
+
+impl WindowRule {
+    /// The name stored in metadata.
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowRule::Designated => "designated",
+            WindowRule::Delay => "delay",
+        }
+    }
+
+    /// From a stored name.
+    pub fn from_name(name: &str) -> Option<WindowRule> {
+        [WindowRule::Designated, WindowRule::Delay]
+            .into_iter()
+            .find(|r| r.name() == name)
     }
 }
 
@@ -358,23 +398,33 @@ impl Taken {
 #[derive(Clone, Debug)]
 pub struct WindowEncoder {
     b: u32,
+    rule: WindowRule,
     iv: Interval,
     taken: Taken,
     code: u128,
     len: usize,
+    /// Delay rule: the shortest prefix with the current code (the bytes the window emits).
+    run_start: usize,
     backoffs: u32,
 }
 
 impl WindowEncoder {
-    /// A fresh window of `b` bits (a multiple of 8 in 16..=128).
+    /// A fresh window of `b` bits (a multiple of 8 in 16..=128), designated-code rule.
     pub fn new(b: u32) -> Result<Self, CoderError> {
+        Self::with_rule(b, WindowRule::Designated)
+    }
+
+    /// A fresh window of `b` bits under `rule`.
+    pub fn with_rule(b: u32, rule: WindowRule) -> Result<Self, CoderError> {
         check_b(b)?;
         Ok(WindowEncoder {
             b,
+            rule,
             iv: Interval::ROOT,
             taken: Taken::default(),
             code: 0,
             len: 0,
+            run_start: 0,
             backoffs: 0,
         })
     }
@@ -387,6 +437,16 @@ impl WindowEncoder {
     /// Bytes accepted so far.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Bytes the window holds if it ended now: [`len`](Self::len), except under
+    /// [`WindowRule::Delay`], where accepted trailing bytes that left the code unchanged are
+    /// deferred (the caller starts the next window with them).
+    pub fn window_len(&self) -> usize {
+        match self.rule {
+            WindowRule::Designated => self.len,
+            WindowRule::Delay => self.run_start,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -425,6 +485,16 @@ impl WindowEncoder {
         let Some((cmin, cmax)) = child.codes(self.b) else {
             return false;
         };
+        if self.rule == WindowRule::Delay {
+            let code = max_tz(cmin, cmax);
+            if self.len == 0 || code != self.code {
+                self.run_start = self.len + 1;
+            }
+            self.iv = child;
+            self.code = code;
+            self.len += 1;
+            return true;
+        }
         let span = self.taken.within(cmin, cmax);
         let Some(code) = self.taken.designate(cmin, cmax, span) else {
             self.backoffs += 1;
@@ -463,6 +533,7 @@ pub enum WindowEnd {
 #[derive(Clone, Debug)]
 pub struct WindowDecoder {
     b: u32,
+    rule: WindowRule,
     c: u128,
     iv: Interval,
     taken: Taken,
@@ -471,13 +542,20 @@ pub struct WindowDecoder {
 }
 
 impl WindowDecoder {
+    /// Decodes `code` under the designated-code rule.
     pub fn new(b: u32, code: u128) -> Result<Self, CoderError> {
+        Self::with_rule(b, code, WindowRule::Designated)
+    }
+
+    /// Decodes `code` under `rule` (the encoder's).
+    pub fn with_rule(b: u32, code: u128, rule: WindowRule) -> Result<Self, CoderError> {
         check_b(b)?;
         if b < 128 && code >> b != 0 {
             return Err(CoderError::CodeTooWide { code, bits: b });
         }
         Ok(WindowDecoder {
             b,
+            rule,
             c: code,
             iv: Interval::ROOT,
             taken: Taken::default(),
@@ -543,6 +621,12 @@ impl WindowDecoder {
         };
         self.iv = child;
         self.bytes.push(s as u8);
+        if self.rule == WindowRule::Delay {
+            if max_tz(cmin, cmax) == self.c {
+                self.end = Some(WindowEnd::Matched);
+            }
+            return Some(s as u8);
+        }
         let span = self.taken.within(cmin, cmax);
         match self.taken.designate(cmin, cmax, span) {
             Some(code) if code == self.c => self.end = Some(WindowEnd::Matched),

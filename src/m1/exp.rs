@@ -14,7 +14,7 @@ const C3: f32 = 1.0 / 6.0;
 const C2: f32 = 0.5;
 
 /// `e^x` for the contract. Below -87 it returns 0, above 88 infinity; NaN stays NaN.
-#[inline]
+#[inline(always)]
 pub fn exp_contract(x: f32) -> f32 {
     if x.is_nan() {
         return x;

@@ -6,8 +6,14 @@
 //! The greedy rule: a window takes bytes while the window coder can still represent them in `b`
 //! bits; the first byte it refuses starts the next window. Every byte fits a fresh window (the
 //! coder's floor guarantees it), so windows are never empty.
+//!
+//! Two termination rules ([`WindowRule`]): the default designated-code rule, and the paper's
+//! "Delay" variant (App. A.5, Table 17): a window never ends with a byte that encodes to all zeros
+//! (its prefix's zero-padded shortest code is unchanged by it); such trailing bytes are deferred
+//! to the next window, and the decoder returns the fewest bytes whose code is the window's.
+//! Deferred bytes are counted with the back-offs.
 
-use crate::coder::{CdfQuantizer, EncodedWindows, WindowDecoder, WindowEncoder};
+use crate::coder::{CdfQuantizer, EncodedWindows, WindowDecoder, WindowEncoder, WindowRule};
 use crate::m1::{ExactM1, Probs, WindowState};
 use anyhow::{ensure, Result};
 
@@ -15,18 +21,29 @@ use anyhow::{ensure, Result};
 pub struct EqualInfo<'a> {
     m1: &'a ExactM1,
     b: u32,
+    rule: WindowRule,
     quantizer: CdfQuantizer,
 }
 
 impl<'a> EqualInfo<'a> {
     /// Refuses a window width the coder does not support (16..=128, a multiple of 8).
     pub fn new(m1: &'a ExactM1, b: u32) -> Result<Self> {
+        Self::with_rule(m1, b, WindowRule::Designated)
+    }
+
+    /// As [`new`](Self::new), with the window termination rule `rule`.
+    pub fn with_rule(m1: &'a ExactM1, b: u32, rule: WindowRule) -> Result<Self> {
         WindowEncoder::new(b)?;
         Ok(EqualInfo {
             m1,
             b,
+            rule,
             quantizer: CdfQuantizer::default(),
         })
+    }
+
+    pub fn rule(&self) -> WindowRule {
+        self.rule
     }
 
     pub fn window_bits(&self) -> u32 {
@@ -44,7 +61,7 @@ impl<'a> EqualInfo<'a> {
         let mut pos = 0;
         while pos < data.len() {
             let start = pos;
-            let mut enc = WindowEncoder::new(self.b)?;
+            let mut enc = WindowEncoder::with_rule(self.b, self.rule)?;
             let mut probs = self.m1.start(&mut state);
             while pos < data.len() && enc.push(&self.cdf(&probs)?, data[pos]) {
                 pos += 1;
@@ -58,7 +75,10 @@ impl<'a> EqualInfo<'a> {
                 data[start],
                 self.b
             );
-            out.backoffs += enc.backoffs() as u64;
+            // Delay: bytes accepted after the window's last code change start the next window.
+            let deferred = pos - start - enc.window_len();
+            pos -= deferred;
+            out.backoffs += enc.backoffs() as u64 + deferred as u64;
             out.codes.push(enc.finish()?);
             out.lengths.push((pos - start) as u32);
         }
@@ -68,7 +88,7 @@ impl<'a> EqualInfo<'a> {
     /// The bytes of one window. Any `b`-bit code decodes to some byte string (possibly empty for
     /// a code no encoder writes); refuses only a code wider than `b` bits.
     pub fn decode_window(&self, code: u128) -> Result<Vec<u8>> {
-        let mut dec = WindowDecoder::new(self.b, code)?;
+        let mut dec = WindowDecoder::with_rule(self.b, code, self.rule)?;
         let mut state = WindowState::default();
         let mut probs = self.m1.start(&mut state);
         while let Some(byte) = dec.step(&self.cdf(&probs)?) {
@@ -110,8 +130,11 @@ mod tests {
         let mut r = Rng::new(4);
         let random: Vec<u8> = (0..300).map(|_| r.below(256) as u8).collect();
         let inputs: [&[u8]; 5] = [text, &random, &[7u8; 400], b"x", b""];
-        for b in [16, 24, 32, 64, 128] {
-            let ei = EqualInfo::new(&m1, b).unwrap();
+        for (b, rule) in [16, 24, 32, 64, 128]
+            .into_iter()
+            .flat_map(|b| [(b, WindowRule::Designated), (b, WindowRule::Delay)])
+        {
+            let ei = EqualInfo::with_rule(&m1, b, rule).unwrap();
             for data in inputs {
                 let w = ei.encode(data).unwrap();
                 assert_eq!(
@@ -125,7 +148,7 @@ mod tests {
                     assert_eq!(
                         ei.decode_window(c).unwrap(),
                         &data[start..start + w.lengths[i] as usize],
-                        "b={b} window {i}"
+                        "b={b} {rule:?} window {i}"
                     );
                 }
                 assert_eq!(ei.decode(&w.codes).unwrap(), data, "b={b}");

@@ -1,12 +1,17 @@
 //! Token datasets for M2: a corpus cut into chunks, each chunk coded by one method into 8- or
 //! 16-bit tokens, written as a [`dataset`] (raw tokens plus `metadata.json`).
 //!
-//! Methods, one module each (the paper's §5 baselines that need no M1):
+//! Methods, one module each (the paper's §5 methods):
 //!
 //! - [`bytes`]: token = byte (or a big-endian byte pair);
 //! - [`gzip`]: each chunk's zlib stream (default level, header and trailer kept);
 //! - [`static_ac`]: each chunk arithmetic-coded with a fixed byte-unigram CDF from corpus counts;
-//! - [`equal_info`]: EqualInfoAC, windows of exactly `b` bits under M1's exact path (needs M1).
+//! - [`ac`]: the plain AC baseline, each chunk one arithmetic code under M1, context never reset
+//!   (needs M1);
+//! - [`subword`]: a 32k byte-level BPE (the paper's SentencePiece baseline), trained on the corpus,
+//!   16-bit tokens only;
+//! - [`equal_info`]: EqualInfoAC, windows of exactly `b` bits under M1's exact path (needs M1), with
+//!   the designated-code termination rule or the paper's "Delay" rule.
 //!
 //! Chunks are [`DEFAULT_CHUNK_BYTES`] (10,240, the paper's) of the corpus's canonical byte stream;
 //! the last may be shorter. Every chunk is one example in the dataset's examples table, which also
@@ -16,19 +21,21 @@
 //! bytes`, the compressed bits (including per-chunk headers, termination and token padding) per
 //! original byte.
 
+pub mod ac;
 pub mod bytes;
 pub mod dataset;
 pub mod equal_info;
 pub mod gzip;
 pub mod repack;
 pub mod static_ac;
+pub mod subword;
 
 pub use dataset::{
     DatasetError, Metadata, TokenDataset, TokenDatasetWriter, FORMAT, METADATA_FILE, TOKENS_FILE,
     VERSION,
 };
 
-use crate::coder::{codes_to_tokens, tokens_to_codes};
+use crate::coder::{codes_to_tokens, tokens_to_codes, WindowRule};
 use crate::data::open_stream;
 use crate::m1::ExactM1;
 use anyhow::{bail, ensure, Context, Result};
@@ -40,14 +47,18 @@ use static_ac::StaticAc;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
+use subword::Subword;
 
 /// The paper's example length for compression-based methods.
 pub const DEFAULT_CHUNK_BYTES: usize = 10_240;
 
+/// Largest chunk (example) accepted, in bytes, when tokenizing and when decoding.
+pub const MAX_CHUNK_BYTES: usize = 1 << 30;
+
 /// Bytes of text read and coded per parallel batch (about).
 const BATCH_BYTES: usize = 16 << 20;
 
-/// A tokenization method that needs no M1.
+/// A tokenization method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
@@ -57,7 +68,12 @@ pub enum Method {
     Gzip,
     /// Arithmetic coding with a static byte-unigram model.
     StaticAc,
-    /// Equal-Info windows of `--window-bits` under M1 (needs `--m1`).
+    /// Arithmetic coding of each whole chunk under M1, context never reset (needs `--m1`).
+    Ac,
+    /// A 32k byte-level BPE trained on the corpus (or `--subword-train`); 16-bit tokens.
+    Subword,
+    /// Equal-Info windows of `--window-bits` under M1 (needs `--m1`; `--delay` for the paper's
+    /// Delay rule).
     EqualInfo,
 }
 
@@ -68,8 +84,15 @@ impl Method {
             Method::Bytes => "bytes",
             Method::Gzip => "gzip",
             Method::StaticAc => "static-ac",
+            Method::Ac => "ac",
+            Method::Subword => "subword",
             Method::EqualInfo => "equal-info",
         }
+    }
+
+    /// Whether the method codes with M1 (and so needs an [`M1Spec`]).
+    pub fn needs_m1(self) -> bool {
+        matches!(self, Method::Ac | Method::EqualInfo)
     }
 
     /// From a stored name.
@@ -78,6 +101,8 @@ impl Method {
             Method::Bytes,
             Method::Gzip,
             Method::StaticAc,
+            Method::Ac,
+            Method::Subword,
             Method::EqualInfo,
         ]
         .into_iter()
@@ -85,22 +110,57 @@ impl Method {
     }
 }
 
-/// M1 and the window width for [`Method::EqualInfo`].
+/// What the M1-based methods ([`Method::Ac`], [`Method::EqualInfo`]) code with: M1, and for
+/// equal-info the window width and termination rule (ignored by `ac`).
 #[derive(Clone)]
-pub struct EqualInfoSpec {
+pub struct M1Spec {
     pub m1: Arc<ExactM1>,
     pub window_bits: u32,
+    pub rule: WindowRule,
 }
 
-impl std::fmt::Debug for EqualInfoSpec {
+impl M1Spec {
+    /// `m1` with `window_bits`-bit windows under the default (designated-code) rule.
+    pub fn new(m1: Arc<ExactM1>, window_bits: u32) -> Self {
+        M1Spec {
+            m1,
+            window_bits,
+            rule: WindowRule::Designated,
+        }
+    }
+
+    /// The same, with the paper's Delay rule when `delay`.
+    pub fn with_delay(mut self, delay: bool) -> Self {
+        self.rule = if delay {
+            WindowRule::Delay
+        } else {
+            WindowRule::Designated
+        };
+        self
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("{:016x}", self.m1.fingerprint())
+    }
+}
+
+impl std::fmt::Debug for M1Spec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "EqualInfo(b={}, m1 {:016x})",
+            "M1(b={}, rule {}, m1 {:016x})",
             self.window_bits,
+            self.rule.name(),
             self.m1.fingerprint()
         )
     }
+}
+
+/// What coding one chunk produced besides its tokens (equal-info only).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChunkStats {
+    pub windows: u64,
+    pub backoffs: u64,
 }
 
 /// A method ready to code chunks.
@@ -109,14 +169,18 @@ pub enum Coder {
     Bytes,
     Gzip,
     StaticAc(Box<StaticAc>),
-    EqualInfo(EqualInfoSpec),
+    /// M1 coding the whole chunk (the spec's window width and rule are unused).
+    Ac(M1Spec),
+    Subword(Arc<Subword>),
+    EqualInfo(M1Spec),
 }
 
 impl Coder {
     /// The coder a dataset's metadata describes (for decoding). Methods that ran M1 need the
     /// same M1 (checked by fingerprint) in `m1`.
     pub fn from_metadata_with_m1(meta: &Metadata, m1: Option<Arc<ExactM1>>) -> Result<Coder> {
-        if Method::from_name(&meta.method) != Some(Method::EqualInfo) {
+        let method = Method::from_name(&meta.method);
+        if !method.is_some_and(Method::needs_m1) {
             return Self::from_metadata(meta);
         }
         let m1 = m1.context("this dataset was coded with M1: pass the same M1 to decode it")?;
@@ -126,13 +190,27 @@ impl Coder {
             want == have,
             "wrong M1: the dataset was coded with M1 {want}, this M1 is {have}"
         );
+        if method == Some(Method::Ac) {
+            return Ok(Coder::Ac(M1Spec::new(m1, 16)));
+        }
         let window_bits =
             meta.params
                 .get("window_bits")
                 .and_then(|v| v.as_u64())
                 .context("equal-info metadata has no params.window_bits")? as u32;
-        EqualInfo::new(&m1, window_bits)?;
-        Ok(Coder::EqualInfo(EqualInfoSpec { m1, window_bits }))
+        let rule = match meta.params.get("window_rule") {
+            None => WindowRule::Designated, // datasets written before the Delay rule existed
+            Some(v) => v
+                .as_str()
+                .and_then(WindowRule::from_name)
+                .with_context(|| format!("equal-info params.window_rule {v} is not known"))?,
+        };
+        EqualInfo::with_rule(&m1, window_bits, rule)?;
+        Ok(Coder::EqualInfo(M1Spec {
+            m1,
+            window_bits,
+            rule,
+        }))
     }
 
     /// The coder a dataset's metadata describes (for decoding), for methods without M1.
@@ -150,22 +228,45 @@ impl Coder {
                 .context("static-ac params.freqs is not a list of integers")?;
                 Coder::StaticAc(Box::new(StaticAc::from_freqs(&freqs)?))
             }
-            Some(Method::EqualInfo) => bail!("{} datasets decode only with their M1", meta.method),
+            Some(Method::Subword) => Coder::Subword(Arc::new(Subword::from_json(
+                meta.params
+                    .get("tokenizer")
+                    .context("subword metadata has no params.tokenizer")?,
+            )?)),
+            Some(Method::EqualInfo | Method::Ac) => {
+                bail!("{} datasets decode only with their M1", meta.method)
+            }
             None => bail!("method {:?} has no decoder in this build", meta.method),
         })
     }
 
     /// One chunk's tokens.
     pub fn encode(&self, chunk: &[u8], token_bits: u32) -> Result<Vec<u16>> {
-        match self {
-            Coder::Bytes => bytes::encode(chunk, token_bits),
-            Coder::Gzip => gzip::encode(chunk, token_bits),
-            Coder::StaticAc(m) => m.encode(chunk, token_bits),
+        Ok(self.encode_with_stats(chunk, token_bits)?.0)
+    }
+
+    /// One chunk's tokens, with its window count and back-offs (zero but for equal-info).
+    pub fn encode_with_stats(
+        &self,
+        chunk: &[u8],
+        token_bits: u32,
+    ) -> Result<(Vec<u16>, ChunkStats)> {
+        let plain = |t: Vec<u16>| (t, ChunkStats::default());
+        Ok(match self {
+            Coder::Bytes => plain(bytes::encode(chunk, token_bits)?),
+            Coder::Gzip => plain(gzip::encode(chunk, token_bits)?),
+            Coder::StaticAc(m) => plain(m.encode(chunk, token_bits)?),
+            Coder::Ac(e) => plain(ac::encode(&e.m1, chunk, token_bits)?),
+            Coder::Subword(sw) => plain(sw.encode(chunk, token_bits)?),
             Coder::EqualInfo(e) => {
-                let w = EqualInfo::new(&e.m1, e.window_bits)?.encode(chunk)?;
-                Ok(codes_to_tokens(&w.codes, e.window_bits, token_bits)?)
+                let w = EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?.encode(chunk)?;
+                let stats = ChunkStats {
+                    windows: w.codes.len() as u64,
+                    backoffs: w.backoffs,
+                };
+                (codes_to_tokens(&w.codes, e.window_bits, token_bits)?, stats)
             }
-        }
+        })
     }
 
     /// One chunk's bytes from its tokens; the result is checked to be `byte_len` long.
@@ -174,9 +275,11 @@ impl Coder {
             Coder::Bytes => bytes::decode(tokens, token_bits, byte_len)?,
             Coder::Gzip => gzip::decode_capped(tokens, token_bits, byte_len)?,
             Coder::StaticAc(m) => m.decode(tokens, token_bits, byte_len)?,
+            Coder::Ac(e) => ac::decode(&e.m1, tokens, token_bits, byte_len)?,
+            Coder::Subword(sw) => sw.decode(tokens, token_bits)?,
             Coder::EqualInfo(e) => {
                 let codes = tokens_to_codes(tokens, e.window_bits, token_bits)?;
-                EqualInfo::new(&e.m1, e.window_bits)?.decode(&codes)?
+                EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?.decode(&codes)?
             }
         };
         ensure!(
@@ -209,6 +312,16 @@ pub struct TokenizeReport {
     /// static-ac only: the corpus's byte-unigram entropy, bits per byte.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unigram_entropy: Option<f64>,
+    /// equal-info only: windows coded (each `window_bits` bits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<u64>,
+    /// equal-info only: `bytes / windows`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_window: Option<f64>,
+    /// equal-info only: encoder back-offs (bytes refused although they fit, or deferred by the
+    /// Delay rule), each starting the next window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backoffs: Option<u64>,
     /// Wall-clock seconds, counting pass included.
     pub seconds: f64,
     /// `bytes / seconds`.
@@ -218,22 +331,56 @@ pub struct TokenizeReport {
 /// Tokenizes the corpus at `corpus` (any format [`open_stream`] reads) into a dataset at `out`,
 /// streaming: memory stays at a few batches of chunks whatever the corpus size. `static-ac` reads
 /// the corpus twice (counts, then coding). Chunks are coded in parallel (rayon), written in order.
-/// `equal_info` is required by (and only used by) [`Method::EqualInfo`].
+/// `m1` is required by (and only used by) the methods that code with M1 ([`Method::needs_m1`]);
+/// its window width and rule matter only to [`Method::EqualInfo`].
 pub fn tokenize_corpus(
     method: Method,
     corpus: &Path,
     out: &Path,
     token_bits: u32,
     chunk_bytes: usize,
-    equal_info: Option<&EqualInfoSpec>,
+    m1: Option<&M1Spec>,
     progress: bool,
 ) -> Result<TokenizeReport> {
+    tokenize_corpus_with(
+        method,
+        corpus,
+        out,
+        token_bits,
+        chunk_bytes,
+        m1,
+        None,
+        progress,
+    )
+}
+
+/// As [`tokenize_corpus`]; [`Method::Subword`] trains on `subword_train` (any corpus format; its
+/// first [`subword::TRAIN_MAX_BYTES`]) instead of the corpus's first bytes when given.
+#[allow(clippy::too_many_arguments)]
+pub fn tokenize_corpus_with(
+    method: Method,
+    corpus: &Path,
+    out: &Path,
+    token_bits: u32,
+    chunk_bytes: usize,
+    m1: Option<&M1Spec>,
+    subword_train: Option<&Path>,
+    progress: bool,
+) -> Result<TokenizeReport> {
+    ensure!(
+        subword_train.is_none() || method == Method::Subword,
+        "a subword training file is used only by the subword method"
+    );
+    ensure!(
+        method != Method::Subword || token_bits == 16,
+        "subword tokens are 16-bit ids (a 32k vocabulary): --token-bits {token_bits} refused, use 16"
+    );
     ensure!(
         token_bits == 8 || token_bits == 16,
         "token bits {token_bits} unsupported: need 8 or 16"
     );
     ensure!(
-        (1..=1 << 30).contains(&chunk_bytes),
+        (1..=MAX_CHUNK_BYTES).contains(&chunk_bytes),
         "chunk bytes {chunk_bytes} out of range 1..=2^30"
     );
     let start = Instant::now();
@@ -252,27 +399,59 @@ pub fn tokenize_corpus(
     let mut buf = vec![0u8; BATCH_BYTES.div_ceil(chunk_bytes).max(1) * chunk_bytes];
 
     ensure!(
-        equal_info.is_some() == (method == Method::EqualInfo),
-        "M1 is needed by equal-info and by no other method"
+        m1.is_some() == method.needs_m1(),
+        "M1 is needed by ac and equal-info, and by no other method ({} given {})",
+        method.name(),
+        if m1.is_some() { "an M1" } else { "no M1" }
     );
-    let mut m1_fingerprint = None;
+    let m1_fingerprint = m1.map(M1Spec::fingerprint);
     let (coder, params, entropy) = match method {
         Method::Bytes => (Coder::Bytes, json!({ "chunk_bytes": chunk_bytes }), None),
+        Method::Ac => {
+            let e = m1.expect("checked above");
+            let params = json!({
+                "chunk_bytes": chunk_bytes, "m1_context": "whole chunk, never reset",
+                "m1_contract": crate::m1::CONTRACT_VERSION, "cdf_total_bits": 16, "cdf_f_min": 1,
+                "m1_config": e.m1.config(),
+            });
+            (Coder::Ac(e.clone()), params, None)
+        }
         Method::EqualInfo => {
-            let e = equal_info.expect("checked above").clone();
-            EqualInfo::new(&e.m1, e.window_bits)?;
+            let e = m1.expect("checked above").clone();
+            EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?;
             ensure!(
                 e.window_bits % token_bits == 0,
                 "window bits {} must be a multiple of the token bits {token_bits}",
                 e.window_bits
             );
-            m1_fingerprint = Some(format!("{:016x}", e.m1.fingerprint()));
             let params = json!({
                 "chunk_bytes": chunk_bytes, "window_bits": e.window_bits,
+                "window_rule": e.rule.name(),
                 "m1_contract": crate::m1::CONTRACT_VERSION, "cdf_total_bits": 16, "cdf_f_min": 1,
                 "m1_config": e.m1.config(),
             });
             (Coder::EqualInfo(e), params, None)
+        }
+        Method::Subword => {
+            bar.set_message("training subword");
+            let src = subword_train.unwrap_or(corpus);
+            let mut text = vec![0u8; subword::TRAIN_MAX_BYTES];
+            let n = open_stream(src)?.read_full(&mut text)?;
+            text.truncate(n);
+            let sw = Subword::train(&text, subword::VOCAB_SIZE).with_context(|| {
+                format!("cannot train the subword tokenizer on {}", src.display())
+            })?;
+            let params = json!({
+                "chunk_bytes": chunk_bytes,
+                "algorithm": "byte-level BPE (tokenizers crate)",
+                "pretokenizer": subword::PRETOKENIZER,
+                "max_word_bytes": subword::MAX_WORD_BYTES,
+                "vocab_size": sw.vocab_size(),
+                "train_source": src.display().to_string(),
+                "train_bytes": n,
+                "tokenizer": sw.to_json()?,
+            });
+            (Coder::Subword(Arc::new(sw)), params, None)
         }
         Method::Gzip => (
             Coder::Gzip,
@@ -310,14 +489,18 @@ pub fn tokenize_corpus(
 
     let mut stream = open_stream(corpus)?;
     let mut w = TokenDatasetWriter::create(out, token_bits)?;
+    let mut stats = ChunkStats::default();
     loop {
         let n = stream.read_full(&mut buf)?;
-        let coded: Vec<Result<Vec<u16>>> = buf[..n]
+        let coded: Vec<Result<(Vec<u16>, ChunkStats)>> = buf[..n]
             .par_chunks(chunk_bytes)
-            .map(|c| coder.encode(c, token_bits))
+            .map(|c| coder.encode_with_stats(c, token_bits))
             .collect();
-        for (chunk, tokens) in buf[..n].chunks(chunk_bytes).zip(coded) {
-            w.push_example(&tokens?, chunk.len() as u64)?;
+        for (chunk, coded) in buf[..n].chunks(chunk_bytes).zip(coded) {
+            let (tokens, s) = coded?;
+            stats.windows += s.windows;
+            stats.backoffs += s.backoffs;
+            w.push_example(&tokens, chunk.len() as u64)?;
         }
         bar.inc(n as u64);
         if n < buf.len() {
@@ -325,13 +508,17 @@ pub fn tokenize_corpus(
         }
     }
     let (bytes, tokens, chunks) = (w.bytes(), w.tokens(), w.examples() as u64);
-    let vocab = 1u32 << token_bits;
+    let vocab = match &coder {
+        Coder::Subword(sw) => sw.vocab_size() as u32, // M2's vocabulary: the trained one
+        _ => 1u32 << token_bits,
+    };
     let source = corpus.display().to_string();
     w.finish(method.name(), params, vocab, m1_fingerprint, &source)
         .with_context(|| format!("cannot write token dataset {}", out.display()))?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let is_ei = method == Method::EqualInfo;
     Ok(TokenizeReport {
         method,
         source,
@@ -345,19 +532,37 @@ pub fn tokenize_corpus(
         bytes_per_token: ratio(bytes as f64, tokens as f64),
         bits_per_byte: ratio((tokens * token_bits as u64) as f64, bytes as f64),
         unigram_entropy: entropy,
+        windows: is_ei.then_some(stats.windows),
+        bytes_per_window: is_ei.then(|| ratio(bytes as f64, stats.windows as f64)),
+        backoffs: is_ei.then_some(stats.backoffs),
         seconds,
         bytes_per_second: ratio(bytes as f64, seconds),
     })
 }
 
-/// The source bytes of example `i` of an opened dataset, decoded with `coder`.
+/// The source bytes of example `i` of an opened dataset, decoded with `coder`. Refuses an example
+/// longer than the dataset's `params.chunk_bytes` or [`MAX_CHUNK_BYTES`] (corrupt metadata) before
+/// decoding it.
 pub fn decode_example(ds: &TokenDataset, coder: &Coder, i: usize) -> Result<Vec<u8>> {
     let (toks, bytes) = ds
         .example(i)
         .with_context(|| format!("example {i} out of range"))?;
+    let len = bytes.end - bytes.start;
+    let max = ds
+        .metadata()
+        .params
+        .get("chunk_bytes")
+        .and_then(|v| v.as_u64());
+    let max = max.map_or(MAX_CHUNK_BYTES as u64, |m| m.min(MAX_CHUNK_BYTES as u64));
+    ensure!(
+        len <= max,
+        "{}: corrupt metadata: example {i} covers {len} bytes, more than the {max}-byte chunks",
+        ds.dir().display()
+    );
+    let len = usize::try_from(len).context("example length beyond this machine's memory")?;
     let tokens = ds.tokens_u16(toks);
     coder
-        .decode(&tokens, ds.token_bits(), (bytes.end - bytes.start) as usize)
+        .decode(&tokens, ds.token_bits(), len)
         .with_context(|| format!("{}: cannot decode example {i}", ds.dir().display()))
 }
 
@@ -376,7 +581,7 @@ pub fn decode_dataset_with_m1(dir: &Path, m1: Option<Arc<ExactM1>>) -> Result<Ve
         .into_par_iter()
         .map(|i| decode_example(&ds, &coder, i))
         .collect::<Result<_>>()?;
-    let mut out = Vec::with_capacity(ds.metadata().bytes_covered as usize);
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
     for p in parts {
         out.extend_from_slice(&p);
     }

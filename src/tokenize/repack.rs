@@ -16,7 +16,8 @@ use std::path::Path;
 /// True for the methods whose tokens are a chunk's bits (all but subword).
 pub fn repackable(method: Method) -> bool {
     match method {
-        Method::Bytes | Method::Gzip | Method::StaticAc | Method::EqualInfo => true,
+        Method::Bytes | Method::Gzip | Method::StaticAc | Method::Ac | Method::EqualInfo => true,
+        Method::Subword => false,
     }
 }
 
