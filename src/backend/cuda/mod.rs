@@ -12,9 +12,13 @@
 
 use std::sync::OnceLock;
 
+mod backend;
+pub mod bench;
+pub mod gemm;
 pub mod launch;
 mod loader;
 
+pub use backend::{CudaBackend, CudaTrainer};
 pub use loader::{
     gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels, KernelSource, TRAINING_ENTRIES,
 };

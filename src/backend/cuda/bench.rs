@@ -1,0 +1,1 @@
+//! `terse bench kernels` (filled in below).
