@@ -74,6 +74,11 @@ pub struct GemmShape {
     pub cd: Dtype,
     /// Whether `beta != 0` (C is read); part of the key because the heuristic may differ.
     pub accumulate: bool,
+    /// The largest power of two (at most 256) dividing every operand's address: the heuristic
+    /// is told this alignment, so the chosen algorithm is valid for these pointers (weights
+    /// inside the arena after a norm gain may be only `2 d`-byte aligned). Filled by
+    /// [`Gemm::raw`]; 0 in a shape built by a caller.
+    pub align: u32,
 }
 
 impl GemmShape {
@@ -197,7 +202,8 @@ impl Gemm {
             .map_err(lt_err("layout C/D"))?;
         let pref = lt::create_matmul_pref().map_err(lt_err("preference"))?;
         let ws = WORKSPACE_BYTES as u64;
-        // SAFETY: all objects are live; ws is a u64 as the attribute requires.
+        let align = s.align;
+        // SAFETY: all objects are live; ws is a u64 and align a u32 as the attributes require.
         let heur = unsafe {
             lt::set_matmul_pref_attribute(
                 pref,
@@ -206,6 +212,16 @@ impl Gemm {
                 8,
             )
             .map_err(lt_err("workspace preference"))?;
+            use sys::cublasLtMatmulPreferenceAttributes_t as P;
+            for attr in [
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+            ] {
+                lt::set_matmul_pref_attribute(pref, attr, &align as *const u32 as *const c_void, 4)
+                    .map_err(lt_err("alignment preference"))?;
+            }
             let h = lt::get_matmul_algo_heuristic(self.handle, desc, a, b, cd, cd, pref);
             lt::destroy_matmul_pref(pref).map_err(lt_err("destroy preference"))?;
             h.map_err(|e| anyhow!("cuBLASLt has no algorithm for {s:?}: {e:?}"))?
@@ -240,6 +256,16 @@ impl Gemm {
             "GEMM plan key says accumulate = {} but beta = {beta}",
             s.accumulate
         );
+        let align = [a, b, c, d]
+            .iter()
+            .map(|&p| 1u64 << p.trailing_zeros().min(8))
+            .min()
+            .unwrap_or(256) as u32;
+        ensure!(
+            align >= s.ab.bytes() as u32,
+            "GEMM operand not aligned to its element size"
+        );
+        let s = GemmShape { align, ..s };
         let (handle, stream, ws) = (self.handle, self.stream.cu_stream(), self.workspace_ptr);
         let p = self.plan(s)?;
         lt::matmul(
@@ -291,6 +317,7 @@ impl Gemm {
             ab: Dtype::of::<T>(),
             cd: Dtype::of::<T>(),
             accumulate: residual.is_some(),
+            align: 0,
         };
         let st = self.stream.clone();
         let (py, _g0) = y.device_ptr_mut(&st);
@@ -334,6 +361,7 @@ impl Gemm {
             ab: Dtype::of::<T>(),
             cd: Dtype::of::<T>(),
             accumulate,
+            align: 0,
         };
         let st = self.stream.clone();
         let (pdx, _g0) = dx.device_ptr_mut(&st);
@@ -371,6 +399,7 @@ impl Gemm {
             ab: Dtype::of::<T>(),
             cd: Dtype::F32,
             accumulate,
+            align: 0,
         };
         let st = self.stream.clone();
         let (pdw, _g0) = dw.device_ptr_mut(&st);
