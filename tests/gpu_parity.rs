@@ -1113,13 +1113,21 @@ fn graph_replay_matches_eager() {
     );
 }
 
+/// The bundled sample: `$TERSE_SAMPLE_BOOKS` (set by gpu-check.sh to its copy in gpu-run/),
+/// else the repository's `data/sample-books.txt` (at build time or under the working directory).
 fn sample_bytes() -> Vec<u8> {
-    std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/data/sample-books.txt"
-    ))
-    .or_else(|_| std::fs::read("data/sample-books.txt"))
-    .expect("data/sample-books.txt (run from the repository or gpu-run/ root)")
+    let mut tried = Vec::new();
+    let env = std::env::var("TERSE_SAMPLE_BOOKS").ok();
+    for p in env.iter().map(String::as_str).chain([
+        concat!(env!("CARGO_MANIFEST_DIR"), "/data/sample-books.txt"),
+        "data/sample-books.txt",
+    ]) {
+        match std::fs::read(p) {
+            Ok(b) => return b,
+            Err(e) => tried.push(format!("{p}: {e}")),
+        }
+    }
+    panic!("bundled sample not found ({})", tried.join("; "))
 }
 
 fn text_batch(bytes: &[u8], r: &mut Rng, batch: usize, seq: usize) -> Batch {

@@ -112,16 +112,29 @@ impl Timer {
     }
 }
 
+/// A device buffer of `n` values: one block of up to 2^20 seeded normals (times `scale`) tiled
+/// over the buffer (the figures do not depend on the values; generating gigabytes on the host
+/// would take longer than the benchmark).
 fn rand_dev<T: GpuFloat>(
     k: &GpuKernels,
     r: &mut Rng,
     n: usize,
     scale: f32,
 ) -> Result<CudaSlice<T>> {
-    let host: Vec<T> = (0..n.max(1))
+    let n = n.max(1);
+    let block = n.min(1 << 20);
+    let host: Vec<T> = (0..block)
         .map(|_| T::from_f32(r.normal() as f32 * scale))
         .collect();
-    Ok(k.stream().clone_htod(&host)?)
+    let s = k.stream();
+    let mut d = s.alloc_zeros::<T>(n)?;
+    let mut off = 0;
+    while off < n {
+        let len = block.min(n - off);
+        s.memcpy_htod(&host[..len], &mut d.slice_mut(off..off + len))?;
+        off += len;
+    }
+    Ok(d)
 }
 
 /// Times every kernel of a bf16 training step at `cfg`'s shapes for a `batch x seq` step.
