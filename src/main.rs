@@ -535,7 +535,8 @@ fn cmd_info(json: bool) -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
         "backends": {
             "cpu": {"threads": rayon::current_num_threads()},
-            "cuda": {"training": false, "kernels_embedded": kernels, "nvcc": backend::cuda::nvcc_version()},
+            "cuda": {"training": !kernels.is_empty(), "usable_here": backend::cuda::cuda_available(),
+                     "validated_on_gpu": false, "kernels_embedded": kernels, "nvcc": backend::cuda::nvcc_version()},
         },
         "cuda_driver_found": probe.driver_found,
         "gpus": probe.gpus,
@@ -560,7 +561,18 @@ fn cmd_info(json: bool) -> Result<()> {
             backend::cuda::nvcc_version()
         );
     }
-    println!("cuda training backend: not in this build yet");
+    if kernels.is_empty() {
+        println!("cuda training backend: not in this build (no kernels embedded)");
+    } else {
+        println!(
+            "cuda training backend: built ({}; not yet validated on a GPU)",
+            if backend::cuda::cuda_available() {
+                "usable here"
+            } else {
+                "no usable GPU here"
+            }
+        );
+    }
     if probe.gpus.is_empty() {
         println!("gpus: none ({})", probe.note);
     }

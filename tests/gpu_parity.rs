@@ -756,6 +756,79 @@ fn adamw_matches_cpu() {
     compare("adamw params (no bf16 copy)", &down(&k, &dp), &p, TOL_F32);
 }
 
+/// The graph-replayable AdamW (scalars read from device memory) against the CPU update, writing
+/// the working copy in f32 and in bf16.
+#[test]
+fn adamw_dev_matches_cpu() {
+    let Some(k) = gpu("adamw_dev") else { return };
+    let mut r = Rng::new(61);
+    let n = 100_003;
+    let p0 = randn(&mut r, n, 0.05);
+    let g = randn(&mut r, n, 0.01);
+    let m0 = randn(&mut r, n, 0.001);
+    let v0: Vec<f32> = randn(&mut r, n, 1e-3).iter().map(|x| x * x).collect();
+    let h = cpu::adamw::AdamWStep {
+        lr: 3e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        grad_scale: 0.7,
+        bias_corr1: 1.0 - 0.9f32.powi(5),
+        bias_corr2: 1.0 - 0.95f32.powi(5),
+    };
+    let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+    cpu::adamw::adamw(&mut p, &g, &mut m, &mut v, &h);
+    let hyper = up_raw(&k, &[h.lr, h.bias_corr1, h.bias_corr2]);
+    let norm = up_raw(&k, &[123.0f32, h.grad_scale]);
+    let dg = up_raw(&k, &g);
+    fn case<T: GpuFloat>(
+        k: &GpuKernels,
+        init: (&[f32], &[f32], &[f32]),
+        dg: &CudaSlice<f32>,
+        hyper: &CudaSlice<f32>,
+        norm: &CudaSlice<f32>,
+        h: &cpu::adamw::AdamWStep,
+        want: (&[f32], &[f32], &[f32]),
+    ) {
+        let n = init.0.len();
+        let mut dp = up_raw(k, init.0);
+        let mut work = poison::<T>(k, n);
+        let (mut dm, mut dv) = (up_raw(k, init.1), up_raw(k, init.2));
+        launch::adamw_dev(
+            k,
+            &mut dp,
+            &mut work,
+            dg,
+            &mut dm,
+            &mut dv,
+            hyper,
+            norm,
+            n,
+            h.beta1,
+            h.beta2,
+            h.eps,
+            h.weight_decay,
+        )
+        .unwrap();
+        let got = down(k, &dp);
+        compare(
+            &format!("adamw_dev params ({})", T::SUFFIX),
+            &got,
+            want.0,
+            TOL_F32,
+        );
+        compare("adamw_dev m", &down(k, &dm), want.1, TOL_F32);
+        compare("adamw_dev v", &down(k, &dv), want.2, TOL_F32);
+        let w = down(k, &work);
+        for i in 0..n {
+            assert_eq!(w[i], T::from_f32(got[i]).to_f32(), "working copy [{i}]");
+        }
+    }
+    case::<f32>(&k, (&p0, &m0, &v0), &dg, &hyper, &norm, &h, (&p, &m, &v));
+    case::<Bf16>(&k, (&p0, &m0, &v0), &dg, &hyper, &norm, &h, (&p, &m, &v));
+}
+
 // ---------------------------------------------------------------------------------------------
 // determinism and the PTX path
 

@@ -308,17 +308,7 @@ impl Gemm {
         if n == 0 || d_out == 0 {
             return Ok(());
         }
-        let s = GemmShape {
-            m: d_out as u64,
-            n: n as u64,
-            k: d_in as u64,
-            trans_a: true,
-            trans_b: false,
-            ab: Dtype::of::<T>(),
-            cd: Dtype::of::<T>(),
-            accumulate: residual.is_some(),
-            align: 0,
-        };
+        let s = forward_shape(Dtype::of::<T>(), n, d_in, d_out, residual.is_some());
         let st = self.stream.clone();
         let (py, _g0) = y.device_ptr_mut(&st);
         let (px, _g1) = x.device_ptr(&st);
@@ -352,17 +342,7 @@ impl Gemm {
         if n == 0 || d_in == 0 {
             return Ok(());
         }
-        let s = GemmShape {
-            m: d_in as u64,
-            n: n as u64,
-            k: d_out as u64,
-            trans_a: false,
-            trans_b: false,
-            ab: Dtype::of::<T>(),
-            cd: Dtype::of::<T>(),
-            accumulate,
-            align: 0,
-        };
+        let s = dgrad_shape(Dtype::of::<T>(), n, d_in, d_out, accumulate);
         let st = self.stream.clone();
         let (pdx, _g0) = dx.device_ptr_mut(&st);
         let (pdy, _g1) = dy.device_ptr(&st);
@@ -390,17 +370,7 @@ impl Gemm {
         if d_in == 0 || d_out == 0 {
             return Ok(());
         }
-        let s = GemmShape {
-            m: d_in as u64,
-            n: d_out as u64,
-            k: n as u64,
-            trans_a: false,
-            trans_b: true,
-            ab: Dtype::of::<T>(),
-            cd: Dtype::F32,
-            accumulate,
-            align: 0,
-        };
+        let s = wgrad_shape(Dtype::of::<T>(), n, d_in, d_out, accumulate);
         let st = self.stream.clone();
         let (pdw, _g0) = dw.device_ptr_mut(&st);
         let (pdy, _g1) = dy.device_ptr(&st);
@@ -428,6 +398,51 @@ impl<T, P: DevicePtr<T>> DevicePtrDyn<T> for P {
     }
 }
 
+/// `y[n, out] = x[n, in] W[out, in]^T`: A = W (transposed), B = x, D = y.
+pub fn forward_shape(ab: Dtype, n: usize, d_in: usize, d_out: usize, acc: bool) -> GemmShape {
+    GemmShape {
+        m: d_out as u64,
+        n: n as u64,
+        k: d_in as u64,
+        trans_a: true,
+        trans_b: false,
+        ab,
+        cd: ab,
+        accumulate: acc,
+        align: 0,
+    }
+}
+
+/// `dx[n, in] = dy[n, out] W[out, in]`: A = W, B = dy, D = dx.
+pub fn dgrad_shape(ab: Dtype, n: usize, d_in: usize, d_out: usize, acc: bool) -> GemmShape {
+    GemmShape {
+        m: d_in as u64,
+        n: n as u64,
+        k: d_out as u64,
+        trans_a: false,
+        trans_b: false,
+        ab,
+        cd: ab,
+        accumulate: acc,
+        align: 0,
+    }
+}
+
+/// `dW[out, in] = dy[n, out]^T x[n, in]` (fp32): A = x, B = dy (transposed), D = dW.
+pub fn wgrad_shape(ab: Dtype, n: usize, d_in: usize, d_out: usize, acc: bool) -> GemmShape {
+    GemmShape {
+        m: d_in as u64,
+        n: d_out as u64,
+        k: n as u64,
+        trans_a: false,
+        trans_b: true,
+        ab,
+        cd: Dtype::F32,
+        accumulate: acc,
+        align: 0,
+    }
+}
+
 fn need(len: usize, want: usize, what: &str) -> Result<()> {
     ensure!(
         len >= want,
@@ -449,5 +464,80 @@ impl Drop for Gemm {
             }
             let _ = lt::destroy_handle(self.handle);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::matmul::{matmul_backward, matmul_forward};
+
+    /// cuBLASLt's semantics on the host: column-major A (stored `k x m`, ld `k`, when
+    /// transposed, else `m x k`, ld `m`), B likewise, `D = alpha op(A) op(B) + beta C`, D `m x n`
+    /// with ld `m`. Checks the row-major <-> column-major mapping without a GPU.
+    fn colmajor(s: &GemmShape, a: &[f32], b: &[f32], c: &[f32], beta: f32) -> Vec<f32> {
+        let (m, n, k) = (s.m as usize, s.n as usize, s.k as usize);
+        let op_a = |i: usize, p: usize| {
+            if s.trans_a {
+                a[p + i * k]
+            } else {
+                a[i + p * m]
+            }
+        };
+        let op_b = |p: usize, j: usize| {
+            if s.trans_b {
+                b[j + p * n]
+            } else {
+                b[p + j * k]
+            }
+        };
+        let mut d = vec![0f32; m * n];
+        for j in 0..n {
+            for i in 0..m {
+                let mut acc = 0f64;
+                for p in 0..k {
+                    acc += op_a(i, p) as f64 * op_b(p, j) as f64;
+                }
+                d[i + j * m] = acc as f32 + beta * c[i + j * m];
+            }
+        }
+        d
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "[{i}] {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn layouts_map_row_major_linear_layers() {
+        let (n, d_in, d_out) = (5usize, 3usize, 4usize);
+        let f = |len: usize, s: f32| -> Vec<f32> {
+            (0..len).map(|i| ((i as f32 + 1.0) * s).sin()).collect()
+        };
+        let (x, w, dy, r, dw0) = (
+            f(n * d_in, 0.7),
+            f(d_out * d_in, 1.3),
+            f(n * d_out, 0.4),
+            f(n * d_out, 2.1),
+            f(d_out * d_in, 0.9),
+        );
+        // forward (and with the residual as C, beta = 1)
+        let mut want = vec![0f32; n * d_out];
+        matmul_forward(&mut want, &x, &w, n, d_in, d_out);
+        let s = forward_shape(Dtype::F32, n, d_in, d_out, false);
+        close(&colmajor(&s, &w, &x, &want, 0.0), &want);
+        let with_r: Vec<f32> = want.iter().zip(&r).map(|(a, b)| a + b).collect();
+        close(&colmajor(&s, &w, &x, &r, 1.0), &with_r);
+        // dgrad and wgrad (the CPU twin adds into dw)
+        let (mut dx, mut dw) = (vec![0f32; n * d_in], dw0.clone());
+        matmul_backward(&mut dx, &mut dw, &dy, &x, &w, n, d_in, d_out, false);
+        let s = dgrad_shape(Dtype::F32, n, d_in, d_out, false);
+        close(&colmajor(&s, &w, &dy, &dx, 0.0), &dx);
+        let s = wgrad_shape(Dtype::F32, n, d_in, d_out, true);
+        close(&colmajor(&s, &x, &dy, &dw0, 1.0), &dw);
+        assert_eq!(s.flops(), (2 * n * d_in * d_out) as f64);
     }
 }
