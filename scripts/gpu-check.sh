@@ -42,6 +42,16 @@ SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
+# Fallbacks for libcublasLt.so.13 / libnvrtc.so.13 (cudarc dlopens them by name): the toolkit's
+# lib64 and the pip wheels' nvidia/*/lib folders (PyTorch's), after the toolkit so it wins.
+for d in /usr/local/cuda/lib64 /usr/local/cuda-13.0/lib64 $(python3 -c '
+import glob, os, site
+for sp in site.getsitepackages():
+    for p in sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib"))):
+        print(p)' 2>/dev/null); do
+    [ -d "$d" ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
+done
+export LD_LIBRARY_PATH
 export RUST_BACKTRACE=1
 export PYTHONUNBUFFERED=1
 
@@ -104,6 +114,7 @@ env_report() {
     command -v nvcc && nvcc --version || true
     echo "--- libraries cudarc loads (libcuda, libnvrtc, libcublasLt; .so.13 wanted)"
     ldconfig -p | grep -E 'libcuda\.so|libnvrtc|libcublasLt' || true
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     ls /usr/local/cuda-13.0/targets/x86_64-linux/lib 2>/dev/null | grep -E 'nvrtc|cublasLt' || true
     echo "--- BIN_DIR"
     ls -la "$BIN"
