@@ -78,3 +78,59 @@ extern "C" __global__ void adamw(float* __restrict__ params,
         }
     }
 }
+
+// ----------------------------------------------------------------------------------------------
+// Graph-replayable variant (used by the CUDA training backend, whose whole step is one captured
+// CUDA graph): the per-step scalars come from device memory instead of kernel arguments, so the
+// same captured launch stays valid when they change.
+//     hyper[0] = lr, hyper[1] = bias_corr1, hyper[2] = bias_corr2  (written by a host-to-device
+//                copy before each graph replay)
+//     norm[1]  = grad scale (global_norm_finish's clip scale, computed earlier in the same graph)
+// beta1, beta2, eps and weight_decay are fixed for a run (the graph is re-captured when they
+// change). The working copy `work` (f32 or bf16 bits, never NULL) is what the forward pass reads.
+// Launch: as `adamw` (grid-stride; ceil(n / 512) blocks of 512).
+
+__device__ __forceinline__ void adamw_dev_element(float* params, const float* grads, float* m, float* v,
+                                                  size_t i, float lr, float beta1, float beta2,
+                                                  float eps, float weight_decay, float grad_scale,
+                                                  float bias_corr1, float bias_corr2) {
+    float g = grads[i] * grad_scale;
+    float mi = beta1 * m[i] + (1.0f - beta1) * g;
+    float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    float mhat = mi / bias_corr1;
+    float vhat = vi / bias_corr2;
+    float p = params[i];
+    p -= lr * (mhat / (sqrtf(vhat) + eps) + weight_decay * p);
+    params[i] = p;
+}
+
+extern "C" __global__ void adamw_dev_f32(float* __restrict__ params, float* __restrict__ work,
+                                         const float* __restrict__ grads, float* __restrict__ m,
+                                         float* __restrict__ v, size_t n,
+                                         const float* __restrict__ hyper,
+                                         const float* __restrict__ norm, float beta1, float beta2,
+                                         float eps, float weight_decay) {
+    const float lr = hyper[0], bc1 = hyper[1], bc2 = hyper[2], scale = norm[1];
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        adamw_dev_element(params, grads, m, v, i, lr, beta1, beta2, eps, weight_decay, scale, bc1, bc2);
+        work[i] = params[i];
+    }
+}
+
+extern "C" __global__ void adamw_dev_bf16(float* __restrict__ params,
+                                          unsigned short* __restrict__ work,
+                                          const float* __restrict__ grads, float* __restrict__ m,
+                                          float* __restrict__ v, size_t n,
+                                          const float* __restrict__ hyper,
+                                          const float* __restrict__ norm, float beta1, float beta2,
+                                          float eps, float weight_decay) {
+    const float lr = hyper[0], bc1 = hyper[1], bc2 = hyper[2], scale = norm[1];
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        adamw_dev_element(params, grads, m, v, i, lr, beta1, beta2, eps, weight_decay, scale, bc1, bc2);
+        work[i] = float_to_bf16_rne(params[i]);
+    }
+}

@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
-# GPU check for one device session: runs every GPU parity test and the PyTorch yardstick on the
-# same GPU in the same run, and writes one log per step plus a summary.
+# GPU check for one device session (one ~10-minute device call): every GPU parity test, the
+# kernel and training benchmarks of `terse`, and the PyTorch yardstick at the same shapes, on the
+# same GPU in the same run; one log per step plus a summary.
 #
 # usage: scripts/gpu-check.sh BIN_DIR OUT_DIR
 #
 # BIN_DIR holds what scripts/pack-gpu-run.sh collects: `terse` (release binary), `gpu_parity`
 # (the tests/gpu_parity.rs executable), `terse-lib-tests` (the library's unit tests, of which the
-# `backend::cuda` ones run) and, if present, `torch_baseline.py` (copied from ../shared/anchors).
-# Every step runs under `timeout` and the script goes on after a failure; it exits non-zero if any
-# step failed. At most 8 files land in OUT_DIR (the device tool returns no more than that).
+# `backend::cuda` ones run), `sample-books.txt` (the bundled sample, for the loss-curve and
+# checkpoint parity tests), `torch_train_shapes.py` and `torch_baseline.py` (copied from
+# ../shared/anchors).
+#
+# Steps, in order (each under `timeout`; the script goes on after a failure and exits non-zero if
+# any step failed):
+#   01-env, 02-info, 03-lib-cuda, 04-gpu-parity (each test in its own process),
+#   05-kernels-*  `terse bench kernels` for m1-3m 128x1024, m2-25m and m2-113m (vocab 65536) 64x512,
+#   06-train-*    `terse bench train --device cuda` at the same shapes,
+#   07-torch      torch_train_shapes.py: torch eager, then torch.compile, at the same shapes.
+# A whole-run budget (GPU_CHECK_BUDGET, default 530 s) caps every step's timeout at the time left
+# and skips steps once less than 20 s remain, so the run never exceeds the budget.
 #
 # Environment (all optional):
-#   GPU_CHECK_PARITY_TIMEOUT  seconds for the parity tests (default 300)
-#   GPU_CHECK_TORCH_TIMEOUT   seconds for torch_baseline.py (default 420; 0 skips it)
-#   GPU_CHECK_SANITIZER=1     also run the attention/norm/embed/classifier parity tests under
-#                             compute-sanitizer memcheck (slow; default off)
+#   GPU_CHECK_BUDGET          seconds for the whole script (default 530)
+#   GPU_CHECK_PARITY_TIMEOUT  seconds for the parity tests (default 200)
+#   GPU_CHECK_BENCH_TIMEOUT   seconds for each bench step (default 45)
+#   GPU_CHECK_TORCH_TIMEOUT   seconds for the torch step (default 240; 0 skips it)
+#   GPU_CHECK_TORCH_EAGER_ONLY=1  torch eager only (no torch.compile)
+#   GPU_CHECK_SANITIZER=1     also run the kernel parity tests under compute-sanitizer memcheck
 #   GPU_CHECK_FILTER          test-name filter passed to gpu_parity (default: all tests)
+#   TERSE_PARITY_CPU_STEPS    CPU steps of the 200-step loss-curve test (default 200)
 set -u
 
 if [ $# -ne 2 ]; then
@@ -29,27 +42,50 @@ SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}"
+# Fallbacks for libcublasLt.so.13 / libnvrtc.so.13 (cudarc dlopens them by name): the toolkit's
+# lib64 and the pip wheels' nvidia/*/lib folders (PyTorch's), after the toolkit so it wins.
+for d in /usr/local/cuda/lib64 /usr/local/cuda-13.0/lib64 $(python3 -c '
+import glob, os, site
+for sp in site.getsitepackages():
+    for p in sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib"))):
+        print(p)' 2>/dev/null); do
+    [ -d "$d" ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
+done
+export LD_LIBRARY_PATH
 export RUST_BACKTRACE=1
 export PYTHONUNBUFFERED=1
 
-PARITY_TIMEOUT="${GPU_CHECK_PARITY_TIMEOUT:-300}"
-TORCH_TIMEOUT="${GPU_CHECK_TORCH_TIMEOUT:-420}"
+PARITY_TIMEOUT="${GPU_CHECK_PARITY_TIMEOUT:-200}"
+BENCH_TIMEOUT="${GPU_CHECK_BENCH_TIMEOUT:-45}"
+TORCH_TIMEOUT="${GPU_CHECK_TORCH_TIMEOUT:-240}"
+BUDGET="${GPU_CHECK_BUDGET:-530}"
 FILTER="${GPU_CHECK_FILTER:-}"
 FAILED=0
+START=$(date +%s)
+[ -f "$BIN/sample-books.txt" ] && export TERSE_SAMPLE_BOOKS="$BIN/sample-books.txt"
 
 # step NAME SECONDS CMD...: runs CMD under timeout, output to OUT/NAME.log, one summary line.
+# The limit is cut to what is left of the whole-run budget; with under 20 s left, it is skipped.
 step() {
     local name="$1" limit="$2"
     shift 2
-    local log="$OUT/$name.log" t0 t1 rc
+    local left=$((BUDGET - ($(date +%s) - START) - 10))
+    if [ "$left" -lt 20 ]; then
+        skip "$name" "whole-run budget of ${BUDGET}s spent"
+        FAILED=1
+        return
+    fi
+    [ "$limit" -le "$left" ] || limit="$left"
+    # STEP_LOG groups several steps in one log (at most 8 files come back from the device).
+    local log="$OUT/${STEP_LOG:-$name}.log" t0 t1 rc
     local shown="$*"
     [ "${#shown}" -le 150 ] || shown="${shown:0:150}..."
     echo "== $name (limit ${limit}s): $shown"
     t0=$(date +%s.%N)
     {
-        echo "# $*"
+        echo "# == $name: $*"
         echo "# started $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    } >"$log"
+    } >>"$log"
     timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
     rc=$?
     t1=$(date +%s.%N)
@@ -62,12 +98,12 @@ step() {
         verdict="FAILED"
     fi
     [ "$verdict" = ok ] || FAILED=1
-    printf '%-15s %-8s rc=%-4s %7ss  %s\n' "$name" "$verdict" "$rc" "$secs" "$name.log" | tee -a "$SUMMARY"
+    printf '%-22s %-8s rc=%-4s %7ss  %s\n' "$name" "$verdict" "$rc" "$secs" "$(basename "$log")" | tee -a "$SUMMARY"
     echo "# rc=$rc after ${secs}s" >>"$log"
 }
 
 skip() {
-    printf '%-15s %-8s %s\n' "$1" "skipped" "$2" | tee -a "$SUMMARY"
+    printf '%-22s %-8s %s\n' "$1" "skipped" "$2" | tee -a "$SUMMARY"
 }
 
 env_report() {
@@ -78,6 +114,7 @@ env_report() {
     command -v nvcc && nvcc --version || true
     echo "--- libraries cudarc loads (libcuda, libnvrtc, libcublasLt; .so.13 wanted)"
     ldconfig -p | grep -E 'libcuda\.so|libnvrtc|libcublasLt' || true
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     ls /usr/local/cuda-13.0/targets/x86_64-linux/lib 2>/dev/null | grep -E 'nvrtc|cublasLt' || true
     echo "--- BIN_DIR"
     ls -la "$BIN"
@@ -92,7 +129,7 @@ else
 fi
 
 if [ -x "$BIN/terse-lib-tests" ]; then
-    step 03-lib-cuda 300 "$BIN/terse-lib-tests" backend::cuda --nocapture --test-threads=1
+    step 03-lib-cuda 90 "$BIN/terse-lib-tests" backend::cuda --nocapture --test-threads=1
 else
     skip 03-lib-cuda "no $BIN/terse-lib-tests"
 fi
@@ -123,17 +160,41 @@ fi
 
 if [ "${GPU_CHECK_SANITIZER:-0}" = 1 ] && [ -x "$BIN/gpu_parity" ]; then
     if command -v compute-sanitizer >/dev/null 2>&1; then
-        step 05-sanitizer 400 compute-sanitizer --tool memcheck --error-exitcode 99 \
+        step 04b-sanitizer 200 compute-sanitizer --tool memcheck --error-exitcode 99 \
             "$BIN/gpu_parity" matches_cpu --nocapture --test-threads=1
     else
-        skip 05-sanitizer "compute-sanitizer not on PATH"
+        skip 04b-sanitizer "compute-sanitizer not on PATH"
     fi
 fi
 
-if [ -f "$BIN/torch_baseline.py" ] && [ "$TORCH_TIMEOUT" != 0 ]; then
-    step 06-torch "$TORCH_TIMEOUT" bash -c "cd '$BIN' && python3 torch_baseline.py"
+# The benchmark shapes: the PyTorch yardstick's (torch_baseline.CONFIGS).
+BENCH_SHAPES=(
+    "m1-3m 256 128 1024"
+    "m2-25m 65536 64 512"
+    "m2-113m 65536 64 512"
+)
+if [ -x "$BIN/terse" ]; then
+    for shape in "${BENCH_SHAPES[@]}"; do
+        set -- $shape
+        STEP_LOG=05-kernels step "05-kernels-$1" "$BENCH_TIMEOUT" "$BIN/terse" bench kernels --preset "$1" --vocab "$2" \
+            --batch "$3" --seq "$4" --reps 10
+    done
+    for shape in "${BENCH_SHAPES[@]}"; do
+        set -- $shape
+        STEP_LOG=06-train step "06-train-$1" "$BENCH_TIMEOUT" "$BIN/terse" bench train --device cuda --preset "$1" \
+            --vocab "$2" --batch "$3" --seq "$4" --steps 10 --json
+    done
 else
-    skip 06-torch "no torch_baseline.py in $BIN (or GPU_CHECK_TORCH_TIMEOUT=0)"
+    skip 05-kernels "no $BIN/terse"
+    skip 06-train "no $BIN/terse"
+fi
+
+if [ -f "$BIN/torch_train_shapes.py" ] && [ -f "$BIN/torch_baseline.py" ] && [ "$TORCH_TIMEOUT" != 0 ]; then
+    torch_args=""
+    [ "${GPU_CHECK_TORCH_EAGER_ONLY:-0}" = 1 ] && torch_args="--eager-only"
+    step 07-torch "$TORCH_TIMEOUT" bash -c "cd '$BIN' && python3 torch_train_shapes.py $torch_args"
+else
+    skip 07-torch "no torch_train_shapes.py + torch_baseline.py in $BIN (or GPU_CHECK_TORCH_TIMEOUT=0)"
 fi
 
 {
@@ -143,11 +204,20 @@ fi
     echo
     echo "== worst errors per check"
     grep -h 'max relative error' "$OUT"/04-gpu-parity.log 2>/dev/null | head -120
-    if [ -f "$OUT/06-torch.log" ]; then
+    echo
+    echo "== terse bench train (cuda)"
+    grep -h '^{' "$OUT"/06-train.log 2>/dev/null
+    echo
+    echo "== terse bench kernels"
+    grep -v '^# started' "$OUT"/05-kernels.log 2>/dev/null
+    if [ -f "$OUT/07-torch.log" ]; then
         echo
-        echo "== torch baseline"
-        grep -h '^{' "$OUT/06-torch.log"
+        echo "== torch at the same shapes"
+        grep -h '^{' "$OUT/07-torch.log"
     fi
+    echo
+    echo "total $(( $(date +%s) - START ))s of a ${BUDGET}s budget"
+
 } >>"$SUMMARY"
 
 echo

@@ -4,10 +4,12 @@
 #   terse-lib-tests    the library's unit-test executable (the backend::cuda tests run)
 #   gpu_parity         the tests/gpu_parity.rs executable
 #   gpu-check.sh       the device script (scripts/gpu-check.sh)
+#   torch_train_shapes.py  the torch training rows at the bench shapes (scripts/)
+#   sample-books.txt   the bundled sample (data/), for the loss-curve and checkpoint parity tests
 #   *.py               ../shared/anchors/*.py (torch_baseline.py, ...), when that folder exists
 # Binaries are copied with their debug info stripped (symbols stay, for backtraces) to keep the
-# folder well under the device tool's 64 MiB. gpu-run/ is meant to be ignored by git (add it to
-# .git/info/exclude) and carried to the device:
+# folder well under the device tool's 64 MiB. gpu-run/ is ignored by git (.gitignore) and carried
+# to the device:
 #   run(command="bash gpu-run/gpu-check.sh gpu-run $OUT", carry=["gpu-run"])
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,7 +63,8 @@ PYEOF
 if command -v strip >/dev/null 2>&1; then
     strip --strip-debug "$out/terse" "$out/terse-lib-tests" "$out/gpu_parity"
 fi
-cp scripts/gpu-check.sh "$out/"
+cp scripts/gpu-check.sh scripts/torch_train_shapes.py "$out/"
+cp data/sample-books.txt "$out/"
 if compgen -G "../shared/anchors/*.py" >/dev/null; then
     cp ../shared/anchors/*.py "$out/"
 else

@@ -718,8 +718,8 @@ pub fn run_experiment(o: &ExperimentOptions) -> Result<ExperimentResults> {
 
 /// The Markdown table in the shape of the paper's Table 15 (one model size).
 pub fn markdown_table(r: &ExperimentResults) -> String {
-    let mut s = format!(
-        "| Method | bytes/token | M2 bits/byte | uniform | unigram | FLOPs/byte | KL(obs‖unif) bits | top-1 acc by window position |\n|---|---|---|---|---|---|---|---|\n"
+    let mut s = String::from(
+        "| Method | bytes/token | M2 bits/byte | uniform | unigram | FLOPs/byte | KL(obs‖unif) bits | top-1 acc by window position |\n|---|---|---|---|---|---|---|---|\n",
     );
     for m in &r.methods {
         let acc: Vec<String> = m

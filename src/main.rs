@@ -310,11 +310,36 @@ enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Time training steps on random bytes: ms/step, tokens/s, GFLOP/s.
+    /// Time every CUDA training kernel and GEMM at a preset's shapes (CUDA events, median of
+    /// --reps): ms, bytes moved, GB/s or TFLOP/s against the measured H100 ceilings. Needs a GPU.
+    Kernels {
+        /// Model preset.
+        #[arg(long, default_value = "m1-3m")]
+        preset: String,
+        /// Vocabulary size (default: the preset's).
+        #[arg(long)]
+        vocab: Option<usize>,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 1024)]
+        seq: usize,
+        /// Timed launches per kernel (the median is reported).
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time training steps on random bytes: ms/step, tokens/s, TFLOP/s, MFU.
     Train {
         /// Model preset.
         #[arg(long, default_value = "m1-3m")]
         preset: String,
+        /// Vocabulary size (default: the preset's).
+        #[arg(long)]
+        vocab: Option<usize>,
         /// Sequences per step.
         #[arg(long, default_value_t = 16)]
         batch: usize,
@@ -743,7 +768,8 @@ fn cmd_info(json: bool) -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
         "backends": {
             "cpu": {"threads": rayon::current_num_threads()},
-            "cuda": {"training": false, "kernels_embedded": kernels, "nvcc": backend::cuda::nvcc_version()},
+            "cuda": {"training": !kernels.is_empty(), "usable_here": backend::cuda::cuda_available(),
+                     "validated_on_gpu": false, "kernels_embedded": kernels, "nvcc": backend::cuda::nvcc_version()},
         },
         "cuda_driver_found": probe.driver_found,
         "gpus": probe.gpus,
@@ -768,7 +794,18 @@ fn cmd_info(json: bool) -> Result<()> {
             backend::cuda::nvcc_version()
         );
     }
-    println!("cuda training backend: not in this build yet");
+    if kernels.is_empty() {
+        println!("cuda training backend: not in this build (no kernels embedded)");
+    } else {
+        println!(
+            "cuda training backend: built ({}; not yet validated on a GPU)",
+            if backend::cuda::cuda_available() {
+                "usable here"
+            } else {
+                "no usable GPU here"
+            }
+        );
+    }
     if probe.gpus.is_empty() {
         println!("gpus: none ({})", probe.note);
     }
@@ -1008,8 +1045,27 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
     {
         return bench_m1(&preset, windows, len, json);
     }
+    if let BenchCmd::Kernels {
+        preset,
+        vocab,
+        batch,
+        seq,
+        reps,
+        json,
+    } = b
+    {
+        let cfg = terse::model::ModelConfig::preset(&preset, vocab)?;
+        let r = backend::cuda::bench::bench_kernels(&cfg, batch, seq, reps)?;
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            print!("{}", backend::cuda::bench::format_report(&r));
+        }
+        return Ok(());
+    }
     let BenchCmd::Train {
         preset,
+        vocab,
         batch,
         seq,
         steps,
@@ -1022,7 +1078,7 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
     if batch == 0 || seq == 0 || steps == 0 {
         bail!("--batch, --seq and --steps must be positive");
     }
-    let cfg = terse::model::ModelConfig::preset(&preset, None)?;
+    let cfg = terse::model::ModelConfig::preset(&preset, vocab)?;
     let params = terse::model::ParamArena::init(&cfg, 0);
     let (mut be, note) = create_backend(device, &cfg, params, None)?;
     let mut rng = terse::rng::Rng::new(1);
@@ -1047,21 +1103,37 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
     let secs = t.elapsed().as_secs_f64() / steps as f64;
     let tok_s = n as f64 / secs;
     let gflops = cfg.train_flops_per_token(seq) * tok_s / 1e9;
+    // MFU against the H100 SXM dense bf16 peak (989 TFLOP/s, llm.c's figure) and against the
+    // measured cuBLASLt ceiling; only meaningful on the GPU.
+    let on_gpu = be.name().starts_with("cuda");
+    let mfu = on_gpu.then(|| gflops * 1e9 / 989e12);
+    let of_gemm = on_gpu.then(|| gflops * 1e9 / backend::cuda::bench::GEMM_CEILING_FLOPS);
     if json {
         println!(
             "{}",
             serde_json::json!({
-                "bench": "train", "preset": preset, "batch": batch, "seq": seq, "steps": steps,
-                "backend": be.name(), "ms_per_step": secs * 1e3, "tokens_per_s": tok_s, "gflops": gflops,
+                "bench": "train", "preset": preset, "vocab": cfg.vocab, "batch": batch, "seq": seq,
+                "steps": steps, "backend": be.name(), "note": note, "ms_per_step": secs * 1e3,
+                "tokens_per_s": tok_s, "gflops": gflops, "tflops": gflops / 1e3,
+                "mfu_989": mfu, "of_gemm_ceiling_805": of_gemm,
             })
         );
     } else {
+        let mfu_s = match (mfu, of_gemm) {
+            (Some(m), Some(g)) => format!(
+                ", MFU {:.1}% of 989 TFLOP/s ({:.1}% of the measured 805)",
+                m * 100.0,
+                g * 100.0
+            ),
+            _ => String::new(),
+        };
         println!(
-            "train {preset} {batch}x{seq} on {} [{note}]: {:.1} ms/step, {:.0} tokens/s, {:.1} GFLOP/s",
+            "train {preset} (vocab {}) {batch}x{seq} on {} [{note}]: {:.2} ms/step, {:.0} tokens/s, {:.2} TFLOP/s{mfu_s}",
+            cfg.vocab,
             be.name(),
             secs * 1e3,
             tok_s,
-            gflops
+            gflops / 1e3,
         );
     }
     Ok(())

@@ -101,6 +101,36 @@ fn bench_train_reports_throughput() {
     );
 }
 
+/// Without a GPU, the CUDA paths exit non-zero with one clear message (never a panic).
+#[test]
+fn cuda_commands_explain_without_a_gpu() {
+    if terse::backend::cuda::gpu_unavailable_reason().is_none() {
+        eprintln!("SKIPPED: a GPU is usable here (the GPU paths are covered by gpu_parity)");
+        return;
+    }
+    assert_fails_with(
+        &[
+            "bench", "kernels", "--preset", "tiny", "--batch", "2", "--seq", "16",
+        ],
+        "bench kernels needs a GPU",
+    );
+    assert_fails_with(
+        &[
+            "bench", "train", "--preset", "tiny", "--batch", "2", "--seq", "16", "--device", "cuda",
+        ],
+        "--device cuda: no usable GPU",
+    );
+    // auto falls back to the CPU and says why
+    let r = terse(&[
+        "bench", "train", "--preset", "tiny", "--batch", "2", "--seq", "16", "--steps", "1",
+        "--device", "auto", "--json",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert!(j["backend"].as_str().unwrap().starts_with("cpu"), "{j}");
+    assert!(j["note"].as_str().unwrap().contains("no usable GPU"), "{j}");
+}
+
 #[test]
 fn missing_empty_and_unreadable_corpus() {
     let dir = tempfile::tempdir().unwrap();

@@ -756,6 +756,79 @@ fn adamw_matches_cpu() {
     compare("adamw params (no bf16 copy)", &down(&k, &dp), &p, TOL_F32);
 }
 
+/// The graph-replayable AdamW (scalars read from device memory) against the CPU update, writing
+/// the working copy in f32 and in bf16.
+#[test]
+fn adamw_dev_matches_cpu() {
+    let Some(k) = gpu("adamw_dev") else { return };
+    let mut r = Rng::new(61);
+    let n = 100_003;
+    let p0 = randn(&mut r, n, 0.05);
+    let g = randn(&mut r, n, 0.01);
+    let m0 = randn(&mut r, n, 0.001);
+    let v0: Vec<f32> = randn(&mut r, n, 1e-3).iter().map(|x| x * x).collect();
+    let h = cpu::adamw::AdamWStep {
+        lr: 3e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        grad_scale: 0.7,
+        bias_corr1: 1.0 - 0.9f32.powi(5),
+        bias_corr2: 1.0 - 0.95f32.powi(5),
+    };
+    let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+    cpu::adamw::adamw(&mut p, &g, &mut m, &mut v, &h);
+    let hyper = up_raw(&k, &[h.lr, h.bias_corr1, h.bias_corr2]);
+    let norm = up_raw(&k, &[123.0f32, h.grad_scale]);
+    let dg = up_raw(&k, &g);
+    fn case<T: GpuFloat>(
+        k: &GpuKernels,
+        init: (&[f32], &[f32], &[f32]),
+        dg: &CudaSlice<f32>,
+        hyper: &CudaSlice<f32>,
+        norm: &CudaSlice<f32>,
+        h: &cpu::adamw::AdamWStep,
+        want: (&[f32], &[f32], &[f32]),
+    ) {
+        let n = init.0.len();
+        let mut dp = up_raw(k, init.0);
+        let mut work = poison::<T>(k, n);
+        let (mut dm, mut dv) = (up_raw(k, init.1), up_raw(k, init.2));
+        launch::adamw_dev(
+            k,
+            &mut dp,
+            &mut work,
+            dg,
+            &mut dm,
+            &mut dv,
+            hyper,
+            norm,
+            n,
+            h.beta1,
+            h.beta2,
+            h.eps,
+            h.weight_decay,
+        )
+        .unwrap();
+        let got = down(k, &dp);
+        compare(
+            &format!("adamw_dev params ({})", T::SUFFIX),
+            &got,
+            want.0,
+            TOL_F32,
+        );
+        compare("adamw_dev m", &down(k, &dm), want.1, TOL_F32);
+        compare("adamw_dev v", &down(k, &dv), want.2, TOL_F32);
+        let w = down(k, &work);
+        for i in 0..n {
+            assert_eq!(w[i], T::from_f32(got[i]).to_f32(), "working copy [{i}]");
+        }
+    }
+    case::<f32>(&k, (&p0, &m0, &v0), &dg, &hyper, &norm, &h, (&p, &m, &v));
+    case::<Bf16>(&k, (&p0, &m0, &v0), &dg, &hyper, &norm, &h, (&p, &m, &v));
+}
+
 // ---------------------------------------------------------------------------------------------
 // determinism and the PTX path
 
@@ -858,4 +931,384 @@ fn ptx_path_loads_and_runs() {
         81,
     );
     classifier_case::<Bf16>(&k, 8, 64, 1000, 82);
+}
+
+// ---------------------------------------------------------------------------------------------
+// cuBLASLt GEMM wrapper
+
+fn gemm_case<T: GpuFloat>(k: &GpuKernels, n: usize, d_in: usize, d_out: usize, seed: u64) {
+    use terse::backend::cuda::gemm::Gemm;
+    let mut r = Rng::new(seed);
+    let mut g = Gemm::new(k.stream().clone()).expect("cuBLASLt");
+    let x = quant::<T>(&randn(&mut r, n * d_in, 1.0));
+    let w = quant::<T>(&randn(&mut r, d_out * d_in, 0.1));
+    let res = quant::<T>(&randn(&mut r, n * d_out, 1.0));
+    let dy = quant::<T>(&randn(&mut r, n * d_out, 1.0));
+    let dw0 = randn(&mut r, d_out * d_in, 1.0);
+    let what = |op: &str| format!("gemm {op} {} {n}x{d_in}->{d_out}", T::SUFFIX);
+    let (dx, dwt, ddy, dres) = (
+        up::<T>(k, &x),
+        up::<T>(k, &w),
+        up::<T>(k, &dy),
+        up::<T>(k, &res),
+    );
+
+    // forward, then forward with the residual fused (beta = 1 from a separate buffer)
+    let mut want = vec![0f32; n * d_out];
+    cpu::matmul::matmul_forward(&mut want, &x, &w, n, d_in, d_out);
+    let mut y = poison::<T>(k, n * d_out);
+    g.forward(&mut y, &dx, &dwt, None, n, d_in, d_out).unwrap();
+    compare(&what("forward"), &down(k, &y), &want, tol::<T>());
+    let want_res: Vec<f32> = want.iter().zip(&res).map(|(a, b)| a + b).collect();
+    let mut y = poison::<T>(k, n * d_out);
+    g.forward(
+        &mut y,
+        &dx,
+        &dwt,
+        Some(&dres as &dyn terse::backend::cuda::gemm::DevicePtrDyn<T>),
+        n,
+        d_in,
+        d_out,
+    )
+    .unwrap();
+    compare(
+        &what("forward+residual"),
+        &down(k, &y),
+        &want_res,
+        tol::<T>(),
+    );
+
+    // dgrad (overwrite) and wgrad (overwrite, then accumulate onto random values)
+    let (mut want_dx, mut want_dw) = (vec![0f32; n * d_in], vec![0f32; d_out * d_in]);
+    cpu::matmul::matmul_backward(
+        &mut want_dx,
+        &mut want_dw,
+        &dy,
+        &x,
+        &w,
+        n,
+        d_in,
+        d_out,
+        false,
+    );
+    let mut gdx = poison::<T>(k, n * d_in);
+    g.dgrad(&mut gdx, &ddy, &dwt, n, d_in, d_out, false)
+        .unwrap();
+    compare(&what("dgrad"), &down(k, &gdx), &want_dx, tol::<T>());
+    let mut gdw = poison::<f32>(k, d_out * d_in);
+    g.wgrad(&mut gdw, &ddy, &dx, n, d_in, d_out, false).unwrap();
+    // fp32 output: the only error is the summation order (and bf16 inputs are exact)
+    compare(&what("wgrad"), &down(k, &gdw), &want_dw, 1e-3);
+    let mut gdw = up_raw(k, &dw0);
+    g.wgrad(&mut gdw, &ddy, &dx, n, d_in, d_out, true).unwrap();
+    let want_acc: Vec<f32> = want_dw.iter().zip(&dw0).map(|(a, b)| a + b).collect();
+    compare(&what("wgrad accumulate"), &down(k, &gdw), &want_acc, 1e-3);
+    let plans = g.plans();
+    // same shapes again: no new plans
+    g.forward(&mut y, &dx, &dwt, None, n, d_in, d_out).unwrap();
+    assert_eq!(
+        g.plans(),
+        plans,
+        "a repeated shape must reuse its cached plan"
+    );
+}
+
+#[test]
+fn gemm_matches_cpu() {
+    let Some(k) = gpu("gemm") else { return };
+    for (n, d_in, d_out) in [
+        (77, 64, 192),
+        (256, 256, 1024),
+        (512, 1024, 256),
+        (33, 128, 256),
+    ] {
+        gemm_case::<f32>(&k, n, d_in, d_out, 80 + n as u64);
+        gemm_case::<Bf16>(&k, n, d_in, d_out, 90 + n as u64);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the whole CUDA training backend against the CPU backend
+
+use terse::backend::cuda::CudaTrainer;
+use terse::backend::{Backend, OptimConfig};
+use terse::data::Batch;
+use terse::model::{ModelConfig, ParamArena};
+
+/// True (after printing why) where the CUDA backend cannot run.
+fn backend_skip(test: &str) -> bool {
+    if let Some(reason) = cuda::gpu_unavailable_reason() {
+        note(&format!("SKIPPED (no GPU): {test}: {reason}"));
+        return true;
+    }
+    false
+}
+
+fn random_batch(r: &mut Rng, vocab: usize, batch: usize, seq: usize) -> Batch {
+    let n = batch * seq;
+    let toks: Vec<u32> = (0..n + 1).map(|_| r.below(vocab as u64) as u32).collect();
+    Batch {
+        inputs: toks[..n].to_vec(),
+        targets: toks[1..].to_vec(),
+        batch,
+        seq,
+    }
+}
+
+/// Per-tensor `||a - b|| / ||b||`.
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// One step of `tiny` on the GPU (f32 and bf16 instantiations) against the CPU backend: the
+/// loss, every gradient tensor and the updated weights.
+#[test]
+fn train_step_matches_cpu() {
+    if backend_skip("train step") {
+        return;
+    }
+    let cfg = ModelConfig::preset("tiny", None).unwrap();
+    let params = ParamArena::init(&cfg, 7);
+    let mut r = Rng::new(100);
+    let batch = random_batch(&mut r, cfg.vocab, 4, 64);
+    let opt = OptimConfig::default();
+    let mut cpu_be = cpu::CpuBackend::new(&cfg, params.clone(), None).unwrap();
+    let (sums, want_g) = cpu_be.loss_and_grads(&params.data, &batch).unwrap();
+    let want_ce = (sums.ce / sums.rows as f64) as f32;
+    let want_stats = cpu_be.train_step(&batch, 1e-3, 1, &opt).unwrap();
+    let want_p = cpu_be.params().unwrap().data;
+
+    fn run<T: GpuFloat>(
+        cfg: &ModelConfig,
+        params: &ParamArena,
+        batch: &Batch,
+        opt: &OptimConfig,
+    ) -> (terse::backend::StepStats, Vec<f32>, Vec<f32>) {
+        let mut be = CudaTrainer::<T>::new(cfg, params, None).expect("CUDA backend");
+        be.poison_activations(batch.batch, batch.seq).unwrap();
+        let st = be.train_step(batch, 1e-3, 1, opt).expect("GPU step");
+        (st, be.last_grads().unwrap(), be.params().unwrap().data)
+    }
+    // (loss relative, gradient relative l2 per tensor, update relative l2). AdamW's first step
+    // moves each weight by about lr * sign(g), so the update comparison is loose for bf16, where
+    // gradients near zero can change sign.
+    for (label, (st, g, p), tol_loss, tol_grad, tol_update) in [
+        (
+            "f32",
+            run::<f32>(&cfg, &params, &batch, &opt),
+            1e-4,
+            2e-3,
+            2e-2,
+        ),
+        (
+            "bf16",
+            run::<Bf16>(&cfg, &params, &batch, &opt),
+            1e-2,
+            6e-2,
+            0.35,
+        ),
+    ] {
+        note(&format!(
+            "  step {label}: ce gpu {} cpu {want_ce}, grad norm gpu {} cpu {}",
+            st.ce, st.grad_norm, want_stats.grad_norm
+        ));
+        assert!(
+            ((st.ce - want_ce) / want_ce).abs() < tol_loss,
+            "{label}: loss {} vs {want_ce}",
+            st.ce
+        );
+        assert!(
+            ((st.grad_norm - want_stats.grad_norm) / want_stats.grad_norm).abs() < tol_grad as f32,
+            "{label}: grad norm {} vs {}",
+            st.grad_norm,
+            want_stats.grad_norm
+        );
+        for s in &params.specs {
+            let e = rel_l2(&g[s.range()], &want_g[s.range()]);
+            note(&format!("  {label} grad {}: rel l2 {e:.2e}", s.name));
+            assert!(
+                e < tol_grad,
+                "{label}: gradient of {} off by {e:.2e}",
+                s.name
+            );
+        }
+        // Updated weights: AdamW's first step moves each weight by ~lr; compare the updates.
+        let du: Vec<f32> = p.iter().zip(&params.data).map(|(a, b)| a - b).collect();
+        let dw: Vec<f32> = want_p
+            .iter()
+            .zip(&params.data)
+            .map(|(a, b)| a - b)
+            .collect();
+        let e = rel_l2(&du, &dw);
+        note(&format!("  {label} update: rel l2 {e:.2e}"));
+        assert!(e < tol_update, "{label}: AdamW update off by {e:.2e}");
+    }
+}
+
+/// Three steps replayed from a captured CUDA graph give the same bits as three eager steps.
+#[test]
+fn graph_replay_matches_eager() {
+    if backend_skip("graph replay") {
+        return;
+    }
+    let cfg = ModelConfig::preset("tiny", None).unwrap();
+    let params = ParamArena::init(&cfg, 8);
+    let opt = OptimConfig::default();
+    let mut results = Vec::new();
+    for graph in [false, true] {
+        let mut be = CudaTrainer::<Bf16>::new(&cfg, &params, None).unwrap();
+        be.set_use_graph(graph);
+        let mut r = Rng::new(101);
+        let mut losses = Vec::new();
+        for step in 1..=4 {
+            let b = random_batch(&mut r, cfg.vocab, 4, 64);
+            losses.push(
+                be.train_step(&b, 1e-3 * step as f32, step, &opt)
+                    .unwrap()
+                    .ce,
+            );
+        }
+        if graph {
+            assert!(
+                be.graph_active(),
+                "graph capture did not happen: {:?}",
+                be.graph_note()
+            );
+        }
+        results.push((losses, be.params().unwrap().data));
+    }
+    assert_eq!(results[0].0, results[1].0, "losses differ (eager vs graph)");
+    assert!(
+        results[0].1 == results[1].1,
+        "weights differ after 4 steps (eager vs graph)"
+    );
+}
+
+/// The bundled sample: `$TERSE_SAMPLE_BOOKS` (set by gpu-check.sh to its copy in gpu-run/),
+/// else the repository's `data/sample-books.txt` (at build time or under the working directory).
+fn sample_bytes() -> Vec<u8> {
+    let mut tried = Vec::new();
+    let env = std::env::var("TERSE_SAMPLE_BOOKS").ok();
+    for p in env.iter().map(String::as_str).chain([
+        concat!(env!("CARGO_MANIFEST_DIR"), "/data/sample-books.txt"),
+        "data/sample-books.txt",
+    ]) {
+        match std::fs::read(p) {
+            Ok(b) => return b,
+            Err(e) => tried.push(format!("{p}: {e}")),
+        }
+    }
+    panic!("bundled sample not found ({})", tried.join("; "))
+}
+
+fn text_batch(bytes: &[u8], r: &mut Rng, batch: usize, seq: usize) -> Batch {
+    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+    for _ in 0..batch {
+        let s = r.below((bytes.len() - seq - 1) as u64) as usize;
+        inputs.extend(bytes[s..s + seq].iter().map(|&b| b as u32));
+        targets.extend(bytes[s + 1..s + seq + 1].iter().map(|&b| b as u32));
+    }
+    Batch {
+        inputs,
+        targets,
+        batch,
+        seq,
+    }
+}
+
+/// 200 steps of m1-3m on the bundled sample: the GPU (bf16) loss curve tracks the CPU (f32) one.
+/// `TERSE_PARITY_CPU_STEPS` shortens the CPU side (the comparison then covers the last 50 of
+/// those steps).
+#[test]
+fn loss_curve_tracks_cpu() {
+    if backend_skip("loss curve") {
+        return;
+    }
+    let steps: u64 = 200;
+    let cpu_steps: u64 = std::env::var("TERSE_PARITY_CPU_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(steps)
+        .clamp(60, steps);
+    let cfg = ModelConfig::preset("m1-3m", None).unwrap();
+    let params = ParamArena::init(&cfg, 9);
+    let bytes = sample_bytes();
+    let opt = OptimConfig::default();
+    let (batch, seq) = (4, 256);
+    let lr = |s: u64| 2e-3 * (s.min(20) as f32 / 20.0);
+    let mut gpu_be = CudaTrainer::<Bf16>::new(&cfg, &params, None).unwrap();
+    let mut cpu_be = cpu::CpuBackend::new(&cfg, params.clone(), None).unwrap();
+    let (mut gl, mut cl) = (Vec::new(), Vec::new());
+    let mut r = Rng::new(102);
+    let t0 = std::time::Instant::now();
+    for step in 1..=steps {
+        let b = text_batch(&bytes, &mut r, batch, seq);
+        gl.push(gpu_be.train_step(&b, lr(step), step, &opt).unwrap().ce);
+        if step <= cpu_steps {
+            cl.push(cpu_be.train_step(&b, lr(step), step, &opt).unwrap().ce);
+        }
+    }
+    let tail = (cpu_steps - 50) as usize..cpu_steps as usize;
+    let diff: f32 = tail.clone().map(|i| (gl[i] - cl[i]).abs()).sum::<f32>() / 50.0;
+    note(&format!(
+        "  loss curve: {steps} GPU steps, {cpu_steps} CPU steps ({:.1} s); first {:.3}/{:.3}, \
+         step {cpu_steps} {:.3}/{:.3} (gpu/cpu); mean |diff| over steps {}..{} = {diff:.4}",
+        t0.elapsed().as_secs_f64(),
+        gl[0],
+        cl[0],
+        gl[cpu_steps as usize - 1],
+        cl[cpu_steps as usize - 1],
+        tail.start + 1,
+        tail.end
+    ));
+    assert!(
+        gl[steps as usize - 1] < gl[0] - 0.5,
+        "GPU loss did not fall"
+    );
+    assert!(
+        diff < 0.05,
+        "GPU and CPU loss curves differ by {diff} on average"
+    );
+}
+
+/// A checkpoint trained on the GPU, saved and loaded back, scores the same bits/byte on the CPU
+/// as on the GPU.
+#[test]
+fn gpu_checkpoint_evaluates_on_cpu() {
+    if backend_skip("checkpoint") {
+        return;
+    }
+    let cfg = ModelConfig::preset("tiny", None).unwrap();
+    let params = ParamArena::init(&cfg, 10);
+    let bytes = sample_bytes();
+    let opt = OptimConfig::default();
+    let mut gpu_be = CudaTrainer::<Bf16>::new(&cfg, &params, None).unwrap();
+    let mut r = Rng::new(103);
+    for step in 1..=30 {
+        let b = text_batch(&bytes, &mut r, 8, 64);
+        gpu_be.train_step(&b, 3e-3, step, &opt).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("terse-gpu-ckpt-{}", std::process::id()));
+    let trained = gpu_be.params().unwrap();
+    terse::train::checkpoint::save_checkpoint(&dir, &cfg, &trained, None).unwrap();
+    let (cfg2, loaded) = terse::train::checkpoint::load_model(&dir).unwrap();
+    assert_eq!(loaded.data, trained.data, "checkpoint round trip");
+    let held = &bytes[bytes.len() - 4096..];
+    let windows = terse::data::eval_windows(held, 64, None);
+    let mut cpu_be = cpu::CpuBackend::new(&cfg2, loaded, None).unwrap();
+    let c = terse::eval::score_windows(&mut cpu_be, &windows, 8).unwrap();
+    let g = terse::eval::score_windows(&mut gpu_be, &windows, 8).unwrap();
+    note(&format!(
+        "  checkpoint: held-out {:.4} bpb on the CPU, {:.4} on the GPU",
+        c.bits_per_byte, g.bits_per_byte
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        (c.bits_per_byte - g.bits_per_byte).abs() < 0.02,
+        "CPU {} vs GPU {} bits/byte",
+        c.bits_per_byte,
+        g.bits_per_byte
+    );
 }

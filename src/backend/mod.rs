@@ -88,8 +88,20 @@ pub enum Device {
     Cuda,
 }
 
-/// Builds the backend for `device`. The CUDA training backend is not part of this build yet, so
-/// `cuda` is refused with that reason and `auto` runs on the CPU (saying so in `note`).
+/// Whether `--device auto` may pick the CUDA backend. False until `scripts/gpu-check.sh` has
+/// passed on a GPU: a backend that has never run must be asked for by name.
+pub const CUDA_VALIDATED: bool = false;
+
+/// Builds the backend for `device`, with a note saying what was chosen and why.
+///
+/// - `cuda`: the CUDA backend ([`cuda::CudaBackend`], bf16 activations, fp32 master weights), or
+///   an error saying why it cannot run here (no driver, no GPU, no embedded kernels, no
+///   libcublasLt).
+/// - `auto`: the CUDA backend when a GPU is usable, it starts and [`CUDA_VALIDATED`] is set;
+///   else the CPU (the note says why).
+/// - `cpu`: the CPU backend.
+///
+/// The CUDA backend has not yet been run on a GPU (it was written on machines without one).
 pub fn create_backend(
     device: Device,
     cfg: &ModelConfig,
@@ -97,19 +109,34 @@ pub fn create_backend(
     moments: Option<(Vec<f32>, Vec<f32>)>,
 ) -> Result<(Box<dyn Backend>, String)> {
     match device {
-        Device::Cuda => bail!(
-            "--device cuda: the CUDA training backend is not implemented in this build yet; use --device cpu (found: {})",
-            cuda::probe().note
-        ),
-        Device::Auto | Device::Cpu => {
-            let note = if device == Device::Auto && cuda::probe().gpus.is_empty() {
-                "no GPU found; using the CPU".to_string()
-            } else if device == Device::Auto {
-                "a GPU is present but the CUDA training backend is not built yet; using the CPU".to_string()
-            } else {
-                "CPU requested".to_string()
-            };
-            Ok((Box::new(cpu::CpuBackend::new(cfg, params, moments)?), note))
+        Device::Cuda => {
+            if let Some(reason) = cuda::gpu_unavailable_reason() {
+                bail!("--device cuda: no usable GPU: {reason}");
+            }
+            let be = cuda::CudaBackend::new(cfg, &params, moments)
+                .map_err(|e| anyhow::anyhow!("--device cuda: {e:#}"))?;
+            Ok((Box::new(be), "CUDA requested".to_string()))
         }
+        Device::Auto => {
+            if let Some(reason) = cuda::gpu_unavailable_reason() {
+                let note = format!("no usable GPU ({reason}); using the CPU");
+                return Ok((Box::new(cpu::CpuBackend::new(cfg, params, moments)?), note));
+            }
+            if !CUDA_VALIDATED {
+                let note = "a GPU is present, but the CUDA backend has not yet passed its parity tests on a GPU; using the CPU (--device cuda to try it)".to_string();
+                return Ok((Box::new(cpu::CpuBackend::new(cfg, params, moments)?), note));
+            }
+            match cuda::CudaBackend::new(cfg, &params, moments.clone()) {
+                Ok(be) => Ok((Box::new(be), "GPU found; using CUDA".to_string())),
+                Err(e) => {
+                    let note = format!("the CUDA backend failed to start ({e:#}); using the CPU");
+                    Ok((Box::new(cpu::CpuBackend::new(cfg, params, moments)?), note))
+                }
+            }
+        }
+        Device::Cpu => Ok((
+            Box::new(cpu::CpuBackend::new(cfg, params, moments)?),
+            "CPU requested".to_string(),
+        )),
     }
 }

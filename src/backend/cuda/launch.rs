@@ -883,6 +883,62 @@ pub fn adamw<P16: DevicePtrMut<Bf16>>(
     Ok(())
 }
 
+/// The graph-replayable AdamW (`adamw_dev_*` in `kernels/adamw.cu`): `lr`, `bias_corr1`,
+/// `bias_corr2` are read from `hyper[0..3]` and the clip scale from `norm[1]` (the output of
+/// [`global_norm_finish`]) on the device, so a captured launch stays valid as they change.
+/// `work` receives the updated weights in `T` (the forward pass's copy).
+/// Grid: ceil(n / 512) blocks of 512.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_dev<T: GpuFloat>(
+    k: &GpuKernels,
+    params: &mut impl DevicePtrMut<f32>,
+    work: &mut impl DevicePtrMut<T>,
+    grads: &impl DevicePtr<f32>,
+    m: &mut impl DevicePtrMut<f32>,
+    v: &mut impl DevicePtrMut<f32>,
+    hyper: &impl DevicePtr<f32>,
+    norm: &impl DevicePtr<f32>,
+    n: usize,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+) -> Result<()> {
+    need(params.len(), n, "params")?;
+    need(work.len(), n, "working params")?;
+    need(grads.len(), n, "grads")?;
+    need(m.len(), n, "adam m")?;
+    need(v.len(), n, "adam v")?;
+    need(hyper.len(), 3, "adamw hyper")?;
+    need(norm.len(), 2, "global norm out")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let s = k.stream();
+    let (p_par, _g0) = params.device_ptr_mut(s);
+    let (p_w, _g1) = work.device_ptr_mut(s);
+    let (p_g, _g2) = grads.device_ptr(s);
+    let (p_m, _g3) = m.device_ptr_mut(s);
+    let (p_v, _g4) = v.device_ptr_mut(s);
+    let (p_h, _g5) = hyper.device_ptr(s);
+    let (p_n, _g6) = norm.device_ptr(s);
+    let mut b = s.launch_builder(k.function(T::pick("adamw_dev_f32", "adamw_dev_bf16"))?);
+    b.arg(&p_par)
+        .arg(&p_w)
+        .arg(&p_g)
+        .arg(&p_m)
+        .arg(&p_v)
+        .arg(&n)
+        .arg(&p_h)
+        .arg(&p_n)
+        .arg(&beta1)
+        .arg(&beta2)
+        .arg(&eps)
+        .arg(&weight_decay);
+    unsafe { b.launch(grid_1d(n, 512)) }?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

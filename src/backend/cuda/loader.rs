@@ -87,7 +87,7 @@ impl GpuFloat for Bf16 {
 
 /// Every entry point the training launchers use, by module (`kernels/<module>.cu`).
 pub const TRAINING_ENTRIES: &[(&str, &[&str])] = &[
-    ("adamw", &["adamw"]),
+    ("adamw", &["adamw", "adamw_dev_f32", "adamw_dev_bf16"]),
     (
         "attention",
         &[
@@ -239,6 +239,11 @@ impl GpuKernels {
         } else {
             KernelSource::Ptx
         });
+        // One compute stream orders all work, so cudarc's per-buffer event tracking (which adds
+        // event records to every launch and would break graph capture) is switched off before
+        // anything is allocated.
+        // SAFETY: every buffer of this context is used only on `stream` (and host copies on it).
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream()?;
         let mut modules = Vec::new();
         for k in embedded_kernels() {

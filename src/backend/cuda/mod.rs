@@ -8,13 +8,24 @@
 //! driver before [`probe`] has checked that the library is present.
 //!
 //! [`GpuKernels`] loads the modules onto a device once; [`launch`] holds one typed launcher per
-//! kernel (grid maths stated beside each), generic over the storage type (`f32` or [`Bf16`]).
+//! kernel (grid maths stated beside each), generic over the storage type (`f32` or [`Bf16`]);
+//! [`gemm`] wraps cuBLASLt for the linear layers (plans cached per shape); [`CudaBackend`]
+//! (`backend.rs`) is the training backend built from both, a step captured as a CUDA graph;
+//! [`bench`] times every kernel for `terse bench kernels`.
+//!
+//! **None of this has run on a GPU yet.** It was written and compiled (kernels included, with
+//! nvcc 13.0) on machines without one; `tests/gpu_parity.rs`, run by `scripts/gpu-check.sh`, is
+//! what will first execute it.
 
 use std::sync::OnceLock;
 
+mod backend;
+pub mod bench;
+pub mod gemm;
 pub mod launch;
 mod loader;
 
+pub use backend::{CudaBackend, CudaTrainer};
 pub use loader::{
     gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels, KernelSource, TRAINING_ENTRIES,
 };
