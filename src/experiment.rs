@@ -31,7 +31,7 @@ use std::time::Instant;
 pub enum Scale {
     /// Seconds: 60 KB of text in 2 KB chunks, a few steps per model (CI).
     Smoke,
-    /// About 30 minutes on 2 CPU cores: the bundled sample, tiny models.
+    /// About 30 minutes on 2 CPU cores: 1 MB of the bundled sample, tiny models.
     Tiny,
     /// About 2 hours on 2 CPU cores, minutes on a GPU: m1-3m and m2-25m-sized M2s.
     Small,
@@ -61,7 +61,7 @@ impl Scale {
         let (corpus_bytes, m1_preset, m1_seconds, m2_preset, m2_steps, m2_batch, m2_seq, m2_lr) =
             match self {
                 Scale::Smoke => (Some(60_000), "tiny", 10.0, "tiny", 6, 2, 64, 3e-3),
-                Scale::Tiny => (None, "tiny", 240.0, "tiny", 150, 8, 128, 3e-3),
+                Scale::Tiny => (Some(1_000_000), "tiny", 180.0, "tiny", 120, 8, 128, 3e-3),
                 Scale::Small => (None, "m1-3m", 1800.0, "m2-25m", 600, 16, 256, 1e-3),
                 Scale::Paper => (None, "m1-3m", 7200.0, "m2-25m", 200_000, 256, 512, 1e-3),
             };
