@@ -155,10 +155,14 @@ fn sample(probs: &mut [f32], o: &SampleOptions, rng: &mut Rng) -> u32 {
         }
     }
     let inv_t = 1.0 / o.temperature as f64;
-    let weights: Vec<f64> = probs
-        .iter()
-        .map(|&p| if p > 0.0 { (p as f64).powf(inv_t) } else { 0.0 })
-        .collect();
+    let weights: Vec<f64> = if inv_t == 1.0 {
+        probs.iter().map(|&p| p as f64).collect()
+    } else {
+        probs
+            .iter()
+            .map(|&p| if p > 0.0 { (p as f64).powf(inv_t) } else { 0.0 })
+            .collect()
+    };
     let total: f64 = weights.iter().sum();
     let mut u = rng.next_f64() * total;
     for (i, w) in weights.iter().enumerate() {

@@ -485,13 +485,31 @@ fn attend_chains(out: &mut [f32], q: &[f32], keys: &KeyCache, n: usize, values: 
 }
 
 /// Softmax in place: the max, then `exp_contract(l - max)` and their sum in ascending order, then
-/// one division per entry.
+/// one division per entry. The exponentials are elementwise, so computing them in a separate
+/// (vectorisable, hardware-fma) pass before the sequential sum changes no bit.
 fn softmax_in_place(p: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the features the function is compiled for were just detected.
+        unsafe { softmax_fma(p) };
+        return;
+    }
+    softmax_passes(p);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_fma(p: &mut [f32]) {
+    softmax_passes(p);
+}
+
+#[inline(always)]
+fn softmax_passes(p: &mut [f32]) {
     let m = p.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+    p.iter_mut().for_each(|x| *x = exp_contract(*x - m));
     let mut sum = 0f32;
-    for x in p.iter_mut() {
-        *x = exp_contract(*x - m);
-        sum += *x;
+    for &x in p.iter() {
+        sum += x;
     }
     p.iter_mut().for_each(|x| *x /= sum);
 }
