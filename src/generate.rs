@@ -65,25 +65,10 @@ impl UnitCoder {
             Some(Method::Bytes) => Ok(UnitCoder::Bytes {
                 token_bits: src.token_bits,
             }),
-            Some(Method::EqualInfo) => {
-                let meta = crate::tokenize::Metadata {
-                    format: crate::tokenize::FORMAT.into(),
-                    version: crate::tokenize::VERSION,
-                    method: src.method.clone(),
-                    params: src.params.clone(),
-                    token_bits: src.token_bits,
-                    vocab: src.vocab,
-                    m1_fingerprint: src.m1_fingerprint.clone(),
-                    source: src.source.clone(),
-                    bytes_covered: 0,
-                    tokens: 0,
-                    examples: Vec::new(),
-                };
-                match Coder::from_metadata_with_m1(&meta, m1)? {
-                    Coder::EqualInfo(spec) => Ok(UnitCoder::EqualInfo(spec)),
-                    _ => unreachable!("equal-info metadata gives an equal-info coder"),
-                }
-            }
+            Some(Method::EqualInfo) => match src.coder(m1)? {
+                Coder::EqualInfo(spec) => Ok(UnitCoder::EqualInfo(spec)),
+                _ => unreachable!("equal-info metadata gives an equal-info coder"),
+            },
             _ => bail!(
                 "generation streams text for equal-info and bytes models; {} tokens decode only as whole chunks",
                 src.method
@@ -121,7 +106,7 @@ impl UnitCoder {
             ),
             UnitCoder::EqualInfo(e) => {
                 let codes = crate::coder::tokens_to_codes(tokens, e.window_bits, token_bits)?;
-                EqualInfo::new(&e.m1, e.window_bits)?.decode_window(codes[0])
+                EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?.decode_window(codes[0])
             }
         }
     }

@@ -216,12 +216,18 @@ fn tiny_m1() -> Arc<terse::m1::ExactM1> {
 }
 
 fn source(method: &str, token_bits: u32, window_bits: u32) -> TokenSource {
+    source_with_rule(method, token_bits, window_bits, "designated")
+}
+
+fn source_with_rule(method: &str, token_bits: u32, window_bits: u32, rule: &str) -> TokenSource {
     let m1 = tiny_m1();
     let equal_info = method == "equal-info";
     TokenSource {
         method: method.into(),
         params: if equal_info {
-            serde_json::json!({ "window_bits": window_bits, "m1_config": m1.config() })
+            serde_json::json!({
+                "window_bits": window_bits, "window_rule": rule, "m1_config": m1.config()
+            })
         } else {
             serde_json::json!({})
         },
@@ -244,10 +250,12 @@ proptest! {
         tokens in prop::collection::vec(any::<u16>(), 0..12),
         b in prop::sample::select(vec![16u32, 32, 64]),
         wide in any::<bool>(),
+        delay in any::<bool>(),
     ) {
         let bits = if wide { 16 } else { 8 };
         let tokens: Vec<u16> = tokens.iter().map(|&t| if wide { t } else { t & 0xFF }).collect();
-        let ei = source("equal-info", bits, b);
+        let rule = if delay { "delay" } else { "designated" };
+        let ei = source_with_rule("equal-info", bits, b, rule);
         terse::generate::decode_tokens(&ei, Some(tiny_m1()), &tokens).unwrap();
         let by = source("bytes", bits, 0);
         let text = terse::generate::decode_tokens(&by, None, &tokens).unwrap();
@@ -283,5 +291,22 @@ fn random_m2_generates_exactly_through_equal_info() {
             .unwrap()
             .to_string();
         assert!(e.contains("M1"), "{e}");
+    }
+}
+
+#[test]
+fn prompt_tokens_decode_to_the_prompt_under_both_window_rules() {
+    let prompt = b"It was a dark and stormy night; the rain fell in torrents.";
+    for rule in ["designated", "delay"] {
+        for (bits, b) in [(16, 16), (8, 16), (16, 32)] {
+            let src = source_with_rule("equal-info", bits, b, rule);
+            let tokens = src
+                .coder(Some(tiny_m1()))
+                .unwrap()
+                .encode(prompt, bits)
+                .unwrap();
+            let text = terse::generate::decode_tokens(&src, Some(tiny_m1()), &tokens).unwrap();
+            assert_eq!(text, prompt, "{rule} b={b} {bits}-bit");
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::data::{
 use crate::eval::score_windows;
 use crate::m1::WINDOW_START;
 use crate::model::{ModelConfig, ParamArena};
-use crate::tokenize::{Metadata, TokenDataset, METADATA_FILE};
+use crate::tokenize::{Coder, Metadata, TokenDataset, METADATA_FILE};
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,25 @@ impl TokenSource {
             bytes_covered: m.bytes_covered,
             tokens: m.tokens,
         }
+    }
+
+    /// The coder that decodes (and codes) tokens of this source; methods that ran M1 need the
+    /// same M1, checked by fingerprint.
+    pub fn coder(&self, m1: Option<std::sync::Arc<crate::m1::ExactM1>>) -> Result<Coder> {
+        let meta = Metadata {
+            format: crate::tokenize::FORMAT.into(),
+            version: crate::tokenize::VERSION,
+            method: self.method.clone(),
+            params: self.params.clone(),
+            token_bits: self.token_bits,
+            vocab: self.vocab,
+            m1_fingerprint: self.m1_fingerprint.clone(),
+            source: self.source.clone(),
+            bytes_covered: self.bytes_covered,
+            tokens: self.tokens,
+            examples: Vec::new(),
+        };
+        Coder::from_metadata_with_m1(&meta, m1)
     }
 
     /// Tokens per source byte over the whole dataset.
