@@ -41,9 +41,14 @@ fn smoke_experiment_writes_every_result() {
             f("bits_per_byte").is_finite() && f("bits_per_byte") > 0.0,
             "{m}"
         );
-        // Uniform bits/byte = token bits / bytes per token, as the paper's Table 3.
+        // Uniform bits/byte = log2(vocab) / bytes per token (token bits for the bit-stream
+        // methods), as the paper's Table 3.
         let bits = m["spec"]["token_bits"].as_f64().unwrap();
-        assert!((f("uniform_bits_per_byte") - bits / f("bytes_per_token")).abs() < 1e-9);
+        let uniform = f("vocab").log2() / f("bytes_per_token");
+        assert!((f("uniform_bits_per_byte") - uniform).abs() < 1e-9, "{m}");
+        if m["label"] != "BPE[32k]" {
+            assert_eq!(f("vocab"), 2f64.powf(bits));
+        }
         // Every held-out chunk is scored whole: the bytes are the held-out bytes.
         assert_eq!(e["bytes"], j["heldout_bytes"]);
         let per_window = m["position_accuracy"].as_array().unwrap().len() as u64;
