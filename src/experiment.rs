@@ -11,7 +11,7 @@
 use crate::backend::{create_backend, Device};
 use crate::data::tokens::HELDOUT_EVERY;
 use crate::data::{
-    baselines, eval_windows, open_stream, Baselines, ChunkSplit, TokenEvalSet, M2_START,
+    baselines, eval_windows, read_prefix, Baselines, ChunkSplit, TokenEvalSet, M2_START,
 };
 use crate::eval::score_windows;
 use crate::eval::tokens::{evaluate_m2, token_counts, M2Report};
@@ -181,18 +181,7 @@ pub fn prepare_corpus(
     chunk_bytes: usize,
 ) -> Result<PreparedCorpus> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut stream = open_stream(data)?;
-    let mut text = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let limit = max_bytes.unwrap_or(u64::MAX);
-    while (text.len() as u64) < limit {
-        let want = buf.len().min((limit - text.len() as u64) as usize);
-        let got = stream.read_full(&mut buf[..want])?;
-        text.extend_from_slice(&buf[..got]);
-        if got < want {
-            break;
-        }
-    }
+    let text = read_prefix(data, max_bytes.unwrap_or(u64::MAX))?;
     let chunks = text.len().div_ceil(chunk_bytes);
     ensure!(
         chunks >= HELDOUT_EVERY,

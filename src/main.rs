@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Instant;
 use terse::backend::{self, create_backend, Device, OptimConfig};
-use terse::data::{baselines, eval_windows, open_stream};
+use terse::data::{baselines, eval_windows, read_prefix};
 use terse::eval::score_windows;
 use terse::train::{
     checkpoint::load_model, train, RunStart, ScheduleKind, TrainOptions, TrainSummary,
@@ -699,18 +699,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             cfg.vocab
         );
     }
-    let mut stream = open_stream(&a.data)?;
-    let mut bytes = Vec::new();
-    let limit = a.max_bytes.unwrap_or(u64::MAX);
-    let mut buf = vec![0u8; 1 << 20];
-    while (bytes.len() as u64) < limit {
-        let want = buf.len().min((limit - bytes.len() as u64) as usize);
-        let got = stream.read_full(&mut buf[..want])?;
-        bytes.extend_from_slice(&buf[..got]);
-        if got < want {
-            break;
-        }
-    }
+    let bytes = read_prefix(&a.data, a.max_bytes.unwrap_or(u64::MAX))?;
     if bytes.len() < 2 {
         bail!(
             "corpus {} holds too little text to score (need at least 2 bytes)",

@@ -13,20 +13,7 @@ use terse::train::checkpoint::{load_model, load_training};
 use terse::train::{train, RunStart, TokenSource, TrainOptions};
 
 fn tokenize(corpus: &Path, out: &Path, method: &str, bits: &str) {
-    let r = terse(&[
-        "tokenize",
-        "--method",
-        method,
-        "--token-bits",
-        bits,
-        "--chunk-bytes",
-        "2048",
-        "--data",
-        corpus.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(r.status.success(), "{}", stderr(&r));
+    common::tokenize(corpus, out, method, bits, "2048", &[]);
 }
 
 fn json_line(out: &std::process::Output) -> Value {

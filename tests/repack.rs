@@ -2,26 +2,11 @@
 
 mod common;
 
-use common::{sample_prefix, stderr, terse, train_tiny};
+use common::{sample_prefix, train_tiny};
 use std::path::Path;
 
 fn tokenize(corpus: &Path, out: &Path, method: &str, bits: &str, extra: &[&str]) {
-    let mut args = vec![
-        "tokenize",
-        "--method",
-        method,
-        "--token-bits",
-        bits,
-        "--chunk-bytes",
-        "3000",
-        "--data",
-        corpus.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend(extra);
-    let r = terse(&args);
-    assert!(r.status.success(), "{}", stderr(&r));
+    common::tokenize(corpus, out, method, bits, "3000", extra);
 }
 
 #[test]

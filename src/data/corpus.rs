@@ -320,6 +320,23 @@ pub struct CorpusStream {
     offset: u64,
 }
 
+/// The first `limit` bytes of a corpus's byte stream (all of it when shorter); fails as
+/// [`open_documents`] does.
+pub fn read_prefix(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let mut stream = open_stream(path)?;
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    while (bytes.len() as u64) < limit {
+        let want = buf.len().min((limit - bytes.len() as u64) as usize);
+        let got = stream.read_full(&mut buf[..want])?;
+        bytes.extend_from_slice(&buf[..got]);
+        if got < want {
+            break;
+        }
+    }
+    Ok(bytes)
+}
+
 /// Opens a corpus's byte stream; fails as [`open_documents`] does.
 pub fn open_stream(path: &Path) -> Result<CorpusStream> {
     Ok(CorpusStream {

@@ -19,7 +19,7 @@ pub use bytes::{
     HELDOUT_EXTENSION_CAP,
 };
 pub use corpus::{
-    detect_format, open_documents, open_stream, Compression, CorpusStream, DocumentReader, Layout,
-    DOCUMENT_SEPARATOR, SUPPORTED_EXTENSIONS,
+    detect_format, open_documents, open_stream, read_prefix, Compression, CorpusStream,
+    DocumentReader, Layout, DOCUMENT_SEPARATOR, SUPPORTED_EXTENSIONS,
 };
 pub use tokens::{ChunkSplit, TokenEvalSet, TokenLoader, TokenLoaderState, TokenScore, M2_START};

@@ -41,3 +41,31 @@ pub fn train_tiny(data: &Path, out: &Path, extra: &[&str]) {
     let r = terse(&args);
     assert!(r.status.success(), "{}", stderr(&r));
 }
+
+/// Tokenizes `corpus` into `out` with `method` at `bits`-bit tokens in `chunk_bytes` chunks, plus
+/// `extra` flags (`--m1`, `--window-bits`, ...), asserting success.
+pub fn tokenize(
+    corpus: &Path,
+    out: &Path,
+    method: &str,
+    bits: &str,
+    chunk_bytes: &str,
+    extra: &[&str],
+) {
+    let mut args = vec![
+        "tokenize",
+        "--method",
+        method,
+        "--token-bits",
+        bits,
+        "--chunk-bytes",
+        chunk_bytes,
+        "--data",
+        corpus.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let r = terse(&args);
+    assert!(r.status.success(), "{}", stderr(&r));
+}
