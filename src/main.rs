@@ -917,11 +917,11 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         corpus.chunk_bytes
     );
     println!(
-        "  {:<34} {:>9} {:>9} {:>11}",
+        "  {:<46} {:>9} {:>9} {:>11}",
         "model", "bits/byte", "uniform", "bytes/token"
     );
     println!(
-        "  {:<34} {:>9.3}",
+        "  {:<46} {:>9.3}",
         format!(
             "M1 tiny ({} steps)",
             m1.train.as_ref().map_or(0, |t| t.steps_done)
@@ -930,16 +930,16 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
     );
     for r in [&ei, &by] {
         println!(
-            "  {:<34} {:>9.3} {:>9.3} {:>11.3}",
+            "  {:<46} {:>9.3} {:>9.3} {:>11.3}",
             format!("M2 tiny on {} ({} steps)", r.label, r.train.steps_done),
             r.eval.bits_per_byte,
             r.eval.uniform_bits_per_byte,
             r.eval.bytes_per_token
         );
     }
-    println!("  {:<34} {:>9.3}", "gzip -9", base.gzip_bpb);
-    println!("  {:<34} {:>9.3}", "xz -9", base.xz_bpb);
-    println!("  {:<34} {:>9.3}", "zstd -19", base.zstd_bpb);
+    println!("  {:<46} {:>9.3}", "gzip -9", base.gzip_bpb);
+    println!("  {:<46} {:>9.3}", "xz -9", base.xz_bpb);
+    println!("  {:<46} {:>9.3}", "zstd -19", base.zstd_bpb);
     println!(
         "sample (Equal-Info M2, {} steps, {:.2} bytes/step, {:.2} ms/byte):\n{sample_text}",
         g.steps, g.bytes_per_step, g.ms_per_byte
