@@ -431,7 +431,7 @@ impl Pipeline<'_> {
         let ds = TokenDataset::open(&dataset)?;
         let (cfg, params) = load_model(&checkpoint)?;
         let src = crate::train::TokenSource::from_metadata(ds.metadata());
-        let counts = split_counts(&ds, ChunkSplit::Train);
+        let counts = token_counts(&ds, ChunkSplit::Train);
         let (mut be, _) = create_backend(self.device, &cfg, params.clone(), None)?;
         let eval = evaluate_m2(
             be.as_mut(),
@@ -463,21 +463,6 @@ impl Pipeline<'_> {
             seconds: t0.elapsed().as_secs_f64(),
         })
     }
-}
-
-/// Token counts over the chunks of one split.
-fn split_counts(ds: &TokenDataset, split: ChunkSplit) -> Vec<u64> {
-    if split == ChunkSplit::All {
-        return token_counts(ds);
-    }
-    let mut counts = vec![0u64; ds.metadata().vocab as usize];
-    for c in split.chunks(ds) {
-        let (toks, _) = ds.example(c).expect("in range");
-        for t in ds.tokens_u16(toks) {
-            counts[t as usize] += 1;
-        }
-    }
-    counts
 }
 
 /// KL(observed ‖ uniform over all `2^token_bits` values) in bits: `token_bits − H(observed)`,
@@ -521,10 +506,7 @@ fn position_accuracy(lm: &ExactLm, ds: &TokenDataset, seq: usize, per_window: us
         let mut input = M2_START;
         for (j, &t) in row.iter().take(budget).enumerate() {
             lm.push_token(&mut state, input, &mut probs);
-            let best = probs
-                .iter()
-                .enumerate()
-                .fold(0, |b, (i, &p)| if p > probs[b] { i } else { b });
+            let best = crate::generate::argmax(&probs);
             seen[j % per_window] += 1;
             hits[j % per_window] += (best == t as usize) as u64;
             input = t as u32;

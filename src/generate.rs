@@ -112,17 +112,21 @@ impl UnitCoder {
     }
 }
 
+/// The most likely token; ties go to the lowest id.
+pub fn argmax(probs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &p) in probs.iter().enumerate() {
+        if p > probs[best] {
+            best = i;
+        }
+    }
+    best
+}
+
 /// Draws one token from `probs` (modified in place).
 fn sample(probs: &mut [f32], o: &SampleOptions, rng: &mut Rng) -> u32 {
     if o.temperature <= 0.0 {
-        // Ties go to the lowest id.
-        let mut best = 0;
-        for (i, &p) in probs.iter().enumerate() {
-            if p > probs[best] {
-                best = i;
-            }
-        }
-        return best as u32;
+        return argmax(probs) as u32;
     }
     if o.top_k > 0 && o.top_k < probs.len() {
         let mut sorted: Vec<f32> = probs.to_vec();

@@ -580,7 +580,7 @@ fn cmd_eval_m2(a: EvalArgs) -> Result<()> {
         .ok()
         .map(|t| {
             (
-                terse::eval::tokens::token_counts(&t),
+                terse::eval::tokens::token_counts(&t, terse::data::ChunkSplit::All),
                 opts.data.display().to_string(),
             )
         });

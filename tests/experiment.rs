@@ -74,3 +74,55 @@ fn smoke_experiment_writes_every_result() {
         serde_json::from_str(String::from_utf8_lossy(&r.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(last["methods"].as_array().unwrap().len(), methods.len());
 }
+
+#[test]
+fn experiment_refuses_unknown_grids_and_too_small_corpora() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exp");
+    let r = terse(&[
+        "experiment",
+        "--grid",
+        "nope",
+        "--scale",
+        "smoke",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    assert!(
+        stderr(&r).contains("unknown grid \"nope\""),
+        "{}",
+        stderr(&r)
+    );
+    // 3 KB make 2 chunks of 2 KB: no chunk can be held out.
+    let small = common::sample_prefix(dir.path(), 3_000);
+    let r = terse(&[
+        "experiment",
+        "--scale",
+        "smoke",
+        "--data",
+        small.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("needs at least 20"), "{}", stderr(&r));
+    // A held-out token dataset goes only with a token dataset.
+    let r = terse(&[
+        "train",
+        "--data",
+        small.to_str().unwrap(),
+        "--heldout",
+        out.to_str().unwrap(),
+        "--out",
+        dir.path().join("m").to_str().unwrap(),
+        "--steps",
+        "1",
+    ]);
+    assert!(!r.status.success());
+    assert!(
+        stderr(&r).contains("--heldout takes a token dataset"),
+        "{}",
+        stderr(&r)
+    );
+}

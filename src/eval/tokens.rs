@@ -55,11 +55,18 @@ pub fn m1_config(src: &TokenSource) -> Result<Option<ModelConfig>> {
     )?))
 }
 
-/// Unigram counts of every token of `ds`.
-pub fn token_counts(ds: &TokenDataset) -> Vec<u64> {
+/// Unigram counts of the tokens of `ds`'s `split` chunks.
+pub fn token_counts(ds: &TokenDataset, split: ChunkSplit) -> Vec<u64> {
     let mut counts = vec![0u64; ds.metadata().vocab as usize];
-    for t in ds.tokens() {
-        counts[t as usize] += 1;
+    if split == ChunkSplit::All {
+        ds.tokens().for_each(|t| counts[t as usize] += 1);
+        return counts;
+    }
+    for c in split.chunks(ds) {
+        let (toks, _) = ds.example(c).expect("index from the split");
+        for t in ds.tokens_u16(toks) {
+            counts[t as usize] += 1;
+        }
     }
     counts
 }
@@ -90,8 +97,12 @@ pub fn evaluate_m2(
 ) -> Result<M2Report> {
     let set = TokenEvalSet::new(ds, split, seq, None);
     let score: TokenScore = set.score(m2, batch)?;
-    let (counts, unigram_source) =
-        unigram.unwrap_or_else(|| (token_counts(ds), ds.dir().display().to_string()));
+    let (counts, unigram_source) = unigram.unwrap_or_else(|| {
+        (
+            token_counts(ds, ChunkSplit::All),
+            ds.dir().display().to_string(),
+        )
+    });
     let bytes = set.bytes as f64;
     let tokens_per_byte = set.tokens as f64 / bytes;
     let m1 = m1_config(src)?.map(|c| c.non_embedding_params());
