@@ -10,7 +10,8 @@
 //!   encoder knows the window's exact shortest code length after every byte, appends bytes while
 //!   the window still has a code of `b` bits, and picks a code that the decoder maps back to
 //!   exactly the window's bytes without any side information; every `b`-bit code decodes to some
-//!   byte string. [`encode_windows`] and [`decode_window`] drive them with a CDF callback.
+//!   byte string. [`encode_windows`], [`decode_window`] and [`decode_windows`] drive them with a
+//!   CDF callback.
 //! - [`stream`]: [`StreamEncoder`] / [`StreamDecoder`], a carry-propagating range coder (64-bit
 //!   state, byte output) for whole-text AC; the decoder needs the symbol count.
 //! - [`pack`]: window codes and byte streams to 8- or 16-bit tokens, MSB first, and back.
@@ -28,8 +29,8 @@ pub use cdf::{
 pub use pack::{bytes_to_tokens, codes_to_tokens, tokens_to_bytes, tokens_to_codes};
 pub use stream::{StreamDecoder, StreamEncoder};
 pub use window::{
-    decode_window, encode_windows, window_bits_supported, EncodedWindows, WindowDecoder,
-    WindowEncoder, WindowEnd, WindowRule, MAX_WINDOW_BITS, MIN_WINDOW_BITS,
+    decode_window, decode_windows, encode_windows, window_bits_supported, EncodedWindows,
+    WindowDecoder, WindowEncoder, WindowEnd, WindowRule, MAX_WINDOW_BITS, MIN_WINDOW_BITS,
 };
 
 /// What the coder refuses, and why.

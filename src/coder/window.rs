@@ -550,18 +550,31 @@ impl WindowDecoder {
     /// Decodes `code` under `rule` (the encoder's).
     pub fn with_rule(b: u32, code: u128, rule: WindowRule) -> Result<Self, CoderError> {
         check_b(b)?;
-        if b < 128 && code >> b != 0 {
-            return Err(CoderError::CodeTooWide { code, bits: b });
-        }
-        Ok(WindowDecoder {
+        let mut dec = WindowDecoder {
             b,
             rule,
-            c: code,
+            c: 0,
             iv: Interval::ROOT,
             taken: Taken::default(),
             bytes: Vec::new(),
             end: None,
-        })
+        };
+        dec.reset(code)?;
+        Ok(dec)
+    }
+
+    /// Starts over on the next window's `code` (same `b` and rule), keeping the buffers: the
+    /// bytes decoded so far are dropped. Refuses a code of more than `b` bits.
+    pub fn reset(&mut self, code: u128) -> Result<(), CoderError> {
+        if self.b < 128 && code >> self.b != 0 {
+            return Err(CoderError::CodeTooWide { code, bits: self.b });
+        }
+        self.c = code;
+        self.iv = Interval::ROOT;
+        self.taken.0.clear();
+        self.bytes.clear();
+        self.end = None;
+        Ok(())
     }
 
     /// Whether the window has ended (no more CDFs needed).
@@ -640,17 +653,40 @@ impl WindowDecoder {
 /// `prefix` (the window's bytes so far). It is called once per decoded byte, plus once more if
 /// the window ends by [`WindowEnd::Exhausted`]. Refuses only an unsupported `b` or a code wider
 /// than `b` bits.
-pub fn decode_window<Fs, R>(b: u32, code: u128, mut cdf_source: Fs) -> Result<Vec<u8>, CoderError>
+pub fn decode_window<Fs, R>(b: u32, code: u128, cdf_source: Fs) -> Result<Vec<u8>, CoderError>
 where
     Fs: FnMut(&[u8]) -> R,
     R: Borrow<Cdf>,
 {
-    let mut dec = WindowDecoder::new(b, code)?;
-    while !dec.is_done() {
-        let cdf = cdf_source(dec.bytes());
-        dec.step(cdf.borrow());
+    let mut out = Vec::new();
+    decode_windows(b, &[code], &mut out, cdf_source)?;
+    Ok(out)
+}
+
+/// Decode consecutive `b`-bit windows, appending their bytes to `out`; `cdf_source` is as for
+/// [`decode_window`] (the prefix is the current window's bytes). One decoder serves every window,
+/// so no allocation happens per window. Refuses an unsupported `b` or a code wider than `b` bits
+/// (bytes of the windows before it stay in `out`).
+pub fn decode_windows<Fs, R>(
+    b: u32,
+    codes: &[u128],
+    out: &mut Vec<u8>,
+    mut cdf_source: Fs,
+) -> Result<(), CoderError>
+where
+    Fs: FnMut(&[u8]) -> R,
+    R: Borrow<Cdf>,
+{
+    let mut dec = WindowDecoder::new(b, 0)?;
+    for &code in codes {
+        dec.reset(code)?;
+        while !dec.is_done() {
+            let cdf = cdf_source(dec.bytes());
+            dec.step(cdf.borrow());
+        }
+        out.extend_from_slice(dec.bytes());
     }
-    Ok(dec.into_bytes())
+    Ok(())
 }
 
 /// A whole input cut into windows.
@@ -716,6 +752,17 @@ mod tests {
             at += len as usize;
         }
         assert_eq!(at, data.len());
+        // The one-decoder form gives the same bytes; a code too wide for `b` is refused after
+        // the windows before it were appended.
+        let mut all = vec![7u8];
+        decode_windows(b, &enc.codes, &mut all, model).unwrap();
+        assert_eq!(&all[1..], data);
+        if b < 128 {
+            let bad = [enc.codes.clone(), vec![1u128 << b]].concat();
+            let mut out = Vec::new();
+            assert!(decode_windows(b, &bad, &mut out, model).is_err());
+            assert_eq!(out, data);
+        }
         enc
     }
 
