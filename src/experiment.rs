@@ -31,7 +31,7 @@ use std::time::Instant;
 pub enum Scale {
     /// Seconds: 60 KB of text in 2 KB chunks, a few steps per model (CI).
     Smoke,
-    /// About 30 minutes on 2 CPU cores: 1 MB of the bundled sample, tiny models.
+    /// About 16 minutes on 2 idle CPU cores (30 at most): 1 MB of the bundled sample, tiny models.
     Tiny,
     /// About 2 hours on 2 CPU cores, minutes on a GPU: m1-3m and m2-25m-sized M2s.
     Small,
