@@ -7,6 +7,8 @@
 #   torch_train_shapes.py  the torch training rows at the bench shapes (scripts/)
 #   sample-books.txt   the bundled sample (data/), for the loss-curve and checkpoint parity tests
 #   *.py               ../shared/anchors/*.py (torch_baseline.py, ...), when that folder exists
+#   m1/, ac-input.txt  with TERSE_GPU_M1=CHECKPOINT_DIR and TERSE_GPU_AC_INPUT=FILE, for the
+#                      optional whole-file `ac` round trip (GPU_CHECK_AC=1)
 # Binaries are copied with their debug info stripped (symbols stay, for backtraces) to keep the
 # folder well under the device tool's 64 MiB. gpu-run/ is ignored by git (.gitignore) and carried
 # to the device:
@@ -69,6 +71,14 @@ if compgen -G "../shared/anchors/*.py" >/dev/null; then
     cp ../shared/anchors/*.py "$out/"
 else
     echo "note: ../shared/anchors/*.py not found; the torch baseline step will be skipped" >&2
+fi
+# For GPU_CHECK_AC=1: an M1 checkpoint and a text to code with it.
+if [ -n "${TERSE_GPU_M1:-}" ]; then
+    mkdir -p "$out/m1"
+    cp "$TERSE_GPU_M1"/{model.safetensors,config.json,manifest.json} "$out/m1/"
+fi
+if [ -n "${TERSE_GPU_AC_INPUT:-}" ]; then
+    cp "$TERSE_GPU_AC_INPUT" "$out/ac-input.txt"
 fi
 du -sh "$out"
 ls -la "$out"

@@ -91,6 +91,9 @@ enum Cmd {
         /// Output file (written atomically).
         #[arg(long)]
         out: PathBuf,
+        /// ac: run M1 on the GPU, hundreds of chunks at once (the same bytes as on the CPU).
+        #[arg(long)]
+        gpu: bool,
     },
 }
 
@@ -203,6 +206,9 @@ struct TokenizeArgs {
     /// Bytes of text per example (the paper's 10,240); the last chunk may be shorter.
     #[arg(long, default_value_t = terse::tokenize::DEFAULT_CHUNK_BYTES)]
     chunk_bytes: usize,
+    /// ac: run M1 on the GPU, hundreds of chunks at once (the same tokens as on the CPU).
+    #[arg(long)]
+    gpu: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -400,7 +406,7 @@ fn main() {
         Cmd::Experiment(a) => cmd_experiment(a),
         Cmd::Bench(b) => cmd_bench(b),
         Cmd::Tokenize(a) => cmd_tokenize(a),
-        Cmd::Detokenize { data, m1, out } => cmd_detokenize(&data, m1.as_deref(), &out),
+        Cmd::Detokenize { data, m1, out, gpu } => cmd_detokenize(&data, m1.as_deref(), &out, gpu),
         Cmd::Compress {
             m1,
             window_bits,
@@ -1144,7 +1150,15 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
     let spec = match (a.method.needs_m1(), &a.m1) {
         (true, Some(path)) => {
             let m1 = load_exact_m1(path)?;
-            Some(M1Spec::new(std::sync::Arc::new(m1), a.window_bits).with_delay(a.delay))
+            let batch = match a.gpu {
+                true => Some(gpu_m1_batch(&a.method, &m1, a.chunk_bytes)?),
+                false => None,
+            };
+            let spec = M1Spec::new(std::sync::Arc::new(m1), a.window_bits).with_delay(a.delay);
+            Some(match batch {
+                Some(b) => spec.with_batch(b),
+                None => spec,
+            })
         }
         (true, None) => bail!("--method {} needs --m1 CHECKPOINT", a.method.name()),
         (false, Some(_)) => bail!("--m1 is used only by --method ac and equal-info"),
@@ -1223,6 +1237,7 @@ fn cmd_detokenize(
     data: &std::path::Path,
     m1: Option<&std::path::Path>,
     out: &std::path::Path,
+    gpu: bool,
 ) -> Result<()> {
     let m1 = match m1 {
         Some(path) => {
@@ -1231,8 +1246,22 @@ fn cmd_detokenize(
         }
         None => None,
     };
+    let batch = match (gpu, &m1) {
+        (false, _) => None,
+        (true, None) => bail!("--gpu runs M1: pass --m1"),
+        (true, Some(m)) => {
+            let meta = terse::tokenize::TokenDataset::open(data)?
+                .metadata()
+                .clone();
+            let method = terse::tokenize::Method::from_name(&meta.method)
+                .with_context(|| format!("unknown method {}", meta.method))?;
+            let chunk = meta.params.get("chunk_bytes").and_then(|v| v.as_u64());
+            let chunk = chunk.unwrap_or(terse::tokenize::DEFAULT_CHUNK_BYTES as u64) as usize;
+            Some(gpu_m1_batch(&method, m, chunk)?)
+        }
+    };
     let t = Instant::now();
-    let bytes = terse::tokenize::decode_dataset_with_m1(data, m1)?;
+    let bytes = terse::tokenize::decode_dataset_on(data, m1, batch)?;
     terse::train::checkpoint::atomic_write(out, &bytes)?;
     println!(
         "{}: {} bytes decoded to {} in {:.1} s",
@@ -1242,6 +1271,27 @@ fn cmd_detokenize(
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// M1 on the GPU for `ac` (`--gpu`): refuses other methods and machines without a usable GPU.
+fn gpu_m1_batch(
+    method: &terse::tokenize::Method,
+    m1: &terse::m1::ExactM1,
+    chunk_bytes: usize,
+) -> Result<std::sync::Arc<std::sync::Mutex<dyn terse::tokenize::ac::M1Batch>>> {
+    anyhow::ensure!(
+        *method == terse::tokenize::Method::Ac,
+        "--gpu runs the ac method's M1; {} runs on the CPU",
+        method.name()
+    );
+    let g = terse::backend::cuda::GpuExactM1::for_chunks(m1, chunk_bytes)
+        .context("--gpu: M1 on the GPU")?;
+    eprintln!(
+        "ac on the GPU: {} chunks at a time (positions up to {})",
+        g.streams(),
+        g.capacity()
+    );
+    Ok(std::sync::Arc::new(std::sync::Mutex::new(g)))
 }
 
 fn load_exact_m1(path: &std::path::Path) -> Result<terse::m1::ExactM1> {

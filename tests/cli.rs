@@ -255,3 +255,46 @@ fn compress_decompress_round_trip_and_refusals() {
     );
     assert!(!nope.exists());
 }
+
+/// `--gpu` (M1 of `ac` on the GPU) on a machine without one is refused with the reason and
+/// writes nothing; with a GPU, tests/gpu_parity.rs checks the same path bit for bit.
+#[test]
+fn ac_on_gpu_without_a_gpu_is_refused() {
+    if terse::backend::cuda::gpu_unavailable_reason().is_none() {
+        eprintln!("SKIPPED: a GPU is present (tests/gpu_parity.rs covers --gpu)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 4_000);
+    let ck = dir.path().join("m1");
+    common::train_tiny(&data, &ck, &["--steps", "1"]);
+    let out = dir.path().join("ds");
+    let (d, m, o) = (
+        data.to_str().unwrap(),
+        ck.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let r = terse(&[
+        "tokenize", "--method", "ac", "--gpu", "--m1", m, "--data", d, "--out", o,
+    ]);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("no usable GPU"), "{}", stderr(&r));
+    assert!(!out.exists(), "a refused run left output");
+    let r = terse(&[
+        "tokenize",
+        "--method",
+        "equal-info",
+        "--gpu",
+        "--m1",
+        m,
+        "--data",
+        d,
+        "--out",
+        o,
+    ]);
+    assert!(
+        stderr(&r).contains("--gpu runs the ac method"),
+        "{}",
+        stderr(&r)
+    );
+}

@@ -1312,3 +1312,137 @@ fn gpu_checkpoint_evaluates_on_cpu() {
         g.bits_per_byte
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// M1's exact coding path: bit for bit, not within a tolerance
+
+/// M1 with sharpened random weights (varied, peaked distributions, as a trained model gives).
+fn exact_m1(preset: &str, seed: u64) -> terse::m1::ExactM1 {
+    let cfg = terse::model::ModelConfig::preset(preset, None).unwrap();
+    let mut p = terse::model::ParamArena::init(&cfg, seed);
+    p.data.iter_mut().for_each(|x| *x *= 4.0);
+    terse::m1::ExactM1::new(&cfg, &p).unwrap()
+}
+
+/// Runs a random schedule on the GPU and, stream by stream, on the CPU: each step feeds a random
+/// subset of streams in random order; a stream restarts (a new window) now and then, one never
+/// does (its context grows to `steps` positions). Every distribution must match bit for bit.
+fn exact_m1_case(preset: &str, streams: usize, steps: usize, seed: u64) {
+    use terse::m1::{WindowState, WINDOW_START};
+    let m1 = exact_m1(preset, seed);
+    let mut gpu = terse::backend::cuda::GpuExactM1::new(&m1, streams, steps + 1).unwrap();
+    let text = sample_bytes();
+    let mut r = Rng::new(seed);
+    let mut cpu: Vec<WindowState> = vec![WindowState::default(); streams];
+    let mut checked = 0usize;
+    let t0 = std::time::Instant::now();
+    for step in 0..steps {
+        let mut order: Vec<usize> = (0..streams).filter(|_| r.below(4) != 0).collect();
+        r.shuffle(&mut order);
+        let feeds: Vec<(usize, u8)> = order
+            .iter()
+            .map(|&st| {
+                let restart = gpu.position(st) == 0 || (st != 0 && r.below(60) == 0);
+                if restart {
+                    gpu.reset(st);
+                    (st, WINDOW_START)
+                } else if r.below(10) == 0 {
+                    (st, r.below(256) as u8)
+                } else {
+                    (st, text[(step * 7 + st * 1000) % text.len()])
+                }
+            })
+            .collect();
+        let got = gpu.step(&feeds).unwrap();
+        for (&(st, byte), g) in feeds.iter().zip(&got) {
+            let want = if gpu.position(st) == 1 {
+                m1.start(&mut cpu[st])
+            } else {
+                m1.push(&mut cpu[st], byte)
+            };
+            if let Some(i) = (0..256).find(|&i| g[i].to_bits() != want[i].to_bits()) {
+                panic!(
+                    "{preset}: step {step}, stream {st} at position {}: byte {i} GPU {:e} vs CPU {:e}",
+                    gpu.position(st) - 1,
+                    g[i],
+                    want[i]
+                );
+            }
+            checked += 1;
+        }
+    }
+    note(&format!(
+        "exact M1 {preset}: {checked} distributions bit-identical over {streams} streams \
+         (longest context {steps}); {:.1} s with the CPU twin",
+        t0.elapsed().as_secs_f64()
+    ));
+}
+
+#[test]
+fn exact_m1_matches_cpu_bit_for_bit() {
+    let Some(_k) = gpu("exact_m1_matches_cpu_bit_for_bit") else {
+        return;
+    };
+    exact_m1_case("tiny", 7, 400, 21);
+    // Longer than a block of score threads (256) and than the training length of the presets.
+    exact_m1_case("m1-3m", 5, 1200, 22);
+}
+
+#[test]
+fn exact_m1_refuses_bad_feeds() {
+    let Some(_k) = gpu("exact_m1_refuses_bad_feeds") else {
+        return;
+    };
+    let m1 = exact_m1("tiny", 3);
+    let mut g = terse::backend::cuda::GpuExactM1::new(&m1, 2, 2).unwrap();
+    assert!(g.step(&[(2, 0)]).is_err(), "stream out of range");
+    assert!(g.step(&[(0, 0), (0, 1)]).is_err(), "stream fed twice");
+    g.step(&[(0, 0)]).unwrap();
+    g.step(&[(0, 1)]).unwrap();
+    assert!(g.step(&[(0, 2)]).is_err(), "stream past its capacity");
+    assert_eq!(g.position(0), 2);
+    g.reset(0);
+    assert_eq!(g.step(&[(0, 0), (1, 0)]).unwrap().len(), 2);
+}
+
+/// `terse tokenize --method ac --gpu` end to end: the GPU batch gives the CPU's tokens, and
+/// decodes them back to the text.
+#[test]
+fn ac_dataset_on_gpu_equals_cpu() {
+    use std::sync::{Arc, Mutex};
+    use terse::tokenize::{self, M1Spec, Method};
+    let Some(_k) = gpu("ac_dataset_on_gpu_equals_cpu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text = &sample_bytes()[..60_000];
+    let corpus = dir.path().join("c.txt");
+    std::fs::write(&corpus, text).unwrap();
+    let m1 = Arc::new(exact_m1("tiny", 9));
+    let cpu_spec = M1Spec::new(m1.clone(), 16);
+    // 3 streams for 30 chunks: ten groups, so resets between groups are exercised too.
+    let gpu_batch = Arc::new(Mutex::new(
+        terse::backend::cuda::GpuExactM1::new(&m1, 3, 2048).unwrap(),
+    ));
+    let gpu_spec = M1Spec::new(m1.clone(), 16).with_batch(gpu_batch.clone());
+    let (a, b) = (dir.path().join("cpu"), dir.path().join("gpu"));
+    let t0 = std::time::Instant::now();
+    tokenize::tokenize_corpus(Method::Ac, &corpus, &a, 16, 2048, Some(&cpu_spec), false).unwrap();
+    let t1 = std::time::Instant::now();
+    tokenize::tokenize_corpus(Method::Ac, &corpus, &b, 16, 2048, Some(&gpu_spec), false).unwrap();
+    let t2 = std::time::Instant::now();
+    let read = |d: &std::path::Path| std::fs::read(d.join(tokenize::TOKENS_FILE)).unwrap();
+    assert_eq!(read(&a), read(&b), "GPU ac tokens differ from the CPU's");
+    let back = tokenize::decode_dataset_on(&b, Some(m1.clone()), Some(gpu_batch)).unwrap();
+    assert_eq!(
+        back,
+        tokenize::decode_dataset_with_m1(&a, Some(m1)).unwrap()
+    );
+    note(&format!(
+        "ac on the GPU: {} bytes coded identically (CPU {:.2} s, GPU {:.2} s, decode {:.2} s)",
+        text.len(),
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        t2.elapsed().as_secs_f64()
+    ));
+}

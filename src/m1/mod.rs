@@ -36,14 +36,14 @@ pub const WINDOW_START: u8 = 0;
 pub type Probs = [f32; 256];
 
 /// One layer's weights, matrices transposed to `[in, out]` so a matrix-vector product runs every
-/// output's chain side by side.
-struct Layer {
-    attn_norm: Vec<f32>,
-    qkv_t: Vec<f32>,
-    out_t: Vec<f32>,
-    mlp_norm: Vec<f32>,
-    up_t: Vec<f32>,
-    down_t: Vec<f32>,
+/// output's chain side by side (the GPU twin, `backend::cuda::exact_m1`, uses the same layout).
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Vec<f32>,
+    pub(crate) qkv_t: Vec<f32>,
+    pub(crate) out_t: Vec<f32>,
+    pub(crate) mlp_norm: Vec<f32>,
+    pub(crate) up_t: Vec<f32>,
+    pub(crate) down_t: Vec<f32>,
 }
 
 /// A model of any vocabulary prepared for inference under the contract, one position at a time
@@ -141,6 +141,11 @@ impl ExactLm {
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// The prepared weights: token embedding `[vocab, d]`, layers, final norm, head `[d, vocab]`.
+    pub(crate) fn weights(&self) -> (&[f32], &[Layer], &[f32], &[f32]) {
+        (&self.tok_emb, &self.layers, &self.final_norm, &self.head_t)
     }
 
     /// An empty context (no position fed yet).
@@ -274,6 +279,10 @@ impl ExactM1 {
 
     pub fn config(&self) -> &ModelConfig {
         &self.lm.cfg
+    }
+
+    pub(crate) fn lm(&self) -> &ExactLm {
+        &self.lm
     }
 
     /// A fresh window: feeds [`WINDOW_START`] and returns the distribution of the window's first byte.

@@ -27,8 +27,8 @@
 //! averaged over a 10,240-byte chunk, measured on a 2-core AMD EPYC). Chunks run in parallel.
 
 use crate::coder::{bytes_to_tokens, tokens_to_bytes, CdfQuantizer, StreamDecoder, StreamEncoder};
-use crate::m1::{ExactM1, WindowState};
-use anyhow::Result;
+use crate::m1::{ExactM1, Probs, WindowState, WINDOW_START};
+use anyhow::{anyhow, ensure, Result};
 
 /// The chunk's arithmetic code under `m1`, as `token_bits`-bit tokens.
 pub fn encode(m1: &ExactM1, chunk: &[u8], token_bits: u32) -> Result<Vec<u16>> {
@@ -69,6 +69,169 @@ pub fn decode(m1: &ExactM1, tokens: &[u16], token_bits: u32, byte_len: usize) ->
     }
 }
 
+/// Independent M1 contexts ("streams") advanced together: the CPU runs each stream's
+/// [`ExactM1`] on its own thread ([`CpuM1Batch`]), the GPU runs them all in one step
+/// (`backend::cuda::GpuExactM1`). Under the numeric contract both give the bits of
+/// [`ExactM1::start`] / [`ExactM1::push`] stream by stream.
+pub trait M1Batch: Send {
+    /// How many streams there are (`0..streams()`).
+    fn streams(&self) -> usize;
+    /// Empties `stream`'s context; its next feed must be [`WINDOW_START`].
+    fn reset(&mut self, stream: usize);
+    /// Feeds each `(stream, byte)` (each stream at most once) and returns, in order, the
+    /// distribution of each stream's next byte.
+    fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>>;
+}
+
+/// [`M1Batch`] on the CPU: one [`WindowState`] per stream, streams in parallel.
+pub struct CpuM1Batch<'a> {
+    m1: &'a ExactM1,
+    states: Vec<WindowState>,
+}
+
+impl<'a> CpuM1Batch<'a> {
+    pub fn new(m1: &'a ExactM1, streams: usize) -> Self {
+        CpuM1Batch {
+            m1,
+            states: vec![WindowState::default(); streams],
+        }
+    }
+}
+
+impl M1Batch for CpuM1Batch<'_> {
+    fn streams(&self) -> usize {
+        self.states.len()
+    }
+
+    fn reset(&mut self, stream: usize) {
+        self.states[stream] = WindowState::default();
+    }
+
+    fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>> {
+        use rayon::prelude::*;
+        let mut slots: Vec<Option<&mut WindowState>> = self.states.iter_mut().map(Some).collect();
+        let jobs = feeds
+            .iter()
+            .map(|&(st, byte)| {
+                let state = slots
+                    .get_mut(st)
+                    .and_then(Option::take)
+                    .ok_or_else(|| anyhow!("stream {st} out of range or fed twice"))?;
+                ensure!(
+                    !state.is_empty() || byte == WINDOW_START,
+                    "stream {st} must start with the window-start byte"
+                );
+                Ok((state, byte))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(jobs
+            .into_par_iter()
+            .map(|(state, byte)| {
+                if state.is_empty() {
+                    self.m1.start(state)
+                } else {
+                    self.m1.push(state, byte)
+                }
+            })
+            .collect())
+    }
+}
+
+/// [`encode`] of many chunks at once, `batch.streams()` chunks at a time (one stream each, all
+/// advanced one byte per step): the same tokens as [`encode`] chunk by chunk.
+pub fn encode_chunks(
+    batch: &mut dyn M1Batch,
+    chunks: &[&[u8]],
+    token_bits: u32,
+) -> Result<Vec<Vec<u16>>> {
+    let mut out = Vec::with_capacity(chunks.len());
+    for group in chunks.chunks(batch.streams().max(1)) {
+        out.extend(encode_batch(batch, group, token_bits)?);
+    }
+    Ok(out)
+}
+
+/// [`decode`] of many chunks at once, `batch.streams()` at a time, as [`encode_chunks`].
+pub fn decode_chunks(
+    batch: &mut dyn M1Batch,
+    tokens: &[&[u16]],
+    token_bits: u32,
+    lens: &[usize],
+) -> Result<Vec<Vec<u8>>> {
+    ensure!(tokens.len() == lens.len(), "one length per chunk");
+    let g = batch.streams().max(1);
+    let mut out = Vec::with_capacity(lens.len());
+    for (t, l) in tokens.chunks(g).zip(lens.chunks(g)) {
+        out.extend(decode_batch(batch, t, token_bits, l)?);
+    }
+    Ok(out)
+}
+
+/// [`encode`] of at most `batch.streams()` chunks at once, one stream per chunk.
+fn encode_batch(
+    batch: &mut dyn M1Batch,
+    chunks: &[&[u8]],
+    token_bits: u32,
+) -> Result<Vec<Vec<u16>>> {
+    ensure!(chunks.len() <= batch.streams(), "more chunks than streams");
+    let q = CdfQuantizer::default();
+    let mut coders: Vec<StreamEncoder> = chunks.iter().map(|_| StreamEncoder::new()).collect();
+    let mut feeds: Vec<(usize, u8)> = (0..chunks.len())
+        .filter(|&i| !chunks[i].is_empty())
+        .map(|i| (i, WINDOW_START))
+        .collect();
+    feeds.iter().for_each(|&(i, _)| batch.reset(i));
+    let mut k = 0; // the byte each fed chunk codes next
+    while !feeds.is_empty() {
+        let probs = batch.step(&feeds)?;
+        for (&(i, _), p) in feeds.iter().zip(&probs) {
+            coders[i].encode(chunks[i][k], &q.quantize(p)?);
+        }
+        feeds.retain(|&(i, _)| k + 1 < chunks[i].len());
+        feeds.iter_mut().for_each(|f| f.1 = chunks[f.0][k]);
+        k += 1;
+    }
+    coders
+        .into_iter()
+        .map(|e| Ok(bytes_to_tokens(&e.finish(), token_bits)?))
+        .collect()
+}
+
+/// [`decode`] of at most `batch.streams()` chunks at once (`lens[i]` bytes from `tokens[i]`).
+fn decode_batch(
+    batch: &mut dyn M1Batch,
+    tokens: &[&[u16]],
+    token_bits: u32,
+    lens: &[usize],
+) -> Result<Vec<Vec<u8>>> {
+    ensure!(lens.len() <= batch.streams(), "more chunks than streams");
+    let q = CdfQuantizer::default();
+    let streams: Vec<Vec<u8>> = tokens
+        .iter()
+        .map(|t| Ok(tokens_to_bytes(t, token_bits)?))
+        .collect::<Result<_>>()?;
+    let mut coders: Vec<StreamDecoder> = streams.iter().map(|b| StreamDecoder::new(b)).collect();
+    let mut out: Vec<Vec<u8>> = lens
+        .iter()
+        .map(|&n| Vec::with_capacity(n.min(1 << 20)))
+        .collect();
+    let mut feeds: Vec<(usize, u8)> = (0..lens.len())
+        .filter(|&i| lens[i] > 0)
+        .map(|i| (i, WINDOW_START))
+        .collect();
+    feeds.iter().for_each(|&(i, _)| batch.reset(i));
+    while !feeds.is_empty() {
+        let probs = batch.step(&feeds)?;
+        for (f, p) in feeds.iter_mut().zip(&probs) {
+            let b = coders[f.0].decode(&q.quantize(p)?);
+            out[f.0].push(b);
+            f.1 = b;
+        }
+        feeds.retain(|&(i, _)| out[i].len() < lens[i]);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +253,35 @@ mod tests {
         }
         // Garbage decodes to the requested length without panicking.
         assert_eq!(decode(&m1, &[1, 2, 3], 16, 50).unwrap().len(), 50);
+    }
+
+    #[test]
+    fn batched_coding_equals_chunk_by_chunk() {
+        let cfg = ModelConfig::preset("tiny", None).unwrap();
+        let mut p = ParamArena::init(&cfg, 6);
+        p.data.iter_mut().for_each(|x| *x *= 8.0);
+        let m1 = ExactM1::new(&cfg, &p).unwrap();
+        let text = &include_bytes!("../../data/sample-books.txt")[5000..6500];
+        let chunks: Vec<&[u8]> = vec![&text[..700], b"", &text[700..701], &text[701..], &[9; 300]];
+        // Two streams for five chunks: three groups, the last with a spare stream.
+        let mut batch = CpuM1Batch::new(&m1, 2);
+        for bits in [8, 16] {
+            let coded = encode_chunks(&mut batch, &chunks, bits).unwrap();
+            for (c, t) in chunks.iter().zip(&coded) {
+                assert_eq!(t, &encode(&m1, c, bits).unwrap());
+            }
+            let toks: Vec<&[u16]> = coded.iter().map(Vec::as_slice).collect();
+            let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+            let back = decode_chunks(&mut batch, &toks, bits, &lens).unwrap();
+            assert_eq!(back, chunks);
+        }
+        // A stream fed twice in one step, or out of range, is refused.
+        assert!(batch.step(&[(0, WINDOW_START), (0, WINDOW_START)]).is_err());
+        assert!(batch.step(&[(2, WINDOW_START)]).is_err());
+        batch.reset(0);
+        assert!(
+            batch.step(&[(0, b'a')]).is_err(),
+            "must start with WINDOW_START"
+        );
     }
 }

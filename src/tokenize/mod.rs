@@ -38,14 +38,14 @@ pub use dataset::{
 use crate::coder::{codes_to_tokens, tokens_to_codes, WindowRule};
 use crate::data::open_stream;
 use crate::m1::ExactM1;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use equal_info::EqualInfo;
 use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 use static_ac::StaticAc;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use subword::Subword;
 
@@ -117,6 +117,10 @@ pub struct M1Spec {
     pub m1: Arc<ExactM1>,
     pub window_bits: u32,
     pub rule: WindowRule,
+    /// Where `ac` runs M1: many chunks at once on this batch (the GPU's
+    /// `backend::cuda::GpuExactM1`), or, when `None`, chunk by chunk on the CPU's threads. The
+    /// tokens are the same either way (the numeric contract).
+    pub batch: Option<Arc<Mutex<dyn ac::M1Batch>>>,
 }
 
 impl M1Spec {
@@ -126,7 +130,14 @@ impl M1Spec {
             m1,
             window_bits,
             rule: WindowRule::Designated,
+            batch: None,
         }
+    }
+
+    /// The same, running `ac`'s M1 on `batch` (built from the same M1).
+    pub fn with_batch(mut self, batch: Arc<Mutex<dyn ac::M1Batch>>) -> Self {
+        self.batch = Some(batch);
+        self
     }
 
     /// The same, with the paper's Delay rule when `delay`.
@@ -206,11 +217,9 @@ impl Coder {
                 .with_context(|| format!("equal-info params.window_rule {v} is not known"))?,
         };
         EqualInfo::with_rule(&m1, window_bits, rule)?;
-        Ok(Coder::EqualInfo(M1Spec {
-            m1,
-            window_bits,
-            rule,
-        }))
+        Ok(Coder::EqualInfo(
+            M1Spec::new(m1, window_bits).with_delay(rule == WindowRule::Delay),
+        ))
     }
 
     /// The coder a dataset's metadata describes (for decoding), for methods without M1.
@@ -492,10 +501,22 @@ pub fn tokenize_corpus_with(
     let mut stats = ChunkStats::default();
     loop {
         let n = stream.read_full(&mut buf)?;
-        let coded: Vec<Result<(Vec<u16>, ChunkStats)>> = buf[..n]
-            .par_chunks(chunk_bytes)
-            .map(|c| coder.encode_with_stats(c, token_bits))
-            .collect();
+        let coded: Vec<Result<(Vec<u16>, ChunkStats)>> = match &coder {
+            Coder::Ac(M1Spec {
+                batch: Some(batch), ..
+            }) => {
+                let chunks: Vec<&[u8]> = buf[..n].chunks(chunk_bytes).collect();
+                let mut batch = batch.lock().map_err(|_| anyhow!("M1 batch poisoned"))?;
+                ac::encode_chunks(&mut *batch, &chunks, token_bits)?
+                    .into_iter()
+                    .map(|t| Ok((t, ChunkStats::default())))
+                    .collect()
+            }
+            _ => buf[..n]
+                .par_chunks(chunk_bytes)
+                .map(|c| coder.encode_with_stats(c, token_bits))
+                .collect(),
+        };
         for (chunk, coded) in buf[..n].chunks(chunk_bytes).zip(coded) {
             let (tokens, s) = coded?;
             stats.windows += s.windows;
@@ -544,6 +565,14 @@ pub fn tokenize_corpus_with(
 /// longer than the dataset's `params.chunk_bytes` or [`MAX_CHUNK_BYTES`] (corrupt metadata) before
 /// decoding it.
 pub fn decode_example(ds: &TokenDataset, coder: &Coder, i: usize) -> Result<Vec<u8>> {
+    let (tokens, len) = example_for_decoding(ds, i)?;
+    coder
+        .decode(&tokens, ds.token_bits(), len)
+        .with_context(|| format!("{}: cannot decode example {i}", ds.dir().display()))
+}
+
+/// Example `i`'s tokens and byte length, refusing a length beyond the dataset's chunks.
+fn example_for_decoding(ds: &TokenDataset, i: usize) -> Result<(Vec<u16>, usize)> {
     let (toks, bytes) = ds
         .example(i)
         .with_context(|| format!("example {i} out of range"))?;
@@ -560,10 +589,20 @@ pub fn decode_example(ds: &TokenDataset, coder: &Coder, i: usize) -> Result<Vec<
         ds.dir().display()
     );
     let len = usize::try_from(len).context("example length beyond this machine's memory")?;
-    let tokens = ds.tokens_u16(toks);
-    coder
-        .decode(&tokens, ds.token_bits(), len)
-        .with_context(|| format!("{}: cannot decode example {i}", ds.dir().display()))
+    Ok((ds.tokens_u16(toks), len))
+}
+
+/// Every example of an `ac` dataset, decoded `batch.streams()` examples at a time.
+fn decode_ac_batched(ds: &TokenDataset, batch: &Mutex<dyn ac::M1Batch>) -> Result<Vec<Vec<u8>>> {
+    let (tokens, lens): (Vec<Vec<u16>>, Vec<usize>) = (0..ds.num_examples())
+        .map(|i| example_for_decoding(ds, i))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    let views: Vec<&[u16]> = tokens.iter().map(|t| &t[..]).collect();
+    let mut batch = batch.lock().map_err(|_| anyhow!("M1 batch poisoned"))?;
+    ac::decode_chunks(&mut *batch, &views, ds.token_bits(), &lens)
+        .with_context(|| format!("{}: cannot decode", ds.dir().display()))
 }
 
 /// The whole source byte stream a dataset covers, decoded (every method here has a decoder).
@@ -573,14 +612,32 @@ pub fn decode_dataset(dir: &Path) -> Result<Vec<u8>> {
 
 /// As [`decode_dataset`], with the M1 that datasets of M1-based methods need.
 pub fn decode_dataset_with_m1(dir: &Path, m1: Option<Arc<ExactM1>>) -> Result<Vec<u8>> {
+    decode_dataset_on(dir, m1, None)
+}
+
+/// As [`decode_dataset_with_m1`]; an `ac` dataset decodes on `batch` ([`M1Spec::batch`]) when
+/// given (other methods ignore it).
+pub fn decode_dataset_on(
+    dir: &Path,
+    m1: Option<Arc<ExactM1>>,
+    batch: Option<Arc<Mutex<dyn ac::M1Batch>>>,
+) -> Result<Vec<u8>> {
     let ds = TokenDataset::open(dir)?;
-    let coder = Coder::from_metadata_with_m1(ds.metadata(), m1)
+    let mut coder = Coder::from_metadata_with_m1(ds.metadata(), m1)
         .with_context(|| format!("{}: cannot decode", dir.display()))?;
+    if let (Coder::Ac(spec), Some(b)) = (&mut coder, batch) {
+        spec.batch = Some(b);
+    }
     // Examples are independent: decode them in parallel, concatenate in order.
-    let parts: Vec<Vec<u8>> = (0..ds.num_examples())
-        .into_par_iter()
-        .map(|i| decode_example(&ds, &coder, i))
-        .collect::<Result<_>>()?;
+    let parts: Vec<Vec<u8>> = match &coder {
+        Coder::Ac(M1Spec {
+            batch: Some(batch), ..
+        }) => decode_ac_batched(&ds, batch)?,
+        _ => (0..ds.num_examples())
+            .into_par_iter()
+            .map(|i| decode_example(&ds, &coder, i))
+            .collect::<Result<_>>()?,
+    };
     let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
     for p in parts {
         out.extend_from_slice(&p);

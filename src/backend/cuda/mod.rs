@@ -11,7 +11,8 @@
 //! kernel (grid maths stated beside each), generic over the storage type (`f32` or [`Bf16`]);
 //! [`gemm`] wraps cuBLASLt for the linear layers (plans cached per shape); [`CudaBackend`]
 //! (`backend.rs`) is the training backend built from both, a step captured as a CUDA graph;
-//! [`bench`] times every kernel for `terse bench kernels`.
+//! [`bench`] times every kernel for `terse bench kernels`; [`GpuExactM1`] is M1's exact coding
+//! path (`kernels/m1_exact.cu`), bit for bit the CPU's.
 //!
 //! **None of this has run on a GPU yet.** It was written and compiled (kernels included, with
 //! nvcc 13.0) on machines without one; `tests/gpu_parity.rs`, run by `scripts/gpu-check.sh`, is
@@ -21,11 +22,13 @@ use std::sync::OnceLock;
 
 mod backend;
 pub mod bench;
+pub mod exact_m1;
 pub mod gemm;
 pub mod launch;
 mod loader;
 
 pub use backend::{CudaBackend, CudaTrainer};
+pub use exact_m1::GpuExactM1;
 pub use loader::{
     gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels, KernelSource, TRAINING_ENTRIES,
 };
