@@ -19,9 +19,8 @@ use super::loader::GpuKernels;
 use crate::backend::cpu::rope::{RopeTables, HEAD_DIM};
 use crate::m1::{ExactM1, Probs};
 use anyhow::{anyhow, ensure, Context, Result};
-use cudarc::driver::{
-    CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
 
 /// GPU memory [`GpuExactM1::for_chunks`] gives the key/value caches (m1-3m at 10,240-byte
 /// chunks: 60 MiB per stream, 409 streams).
@@ -253,148 +252,85 @@ impl GpuExactM1 {
 
     /// Enqueues one position for the first `rows` rows of the step buffers.
     fn enqueue(&mut self, rows: usize) -> Result<()> {
-        let (d, ff) = (self.d, self.ff);
-        let heads = d / HEAD_DIM;
+        let d = self.d;
         let s = self.k.stream().clone();
-        let (di, capi) = (d as i32, self.capacity as i32);
-        let rows_i = rows as i32;
-        let b = &mut self.step;
-        // one thread per (row, channel)
+        let (rows_i, di, capi, eps) = (rows as i32, d as i32, self.capacity as i32, self.eps);
+        let (f, b) = (&self.f, &mut self.step);
+        // One thread per (row, channel); embed, rope (one per rotated pair) and the cache append.
         let elementwise = grid(rows * d, BLOCK);
+        // One block per row: RMSNorm (thread 0 runs the chain) and the softmax.
         let per_row = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        {
-            let (x, _g0) = b.x.device_ptr_mut(&s);
-            let (emb, _g1) = self.tok_emb.device_ptr(&s);
-            let (tok, _g2) = b.row_token.device_ptr(&s);
-            let mut l = s.launch_builder(&self.f.embed);
-            l.arg(&x).arg(&emb).arg(&tok).arg(&rows_i).arg(&di);
-            unsafe { l.launch(elementwise) }?;
-        }
+        // One block per (row, head): attention.
+        let per_head = LaunchConfig {
+            grid_dim: (rows as u32, (d / HEAD_DIM) as u32, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut l = s.launch_builder(&f.embed);
+        l.arg(&mut b.x)
+            .arg(&self.tok_emb)
+            .arg(&b.row_token)
+            .arg(&rows_i)
+            .arg(&di);
+        unsafe { l.launch(elementwise) }?;
         for w in &mut self.layers {
-            rmsnorm(
-                &s,
-                &self.f.rmsnorm,
-                per_row,
-                &mut b.h,
-                &b.x,
-                &w.attn_norm,
-                di,
-                self.eps,
-            )?;
+            let mut l = s.launch_builder(&f.rmsnorm);
+            l.arg(&mut b.h)
+                .arg(&b.x)
+                .arg(&w.attn_norm)
+                .arg(&di)
+                .arg(&eps);
+            unsafe { l.launch(per_row) }?;
+            matvec(&s, &f.matvec, rows, &mut b.qkv, &b.h, &w.qkv_t, d, 3 * d, 0)?;
+            let mut l = s.launch_builder(&f.rope);
+            l.arg(&mut b.qkv)
+                .arg(&self.cos)
+                .arg(&self.sin)
+                .arg(&b.row_pos);
+            l.arg(&rows_i).arg(&di);
+            unsafe { l.launch(elementwise) }?;
+            let mut l = s.launch_builder(&f.append_kv);
+            l.arg(&mut w.keys)
+                .arg(&mut w.values)
+                .arg(&b.qkv)
+                .arg(&b.row_stream);
+            l.arg(&b.row_pos).arg(&rows_i).arg(&di).arg(&capi);
+            unsafe { l.launch(elementwise) }?;
+            let mut l = s.launch_builder(&f.attention);
+            l.arg(&mut b.att)
+                .arg(&b.qkv)
+                .arg(&w.keys)
+                .arg(&w.values)
+                .arg(&mut b.scores);
+            l.arg(&b.row_stream).arg(&b.row_pos).arg(&di).arg(&capi);
+            unsafe { l.launch(per_head) }?;
+            matvec(&s, &f.matvec, rows, &mut b.x, &b.att, &w.out_t, d, d, 1)?;
+            let mut l = s.launch_builder(&f.rmsnorm);
+            l.arg(&mut b.h)
+                .arg(&b.x)
+                .arg(&w.mlp_norm)
+                .arg(&di)
+                .arg(&eps);
+            unsafe { l.launch(per_row) }?;
+            matvec(&s, &f.matvec, rows, &mut b.up, &b.h, &w.up_t, d, self.ff, 2)?;
             matvec(
-                &s,
-                &self.f.matvec,
-                rows,
-                &mut b.qkv,
-                &b.h,
-                &w.qkv_t,
-                d,
-                3 * d,
-                0,
-            )?;
-            {
-                let (qkv, _g0) = b.qkv.device_ptr_mut(&s);
-                let (c, _g1) = self.cos.device_ptr(&s);
-                let (sn, _g2) = self.sin.device_ptr(&s);
-                let (pos, _g3) = b.row_pos.device_ptr(&s);
-                let mut l = s.launch_builder(&self.f.rope);
-                l.arg(&qkv).arg(&c).arg(&sn).arg(&pos).arg(&rows_i).arg(&di);
-                unsafe { l.launch(elementwise) }?;
-            }
-            {
-                let (kc, _g0) = w.keys.device_ptr_mut(&s);
-                let (vc, _g1) = w.values.device_ptr_mut(&s);
-                let (qkv, _g2) = b.qkv.device_ptr(&s);
-                let (ids, _g3) = b.row_stream.device_ptr(&s);
-                let (pos, _g4) = b.row_pos.device_ptr(&s);
-                let mut l = s.launch_builder(&self.f.append_kv);
-                l.arg(&kc)
-                    .arg(&vc)
-                    .arg(&qkv)
-                    .arg(&ids)
-                    .arg(&pos)
-                    .arg(&rows_i)
-                    .arg(&di)
-                    .arg(&capi);
-                unsafe { l.launch(elementwise) }?;
-            }
-            {
-                // one block of BLOCK threads per (row, head)
-                let cfg = LaunchConfig {
-                    grid_dim: (rows as u32, heads as u32, 1),
-                    block_dim: (BLOCK, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let (att, _g0) = b.att.device_ptr_mut(&s);
-                let (qkv, _g1) = b.qkv.device_ptr(&s);
-                let (kc, _g2) = w.keys.device_ptr(&s);
-                let (vc, _g3) = w.values.device_ptr(&s);
-                let (sc, _g4) = b.scores.device_ptr_mut(&s);
-                let (ids, _g5) = b.row_stream.device_ptr(&s);
-                let (pos, _g6) = b.row_pos.device_ptr(&s);
-                let mut l = s.launch_builder(&self.f.attention);
-                l.arg(&att)
-                    .arg(&qkv)
-                    .arg(&kc)
-                    .arg(&vc)
-                    .arg(&sc)
-                    .arg(&ids)
-                    .arg(&pos)
-                    .arg(&di)
-                    .arg(&capi);
-                unsafe { l.launch(cfg) }?;
-            }
-            matvec(
-                &s,
-                &self.f.matvec,
-                rows,
-                &mut b.x,
-                &b.att,
-                &w.out_t,
-                d,
-                d,
-                1,
-            )?;
-            rmsnorm(
-                &s,
-                &self.f.rmsnorm,
-                per_row,
-                &mut b.h,
-                &b.x,
-                &w.mlp_norm,
-                di,
-                self.eps,
-            )?;
-            matvec(&s, &self.f.matvec, rows, &mut b.up, &b.h, &w.up_t, d, ff, 2)?;
-            matvec(
-                &s,
-                &self.f.matvec,
-                rows,
-                &mut b.x,
-                &b.up,
-                &w.down_t,
-                ff,
-                d,
-                1,
+                &s, &f.matvec, rows, &mut b.x, &b.up, &w.down_t, self.ff, d, 1,
             )?;
         }
-        rmsnorm(
-            &s,
-            &self.f.rmsnorm,
-            per_row,
-            &mut b.h,
-            &b.x,
-            &self.final_norm,
-            di,
-            self.eps,
-        )?;
+        let mut l = s.launch_builder(&f.rmsnorm);
+        l.arg(&mut b.h)
+            .arg(&b.x)
+            .arg(&self.final_norm)
+            .arg(&di)
+            .arg(&eps);
+        unsafe { l.launch(per_row) }?;
         matvec(
             &s,
-            &self.f.matvec,
+            &f.matvec,
             rows,
             &mut b.probs,
             &b.h,
@@ -403,10 +339,9 @@ impl GpuExactM1 {
             256,
             0,
         )?;
-        let (p, _g) = b.probs.device_ptr_mut(&s);
         let v = 256i32;
-        let mut l = s.launch_builder(&self.f.softmax);
-        l.arg(&p).arg(&v);
+        let mut l = s.launch_builder(&f.softmax);
+        l.arg(&mut b.probs).arg(&v);
         unsafe { l.launch(per_row) }?;
         Ok(())
     }
@@ -421,32 +356,11 @@ fn grid(n: usize, block: u32) -> LaunchConfig {
     }
 }
 
-/// `out[r] = rmsnorm(x[r]) g`, one block per row.
-#[allow(clippy::too_many_arguments)]
-fn rmsnorm(
-    s: &std::sync::Arc<cudarc::driver::CudaStream>,
-    f: &CudaFunction,
-    per_row: LaunchConfig,
-    out: &mut CudaSlice<f32>,
-    x: &CudaSlice<f32>,
-    g: &CudaSlice<f32>,
-    d: i32,
-    eps: f32,
-) -> Result<()> {
-    let (o, _g0) = out.device_ptr_mut(s);
-    let (xp, _g1) = x.device_ptr(s);
-    let (gp, _g2) = g.device_ptr(s);
-    let mut l = s.launch_builder(f);
-    l.arg(&o).arg(&xp).arg(&gp).arg(&d).arg(&eps);
-    unsafe { l.launch(per_row) }?;
-    Ok(())
-}
-
 /// `y[r] (=, +=, = relu) x[r] W` for `rows` rows (`mode` 0, 1, 2): a grid of
 /// (ceil(n / MATVEC_BLOCK), rows) blocks, the row's `k` inputs in shared memory.
 #[allow(clippy::too_many_arguments)]
 fn matvec(
-    s: &std::sync::Arc<cudarc::driver::CudaStream>,
+    s: &Arc<CudaStream>,
     f: &CudaFunction,
     rows: usize,
     y: &mut CudaSlice<f32>,
@@ -462,11 +376,8 @@ fn matvec(
         shared_mem_bytes: (k * 4) as u32,
     };
     let (ki, ni) = (k as i32, n as i32);
-    let (yp, _g0) = y.device_ptr_mut(s);
-    let (xp, _g1) = x.device_ptr(s);
-    let (wp, _g2) = w_t.device_ptr(s);
     let mut l = s.launch_builder(f);
-    l.arg(&yp).arg(&xp).arg(&wp).arg(&ki).arg(&ni).arg(&mode);
+    l.arg(y).arg(x).arg(w_t).arg(&ki).arg(&ni).arg(&mode);
     unsafe { l.launch(cfg) }?;
     Ok(())
 }
