@@ -181,6 +181,10 @@ if [ -x "$BIN/terse" ]; then
         STEP_LOG=05-kernels step "05-kernels-$1" "$BENCH_TIMEOUT" "$BIN/terse" bench kernels --preset "$1" --vocab "$2" \
             --batch "$3" --seq "$4" --reps 10
     done
+    # M1's exact coding path: Equal-Info-sized windows (the yardstick's 4096 x 16) and long
+    # contexts (plain AC).
+    STEP_LOG=05-kernels step "05-m1-exact-16" "$BENCH_TIMEOUT" "$BIN/terse" bench m1 --gpu --windows 4096 --len 16 --json
+    STEP_LOG=05-kernels step "05-m1-exact-1024" "$BENCH_TIMEOUT" "$BIN/terse" bench m1 --gpu --windows 256 --len 1024 --json
     for shape in "${BENCH_SHAPES[@]}"; do
         set -- $shape
         STEP_LOG=06-train step "06-train-$1" "$BENCH_TIMEOUT" "$BIN/terse" bench train --device cuda --preset "$1" \

@@ -312,6 +312,9 @@ enum BenchCmd {
         /// Bytes per window (positions per window = len + 1).
         #[arg(long, default_value_t = 16)]
         len: usize,
+        /// On the GPU (`GpuExactM1`): all windows advance together, one position per step.
+        #[arg(long)]
+        gpu: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -1035,10 +1038,11 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
         preset,
         windows,
         len,
+        gpu,
         json,
     } = b
     {
-        return bench_m1(&preset, windows, len, json);
+        return bench_m1(&preset, windows, len, gpu, json);
     }
     if let BenchCmd::Kernels {
         preset,
@@ -1203,7 +1207,7 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench_m1(preset: &str, windows: usize, len: usize, json: bool) -> Result<()> {
+fn bench_m1(preset: &str, windows: usize, len: usize, gpu: bool, json: bool) -> Result<()> {
     use rayon::prelude::*;
     if windows == 0 {
         bail!("--windows must be positive");
@@ -1214,20 +1218,43 @@ fn bench_m1(preset: &str, windows: usize, len: usize, json: bool) -> Result<()> 
     let data: Vec<Vec<u8>> = (0..windows)
         .map(|_| (0..len).map(|_| rng.below(256) as u8).collect())
         .collect();
-    let t = Instant::now();
-    let positions: usize = data.par_iter().map(|w| m1.window_probs(w).len()).sum();
+    let (t, positions, device) = if gpu {
+        let mut g = terse::backend::cuda::GpuExactM1::new(&m1, windows, len + 1)?;
+        let t = Instant::now();
+        let mut positions = 0;
+        for k in 0..=len {
+            let feeds: Vec<(usize, u8)> = (0..windows)
+                .map(|w| {
+                    (
+                        w,
+                        if k == 0 {
+                            terse::m1::WINDOW_START
+                        } else {
+                            data[w][k - 1]
+                        },
+                    )
+                })
+                .collect();
+            positions += g.step(&feeds)?.len();
+        }
+        (t, positions, "cuda".to_string())
+    } else {
+        let t = Instant::now();
+        let positions: usize = data.par_iter().map(|w| m1.window_probs(w).len()).sum();
+        let threads = rayon::current_num_threads();
+        (t, positions, format!("cpu ({threads} threads)"))
+    };
     let secs = t.elapsed().as_secs_f64();
     let rate = positions as f64 / secs;
     if json {
         println!(
             "{}",
             serde_json::json!({"bench": "m1", "preset": preset, "windows": windows, "len": len,
-                "threads": rayon::current_num_threads(), "positions_per_s": rate, "seconds": secs})
+                "device": device, "positions_per_s": rate, "seconds": secs})
         );
     } else {
         println!(
-            "exact M1 {preset}: {positions} positions in {secs:.2} s = {rate:.0} positions/s on {} threads",
-            rayon::current_num_threads()
+            "exact M1 {preset}: {positions} positions in {secs:.2} s = {rate:.0} positions/s on {device}"
         );
     }
     Ok(())
