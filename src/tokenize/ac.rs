@@ -24,7 +24,9 @@
 //!
 //! One M1 position per byte, attention over the whole chunk so far: per-position cost grows with
 //! the position (about 4,000 positions/s per core at short contexts for m1-3m, ~540 positions/s
-//! averaged over a 10,240-byte chunk, measured on a 2-core AMD EPYC). Chunks run in parallel.
+//! averaged over a 10,240-byte chunk, measured on a 2-core AMD EPYC). Chunks run in parallel on
+//! the CPU's threads, or in lockstep on an [`M1Batch`] ([`encode_chunks`], [`decode_chunks`]):
+//! the GPU's exact M1 advances hundreds of chunks per step with the same bits.
 
 use crate::coder::{bytes_to_tokens, tokens_to_bytes, CdfQuantizer, StreamDecoder, StreamEncoder};
 use crate::m1::{ExactM1, Probs, WindowState, WINDOW_START};
