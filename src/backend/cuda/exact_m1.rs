@@ -4,7 +4,7 @@
 //!
 //! Guarantees: for every stream, the distribution returned after feeding bytes `b_0 .. b_k` since
 //! its last [`reset`](GpuExactM1::reset) has the same bits as `ExactM1::start` followed by
-//! `push(b_1) .. push(b_k)` on the CPU (the first byte fed must be [`WINDOW_START`] for that
+//! `push(b_1) .. push(b_k)` on the CPU (the first byte fed must be [`WINDOW_START`](crate::m1::WINDOW_START) for that
 //! equivalence; any byte is accepted), whatever the other streams do in the same step, and
 //! whatever the order of the feeds. Refuses: a stream index out of range, a stream fed twice in
 //! one step, a stream past its capacity (positions per stream, fixed at creation).
