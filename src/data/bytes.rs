@@ -18,7 +18,7 @@
 
 use super::corpus::{open_stream, CorpusStream};
 use crate::rng::Rng;
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -198,6 +198,25 @@ pub struct Batch {
     pub targets: Vec<u32>,
     pub batch: usize,
     pub seq: usize,
+}
+
+impl Batch {
+    /// What every backend checks before a step: a non-empty shape that the arrays match, and
+    /// every token id below `vocab`.
+    pub fn check(&self, vocab: usize) -> Result<()> {
+        let n = self.batch * self.seq;
+        ensure!(n > 0, "empty batch");
+        ensure!(
+            self.inputs.len() == n && self.targets.len() == n,
+            "batch arrays do not match its shape"
+        );
+        let v = vocab as u32;
+        ensure!(
+            self.inputs.iter().chain(&self.targets).all(|&t| t < v),
+            "token id out of range for vocab {v}"
+        );
+        Ok(())
+    }
 }
 
 /// Where a [`ByteLoader`] stands, enough to continue its exact batch order with

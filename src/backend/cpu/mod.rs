@@ -62,18 +62,7 @@ impl CpuBackend {
     }
 
     fn check_batch(&self, batch: &Batch) -> Result<()> {
-        let n = batch.batch * batch.seq;
-        ensure!(n > 0, "empty batch");
-        ensure!(
-            batch.inputs.len() == n && batch.targets.len() == n,
-            "batch arrays do not match its shape"
-        );
-        let v = self.cfg.vocab as u32;
-        ensure!(
-            batch.inputs.iter().chain(&batch.targets).all(|&t| t < v),
-            "token id out of range for vocab {v}"
-        );
-        Ok(())
+        batch.check(self.cfg.vocab)
     }
 
     /// Loss sums and the gradient of the mean loss for `params` (which need not be this backend's
