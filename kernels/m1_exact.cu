@@ -17,9 +17,11 @@ whole `ac` chunks). Per row, the contract's chains:
   each output an fmaf chain of p_j v_j over ascending j in one thread, then o / sum;
 - softmax: the same max / exp / sequential sum / division.
 
-Cache layouts (per layer, capacity P positions per stream): keys `[S][H][64][P]` (the score
-threads, one per position, read consecutive addresses), values `[S][P][d]` (the output threads,
-one per channel, read consecutive addresses).
+Attention looks back over a sliding window (the model's context W): position t attends to j in
+max(0, t + 1 - W)..=t. The caches are rings of P slots per stream (P = min(W, the longest chunk)),
+position t in slot t % P. Layouts per layer: keys `[S][H][64][P]` (the score threads, one per
+position, read consecutive addresses), values `[S][P][d]` (the output threads, one per channel,
+read consecutive addresses).
 */
 
 #include <math.h>
@@ -128,15 +130,15 @@ extern "C" __global__ void m1x_rope(float* qkv, const float* cos_t, const float*
     h[j + half] = fmaf(x1, s, x2 * c);
 }
 
-// Appends row r's key and value (qkv[r][d..3d]) to its stream's caches at row_pos[r].
-// Grid: ceil(rows * d / 256) blocks of 256.
+// Appends row r's key and value (qkv[r][d..3d]) to its stream's ring caches of `cap` slots, at
+// position row_pos[r]. Grid: ceil(rows * d / 256) blocks of 256.
 extern "C" __global__ void m1x_append_kv(float* kcache, float* vcache, const float* qkv,
                                          const int* row_stream, const int* row_pos, int rows, int d,
                                          int cap) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows * d) return;
     int r = i / d, c = i % d;
-    size_t s = row_stream[r], t = row_pos[r];
+    size_t s = row_stream[r], t = row_pos[r] % cap;
     const float* row = qkv + (size_t)r * 3 * d;
     int head = c / HEAD_DIM, k = c % HEAD_DIM;
     int heads = d / HEAD_DIM;
@@ -144,24 +146,28 @@ extern "C" __global__ void m1x_append_kv(float* kcache, float* vcache, const flo
     vcache[(s * cap + t) * d + c] = row[2 * d + c];
 }
 
-// Causal attention of row r's query over positions 0..=row_pos[r] of its stream, one block per
-// (row, head) of 256 threads; `scores` is scratch [rows][H][cap].
+// Attention of row r's query over positions lo..=row_pos[r] of its stream (lo = row_pos[r] + 1 -
+// window, at least 0), held in ring caches of `cap` >= min(window, row_pos[r] + 1) slots. One block
+// per (row, head) of 256 threads; `scores` is scratch [rows][H][cap], score i for position lo + i.
 extern "C" __global__ void m1x_attention(float* att, const float* qkv, const float* kcache,
                                          const float* vcache, float* scores, const int* row_stream,
-                                         const int* row_pos, int d, int cap) {
+                                         const int* row_pos, int d, int cap, int window) {
     __shared__ float q[HEAD_DIM];
     __shared__ float sum_s;
     int r = blockIdx.x, head = blockIdx.y, heads = d / HEAD_DIM;
     size_t s = row_stream[r];
-    int n = row_pos[r] + 1;
+    int end = row_pos[r] + 1;
+    int lo = end > window ? end - window : 0;
+    int n = end - lo;  // positions attended; position lo + i sits in slot (lo + i) % cap
     if (threadIdx.x < HEAD_DIM) q[threadIdx.x] = qkv[(size_t)r * 3 * d + head * HEAD_DIM + threadIdx.x];
     __syncthreads();
     const float* kh = kcache + (s * heads + head) * HEAD_DIM * (size_t)cap;
     float* sc = scores + ((size_t)r * heads + head) * cap;
     float m = -INFINITY;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        int slot = (lo + j) % cap;
         float acc = 0.0f;
-        for (int k = 0; k < HEAD_DIM; k++) acc = fmaf(q[k], kh[(size_t)k * cap + j], acc);
+        for (int k = 0; k < HEAD_DIM; k++) acc = fmaf(q[k], kh[(size_t)k * cap + slot], acc);
         float v = acc * 0.125f;
         sc[j] = v;
         m = fmaxf(m, v);
@@ -172,7 +178,8 @@ extern "C" __global__ void m1x_attention(float* att, const float* qkv, const flo
     const float* vh = vcache + s * cap * (size_t)d + head * HEAD_DIM;
     float acc = 0.0f;
     if (threadIdx.x < HEAD_DIM) {
-        for (int j = 0; j < n; j++) acc = fmaf(sc[j], vh[(size_t)j * d + threadIdx.x], acc);
+        for (int j = 0; j < n; j++)
+            acc = fmaf(sc[j], vh[(size_t)((lo + j) % cap) * d + threadIdx.x], acc);
     } else if (threadIdx.x == HEAD_DIM) {
         float sum = 0.0f;
         for (int j = 0; j < n; j++) sum = sum + sc[j];

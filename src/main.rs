@@ -312,6 +312,9 @@ enum BenchCmd {
         /// Bytes per window (positions per window = len + 1).
         #[arg(long, default_value_t = 16)]
         len: usize,
+        /// Positions a query attends over (M1's training length; 0: unbounded).
+        #[arg(long, default_value_t = 256)]
+        context: usize,
         /// On the GPU (`GpuExactM1`): all windows advance together, one position per step.
         #[arg(long)]
         gpu: bool,
@@ -1038,11 +1041,12 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
         preset,
         windows,
         len,
+        context,
         gpu,
         json,
     } = b
     {
-        return bench_m1(&preset, windows, len, gpu, json);
+        return bench_m1(&preset, windows, len, context, gpu, json);
     }
     if let BenchCmd::Kernels {
         preset,
@@ -1207,12 +1211,20 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench_m1(preset: &str, windows: usize, len: usize, gpu: bool, json: bool) -> Result<()> {
+fn bench_m1(
+    preset: &str,
+    windows: usize,
+    len: usize,
+    context: usize,
+    gpu: bool,
+    json: bool,
+) -> Result<()> {
     use rayon::prelude::*;
     if windows == 0 {
         bail!("--windows must be positive");
     }
-    let cfg = terse::model::ModelConfig::preset(preset, Some(256))?;
+    let mut cfg = terse::model::ModelConfig::preset(preset, Some(256))?;
+    cfg.context = (context > 0).then_some(context);
     let m1 = terse::m1::ExactM1::new(&cfg, &terse::model::ParamArena::init(&cfg, 0))?;
     let mut rng = terse::rng::Rng::new(2);
     let data: Vec<Vec<u8>> = (0..windows)
@@ -1249,7 +1261,7 @@ fn bench_m1(preset: &str, windows: usize, len: usize, gpu: bool, json: bool) -> 
     if json {
         println!(
             "{}",
-            serde_json::json!({"bench": "m1", "preset": preset, "windows": windows, "len": len,
+            serde_json::json!({"bench": "m1", "preset": preset, "windows": windows, "len": len, "context": context,
                 "device": device, "positions_per_s": rate, "seconds": secs})
         );
     } else {

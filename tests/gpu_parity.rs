@@ -1317,8 +1317,10 @@ fn gpu_checkpoint_evaluates_on_cpu() {
 // M1's exact coding path: bit for bit, not within a tolerance
 
 /// M1 with sharpened random weights (varied, peaked distributions, as a trained model gives).
-fn exact_m1(preset: &str, seed: u64) -> terse::m1::ExactM1 {
-    let cfg = terse::model::ModelConfig::preset(preset, None).unwrap();
+/// A random M1 of `preset` attending over `context` positions (`None`: unbounded).
+fn exact_m1(preset: &str, context: Option<usize>, seed: u64) -> terse::m1::ExactM1 {
+    let mut cfg = terse::model::ModelConfig::preset(preset, None).unwrap();
+    cfg.context = context;
     let mut p = terse::model::ParamArena::init(&cfg, seed);
     p.data.iter_mut().for_each(|x| *x *= 4.0);
     terse::m1::ExactM1::new(&cfg, &p).unwrap()
@@ -1327,9 +1329,9 @@ fn exact_m1(preset: &str, seed: u64) -> terse::m1::ExactM1 {
 /// Runs a random schedule on the GPU and, stream by stream, on the CPU: each step feeds a random
 /// subset of streams in random order; a stream restarts (a new window) now and then, one never
 /// does (its context grows to `steps` positions). Every distribution must match bit for bit.
-fn exact_m1_case(preset: &str, streams: usize, steps: usize, seed: u64) {
+fn exact_m1_case(preset: &str, context: Option<usize>, streams: usize, steps: usize, seed: u64) {
     use terse::m1::{WindowState, WINDOW_START};
-    let m1 = exact_m1(preset, seed);
+    let m1 = exact_m1(preset, context, seed);
     let mut gpu = terse::backend::cuda::GpuExactM1::new(&m1, streams, steps + 1).unwrap();
     let text = sample_bytes();
     let mut r = Rng::new(seed);
@@ -1383,9 +1385,11 @@ fn exact_m1_matches_cpu_bit_for_bit() {
     let Some(_k) = gpu("exact_m1_matches_cpu_bit_for_bit") else {
         return;
     };
-    exact_m1_case("tiny", 7, 400, 21);
-    // Longer than a block of score threads (256) and than the training length of the presets.
-    exact_m1_case("m1-3m", 5, 1200, 22);
+    exact_m1_case("tiny", None, 7, 400, 21);
+    // Longer than a block of score threads (256), unbounded and with the ring cache wrapping.
+    exact_m1_case("m1-3m", None, 5, 1200, 22);
+    exact_m1_case("tiny", Some(48), 7, 400, 23);
+    exact_m1_case("m1-3m", Some(256), 5, 1200, 24);
 }
 
 #[test]
@@ -1393,7 +1397,7 @@ fn exact_m1_refuses_bad_feeds() {
     let Some(_k) = gpu("exact_m1_refuses_bad_feeds") else {
         return;
     };
-    let m1 = exact_m1("tiny", 3);
+    let m1 = exact_m1("tiny", None, 3);
     let mut g = terse::backend::cuda::GpuExactM1::new(&m1, 2, 2).unwrap();
     assert!(g.step(&[(2, 0)]).is_err(), "stream out of range");
     assert!(g.step(&[(0, 0), (0, 1)]).is_err(), "stream fed twice");
@@ -1418,7 +1422,7 @@ fn ac_dataset_on_gpu_equals_cpu() {
     let text = &sample_bytes()[..60_000];
     let corpus = dir.path().join("c.txt");
     std::fs::write(&corpus, text).unwrap();
-    let m1 = Arc::new(exact_m1("tiny", 9));
+    let m1 = Arc::new(exact_m1("tiny", Some(256), 9));
     let cpu_spec = M1Spec::new(m1.clone(), 16);
     // 3 streams for 30 chunks: ten groups, so resets between groups are exercised too.
     let gpu_batch = Arc::new(Mutex::new(

@@ -51,8 +51,10 @@ fn resume_is_bit_identical() {
     )
     .unwrap();
     assert_eq!(second.steps_done, 8);
-    let (_, wa) = load_model(&a).unwrap();
-    let (_, wb) = load_model(&b).unwrap();
+    let (ca, wa) = load_model(&a).unwrap();
+    let (cb, wb) = load_model(&b).unwrap();
+    // Exact inference will attend over the training length.
+    assert_eq!((ca.context, cb.context), (Some(32), Some(32)));
     assert!(
         wa.data
             .iter()

@@ -10,9 +10,11 @@
 //! - a dot product is one chain `acc = fma(x[k], w[k], acc)` over ascending `k` from `acc = 0`;
 //! - RMSNorm: `ss` is an fma chain of `x[k]^2`, then `r = 1 / sqrt(ss / d + eps)`, `y = (x r) g`;
 //! - rotary: `y1 = fma(x1, c, -(x2 s))`, `y2 = fma(x1, s, x2 c)`;
-//! - attention: scores `dot(q, k_j) * 0.125`, the max over `j` ascending, `p_j = exp(s_j - max)`
-//!   with [`exp_contract`], the sum over ascending `j`, `o = fma` chain of `p_j v_j` over ascending
-//!   `j`, then `o / sum`;
+//! - attention: position `t` attends to `j` in `lo..=t`, `lo = max(0, t + 1 - context)` (the
+//!   model's [`ModelConfig::context`], its training length: a sliding window, so M1 is never asked
+//!   for relative distances it was not trained on); scores `dot(q, k_j) * 0.125`, the max over `j`
+//!   ascending, `p_j = exp(s_j - max)` with [`exp_contract`], the sum over ascending `j`,
+//!   `o = fma` chain of `p_j v_j` over ascending `j`, then `o / sum`;
 //! - softmax over the logits (256 for M1) the same way; residual adds and ReLU are single operations.
 //!
 //! Computing a window position by position (with a key/value cache) or all positions at once
@@ -25,9 +27,11 @@ pub use exp::exp_contract;
 use crate::backend::cpu::rope::{RopeTables, HEAD_DIM};
 use crate::model::{ModelConfig, ParamArena};
 use anyhow::{ensure, Result};
+use std::ops::Range;
 
 /// Version of the arithmetic above; a compressed file records it and refuses another.
-pub const CONTRACT_VERSION: u32 = 1;
+/// (Version 2: attention over the sliding window of [`ModelConfig::context`] positions.)
+pub const CONTRACT_VERSION: u32 = 2;
 
 /// The input byte at position 0 of every window (the window's empty context).
 pub const WINDOW_START: u8 = 0;
@@ -52,6 +56,8 @@ pub(crate) struct Layer {
 /// seeded sample the same on every machine).
 pub struct ExactLm {
     cfg: ModelConfig,
+    /// Positions a query attends over ([`ModelConfig::context`], unbounded when not recorded).
+    window: usize,
     tok_emb: Vec<f32>,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
@@ -132,6 +138,7 @@ impl ExactLm {
             .collect();
         Ok(ExactLm {
             cfg: cfg.clone(),
+            window: cfg.context.unwrap_or(usize::MAX),
             tok_emb: t("tok_emb.weight"),
             layers,
             final_norm: t("final_norm.weight"),
@@ -141,6 +148,11 @@ impl ExactLm {
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// The first position a query at position `t` attends to.
+    pub(crate) fn window_start(&self, t: usize) -> usize {
+        (t + 1).saturating_sub(self.window)
     }
 
     /// The prepared weights: token embedding `[vocab, d]`, layers, final norm, head `[d, vocab]`.
@@ -198,7 +210,7 @@ impl ExactLm {
                 &mut s.att,
                 &qkv[..d],
                 &state.keys[l],
-                t + 1,
+                self.window_start(t)..t + 1,
                 &state.values[l],
                 d,
             );
@@ -326,7 +338,8 @@ impl ExactM1 {
             }
             for t in 0..n {
                 let q = &qkv[t * 3 * d..t * 3 * d + d];
-                attend(&mut s.att, q, &keys, t + 1, &values[..(t + 1) * d], d);
+                let span = lm.window_start(t)..t + 1;
+                attend(&mut s.att, q, &keys, span, &values, d);
                 lm.finish_layer(w, &mut xs[t * d..(t + 1) * d], &mut s);
             }
         }
@@ -428,15 +441,22 @@ impl KeyCache {
     }
 }
 
-/// Causal attention of one query position over the first `n` cached keys and values.
-fn attend(out: &mut [f32], q: &[f32], keys: &KeyCache, n: usize, values: &[f32], d: usize) {
+/// Attention of one query position over the cached keys and values of the positions `span`.
+fn attend(
+    out: &mut [f32],
+    q: &[f32],
+    keys: &KeyCache,
+    span: Range<usize>,
+    values: &[f32],
+    d: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
         // SAFETY: the features the function is compiled for were just detected.
-        unsafe { attend_fma(out, q, keys, n, values, d) };
+        unsafe { attend_fma(out, q, keys, span, values, d) };
         return;
     }
-    attend_chains(out, q, keys, n, values, d);
+    attend_chains(out, q, keys, span, values, d);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -445,27 +465,36 @@ unsafe fn attend_fma(
     out: &mut [f32],
     q: &[f32],
     keys: &KeyCache,
-    n: usize,
+    span: Range<usize>,
     values: &[f32],
     d: usize,
 ) {
-    attend_chains(out, q, keys, n, values, d);
+    attend_chains(out, q, keys, span, values, d);
 }
 
 /// The contract's attention. Each score is its own fma chain over ascending `k` from 0 (one
 /// lane of a block); the [`KEY_BLOCK`] chains of a block run side by side, which changes no
 /// chain's operation order (so no bit) but lets them vectorise: long contexts (the plain-AC
-/// baseline codes 10,240 positions with one growing cache) are bound by this loop.
+/// baseline codes 10,240 positions under one context) are bound by this loop.
 #[inline(always)]
-fn attend_chains(out: &mut [f32], q: &[f32], keys: &KeyCache, n: usize, values: &[f32], d: usize) {
-    debug_assert!(n <= keys.len && keys.d == d);
-    let blocks = n.div_ceil(KEY_BLOCK);
+fn attend_chains(
+    out: &mut [f32],
+    q: &[f32],
+    keys: &KeyCache,
+    span: Range<usize>,
+    values: &[f32],
+    d: usize,
+) {
+    debug_assert!(span.start < span.end && span.end <= keys.len && keys.d == d);
+    // Whole blocks covering the span; the scores of lanes outside it are computed and dropped.
+    let first = span.start / KEY_BLOCK;
+    let blocks = span.end.div_ceil(KEY_BLOCK) - first;
     let mut scores = vec![0f32; blocks * KEY_BLOCK];
     for (head, o) in out.chunks_mut(HEAD_DIM).enumerate() {
         let off = head * HEAD_DIM;
         let qh = &q[off..off + HEAD_DIM];
         for (blk, sc) in scores.chunks_exact_mut(KEY_BLOCK).enumerate() {
-            let base = blk * KEY_BLOCK * d + off * KEY_BLOCK;
+            let base = (first + blk) * KEY_BLOCK * d + off * KEY_BLOCK;
             let kb = &keys.data[base..base + HEAD_DIM * KEY_BLOCK];
             let mut acc = [0f32; KEY_BLOCK];
             for (&qk, row) in qh.iter().zip(kb.chunks_exact(KEY_BLOCK)) {
@@ -477,11 +506,12 @@ fn attend_chains(out: &mut [f32], q: &[f32], keys: &KeyCache, n: usize, values: 
                 *s = a * 0.125;
             }
         }
-        let scores = &scores[..n];
+        let skip = span.start - first * KEY_BLOCK;
+        let scores = &scores[skip..skip + span.len()];
         let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let mut sum = 0f32;
         o.fill(0.0);
-        for (j, s) in scores.iter().enumerate() {
+        for (j, s) in span.clone().zip(scores) {
             let p = exp_contract(s - m);
             sum += p;
             let v = &values[j * d + off..j * d + off + HEAD_DIM];
@@ -642,24 +672,37 @@ mod tests {
     }
 
     /// The blocked score loop computes the contract's plain chains (one fma chain per score over
-    /// ascending k, from 0) bit for bit, for every context length around the block size.
+    /// ascending k, from 0) bit for bit, for every context length around the block size and
+    /// windows that start inside, at and past block edges.
     #[test]
     fn blocked_attention_equals_plain_chains() {
         let d = 2 * HEAD_DIM;
         let mut r = crate::rng::Rng::new(11);
         let mut val = || (r.below(2001) as f32 - 1000.0) / 37.0;
-        for n in [1usize, 2, 31, 32, 33, 64, 100] {
+        for (lo, n) in [
+            (0, 1),
+            (0, 2),
+            (0, 31),
+            (0, 32),
+            (0, 33),
+            (0, 64),
+            (0, 100),
+            (5, 6),
+        ]
+        .into_iter()
+        .chain([(31, 33), (32, 64), (33, 100), (70, 100), (99, 100)])
+        {
             let q: Vec<f32> = (0..d).map(|_| val()).collect();
             let keys: Vec<f32> = (0..n * d).map(|_| val()).collect();
             let values: Vec<f32> = (0..n * d).map(|_| val()).collect();
             let mut cache = KeyCache::new(d);
             keys.chunks(d).for_each(|k| cache.push(k));
-            let mut got = vec![0f32; d];
-            attend(&mut got, &q, &cache, n, &values, d);
+            let mut got = vec![f32::NAN; d];
+            attend(&mut got, &q, &cache, lo..n, &values, d);
             let mut want = vec![0f32; d];
             for (head, o) in want.chunks_mut(HEAD_DIM).enumerate() {
                 let off = head * HEAD_DIM;
-                let s: Vec<f32> = (0..n)
+                let s: Vec<f32> = (lo..n)
                     .map(|j| {
                         let mut acc = 0f32;
                         for k in 0..HEAD_DIM {
@@ -670,7 +713,7 @@ mod tests {
                     .collect();
                 let m = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 let mut sum = 0f32;
-                for (j, &sj) in s.iter().enumerate() {
+                for (j, &sj) in (lo..n).zip(&s) {
                     let p = exp_contract(sj - m);
                     sum += p;
                     for c in 0..HEAD_DIM {
@@ -680,8 +723,35 @@ mod tests {
                 o.iter_mut().for_each(|x| *x /= sum);
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got), bits(&want), "n={n}");
+            assert_eq!(bits(&got), bits(&want), "span {lo}..{n}");
         }
+    }
+
+    /// With a context shorter than the window, stepping and all-at-once still agree bit for bit,
+    /// and the window matters: the same bytes under an unbounded context give other bits.
+    #[test]
+    fn sliding_window_position_by_position_equals_all_at_once() {
+        let (mut cfg, p) = model();
+        cfg.context = Some(7);
+        let m1 = ExactM1::new(&cfg, &p).unwrap();
+        let text = b"A sliding window of seven positions, crossed many times over.";
+        let mut st = WindowState::default();
+        let mut stepped = vec![m1.start(&mut st)];
+        for &b in text {
+            stepped.push(m1.push(&mut st, b));
+        }
+        let all = m1.window_probs(text);
+        assert_eq!(bits(&stepped), bits(&all));
+        // Up to the window, bounded and unbounded contexts are the same computation.
+        cfg.context = None;
+        let unbounded = ExactM1::new(&cfg, &p).unwrap().window_probs(text);
+        assert_eq!(bits(&all[..7]), bits(&unbounded[..7]));
+        assert_ne!(bits(&all[7..]), bits(&unbounded[7..]));
+        // The context is part of the fingerprint.
+        assert_ne!(
+            m1.fingerprint(),
+            ExactM1::new(&cfg, &p).unwrap().fingerprint()
+        );
     }
 
     #[test]

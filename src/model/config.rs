@@ -18,6 +18,14 @@ pub struct ModelConfig {
     pub norm_eps: f32,
     /// Weight of the z-loss term `z_loss * logsumexp(logits)^2` added to cross-entropy.
     pub z_loss: f32,
+    /// The longest context the model attends over: the sequence length it was trained at. Exact
+    /// inference (M1's coding, M2's generation) lets each position attend to at most this many
+    /// positions, itself and the newest before it (a sliding window), so a model is never asked
+    /// for relative distances it never saw in training; within one training sequence the window
+    /// is the whole causal prefix, so training is unchanged. `None`: not recorded (checkpoints
+    /// from before this field whose training state is gone), attention over the whole context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<usize>,
 }
 
 /// (name, d_model, n_layers, n_heads, d_ff, default vocab). Shapes are the paper's Table 4; with a
@@ -61,6 +69,7 @@ impl ModelConfig {
             rope_theta: 10_000.0,
             norm_eps: 1e-5,
             z_loss: 1e-4,
+            context: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -80,6 +89,9 @@ impl ModelConfig {
         }
         if self.n_layers == 0 || self.d_ff == 0 {
             bail!("n_layers and d_ff must be positive");
+        }
+        if self.context == Some(0) {
+            bail!("context must be positive");
         }
         Ok(())
     }

@@ -1,8 +1,9 @@
 //! `ac`: the paper's plain arithmetic-coding baseline, `AC[v]` (§3.3, Table 1). Each chunk (by
 //! default 10,240 bytes, the paper's example length) is one whole-sequence arithmetic code under
 //! M1's exact probabilities ([`ExactM1`]), with M1's context **never reset** inside the chunk: byte
-//! `k` is coded with the distribution M1 gives after `WINDOW_START, x_0 .. x_{k-1}` (one growing
-//! key/value cache, rotary positions up to the chunk length). The CDFs are M1's probabilities
+//! `k` is coded with the distribution M1 gives after `WINDOW_START, x_0 .. x_{k-1}` (one key/value
+//! cache, rotary positions up to the chunk length; each position attends over M1's sliding window
+//! of `context` positions, its training length). The CDFs are M1's probabilities
 //! quantised by [`CdfQuantizer`] (total `2^16`, floor 1), the coder is [`StreamEncoder`].
 //!
 //! # Tokens, termination and padding
@@ -22,9 +23,9 @@
 //!
 //! # Cost
 //!
-//! One M1 position per byte, attention over the whole chunk so far: per-position cost grows with
-//! the position (about 4,000 positions/s per core at short contexts for m1-3m, ~540 positions/s
-//! averaged over a 10,240-byte chunk, measured on a 2-core AMD EPYC). Chunks run in parallel on
+//! One M1 position per byte, attention over at most M1's context: the cost per position stays flat
+//! along the chunk (m1-3m with a 256-position context: ~3,900 positions/s per core over a
+//! 10,240-byte chunk, measured on a 2-core AMD EPYC; unbounded attention gave ~540). Chunks run in parallel on
 //! the CPU's threads, or in lockstep on an [`M1Batch`] ([`encode_chunks`], [`decode_chunks`]):
 //! the GPU's exact M1 advances hundreds of chunks per step with the same bits.
 

@@ -1242,7 +1242,10 @@ fn check_same_save(dir: &Path, ids: &[(&str, Option<&String>)]) -> Result<()> {
 pub fn load_model(path: &Path) -> Result<(ModelConfig, ParamArena)> {
     let (dir, model_file) = locate(path)?;
     let ck = Checkpoint::open(&dir)?;
-    let (cfg, arena, model_id) = ck.model(model_file.as_deref())?;
+    let (mut cfg, arena, model_id) = ck.model(model_file.as_deref())?;
+    if cfg.context.is_none() {
+        cfg.context = trained_seq(&ck)?;
+    }
     if model_file.is_none() {
         let manifest_id = ck.manifest.as_ref().map(|m| m.save_id.clone());
         check_same_save(
@@ -1256,18 +1259,33 @@ pub fn load_model(path: &Path) -> Result<(ModelConfig, ParamArena)> {
     Ok((cfg, arena))
 }
 
-/// The trainer's saved state (the `state` of `trainer.json`) without loading any tensor: what an
-/// inference command needs to know about how a model was trained. `None` when the checkpoint was
-/// saved without training state. Checked against the manifest like every other file.
-pub fn load_trainer_state(path: &Path) -> Result<Option<Value>> {
-    let (dir, _) = locate(path)?;
-    let ck = Checkpoint::open(&dir)?;
+/// The sequence length a checkpoint's training state records (`options.seq`): the context of a
+/// model saved before [`ModelConfig::context`] existed.
+fn trained_seq(ck: &Checkpoint) -> Result<Option<usize>> {
+    Ok(saved_state(ck)?.and_then(|st| {
+        st["options"]["seq"]
+            .as_u64()
+            .filter(|&s| s > 0)
+            .map(|s| s as usize)
+    }))
+}
+
+/// The `state` of a checkpoint's `trainer.json`, if it has one.
+fn saved_state(ck: &Checkpoint) -> Result<Option<Value>> {
     let Some((tpath, tbytes)) = ck.read_small(TRAINER_FILE)? else {
         return Ok(None);
     };
     let trainer: TrainerFile = serde_json::from_slice(&tbytes)
         .map_err(|e| anyhow!("{} is not valid trainer state: {e}", tpath.display()))?;
     Ok(Some(trainer.state))
+}
+
+/// The trainer's saved state (the `state` of `trainer.json`) without loading any tensor: what an
+/// inference command needs to know about how a model was trained. `None` when the checkpoint was
+/// saved without training state. Checked against the manifest like every other file.
+pub fn load_trainer_state(path: &Path) -> Result<Option<Value>> {
+    let (dir, _) = locate(path)?;
+    saved_state(&Checkpoint::open(&dir)?)
 }
 
 /// Loads everything needed to resume training from the checkpoint directory `dir`: config,
@@ -1384,6 +1402,27 @@ mod tests {
 
     fn bits(x: &[f32]) -> Vec<u32> {
         x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// A model saved before `context` existed gets it from its training state's sequence length;
+    /// one that records it keeps it; one without either stays unbounded.
+    #[test]
+    fn context_comes_from_the_config_or_the_training_length() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = small_cfg();
+        assert_eq!(cfg.context, None);
+        let mut t = training(&cfg, 1);
+        t.state = json!({"options": {"seq": 77}});
+        save_checkpoint(tmp.path(), &cfg, &params(&cfg, 1), Some(&t)).unwrap();
+        assert_eq!(load_model(tmp.path()).unwrap().0.context, Some(77));
+        let recorded = ModelConfig {
+            context: Some(5),
+            ..cfg.clone()
+        };
+        save_checkpoint(tmp.path(), &recorded, &params(&cfg, 1), Some(&t)).unwrap();
+        assert_eq!(load_model(tmp.path()).unwrap().0.context, Some(5));
+        save_checkpoint(tmp.path(), &cfg, &params(&cfg, 1), None).unwrap();
+        assert_eq!(load_model(tmp.path()).unwrap().0.context, None);
     }
 
     fn listing(dir: &Path) -> BTreeSet<String> {

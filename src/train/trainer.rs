@@ -330,7 +330,7 @@ pub fn train(
     progress: bool,
 ) -> Result<TrainSummary> {
     check_output_dir(&start, out)?;
-    let (cfg, params, moments, mut run) = match start {
+    let (mut cfg, params, moments, mut run) = match start {
         RunStart::Resume {
             dir,
             steps: steps_override,
@@ -377,6 +377,9 @@ pub fn train(
         }
     };
     let o = run.options.clone();
+    // What exact inference will let a position attend over (checkpoints from before the field
+    // get it when resumed).
+    cfg.context.get_or_insert(o.seq);
     ensure!(
         run.step <= o.steps,
         "checkpoint is at step {} beyond --steps {}",

@@ -9,8 +9,10 @@
 //! whatever the order of the feeds. Refuses: a stream index out of range, a stream fed twice in
 //! one step, a stream past its capacity (positions per stream, fixed at creation).
 //!
-//! Memory: `2 x layers x streams x capacity x d_model x 4` bytes of key/value cache (m1-3m: 6 KiB
-//! per position), allocated once; plus per-step buffers for `streams` rows.
+//! Memory: `2 x layers x streams x slots x d_model x 4` bytes of key/value cache (m1-3m: 6 KiB
+//! per slot), allocated once, where `slots = min(capacity, M1's context)`: attention looks back
+//! over M1's sliding window only, so each stream's cache is a ring of that many positions; plus
+//! per-step buffers for `streams` rows.
 //!
 //! **Not yet run on a GPU** (written on a machine without one); `tests/gpu_parity.rs` checks it
 //! bit for bit against the CPU when a GPU is present.
@@ -22,8 +24,8 @@ use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
-/// GPU memory [`GpuExactM1::for_chunks`] gives the key/value caches (m1-3m at 10,240-byte
-/// chunks: 60 MiB per stream, 409 streams).
+/// GPU memory [`GpuExactM1::for_chunks`] gives the key/value caches (m1-3m with a 256-position
+/// context: 1.5 MiB per stream, so the 1,024-stream cap binds).
 pub const CACHE_BUDGET: usize = 24 << 30;
 
 /// Threads per block of the attention and softmax kernels (the kernels assume a multiple of 32).
@@ -81,6 +83,10 @@ pub struct GpuExactM1 {
     sin: CudaSlice<f32>,
     step: StepBufs,
     capacity: usize,
+    /// Ring slots per stream: `min(capacity, window)`.
+    slots: usize,
+    /// M1's context: how many positions a query attends over.
+    window: usize,
     pos: Vec<usize>,
     fingerprint: u64,
 }
@@ -115,8 +121,10 @@ impl GpuExactM1 {
             d % HEAD_DIM == 0,
             "d_model {d} is not a multiple of {HEAD_DIM}"
         );
+        let window = cfg.context.unwrap_or(usize::MAX);
+        let slots = capacity.min(window);
         let cells = streams
-            .checked_mul(capacity)
+            .checked_mul(slots)
             .and_then(|c| c.checked_mul(d))
             .ok_or_else(|| anyhow!("{streams} streams x {capacity} positions is too large"))?;
         ensure!(
@@ -158,7 +166,7 @@ impl GpuExactM1 {
             up: s.alloc_zeros::<f32>(rows * ff)?,
             probs: s.alloc_zeros::<f32>(rows * 256)?,
             scores: s
-                .alloc_zeros::<f32>(rows * (d / HEAD_DIM) * capacity)
+                .alloc_zeros::<f32>(rows * (d / HEAD_DIM) * slots)
                 .context("allocating attention scratch")?,
         };
         Ok(GpuExactM1 {
@@ -174,6 +182,8 @@ impl GpuExactM1 {
             sin: up(&rope.sin)?,
             step,
             capacity,
+            slots,
+            window,
             pos: vec![0; streams],
             fingerprint: m1.fingerprint(),
             k,
@@ -184,7 +194,8 @@ impl GpuExactM1 {
     /// [`CACHE_BUDGET`]-byte key/value cache holds (1 to 1,024).
     pub fn for_chunks(m1: &ExactM1, chunk_bytes: usize) -> Result<Self> {
         let cfg = m1.config();
-        let per_stream = 2 * cfg.n_layers * chunk_bytes.max(1) * cfg.d_model * 4;
+        let slots = chunk_bytes.max(1).min(cfg.context.unwrap_or(usize::MAX));
+        let per_stream = 2 * cfg.n_layers * slots * cfg.d_model * 4;
         let streams = (CACHE_BUDGET / per_stream).clamp(1, 1024);
         Self::new(m1, streams, chunk_bytes.max(1))
     }
@@ -254,7 +265,9 @@ impl GpuExactM1 {
     fn enqueue(&mut self, rows: usize) -> Result<()> {
         let d = self.d;
         let s = self.k.stream().clone();
-        let (rows_i, di, capi, eps) = (rows as i32, d as i32, self.capacity as i32, self.eps);
+        let (rows_i, di, slots_i, eps) = (rows as i32, d as i32, self.slots as i32, self.eps);
+        // Fits: slots <= capacity, checked to fit an int at creation.
+        let window_i = self.window.min(self.slots) as i32;
         let (f, b) = (&self.f, &mut self.step);
         // One thread per (row, channel); embed, rope (one per rotated pair) and the cache append.
         let elementwise = grid(rows * d, BLOCK);
@@ -298,7 +311,7 @@ impl GpuExactM1 {
                 .arg(&mut w.values)
                 .arg(&b.qkv)
                 .arg(&b.row_stream);
-            l.arg(&b.row_pos).arg(&rows_i).arg(&di).arg(&capi);
+            l.arg(&b.row_pos).arg(&rows_i).arg(&di).arg(&slots_i);
             unsafe { l.launch(elementwise) }?;
             let mut l = s.launch_builder(&f.attention);
             l.arg(&mut b.att)
@@ -306,7 +319,11 @@ impl GpuExactM1 {
                 .arg(&w.keys)
                 .arg(&w.values)
                 .arg(&mut b.scores);
-            l.arg(&b.row_stream).arg(&b.row_pos).arg(&di).arg(&capi);
+            l.arg(&b.row_stream)
+                .arg(&b.row_pos)
+                .arg(&di)
+                .arg(&slots_i)
+                .arg(&window_i);
             unsafe { l.launch(per_head) }?;
             matvec(&s, &f.matvec, rows, &mut b.x, &b.att, &w.out_t, d, d, 1)?;
             let mut l = s.launch_builder(&f.rmsnorm);
