@@ -28,7 +28,7 @@
 #   GPU_CHECK_TORCH_EAGER_ONLY=1  torch eager only (no torch.compile)
 #   GPU_CHECK_SANITIZER=1     also run the kernel parity tests under compute-sanitizer memcheck
 #   GPU_CHECK_FILTER          test-name filter passed to gpu_parity (default: all tests)
-#   GPU_CHECK_AC              1: also the whole-file `ac` round trip with M1 on the GPU (08-ac-gpu)
+#   GPU_CHECK_AC              1: also whole-file `ac` and `equal-info` round trips with M1 on the GPU (08-ac-gpu)
 #   GPU_CHECK_AC_TIMEOUT      seconds for it (default 300)
 #   TERSE_PARITY_CPU_STEPS    CPU steps of the 200-step loss-curve test (default 200)
 set -u
@@ -203,7 +203,7 @@ else
     skip 07-torch "no torch_train_shapes.py + torch_baseline.py in $BIN (or GPU_CHECK_TORCH_TIMEOUT=0)"
 fi
 
-# Optional (GPU_CHECK_AC=1): the `ac` round trip of a whole file with M1 on the GPU
+# Optional (GPU_CHECK_AC=1): the `ac` and `equal-info` round trips of a whole file with M1 on the GPU
 # (`--gpu`), against the file's text as the CPU reads it. Needs BIN/m1/ (an M1 checkpoint:
 # pack-gpu-run.sh copies $TERSE_GPU_M1 there) and BIN/ac-input.txt ($TERSE_GPU_AC_INPUT). Its log
 # is a ninth file: run it with GPU_CHECK_TORCH_TIMEOUT=0 (the device returns at most 8 files).
@@ -214,11 +214,13 @@ if [ "${GPU_CHECK_AC:-0}" = 1 ]; then
             set -e
             '$BIN/terse' tokenize --method bytes --data '$BIN/ac-input.txt' --out '$AC_TMP/bytes' --json >/dev/null
             '$BIN/terse' detokenize --data '$AC_TMP/bytes' --out '$AC_TMP/text'
-            /usr/bin/time -f 'tokenize wall %e s' '$BIN/terse' tokenize --method ac --gpu --m1 '$BIN/m1' \
-                --token-bits 8 --data '$BIN/ac-input.txt' --out '$AC_TMP/ac' --json
-            /usr/bin/time -f 'detokenize wall %e s' '$BIN/terse' detokenize --gpu --m1 '$BIN/m1' \
-                --data '$AC_TMP/ac' --out '$AC_TMP/back'
-            cmp '$AC_TMP/back' '$AC_TMP/text' && echo 'ac round trip on the GPU: EXACT'"
+            for m in ac equal-info; do
+                /usr/bin/time -f \"\$m tokenize wall %e s\" '$BIN/terse' tokenize --method \$m --gpu \
+                    --m1 '$BIN/m1' --token-bits 16 --data '$BIN/ac-input.txt' --out '$AC_TMP/'\$m --json
+                /usr/bin/time -f \"\$m detokenize wall %e s\" '$BIN/terse' detokenize --gpu --m1 '$BIN/m1' \
+                    --data '$AC_TMP/'\$m --out '$AC_TMP/back'
+                cmp '$AC_TMP/back' '$AC_TMP/text' && echo \"\$m round trip on the GPU: EXACT\"
+            done"
         rm -rf "$AC_TMP"
     else
         skip 08-ac-gpu "no $BIN/m1/model.safetensors or $BIN/ac-input.txt"
@@ -227,7 +229,7 @@ fi
 
 {
     echo
-    echo "== ac on the GPU"
+    echo "== ac and equal-info on the GPU"
     cat "$OUT/08-ac-gpu.log" 2>/dev/null | grep -E 'EXACT|wall|bits_per_byte|differ|rror' | head -20
     echo
     echo "== parity results"

@@ -91,7 +91,8 @@ enum Cmd {
         /// Output file (written atomically).
         #[arg(long)]
         out: PathBuf,
-        /// ac: run M1 on the GPU, hundreds of chunks at once (the same bytes as on the CPU).
+        /// ac, equal-info: run M1 on the GPU, hundreds of chunks or windows at once (the same
+        /// bytes as on the CPU).
         #[arg(long)]
         gpu: bool,
     },
@@ -206,7 +207,8 @@ struct TokenizeArgs {
     /// Bytes of text per example (the paper's 10,240); the last chunk may be shorter.
     #[arg(long, default_value_t = terse::tokenize::DEFAULT_CHUNK_BYTES)]
     chunk_bytes: usize,
-    /// ac: run M1 on the GPU, hundreds of chunks at once (the same tokens as on the CPU).
+    /// ac, equal-info: run M1 on the GPU, hundreds of chunks at once (the same tokens as on the
+    /// CPU).
     #[arg(long)]
     gpu: bool,
     /// Print the report as one JSON object.
@@ -1155,6 +1157,12 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
     if a.delay && a.method != Method::EqualInfo {
         bail!("--delay is a rule of --method equal-info only");
     }
+    if a.gpu && !a.method.needs_m1() {
+        bail!(
+            "--gpu runs M1 (ac, equal-info); {} runs on the CPU",
+            a.method.name()
+        );
+    }
     let spec = match (a.method.needs_m1(), &a.m1) {
         (true, Some(path)) => {
             let m1 = load_exact_m1(path)?;
@@ -1312,21 +1320,22 @@ fn cmd_detokenize(
     Ok(())
 }
 
-/// M1 on the GPU for `ac` (`--gpu`): refuses other methods and machines without a usable GPU.
+/// M1 on the GPU for `ac` and `equal-info` (`--gpu`): refuses other methods and machines
+/// without a usable GPU.
 fn gpu_m1_batch(
     method: &terse::tokenize::Method,
     m1: &terse::m1::ExactM1,
     chunk_bytes: usize,
-) -> Result<std::sync::Arc<std::sync::Mutex<dyn terse::tokenize::ac::M1Batch>>> {
+) -> Result<std::sync::Arc<std::sync::Mutex<dyn terse::m1::M1Batch>>> {
     anyhow::ensure!(
-        *method == terse::tokenize::Method::Ac,
-        "--gpu runs the ac method's M1; {} runs on the CPU",
+        method.needs_m1(),
+        "--gpu runs M1 (ac, equal-info); {} runs on the CPU",
         method.name()
     );
     let g = terse::backend::cuda::GpuExactM1::for_chunks(m1, chunk_bytes)
         .context("--gpu: M1 on the GPU")?;
     eprintln!(
-        "ac on the GPU: {} chunks at a time (positions up to {})",
+        "M1 on the GPU: {} streams at a time (positions up to {})",
         g.streams(),
         g.capacity()
     );

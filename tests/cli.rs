@@ -259,7 +259,7 @@ fn compress_decompress_round_trip_and_refusals() {
 /// `--gpu` (M1 of `ac` on the GPU) on a machine without one is refused with the reason and
 /// writes nothing; with a GPU, tests/gpu_parity.rs checks the same path bit for bit.
 #[test]
-fn ac_on_gpu_without_a_gpu_is_refused() {
+fn m1_on_gpu_without_a_gpu_is_refused() {
     if terse::backend::cuda::gpu_unavailable_reason().is_none() {
         eprintln!("SKIPPED: a GPU is present (tests/gpu_parity.rs covers --gpu)");
         return;
@@ -280,6 +280,7 @@ fn ac_on_gpu_without_a_gpu_is_refused() {
     assert!(!r.status.success());
     assert!(stderr(&r).contains("no usable GPU"), "{}", stderr(&r));
     assert!(!out.exists(), "a refused run left output");
+    // equal-info runs on the GPU too, and is refused the same way; bytes has no M1 to run there.
     let r = terse(&[
         "tokenize",
         "--method",
@@ -292,9 +293,11 @@ fn ac_on_gpu_without_a_gpu_is_refused() {
         "--out",
         o,
     ]);
-    assert!(
-        stderr(&r).contains("--gpu runs the ac method"),
-        "{}",
-        stderr(&r)
-    );
+    assert!(stderr(&r).contains("no usable GPU"), "{}", stderr(&r));
+    assert!(!out.exists(), "a refused run left output");
+    let r = terse(&[
+        "tokenize", "--method", "bytes", "--gpu", "--data", d, "--out", o,
+    ]);
+    assert!(!r.status.success());
+    assert!(!out.exists(), "a refused run left output");
 }

@@ -20,8 +20,10 @@
 //! Computing a window position by position (with a key/value cache) or all positions at once
 //! gives identical bits, and so does any batching of windows: each output is the same chain.
 
+mod batch;
 mod exp;
 
+pub use batch::{CpuM1Batch, M1Batch};
 pub use exp::exp_contract;
 
 use crate::backend::cpu::rope::{RopeTables, HEAD_DIM};

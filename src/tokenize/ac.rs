@@ -27,117 +27,28 @@
 //! along the chunk (m1-3m with a 256-position context: ~3,900 positions/s per core over a
 //! 10,240-byte chunk, measured on a 2-core AMD EPYC; unbounded attention gave ~540). Chunks run in parallel on
 //! the CPU's threads, or in lockstep on an [`M1Batch`] ([`encode_chunks`], [`decode_chunks`]):
-//! the GPU's exact M1 advances hundreds of chunks per step with the same bits.
+//! the GPU's exact M1 advances hundreds of chunks per step with the same bits. A single chunk is
+//! the lockstep code on a one-stream [`CpuM1Batch`], so there is one implementation of each.
 
 use crate::coder::{bytes_to_tokens, tokens_to_bytes, CdfQuantizer, StreamDecoder, StreamEncoder};
-use crate::m1::{ExactM1, Probs, WindowState, WINDOW_START};
-use anyhow::{anyhow, ensure, Result};
+use crate::m1::{CpuM1Batch, ExactM1, M1Batch, WINDOW_START};
+use anyhow::{ensure, Result};
 
 /// The chunk's arithmetic code under `m1`, as `token_bits`-bit tokens.
 pub fn encode(m1: &ExactM1, chunk: &[u8], token_bits: u32) -> Result<Vec<u16>> {
-    let q = CdfQuantizer::default();
-    let mut e = StreamEncoder::new();
-    let mut state = WindowState::default();
-    if let Some((&first, rest)) = chunk.split_first() {
-        let mut probs = m1.start(&mut state);
-        e.encode(first, &q.quantize(&probs)?);
-        let mut prev = first;
-        for &b in rest {
-            probs = m1.push(&mut state, prev);
-            e.encode(b, &q.quantize(&probs)?);
-            prev = b;
-        }
-    }
-    Ok(bytes_to_tokens(&e.finish(), token_bits)?)
+    let mut coded = encode_batch(&mut CpuM1Batch::new(m1, 1), &[chunk], token_bits)?;
+    Ok(coded.pop().expect("one chunk"))
 }
 
 /// The `byte_len` bytes coded by `tokens` under `m1` (any tokens decode to some bytes).
 pub fn decode(m1: &ExactM1, tokens: &[u16], token_bits: u32, byte_len: usize) -> Result<Vec<u8>> {
-    let q = CdfQuantizer::default();
-    let bytes = tokens_to_bytes(tokens, token_bits)?;
-    let mut d = StreamDecoder::new(&bytes);
-    let mut state = WindowState::default();
-    let mut out = Vec::with_capacity(byte_len.min(1 << 20)); // the length may be corrupt
-    if byte_len == 0 {
-        return Ok(out);
-    }
-    let mut probs = m1.start(&mut state);
-    loop {
-        let b = d.decode(&q.quantize(&probs)?);
-        out.push(b);
-        if out.len() == byte_len {
-            return Ok(out);
-        }
-        probs = m1.push(&mut state, b);
-    }
-}
-
-/// Independent M1 contexts ("streams") advanced together: the CPU runs each stream's
-/// [`ExactM1`] on its own thread ([`CpuM1Batch`]), the GPU runs them all in one step
-/// (`backend::cuda::GpuExactM1`). Under the numeric contract both give the bits of
-/// [`ExactM1::start`] / [`ExactM1::push`] stream by stream.
-pub trait M1Batch: Send {
-    /// How many streams there are (`0..streams()`).
-    fn streams(&self) -> usize;
-    /// Empties `stream`'s context; its next feed must be [`WINDOW_START`].
-    fn reset(&mut self, stream: usize);
-    /// Feeds each `(stream, byte)` (each stream at most once) and returns, in order, the
-    /// distribution of each stream's next byte.
-    fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>>;
-}
-
-/// [`M1Batch`] on the CPU: one [`WindowState`] per stream, streams in parallel.
-pub struct CpuM1Batch<'a> {
-    m1: &'a ExactM1,
-    states: Vec<WindowState>,
-}
-
-impl<'a> CpuM1Batch<'a> {
-    pub fn new(m1: &'a ExactM1, streams: usize) -> Self {
-        CpuM1Batch {
-            m1,
-            states: vec![WindowState::default(); streams],
-        }
-    }
-}
-
-impl M1Batch for CpuM1Batch<'_> {
-    fn streams(&self) -> usize {
-        self.states.len()
-    }
-
-    fn reset(&mut self, stream: usize) {
-        self.states[stream] = WindowState::default();
-    }
-
-    fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>> {
-        use rayon::prelude::*;
-        let mut slots: Vec<Option<&mut WindowState>> = self.states.iter_mut().map(Some).collect();
-        let jobs = feeds
-            .iter()
-            .map(|&(st, byte)| {
-                let state = slots
-                    .get_mut(st)
-                    .and_then(Option::take)
-                    .ok_or_else(|| anyhow!("stream {st} out of range or fed twice"))?;
-                ensure!(
-                    !state.is_empty() || byte == WINDOW_START,
-                    "stream {st} must start with the window-start byte"
-                );
-                Ok((state, byte))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(jobs
-            .into_par_iter()
-            .map(|(state, byte)| {
-                if state.is_empty() {
-                    self.m1.start(state)
-                } else {
-                    self.m1.push(state, byte)
-                }
-            })
-            .collect())
-    }
+    let mut out = decode_batch(
+        &mut CpuM1Batch::new(m1, 1),
+        &[tokens],
+        token_bits,
+        &[byte_len],
+    )?;
+    Ok(out.pop().expect("one chunk"))
 }
 
 /// [`encode`] of many chunks at once, `batch.streams()` chunks at a time (one stream each, all
@@ -216,7 +127,7 @@ fn decode_batch(
     let mut coders: Vec<StreamDecoder> = streams.iter().map(|b| StreamDecoder::new(b)).collect();
     let mut out: Vec<Vec<u8>> = lens
         .iter()
-        .map(|&n| Vec::with_capacity(n.min(1 << 20)))
+        .map(|&n| Vec::with_capacity(n.min(1 << 20))) // the length may be corrupt
         .collect();
     let mut feeds: Vec<(usize, u8)> = (0..lens.len())
         .filter(|&i| lens[i] > 0)

@@ -14,7 +14,7 @@
 //! Deferred bytes are counted with the back-offs.
 
 use crate::coder::{CdfQuantizer, EncodedWindows, WindowDecoder, WindowEncoder, WindowRule};
-use crate::m1::{ExactM1, Probs, WindowState};
+use crate::m1::{CpuM1Batch, ExactM1, M1Batch, Probs, WINDOW_START};
 use anyhow::{ensure, Result};
 
 /// M1 and a window width, ready to code.
@@ -56,31 +56,40 @@ impl<'a> EqualInfo<'a> {
 
     /// Cuts `data` into windows: one `b`-bit code and one byte length per window.
     pub fn encode(&self, data: &[u8]) -> Result<EncodedWindows> {
-        let mut out = EncodedWindows::default();
-        let mut state = WindowState::default();
-        let mut pos = 0;
-        while pos < data.len() {
-            let start = pos;
-            let mut enc = WindowEncoder::with_rule(self.b, self.rule)?;
-            let mut probs = self.m1.start(&mut state);
-            while pos < data.len() && enc.push(&self.cdf(&probs)?, data[pos]) {
-                pos += 1;
-                if pos < data.len() {
-                    probs = self.m1.push(&mut state, data[pos - 1]);
+        let mut out = self.encode_chunks(&mut CpuM1Batch::new(self.m1, 1), &[data])?;
+        Ok(out.pop().expect("one chunk"))
+    }
+
+    /// [`encode`](Self::encode) of many chunks at once on `batch` (built from this M1),
+    /// `batch.streams()` chunks at a time, each stream cutting one chunk's windows one byte per
+    /// step: the same windows as chunk by chunk (this is also how one chunk is coded).
+    pub fn encode_chunks(
+        &self,
+        batch: &mut dyn M1Batch,
+        chunks: &[&[u8]],
+    ) -> Result<Vec<EncodedWindows>> {
+        self.check_batch(batch)?;
+        let mut out = Vec::with_capacity(chunks.len());
+        for group in chunks.chunks(batch.streams()) {
+            let mut cutters: Vec<Cutter> = group.iter().map(|&data| Cutter::new(data)).collect();
+            loop {
+                let mut feeds = Vec::new();
+                for (i, c) in cutters.iter().enumerate() {
+                    if let Some(byte) = c.feed() {
+                        if c.enc.is_none() {
+                            batch.reset(i);
+                        }
+                        feeds.push((i, byte));
+                    }
+                }
+                if feeds.is_empty() {
+                    break;
+                }
+                for (&(i, _), probs) in feeds.iter().zip(batch.step(&feeds)?) {
+                    cutters[i].take(self, &probs)?;
                 }
             }
-            ensure!(
-                pos > start,
-                "byte {:#04x} at offset {start} does not fit a fresh {}-bit window",
-                data[start],
-                self.b
-            );
-            // Delay: bytes accepted after the window's last code change start the next window.
-            let deferred = pos - start - enc.window_len();
-            pos -= deferred;
-            out.backoffs += enc.backoffs() as u64 + deferred as u64;
-            out.codes.push(enc.finish()?);
-            out.lengths.push((pos - start) as u32);
+            out.extend(cutters.into_iter().map(|c| c.out));
         }
         Ok(out)
     }
@@ -88,25 +97,135 @@ impl<'a> EqualInfo<'a> {
     /// The bytes of one window. Any `b`-bit code decodes to some byte string (possibly empty for
     /// a code no encoder writes); refuses only a code wider than `b` bits.
     pub fn decode_window(&self, code: u128) -> Result<Vec<u8>> {
-        let mut dec = WindowDecoder::with_rule(self.b, code, self.rule)?;
-        let mut state = WindowState::default();
-        let mut probs = self.m1.start(&mut state);
-        while let Some(byte) = dec.step(&self.cdf(&probs)?) {
-            if dec.is_done() {
-                break;
-            }
-            probs = self.m1.push(&mut state, byte);
-        }
-        Ok(dec.into_bytes())
+        let mut out = self.decode_codes(&mut CpuM1Batch::new(self.m1, 1), &[code])?;
+        Ok(out.pop().expect("one window"))
     }
 
     /// The bytes of consecutive windows.
     pub fn decode(&self, codes: &[u128]) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        for &c in codes {
-            out.extend(self.decode_window(c)?);
+        Ok(self
+            .decode_codes(&mut CpuM1Batch::new(self.m1, 1), codes)?
+            .concat())
+    }
+
+    /// Each window's bytes, decoded on `batch` (built from this M1): windows are independent, so
+    /// every stream takes the next undecoded window as soon as its last one ends.
+    pub fn decode_codes(&self, batch: &mut dyn M1Batch, codes: &[u128]) -> Result<Vec<Vec<u8>>> {
+        self.check_batch(batch)?;
+        let mut out = vec![Vec::new(); codes.len()];
+        // Per stream: the window it decodes (index into `codes`), its decoder, the byte to feed.
+        let mut active: Vec<Option<(usize, WindowDecoder, u8)>> = vec![None; batch.streams()];
+        let mut next = 0;
+        loop {
+            for (st, slot) in active.iter_mut().enumerate() {
+                if slot.is_none() && next < codes.len() {
+                    *slot = Some((
+                        next,
+                        WindowDecoder::with_rule(self.b, codes[next], self.rule)?,
+                        WINDOW_START,
+                    ));
+                    batch.reset(st);
+                    next += 1;
+                }
+            }
+            let feeds: Vec<(usize, u8)> = active
+                .iter()
+                .enumerate()
+                .filter_map(|(st, a)| a.as_ref().map(|(_, _, byte)| (st, *byte)))
+                .collect();
+            if feeds.is_empty() {
+                return Ok(out);
+            }
+            for (&(st, _), probs) in feeds.iter().zip(batch.step(&feeds)?) {
+                let (_, dec, byte) = active[st].as_mut().expect("fed streams are active");
+                match dec.step(&self.cdf(&probs)?) {
+                    Some(b) if !dec.is_done() => *byte = b,
+                    _ => {
+                        let (w, dec, _) = active[st].take().expect("active");
+                        out[w] = dec.into_bytes();
+                    }
+                }
+            }
         }
-        Ok(out)
+    }
+
+    /// Refuses a batch running another M1 (its distributions would code other windows).
+    fn check_batch(&self, batch: &dyn M1Batch) -> Result<()> {
+        ensure!(batch.streams() > 0, "an M1 batch without streams");
+        ensure!(
+            batch.fingerprint() == self.m1.fingerprint(),
+            "the M1 batch runs M1 {:016x}, the coder's M1 is {:016x}",
+            batch.fingerprint(),
+            self.m1.fingerprint()
+        );
+        Ok(())
+    }
+}
+
+/// One chunk being cut into windows, one M1 distribution at a time: the greedy rule of
+/// [`EqualInfo`] as a state machine, so many chunks can share an [`M1Batch`].
+struct Cutter<'d> {
+    data: &'d [u8],
+    /// The next byte to code.
+    pos: usize,
+    /// Where the open window began.
+    start: usize,
+    /// The open window, if any.
+    enc: Option<WindowEncoder>,
+    out: EncodedWindows,
+}
+
+impl<'d> Cutter<'d> {
+    fn new(data: &'d [u8]) -> Self {
+        Cutter {
+            data,
+            pos: 0,
+            start: 0,
+            enc: None,
+            out: EncodedWindows::default(),
+        }
+    }
+
+    /// The byte M1 must be fed for the distribution of `data[pos]`: [`WINDOW_START`] when a
+    /// window opens (its stream reset first), else the byte before; `None` once all is coded.
+    fn feed(&self) -> Option<u8> {
+        match self.enc {
+            Some(_) => Some(self.data[self.pos - 1]),
+            None => (self.pos < self.data.len()).then_some(WINDOW_START),
+        }
+    }
+
+    /// Codes `data[pos]` with `probs` (M1's distribution after [`feed`](Self::feed)), closing the
+    /// window when the byte does not fit or the data ends.
+    fn take(&mut self, ei: &EqualInfo, probs: &Probs) -> Result<()> {
+        let enc = match &mut self.enc {
+            Some(enc) => enc,
+            None => {
+                self.start = self.pos;
+                self.enc.insert(WindowEncoder::with_rule(ei.b, ei.rule)?)
+            }
+        };
+        if enc.push(&ei.cdf(probs)?, self.data[self.pos]) {
+            self.pos += 1;
+            if self.pos < self.data.len() {
+                return Ok(());
+            }
+        }
+        let enc = self.enc.take().expect("opened above");
+        ensure!(
+            self.pos > self.start,
+            "byte {:#04x} at offset {} does not fit a fresh {}-bit window",
+            self.data[self.start],
+            self.start,
+            ei.b
+        );
+        // Delay: bytes accepted after the window's last code change start the next window.
+        let deferred = self.pos - self.start - enc.window_len();
+        self.pos -= deferred;
+        self.out.backoffs += enc.backoffs() as u64 + deferred as u64;
+        self.out.codes.push(enc.finish()?);
+        self.out.lengths.push((self.pos - self.start) as u32);
+        Ok(())
     }
 }
 
@@ -155,6 +274,59 @@ mod tests {
             }
         }
         assert!(EqualInfo::new(&m1, 12).is_err());
+    }
+
+    /// Chunks cut in lockstep on a shared batch give the windows of the coder's own reference
+    /// cutter (`coder::encode_windows`, M1 computed all at once per prefix), and the windows decode
+    /// back side by side; the Delay rule gives one-stream coding's windows.
+    #[test]
+    fn lockstep_chunks_equal_the_reference_cutter() {
+        let m1 = m1();
+        let text = &include_bytes!("../../data/sample-books.txt")[9000..10500];
+        let chunks: Vec<&[u8]> = vec![
+            &text[..400],
+            b"",
+            &text[400..401],
+            &[7u8; 300],
+            &text[401..900],
+            &text[900..],
+            b"ab",
+        ];
+        let q = CdfQuantizer::default();
+        let reference = |data: &[u8]| {
+            crate::coder::encode_windows(16, data, |prefix: &[u8]| {
+                q.quantize(m1.window_probs(prefix).last().unwrap()).unwrap()
+            })
+            .unwrap()
+        };
+        let ei = EqualInfo::new(&m1, 16).unwrap();
+        // Three streams for seven chunks: groups, idle streams and resets all happen.
+        let mut batch = CpuM1Batch::new(&m1, 3);
+        let cut = ei.encode_chunks(&mut batch, &chunks).unwrap();
+        for (c, w) in chunks.iter().zip(&cut) {
+            let r = reference(c);
+            assert_eq!(
+                (&w.codes, &w.lengths, w.backoffs),
+                (&r.codes, &r.lengths, r.backoffs)
+            );
+        }
+        let codes: Vec<u128> = cut.iter().flat_map(|w| w.codes.clone()).collect();
+        let back = ei.decode_codes(&mut batch, &codes).unwrap().concat();
+        assert_eq!(back, chunks.concat());
+
+        let delay = EqualInfo::with_rule(&m1, 16, WindowRule::Delay).unwrap();
+        let cut = delay.encode_chunks(&mut batch, &chunks).unwrap();
+        for (c, w) in chunks.iter().zip(&cut) {
+            assert_eq!(w.codes, delay.encode(c).unwrap().codes);
+            assert_eq!(delay.decode(&w.codes).unwrap(), *c);
+        }
+
+        // A batch of another M1 is refused.
+        let cfg = ModelConfig::preset("tiny", None).unwrap();
+        let other = ExactM1::new(&cfg, &ParamArena::init(&cfg, 6)).unwrap();
+        let mut wrong = CpuM1Batch::new(&other, 2);
+        assert!(ei.encode_chunks(&mut wrong, &chunks).is_err());
+        assert!(ei.decode_codes(&mut wrong, &codes).is_err());
     }
 
     #[test]

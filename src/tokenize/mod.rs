@@ -35,9 +35,9 @@ pub use dataset::{
     VERSION,
 };
 
-use crate::coder::{codes_to_tokens, tokens_to_codes, WindowRule};
+use crate::coder::{codes_to_tokens, tokens_to_codes, EncodedWindows, WindowRule};
 use crate::data::open_stream;
-use crate::m1::ExactM1;
+use crate::m1::{ExactM1, M1Batch};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use equal_info::EqualInfo;
 use rayon::prelude::*;
@@ -117,10 +117,10 @@ pub struct M1Spec {
     pub m1: Arc<ExactM1>,
     pub window_bits: u32,
     pub rule: WindowRule,
-    /// Where `ac` runs M1: many chunks at once on this batch (the GPU's
-    /// `backend::cuda::GpuExactM1`), or, when `None`, chunk by chunk on the CPU's threads. The
-    /// tokens are the same either way (the numeric contract).
-    pub batch: Option<Arc<Mutex<dyn ac::M1Batch>>>,
+    /// Where M1 runs: many chunks (and, decoding equal-info, many windows) at once on this batch
+    /// (the GPU's `backend::cuda::GpuExactM1`), or, when `None`, chunk by chunk on the CPU's
+    /// threads. The tokens are the same either way (the numeric contract).
+    pub batch: Option<Arc<Mutex<dyn M1Batch>>>,
 }
 
 impl M1Spec {
@@ -134,8 +134,8 @@ impl M1Spec {
         }
     }
 
-    /// The same, running `ac`'s M1 on `batch` (built from the same M1).
-    pub fn with_batch(mut self, batch: Arc<Mutex<dyn ac::M1Batch>>) -> Self {
+    /// The same, running M1 on `batch` (built from the same M1).
+    pub fn with_batch(mut self, batch: Arc<Mutex<dyn M1Batch>>) -> Self {
         self.batch = Some(batch);
         self
     }
@@ -269,11 +269,7 @@ impl Coder {
             Coder::Subword(sw) => plain(sw.encode(chunk, token_bits)?),
             Coder::EqualInfo(e) => {
                 let w = EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?.encode(chunk)?;
-                let stats = ChunkStats {
-                    windows: w.codes.len() as u64,
-                    backoffs: w.backoffs,
-                };
-                (codes_to_tokens(&w.codes, e.window_bits, token_bits)?, stats)
+                windows_to_tokens(&w, e.window_bits, token_bits)?
             }
         })
     }
@@ -298,6 +294,25 @@ impl Coder {
         );
         Ok(out)
     }
+}
+
+/// A chunk's Equal-Info windows as tokens, with their count and back-offs.
+fn windows_to_tokens(
+    w: &EncodedWindows,
+    window_bits: u32,
+    token_bits: u32,
+) -> Result<(Vec<u16>, ChunkStats)> {
+    let stats = ChunkStats {
+        windows: w.codes.len() as u64,
+        backoffs: w.backoffs,
+    };
+    Ok((codes_to_tokens(&w.codes, window_bits, token_bits)?, stats))
+}
+
+fn lock<'a>(
+    batch: &'a Mutex<dyn M1Batch + 'static>,
+) -> Result<std::sync::MutexGuard<'a, dyn M1Batch + 'static>> {
+    batch.lock().map_err(|_| anyhow!("M1 batch poisoned"))
 }
 
 /// What [`tokenize_corpus`] did.
@@ -501,15 +516,27 @@ pub fn tokenize_corpus_with(
     let mut stats = ChunkStats::default();
     loop {
         let n = stream.read_full(&mut buf)?;
+        let chunks: Vec<&[u8]> = buf[..n].chunks(chunk_bytes).collect();
         let coded: Vec<Result<(Vec<u16>, ChunkStats)>> = match &coder {
             Coder::Ac(M1Spec {
                 batch: Some(batch), ..
             }) => {
-                let chunks: Vec<&[u8]> = buf[..n].chunks(chunk_bytes).collect();
-                let mut batch = batch.lock().map_err(|_| anyhow!("M1 batch poisoned"))?;
+                let mut batch = lock(batch)?;
                 ac::encode_chunks(&mut *batch, &chunks, token_bits)?
                     .into_iter()
                     .map(|t| Ok((t, ChunkStats::default())))
+                    .collect()
+            }
+            Coder::EqualInfo(
+                e @ M1Spec {
+                    batch: Some(batch), ..
+                },
+            ) => {
+                let ei = EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?;
+                let mut batch = lock(batch)?;
+                ei.encode_chunks(&mut *batch, &chunks)?
+                    .into_iter()
+                    .map(|w| windows_to_tokens(&w, e.window_bits, token_bits))
                     .collect()
             }
             _ => buf[..n]
@@ -592,17 +619,50 @@ fn example_for_decoding(ds: &TokenDataset, i: usize) -> Result<(Vec<u16>, usize)
     Ok((ds.tokens_u16(toks), len))
 }
 
-/// Every example of an `ac` dataset, decoded `batch.streams()` examples at a time.
-fn decode_ac_batched(ds: &TokenDataset, batch: &Mutex<dyn ac::M1Batch>) -> Result<Vec<Vec<u8>>> {
+/// Every example of an `ac` or `equal-info` dataset, decoded on `batch`: `ac` examples
+/// `batch.streams()` at a time, equal-info windows of all examples side by side.
+fn decode_batched(
+    ds: &TokenDataset,
+    coder: &Coder,
+    batch: &Mutex<dyn M1Batch>,
+) -> Result<Vec<Vec<u8>>> {
     let (tokens, lens): (Vec<Vec<u16>>, Vec<usize>) = (0..ds.num_examples())
         .map(|i| example_for_decoding(ds, i))
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .unzip();
-    let views: Vec<&[u16]> = tokens.iter().map(|t| &t[..]).collect();
-    let mut batch = batch.lock().map_err(|_| anyhow!("M1 batch poisoned"))?;
-    ac::decode_chunks(&mut *batch, &views, ds.token_bits(), &lens)
-        .with_context(|| format!("{}: cannot decode", ds.dir().display()))
+    let fail = || format!("{}: cannot decode", ds.dir().display());
+    let mut batch = lock(batch)?;
+    let bits = ds.token_bits();
+    let Coder::EqualInfo(e) = coder else {
+        let views: Vec<&[u16]> = tokens.iter().map(|t| &t[..]).collect();
+        return ac::decode_chunks(&mut *batch, &views, bits, &lens).with_context(fail);
+    };
+    let codes: Vec<Vec<u128>> = tokens
+        .iter()
+        .map(|t| tokens_to_codes(t, e.window_bits, bits))
+        .collect::<Result<_, _>>()
+        .with_context(fail)?;
+    let ei = EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?;
+    let mut windows = ei
+        .decode_codes(&mut *batch, &codes.concat())
+        .with_context(fail)?
+        .into_iter();
+    codes
+        .iter()
+        .zip(lens)
+        .enumerate()
+        .map(|(i, (c, len))| {
+            let bytes: Vec<u8> = windows.by_ref().take(c.len()).flatten().collect();
+            ensure!(
+                bytes.len() == len,
+                "{}: cannot decode example {i}: decoded {} bytes, expected {len}",
+                ds.dir().display(),
+                bytes.len()
+            );
+            Ok(bytes)
+        })
+        .collect()
 }
 
 /// The whole source byte stream a dataset covers, decoded (every method here has a decoder).
@@ -615,24 +675,19 @@ pub fn decode_dataset_with_m1(dir: &Path, m1: Option<Arc<ExactM1>>) -> Result<Ve
     decode_dataset_on(dir, m1, None)
 }
 
-/// As [`decode_dataset_with_m1`]; an `ac` dataset decodes on `batch` ([`M1Spec::batch`]) when
-/// given (other methods ignore it).
+/// As [`decode_dataset_with_m1`]; an `ac` or `equal-info` dataset decodes on `batch`
+/// ([`M1Spec::batch`]) when given (other methods ignore it).
 pub fn decode_dataset_on(
     dir: &Path,
     m1: Option<Arc<ExactM1>>,
-    batch: Option<Arc<Mutex<dyn ac::M1Batch>>>,
+    batch: Option<Arc<Mutex<dyn M1Batch>>>,
 ) -> Result<Vec<u8>> {
     let ds = TokenDataset::open(dir)?;
-    let mut coder = Coder::from_metadata_with_m1(ds.metadata(), m1)
+    let coder = Coder::from_metadata_with_m1(ds.metadata(), m1)
         .with_context(|| format!("{}: cannot decode", dir.display()))?;
-    if let (Coder::Ac(spec), Some(b)) = (&mut coder, batch) {
-        spec.batch = Some(b);
-    }
     // Examples are independent: decode them in parallel, concatenate in order.
-    let parts: Vec<Vec<u8>> = match &coder {
-        Coder::Ac(M1Spec {
-            batch: Some(batch), ..
-        }) => decode_ac_batched(&ds, batch)?,
+    let parts: Vec<Vec<u8>> = match (&coder, batch) {
+        (Coder::Ac(_) | Coder::EqualInfo(_), Some(batch)) => decode_batched(&ds, &coder, &batch)?,
         _ => (0..ds.num_examples())
             .into_par_iter()
             .map(|i| decode_example(&ds, &coder, i))

@@ -194,10 +194,12 @@ impl GpuExactM1 {
     /// [`CACHE_BUDGET`]-byte key/value cache holds (1 to 1,024).
     pub fn for_chunks(m1: &ExactM1, chunk_bytes: usize) -> Result<Self> {
         let cfg = m1.config();
-        let slots = chunk_bytes.max(1).min(cfg.context.unwrap_or(usize::MAX));
+        // An Equal-Info window of the whole chunk takes chunk_bytes + 1 positions.
+        let capacity = chunk_bytes + 1;
+        let slots = capacity.min(cfg.context.unwrap_or(usize::MAX));
         let per_stream = 2 * cfg.n_layers * slots * cfg.d_model * 4;
         let streams = (CACHE_BUDGET / per_stream).clamp(1, 1024);
-        Self::new(m1, streams, chunk_bytes.max(1))
+        Self::new(m1, streams, capacity)
     }
 
     /// The fingerprint of the M1 this was built from ([`ExactM1::fingerprint`]).
@@ -399,9 +401,13 @@ fn matvec(
     Ok(())
 }
 
-impl crate::tokenize::ac::M1Batch for GpuExactM1 {
+impl crate::m1::M1Batch for GpuExactM1 {
     fn streams(&self) -> usize {
         GpuExactM1::streams(self)
+    }
+
+    fn fingerprint(&self) -> u64 {
+        GpuExactM1::fingerprint(self)
     }
 
     fn reset(&mut self, stream: usize) {
