@@ -317,6 +317,10 @@ enum BenchCmd {
         /// Positions a query attends over (M1's training length; 0: unbounded).
         #[arg(long, default_value_t = 256)]
         context: usize,
+        /// On the CPU, advance all windows together one position per step (`CpuM1Batch`, as the
+        /// coders do) instead of each window all at once.
+        #[arg(long)]
+        steps: bool,
         /// On the GPU (`GpuExactM1`): all windows advance together, one position per step.
         #[arg(long)]
         gpu: bool,
@@ -1044,11 +1048,12 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
         windows,
         len,
         context,
+        steps,
         gpu,
         json,
     } = b
     {
-        return bench_m1(&preset, windows, len, context, gpu, json);
+        return bench_m1(&preset, windows, len, context, steps, gpu, json);
     }
     if let BenchCmd::Kernels {
         preset,
@@ -1224,6 +1229,7 @@ fn bench_m1(
     windows: usize,
     len: usize,
     context: usize,
+    steps: bool,
     gpu: bool,
     json: bool,
 ) -> Result<()> {
@@ -1238,31 +1244,41 @@ fn bench_m1(
     let data: Vec<Vec<u8>> = (0..windows)
         .map(|_| (0..len).map(|_| rng.below(256) as u8).collect())
         .collect();
-    let (t, positions, device) = if gpu {
-        let mut g = terse::backend::cuda::GpuExactM1::new(&m1, windows, len + 1)?;
+    // All windows as streams of one batch, one position per step (how the coders drive M1).
+    let lockstep = |batch: &mut dyn terse::m1::M1Batch| -> Result<(Instant, usize)> {
         let t = Instant::now();
         let mut positions = 0;
         for k in 0..=len {
             let feeds: Vec<(usize, u8)> = (0..windows)
                 .map(|w| {
-                    (
-                        w,
-                        if k == 0 {
-                            terse::m1::WINDOW_START
-                        } else {
-                            data[w][k - 1]
-                        },
-                    )
+                    let byte = if k == 0 {
+                        terse::m1::WINDOW_START
+                    } else {
+                        data[w][k - 1]
+                    };
+                    (w, byte)
                 })
                 .collect();
-            positions += g.step(&feeds)?.len();
+            positions += batch.step(&feeds)?.len();
         }
+        Ok((t, positions))
+    };
+    let threads = rayon::current_num_threads();
+    let (t, positions, device) = if gpu {
+        let mut g = terse::backend::cuda::GpuExactM1::new(&m1, windows, len + 1)?;
+        let (t, positions) = lockstep(&mut g)?;
         (t, positions, "cuda".to_string())
+    } else if steps {
+        let (t, positions) = lockstep(&mut terse::m1::CpuM1Batch::new(&m1, windows))?;
+        (t, positions, format!("cpu, lockstep ({threads} threads)"))
     } else {
         let t = Instant::now();
         let positions: usize = data.par_iter().map(|w| m1.window_probs(w).len()).sum();
-        let threads = rayon::current_num_threads();
-        (t, positions, format!("cpu ({threads} threads)"))
+        (
+            t,
+            positions,
+            format!("cpu, all at once ({threads} threads)"),
+        )
     };
     let secs = t.elapsed().as_secs_f64();
     let rate = positions as f64 / secs;

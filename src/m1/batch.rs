@@ -21,8 +21,10 @@ pub trait M1Batch: Send {
     fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>>;
 }
 
-/// [`M1Batch`] on the CPU: one [`WindowState`] per stream, the fed streams in parallel on the
-/// CPU's threads. Also refuses a first feed after a reset other than [`WINDOW_START`].
+/// [`M1Batch`] on the CPU: one [`WindowState`] per stream; a step is one
+/// [`ExactM1::push_rows`] over the fed streams (matrix products over all of them, the rest in
+/// parallel on the CPU's threads). Also refuses a first feed after a reset other than
+/// [`WINDOW_START`].
 pub struct CpuM1Batch<'a> {
     m1: &'a ExactM1,
     states: Vec<WindowState>,
@@ -51,34 +53,20 @@ impl M1Batch for CpuM1Batch<'_> {
     }
 
     fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>> {
-        use rayon::prelude::*;
         let mut slots: Vec<Option<&mut WindowState>> = self.states.iter_mut().map(Some).collect();
-        let jobs = feeds
-            .iter()
-            .map(|&(st, byte)| {
-                let state = slots
-                    .get_mut(st)
-                    .and_then(Option::take)
-                    .ok_or_else(|| anyhow!("stream {st} out of range or fed twice"))?;
-                ensure!(
-                    !state.is_empty() || byte == WINDOW_START,
-                    "stream {st} must start with the window-start byte"
-                );
-                Ok((state, byte))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let step = |(state, byte): (&mut WindowState, u8)| {
-            if state.is_empty() {
-                self.m1.start(state)
-            } else {
-                self.m1.push(state, byte)
-            }
-        };
-        // One stream (a coder's single-chunk path) stays on the calling thread.
-        Ok(if jobs.len() == 1 {
-            jobs.into_iter().map(step).collect()
-        } else {
-            jobs.into_par_iter().map(step).collect()
-        })
+        let mut states = Vec::with_capacity(feeds.len());
+        for &(st, byte) in feeds {
+            let state = slots
+                .get_mut(st)
+                .and_then(Option::take)
+                .ok_or_else(|| anyhow!("stream {st} out of range or fed twice"))?;
+            ensure!(
+                !state.is_empty() || byte == WINDOW_START,
+                "stream {st} must start with the window-start byte"
+            );
+            states.push(state);
+        }
+        let bytes: Vec<u8> = feeds.iter().map(|&(_, b)| b).collect();
+        Ok(self.m1.push_rows(&mut states, &bytes))
     }
 }

@@ -22,6 +22,7 @@
 
 mod batch;
 mod exp;
+mod matmul;
 
 pub use batch::{CpuM1Batch, M1Batch};
 pub use exp::exp_contract;
@@ -29,6 +30,8 @@ pub use exp::exp_contract;
 use crate::backend::cpu::rope::{RopeTables, HEAD_DIM};
 use crate::model::{ModelConfig, ParamArena};
 use anyhow::{ensure, Result};
+use matmul::{matmul, Panels};
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// Version of the arithmetic above; a compressed file records it and refuses another.
@@ -41,15 +44,15 @@ pub const WINDOW_START: u8 = 0;
 /// Next-byte probabilities (they sum to 1 up to rounding).
 pub type Probs = [f32; 256];
 
-/// One layer's weights, matrices transposed to `[in, out]` so a matrix-vector product runs every
-/// output's chain side by side (the GPU twin, `backend::cuda::exact_m1`, uses the same layout).
+/// One layer's weights, matrices packed in [`Panels`] for the CPU's products (the GPU twin,
+/// `backend::cuda::exact_m1`, unpacks them to `[in, out]`).
 pub(crate) struct Layer {
     pub(crate) attn_norm: Vec<f32>,
-    pub(crate) qkv_t: Vec<f32>,
-    pub(crate) out_t: Vec<f32>,
+    pub(crate) qkv: Panels,
+    pub(crate) out: Panels,
     pub(crate) mlp_norm: Vec<f32>,
-    pub(crate) up_t: Vec<f32>,
-    pub(crate) down_t: Vec<f32>,
+    pub(crate) up: Panels,
+    pub(crate) down: Panels,
 }
 
 /// A model of any vocabulary prepared for inference under the contract, one position at a time
@@ -63,7 +66,7 @@ pub struct ExactLm {
     tok_emb: Vec<f32>,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
-    head_t: Vec<f32>,
+    head: Panels,
 }
 
 /// M1 prepared for exact inference: fp32 weights of a byte-level model (vocab 256).
@@ -76,8 +79,7 @@ pub struct ExactM1 {
 #[derive(Clone, Default)]
 pub struct WindowState {
     pos: usize,
-    keys: Vec<KeyCache>,
-    values: Vec<Vec<f32>>,
+    caches: Vec<KvCache>,
     rope: Option<RopeTables>,
 }
 
@@ -90,16 +92,6 @@ impl WindowState {
     pub fn is_empty(&self) -> bool {
         self.pos == 0
     }
-}
-
-fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for o in 0..out {
-        for i in 0..inp {
-            t[i * out + o] = w[o * inp + i];
-        }
-    }
-    t
 }
 
 /// FNV-1a over bytes (64-bit): the fingerprint hash.
@@ -127,15 +119,19 @@ impl ExactLm {
         let layers = (0..cfg.n_layers)
             .map(|l| Layer {
                 attn_norm: t(&format!("layers.{l}.attn_norm.weight")),
-                qkv_t: transpose(
+                qkv: Panels::from_rows(
                     params.tensor(&format!("layers.{l}.attn.qkv.weight")),
                     3 * d,
                     d,
                 ),
-                out_t: transpose(params.tensor(&format!("layers.{l}.attn.out.weight")), d, d),
+                out: Panels::from_rows(params.tensor(&format!("layers.{l}.attn.out.weight")), d, d),
                 mlp_norm: t(&format!("layers.{l}.mlp_norm.weight")),
-                up_t: transpose(params.tensor(&format!("layers.{l}.mlp.up.weight")), ff, d),
-                down_t: transpose(params.tensor(&format!("layers.{l}.mlp.down.weight")), d, ff),
+                up: Panels::from_rows(params.tensor(&format!("layers.{l}.mlp.up.weight")), ff, d),
+                down: Panels::from_rows(
+                    params.tensor(&format!("layers.{l}.mlp.down.weight")),
+                    d,
+                    ff,
+                ),
             })
             .collect();
         Ok(ExactLm {
@@ -144,7 +140,7 @@ impl ExactLm {
             tok_emb: t("tok_emb.weight"),
             layers,
             final_norm: t("final_norm.weight"),
-            head_t: transpose(params.tensor("lm_head.weight"), cfg.vocab, d),
+            head: Panels::from_rows(params.tensor("lm_head.weight"), cfg.vocab, d),
         })
     }
 
@@ -157,17 +153,16 @@ impl ExactLm {
         (t + 1).saturating_sub(self.window)
     }
 
-    /// The prepared weights: token embedding `[vocab, d]`, layers, final norm, head `[d, vocab]`.
-    pub(crate) fn weights(&self) -> (&[f32], &[Layer], &[f32], &[f32]) {
-        (&self.tok_emb, &self.layers, &self.final_norm, &self.head_t)
+    /// The prepared weights: token embedding `[vocab, d]`, layers, final norm, head.
+    pub(crate) fn weights(&self) -> (&[f32], &[Layer], &[f32], &Panels) {
+        (&self.tok_emb, &self.layers, &self.final_norm, &self.head)
     }
 
     /// An empty context (no position fed yet).
     pub fn empty_state(&self) -> WindowState {
         WindowState {
             pos: 0,
-            keys: vec![KeyCache::new(self.cfg.d_model); self.cfg.n_layers],
-            values: vec![Vec::new(); self.cfg.n_layers],
+            caches: vec![KvCache::new(self.cfg.d_model); self.cfg.n_layers],
             rope: None,
         }
     }
@@ -175,96 +170,100 @@ impl ExactLm {
     /// Appends `token` to the context and writes the distribution of the next token into
     /// `probs` (`vocab` entries). Panics if `token` is not below the vocabulary.
     pub fn push_token(&self, state: &mut WindowState, token: u32, probs: &mut [f32]) {
-        let x = self.advance(state, token);
-        self.next_token_probs(&x, &mut Scratch::new(&self.cfg), probs);
+        let x = self.advance_rows(&mut [state], &[token]);
+        self.next_token_probs(&x, probs);
     }
 
     /// Appends `token` to the context without computing the next distribution (prompt prefill).
     pub fn feed_token(&self, state: &mut WindowState, token: u32) {
-        self.advance(state, token);
+        self.advance_rows(&mut [state], &[token]);
     }
 
-    /// Runs every layer for one new position; returns its last-layer output.
-    fn advance(&self, state: &mut WindowState, token: u32) -> Vec<f32> {
-        let d = self.cfg.d_model;
-        let token = token as usize;
-        assert!(
-            token < self.cfg.vocab,
-            "token {token} outside the vocabulary"
-        );
-        let t = state.pos;
-        let needs_rope = state.rope.as_ref().map_or(true, |r| r.seq <= t);
-        if needs_rope {
-            state.rope = Some(RopeTables::new(
-                (t + 1).next_power_of_two().max(64),
-                self.cfg.rope_theta,
-            ));
-        }
-        let rope = state.rope.as_ref().expect("set above");
-        let mut x = self.tok_emb[token * d..(token + 1) * d].to_vec();
-        let mut s = Scratch::new(&self.cfg);
-        let mut qkv = vec![0f32; 3 * d];
-        for (l, w) in self.layers.iter().enumerate() {
-            self.project_qkv(w, &x, rope, t, &mut s, &mut qkv);
-            state.keys[l].push(&qkv[d..2 * d]);
-            state.values[l].extend_from_slice(&qkv[2 * d..]);
-            attend(
-                &mut s.att,
-                &qkv[..d],
-                &state.keys[l],
-                self.window_start(t)..t + 1,
-                &state.values[l],
-                d,
+    /// Feeds `tokens[r]` to `states[r]` (independent contexts, one position each) and returns the
+    /// last layer's outputs `[rows][d]`. Matrix products run over all rows at once (each output
+    /// still its own chain), the rest row by row. Panics on a token outside the vocabulary.
+    pub(crate) fn advance_rows(&self, states: &mut [&mut WindowState], tokens: &[u32]) -> Vec<f32> {
+        let (d, rows) = (self.cfg.d_model, tokens.len());
+        let mut x = Vec::with_capacity(rows * d);
+        for &token in tokens {
+            let token = token as usize;
+            assert!(
+                token < self.cfg.vocab,
+                "token {token} outside the vocabulary"
             );
-            self.finish_layer(w, &mut x, &mut s);
+            x.extend_from_slice(&self.tok_emb[token * d..(token + 1) * d]);
         }
-        state.pos += 1;
+        for state in states.iter_mut() {
+            if state.caches.is_empty() {
+                **state = self.empty_state();
+            }
+            let t = state.pos;
+            if state.rope.as_ref().map_or(true, |r| r.seq <= t) {
+                let seq = (t + 1).next_power_of_two().max(64);
+                state.rope = Some(RopeTables::new(seq, self.cfg.rope_theta));
+            }
+        }
+        let mut qkv = vec![0f32; rows * 3 * d];
+        let mut att = vec![0f32; rows * d];
+        for (l, w) in self.layers.iter().enumerate() {
+            self.project_qkv(w, &x, &mut qkv);
+            let one = |(state, (row, out)): (&mut &mut WindowState, (&mut [f32], &mut [f32]))| {
+                let t = state.pos;
+                rotate(
+                    &mut row[..2 * d],
+                    state.rope.as_ref().expect("set above"),
+                    t,
+                );
+                let cache = &mut state.caches[l];
+                cache.push(&row[d..2 * d], &row[2 * d..]);
+                let lo = self.window_start(t);
+                cache.forget_before(lo);
+                attend(out, &row[..d], cache, lo..t + 1);
+            };
+            let jobs = states
+                .iter_mut()
+                .zip(qkv.chunks_exact_mut(3 * d).zip(att.chunks_exact_mut(d)));
+            if rows > 1 {
+                jobs.collect::<Vec<_>>().into_par_iter().for_each(one);
+            } else {
+                jobs.for_each(one);
+            }
+            self.finish_layer(w, &mut x, &att);
+        }
+        states.iter_mut().for_each(|s| s.pos += 1);
         x
     }
 
-    /// `qkv = rotary(rmsnorm(x) Wqkv^T)` at position `t`.
-    fn project_qkv(
-        &self,
-        w: &Layer,
-        x: &[f32],
-        rope: &RopeTables,
-        t: usize,
-        s: &mut Scratch,
-        qkv: &mut [f32],
-    ) {
-        rmsnorm(&mut s.h, x, &w.attn_norm, self.cfg.norm_eps);
-        matvec(qkv, &s.h, &w.qkv_t);
-        rotate(&mut qkv[..2 * self.cfg.d_model], rope, t);
+    /// `qkv = rmsnorm(x) Wqkv^T` for every row (rotary comes after, per row).
+    fn project_qkv(&self, w: &Layer, x: &[f32], qkv: &mut [f32]) {
+        let h = rmsnorm_rows(x, &w.attn_norm, self.cfg.d_model, self.cfg.norm_eps);
+        matmul(qkv, &h, &w.qkv);
     }
 
-    /// The rest of a layer once `s.att` holds the attention output: projection, residual, MLP.
-    fn finish_layer(&self, w: &Layer, x: &mut [f32], s: &mut Scratch) {
-        matvec(&mut s.proj, &s.att, &w.out_t);
-        add_into(x, &s.proj);
-        rmsnorm(&mut s.h, x, &w.mlp_norm, self.cfg.norm_eps);
-        matvec(&mut s.up, &s.h, &w.up_t);
-        s.up.iter_mut().for_each(|u| *u = u.max(0.0));
-        matvec(&mut s.proj, &s.up, &w.down_t);
-        add_into(x, &s.proj);
+    /// The rest of a layer once `att` holds every row's attention output: projection, residual,
+    /// MLP, residual.
+    fn finish_layer(&self, w: &Layer, x: &mut [f32], att: &[f32]) {
+        let (d, ff) = (self.cfg.d_model, self.cfg.d_ff);
+        let rows = x.len() / d;
+        let mut proj = vec![0f32; rows * d];
+        matmul(&mut proj, att, &w.out);
+        add_into(x, &proj);
+        let h = rmsnorm_rows(x, &w.mlp_norm, d, self.cfg.norm_eps);
+        let mut up = vec![0f32; rows * ff];
+        matmul(&mut up, &h, &w.up);
+        up.iter_mut().for_each(|u| *u = u.max(0.0));
+        matmul(&mut proj, &up, &w.down);
+        add_into(x, &proj);
     }
 
-    /// The next-token distribution from the last layer's output `x`. A large head is split
-    /// across threads by output: each output's chain is unchanged, so the bits are too.
-    fn next_token_probs(&self, x: &[f32], s: &mut Scratch, probs: &mut [f32]) {
-        rmsnorm(&mut s.h, x, &self.final_norm, self.cfg.norm_eps);
-        let v = self.cfg.vocab;
-        if v >= 16_384 {
-            use rayon::prelude::*;
-            const PART: usize = 4096;
-            let h = &s.h;
-            probs
-                .par_chunks_mut(PART)
-                .enumerate()
-                .for_each(|(i, out)| matvec_cols(out, h, &self.head_t, v, i * PART));
-        } else {
-            matvec(probs, &s.h, &self.head_t);
-        }
-        softmax_in_place(probs);
+    /// The next-token distribution of every row of last-layer outputs `x` (`[rows][d]`) into
+    /// `probs` (`[rows][vocab]`).
+    fn next_token_probs(&self, x: &[f32], probs: &mut [f32]) {
+        let h = rmsnorm_rows(x, &self.final_norm, self.cfg.d_model, self.cfg.norm_eps);
+        matmul(probs, &h, &self.head);
+        probs
+            .chunks_exact_mut(self.cfg.vocab)
+            .for_each(softmax_in_place);
     }
 }
 
@@ -312,6 +311,17 @@ impl ExactM1 {
         p
     }
 
+    /// [`push`](Self::push) of `bytes[r]` to `states[r]` for many independent windows at once
+    /// (an empty state starts a window), with each window's bits: the matrix products run over
+    /// all of them, reusing each weight across windows.
+    pub fn push_rows(&self, states: &mut [&mut WindowState], bytes: &[u8]) -> Vec<Probs> {
+        let tokens: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
+        let x = self.lm.advance_rows(states, &tokens);
+        let mut probs = vec![[0f32; 256]; bytes.len()];
+        self.lm.next_token_probs(&x, probs.as_flattened_mut());
+        probs
+    }
+
     /// The distributions a coder needs for `window`: entry `k` is the distribution of byte `k`
     /// (given bytes `0..k`), for `k` in `0..=window.len()`. All positions of a layer are computed
     /// before the next layer; the bits equal those of [`start`](Self::start) and
@@ -327,51 +337,24 @@ impl ExactM1 {
             .iter()
             .flat_map(|&b| lm.tok_emb[b as usize * d..(b as usize + 1) * d].to_vec())
             .collect();
-        let mut s = Scratch::new(&lm.cfg);
         let mut qkv = vec![0f32; n * 3 * d];
-        let mut values = vec![0f32; n * d];
+        let mut att = vec![0f32; n * d];
         for w in &lm.layers {
-            let mut keys = KeyCache::new(d);
-            for t in 0..n {
-                let row = &mut qkv[t * 3 * d..(t + 1) * 3 * d];
-                lm.project_qkv(w, &xs[t * d..(t + 1) * d], &rope, t, &mut s, row);
-                keys.push(&row[d..2 * d]);
-                values[t * d..(t + 1) * d].copy_from_slice(&row[2 * d..]);
+            lm.project_qkv(w, &xs, &mut qkv);
+            let mut cache = KvCache::new(d);
+            for (t, row) in qkv.chunks_exact_mut(3 * d).enumerate() {
+                rotate(&mut row[..2 * d], &rope, t);
+                cache.push(&row[d..2 * d], &row[2 * d..]);
             }
-            for t in 0..n {
+            for (t, out) in att.chunks_exact_mut(d).enumerate() {
                 let q = &qkv[t * 3 * d..t * 3 * d + d];
-                let span = lm.window_start(t)..t + 1;
-                attend(&mut s.att, q, &keys, span, &values, d);
-                lm.finish_layer(w, &mut xs[t * d..(t + 1) * d], &mut s);
+                attend(out, q, &cache, lm.window_start(t)..t + 1);
             }
+            lm.finish_layer(w, &mut xs, &att);
         }
-        (0..n)
-            .map(|t| {
-                let mut p = [0f32; 256];
-                lm.next_token_probs(&xs[t * d..(t + 1) * d], &mut s, &mut p);
-                p
-            })
-            .collect()
-    }
-}
-
-/// Per-position work buffers.
-struct Scratch {
-    h: Vec<f32>,
-    att: Vec<f32>,
-    proj: Vec<f32>,
-    up: Vec<f32>,
-}
-
-impl Scratch {
-    fn new(cfg: &ModelConfig) -> Self {
-        let d = cfg.d_model;
-        Scratch {
-            h: vec![0.0; d],
-            att: vec![0.0; d],
-            proj: vec![0.0; d],
-            up: vec![0.0; cfg.d_ff],
-        }
+        let mut probs = vec![[0f32; 256]; n];
+        lm.next_token_probs(&xs, probs.as_flattened_mut());
+        probs
     }
 }
 
@@ -392,6 +375,15 @@ fn rmsnorm(out: &mut [f32], x: &[f32], g: &[f32], eps: f32) {
     }
 }
 
+/// [`rmsnorm`] of each `d`-wide row of `x`.
+fn rmsnorm_rows(x: &[f32], g: &[f32], d: usize, eps: f32) -> Vec<f32> {
+    let mut h = vec![0f32; x.len()];
+    for (o, row) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        rmsnorm(o, row, g, eps);
+    }
+    h
+}
+
 /// Rotary embedding of the q and k parts (`[2d]`) at position `t`.
 fn rotate(qk: &mut [f32], rope: &RopeTables, t: usize) {
     let half = HEAD_DIM / 2;
@@ -408,70 +400,74 @@ fn rotate(qk: &mut [f32], rope: &RopeTables, t: usize) {
     }
 }
 
-/// Keys whose score chains run side by side: the lanes of one [`KeyCache`] block.
+/// Keys whose score chains run side by side: the lanes of one [`KvCache`] block.
 const KEY_BLOCK: usize = 32;
 
-/// One layer's cached keys, stored for the score loop: blocks of [`KEY_BLOCK`] positions, each
-/// block `[head][k][lane]` (lane = position within the block; unused lanes hold zeros).
+/// Whole blocks of positions behind the attention window that a [`KvCache`] lets pile up before
+/// it drops them (dropping moves the live ones, so it is done in batches).
+const DEAD_BLOCKS: usize = 16;
+
+/// One layer's cached keys and values. Keys are stored for the score loop: blocks of
+/// [`KEY_BLOCK`] positions, each block `[head][k][lane]` (lane = position within the block; unused
+/// lanes hold zeros); values `[position][d]`. Positions before `dropped` blocks are gone
+/// ([`forget_before`](Self::forget_before)), so a sliding window keeps memory bounded.
 #[derive(Clone, Default)]
-struct KeyCache {
+struct KvCache {
     d: usize,
     len: usize,
-    data: Vec<f32>,
+    dropped: usize,
+    keys: Vec<f32>,
+    values: Vec<f32>,
 }
 
-impl KeyCache {
+impl KvCache {
     fn new(d: usize) -> Self {
-        KeyCache {
+        KvCache {
             d,
-            len: 0,
-            data: Vec::new(),
+            ..Default::default()
         }
     }
 
-    /// Appends the key (`[d]`) of the next position.
-    fn push(&mut self, key: &[f32]) {
+    /// Appends the key and value (`[d]` each) of the next position.
+    fn push(&mut self, key: &[f32], value: &[f32]) {
         let lane = self.len % KEY_BLOCK;
         if lane == 0 {
-            self.data.resize(self.data.len() + KEY_BLOCK * self.d, 0.0);
+            self.keys.resize(self.keys.len() + KEY_BLOCK * self.d, 0.0);
         }
-        let block = self.data.len() - KEY_BLOCK * self.d;
+        let block = self.keys.len() - KEY_BLOCK * self.d;
         for (i, &x) in key.iter().enumerate() {
-            self.data[block + i * KEY_BLOCK + lane] = x;
+            self.keys[block + i * KEY_BLOCK + lane] = x;
         }
+        self.values.extend_from_slice(value);
         self.len += 1;
+    }
+
+    /// Lets go of the positions before `pos` that fill whole blocks, once enough have piled up.
+    fn forget_before(&mut self, pos: usize) {
+        let dead = pos / KEY_BLOCK - self.dropped;
+        if dead >= DEAD_BLOCKS {
+            self.keys.drain(..dead * KEY_BLOCK * self.d);
+            self.values.drain(..dead * KEY_BLOCK * self.d);
+            self.dropped += dead;
+        }
     }
 }
 
 /// Attention of one query position over the cached keys and values of the positions `span`.
-fn attend(
-    out: &mut [f32],
-    q: &[f32],
-    keys: &KeyCache,
-    span: Range<usize>,
-    values: &[f32],
-    d: usize,
-) {
+fn attend(out: &mut [f32], q: &[f32], cache: &KvCache, span: Range<usize>) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
         // SAFETY: the features the function is compiled for were just detected.
-        unsafe { attend_fma(out, q, keys, span, values, d) };
+        unsafe { attend_fma(out, q, cache, span) };
         return;
     }
-    attend_chains(out, q, keys, span, values, d);
+    attend_chains(out, q, cache, span);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_fma(
-    out: &mut [f32],
-    q: &[f32],
-    keys: &KeyCache,
-    span: Range<usize>,
-    values: &[f32],
-    d: usize,
-) {
-    attend_chains(out, q, keys, span, values, d);
+unsafe fn attend_fma(out: &mut [f32], q: &[f32], cache: &KvCache, span: Range<usize>) {
+    attend_chains(out, q, cache, span);
 }
 
 /// The contract's attention. Each score is its own fma chain over ascending `k` from 0 (one
@@ -479,15 +475,10 @@ unsafe fn attend_fma(
 /// chain's operation order (so no bit) but lets them vectorise: long contexts (the plain-AC
 /// baseline codes 10,240 positions under one context) are bound by this loop.
 #[inline(always)]
-fn attend_chains(
-    out: &mut [f32],
-    q: &[f32],
-    keys: &KeyCache,
-    span: Range<usize>,
-    values: &[f32],
-    d: usize,
-) {
-    debug_assert!(span.start < span.end && span.end <= keys.len && keys.d == d);
+fn attend_chains(out: &mut [f32], q: &[f32], cache: &KvCache, span: Range<usize>) {
+    let d = cache.d;
+    debug_assert!(span.start < span.end && span.end <= cache.len && out.len() == d);
+    debug_assert!(span.start >= cache.dropped * KEY_BLOCK);
     // Whole blocks covering the span; the scores of lanes outside it are computed and dropped.
     let first = span.start / KEY_BLOCK;
     let blocks = span.end.div_ceil(KEY_BLOCK) - first;
@@ -496,8 +487,8 @@ fn attend_chains(
         let off = head * HEAD_DIM;
         let qh = &q[off..off + HEAD_DIM];
         for (blk, sc) in scores.chunks_exact_mut(KEY_BLOCK).enumerate() {
-            let base = (first + blk) * KEY_BLOCK * d + off * KEY_BLOCK;
-            let kb = &keys.data[base..base + HEAD_DIM * KEY_BLOCK];
+            let base = (first + blk - cache.dropped) * KEY_BLOCK * d + off * KEY_BLOCK;
+            let kb = &cache.keys[base..base + HEAD_DIM * KEY_BLOCK];
             let mut acc = [0f32; KEY_BLOCK];
             for (&qk, row) in qh.iter().zip(kb.chunks_exact(KEY_BLOCK)) {
                 for (a, &kv) in acc.iter_mut().zip(row) {
@@ -509,12 +500,14 @@ fn attend_chains(
             }
         }
         let skip = span.start - first * KEY_BLOCK;
-        let scores = &scores[skip..skip + span.len()];
-        let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let probs = &mut scores[skip..skip + span.len()];
+        let m = probs.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        // The exponentials are elementwise: a separate (vectorisable) pass changes no bit.
+        probs.iter_mut().for_each(|s| *s = exp_contract(*s - m));
         let mut sum = 0f32;
         o.fill(0.0);
-        for (j, s) in span.clone().zip(scores) {
-            let p = exp_contract(s - m);
+        let values = &cache.values[(span.start - cache.dropped * KEY_BLOCK) * d..];
+        for (j, &p) in probs.iter().enumerate() {
             sum += p;
             let v = &values[j * d + off..j * d + off + HEAD_DIM];
             for (oc, &vc) in o.iter_mut().zip(v) {
@@ -553,43 +546,6 @@ fn softmax_passes(p: &mut [f32]) {
         sum += x;
     }
     p.iter_mut().for_each(|x| *x /= sum);
-}
-
-/// `out[o] = sum_k x[k] w_t[k, o]`, one fma chain per output over ascending `k`. The chains of
-/// neighbouring outputs run side by side, which is what lets the compiler vectorise across `o`
-/// without changing any output's operation order.
-fn matvec(out: &mut [f32], x: &[f32], w_t: &[f32]) {
-    matvec_cols(out, x, w_t, out.len(), 0);
-}
-
-/// [`matvec`] for the columns `col0..col0 + out.len()` of a `w_t` with `stride` columns: the same
-/// chain for each output, so any split of the columns gives the same bits.
-fn matvec_cols(out: &mut [f32], x: &[f32], w_t: &[f32], stride: usize, col0: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the features the function is compiled for were just detected.
-        unsafe { matvec_fma(out, x, w_t, stride, col0) };
-        return;
-    }
-    matvec_chains(out, x, w_t, stride, col0);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn matvec_fma(out: &mut [f32], x: &[f32], w_t: &[f32], stride: usize, col0: usize) {
-    matvec_chains(out, x, w_t, stride, col0);
-}
-
-#[inline(always)]
-fn matvec_chains(out: &mut [f32], x: &[f32], w_t: &[f32], stride: usize, col0: usize) {
-    let n = out.len();
-    out.fill(0.0);
-    for (k, &xk) in x.iter().enumerate() {
-        let row = &w_t[k * stride + col0..k * stride + col0 + n];
-        for (o, &w) in out.iter_mut().zip(row) {
-            *o = xk.mul_add(w, *o);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -693,14 +649,19 @@ mod tests {
         ]
         .into_iter()
         .chain([(31, 33), (32, 64), (33, 100), (70, 100), (99, 100)])
+        .chain([(530, 560), (700, 900)])
         {
             let q: Vec<f32> = (0..d).map(|_| val()).collect();
             let keys: Vec<f32> = (0..n * d).map(|_| val()).collect();
             let values: Vec<f32> = (0..n * d).map(|_| val()).collect();
-            let mut cache = KeyCache::new(d);
-            keys.chunks(d).for_each(|k| cache.push(k));
+            let mut cache = KvCache::new(d);
+            keys.chunks(d)
+                .zip(values.chunks(d))
+                .for_each(|(k, v)| cache.push(k, v));
+            cache.forget_before(lo); // drops whole blocks once 16 lie before `lo`
+            assert_eq!(cache.dropped, if lo >= 512 { lo / KEY_BLOCK } else { 0 });
             let mut got = vec![f32::NAN; d];
-            attend(&mut got, &q, &cache, lo..n, &values, d);
+            attend(&mut got, &q, &cache, lo..n);
             let mut want = vec![0f32; d];
             for (head, o) in want.chunks_mut(HEAD_DIM).enumerate() {
                 let off = head * HEAD_DIM;
@@ -749,6 +710,21 @@ mod tests {
         let unbounded = ExactM1::new(&cfg, &p).unwrap().window_probs(text);
         assert_eq!(bits(&all[..7]), bits(&unbounded[..7]));
         assert_ne!(bits(&all[7..]), bits(&unbounded[7..]));
+        // Long enough for the stepped caches to drop blocks behind the window.
+        let long: Vec<u8> = text.iter().copied().cycle().take(1_200).collect();
+        let m1 = ExactM1::new(
+            &ModelConfig {
+                context: Some(40),
+                ..cfg.clone()
+            },
+            &p,
+        )
+        .unwrap();
+        let mut st = WindowState::default();
+        let mut stepped = vec![m1.start(&mut st)];
+        stepped.extend(long.iter().map(|&b| m1.push(&mut st, b)));
+        assert!(st.caches.iter().all(|c| c.dropped > 0));
+        assert_eq!(bits(&stepped), bits(&m1.window_probs(&long)));
         // The context is part of the fingerprint.
         assert_ne!(
             m1.fingerprint(),
@@ -756,22 +732,48 @@ mod tests {
         );
     }
 
+    /// Streams advanced together give each stream's own bits, whatever else is in the step.
     #[test]
-    fn column_split_matvec_is_bit_identical() {
-        let mut r = crate::rng::Rng::new(9);
-        let (d, v) = (64, 10_000);
-        let x: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
-        let w: Vec<f32> = (0..d * v).map(|_| r.normal() as f32).collect();
-        let mut whole = vec![f32::NAN; v];
-        matvec(&mut whole, &x, &w);
-        let mut split = vec![f32::NAN; v];
-        for (i, part) in split.chunks_mut(3000).enumerate() {
-            matvec_cols(part, &x, &w, v, i * 3000);
+    fn rows_advanced_together_equal_one_at_a_time() {
+        let (cfg, p) = model();
+        let m1 = ExactM1::new(&cfg, &p).unwrap();
+        let texts: [&[u8]; 5] = [
+            b"first stream",
+            b"a",
+            b"third one, longer than the rest",
+            b"",
+            b"zz",
+        ];
+        let mut alone = Vec::new();
+        for t in texts {
+            let mut st = WindowState::default();
+            let mut probs = vec![m1.start(&mut st)];
+            probs.extend(t.iter().map(|&b| m1.push(&mut st, b)));
+            alone.push(probs);
         }
-        assert!(whole
-            .iter()
-            .zip(&split)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let mut batch = CpuM1Batch::new(&m1, texts.len());
+        let mut together = vec![Vec::new(); texts.len()];
+        for k in 0..=texts.iter().map(|t| t.len()).max().unwrap() {
+            let feeds: Vec<(usize, u8)> = (0..texts.len())
+                .filter(|&i| k <= texts[i].len())
+                .map(|i| {
+                    (
+                        i,
+                        if k == 0 {
+                            WINDOW_START
+                        } else {
+                            texts[i][k - 1]
+                        },
+                    )
+                })
+                .collect();
+            for (&(i, _), p) in feeds.iter().zip(batch.step(&feeds).unwrap()) {
+                together[i].push(p);
+            }
+        }
+        for (a, b) in alone.iter().zip(&together) {
+            assert_eq!(bits(a), bits(b));
+        }
     }
 
     #[test]

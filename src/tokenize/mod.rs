@@ -518,26 +518,21 @@ pub fn tokenize_corpus_with(
         let n = stream.read_full(&mut buf)?;
         let chunks: Vec<&[u8]> = buf[..n].chunks(chunk_bytes).collect();
         let coded: Vec<Result<(Vec<u16>, ChunkStats)>> = match &coder {
-            Coder::Ac(M1Spec {
-                batch: Some(batch), ..
-            }) => {
-                let mut batch = lock(batch)?;
-                ac::encode_chunks(&mut *batch, &chunks, token_bits)?
-                    .into_iter()
-                    .map(|t| Ok((t, ChunkStats::default())))
-                    .collect()
-            }
-            Coder::EqualInfo(
-                e @ M1Spec {
-                    batch: Some(batch), ..
-                },
-            ) => {
-                let ei = EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?;
-                let mut batch = lock(batch)?;
-                ei.encode_chunks(&mut *batch, &chunks)?
-                    .into_iter()
-                    .map(|w| windows_to_tokens(&w, e.window_bits, token_bits))
-                    .collect()
+            Coder::Ac(spec @ M1Spec { batch: Some(b), .. })
+            | Coder::EqualInfo(spec @ M1Spec { batch: Some(b), .. }) => {
+                let mut batch = lock(b)?;
+                if let Coder::Ac(_) = coder {
+                    ac::encode_chunks(&mut *batch, &chunks, token_bits)?
+                        .into_iter()
+                        .map(|t| Ok((t, ChunkStats::default())))
+                        .collect()
+                } else {
+                    let ei = EqualInfo::with_rule(&spec.m1, spec.window_bits, spec.rule)?;
+                    ei.encode_chunks(&mut *batch, &chunks)?
+                        .into_iter()
+                        .map(|w| windows_to_tokens(&w, spec.window_bits, token_bits))
+                        .collect()
+                }
             }
             _ => buf[..n]
                 .par_chunks(chunk_bytes)
@@ -624,7 +619,7 @@ fn example_for_decoding(ds: &TokenDataset, i: usize) -> Result<(Vec<u16>, usize)
 fn decode_batched(
     ds: &TokenDataset,
     coder: &Coder,
-    batch: &Mutex<dyn M1Batch>,
+    batch: &mut dyn M1Batch,
 ) -> Result<Vec<Vec<u8>>> {
     let (tokens, lens): (Vec<Vec<u16>>, Vec<usize>) = (0..ds.num_examples())
         .map(|i| example_for_decoding(ds, i))
@@ -632,11 +627,10 @@ fn decode_batched(
         .into_iter()
         .unzip();
     let fail = || format!("{}: cannot decode", ds.dir().display());
-    let mut batch = lock(batch)?;
     let bits = ds.token_bits();
     let Coder::EqualInfo(e) = coder else {
         let views: Vec<&[u16]> = tokens.iter().map(|t| &t[..]).collect();
-        return ac::decode_chunks(&mut *batch, &views, bits, &lens).with_context(fail);
+        return ac::decode_chunks(batch, &views, bits, &lens).with_context(fail);
     };
     let codes: Vec<Vec<u128>> = tokens
         .iter()
@@ -645,7 +639,7 @@ fn decode_batched(
         .with_context(fail)?;
     let ei = EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?;
     let mut windows = ei
-        .decode_codes(&mut *batch, &codes.concat())
+        .decode_codes(batch, &codes.concat())
         .with_context(fail)?
         .into_iter();
     codes
@@ -687,7 +681,9 @@ pub fn decode_dataset_on(
         .with_context(|| format!("{}: cannot decode", dir.display()))?;
     // Examples are independent: decode them in parallel, concatenate in order.
     let parts: Vec<Vec<u8>> = match (&coder, batch) {
-        (Coder::Ac(_) | Coder::EqualInfo(_), Some(batch)) => decode_batched(&ds, &coder, &batch)?,
+        (Coder::Ac(_) | Coder::EqualInfo(_), Some(b)) => {
+            decode_batched(&ds, &coder, &mut *lock(&b)?)?
+        }
         _ => (0..ds.num_examples())
             .into_par_iter()
             .map(|i| decode_example(&ds, &coder, i))

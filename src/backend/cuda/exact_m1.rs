@@ -132,18 +132,18 @@ impl GpuExactM1 {
             "{streams} streams x {capacity} positions do not fit the kernels' int arguments"
         );
         let s = k.stream().clone();
-        let (tok_emb, layers, final_norm, head_t) = m1.lm().weights();
+        let (tok_emb, layers, final_norm, head) = m1.lm().weights();
         let up = |x: &[f32]| s.clone_htod(x).context("uploading M1's weights");
         let layers = layers
             .iter()
             .map(|w| -> Result<LayerBufs> {
                 Ok(LayerBufs {
                     attn_norm: up(&w.attn_norm)?,
-                    qkv_t: up(&w.qkv_t)?,
-                    out_t: up(&w.out_t)?,
+                    qkv_t: up(&w.qkv.to_inputs_by_outputs())?,
+                    out_t: up(&w.out.to_inputs_by_outputs())?,
                     mlp_norm: up(&w.mlp_norm)?,
-                    up_t: up(&w.up_t)?,
-                    down_t: up(&w.down_t)?,
+                    up_t: up(&w.up.to_inputs_by_outputs())?,
+                    down_t: up(&w.down.to_inputs_by_outputs())?,
                     keys: s
                         .alloc_zeros::<f32>(cells)
                         .context("allocating the key cache")?,
@@ -177,7 +177,7 @@ impl GpuExactM1 {
             layers,
             tok_emb: up(tok_emb)?,
             final_norm: up(final_norm)?,
-            head_t: up(head_t)?,
+            head_t: up(&head.to_inputs_by_outputs())?,
             cos: up(&rope.cos)?,
             sin: up(&rope.sin)?,
             step,
