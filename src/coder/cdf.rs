@@ -240,6 +240,12 @@ impl CdfQuantizer {
         self.f_min
     }
 
+    /// [`quantize`](Self::quantize) of many distributions (a batch of streams), in parallel.
+    pub fn quantize_all(&self, probs: &[[f32; 256]]) -> Result<Vec<Cdf>, CoderError> {
+        use rayon::prelude::*;
+        probs.par_iter().map(|p| self.quantize(p)).collect()
+    }
+
     /// Quantise 256 probabilities. Errors: wrong count, NaN, infinite or negative values.
     pub fn quantize(&self, probs: &[f32]) -> Result<Cdf, CoderError> {
         if probs.len() != 256 {

@@ -97,9 +97,9 @@ fn encode_batch(
     feeds.iter().for_each(|&(i, _)| batch.reset(i));
     let mut k = 0; // the byte each fed chunk codes next
     while !feeds.is_empty() {
-        let probs = batch.step(&feeds)?;
-        for (&(i, _), p) in feeds.iter().zip(&probs) {
-            coders[i].encode(chunks[i][k], &q.quantize(p)?);
+        let cdfs = q.quantize_all(&batch.step(&feeds)?)?;
+        for (&(i, _), cdf) in feeds.iter().zip(&cdfs) {
+            coders[i].encode(chunks[i][k], cdf);
         }
         feeds.retain(|&(i, _)| k + 1 < chunks[i].len());
         feeds.iter_mut().for_each(|f| f.1 = chunks[f.0][k]);
@@ -135,9 +135,9 @@ fn decode_batch(
         .collect();
     feeds.iter().for_each(|&(i, _)| batch.reset(i));
     while !feeds.is_empty() {
-        let probs = batch.step(&feeds)?;
-        for (f, p) in feeds.iter_mut().zip(&probs) {
-            let b = coders[f.0].decode(&q.quantize(p)?);
+        let cdfs = q.quantize_all(&batch.step(&feeds)?)?;
+        for (f, cdf) in feeds.iter_mut().zip(&cdfs) {
+            let b = coders[f.0].decode(cdf);
             out[f.0].push(b);
             f.1 = b;
         }

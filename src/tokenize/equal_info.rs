@@ -13,8 +13,8 @@
 //! to the next window, and the decoder returns the fewest bytes whose code is the window's.
 //! Deferred bytes are counted with the back-offs.
 
-use crate::coder::{CdfQuantizer, EncodedWindows, WindowDecoder, WindowEncoder, WindowRule};
-use crate::m1::{CpuM1Batch, ExactM1, M1Batch, Probs, WINDOW_START};
+use crate::coder::{Cdf, CdfQuantizer, EncodedWindows, WindowDecoder, WindowEncoder, WindowRule};
+use crate::m1::{CpuM1Batch, ExactM1, M1Batch, WINDOW_START};
 use anyhow::{ensure, Result};
 
 /// M1 and a window width, ready to code.
@@ -50,10 +50,6 @@ impl<'a> EqualInfo<'a> {
         self.b
     }
 
-    fn cdf(&self, probs: &Probs) -> Result<crate::coder::Cdf> {
-        Ok(self.quantizer.quantize(probs)?)
-    }
-
     /// Cuts `data` into windows: one `b`-bit code and one byte length per window.
     pub fn encode(&self, data: &[u8]) -> Result<EncodedWindows> {
         let mut out = self.encode_chunks(&mut CpuM1Batch::new(self.m1, 1), &[data])?;
@@ -85,8 +81,9 @@ impl<'a> EqualInfo<'a> {
                 if feeds.is_empty() {
                     break;
                 }
-                for (&(i, _), probs) in feeds.iter().zip(batch.step(&feeds)?) {
-                    cutters[i].take(self, &probs)?;
+                let cdfs = self.quantizer.quantize_all(&batch.step(&feeds)?)?;
+                for (&(i, _), cdf) in feeds.iter().zip(&cdfs) {
+                    cutters[i].take(self, cdf)?;
                 }
             }
             out.extend(cutters.into_iter().map(|c| c.out));
@@ -136,9 +133,10 @@ impl<'a> EqualInfo<'a> {
             if feeds.is_empty() {
                 return Ok(out);
             }
-            for (&(st, _), probs) in feeds.iter().zip(batch.step(&feeds)?) {
+            let cdfs = self.quantizer.quantize_all(&batch.step(&feeds)?)?;
+            for (&(st, _), cdf) in feeds.iter().zip(&cdfs) {
                 let (_, dec, byte) = active[st].as_mut().expect("fed streams are active");
-                match dec.step(&self.cdf(&probs)?) {
+                match dec.step(cdf) {
                     Some(b) if !dec.is_done() => *byte = b,
                     _ => {
                         let (w, dec, _) = active[st].take().expect("active");
@@ -195,9 +193,9 @@ impl<'d> Cutter<'d> {
         }
     }
 
-    /// Codes `data[pos]` with `probs` (M1's distribution after [`feed`](Self::feed)), closing the
-    /// window when the byte does not fit or the data ends.
-    fn take(&mut self, ei: &EqualInfo, probs: &Probs) -> Result<()> {
+    /// Codes `data[pos]` with `cdf` (M1's distribution after [`feed`](Self::feed), quantised),
+    /// closing the window when the byte does not fit or the data ends.
+    fn take(&mut self, ei: &EqualInfo, cdf: &Cdf) -> Result<()> {
         let enc = match &mut self.enc {
             Some(enc) => enc,
             None => {
@@ -205,7 +203,7 @@ impl<'d> Cutter<'d> {
                 self.enc.insert(WindowEncoder::with_rule(ei.b, ei.rule)?)
             }
         };
-        if enc.push(&ei.cdf(probs)?, self.data[self.pos]) {
+        if enc.push(cdf, self.data[self.pos]) {
             self.pos += 1;
             if self.pos < self.data.len() {
                 return Ok(());
