@@ -96,8 +96,8 @@ unsafe fn matmul_block_fma(out: &mut [f32], out_cols: usize, x: &[f32], w: &Pane
     matmul_tiles::<true>(out, out_cols, x, w, p0);
 }
 
-/// The tiles of [`matmul_block`]; `AVX2`: the caller runs with AVX2 and FMA, so the full tiles
-/// take their hand-written form ([`tile_rows_avx2`], [`tile_panels_avx2`]; the same chains).
+/// The tiles of [`matmul_block`]; `AVX2`: the caller runs with AVX2 and FMA, so the tiles take
+/// their hand-written form ([`tile_avx2`]; the same chains).
 #[inline(always)]
 fn matmul_tiles<const AVX2: bool>(
     out: &mut [f32],
@@ -106,21 +106,23 @@ fn matmul_tiles<const AVX2: bool>(
     w: &Panels,
     p0: usize,
 ) {
-    let (data, inp) = (&w.data[..], w.inp);
-    let rows = x.len() / inp;
+    let rows = x.len() / w.inp;
     let panels = out_cols.div_ceil(PANEL);
+    let mut at = Tile {
+        out,
+        out_cols,
+        x,
+        w,
+        panel: 0,
+        row: 0,
+    };
     for r_chunk in (0..rows).step_by(ROW_CHUNK) {
         let r_end = (r_chunk + ROW_CHUNK).min(rows);
         let grouped = r_chunk + (r_end - r_chunk) / TILE_ROWS * TILE_ROWS;
         for p in 0..panels {
             for r in (r_chunk..grouped).step_by(TILE_ROWS) {
-                #[cfg(target_arch = "x86_64")]
-                if AVX2 {
-                    // SAFETY: AVX2 and FMA are available (the caller's contract).
-                    unsafe { tile_rows_avx2(out, out_cols, x, data, inp, p0 + p, p * PANEL, r) };
-                    continue;
-                }
-                tile_rows::<TILE_ROWS>(out, out_cols, x, data, inp, p0 + p, p * PANEL, r);
+                (at.panel, at.row) = (p, r);
+                at.run::<AVX2, TILE_ROWS, 1>(p0);
             }
         }
         // A row on its own takes several panels at once: as many chains side by side as a
@@ -128,182 +130,111 @@ fn matmul_tiles<const AVX2: bool>(
         for r in grouped..r_end {
             let wide = panels / TILE_ROWS * TILE_ROWS;
             for p in (0..wide).step_by(TILE_ROWS) {
-                #[cfg(target_arch = "x86_64")]
-                if AVX2 {
-                    // SAFETY: AVX2 and FMA are available (the caller's contract).
-                    unsafe { tile_panels_avx2(out, out_cols, x, data, inp, p0 + p, p * PANEL, r) };
-                    continue;
-                }
-                tile_panels::<TILE_ROWS>(out, out_cols, x, data, inp, p0 + p, p * PANEL, r);
+                (at.panel, at.row) = (p, r);
+                at.run::<AVX2, 1, TILE_ROWS>(p0);
             }
             for p in wide..panels {
-                tile_rows::<1>(out, out_cols, x, data, inp, p0 + p, p * PANEL, r);
+                (at.panel, at.row) = (p, r);
+                at.run::<AVX2, 1, 1>(p0);
             }
         }
     }
 }
 
-/// Rows `r0..r0 + R` times panel `p` of `data` (`inp` rows per panel), into output columns from
-/// `c`: `R x PANEL` chains, each advanced one `k` at a time.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile_rows<const R: usize>(
-    out: &mut [f32],
+/// Where a tile of [`matmul_tiles`] works: `R` rows from `row` times `P` panels from `panel`
+/// (counted within the block's outputs, which start at weight panel `p0`).
+struct Tile<'a> {
+    out: &'a mut [f32],
     out_cols: usize,
+    x: &'a [f32],
+    w: &'a Panels,
+    panel: usize,
+    row: usize,
+}
+
+impl Tile<'_> {
+    /// `R x P x PANEL` chains, each advanced one `k` at a time, then stored.
+    #[inline(always)]
+    fn run<const AVX2: bool, const R: usize, const P: usize>(&mut self, p0: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if AVX2 {
+            // SAFETY: AVX2 and FMA are available (matmul_tiles' caller's contract).
+            let acc = unsafe { tile_avx2::<R, P>(self.x, self.w, p0 + self.panel, self.row) };
+            return self.store(&acc);
+        }
+        let (inp, base) = (self.w.inp, (p0 + self.panel) * self.w.inp * PANEL);
+        let mut acc = [[[0f32; PANEL]; P]; R];
+        for k in 0..inp {
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xv = self.x[(self.row + i) * inp + k];
+                for (q, aq) in a.iter_mut().enumerate() {
+                    let wk = &self.w.data[base + (q * inp + k) * PANEL..][..PANEL];
+                    for (aj, &wj) in aq.iter_mut().zip(wk) {
+                        *aj = xv.mul_add(wj, *aj);
+                    }
+                }
+            }
+        }
+        self.store(&acc);
+    }
+
+    /// The tile's outputs, dropping the padding past `out_cols`.
+    #[inline(always)]
+    fn store<const R: usize, const P: usize>(&mut self, acc: &[[[f32; PANEL]; P]; R]) {
+        for (i, a) in acc.iter().enumerate() {
+            let row = self.row + i;
+            let out = &mut self.out[row * self.out_cols..(row + 1) * self.out_cols];
+            for (q, aq) in a.iter().enumerate() {
+                let c = (self.panel + q) * PANEL;
+                let take = PANEL.min(self.out_cols - c);
+                out[c..c + take].copy_from_slice(&aq[..take]);
+            }
+        }
+    }
+}
+
+/// [`Tile::run`] in AVX2 registers: `2 R P` 8-lane accumulators (at most 8: `R P <= 4`), and
+/// `_mm256_fmadd_ps` is the same single-rounding fma per lane as `mul_add`. Returns the chains'
+/// values (the caller stores them: writing straight from registers with a variable length would
+/// keep the accumulators in memory).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const R: usize, const P: usize>(
     x: &[f32],
-    data: &[f32],
-    inp: usize,
+    w: &Panels,
     p: usize,
-    c: usize,
     r0: usize,
-) {
-    let base = p * inp * PANEL;
-    let mut acc = [[0f32; PANEL]; R];
+) -> [[[f32; PANEL]; P]; R] {
+    use std::arch::x86_64::*;
+    const { assert!(R * P <= 4) };
+    let inp = w.inp;
+    let panels = &w.data[p * inp * PANEL..(p + P) * inp * PANEL];
+    let xs = &x[r0 * inp..(r0 + R) * inp];
+    let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
     for k in 0..inp {
-        let wk: &[f32; PANEL] = data[base + k * PANEL..][..PANEL]
-            .try_into()
-            .expect("a panel row");
+        let wk: [[__m256; 2]; P] = std::array::from_fn(|q| {
+            let row = &panels[(q * inp + k) * PANEL..(q * inp + k + 1) * PANEL];
+            [
+                _mm256_loadu_ps(row.as_ptr()),
+                _mm256_loadu_ps(row[8..].as_ptr()),
+            ]
+        });
         for (i, a) in acc.iter_mut().enumerate() {
-            let xv = x[(r0 + i) * inp + k];
-            for (aj, &wj) in a.iter_mut().zip(wk) {
-                *aj = xv.mul_add(wj, *aj);
-            }
-        }
-    }
-    for (i, a) in acc.iter().enumerate() {
-        store(out, out_cols, r0 + i, c, *a);
-    }
-}
-
-/// Row `r` times panels `p .. p + P`, into output columns from `c`: `P x PANEL` chains, each
-/// advanced one `k` at a time (a lone row's tile, as wide as a row group's).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile_panels<const P: usize>(
-    out: &mut [f32],
-    out_cols: usize,
-    x: &[f32],
-    data: &[f32],
-    inp: usize,
-    p: usize,
-    c: usize,
-    r: usize,
-) {
-    let base = p * inp * PANEL;
-    let mut acc = [[0f32; PANEL]; P];
-    for k in 0..inp {
-        let xv = x[r * inp + k];
-        for (q, a) in acc.iter_mut().enumerate() {
-            let wk: &[f32; PANEL] = data[base + (q * inp + k) * PANEL..][..PANEL]
-                .try_into()
-                .expect("a panel row");
-            for (aj, &wj) in a.iter_mut().zip(wk) {
-                *aj = xv.mul_add(wj, *aj);
-            }
-        }
-    }
-    for (q, a) in acc.iter().enumerate() {
-        store(out, out_cols, r, c + q * PANEL, *a);
-    }
-}
-
-/// [`tile_rows`] of [`TILE_ROWS`] rows in AVX2 registers: two 8-lane accumulators per row,
-/// `_mm256_fmadd_ps` being the same single-rounding fma per lane as `mul_add`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_rows_avx2(
-    out: &mut [f32],
-    out_cols: usize,
-    x: &[f32],
-    data: &[f32],
-    inp: usize,
-    p: usize,
-    c: usize,
-    r0: usize,
-) {
-    use std::arch::x86_64::*;
-    let w = &data[p * inp * PANEL..(p + 1) * inp * PANEL];
-    let xs = &x[r0 * inp..(r0 + TILE_ROWS) * inp];
-    let mut acc = [_mm256_setzero_ps(); 2 * TILE_ROWS];
-    for k in 0..inp {
-        let wk = &w[k * PANEL..(k + 1) * PANEL];
-        let (w0, w1) = (
-            _mm256_loadu_ps(wk.as_ptr()),
-            _mm256_loadu_ps(wk[8..].as_ptr()),
-        );
-        for i in 0..TILE_ROWS {
             let xv = _mm256_set1_ps(xs[i * inp + k]);
-            acc[2 * i] = _mm256_fmadd_ps(xv, w0, acc[2 * i]);
-            acc[2 * i + 1] = _mm256_fmadd_ps(xv, w1, acc[2 * i + 1]);
+            for (aq, wq) in a.iter_mut().zip(&wk) {
+                aq[0] = _mm256_fmadd_ps(xv, wq[0], aq[0]);
+                aq[1] = _mm256_fmadd_ps(xv, wq[1], aq[1]);
+            }
         }
     }
-    for i in 0..TILE_ROWS {
-        store(out, out_cols, r0 + i, c, lanes(acc[2 * i], acc[2 * i + 1]));
-    }
-}
-
-/// [`tile_panels`] of [`TILE_ROWS`] panels in AVX2 registers (see [`tile_rows_avx2`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_panels_avx2(
-    out: &mut [f32],
-    out_cols: usize,
-    x: &[f32],
-    data: &[f32],
-    inp: usize,
-    p: usize,
-    c: usize,
-    r: usize,
-) {
-    use std::arch::x86_64::*;
-    let w = &data[p * inp * PANEL..(p + TILE_ROWS) * inp * PANEL];
-    let xs = &x[r * inp..(r + 1) * inp];
-    let mut acc = [_mm256_setzero_ps(); 2 * TILE_ROWS];
-    for (k, &xk) in xs.iter().enumerate() {
-        let xv = _mm256_set1_ps(xk);
-        for q in 0..TILE_ROWS {
-            let wk = &w[(q * inp + k) * PANEL..(q * inp + k + 1) * PANEL];
-            let (w0, w1) = (
-                _mm256_loadu_ps(wk.as_ptr()),
-                _mm256_loadu_ps(wk[8..].as_ptr()),
-            );
-            acc[2 * q] = _mm256_fmadd_ps(xv, w0, acc[2 * q]);
-            acc[2 * q + 1] = _mm256_fmadd_ps(xv, w1, acc[2 * q + 1]);
+    let mut out = [[[0f32; PANEL]; P]; R];
+    for (o, a) in out.iter_mut().zip(&acc) {
+        for (oq, aq) in o.iter_mut().zip(a) {
+            _mm256_storeu_ps(oq.as_mut_ptr(), aq[0]);
+            _mm256_storeu_ps(oq[8..].as_mut_ptr(), aq[1]);
         }
     }
-    for q in 0..TILE_ROWS {
-        store(
-            out,
-            out_cols,
-            r,
-            c + q * PANEL,
-            lanes(acc[2 * q], acc[2 * q + 1]),
-        );
-    }
-}
-
-/// Two 8-lane registers as one panel's 16 outputs.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn lanes(lo: std::arch::x86_64::__m256, hi: std::arch::x86_64::__m256) -> [f32; PANEL] {
-    let mut a = [0f32; PANEL];
-    std::arch::x86_64::_mm256_storeu_ps(a.as_mut_ptr(), lo);
-    std::arch::x86_64::_mm256_storeu_ps(a[8..].as_mut_ptr(), hi);
-    a
-}
-
-/// Row `r`'s outputs from column `c`, dropping the padding past `out_cols`. (Taken by value: a
-/// copy of variable length from the accumulators themselves would keep them out of registers.)
-#[inline(always)]
-fn store(out: &mut [f32], out_cols: usize, r: usize, c: usize, a: [f32; PANEL]) {
-    let row = &mut out[r * out_cols..(r + 1) * out_cols];
-    if c + PANEL <= out_cols {
-        row[c..c + PANEL].copy_from_slice(&a);
-    } else {
-        row[c..].copy_from_slice(&a[..out_cols - c]);
-    }
+    out
 }
 
 #[cfg(test)]
