@@ -61,7 +61,7 @@ fn report(original: u64, compressed: u64, windows: u64, seconds: f64) -> Compres
     }
 }
 
-/// A temp file beside `out`, renamed over it by [`commit`] or removed when dropped.
+/// A temp file beside `out`, renamed over it by [`commit`](Self::commit) or removed when dropped.
 struct PendingOutput {
     tmp: std::path::PathBuf,
     done: bool,

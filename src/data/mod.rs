@@ -6,7 +6,7 @@
 //!   exactly resumable [`ByteLoader`], and evaluation windows.
 //! - [`tokens`]: M2 examples from a token dataset: training segments, a resumable loader and
 //!   held-out sets scored over whole chunks.
-//! - [`baselines`]: gzip / xz / zstd bits per byte, the classic yardsticks.
+//! - [`baselines`](mod@baselines): gzip / xz / zstd bits per byte, the classic yardsticks.
 
 pub mod baselines;
 pub mod bytes;

@@ -11,7 +11,7 @@
 //! kernel (grid maths stated beside each), generic over the storage type (`f32` or [`Bf16`]);
 //! [`gemm`] wraps cuBLASLt for the linear layers (plans cached per shape); [`CudaBackend`]
 //! (`backend.rs`) is the training backend built from both, a step captured as a CUDA graph;
-//! [`bench`] times every kernel for `terse bench kernels`; [`GpuExactM1`] is M1's exact coding
+//! [`bench`](mod@bench) times every kernel for `terse bench kernels`; [`GpuExactM1`] is M1's exact coding
 //! path (`kernels/m1_exact.cu`), bit for bit the CPU's.
 //!
 //! **None of this has run on a GPU yet.** It was written and compiled (kernels included, with
