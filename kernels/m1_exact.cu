@@ -146,18 +146,19 @@ extern "C" __global__ void m1x_append_kv(float* kcache, float* vcache, const flo
     vcache[(s * cap + t) * d + c] = row[2 * d + c];
 }
 
-// Attention of row r's query over positions lo..=row_pos[r] of its stream (lo = row_pos[r] + 1 -
-// window, at least 0), held in ring caches of `cap` >= min(window, row_pos[r] + 1) slots. One block
-// per (row, head) of 256 threads; `scores` is scratch [rows][H][cap], score i for position lo + i.
+// Attention of row r's query over positions lo..=row_pos[r] of its stream, held in ring caches of
+// `cap` slots: cap = min(M1's context, the positions a stream can reach), so the window is the
+// ring (lo = row_pos[r] + 1 - cap, at least 0). One block per (row, head) of 256 threads;
+// `scores` is scratch [rows][H][cap], score i for position lo + i.
 extern "C" __global__ void m1x_attention(float* att, const float* qkv, const float* kcache,
                                          const float* vcache, float* scores, const int* row_stream,
-                                         const int* row_pos, int d, int cap, int window) {
+                                         const int* row_pos, int d, int cap) {
     __shared__ float q[HEAD_DIM];
     __shared__ float sum_s;
     int r = blockIdx.x, head = blockIdx.y, heads = d / HEAD_DIM;
     size_t s = row_stream[r];
     int end = row_pos[r] + 1;
-    int lo = end > window ? end - window : 0;
+    int lo = end > cap ? end - cap : 0;
     int n = end - lo;  // positions attended; position lo + i sits in slot (lo + i) % cap
     if (threadIdx.x < HEAD_DIM) q[threadIdx.x] = qkv[(size_t)r * 3 * d + head * HEAD_DIM + threadIdx.x];
     __syncthreads();

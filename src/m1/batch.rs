@@ -49,7 +49,7 @@ impl M1Batch for CpuM1Batch<'_> {
     }
 
     fn reset(&mut self, stream: usize) {
-        self.states[stream] = WindowState::default();
+        self.states[stream].restart(); // every stream runs this batch's one M1
     }
 
     fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>> {

@@ -61,8 +61,6 @@ pub(crate) struct Layer {
 /// seeded sample the same on every machine).
 pub struct ExactLm {
     cfg: ModelConfig,
-    /// Positions a query attends over ([`ModelConfig::context`], unbounded when not recorded).
-    window: usize,
     tok_emb: Vec<f32>,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
@@ -91,6 +89,14 @@ impl WindowState {
 
     pub fn is_empty(&self) -> bool {
         self.pos == 0
+    }
+
+    /// Empties the context for a new window of the same model, keeping the caches' memory and
+    /// the rotary tables (a function of position and the model's theta only), which a window
+    /// start would otherwise rebuild.
+    pub(crate) fn restart(&mut self) {
+        self.pos = 0;
+        self.caches.iter_mut().for_each(KvCache::clear);
     }
 }
 
@@ -136,7 +142,6 @@ impl ExactLm {
             .collect();
         Ok(ExactLm {
             cfg: cfg.clone(),
-            window: cfg.context.unwrap_or(usize::MAX),
             tok_emb: t("tok_emb.weight"),
             layers,
             final_norm: t("final_norm.weight"),
@@ -148,9 +153,10 @@ impl ExactLm {
         &self.cfg
     }
 
-    /// The first position a query at position `t` attends to.
+    /// The first position a query at position `t` attends to ([`ModelConfig::context`] back;
+    /// all of them when it is not recorded).
     pub(crate) fn window_start(&self, t: usize) -> usize {
-        (t + 1).saturating_sub(self.window)
+        (t + 1).saturating_sub(self.cfg.context.unwrap_or(usize::MAX))
     }
 
     /// The prepared weights: token embedding `[vocab, d]`, layers, final norm, head.
@@ -426,6 +432,14 @@ impl KvCache {
             d,
             ..Default::default()
         }
+    }
+
+    /// Forgets every position, keeping the memory.
+    fn clear(&mut self) {
+        self.len = 0;
+        self.dropped = 0;
+        self.keys.clear();
+        self.values.clear();
     }
 
     /// Appends the key and value (`[d]` each) of the next position.

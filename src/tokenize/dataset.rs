@@ -14,8 +14,8 @@
 //!
 //! # Writing
 //!
-//! [`TokenDatasetWriter`] streams tokens into a hidden temp file in the directory. [`finish`](TokenDatasetWriter::finish)
-//! (TokenDatasetWriter::finish) fsyncs it, removes any old `metadata.json`, renames the temp file
+//! [`TokenDatasetWriter`] streams tokens into a hidden temp file in the directory.
+//! [`finish`](TokenDatasetWriter::finish) fsyncs it, removes any old `metadata.json`, renames the temp file
 //! to `tokens.bin` and then writes `metadata.json` atomically (temp file, fsync, rename). A
 //! directory is a dataset only once `metadata.json` exists and agrees with `tokens.bin`, so an
 //! error or a crash at any point leaves no partial dataset: on error (and on drop without

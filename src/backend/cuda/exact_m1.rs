@@ -83,10 +83,8 @@ pub struct GpuExactM1 {
     sin: CudaSlice<f32>,
     step: StepBufs,
     capacity: usize,
-    /// Ring slots per stream: `min(capacity, window)`.
+    /// Ring slots per stream ([`ring_slots`]): also how far back a query attends.
     slots: usize,
-    /// M1's context: how many positions a query attends over.
-    window: usize,
     pos: Vec<usize>,
     fingerprint: u64,
 }
@@ -121,8 +119,7 @@ impl GpuExactM1 {
             d % HEAD_DIM == 0,
             "d_model {d} is not a multiple of {HEAD_DIM}"
         );
-        let window = cfg.context.unwrap_or(usize::MAX);
-        let slots = capacity.min(window);
+        let slots = ring_slots(m1, capacity);
         let cells = streams
             .checked_mul(slots)
             .and_then(|c| c.checked_mul(d))
@@ -183,7 +180,6 @@ impl GpuExactM1 {
             step,
             capacity,
             slots,
-            window,
             pos: vec![0; streams],
             fingerprint: m1.fingerprint(),
             k,
@@ -196,8 +192,7 @@ impl GpuExactM1 {
         let cfg = m1.config();
         // An Equal-Info window of the whole chunk takes chunk_bytes + 1 positions.
         let capacity = chunk_bytes + 1;
-        let slots = capacity.min(cfg.context.unwrap_or(usize::MAX));
-        let per_stream = 2 * cfg.n_layers * slots * cfg.d_model * 4;
+        let per_stream = 2 * cfg.n_layers * ring_slots(m1, capacity) * cfg.d_model * 4;
         let streams = (CACHE_BUDGET / per_stream).clamp(1, 1024);
         Self::new(m1, streams, capacity)
     }
@@ -267,9 +262,8 @@ impl GpuExactM1 {
     fn enqueue(&mut self, rows: usize) -> Result<()> {
         let d = self.d;
         let s = self.k.stream().clone();
-        let (rows_i, di, slots_i, eps) = (rows as i32, d as i32, self.slots as i32, self.eps);
         // Fits: slots <= capacity, checked to fit an int at creation.
-        let window_i = self.window.min(self.slots) as i32;
+        let (rows_i, di, slots_i, eps) = (rows as i32, d as i32, self.slots as i32, self.eps);
         let (f, b) = (&self.f, &mut self.step);
         // One thread per (row, channel); embed, rope (one per rotated pair) and the cache append.
         let elementwise = grid(rows * d, BLOCK);
@@ -321,11 +315,7 @@ impl GpuExactM1 {
                 .arg(&w.keys)
                 .arg(&w.values)
                 .arg(&mut b.scores);
-            l.arg(&b.row_stream)
-                .arg(&b.row_pos)
-                .arg(&di)
-                .arg(&slots_i)
-                .arg(&window_i);
+            l.arg(&b.row_stream).arg(&b.row_pos).arg(&di).arg(&slots_i);
             unsafe { l.launch(per_head) }?;
             matvec(&s, &f.matvec, rows, &mut b.x, &b.att, &w.out_t, d, d, 1)?;
             let mut l = s.launch_builder(&f.rmsnorm);
@@ -367,6 +357,12 @@ impl GpuExactM1 {
 }
 
 /// `ceil(n / block)` blocks of `block` threads.
+/// Key/value slots per stream: M1's context, or fewer when no stream can reach that many
+/// positions. A position's query attends over the ring, so it holds exactly the window.
+fn ring_slots(m1: &ExactM1, capacity: usize) -> usize {
+    capacity.min(m1.config().context.unwrap_or(usize::MAX))
+}
+
 fn grid(n: usize, block: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (n.div_ceil(block as usize).max(1) as u32, 1, 1),
