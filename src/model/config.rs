@@ -152,4 +152,14 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn zero_context_is_refused() {
+        let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+        cfg.context = Some(0);
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("context must be positive"), "{e}");
+        cfg.context = Some(1);
+        assert!(cfg.validate().is_ok());
+    }
 }

@@ -1423,6 +1423,26 @@ mod tests {
         assert_eq!(load_model(tmp.path()).unwrap().0.context, Some(5));
         save_checkpoint(tmp.path(), &cfg, &params(&cfg, 1), None).unwrap();
         assert_eq!(load_model(tmp.path()).unwrap().0.context, None);
+        // A training state whose sequence length is missing, zero or not a number gives none.
+        for seq in [json!(0), json!("256"), json!(-3), json!(null)] {
+            t.state = json!({"options": {"seq": seq}});
+            save_checkpoint(tmp.path(), &cfg, &params(&cfg, 1), Some(&t)).unwrap();
+            assert_eq!(load_model(tmp.path()).unwrap().0.context, None, "{seq}");
+        }
+        // A config.json with a zero context is refused by name.
+        let zero = ModelConfig {
+            context: Some(0),
+            ..cfg.clone()
+        };
+        save_checkpoint(tmp.path(), &cfg, &params(&cfg, 1), None).unwrap();
+        fs::remove_file(tmp.path().join(MANIFEST_FILE)).unwrap();
+        fs::write(
+            tmp.path().join(CONFIG_FILE),
+            serde_json::to_vec(&zero).unwrap(),
+        )
+        .unwrap();
+        let e = err(load_model(tmp.path()));
+        assert!(e.contains("context must be positive"), "{e}");
     }
 
     fn listing(dir: &Path) -> BTreeSet<String> {
