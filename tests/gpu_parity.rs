@@ -94,10 +94,16 @@ fn down_raw<T: cudarc::driver::DeviceRepr>(k: &GpuKernels, x: &CudaSlice<T>) -> 
 
 /// Asserts every element is within `tol` (relative, see the file header); prints the worst.
 fn compare(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    compare_above(what, got, want, tol, f32::MIN_POSITIVE);
+}
+
+/// [`compare`] with errors measured against at least `floor`: for a tensor that is zero in exact
+/// arithmetic (attention's dq and dk with one key), where both sides hold rounding noise.
+fn compare_above(what: &str, got: &[f32], want: &[f32], tol: f32, floor: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let n = want.len().max(1);
     let rms = (want.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>() / n as f64).sqrt();
-    let floor = (rms as f32).max(f32::MIN_POSITIVE);
+    let floor = (rms as f32).max(floor);
     let mut worst = (0usize, 0f32);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs() / w.abs().max(floor);
@@ -476,7 +482,11 @@ fn attention_case<T: GpuFloat>(k: &GpuKernels, sh: AttnShape, seed: u64) {
                 .collect()
         };
         let what = format!("attention backward {name} {tag}");
-        compare(&what, &pick(&got), &pick(&want_d), tol::<T>());
+        // With one key, dq and dk are P (dP - delta) = 1 (dout.v - dout.out) = 0 exactly, and
+        // both sides hold the rounding noise of two 64-term dot products of unit normals (~1e-7
+        // after the scale): an absolute floor far below the O(0.1..1) gradients of every other
+        // shape, whose rms sets the floor there.
+        compare_above(&what, &pick(&got), &pick(&want_d), tol::<T>(), 1e-2);
     }
 }
 
@@ -1386,10 +1396,12 @@ fn exact_m1_matches_cpu_bit_for_bit() {
         return;
     };
     exact_m1_case("tiny", None, 7, 400, 21);
-    // Longer than a block of score threads (256), unbounded and with the ring cache wrapping.
-    exact_m1_case("m1-3m", None, 5, 1200, 22);
+    // Longer than a block of score threads (256), unbounded and with the ring cache wrapping
+    // (four times on a GPU, twice on the emulator).
+    let long = if emulated() { 600 } else { 1200 };
+    exact_m1_case("m1-3m", None, 5, long, 22);
     exact_m1_case("tiny", Some(48), 7, 400, 23);
-    exact_m1_case("m1-3m", Some(256), 5, 1200, 24);
+    exact_m1_case("m1-3m", Some(256), 5, long, 24);
 }
 
 #[test]
@@ -1419,13 +1431,15 @@ fn m1_datasets_on_gpu_equal_cpu() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let text = &sample_bytes()[..60_000];
+    // 30 chunks (ten groups of three streams) on a GPU; four (two groups, the last short) on
+    // the emulator.
+    let text = &sample_bytes()[..if emulated() { 6_500 } else { 60_000 }];
     let corpus = dir.path().join("c.txt");
     std::fs::write(&corpus, text).unwrap();
     let m1 = Arc::new(exact_m1("tiny", Some(256), 9));
     for method in [Method::Ac, Method::EqualInfo] {
         let cpu_spec = M1Spec::new(m1.clone(), 16);
-        // 3 streams for 30 chunks: ten groups, so resets between groups are exercised too; an
+        // 3 streams for many chunks: several groups, so resets between groups are exercised; an
         // Equal-Info window of a whole 2,048-byte chunk would take 2,049 positions.
         let gpu_batch = Arc::new(Mutex::new(
             terse::backend::cuda::GpuExactM1::new(&m1, 3, 2049).unwrap(),
@@ -1458,4 +1472,113 @@ fn m1_datasets_on_gpu_equal_cpu() {
             t2.elapsed().as_secs_f64()
         ));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the same tests on the CUDA emulator
+
+/// Set in the child process that runs this file's tests against the emulator.
+const EMULATED: &str = "TERSE_EMULATED_GPU";
+
+/// Whether this process runs against the emulator (which some tests meet with smaller sizes).
+fn emulated() -> bool {
+    std::env::var_os(EMULATED).is_some()
+}
+
+/// Tests too slow for the emulator, each covered there by a smaller one: the 200-step m1-3m loss
+/// curve by `train_step_matches_cpu` and `gpu_checkpoint_evaluates_on_cpu`.
+const TOO_SLOW_TO_EMULATE: &[&str] = &["loss_curve_tracks_cpu"];
+
+/// The kernel-level tests, rerun with the emulator's threads resumed last-to-first: a race
+/// between the threads of a block (a missing barrier) makes one of the two orders fail.
+const KERNEL_TESTS: &[&str] = &[
+    "cast_matches_host_rounding",
+    "relu_matches_cpu",
+    "embed_matches_cpu",
+    "rmsnorm_matches_cpu",
+    "fused_residual_rmsnorm_matches_cpu",
+    "rope_matches_cpu",
+    "attention_matches_cpu",
+    "classifier_matches_cpu",
+    "global_norm_matches_cpu",
+    "adamw_matches_cpu",
+    "adamw_dev_matches_cpu",
+    "reductions_are_deterministic",
+    "exact_m1_refuses_bad_feeds",
+];
+
+/// Where no GPU answers, every test above runs again in a child process whose libcuda and
+/// libcublasLt are the CUDA emulator's (`emu/`, built here with the host C++ compiler): the
+/// backend's driver calls, launchers, kernels, graphs and GEMM wrapper all execute, on the CPU.
+/// Skipped with a note where a GPU is present (the tests ran on it), where the binary has no
+/// kernels (built without nvcc), or where python3 or g++ is missing.
+#[test]
+fn gpu_parity_on_the_emulator() {
+    use std::process::Command;
+    if emulated() {
+        return;
+    }
+    let skip = |why: &str| note(&format!("SKIPPED: gpu_parity_on_the_emulator: {why}"));
+    if cuda::gpu_unavailable_reason().is_none() {
+        return skip("a GPU is present, and the tests above ran on it");
+    }
+    if cuda::embedded_kernels().is_empty() {
+        return skip("this binary was built without nvcc, so it has no kernels to emulate");
+    }
+    for tool in ["python3", "g++"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return skip(&format!("{tool} not found"));
+        }
+    }
+    let libs = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu");
+    let build = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/emu/build.py"))
+        .arg(&libs)
+        .output()
+        .expect("running emu/build.py");
+    assert!(
+        build.status.success(),
+        "emu/build.py failed:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let library_path = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(p) if !p.is_empty() => format!("{}:{p}", libs.display()),
+        _ => libs.display().to_string(),
+    };
+    let me = std::env::current_exe().unwrap();
+    let run = |what: &str, filters: &[&str], reverse: bool| {
+        let mut cmd = Command::new(&me);
+        cmd.args(filters).args(["--exact", "--test-threads", "2"]);
+        if filters.is_empty() {
+            cmd.args(["--skip", "gpu_parity_on_the_emulator"]);
+            for t in TOO_SLOW_TO_EMULATE {
+                cmd.args(["--skip", t]);
+            }
+        }
+        cmd.env("LD_LIBRARY_PATH", &library_path).env(EMULATED, "1");
+        if reverse {
+            cmd.env("TERSE_EMU_SCHEDULE", "reverse");
+        }
+        let t0 = std::time::Instant::now();
+        let out = cmd.output().expect("running the emulated tests");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        note(&format!(
+            "gpu_parity_on_the_emulator: {what} ({:.0} s):\n{stderr}{stdout}",
+            t0.elapsed().as_secs_f64()
+        ));
+        assert!(out.status.success(), "{what}: failed (output above)");
+        assert!(
+            stderr.contains("running on terse CUDA emulator"),
+            "{what}: the tests did not find the emulator"
+        );
+    };
+    run("every test, emulated", &[], false);
+    run(
+        "the kernel tests, threads resumed last-to-first",
+        KERNEL_TESTS,
+        true,
+    );
 }

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Builds the CUDA emulator: libcuda.so.1 (the fake driver with every kernel in kernels/*.cu
+compiled for the host) and libcublasLt.so.13, into OUT_DIR (default target/cuda-emu).
+
+usage: emu/build.py [OUT_DIR]
+
+Each kernel file is compiled by the host C++ compiler (CXX, default g++) with emu/device.h in
+front. Two source changes are made on the fly, in a copy: `extern __shared__ T name[];` becomes
+the emulator's dynamic shared buffer, and a footer registers every `extern "C" __global__` entry
+point with its `__launch_bounds__` (found in the preprocessed source, so macro-generated names
+count). Run a program against the result with LD_LIBRARY_PATH=OUT_DIR.
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMU = os.path.join(ROOT, "emu")
+KERNELS = os.path.join(ROOT, "kernels")
+CXX = os.environ.get("CXX", "g++")
+# -march=native: the libraries run where they are built, and fmaf becomes one instruction instead
+# of a libm call. -ffp-contract=off and no fast-math keep IEEE-754 f32 as the kernels' contract
+# requires (M1's exact path must give the CPU's bits).
+FLAGS = ["-std=c++17", "-O2", "-march=native", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-g0",
+         "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-sign-compare"]
+KERNEL_FLAGS = FLAGS + ["-include", os.path.join(EMU, "device.h"), "-I", os.path.join(EMU, "include"),
+                        "-I", EMU, "-I", KERNELS]
+
+DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+([A-Za-z_][\w\s]*?)\s+(\w+)\s*\[\s*\]\s*;")
+ENTRY = re.compile(r'extern\s+"C"\s+EMU_GLOBAL\s+void\s+(?:EMU_LAUNCH_BOUNDS\s*\(\s*\(?\s*(\d+)[^)]*\)\s*)?(\w+)\s*\(')
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, **kw)
+    if r.returncode != 0:
+        sys.exit(f"emu/build.py: failed: {' '.join(cmd)}")
+    return r
+
+
+def kernel_object(src, work):
+    name = os.path.splitext(os.path.basename(src))[0]
+    text = open(src).read()
+    text = DYNAMIC_SHARED.sub(r"EMU_DYNAMIC_SHARED(\1, \2);", text)
+    copy = os.path.join(work, name + ".cu")
+    open(copy, "w").write(f'#line 1 "{src}"\n' + text)
+    pre = run([CXX, *KERNEL_FLAGS, "-DEMU_SCAN", "-E", "-x", "c++", copy], capture_output=True, text=True).stdout
+    entries = [(m.group(2), int(m.group(1) or 1024)) for m in ENTRY.finditer(pre)]
+    if not entries:
+        sys.exit(f"emu/build.py: no extern \"C\" __global__ entry point found in {src}")
+    unit = os.path.join(work, name + ".emu.cpp")
+    with open(unit, "w") as f:
+        f.write(f'#include "{copy}"\n#include "kernel_registry.h"\n')
+        for entry, threads in entries:
+            f.write(f"EMU_REGISTER({entry}, {threads})\n")
+    obj = os.path.join(work, name + ".o")
+    run([CXX, *KERNEL_FLAGS, "-c", unit, "-o", obj])
+    return obj, [e for e, _ in entries]
+
+
+def main():
+    out = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "cuda-emu"))
+    os.makedirs(out, exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        objs, names = [], []
+        for f in sorted(os.listdir(KERNELS)):
+            if f.endswith(".cu"):
+                obj, entries = kernel_object(os.path.join(KERNELS, f), work)
+                objs.append(obj)
+                names += entries
+        for src in ["runtime.cpp", "driver.cpp"]:
+            obj = os.path.join(work, src + ".o")
+            run([CXX, *FLAGS, "-I", EMU, "-c", os.path.join(EMU, src), "-o", obj])
+            objs.append(obj)
+        cuda = os.path.join(out, "libcuda.so.1")
+        run([CXX, "-shared", "-Wl,-soname,libcuda.so.1", "-o", cuda, *objs, "-lpthread"])
+        lt = os.path.join(out, "libcublasLt.so.13")
+        run([CXX, *FLAGS, "-shared", "-Wl,-soname,libcublasLt.so.13", "-o", lt, os.path.join(EMU, "cublaslt.cpp"),
+             cuda, "-Wl,-rpath,$ORIGIN"])
+    for link, target in [("libcuda.so", "libcuda.so.1"), ("libcublasLt.so", "libcublasLt.so.13")]:
+        path = os.path.join(out, link)
+        if os.path.lexists(path):
+            os.remove(path)
+        os.symlink(target, path)
+    print(f"emu/build.py: {len(names)} kernels emulated, libraries in {out}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+/*
+The emulator's thread scheduler: runs one kernel launch (a grid of blocks) on the calling host
+thread, each CUDA thread of a block as a fiber, blocks in order (x fastest). Fibers switch with a few instructions
+of x86-64 assembly (glibc's swapcontext makes a system call per switch, which made the emulator
+ten times slower); other architectures are refused at compile time.
+
+Fibers run until they reach a barrier or return. A block barrier (`__syncthreads`) releases when
+every live thread of the block has arrived; a warp barrier (inside a shuffle) when every live
+lane of the warp has. A thread that returns stops counting, as on the GPU. When no fiber can run
+and some have not finished, the kernel waits on a barrier that can never release (divergent
+`__syncthreads`, a shuffle with an exited lane): the emulator aborts with the kernel's name.
+
+TERSE_EMU_SCHEDULE=reverse resumes ready fibers from the last thread to the first, the opposite
+order to the default, so a race between threads of a block (a missing barrier) gives different
+results under the two orders.
+*/
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "device.h"
+#include "kernel_registry.h"
+#include "runtime.h"
+
+extern "C" {
+emu_uint3 emu_block_idx, emu_block_dim, emu_grid_dim;
+}
+
+namespace {
+
+enum State { READY, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
+
+#if !defined(__x86_64__)
+#error "the CUDA emulator's fiber switch is written for x86-64"
+#endif
+
+// Saves the callee-saved registers on the current stack, stores its pointer in *save, and resumes
+// the stack `load` (which was saved the same way, or prepared by `prepare_stack`).
+extern "C" void emu_switch(void** save, void* load);
+asm(R"(
+    .text
+    .globl emu_switch
+    .hidden emu_switch
+    .type emu_switch, @function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+
+struct Fiber {
+    void* sp;
+    EmuThread thread;
+    State state;
+};
+
+struct WarpState {
+    int live = 0;
+    int arrived = 0;
+    uint64_t slot[32];
+};
+
+constexpr size_t STACK_BYTES = 256 * 1024;
+constexpr size_t SHARED_BYTES = 232448; // an H100's opt-in maximum per block
+
+struct Scheduler {
+    void* home;
+    std::vector<Fiber> fibers;
+    std::vector<WarpState> warps;
+    char* stacks = nullptr;
+    size_t stack_count = 0;
+    int current = -1;
+    int block_live = 0;
+    int block_arrived = 0;
+    const EmuKernel* kernel = nullptr;
+    void* packed = nullptr;
+    bool reverse = false;
+    alignas(256) unsigned char shared[SHARED_BYTES];
+};
+
+Scheduler* sched() {
+    static Scheduler* s = [] {
+        auto* s = new Scheduler();
+        const char* order = getenv("TERSE_EMU_SCHEDULE");
+        s->reverse = order && strcmp(order, "reverse") == 0;
+        return s;
+    }();
+    return s;
+}
+
+[[noreturn]] void die(const char* what) {
+    Scheduler* s = sched();
+    fprintf(stderr, "CUDA emulator: kernel %s: %s\n", s->kernel ? s->kernel->name : "?", what);
+    abort();
+}
+
+void release_block_barrier(Scheduler* s) {
+    s->block_arrived = 0;
+    for (Fiber& f : s->fibers)
+        if (f.state == AT_BLOCK_BARRIER) f.state = READY;
+}
+
+void release_warp_barrier(Scheduler* s, int warp) {
+    s->warps[warp].arrived = 0;
+    for (Fiber& f : s->fibers)
+        if (f.state == AT_WARP_BARRIER && f.thread.warp == warp) f.state = READY;
+}
+
+void yield_to_scheduler(Scheduler* s) { emu_switch(&s->fibers[s->current].sp, s->home); }
+
+[[noreturn]] void fiber_main() {
+    Scheduler* s = sched();
+    s->kernel->run(s->packed);
+    Fiber& f = s->fibers[s->current];
+    f.state = DONE;
+    s->block_live--;
+    WarpState& w = s->warps[f.thread.warp];
+    w.live--;
+    // Exited threads no longer count: a barrier the others already reached may now be complete.
+    if (s->block_arrived > 0 && s->block_arrived == s->block_live) release_block_barrier(s);
+    if (w.arrived > 0 && w.arrived == w.live) release_warp_barrier(s, f.thread.warp);
+    void* unused;
+    emu_switch(&unused, s->home);
+    __builtin_unreachable();
+}
+
+// A fresh stack whose first `emu_switch` pops six zero registers and "returns" into fiber_main,
+// entered with the stack aligned as after a call (rsp + 8 a multiple of 16).
+void* prepare_stack(char* stack, size_t bytes) {
+    uintptr_t top = ((uintptr_t)(stack + bytes)) & ~(uintptr_t)15;
+    void** sp = reinterpret_cast<void**>(top);
+    *--sp = nullptr;                                 // fiber_main's return address (never used)
+    *--sp = reinterpret_cast<void*>(&fiber_main);    // popped by emu_switch's ret
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;     // rbp, rbx, r12-r15
+    return sp;
+}
+
+void ensure_stacks(Scheduler* s, size_t n) {
+    if (n <= s->stack_count) return;
+    if (s->stacks) munmap(s->stacks, s->stack_count * STACK_BYTES);
+    void* p = mmap(nullptr, n * STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (p == MAP_FAILED) die("cannot map fiber stacks");
+    s->stacks = static_cast<char*>(p);
+    s->stack_count = n;
+}
+
+void run_block(Scheduler* s, int threads, size_t dynamic_shared) {
+    memset(s->shared, 0xff, dynamic_shared); // NaN in f32 and bf16: unwritten shared reads show
+    s->fibers.assign(threads, Fiber{});
+    int num_warps = (threads + 31) / 32;
+    s->warps.assign(num_warps, WarpState{});
+    s->block_live = threads;
+    s->block_arrived = 0;
+    for (int i = 0; i < threads; ++i) {
+        Fiber& f = s->fibers[i];
+        f.thread.tid.x = i % emu_block_dim.x;
+        f.thread.tid.y = (i / emu_block_dim.x) % emu_block_dim.y;
+        f.thread.tid.z = i / (emu_block_dim.x * emu_block_dim.y);
+        f.thread.lane = i % 32;
+        f.thread.warp = i / 32;
+        f.state = READY;
+        s->warps[f.thread.warp].live++;
+        f.sp = prepare_stack(s->stacks + (size_t)i * STACK_BYTES, STACK_BYTES);
+    }
+    int done = 0;
+    while (done < threads) {
+        bool ran = false;
+        for (int k = 0; k < threads; ++k) {
+            int i = s->reverse ? threads - 1 - k : k;
+            if (s->fibers[i].state != READY) continue;
+            s->current = i;
+            emu_switch(&s->home, s->fibers[i].sp);
+            if (s->fibers[i].state == DONE) ++done;
+            ran = true;
+        }
+        if (!ran) die("threads wait on a barrier that can never release (divergent __syncthreads or shuffle)");
+    }
+    s->current = -1;
+}
+
+std::unordered_map<std::string, const EmuKernel*>& registry() {
+    static auto* r = new std::unordered_map<std::string, const EmuKernel*>();
+    return *r;
+}
+
+} // namespace
+
+extern "C" void emu_register_kernel(const EmuKernel* k) { registry()[k->name] = k; }
+
+const EmuKernel* emu_find_kernel(const char* name) {
+    auto it = registry().find(name);
+    return it == registry().end() ? nullptr : it->second;
+}
+
+extern "C" EmuThread* emu_current_thread(void) {
+    Scheduler* s = sched();
+    if (s->current < 0) die("a device builtin was called outside a kernel");
+    return &s->fibers[s->current].thread;
+}
+
+extern "C" void emu_syncthreads(void) {
+    Scheduler* s = sched();
+    if (++s->block_arrived == s->block_live) {
+        release_block_barrier(s);
+        return;
+    }
+    s->fibers[s->current].state = AT_BLOCK_BARRIER;
+    yield_to_scheduler(s);
+}
+
+static void warp_barrier(Scheduler* s) {
+    Fiber& f = s->fibers[s->current];
+    WarpState& w = s->warps[f.thread.warp];
+    if (++w.arrived == w.live) {
+        release_warp_barrier(s, f.thread.warp);
+        return;
+    }
+    f.state = AT_WARP_BARRIER;
+    yield_to_scheduler(s);
+}
+
+extern "C" uint64_t emu_warp_exchange(uint64_t mine, int src_lane) {
+    Scheduler* s = sched();
+    EmuThread& t = s->fibers[s->current].thread;
+    WarpState& w = s->warps[t.warp];
+    int src = t.warp * 32 + src_lane;
+    w.slot[t.lane] = mine;
+    warp_barrier(s);
+    if (src >= (int)s->fibers.size() || s->fibers[src].state == DONE) die("shuffle reads a lane that has exited");
+    uint64_t got = w.slot[src_lane];
+    warp_barrier(s); // nobody overwrites a slot before every lane has read
+    return got;
+}
+
+extern "C" void* emu_dynamic_shared(void) { return sched()->shared; }
+
+const char* emu_run_kernel(const EmuKernel* k, void* packed, const unsigned grid[3], const unsigned block[3],
+                           size_t dynamic_shared) {
+    Scheduler* s = sched();
+    unsigned long long threads = (unsigned long long)block[0] * block[1] * block[2];
+    if (threads == 0 || grid[0] == 0 || grid[1] == 0 || grid[2] == 0) return "empty grid or block";
+    if (block[0] > 1024 || block[1] > 1024 || block[2] > 64 || threads > 1024) return "block too large";
+    if (threads > k->max_threads) return "block larger than the kernel's __launch_bounds__";
+    if (grid[1] > 65535 || grid[2] > 65535 || grid[0] > 0x7fffffffu) return "grid too large";
+    if (dynamic_shared > SHARED_BYTES) return "dynamic shared memory above the device maximum";
+    ensure_stacks(s, threads);
+    s->kernel = k;
+    s->packed = packed;
+    emu_grid_dim = {grid[0], grid[1], grid[2]};
+    emu_block_dim = {block[0], block[1], block[2]};
+    for (unsigned z = 0; z < grid[2]; ++z)
+        for (unsigned y = 0; y < grid[1]; ++y)
+            for (unsigned x = 0; x < grid[0]; ++x) {
+                emu_block_idx = {x, y, z};
+                run_block(s, (int)threads, dynamic_shared);
+            }
+    s->kernel = nullptr;
+    return nullptr;
+}
