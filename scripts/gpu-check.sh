@@ -31,6 +31,8 @@
 #   GPU_CHECK_AC              1: also whole-file `ac` and `equal-info` round trips with M1 on the GPU (08-ac-gpu)
 #   GPU_CHECK_AC_TIMEOUT      seconds for it (default 300)
 #   TERSE_PARITY_CPU_STEPS    CPU steps of the 200-step loss-curve test (default 200)
+#   GPU_CHECK_SMOKE=1         a rehearsal of the script itself, e.g. on the CUDA emulator (emu/,
+#                             LD_LIBRARY_PATH=target/cuda-emu): the benches at tiny shapes
 set -u
 
 if [ $# -ne 2 ]; then
@@ -175,6 +177,11 @@ BENCH_SHAPES=(
     "m2-25m 65536 64 512"
     "m2-113m 65536 64 512"
 )
+M1_WINDOWS=(4096 256)
+if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
+    BENCH_SHAPES=("tiny 256 2 64" "tiny 65536 2 32")
+    M1_WINDOWS=(16 2)
+fi
 if [ -x "$BIN/terse" ]; then
     for shape in "${BENCH_SHAPES[@]}"; do
         set -- $shape
@@ -183,8 +190,8 @@ if [ -x "$BIN/terse" ]; then
     done
     # M1's exact coding path: Equal-Info-sized windows (the yardstick's 4096 x 16) and long
     # contexts (plain AC).
-    STEP_LOG=05-kernels step "05-m1-exact-16" "$BENCH_TIMEOUT" "$BIN/terse" bench m1 --gpu --windows 4096 --len 16 --json
-    STEP_LOG=05-kernels step "05-m1-exact-1024" "$BENCH_TIMEOUT" "$BIN/terse" bench m1 --gpu --windows 256 --len 1024 --json
+    STEP_LOG=05-kernels step "05-m1-exact-16" "$BENCH_TIMEOUT" "$BIN/terse" bench m1 --gpu --windows "${M1_WINDOWS[0]}" --len 16 --json
+    STEP_LOG=05-kernels step "05-m1-exact-1024" "$BENCH_TIMEOUT" "$BIN/terse" bench m1 --gpu --windows "${M1_WINDOWS[1]}" --len 1024 --json
     for shape in "${BENCH_SHAPES[@]}"; do
         set -- $shape
         STEP_LOG=06-train step "06-train-$1" "$BENCH_TIMEOUT" "$BIN/terse" bench train --device cuda --preset "$1" \
