@@ -23,7 +23,7 @@ CXX = os.environ.get("CXX", "g++")
 # -march=native: the libraries run where they are built, and fmaf becomes one instruction instead
 # of a libm call. -ffp-contract=off and no fast-math keep IEEE-754 f32 as the kernels' contract
 # requires (M1's exact path must give the CPU's bits).
-FLAGS = ["-std=c++17", "-O2", "-march=native", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-g0",
+FLAGS = ["-std=c++17", "-O2", "-march=native", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-fno-strict-aliasing", "-g0",
          "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-sign-compare"]
 KERNEL_FLAGS = FLAGS + ["-include", os.path.join(EMU, "device.h"), "-I", os.path.join(EMU, "include"),
                         "-I", EMU, "-I", KERNELS]

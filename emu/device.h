@@ -23,6 +23,9 @@ exact than the GPU's fast intrinsics.
 struct emu_uint3 {
     unsigned x, y, z;
 };
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
 
 // The thread running now (set by the scheduler in emu/runtime.cpp before it resumes a fiber).
 struct EmuThread {
@@ -36,6 +39,12 @@ extern "C" void emu_syncthreads(void);
 // Exchanges 8 bytes with the lane `src_lane` of the calling warp (all live lanes must call it).
 extern "C" uint64_t emu_warp_exchange(uint64_t mine, int src_lane);
 extern "C" void* emu_dynamic_shared(void);
+// Every live lane of the calling warp passes `bytes` (at most 32) bytes; each gets all 32 lanes'
+// (lane-major) in `all`.
+extern "C" void emu_warp_gather(const void* mine, int bytes, void* all);
+
+// Kernels test this to swap device-only code (inline PTX) for the emulator's version.
+#define TERSE_EMU 1
 
 #define threadIdx (emu_current_thread()->tid)
 #define blockIdx emu_block_idx
@@ -53,6 +62,7 @@ extern "C" void* emu_dynamic_shared(void);
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __align__(n) __attribute__((aligned(n)))
 #define __shared__ static
 #define EMU_DYNAMIC_SHARED(type, name) type* name = (type*)emu_dynamic_shared()
 
@@ -90,18 +100,50 @@ static inline long long max(long long a, long long b) { return a > b ? a : b; }
 #define __expf(x) expf(x)
 #define __logf(x) logf(x)
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
-static inline float __int_as_float(int x) {
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
+// The bits of one 4-byte type as another (the device's reinterpreting intrinsics).
+template <typename To, typename From> static inline To emu_bits(From x) {
+    static_assert(sizeof(To) == sizeof(From), "same size");
+    To out;
+    memcpy(&out, &x, sizeof out);
+    return out;
 }
-static inline unsigned __float_as_uint(float x) {
-    unsigned u;
-    memcpy(&u, &x, 4);
-    return u;
+static inline float __int_as_float(int x) { return emu_bits<float>(x); }
+static inline float __uint_as_float(unsigned x) { return emu_bits<float>(x); }
+static inline unsigned __float_as_uint(float x) { return emu_bits<unsigned>(x); }
+static inline int __float_as_int(float x) { return emu_bits<int>(x); }
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with D = C (in place): each lane passes its
+// fragments as laid out by the PTX ISA ("Matrix Fragments for mma.m16n8k16", g = lane / 4,
+// t = lane % 4): A 16x16 row-major as four registers of two bf16 (rows g, g+8, g, g+8; columns
+// 2t, 2t, 2t+8, 2t+8 and the next one), B 16x8 as two registers (rows 2t and 2t+8 and the next
+// one, column g), C/D 16x8 f32 as (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1). The emulator
+// gathers the warp's fragments, rebuilds A and B, and sums in ascending k in f32 (the tensor
+// core's order and internal precision are its own; callers compare within a tolerance).
+static inline float emu_bf16_half(unsigned reg, int hi) {
+    return emu_bits<float>((hi ? (reg >> 16) : (reg & 0xffffu)) << 16);
 }
-static inline int __float_as_int(float x) {
-    int u;
-    memcpy(&u, &x, 4);
-    return u;
+
+static inline void emu_mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2]) {
+    unsigned mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    unsigned all[32][6];
+    emu_warp_gather(mine, sizeof mine, all);
+    float A[16][16], Bm[16][8];
+    for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane >> 2, t = lane & 3;
+        for (int h = 0; h < 2; ++h) {
+            A[g][2 * t + h] = emu_bf16_half(all[lane][0], h);
+            A[g + 8][2 * t + h] = emu_bf16_half(all[lane][1], h);
+            A[g][2 * t + 8 + h] = emu_bf16_half(all[lane][2], h);
+            A[g + 8][2 * t + 8 + h] = emu_bf16_half(all[lane][3], h);
+            Bm[2 * t + h][g] = emu_bf16_half(all[lane][4], h);
+            Bm[2 * t + 8 + h][g] = emu_bf16_half(all[lane][5], h);
+        }
+    }
+    const int lane = emu_current_thread()->lane, g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + (i / 2) * 8, col = 2 * t + (i & 1);
+        float acc = d[i];
+        for (int k = 0; k < 16; ++k) acc += A[row][k] * Bm[k][col];
+        d[i] = acc;
+    }
 }

@@ -77,6 +77,7 @@ struct WarpState {
     int live = 0;
     int arrived = 0;
     uint64_t slot[32];
+    unsigned char gathered[32][32];
 };
 
 constexpr size_t STACK_BYTES = 256 * 1024;
@@ -250,6 +251,18 @@ extern "C" uint64_t emu_warp_exchange(uint64_t mine, int src_lane) {
     uint64_t got = w.slot[src_lane];
     warp_barrier(s); // nobody overwrites a slot before every lane has read
     return got;
+}
+
+extern "C" void emu_warp_gather(const void* mine, int bytes, void* all) {
+    Scheduler* s = sched();
+    EmuThread& t = s->fibers[s->current].thread;
+    WarpState& w = s->warps[t.warp];
+    if (bytes > 32) die("warp gather of more than 32 bytes per lane");
+    if (w.live != 32) die("warp-collective matrix operation with exited lanes");
+    memcpy(w.gathered[t.lane], mine, bytes);
+    warp_barrier(s);
+    for (int lane = 0; lane < 32; ++lane) memcpy(static_cast<char*>(all) + lane * bytes, w.gathered[lane], bytes);
+    warp_barrier(s);
 }
 
 extern "C" void* emu_dynamic_shared(void) { return sched()->shared; }

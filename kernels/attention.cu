@@ -12,13 +12,10 @@ Layouts (the CPU twin's, backend::cpu::attention):
           the dkdv kernel)
 Scores are s_ij = (q_i . k_j) / 8 for j <= i (1/sqrt(64) = 1/8 exactly).
 
-Version 1 (this file) is the correctness version: fp32 CUDA-core FMAs, one thread per query (or
-key) row, K/V (or Q/dO) tiles staged through shared memory and read as broadcasts. It is exact to
-fp32 rounding for both storage types. The throughput version for the training yardsticks
-(m1-3m at T = 1024 spends most of its FLOPs here) is a tensor-core kernel with the same signature
-and layouts: bf16 mma.sync m16n8k16 (or wgmma on sm_90a) for S = Q K^T and O += P V, warps split
-over 16-row query slices, causal tiles above the diagonal skipped; it replaces the _bf16 entries
-and these stay as the reference.
+This file holds the CUDA-core kernels: fp32 FMAs, one thread per query (or key) row, K/V (or
+Q/dO) tiles staged through shared memory and read as broadcasts, exact to fp32 rounding for both
+storage types. They are the f32 path and the reference; bf16 training runs attention_tc.cu's
+tensor-core kernels (same signatures and layouts), and `terse bench kernels` times both.
 
 Forward (attention_forward_*): block (query tile qt, head h, batch b) = 64 threads, thread t owns
 query i = 64 qt + t, holding q_i and its unnormalised output in registers. For every 32-key tile

@@ -66,3 +66,32 @@ __device__ __forceinline__ V block_reduce_sum(V v, V* shared) {
     V w = (lane < num_warps) ? shared[lane] : (V)0;
     return warp_reduce_sum(w);
 }
+
+// ----------------------------------------------------------------------------
+// tensor cores
+
+// The bits of x rounded to bf16 (nearest, ties to even), as from_float<bf16> rounds.
+__device__ __forceinline__ unsigned bf16_bits(float x) {
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u; // NaN stays a quiet NaN
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// Two values as one mma operand register: `lo` in the low half (the lower column or row index).
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+
+// d += A B for one 16x16 (A, row-major) by 16x8 (B, column-major) bf16 tile with fp32 accumulation,
+// warp-collective (every lane of a full warp). Fragments, with g = lane / 4 and t = lane % 4 (PTX
+// ISA, "Matrix Fragments for mma.m16n8k16"): a[0..3] hold A[g][2t..2t+1], A[g+8][2t..2t+1],
+// A[g][2t+8..2t+9], A[g+8][2t+8..2t+9]; b[0..1] hold B[2t..2t+1][g], B[2t+8..2t+9][g]; d[0..3]
+// are D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1].
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2]) {
+#ifdef TERSE_EMU
+    emu_mma_bf16_16816(d, a, b);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}

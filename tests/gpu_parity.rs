@@ -18,7 +18,7 @@ use cudarc::driver::CudaSlice;
 use std::io::Write;
 use terse::backend::cpu;
 use terse::backend::cpu::attention::AttnShape;
-use terse::backend::cuda::launch::{self, EmbedBackwardPlan, GLOBAL_NORM_BLOCKS};
+use terse::backend::cuda::launch::{self, AttnKernels, EmbedBackwardPlan, GLOBAL_NORM_BLOCKS};
 use terse::backend::cuda::{self, Bf16, GpuFloat, GpuKernels, KernelSource};
 use terse::rng::Rng;
 
@@ -436,7 +436,7 @@ fn rope_matches_cpu() {
 // ---------------------------------------------------------------------------------------------
 // attention
 
-fn attention_case<T: GpuFloat>(k: &GpuKernels, sh: AttnShape, seed: u64) {
+fn attention_case<T: GpuFloat>(k: &GpuKernels, kernels: AttnKernels, sh: AttnShape, seed: u64) {
     let mut r = Rng::new(seed);
     let (n, d) = (sh.batch * sh.seq, sh.heads * 64);
     let rows = sh.batch * sh.heads * sh.seq;
@@ -447,8 +447,14 @@ fn attention_case<T: GpuFloat>(k: &GpuKernels, sh: AttnShape, seed: u64) {
     let dqkv_in = up::<T>(k, &qkv);
     let mut out = poison::<T>(k, n * d);
     let mut lse = poison::<f32>(k, rows);
-    launch::attention_forward::<T>(k, &mut out, &mut lse, &dqkv_in, sh).unwrap();
-    let tag = format!("{} B{} T{} H{}", T::SUFFIX, sh.batch, sh.seq, sh.heads);
+    launch::attention_forward::<T>(k, kernels, &mut out, &mut lse, &dqkv_in, sh).unwrap();
+    let tag = format!(
+        "{} {kernels:?} B{} T{} H{}",
+        T::SUFFIX,
+        sh.batch,
+        sh.seq,
+        sh.heads
+    );
     compare(
         &format!("attention forward out {tag}"),
         &down(k, &out),
@@ -471,7 +477,7 @@ fn attention_case<T: GpuFloat>(k: &GpuKernels, sh: AttnShape, seed: u64) {
     let mut dqkv = poison::<T>(k, n * 3 * d);
     let mut delta = poison::<f32>(k, rows);
     launch::attention_backward::<T>(
-        k, &mut dqkv, &mut delta, &d_dout, &d_out, &d_lse, &dqkv_in, sh,
+        k, kernels, &mut dqkv, &mut delta, &d_dout, &d_out, &d_lse, &dqkv_in, sh,
     )
     .unwrap();
     let got = down(k, &dqkv);
@@ -518,8 +524,9 @@ fn attention_matches_cpu() {
     .into_iter()
     .enumerate()
     {
-        attention_case::<f32>(&k, sh, 20 + i as u64);
-        attention_case::<Bf16>(&k, sh, 30 + i as u64);
+        attention_case::<f32>(&k, AttnKernels::CudaCore, sh, 20 + i as u64);
+        attention_case::<Bf16>(&k, AttnKernels::CudaCore, sh, 30 + i as u64);
+        attention_case::<Bf16>(&k, AttnKernels::TensorCore, sh, 40 + i as u64);
     }
 }
 
@@ -897,12 +904,15 @@ fn reductions_are_deterministic() {
         let dq = up::<Bf16>(&k, &qkv);
         let mut out = poison::<Bf16>(&k, sh.batch * sh.seq * 128);
         let mut lse = poison::<f32>(&k, rows);
-        launch::attention_forward::<Bf16>(&k, &mut out, &mut lse, &dq, sh).unwrap();
+        let tc = AttnKernels::TensorCore;
+        launch::attention_forward::<Bf16>(&k, tc, &mut out, &mut lse, &dq, sh).unwrap();
         let mut dqkv = poison::<Bf16>(&k, qkv.len());
         let mut delta = poison::<f32>(&k, rows);
         let datt = up::<Bf16>(&k, &dout[..sh.batch * sh.seq * 128]);
-        launch::attention_backward::<Bf16>(&k, &mut dqkv, &mut delta, &datt, &out, &lse, &dq, sh)
-            .unwrap();
+        launch::attention_backward::<Bf16>(
+            &k, tc, &mut dqkv, &mut delta, &datt, &out, &lse, &dq, sh,
+        )
+        .unwrap();
         let mut partial = up_raw(&k, &vec![0f64; GLOBAL_NORM_BLOCKS]);
         launch::global_norm_squared::<Bf16>(&k, &mut partial, &ddout, n * d, false).unwrap();
         let mut norm = poison::<f32>(&k, 2);
@@ -933,6 +943,7 @@ fn ptx_path_loads_and_runs() {
     rope_case::<f32>(&k, 2, 33, 128, 80);
     attention_case::<Bf16>(
         &k,
+        AttnKernels::TensorCore,
         AttnShape {
             batch: 1,
             seq: 70,

@@ -27,7 +27,7 @@
 //! fp32.
 
 use super::gemm::{DevicePtrDyn, Gemm};
-use super::launch::{self, EmbedBackwardPlan};
+use super::launch::{self, AttnKernels, EmbedBackwardPlan};
 use super::loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels};
 use crate::backend::cpu::attention::AttnShape;
 use crate::backend::cpu::rope::RopeTables;
@@ -447,6 +447,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
             )?;
             launch::attention_forward(
                 k,
+                AttnKernels::for_storage::<T>(),
                 &mut a.att.slice_mut(r.clone()),
                 &mut a.lse.slice_mut(l * nlse..(l + 1) * nlse),
                 &a.qkv.slice(r3),
@@ -561,15 +562,15 @@ impl<T: GpuFloat> CudaTrainer<T> {
 
         let w = |i: usize| work.slice(specs[i].range());
         // lm_head: dxf = dlogits Whead, dWhead = dlogits^T xf
-        gemm.dgrad(&mut a.dxn, &a.logits, &w(last), n, d, vocab, false)?;
-        gemm.wgrad(
+        gemm.linear_backward(
+            &mut a.dxn,
             &mut grads.slice_mut(specs[last].range()),
             &a.logits,
             &a.xf,
+            &w(last),
             n,
             d,
             vocab,
-            false,
         )?;
         let lx = cfg.n_layers * nd..(cfg.n_layers + 1) * nd;
         launch::rmsnorm_backward(
@@ -591,26 +592,26 @@ impl<T: GpuFloat> CudaTrainer<T> {
             let rf = l * nff..(l + 1) * nff;
             let rn = l * n..(l + 1) * n;
             // MLP: x_next = xmid + relu(xn2 Wup^T) Wdown^T
-            gemm.dgrad(&mut a.dh, &a.dres, &w(base + 5), n, ff, d, false)?;
-            gemm.wgrad(
+            gemm.linear_backward(
+                &mut a.dh,
                 &mut grads.slice_mut(specs[base + 5].range()),
                 &a.dres,
                 &a.h.slice(rf.clone()),
+                &w(base + 5),
                 n,
                 ff,
                 d,
-                false,
             )?;
             launch::relu_backward(k, &mut a.dh, &a.h.slice(rf), nff)?;
-            gemm.dgrad(&mut a.dxn, &a.dh, &w(base + 4), n, d, ff, false)?;
-            gemm.wgrad(
+            gemm.linear_backward(
+                &mut a.dxn,
                 &mut grads.slice_mut(specs[base + 4].range()),
                 &a.dh,
                 &a.xn2.slice(r.clone()),
+                &w(base + 4),
                 n,
                 d,
                 ff,
-                false,
             )?;
             launch::rmsnorm_backward(
                 k,
@@ -625,18 +626,19 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 d,
             )?;
             // attention: xmid = x + attn(rope(xn1 Wqkv^T)) Wout^T
-            gemm.dgrad(&mut a.datt, &a.dres, &w(base + 2), n, d, d, false)?;
-            gemm.wgrad(
+            gemm.linear_backward(
+                &mut a.datt,
                 &mut grads.slice_mut(specs[base + 2].range()),
                 &a.dres,
                 &a.att.slice(r.clone()),
+                &w(base + 2),
                 n,
                 d,
                 d,
-                false,
             )?;
             launch::attention_backward(
                 k,
+                AttnKernels::for_storage::<T>(),
                 &mut a.dqkv,
                 &mut a.delta,
                 &a.datt,
@@ -646,15 +648,15 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 shape,
             )?;
             launch::rope(k, &mut a.dqkv, &a.rope_cos, &a.rope_sin, n, t, d, true)?;
-            gemm.dgrad(&mut a.dxn, &a.dqkv, &w(base + 1), n, d, 3 * d, false)?;
-            gemm.wgrad(
+            gemm.linear_backward(
+                &mut a.dxn,
                 &mut grads.slice_mut(specs[base + 1].range()),
                 &a.dqkv,
                 &a.xn1.slice(r.clone()),
+                &w(base + 1),
                 n,
                 d,
                 3 * d,
-                false,
             )?;
             launch::rmsnorm_backward(
                 k,

@@ -379,6 +379,24 @@ impl Gemm {
         // SAFETY: lengths checked above.
         unsafe { self.raw(s, px, pdy, pdw, pdw, 1.0, beta) }
     }
+
+    /// The backward of a linear layer `y[n, out] = x[n, in] W[out, in]^T`: `dx = dy W` and
+    /// `dW = dy^T x` (fp32), both overwritten.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_backward<T: GpuFloat>(
+        &mut self,
+        dx: &mut impl DevicePtrMut<T>,
+        dw: &mut impl DevicePtrMut<f32>,
+        dy: &impl DevicePtr<T>,
+        x: &impl DevicePtr<T>,
+        w: &impl DevicePtr<T>,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<()> {
+        self.dgrad(dx, dy, w, n, d_in, d_out, false)?;
+        self.wgrad(dw, dy, x, n, d_in, d_out, false)
+    }
 }
 
 /// Object-safe access to a device buffer's pointer (for the optional residual argument).

@@ -564,7 +564,63 @@ pub fn rope<T: GpuFloat>(
 // ---------------------------------------------------------------------------------------------
 // attention.cu
 
-fn attn_dims(sh: AttnShape) -> Result<(i32, i32, i32, LaunchConfig)> {
+/// Which attention kernels run: attention.cu's CUDA-core kernels (exact to fp32 rounding; the
+/// only ones for f32 storage) or attention_tc.cu's tensor-core kernels (bf16 storage only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnKernels {
+    /// `attention_*_{f32,bf16}`: a thread per row, grid (ceil(T / 64), H, B) blocks of 64.
+    CudaCore,
+    /// `attention_*_tc_bf16`: mma.sync m16n8k16, a warp per 16 rows, grid (ceil(T / 64), H, B)
+    /// blocks of 128; qkv, out and dout 16-byte aligned.
+    TensorCore,
+}
+
+impl AttnKernels {
+    /// What training uses for storage type `T`: the tensor cores for bf16.
+    pub fn for_storage<T: GpuFloat>() -> Self {
+        if T::SUFFIX == "bf16" {
+            AttnKernels::TensorCore
+        } else {
+            AttnKernels::CudaCore
+        }
+    }
+
+    fn check<T: GpuFloat>(self, ptrs: &[u64]) -> Result<()> {
+        if self == AttnKernels::TensorCore {
+            ensure!(
+                T::SUFFIX == "bf16",
+                "the tensor-core attention kernels take bf16 storage, not {}",
+                T::SUFFIX
+            );
+            ensure!(
+                ptrs.iter().all(|p| p % 16 == 0),
+                "the tensor-core attention kernels need 16-byte aligned qkv, out and dout"
+            );
+        }
+        Ok(())
+    }
+
+    fn block(self) -> u32 {
+        match self {
+            AttnKernels::CudaCore => 64,
+            AttnKernels::TensorCore => 128,
+        }
+    }
+
+    fn name<T: GpuFloat>(
+        self,
+        f32_name: &'static str,
+        bf16_name: &'static str,
+        tc: &'static str,
+    ) -> &'static str {
+        match self {
+            AttnKernels::CudaCore => T::pick(f32_name, bf16_name),
+            AttnKernels::TensorCore => tc,
+        }
+    }
+}
+
+fn attn_dims(sh: AttnShape, kernels: AttnKernels) -> Result<(i32, i32, i32, LaunchConfig)> {
     ensure!(
         sh.batch > 0 && sh.seq > 0 && sh.heads > 0,
         "empty attention shape {sh:?}"
@@ -576,7 +632,7 @@ fn attn_dims(sh: AttnShape) -> Result<(i32, i32, i32, LaunchConfig)> {
     int(sh.batch * sh.seq * 3 * sh.heads * HEAD_DIM, "qkv elements")?;
     let cfg = LaunchConfig {
         grid_dim: (sh.seq.div_ceil(64) as u32, sh.heads as u32, sh.batch as u32),
-        block_dim: (64, 1, 1),
+        block_dim: (kernels.block(), 1, 1),
         shared_mem_bytes: 0,
     };
     Ok((
@@ -587,16 +643,18 @@ fn attn_dims(sh: AttnShape) -> Result<(i32, i32, i32, LaunchConfig)> {
     ))
 }
 
-/// Causal attention: `out[B*T, d]` and `lse[B, H, T]` from `qkv[B*T, 3d]`.
-/// Grid: (ceil(T / 64), H, B) blocks of 64 threads, a thread per query row.
+/// Causal attention: `out[B*T, d]` and `lse[B, H, T]` from `qkv[B*T, 3d]` on the given kernels
+/// (training passes [`AttnKernels::for_storage`]). Grid: (ceil(T / 64), H, B) blocks of 64
+/// threads (CUDA cores: a thread per query) or 128 (tensor cores: a warp per 16 queries).
 pub fn attention_forward<T: GpuFloat>(
     k: &GpuKernels,
+    kernels: AttnKernels,
     out: &mut impl DevicePtrMut<T>,
     lse: &mut impl DevicePtrMut<f32>,
     qkv: &impl DevicePtr<T>,
     sh: AttnShape,
 ) -> Result<()> {
-    let (bi, ti, hi, cfg) = attn_dims(sh)?;
+    let (bi, ti, hi, cfg) = attn_dims(sh, kernels)?;
     let (n, d) = (sh.batch * sh.seq, sh.heads * HEAD_DIM);
     need(out.len(), n * d, "attention out")?;
     need(lse.len(), sh.batch * sh.heads * sh.seq, "attention lse")?;
@@ -605,8 +663,12 @@ pub fn attention_forward<T: GpuFloat>(
     let (p_out, _g0) = out.device_ptr_mut(s);
     let (p_lse, _g1) = lse.device_ptr_mut(s);
     let (p_qkv, _g2) = qkv.device_ptr(s);
-    let mut b =
-        s.launch_builder(k.function(T::pick("attention_forward_f32", "attention_forward_bf16"))?);
+    kernels.check::<T>(&[p_out, p_qkv])?;
+    let mut b = s.launch_builder(k.function(kernels.name::<T>(
+        "attention_forward_f32",
+        "attention_forward_bf16",
+        "attention_forward_tc_bf16",
+    ))?);
     b.arg(&p_out)
         .arg(&p_lse)
         .arg(&p_qkv)
@@ -617,12 +679,14 @@ pub fn attention_forward<T: GpuFloat>(
     Ok(())
 }
 
-/// Backward of [`attention_forward`]: overwrites `dqkv[B*T, 3d]`. `delta` is `[B, H, T]` fp32
-/// scratch. Three launches: preprocess (ceil(B H T / 8) blocks of 256, a warp per row), dk/dv and
-/// dq (each (ceil(T / 64), H, B) blocks of 64).
+/// Backward of [`attention_forward`] on the given kernels: overwrites `dqkv[B*T, 3d]`. `delta`
+/// is `[B, H, T]` fp32 scratch. Three launches: preprocess (ceil(B H T / 8) blocks of 256, a warp
+/// per row), dk/dv and dq (each (ceil(T / 64), H, B) blocks of 64 on CUDA cores, 128 on tensor
+/// cores).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<T: GpuFloat>(
     k: &GpuKernels,
+    kernels: AttnKernels,
     dqkv: &mut impl DevicePtrMut<T>,
     delta: &mut impl DevicePtrMut<f32>,
     dout: &impl DevicePtr<T>,
@@ -631,7 +695,7 @@ pub fn attention_backward<T: GpuFloat>(
     qkv: &impl DevicePtr<T>,
     sh: AttnShape,
 ) -> Result<()> {
-    let (bi, ti, hi, cfg) = attn_dims(sh)?;
+    let (bi, ti, hi, cfg) = attn_dims(sh, kernels)?;
     let (n, d, rows) = (
         sh.batch * sh.seq,
         sh.heads * HEAD_DIM,
@@ -650,6 +714,7 @@ pub fn attention_backward<T: GpuFloat>(
     let (p_out, _g3) = out.device_ptr(s);
     let (p_lse, _g4) = lse.device_ptr(s);
     let (p_qkv, _g5) = qkv.device_ptr(s);
+    kernels.check::<T>(&[p_dqkv, p_dout, p_qkv])?;
 
     let mut b = s.launch_builder(k.function(T::pick(
         "attention_backward_preprocess_f32",
@@ -664,11 +729,16 @@ pub fn attention_backward<T: GpuFloat>(
     unsafe { b.launch(grid_1d(rows * 32, 256)) }?;
 
     for name in [
-        T::pick(
+        kernels.name::<T>(
             "attention_backward_dkdv_f32",
             "attention_backward_dkdv_bf16",
+            "attention_backward_dkdv_tc_bf16",
         ),
-        T::pick("attention_backward_dq_f32", "attention_backward_dq_bf16"),
+        kernels.name::<T>(
+            "attention_backward_dq_f32",
+            "attention_backward_dq_bf16",
+            "attention_backward_dq_tc_bf16",
+        ),
     ] {
         let mut b = s.launch_builder(k.function(name)?);
         b.arg(&p_dqkv)

@@ -101,6 +101,14 @@ pub const TRAINING_ENTRIES: &[(&str, &[&str])] = &[
             "attention_backward_dq_bf16",
         ],
     ),
+    (
+        "attention_tc",
+        &[
+            "attention_forward_tc_bf16",
+            "attention_backward_dkdv_tc_bf16",
+            "attention_backward_dq_tc_bf16",
+        ],
+    ),
     ("cast", &["cast_f32_to_bf16", "cast_bf16_to_f32"]),
     (
         "classifier",

@@ -1,0 +1,354 @@
+/*
+Causal self-attention on the tensor cores: the throughput version of attention.cu for bf16
+storage, with the same signatures, layouts and outputs (out and lse; dqkv overwritten, every
+element written exactly once), FlashAttention-2's scheme on mma.sync m16n8k16 (bf16 inputs, fp32
+accumulation). attention.cu stays the exact-to-fp32 reference and the f32 path.
+
+Layouts: see attention.cu (qkv [B*T, 3d], out and dout [B*T, d], lse and delta [B, H, T] fp32,
+head dim 64, scores s_ij = q_i . k_j / 8 for j <= i).
+
+Every kernel: block = 4 warps (128 threads) owning 64 rows (queries, or keys for dk/dv), warp w
+the 16 rows 16w..16w+15, so each warp's rows are one m16 tile and everything per row stays in
+registers; the other side streams through shared memory in 64-row tiles (bf16, row stride 72 so a
+warp's fragment loads hit 32 distinct banks). Inside a warp, with g = lane / 4 and t = lane % 4,
+a thread holds rows g and g + 8 of its warp's tile and, of an n8 tile, columns 2t and 2t + 1 (the
+mma fragment layout, kernels/common.cuh). An S accumulator is reused as the A operand of the next
+product by packing pairs to bf16: the C layout of n-tiles 2k and 2k+1 is the A layout of k-step k.
+
+    attention_forward_tc_bf16 (block: 64 queries):
+        Q fragments in registers; for each key tile up to the diagonal: S = Q K^T (8 n-tiles x 4
+        k-steps), mask, online softmax (row max and sum over the quad of 4 threads sharing a row),
+        O += P V. out = O / l, lse = m + log l.
+    attention_backward_dkdv_tc_bf16 (block: 64 keys):
+        K and V fragments in registers; for each query tile from the diagonal on: S^T = K Q^T,
+        P^T = exp(S^T / 8 - lse), dP^T = V dO^T, dS^T = P^T (dP^T - delta) / 8, dV += P^T dO,
+        dK += dS^T Q.
+    attention_backward_dq_tc_bf16 (block: 64 queries):
+        Q and dO fragments in registers; for each key tile up to the diagonal: S = Q K^T,
+        P = exp(S / 8 - lse), dP = dO V^T, dS = P (dP - delta) / 8, dQ += dS K.
+    (delta comes from attention_backward_preprocess_bf16 in attention.cu.)
+
+Q, K, V and dO enter the tensor cores as they are stored (bf16); P and dS, computed in fp32, as a
+bf16 pair (rounding plus remainder, two mma each), so every result is as close to the fp32
+reference as the CUDA-core kernels' (that doubles the mma count of the second product of each
+kernel). Row sums and every accumulator are fp32.
+
+Launch (grid maths), nt = ceil(T / 64): each kernel grid (nt, H, B), block 128, static shared
+memory 18 KiB (18.5 KiB for dk/dv). The heaviest tiles are scheduled first (queries:
+the last tile; keys: the first). qkv, out and dout must be 16-byte aligned with d a multiple of
+64 (the launcher checks), for 16-byte tile loads.
+*/
+
+// Plain reference: attention.cu's (the CPU twin, backend::cpu::attention).
+
+#include "common.cuh"
+
+#define TC_ROWS 64   // rows a block owns (4 warps x 16)
+#define TC_TILE 64   // rows per streamed shared tile
+#define TC_LD 72     // shared row stride, in bf16
+#define TC_SCALE 0.125f
+#define HD_TC 64     // head dim
+
+typedef unsigned short raw16;
+
+// Rows r0..r0+63 of a 64-wide head slice (`src` points at row 0's first element, rows `stride`
+// elements apart) into a shared tile; rows at or past `rows` become zeros. 16-byte loads.
+__device__ __forceinline__ void load_tile(raw16 (*tile)[TC_LD], const bf16* src, size_t stride, int r0, int rows) {
+    const raw16* s = reinterpret_cast<const raw16*>(src);
+    for (int e = threadIdx.x; e < TC_TILE * 8; e += blockDim.x) {
+        const int r = e / 8, c = (e % 8) * 8;
+        uint4 v = {0u, 0u, 0u, 0u};
+        if (r0 + r < rows) v = *reinterpret_cast<const uint4*>(s + (size_t)(r0 + r) * stride + c);
+        *reinterpret_cast<uint4*>(&tile[r][c]) = v;
+    }
+}
+
+// Two consecutive bf16 of a shared row as one operand register.
+__device__ __forceinline__ unsigned ld_pair(const raw16* p) { return *reinterpret_cast<const unsigned*>(p); }
+
+// x and y as a bf16 pair `hi` plus the pair of what rounding left out, `lo`.
+__device__ __forceinline__ void split_pair(float x, float y, unsigned& hi, unsigned& lo) {
+    hi = pack_bf16x2(x, y);
+    lo = pack_bf16x2(x - __uint_as_float(hi << 16), y - __uint_as_float(hi & 0xffff0000u));
+}
+
+// Two bf16 of one column, rows r and r + 1, as one operand register (the transposed side).
+__device__ __forceinline__ unsigned ld_col_pair(const raw16 (*tile)[TC_LD], int r, int c) {
+    return (unsigned)tile[r][c] | ((unsigned)tile[r + 1][c] << 16);
+}
+
+// The A fragments (4 k-steps of 16 columns) of this warp's 16 rows of a 64-wide head slice in
+// global memory (rows `stride` elements apart; rows at or past `rows` are zeros).
+__device__ __forceinline__ void load_a_rows(unsigned a[4][4], const bf16* src, size_t stride, int row0, int rows) {
+    const raw16* s = reinterpret_cast<const raw16*>(src);
+    const int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    const int ra = row0 + g, rb = row0 + g + 8;
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+        const int c = ks * 16 + 2 * t;
+        a[ks][0] = ra < rows ? ld_pair(s + (size_t)ra * stride + c) : 0u;
+        a[ks][1] = rb < rows ? ld_pair(s + (size_t)rb * stride + c) : 0u;
+        a[ks][2] = ra < rows ? ld_pair(s + (size_t)ra * stride + c + 8) : 0u;
+        a[ks][3] = rb < rows ? ld_pair(s + (size_t)rb * stride + c + 8) : 0u;
+    }
+}
+
+// acc[n] = A (16 x 64, fragments) times B^T for a shared tile B (64 rows x 64 columns): the 16 x 64
+// product with a tile's rows as its columns (S = Q K^T and friends).
+__device__ __forceinline__ void mma_rows_by_tile(float acc[8][4], const unsigned a[4][4], const raw16 (*tile)[TC_LD]) {
+    const int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++) {
+            const unsigned b[2] = {ld_pair(&tile[n * 8 + g][ks * 16 + 2 * t]),
+                                   ld_pair(&tile[n * 8 + g][ks * 16 + 2 * t + 8])};
+            mma_bf16_16816(acc[n], a[ks], b);
+        }
+    }
+}
+
+// out += P (16 x 64, as an accumulator of mma_rows_by_tile) times a shared tile (64 x 64):
+// the tile's rows are P's columns (O += P V and friends). P enters as two bf16 operands, its
+// rounding and the remainder (hi + lo carries 16 bits of mantissa), so the product is as exact
+// as the fp32 reference to well within bf16 tolerance; one operand alone would round P and dS
+// to 8 bits and leave dq and dk ~1e-2 off.
+__device__ __forceinline__ void mma_acc_by_tile(float out[8][4], const float p[8][4], const raw16 (*tile)[TC_LD]) {
+    const int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+        const float* c0 = p[2 * ks];
+        const float* c1 = p[2 * ks + 1];
+        unsigned hi[4], lo[4];
+        split_pair(c0[0], c0[1], hi[0], lo[0]);
+        split_pair(c0[2], c0[3], hi[1], lo[1]);
+        split_pair(c1[0], c1[1], hi[2], lo[2]);
+        split_pair(c1[2], c1[3], hi[3], lo[3]);
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+            const unsigned b[2] = {ld_col_pair(tile, ks * 16 + 2 * t, n * 8 + g),
+                                   ld_col_pair(tile, ks * 16 + 2 * t + 8, n * 8 + g)};
+            mma_bf16_16816(out[n], lo, b);
+            mma_bf16_16816(out[n], hi, b);
+        }
+    }
+}
+
+// Sum and max over the 4 threads of a quad (the threads holding one row).
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+// Stores this warp's 16 x 64 accumulator rows (row0 + g, row0 + g + 8) times `scale_a`/`scale_b`
+// as bf16 into a 64-wide head slice (rows `stride` apart), rows at or past `rows` skipped.
+__device__ __forceinline__ void store_rows(bf16* dst, size_t stride, int row0, int rows, const float acc[8][4],
+                                           float scale_a, float scale_b) {
+    const int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    raw16* d = reinterpret_cast<raw16*>(dst);
+    const int ra = row0 + g, rb = row0 + g + 8;
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+        const int c = n * 8 + 2 * t;
+        if (ra < rows)
+            *reinterpret_cast<unsigned*>(d + (size_t)ra * stride + c) =
+                pack_bf16x2(acc[n][0] * scale_a, acc[n][1] * scale_a);
+        if (rb < rows)
+            *reinterpret_cast<unsigned*>(d + (size_t)rb * stride + c) =
+                pack_bf16x2(acc[n][2] * scale_b, acc[n][3] * scale_b);
+    }
+}
+
+// Where a block and this thread sit: batch b, head h, model width d (row3 = 3d, the qkv row),
+// the first of this warp's 16 own rows (row0) for a block owning row tile `tile`, and this
+// thread's fragment coordinates (rows row0 + g and row0 + g + 8, quad column t).
+struct TcPlace {
+    int b, h, d, row0, g, t;
+    size_t row3;
+};
+
+__device__ __forceinline__ TcPlace tc_place(int tile, int H) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    TcPlace p;
+    p.b = blockIdx.z;
+    p.h = blockIdx.y;
+    p.d = H * HD_TC;
+    p.row3 = 3 * (size_t)p.d;
+    p.row0 = tile * TC_ROWS + (threadIdx.x / WARP_SIZE) * 16;
+    p.g = lane / 4;
+    p.t = lane % 4;
+    return p;
+}
+
+// ----------------------------------------------------------------------------
+// forward
+
+extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16* out, float* lse, const bf16* qkv,
+                                                                             int B, int T_len, int H) {
+    __shared__ __align__(16) raw16 Ks[TC_TILE][TC_LD];
+    __shared__ __align__(16) raw16 Vs[TC_TILE][TC_LD];
+    const int qt = gridDim.x - 1 - blockIdx.x; // heaviest tiles first
+    const TcPlace p = tc_place(qt, H);
+    const int d = p.d, t = p.t, q0 = p.row0, ra = q0 + p.g, rb = ra + 8;
+    const size_t row3 = p.row3;
+    const bf16* head = qkv + (size_t)p.b * T_len * row3 + p.h * HD_TC;
+
+    unsigned qa[4][4];
+    load_a_rows(qa, head, row3, q0, T_len);
+    float o[8][4] = {};
+    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+
+    const int kv_end = min(T_len, (qt + 1) * TC_ROWS);
+    for (int k0 = 0; k0 < kv_end; k0 += TC_TILE) {
+        __syncthreads(); // the previous tile fully consumed
+        load_tile(Ks, head + d, row3, k0, T_len);
+        load_tile(Vs, head + 2 * d, row3, k0, T_len);
+        __syncthreads();
+        float s[8][4];
+        mma_rows_by_tile(s, qa, Ks);
+        float mt_a = -INFINITY, mt_b = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int key = k0 + n * 8 + 2 * t + (i & 1), row = i < 2 ? ra : rb;
+                s[n][i] = (key <= row && key < T_len) ? s[n][i] * TC_SCALE : -INFINITY;
+            }
+            mt_a = fmaxf(mt_a, fmaxf(s[n][0], s[n][1]));
+            mt_b = fmaxf(mt_b, fmaxf(s[n][2], s[n][3]));
+        }
+        // Key k0 <= q0 is visible to every row of the block, so the new maxima are finite; the
+        // first tile rescales by exp(-inf) = 0.
+        const float mn_a = fmaxf(m_a, quad_max(mt_a)), mn_b = fmaxf(m_b, quad_max(mt_b));
+        const float al_a = __expf(m_a - mn_a), al_b = __expf(m_b - mn_b);
+        l_a *= al_a;
+        l_b *= al_b;
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+            s[n][0] = __expf(s[n][0] - mn_a);
+            s[n][1] = __expf(s[n][1] - mn_a);
+            s[n][2] = __expf(s[n][2] - mn_b);
+            s[n][3] = __expf(s[n][3] - mn_b);
+            l_a += s[n][0] + s[n][1];
+            l_b += s[n][2] + s[n][3];
+            o[n][0] *= al_a;
+            o[n][1] *= al_a;
+            o[n][2] *= al_b;
+            o[n][3] *= al_b;
+        }
+        mma_acc_by_tile(o, s, Vs);
+        m_a = mn_a;
+        m_b = mn_b;
+    }
+    l_a = quad_sum(l_a);
+    l_b = quad_sum(l_b);
+    store_rows(out + (size_t)p.b * T_len * d + p.h * HD_TC, d, q0, T_len, o, 1.0f / l_a, 1.0f / l_b);
+    if (t == 0) {
+        float* lse_bh = lse + ((size_t)p.b * H + p.h) * T_len;
+        if (ra < T_len) lse_bh[ra] = m_a + __logf(l_a);
+        if (rb < T_len) lse_bh[rb] = m_b + __logf(l_b);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// backward
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_backward_dkdv_tc_bf16(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse,
+                                    const float* delta, int B, int T_len, int H) {
+    __shared__ __align__(16) raw16 Qs[TC_TILE][TC_LD];
+    __shared__ __align__(16) raw16 dOs[TC_TILE][TC_LD];
+    __shared__ float lse_s[TC_TILE], delta_s[TC_TILE];
+    const int kt = blockIdx.x; // key tile 0 sees the most queries: scheduled first
+    const TcPlace p = tc_place(kt, H);
+    const int d = p.d, t = p.t, j0 = p.row0, ja = j0 + p.g, jb = ja + 8; // this thread's keys
+    const size_t row3 = p.row3;
+    const bf16* head = qkv + (size_t)p.b * T_len * row3 + p.h * HD_TC;
+    const bf16* dhead = dout + (size_t)p.b * T_len * d + p.h * HD_TC;
+    const float* lse_bh = lse + ((size_t)p.b * H + p.h) * T_len;
+    const float* delta_bh = delta + ((size_t)p.b * H + p.h) * T_len;
+
+    unsigned ka[4][4], va[4][4];
+    load_a_rows(ka, head + d, row3, j0, T_len);
+    load_a_rows(va, head + 2 * d, row3, j0, T_len);
+    float dk[8][4] = {}, dv[8][4] = {};
+
+    for (int q0 = kt * TC_ROWS; q0 < T_len; q0 += TC_TILE) { // queries i >= the block's first key
+        __syncthreads();
+        load_tile(Qs, head, row3, q0, T_len);
+        load_tile(dOs, dhead, d, q0, T_len);
+        if (threadIdx.x < TC_TILE) {
+            const int i = q0 + threadIdx.x;
+            lse_s[threadIdx.x] = i < T_len ? lse_bh[i] : 0.0f;
+            delta_s[threadIdx.x] = i < T_len ? delta_bh[i] : 0.0f;
+        }
+        __syncthreads();
+        float p[8][4], ds[8][4];
+        mma_rows_by_tile(p, ka, Qs);   // S^T: keys x queries
+        mma_rows_by_tile(ds, va, dOs); // dP^T
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int qc = n * 8 + 2 * t + (i & 1), query = q0 + qc, key = i < 2 ? ja : jb;
+                const bool seen = query >= key && query < T_len;
+                p[n][i] = seen ? __expf(p[n][i] * TC_SCALE - lse_s[qc]) : 0.0f;
+                ds[n][i] = p[n][i] * (ds[n][i] - delta_s[qc]) * TC_SCALE;
+            }
+        }
+        mma_acc_by_tile(dv, p, dOs);
+        mma_acc_by_tile(dk, ds, Qs);
+    }
+    bf16* dhead_qkv = dqkv + (size_t)p.b * T_len * row3 + p.h * HD_TC;
+    store_rows(dhead_qkv + d, row3, j0, T_len, dk, 1.0f, 1.0f);
+    store_rows(dhead_qkv + 2 * d, row3, j0, T_len, dv, 1.0f, 1.0f);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_backward_dq_tc_bf16(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* delta,
+                                  int B, int T_len, int H) {
+    __shared__ __align__(16) raw16 Ks[TC_TILE][TC_LD];
+    __shared__ __align__(16) raw16 Vs[TC_TILE][TC_LD];
+    const int qt = gridDim.x - 1 - blockIdx.x; // heaviest tiles first
+    const TcPlace p = tc_place(qt, H);
+    const int d = p.d, t = p.t, q0 = p.row0, ra = q0 + p.g, rb = ra + 8;
+    const size_t row3 = p.row3;
+    const bf16* head = qkv + (size_t)p.b * T_len * row3 + p.h * HD_TC;
+    const float* lse_bh = lse + ((size_t)p.b * H + p.h) * T_len;
+    const float* delta_bh = delta + ((size_t)p.b * H + p.h) * T_len;
+    const float lse_a = ra < T_len ? lse_bh[ra] : 0.0f, lse_b = rb < T_len ? lse_bh[rb] : 0.0f;
+    const float de_a = ra < T_len ? delta_bh[ra] : 0.0f, de_b = rb < T_len ? delta_bh[rb] : 0.0f;
+
+    unsigned qa[4][4], doa[4][4];
+    load_a_rows(qa, head, row3, q0, T_len);
+    load_a_rows(doa, dout + (size_t)p.b * T_len * d + p.h * HD_TC, d, q0, T_len);
+    float dq[8][4] = {};
+
+    const int kv_end = min(T_len, (qt + 1) * TC_ROWS);
+    for (int k0 = 0; k0 < kv_end; k0 += TC_TILE) {
+        __syncthreads();
+        load_tile(Ks, head + d, row3, k0, T_len);
+        load_tile(Vs, head + 2 * d, row3, k0, T_len);
+        __syncthreads();
+        float p[8][4], ds[8][4];
+        mma_rows_by_tile(p, qa, Ks);   // S
+        mma_rows_by_tile(ds, doa, Vs); // dP
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int key = k0 + n * 8 + 2 * t + (i & 1), row = i < 2 ? ra : rb;
+                const bool seen = key <= row && row < T_len;
+                p[n][i] = seen ? __expf(p[n][i] * TC_SCALE - (i < 2 ? lse_a : lse_b)) : 0.0f;
+                ds[n][i] = p[n][i] * (ds[n][i] - (i < 2 ? de_a : de_b)) * TC_SCALE;
+            }
+        }
+        mma_acc_by_tile(dq, ds, Ks);
+    }
+    store_rows(dqkv + (size_t)p.b * T_len * row3 + p.h * HD_TC, row3, q0, T_len, dq, 1.0f, 1.0f);
+}
