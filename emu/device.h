@@ -19,6 +19,8 @@ exact than the GPU's fast intrinsics.
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 struct emu_uint3 {
     unsigned x, y, z;
@@ -145,5 +147,24 @@ static inline void emu_mma_bf16_16816(float d[4], const unsigned a[4], const uns
         float acc = d[i];
         for (int k = 0; k < 16; ++k) acc += A[row][k] * Bm[k][col];
         d[i] = acc;
+    }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane l passes the address of row l % 8 of
+// matrix l / 8 (8 b16 values); register i of lane (g = lane / 4, t = lane % 4) receives matrix
+// i's row g, columns 2t and 2t+1, or with `trans` column g, rows 2t and 2t+1 (low half first).
+static inline void emu_ldmatrix_x4(unsigned r[4], const void* row, bool trans) {
+    if (((uintptr_t)row & 15) != 0) {
+        fprintf(stderr, "CUDA emulator: ldmatrix row address not 16-byte aligned\n");
+        abort();
+    }
+    const unsigned short* rows[32];
+    emu_warp_gather(&row, sizeof row, rows);
+    const int lane = emu_current_thread()->lane, g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; ++i) {
+        const unsigned short* const* m = rows + 8 * i;
+        const unsigned lo = trans ? m[2 * t][g] : m[g][2 * t];
+        const unsigned hi = trans ? m[2 * t + 1][g] : m[g][2 * t + 1];
+        r[i] = lo | (hi << 16);
     }
 }

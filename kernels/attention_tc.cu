@@ -9,8 +9,9 @@ head dim 64, scores s_ij = q_i . k_j / 8 for j <= i).
 
 Every kernel: block = 4 warps (128 threads) owning 64 rows (queries, or keys for dk/dv), warp w
 the 16 rows 16w..16w+15, so each warp's rows are one m16 tile and everything per row stays in
-registers; the other side streams through shared memory in 64-row tiles (bf16, row stride 72 so a
-warp's fragment loads hit 32 distinct banks). Inside a warp, with g = lane / 4 and t = lane % 4,
+registers; the other side streams through shared memory in 64-row tiles (bf16, row stride 72 =
+144 bytes, so the 8 rows of an ldmatrix fall in 8 distinct 16-byte bank groups) and reaches the
+tensor cores through ldmatrix (transposed where the tile's rows are the product's k). Inside a warp, with g = lane / 4 and t = lane % 4,
 a thread holds rows g and g + 8 of its warp's tile and, of an n8 tile, columns 2t and 2t + 1 (the
 mma fragment layout, kernels/common.cuh). An S accumulator is reused as the A operand of the next
 product by packing pairs to bf16: the C layout of n-tiles 2k and 2k+1 is the A layout of k-step k.
@@ -72,11 +73,6 @@ __device__ __forceinline__ void split_pair(float x, float y, unsigned& hi, unsig
     lo = pack_bf16x2(x - __uint_as_float(hi << 16), y - __uint_as_float(hi & 0xffff0000u));
 }
 
-// Two bf16 of one column, rows r and r + 1, as one operand register (the transposed side).
-__device__ __forceinline__ unsigned ld_col_pair(const raw16 (*tile)[TC_LD], int r, int c) {
-    return (unsigned)tile[r][c] | ((unsigned)tile[r + 1][c] << 16);
-}
-
 // The A fragments (4 k-steps of 16 columns) of this warp's 16 rows of a 64-wide head slice in
 // global memory (rows `stride` elements apart; rows at or past `rows` are zeros).
 __device__ __forceinline__ void load_a_rows(unsigned a[4][4], const bf16* src, size_t stride, int row0, int rows) {
@@ -94,17 +90,20 @@ __device__ __forceinline__ void load_a_rows(unsigned a[4][4], const bf16* src, s
 }
 
 // acc[n] = A (16 x 64, fragments) times B^T for a shared tile B (64 rows x 64 columns): the 16 x 64
-// product with a tile's rows as its columns (S = Q K^T and friends).
+// product with a tile's rows as its columns (S = Q K^T and friends). One ldmatrix gives the B
+// fragments of two k-steps: lanes 8j..8j+7 address rows n*8.. at column 8j of the 32-column half.
 __device__ __forceinline__ void mma_rows_by_tile(float acc[8][4], const unsigned a[4][4], const raw16 (*tile)[TC_LD]) {
-    const int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    const int lane = threadIdx.x % WARP_SIZE;
 #pragma unroll
     for (int n = 0; n < 8; n++) {
         acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 #pragma unroll
-        for (int ks = 0; ks < 4; ks++) {
-            const unsigned b[2] = {ld_pair(&tile[n * 8 + g][ks * 16 + 2 * t]),
-                                   ld_pair(&tile[n * 8 + g][ks * 16 + 2 * t + 8])};
-            mma_bf16_16816(acc[n], a[ks], b);
+        for (int kp = 0; kp < 2; kp++) {
+            unsigned r[4];
+            ldmatrix_x4(r, &tile[n * 8 + lane % 8][kp * 32 + (lane / 8) * 8]);
+            const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+            mma_bf16_16816(acc[n], a[2 * kp], b0);
+            mma_bf16_16816(acc[n], a[2 * kp + 1], b1);
         }
     }
 }
@@ -115,7 +114,7 @@ __device__ __forceinline__ void mma_rows_by_tile(float acc[8][4], const unsigned
 // as the fp32 reference to well within bf16 tolerance; one operand alone would round P and dS
 // to 8 bits and leave dq and dk ~1e-2 off.
 __device__ __forceinline__ void mma_acc_by_tile(float out[8][4], const float p[8][4], const raw16 (*tile)[TC_LD]) {
-    const int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    const int lane = threadIdx.x % WARP_SIZE;
 #pragma unroll
     for (int ks = 0; ks < 4; ks++) {
         const float* c0 = p[2 * ks];
@@ -125,12 +124,17 @@ __device__ __forceinline__ void mma_acc_by_tile(float out[8][4], const float p[8
         split_pair(c0[2], c0[3], hi[1], lo[1]);
         split_pair(c1[0], c1[1], hi[2], lo[2]);
         split_pair(c1[2], c1[3], hi[3], lo[3]);
+        // One transposed ldmatrix gives two n-tiles' B fragments: lanes 0-15 address the k-step's
+        // 16 rows at column 16 np, lanes 16-31 the same rows at column 16 np + 8.
 #pragma unroll
-        for (int n = 0; n < 8; n++) {
-            const unsigned b[2] = {ld_col_pair(tile, ks * 16 + 2 * t, n * 8 + g),
-                                   ld_col_pair(tile, ks * 16 + 2 * t + 8, n * 8 + g)};
-            mma_bf16_16816(out[n], lo, b);
-            mma_bf16_16816(out[n], hi, b);
+        for (int np = 0; np < 4; np++) {
+            unsigned r[4];
+            ldmatrix_x4_trans(r, &tile[ks * 16 + lane % 16][(2 * np + lane / 16) * 8]);
+            const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+            mma_bf16_16816(out[2 * np], lo, b0);
+            mma_bf16_16816(out[2 * np], hi, b0);
+            mma_bf16_16816(out[2 * np + 1], lo, b1);
+            mma_bf16_16816(out[2 * np + 1], hi, b1);
         }
     }
 }

@@ -95,3 +95,26 @@ __device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #endif
 }
+
+// Four 8x8 b16 matrices from shared memory into mma operand registers, warp-collective: lane l
+// passes the (16-byte aligned) address of row l % 8 of matrix l / 8; register i receives, of
+// matrix i, row g's columns 2t and 2t+1 (ldmatrix_x4) or, transposed, column g's rows 2t and
+// 2t+1 (ldmatrix_x4_trans), low half first (PTX ISA, ldmatrix).
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void* row) {
+#ifdef TERSE_EMU
+    emu_ldmatrix_x4(r, row, false);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"((unsigned)__cvta_generic_to_shared(row)));
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* row) {
+#ifdef TERSE_EMU
+    emu_ldmatrix_x4(r, row, true);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"((unsigned)__cvta_generic_to_shared(row)));
+#endif
+}
