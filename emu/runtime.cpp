@@ -10,9 +10,10 @@ lane of the warp has. A thread that returns stops counting, as on the GPU. When 
 and some have not finished, the kernel waits on a barrier that can never release (divergent
 `__syncthreads`, a shuffle with an exited lane): the emulator aborts with the kernel's name.
 
-TERSE_EMU_SCHEDULE=reverse resumes ready fibers from the last thread to the first, the opposite
-order to the default, so a race between threads of a block (a missing barrier) gives different
-results under the two orders.
+TERSE_EMU_SCHEDULE=reverse runs the blocks from the last to the first and resumes ready fibers
+from the last thread to the first, the opposite orders to the default, so a race between threads
+of a block (a missing barrier), or a block relying on another having run, gives different results
+under the two orders.
 */
 #include <signal.h>
 #include <stdio.h>
@@ -281,12 +282,13 @@ const char* emu_run_kernel(const EmuKernel* k, void* packed, const unsigned grid
     s->packed = packed;
     emu_grid_dim = {grid[0], grid[1], grid[2]};
     emu_block_dim = {block[0], block[1], block[2]};
-    for (unsigned z = 0; z < grid[2]; ++z)
-        for (unsigned y = 0; y < grid[1]; ++y)
-            for (unsigned x = 0; x < grid[0]; ++x) {
-                emu_block_idx = {x, y, z};
-                run_block(s, (int)threads, dynamic_shared);
-            }
+    const unsigned long long blocks = (unsigned long long)grid[0] * grid[1] * grid[2];
+    for (unsigned long long k = 0; k < blocks; ++k) {
+        const unsigned long long i = s->reverse ? blocks - 1 - k : k;
+        emu_block_idx = {(unsigned)(i % grid[0]), (unsigned)(i / grid[0] % grid[1]),
+                         (unsigned)(i / ((unsigned long long)grid[0] * grid[1]))};
+        run_block(s, (int)threads, dynamic_shared);
+    }
     s->kernel = nullptr;
     return nullptr;
 }

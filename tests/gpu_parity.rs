@@ -1500,8 +1500,9 @@ fn emulated() -> bool {
 /// curve by `train_step_matches_cpu` and `gpu_checkpoint_evaluates_on_cpu`.
 const TOO_SLOW_TO_EMULATE: &[&str] = &["loss_curve_tracks_cpu"];
 
-/// The kernel-level tests, rerun with the emulator's threads resumed last-to-first: a race
-/// between the threads of a block (a missing barrier) makes one of the two orders fail.
+/// The kernel-level tests, rerun with the emulator's blocks and threads run last-to-first: a race
+/// between the threads of a block (a missing barrier), or a block counting on another having
+/// run, makes one of the two orders fail.
 const KERNEL_TESTS: &[&str] = &[
     "cast_matches_host_rounding",
     "relu_matches_cpu",
@@ -1588,7 +1589,7 @@ fn gpu_parity_on_the_emulator() {
     };
     run("every test, emulated", &[], false);
     run(
-        "the kernel tests, threads resumed last-to-first",
+        "the kernel tests, blocks and threads run last-to-first",
         KERNEL_TESTS,
         true,
     );
