@@ -9,12 +9,13 @@ head dim 64, scores s_ij = q_i . k_j / 8 for j <= i).
 
 Every kernel: block = 4 warps (128 threads) owning 64 rows (queries, or keys for dk/dv), warp w
 the 16 rows 16w..16w+15, so each warp's rows are one m16 tile and everything per row stays in
-registers; the other side streams through shared memory in 64-row tiles (bf16, row stride 72 =
+registers. The other side streams through shared memory in 64-row tiles (bf16, row stride 72 =
 144 bytes, so the 8 rows of an ldmatrix fall in 8 distinct 16-byte bank groups) and reaches the
-tensor cores through ldmatrix (transposed where the tile's rows are the product's k). Inside a warp, with g = lane / 4 and t = lane % 4,
-a thread holds rows g and g + 8 of its warp's tile and, of an n8 tile, columns 2t and 2t + 1 (the
-mma fragment layout, kernels/common.cuh). An S accumulator is reused as the A operand of the next
-product by packing pairs to bf16: the C layout of n-tiles 2k and 2k+1 is the A layout of k-step k.
+tensor cores through ldmatrix (transposed where the tile's rows are the product's k). Inside a
+warp, with g = lane / 4 and t = lane % 4, a thread holds rows g and g + 8 of its warp's tile and,
+of an n8 tile, columns 2t and 2t + 1 (the mma fragment layout, kernels/common.cuh). An S
+accumulator is reused as the A operand of the next product by packing pairs to bf16: the C layout
+of n-tiles 2k and 2k+1 is the A layout of k-step k.
 
     attention_forward_tc_bf16 (block: 64 queries):
         Q fragments in registers; for each key tile up to the diagonal: S = Q K^T (8 n-tiles x 4
@@ -35,9 +36,9 @@ reference as the CUDA-core kernels' (that doubles the mma count of the second pr
 kernel). Row sums and every accumulator are fp32.
 
 Launch (grid maths), nt = ceil(T / 64): each kernel grid (nt, H, B), block 128, static shared
-memory 18 KiB (18.5 KiB for dk/dv). The heaviest tiles are scheduled first (queries:
-the last tile; keys: the first). qkv, out and dout must be 16-byte aligned with d a multiple of
-64 (the launcher checks), for 16-byte tile loads.
+memory 18 KiB (18.5 KiB for dk/dv). The heaviest tiles are scheduled first (queries: the last
+tile; keys: the first). qkv, out and dout must be 16-byte aligned (the launcher checks; d is a
+multiple of 64), for 16-byte tile loads and ldmatrix.
 */
 
 // Plain reference: attention.cu's (the CPU twin, backend::cpu::attention).
