@@ -169,21 +169,25 @@ __device__ __forceinline__ void store_rows(bf16* dst, size_t stride, int row0, i
     }
 }
 
-// Where a block and this thread sit: batch b, head h, model width d (row3 = 3d, the qkv row),
-// the first of this warp's 16 own rows (row0) for a block owning row tile `tile`, and this
-// thread's fragment coordinates (rows row0 + g and row0 + g + 8, quad column t).
+// Where a block and this thread sit, for a block owning row tile `tile` of (batch, head) =
+// (blockIdx.z, blockIdx.y): model width d, the qkv row length row3 = 3d, the head's slices (q at
+// `head`, k at head + d, v at head + 2d; the same offset `act` into out, dout and the d-wide
+// activations), its offset `stats` into lse and delta, the first of this warp's 16 own rows
+// (row0), and this thread's fragment coordinates (rows row0 + g and row0 + g + 8, quad column t).
 struct TcPlace {
-    int b, h, d, row0, g, t;
-    size_t row3;
+    int d, row0, g, t;
+    size_t row3, act, stats;
+    const bf16* head;
 };
 
-__device__ __forceinline__ TcPlace tc_place(int tile, int H) {
-    const int lane = threadIdx.x % WARP_SIZE;
+__device__ __forceinline__ TcPlace tc_place(const bf16* qkv, int tile, int T_len, int H) {
+    const int lane = threadIdx.x % WARP_SIZE, b = blockIdx.z, h = blockIdx.y;
     TcPlace p;
-    p.b = blockIdx.z;
-    p.h = blockIdx.y;
     p.d = H * HD_TC;
     p.row3 = 3 * (size_t)p.d;
+    p.head = qkv + (size_t)b * T_len * p.row3 + h * HD_TC;
+    p.act = (size_t)b * T_len * p.d + h * HD_TC;
+    p.stats = ((size_t)b * H + h) * T_len;
     p.row0 = tile * TC_ROWS + (threadIdx.x / WARP_SIZE) * 16;
     p.g = lane / 4;
     p.t = lane % 4;
@@ -198,10 +202,10 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
     __shared__ __align__(16) raw16 Ks[TC_TILE][TC_LD];
     __shared__ __align__(16) raw16 Vs[TC_TILE][TC_LD];
     const int qt = gridDim.x - 1 - blockIdx.x; // heaviest tiles first
-    const TcPlace p = tc_place(qt, H);
+    const TcPlace p = tc_place(qkv, qt, T_len, H);
     const int d = p.d, t = p.t, q0 = p.row0, ra = q0 + p.g, rb = ra + 8;
     const size_t row3 = p.row3;
-    const bf16* head = qkv + (size_t)p.b * T_len * row3 + p.h * HD_TC;
+    const bf16* head = p.head;
 
     unsigned qa[4][4];
     load_a_rows(qa, head, row3, q0, T_len);
@@ -252,9 +256,9 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
     }
     l_a = quad_sum(l_a);
     l_b = quad_sum(l_b);
-    store_rows(out + (size_t)p.b * T_len * d + p.h * HD_TC, d, q0, T_len, o, 1.0f / l_a, 1.0f / l_b);
+    store_rows(out + p.act, d, q0, T_len, o, 1.0f / l_a, 1.0f / l_b);
     if (t == 0) {
-        float* lse_bh = lse + ((size_t)p.b * H + p.h) * T_len;
+        float* lse_bh = lse + p.stats;
         if (ra < T_len) lse_bh[ra] = m_a + __logf(l_a);
         if (rb < T_len) lse_bh[rb] = m_b + __logf(l_b);
     }
@@ -270,13 +274,13 @@ extern "C" __global__ void __launch_bounds__(128)
     __shared__ __align__(16) raw16 dOs[TC_TILE][TC_LD];
     __shared__ float lse_s[TC_TILE], delta_s[TC_TILE];
     const int kt = blockIdx.x; // key tile 0 sees the most queries: scheduled first
-    const TcPlace p = tc_place(kt, H);
+    const TcPlace p = tc_place(qkv, kt, T_len, H);
     const int d = p.d, t = p.t, j0 = p.row0, ja = j0 + p.g, jb = ja + 8; // this thread's keys
     const size_t row3 = p.row3;
-    const bf16* head = qkv + (size_t)p.b * T_len * row3 + p.h * HD_TC;
-    const bf16* dhead = dout + (size_t)p.b * T_len * d + p.h * HD_TC;
-    const float* lse_bh = lse + ((size_t)p.b * H + p.h) * T_len;
-    const float* delta_bh = delta + ((size_t)p.b * H + p.h) * T_len;
+    const bf16* head = p.head;
+    const bf16* dhead = dout + p.act;
+    const float* lse_bh = lse + p.stats;
+    const float* delta_bh = delta + p.stats;
 
     unsigned ka[4][4], va[4][4];
     load_a_rows(ka, head + d, row3, j0, T_len);
@@ -309,7 +313,7 @@ extern "C" __global__ void __launch_bounds__(128)
         mma_acc_by_tile(dv, p, dOs);
         mma_acc_by_tile(dk, ds, Qs);
     }
-    bf16* dhead_qkv = dqkv + (size_t)p.b * T_len * row3 + p.h * HD_TC;
+    bf16* dhead_qkv = dqkv + (p.head - qkv); // the same head slice of the gradient
     store_rows(dhead_qkv + d, row3, j0, T_len, dk, 1.0f, 1.0f);
     store_rows(dhead_qkv + 2 * d, row3, j0, T_len, dv, 1.0f, 1.0f);
 }
@@ -320,18 +324,18 @@ extern "C" __global__ void __launch_bounds__(128)
     __shared__ __align__(16) raw16 Ks[TC_TILE][TC_LD];
     __shared__ __align__(16) raw16 Vs[TC_TILE][TC_LD];
     const int qt = gridDim.x - 1 - blockIdx.x; // heaviest tiles first
-    const TcPlace p = tc_place(qt, H);
+    const TcPlace p = tc_place(qkv, qt, T_len, H);
     const int d = p.d, t = p.t, q0 = p.row0, ra = q0 + p.g, rb = ra + 8;
     const size_t row3 = p.row3;
-    const bf16* head = qkv + (size_t)p.b * T_len * row3 + p.h * HD_TC;
-    const float* lse_bh = lse + ((size_t)p.b * H + p.h) * T_len;
-    const float* delta_bh = delta + ((size_t)p.b * H + p.h) * T_len;
+    const bf16* head = p.head;
+    const float* lse_bh = lse + p.stats;
+    const float* delta_bh = delta + p.stats;
     const float lse_a = ra < T_len ? lse_bh[ra] : 0.0f, lse_b = rb < T_len ? lse_bh[rb] : 0.0f;
     const float de_a = ra < T_len ? delta_bh[ra] : 0.0f, de_b = rb < T_len ? delta_bh[rb] : 0.0f;
 
     unsigned qa[4][4], doa[4][4];
     load_a_rows(qa, head, row3, q0, T_len);
-    load_a_rows(doa, dout + (size_t)p.b * T_len * d + p.h * HD_TC, d, q0, T_len);
+    load_a_rows(doa, dout + p.act, d, q0, T_len);
     float dq[8][4] = {};
 
     const int kv_end = min(T_len, (qt + 1) * TC_ROWS);
@@ -355,5 +359,5 @@ extern "C" __global__ void __launch_bounds__(128)
         }
         mma_acc_by_tile(dq, ds, Ks);
     }
-    store_rows(dqkv + (size_t)p.b * T_len * row3 + p.h * HD_TC, row3, q0, T_len, dq, 1.0f, 1.0f);
+    store_rows(dqkv + (p.head - qkv), row3, q0, T_len, dq, 1.0f, 1.0f);
 }
