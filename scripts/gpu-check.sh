@@ -8,8 +8,8 @@
 # BIN_DIR holds what scripts/pack-gpu-run.sh collects: `terse` (release binary), `gpu_parity`
 # (the tests/gpu_parity.rs executable), `terse-lib-tests` (the library's unit tests, of which the
 # `backend::cuda` ones run), `sample-books.txt` (the bundled sample, for the loss-curve and
-# checkpoint parity tests), `torch_train_shapes.py` and `torch_baseline.py` (copied from
-# ../shared/anchors).
+# checkpoint parity tests), `bench_table.py` (the summary's terse-against-torch table),
+# `torch_train_shapes.py` and `torch_baseline.py` (copied from ../shared/anchors).
 #
 # Steps, in order (each under `timeout`; the script goes on after a failure and exits non-zero if
 # any step failed):
@@ -254,6 +254,11 @@ fi
         echo
         echo "== torch at the same shapes"
         grep -h '^{' "$OUT/07-torch.log"
+    fi
+    if [ -f "$BIN/bench_table.py" ]; then
+        echo
+        echo "== terse against torch (for BENCHMARKS.md)"
+        python3 "$BIN/bench_table.py" "$OUT"
     fi
     echo
     echo "total $(( $(date +%s) - START ))s of a ${BUDGET}s budget"

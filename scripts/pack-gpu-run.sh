@@ -5,6 +5,7 @@
 #   gpu_parity         the tests/gpu_parity.rs executable
 #   gpu-check.sh       the device script (scripts/gpu-check.sh)
 #   torch_train_shapes.py  the torch training rows at the bench shapes (scripts/)
+#   bench_table.py     turns the run's terse and torch rows into a BENCHMARKS.md table (scripts/)
 #   sample-books.txt   the bundled sample (data/), for the loss-curve and checkpoint parity tests
 #   *.py               ../shared/anchors/*.py (torch_baseline.py, ...), when that folder exists
 #   m1/, ac-input.txt  with TERSE_GPU_M1=CHECKPOINT_DIR and TERSE_GPU_AC_INPUT=FILE, for the
@@ -65,7 +66,7 @@ PYEOF
 if command -v strip >/dev/null 2>&1; then
     strip --strip-debug "$out/terse" "$out/terse-lib-tests" "$out/gpu_parity"
 fi
-cp scripts/gpu-check.sh scripts/torch_train_shapes.py "$out/"
+cp scripts/gpu-check.sh scripts/torch_train_shapes.py scripts/bench_table.py "$out/"
 cp data/sample-books.txt "$out/"
 if compgen -G "../shared/anchors/*.py" >/dev/null; then
     cp ../shared/anchors/*.py "$out/"
