@@ -850,8 +850,12 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
         } else {
             "eager".to_string()
         };
+        let attention = match AttnKernels::for_storage::<T>() {
+            AttnKernels::TensorCore => "tensor-core attention",
+            AttnKernels::CudaCore => "CUDA-core attention",
+        };
         format!(
-            "cuda: {} ({:?} kernels, {} activations, {mode})",
+            "cuda: {} ({:?} kernels, {} activations, {attention}, {mode})",
             self.k.device_name(),
             self.k.source(),
             T::SUFFIX

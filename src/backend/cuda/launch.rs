@@ -576,9 +576,12 @@ pub enum AttnKernels {
 }
 
 impl AttnKernels {
-    /// What training uses for storage type `T`: the tensor cores for bf16.
+    /// What training uses for storage type `T`: the tensor cores for bf16, unless
+    /// `TERSE_CUDA_ATTENTION=cudacore` asks for the CUDA-core kernels (to compare, or to train
+    /// on a GPU where the tensor-core kernels misbehave).
     pub fn for_storage<T: GpuFloat>() -> Self {
-        if T::SUFFIX == "bf16" {
+        let forced = std::env::var("TERSE_CUDA_ATTENTION").is_ok_and(|v| v == "cudacore");
+        if T::SUFFIX == "bf16" && !forced {
             AttnKernels::TensorCore
         } else {
             AttnKernels::CudaCore
