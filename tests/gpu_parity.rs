@@ -499,6 +499,20 @@ fn attention_case<T: GpuFloat>(k: &GpuKernels, kernels: AttnKernels, sh: AttnSha
 #[test]
 fn attention_matches_cpu() {
     let Some(k) = gpu("attention") else { return };
+    // The tensor-core kernels take bf16 storage only: f32 buffers are refused, not misread.
+    let sh = AttnShape {
+        batch: 1,
+        seq: 8,
+        heads: 1,
+    };
+    let (mut out, mut lse) = (poison::<f32>(&k, 8 * 64), poison::<f32>(&k, 8));
+    let qkv = up::<f32>(&k, &[0.0; 8 * 3 * 64]);
+    let refused =
+        launch::attention_forward(&k, AttnKernels::TensorCore, &mut out, &mut lse, &qkv, sh);
+    assert!(
+        refused.is_err(),
+        "tensor-core attention accepted f32 storage"
+    );
     for (i, sh) in [
         AttnShape {
             batch: 2,
