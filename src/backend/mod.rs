@@ -89,7 +89,8 @@ pub enum Device {
 }
 
 /// Whether `--device auto` may pick the CUDA backend. False until `scripts/gpu-check.sh` has
-/// passed on a GPU: a backend that has never run must be asked for by name.
+/// passed on a GPU: a backend checked only on the CUDA emulator (`emu/`) must be asked for by
+/// name.
 pub const CUDA_VALIDATED: bool = false;
 
 /// Builds the backend for `device`, with a note saying what was chosen and why.

@@ -10,7 +10,8 @@
 //! counts are `2 m n k` for GEMMs and, for causal attention, half the dense `4 B H T^2 64`
 //! (forward) and 2.5 times the forward (backward).
 //!
-//! Not yet run on a GPU: written and compiled on a machine without one.
+//! Not yet run on a GPU: written on a machine without one and run only on the CUDA emulator
+//! (`emu/`), whose times mean nothing.
 
 use super::gemm::Gemm;
 use super::launch::{self, EmbedBackwardPlan};

@@ -15,7 +15,8 @@
 //! per-step buffers for `streams` rows.
 //!
 //! **Not yet run on a GPU** (written on a machine without one); `tests/gpu_parity.rs` checks it
-//! bit for bit against the CPU when a GPU is present.
+//! bit for bit against the CPU, on a GPU when one is present and on the CUDA emulator (`emu/`)
+//! otherwise, where it passes.
 
 use super::loader::GpuKernels;
 use crate::backend::cpu::rope::{RopeTables, HEAD_DIM};

@@ -15,8 +15,9 @@
 //! path (`kernels/m1_exact.cu`), bit for bit the CPU's.
 //!
 //! **None of this has run on a GPU yet.** It was written and compiled (kernels included, with
-//! nvcc 13.0) on machines without one; `tests/gpu_parity.rs`, run by `scripts/gpu-check.sh`, is
-//! what will first execute it.
+//! nvcc 13.0) on machines without one, and runs there on the CUDA emulator (`emu/`), where every
+//! parity test of `tests/gpu_parity.rs` but the 200-step loss curve passes; on a GPU,
+//! `scripts/gpu-check.sh` runs them all.
 
 use std::sync::OnceLock;
 
