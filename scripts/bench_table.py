@@ -2,7 +2,8 @@
 """The training comparison of one gpu-check.sh run as a BENCHMARKS.md table: for each shape,
 `terse bench train --device cuda` (06-train.log) beside PyTorch eager and torch.compile
 (07-torch.log), ms/step, tokens/s and TFLOP/s, the speed-up over torch.compile, and the issue's
-aim. Figures are copied from the logs as they are; a missing figure is shown as "-".
+aim. Figures are copied from the logs as they are; a missing figure is shown as "-", a line
+that is not JSON is skipped, and a folder with neither log is refused.
 
 usage: python3 bench_table.py OUT_DIR
 """
@@ -36,6 +37,10 @@ def main():
     if len(sys.argv) != 2:
         sys.exit("usage: bench_table.py OUT_DIR")
     out = sys.argv[1]
+    logs = [os.path.join(out, f) for f in ("06-train.log", "07-torch.log")]
+    if not any(os.path.isfile(f) for f in logs):
+        sys.exit(f"bench_table.py: {out} holds neither 06-train.log nor 07-torch.log "
+                 "(the folder gpu-check.sh wrote its logs to)")
     terse = {(r["preset"], r["batch"], r["seq"]): r for r in json_lines(os.path.join(out, "06-train.log"))
              if r.get("bench") == "train"}
     torch_rows = json_lines(os.path.join(out, "07-torch.log"))

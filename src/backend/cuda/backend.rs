@@ -232,6 +232,8 @@ pub struct CudaTrainer<T: GpuFloat> {
     eval_acts: Option<Acts<T>>,
     graph: Option<(CudaGraph, GraphKey)>,
     use_graph: bool,
+    /// Which attention kernels the step runs (`TERSE_CUDA_ATTENTION`, read once here).
+    attention: AttnKernels,
     graph_note: Option<String>,
     /// Shape of the last eager step (the warm-up that planned every GEMM for that shape).
     warmed: Option<GraphKey>,
@@ -305,6 +307,8 @@ impl<T: GpuFloat> CudaTrainer<T> {
             .unwrap_or(1)
             .max(1);
         let use_graph = std::env::var("TERSE_CUDA_GRAPH").map_or(true, |x| x != "0");
+        let choice = std::env::var("TERSE_CUDA_ATTENTION").ok();
+        let attention = AttnKernels::for_storage::<T>(choice.as_deref())?;
         s.synchronize()?;
         Ok(CudaTrainer {
             cfg: cfg.clone(),
@@ -320,6 +324,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
             eval_acts: None,
             graph: None,
             use_graph,
+            attention,
             graph_note: None,
             warmed: None,
             readback_every,
@@ -393,9 +398,11 @@ impl<T: GpuFloat> CudaTrainer<T> {
 
     /// Forward pass of the current working weights over the uploaded batch in `a`, through the
     /// logits (the CPU model's order).
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         k: &GpuKernels,
         gemm: &mut Gemm,
+        attention: AttnKernels,
         cfg: &ModelConfig,
         specs: &[TensorSpec],
         work: &CudaSlice<T>,
@@ -448,7 +455,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
             )?;
             launch::attention_forward(
                 k,
-                AttnKernels::for_storage::<T>(),
+                attention,
                 &mut a.att.slice_mut(r.clone()),
                 &mut a.lse.slice_mut(l * nlse..(l + 1) * nlse),
                 &a.qkv.slice(r3),
@@ -528,6 +535,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
             m,
             v,
             acts,
+            attention,
             ..
         } = self;
         let a = acts.as_mut().expect("activations planned before a step");
@@ -545,7 +553,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
 
         s.memset_zeros(grads)?;
         s.memset_zeros(&mut a.dres)?;
-        Self::forward(k, gemm, cfg, specs, work, a)?;
+        Self::forward(k, gemm, *attention, cfg, specs, work, a)?;
 
         // loss, dlogits in place
         launch::classifier_forward_backward(
@@ -639,7 +647,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
             )?;
             launch::attention_backward(
                 k,
-                AttnKernels::for_storage::<T>(),
+                *attention,
                 &mut a.dqkv,
                 &mut a.delta,
                 &a.datt,
@@ -851,7 +859,7 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
         } else {
             "eager".to_string()
         };
-        let attention = match AttnKernels::for_storage::<T>() {
+        let attention = match self.attention {
             AttnKernels::TensorCore => "tensor-core attention",
             AttnKernels::CudaCore => "CUDA-core attention",
         };
@@ -899,6 +907,7 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
             work,
             acts,
             eval_acts,
+            attention,
             ..
         } = self;
         let a = match acts {
@@ -906,7 +915,7 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
             _ => eval_acts.as_mut().expect("planned by upload"),
         };
         let n = batch.batch * batch.seq;
-        Self::forward(k, gemm, cfg, specs, work, a)?;
+        Self::forward(k, gemm, *attention, cfg, specs, work, a)?;
         launch::classifier_forward_backward(
             k,
             &mut a.logits,

@@ -39,7 +39,7 @@
 use super::loader::{Bf16, GpuFloat, GpuKernels};
 use crate::backend::cpu::adamw::AdamWStep;
 use crate::backend::cpu::attention::AttnShape;
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 /// Attention head width (the kernels are written for exactly this).
@@ -576,16 +576,23 @@ pub enum AttnKernels {
 }
 
 impl AttnKernels {
-    /// What training uses for storage type `T`: the tensor cores for bf16, unless
-    /// `TERSE_CUDA_ATTENTION=cudacore` asks for the CUDA-core kernels (to compare, or to train
-    /// on a GPU where the tensor-core kernels misbehave).
-    pub fn for_storage<T: GpuFloat>() -> Self {
-        let forced = std::env::var("TERSE_CUDA_ATTENTION").is_ok_and(|v| v == "cudacore");
-        if T::SUFFIX == "bf16" && !forced {
+    /// What training uses for storage type `T`: the tensor cores for bf16, unless `choice` (the
+    /// value of `TERSE_CUDA_ATTENTION`) is `cudacore`, which asks for the CUDA-core kernels (to
+    /// compare, or to train on a GPU where the tensor-core kernels misbehave). `tensorcore` or
+    /// no value is the default; any other value is refused.
+    pub fn for_storage<T: GpuFloat>(choice: Option<&str>) -> Result<Self> {
+        let forced = match choice {
+            None | Some("tensorcore") => false,
+            Some("cudacore") => true,
+            Some(other) => {
+                bail!("TERSE_CUDA_ATTENTION={other:?}: expected \"cudacore\" or \"tensorcore\"")
+            }
+        };
+        Ok(if T::SUFFIX == "bf16" && !forced {
             AttnKernels::TensorCore
         } else {
             AttnKernels::CudaCore
-        }
+        })
     }
 
     fn check<T: GpuFloat>(self, ptrs: &[u64]) -> Result<()> {
@@ -1015,6 +1022,28 @@ pub fn adamw_dev<T: GpuFloat>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attention_choice_is_parsed_or_refused() {
+        use super::AttnKernels::*;
+        assert_eq!(AttnKernels::for_storage::<Bf16>(None).unwrap(), TensorCore);
+        assert_eq!(
+            AttnKernels::for_storage::<Bf16>(Some("tensorcore")).unwrap(),
+            TensorCore
+        );
+        assert_eq!(
+            AttnKernels::for_storage::<Bf16>(Some("cudacore")).unwrap(),
+            CudaCore
+        );
+        assert_eq!(AttnKernels::for_storage::<f32>(None).unwrap(), CudaCore);
+        for garbage in ["", "CudaCore", "tensor-core", "\u{0}"] {
+            let e = AttnKernels::for_storage::<Bf16>(Some(garbage)).unwrap_err();
+            assert!(
+                e.to_string().contains("TERSE_CUDA_ATTENTION"),
+                "{garbage:?}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn embed_plan_buckets_like_the_cpu_twin() {
