@@ -182,16 +182,26 @@ struct TcPlace {
 
 __device__ __forceinline__ TcPlace tc_place(const bf16* qkv, int tile, int T_len, int H) {
     const int lane = threadIdx.x % WARP_SIZE, b = blockIdx.z, h = blockIdx.y;
-    TcPlace p;
-    p.d = H * HD_TC;
-    p.row3 = 3 * (size_t)p.d;
-    p.head = qkv + (size_t)b * T_len * p.row3 + h * HD_TC;
-    p.act = (size_t)b * T_len * p.d + h * HD_TC;
-    p.stats = ((size_t)b * H + h) * T_len;
-    p.row0 = tile * TC_ROWS + (threadIdx.x / WARP_SIZE) * 16;
-    p.g = lane / 4;
-    p.t = lane % 4;
-    return p;
+    TcPlace at;
+    at.d = H * HD_TC;
+    at.row3 = 3 * (size_t)at.d;
+    at.head = qkv + (size_t)b * T_len * at.row3 + h * HD_TC;
+    at.act = (size_t)b * T_len * at.d + h * HD_TC;
+    at.stats = ((size_t)b * H + h) * T_len;
+    at.row0 = tile * TC_ROWS + (threadIdx.x / WARP_SIZE) * 16;
+    at.g = lane / 4;
+    at.t = lane % 4;
+    return at;
+}
+
+// The next 64 keys (from k0) of the head's K and V into shared tiles, once every warp is done
+// with the previous ones.
+__device__ __forceinline__ void load_kv_tiles(raw16 (*Ks)[TC_LD], raw16 (*Vs)[TC_LD], const TcPlace& at, int k0,
+                                              int T_len) {
+    __syncthreads();
+    load_tile(Ks, at.head + at.d, at.row3, k0, T_len);
+    load_tile(Vs, at.head + 2 * at.d, at.row3, k0, T_len);
+    __syncthreads();
 }
 
 // ----------------------------------------------------------------------------
@@ -202,22 +212,17 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
     __shared__ __align__(16) raw16 Ks[TC_TILE][TC_LD];
     __shared__ __align__(16) raw16 Vs[TC_TILE][TC_LD];
     const int qt = gridDim.x - 1 - blockIdx.x; // heaviest tiles first
-    const TcPlace p = tc_place(qkv, qt, T_len, H);
-    const int d = p.d, t = p.t, q0 = p.row0, ra = q0 + p.g, rb = ra + 8;
-    const size_t row3 = p.row3;
-    const bf16* head = p.head;
+    const TcPlace at = tc_place(qkv, qt, T_len, H);
+    const int t = at.t, ra = at.row0 + at.g, rb = ra + 8;
 
     unsigned qa[4][4];
-    load_a_rows(qa, head, row3, q0, T_len);
+    load_a_rows(qa, at.head, at.row3, at.row0, T_len);
     float o[8][4] = {};
     float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
 
     const int kv_end = min(T_len, (qt + 1) * TC_ROWS);
     for (int k0 = 0; k0 < kv_end; k0 += TC_TILE) {
-        __syncthreads(); // the previous tile fully consumed
-        load_tile(Ks, head + d, row3, k0, T_len);
-        load_tile(Vs, head + 2 * d, row3, k0, T_len);
-        __syncthreads();
+        load_kv_tiles(Ks, Vs, at, k0, T_len);
         float s[8][4];
         mma_rows_by_tile(s, qa, Ks);
         float mt_a = -INFINITY, mt_b = -INFINITY;
@@ -256,9 +261,9 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
     }
     l_a = quad_sum(l_a);
     l_b = quad_sum(l_b);
-    store_rows(out + p.act, d, q0, T_len, o, 1.0f / l_a, 1.0f / l_b);
+    store_rows(out + at.act, at.d, at.row0, T_len, o, 1.0f / l_a, 1.0f / l_b);
     if (t == 0) {
-        float* lse_bh = lse + p.stats;
+        float* lse_bh = lse + at.stats;
         if (ra < T_len) lse_bh[ra] = m_a + __logf(l_a);
         if (rb < T_len) lse_bh[rb] = m_b + __logf(l_b);
     }
@@ -274,13 +279,13 @@ extern "C" __global__ void __launch_bounds__(128)
     __shared__ __align__(16) raw16 dOs[TC_TILE][TC_LD];
     __shared__ float lse_s[TC_TILE], delta_s[TC_TILE];
     const int kt = blockIdx.x; // key tile 0 sees the most queries: scheduled first
-    const TcPlace p = tc_place(qkv, kt, T_len, H);
-    const int d = p.d, t = p.t, j0 = p.row0, ja = j0 + p.g, jb = ja + 8; // this thread's keys
-    const size_t row3 = p.row3;
-    const bf16* head = p.head;
-    const bf16* dhead = dout + p.act;
-    const float* lse_bh = lse + p.stats;
-    const float* delta_bh = delta + p.stats;
+    const TcPlace at = tc_place(qkv, kt, T_len, H);
+    const int d = at.d, t = at.t, j0 = at.row0, ja = j0 + at.g, jb = ja + 8; // this thread's keys
+    const size_t row3 = at.row3;
+    const bf16* head = at.head;
+    const bf16* dhead = dout + at.act;
+    const float* lse_bh = lse + at.stats;
+    const float* delta_bh = delta + at.stats;
 
     unsigned ka[4][4], va[4][4];
     load_a_rows(ka, head + d, row3, j0, T_len);
@@ -313,7 +318,7 @@ extern "C" __global__ void __launch_bounds__(128)
         mma_acc_by_tile(dv, p, dOs);
         mma_acc_by_tile(dk, ds, Qs);
     }
-    bf16* dhead_qkv = dqkv + (p.head - qkv); // the same head slice of the gradient
+    bf16* dhead_qkv = dqkv + (at.head - qkv); // the same head slice of the gradient
     store_rows(dhead_qkv + d, row3, j0, T_len, dk, 1.0f, 1.0f);
     store_rows(dhead_qkv + 2 * d, row3, j0, T_len, dv, 1.0f, 1.0f);
 }
@@ -324,26 +329,21 @@ extern "C" __global__ void __launch_bounds__(128)
     __shared__ __align__(16) raw16 Ks[TC_TILE][TC_LD];
     __shared__ __align__(16) raw16 Vs[TC_TILE][TC_LD];
     const int qt = gridDim.x - 1 - blockIdx.x; // heaviest tiles first
-    const TcPlace p = tc_place(qkv, qt, T_len, H);
-    const int d = p.d, t = p.t, q0 = p.row0, ra = q0 + p.g, rb = ra + 8;
-    const size_t row3 = p.row3;
-    const bf16* head = p.head;
-    const float* lse_bh = lse + p.stats;
-    const float* delta_bh = delta + p.stats;
+    const TcPlace at = tc_place(qkv, qt, T_len, H);
+    const int t = at.t, ra = at.row0 + at.g, rb = ra + 8;
+    const float* lse_bh = lse + at.stats;
+    const float* delta_bh = delta + at.stats;
     const float lse_a = ra < T_len ? lse_bh[ra] : 0.0f, lse_b = rb < T_len ? lse_bh[rb] : 0.0f;
     const float de_a = ra < T_len ? delta_bh[ra] : 0.0f, de_b = rb < T_len ? delta_bh[rb] : 0.0f;
 
     unsigned qa[4][4], doa[4][4];
-    load_a_rows(qa, head, row3, q0, T_len);
-    load_a_rows(doa, dout + p.act, d, q0, T_len);
+    load_a_rows(qa, at.head, at.row3, at.row0, T_len);
+    load_a_rows(doa, dout + at.act, at.d, at.row0, T_len);
     float dq[8][4] = {};
 
     const int kv_end = min(T_len, (qt + 1) * TC_ROWS);
     for (int k0 = 0; k0 < kv_end; k0 += TC_TILE) {
-        __syncthreads();
-        load_tile(Ks, head + d, row3, k0, T_len);
-        load_tile(Vs, head + 2 * d, row3, k0, T_len);
-        __syncthreads();
+        load_kv_tiles(Ks, Vs, at, k0, T_len);
         float p[8][4], ds[8][4];
         mma_rows_by_tile(p, qa, Ks);   // S
         mma_rows_by_tile(ds, doa, Vs); // dP
@@ -359,5 +359,5 @@ extern "C" __global__ void __launch_bounds__(128)
         }
         mma_acc_by_tile(dq, ds, Ks);
     }
-    store_rows(dqkv + (p.head - qkv), row3, q0, T_len, dq, 1.0f, 1.0f);
+    store_rows(dqkv + (at.head - qkv), at.row3, at.row0, T_len, dq, 1.0f, 1.0f);
 }

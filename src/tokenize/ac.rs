@@ -26,10 +26,10 @@
 //! One M1 position per byte, attention over at most M1's context: the cost per position stays flat
 //! along the chunk (m1-3m with a 256-position context: ~4,000 positions/s per core, one position
 //! per step, on a 2-core AMD EPYC; unbounded attention gave ~540 over a 10,240-byte chunk).
-//! Chunks run in parallel on
-//! the CPU's threads, or in lockstep on an [`M1Batch`] ([`encode_chunks`], [`decode_chunks`]):
-//! the GPU's exact M1 advances hundreds of chunks per step with the same bits. A single chunk is
-//! the lockstep code on a one-stream [`CpuM1Batch`], so there is one implementation of each.
+//! Chunks run in parallel on the CPU's threads, or in lockstep on an [`M1Batch`]
+//! ([`encode_chunks`], [`decode_chunks`]): the GPU's exact M1 advances hundreds of chunks per
+//! step with the same bits. A single chunk is the lockstep code on a one-stream [`CpuM1Batch`], so
+//! there is one implementation of each.
 
 use crate::coder::{bytes_to_tokens, tokens_to_bytes, CdfQuantizer, StreamDecoder, StreamEncoder};
 use crate::m1::{CpuM1Batch, ExactM1, M1Batch, WINDOW_START};

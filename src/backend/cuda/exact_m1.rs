@@ -357,13 +357,13 @@ impl GpuExactM1 {
     }
 }
 
-/// `ceil(n / block)` blocks of `block` threads.
 /// Key/value slots per stream: M1's context, or fewer when no stream can reach that many
 /// positions. A position's query attends over the ring, so it holds exactly the window.
 fn ring_slots(m1: &ExactM1, capacity: usize) -> usize {
     capacity.min(m1.config().context.unwrap_or(usize::MAX))
 }
 
+/// `ceil(n / block)` blocks of `block` threads.
 fn grid(n: usize, block: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (n.div_ceil(block as usize).max(1) as u32, 1, 1),
