@@ -19,13 +19,19 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMU = os.path.join(ROOT, "emu")
 KERNELS = os.path.join(ROOT, "kernels")
+# Kernels with deliberate bugs, for the emulator's own test (see emu/planted/planted.cu).
+PLANTED = os.path.join(EMU, "planted")
 CXX = os.environ.get("CXX", "g++")
 # -march=native: the libraries run where they are built, and fmaf becomes one instruction instead
 # of a libm call. -ffp-contract=off and no fast-math keep IEEE-754 f32 as the kernels' contract
 # requires (M1's exact path must give the CPU's bits).
 FLAGS = ["-std=c++17", "-O2", "-march=native", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-fno-strict-aliasing", "-g0",
          "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable", "-Wno-sign-compare"]
-KERNEL_FLAGS = FLAGS + ["-include", os.path.join(EMU, "device.h"), "-I", os.path.join(EMU, "include"),
+# UBSan, aborting at the first report: a vector load or store at an address its type's alignment
+# does not divide (a GPU faults: "misaligned address"), and an index past a fixed-size array such as
+# a shared-memory tile (a GPU reads or corrupts a neighbour silently).
+SANITIZE = ["-fsanitize=alignment,bounds", "-fno-sanitize-recover=all"]
+KERNEL_FLAGS = FLAGS + SANITIZE + ["-include", os.path.join(EMU, "device.h"), "-I", os.path.join(EMU, "include"),
                         "-I", EMU, "-I", KERNELS]
 
 DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+([A-Za-z_][\w\s]*?)\s+(\w+)\s*\[\s*\]\s*;")
@@ -64,17 +70,17 @@ def main():
     os.makedirs(out, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         objs, names = [], []
-        for f in sorted(os.listdir(KERNELS)):
-            if f.endswith(".cu"):
-                obj, entries = kernel_object(os.path.join(KERNELS, f), work)
-                objs.append(obj)
-                names += entries
+        sources = [os.path.join(d, f) for d in [KERNELS, PLANTED] for f in sorted(os.listdir(d)) if f.endswith(".cu")]
+        for src in sources:
+            obj, entries = kernel_object(src, work)
+            objs.append(obj)
+            names += entries
         for src in ["runtime.cpp", "driver.cpp"]:
             obj = os.path.join(work, src + ".o")
             run([CXX, *FLAGS, "-I", EMU, "-c", os.path.join(EMU, src), "-o", obj])
             objs.append(obj)
         cuda = os.path.join(out, "libcuda.so.1")
-        run([CXX, "-shared", "-Wl,-soname,libcuda.so.1", "-o", cuda, *objs, "-lpthread"])
+        run([CXX, *SANITIZE, "-shared", "-Wl,-soname,libcuda.so.1", "-o", cuda, *objs, "-lpthread"])
         lt = os.path.join(out, "libcublasLt.so.13")
         run([CXX, *FLAGS, "-shared", "-Wl,-soname,libcublasLt.so.13", "-o", lt, os.path.join(EMU, "cublaslt.cpp"),
              cuda, "-Wl,-rpath,$ORIGIN"])

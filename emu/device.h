@@ -8,8 +8,8 @@ host thread. `__syncthreads` and the warp shuffles are real barriers between tho
 thread that has returned no longer counts), so a kernel that reads shared memory before every
 thread has written it, or skips a barrier in divergent code, fails here as it would on a GPU (a
 barrier that can never be passed aborts with the kernel's name). `__shared__` variables are
-per-process statics, shared by the block that runs; dynamic shared memory is poisoned with NaN
-bytes before each block. Arithmetic is the host's IEEE-754 f32 without contraction, so the exact
+per-process statics, shared by the block that runs; they and dynamic shared memory are poisoned
+with NaN bytes before each block. Arithmetic is the host's IEEE-754 f32 without contraction, so the exact
 M1 path (explicit fmaf) gives the CPU's bits; `__expf`/`__logf` are the host's expf/logf, more
 exact than the GPU's fast intrinsics.
 */
@@ -65,7 +65,9 @@ extern "C" void emu_warp_gather(const void* mine, int bytes, void* all);
 #define __host__
 #define __forceinline__ inline
 #define __align__(n) __attribute__((aligned(n)))
-#define __shared__ static
+// Static shared variables live in one section, which the scheduler poisons before every block
+// (emu/runtime.cpp), so a read of shared memory no thread of this block wrote shows as NaN.
+#define __shared__ static __attribute__((section("emu_shared")))
 #define EMU_DYNAMIC_SHARED(type, name) type* name = (type*)emu_dynamic_shared()
 
 static inline void __syncthreads(void) { emu_syncthreads(); }

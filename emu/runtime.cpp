@@ -20,6 +20,7 @@ under the two orders.
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <string>
 #include <unordered_map>
@@ -31,6 +32,10 @@ under the two orders.
 
 extern "C" {
 emu_uint3 emu_block_idx, emu_block_dim, emu_grid_dim;
+// The bounds of every kernel's static shared variables (device.h's `__shared__`), from the linker;
+// weak, so a build whose kernels have none still links (both are then null).
+extern char __start_emu_shared[] __attribute__((weak));
+extern char __stop_emu_shared[] __attribute__((weak));
 }
 
 namespace {
@@ -167,7 +172,9 @@ void ensure_stacks(Scheduler* s, size_t n) {
 }
 
 void run_block(Scheduler* s, int threads, size_t dynamic_shared) {
-    memset(s->shared, 0xff, dynamic_shared); // NaN in f32 and bf16: unwritten shared reads show
+    // NaN in f32 and bf16, so reads of shared memory this block never wrote show.
+    memset(s->shared, 0xff, dynamic_shared);
+    memset(__start_emu_shared, 0xff, __stop_emu_shared - __start_emu_shared);
     s->fibers.assign(threads, Fiber{});
     int num_warps = (threads + 31) / 32;
     s->warps.assign(num_warps, WarpState{});
@@ -266,6 +273,45 @@ extern "C" void emu_warp_gather(const void* mine, int bytes, void* all) {
     warp_barrier(s);
 }
 
+namespace {
+
+// A kernel that touches memory outside every allocation lands on a guard page (emu/driver.cpp) or
+// an unmapped address. Name the kernel, block and thread (a GPU reports "an illegal memory
+// access"), then let the default action end the process. Runs on its own stack: a fault may come
+// from a fiber's stack running out.
+void on_segv(int) {
+    Scheduler* s = sched();
+    if (s->kernel && s->current >= 0) {
+        const emu_uint3 t = s->fibers[s->current].thread.tid;
+        char line[512];
+        int n = snprintf(line, sizeof line,
+                         "CUDA emulator: kernel %s: block (%u,%u,%u) thread (%u,%u,%u) touched memory outside "
+                         "every allocation (an illegal address on a GPU)\n",
+                         s->kernel->name, emu_block_idx.x, emu_block_idx.y, emu_block_idx.z, t.x, t.y, t.z);
+        if (n > 0) (void)!write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+    }
+    signal(SIGSEGV, SIG_DFL); // returning re-runs the faulting access, which now ends the process
+}
+
+// Installs on_segv once per process and an alternate signal stack once per launching thread.
+void catch_faults() {
+    static bool installed = [] {
+        struct sigaction a = {};
+        a.sa_handler = on_segv;
+        a.sa_flags = SA_ONSTACK;
+        sigemptyset(&a.sa_mask);
+        return sigaction(SIGSEGV, &a, nullptr) == 0;
+    }();
+    thread_local bool has_stack = false;
+    if (!installed || has_stack) return;
+    stack_t st = {};
+    st.ss_size = 64 * 1024;
+    st.ss_sp = malloc(st.ss_size); // kept for the thread's life
+    has_stack = st.ss_sp && sigaltstack(&st, nullptr) == 0;
+}
+
+} // namespace
+
 extern "C" void* emu_dynamic_shared(void) { return sched()->shared; }
 
 const char* emu_run_kernel(const EmuKernel* k, void* packed, const unsigned grid[3], const unsigned block[3],
@@ -278,6 +324,7 @@ const char* emu_run_kernel(const EmuKernel* k, void* packed, const unsigned grid
     if (grid[1] > 65535 || grid[2] > 65535 || grid[0] > 0x7fffffffu) return "grid too large";
     if (dynamic_shared > SHARED_BYTES) return "dynamic shared memory above the device maximum";
     ensure_stacks(s, threads);
+    catch_faults();
     s->kernel = k;
     s->packed = packed;
     emu_grid_dim = {grid[0], grid[1], grid[2]};

@@ -1536,6 +1536,8 @@ const KERNEL_TESTS: &[&str] = &[
 /// Where no GPU answers, every test above runs again in a child process whose libcuda and
 /// libcublasLt are the CUDA emulator's (`emu/`, built here with the host C++ compiler): the
 /// backend's driver calls, launchers, kernels, graphs and GEMM wrapper all execute, on the CPU.
+/// Then each bug planted in `emu/planted/planted.cu` runs in a child of its own, to prove the
+/// emulator catches it.
 /// Skipped with a note where a GPU is present (the tests ran on it), where the binary has no
 /// kernels (built without nvcc), or where python3 or g++ is missing.
 #[test]
@@ -1572,8 +1574,13 @@ fn gpu_parity_on_the_emulator() {
         _ => libs.display().to_string(),
     };
     let me = std::env::current_exe().unwrap();
-    let run = |what: &str, filters: &[&str], reverse: bool| {
+    let child = || {
         let mut cmd = Command::new(&me);
+        cmd.env("LD_LIBRARY_PATH", &library_path).env(EMULATED, "1");
+        cmd
+    };
+    let run = |what: &str, filters: &[&str], reverse: bool| {
+        let mut cmd = child();
         cmd.args(filters).args(["--exact", "--test-threads", "2"]);
         if filters.is_empty() {
             cmd.args(["--skip", "gpu_parity_on_the_emulator"]);
@@ -1581,7 +1588,6 @@ fn gpu_parity_on_the_emulator() {
                 cmd.args(["--skip", t]);
             }
         }
-        cmd.env("LD_LIBRARY_PATH", &library_path).env(EMULATED, "1");
         if reverse {
             cmd.env("TERSE_EMU_SCHEDULE", "reverse");
         }
@@ -1607,4 +1613,101 @@ fn gpu_parity_on_the_emulator() {
         KERNEL_TESTS,
         true,
     );
+    for (bug, stops_with) in PLANTED_BUGS {
+        let out = child()
+            .args(["planted_bug_on_the_emulator", "--exact", "--ignored"])
+            .env(PLANTED, bug)
+            .output()
+            .expect("running a planted bug");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match stops_with {
+            None => assert!(
+                out.status.success(),
+                "planted {bug}: the emulator missed it:\n{stderr}"
+            ),
+            Some(text) => assert!(
+                !out.status.success() && stderr.contains(text),
+                "planted {bug}: the emulator should have stopped it with \"{text}\":\n{stderr}"
+            ),
+        }
+    }
+    note(&format!(
+        "gpu_parity_on_the_emulator: all {} planted bugs caught",
+        PLANTED_BUGS.len()
+    ));
+}
+
+/// Names the planted bug a child process runs (`planted_bug_on_the_emulator`).
+const PLANTED: &str = "TERSE_EMU_PLANTED";
+
+/// The bugs in `emu/planted/planted.cu` and how the emulator must meet each: `None` where the
+/// child sees the symptom itself (a wrong answer, a refused launch) and passes, `Some(text)` where
+/// the emulator must end the process with `text` on stderr.
+const PLANTED_BUGS: &[(&str, Option<&str>)] = &[
+    ("missing_barrier", None),
+    ("launch_bounds", None),
+    ("misaligned_load", Some("misaligned address")),
+    ("shared_overflow", Some("out of bounds")),
+    ("divergent_sync", Some("can never release")),
+    ("global_overflow", Some("outside every allocation")),
+];
+
+/// One planted bug on the emulator, proving one of its checks fires.
+#[test]
+#[ignore = "run by gpu_parity_on_the_emulator, in a child process against the emulator"]
+fn planted_bug_on_the_emulator() {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let bug = std::env::var(PLANTED).expect("TERSE_EMU_PLANTED names the bug");
+    assert!(emulated(), "planted bugs exist on the emulator only");
+    let k = gpu("planted_bug_on_the_emulator").expect("the emulator answers");
+    // The emulator reaches every kernel through any module.
+    let module = k.module("relu").expect("the relu module");
+    let kernel = module
+        .load_function(&format!(
+            "planted_{}",
+            bug.replace("launch_bounds", "missing_barrier")
+        ))
+        .expect("a planted kernel");
+    let config = |blocks: u32, threads: u32| LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let s = k.stream();
+    let mut out = poison::<f32>(&k, 128);
+    let input = up::<f32>(&k, &[0.0; 64]);
+    let n = 64i32;
+    let mut b = s.launch_builder(&kernel);
+    // SAFETY (all launches): `out` holds 128 floats, `input` 64; each kernel's bug is deliberate
+    // and is caught by the emulator before it touches memory outside them.
+    let launched = match bug.as_str() {
+        "missing_barrier" => unsafe { b.arg(&mut out).launch(config(2, 64)) },
+        "launch_bounds" => unsafe { b.arg(&mut out).launch(config(1, 128)) },
+        "misaligned_load" => unsafe { b.arg(&input).arg(&mut out).launch(config(1, 1)) },
+        "shared_overflow" => unsafe { b.arg(&mut out).launch(config(1, 33)) },
+        "divergent_sync" => unsafe { b.arg(&mut out).launch(config(1, 32)) },
+        "global_overflow" => unsafe { b.arg(&input).arg(&n).arg(&mut out).launch(config(1, 32)) },
+        other => panic!("no planted bug {other}"),
+    };
+    if bug == "launch_bounds" {
+        assert!(
+            launched.is_err(),
+            "128 threads launched a kernel bounded to 64"
+        );
+        return;
+    }
+    launched.expect("launch");
+    k.synchronize().expect("synchronize");
+    if bug == "missing_barrier" {
+        let got = down(&k, &out);
+        for block in 0..2 {
+            assert!(
+                (0..64).any(|t| got[block * 64 + t] != (63 - t) as f32),
+                "block {block} read its neighbours' shared slots right without a barrier: \
+                 shared memory is not poisoned between blocks"
+            );
+        }
+        return;
+    }
+    panic!("the emulator ran planted_{bug} to the end without stopping it");
 }

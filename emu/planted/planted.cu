@@ -1,0 +1,41 @@
+// Kernels with one deliberate bug each, of the kinds a GPU punishes and a plain host build of the
+// same source would not notice. They are built into every emulator (never into the real cubins:
+// build.rs compiles kernels/ only) so that tests/gpu_parity.rs can prove each emulator check fires.
+
+// Reads a neighbour's shared slot without the __syncthreads that would make it written. The
+// right answer is out[i] = 63 - t; the emulator must not give it in any block.
+extern "C" __global__ void __launch_bounds__(64) planted_missing_barrier(float* out) {
+    __shared__ float slot[64];
+    const int t = threadIdx.x;
+    slot[t] = (float)t;
+    out[blockIdx.x * 64 + t] = slot[63 - t];
+}
+
+// A 16-byte vector load from an address that is only 4-byte aligned: a GPU faults.
+extern "C" __global__ void planted_misaligned_load(const float* in, float* out) {
+    const uint4 v = *reinterpret_cast<const uint4*>(in + 1);
+    out[threadIdx.x] = __uint_as_float(v.x);
+}
+
+// One thread past the end of a shared tile: a GPU silently writes whatever lies beyond it.
+extern "C" __global__ void planted_shared_overflow(float* out) {
+    __shared__ float tile[32];
+    tile[threadIdx.x] = 1.0f; // launched with 33 threads
+    __syncthreads();
+    out[threadIdx.x] = tile[0];
+}
+
+// Half a warp waits at __syncthreads while the other half shuffles with the whole warp's mask: on
+// a GPU it hangs or reads garbage. (A barrier that only some threads reach before the rest exit is
+// not planted: exited threads count as arrived, on a GPU as on the emulator.)
+extern "C" __global__ void planted_divergent_sync(float* out) {
+    float v = (float)threadIdx.x;
+    if (threadIdx.x < 16) __syncthreads();
+    else v = __shfl_xor_sync(0xffffffffu, v, 1);
+    out[threadIdx.x] = v;
+}
+
+// Reads past the end of a global buffer of n floats (launched with a page of slack beyond it).
+extern "C" __global__ void planted_global_overflow(const float* in, int n, float* out) {
+    out[threadIdx.x] = in[n + 512 + threadIdx.x]; // 2 KiB past the end: in the guard page
+}
