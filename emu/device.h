@@ -122,7 +122,9 @@ static inline int __float_as_int(float x) { return emu_bits<int>(x); }
 // 2t, 2t, 2t+8, 2t+8 and the next one), B 16x8 as two registers (rows 2t and 2t+8 and the next
 // one, column g), C/D 16x8 f32 as (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1). The emulator
 // gathers the warp's fragments, rebuilds A and B, and sums in ascending k in f32 (the tensor
-// core's order and internal precision are its own; callers compare within a tolerance).
+// core's order and internal precision are its own; callers compare within a tolerance). These
+// layouts, and ldmatrix's below, were checked against a second source, CUTLASS's CuTe traits
+// (SM80_16x8x16 ALayout/BLayout/CLayout, SM75_U32x4_LDSM_N, SM75_U16x8_LDSM_T): they agree.
 static inline float emu_bf16_half(unsigned reg, int hi) {
     return emu_bits<float>((hi ? (reg >> 16) : (reg & 0xffffu)) << 16);
 }
