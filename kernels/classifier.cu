@@ -15,7 +15,8 @@ lse [N] fp32 (logsumexp of the row; z-loss = lse^2). The loss of a batch is
 so dscale = 1 / N_total (0 = evaluation, no gradient):
     dlogit_j = dscale * ((1 + 2 z_loss lse) softmax_j - [j == target])
 
-Reduction: each thread keeps an online (max, sum exp) pair over its strided elements; pairs are
+Reduction: each thread keeps an online (max, sum exp) pair over its elements (16-byte packs
+strided by the block when the rows allow it, else single elements); pairs are
 combined by a warp butterfly, then warp 0 combines the warp results in order. Deterministic.
 The per-row ce and lse come out separately so that the batch sums (loss_sums) are taken in a
 fixed order in fp64.
@@ -56,6 +57,16 @@ __device__ __forceinline__ void combine(float& m, float& s, float m2, float s2) 
     m = mn;
 }
 
+// Add one logit to an online (max, sum of exp(x - max)) pair.
+__device__ __forceinline__ void online_add(float& m, float& s, float v) {
+    if (v > m) {
+        s = (m == -INFINITY ? 0.0f : s * __expf(m - v)) + 1.0f;
+        m = v;
+    } else {
+        s += (v == -INFINITY) ? 0.0f : __expf(v - m); // -inf logits contribute 0 (and no NaN)
+    }
+}
+
 template <typename T>
 __device__ void classifier_forward_backward(T* __restrict__ logits, float* __restrict__ ce,
                                             float* __restrict__ lse_out, const unsigned* __restrict__ targets,
@@ -70,17 +81,21 @@ __device__ void classifier_forward_backward(T* __restrict__ logits, float* __res
     const int warp = threadIdx.x / WARP_SIZE;
     const int num_warps = blockDim.x / WARP_SIZE;
     const unsigned target = targets[row];
+    // Rows are read and written in 16-byte packs (a warp covers 512 contiguous bytes per step)
+    // where every row starts aligned, else element by element; the same for the whole grid.
+    constexpr int P = Pack16<T>::N;
+    const bool packed = fits_packs16(logits, V);
 
     // Pass 1: online max and sum of exponentials.
     float m = -INFINITY, s = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        const float v = to_float(x[j]);
-        if (v > m) {
-            s = (m == -INFINITY ? 0.0f : s * __expf(m - v)) + 1.0f;
-            m = v;
-        } else {
-            s += (v == -INFINITY) ? 0.0f : __expf(v - m); // -inf logits contribute 0 (and no NaN)
+    if (packed) {
+        for (int j = threadIdx.x * P; j < V; j += blockDim.x * P) {
+            float v[P];
+            Pack16<T>::unpack(*reinterpret_cast<const uint4*>(x + j), v);
+            for (int e = 0; e < P; ++e) online_add(m, s, v[e]);
         }
+    } else {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) online_add(m, s, to_float(x[j]));
     }
     for (int off = 16; off > 0; off >>= 1) {
         const float m2 = __shfl_xor_sync(0xffffffffu, m, off);
@@ -108,10 +123,19 @@ __device__ void classifier_forward_backward(T* __restrict__ logits, float* __res
     // Pass 2: dlogits in place.
     const float lse = sm_lse;
     const float coef = dscale * (1.0f + 2.0f * z_loss * lse);
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        float g = __expf(to_float(x[j]) - lse) * coef;
-        if (j == (int)target) g -= dscale;
-        x[j] = from_float<T>(g);
+    auto dlogit = [&](float v, int j) {
+        const float g = __expf(v - lse) * coef;
+        return j == (int)target ? g - dscale : g;
+    };
+    if (packed) {
+        for (int j = threadIdx.x * P; j < V; j += blockDim.x * P) {
+            float v[P];
+            Pack16<T>::unpack(*reinterpret_cast<const uint4*>(x + j), v);
+            for (int e = 0; e < P; ++e) v[e] = dlogit(v[e], j + e);
+            *reinterpret_cast<uint4*>(x + j) = Pack16<T>::pack(v);
+        }
+    } else {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) x[j] = from_float<T>(dlogit(to_float(x[j]), j));
     }
 }
 

@@ -32,6 +32,17 @@ template <> __device__ __forceinline__ float from_float<float>(float x) { return
 // Round to nearest, ties to even (the same rounding as the host's `Bf16::from_f32`).
 template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16_rn(x); }
 
+// The bits of x rounded to bf16 (nearest, ties to even), as from_float<bf16> rounds.
+__device__ __forceinline__ unsigned bf16_bits(float x) {
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u; // NaN stays a quiet NaN
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// Two values as one bf16 pair (an mma operand register, or 4 bytes of a row): `lo` in the low
+// half (the lower column or row index).
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+
 // ----------------------------------------------------------------------------
 // reductions
 
@@ -68,17 +79,45 @@ __device__ __forceinline__ V block_reduce_sum(V v, V* shared) {
 }
 
 // ----------------------------------------------------------------------------
-// tensor cores
+// 16-byte packs: one 128-bit load or store moves 16 / sizeof(T) elements, an eighth of the
+// instructions of bf16 one by one (llm.c's x128). The address must be 16-byte aligned: a GPU
+// faults on a misaligned one, so callers check (`fits_packs16`) and fall back to single elements.
 
-// The bits of x rounded to bf16 (nearest, ties to even), as from_float<bf16> rounds.
-__device__ __forceinline__ unsigned bf16_bits(float x) {
-    const unsigned u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u; // NaN stays a quiet NaN
-    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+template <typename T> struct Pack16;
+template <> struct Pack16<float> {
+    static constexpr int N = 4;
+    static __device__ __forceinline__ void unpack(uint4 u, float v[N]) {
+        v[0] = __uint_as_float(u.x);
+        v[1] = __uint_as_float(u.y);
+        v[2] = __uint_as_float(u.z);
+        v[3] = __uint_as_float(u.w);
+    }
+    static __device__ __forceinline__ uint4 pack(const float v[N]) {
+        return uint4{__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3])};
+    }
+};
+template <> struct Pack16<bf16> {
+    static constexpr int N = 8;
+    static __device__ __forceinline__ void unpack(uint4 u, float v[N]) {
+        const unsigned w[4] = {u.x, u.y, u.z, u.w};
+        for (int i = 0; i < 4; ++i) {
+            v[2 * i] = __uint_as_float(w[i] << 16);
+            v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+    static __device__ __forceinline__ uint4 pack(const float v[N]) {
+        return uint4{pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7])};
+    }
+};
+
+// Whether n elements from p can be moved in whole, aligned 16-byte packs.
+template <typename T> __device__ __forceinline__ bool fits_packs16(const T* p, long long n) {
+    return n % Pack16<T>::N == 0 && ((size_t)p & 15) == 0;
 }
 
-// Two values as one mma operand register: `lo` in the low half (the lower column or row index).
-__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+// ----------------------------------------------------------------------------
+// tensor cores
+
 
 // d += A B for one 16x16 (A, row-major) by 16x8 (B, column-major) bf16 tile with fp32 accumulation,
 // warp-collective (every lane of a full warp). Fragments, with g = lane / 4 and t = lane % 4 (PTX

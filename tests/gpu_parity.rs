@@ -701,6 +701,9 @@ fn classifier_matches_cpu() {
     classifier_case::<f32>(&k, 4, 64, 65536, 42);
     classifier_case::<Bf16>(&k, 4, 64, 65536, 43);
     classifier_case::<f32>(&k, 33, 32, 256, 44);
+    // Rows that are not whole 16-byte packs take the element-by-element path.
+    classifier_case::<f32>(&k, 5, 32, 1002, 45);
+    classifier_case::<Bf16>(&k, 5, 32, 1001, 46);
 }
 
 // ---------------------------------------------------------------------------------------------
