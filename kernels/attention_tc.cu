@@ -39,6 +39,13 @@ Launch (grid maths), nt = ceil(T / 64): each kernel grid (nt, H, B), block 128, 
 memory 18 KiB (18.5 KiB for dk/dv). The heaviest tiles are scheduled first (queries: the last
 tile; keys: the first). qkv, out and dout must be 16-byte aligned (the launcher checks; d is a
 multiple of 64), for 16-byte tile loads and ldmatrix.
+
+Occupancy (ptxas, sm_90a, nvcc 13.0): the forward takes 136 registers, 3 blocks (12 warps) per
+SM. Left to itself ptxas gives dK/dV 178 (2 blocks) and dQ 131 (3 blocks); their launch bounds
+ask for 3 and 4 blocks per SM instead, which ptxas meets with 168 registers and a 4-byte spill
+(dK/dV) and 128 registers and none (dQ). Asking the forward for 4 spills 24 bytes. More resident
+warps hide the tile loads, which are not overlapped with the mma work (no cp.async pipeline);
+whether it pays is for `terse bench kernels` on a GPU to say (not yet measured).
 */
 
 // Plain reference: attention.cu's (the CPU twin, backend::cpu::attention).
@@ -272,7 +279,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
 // ----------------------------------------------------------------------------
 // backward
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(128, 3)
     attention_backward_dkdv_tc_bf16(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse,
                                     const float* delta, int B, int T_len, int H) {
     __shared__ __align__(16) raw16 Qs[TC_TILE][TC_LD];
@@ -323,7 +330,7 @@ extern "C" __global__ void __launch_bounds__(128)
     store_rows(dhead_qkv + 2 * d, row3, j0, T_len, dv, 1.0f, 1.0f);
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(128, 4)
     attention_backward_dq_tc_bf16(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* delta,
                                   int B, int T_len, int H) {
     __shared__ __align__(16) raw16 Ks[TC_TILE][TC_LD];
