@@ -44,6 +44,12 @@ extern "C" void* emu_dynamic_shared(void);
 // Every live lane of the calling warp passes `bytes` (at most 32) bytes; each gets all 32 lanes'
 // (lane-major) in `all`.
 extern "C" void emu_warp_gather(const void* mine, int bytes, void* all);
+// cp.async of 16 bytes from global to shared memory (zeros when !valid). It lands when the issuing
+// thread's cp.async.wait_group retires its group (a read that does not wait reads the poison), or
+// under TERSE_EMU_SCHEDULE=reverse at once (a refill of a buffer still being read shows).
+extern "C" void emu_cp_async16(void* shared_dst, const void* global_src, int valid);
+extern "C" void emu_cp_async_commit(void);
+extern "C" void emu_cp_async_wait(int pending_groups);
 
 // Kernels test this to swap device-only code (inline PTX) for the emulator's version.
 #define TERSE_EMU 1

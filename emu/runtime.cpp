@@ -10,10 +10,12 @@ lane of the warp has. A thread that returns stops counting, as on the GPU. When 
 and some have not finished, the kernel waits on a barrier that can never release (divergent
 `__syncthreads`, a shuffle with an exited lane): the emulator aborts with the kernel's name.
 
-TERSE_EMU_SCHEDULE=reverse runs the blocks from the last to the first and resumes ready fibers
-from the last thread to the first, the opposite orders to the default, so a race between threads
-of a block (a missing barrier), or a block relying on another having run, gives different results
-under the two orders.
+By default every ready fiber of the block runs in turn, so the warps move in step.
+TERSE_EMU_SCHEDULE=reverse runs the blocks from the last to the first, and a block's warps one at
+a time from the last, each until it waits on the block or ends, so warps drift as far apart as
+the barriers allow; cp.async copies then land at once instead of at the wait. A race between
+threads of a block (a missing barrier, a buffer refilled while read), or a block relying on
+another having run, gives different results under the two schedules.
 */
 #include <signal.h>
 #include <stdio.h>
@@ -22,6 +24,8 @@ under the two orders.
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <deque>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -73,10 +77,24 @@ emu_switch:
     .size emu_switch, .-emu_switch
 )");
 
+// One cp.async issued by a thread and not yet landed.
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    bool valid;
+};
+
+void land(const AsyncCopy& c) {
+    if (c.valid) memcpy(c.dst, c.src, 16);
+    else memset(c.dst, 0, 16);
+}
+
 struct Fiber {
     void* sp;
     EmuThread thread;
     State state;
+    std::vector<AsyncCopy> open_group;             // issued since the last commit
+    std::deque<std::vector<AsyncCopy>> committed;  // oldest first
 };
 
 struct WarpState {
@@ -192,15 +210,29 @@ void run_block(Scheduler* s, int threads, size_t dynamic_shared) {
         f.sp = prepare_stack(s->stacks + (size_t)i * STACK_BYTES, STACK_BYTES);
     }
     int done = 0;
+    // Runs fiber i until it waits or ends; false if it was not ready.
+    auto step = [&](int i) {
+        if (s->fibers[i].state != READY) return false;
+        s->current = i;
+        emu_switch(&s->home, s->fibers[i].sp);
+        if (s->fibers[i].state == DONE) ++done;
+        return true;
+    };
     while (done < threads) {
         bool ran = false;
-        for (int k = 0; k < threads; ++k) {
-            int i = s->reverse ? threads - 1 - k : k;
-            if (s->fibers[i].state != READY) continue;
-            s->current = i;
-            emu_switch(&s->home, s->fibers[i].sp);
-            if (s->fibers[i].state == DONE) ++done;
-            ran = true;
+        if (s->reverse) {
+            // Warp by warp, last first, each run until it waits on the block or ends: the warps
+            // drift as far apart as the block's barriers allow.
+            for (int w = num_warps - 1; w >= 0; --w) {
+                for (bool again = true; again;) {
+                    again = false;
+                    for (int i = std::min(threads, 32 * (w + 1)) - 1; i >= 32 * w; --i) again |= step(i);
+                    ran |= again;
+                }
+            }
+        } else {
+            // Every ready thread in turn: the warps move in step.
+            for (int i = 0; i < threads; ++i) ran |= step(i);
         }
         if (!ran) die("threads wait on a barrier that can never release (divergent __syncthreads or shuffle)");
     }
@@ -219,6 +251,38 @@ extern "C" void emu_register_kernel(const EmuKernel* k) { registry()[k->name] = 
 const EmuKernel* emu_find_kernel(const char* name) {
     auto it = registry().find(name);
     return it == registry().end() ? nullptr : it->second;
+}
+
+extern "C" void emu_cp_async16(void* dst, const void* src, int valid) {
+    Scheduler* s = sched();
+    Fiber& f = s->fibers[s->current];
+    const char* d = static_cast<const char*>(dst);
+    const bool in_shared = (d >= __start_emu_shared && d + 16 <= __stop_emu_shared) ||
+                           (d >= (const char*)s->shared && d + 16 <= (const char*)s->shared + SHARED_BYTES);
+    if (!in_shared) die("cp.async destination is not shared memory");
+    if (((uintptr_t)dst & 15) || (valid && ((uintptr_t)src & 15))) die("cp.async address not 16-byte aligned");
+    AsyncCopy c{dst, src, valid != 0};
+    // The default order lands copies at the wait (the latest a GPU may), which shows a read that
+    // does not wait; the reverse order lands them at once (the earliest), which shows a refill of
+    // a buffer that other threads may still be reading.
+    if (s->reverse) land(c);
+    else f.open_group.push_back(c);
+}
+
+extern "C" void emu_cp_async_commit(void) {
+    Scheduler* s = sched();
+    Fiber& f = s->fibers[s->current];
+    f.committed.push_back(std::move(f.open_group));
+    f.open_group.clear();
+}
+
+extern "C" void emu_cp_async_wait(int pending_groups) {
+    Scheduler* s = sched();
+    Fiber& f = s->fibers[s->current];
+    while ((int)f.committed.size() > pending_groups) {
+        for (const AsyncCopy& c : f.committed.front()) land(c);
+        f.committed.pop_front();
+    }
 }
 
 extern "C" EmuThread* emu_current_thread(void) {

@@ -36,16 +36,18 @@ reference as the CUDA-core kernels' (that doubles the mma count of the second pr
 kernel). Row sums and every accumulator are fp32.
 
 Launch (grid maths), nt = ceil(T / 64): each kernel grid (nt, H, B), block 128, static shared
-memory 18 KiB (18.5 KiB for dk/dv). The heaviest tiles are scheduled first (queries: the last
-tile; keys: the first). qkv, out and dout must be 16-byte aligned (the launcher checks; d is a
-multiple of 64), for 16-byte tile loads and ldmatrix.
+memory 36 KiB (37 KiB for dk/dv): two buffers of each streamed tile, so that the next tile's
+cp.async copies fly while the tensor cores work on this one (one commit group per tile; each
+iteration waits for all but the newest, then a barrier; a closing barrier frees the buffer for
+the refill). The heaviest tiles are scheduled first (queries: the last tile; keys: the first).
+qkv, out and dout must be 16-byte aligned (the launcher checks; d is a multiple of 64), for
+16-byte copies and ldmatrix.
 
-Occupancy (ptxas, sm_90a, nvcc 13.0): the forward takes 136 registers, 3 blocks (12 warps) per
-SM. Left to itself ptxas gives dK/dV 178 (2 blocks) and dQ 131 (3 blocks); their launch bounds
-ask for 3 and 4 blocks per SM instead, which ptxas meets with 168 registers and a 4-byte spill
-(dK/dV) and 128 registers and none (dQ). Asking the forward for 4 spills 24 bytes. More resident
-warps hide the tile loads, which are not overlapped with the mma work (no cp.async pipeline);
-whether it pays is for `terse bench kernels` on a GPU to say (not yet measured).
+Occupancy (ptxas, sm_90a, nvcc 13.0): the forward takes 112 registers, 4 blocks (16 warps) per
+SM. Left to itself ptxas gives dK/dV 249 registers (1 block) and dQ 138 (3 blocks); their launch
+bounds ask for 3 and 4 blocks per SM instead, which ptxas meets with 168 registers and a 32-byte
+spill (dK/dV) and 128 registers and a 12-byte spill (dQ). Whether that trade pays is for
+`terse bench kernels` on a GPU to say (not yet measured).
 */
 
 // Plain reference: attention.cu's (the CPU twin, backend::cpu::attention).
@@ -60,16 +62,25 @@ whether it pays is for `terse bench kernels` on a GPU to say (not yet measured).
 
 typedef unsigned short raw16;
 
-// Rows r0..r0+63 of a 64-wide head slice (`src` points at row 0's first element, rows `stride`
-// elements apart) into a shared tile; rows at or past `rows` become zeros. 16-byte loads.
-__device__ __forceinline__ void load_tile(raw16 (*tile)[TC_LD], const bf16* src, size_t stride, int r0, int rows) {
+// Starts copying rows r0..r0+63 of a 64-wide head slice (`src` points at row 0's first element,
+// rows `stride` elements apart) into a shared tile; rows at or past `rows` become zeros. The
+// copies join this thread's open cp.async group.
+__device__ __forceinline__ void fetch_tile(raw16 (*tile)[TC_LD], const bf16* src, size_t stride, int r0, int rows) {
     const raw16* s = reinterpret_cast<const raw16*>(src);
     for (int e = threadIdx.x; e < TC_TILE * 8; e += blockDim.x) {
         const int r = e / 8, c = (e % 8) * 8;
-        uint4 v = {0u, 0u, 0u, 0u};
-        if (r0 + r < rows) v = *reinterpret_cast<const uint4*>(s + (size_t)(r0 + r) * stride + c);
-        *reinterpret_cast<uint4*>(&tile[r][c]) = v;
+        const bool valid = r0 + r < rows;
+        cp_async16(&tile[r][c], s + (valid ? (size_t)(r0 + r) * stride + c : 0), valid);
     }
+}
+
+// Closes the group fetching the next tile and waits until the tile fetched before it (the one
+// this iteration computes on) has landed, for every thread of the block. With no next tile the
+// group is empty, which keeps the count of groups in flight the same on every iteration.
+__device__ __forceinline__ void wait_current_tile() {
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
 }
 
 // Two consecutive bf16 of a shared row as one operand register.
@@ -201,14 +212,11 @@ __device__ __forceinline__ TcPlace tc_place(const bf16* qkv, int tile, int T_len
     return at;
 }
 
-// The next 64 keys (from k0) of the head's K and V into shared tiles, once every warp is done
-// with the previous ones.
-__device__ __forceinline__ void load_kv_tiles(raw16 (*Ks)[TC_LD], raw16 (*Vs)[TC_LD], const TcPlace& at, int k0,
-                                              int T_len) {
-    __syncthreads();
-    load_tile(Ks, at.head + at.d, at.row3, k0, T_len);
-    load_tile(Vs, at.head + 2 * at.d, at.row3, k0, T_len);
-    __syncthreads();
+// Starts fetching the 64 keys from k0 of the head's K and V into shared tiles.
+__device__ __forceinline__ void fetch_kv_tiles(raw16 (*Ks)[TC_LD], raw16 (*Vs)[TC_LD], const TcPlace& at, int k0,
+                                               int T_len) {
+    fetch_tile(Ks, at.head + at.d, at.row3, k0, T_len);
+    fetch_tile(Vs, at.head + 2 * at.d, at.row3, k0, T_len);
 }
 
 // ----------------------------------------------------------------------------
@@ -216,22 +224,26 @@ __device__ __forceinline__ void load_kv_tiles(raw16 (*Ks)[TC_LD], raw16 (*Vs)[TC
 
 extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16* out, float* lse, const bf16* qkv,
                                                                              int B, int T_len, int H) {
-    __shared__ __align__(16) raw16 Ks[TC_TILE][TC_LD];
-    __shared__ __align__(16) raw16 Vs[TC_TILE][TC_LD];
+    __shared__ __align__(16) raw16 Ks[2][TC_TILE][TC_LD];
+    __shared__ __align__(16) raw16 Vs[2][TC_TILE][TC_LD];
     const int qt = gridDim.x - 1 - blockIdx.x; // heaviest tiles first
     const TcPlace at = tc_place(qkv, qt, T_len, H);
     const int t = at.t, ra = at.row0 + at.g, rb = ra + 8;
+    const int kv_end = min(T_len, (qt + 1) * TC_ROWS);
+    fetch_kv_tiles(Ks[0], Vs[0], at, 0, T_len);
+    cp_async_commit();
 
     unsigned qa[4][4];
     load_a_rows(qa, at.head, at.row3, at.row0, T_len);
     float o[8][4] = {};
     float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
 
-    const int kv_end = min(T_len, (qt + 1) * TC_ROWS);
-    for (int k0 = 0; k0 < kv_end; k0 += TC_TILE) {
-        load_kv_tiles(Ks, Vs, at, k0, T_len);
+    for (int k0 = 0, buf = 0; k0 < kv_end; k0 += TC_TILE, buf ^= 1) {
+        // The next tile streams into the other buffer (free since the last closing barrier).
+        if (k0 + TC_TILE < kv_end) fetch_kv_tiles(Ks[buf ^ 1], Vs[buf ^ 1], at, k0 + TC_TILE, T_len);
+        wait_current_tile();
         float s[8][4];
-        mma_rows_by_tile(s, qa, Ks);
+        mma_rows_by_tile(s, qa, Ks[buf]);
         float mt_a = -INFINITY, mt_b = -INFINITY;
 #pragma unroll
         for (int n = 0; n < 8; n++) {
@@ -262,9 +274,10 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
             o[n][2] *= al_b;
             o[n][3] *= al_b;
         }
-        mma_acc_by_tile(o, s, Vs);
+        mma_acc_by_tile(o, s, Vs[buf]);
         m_a = mn_a;
         m_b = mn_b;
+        __syncthreads(); // every warp is done with this buffer before it is refilled
     }
     l_a = quad_sum(l_a);
     l_b = quad_sum(l_b);
@@ -282,9 +295,9 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
 extern "C" __global__ void __launch_bounds__(128, 3)
     attention_backward_dkdv_tc_bf16(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse,
                                     const float* delta, int B, int T_len, int H) {
-    __shared__ __align__(16) raw16 Qs[TC_TILE][TC_LD];
-    __shared__ __align__(16) raw16 dOs[TC_TILE][TC_LD];
-    __shared__ float lse_s[TC_TILE], delta_s[TC_TILE];
+    __shared__ __align__(16) raw16 Qs[2][TC_TILE][TC_LD];
+    __shared__ __align__(16) raw16 dOs[2][TC_TILE][TC_LD];
+    __shared__ float lse_s[2][TC_TILE], delta_s[2][TC_TILE];
     const int kt = blockIdx.x; // key tile 0 sees the most queries: scheduled first
     const TcPlace at = tc_place(qkv, kt, T_len, H);
     const int d = at.d, t = at.t, j0 = at.row0, ja = j0 + at.g, jb = ja + 8; // this thread's keys
@@ -299,31 +312,38 @@ extern "C" __global__ void __launch_bounds__(128, 3)
     load_a_rows(va, head + 2 * d, row3, j0, T_len);
     float dk[8][4] = {}, dv[8][4] = {};
 
-    for (int q0 = kt * TC_ROWS; q0 < T_len; q0 += TC_TILE) { // queries i >= the block's first key
-        __syncthreads();
-        load_tile(Qs, head, row3, q0, T_len);
-        load_tile(dOs, dhead, d, q0, T_len);
+    // The 64 queries from q0 into buffer b: Q and dO by cp.async, their lse and delta directly.
+    auto fetch_queries = [&](int q0, int b) {
+        fetch_tile(Qs[b], head, row3, q0, T_len);
+        fetch_tile(dOs[b], dhead, d, q0, T_len);
         if (threadIdx.x < TC_TILE) {
             const int i = q0 + threadIdx.x;
-            lse_s[threadIdx.x] = i < T_len ? lse_bh[i] : 0.0f;
-            delta_s[threadIdx.x] = i < T_len ? delta_bh[i] : 0.0f;
+            lse_s[b][threadIdx.x] = i < T_len ? lse_bh[i] : 0.0f;
+            delta_s[b][threadIdx.x] = i < T_len ? delta_bh[i] : 0.0f;
         }
-        __syncthreads();
+    };
+    fetch_queries(kt * TC_ROWS, 0);
+    cp_async_commit();
+
+    for (int q0 = kt * TC_ROWS, buf = 0; q0 < T_len; q0 += TC_TILE, buf ^= 1) { // queries i >= the first key
+        if (q0 + TC_TILE < T_len) fetch_queries(q0 + TC_TILE, buf ^ 1);
+        wait_current_tile();
         float p[8][4], ds[8][4];
-        mma_rows_by_tile(p, ka, Qs);   // S^T: keys x queries
-        mma_rows_by_tile(ds, va, dOs); // dP^T
+        mma_rows_by_tile(p, ka, Qs[buf]);   // S^T: keys x queries
+        mma_rows_by_tile(ds, va, dOs[buf]); // dP^T
 #pragma unroll
         for (int n = 0; n < 8; n++) {
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 const int qc = n * 8 + 2 * t + (i & 1), query = q0 + qc, key = i < 2 ? ja : jb;
                 const bool seen = query >= key && query < T_len;
-                p[n][i] = seen ? __expf(p[n][i] * TC_SCALE - lse_s[qc]) : 0.0f;
-                ds[n][i] = p[n][i] * (ds[n][i] - delta_s[qc]) * TC_SCALE;
+                p[n][i] = seen ? __expf(p[n][i] * TC_SCALE - lse_s[buf][qc]) : 0.0f;
+                ds[n][i] = p[n][i] * (ds[n][i] - delta_s[buf][qc]) * TC_SCALE;
             }
         }
-        mma_acc_by_tile(dv, p, dOs);
-        mma_acc_by_tile(dk, ds, Qs);
+        mma_acc_by_tile(dv, p, dOs[buf]);
+        mma_acc_by_tile(dk, ds, Qs[buf]);
+        __syncthreads(); // every warp is done with this buffer before it is refilled
     }
     bf16* dhead_qkv = dqkv + (at.head - qkv); // the same head slice of the gradient
     store_rows(dhead_qkv + d, row3, j0, T_len, dk, 1.0f, 1.0f);
@@ -333,11 +353,14 @@ extern "C" __global__ void __launch_bounds__(128, 3)
 extern "C" __global__ void __launch_bounds__(128, 4)
     attention_backward_dq_tc_bf16(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* delta,
                                   int B, int T_len, int H) {
-    __shared__ __align__(16) raw16 Ks[TC_TILE][TC_LD];
-    __shared__ __align__(16) raw16 Vs[TC_TILE][TC_LD];
+    __shared__ __align__(16) raw16 Ks[2][TC_TILE][TC_LD];
+    __shared__ __align__(16) raw16 Vs[2][TC_TILE][TC_LD];
     const int qt = gridDim.x - 1 - blockIdx.x; // heaviest tiles first
     const TcPlace at = tc_place(qkv, qt, T_len, H);
     const int t = at.t, ra = at.row0 + at.g, rb = ra + 8;
+    const int kv_end = min(T_len, (qt + 1) * TC_ROWS);
+    fetch_kv_tiles(Ks[0], Vs[0], at, 0, T_len);
+    cp_async_commit();
     const float* lse_bh = lse + at.stats;
     const float* delta_bh = delta + at.stats;
     const float lse_a = ra < T_len ? lse_bh[ra] : 0.0f, lse_b = rb < T_len ? lse_bh[rb] : 0.0f;
@@ -348,12 +371,12 @@ extern "C" __global__ void __launch_bounds__(128, 4)
     load_a_rows(doa, dout + at.act, at.d, at.row0, T_len);
     float dq[8][4] = {};
 
-    const int kv_end = min(T_len, (qt + 1) * TC_ROWS);
-    for (int k0 = 0; k0 < kv_end; k0 += TC_TILE) {
-        load_kv_tiles(Ks, Vs, at, k0, T_len);
+    for (int k0 = 0, buf = 0; k0 < kv_end; k0 += TC_TILE, buf ^= 1) {
+        if (k0 + TC_TILE < kv_end) fetch_kv_tiles(Ks[buf ^ 1], Vs[buf ^ 1], at, k0 + TC_TILE, T_len);
+        wait_current_tile();
         float p[8][4], ds[8][4];
-        mma_rows_by_tile(p, qa, Ks);   // S
-        mma_rows_by_tile(ds, doa, Vs); // dP
+        mma_rows_by_tile(p, qa, Ks[buf]);   // S
+        mma_rows_by_tile(ds, doa, Vs[buf]); // dP
 #pragma unroll
         for (int n = 0; n < 8; n++) {
 #pragma unroll
@@ -364,7 +387,8 @@ extern "C" __global__ void __launch_bounds__(128, 4)
                 ds[n][i] = p[n][i] * (ds[n][i] - (i < 2 ? de_a : de_b)) * TC_SCALE;
             }
         }
-        mma_acc_by_tile(dq, ds, Ks);
+        mma_acc_by_tile(dq, ds, Ks[buf]);
+        __syncthreads(); // every warp is done with this buffer before it is refilled
     }
     store_rows(dqkv + (at.head - qkv), at.row3, at.row0, T_len, dq, 1.0f, 1.0f);
 }

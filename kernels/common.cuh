@@ -116,8 +116,41 @@ template <typename T> __device__ __forceinline__ bool fits_packs16(const T* p, l
 }
 
 // ----------------------------------------------------------------------------
-// tensor cores
+// asynchronous copies (cp.async, sm_80+): 16 bytes from global to shared memory without passing
+// through registers, so a block fetches its next tile while it computes on this one. A copy joins
+// the group the next cp_async_commit closes; cp_async_wait<N> returns once at most the N newest of
+// this thread's groups are still in flight. Other threads' copies are visible after their waits
+// and a __syncthreads. Both addresses must be 16-byte aligned.
 
+// `valid` false writes 16 zero bytes and reads nothing (`global_src` must still be a mapped address).
+__device__ __forceinline__ void cp_async16(void* shared_dst, const void* global_src, bool valid) {
+#ifdef TERSE_EMU
+    emu_cp_async16(shared_dst, global_src, valid);
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(shared_dst)),
+                 "l"(global_src), "r"(valid ? 16 : 0)
+                 : "memory");
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef TERSE_EMU
+    emu_cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#ifdef TERSE_EMU
+    emu_cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// ----------------------------------------------------------------------------
+// tensor cores
 
 // d += A B for one 16x16 (A, row-major) by 16x8 (B, column-major) bf16 tile with fp32 accumulation,
 // warp-collective (every lane of a full warp). Fragments, with g = lane / 4 and t = lane % 4 (PTX

@@ -1517,9 +1517,11 @@ fn emulated() -> bool {
 /// curve by `train_step_matches_cpu` and `gpu_checkpoint_evaluates_on_cpu`.
 const TOO_SLOW_TO_EMULATE: &[&str] = &["loss_curve_tracks_cpu"];
 
-/// The kernel-level tests, rerun with the emulator's blocks and threads run last-to-first: a race
-/// between the threads of a block (a missing barrier), or a block counting on another having
-/// run, makes one of the two orders fail.
+/// The kernel-level tests, rerun under the emulator's reverse schedule (blocks last-to-first, a
+/// block's warps one at a time from the last, each until it waits on the block, and cp.async
+/// copies landing at once): a race between the threads of a block (a missing barrier, a buffer
+/// refilled while read), or a block counting on another having run, makes one of the two
+/// schedules fail.
 const KERNEL_TESTS: &[&str] = &[
     "cast_matches_host_rounding",
     "relu_matches_cpu",
@@ -1612,25 +1614,28 @@ fn gpu_parity_on_the_emulator() {
     };
     run("every test, emulated", &[], false);
     run(
-        "the kernel tests, blocks and threads run last-to-first",
+        "the kernel tests, reverse schedule (blocks last-to-first, warps apart)",
         KERNEL_TESTS,
         true,
     );
-    for (bug, stops_with) in PLANTED_BUGS {
-        let out = child()
-            .args(["planted_bug_on_the_emulator", "--exact", "--ignored"])
-            .env(PLANTED, bug)
-            .output()
-            .expect("running a planted bug");
+    for bug in PLANTED_BUGS {
+        let mut cmd = child();
+        cmd.args(["planted_bug_on_the_emulator", "--exact", "--ignored"])
+            .env(PLANTED, bug.name);
+        if bug.reverse {
+            cmd.env("TERSE_EMU_SCHEDULE", "reverse");
+        }
+        let out = cmd.output().expect("running a planted bug");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        match stops_with {
+        let name = bug.name;
+        match bug.stops_with {
             None => assert!(
                 out.status.success(),
-                "planted {bug}: the emulator missed it:\n{stderr}"
+                "planted {name}: the emulator missed it:\n{stderr}"
             ),
             Some(text) => assert!(
                 !out.status.success() && stderr.contains(text),
-                "planted {bug}: the emulator should have stopped it with \"{text}\":\n{stderr}"
+                "planted {name}: the emulator should have stopped it with \"{text}\":\n{stderr}"
             ),
         }
     }
@@ -1643,16 +1648,37 @@ fn gpu_parity_on_the_emulator() {
 /// Names the planted bug a child process runs (`planted_bug_on_the_emulator`).
 const PLANTED: &str = "TERSE_EMU_PLANTED";
 
-/// The bugs in `emu/planted/planted.cu` and how the emulator must meet each: `None` where the
-/// child sees the symptom itself (a wrong answer, a refused launch) and passes, `Some(text)` where
-/// the emulator must end the process with `text` on stderr.
-const PLANTED_BUGS: &[(&str, Option<&str>)] = &[
-    ("missing_barrier", None),
-    ("launch_bounds", None),
-    ("misaligned_load", Some("misaligned address")),
-    ("shared_overflow", Some("out of bounds")),
-    ("divergent_sync", Some("can never release")),
-    ("global_overflow", Some("outside every allocation")),
+/// A bug in `emu/planted/planted.cu` and how the emulator must meet it.
+struct PlantedBug {
+    name: &'static str,
+    /// `None`: the child sees the symptom itself (a wrong answer, a refused launch) and passes;
+    /// `Some(text)`: the emulator must end the process with `text` on stderr.
+    stops_with: Option<&'static str>,
+    /// Run under `TERSE_EMU_SCHEDULE=reverse` (warps apart, cp.async landing at once).
+    reverse: bool,
+}
+
+const fn planted(
+    name: &'static str,
+    stops_with: Option<&'static str>,
+    reverse: bool,
+) -> PlantedBug {
+    PlantedBug {
+        name,
+        stops_with,
+        reverse,
+    }
+}
+
+const PLANTED_BUGS: &[PlantedBug] = &[
+    planted("missing_barrier", None, false),
+    planted("launch_bounds", None, false),
+    planted("misaligned_load", Some("misaligned address"), false),
+    planted("shared_overflow", Some("out of bounds"), false),
+    planted("divergent_sync", Some("can never release"), false),
+    planted("global_overflow", Some("outside every allocation"), false),
+    planted("cp_async_no_wait", None, false),
+    planted("refill_race", None, true),
 ];
 
 /// One planted bug on the emulator, proving one of its checks fires.
@@ -1679,9 +1705,11 @@ fn planted_bug_on_the_emulator() {
     let s = k.stream();
     let mut out = poison::<f32>(&k, 128);
     let input = up::<f32>(&k, &[0.0; 64]);
+    let ramp_host: Vec<f32> = (0..128).map(|i| i as f32).collect();
+    let ramp = up::<f32>(&k, &ramp_host);
     let n = 64i32;
     let mut b = s.launch_builder(&kernel);
-    // SAFETY (all launches): `out` holds 128 floats, `input` 64; each kernel's bug is deliberate
+    // SAFETY (all launches): `out` holds 128 floats, `input` 64, `ramp` 128; each kernel's bug is deliberate
     // and is caught by the emulator before it touches memory outside them.
     let launched = match bug.as_str() {
         "missing_barrier" => unsafe { b.arg(&mut out).launch(config(2, 64)) },
@@ -1690,6 +1718,8 @@ fn planted_bug_on_the_emulator() {
         "shared_overflow" => unsafe { b.arg(&mut out).launch(config(1, 33)) },
         "divergent_sync" => unsafe { b.arg(&mut out).launch(config(1, 32)) },
         "global_overflow" => unsafe { b.arg(&input).arg(&n).arg(&mut out).launch(config(1, 32)) },
+        "cp_async_no_wait" => unsafe { b.arg(&input).arg(&mut out).launch(config(1, 64)) },
+        "refill_race" => unsafe { b.arg(&ramp).arg(&mut out).launch(config(1, 64)) },
         other => panic!("no planted bug {other}"),
     };
     if bug == "launch_bounds" {
@@ -1701,6 +1731,23 @@ fn planted_bug_on_the_emulator() {
     }
     launched.expect("launch");
     k.synchronize().expect("synchronize");
+    if bug == "cp_async_no_wait" {
+        let got = down(&k, &out);
+        assert!(
+            got[..64].iter().any(|v| *v != 0.0),
+            "the tile read without cp.async.wait_group held the copied data: copies land early"
+        );
+        return;
+    }
+    if bug == "refill_race" {
+        let got = down(&k, &out);
+        assert!(
+            (0..64).any(|t| got[t] != ramp_host[63 - t] + ramp_host[127 - t]),
+            "a buffer refilled while another warp still read it gave the right answer: the \
+             warps did not run apart, or the copies did not land at once"
+        );
+        return;
+    }
     if bug == "missing_barrier" {
         let got = down(&k, &out);
         for block in 0..2 {

@@ -2,6 +2,8 @@
 // same source would not notice. They are built into every emulator (never into the real cubins:
 // build.rs compiles kernels/ only) so that tests/gpu_parity.rs can prove each emulator check fires.
 
+#include "common.cuh"
+
 // Reads a neighbour's shared slot without the __syncthreads that would make it written. The
 // right answer is out[i] = 63 - t; the emulator must not give it in any block.
 extern "C" __global__ void __launch_bounds__(64) planted_missing_barrier(float* out) {
@@ -38,4 +40,33 @@ extern "C" __global__ void planted_divergent_sync(float* out) {
 // Reads past the end of a global buffer of n floats (launched with a page of slack beyond it).
 extern "C" __global__ void planted_global_overflow(const float* in, int n, float* out) {
     out[threadIdx.x] = in[n + 512 + threadIdx.x]; // 2 KiB past the end: in the guard page
+}
+
+// Reads a tile fetched by cp.async after the barrier but without cp.async.wait_group: on a GPU the
+// copies may not have landed. The right answer is out[i] = in[i]; the emulator must not give it.
+extern "C" __global__ void __launch_bounds__(64) planted_cp_async_no_wait(const float* in, float* out) {
+    __shared__ __align__(16) float tile[64];
+    const int t = threadIdx.x;
+    if (t < 16) cp_async16(&tile[4 * t], in + 4 * t, true);
+    cp_async_commit();
+    __syncthreads();
+    out[t] = tile[t];
+}
+
+// Double buffering without the barrier that ends each round: the last warp refills the buffer for
+// round 2 while warp 0 may still be reading round 1 from it. The right answer is
+// out[t] = in[63 - t] + in[127 - t]; under the reverse schedule (warps run apart, copies land at
+// once) the emulator must not give it.
+extern "C" __global__ void __launch_bounds__(64) planted_refill_race(const float* in, float* out) {
+    __shared__ __align__(16) float buf[64];
+    const int t = threadIdx.x;
+    float acc = 0.0f;
+    for (int round = 0; round < 2; ++round) {
+        if (t >= 48) cp_async16(&buf[4 * (t - 48)], in + 64 * round + 4 * (t - 48), true);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        acc += buf[63 - t];
+    }
+    out[t] = acc;
 }
