@@ -253,9 +253,16 @@ const EmuKernel* emu_find_kernel(const char* name) {
     return it == registry().end() ? nullptr : it->second;
 }
 
+// The fiber of the thread running now; aborts outside a kernel.
+static Fiber& current_fiber() {
+    Scheduler* s = sched();
+    if (s->current < 0) die("a device builtin was called outside a kernel");
+    return s->fibers[s->current];
+}
+
 extern "C" void emu_cp_async16(void* dst, const void* src, int valid) {
     Scheduler* s = sched();
-    Fiber& f = s->fibers[s->current];
+    Fiber& f = current_fiber();
     const char* d = static_cast<const char*>(dst);
     const bool in_shared = (d >= __start_emu_shared && d + 16 <= __stop_emu_shared) ||
                            (d >= (const char*)s->shared && d + 16 <= (const char*)s->shared + SHARED_BYTES);
@@ -270,26 +277,20 @@ extern "C" void emu_cp_async16(void* dst, const void* src, int valid) {
 }
 
 extern "C" void emu_cp_async_commit(void) {
-    Scheduler* s = sched();
-    Fiber& f = s->fibers[s->current];
+    Fiber& f = current_fiber();
     f.committed.push_back(std::move(f.open_group));
     f.open_group.clear();
 }
 
 extern "C" void emu_cp_async_wait(int pending_groups) {
-    Scheduler* s = sched();
-    Fiber& f = s->fibers[s->current];
+    Fiber& f = current_fiber();
     while ((int)f.committed.size() > pending_groups) {
         for (const AsyncCopy& c : f.committed.front()) land(c);
         f.committed.pop_front();
     }
 }
 
-extern "C" EmuThread* emu_current_thread(void) {
-    Scheduler* s = sched();
-    if (s->current < 0) die("a device builtin was called outside a kernel");
-    return &s->fibers[s->current].thread;
-}
+extern "C" EmuThread* emu_current_thread(void) { return &current_fiber().thread; }
 
 extern "C" void emu_syncthreads(void) {
     Scheduler* s = sched();

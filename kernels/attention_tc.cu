@@ -37,16 +37,14 @@ kernel). Row sums and every accumulator are fp32.
 
 Launch (grid maths), nt = ceil(T / 64): each kernel grid (nt, H, B), block 128, static shared
 memory 36 KiB (37 KiB for dk/dv): two buffers of each streamed tile, so that the next tile's
-cp.async copies fly while the tensor cores work on this one (one commit group per tile; each
-iteration waits for all but the newest, then a barrier; a closing barrier frees the buffer for
-the refill). The heaviest tiles are scheduled first (queries: the last tile; keys: the first).
-qkv, out and dout must be 16-byte aligned (the launcher checks; d is a multiple of 64), for
-16-byte copies and ldmatrix.
+cp.async copies fly while the tensor cores work on this one (`stream_tiles`). The heaviest tiles
+are scheduled first (queries: the last tile; keys: the first). qkv, out and dout must be 16-byte
+aligned (the launcher checks; d is a multiple of 64), for 16-byte copies and ldmatrix.
 
-Occupancy (ptxas, sm_90a, nvcc 13.0): the forward takes 112 registers, 4 blocks (16 warps) per
+Occupancy (ptxas, sm_90a, nvcc 13.0): the forward takes 114 registers, 4 blocks (16 warps) per
 SM. Left to itself ptxas gives dK/dV 249 registers (1 block) and dQ 138 (3 blocks); their launch
 bounds ask for 3 and 4 blocks per SM instead, which ptxas meets with 168 registers and a 32-byte
-spill (dK/dV) and 128 registers and a 12-byte spill (dQ). Whether that trade pays is for
+spill (dK/dV) and 128 registers and a 4-byte spill (dQ). Whether that trade pays is for
 `terse bench kernels` on a GPU to say (not yet measured).
 */
 
@@ -74,13 +72,24 @@ __device__ __forceinline__ void fetch_tile(raw16 (*tile)[TC_LD], const bf16* src
     }
 }
 
-// Closes the group fetching the next tile and waits until the tile fetched before it (the one
-// this iteration computes on) has landed, for every thread of the block. With no next tile the
-// group is empty, which keeps the count of groups in flight the same on every iteration.
-__device__ __forceinline__ void wait_current_tile() {
+// The double-buffered stream of 64-row tiles from `begin` to `end`: fetch(r0, b) starts the
+// copies of the tile at r0 into buffer b (cp.async, joining this thread's open group); body(r0, b)
+// computes on it. While the body works on one buffer the next tile's copies fly into the other.
+// Each iteration closes the group fetching the next tile (empty after the last, which keeps the
+// count of groups in flight the same), waits for all but that newest group, and then for every
+// thread at a barrier; a closing barrier frees the buffer for its refill.
+template <typename Fetch, typename Body>
+__device__ __forceinline__ void stream_tiles(int begin, int end, Fetch fetch, Body body) {
+    fetch(begin, 0);
     cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
+    for (int r0 = begin, buf = 0; r0 < end; r0 += TC_TILE, buf ^= 1) {
+        if (r0 + TC_TILE < end) fetch(r0 + TC_TILE, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        body(r0, buf);
+        __syncthreads(); // every warp is done with this buffer before it is refilled
+    }
 }
 
 // Two consecutive bf16 of a shared row as one operand register.
@@ -212,11 +221,16 @@ __device__ __forceinline__ TcPlace tc_place(const bf16* qkv, int tile, int T_len
     return at;
 }
 
-// Starts fetching the 64 keys from k0 of the head's K and V into shared tiles.
-__device__ __forceinline__ void fetch_kv_tiles(raw16 (*Ks)[TC_LD], raw16 (*Vs)[TC_LD], const TcPlace& at, int k0,
-                                               int T_len) {
-    fetch_tile(Ks, at.head + at.d, at.row3, k0, T_len);
-    fetch_tile(Vs, at.head + 2 * at.d, at.row3, k0, T_len);
+// The K and V tiles of every key query tile qt sees (from 0 to its diagonal), streamed through
+// the double buffers Ks and Vs: body(k0, buf) with keys k0..k0+63 in Ks[buf] and Vs[buf].
+template <typename Body>
+__device__ __forceinline__ void stream_kv_tiles(raw16 (*Ks)[TC_TILE][TC_LD], raw16 (*Vs)[TC_TILE][TC_LD],
+                                                const TcPlace& at, int qt, int T_len, Body body) {
+    const auto fetch = [&](int k0, int b) {
+        fetch_tile(Ks[b], at.head + at.d, at.row3, k0, T_len);
+        fetch_tile(Vs[b], at.head + 2 * at.d, at.row3, k0, T_len);
+    };
+    stream_tiles(0, min(T_len, (qt + 1) * TC_ROWS), fetch, body);
 }
 
 // ----------------------------------------------------------------------------
@@ -229,19 +243,13 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
     const int qt = gridDim.x - 1 - blockIdx.x; // heaviest tiles first
     const TcPlace at = tc_place(qkv, qt, T_len, H);
     const int t = at.t, ra = at.row0 + at.g, rb = ra + 8;
-    const int kv_end = min(T_len, (qt + 1) * TC_ROWS);
-    fetch_kv_tiles(Ks[0], Vs[0], at, 0, T_len);
-    cp_async_commit();
 
     unsigned qa[4][4];
     load_a_rows(qa, at.head, at.row3, at.row0, T_len);
     float o[8][4] = {};
     float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
 
-    for (int k0 = 0, buf = 0; k0 < kv_end; k0 += TC_TILE, buf ^= 1) {
-        // The next tile streams into the other buffer (free since the last closing barrier).
-        if (k0 + TC_TILE < kv_end) fetch_kv_tiles(Ks[buf ^ 1], Vs[buf ^ 1], at, k0 + TC_TILE, T_len);
-        wait_current_tile();
+    stream_kv_tiles(Ks, Vs, at, qt, T_len, [&](int k0, int buf) {
         float s[8][4];
         mma_rows_by_tile(s, qa, Ks[buf]);
         float mt_a = -INFINITY, mt_b = -INFINITY;
@@ -277,8 +285,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
         mma_acc_by_tile(o, s, Vs[buf]);
         m_a = mn_a;
         m_b = mn_b;
-        __syncthreads(); // every warp is done with this buffer before it is refilled
-    }
+    });
     l_a = quad_sum(l_a);
     l_b = quad_sum(l_b);
     store_rows(out + at.act, at.d, at.row0, T_len, o, 1.0f / l_a, 1.0f / l_b);
@@ -313,7 +320,7 @@ extern "C" __global__ void __launch_bounds__(128, 3)
     float dk[8][4] = {}, dv[8][4] = {};
 
     // The 64 queries from q0 into buffer b: Q and dO by cp.async, their lse and delta directly.
-    auto fetch_queries = [&](int q0, int b) {
+    const auto fetch_queries = [&](int q0, int b) {
         fetch_tile(Qs[b], head, row3, q0, T_len);
         fetch_tile(dOs[b], dhead, d, q0, T_len);
         if (threadIdx.x < TC_TILE) {
@@ -322,12 +329,7 @@ extern "C" __global__ void __launch_bounds__(128, 3)
             delta_s[b][threadIdx.x] = i < T_len ? delta_bh[i] : 0.0f;
         }
     };
-    fetch_queries(kt * TC_ROWS, 0);
-    cp_async_commit();
-
-    for (int q0 = kt * TC_ROWS, buf = 0; q0 < T_len; q0 += TC_TILE, buf ^= 1) { // queries i >= the first key
-        if (q0 + TC_TILE < T_len) fetch_queries(q0 + TC_TILE, buf ^ 1);
-        wait_current_tile();
+    stream_tiles(kt * TC_ROWS, T_len, fetch_queries, [&](int q0, int buf) { // queries i >= the first key
         float p[8][4], ds[8][4];
         mma_rows_by_tile(p, ka, Qs[buf]);   // S^T: keys x queries
         mma_rows_by_tile(ds, va, dOs[buf]); // dP^T
@@ -343,8 +345,7 @@ extern "C" __global__ void __launch_bounds__(128, 3)
         }
         mma_acc_by_tile(dv, p, dOs[buf]);
         mma_acc_by_tile(dk, ds, Qs[buf]);
-        __syncthreads(); // every warp is done with this buffer before it is refilled
-    }
+    });
     bf16* dhead_qkv = dqkv + (at.head - qkv); // the same head slice of the gradient
     store_rows(dhead_qkv + d, row3, j0, T_len, dk, 1.0f, 1.0f);
     store_rows(dhead_qkv + 2 * d, row3, j0, T_len, dv, 1.0f, 1.0f);
@@ -358,9 +359,6 @@ extern "C" __global__ void __launch_bounds__(128, 4)
     const int qt = gridDim.x - 1 - blockIdx.x; // heaviest tiles first
     const TcPlace at = tc_place(qkv, qt, T_len, H);
     const int t = at.t, ra = at.row0 + at.g, rb = ra + 8;
-    const int kv_end = min(T_len, (qt + 1) * TC_ROWS);
-    fetch_kv_tiles(Ks[0], Vs[0], at, 0, T_len);
-    cp_async_commit();
     const float* lse_bh = lse + at.stats;
     const float* delta_bh = delta + at.stats;
     const float lse_a = ra < T_len ? lse_bh[ra] : 0.0f, lse_b = rb < T_len ? lse_bh[rb] : 0.0f;
@@ -371,9 +369,7 @@ extern "C" __global__ void __launch_bounds__(128, 4)
     load_a_rows(doa, dout + at.act, at.d, at.row0, T_len);
     float dq[8][4] = {};
 
-    for (int k0 = 0, buf = 0; k0 < kv_end; k0 += TC_TILE, buf ^= 1) {
-        if (k0 + TC_TILE < kv_end) fetch_kv_tiles(Ks[buf ^ 1], Vs[buf ^ 1], at, k0 + TC_TILE, T_len);
-        wait_current_tile();
+    stream_kv_tiles(Ks, Vs, at, qt, T_len, [&](int k0, int buf) {
         float p[8][4], ds[8][4];
         mma_rows_by_tile(p, qa, Ks[buf]);   // S
         mma_rows_by_tile(ds, doa, Vs[buf]); // dP
@@ -388,7 +384,6 @@ extern "C" __global__ void __launch_bounds__(128, 4)
             }
         }
         mma_acc_by_tile(dq, ds, Ks[buf]);
-        __syncthreads(); // every warp is done with this buffer before it is refilled
-    }
+    });
     store_rows(dqkv + (at.head - qkv), at.row3, at.row0, T_len, dq, 1.0f, 1.0f);
 }
