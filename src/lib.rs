@@ -14,6 +14,7 @@ pub mod experiment;
 pub mod generate;
 pub mod m1;
 pub mod model;
+pub mod numerics;
 pub mod rng;
 pub mod tokenize;
 pub mod train;

@@ -1096,7 +1096,7 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
     let tokens: Vec<u32> = (0..n + 1)
         .map(|_| rng.below(cfg.vocab as u64) as u32)
         .collect();
-    let data = terse::data::Batch {
+    let data = terse::model::Batch {
         inputs: tokens[..n].to_vec(),
         targets: tokens[1..].to_vec(),
         batch,

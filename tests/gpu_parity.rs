@@ -412,7 +412,7 @@ fn fused_residual_rmsnorm_matches_cpu() {
 fn rope_case<T: GpuFloat>(k: &GpuKernels, batch: usize, seq: usize, d: usize, seed: u64) {
     let mut r = Rng::new(seed);
     let n = batch * seq;
-    let tables = cpu::rope::RopeTables::new(seq, 10_000.0);
+    let tables = terse::numerics::RopeTables::new(seq, 10_000.0);
     let qkv = quant::<T>(&randn(&mut r, n * 3 * d, 1.0));
     let (dcos, dsin) = (up_raw(k, &tables.cos), up_raw(k, &tables.sin));
     for inverse in [false, true] {
@@ -1070,7 +1070,7 @@ fn gemm_matches_cpu() {
 
 use terse::backend::cuda::CudaTrainer;
 use terse::backend::{Backend, OptimConfig};
-use terse::data::Batch;
+use terse::model::Batch;
 use terse::model::{ModelConfig, ParamArena};
 
 /// True (after printing why) where the CUDA backend cannot run.

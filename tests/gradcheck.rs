@@ -1,7 +1,7 @@
 //! Finite-difference check of every parameter tensor's gradient on the `tiny` preset.
 
 use terse::backend::cpu::CpuBackend;
-use terse::data::Batch;
+use terse::model::Batch;
 use terse::model::{ModelConfig, ParamArena};
 use terse::rng::Rng;
 

@@ -7,7 +7,7 @@
 pub mod cpu;
 pub mod cuda;
 
-use crate::data::Batch;
+use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena};
 use anyhow::{bail, Result};
 pub use cpu::LossSums;

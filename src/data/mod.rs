@@ -15,8 +15,7 @@ pub mod tokens;
 
 pub use baselines::{baselines, Baselines};
 pub use bytes::{
-    eval_windows, read_heldout, Batch, ByteLoader, LoaderState, DEFAULT_BLOCK_SEQS,
-    HELDOUT_EXTENSION_CAP,
+    eval_windows, read_heldout, ByteLoader, LoaderState, DEFAULT_BLOCK_SEQS, HELDOUT_EXTENSION_CAP,
 };
 pub use corpus::{
     detect_format, open_documents, open_stream, read_prefix, Compression, CorpusStream,

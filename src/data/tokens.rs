@@ -10,8 +10,8 @@
 //! inputs `[M2_START, t0, .., t(seq-2)]`, targets `[t0, .., t(seq-1)]`, so every token of a row
 //! is predicted (as T5X's decoder does with its shifted-in 0).
 
-use super::Batch;
 use crate::backend::Backend;
+use crate::model::Batch;
 use crate::rng::Rng;
 use crate::tokenize::TokenDataset;
 use anyhow::{bail, ensure, Result};

@@ -4,8 +4,8 @@
 pub mod tokens;
 
 use crate::backend::Backend;
-use crate::data::Batch;
 use crate::m1::WINDOW_START;
+use crate::model::Batch;
 use anyhow::{ensure, Result};
 use serde::Serialize;
 

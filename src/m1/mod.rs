@@ -21,14 +21,12 @@
 //! gives identical bits, and so does any batching of windows: each output is the same chain.
 
 mod batch;
-mod exp;
 mod matmul;
 
 pub use batch::{CpuM1Batch, M1Batch};
-pub use exp::exp_contract;
 
-use crate::backend::cpu::rope::{RopeTables, HEAD_DIM};
 use crate::model::{ModelConfig, ParamArena};
+use crate::numerics::{exp_contract, RopeTables, HEAD_DIM};
 use anyhow::{ensure, Result};
 use matmul::{matmul, Panels};
 use rayon::prelude::*;
@@ -566,7 +564,7 @@ fn softmax_passes(p: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::backend::cpu::CpuBackend;
-    use crate::data::Batch;
+    use crate::model::Batch;
 
     fn model() -> (ModelConfig, ParamArena) {
         let cfg = ModelConfig::preset("tiny", None).unwrap();

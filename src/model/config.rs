@@ -1,5 +1,6 @@
 //! Transformer shapes. Presets follow the paper's Table 4 (non-embedding parameter counts).
 
+use crate::numerics::HEAD_DIM;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -80,9 +81,9 @@ impl ModelConfig {
         if self.vocab == 0 || self.vocab > 65536 {
             bail!("vocab {} out of range 1..=65536", self.vocab);
         }
-        if self.n_heads == 0 || self.d_model != self.n_heads * 64 {
+        if self.n_heads == 0 || self.d_model != self.n_heads * HEAD_DIM {
             bail!(
-                "d_model {} must equal n_heads {} x head dim 64",
+                "d_model {} must equal n_heads {} x head dim {HEAD_DIM}",
                 self.d_model,
                 self.n_heads
             );

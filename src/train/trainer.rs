@@ -7,12 +7,12 @@ use super::checkpoint::{load_training, save_checkpoint, TrainingState, MANIFEST_
 use super::schedule::{Schedule, ScheduleKind};
 use crate::backend::{create_backend, Backend, Device, OptimConfig};
 use crate::data::{
-    eval_windows, read_heldout, Batch, ByteLoader, ChunkSplit, LoaderState, TokenEvalSet,
-    TokenLoader, TokenLoaderState,
+    eval_windows, read_heldout, ByteLoader, ChunkSplit, LoaderState, TokenEvalSet, TokenLoader,
+    TokenLoaderState,
 };
 use crate::eval::score_windows;
 use crate::m1::WINDOW_START;
-use crate::model::{ModelConfig, ParamArena};
+use crate::model::{Batch, ModelConfig, ParamArena};
 use crate::tokenize::{Coder, Metadata, TokenDataset, METADATA_FILE};
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};

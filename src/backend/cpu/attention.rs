@@ -8,8 +8,8 @@
 //! results are reproducible.
 
 use super::matmul::{gemm_serial, StridedRef};
-use super::rope::HEAD_DIM;
 use super::vecops::dot;
+use crate::numerics::HEAD_DIM;
 use rayon::prelude::*;
 
 /// Query rows per block.

@@ -9,7 +9,7 @@
 //! runs in an order fixed by these constants: results do not depend on the thread count.
 
 use super::matmul::{gemm_serial, StridedRef};
-use crate::m1::exp_contract;
+use crate::numerics::exp_contract;
 use rayon::prelude::*;
 
 /// Logit floats per row block (64 MiB): 256 rows at V = 65536, so each chunk of W is packed for

@@ -16,7 +16,7 @@ pub mod rope;
 mod vecops;
 
 use super::{Backend, OptimConfig, StepStats};
-use crate::data::Batch;
+use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena};
 use adamw::{adamw, AdamWStep};
 use anyhow::{ensure, Result};

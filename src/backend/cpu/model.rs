@@ -7,8 +7,9 @@ use super::classifier::{classifier_forward_backward, ClassifierGrads, LossSums};
 use super::embed::{embed_backward, embed_forward};
 use super::matmul::{matmul_backward, matmul_forward};
 use super::norm::{rmsnorm_backward, rmsnorm_forward};
-use super::rope::{rope_apply, RopeTables};
+use super::rope::rope_apply;
 use crate::model::{ModelConfig, ParamArena};
+use crate::numerics::RopeTables;
 
 /// Splits an arena buffer into one slice per tensor, in layout order: `tok_emb`, then per layer
 /// `attn_norm, qkv, out, mlp_norm, up, down`, then `final_norm`, `lm_head`.

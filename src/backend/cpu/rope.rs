@@ -1,36 +1,10 @@
-//! Rotary position embeddings on the query and key parts of the fused `qkv` activation.
-//! Pairs are (i, i + 32) within each 64-wide head (the GPT-NeoX / Llama "rotate half" layout).
-//! The tables are computed once on the host in f64 and rounded to f32, so every backend uses the
-//! same values (DESIGN.md numeric contract).
+//! Rotary position embeddings on the query and key parts of the fused `qkv` activation, with the
+//! contract's tables ([`RopeTables`], pairs (i, i + 32) within each head).
 
+use crate::numerics::{RopeTables, HEAD_DIM};
 use rayon::prelude::*;
 
-pub const HEAD_DIM: usize = 64;
 const HALF: usize = HEAD_DIM / 2;
-
-/// cos and sin tables, `[seq, 32]` each.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RopeTables {
-    pub seq: usize,
-    pub cos: Vec<f32>,
-    pub sin: Vec<f32>,
-}
-
-impl RopeTables {
-    pub fn new(seq: usize, theta: f32) -> Self {
-        let mut cos = Vec::with_capacity(seq * HALF);
-        let mut sin = Vec::with_capacity(seq * HALF);
-        for t in 0..seq {
-            for i in 0..HALF {
-                let freq = (theta as f64).powf(-2.0 * i as f64 / HEAD_DIM as f64);
-                let a = t as f64 * freq;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
-        RopeTables { seq, cos, sin }
-    }
-}
 
 /// Rotates q and k (columns `[0, 2d)` of each `[3d]` row) in place; row `r` is position `r % seq`.
 /// `inverse` applies the transpose rotation, which is the backward pass.

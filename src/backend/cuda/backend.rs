@@ -31,10 +31,10 @@ use super::gemm::{DevicePtrDyn, Gemm};
 use super::launch::{self, AttnKernels, EmbedBackwardPlan};
 use super::loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels};
 use crate::backend::cpu::attention::AttnShape;
-use crate::backend::cpu::rope::RopeTables;
 use crate::backend::{Backend, LossSums, OptimConfig, StepStats};
-use crate::data::Batch;
+use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena, TensorSpec};
+use crate::numerics::RopeTables;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::{sys, CudaGraph, CudaSlice, PinnedHostSlice};
 

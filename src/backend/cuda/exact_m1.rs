@@ -19,8 +19,8 @@
 //! otherwise, where it passes.
 
 use super::loader::GpuKernels;
-use crate::backend::cpu::rope::{RopeTables, HEAD_DIM};
 use crate::m1::{ExactM1, Probs};
+use crate::numerics::{RopeTables, HEAD_DIM};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use std::sync::Arc;

@@ -1,0 +1,13 @@
+//! The numeric contract's shared pieces, defined once for every backend and for M1's exact path
+//! (see `docs/numeric-contract.md`): the one exponential, the rotary tables and the head width.
+//!
+//! This is the bottom layer: it imports nothing from the crate.
+
+mod exp;
+mod rope;
+
+pub use exp::exp_contract;
+pub use rope::RopeTables;
+
+/// Width of every attention head, in every model and on every backend.
+pub const HEAD_DIM: usize = 64;
