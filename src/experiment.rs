@@ -9,14 +9,14 @@
 //! M1 saw.
 
 use crate::backend::{create_backend, Device};
-use crate::data::tokens::HELDOUT_EVERY;
-use crate::data::{
-    baselines, eval_windows, read_prefix, Baselines, ChunkSplit, TokenEvalSet, M2_START,
-};
+use crate::data::{baselines, eval_windows, read_prefix, Baselines};
 use crate::eval::score_windows;
 use crate::eval::tokens::{evaluate_m2, token_counts, M2Report};
 use crate::m1::{ExactLm, ExactM1};
-use crate::tokenize::{tokenize_corpus, M1Spec, Method, TokenDataset, TokenizeReport};
+use crate::tokenize::{
+    tokenize_corpus, ChunkSplit, M1Spec, Method, TokenDataset, TokenEvalSet, TokenizeReport,
+    HELDOUT_EVERY, M2_START,
+};
 use crate::train::checkpoint::load_model;
 use crate::train::{train, RunStart, ScheduleKind, TrainOptions, TrainSummary};
 use anyhow::{bail, ensure, Context, Result};
@@ -191,7 +191,7 @@ pub fn prepare_corpus(
     );
     let (mut train_text, mut heldout) = (Vec::new(), Vec::new());
     for (i, c) in text.chunks(chunk_bytes).enumerate() {
-        if i % HELDOUT_EVERY == HELDOUT_EVERY - 1 {
+        if ChunkSplit::Heldout.keeps(i) {
             heldout.extend_from_slice(c);
         } else {
             train_text.extend_from_slice(c);

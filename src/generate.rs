@@ -11,10 +11,10 @@
 //! `context - 1` tokens (the length it trained on); when full, it restarts from the most recent
 //! half, cut at a unit boundary.
 
-use crate::data::M2_START;
 use crate::m1::{ExactLm, ExactM1, WindowState};
 use crate::rng::Rng;
 use crate::tokenize::equal_info::EqualInfo;
+use crate::tokenize::M2_START;
 use crate::tokenize::{bytes, Coder, M1Spec, Method};
 use crate::train::TokenSource;
 use anyhow::{bail, ensure, Result};

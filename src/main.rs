@@ -230,7 +230,7 @@ struct EvalArgs {
     seq: Option<usize>,
     /// M2: which chunks of the token dataset to score.
     #[arg(long, value_enum, default_value = "all")]
-    split: terse::data::ChunkSplit,
+    split: terse::tokenize::ChunkSplit,
     /// Windows per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -598,7 +598,7 @@ fn cmd_eval_m2(a: EvalArgs) -> Result<()> {
         .ok()
         .map(|t| {
             (
-                terse::eval::tokens::token_counts(&t, terse::data::ChunkSplit::All),
+                terse::eval::tokens::token_counts(&t, terse::tokenize::ChunkSplit::All),
                 opts.data.display().to_string(),
             )
         });

@@ -4,14 +4,11 @@
 //!   `"\n\n"`) from `.txt` / `.jsonl` / `.json` files, optionally `.gz` or `.zst` compressed.
 //! - [`bytes`]: the byte-level dataset that trains M1: the held-out split rule, a shuffled,
 //!   exactly resumable [`ByteLoader`], and evaluation windows.
-//! - [`tokens`]: M2 examples from a token dataset: training segments, a resumable loader and
-//!   held-out sets scored over whole chunks.
 //! - [`baselines`](mod@baselines): gzip / xz / zstd bits per byte, the classic yardsticks.
 
 pub mod baselines;
 pub mod bytes;
 pub mod corpus;
-pub mod tokens;
 
 pub use baselines::{baselines, Baselines};
 pub use bytes::{
@@ -21,4 +18,3 @@ pub use corpus::{
     detect_format, open_documents, open_stream, read_prefix, Compression, CorpusStream,
     DocumentReader, Layout, DOCUMENT_SEPARATOR, SUPPORTED_EXTENSIONS,
 };
-pub use tokens::{ChunkSplit, TokenEvalSet, TokenLoader, TokenLoaderState, TokenScore, M2_START};

@@ -3,6 +3,8 @@
 
 pub mod tokens;
 
+pub use tokens::{score_tokens, TokenScore};
+
 use crate::backend::Backend;
 use crate::m1::WINDOW_START;
 use crate::model::Batch;
@@ -18,6 +20,31 @@ pub struct ByteScore {
     pub bytes_scored: u64,
 }
 
+/// The one scoring loop: sums a model's loss over `rows`, each framed from an empty context
+/// ([`Batch::from_windows`] with `start`), so every element of every row is predicted once. Rows
+/// `full` long go `batch` at a time, in order; every other non-empty row is scored alone
+/// afterwards, in order. Returns the summed negative log-likelihood (nats) and the count scored.
+pub fn score_rows<T: Copy + Into<u32>>(
+    backend: &mut dyn Backend,
+    rows: &[&[T]],
+    full: usize,
+    start: u32,
+    batch: usize,
+) -> Result<(f64, u64)> {
+    ensure!(batch > 0, "batch must be positive");
+    let (long, short): (Vec<&[T]>, Vec<&[T]>) = rows
+        .iter()
+        .filter(|r| !r.is_empty())
+        .partition(|r| r.len() == full);
+    let (mut nll, mut scored) = (0f64, 0u64);
+    for group in long.chunks(batch).chain(short.chunks(1)) {
+        let s = backend.eval_batch(&Batch::from_windows(group, start))?;
+        nll += s.ce;
+        scored += s.rows as u64;
+    }
+    Ok((nll, scored))
+}
+
 /// Scores `windows`, each from an empty context (the M1 window start token, then the window's
 /// bytes): every byte of every window is predicted. Equal-length windows go `batch` at a time;
 /// a window of another length (the last one) is scored alone.
@@ -30,15 +57,13 @@ pub fn score_windows(
         !windows.is_empty(),
         "nothing to score: no evaluation windows"
     );
-    ensure!(batch > 0, "batch must be positive");
-    let full = windows[0].len();
-    let (mut ce, mut scored) = (0f64, 0u64);
-    let (long, short): (Vec<&[u8]>, Vec<&[u8]>) = windows.iter().partition(|w| w.len() == full);
-    for group in long.chunks(batch).chain(short.chunks(1)) {
-        let s = backend.eval_batch(&Batch::from_windows(group, WINDOW_START as u32))?;
-        ce += s.ce;
-        scored += s.rows as u64;
-    }
+    let (ce, scored) = score_rows(
+        backend,
+        windows,
+        windows[0].len(),
+        WINDOW_START as u32,
+        batch,
+    )?;
     Ok(ByteScore {
         bits_per_byte: ce / scored as f64 / std::f64::consts::LN_2,
         bytes_scored: scored,

@@ -2,13 +2,57 @@
 //! chunks, inference FLOPs per byte, and the trivial models of its Table 3 (uniform and unigram
 //! over the same tokens) beside it.
 
+use super::score_rows;
 use crate::backend::Backend;
-use crate::data::{ChunkSplit, TokenEvalSet, TokenScore};
 use crate::model::ModelConfig;
-use crate::tokenize::TokenDataset;
+use crate::tokenize::{ChunkSplit, TokenDataset, TokenEvalSet, M2_START};
 use crate::train::TokenSource;
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::Serialize;
+
+/// A model's loss over tokens that cover a known number of source bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct TokenScore {
+    /// Sum of the per-token negative log-likelihood, nats.
+    pub nll_nats: f64,
+    pub tokens: u64,
+    pub bytes: u64,
+    /// `nll_nats / tokens / ln 2`.
+    pub bits_per_token: f64,
+    /// `(tokens / bytes) × mean NLL / ln 2` = `nll_nats / bytes / ln 2` (the paper's §3.8).
+    pub bits_per_byte: f64,
+}
+
+impl TokenScore {
+    pub fn new(nll_nats: f64, tokens: u64, bytes: u64) -> Self {
+        let ln2 = std::f64::consts::LN_2;
+        TokenScore {
+            nll_nats,
+            tokens,
+            bytes,
+            bits_per_token: if tokens > 0 {
+                nll_nats / tokens as f64 / ln2
+            } else {
+                0.0
+            },
+            bits_per_byte: nll_nats / bytes.max(1) as f64 / ln2,
+        }
+    }
+}
+
+/// Scores every token of `set`: full rows `batch` at a time, each shorter row alone.
+pub fn score_tokens(
+    set: &TokenEvalSet,
+    backend: &mut dyn Backend,
+    batch: usize,
+) -> Result<TokenScore> {
+    ensure!(batch > 0, "batch must be positive");
+    ensure!(set.bytes > 0, "nothing to score: the held-out set is empty");
+    let rows: Vec<&[u16]> = set.rows.iter().map(|r| r.as_slice()).collect();
+    let (nll, scored) = score_rows(backend, &rows, set.seq, M2_START, batch)?;
+    debug_assert_eq!(scored, set.tokens);
+    Ok(TokenScore::new(nll, scored, set.bytes))
+}
 
 /// Everything `terse eval` reports for an M2.
 #[derive(Clone, Debug, Serialize)]
@@ -96,7 +140,7 @@ pub fn evaluate_m2(
     unigram: Option<(Vec<u64>, String)>,
 ) -> Result<M2Report> {
     let set = TokenEvalSet::new(ds, split, seq, None);
-    let score: TokenScore = set.score(m2, batch)?;
+    let score = score_tokens(&set, m2, batch)?;
     let (counts, unigram_source) = unigram.unwrap_or_else(|| {
         (
             token_counts(ds, ChunkSplit::All),
@@ -135,6 +179,15 @@ pub fn evaluate_m2(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bits_per_byte_by_hand() {
+        // 4 tokens covering 10 bytes, each token given probability 1/4: 2 bits per token, so
+        // (4 / 10) × 2 = 0.8 bits per byte.
+        let s = TokenScore::new(4.0 * 4f64.ln(), 4, 10);
+        assert!((s.bits_per_token - 2.0).abs() < 1e-12);
+        assert!((s.bits_per_byte - 0.8).abs() < 1e-12);
+    }
 
     #[test]
     fn flops_per_byte_matches_the_paper() {

@@ -25,6 +25,7 @@ pub mod ac;
 pub mod bytes;
 pub mod dataset;
 pub mod equal_info;
+pub mod examples;
 pub mod gzip;
 pub mod repack;
 pub mod static_ac;
@@ -33,6 +34,9 @@ pub mod subword;
 pub use dataset::{
     DatasetError, Metadata, TokenDataset, TokenDatasetWriter, FORMAT, METADATA_FILE, TOKENS_FILE,
     VERSION,
+};
+pub use examples::{
+    ChunkSplit, TokenEvalSet, TokenLoader, TokenLoaderState, HELDOUT_EVERY, M2_START,
 };
 
 use crate::coder::{codes_to_tokens, tokens_to_codes, EncodedWindows, WindowRule};

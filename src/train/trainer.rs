@@ -6,14 +6,14 @@
 use super::checkpoint::{load_training, save_checkpoint, TrainingState, MANIFEST_FILE, MODEL_FILE};
 use super::schedule::{Schedule, ScheduleKind};
 use crate::backend::{create_backend, Backend, Device, OptimConfig};
-use crate::data::{
-    eval_windows, read_heldout, ByteLoader, ChunkSplit, LoaderState, TokenEvalSet, TokenLoader,
-    TokenLoaderState,
-};
-use crate::eval::score_windows;
+use crate::data::{eval_windows, read_heldout, ByteLoader, LoaderState};
+use crate::eval::{score_tokens, score_windows};
 use crate::m1::WINDOW_START;
 use crate::model::{Batch, ModelConfig, ParamArena};
-use crate::tokenize::{Coder, Metadata, TokenDataset, METADATA_FILE};
+use crate::tokenize::{
+    ChunkSplit, Coder, Metadata, TokenDataset, TokenEvalSet, TokenLoader, TokenLoaderState,
+    METADATA_FILE,
+};
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,7 @@ pub struct TrainOptions {
     /// A corpus (M1) or a token dataset directory (M2).
     pub data: PathBuf,
     /// M2 only: the held-out token dataset (same method, a held-out file); without it every
-    /// [`crate::data::tokens::HELDOUT_EVERY`]-th chunk of `data` is held out instead.
+    /// [`crate::tokenize::HELDOUT_EVERY`]-th chunk of `data` is held out instead.
     #[serde(default)]
     pub heldout_data: Option<PathBuf>,
     /// Total optimiser steps (the schedule's length).
@@ -252,7 +252,7 @@ impl DataSource {
                 if heldout.tokens == 0 {
                     return Ok(None);
                 }
-                Ok(Some(heldout.score(backend, o.batch)?.bits_per_byte))
+                Ok(Some(score_tokens(heldout, backend, o.batch)?.bits_per_byte))
             }
         }
     }

@@ -1,4 +1,4 @@
-//! M2 examples from a token dataset ([`crate::tokenize`]): fixed-length training segments, a
+//! M2 examples from a token dataset ([`super::dataset`]): fixed-length training segments, a
 //! shuffled and exactly resumable loader over them, and held-out sets that score every token of
 //! whole chunks, so bits per byte is over the exact bytes those chunks cover.
 //!
@@ -10,7 +10,6 @@
 //! inputs `[M2_START, t0, .., t(seq-2)]`, targets `[t0, .., t(seq-1)]`, so every token of a row
 //! is predicted (as T5X's decoder does with its shifted-in 0).
 
-use crate::backend::Backend;
 use crate::model::Batch;
 use crate::rng::Rng;
 use crate::tokenize::TokenDataset;
@@ -40,7 +39,9 @@ pub enum ChunkSplit {
 }
 
 impl ChunkSplit {
-    fn keeps(self, chunk: usize) -> bool {
+    /// Whether this split keeps chunk number `chunk`: the one held-out rule, also used to cut
+    /// the experiment's M1 training text.
+    pub fn keeps(self, chunk: usize) -> bool {
         let held = chunk % HELDOUT_EVERY == HELDOUT_EVERY - 1;
         match self {
             ChunkSplit::All => true,
@@ -222,76 +223,11 @@ impl TokenEvalSet {
         set.rows.extend(tails);
         set
     }
-
-    /// Scores every token: full rows `batch` at a time, each shorter row alone.
-    pub fn score(&self, backend: &mut dyn Backend, batch: usize) -> Result<TokenScore> {
-        ensure!(batch > 0, "batch must be positive");
-        ensure!(
-            self.bytes > 0,
-            "nothing to score: the held-out set is empty"
-        );
-        let full = self.rows.iter().take_while(|r| r.len() == self.seq).count();
-        let (long, short) = self.rows.split_at(full);
-        let mut nll = 0f64;
-        let mut scored = 0u64;
-        let long_refs: Vec<&[u16]> = long.iter().map(|r| r.as_slice()).collect();
-        for group in long_refs.chunks(batch) {
-            let s = backend.eval_batch(&Batch::from_windows(group, M2_START))?;
-            nll += s.ce;
-            scored += s.rows as u64;
-        }
-        for row in short.iter().filter(|r| !r.is_empty()) {
-            let s = backend.eval_batch(&Batch::from_windows(&[row.as_slice()], M2_START))?;
-            nll += s.ce;
-            scored += s.rows as u64;
-        }
-        debug_assert_eq!(scored, self.tokens);
-        Ok(TokenScore::new(nll, scored, self.bytes))
-    }
-}
-
-/// A model's loss over tokens that cover a known number of source bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct TokenScore {
-    /// Sum of the per-token negative log-likelihood, nats.
-    pub nll_nats: f64,
-    pub tokens: u64,
-    pub bytes: u64,
-    /// `nll_nats / tokens / ln 2`.
-    pub bits_per_token: f64,
-    /// `(tokens / bytes) × mean NLL / ln 2` = `nll_nats / bytes / ln 2` (the paper's §3.8).
-    pub bits_per_byte: f64,
-}
-
-impl TokenScore {
-    pub fn new(nll_nats: f64, tokens: u64, bytes: u64) -> Self {
-        let ln2 = std::f64::consts::LN_2;
-        TokenScore {
-            nll_nats,
-            tokens,
-            bytes,
-            bits_per_token: if tokens > 0 {
-                nll_nats / tokens as f64 / ln2
-            } else {
-                0.0
-            },
-            bits_per_byte: nll_nats / bytes.max(1) as f64 / ln2,
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bits_per_byte_by_hand() {
-        // 4 tokens covering 10 bytes, each token given probability 1/4: 2 bits per token, so
-        // (4 / 10) × 2 = 0.8 bits per byte.
-        let s = TokenScore::new(4.0 * 4f64.ln(), 4, 10);
-        assert!((s.bits_per_token - 2.0).abs() < 1e-12);
-        assert!((s.bits_per_byte - 0.8).abs() < 1e-12);
-    }
 
     #[test]
     fn split_partitions_chunks() {
