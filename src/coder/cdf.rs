@@ -185,13 +185,21 @@ impl Cdf {
     /// the total maps to 255 (never panics).
     #[inline]
     pub fn symbol_for(&self, target: u32) -> u8 {
+        self.last_start_where(|c| c <= target)
+    }
+
+    /// The last byte `s` whose start `cum[s]` satisfies `below`, a predicate that holds for
+    /// `cum[0]` and, along the cumulative counts, holds up to some point and fails after it (the
+    /// stream decoder's is `cum[s]` scaled to its range being at most its value).
+    #[inline(always)]
+    pub(super) fn last_start_where(&self, below: impl Fn(u32) -> bool) -> u8 {
         // 4-ary search: three independent probes per level, four levels.
         let c = &self.cum;
         let mut s = 0usize;
         for step in [64usize, 16, 4, 1] {
-            let n = (c[s + step] <= target) as usize
-                + (c[s + 2 * step] <= target) as usize
-                + (c[s + 3 * step] <= target) as usize;
+            let n = below(c[s + step]) as usize
+                + below(c[s + 2 * step]) as usize
+                + below(c[s + 3 * step]) as usize;
             s += step * n;
         }
         s as u8

@@ -69,3 +69,24 @@ pub enum CoderError {
     #[error("window encoder made no progress at byte {0} (coder invariant broken)")]
     NoProgress(usize),
 }
+
+/// The value with the most trailing zero bits in `[lo, hi]` (unique; 0 counts as all zeros),
+/// `lo <= hi`: a window's designated code (`window`) and the stream coder's final value
+/// (`stream`).
+#[inline(always)]
+fn max_tz(lo: u128, hi: u128) -> u128 {
+    if lo == 0 {
+        return 0;
+    }
+    let k = 127 - ((lo - 1) ^ hi).leading_zeros();
+    (hi >> k) << k
+}
+
+/// Refuses a code of more than `bits` bits (`bits <= 128`).
+fn check_code_width(code: u128, bits: u32) -> Result<(), CoderError> {
+    if bits < 128 && code >> bits != 0 {
+        Err(CoderError::CodeTooWide { code, bits })
+    } else {
+        Ok(())
+    }
+}

@@ -14,7 +14,7 @@
 //! other than 8 or 16, `b` outside 1..=128, a code of more than `b` bits, a token of more than `t`
 //! bits. Never panics.
 
-use super::CoderError;
+use super::{check_code_width, CoderError};
 
 fn check_token_bits(t: u32) -> Result<(), CoderError> {
     if t == 8 || t == 16 {
@@ -75,9 +75,7 @@ pub fn codes_to_tokens(codes: &[u128], b: u32, token_bits: u32) -> Result<Vec<u1
         out: Vec::with_capacity(total.div_ceil(token_bits as u128) as usize),
     };
     for &c in codes {
-        if b < 128 && c >> b != 0 {
-            return Err(CoderError::CodeTooWide { code: c, bits: b });
-        }
+        check_code_width(c, b)?;
         w.push(c, b);
     }
     Ok(w.finish())

@@ -24,6 +24,7 @@
 //! CDFs in the same order, it returns exactly the encoded bytes.
 
 use super::cdf::Cdf;
+use super::max_tz;
 
 const TOP: u64 = 1 << 56;
 
@@ -89,12 +90,7 @@ impl StreamEncoder {
     pub fn finish(mut self) -> Vec<u8> {
         let lo = self.low as u128;
         let hi = lo + self.range as u128 - 1;
-        let v = if lo == 0 {
-            0
-        } else {
-            let k = 127 - ((lo - 1) ^ hi).leading_zeros();
-            (hi >> k) << k
-        };
+        let v = max_tz(lo, hi);
         if v >> 64 != 0 {
             self.carry();
         }
@@ -148,13 +144,7 @@ impl<'a> StreamDecoder<'a> {
         let cum = cdf.cumulative();
         // Largest s with r·cum[s] <= x.
         let x = self.x;
-        let mut s = 0usize;
-        for step in [64usize, 16, 4, 1] {
-            let n = (r * cum[s + step] as u64 <= x) as usize
-                + (r * cum[s + 2 * step] as u64 <= x) as usize
-                + (r * cum[s + 3 * step] as u64 <= x) as usize;
-            s += step * n;
-        }
+        let s = cdf.last_start_where(|c| r * c as u64 <= x) as usize;
         self.x -= r * cum[s] as u64;
         self.range = r * (cum[s + 1] - cum[s]) as u64;
         if self.x >= self.range {
