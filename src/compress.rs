@@ -18,8 +18,9 @@
 //! Chunks (the last may be shorter) are coded independently, so both directions use every core;
 //! windows need no side information, the window count only says where a chunk ends. Decoding
 //! checks every header field against the M1 it is given and the length and CRC-32 of the result,
-//! and writes its output atomically: on any error no output file is left.
+//! and writes its output atomically ([`crate::fsio`]): on any error no output file is left.
 
+use crate::fsio::AtomicFile;
 use crate::m1::{ExactM1, CONTRACT_VERSION};
 use crate::tokenize::equal_info::EqualInfo;
 use anyhow::{bail, ensure, Context, Result};
@@ -61,38 +62,6 @@ fn report(original: u64, compressed: u64, windows: u64, seconds: f64) -> Compres
     }
 }
 
-/// A temp file beside `out`, renamed over it by [`commit`](Self::commit) or removed when dropped.
-struct PendingOutput {
-    tmp: std::path::PathBuf,
-    done: bool,
-}
-
-impl PendingOutput {
-    fn new(out: &Path) -> PendingOutput {
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = out.with_file_name(format!(".{name}.{}.partial", std::process::id()));
-        PendingOutput { tmp, done: false }
-    }
-
-    fn commit(mut self, out: &Path) -> Result<()> {
-        std::fs::rename(&self.tmp, out)
-            .with_context(|| format!("cannot write {}", out.display()))?;
-        self.done = true;
-        Ok(())
-    }
-}
-
-impl Drop for PendingOutput {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
 /// Compresses `input` into `output` with `b`-bit windows. Memory holds one batch of chunks.
 pub fn compress_file(
     input: &Path,
@@ -107,10 +76,9 @@ pub fn compress_file(
     let mut src = BufReader::new(
         File::open(input).with_context(|| format!("cannot open {}", input.display()))?,
     );
-    let pending = PendingOutput::new(output);
-    let file = File::create(&pending.tmp)
-        .with_context(|| format!("cannot create {}", pending.tmp.display()))?;
-    let mut w = BufWriter::new(file);
+    let mut out =
+        AtomicFile::create(output).with_context(|| format!("cannot write {}", output.display()))?;
+    let mut w = BufWriter::new(&mut out);
     w.write_all(&[0u8; HEADER_BYTES])?;
     let batch_chunks = rayon::current_num_threads() * 4;
     let mut buf = vec![0u8; batch_chunks * chunk_bytes as usize];
@@ -145,13 +113,11 @@ pub fn compress_file(
     header.extend_from_slice(&chunk_bytes.to_le_bytes());
     header.extend_from_slice(&total.to_le_bytes());
     header.extend_from_slice(&crc.finalize().to_le_bytes());
-    let mut file = w.into_inner().map_err(|e| e.into_error())?;
+    let file = w.into_inner().map_err(|e| e.into_error())?;
     file.seek(SeekFrom::Start(0))?;
     file.write_all(&header)?;
-    file.sync_all()?;
-    let compressed = file.metadata()?.len();
-    drop(file);
-    pending.commit(output)?;
+    let compressed = file.file_mut().metadata()?.len();
+    out.commit()?;
     Ok(report(
         total,
         compressed,
@@ -243,10 +209,10 @@ pub fn decompress_file(input: &Path, output: &Path, m1: &ExactM1) -> Result<Comp
         chunks.len()
     );
     // Decode a batch of chunks at a time (all cores), streaming the result to a temp file.
-    let pending = PendingOutput::new(output);
-    let tmp = File::create(&pending.tmp)
-        .with_context(|| format!("cannot create {}", pending.tmp.display()))?;
-    let mut w = BufWriter::new(tmp);
+    let mut out =
+        AtomicFile::create(output).with_context(|| format!("cannot write {}", output.display()))?;
+    let tmp_path = out.temp_path().to_path_buf();
+    let mut w = BufWriter::new(&mut out);
     let mut hasher = crc32fast::Hasher::new();
     let batch = rayon::current_num_threads() * 4;
     for (bi, group) in chunks.chunks(batch).enumerate() {
@@ -270,16 +236,14 @@ pub fn decompress_file(input: &Path, output: &Path, m1: &ExactM1) -> Result<Comp
             );
             hasher.update(&p);
             w.write_all(&p)
-                .with_context(|| format!("cannot write {}", pending.tmp.display()))?;
+                .with_context(|| format!("cannot write {}", tmp_path.display()))?;
         }
     }
     if hasher.finalize() != crc {
         bail!("{name} is corrupt: the decoded bytes fail the CRC-32 check");
     }
-    let tmp = w.into_inner().map_err(|e| e.into_error())?;
-    tmp.sync_all()?;
-    drop(tmp);
-    pending.commit(output)?;
+    w.into_inner().map_err(|e| e.into_error())?;
+    out.commit()?;
     Ok(report(
         original_len,
         data.len() as u64,

@@ -9,6 +9,7 @@
 //! M1 saw.
 
 use crate::backend::{create_backend, Device};
+use crate::checkpoint::load_model;
 use crate::data::{baselines, eval_windows, read_prefix, Baselines};
 use crate::eval::score_windows;
 use crate::eval::tokens::{evaluate_m2, token_counts, M2Report};
@@ -17,7 +18,6 @@ use crate::tokenize::{
     tokenize_corpus, ChunkSplit, M1Spec, Method, TokenDataset, TokenEvalSet, TokenizeReport,
     HELDOUT_EVERY, M2_START,
 };
-use crate::train::checkpoint::load_model;
 use crate::train::{train, RunStart, ScheduleKind, TrainOptions, TrainSummary};
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
@@ -715,7 +715,7 @@ pub fn markdown_table(r: &ExperimentResults) -> String {
 
 fn write_results(r: &ExperimentResults, out: &Path) -> Result<()> {
     let json = serde_json::to_vec_pretty(r)?;
-    crate::train::checkpoint::atomic_write(&out.join("results.json"), &json)?;
+    crate::fsio::write_atomic(&out.join("results.json"), &json)?;
     let mut md = format!(
         "# terse experiment --scale {}\n\nCorpus {} ({} bytes; {} held-out bytes in {}-byte chunks). M1 {}: {:.4} bits/byte held-out. M2 {} for {} steps of {} x {} tokens each.\nBaselines on the held-out bytes: gzip -9 {:.4}, xz -9 {:.4}, zstd -19 {:.4} bits/byte.\n\n",
         serde_json::to_value(r.scale)?.as_str().unwrap_or("?"),
@@ -743,7 +743,7 @@ fn write_results(r: &ExperimentResults, out: &Path) -> Result<()> {
             f.detail
         );
     }
-    crate::train::checkpoint::atomic_write(&out.join("results.md"), md.as_bytes())?;
+    crate::fsio::write_atomic(&out.join("results.md"), md.as_bytes())?;
     plot_svg(r, &out.join("results.svg"))
 }
 
@@ -800,7 +800,7 @@ fn plot_svg(r: &ExperimentResults, path: &Path) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
         root.present().map_err(|e| anyhow::anyhow!("plot: {e}"))?;
     }
-    crate::train::checkpoint::atomic_write(path, svg.as_bytes())
+    crate::fsio::write_atomic(path, svg.as_bytes())
 }
 
 #[cfg(test)]

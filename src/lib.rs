@@ -1,16 +1,19 @@
 //! terse: train and serve language models over neurally compressed text.
 //!
-//! The crate is laid out as `DESIGN.md` describes: `model` holds configurations and the parameter
+//! The crate is laid out as `docs/architecture.md` describes: `model` holds configurations and the parameter
 //! arena, `backend` the compute (a CPU reference and, where a GPU is present, CUDA), `data` the
-//! corpus readers and batching, `train` the optimiser, loop and checkpoints, `eval` the scoring; `m1` and `coder` turn text into
+//! corpus readers and batching, `train` the optimiser and loop, `checkpoint` the saved models (written
+//! durably through `fsio`), `eval` the scoring; `m1` and `coder` turn text into
 //! compressed tokens (`tokenize`, `compress`) and `generate` turns M2's samples back into text.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod coder;
 pub mod compress;
 pub mod data;
 pub mod eval;
 pub mod experiment;
+pub mod fsio;
 pub mod generate;
 pub mod m1;
 pub mod model;

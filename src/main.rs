@@ -5,11 +5,10 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Instant;
 use terse::backend::{self, create_backend, Device, OptimConfig};
+use terse::checkpoint::load_model;
 use terse::data::{baselines, eval_windows, read_prefix};
 use terse::eval::score_windows;
-use terse::train::{
-    checkpoint::load_model, train, RunStart, ScheduleKind, TrainOptions, TrainSummary,
-};
+use terse::train::{train, RunStart, ScheduleKind, TrainOptions, TrainSummary};
 
 /// The bundled sample corpus (six public-domain books; see data/README.md).
 const SAMPLE: &[u8] = include_bytes!("../data/sample-books.txt");
@@ -1325,7 +1324,7 @@ fn cmd_detokenize(
     };
     let t = Instant::now();
     let bytes = terse::tokenize::decode_dataset_on(data, m1, batch)?;
-    terse::train::checkpoint::atomic_write(out, &bytes)?;
+    terse::fsio::write_atomic(out, &bytes)?;
     println!(
         "{}: {} bytes decoded to {} in {:.1} s",
         data.display(),

@@ -1330,8 +1330,8 @@ fn gpu_checkpoint_evaluates_on_cpu() {
     }
     let dir = std::env::temp_dir().join(format!("terse-gpu-ckpt-{}", std::process::id()));
     let trained = gpu_be.params().unwrap();
-    terse::train::checkpoint::save_checkpoint(&dir, &cfg, &trained, None).unwrap();
-    let (cfg2, loaded) = terse::train::checkpoint::load_model(&dir).unwrap();
+    terse::checkpoint::save_checkpoint(&dir, &cfg, &trained, None).unwrap();
+    let (cfg2, loaded) = terse::checkpoint::load_model(&dir).unwrap();
     assert_eq!(loaded.data, trained.data, "checkpoint round trip");
     let held = &bytes[bytes.len() - 4096..];
     let windows = terse::data::eval_windows(held, 64, None);

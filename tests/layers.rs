@@ -19,9 +19,21 @@ const LAYERS: &[&[&str]] = &[
 
 /// Edges allowed within one layer, each with its reason.
 const SIBLING_EDGES: &[(&str, &str, &str)] = &[
-    ("train", "eval", "training scores its held-out set with eval's loop"),
-    ("tokenize", "data", "tokenizing reads the corpus through data's readers"),
-    ("backend", "m1", "the CUDA exact path runs M1's batches on the GPU"),
+    (
+        "train",
+        "eval",
+        "training scores its held-out set with eval's loop",
+    ),
+    (
+        "tokenize",
+        "data",
+        "tokenizing reads the corpus through data's readers",
+    ),
+    (
+        "backend",
+        "m1",
+        "the CUDA exact path runs M1's batches on the GPU",
+    ),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
@@ -98,9 +110,7 @@ fn violations(edges: &BTreeMap<(String, String), String>) -> Vec<String> {
             ));
             continue;
         };
-        let sibling = SIBLING_EDGES
-            .iter()
-            .any(|(a, b, _)| a == from && b == to);
+        let sibling = SIBLING_EDGES.iter().any(|(a, b, _)| a == from && b == to);
         if lt > lf || (lt == lf && !sibling) {
             bad.push(format!(
                 "{at}: `{from}` (layer {lf}) uses `{to}` (layer {lt}): imports must point down"
@@ -142,6 +152,9 @@ fn the_check_catches_an_upward_import() {
     let bad = violations(&edges);
     assert_eq!(bad.len(), 2, "{bad:?}");
     assert!(bad[0].starts_with("planted:1") && bad[1].starts_with("planted:2"));
-    assert_eq!(crate_uses("use crate::coder::Cdf; // crate::data"), [("coder".into(), 1)]);
+    assert_eq!(
+        crate_uses("use crate::coder::Cdf; // crate::data"),
+        [("coder".into(), 1)]
+    );
     assert!(crate_uses("use mycrate::data;").is_empty());
 }

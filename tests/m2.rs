@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
 use terse::backend::Device;
-use terse::train::checkpoint::{load_model, load_training};
+use terse::checkpoint::{load_model, load_training};
 use terse::train::{train, RunStart, TokenSource, TrainOptions};
 
 fn tokenize(corpus: &Path, out: &Path, method: &str, bits: &str) {

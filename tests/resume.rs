@@ -3,7 +3,7 @@
 mod common;
 
 use terse::backend::Device;
-use terse::train::checkpoint::{load_model, load_training};
+use terse::checkpoint::{load_model, load_training};
 use terse::train::{train, RunStart, TrainOptions};
 
 fn options(data: std::path::PathBuf) -> TrainOptions {

@@ -497,7 +497,7 @@ fn equal_info_through_the_cli_round_trips_with_its_m1_only() {
     let mut p = ParamArena::init(&cfg, 9);
     p.data.iter_mut().for_each(|x| *x *= 8.0);
     let ck = root.path().join("m1");
-    terse::train::checkpoint::save_checkpoint(&ck, &cfg, &p, None).unwrap();
+    terse::checkpoint::save_checkpoint(&ck, &cfg, &p, None).unwrap();
     for (method, b, bits, delay) in [
         ("equal-info", "16", "16", false),
         ("equal-info", "32", "8", false),

@@ -14,9 +14,10 @@
 //!
 //! # Writing
 //!
-//! [`TokenDatasetWriter`] streams tokens into a hidden temp file in the directory.
-//! [`finish`](TokenDatasetWriter::finish) fsyncs it, removes any old `metadata.json`, renames the temp file
-//! to `tokens.bin` and then writes `metadata.json` atomically (temp file, fsync, rename). A
+//! [`TokenDatasetWriter`] streams tokens into a hidden temp file in the directory (an
+//! [`AtomicFile`]). [`finish`](TokenDatasetWriter::finish) removes any old `metadata.json`, commits
+//! the temp file as `tokens.bin` (fsync, rename, directory fsync) and then writes `metadata.json`
+//! the same way ([`fsio::write_atomic`]). A
 //! directory is a dataset only once `metadata.json` exists and agrees with `tokens.bin`, so an
 //! error or a crash at any point leaves no partial dataset: on error (and on drop without
 //! `finish`) the temp file, and a `tokens.bin` renamed by this writer, are removed.
@@ -26,7 +27,7 @@
 //! [`TokenDataset::open`] reads and validates the metadata and memory-maps `tokens.bin`; every
 //! refusal is a [`DatasetError`] naming the offending file.
 
-use crate::train::checkpoint::atomic_write;
+use crate::fsio::{self, AtomicFile};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -230,7 +231,7 @@ pub fn validate_metadata(meta: &Metadata, path: &Path) -> Result<(), DatasetErro
 pub struct TokenDatasetWriter {
     dir: PathBuf,
     tmp: PathBuf,
-    file: Option<BufWriter<File>>,
+    file: Option<BufWriter<AtomicFile>>,
     token_bits: u32,
     tokens: u64,
     bytes: u64,
@@ -244,15 +245,9 @@ impl TokenDatasetWriter {
             anyhow::bail!("token bits {token_bits} unsupported: need 8 or 16");
         }
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        let tmp = dir.join(format!(
-            ".{TOKENS_FILE}.{}.{}.tmp",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+        let tokens_path = dir.join(TOKENS_FILE);
+        let file = AtomicFile::create(&tokens_path).map_err(|e| io_err(&tokens_path, e))?;
+        let tmp = file.temp_path().to_path_buf();
         Ok(TokenDatasetWriter {
             dir: dir.to_path_buf(),
             tmp,
@@ -339,8 +334,6 @@ impl TokenDatasetWriter {
         let file = file
             .into_inner()
             .map_err(|e| io_err(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| io_err(&self.tmp, e))?;
-        drop(file);
         match fs::remove_file(&meta_path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(io_err(&meta_path, e).into())
@@ -348,21 +341,17 @@ impl TokenDatasetWriter {
             _ => {}
         }
         let tokens_path = self.dir.join(TOKENS_FILE);
-        fs::rename(&self.tmp, &tokens_path).map_err(|e| io_err(&tokens_path, e))?;
+        let renamed = file.rename().map_err(|e| io_err(&tokens_path, e))?;
+        if let Err(e) = renamed.sync_dir() {
+            let _ = fs::remove_file(&tokens_path);
+            return Err(io_err(&self.dir, e).into());
+        }
         let json = serde_json::to_vec(&meta)?;
-        if let Err(e) = atomic_write(&meta_path, &json) {
+        if let Err(e) = fsio::write_atomic(&meta_path, &json) {
             let _ = fs::remove_file(&tokens_path);
             return Err(e);
         }
         Ok(meta)
-    }
-}
-
-impl Drop for TokenDatasetWriter {
-    fn drop(&mut self) {
-        // After a successful finish the temp file has been renamed away: this is a no-op.
-        self.file = None;
-        let _ = fs::remove_file(&self.tmp);
     }
 }
 

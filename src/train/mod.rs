@@ -1,6 +1,5 @@
-//! Training: schedules, the loop, checkpoints.
+//! Training: schedules and the loop (checkpoints are [`crate::checkpoint`]).
 
-pub mod checkpoint;
 pub mod schedule;
 mod trainer;
 

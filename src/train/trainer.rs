@@ -3,9 +3,9 @@
 //! periodic held-out bits/byte, JSONL metrics, a progress bar and atomic checkpoints from which
 //! `--resume` continues bit for bit.
 
-use super::checkpoint::{load_training, save_checkpoint, TrainingState, MANIFEST_FILE, MODEL_FILE};
 use super::schedule::{Schedule, ScheduleKind};
 use crate::backend::{create_backend, Backend, Device, OptimConfig};
+use crate::checkpoint::{load_training, save_checkpoint, TrainingState, MANIFEST_FILE, MODEL_FILE};
 use crate::data::{eval_windows, read_heldout, ByteLoader, LoaderState};
 use crate::eval::{score_tokens, score_windows};
 use crate::m1::WINDOW_START;
@@ -115,7 +115,7 @@ impl TokenSource {
 /// The options a checkpoint at `path` was trained with (`None` for a checkpoint saved without
 /// training state).
 pub fn saved_options(path: &Path) -> Result<Option<TrainOptions>> {
-    let Some(state) = super::checkpoint::load_trainer_state(path)? else {
+    let Some(state) = crate::checkpoint::load_trainer_state(path)? else {
         return Ok(None);
     };
     let run: RunState = serde_json::from_value(state).with_context(|| {
