@@ -18,7 +18,7 @@ use crate::eval::tokens::{evaluate_m2, token_counts, M2Report};
 use crate::m1::{ExactLm, ExactM1};
 use crate::tokenize::{tokenize_corpus, M1Spec, Method, TokenDataset, TokenizeReport};
 use crate::train::checkpoint::load_model;
-use crate::train::{train, RunStart, ScheduleKind, TrainOptions, TrainSummary};
+use crate::train::{train, RunStart, TrainOptions, TrainSummary};
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -237,16 +237,9 @@ pub fn train_m1(
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
     let o = TrainOptions {
-        preset: preset.into(),
-        data: c.m1_train.clone(),
-        heldout_data: None,
-        steps: 1_000_000,
-        batch: 16,
         seq: 128,
         lr: 3e-3,
         warmup: 30,
-        schedule: ScheduleKind::Cosine,
-        min_lr_frac: 0.1,
         optim: crate::backend::OptimConfig {
             weight_decay: 0.0,
             ..Default::default()
@@ -255,9 +248,8 @@ pub fn train_m1(
         eval_every: 0,
         eval_windows: 32,
         ckpt_every: 0,
-        seed: 0,
         time_budget_s: Some(seconds),
-        tokens: None,
+        ..TrainOptions::new(c.m1_train.clone(), preset, 1_000_000)
     };
     let s = train(RunStart::Fresh(&o), None, dir, device, progress)?;
     let mut r = score_m1(c, dir, device)?;
@@ -398,24 +390,16 @@ impl Pipeline<'_> {
             spec.tokens_per_window()
         );
         let o = TrainOptions {
-            preset: budget.preset.clone(),
-            data: dataset.clone(),
-            heldout_data: None,
-            steps: budget.steps,
             batch: budget.batch,
             seq: budget.seq,
             lr: budget.lr,
-            warmup: (budget.steps / 10).clamp(1, 100),
-            schedule: ScheduleKind::Cosine,
-            min_lr_frac: 0.1,
-            optim: Default::default(),
             heldout_bytes: 0,
             eval_every: 0,
             eval_windows: 16,
             ckpt_every: 0,
             seed: budget.seed,
             time_budget_s: budget.seconds,
-            tokens: None,
+            ..TrainOptions::new(dataset.clone(), budget.preset.clone(), budget.steps)
         };
         if self.progress {
             eprintln!("== {label}: M2 {} on {}", budget.preset, dataset.display());

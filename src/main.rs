@@ -486,20 +486,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         let Some(data) = a.data.clone() else {
             bail!("--data is required (a corpus file), or --resume a checkpoint")
         };
-        let preset = a.preset.clone().unwrap_or_else(|| {
-            if terse::train::is_token_dataset(&data) {
-                "m2-25m"
-            } else {
-                "m1-3m"
-            }
-            .into()
-        });
-        let steps = a.steps.unwrap_or(1000);
-        let tokens = terse::train::is_token_dataset(&data);
-        let mut o = default_options(data, preset.clone(), steps);
+        let preset =
+            (a.preset.clone()).unwrap_or_else(|| TrainOptions::default_preset(&data).into());
+        let mut o = TrainOptions::new(data, preset.clone(), a.steps.unwrap_or(1000));
         o.heldout_data = a.heldout.clone();
         o.batch = a.batch.unwrap_or(o.batch);
-        o.seq = a.seq.unwrap_or(if tokens { 512 } else { o.seq });
+        o.seq = a.seq.unwrap_or(o.seq);
         o.lr = a.lr.unwrap_or(o.lr);
         o.warmup = a.warmup.unwrap_or(o.warmup);
         o.schedule = a.schedule.unwrap_or(o.schedule);
@@ -519,30 +511,6 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         train(RunStart::Fresh(&o), a.stop_after, &out, a.device, progress)?
     };
     print_summary(&summary, a.json)
-}
-
-/// The defaults of `terse train`; the CLI overrides field by field.
-fn default_options(data: PathBuf, preset: String, steps: u64) -> TrainOptions {
-    TrainOptions {
-        preset,
-        data,
-        steps,
-        batch: 16,
-        seq: 256,
-        lr: 1e-3,
-        warmup: (steps / 10).clamp(1, 100),
-        schedule: ScheduleKind::Cosine,
-        min_lr_frac: 0.1,
-        optim: OptimConfig::default(),
-        heldout_bytes: 262_144,
-        eval_every: 100,
-        eval_windows: 64,
-        ckpt_every: 500,
-        seed: 0,
-        time_budget_s: None,
-        heldout_data: None,
-        tokens: None,
-    }
 }
 
 fn print_summary(s: &TrainSummary, json: bool) -> Result<()> {

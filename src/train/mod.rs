@@ -1,9 +1,11 @@
 //! Training: schedules, the loop, checkpoints.
 
 pub mod checkpoint;
+mod options;
 pub mod schedule;
 mod trainer;
 
+pub use options::{load_m2, M2Checkpoint};
 pub use schedule::{Schedule, ScheduleKind};
 pub use trainer::{
     is_token_dataset, saved_options, train, RunStart, TokenSource, TrainOptions, TrainSummary,
