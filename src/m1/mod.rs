@@ -22,6 +22,7 @@
 
 mod batch;
 mod exp;
+mod load;
 mod matmul;
 
 pub use batch::{CpuM1Batch, M1Batch};
