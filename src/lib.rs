@@ -6,9 +6,11 @@
 //! compressed tokens (`tokenize`, `compress`) and `generate` turns M2's samples back into text.
 
 pub mod backend;
+pub mod bench;
 pub mod coder;
 pub mod compress;
 pub mod data;
+pub mod demo;
 pub mod eval;
 pub mod experiment;
 pub mod generate;
@@ -16,4 +18,5 @@ pub mod m1;
 pub mod model;
 pub mod rng;
 pub mod tokenize;
+pub mod tokenize_jobs;
 pub mod train;
