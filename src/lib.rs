@@ -1,16 +1,22 @@
 //! terse: train and serve language models over neurally compressed text.
 //!
-//! The crate is laid out as `docs/architecture.md` describes: `model` holds configurations and the parameter
-//! arena, `backend` the compute (a CPU reference and, where a GPU is present, CUDA), `data` the
-//! corpus readers and batching, `train` the optimiser and loop, `checkpoint` the saved models (written
-//! durably through `fsio`), `eval` the scoring; `m1` and `coder` turn text into
-//! compressed tokens (`tokenize`, `compress`) and `generate` turns M2's samples back into text.
+//! The crate is laid out as `docs/architecture.md` describes, in layers whose imports only point
+//! down (`tests/layers.rs` checks it). At the bottom, `numerics` (the contract's shared
+//! arithmetic), `fsio` (durable file writes) and `rng`; above them `coder` (the arithmetic coder)
+//! and `model` (configurations, the parameter arena, batches); `checkpoint` (saved models); `m1`
+//! (exact inference, which coding runs) and `backend` (the compute: a CPU reference and, where a
+//! GPU is present, CUDA); `data` (corpus readers, byte loaders) and `tokenize` (text into token
+//! datasets, and their M2 examples); `train`, `eval`, `generate` and `compress`; on top
+//! `experiment` (the paper's comparison), `demo`, `bench` and `tokenize_jobs` (what the command
+//! line's commands run).
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod coder;
 pub mod compress;
 pub mod data;
+pub mod demo;
 pub mod eval;
 pub mod experiment;
 pub mod fsio;
@@ -20,4 +26,5 @@ pub mod model;
 pub mod numerics;
 pub mod rng;
 pub mod tokenize;
+pub mod tokenize_jobs;
 pub mod train;

@@ -62,6 +62,8 @@ impl StepStats {
 pub trait Backend {
     /// A human-readable description ("cpu (2 threads)", "cuda: NVIDIA H100 ...").
     fn name(&self) -> String;
+    /// Where it runs: [`Device::Cpu`] or [`Device::Cuda`] (never `Auto`).
+    fn device(&self) -> Device;
     /// Forward, backward, clipping and one AdamW update at learning rate `lr`; `step` counts
     /// optimiser steps from 1 (bias correction).
     fn train_step(

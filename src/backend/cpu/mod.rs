@@ -121,6 +121,10 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
+    fn device(&self) -> super::Device {
+        super::Device::Cpu
+    }
+
     fn train_step(
         &mut self,
         batch: &Batch,

@@ -871,6 +871,10 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
         )
     }
 
+    fn device(&self) -> crate::backend::Device {
+        crate::backend::Device::Cuda
+    }
+
     fn train_step(
         &mut self,
         batch: &Batch,

@@ -1,0 +1,172 @@
+//! Throughput measurements behind `terse bench m1` and `terse bench train` (`terse bench
+//! kernels` is [`crate::backend::cuda::bench`]).
+
+use crate::backend::{create_backend, cuda, Device, OptimConfig};
+use crate::m1::{CpuM1Batch, ExactM1, M1Batch, WINDOW_START};
+use crate::model::Batch;
+use crate::model::{ModelConfig, ParamArena};
+use crate::rng::Rng;
+use anyhow::{ensure, Result};
+use rayon::prelude::*;
+use std::time::Instant;
+
+/// Dense bf16 peak of an H100 SXM (llm.c's figure), FLOP/s: the denominator of MFU.
+pub const H100_PEAK_FLOPS: f64 = 989e12;
+
+/// How [`bench_m1`] drives M1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum M1Mode {
+    /// On the CPU, each window all at once, windows in parallel.
+    AllAtOnce,
+    /// On the CPU, all windows together one position per step ([`CpuM1Batch`], as the coders
+    /// drive M1).
+    Lockstep,
+    /// On the GPU ([`cuda::GpuExactM1`]), all windows together one position per step.
+    Gpu,
+}
+
+/// What [`bench_m1`] measured.
+#[derive(Clone, Debug)]
+pub struct M1Bench {
+    /// Positions computed (a window of `len` bytes has `len + 1`).
+    pub positions: usize,
+    pub seconds: f64,
+    pub positions_per_s: f64,
+    /// Where it ran, e.g. "cpu, lockstep (2 threads)".
+    pub device: String,
+}
+
+/// Times M1's exact inference path on `windows` random windows of `len` bytes: a `preset`
+/// byte-level model with random weights attending over at most `context` positions (0:
+/// unbounded).
+pub fn bench_m1(
+    preset: &str,
+    windows: usize,
+    len: usize,
+    context: usize,
+    mode: M1Mode,
+) -> Result<M1Bench> {
+    ensure!(windows > 0, "no windows to run");
+    let mut cfg = ModelConfig::preset(preset, Some(256))?;
+    cfg.context = (context > 0).then_some(context);
+    let m1 = ExactM1::new(&cfg, &ParamArena::init(&cfg, 0))?;
+    let mut rng = Rng::new(2);
+    let data: Vec<Vec<u8>> = (0..windows)
+        .map(|_| (0..len).map(|_| rng.below(256) as u8).collect())
+        .collect();
+    // All windows as streams of one batch, one position per step (how the coders drive M1).
+    let lockstep = |batch: &mut dyn M1Batch| -> Result<(Instant, usize)> {
+        let t = Instant::now();
+        let mut positions = 0;
+        for k in 0..=len {
+            let feeds: Vec<(usize, u8)> = (0..windows)
+                .map(|w| {
+                    let byte = if k == 0 { WINDOW_START } else { data[w][k - 1] };
+                    (w, byte)
+                })
+                .collect();
+            positions += batch.step(&feeds)?.len();
+        }
+        Ok((t, positions))
+    };
+    let threads = rayon::current_num_threads();
+    let (t, positions, device) = match mode {
+        M1Mode::Gpu => {
+            let mut g = cuda::GpuExactM1::new(&m1, windows, len + 1)?;
+            let (t, positions) = lockstep(&mut g)?;
+            (t, positions, "cuda".to_string())
+        }
+        M1Mode::Lockstep => {
+            let (t, positions) = lockstep(&mut CpuM1Batch::new(&m1, windows))?;
+            (t, positions, format!("cpu, lockstep ({threads} threads)"))
+        }
+        M1Mode::AllAtOnce => {
+            let t = Instant::now();
+            let positions: usize = data.par_iter().map(|w| m1.window_probs(w).len()).sum();
+            (
+                t,
+                positions,
+                format!("cpu, all at once ({threads} threads)"),
+            )
+        }
+    };
+    let seconds = t.elapsed().as_secs_f64();
+    Ok(M1Bench {
+        positions,
+        seconds,
+        positions_per_s: positions as f64 / seconds,
+        device,
+    })
+}
+
+/// What [`bench_train`] measured.
+#[derive(Clone, Debug)]
+pub struct TrainBench {
+    pub vocab: usize,
+    /// The backend's name after the timed steps.
+    pub backend: String,
+    /// Why that backend was chosen.
+    pub note: String,
+    pub seconds_per_step: f64,
+    pub tokens_per_s: f64,
+    /// Training GFLOP/s ([`ModelConfig::train_flops_per_token`] x tokens/s).
+    pub gflops: f64,
+    /// On the GPU: the fraction of [`H100_PEAK_FLOPS`] reached.
+    pub mfu: Option<f64>,
+    /// On the GPU: the fraction of the measured cuBLASLt ceiling
+    /// ([`cuda::bench::GEMM_CEILING_FLOPS`]) reached.
+    pub of_gemm_ceiling: Option<f64>,
+}
+
+/// Times `steps` training steps of a `preset` model (vocabulary `vocab`, default the preset's)
+/// on one fixed random `batch x seq` batch, after 2 untimed warm-up steps.
+pub fn bench_train(
+    preset: &str,
+    vocab: Option<usize>,
+    batch: usize,
+    seq: usize,
+    steps: u64,
+    device: Device,
+) -> Result<TrainBench> {
+    ensure!(
+        batch > 0 && seq > 0 && steps > 0,
+        "batch, seq and steps must be positive"
+    );
+    let cfg = ModelConfig::preset(preset, vocab)?;
+    let params = ParamArena::init(&cfg, 0);
+    let (mut be, note) = create_backend(device, &cfg, params, None)?;
+    let mut rng = Rng::new(1);
+    let n = batch * seq;
+    let tokens: Vec<u32> = (0..n + 1)
+        .map(|_| rng.below(cfg.vocab as u64) as u32)
+        .collect();
+    let data = Batch {
+        inputs: tokens[..n].to_vec(),
+        targets: tokens[1..].to_vec(),
+        batch,
+        seq,
+    };
+    let opt = OptimConfig::default();
+    for step in 1..=2 {
+        be.train_step(&data, 1e-4, step, &opt)?;
+    }
+    let t = Instant::now();
+    for step in 3..3 + steps {
+        be.train_step(&data, 1e-4, step, &opt)?;
+    }
+    let secs = t.elapsed().as_secs_f64() / steps as f64;
+    let tokens_per_s = n as f64 / secs;
+    let gflops = cfg.train_flops_per_token(seq) * tokens_per_s / 1e9;
+    // Utilisation figures mean something only on the GPU.
+    let on_gpu = be.device() == Device::Cuda;
+    Ok(TrainBench {
+        vocab: cfg.vocab,
+        backend: be.name(),
+        note,
+        seconds_per_step: secs,
+        tokens_per_s,
+        gflops,
+        mfu: on_gpu.then(|| gflops * 1e9 / H100_PEAK_FLOPS),
+        of_gemm_ceiling: on_gpu.then(|| gflops * 1e9 / cuda::bench::GEMM_CEILING_FLOPS),
+    })
+}

@@ -1,0 +1,180 @@
+//! `terse bench`: its flags and what it prints (the measuring is [`terse::bench`]'s).
+
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use terse::backend::{cuda, Device};
+use terse::bench::{bench_m1, bench_train, M1Mode};
+use terse::model::ModelConfig;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Time M1's exact inference path (the coding contract) over many windows, all cores.
+    M1 {
+        /// Model preset (a byte-level model).
+        #[arg(long, default_value = "m1-3m")]
+        preset: String,
+        /// Windows to run.
+        #[arg(long, default_value_t = 256)]
+        windows: usize,
+        /// Bytes per window (positions per window = len + 1).
+        #[arg(long, default_value_t = 16)]
+        len: usize,
+        /// Positions a query attends over (M1's training length; 0: unbounded).
+        #[arg(long, default_value_t = 256)]
+        context: usize,
+        /// On the CPU, advance all windows together one position per step (`CpuM1Batch`, as the
+        /// coders do) instead of each window all at once.
+        #[arg(long)]
+        steps: bool,
+        /// On the GPU (`GpuExactM1`): all windows advance together, one position per step.
+        #[arg(long)]
+        gpu: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time every CUDA training kernel and GEMM at a preset's shapes (CUDA events, median of
+    /// --reps): ms, bytes moved, GB/s or TFLOP/s against the measured H100 ceilings. Needs a GPU.
+    Kernels {
+        /// Model preset.
+        #[arg(long, default_value = "m1-3m")]
+        preset: String,
+        /// Vocabulary size (default: the preset's).
+        #[arg(long)]
+        vocab: Option<usize>,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 1024)]
+        seq: usize,
+        /// Timed launches per kernel (the median is reported).
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time training steps on random bytes: ms/step, tokens/s, TFLOP/s, MFU.
+    Train {
+        /// Model preset.
+        #[arg(long, default_value = "m1-3m")]
+        preset: String,
+        /// Vocabulary size (default: the preset's).
+        #[arg(long)]
+        vocab: Option<usize>,
+        /// Sequences per step.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        /// Timed steps (after 2 untimed warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: u64,
+        /// Where to run: auto, cpu or cuda.
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(b: BenchCmd) -> Result<()> {
+    match b {
+        BenchCmd::M1 {
+            preset,
+            windows,
+            len,
+            context,
+            steps,
+            gpu,
+            json,
+        } => {
+            if windows == 0 {
+                bail!("--windows must be positive");
+            }
+            let mode = match (gpu, steps) {
+                (true, _) => M1Mode::Gpu,
+                (false, true) => M1Mode::Lockstep,
+                (false, false) => M1Mode::AllAtOnce,
+            };
+            let r = bench_m1(&preset, windows, len, context, mode)?;
+            let (positions, secs, rate, device) =
+                (r.positions, r.seconds, r.positions_per_s, r.device);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "m1", "preset": preset, "windows": windows, "len": len, "context": context,
+                        "device": device, "positions_per_s": rate, "seconds": secs})
+                );
+            } else {
+                println!(
+                    "exact M1 {preset}: {positions} positions in {secs:.2} s = {rate:.0} positions/s on {device}"
+                );
+            }
+        }
+        BenchCmd::Kernels {
+            preset,
+            vocab,
+            batch,
+            seq,
+            reps,
+            json,
+        } => {
+            let cfg = ModelConfig::preset(&preset, vocab)?;
+            let r = cuda::bench::bench_kernels(&cfg, batch, seq, reps)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                print!("{}", cuda::bench::format_report(&r));
+            }
+        }
+        BenchCmd::Train {
+            preset,
+            vocab,
+            batch,
+            seq,
+            steps,
+            device,
+            json,
+        } => {
+            if batch == 0 || seq == 0 || steps == 0 {
+                bail!("--batch, --seq and --steps must be positive");
+            }
+            let r = bench_train(&preset, vocab, batch, seq, steps, device)?;
+            let (secs, tok_s, gflops) = (r.seconds_per_step, r.tokens_per_s, r.gflops);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "bench": "train", "preset": preset, "vocab": r.vocab, "batch": batch, "seq": seq,
+                        "steps": steps, "backend": r.backend, "note": r.note, "ms_per_step": secs * 1e3,
+                        "tokens_per_s": tok_s, "gflops": gflops, "tflops": gflops / 1e3,
+                        "mfu_989": r.mfu, "of_gemm_ceiling_805": r.of_gemm_ceiling,
+                    })
+                );
+            } else {
+                let mfu_s = match (r.mfu, r.of_gemm_ceiling) {
+                    (Some(m), Some(g)) => format!(
+                        ", MFU {:.1}% of 989 TFLOP/s ({:.1}% of the measured 805)",
+                        m * 100.0,
+                        g * 100.0
+                    ),
+                    _ => String::new(),
+                };
+                println!(
+                    "train {preset} (vocab {}) {batch}x{seq} on {} [{}]: {:.2} ms/step, {:.0} tokens/s, {:.2} TFLOP/s{mfu_s}",
+                    r.vocab,
+                    r.backend,
+                    r.note,
+                    secs * 1e3,
+                    tok_s,
+                    gflops / 1e3,
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! `terse eval`: its flags and what it prints (an M1 on a corpus, an M2 on a token dataset).
+
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Instant;
+use terse::backend::{create_backend, Device};
+use terse::checkpoint::load_model;
+use terse::data::{baselines, eval_windows, read_prefix};
+use terse::eval::score_windows;
+use terse::eval::tokens::{evaluate_m2, token_counts};
+use terse::tokenize::ChunkSplit;
+use terse::tokenize::TokenDataset;
+use terse::train::{is_token_dataset, load_m2, M2Checkpoint};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Checkpoint directory (or its model.safetensors).
+    #[arg(long, visible_alias = "m2")]
+    checkpoint: PathBuf,
+    /// A corpus file (M1: its whole byte stream, documents joined by a blank line) or a token
+    /// dataset (M2: every token of its chunks, tokenized like the M2's training data).
+    #[arg(long)]
+    data: PathBuf,
+    /// Context per window: bytes (M1) [default: 256], tokens (M2) [default: its training length].
+    #[arg(long)]
+    seq: Option<usize>,
+    /// M2: which chunks of the token dataset to score.
+    #[arg(long, value_enum, default_value = "all")]
+    split: terse::tokenize::ChunkSplit,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Score only the first N bytes.
+    #[arg(long)]
+    max_bytes: Option<u64>,
+    /// Also compute gzip -9, xz -9 and zstd -19 on the same bytes.
+    #[arg(long)]
+    baselines: bool,
+    /// Where to run: auto (the GPU when usable, else the CPU), cpu or cuda.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_m2(a: EvalArgs) -> Result<()> {
+    let M2Checkpoint {
+        config: cfg,
+        params,
+        options: opts,
+        tokens: src,
+    } = load_m2(&a.checkpoint)?;
+    let ds = TokenDataset::open(&a.data)?;
+    src.check_compatible(ds.metadata(), &a.data)?;
+    // The unigram model counts the M2's training tokens when they are still there.
+    let unigram = TokenDataset::open(&opts.data).ok().map(|t| {
+        (
+            token_counts(&t, ChunkSplit::All),
+            opts.data.display().to_string(),
+        )
+    });
+    let t = Instant::now();
+    let (mut be, _) = create_backend(a.device, &cfg, params, None)?;
+    let r = evaluate_m2(
+        be.as_mut(),
+        &cfg,
+        &src,
+        &ds,
+        a.split,
+        a.seq.unwrap_or(opts.seq),
+        a.batch,
+        unigram,
+    )?;
+    let secs = t.elapsed().as_secs_f64();
+    if a.json {
+        let mut j = serde_json::to_value(&r)?;
+        j["seconds"] = secs.into();
+        j["backend"] = be.name().into();
+        println!("{j}");
+    } else {
+        println!(
+            "{} ({}-bit {}, vocab {}): {} chunks, {} tokens over {} bytes ({:.3} bytes/token)",
+            a.data.display(),
+            r.token_bits,
+            r.method,
+            r.vocab,
+            r.chunks,
+            r.tokens,
+            r.bytes,
+            r.bytes_per_token
+        );
+        println!(
+            "  M2 {:.4} bits/byte ({:.4} bits/token)   uniform {:.4}   unigram {:.4}",
+            r.bits_per_byte, r.bits_per_token, r.uniform_bits_per_byte, r.unigram_bits_per_byte
+        );
+        println!(
+            "  inference {:.2}M FLOPs/byte (M2 {:.2}M non-embedding params{})   {:.1} s on {}",
+            r.flops_per_byte / 1e6,
+            r.m2_non_embedding_params as f64 / 1e6,
+            r.m1_non_embedding_params
+                .map(|p| format!(", M1 {:.2}M", p as f64 / 1e6))
+                .unwrap_or_default(),
+            secs,
+            be.name()
+        );
+    }
+    Ok(())
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    if a.seq == Some(0) || a.batch == 0 {
+        bail!("--seq and --batch must be positive");
+    }
+    if is_token_dataset(&a.data) {
+        return run_m2(a);
+    }
+    let seq = a.seq.unwrap_or(256);
+    let (cfg, params) = load_model(&a.checkpoint)?;
+    if cfg.vocab != 256 {
+        bail!(
+            "checkpoint {} has vocab {}: `terse eval --data` scores byte-level models (vocab 256)",
+            a.checkpoint.display(),
+            cfg.vocab
+        );
+    }
+    let bytes = read_prefix(&a.data, a.max_bytes.unwrap_or(u64::MAX))?;
+    if bytes.len() < 2 {
+        bail!(
+            "corpus {} holds too little text to score (need at least 2 bytes)",
+            a.data.display()
+        );
+    }
+    let t = Instant::now();
+    let (mut be, _) = create_backend(a.device, &cfg, params, None)?;
+    let windows = eval_windows(&bytes, seq, None);
+    let score = score_windows(be.as_mut(), &windows, a.batch)?;
+    let secs = t.elapsed().as_secs_f64();
+    let base = if a.baselines {
+        Some(baselines(&bytes)?)
+    } else {
+        None
+    };
+    if a.json {
+        let mut j = serde_json::json!({
+            "bits_per_byte": score.bits_per_byte, "bytes_scored": score.bytes_scored,
+            "seconds": secs, "backend": be.name(),
+        });
+        if let Some(b) = &base {
+            j["gzip_bpb"] = b.gzip_bpb.into();
+            j["xz_bpb"] = b.xz_bpb.into();
+            j["zstd_bpb"] = b.zstd_bpb.into();
+        }
+        println!("{j}");
+    } else {
+        println!(
+            "{}: {:.4} bits/byte over {} bytes ({:.1} s, {:.0} bytes/s on {})",
+            a.data.display(),
+            score.bits_per_byte,
+            score.bytes_scored,
+            secs,
+            score.bytes_scored as f64 / secs,
+            be.name()
+        );
+        if let Some(b) = base {
+            println!(
+                "gzip -9 {:.4}  xz -9 {:.4}  zstd -19 {:.4} bits/byte",
+                b.gzip_bpb, b.xz_bpb, b.zstd_bpb
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! `terse generate`: its flags; the text streams to stdout as it is decoded.
+
+use anyhow::Result;
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use terse::generate::{generate, SampleOptions};
+use terse::m1::{ExactLm, ExactM1};
+use terse::train::{load_m2, M2Checkpoint};
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// The M2 checkpoint (trained with `terse train --data TOKENS`).
+    #[arg(long)]
+    m2: PathBuf,
+    /// The M1 its tokens were coded with (equal-info models).
+    #[arg(long)]
+    m1: Option<PathBuf>,
+    /// Text to continue.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Bytes to generate.
+    #[arg(long, default_value_t = 400)]
+    max_bytes: usize,
+    /// Sampling temperature; 0 takes the most likely token.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Sample among the K most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object (text and timing) instead of streaming the text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let M2Checkpoint {
+        config: cfg,
+        params,
+        options: opts,
+        tokens: src,
+    } = load_m2(&a.m2)?;
+    let m2 = ExactLm::new(&cfg, &params)?;
+    let m1 =
+        a.m1.as_deref()
+            .map(ExactM1::load)
+            .transpose()?
+            .map(Arc::new);
+    let o = SampleOptions {
+        max_bytes: a.max_bytes,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        seed: a.seed,
+    };
+    let mut text = Vec::new();
+    let mut out = std::io::stdout().lock();
+    let prompt = a.prompt.as_bytes();
+    let json = a.json;
+    if !json {
+        out.write_all(prompt)?;
+        out.flush()?;
+    }
+    let r = generate(&m2, &src, m1, opts.seq, prompt, &o, |bytes| {
+        text.extend_from_slice(bytes);
+        if !json {
+            out.write_all(bytes)?;
+            out.flush()?;
+        }
+        Ok(())
+    })?;
+    if json {
+        let mut j = serde_json::to_value(&r)?;
+        j["text"] = String::from_utf8_lossy(&text).into_owned().into();
+        writeln!(out, "{j}")?;
+    } else {
+        writeln!(out)?;
+        eprintln!(
+            "terse generate: {} bytes in {} steps ({:.2} bytes/step), {:.3} ms/byte, {:.1} steps/s ({} M2, {}-bit tokens)",
+            r.bytes,
+            r.steps,
+            r.bytes_per_step,
+            r.ms_per_byte,
+            r.steps as f64 / r.seconds.max(1e-9),
+            r.method,
+            src.token_bits
+        );
+    }
+    Ok(())
+}

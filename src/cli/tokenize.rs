@@ -1,0 +1,129 @@
+//! `terse tokenize` and `terse detokenize`: their flags and what they print.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use terse::tokenize::Method;
+use terse::tokenize_jobs::{detokenize, load_m1_spec};
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    /// Tokenization method (ac and equal-info need --m1).
+    #[arg(long, value_enum)]
+    method: terse::tokenize::Method,
+    /// M1 checkpoint (a byte-level model) for ac and equal-info.
+    #[arg(long)]
+    m1: Option<PathBuf>,
+    /// Bits per Equal-Info window: 16..=128, a multiple of 8 and of --token-bits.
+    #[arg(long, default_value_t = 16)]
+    window_bits: u32,
+    /// equal-info: the paper's "Delay" rule (App. A.5): a window never ends with a byte that
+    /// encodes to all zeros; such bytes start the next window. Default: designated codes.
+    #[arg(long)]
+    delay: bool,
+    /// subword: train the BPE on this corpus (its first 50 MB) instead of --data's first 50 MB.
+    #[arg(long)]
+    subword_train: Option<PathBuf>,
+    /// Corpus: .txt or .jsonl (C4 layout), optionally .gz or .zst.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output dataset directory (created; tokens.bin and metadata.json are replaced).
+    #[arg(long)]
+    out: PathBuf,
+    /// Bits per token: 8 (vocab 256) or 16 (vocab 65536).
+    #[arg(long, default_value_t = 16, value_parser = token_bits_parser())]
+    token_bits: u32,
+    /// Bytes of text per example (the paper's 10,240); the last chunk may be shorter.
+    #[arg(long, default_value_t = terse::tokenize::DEFAULT_CHUNK_BYTES)]
+    chunk_bytes: usize,
+    /// ac, equal-info: run M1 on the GPU, hundreds of chunks at once (the same tokens as on the
+    /// CPU).
+    #[arg(long)]
+    gpu: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `--token-bits`: 8 or 16 only.
+fn token_bits_parser() -> impl clap::builder::TypedValueParser<Value = u32> {
+    clap::builder::TypedValueParser::map(
+        clap::builder::PossibleValuesParser::new(["8", "16"]),
+        |s: String| if s == "8" { 8 } else { 16 },
+    )
+}
+
+pub fn run(a: TokenizeArgs) -> Result<()> {
+    if a.delay && a.method != Method::EqualInfo {
+        bail!("--delay is a rule of --method equal-info only");
+    }
+    if a.gpu && !a.method.needs_m1() {
+        bail!(
+            "--gpu runs M1 (ac, equal-info); {} runs on the CPU",
+            a.method.name()
+        );
+    }
+    let spec = match (a.method.needs_m1(), &a.m1) {
+        (true, Some(path)) => Some(load_m1_spec(
+            &a.method,
+            path,
+            a.window_bits,
+            a.delay,
+            a.gpu,
+            a.chunk_bytes,
+        )?),
+        (true, None) => bail!("--method {} needs --m1 CHECKPOINT", a.method.name()),
+        (false, Some(_)) => bail!("--m1 is used only by --method ac and equal-info"),
+        (false, None) => None,
+    };
+    let r = terse::tokenize::tokenize_corpus_with(
+        a.method,
+        &a.data,
+        &a.out,
+        a.token_bits,
+        a.chunk_bytes,
+        spec.as_ref(),
+        a.subword_train.as_deref(),
+        !a.json,
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} -> {} ({}, {}-bit tokens, {}-byte chunks)",
+            r.source,
+            r.out,
+            r.method.name(),
+            r.token_bits,
+            r.chunk_bytes
+        );
+        println!(
+            "{} bytes, {} tokens, {} chunks: {:.3} bytes/token, {:.3} bits/byte",
+            r.bytes, r.tokens, r.chunks, r.bytes_per_token, r.bits_per_byte
+        );
+        if let Some(h) = r.unigram_entropy {
+            println!("byte unigram entropy {h:.3} bits/byte");
+        }
+        if let (Some(w), Some(b)) = (r.windows, r.backoffs) {
+            println!(
+                "{w} windows ({:.3} bytes/window), {b} encoder back-offs",
+                r.bytes_per_window.unwrap_or(0.0)
+            );
+        }
+        println!("{:.2} s, {:.3} MB/s", r.seconds, r.bytes_per_second / 1e6);
+    }
+    Ok(())
+}
+
+/// `terse detokenize`.
+pub fn run_detokenize(data: &Path, m1: Option<&Path>, out: &Path, gpu: bool) -> Result<()> {
+    let r = detokenize(data, m1, out, gpu)?;
+    println!(
+        "{}: {} bytes decoded to {} in {:.1} s",
+        data.display(),
+        r.bytes,
+        out.display(),
+        r.seconds
+    );
+    Ok(())
+}

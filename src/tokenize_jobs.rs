@@ -1,0 +1,98 @@
+//! Tokenizing and detokenizing as the command line runs them: M1 loaded from a checkpoint and
+//! run on the CPU or the GPU, a token dataset decoded back into a file.
+
+use crate::backend::cuda::GpuExactM1;
+use crate::checkpoint::load_model;
+use crate::fsio::write_atomic;
+use crate::m1::{ExactM1, M1Batch};
+use crate::tokenize::{decode_dataset_on, M1Spec, Method, TokenDataset, DEFAULT_CHUNK_BYTES};
+use anyhow::{bail, ensure, Context, Result};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// M1 on the GPU for `ac` and `equal-info` (`--gpu`), as a batch for [`M1Spec::with_batch`]
+/// sized for `chunk_bytes`-byte chunks: refuses other methods and machines without a usable
+/// GPU. Says on stderr how many streams it runs at once.
+pub fn gpu_m1_batch(
+    method: &Method,
+    m1: &ExactM1,
+    chunk_bytes: usize,
+) -> Result<Arc<Mutex<dyn M1Batch>>> {
+    ensure!(
+        method.needs_m1(),
+        "--gpu runs M1 (ac, equal-info); {} runs on the CPU",
+        method.name()
+    );
+    let g = GpuExactM1::for_chunks(m1, chunk_bytes).context("--gpu: M1 on the GPU")?;
+    eprintln!(
+        "M1 on the GPU: {} streams at a time (positions up to {})",
+        g.streams(),
+        g.capacity()
+    );
+    Ok(Arc::new(Mutex::new(g)))
+}
+
+/// What `method` (one that needs M1) codes with: the M1 checkpoint at `m1`, `window_bits`-bit
+/// windows, the Delay rule when `delay`, and M1 on the GPU when `gpu` (for `chunk_bytes`-byte
+/// chunks).
+pub fn load_m1_spec(
+    method: &Method,
+    m1: &Path,
+    window_bits: u32,
+    delay: bool,
+    gpu: bool,
+    chunk_bytes: usize,
+) -> Result<M1Spec> {
+    let m1 = ExactM1::load(m1)?;
+    let batch = match gpu {
+        true => Some(gpu_m1_batch(method, &m1, chunk_bytes)?),
+        false => None,
+    };
+    let spec = M1Spec::new(Arc::new(m1), window_bits).with_delay(delay);
+    Ok(match batch {
+        Some(b) => spec.with_batch(b),
+        None => spec,
+    })
+}
+
+/// What [`detokenize`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct Detokenized {
+    /// Bytes decoded (and written).
+    pub bytes: usize,
+    /// Seconds decoding and writing (loading M1 excluded).
+    pub seconds: f64,
+}
+
+/// Decodes the token dataset `data` back to the exact bytes it covers and writes them to `out`
+/// atomically. Equal-info and ac datasets need the M1 checkpoint they were coded with (`m1`);
+/// `gpu` runs it on the GPU.
+pub fn detokenize(data: &Path, m1: Option<&Path>, out: &Path, gpu: bool) -> Result<Detokenized> {
+    let m1 = match m1 {
+        Some(path) => {
+            let (cfg, params) = load_model(path)?;
+            Some(Arc::new(ExactM1::new(&cfg, &params)?))
+        }
+        None => None,
+    };
+    let batch = match (gpu, &m1) {
+        (false, _) => None,
+        (true, None) => bail!("--gpu runs M1: pass --m1"),
+        (true, Some(m)) => {
+            let meta = TokenDataset::open(data)?.metadata().clone();
+            let method = Method::from_name(&meta.method)
+                .with_context(|| format!("unknown method {}", meta.method))?;
+            let chunk = meta.params.get("chunk_bytes").and_then(|v| v.as_u64());
+            let chunk = chunk.unwrap_or(DEFAULT_CHUNK_BYTES as u64) as usize;
+            Some(gpu_m1_batch(&method, m, chunk)?)
+        }
+    };
+    let t = Instant::now();
+    let bytes = decode_dataset_on(data, m1, batch)?;
+    write_atomic(out, &bytes)?;
+    Ok(Detokenized {
+        bytes: bytes.len(),
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
