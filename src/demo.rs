@@ -9,9 +9,9 @@ use crate::data::{baselines, Baselines};
 use crate::experiment::Pipeline;
 use crate::experiment::{prepare_corpus, train_m1, M1Result, M2Budget, MethodResult, MethodSpec};
 use crate::generate::{generate, GenerationReport, SampleOptions};
-use crate::m1::{ExactLm, ExactM1};
+use crate::m1::{ExactM1, ExactModel};
+use crate::tokenize::TokenSource;
 use crate::tokenize::{Method, TokenDataset, DEFAULT_CHUNK_BYTES};
-use crate::train::TokenSource;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -108,7 +108,7 @@ pub fn run_demo(o: &DemoOptions, mut stage: impl FnMut(String)) -> Result<DemoRe
     )?;
     stage("terse demo [4/4]: generating with the Equal-Info M2 (decoded through M1)".into());
     let (cfg, params) = load_model(&ei.checkpoint)?;
-    let lm = ExactLm::new(&cfg, &params)?;
+    let lm = ExactModel::new(&cfg, &params)?;
     let src = TokenSource::from_metadata(TokenDataset::open(&ei.dataset)?.metadata());
     let mut sample = Vec::new();
     let generation = generate(

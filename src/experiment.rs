@@ -13,7 +13,7 @@ use crate::checkpoint::load_model;
 use crate::data::{baselines, eval_windows, read_prefix, Baselines};
 use crate::eval::score_windows;
 use crate::eval::tokens::{evaluate_m2, token_counts, M2Report};
-use crate::m1::{ExactLm, ExactM1};
+use crate::m1::{ExactM1, ExactModel};
 use crate::tokenize::{
     tokenize_corpus, ChunkSplit, M1Spec, Method, TokenDataset, TokenEvalSet, TokenizeReport,
     HELDOUT_EVERY, M2_START,
@@ -419,7 +419,7 @@ impl Pipeline<'_> {
         .with_context(|| format!("{label}: training M2"))?;
         let ds = TokenDataset::open(&dataset)?;
         let (cfg, params) = load_model(&checkpoint)?;
-        let src = crate::train::TokenSource::from_metadata(ds.metadata());
+        let src = crate::tokenize::TokenSource::from_metadata(ds.metadata());
         let counts = token_counts(&ds, ChunkSplit::Train);
         let (mut be, _) = create_backend(self.device, &cfg, params.clone(), None)?;
         let eval = evaluate_m2(
@@ -436,7 +436,7 @@ impl Pipeline<'_> {
             )),
         )
         .with_context(|| format!("{label}: scoring M2"))?;
-        let lm = ExactLm::new(&cfg, &params)?;
+        let lm = ExactModel::new(&cfg, &params)?;
         let position_accuracy = position_accuracy(&lm, &ds, budget.seq, spec.tokens_per_window());
         Ok(MethodResult {
             label,
@@ -482,7 +482,12 @@ const ACCURACY_TOKENS: usize = 2048;
 /// M2's top-1 accuracy on held-out tokens by position inside a window (rows start at chunk
 /// starts plus whole multiples of `seq`, so at window boundaries when `seq` is a multiple of the
 /// window's tokens).
-fn position_accuracy(lm: &ExactLm, ds: &TokenDataset, seq: usize, per_window: usize) -> Vec<f64> {
+fn position_accuracy(
+    lm: &ExactModel,
+    ds: &TokenDataset,
+    seq: usize,
+    per_window: usize,
+) -> Vec<f64> {
     let set = TokenEvalSet::new(ds, ChunkSplit::Heldout, seq, None);
     let (mut hits, mut seen) = (vec![0u64; per_window], vec![0u64; per_window]);
     let mut probs = vec![0f32; lm.config().vocab];

@@ -7,16 +7,15 @@
 //! only decode as whole chunks (gzip, static-ac, plain AC): a sample of those is a stream prefix
 //! that generally does not decode.
 //!
-//! M2 runs on [`ExactLm`] with a key/value cache. Its context holds the start token and at most
+//! M2 runs on [`ExactModel`] with a key/value cache. Its context holds the start token and at most
 //! `context - 1` tokens (the length it trained on); when full, it restarts from the most recent
 //! half, cut at a unit boundary.
 
-use crate::m1::{ExactLm, ExactM1, WindowState};
+use crate::m1::{ExactM1, ExactModel, WindowState};
 use crate::rng::Rng;
 use crate::tokenize::equal_info::EqualInfo;
 use crate::tokenize::M2_START;
-use crate::tokenize::{bytes, Coder, M1Spec, Method};
-use crate::train::TokenSource;
+use crate::tokenize::{bytes, Codec, M1Spec, Method, TokenSource};
 use anyhow::{bail, ensure, Result};
 use serde::Serialize;
 use std::sync::Arc;
@@ -54,44 +53,43 @@ pub struct GenerationReport {
 }
 
 /// Turns units of M2 tokens back into bytes.
-enum UnitCoder {
+enum UnitCodec {
     Bytes { token_bits: u32 },
     EqualInfo(M1Spec),
 }
 
-impl UnitCoder {
+impl UnitCodec {
     fn new(src: &TokenSource, m1: Option<Arc<ExactM1>>) -> Result<Self> {
-        match Method::from_name(&src.method) {
-            Some(Method::Bytes) => Ok(UnitCoder::Bytes {
+        match src.method.method() {
+            Method::Bytes => Ok(UnitCodec::Bytes {
                 token_bits: src.token_bits,
             }),
-            Some(Method::EqualInfo) => match src.coder(m1)? {
-                Coder::EqualInfo(spec) => Ok(UnitCoder::EqualInfo(spec)),
-                _ => unreachable!("equal-info metadata gives an equal-info coder"),
+            Method::EqualInfo => match src.codec(m1)? {
+                Codec::EqualInfo(spec) => Ok(UnitCodec::EqualInfo(spec)),
+                _ => unreachable!("equal-info metadata gives an equal-info codec"),
             },
-            _ => bail!(
-                "generation streams text for equal-info and bytes models; {} tokens decode only as whole chunks",
-                src.method
+            other => bail!(
+                "generation streams text for equal-info and bytes models; {other} tokens decode only as whole chunks"
             ),
         }
     }
 
     fn tokens_per_unit(&self, token_bits: u32) -> usize {
         match self {
-            UnitCoder::Bytes { .. } => 1,
-            UnitCoder::EqualInfo(e) => (e.window_bits / token_bits) as usize,
+            UnitCodec::Bytes { .. } => 1,
+            UnitCodec::EqualInfo(e) => (e.window_bits / token_bits) as usize,
         }
     }
 
     /// The prompt's tokens and how many of its bytes they carry.
     fn encode_prompt(&self, prompt: &[u8], token_bits: u32) -> Result<(Vec<u16>, usize)> {
         match self {
-            UnitCoder::Bytes { token_bits } => {
+            UnitCodec::Bytes { token_bits } => {
                 let used = prompt.len() - prompt.len() % (*token_bits as usize / 8);
                 Ok((bytes::encode(&prompt[..used], *token_bits)?, used))
             }
-            UnitCoder::EqualInfo(e) => Ok((
-                Coder::EqualInfo(e.clone()).encode(prompt, token_bits)?,
+            UnitCodec::EqualInfo(e) => Ok((
+                Codec::EqualInfo(e.clone()).encode(prompt, token_bits)?,
                 prompt.len(),
             )),
         }
@@ -99,12 +97,12 @@ impl UnitCoder {
 
     fn decode_unit(&self, tokens: &[u16], token_bits: u32) -> Result<Vec<u8>> {
         match self {
-            UnitCoder::Bytes { token_bits } => bytes::decode(
+            UnitCodec::Bytes { token_bits } => bytes::decode(
                 tokens,
                 *token_bits,
                 tokens.len() * (*token_bits as usize / 8),
             ),
-            UnitCoder::EqualInfo(e) => {
+            UnitCodec::EqualInfo(e) => {
                 let codes = crate::coder::tokens_to_codes(tokens, e.window_bits, token_bits)?;
                 EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?.decode_window(codes[0])
             }
@@ -174,11 +172,11 @@ pub fn decode_tokens(
     if let Some(&t) = tokens.iter().find(|&&t| t as u32 >= src.vocab) {
         bail!("token {t} outside the vocabulary {}", src.vocab);
     }
-    let coder = UnitCoder::new(src, m1)?;
-    let unit = coder.tokens_per_unit(src.token_bits);
+    let codec = UnitCodec::new(src, m1)?;
+    let unit = codec.tokens_per_unit(src.token_bits);
     let mut out = Vec::new();
     for u in tokens.chunks_exact(unit) {
-        out.extend(coder.decode_unit(u, src.token_bits)?);
+        out.extend(codec.decode_unit(u, src.token_bits)?);
     }
     Ok(out)
 }
@@ -186,7 +184,7 @@ pub fn decode_tokens(
 /// Generates up to `o.max_bytes` bytes after `prompt` with M2 (`m2`, trained on `src`'s tokens
 /// with rows of `context` tokens). `on_text` receives each decoded unit's bytes, in order.
 pub fn generate(
-    m2: &ExactLm,
+    m2: &ExactModel,
     src: &TokenSource,
     m1: Option<Arc<ExactM1>>,
     context: usize,
@@ -204,15 +202,15 @@ pub fn generate(
         o.temperature.is_finite() && o.temperature >= 0.0,
         "temperature must be a non-negative number"
     );
-    let coder = UnitCoder::new(src, m1)?;
+    let codec = UnitCodec::new(src, m1)?;
     let tb = src.token_bits;
-    let unit = coder.tokens_per_unit(tb);
+    let unit = codec.tokens_per_unit(tb);
     ensure!(
         context > 2 * unit,
         "context {context} too short for {unit}-token units"
     );
     let prefill_start = Instant::now();
-    let (prompt_tokens, prompt_bytes) = coder.encode_prompt(prompt, tb)?;
+    let (prompt_tokens, prompt_bytes) = codec.encode_prompt(prompt, tb)?;
     let mut ctx: Vec<u16> = prompt_tokens.clone();
     // Longer prompts keep their most recent whole units.
     let max_tokens = (context - 1) / unit * unit;
@@ -243,7 +241,7 @@ pub fn generate(
         pending.push(token as u16);
         ctx.push(token as u16);
         if pending.len() == unit {
-            let text = coder.decode_unit(&pending, tb)?;
+            let text = codec.decode_unit(&pending, tb)?;
             pending.clear();
             let take = text.len().min(o.max_bytes - produced);
             on_text(&text[..take])?;
@@ -263,7 +261,7 @@ pub fn generate(
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(GenerationReport {
-        method: src.method.clone(),
+        method: src.method.to_string(),
         prompt_bytes,
         prompt_tokens: prompt_tokens.len(),
         steps,

@@ -5,7 +5,7 @@ use crate::backend::cuda::GpuExactM1;
 use crate::checkpoint::load_model;
 use crate::fsio::write_atomic;
 use crate::m1::{ExactM1, M1Batch};
-use crate::tokenize::{decode_dataset_on, M1Spec, Method, TokenDataset, DEFAULT_CHUNK_BYTES};
+use crate::tokenize::{decode_dataset_on, M1Spec, Method, TokenDataset};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -81,10 +81,8 @@ pub fn detokenize(data: &Path, m1: Option<&Path>, out: &Path, gpu: bool) -> Resu
         (true, None) => bail!("--gpu runs M1: pass --m1"),
         (true, Some(m)) => {
             let meta = TokenDataset::open(data)?.metadata().clone();
-            let method = Method::from_name(&meta.method)
-                .with_context(|| format!("unknown method {}", meta.method))?;
-            let chunk = meta.params.get("chunk_bytes").and_then(|v| v.as_u64());
-            let chunk = chunk.unwrap_or(DEFAULT_CHUNK_BYTES as u64) as usize;
+            let method = meta.method.method();
+            let chunk = meta.method.chunk_bytes() as usize;
             Some(gpu_m1_batch(&method, m, chunk)?)
         }
     };

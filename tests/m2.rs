@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 use terse::backend::Device;
 use terse::checkpoint::{load_model, load_training};
-use terse::train::{train, RunStart, TokenSource, TrainOptions};
+use terse::tokenize::{BytesParams, EqualInfoParams, MethodParams, TokenSource};
+use terse::train::{train, RunStart, TrainOptions};
 
 fn tokenize(corpus: &Path, out: &Path, method: &str, bits: &str) {
     common::tokenize(corpus, out, method, bits, "2048", &[]);
@@ -210,13 +211,21 @@ fn source_with_rule(method: &str, token_bits: u32, window_bits: u32, rule: &str)
     let m1 = tiny_m1();
     let equal_info = method == "equal-info";
     TokenSource {
-        method: method.into(),
-        params: if equal_info {
-            serde_json::json!({
-                "window_bits": window_bits, "window_rule": rule, "m1_config": m1.config()
+        method: if equal_info {
+            MethodParams::EqualInfo(EqualInfoParams {
+                cdf_f_min: 1,
+                cdf_total_bits: 16,
+                chunk_bytes: 10_240,
+                m1_config: m1.config().clone(),
+                m1_contract: terse::m1::CONTRACT_VERSION,
+                window_bits,
+                window_rule: terse::coder::WindowRule::from_name(rule).unwrap(),
             })
         } else {
-            serde_json::json!({})
+            assert_eq!(method, "bytes");
+            MethodParams::Bytes(BytesParams {
+                chunk_bytes: 10_240,
+            })
         },
         token_bits,
         vocab: 1 << token_bits,
@@ -256,7 +265,8 @@ fn random_m2_generates_exactly_through_equal_info() {
     for (bits, b) in [(16, 16), (8, 16), (16, 32)] {
         let src = source("equal-info", bits, b);
         let cfg = terse::model::ModelConfig::preset("tiny", Some(1 << bits)).unwrap();
-        let m2 = terse::m1::ExactLm::new(&cfg, &terse::model::ParamArena::init(&cfg, 1)).unwrap();
+        let m2 =
+            terse::m1::ExactModel::new(&cfg, &terse::model::ParamArena::init(&cfg, 1)).unwrap();
         let o = terse::generate::SampleOptions {
             max_bytes: 400,
             temperature: 1.0,
@@ -288,7 +298,7 @@ fn prompt_tokens_decode_to_the_prompt_under_both_window_rules() {
         for (bits, b) in [(16, 16), (8, 16), (16, 32)] {
             let src = source_with_rule("equal-info", bits, b, rule);
             let tokens = src
-                .coder(Some(tiny_m1()))
+                .codec(Some(tiny_m1()))
                 .unwrap()
                 .encode(prompt, bits)
                 .unwrap();

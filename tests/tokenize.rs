@@ -8,9 +8,15 @@ use std::process::Command;
 use terse::data::open_stream;
 use terse::tokenize::static_ac::StaticAc;
 use terse::tokenize::{
-    decode_dataset, tokenize_corpus, Coder, DatasetError, Method, TokenDataset, TokenDatasetWriter,
-    DEFAULT_CHUNK_BYTES, METADATA_FILE, TOKENS_FILE,
+    decode_dataset, tokenize_corpus, BytesParams, Codec, DatasetError, Metadata, Method,
+    MethodParams, TokenDataset, TokenDatasetWriter, DEFAULT_CHUNK_BYTES, METADATA_FILE,
+    TOKENS_FILE,
 };
+
+/// A dataset's method parameters as `metadata.json` stores them, as plain JSON.
+fn params(meta: &Metadata) -> serde_json::Value {
+    serde_json::to_value(meta).unwrap()["params"].clone()
+}
 
 const METHODS: [Method; 3] = [Method::Bytes, Method::Gzip, Method::StaticAc];
 
@@ -65,7 +71,7 @@ fn roundtrip_all(content: &[u8], chunk_bytes: usize) {
             let ds = TokenDataset::open(&out).unwrap();
             assert_eq!(ds.len() as u64, r.tokens);
             assert_eq!(ds.num_examples() as u64, r.chunks);
-            assert_eq!(ds.metadata().method, method.name());
+            assert_eq!(ds.metadata().method.to_string(), method.name());
             assert_eq!(ds.metadata().vocab, 1 << bits);
             assert_eq!(ds.metadata().m1_fingerprint, None);
             if let Some(last) = ds.num_examples().checked_sub(1) {
@@ -177,7 +183,7 @@ fn static_ac_decodes_from_metadata_alone() {
     tokenize_corpus(Method::StaticAc, &corpus, &out, 16, 4096, None, false).unwrap();
     fs::remove_file(&corpus).unwrap();
     let meta = TokenDataset::open(&out).unwrap().metadata().clone();
-    let counts: Vec<u64> = serde_json::from_value(meta.params["counts"].clone()).unwrap();
+    let counts: Vec<u64> = serde_json::from_value(params(&meta)["counts"].clone()).unwrap();
     assert_eq!(counts.iter().sum::<u64>(), 30_000);
     assert_eq!(decode_dataset(&out).unwrap(), sample_prefix(30_000));
 }
@@ -198,7 +204,7 @@ fn byte_strings() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn check_coder(coder: &Coder, data: &[u8]) -> Result<(), TestCaseError> {
+fn check_codec(coder: &Codec, data: &[u8]) -> Result<(), TestCaseError> {
     for bits in [8u32, 16] {
         let t = coder.encode(data, bits).unwrap();
         prop_assert!(t.iter().all(|&x| (x as u32) < 1 << bits));
@@ -224,12 +230,12 @@ proptest! {
 
     #[test]
     fn prop_bytes(data in byte_strings()) {
-        check_coder(&Coder::Bytes, &data)?;
+        check_codec(&Codec::Bytes, &data)?;
     }
 
     #[test]
     fn prop_gzip(data in byte_strings()) {
-        check_coder(&Coder::Gzip, &data)?;
+        check_codec(&Codec::Gzip, &data)?;
     }
 
     #[test]
@@ -244,13 +250,13 @@ proptest! {
         } else {
             english_model()
         };
-        check_coder(&Coder::StaticAc(Box::new(model)), &data)?;
+        check_codec(&Codec::StaticAc(Box::new(model)), &data)?;
     }
 
     /// Garbage tokens never panic any decoder.
     #[test]
     fn prop_decoders_total(tokens in prop::collection::vec(any::<u16>(), 0..100), len in 0..500usize) {
-        for coder in [Coder::Bytes, Coder::Gzip, Coder::StaticAc(Box::new(english_model()))] {
+        for coder in [Codec::Bytes, Codec::Gzip, Codec::StaticAc(Box::new(english_model()))] {
             let _ = coder.decode(&tokens, 16, len);
             let narrow: Vec<u16> = tokens.iter().map(|t| t & 0xFF).collect();
             let _ = coder.decode(&narrow, 8, len);
@@ -411,7 +417,12 @@ fn writer_leaves_no_partial_dataset() {
     w.push_example(&[0xFFFF, 2], 3).unwrap();
     w.push_example(&[], 2).unwrap();
     let meta = w
-        .finish("bytes", serde_json::json!({}), 65536, None, "x")
+        .finish(
+            MethodParams::Bytes(BytesParams { chunk_bytes: 3 }),
+            65536,
+            None,
+            "x",
+        )
         .unwrap();
     assert_eq!(meta.examples, vec![[0, 0], [2, 3]]);
     let ds = TokenDataset::open(&d).unwrap();
@@ -548,7 +559,7 @@ fn equal_info_through_the_cli_round_trips_with_its_m1_only() {
             assert!(r["backoffs"].is_u64() && r["bytes_per_window"].is_number());
             let meta = TokenDataset::open(&out).unwrap().metadata().clone();
             assert_eq!(
-                meta.params["window_rule"],
+                params(&meta)["window_rule"],
                 if delay { "delay" } else { "designated" }
             );
         } else {
@@ -612,20 +623,20 @@ proptest! {
     #[test]
     fn prop_equal_info(data in short_byte_strings(), b in prop::sample::select(vec![16u32, 32, 64, 128])) {
         let spec = terse::tokenize::M1Spec::new(tiny_m1(), b);
-        check_coder(&Coder::EqualInfo(spec), &data)?;
+        check_codec(&Codec::EqualInfo(spec), &data)?;
     }
 
     /// The paper's Delay rule round-trips every input too.
     #[test]
     fn prop_equal_info_delay(data in short_byte_strings(), b in prop::sample::select(vec![16u32, 32, 64, 128])) {
         let spec = terse::tokenize::M1Spec::new(tiny_m1(), b).with_delay(true);
-        check_coder(&Coder::EqualInfo(spec), &data)?;
+        check_codec(&Codec::EqualInfo(spec), &data)?;
     }
 
     /// Plain AC under M1 (one context over the whole input) round-trips every input.
     #[test]
     fn prop_ac(data in m1_byte_strings()) {
-        check_coder(&Coder::Ac(terse::tokenize::M1Spec::new(tiny_m1(), 16)), &data)?;
+        check_codec(&Codec::Ac(terse::tokenize::M1Spec::new(tiny_m1(), 16)), &data)?;
     }
 
     /// Garbage tokens never panic the M1 decoders, and they give the requested length.
@@ -633,9 +644,9 @@ proptest! {
     fn prop_m1_decoders_total(tokens in prop::collection::vec(any::<u16>(), 0..40), len in 0..200usize) {
         let spec = terse::tokenize::M1Spec::new(tiny_m1(), 16);
         for coder in [
-            Coder::Ac(spec.clone()),
-            Coder::EqualInfo(spec.clone()),
-            Coder::EqualInfo(spec.clone().with_delay(true)),
+            Codec::Ac(spec.clone()),
+            Codec::EqualInfo(spec.clone()),
+            Codec::EqualInfo(spec.clone().with_delay(true)),
         ] {
             if let Ok(out) = coder.decode(&tokens, 16, len) {
                 prop_assert_eq!(out.len(), len);
@@ -713,7 +724,7 @@ fn m1_methods_round_trip_datasets() {
                     Some(format!("{:016x}", m1.fingerprint()))
                 );
                 if ei {
-                    assert_eq!(meta.params["window_rule"], spec.rule.name());
+                    assert_eq!(params(&meta)["window_rule"], spec.rule.name());
                 }
                 let got = decode_dataset_with_m1(&out, Some(m1.clone())).unwrap();
                 assert!(
@@ -783,9 +794,9 @@ fn delay_costs_compression() {
             probs = m1.push(&mut st, byte);
         }
     }
-    let tokens = |c: Coder| c.encode(&data, 16).unwrap().len();
-    let designated = tokens(Coder::EqualInfo(M1Spec::new(m1.clone(), 16)));
-    let delay = tokens(Coder::EqualInfo(
+    let tokens = |c: Codec| c.encode(&data, 16).unwrap().len();
+    let designated = tokens(Codec::EqualInfo(M1Spec::new(m1.clone(), 16)));
+    let delay = tokens(Codec::EqualInfo(
         M1Spec::new(m1.clone(), 16).with_delay(true),
     ));
     assert!(
@@ -814,7 +825,7 @@ proptest! {
     /// Any bytes (long runs, noise, text-like, invalid UTF-8) round-trip through the BPE.
     #[test]
     fn prop_subword(data in byte_strings(), invalid in prop::collection::vec(0x80u8..=0xFF, 0..50)) {
-        let coder = Coder::Subword(small_subword());
+        let coder = Codec::Subword(small_subword());
         let mut data = data;
         data.extend(invalid);
         let t = coder.encode(&data, 16).unwrap();
@@ -825,7 +836,7 @@ proptest! {
     /// Garbage ids never panic the subword decoder.
     #[test]
     fn prop_subword_decoder_total(tokens in prop::collection::vec(any::<u16>(), 0..100), len in 0..500usize) {
-        let _ = Coder::Subword(small_subword()).decode(&tokens, 16, len);
+        let _ = Codec::Subword(small_subword()).decode(&tokens, 16, len);
     }
 }
 
@@ -851,12 +862,12 @@ fn subword_datasets_round_trip() {
         let r = tokenize_corpus(Method::Subword, &corpus, &out, 16, 10_240, None, false).unwrap();
         assert_eq!(r.bytes, want.len() as u64);
         let meta = TokenDataset::open(&out).unwrap().metadata().clone();
-        assert_eq!(meta.method, "subword");
-        assert!(meta.params["tokenizer"].is_object());
-        assert!(meta.params["vocab_size"].as_u64().unwrap() <= 32_000);
+        assert_eq!(meta.method.to_string(), "subword");
+        assert!(params(&meta)["tokenizer"].is_object());
+        assert!(params(&meta)["vocab_size"].as_u64().unwrap() <= 32_000);
         assert_eq!(
             meta.vocab as u64,
-            meta.params["vocab_size"].as_u64().unwrap()
+            params(&meta)["vocab_size"].as_u64().unwrap()
         );
         assert!(decode_dataset(&out).unwrap() == want, "{name}");
         if *name == "text" {
@@ -890,7 +901,7 @@ fn subword_datasets_round_trip() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["method"], "subword");
     let meta = TokenDataset::open(&out).unwrap().metadata().clone();
-    assert_eq!(meta.params["train_source"], train.display().to_string());
+    assert_eq!(params(&meta)["train_source"], train.display().to_string());
     let back = dir.path().join("back.bin");
     let o = Command::new(env!("CARGO_BIN_EXE_terse"))
         .args(["detokenize", "--data"])

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use terse::generate::{generate, SampleOptions};
-use terse::m1::{ExactLm, ExactM1};
+use terse::m1::{ExactM1, ExactModel};
 use terse::train::{load_m2, M2Checkpoint};
 
 #[derive(Args)]
@@ -43,7 +43,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         options: opts,
         tokens: src,
     } = load_m2(&a.m2)?;
-    let m2 = ExactLm::new(&cfg, &params)?;
+    let m2 = ExactModel::new(&cfg, &params)?;
     let m1 =
         a.m1.as_deref()
             .map(ExactM1::load)

@@ -5,8 +5,8 @@
 use super::score_rows;
 use crate::backend::Backend;
 use crate::model::ModelConfig;
+use crate::tokenize::TokenSource;
 use crate::tokenize::{ChunkSplit, TokenDataset, TokenEvalSet, M2_START};
-use crate::train::TokenSource;
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 
@@ -90,13 +90,11 @@ pub fn m1_config(src: &TokenSource) -> Result<Option<ModelConfig>> {
     if src.m1_fingerprint.is_none() {
         return Ok(None);
     }
-    let v = src
-        .params
-        .get("m1_config")
+    let cfg = src
+        .method
+        .m1_config()
         .context("the method ran M1 but its parameters do not record M1's configuration")?;
-    Ok(Some(serde_json::from_value(v.clone()).context(
-        "the method's params.m1_config is not a model configuration",
-    )?))
+    Ok(Some(cfg.clone()))
 }
 
 /// Unigram counts of the tokens of `ds`'s `split` chunks.
@@ -157,7 +155,7 @@ pub fn evaluate_m2(
     };
     let m2_params = cfg.non_embedding_params();
     Ok(M2Report {
-        method: src.method.clone(),
+        method: src.method.to_string(),
         token_bits: src.token_bits,
         vocab: src.vocab,
         chunks: set.chunks,

@@ -58,7 +58,7 @@ pub(crate) struct Layer {
 /// with a key/value cache. M1 is the byte-level case ([`ExactM1`]); M2 generation runs on this
 /// too (its sampling needs no exactness, but a fixed operation order costs nothing and makes a
 /// seeded sample the same on every machine).
-pub struct ExactLm {
+pub struct ExactModel {
     cfg: ModelConfig,
     tok_emb: Vec<f32>,
     layers: Vec<Layer>,
@@ -68,7 +68,7 @@ pub struct ExactLm {
 
 /// M1 prepared for exact inference: fp32 weights of a byte-level model (vocab 256).
 pub struct ExactM1 {
-    lm: ExactLm,
+    lm: ExactModel,
     fingerprint: u64,
 }
 
@@ -108,7 +108,7 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-impl ExactLm {
+impl ExactModel {
     /// Prepares `params` (transposing the matrices). Refuses non-finite weights.
     pub fn new(cfg: &ModelConfig, params: &ParamArena) -> Result<Self> {
         ensure!(
@@ -139,7 +139,7 @@ impl ExactLm {
                 ),
             })
             .collect();
-        Ok(ExactLm {
+        Ok(ExactModel {
             cfg: cfg.clone(),
             tok_emb: t("tok_emb.weight"),
             layers,
@@ -280,7 +280,7 @@ impl ExactM1 {
             "M1 must be a byte-level model (vocab 256), this one has vocab {}",
             cfg.vocab
         );
-        let lm = ExactLm::new(cfg, params)?;
+        let lm = ExactModel::new(cfg, params)?;
         let mut fp = fnv1a(0xCBF2_9CE4_8422_2325, &CONTRACT_VERSION.to_le_bytes());
         fp = fnv1a(fp, serde_json::to_string(cfg)?.as_bytes());
         fp = fnv1a(fp, bytemuck::cast_slice(&params.data));
@@ -299,7 +299,7 @@ impl ExactM1 {
         &self.lm.cfg
     }
 
-    pub(crate) fn lm(&self) -> &ExactLm {
+    pub(crate) fn lm(&self) -> &ExactModel {
         &self.lm
     }
 

@@ -27,6 +27,7 @@
 //! [`TokenDataset::open`] reads and validates the metadata and memory-maps `tokens.bin`; every
 //! refusal is a [`DatasetError`] naming the offending file.
 
+use super::MethodParams;
 use crate::fsio::{self, AtomicFile};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
@@ -50,10 +51,10 @@ pub struct Metadata {
     pub format: String,
     /// Always [`VERSION`] for this build.
     pub version: u32,
-    /// The tokenization method (`bytes`, `gzip`, `static-ac`, ...).
-    pub method: String,
-    /// Method parameters (chunk size, CDF counts, ...): whatever decoding needs.
-    pub params: serde_json::Value,
+    /// The tokenization method and its parameters (chunk size, CDF counts, ...): whatever
+    /// decoding needs; stored as the pair `"method": "<name>", "params": {...}`.
+    #[serde(flatten)]
+    pub method: MethodParams,
     /// 8 or 16.
     pub token_bits: u32,
     /// Number of distinct token values, at most `2^token_bits`; every token is below it.
@@ -306,8 +307,7 @@ impl TokenDatasetWriter {
     /// metadata written.
     pub fn finish(
         mut self,
-        method: &str,
-        params: serde_json::Value,
+        method: MethodParams,
         vocab: u32,
         m1_fingerprint: Option<String>,
         source: &str,
@@ -315,8 +315,7 @@ impl TokenDatasetWriter {
         let meta = Metadata {
             format: FORMAT.into(),
             version: VERSION,
-            method: method.into(),
-            params,
+            method,
             token_bits: self.token_bits,
             vocab,
             m1_fingerprint,

@@ -27,6 +27,7 @@ pub mod dataset;
 pub mod equal_info;
 pub mod examples;
 pub mod gzip;
+pub mod method;
 pub mod repack;
 pub mod static_ac;
 pub mod subword;
@@ -38,15 +39,18 @@ pub use dataset::{
 pub use examples::{
     ChunkSplit, TokenEvalSet, TokenLoader, TokenLoaderState, HELDOUT_EVERY, M2_START,
 };
+pub use method::{
+    AcParams, BytesParams, EqualInfoParams, GzipParams, Method, MethodParams, StaticAcParams,
+    SubwordParams, TokenSource,
+};
 
 use crate::coder::{codes_to_tokens, tokens_to_codes, EncodedWindows, WindowRule};
 use crate::data::open_stream;
 use crate::m1::{ExactM1, M1Batch};
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use equal_info::EqualInfo;
 use rayon::prelude::*;
 use serde::Serialize;
-use serde_json::json;
 use static_ac::StaticAc;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -61,58 +65,6 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 30;
 
 /// Bytes of text read and coded per parallel batch (about).
 const BATCH_BYTES: usize = 16 << 20;
-
-/// A tokenization method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// Token = byte (16-bit: byte pairs).
-    Bytes,
-    /// zlib per chunk, default level, header kept.
-    Gzip,
-    /// Arithmetic coding with a static byte-unigram model.
-    StaticAc,
-    /// Arithmetic coding of each whole chunk under M1, context never reset (needs `--m1`).
-    Ac,
-    /// A 32k byte-level BPE trained on the corpus (or `--subword-train`); 16-bit tokens.
-    Subword,
-    /// Equal-Info windows of `--window-bits` under M1 (needs `--m1`; `--delay` for the paper's
-    /// Delay rule).
-    EqualInfo,
-}
-
-impl Method {
-    /// The name stored in metadata and accepted on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Bytes => "bytes",
-            Method::Gzip => "gzip",
-            Method::StaticAc => "static-ac",
-            Method::Ac => "ac",
-            Method::Subword => "subword",
-            Method::EqualInfo => "equal-info",
-        }
-    }
-
-    /// Whether the method codes with M1 (and so needs an [`M1Spec`]).
-    pub fn needs_m1(self) -> bool {
-        matches!(self, Method::Ac | Method::EqualInfo)
-    }
-
-    /// From a stored name.
-    pub fn from_name(name: &str) -> Option<Method> {
-        [
-            Method::Bytes,
-            Method::Gzip,
-            Method::StaticAc,
-            Method::Ac,
-            Method::Subword,
-            Method::EqualInfo,
-        ]
-        .into_iter()
-        .find(|m| m.name() == name)
-    }
-}
 
 /// What the M1-based methods ([`Method::Ac`], [`Method::EqualInfo`]) code with: M1, and for
 /// equal-info the window width and termination rule (ignored by `ac`).
@@ -178,9 +130,10 @@ pub struct ChunkStats {
     pub backoffs: u64,
 }
 
-/// A method ready to code chunks.
+/// A method ready to code and decode chunks (not to be confused with [`crate::coder`], the
+/// arithmetic codec some methods run).
 #[derive(Clone, Debug)]
-pub enum Coder {
+pub enum Codec {
     Bytes,
     Gzip,
     StaticAc(Box<StaticAc>),
@@ -190,66 +143,39 @@ pub enum Coder {
     EqualInfo(M1Spec),
 }
 
-impl Coder {
-    /// The coder a dataset's metadata describes (for decoding). Methods that ran M1 need the
-    /// same M1 (checked by fingerprint) in `m1`.
-    pub fn from_metadata_with_m1(meta: &Metadata, m1: Option<Arc<ExactM1>>) -> Result<Coder> {
-        let method = Method::from_name(&meta.method);
-        if !method.is_some_and(Method::needs_m1) {
-            return Self::from_metadata(meta);
-        }
-        let m1 = m1.context("this dataset was coded with M1: pass the same M1 to decode it")?;
-        let want = meta.m1_fingerprint.as_deref().unwrap_or("none");
-        let have = format!("{:016x}", m1.fingerprint());
-        ensure!(
-            want == have,
-            "wrong M1: the dataset was coded with M1 {want}, this M1 is {have}"
-        );
-        if method == Some(Method::Ac) {
-            return Ok(Coder::Ac(M1Spec::new(m1, 16)));
-        }
-        let window_bits =
-            meta.params
-                .get("window_bits")
-                .and_then(|v| v.as_u64())
-                .context("equal-info metadata has no params.window_bits")? as u32;
-        let rule = match meta.params.get("window_rule") {
-            None => WindowRule::Designated, // datasets written before the Delay rule existed
-            Some(v) => v
-                .as_str()
-                .and_then(WindowRule::from_name)
-                .with_context(|| format!("equal-info params.window_rule {v} is not known"))?,
+impl Codec {
+    /// The codec that decodes (and codes) tokens made by `method`. Methods that ran M1 need the
+    /// same M1 in `m1`: its fingerprint must be the recorded `m1_fingerprint`.
+    pub fn new(
+        method: &MethodParams,
+        m1_fingerprint: Option<&str>,
+        m1: Option<Arc<ExactM1>>,
+    ) -> Result<Codec> {
+        let m1 = if method.method().needs_m1() {
+            let m1 = m1.context("this dataset was coded with M1: pass the same M1 to decode it")?;
+            let want = m1_fingerprint.unwrap_or("none");
+            let have = format!("{:016x}", m1.fingerprint());
+            ensure!(
+                want == have,
+                "wrong M1: the dataset was coded with M1 {want}, this M1 is {have}"
+            );
+            Some(m1)
+        } else {
+            None
         };
-        EqualInfo::with_rule(&m1, window_bits, rule)?;
-        Ok(Coder::EqualInfo(
-            M1Spec::new(m1, window_bits).with_delay(rule == WindowRule::Delay),
-        ))
-    }
-
-    /// The coder a dataset's metadata describes (for decoding), for methods without M1.
-    pub fn from_metadata(meta: &Metadata) -> Result<Coder> {
-        Ok(match Method::from_name(&meta.method) {
-            Some(Method::Bytes) => Coder::Bytes,
-            Some(Method::Gzip) => Coder::Gzip,
-            Some(Method::StaticAc) => {
-                let freqs: Vec<u32> = serde_json::from_value(
-                    meta.params
-                        .get("freqs")
-                        .cloned()
-                        .context("static-ac metadata has no params.freqs")?,
+        Ok(match method {
+            MethodParams::Bytes(_) => Codec::Bytes,
+            MethodParams::Gzip(_) => Codec::Gzip,
+            MethodParams::StaticAc(p) => Codec::StaticAc(Box::new(StaticAc::from_freqs(&p.freqs)?)),
+            MethodParams::Subword(p) => Codec::Subword(Arc::new(Subword::from_json(&p.tokenizer)?)),
+            MethodParams::Ac(_) => Codec::Ac(M1Spec::new(m1.expect("checked above"), 16)),
+            MethodParams::EqualInfo(p) => {
+                let m1 = m1.expect("checked above");
+                EqualInfo::with_rule(&m1, p.window_bits, p.window_rule)?;
+                Codec::EqualInfo(
+                    M1Spec::new(m1, p.window_bits).with_delay(p.window_rule == WindowRule::Delay),
                 )
-                .context("static-ac params.freqs is not a list of integers")?;
-                Coder::StaticAc(Box::new(StaticAc::from_freqs(&freqs)?))
             }
-            Some(Method::Subword) => Coder::Subword(Arc::new(Subword::from_json(
-                meta.params
-                    .get("tokenizer")
-                    .context("subword metadata has no params.tokenizer")?,
-            )?)),
-            Some(Method::EqualInfo | Method::Ac) => {
-                bail!("{} datasets decode only with their M1", meta.method)
-            }
-            None => bail!("method {:?} has no decoder in this build", meta.method),
         })
     }
 
@@ -266,12 +192,12 @@ impl Coder {
     ) -> Result<(Vec<u16>, ChunkStats)> {
         let plain = |t: Vec<u16>| (t, ChunkStats::default());
         Ok(match self {
-            Coder::Bytes => plain(bytes::encode(chunk, token_bits)?),
-            Coder::Gzip => plain(gzip::encode(chunk, token_bits)?),
-            Coder::StaticAc(m) => plain(m.encode(chunk, token_bits)?),
-            Coder::Ac(e) => plain(ac::encode(&e.m1, chunk, token_bits)?),
-            Coder::Subword(sw) => plain(sw.encode(chunk, token_bits)?),
-            Coder::EqualInfo(e) => {
+            Codec::Bytes => plain(bytes::encode(chunk, token_bits)?),
+            Codec::Gzip => plain(gzip::encode(chunk, token_bits)?),
+            Codec::StaticAc(m) => plain(m.encode(chunk, token_bits)?),
+            Codec::Ac(e) => plain(ac::encode(&e.m1, chunk, token_bits)?),
+            Codec::Subword(sw) => plain(sw.encode(chunk, token_bits)?),
+            Codec::EqualInfo(e) => {
                 let w = EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?.encode(chunk)?;
                 windows_to_tokens(&w, e.window_bits, token_bits)?
             }
@@ -281,12 +207,12 @@ impl Coder {
     /// One chunk's bytes from its tokens; the result is checked to be `byte_len` long.
     pub fn decode(&self, tokens: &[u16], token_bits: u32, byte_len: usize) -> Result<Vec<u8>> {
         let out = match self {
-            Coder::Bytes => bytes::decode(tokens, token_bits, byte_len)?,
-            Coder::Gzip => gzip::decode_capped(tokens, token_bits, byte_len)?,
-            Coder::StaticAc(m) => m.decode(tokens, token_bits, byte_len)?,
-            Coder::Ac(e) => ac::decode(&e.m1, tokens, token_bits, byte_len)?,
-            Coder::Subword(sw) => sw.decode(tokens, token_bits)?,
-            Coder::EqualInfo(e) => {
+            Codec::Bytes => bytes::decode(tokens, token_bits, byte_len)?,
+            Codec::Gzip => gzip::decode_capped(tokens, token_bits, byte_len)?,
+            Codec::StaticAc(m) => m.decode(tokens, token_bits, byte_len)?,
+            Codec::Ac(e) => ac::decode(&e.m1, tokens, token_bits, byte_len)?,
+            Codec::Subword(sw) => sw.decode(tokens, token_bits)?,
+            Codec::EqualInfo(e) => {
                 let codes = tokens_to_codes(tokens, e.window_bits, token_bits)?;
                 EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?.decode(&codes)?
             }
@@ -433,16 +359,24 @@ pub fn tokenize_corpus_with(
         if m1.is_some() { "an M1" } else { "no M1" }
     );
     let m1_fingerprint = m1.map(M1Spec::fingerprint);
-    let (coder, params, entropy) = match method {
-        Method::Bytes => (Coder::Bytes, json!({ "chunk_bytes": chunk_bytes }), None),
+    let chunk = chunk_bytes as u64;
+    let (codec, params, entropy) = match method {
+        Method::Bytes => (
+            Codec::Bytes,
+            MethodParams::Bytes(BytesParams { chunk_bytes: chunk }),
+            None,
+        ),
         Method::Ac => {
             let e = m1.expect("checked above");
-            let params = json!({
-                "chunk_bytes": chunk_bytes, "m1_context": "whole chunk, never reset",
-                "m1_contract": crate::m1::CONTRACT_VERSION, "cdf_total_bits": 16, "cdf_f_min": 1,
-                "m1_config": e.m1.config(),
+            let params = MethodParams::Ac(AcParams {
+                cdf_f_min: 1,
+                cdf_total_bits: 16,
+                chunk_bytes: chunk,
+                m1_config: e.m1.config().clone(),
+                m1_context: "whole chunk, never reset".into(),
+                m1_contract: crate::m1::CONTRACT_VERSION,
             });
-            (Coder::Ac(e.clone()), params, None)
+            (Codec::Ac(e.clone()), params, None)
         }
         Method::EqualInfo => {
             let e = m1.expect("checked above").clone();
@@ -452,13 +386,16 @@ pub fn tokenize_corpus_with(
                 "window bits {} must be a multiple of the token bits {token_bits}",
                 e.window_bits
             );
-            let params = json!({
-                "chunk_bytes": chunk_bytes, "window_bits": e.window_bits,
-                "window_rule": e.rule.name(),
-                "m1_contract": crate::m1::CONTRACT_VERSION, "cdf_total_bits": 16, "cdf_f_min": 1,
-                "m1_config": e.m1.config(),
+            let params = MethodParams::EqualInfo(EqualInfoParams {
+                cdf_f_min: 1,
+                cdf_total_bits: 16,
+                chunk_bytes: chunk,
+                m1_config: e.m1.config().clone(),
+                m1_contract: crate::m1::CONTRACT_VERSION,
+                window_bits: e.window_bits,
+                window_rule: e.rule,
             });
-            (Coder::EqualInfo(e), params, None)
+            (Codec::EqualInfo(e), params, None)
         }
         Method::Subword => {
             bar.set_message("training subword");
@@ -469,21 +406,25 @@ pub fn tokenize_corpus_with(
             let sw = Subword::train(&text, subword::VOCAB_SIZE).with_context(|| {
                 format!("cannot train the subword tokenizer on {}", src.display())
             })?;
-            let params = json!({
-                "chunk_bytes": chunk_bytes,
-                "algorithm": "byte-level BPE (tokenizers crate)",
-                "pretokenizer": subword::PRETOKENIZER,
-                "max_word_bytes": subword::MAX_WORD_BYTES,
-                "vocab_size": sw.vocab_size(),
-                "train_source": src.display().to_string(),
-                "train_bytes": n,
-                "tokenizer": sw.to_json()?,
+            let params = MethodParams::Subword(SubwordParams {
+                algorithm: "byte-level BPE (tokenizers crate)".into(),
+                chunk_bytes: chunk,
+                max_word_bytes: subword::MAX_WORD_BYTES as u64,
+                pretokenizer: subword::PRETOKENIZER.into(),
+                tokenizer: sw.to_json()?,
+                train_bytes: n as u64,
+                train_source: src.display().to_string(),
+                vocab_size: sw.vocab_size() as u64,
             });
-            (Coder::Subword(Arc::new(sw)), params, None)
+            (Codec::Subword(Arc::new(sw)), params, None)
         }
         Method::Gzip => (
-            Coder::Gzip,
-            json!({ "chunk_bytes": chunk_bytes, "container": "zlib", "level": gzip::LEVEL }),
+            Codec::Gzip,
+            MethodParams::Gzip(GzipParams {
+                chunk_bytes: chunk,
+                container: "zlib".into(),
+                level: gzip::LEVEL,
+            }),
             None,
         ),
         Method::StaticAc => {
@@ -500,14 +441,14 @@ pub fn tokenize_corpus_with(
             }
             bar.set_position(0);
             let m = StaticAc::from_counts(&counts)?;
-            let params = json!({
-                "chunk_bytes": chunk_bytes,
-                "cdf_total_bits": static_ac::TOTAL_BITS,
-                "counts": counts.to_vec(),
-                "freqs": m.freqs().to_vec(),
+            let params = MethodParams::StaticAc(StaticAcParams {
+                cdf_total_bits: static_ac::TOTAL_BITS,
+                chunk_bytes: chunk,
+                counts: counts.to_vec(),
+                freqs: m.freqs().to_vec(),
             });
             (
-                Coder::StaticAc(Box::new(m)),
+                Codec::StaticAc(Box::new(m)),
                 params,
                 Some(static_ac::unigram_entropy(&counts)),
             )
@@ -521,11 +462,11 @@ pub fn tokenize_corpus_with(
     loop {
         let n = stream.read_full(&mut buf)?;
         let chunks: Vec<&[u8]> = buf[..n].chunks(chunk_bytes).collect();
-        let coded: Vec<Result<(Vec<u16>, ChunkStats)>> = match &coder {
-            Coder::Ac(spec @ M1Spec { batch: Some(b), .. })
-            | Coder::EqualInfo(spec @ M1Spec { batch: Some(b), .. }) => {
+        let coded: Vec<Result<(Vec<u16>, ChunkStats)>> = match &codec {
+            Codec::Ac(spec @ M1Spec { batch: Some(b), .. })
+            | Codec::EqualInfo(spec @ M1Spec { batch: Some(b), .. }) => {
                 let mut batch = lock(b)?;
-                if let Coder::Ac(_) = coder {
+                if let Codec::Ac(_) = codec {
                     ac::encode_chunks(&mut *batch, &chunks, token_bits)?
                         .into_iter()
                         .map(|t| Ok((t, ChunkStats::default())))
@@ -540,7 +481,7 @@ pub fn tokenize_corpus_with(
             }
             _ => buf[..n]
                 .par_chunks(chunk_bytes)
-                .map(|c| coder.encode_with_stats(c, token_bits))
+                .map(|c| codec.encode_with_stats(c, token_bits))
                 .collect(),
         };
         for (chunk, coded) in buf[..n].chunks(chunk_bytes).zip(coded) {
@@ -555,12 +496,12 @@ pub fn tokenize_corpus_with(
         }
     }
     let (bytes, tokens, chunks) = (w.bytes(), w.tokens(), w.examples() as u64);
-    let vocab = match &coder {
-        Coder::Subword(sw) => sw.vocab_size() as u32, // M2's vocabulary: the trained one
+    let vocab = match &codec {
+        Codec::Subword(sw) => sw.vocab_size() as u32, // M2's vocabulary: the trained one
         _ => 1u32 << token_bits,
     };
     let source = corpus.display().to_string();
-    w.finish(method.name(), params, vocab, m1_fingerprint, &source)
+    w.finish(params, vocab, m1_fingerprint, &source)
         .with_context(|| format!("cannot write token dataset {}", out.display()))?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
@@ -587,12 +528,12 @@ pub fn tokenize_corpus_with(
     })
 }
 
-/// The source bytes of example `i` of an opened dataset, decoded with `coder`. Refuses an example
+/// The source bytes of example `i` of an opened dataset, decoded with `codec`. Refuses an example
 /// longer than the dataset's `params.chunk_bytes` or [`MAX_CHUNK_BYTES`] (corrupt metadata) before
 /// decoding it.
-pub fn decode_example(ds: &TokenDataset, coder: &Coder, i: usize) -> Result<Vec<u8>> {
+pub fn decode_example(ds: &TokenDataset, codec: &Codec, i: usize) -> Result<Vec<u8>> {
     let (tokens, len) = example_for_decoding(ds, i)?;
-    coder
+    codec
         .decode(&tokens, ds.token_bits(), len)
         .with_context(|| format!("{}: cannot decode example {i}", ds.dir().display()))
 }
@@ -605,10 +546,9 @@ fn example_for_decoding(ds: &TokenDataset, i: usize) -> Result<(Vec<u16>, usize)
     let len = bytes.end - bytes.start;
     let max = ds
         .metadata()
-        .params
-        .get("chunk_bytes")
-        .and_then(|v| v.as_u64());
-    let max = max.map_or(MAX_CHUNK_BYTES as u64, |m| m.min(MAX_CHUNK_BYTES as u64));
+        .method
+        .chunk_bytes()
+        .min(MAX_CHUNK_BYTES as u64);
     ensure!(
         len <= max,
         "{}: corrupt metadata: example {i} covers {len} bytes, more than the {max}-byte chunks",
@@ -622,7 +562,7 @@ fn example_for_decoding(ds: &TokenDataset, i: usize) -> Result<(Vec<u16>, usize)
 /// `batch.streams()` at a time, equal-info windows of all examples side by side.
 fn decode_batched(
     ds: &TokenDataset,
-    coder: &Coder,
+    codec: &Codec,
     batch: &mut dyn M1Batch,
 ) -> Result<Vec<Vec<u8>>> {
     let (tokens, lens): (Vec<Vec<u16>>, Vec<usize>) = (0..ds.num_examples())
@@ -632,7 +572,7 @@ fn decode_batched(
         .unzip();
     let fail = || format!("{}: cannot decode", ds.dir().display());
     let bits = ds.token_bits();
-    let Coder::EqualInfo(e) = coder else {
+    let Codec::EqualInfo(e) = codec else {
         let views: Vec<&[u16]> = tokens.iter().map(|t| &t[..]).collect();
         return ac::decode_chunks(batch, &views, bits, &lens).with_context(fail);
     };
@@ -681,16 +621,17 @@ pub fn decode_dataset_on(
     batch: Option<Arc<Mutex<dyn M1Batch>>>,
 ) -> Result<Vec<u8>> {
     let ds = TokenDataset::open(dir)?;
-    let coder = Coder::from_metadata_with_m1(ds.metadata(), m1)
+    let meta = ds.metadata();
+    let codec = Codec::new(&meta.method, meta.m1_fingerprint.as_deref(), m1)
         .with_context(|| format!("{}: cannot decode", dir.display()))?;
     // Examples are independent: decode them in parallel, concatenate in order.
-    let parts: Vec<Vec<u8>> = match (&coder, batch) {
-        (Coder::Ac(_) | Coder::EqualInfo(_), Some(b)) => {
-            decode_batched(&ds, &coder, &mut *lock(&b)?)?
+    let parts: Vec<Vec<u8>> = match (&codec, batch) {
+        (Codec::Ac(_) | Codec::EqualInfo(_), Some(b)) => {
+            decode_batched(&ds, &codec, &mut *lock(&b)?)?
         }
         _ => (0..ds.num_examples())
             .into_par_iter()
-            .map(|i| decode_example(&ds, &coder, i))
+            .map(|i| decode_example(&ds, &codec, i))
             .collect::<Result<_>>()?,
     };
     let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());

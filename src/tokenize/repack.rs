@@ -9,7 +9,7 @@
 //! Refuses datasets that are not 8-bit, subword datasets (their tokens are vocabulary entries,
 //! not bits), and Equal-Info windows that are not a whole number of 16-bit tokens.
 
-use super::{Metadata, Method, TokenDataset, TokenDatasetWriter};
+use super::{Metadata, Method, MethodParams, TokenDataset, TokenDatasetWriter};
 use anyhow::{bail, ensure, Result};
 use std::path::Path;
 
@@ -31,9 +31,9 @@ pub fn repack_to_16(src: &Path, dst: &Path) -> Result<Metadata> {
         src.display(),
         meta.token_bits
     );
-    match Method::from_name(&meta.method) {
-        Some(Method::EqualInfo) => {
-            let b = meta.params.get("window_bits").and_then(|v| v.as_u64());
+    match &meta.method {
+        MethodParams::EqualInfo(p) => {
+            let b = Some(p.window_bits as u64);
             ensure!(
                 b.is_some_and(|b| b % 16 == 0),
                 "{}: {:?}-bit Equal-Info windows are not whole 16-bit tokens",
@@ -41,11 +41,11 @@ pub fn repack_to_16(src: &Path, dst: &Path) -> Result<Metadata> {
                 b
             );
         }
-        Some(m) if repackable(m) => {}
-        _ => bail!(
+        p if repackable(p.method()) => {}
+        p => bail!(
             "{}: method {:?} is not a bit stream; tokenize at 16 bits instead",
             src.display(),
-            meta.method
+            p.method().name()
         ),
     }
     let mut w = TokenDatasetWriter::create(dst, 16)?;
@@ -59,8 +59,7 @@ pub fn repack_to_16(src: &Path, dst: &Path) -> Result<Metadata> {
         w.push_example(&wide, bytes.end - bytes.start)?;
     }
     w.finish(
-        &meta.method,
-        meta.params.clone(),
+        meta.method.clone(),
         65536,
         meta.m1_fingerprint.clone(),
         &meta.source,

@@ -2,10 +2,11 @@
 //! loading an M2 checkpoint with the options and token source it was trained on.
 
 use super::schedule::ScheduleKind;
-use super::trainer::{is_token_dataset, saved_options, TokenSource, TrainOptions};
+use super::trainer::{is_token_dataset, saved_options, TrainOptions};
 use crate::backend::OptimConfig;
 use crate::checkpoint::load_model;
 use crate::model::{ModelConfig, ParamArena};
+use crate::tokenize::TokenSource;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 

@@ -11,7 +11,7 @@ use crate::eval::{score_tokens, score_windows};
 use crate::m1::WINDOW_START;
 use crate::model::{Batch, ModelConfig, ParamArena};
 use crate::tokenize::{
-    ChunkSplit, Coder, Metadata, TokenDataset, TokenEvalSet, TokenLoader, TokenLoaderState,
+    ChunkSplit, TokenDataset, TokenEvalSet, TokenLoader, TokenLoaderState, TokenSource,
     METADATA_FILE,
 };
 use anyhow::{bail, ensure, Context, Result};
@@ -58,58 +58,6 @@ pub struct TrainOptions {
     /// need to code text the way the training tokens were coded).
     #[serde(default)]
     pub tokens: Option<TokenSource>,
-}
-
-/// A token dataset's metadata without its examples table.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TokenSource {
-    pub method: String,
-    pub params: serde_json::Value,
-    pub token_bits: u32,
-    pub vocab: u32,
-    pub m1_fingerprint: Option<String>,
-    pub source: String,
-    pub bytes_covered: u64,
-    pub tokens: u64,
-}
-
-impl TokenSource {
-    pub fn from_metadata(m: &Metadata) -> Self {
-        TokenSource {
-            method: m.method.clone(),
-            params: m.params.clone(),
-            token_bits: m.token_bits,
-            vocab: m.vocab,
-            m1_fingerprint: m.m1_fingerprint.clone(),
-            source: m.source.clone(),
-            bytes_covered: m.bytes_covered,
-            tokens: m.tokens,
-        }
-    }
-
-    /// The coder that decodes (and codes) tokens of this source; methods that ran M1 need the
-    /// same M1, checked by fingerprint.
-    pub fn coder(&self, m1: Option<std::sync::Arc<crate::m1::ExactM1>>) -> Result<Coder> {
-        let meta = Metadata {
-            format: crate::tokenize::FORMAT.into(),
-            version: crate::tokenize::VERSION,
-            method: self.method.clone(),
-            params: self.params.clone(),
-            token_bits: self.token_bits,
-            vocab: self.vocab,
-            m1_fingerprint: self.m1_fingerprint.clone(),
-            source: self.source.clone(),
-            bytes_covered: self.bytes_covered,
-            tokens: self.tokens,
-            examples: Vec::new(),
-        };
-        Coder::from_metadata_with_m1(&meta, m1)
-    }
-
-    /// Tokens per source byte over the whole dataset.
-    pub fn tokens_per_byte(&self) -> f64 {
-        self.tokens as f64 / self.bytes_covered.max(1) as f64
-    }
 }
 
 /// The options a checkpoint at `path` was trained with (`None` for a checkpoint saved without
@@ -256,39 +204,6 @@ impl DataSource {
             }
         }
     }
-}
-
-impl TokenSource {
-    /// Refuses a dataset at `dir` (metadata `m`) that was not tokenized like this source: another
-    /// method, token width, vocabulary, M1 or coding parameters.
-    pub fn check_compatible(&self, m: &Metadata, dir: &Path) -> Result<()> {
-        ensure!(
-            self.method == m.method
-                && self.token_bits == m.token_bits
-                && self.vocab == m.vocab
-                && self.m1_fingerprint == m.m1_fingerprint
-                && params_without_counts(&self.params) == params_without_counts(&m.params),
-            "token dataset {} was not tokenized like the model's training data ({} {}-bit tokens{} vs {} {}-bit{}, or other parameters)",
-            dir.display(),
-            m.method,
-            m.token_bits,
-            m.m1_fingerprint.as_ref().map(|f| format!(", M1 {f}")).unwrap_or_default(),
-            self.method,
-            self.token_bits,
-            self.m1_fingerprint.as_ref().map(|f| format!(", M1 {f}")).unwrap_or_default(),
-        );
-        Ok(())
-    }
-}
-
-/// Method parameters minus corpus statistics (static-ac's counts differ between files even when
-/// coded with the same table; its `freqs` must match).
-fn params_without_counts(p: &serde_json::Value) -> serde_json::Value {
-    let mut p = p.clone();
-    if let Some(o) = p.as_object_mut() {
-        o.remove("counts");
-    }
-    p
 }
 
 /// How a run begins.

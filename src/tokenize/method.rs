@@ -1,0 +1,260 @@
+//! What a token dataset is: the method that made it, with the parameters it was made with, as
+//! one typed description ([`MethodParams`]) and, with its token width, vocabulary, M1 and source,
+//! a [`TokenSource`]. Tokenizing writes it into `metadata.json`, training stores it in the
+//! checkpoint, and evaluation and generation rebuild the coder from it.
+//!
+//! On disk it is the pair `"method": "<name>", "params": {...}` (`docs/file-formats.md`); the
+//! parameter structs list their fields in alphabetical order, the order in which the untyped
+//! writer of earlier builds emitted them, so a dataset's `metadata.json` is unchanged.
+
+use crate::coder::WindowRule;
+use crate::model::ModelConfig;
+use anyhow::{ensure, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A tokenization method, as chosen on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Token = byte (16-bit: byte pairs).
+    Bytes,
+    /// zlib per chunk, default level, header kept.
+    Gzip,
+    /// Arithmetic coding with a static byte-unigram model.
+    StaticAc,
+    /// Arithmetic coding of each whole chunk under M1, context never reset (needs `--m1`).
+    Ac,
+    /// A 32k byte-level BPE trained on the corpus (or `--subword-train`); 16-bit tokens.
+    Subword,
+    /// Equal-Info windows of `--window-bits` under M1 (needs `--m1`; `--delay` for the paper's
+    /// Delay rule).
+    EqualInfo,
+}
+
+impl Method {
+    /// The name stored in metadata and accepted on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Bytes => "bytes",
+            Method::Gzip => "gzip",
+            Method::StaticAc => "static-ac",
+            Method::Ac => "ac",
+            Method::Subword => "subword",
+            Method::EqualInfo => "equal-info",
+        }
+    }
+
+    /// Whether the method codes with M1 (and so needs an [`super::M1Spec`]).
+    pub fn needs_m1(self) -> bool {
+        matches!(self, Method::Ac | Method::EqualInfo)
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A method with the parameters a dataset was coded with: everything decoding needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "params", rename_all = "kebab-case")]
+pub enum MethodParams {
+    Bytes(BytesParams),
+    Gzip(GzipParams),
+    StaticAc(StaticAcParams),
+    Ac(AcParams),
+    Subword(SubwordParams),
+    EqualInfo(EqualInfoParams),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BytesParams {
+    pub chunk_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GzipParams {
+    pub chunk_bytes: u64,
+    /// Always `zlib` (header and trailer kept).
+    pub container: String,
+    pub level: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StaticAcParams {
+    pub cdf_total_bits: u32,
+    pub chunk_bytes: u64,
+    /// The corpus's byte counts (informative: two corpora coded with one table differ here).
+    pub counts: Vec<u64>,
+    /// The quantised byte frequencies the coder used.
+    pub freqs: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AcParams {
+    pub cdf_f_min: u32,
+    pub cdf_total_bits: u32,
+    pub chunk_bytes: u64,
+    pub m1_config: ModelConfig,
+    /// Always "whole chunk, never reset".
+    pub m1_context: String,
+    pub m1_contract: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubwordParams {
+    pub algorithm: String,
+    pub chunk_bytes: u64,
+    pub max_word_bytes: u64,
+    pub pretokenizer: String,
+    /// The trained tokenizer, in the tokenizers crate's own JSON.
+    pub tokenizer: serde_json::Value,
+    pub train_bytes: u64,
+    pub train_source: String,
+    pub vocab_size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EqualInfoParams {
+    pub cdf_f_min: u32,
+    pub cdf_total_bits: u32,
+    pub chunk_bytes: u64,
+    pub m1_config: ModelConfig,
+    pub m1_contract: u32,
+    pub window_bits: u32,
+    /// Absent in datasets written before the Delay rule existed: the designated-code rule.
+    #[serde(default, with = "rule_name")]
+    pub window_rule: WindowRule,
+}
+
+/// [`WindowRule`] stored by its name.
+mod rule_name {
+    use crate::coder::WindowRule;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(rule: &WindowRule, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(rule.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WindowRule, D::Error> {
+        let name = String::deserialize(d)?;
+        WindowRule::from_name(&name)
+            .ok_or_else(|| D::Error::custom(format!("window_rule {name:?} is not known")))
+    }
+}
+
+/// The method's name, as stored.
+impl std::fmt::Display for MethodParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.method().name())
+    }
+}
+
+impl MethodParams {
+    pub fn method(&self) -> Method {
+        match self {
+            MethodParams::Bytes(_) => Method::Bytes,
+            MethodParams::Gzip(_) => Method::Gzip,
+            MethodParams::StaticAc(_) => Method::StaticAc,
+            MethodParams::Ac(_) => Method::Ac,
+            MethodParams::Subword(_) => Method::Subword,
+            MethodParams::EqualInfo(_) => Method::EqualInfo,
+        }
+    }
+
+    /// The corpus chunk (example) size the dataset was cut into; the last may be shorter.
+    pub fn chunk_bytes(&self) -> u64 {
+        match self {
+            MethodParams::Bytes(p) => p.chunk_bytes,
+            MethodParams::Gzip(p) => p.chunk_bytes,
+            MethodParams::StaticAc(p) => p.chunk_bytes,
+            MethodParams::Ac(p) => p.chunk_bytes,
+            MethodParams::Subword(p) => p.chunk_bytes,
+            MethodParams::EqualInfo(p) => p.chunk_bytes,
+        }
+    }
+
+    /// The configuration of the M1 the method coded with, if it ran one.
+    pub fn m1_config(&self) -> Option<&ModelConfig> {
+        match self {
+            MethodParams::Ac(p) => Some(&p.m1_config),
+            MethodParams::EqualInfo(p) => Some(&p.m1_config),
+            _ => None,
+        }
+    }
+
+    /// Whether a dataset with `other` was coded the same way. Static-ac's byte counts are corpus
+    /// statistics, different between files coded with the same table; its frequencies must match.
+    pub fn codes_like(&self, other: &MethodParams) -> bool {
+        match (self, other) {
+            (MethodParams::StaticAc(a), MethodParams::StaticAc(b)) => {
+                a.cdf_total_bits == b.cdf_total_bits
+                    && a.chunk_bytes == b.chunk_bytes
+                    && a.freqs == b.freqs
+            }
+            _ => self == other,
+        }
+    }
+}
+
+/// A token dataset's identity: its metadata without the examples table. This is what a
+/// checkpoint of M2 records, so that evaluation and generation code text as its tokens were.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenSource {
+    #[serde(flatten)]
+    pub method: MethodParams,
+    pub token_bits: u32,
+    pub vocab: u32,
+    pub m1_fingerprint: Option<String>,
+    pub source: String,
+    pub bytes_covered: u64,
+    pub tokens: u64,
+}
+
+impl TokenSource {
+    pub fn from_metadata(m: &super::Metadata) -> Self {
+        TokenSource {
+            method: m.method.clone(),
+            token_bits: m.token_bits,
+            vocab: m.vocab,
+            m1_fingerprint: m.m1_fingerprint.clone(),
+            source: m.source.clone(),
+            bytes_covered: m.bytes_covered,
+            tokens: m.tokens,
+        }
+    }
+
+    /// The codec that decodes (and codes) tokens of this source; methods that ran M1 need the
+    /// same M1, checked by fingerprint.
+    pub fn codec(&self, m1: Option<std::sync::Arc<crate::m1::ExactM1>>) -> Result<super::Codec> {
+        super::Codec::new(&self.method, self.m1_fingerprint.as_deref(), m1)
+    }
+
+    /// Tokens per source byte over the whole dataset.
+    pub fn tokens_per_byte(&self) -> f64 {
+        self.tokens as f64 / self.bytes_covered.max(1) as f64
+    }
+
+    /// Refuses a dataset at `dir` (metadata `m`) that was not tokenized like this source: another
+    /// method, token width, vocabulary, M1 or coding parameters.
+    pub fn check_compatible(&self, m: &super::Metadata, dir: &Path) -> Result<()> {
+        let m1 = |f: &Option<String>| f.as_ref().map(|f| format!(", M1 {f}")).unwrap_or_default();
+        ensure!(
+            self.token_bits == m.token_bits
+                && self.vocab == m.vocab
+                && self.m1_fingerprint == m.m1_fingerprint
+                && self.method.codes_like(&m.method),
+            "token dataset {} was not tokenized like the model's training data ({} {}-bit tokens{} vs {} {}-bit{}, or other parameters)",
+            dir.display(),
+            m.method.method(),
+            m.token_bits,
+            m1(&m.m1_fingerprint),
+            self.method.method(),
+            self.token_bits,
+            m1(&self.m1_fingerprint),
+        );
+        Ok(())
+    }
+}
