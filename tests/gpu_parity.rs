@@ -135,17 +135,17 @@ fn cast_matches_host_rounding() {
     let mut x = randn(&mut r, 100_003, 3.0);
     x[..6].copy_from_slice(&[0.0, -0.0, 1e-40, f32::INFINITY, -f32::INFINITY, 65504.0]);
     let dx = up_raw(&k, &x);
-    let mut d16 = up_raw(&k, &vec![Bf16(0x7fc1); x.len()]);
+    let mut d16 = up_raw(&k, &vec![Bf16::from_bits(0x7fc1); x.len()]);
     launch::cast_f32_to_bf16(&k, &mut d16, &dx, x.len()).unwrap();
     let got16 = down_raw(&k, &d16);
     for (i, (&g, &v)) in got16.iter().zip(&x).enumerate() {
         // bit-exact, except that the device may flush a subnormal input to zero
         let want = Bf16::from_f32(v);
         assert!(
-            g == want || (v.abs() < f32::MIN_POSITIVE && g.to_f32() == 0.0),
+            g.to_bits() == want.to_bits() || (v.abs() < f32::MIN_POSITIVE && g.to_f32() == 0.0),
             "cast f32->bf16 [{i}]: {v} -> {:#06x}, host {:#06x}",
-            g.0,
-            want.0
+            g.to_bits(),
+            want.to_bits()
         );
     }
     let mut back = poison::<f32>(&k, x.len());
@@ -761,7 +761,7 @@ fn adamw_matches_cpu() {
     let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
     cpu::adamw::adamw(&mut p, &g, &mut m, &mut v, &h);
     let mut dp = up_raw(&k, &p0);
-    let mut dp16 = up_raw(&k, &vec![Bf16(0x7fc1); n]);
+    let mut dp16 = up_raw(&k, &vec![Bf16::from_bits(0x7fc1); n]);
     let dg = up_raw(&k, &g);
     let (mut dm, mut dv) = (up_raw(&k, &m0), up_raw(&k, &v0));
     launch::adamw(&k, &mut dp, Some(&mut dp16), &dg, &mut dm, &mut dv, n, &h).unwrap();
@@ -771,7 +771,11 @@ fn adamw_matches_cpu() {
     compare("adamw v", &down(&k, &dv), &v, TOL_F32);
     let p16 = down_raw(&k, &dp16);
     for i in 0..n {
-        assert_eq!(p16[i], Bf16::from_f32(got_p[i]), "adamw bf16 copy [{i}]");
+        assert_eq!(
+            p16[i].to_bits(),
+            Bf16::from_f32(got_p[i]).to_bits(),
+            "adamw bf16 copy [{i}]"
+        );
     }
     // Without the bf16 copy (null pointer).
     let mut dp = up_raw(&k, &p0);

@@ -37,6 +37,7 @@
 //! `cudarc::cublaslt::result` with cached descriptors and algorithms per shape.
 
 use super::loader::{Bf16, GpuFloat, GpuKernels};
+use super::Entry;
 use crate::backend::cpu::adamw::AdamWStep;
 use crate::backend::cpu::attention::AttnShape;
 use anyhow::{anyhow, bail, ensure, Result};
@@ -83,15 +84,16 @@ fn check_heads(d: usize) -> Result<usize> {
     Ok(d / HEAD_DIM)
 }
 
-/// Launches an elementwise kernel `name(out, inp, n)` after checking both lengths.
+/// Launches an elementwise kernel `entry(out, inp, n)` after checking both lengths.
 /// Grid: ceil(n / 512) blocks of 512.
 fn launch_elementwise<O, I>(
     k: &GpuKernels,
-    name: &str,
+    entry: Entry,
     out: &mut impl DevicePtrMut<O>,
     inp: &impl DevicePtr<I>,
     n: usize,
 ) -> Result<()> {
+    let name = entry.name();
     need(out.len(), n, &format!("{name} out"))?;
     need(inp.len(), n, &format!("{name} inp"))?;
     if n == 0 {
@@ -100,7 +102,7 @@ fn launch_elementwise<O, I>(
     let s = k.stream();
     let (p_out, _g0) = out.device_ptr_mut(s);
     let (p_inp, _g1) = inp.device_ptr(s);
-    let mut b = s.launch_builder(k.function(name)?);
+    let mut b = s.launch_builder(k.function(entry));
     b.arg(&p_out).arg(&p_inp).arg(&n);
     unsafe { b.launch(grid_1d(n, 512)) }?;
     Ok(())
@@ -116,7 +118,7 @@ pub fn cast_f32_to_bf16(
     inp: &impl DevicePtr<f32>,
     n: usize,
 ) -> Result<()> {
-    launch_elementwise(k, "cast_f32_to_bf16", out, inp, n)
+    launch_elementwise(k, Entry::cast_f32_to_bf16, out, inp, n)
 }
 
 /// `out = f32(inp)` (exact). Grid: ceil(n / 512) blocks of 512.
@@ -126,7 +128,7 @@ pub fn cast_bf16_to_f32(
     inp: &impl DevicePtr<Bf16>,
     n: usize,
 ) -> Result<()> {
-    launch_elementwise(k, "cast_bf16_to_f32", out, inp, n)
+    launch_elementwise(k, Entry::cast_bf16_to_f32, out, inp, n)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -141,7 +143,7 @@ pub fn relu_forward<T: GpuFloat>(
 ) -> Result<()> {
     launch_elementwise(
         k,
-        T::pick("relu_forward_f32", "relu_forward_bf16"),
+        T::pick(Entry::relu_forward_f32, Entry::relu_forward_bf16),
         out,
         inp,
         n,
@@ -160,7 +162,8 @@ pub fn relu_forward_inplace<T: GpuFloat>(
     }
     let s = k.stream();
     let (p_x, _g0) = x.device_ptr_mut(s);
-    let mut b = s.launch_builder(k.function(T::pick("relu_forward_f32", "relu_forward_bf16"))?);
+    let mut b =
+        s.launch_builder(k.function(T::pick(Entry::relu_forward_f32, Entry::relu_forward_bf16)));
     b.arg(&p_x).arg(&p_x).arg(&n);
     unsafe { b.launch(grid_1d(n, 512)) }?;
     Ok(())
@@ -175,7 +178,7 @@ pub fn relu_backward<T: GpuFloat>(
 ) -> Result<()> {
     launch_elementwise(
         k,
-        T::pick("relu_backward_f32", "relu_backward_bf16"),
+        T::pick(Entry::relu_backward_f32, Entry::relu_backward_bf16),
         dh,
         h,
         n,
@@ -210,7 +213,8 @@ pub fn embed_forward<T: GpuFloat>(
     let (p_out, _g0) = out.device_ptr_mut(s);
     let (p_tab, _g1) = table.device_ptr(s);
     let (p_tok, _g2) = tokens.device_ptr(s);
-    let mut b = s.launch_builder(k.function(T::pick("embed_forward_f32", "embed_forward_bf16"))?);
+    let mut b =
+        s.launch_builder(k.function(T::pick(Entry::embed_forward_f32, Entry::embed_forward_bf16)));
     b.arg(&p_out).arg(&p_tab).arg(&p_tok).arg(&ni).arg(&di);
     unsafe { b.launch(grid_1d(n * d, 256)) }?;
     Ok(())
@@ -323,7 +327,10 @@ pub fn embed_backward<T: GpuFloat>(
     let (p_ord, _g2) = order.device_ptr(s);
     let (p_start, _g3) = bucket_start.device_ptr(s);
     let (p_tok, _g4) = bucket_token.device_ptr(s);
-    let mut b = s.launch_builder(k.function(T::pick("embed_backward_f32", "embed_backward_bf16"))?);
+    let mut b = s.launch_builder(k.function(T::pick(
+        Entry::embed_backward_f32,
+        Entry::embed_backward_bf16,
+    )));
     b.arg(&p_dt)
         .arg(&p_dout)
         .arg(&p_ord)
@@ -373,8 +380,10 @@ pub fn rmsnorm_forward<T: GpuFloat>(
     let (p_rstd, _g1) = rstd.device_ptr_mut(s);
     let (p_inp, _g2) = inp.device_ptr(s);
     let (p_gain, _g3) = gain.device_ptr(s);
-    let mut b =
-        s.launch_builder(k.function(T::pick("rmsnorm_forward_f32", "rmsnorm_forward_bf16"))?);
+    let mut b = s.launch_builder(k.function(T::pick(
+        Entry::rmsnorm_forward_f32,
+        Entry::rmsnorm_forward_bf16,
+    )));
     b.arg(&p_out)
         .arg(&p_rstd)
         .arg(&p_inp)
@@ -419,9 +428,9 @@ pub fn fused_residual_rmsnorm_forward<T: GpuFloat>(
     let (p_in2, _g4) = inp2.device_ptr(s);
     let (p_gain, _g5) = gain.device_ptr(s);
     let mut b = s.launch_builder(k.function(T::pick(
-        "fused_residual_rmsnorm_forward_f32",
-        "fused_residual_rmsnorm_forward_bf16",
-    ))?);
+        Entry::fused_residual_rmsnorm_forward_f32,
+        Entry::fused_residual_rmsnorm_forward_bf16,
+    )));
     b.arg(&p_res)
         .arg(&p_out)
         .arg(&p_rstd)
@@ -489,8 +498,10 @@ pub fn rmsnorm_backward<T: GpuFloat>(
     let (p_inp, _g4) = inp.device_ptr(s);
     let (p_gain, _g5) = gain.device_ptr(s);
     let (p_rstd, _g6) = rstd.device_ptr(s);
-    let mut b =
-        s.launch_builder(k.function(T::pick("rmsnorm_backward_f32", "rmsnorm_backward_bf16"))?);
+    let mut b = s.launch_builder(k.function(T::pick(
+        Entry::rmsnorm_backward_f32,
+        Entry::rmsnorm_backward_bf16,
+    )));
     b.arg(&p_dinp)
         .arg(&p_scr)
         .arg(&p_dout)
@@ -506,7 +517,7 @@ pub fn rmsnorm_backward<T: GpuFloat>(
         shared_mem_bytes: smem as u32,
     };
     unsafe { b.launch(cfg) }?;
-    let mut b = s.launch_builder(k.function("rmsnorm_dgain_reduce")?);
+    let mut b = s.launch_builder(k.function(Entry::rmsnorm_dgain_reduce));
     b.arg(&p_dgain).arg(&p_scr).arg(&chunks_i).arg(&di);
     let cfg = LaunchConfig {
         grid_dim: (d.div_ceil(32) as u32, 1, 1),
@@ -549,7 +560,7 @@ pub fn rope<T: GpuFloat>(
     let (p_qkv, _g0) = qkv.device_ptr_mut(s);
     let (p_cos, _g1) = cos.device_ptr(s);
     let (p_sin, _g2) = sin.device_ptr(s);
-    let mut b = s.launch_builder(k.function(T::pick("rope_f32", "rope_bf16"))?);
+    let mut b = s.launch_builder(k.function(T::pick(Entry::rope_f32, Entry::rope_bf16)));
     b.arg(&p_qkv)
         .arg(&p_cos)
         .arg(&p_sin)
@@ -617,14 +628,9 @@ impl AttnKernels {
         }
     }
 
-    fn name<T: GpuFloat>(
-        self,
-        f32_name: &'static str,
-        bf16_name: &'static str,
-        tc: &'static str,
-    ) -> &'static str {
+    fn entry<T: GpuFloat>(self, f32_entry: Entry, bf16_entry: Entry, tc: Entry) -> Entry {
         match self {
-            AttnKernels::CudaCore => T::pick(f32_name, bf16_name),
+            AttnKernels::CudaCore => T::pick(f32_entry, bf16_entry),
             AttnKernels::TensorCore => tc,
         }
     }
@@ -674,11 +680,11 @@ pub fn attention_forward<T: GpuFloat>(
     let (p_lse, _g1) = lse.device_ptr_mut(s);
     let (p_qkv, _g2) = qkv.device_ptr(s);
     kernels.check::<T>(&[p_out, p_qkv])?;
-    let mut b = s.launch_builder(k.function(kernels.name::<T>(
-        "attention_forward_f32",
-        "attention_forward_bf16",
-        "attention_forward_tc_bf16",
-    ))?);
+    let mut b = s.launch_builder(k.function(kernels.entry::<T>(
+        Entry::attention_forward_f32,
+        Entry::attention_forward_bf16,
+        Entry::attention_forward_tc_bf16,
+    )));
     b.arg(&p_out)
         .arg(&p_lse)
         .arg(&p_qkv)
@@ -727,9 +733,9 @@ pub fn attention_backward<T: GpuFloat>(
     kernels.check::<T>(&[p_dqkv, p_dout, p_qkv])?;
 
     let mut b = s.launch_builder(k.function(T::pick(
-        "attention_backward_preprocess_f32",
-        "attention_backward_preprocess_bf16",
-    ))?);
+        Entry::attention_backward_preprocess_f32,
+        Entry::attention_backward_preprocess_bf16,
+    )));
     b.arg(&p_delta)
         .arg(&p_dout)
         .arg(&p_out)
@@ -738,19 +744,19 @@ pub fn attention_backward<T: GpuFloat>(
         .arg(&hi);
     unsafe { b.launch(grid_1d(rows * 32, 256)) }?;
 
-    for name in [
-        kernels.name::<T>(
-            "attention_backward_dkdv_f32",
-            "attention_backward_dkdv_bf16",
-            "attention_backward_dkdv_tc_bf16",
+    for entry in [
+        kernels.entry::<T>(
+            Entry::attention_backward_dkdv_f32,
+            Entry::attention_backward_dkdv_bf16,
+            Entry::attention_backward_dkdv_tc_bf16,
         ),
-        kernels.name::<T>(
-            "attention_backward_dq_f32",
-            "attention_backward_dq_bf16",
-            "attention_backward_dq_tc_bf16",
+        kernels.entry::<T>(
+            Entry::attention_backward_dq_f32,
+            Entry::attention_backward_dq_bf16,
+            Entry::attention_backward_dq_tc_bf16,
         ),
     ] {
-        let mut b = s.launch_builder(k.function(name)?);
+        let mut b = s.launch_builder(k.function(entry));
         b.arg(&p_dqkv)
             .arg(&p_qkv)
             .arg(&p_dout)
@@ -802,9 +808,9 @@ pub fn classifier_forward_backward<T: GpuFloat>(
     let (p_lse, _g2) = lse.device_ptr_mut(s);
     let (p_tgt, _g3) = targets.device_ptr(s);
     let mut b = s.launch_builder(k.function(T::pick(
-        "classifier_forward_backward_f32",
-        "classifier_forward_backward_bf16",
-    ))?);
+        Entry::classifier_forward_backward_f32,
+        Entry::classifier_forward_backward_bf16,
+    )));
     b.arg(&p_log)
         .arg(&p_ce)
         .arg(&p_lse)
@@ -839,7 +845,7 @@ pub fn loss_sums(
     let (p_out, _g0) = out.device_ptr_mut(s);
     let (p_ce, _g1) = ce.device_ptr(s);
     let (p_lse, _g2) = lse.device_ptr(s);
-    let mut b = s.launch_builder(k.function("loss_sums")?);
+    let mut b = s.launch_builder(k.function(Entry::loss_sums));
     b.arg(&p_out).arg(&p_ce).arg(&p_lse).arg(&ni);
     let cfg = LaunchConfig {
         grid_dim: (1, 1, 1),
@@ -870,9 +876,9 @@ pub fn global_norm_squared<T: GpuFloat>(
     let (p_part, _g0) = partial.device_ptr_mut(s);
     let (p_x, _g1) = x.device_ptr(s);
     let mut b = s.launch_builder(k.function(T::pick(
-        "global_norm_squared_f32",
-        "global_norm_squared_bf16",
-    ))?);
+        Entry::global_norm_squared_f32,
+        Entry::global_norm_squared_bf16,
+    )));
     b.arg(&p_part).arg(&p_x).arg(&n).arg(&acc);
     let cfg = LaunchConfig {
         grid_dim: (GLOBAL_NORM_BLOCKS as u32, 1, 1),
@@ -897,7 +903,7 @@ pub fn global_norm_finish(
     let s = k.stream();
     let (p_out, _g0) = out.device_ptr_mut(s);
     let (p_part, _g1) = partial.device_ptr(s);
-    let mut b = s.launch_builder(k.function("global_norm_finish")?);
+    let mut b = s.launch_builder(k.function(Entry::global_norm_finish));
     b.arg(&p_out).arg(&p_part).arg(&np).arg(&clip);
     let cfg = LaunchConfig {
         grid_dim: (1, 1, 1),
@@ -944,7 +950,7 @@ pub fn adamw<P16: DevicePtrMut<Bf16>>(
     let (p_g, _g2) = grads.device_ptr(s);
     let (p_m, _g3) = m.device_ptr_mut(s);
     let (p_v, _g4) = v.device_ptr_mut(s);
-    let mut b = s.launch_builder(k.function("adamw")?);
+    let mut b = s.launch_builder(k.function(Entry::adamw));
     b.arg(&p_par)
         .arg(&p16)
         .arg(&p_g)
@@ -1002,7 +1008,7 @@ pub fn adamw_dev<T: GpuFloat>(
     let (p_v, _g4) = v.device_ptr_mut(s);
     let (p_h, _g5) = hyper.device_ptr(s);
     let (p_n, _g6) = norm.device_ptr(s);
-    let mut b = s.launch_builder(k.function(T::pick("adamw_dev_f32", "adamw_dev_bf16"))?);
+    let mut b = s.launch_builder(k.function(T::pick(Entry::adamw_dev_f32, Entry::adamw_dev_bf16)));
     b.arg(&p_par)
         .arg(&p_w)
         .arg(&p_g)
