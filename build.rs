@@ -1,6 +1,10 @@
 //! Compiles every `kernels/*.cu` with nvcc into a cubin (sm_90a) and portable PTX (compute_80), and
 //! writes `$OUT_DIR/kernels.rs` embedding them for `src/backend/cuda`.
 //!
+//! Also writes `$OUT_DIR/kernel_entries.rs`, the one list of kernel entry points (the `Entry` enum
+//! of `src/backend/cuda`), read from the sources whether or not nvcc is found; where nvcc runs,
+//! the list must match the entry points of the compiled PTX, or the build fails.
+//!
 //! nvcc is looked for in order: `$NVCC`, `$CUDA_HOME/bin/nvcc`, `nvcc` on `PATH`, the PyPI layout
 //! `<site-packages>/nvidia/cu13/bin/nvcc` (see `scripts/install-nvcc.sh`), `/usr/local/cuda/bin/nvcc`.
 //! - No nvcc: a warning, and an empty kernel table (the crate still builds; CPU backend only).
@@ -31,6 +35,7 @@ struct Nvcc {
 struct Kernel {
     name: String,
     source: PathBuf,
+    text: String,
     exact: bool,
 }
 
@@ -71,6 +76,10 @@ fn main() {
             }
         }
     }
+
+    // The entry points come from the sources, so the list exists with or without nvcc.
+    let entries: Vec<Vec<String>> = kernels.iter().map(|k| scan_entries(&k.text)).collect();
+    write_entries(&out_dir, &kernels, &entries);
 
     let (nvcc, tried) = find_nvcc();
     let Some(nvcc) = nvcc else {
@@ -125,6 +134,7 @@ fn main() {
             failures.join("\n\n")
         );
     }
+    check_entries_against_ptx(&out_dir, &kernels, &entries);
     write_table(&out_dir, &kernels, &nvcc.version);
 }
 
@@ -159,11 +169,317 @@ fn list_kernels(dir: &Path) -> Vec<Kernel> {
         out.push(Kernel {
             name,
             source: path,
+            text,
             exact,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// The `extern "C" __global__` entry points of one kernel source, in source order.
+///
+/// Reads the source, not the preprocessor's output (nvcc may be absent): lines are spliced and
+/// comments dropped as C does, an entry is the name before the first `(` after
+/// `extern "C" __global__` (past `void` and `__launch_bounds__(..)`), and an entry written inside
+/// a function-like `#define` counts once per use of that macro, with its arguments pasted in
+/// (`attention_forward_##SUFFIX` under `ATTN_ENTRIES(bf16, bf16)` is `attention_forward_bf16`).
+/// `#if` is not evaluated. Where nvcc runs, [`check_entries_against_ptx`] compares the result with
+/// the compiled PTX, so a form this reading gets wrong fails the build instead of going unseen.
+fn scan_entries(source: &str) -> Vec<String> {
+    let text = strip_comments(&source.replace("\\\r\n", " ").replace("\\\n", " "));
+    // (macro name, parameters, entry names as written in its body)
+    let mut macros: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    // The source without its preprocessor lines (kept as blank lines, so offsets stay in order).
+    let mut code = String::with_capacity(text.len());
+    for line in text.lines() {
+        let directive = line.trim_start().strip_prefix('#').map(str::trim_start);
+        if let Some(def) = directive.and_then(|d| d.strip_prefix("define")) {
+            let def = def.trim_start();
+            let name_len = def.find(|c: char| !is_ident_char(c)).unwrap_or(def.len());
+            let (name, rest) = def.split_at(name_len);
+            // Function-like only: the `(` follows the name directly.
+            if let Some((params, body)) = rest.strip_prefix('(').and_then(|r| r.split_once(')')) {
+                let templates: Vec<String> =
+                    entry_names(body).into_iter().map(|(_, n)| n).collect();
+                if !templates.is_empty() {
+                    let params = params.split(',').map(|p| p.trim().to_string()).collect();
+                    macros.push((name.to_string(), params, templates));
+                }
+            }
+        }
+        if directive.is_none() {
+            code.push_str(line);
+        }
+        code.push('\n');
+    }
+    let mut found = entry_names(&code);
+    for (name, params, templates) in &macros {
+        for (at, args) in macro_uses(&code, name) {
+            assert_eq!(
+                args.len(),
+                params.len(),
+                "{name}(..) is used with {} arguments, defined with {}",
+                args.len(),
+                params.len()
+            );
+            for t in templates {
+                let pasted: String = t
+                    .split("##")
+                    .map(|piece| {
+                        let piece = piece.trim();
+                        params
+                            .iter()
+                            .position(|p| p == piece)
+                            .map_or(piece, |i| args[i].as_str())
+                    })
+                    .collect();
+                found.push((at, pasted));
+            }
+        }
+    }
+    found.sort_by_key(|&(at, _)| at);
+    found.into_iter().map(|(_, n)| n).collect()
+}
+
+fn is_ident_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The source with `//` and `/* */` comments replaced by a space (a block comment keeps its line
+/// breaks); string and character literals are skipped over, not searched.
+fn strip_comments(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                out.push(b' ');
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+                    if b[i] == b'\n' {
+                        out.push(b'\n');
+                    }
+                    i += 1;
+                }
+                i += 2;
+                out.push(b' ');
+            }
+            q @ (b'"' | b'\'') => {
+                out.push(q);
+                i += 1;
+                while i < b.len() && b[i] != q && b[i] != b'\n' {
+                    if b[i] == b'\\' && i + 1 < b.len() {
+                        out.push(b[i]);
+                        i += 1;
+                    }
+                    out.push(b[i]);
+                    i += 1;
+                }
+                if i < b.len() && b[i] == q {
+                    out.push(q);
+                    i += 1;
+                }
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("comments removed at ASCII boundaries")
+}
+
+/// `(offset, name)` of each `extern "C" __global__ ... name(` in `code`; a name may hold `##`
+/// (inside a macro body). Panics on an `extern "C" __global__` it cannot read a name from.
+fn entry_names(code: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = code[from..].find("extern") {
+        let at = from + i;
+        from = at + "extern".len();
+        if code[..at].chars().next_back().is_some_and(is_ident_char) {
+            continue;
+        }
+        let Some(rest) = code[from..].trim_start().strip_prefix("\"C\"") else {
+            continue;
+        };
+        let Some(mut rest) = rest.trim_start().strip_prefix("__global__") else {
+            continue;
+        };
+        loop {
+            rest = rest.trim_start();
+            let len = rest
+                .find(|c: char| !is_ident_char(c) && c != '#')
+                .unwrap_or(rest.len());
+            let (word, after) = rest.split_at(len);
+            assert!(
+                !word.is_empty(),
+                "cannot read the kernel name of `{}`",
+                code[at..].lines().next().unwrap_or_default()
+            );
+            let after = after.trim_start();
+            if word == "__launch_bounds__" {
+                rest = skip_parens(after);
+            } else if after.starts_with('(') {
+                out.push((at, word.to_string()));
+                break;
+            } else {
+                rest = after;
+            }
+        }
+    }
+    out
+}
+
+/// `s` past the balanced parentheses it starts with (all of it if they never close).
+fn skip_parens(s: &str) -> &str {
+    let mut depth = 0usize;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return &s[i + 1..];
+                }
+            }
+            _ if depth == 0 => return s,
+            _ => {}
+        }
+    }
+    ""
+}
+
+/// `(offset, arguments)` of each use `name(a, b, ..)` of a function-like macro in `code`.
+fn macro_uses(code: &str, name: &str) -> Vec<(usize, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = code[from..].find(name) {
+        let at = from + i;
+        from = at + name.len();
+        if code[..at].chars().next_back().is_some_and(is_ident_char) {
+            continue;
+        }
+        let Some(args) = code[from..].trim_start().strip_prefix('(') else {
+            continue;
+        };
+        let (mut depth, mut current, mut list) = (0usize, String::new(), Vec::new());
+        for c in args.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' if depth == 0 => break,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    list.push(current.trim().to_string());
+                    current.clear();
+                    continue;
+                }
+                _ => {}
+            }
+            current.push(c);
+        }
+        list.push(current.trim().to_string());
+        out.push((at, list));
+    }
+    out
+}
+
+/// With nvcc: every kernel's PTX `.entry` names are exactly the names [`scan_entries`] read from
+/// its source (so the generated [`Entry`] list is the compiled one), else the build fails.
+fn check_entries_against_ptx(out_dir: &Path, kernels: &[Kernel], entries: &[Vec<String>]) {
+    for (k, scanned) in kernels.iter().zip(entries) {
+        let path = out_dir.join(format!("{}.ptx", k.name));
+        let ptx =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let mut compiled: Vec<String> = ptx
+            .lines()
+            .filter_map(|l| l.split_once(".entry ").map(|(_, rest)| rest))
+            .map(|rest| rest.chars().take_while(|&c| is_ident_char(c)).collect())
+            .collect();
+        let mut read = scanned.clone();
+        compiled.sort();
+        read.sort();
+        assert!(
+            compiled == read,
+            "kernels/{}.cu: build.rs read the entry points {read:?} from the source, but nvcc \
+             compiled {compiled:?}; write each entry as `extern \"C\" __global__ void name(..)` \
+             (or teach scan_entries in build.rs the new form)",
+            k.name
+        );
+    }
+}
+
+/// `$OUT_DIR/kernel_entries.rs`: the `Entry` enum, one variant per entry point of every
+/// `kernels/*.cu`, named exactly as the kernel (the `extern "C"` symbol), by file then source
+/// order, with its symbol name and file.
+fn write_entries(out_dir: &Path, kernels: &[Kernel], entries: &[Vec<String>]) {
+    // (file stem, entry name)
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for (k, names) in kernels.iter().zip(entries) {
+        for n in names {
+            if let Some((other, _)) = seen.iter().find(|(_, s)| s == n) {
+                panic!(
+                    "kernel entry {n} is defined in kernels/{other}.cu and kernels/{}.cu",
+                    k.name
+                );
+            }
+            seen.push((k.name.as_str(), n.as_str()));
+        }
+    }
+    let mut s = String::from(
+        "// @generated by build.rs from the `extern \"C\" __global__` entry points of kernels/*.cu\n\n",
+    );
+    s.push_str(
+        "/// A kernel entry point of `kernels/*.cu`, named exactly as the kernel (its `extern \"C\"`\n\
+         /// symbol in the cubin and PTX), in file order and then source order; generated by\n\
+         /// `build.rs` from the sources, so a renamed or removed kernel is a compile error where it\n\
+         /// is launched.\n\
+         #[allow(non_camel_case_types)]\n\
+         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]\n\
+         pub enum Entry {\n",
+    );
+    for (module, name) in &seen {
+        writeln!(s, "    /// `kernels/{module}.cu`\n    {name},").unwrap();
+    }
+    s.push_str("}\n\nimpl Entry {\n");
+    writeln!(
+        s,
+        "    /// Every entry point, in declaration order (`Entry::ALL[e as usize] == e`).\n    \
+         pub const ALL: [Entry; {}] = [",
+        seen.len()
+    )
+    .unwrap();
+    for (_, name) in &seen {
+        writeln!(s, "        Entry::{name},").unwrap();
+    }
+    s.push_str("    ];\n\n");
+    s.push_str(
+        "    /// The kernel's symbol name, as in the `.cu` source, the cubin and the PTX.\n    \
+         pub const fn name(self) -> &'static str {\n        match self {\n",
+    );
+    for (_, name) in &seen {
+        writeln!(s, "            Entry::{name} => {name:?},").unwrap();
+    }
+    s.push_str(
+        "        }\n    }\n\n    \
+         /// The stem of the `kernels/*.cu` file that defines it (an `EmbeddedKernel` name).\n    \
+         pub const fn module(self) -> &'static str {\n        match self {\n",
+    );
+    for (module, name) in &seen {
+        writeln!(s, "            Entry::{name} => {module:?},").unwrap();
+    }
+    s.push_str("        }\n    }\n}\n");
+    let path = out_dir.join("kernel_entries.rs");
+    if fs::read_to_string(&path).ok().as_deref() != Some(s.as_str()) {
+        fs::write(&path, s).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
 }
 
 fn compile(

@@ -1,7 +1,7 @@
 // terse: exact
 /*
-M1's exact inference path on the GPU: the numeric contract of `src/m1/mod.rs` (DESIGN.md, "Numeric
-contract for M1"), operation for operation, so the probabilities are the CPU's bit for bit.
+M1's exact inference path on the GPU: the numeric contract of `src/m1/mod.rs`
+(docs/numeric-contract.md), operation for operation, so the probabilities are the CPU's bit for bit.
 
 This file compiles with -fmad=false, IEEE division and square root and no flush-to-zero (build.rs,
 first line above): every `a * b + c` below is two rounded operations unless written `fmaf`.

@@ -135,17 +135,17 @@ fn cast_matches_host_rounding() {
     let mut x = randn(&mut r, 100_003, 3.0);
     x[..6].copy_from_slice(&[0.0, -0.0, 1e-40, f32::INFINITY, -f32::INFINITY, 65504.0]);
     let dx = up_raw(&k, &x);
-    let mut d16 = up_raw(&k, &vec![Bf16(0x7fc1); x.len()]);
+    let mut d16 = up_raw(&k, &vec![Bf16::from_bits(0x7fc1); x.len()]);
     launch::cast_f32_to_bf16(&k, &mut d16, &dx, x.len()).unwrap();
     let got16 = down_raw(&k, &d16);
     for (i, (&g, &v)) in got16.iter().zip(&x).enumerate() {
         // bit-exact, except that the device may flush a subnormal input to zero
         let want = Bf16::from_f32(v);
         assert!(
-            g == want || (v.abs() < f32::MIN_POSITIVE && g.to_f32() == 0.0),
+            g.to_bits() == want.to_bits() || (v.abs() < f32::MIN_POSITIVE && g.to_f32() == 0.0),
             "cast f32->bf16 [{i}]: {v} -> {:#06x}, host {:#06x}",
-            g.0,
-            want.0
+            g.to_bits(),
+            want.to_bits()
         );
     }
     let mut back = poison::<f32>(&k, x.len());
@@ -761,7 +761,7 @@ fn adamw_matches_cpu() {
     let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
     cpu::adamw::adamw(&mut p, &g, &mut m, &mut v, &h);
     let mut dp = up_raw(&k, &p0);
-    let mut dp16 = up_raw(&k, &vec![Bf16(0x7fc1); n]);
+    let mut dp16 = up_raw(&k, &vec![Bf16::from_bits(0x7fc1); n]);
     let dg = up_raw(&k, &g);
     let (mut dm, mut dv) = (up_raw(&k, &m0), up_raw(&k, &v0));
     launch::adamw(&k, &mut dp, Some(&mut dp16), &dg, &mut dm, &mut dv, n, &h).unwrap();
@@ -771,7 +771,11 @@ fn adamw_matches_cpu() {
     compare("adamw v", &down(&k, &dv), &v, TOL_F32);
     let p16 = down_raw(&k, &dp16);
     for i in 0..n {
-        assert_eq!(p16[i], Bf16::from_f32(got_p[i]), "adamw bf16 copy [{i}]");
+        assert_eq!(
+            p16[i].to_bits(),
+            Bf16::from_f32(got_p[i]).to_bits(),
+            "adamw bf16 copy [{i}]"
+        );
     }
     // Without the bf16 copy (null pointer).
     let mut dp = up_raw(&k, &p0);
@@ -1544,19 +1548,31 @@ const KERNEL_TESTS: &[&str] = &[
 /// Then each bug planted in `emu/planted/planted.cu` runs in a child of its own, to prove the
 /// emulator catches it.
 /// Skipped with a note where a GPU is present (the tests ran on it), where the binary has no
-/// kernels (built without nvcc), or where python3 or g++ is missing.
+/// kernels (built without nvcc), on a target other than x86-64 (the emulator's fiber switch is
+/// x86-64 assembly), or where python3 or g++ is missing. Wherever it runs, it first fails if a
+/// test it names by name is not a test of this file (a filter that matches nothing runs nothing
+/// and passes, so a renamed test would silently drop out of the emulated runs).
 #[test]
 fn gpu_parity_on_the_emulator() {
     use std::process::Command;
     if emulated() {
         return;
     }
+    let me = std::env::current_exe().unwrap();
+    check_named_tests_exist(&me);
     let skip = |why: &str| note(&format!("SKIPPED: gpu_parity_on_the_emulator: {why}"));
     if cuda::gpu_unavailable_reason().is_none() {
         return skip("a GPU is present, and the tests above ran on it");
     }
     if cuda::embedded_kernels().is_empty() {
         return skip("this binary was built without nvcc, so it has no kernels to emulate");
+    }
+    if cfg!(not(target_arch = "x86_64")) {
+        return skip(&format!(
+            "the emulator's fiber switch is x86-64 assembly (emu/runtime.cpp), and this target \
+             is {}",
+            std::env::consts::ARCH
+        ));
     }
     for tool in ["python3", "g++"] {
         if Command::new(tool).arg("--version").output().is_err() {
@@ -1578,7 +1594,6 @@ fn gpu_parity_on_the_emulator() {
         Ok(p) if !p.is_empty() => format!("{}:{p}", libs.display()),
         _ => libs.display().to_string(),
     };
-    let me = std::env::current_exe().unwrap();
     let child = || {
         let mut cmd = Command::new(&me);
         cmd.env("LD_LIBRARY_PATH", &library_path).env(EMULATED, "1");
@@ -1643,6 +1658,33 @@ fn gpu_parity_on_the_emulator() {
         "gpu_parity_on_the_emulator: all {} planted bugs caught",
         PLANTED_BUGS.len()
     ));
+}
+
+/// Fails unless every test [`gpu_parity_on_the_emulator`] names (to rerun, to skip, or to run a
+/// planted bug in) is a test of this binary, as its own `--list` reports them.
+fn check_named_tests_exist(me: &std::path::Path) {
+    let out = std::process::Command::new(me)
+        .args(["--list", "--format", "terse"])
+        .output()
+        .expect("listing this file's tests");
+    assert!(out.status.success(), "--list failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let listed: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .collect();
+    let named = KERNEL_TESTS
+        .iter()
+        .chain(TOO_SLOW_TO_EMULATE)
+        .chain(&["gpu_parity_on_the_emulator", "planted_bug_on_the_emulator"]);
+    for name in named {
+        assert!(
+            listed.contains(name),
+            "gpu_parity_on_the_emulator names the test {name}, which tests/gpu_parity.rs does not \
+             have (renamed or removed? update KERNEL_TESTS / TOO_SLOW_TO_EMULATE); its tests are \
+             {listed:?}"
+        );
+    }
 }
 
 /// Names the planted bug a child process runs (`planted_bug_on_the_emulator`).

@@ -19,6 +19,7 @@
 //! otherwise, where it passes.
 
 use super::loader::GpuKernels;
+use super::Entry;
 use crate::m1::{ExactM1, Probs};
 use crate::numerics::{RopeTables, HEAD_DIM};
 use anyhow::{anyhow, ensure, Context, Result};
@@ -96,23 +97,14 @@ impl GpuExactM1 {
     pub fn new(m1: &ExactM1, streams: usize, capacity: usize) -> Result<Self> {
         ensure!(streams > 0 && capacity > 0, "no streams or no capacity");
         let k = GpuKernels::new(0)?;
-        let module = k
-            .module("m1_exact")
-            .ok_or_else(|| anyhow!("kernels/m1_exact.cu is not embedded in this binary"))?
-            .clone();
-        let load = |name: &str| {
-            module
-                .load_function(name)
-                .with_context(|| format!("kernel {name} in kernels/m1_exact.cu"))
-        };
         let f = Funcs {
-            embed: load("m1x_embed")?,
-            rmsnorm: load("m1x_rmsnorm")?,
-            matvec: load("m1x_matvec")?,
-            rope: load("m1x_rope")?,
-            append_kv: load("m1x_append_kv")?,
-            attention: load("m1x_attention")?,
-            softmax: load("m1x_softmax")?,
+            embed: k.function(Entry::m1x_embed).clone(),
+            rmsnorm: k.function(Entry::m1x_rmsnorm).clone(),
+            matvec: k.function(Entry::m1x_matvec).clone(),
+            rope: k.function(Entry::m1x_rope).clone(),
+            append_kv: k.function(Entry::m1x_append_kv).clone(),
+            attention: k.function(Entry::m1x_attention).clone(),
+            softmax: k.function(Entry::m1x_softmax).clone(),
         };
         let cfg = m1.config();
         let (d, ff) = (cfg.d_model, cfg.d_ff);

@@ -1,0 +1,172 @@
+//! The activations, backward scratch and host staging buffers of one (batch, seq) shape.
+
+use crate::backend::cuda::launch::{self, EmbedBackwardPlan};
+use crate::backend::cuda::loader::{GpuFloat, GpuKernels};
+use crate::model::ModelConfig;
+use crate::numerics::RopeTables;
+use anyhow::Result;
+use cudarc::driver::{CudaSlice, PinnedHostSlice};
+
+/// Activations, scratch and staging for one (batch, seq) shape.
+pub(super) struct Acts<T: GpuFloat> {
+    pub(super) batch: usize,
+    pub(super) seq: usize,
+    pub(super) num_buckets: usize,
+    // the batch on the device and its pinned staging copies
+    pub(super) inputs: CudaSlice<u32>,
+    pub(super) targets: CudaSlice<u32>,
+    pub(super) order: CudaSlice<i32>,
+    pub(super) bucket_start: CudaSlice<i32>,
+    pub(super) bucket_token: CudaSlice<i32>,
+    /// lr, bias_corr1, bias_corr2 (read by `adamw_dev`).
+    pub(super) hyper: CudaSlice<f32>,
+    pub(super) pin_inputs: PinnedHostSlice<u32>,
+    pub(super) pin_targets: PinnedHostSlice<u32>,
+    pub(super) pin_order: PinnedHostSlice<i32>,
+    pub(super) pin_bucket_start: PinnedHostSlice<i32>,
+    pub(super) pin_bucket_token: PinnedHostSlice<i32>,
+    pub(super) pin_hyper: PinnedHostSlice<f32>,
+    pub(super) pin_sums: PinnedHostSlice<f64>,
+    pub(super) pin_norm: PinnedHostSlice<f32>,
+    pub(super) rope_cos: CudaSlice<f32>,
+    pub(super) rope_sin: CudaSlice<f32>,
+    // saved forward tensors, stacked [L, ...] as in the CPU model
+    pub(super) x: CudaSlice<T>,         // [L+1, N, d]
+    pub(super) xmid: CudaSlice<T>,      // [L, N, d]
+    pub(super) xn1: CudaSlice<T>,       // [L, N, d]
+    pub(super) qkv: CudaSlice<T>,       // [L, N, 3d]
+    pub(super) att: CudaSlice<T>,       // [L, N, d]
+    pub(super) xn2: CudaSlice<T>,       // [L, N, d]
+    pub(super) h: CudaSlice<T>,         // [L, N, ff]
+    pub(super) xf: CudaSlice<T>,        // [N, d]
+    pub(super) logits: CudaSlice<T>,    // [N, V]; dlogits in place
+    pub(super) rstd1: CudaSlice<f32>,   // [L, N]
+    pub(super) rstd2: CudaSlice<f32>,   // [L, N]
+    pub(super) rstdf: CudaSlice<f32>,   // [N]
+    pub(super) lse: CudaSlice<f32>,     // [L, B, H, T]
+    pub(super) ce_row: CudaSlice<f32>,  // [N]
+    pub(super) lse_row: CudaSlice<f32>, // [N]
+    // backward scratch
+    pub(super) dres: CudaSlice<T>,           // [N, d]
+    pub(super) dxn: CudaSlice<T>,            // [N, d]
+    pub(super) datt: CudaSlice<T>,           // [N, d]
+    pub(super) dqkv: CudaSlice<T>,           // [N, 3d]
+    pub(super) dh: CudaSlice<T>,             // [N, ff]
+    pub(super) delta: CudaSlice<f32>,        // [B, H, T]
+    pub(super) norm_scratch: CudaSlice<f32>, // rmsnorm_backward_scratch_len(N, d)
+    pub(super) gn_partial: CudaSlice<f64>,   // GLOBAL_NORM_BLOCKS
+    pub(super) gn_out: CudaSlice<f32>,       // [norm, clip scale]
+    pub(super) sums: CudaSlice<f64>,         // [sum ce, sum lse^2]
+}
+
+impl<T: GpuFloat> Acts<T> {
+    pub(super) fn new(k: &GpuKernels, cfg: &ModelConfig, batch: usize, seq: usize) -> Result<Self> {
+        let s = k.stream();
+        let ctx = k.context();
+        let (n, d, l, ff, v) = (batch * seq, cfg.d_model, cfg.n_layers, cfg.d_ff, cfg.vocab);
+        let nlse = batch * cfg.n_heads * seq;
+        let num_buckets = EmbedBackwardPlan::max_buckets(n, v);
+        let t = |len: usize| s.alloc_zeros::<T>(len.max(1));
+        let f = |len: usize| s.alloc_zeros::<f32>(len.max(1));
+        let rope = RopeTables::new(seq, cfg.rope_theta);
+        // SAFETY (alloc_pinned): the staging buffers are always fully written before they are read.
+        let acts = unsafe {
+            Acts {
+                batch,
+                seq,
+                num_buckets,
+                inputs: s.alloc_zeros::<u32>(n)?,
+                targets: s.alloc_zeros::<u32>(n)?,
+                order: s.alloc_zeros::<i32>(n)?,
+                bucket_start: s.alloc_zeros::<i32>(num_buckets + 1)?,
+                bucket_token: s.alloc_zeros::<i32>(num_buckets)?,
+                hyper: f(3)?,
+                pin_inputs: ctx.alloc_pinned::<u32>(n)?,
+                pin_targets: ctx.alloc_pinned::<u32>(n)?,
+                pin_order: ctx.alloc_pinned::<i32>(n)?,
+                pin_bucket_start: ctx.alloc_pinned::<i32>(num_buckets + 1)?,
+                pin_bucket_token: ctx.alloc_pinned::<i32>(num_buckets)?,
+                pin_hyper: ctx.alloc_pinned::<f32>(3)?,
+                pin_sums: ctx.alloc_pinned::<f64>(2)?,
+                pin_norm: ctx.alloc_pinned::<f32>(2)?,
+                rope_cos: s.clone_htod(&rope.cos)?,
+                rope_sin: s.clone_htod(&rope.sin)?,
+                x: t((l + 1) * n * d)?,
+                xmid: t(l * n * d)?,
+                xn1: t(l * n * d)?,
+                qkv: t(l * n * 3 * d)?,
+                att: t(l * n * d)?,
+                xn2: t(l * n * d)?,
+                h: t(l * n * ff)?,
+                xf: t(n * d)?,
+                logits: t(n * v)?,
+                rstd1: f(l * n)?,
+                rstd2: f(l * n)?,
+                rstdf: f(n)?,
+                lse: f(l * nlse)?,
+                ce_row: f(n)?,
+                lse_row: f(n)?,
+                dres: t(n * d)?,
+                dxn: t(n * d)?,
+                datt: t(n * d)?,
+                dqkv: t(n * 3 * d)?,
+                dh: t(n * ff)?,
+                delta: f(nlse)?,
+                norm_scratch: f(launch::rmsnorm_backward_scratch_len(n, d))?,
+                gn_partial: s.alloc_zeros::<f64>(launch::GLOBAL_NORM_BLOCKS)?,
+                gn_out: f(2)?,
+                sums: s.alloc_zeros::<f64>(2)?,
+            }
+        };
+        Ok(acts)
+    }
+
+    pub(super) fn fits(&self, batch: usize, seq: usize) -> bool {
+        self.batch == batch && self.seq == seq
+    }
+
+    /// Fills every activation and scratch buffer with NaN (tests: a kernel that fails to write
+    /// its output then shows up as NaN instead of passing on stale values).
+    pub(super) fn poison(&mut self, k: &GpuKernels) -> Result<()> {
+        let s = k.stream();
+        let nan_t = T::from_f32(f32::NAN);
+        for b in [
+            &mut self.x,
+            &mut self.xmid,
+            &mut self.xn1,
+            &mut self.qkv,
+            &mut self.att,
+            &mut self.xn2,
+            &mut self.h,
+            &mut self.xf,
+            &mut self.logits,
+            &mut self.dres,
+            &mut self.dxn,
+            &mut self.datt,
+            &mut self.dqkv,
+            &mut self.dh,
+        ] {
+            let host = vec![nan_t; b.len()];
+            s.memcpy_htod(&host, b)?;
+        }
+        for b in [
+            &mut self.rstd1,
+            &mut self.rstd2,
+            &mut self.rstdf,
+            &mut self.lse,
+            &mut self.ce_row,
+            &mut self.lse_row,
+            &mut self.delta,
+            &mut self.norm_scratch,
+            &mut self.gn_out,
+        ] {
+            let host = vec![f32::NAN; b.len()];
+            s.memcpy_htod(&host, b)?;
+        }
+        for b in [&mut self.gn_partial, &mut self.sums] {
+            let host = vec![f64::NAN; b.len()];
+            s.memcpy_htod(&host, b)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,340 @@
+//! The training step's op sequence, the CPU model's order op for op: the forward pass through
+//! the logits, and the whole step (zero grads, forward, classifier, backward, global norm, AdamW)
+//! as it is enqueued eagerly or into a CUDA graph.
+
+use super::acts::Acts;
+use super::{CudaTrainer, PER_LAYER};
+use crate::backend::cpu::attention::AttnShape;
+use crate::backend::cuda::gemm::{DevicePtrDyn, Gemm};
+use crate::backend::cuda::launch::{self, AttnKernels};
+use crate::backend::cuda::loader::{GpuFloat, GpuKernels};
+use crate::backend::OptimConfig;
+use crate::model::{ModelConfig, TensorSpec};
+use anyhow::Result;
+use cudarc::driver::CudaSlice;
+
+impl<T: GpuFloat> CudaTrainer<T> {
+    /// Forward pass of the current working weights over the uploaded batch in `a`, through the
+    /// logits (the CPU model's order).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward(
+        k: &GpuKernels,
+        gemm: &mut Gemm,
+        attention: AttnKernels,
+        cfg: &ModelConfig,
+        specs: &[TensorSpec],
+        work: &CudaSlice<T>,
+        a: &mut Acts<T>,
+    ) -> Result<()> {
+        let (b, t) = (a.batch, a.seq);
+        let (n, d, ff, v) = (b * t, cfg.d_model, cfg.d_ff, cfg.vocab);
+        let (nd, nd3, nff) = (n * d, n * 3 * d, n * ff);
+        let nlse = b * cfg.n_heads * t;
+        let shape = AttnShape {
+            batch: b,
+            seq: t,
+            heads: cfg.n_heads,
+        };
+        let w = |i: usize| work.slice(specs[i].range());
+        let last = specs.len() - 1;
+        launch::embed_forward(k, &mut a.x.slice_mut(..nd), &w(0), &a.inputs, n, d)?;
+        for l in 0..cfg.n_layers {
+            let base = 1 + PER_LAYER * l;
+            let r = l * nd..(l + 1) * nd;
+            launch::rmsnorm_forward(
+                k,
+                &mut a.xn1.slice_mut(r.clone()),
+                &mut a.rstd1.slice_mut(l * n..(l + 1) * n),
+                &a.x.slice(r.clone()),
+                &w(base),
+                n,
+                d,
+                cfg.norm_eps,
+            )?;
+            let r3 = l * nd3..(l + 1) * nd3;
+            gemm.forward(
+                &mut a.qkv.slice_mut(r3.clone()),
+                &a.xn1.slice(r.clone()),
+                &w(base + 1),
+                None,
+                n,
+                d,
+                3 * d,
+            )?;
+            launch::rope(
+                k,
+                &mut a.qkv.slice_mut(r3.clone()),
+                &a.rope_cos,
+                &a.rope_sin,
+                n,
+                t,
+                d,
+                false,
+            )?;
+            launch::attention_forward(
+                k,
+                attention,
+                &mut a.att.slice_mut(r.clone()),
+                &mut a.lse.slice_mut(l * nlse..(l + 1) * nlse),
+                &a.qkv.slice(r3),
+                shape,
+            )?;
+            // xmid = x + att Wout^T (the residual add fused into the GEMM, beta = 1)
+            let x_in = a.x.slice(r.clone());
+            gemm.forward(
+                &mut a.xmid.slice_mut(r.clone()),
+                &a.att.slice(r.clone()),
+                &w(base + 2),
+                Some(&x_in as &dyn DevicePtrDyn<T>),
+                n,
+                d,
+                d,
+            )?;
+            launch::rmsnorm_forward(
+                k,
+                &mut a.xn2.slice_mut(r.clone()),
+                &mut a.rstd2.slice_mut(l * n..(l + 1) * n),
+                &a.xmid.slice(r.clone()),
+                &w(base + 3),
+                n,
+                d,
+                cfg.norm_eps,
+            )?;
+            let rf = l * nff..(l + 1) * nff;
+            gemm.forward(
+                &mut a.h.slice_mut(rf.clone()),
+                &a.xn2.slice(r.clone()),
+                &w(base + 4),
+                None,
+                n,
+                d,
+                ff,
+            )?;
+            launch::relu_forward_inplace(k, &mut a.h.slice_mut(rf.clone()), nff)?;
+            // x_next = xmid + h Wdown^T
+            let xmid = a.xmid.slice(r.clone());
+            gemm.forward(
+                &mut a.x.slice_mut((l + 1) * nd..(l + 2) * nd),
+                &a.h.slice(rf),
+                &w(base + 5),
+                Some(&xmid as &dyn DevicePtrDyn<T>),
+                n,
+                ff,
+                d,
+            )?;
+        }
+        let lx = cfg.n_layers * nd..(cfg.n_layers + 1) * nd;
+        launch::rmsnorm_forward(
+            k,
+            &mut a.xf,
+            &mut a.rstdf,
+            &a.x.slice(lx),
+            &w(last - 1),
+            n,
+            d,
+            cfg.norm_eps,
+        )?;
+        gemm.forward(&mut a.logits, &a.xf, &w(last), None, n, d, v)?;
+        Ok(())
+    }
+
+    /// Enqueues one whole training step on the stream (captured into a graph after warm-up):
+    /// zero grads, forward, classifier, backward, global norm, AdamW. Reads the batch and the
+    /// per-step scalars from their device buffers.
+    pub(super) fn enqueue_step(&mut self, opt: &OptimConfig) -> Result<()> {
+        let CudaTrainer {
+            cfg,
+            specs,
+            k,
+            gemm,
+            master,
+            work,
+            grads,
+            m,
+            v,
+            acts,
+            attention,
+            ..
+        } = self;
+        let a = acts.as_mut().expect("activations planned before a step");
+        let s = k.stream().clone();
+        let (b, t) = (a.batch, a.seq);
+        let (n, d, ff, vocab) = (b * t, cfg.d_model, cfg.d_ff, cfg.vocab);
+        let (nd, nd3, nff) = (n * d, n * 3 * d, n * ff);
+        let nlse = b * cfg.n_heads * t;
+        let shape = AttnShape {
+            batch: b,
+            seq: t,
+            heads: cfg.n_heads,
+        };
+        let last = specs.len() - 1;
+
+        s.memset_zeros(grads)?;
+        s.memset_zeros(&mut a.dres)?;
+        Self::forward(k, gemm, *attention, cfg, specs, work, a)?;
+
+        // loss, dlogits in place
+        launch::classifier_forward_backward(
+            k,
+            &mut a.logits,
+            &mut a.ce_row,
+            &mut a.lse_row,
+            &a.targets,
+            n,
+            vocab,
+            cfg.z_loss,
+            1.0 / n as f32,
+        )?;
+        launch::loss_sums(k, &mut a.sums, &a.ce_row, &a.lse_row, n)?;
+
+        let w = |i: usize| work.slice(specs[i].range());
+        // lm_head: dxf = dlogits Whead, dWhead = dlogits^T xf
+        gemm.linear_backward(
+            &mut a.dxn,
+            &mut grads.slice_mut(specs[last].range()),
+            &a.logits,
+            &a.xf,
+            &w(last),
+            n,
+            d,
+            vocab,
+        )?;
+        let lx = cfg.n_layers * nd..(cfg.n_layers + 1) * nd;
+        launch::rmsnorm_backward(
+            k,
+            &mut a.dres,
+            &mut grads.slice_mut(specs[last - 1].range()),
+            &mut a.norm_scratch,
+            &a.dxn,
+            &a.x.slice(lx),
+            &w(last - 1),
+            &a.rstdf,
+            n,
+            d,
+        )?;
+        for l in (0..cfg.n_layers).rev() {
+            let base = 1 + PER_LAYER * l;
+            let r = l * nd..(l + 1) * nd;
+            let r3 = l * nd3..(l + 1) * nd3;
+            let rf = l * nff..(l + 1) * nff;
+            let rn = l * n..(l + 1) * n;
+            // MLP: x_next = xmid + relu(xn2 Wup^T) Wdown^T
+            gemm.linear_backward(
+                &mut a.dh,
+                &mut grads.slice_mut(specs[base + 5].range()),
+                &a.dres,
+                &a.h.slice(rf.clone()),
+                &w(base + 5),
+                n,
+                ff,
+                d,
+            )?;
+            launch::relu_backward(k, &mut a.dh, &a.h.slice(rf), nff)?;
+            gemm.linear_backward(
+                &mut a.dxn,
+                &mut grads.slice_mut(specs[base + 4].range()),
+                &a.dh,
+                &a.xn2.slice(r.clone()),
+                &w(base + 4),
+                n,
+                d,
+                ff,
+            )?;
+            launch::rmsnorm_backward(
+                k,
+                &mut a.dres,
+                &mut grads.slice_mut(specs[base + 3].range()),
+                &mut a.norm_scratch,
+                &a.dxn,
+                &a.xmid.slice(r.clone()),
+                &w(base + 3),
+                &a.rstd2.slice(rn.clone()),
+                n,
+                d,
+            )?;
+            // attention: xmid = x + attn(rope(xn1 Wqkv^T)) Wout^T
+            gemm.linear_backward(
+                &mut a.datt,
+                &mut grads.slice_mut(specs[base + 2].range()),
+                &a.dres,
+                &a.att.slice(r.clone()),
+                &w(base + 2),
+                n,
+                d,
+                d,
+            )?;
+            launch::attention_backward(
+                k,
+                *attention,
+                &mut a.dqkv,
+                &mut a.delta,
+                &a.datt,
+                &a.att.slice(r.clone()),
+                &a.lse.slice(l * nlse..(l + 1) * nlse),
+                &a.qkv.slice(r3),
+                shape,
+            )?;
+            launch::rope(k, &mut a.dqkv, &a.rope_cos, &a.rope_sin, n, t, d, true)?;
+            gemm.linear_backward(
+                &mut a.dxn,
+                &mut grads.slice_mut(specs[base + 1].range()),
+                &a.dqkv,
+                &a.xn1.slice(r.clone()),
+                &w(base + 1),
+                n,
+                d,
+                3 * d,
+            )?;
+            launch::rmsnorm_backward(
+                k,
+                &mut a.dres,
+                &mut grads.slice_mut(specs[base].range()),
+                &mut a.norm_scratch,
+                &a.dxn,
+                &a.x.slice(r),
+                &w(base),
+                &a.rstd1.slice(rn),
+                n,
+                d,
+            )?;
+        }
+        launch::embed_backward(
+            k,
+            &mut grads.slice_mut(specs[0].range()),
+            &a.dres,
+            &a.order,
+            &a.bucket_start,
+            &a.bucket_token,
+            a.num_buckets,
+            d,
+        )?;
+
+        // global norm and clip scale on the device, then AdamW per tensor (decay on matrices)
+        launch::global_norm_squared(k, &mut a.gn_partial, &*grads, grads.len(), false)?;
+        launch::global_norm_finish(k, &mut a.gn_out, &a.gn_partial, opt.clip)?;
+        for spec in specs.iter() {
+            let r = spec.range();
+            let wd = if spec.shape.len() == 2 {
+                opt.weight_decay
+            } else {
+                0.0
+            };
+            launch::adamw_dev(
+                k,
+                &mut master.slice_mut(r.clone()),
+                &mut work.slice_mut(r.clone()),
+                &grads.slice(r.clone()),
+                &mut m.slice_mut(r.clone()),
+                &mut v.slice_mut(r.clone()),
+                &a.hyper,
+                &a.gn_out,
+                spec.len(),
+                opt.beta1,
+                opt.beta2,
+                opt.eps,
+                wd,
+            )?;
+        }
+        Ok(())
+    }
+}
