@@ -1,4 +1,4 @@
-//! M1 inference for coding, under the numeric contract of DESIGN.md: the probabilities M1 gives
+//! M1 inference for coding, under the numeric contract (docs/numeric-contract.md): the probabilities M1 gives
 //! for the next byte are a pure function of (weights, window bytes), defined by a fixed sequence
 //! of IEEE-754 f32 operations, so an encoder and a decoder (on any machine, CPU or GPU, batched or
 //! not) see exactly the same bits.

@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn preset_sizes() {
-        // Counts include the RMSNorm gains. Plain two-matrix ReLU MLP, as DESIGN.md and the PyTorch yardsticks use. The paper's size
+        // Counts include the RMSNorm gains. Plain two-matrix ReLU MLP, as this model and the PyTorch yardsticks use. The paper's size
         // labels (3m, 25m, 113m, 403m) count a third MLP matrix: 4d^2 + 3 d ff per layer.
         let cfg = |n| ModelConfig::preset(n, None).unwrap();
         let gated =
