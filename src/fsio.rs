@@ -210,6 +210,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |f| f.write_all(bytes))
 }
 
+/// Tests' stand-in for a disk that fills up: accepts `left` bytes, then fails with ENOSPC.
+#[cfg(test)]
+pub(crate) struct FullDisk<'w> {
+    pub inner: &'w mut File,
+    pub left: u64,
+}
+
+#[cfg(test)]
+impl Write for FullDisk<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::from_raw_os_error(28));
+        }
+        let n = buf.len().min(self.left as usize);
+        self.left -= n as u64;
+        self.inner.write(&buf[..n])
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,27 +247,6 @@ mod tests {
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
-    }
-
-    /// A writer that accepts `left` bytes, then fails with ENOSPC.
-    struct FullDisk<'w> {
-        inner: &'w mut File,
-        left: u64,
-    }
-
-    impl Write for FullDisk<'_> {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.left == 0 {
-                return Err(io::Error::from_raw_os_error(28));
-            }
-            let n = buf.len().min(self.left as usize);
-            self.left -= n as u64;
-            self.inner.write(&buf[..n])
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            self.inner.flush()
-        }
     }
 
     #[test]

@@ -317,6 +317,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::test_util::*;
     use crate::checkpoint::{load_model, load_training};
+    use crate::fsio::FullDisk;
 
     #[test]
     fn round_trip_is_bit_exact_and_readable_by_reference_safetensors() {
@@ -368,27 +369,6 @@ mod tests {
 
     fn wrap_fn<F: for<'w> Fn(&Path, &'w mut File) -> Box<dyn Write + 'w>>(f: F) -> F {
         f
-    }
-
-    /// A writer that accepts `left` bytes, then fails with ENOSPC.
-    struct FullDisk<'w> {
-        inner: &'w mut File,
-        left: u64,
-    }
-
-    impl Write for FullDisk<'_> {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.left == 0 {
-                return Err(io::Error::from_raw_os_error(28));
-            }
-            let n = buf.len().min(self.left as usize);
-            self.left -= n as u64;
-            self.inner.write(&buf[..n])
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            self.inner.flush()
-        }
     }
 
     #[test]

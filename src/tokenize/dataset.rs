@@ -27,7 +27,7 @@
 //! [`TokenDataset::open`] reads and validates the metadata and memory-maps `tokens.bin`; every
 //! refusal is a [`DatasetError`] naming the offending file.
 
-use super::MethodParams;
+use super::{MethodParams, TokenSource};
 use crate::fsio::{self, AtomicFile};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
@@ -51,24 +51,21 @@ pub struct Metadata {
     pub format: String,
     /// Always [`VERSION`] for this build.
     pub version: u32,
-    /// The tokenization method and its parameters (chunk size, CDF counts, ...): whatever
-    /// decoding needs; stored as the pair `"method": "<name>", "params": {...}`.
+    /// What the dataset is: method and parameters, token width, vocabulary, M1, corpus and
+    /// counts, stored inline (`"method"`, `"params"`, `"token_bits"`, ...). Its fields read
+    /// through a `Metadata` too (`meta.token_bits`).
     #[serde(flatten)]
-    pub method: MethodParams,
-    /// 8 or 16.
-    pub token_bits: u32,
-    /// Number of distinct token values, at most `2^token_bits`; every token is below it.
-    pub vocab: u32,
-    /// The M1 fingerprint for methods that code with M1, `null` otherwise.
-    pub m1_fingerprint: Option<String>,
-    /// The corpus the tokens came from, as given.
-    pub source: String,
-    /// Bytes of the corpus's canonical byte stream the tokens cover.
-    pub bytes_covered: u64,
-    /// Number of tokens in `tokens.bin`.
-    pub tokens: u64,
+    pub identity: TokenSource,
     /// `[token_offset, byte_offset]` of every example's start.
     pub examples: Vec<[u64; 2]>,
+}
+
+impl std::ops::Deref for Metadata {
+    type Target = TokenSource;
+
+    fn deref(&self) -> &TokenSource {
+        &self.identity
+    }
 }
 
 /// Why a token dataset could not be opened or written. Every variant names the file.
@@ -315,13 +312,15 @@ impl TokenDatasetWriter {
         let meta = Metadata {
             format: FORMAT.into(),
             version: VERSION,
-            method,
-            token_bits: self.token_bits,
-            vocab,
-            m1_fingerprint,
-            source: source.into(),
-            bytes_covered: self.bytes,
-            tokens: self.tokens,
+            identity: TokenSource {
+                method,
+                token_bits: self.token_bits,
+                vocab,
+                m1_fingerprint,
+                source: source.into(),
+                bytes_covered: self.bytes,
+                tokens: self.tokens,
+            },
             examples: std::mem::take(&mut self.examples),
         };
         let meta_path = self.dir.join(METADATA_FILE);

@@ -215,15 +215,7 @@ pub struct TokenSource {
 
 impl TokenSource {
     pub fn from_metadata(m: &super::Metadata) -> Self {
-        TokenSource {
-            method: m.method.clone(),
-            token_bits: m.token_bits,
-            vocab: m.vocab,
-            m1_fingerprint: m.m1_fingerprint.clone(),
-            source: m.source.clone(),
-            bytes_covered: m.bytes_covered,
-            tokens: m.tokens,
-        }
+        m.identity.clone()
     }
 
     /// The codec that decodes (and codes) tokens of this source; methods that ran M1 need the
