@@ -97,6 +97,7 @@ pub struct AcParams {
     pub cdf_f_min: u32,
     pub cdf_total_bits: u32,
     pub chunk_bytes: u64,
+    #[serde(serialize_with = "as_json_value")]
     pub m1_config: ModelConfig,
     /// Always "whole chunk, never reset".
     pub m1_context: String,
@@ -121,12 +122,21 @@ pub struct EqualInfoParams {
     pub cdf_f_min: u32,
     pub cdf_total_bits: u32,
     pub chunk_bytes: u64,
+    #[serde(serialize_with = "as_json_value")]
     pub m1_config: ModelConfig,
     pub m1_contract: u32,
     pub window_bits: u32,
     /// Absent in datasets written before the Delay rule existed: the designated-code rule.
     #[serde(default, with = "rule_name")]
     pub window_rule: WindowRule,
+}
+
+/// Writes a value as its `serde_json::Value` form, as the untyped writer of earlier builds did
+/// (object keys sorted, f32 fields widened to f64), so that `metadata.json` keeps its bytes.
+fn as_json_value<T: Serialize, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::to_value(v)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(s)
 }
 
 /// [`WindowRule`] stored by its name.
