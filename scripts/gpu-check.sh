@@ -224,7 +224,7 @@ if [ "${GPU_CHECK_AC:-0}" = 1 ]; then
             for m in ac equal-info; do
                 /usr/bin/time -f \"\$m tokenize wall %e s\" '$BIN/terse' tokenize --method \$m --gpu \
                     --m1 '$BIN/m1' --token-bits 16 --data '$BIN/ac-input.txt' --out '$AC_TMP/'\$m --json
-                /usr/bin/time -f \"\$m detokenize wall %e s\" '$BIN/terse' detokenize --gpu --m1 '$BIN/m1' \
+                /usr/bin/time -f \"\$m detokenize wall %e s\" '$BIN/terse' detokenize --gpu --force --m1 '$BIN/m1' \
                     --data '$AC_TMP/'\$m --out '$AC_TMP/back'
                 cmp '$AC_TMP/back' '$AC_TMP/text' && echo \"\$m round trip on the GPU: EXACT\"
             done"

@@ -20,7 +20,7 @@
 //! checks every header field against the M1 it is given and the length and CRC-32 of the result,
 //! and writes its output atomically ([`crate::fsio`]): on any error no output file is left.
 
-use crate::fsio::AtomicFile;
+use crate::fsio::{AtomicFile, Existing};
 use crate::m1::{ExactM1, CONTRACT_VERSION};
 use crate::tokenize::equal_info::EqualInfo;
 use anyhow::{bail, ensure, Context, Result};
@@ -62,13 +62,56 @@ fn report(original: u64, compressed: u64, windows: u64, seconds: f64) -> Compres
     }
 }
 
-/// Compresses `input` into `output` with `b`-bit windows. Memory holds one batch of chunks.
+/// The header of a file of `total` bytes with CRC-32 `crc`, coded with `b`-bit windows.
+fn header(m1: &ExactM1, b: u32, chunk_bytes: u32, total: u64, crc: u32) -> Vec<u8> {
+    let mut header = Vec::with_capacity(HEADER_BYTES);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&CONTRACT_VERSION.to_le_bytes());
+    header.extend_from_slice(&m1.fingerprint().to_le_bytes());
+    header.extend_from_slice(&(b as u16).to_le_bytes());
+    header.extend_from_slice(&chunk_bytes.to_le_bytes());
+    header.extend_from_slice(&total.to_le_bytes());
+    header.extend_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Length and CRC-32 of the regular file `input`, read once ahead of coding it.
+fn scan(input: &Path) -> Result<(u64, u32)> {
+    let name = input.display();
+    let mut f = File::open(input).with_context(|| format!("cannot open {name}"))?;
+    ensure!(
+        f.metadata()
+            .with_context(|| format!("cannot read {name}"))?
+            .is_file(),
+        "{name} is not a regular file: compressing into a device or pipe reads the input twice \
+         (the header comes first), so it must be a file"
+    );
+    let (mut crc, mut total) = (crc32fast::Hasher::new(), 0u64);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {name}"))?;
+        if n == 0 {
+            return Ok((total, crc.finalize()));
+        }
+        crc.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// Compresses `input` into `output` with `b`-bit windows. Memory holds one batch of chunks. An
+/// existing regular file at `output` is replaced only when `existing` says so; a device or FIFO
+/// is written through (the input, which must then be a regular file, is read twice: its length
+/// and CRC-32 head the output).
 pub fn compress_file(
     input: &Path,
     output: &Path,
     m1: &ExactM1,
     b: u32,
     chunk_bytes: u32,
+    existing: Existing,
 ) -> Result<CompressReport> {
     let t = std::time::Instant::now();
     let coder = EqualInfo::new(m1, b)?;
@@ -76,10 +119,22 @@ pub fn compress_file(
     let mut src = BufReader::new(
         File::open(input).with_context(|| format!("cannot open {}", input.display()))?,
     );
+    let out_name = output.display();
     let mut out =
-        AtomicFile::create(output).with_context(|| format!("cannot write {}", output.display()))?;
+        AtomicFile::open(output, existing).with_context(|| format!("cannot write {out_name}"))?;
+    // Written through, the output cannot be seeked back to: the header goes first.
+    let known = match out.writes_through() {
+        true => Some(scan(input)?),
+        false => None,
+    };
     let mut w = BufWriter::new(&mut out);
-    w.write_all(&[0u8; HEADER_BYTES])?;
+    let first = match known {
+        Some((total, crc)) => header(m1, b, chunk_bytes, total, crc),
+        None => vec![0u8; HEADER_BYTES],
+    };
+    w.write_all(&first)
+        .with_context(|| format!("cannot write {out_name}"))?;
+    let mut compressed = first.len() as u64;
     let batch_chunks = rayon::current_num_threads() * 4;
     let mut buf = vec![0u8; batch_chunks * chunk_bytes as usize];
     let (mut crc, mut total, mut windows) = (crc32fast::Hasher::new(), 0u64, 0u64);
@@ -94,29 +149,37 @@ pub fn compress_file(
             .collect();
         for codes in coded {
             let codes = codes?;
-            w.write_all(&(codes.len() as u32).to_le_bytes())?;
+            let mut record = Vec::with_capacity(4 + codes.len() * b as usize / 8);
+            record.extend_from_slice(&(codes.len() as u32).to_le_bytes());
             for c in &codes {
-                w.write_all(&c.to_be_bytes()[16 - b as usize / 8..])?;
+                record.extend_from_slice(&c.to_be_bytes()[16 - b as usize / 8..]);
             }
+            w.write_all(&record)
+                .with_context(|| format!("cannot write {out_name}"))?;
+            compressed += record.len() as u64;
             windows += codes.len() as u64;
         }
         if n < buf.len() {
             break;
         }
     }
-    let mut header = Vec::with_capacity(HEADER_BYTES);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header.extend_from_slice(&CONTRACT_VERSION.to_le_bytes());
-    header.extend_from_slice(&m1.fingerprint().to_le_bytes());
-    header.extend_from_slice(&(b as u16).to_le_bytes());
-    header.extend_from_slice(&chunk_bytes.to_le_bytes());
-    header.extend_from_slice(&total.to_le_bytes());
-    header.extend_from_slice(&crc.finalize().to_le_bytes());
-    let file = w.into_inner().map_err(|e| e.into_error())?;
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(&header)?;
-    let compressed = file.file_mut().metadata()?.len();
+    let crc = crc.finalize();
+    let file = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot write {out_name}"))?;
+    match known {
+        Some(k) => ensure!(
+            k == (total, crc),
+            "{} changed while it was being compressed; {out_name} holds a bad stream",
+            input.display()
+        ),
+        None => {
+            file.seek(SeekFrom::Start(0))
+                .and_then(|_| file.write_all(&header(m1, b, chunk_bytes, total, crc)))
+                .with_context(|| format!("cannot write {out_name}"))?;
+        }
+    }
     out.commit()?;
     Ok(report(
         total,
@@ -140,7 +203,13 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Decompresses `input` into `output`, streaming (the input is memory-mapped, the output written
 /// a batch of chunks at a time, so memory stays bounded). Refuses (naming the mismatch) another format, contract or
 /// M1, a truncated or corrupt file, and a result whose length or CRC-32 differs from the header.
-pub fn decompress_file(input: &Path, output: &Path, m1: &ExactM1) -> Result<CompressReport> {
+/// An existing regular file at `output` is replaced only when `existing` says so.
+pub fn decompress_file(
+    input: &Path,
+    output: &Path,
+    m1: &ExactM1,
+    existing: Existing,
+) -> Result<CompressReport> {
     let t = std::time::Instant::now();
     let name = input.display();
     let file = File::open(input).with_context(|| format!("cannot open {name}"))?;
@@ -209,9 +278,9 @@ pub fn decompress_file(input: &Path, output: &Path, m1: &ExactM1) -> Result<Comp
         chunks.len()
     );
     // Decode a batch of chunks at a time (all cores), streaming the result to a temp file.
+    let out_name = output.display();
     let mut out =
-        AtomicFile::create(output).with_context(|| format!("cannot write {}", output.display()))?;
-    let tmp_path = out.temp_path().to_path_buf();
+        AtomicFile::open(output, existing).with_context(|| format!("cannot write {out_name}"))?;
     let mut w = BufWriter::new(&mut out);
     let mut hasher = crc32fast::Hasher::new();
     let batch = rayon::current_num_threads() * 4;
@@ -236,13 +305,15 @@ pub fn decompress_file(input: &Path, output: &Path, m1: &ExactM1) -> Result<Comp
             );
             hasher.update(&p);
             w.write_all(&p)
-                .with_context(|| format!("cannot write {}", tmp_path.display()))?;
+                .with_context(|| format!("cannot write {out_name}"))?;
         }
     }
     if hasher.finalize() != crc {
         bail!("{name} is corrupt: the decoded bytes fail the CRC-32 check");
     }
-    w.into_inner().map_err(|e| e.into_error())?;
+    w.into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot write {out_name}"))?;
     out.commit()?;
     Ok(report(
         original_len,
@@ -291,22 +362,22 @@ mod tests {
                     dir.path().join(format!("out{i}")),
                 );
                 std::fs::write(&src, input).unwrap();
-                let rep = compress_file(&src, &z, &m, b, 1000).unwrap();
+                let rep = compress_file(&src, &z, &m, b, 1000, Existing::Replace).unwrap();
                 assert_eq!(rep.original_bytes, input.len() as u64);
-                decompress_file(&z, &back, &m).unwrap();
+                decompress_file(&z, &back, &m, Existing::Replace).unwrap();
                 assert_eq!(&std::fs::read(&back).unwrap(), input, "input {i}, b={b}");
             }
         }
         // Damage: each case is refused and leaves no output file.
         let (src, z) = (dir.path().join("t"), dir.path().join("t.terse"));
         std::fs::write(&src, &text).unwrap();
-        compress_file(&src, &z, &m, 16, 1000).unwrap();
+        compress_file(&src, &z, &m, 16, 1000, Existing::Replace).unwrap();
         let good = std::fs::read(&z).unwrap();
         let out = dir.path().join("never");
         let try_with = |bytes: &[u8]| {
             let p = dir.path().join("damaged");
             std::fs::write(&p, bytes).unwrap();
-            let e = err(decompress_file(&p, &out, &m));
+            let e = err(decompress_file(&p, &out, &m, Existing::Replace));
             assert!(!out.exists(), "partial output left behind");
             e
         };
@@ -326,7 +397,7 @@ mod tests {
         let mut version = good.clone();
         version[10] = 9;
         assert!(try_with(&version).contains("contract"));
-        let e = err(decompress_file(&z, &out, &m1(2)));
+        let e = err(decompress_file(&z, &out, &m1(2), Existing::Replace));
         assert!(e.contains("wrong M1"), "{e}");
         assert!(!out.exists());
         assert!(err(compress_file(
@@ -334,7 +405,8 @@ mod tests {
             &out,
             &m,
             16,
-            1000
+            1000,
+            Existing::Replace
         ))
         .contains("cannot open"));
     }

@@ -2,17 +2,37 @@
 //!
 //! # The guarantee
 //!
-//! [`write_atomic`], [`write_atomic_with`] and [`AtomicFile`] replace the file at a path so that,
-//! whatever happens (an error, a killed process, a power cut), the path holds either its old
-//! content (or stays absent) or exactly the new content, never a mixture or a truncation; and once
-//! they return `Ok` the new content survives a power cut. They write a temp file under a unique
-//! hidden name beside the target (`.<name>.<id>.tmp`, `<id>` hex digits), `fsync` it, `rename` it
-//! over the target and `fsync` the directory. On an error before the rename the temp file is
-//! removed and the target is untouched; the one error possible after the rename is the directory
-//! `fsync`, which leaves the new content in place but not yet durable.
+//! [`write_atomic`], [`write_atomic_with`], [`write_output_with`] and [`AtomicFile`] replace the
+//! file at a path so that, whatever happens (an error, a killed process, a power cut), the path
+//! holds either its old content (or stays absent) or exactly the new content, never a mixture or
+//! a truncation; and once they return `Ok` the new content survives a power cut. They write a
+//! temp file under a unique hidden name beside the target (`.<name>.<id>.tmp`, `<id>` hex digits
+//! that include the writer's process id), `fsync` it, `rename` it over the target and `fsync` the
+//! directory. On an error before the rename the temp file is removed and the target is
+//! untouched; the one error possible after the rename is the directory `fsync`, which leaves the
+//! new content in place but not yet durable.
+//!
+//! What the path names decides what "the target" is:
+//!
+//! - a symlink is followed to its final target, which is replaced as above (the temp file goes
+//!   in the target's directory); the link stays a link;
+//! - an existing regular file keeps its permission bits; a command's own output
+//!   ([`Existing::Refuse`]: `compress`, `decompress`, `detokenize`) is not replaced at all unless
+//!   asked to (`--force`), while the files inside directories terse owns (checkpoints, token
+//!   datasets, experiment results) are always replaced;
+//! - a device, FIFO or socket is written through: opened for writing, no temp file, no rename
+//!   (a FIFO blocks until it has a reader). There the guarantee does not hold: a failed write
+//!   leaves whatever was already sent;
+//! - a directory is refused.
+//!
+//! A process killed while writing leaves its temp file behind; the next write of the same target
+//! removes every `.<name>.<id>.tmp` beside it whose writer process is gone and says so in one line
+//! on stderr ([`remove_stale_temps`]). Two processes writing the same target at once are not
+//! supported.
 //!
 //! This rests on the file system making `rename` atomic and honouring `fsync` (ext4, xfs, btrfs,
-//! APFS do; some network file systems do not). The target's directory must exist.
+//! APFS do; some network file systems do not). The target's directory must exist. Errors name
+//! the path being written (a full disk included).
 //!
 //! [`write_new`] is the other building block: it creates a file that must not exist yet, writes
 //! and `fsync`s it (the checkpoint's save protocol stages its files this way, then commits them
@@ -79,12 +99,135 @@ pub fn write_new<T>(path: &Path, body: impl FnOnce(&mut File) -> io::Result<T>) 
     written
 }
 
-/// A file being written under a hidden temp name beside its target, which
-/// [`commit`](Self::commit) renames over the target (module docs for the guarantee). Dropped
-/// without a commit, it removes the temp file and leaves the target untouched.
+/// What [`AtomicFile::open`] does when its target already holds a regular file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Existing {
+    /// Replace it (keeping its permission bits).
+    Replace,
+    /// Refuse with an [`io::ErrorKind::AlreadyExists`] error that says `--force` replaces it.
+    Refuse,
+}
+
+impl Existing {
+    /// [`Replace`](Self::Replace) when `force`, else [`Refuse`](Self::Refuse).
+    pub fn replace_if(force: bool) -> Existing {
+        if force {
+            Existing::Replace
+        } else {
+            Existing::Refuse
+        }
+    }
+}
+
+/// `path` with every symlink followed to its final target, and that target's metadata (`None`
+/// when nothing is there yet: a new file, or a dangling link's target).
+pub fn resolve(path: &Path) -> io::Result<(PathBuf, Option<fs::Metadata>)> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let link = fs::read_link(&p)?;
+                p = if link.is_absolute() {
+                    link
+                } else {
+                    parent_dir(&p).join(link)
+                };
+            }
+            Ok(m) => return Ok((p, Some(m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((p, None)),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("too many levels of symbolic links"))
+}
+
+/// The error [`AtomicFile::open`] gives for a target with metadata `m`, if any: a directory is
+/// refused, and so is a regular file under [`Existing::Refuse`].
+fn refusal(m: &fs::Metadata, existing: Existing) -> io::Result<()> {
+    if m.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is a directory: give a file path",
+        ));
+    }
+    if m.is_file() && existing == Existing::Refuse {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "it already exists (--force replaces it)",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses, naming `path`, what [`AtomicFile::open`] would refuse there, without writing
+/// anything: for a command to check its output before its work.
+pub fn check_output(path: &Path, existing: Existing) -> Result<()> {
+    let meta = resolve(path)
+        .map(|(_, m)| m)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    match meta {
+        Some(m) => {
+            refusal(&m, existing).with_context(|| format!("cannot write {}", path.display()))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Whether `file_name` is a temp file [`AtomicFile`] made for a target named `name`
+/// (`.<name>.<id>.tmp`), and if so the id of the process that made it.
+fn temp_writer_pid(file_name: &str, name: &str) -> Option<u32> {
+    let id = file_name
+        .strip_prefix('.')?
+        .strip_prefix(name)?
+        .strip_prefix('.')?
+        .strip_suffix(".tmp")?;
+    if id.len() != 28 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(&id[16..24], 16).ok()
+}
+
+/// Whether process `pid` is running (Linux: `/proc/<pid>`; elsewhere assumed gone).
+fn process_alive(pid: u32) -> bool {
+    pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Removes the temp files an interrupted write of `dir/name` left (`.<name>.<id>.tmp` whose
+/// writer process is gone) and says so in one line on stderr. Returns how many it removed.
+pub fn remove_stale_temps(dir: &Path, name: &OsStr) -> usize {
+    let Some(name) = name.to_str() else { return 0 };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|f| temp_writer_pid(f, name)) else {
+            continue;
+        };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && !process_alive(pid) && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        eprintln!(
+            "note: removed {removed} temp file(s) an interrupted write of {} left behind",
+            dir.join(name).display()
+        );
+    }
+    removed
+}
+
+/// A file being written for a target path (module docs): for a regular file or nothing, under a
+/// hidden temp name beside it, which [`commit`](Self::commit) renames over it (dropped without a
+/// commit, the temp file is removed and the target untouched); for a device, FIFO or socket,
+/// straight into it.
 #[derive(Debug)]
 pub struct AtomicFile {
+    /// The final target (symlinks followed).
     target: PathBuf,
+    /// The temp file; empty when writing through or once renamed.
     tmp: PathBuf,
     file: Option<File>,
 }
@@ -94,57 +237,117 @@ pub struct AtomicFile {
 #[must_use = "the rename is not durable until the directory is synced"]
 #[derive(Debug)]
 pub struct Renamed {
-    dir: PathBuf,
+    dir: Option<PathBuf>,
 }
 
 impl Renamed {
-    /// `fsync`s the target's directory.
+    /// `fsync`s the target's directory (nothing to do for a target written through).
     pub fn sync_dir(self) -> io::Result<()> {
-        sync_dir(&self.dir)
+        match &self.dir {
+            Some(dir) => sync_dir(dir),
+            None => Ok(()),
+        }
     }
 }
 
 impl AtomicFile {
-    /// Creates the temp file for `target` (`.<name>.<id>.tmp` in the target's directory).
+    /// [`open`](Self::open) replacing an existing file.
     pub fn create(target: &Path) -> io::Result<AtomicFile> {
+        AtomicFile::open(target, Existing::Replace)
+    }
+
+    /// Starts writing `target` (module docs): follows symlinks to the final target; refuses a
+    /// directory, and an existing regular file unless `existing` is [`Existing::Replace`]; opens a
+    /// device, FIFO or socket for writing (a FIFO blocks until it has a reader); otherwise removes
+    /// stale temp files of the target ([`remove_stale_temps`]) and creates
+    /// `.<name>.<id>.tmp` beside it, with an existing file's permission bits.
+    pub fn open(target: &Path, existing: Existing) -> io::Result<AtomicFile> {
+        let (target, meta) = resolve(target)?;
+        if let Some(m) = &meta {
+            refusal(m, existing)?;
+            if !m.is_file() {
+                let file = OpenOptions::new().write(true).open(&target)?;
+                return Ok(AtomicFile {
+                    target,
+                    tmp: PathBuf::new(),
+                    file: Some(file),
+                });
+            }
+        }
         let name = target
             .file_name()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
-        let tmp = hidden_sibling(&parent_dir(target), name, &unique_id(), "tmp");
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        Ok(AtomicFile {
-            target: target.to_path_buf(),
+        let dir = parent_dir(&target);
+        remove_stale_temps(&dir, name);
+        let tmp = hidden_sibling(&dir, name, &unique_id(), "tmp");
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        if let Some(m) = &meta {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            options.mode(m.permissions().mode() & 0o777);
+        }
+        let file = options.open(&tmp)?;
+        let atomic = AtomicFile {
+            target,
             tmp,
             file: Some(file),
-        })
+        };
+        if let Some(m) = &meta {
+            // Exactly the old bits (the mode given to open is masked by the umask).
+            atomic
+                .file
+                .as_ref()
+                .expect("just opened")
+                .set_permissions(m.permissions())?;
+        }
+        Ok(atomic)
     }
 
-    /// The path this file replaces on commit.
+    /// The path this file replaces on commit (symlinks followed).
     pub fn target(&self) -> &Path {
         &self.target
     }
 
-    /// The hidden temp file being written.
+    /// The hidden temp file being written; the target itself when writing through.
     pub fn temp_path(&self) -> &Path {
-        &self.tmp
+        if self.writes_through() {
+            &self.target
+        } else {
+            &self.tmp
+        }
     }
 
-    /// The open temp file.
+    /// Whether this writes straight into its target (a device, FIFO or socket): no temp file,
+    /// no rename, and a FIFO cannot seek.
+    pub fn writes_through(&self) -> bool {
+        self.tmp.as_os_str().is_empty()
+    }
+
+    /// The open temp file (or the target written through).
     pub fn file_mut(&mut self) -> &mut File {
         self.file.as_mut().expect("open until committed or dropped")
     }
 
     /// `fsync`s the temp file and renames it over the target; on error the temp file is removed
-    /// and the target untouched. The rename is durable only after [`Renamed::sync_dir`].
+    /// and the target untouched. The rename is durable only after [`Renamed::sync_dir`]. A target
+    /// written through is `fsync`ed where that means something (not a FIFO or character device).
     pub fn rename(mut self) -> io::Result<Renamed> {
         let file = self.file.take().expect("open until committed or dropped");
+        if self.writes_through() {
+            return match file.sync_all() {
+                // EINVAL: the device or FIFO has nothing to sync.
+                Err(e) if e.raw_os_error() != Some(22) => Err(e),
+                _ => Ok(Renamed { dir: None }),
+            };
+        }
         file.sync_all()?;
         drop(file);
         fs::rename(&self.tmp, &self.target)?;
         // Renamed away: nothing left for Drop to remove.
         self.tmp = PathBuf::new();
         Ok(Renamed {
-            dir: parent_dir(&self.target),
+            dir: Some(parent_dir(&self.target)),
         })
     }
 
@@ -197,7 +400,17 @@ pub fn write_atomic_with<T>(
     path: &Path,
     body: impl FnOnce(&mut File) -> io::Result<T>,
 ) -> Result<T> {
-    let mut file = AtomicFile::create(path)
+    write_output_with(path, Existing::Replace, body)
+}
+
+/// [`write_atomic_with`] for a command's output file: an existing regular file at `path` is
+/// replaced only when `existing` says so.
+pub fn write_output_with<T>(
+    path: &Path,
+    existing: Existing,
+    body: impl FnOnce(&mut File) -> io::Result<T>,
+) -> Result<T> {
+    let mut file = AtomicFile::open(path, existing)
         .map_err(|e| anyhow!(e).context(format!("cannot write {}", path.display())))?;
     let t = body(file.file_mut()).with_context(|| format!("cannot write {}", path.display()))?;
     file.commit()?;
@@ -237,6 +450,8 @@ impl Write for FullDisk<'_> {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+    #[cfg(unix)]
+    use std::os::unix::fs::FileTypeExt;
 
     fn listing(dir: &Path) -> BTreeSet<String> {
         fs::read_dir(dir)
@@ -303,5 +518,108 @@ mod tests {
         });
         assert!(e.is_err());
         assert_eq!(listing(tmp.path()), set(&["n"]));
+    }
+    #[cfg(unix)]
+    #[test]
+    fn symlink_is_followed_and_stays_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real_dir = tmp.path().join("real");
+        fs::create_dir(&real_dir).unwrap();
+        let target = real_dir.join("target.bin");
+        fs::write(&target, b"old").unwrap();
+        let link = tmp.path().join("link.bin");
+        std::os::unix::fs::symlink("real/target.bin", &link).unwrap();
+        write_atomic(&link, b"new content").unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read(&target).unwrap(), b"new content");
+        assert_eq!(listing(&real_dir), set(&["target.bin"]));
+        assert_eq!(listing(tmp.path()), set(&["link.bin", "real"]));
+        // A dangling link gets its target created.
+        let dangling = tmp.path().join("dangling");
+        std::os::unix::fs::symlink("real/new.bin", &dangling).unwrap();
+        write_atomic(&dangling, b"x").unwrap();
+        assert_eq!(fs::read(real_dir.join("new.bin")).unwrap(), b"x");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifo_is_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("pipe");
+        let ok = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || fs::read(fifo).unwrap())
+        };
+        write_atomic(&fifo, b"through the pipe").unwrap();
+        assert_eq!(reader.join().unwrap(), b"through the pipe");
+        assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+        assert_eq!(listing(tmp.path()), set(&["pipe"]));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn replacement_keeps_permission_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("secret");
+        fs::write(&path, b"old").unwrap();
+        for mode in [0o600, 0o640, 0o755] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            write_atomic(&path, b"new").unwrap();
+            let got = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(got, mode, "{got:o} != {mode:o}");
+        }
+    }
+
+    #[test]
+    fn existing_file_refused_unless_replace_and_directory_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("out");
+        write_output_with(&path, Existing::Refuse, |f| f.write_all(b"first")).unwrap();
+        let e = write_output_with(&path, Existing::Refuse, |f| f.write_all(b"second")).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("out") && msg.contains("--force"), "{msg}");
+        assert!(check_output(&path, Existing::Refuse).is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        write_output_with(&path, Existing::Replace, |f| f.write_all(b"second")).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        let e = write_atomic(tmp.path(), b"x").unwrap_err();
+        assert!(format!("{e:#}").contains("directory"), "{e:#}");
+        assert_eq!(listing(tmp.path()), set(&["out"]));
+    }
+
+    #[test]
+    fn stale_temps_of_a_gone_writer_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f.bin");
+        // Ids as unique_id makes them: 16 hex digits of time, 8 of process id, 4 of counter.
+        let gone = format!(".f.bin.{:016x}{:08x}{:04x}.tmp", 7, u32::MAX - 1, 0);
+        let alive = format!(".f.bin.{:016x}{:08x}{:04x}.tmp", 7, std::process::id(), 1);
+        let other_name = format!(".g.bin.{:016x}{:08x}{:04x}.tmp", 7, u32::MAX - 1, 0);
+        for name in [
+            &gone,
+            &alive,
+            &other_name,
+            &".f.bin.notmine.tmp".to_string(),
+        ] {
+            fs::write(tmp.path().join(name), b"partial").unwrap();
+        }
+        write_atomic(&path, b"done").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"done");
+        let left = listing(tmp.path());
+        assert!(!left.contains(&gone), "{left:?}");
+        for kept in [&alive, &other_name, &".f.bin.notmine.tmp".to_string()] {
+            assert!(left.contains(kept), "{kept} removed: {left:?}");
+        }
+        assert_eq!(temp_writer_pid(&gone, "f.bin"), Some(u32::MAX - 1));
+        assert_eq!(temp_writer_pid(&gone, "f"), None);
     }
 }

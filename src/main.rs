@@ -16,6 +16,8 @@ use cli::{bench::BenchCmd, eval::EvalArgs, experiment::DemoArgs, experiment::Exp
 use cli::{generate::GenerateArgs, tokenize::TokenizeArgs, train::TrainArgs};
 use std::path::PathBuf;
 use terse::backend;
+use terse::compress::{compress_file, decompress_file};
+use terse::fsio::{check_output, Existing};
 use terse::m1::ExactM1;
 
 #[derive(Parser)]
@@ -70,7 +72,12 @@ enum Cmd {
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Replace OUTPUT if it is an existing file (without this, an existing file is refused).
+        #[arg(long)]
+        force: bool,
         input: PathBuf,
+        /// Output file, written atomically; a symlink is followed, a device or FIFO written
+        /// through.
         output: PathBuf,
     },
     /// Restore a file made by `terse compress` (needs the same M1).
@@ -81,7 +88,12 @@ enum Cmd {
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Replace OUTPUT if it is an existing file (without this, an existing file is refused).
+        #[arg(long)]
+        force: bool,
         input: PathBuf,
+        /// Output file, written atomically; a symlink is followed, a device or FIFO written
+        /// through.
         output: PathBuf,
     },
     /// Decode a token dataset back to the exact bytes it covers.
@@ -92,9 +104,13 @@ enum Cmd {
         /// The M1 checkpoint the dataset was coded with (equal-info datasets).
         #[arg(long)]
         m1: Option<PathBuf>,
-        /// Output file (written atomically).
+        /// Output file, written atomically; a symlink is followed, a device or FIFO written
+        /// through.
         #[arg(long)]
         out: PathBuf,
+        /// Replace --out if it is an existing file (without this, an existing file is refused).
+        #[arg(long)]
+        force: bool,
         /// ac, equal-info: run M1 on the GPU, hundreds of chunks or windows at once (the same
         /// bytes as on the CPU).
         #[arg(long)]
@@ -122,27 +138,36 @@ fn main() {
         Cmd::Experiment(a) => cli::experiment::run(a),
         Cmd::Bench(b) => cli::bench::run(b),
         Cmd::Tokenize(a) => cli::tokenize::run(a),
-        Cmd::Detokenize { data, m1, out, gpu } => {
-            cli::tokenize::run_detokenize(&data, m1.as_deref(), &out, gpu)
-        }
+        Cmd::Detokenize {
+            data,
+            m1,
+            out,
+            force,
+            gpu,
+        } => cli::tokenize::run_detokenize(&data, m1.as_deref(), &out, gpu, force),
         Cmd::Compress {
             m1,
             window_bits,
             chunk_bytes,
             json,
+            force,
             input,
             output,
-        } => ExactM1::load(&m1).and_then(|m| {
-            let r = terse::compress::compress_file(&input, &output, &m, window_bits, chunk_bytes)?;
+        } => check_output(&output, Existing::replace_if(force)).and_then(|_| {
+            let m = ExactM1::load(&m1)?;
+            let existing = Existing::replace_if(force);
+            let r = compress_file(&input, &output, &m, window_bits, chunk_bytes, existing)?;
             print_compress(&r, json, "compressed")
         }),
         Cmd::Decompress {
             m1,
             json,
+            force,
             input,
             output,
-        } => ExactM1::load(&m1).and_then(|m| {
-            let r = terse::compress::decompress_file(&input, &output, &m)?;
+        } => check_output(&output, Existing::replace_if(force)).and_then(|_| {
+            let m = ExactM1::load(&m1)?;
+            let r = decompress_file(&input, &output, &m, Existing::replace_if(force))?;
             print_compress(&r, json, "decompressed")
         }),
     };

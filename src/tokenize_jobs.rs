@@ -3,10 +3,11 @@
 
 use crate::backend::cuda::GpuExactM1;
 use crate::checkpoint::load_model;
-use crate::fsio::write_atomic;
+use crate::fsio::{check_output, write_output_with, Existing};
 use crate::m1::{ExactM1, M1Batch};
 use crate::tokenize::{decode_dataset_on, M1Spec, Method, TokenDataset};
 use anyhow::{bail, ensure, Context, Result};
+use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -66,9 +67,18 @@ pub struct Detokenized {
 }
 
 /// Decodes the token dataset `data` back to the exact bytes it covers and writes them to `out`
-/// atomically. Equal-info and ac datasets need the M1 checkpoint they were coded with (`m1`);
+/// atomically ([`crate::fsio`]: an existing regular file there is replaced only when `existing`
+/// says so). Equal-info and ac datasets need the M1 checkpoint they were coded with (`m1`);
 /// `gpu` runs it on the GPU.
-pub fn detokenize(data: &Path, m1: Option<&Path>, out: &Path, gpu: bool) -> Result<Detokenized> {
+pub fn detokenize(
+    data: &Path,
+    m1: Option<&Path>,
+    out: &Path,
+    gpu: bool,
+    existing: Existing,
+) -> Result<Detokenized> {
+    // An output that would be refused is refused before any decoding.
+    check_output(out, existing)?;
     let m1 = match m1 {
         Some(path) => {
             let (cfg, params) = load_model(path)?;
@@ -88,7 +98,7 @@ pub fn detokenize(data: &Path, m1: Option<&Path>, out: &Path, gpu: bool) -> Resu
     };
     let t = Instant::now();
     let bytes = decode_dataset_on(data, m1, batch)?;
-    write_atomic(out, &bytes)?;
+    write_output_with(out, existing, |f| f.write_all(&bytes))?;
     Ok(Detokenized {
         bytes: bytes.len(),
         seconds: t.elapsed().as_secs_f64(),

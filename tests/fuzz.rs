@@ -152,7 +152,15 @@ fn valid_file() -> &'static Valid {
         original.extend((0..100u32).map(|i| (i * 131 % 256) as u8));
         let (inp, out) = (dir.path().join("in"), dir.path().join("out.terse"));
         fs::write(&inp, &original).unwrap();
-        terse::compress::compress_file(&inp, &out, &tiny_m1(), 16, 97).unwrap();
+        terse::compress::compress_file(
+            &inp,
+            &out,
+            &tiny_m1(),
+            16,
+            97,
+            terse::fsio::Existing::Replace,
+        )
+        .unwrap();
         let file = fs::read(&out).unwrap();
         Valid { original, file }
     })
@@ -163,7 +171,7 @@ fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let dir = tempfile::tempdir().unwrap();
     let (inp, out) = (dir.path().join("f.terse"), dir.path().join("f.out"));
     fs::write(&inp, bytes).unwrap();
-    match terse::compress::decompress_file(&inp, &out, &tiny_m1()) {
+    match terse::compress::decompress_file(&inp, &out, &tiny_m1(), terse::fsio::Existing::Replace) {
         Ok(_) => Ok(fs::read(&out).unwrap()),
         Err(e) => {
             let left: Vec<_> = fs::read_dir(dir.path())

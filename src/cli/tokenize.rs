@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
+use terse::fsio::Existing;
 use terse::tokenize::Method;
 use terse::tokenize_jobs::{detokenize, load_m1_spec};
 
@@ -115,9 +116,15 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
     Ok(())
 }
 
-/// `terse detokenize`.
-pub fn run_detokenize(data: &Path, m1: Option<&Path>, out: &Path, gpu: bool) -> Result<()> {
-    let r = detokenize(data, m1, out, gpu)?;
+/// `terse detokenize` (`force`: replace an existing output file).
+pub fn run_detokenize(
+    data: &Path,
+    m1: Option<&Path>,
+    out: &Path,
+    gpu: bool,
+    force: bool,
+) -> Result<()> {
+    let r = detokenize(data, m1, out, gpu, Existing::replace_if(force))?;
     println!(
         "{}: {} bytes decoded to {} in {:.1} s",
         data.display(),
