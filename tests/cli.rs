@@ -301,3 +301,301 @@ fn m1_on_gpu_without_a_gpu_is_refused() {
     assert!(!r.status.success());
     assert!(!out.exists(), "a refused run left output");
 }
+
+/// An M1 checkpoint and a small input file in `dir`: (checkpoint, input bytes, input path).
+fn m1_and_input(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>, std::path::PathBuf) {
+    let data = common::sample_prefix(dir, 4_000);
+    let ck = dir.join("m1");
+    common::train_tiny(&data, &ck, &["--steps", "1"]);
+    let input = std::fs::read(&data).unwrap()[..1500].to_vec();
+    let src = dir.join("in.bin");
+    std::fs::write(&src, &input).unwrap();
+    (ck, input, src)
+}
+
+fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Decompresses `z` with `ck` and returns the bytes.
+fn decompressed(ck: &std::path::Path, z: &std::path::Path) -> Vec<u8> {
+    let back = z.with_extension("back");
+    let r = terse(&[
+        "decompress",
+        "--m1",
+        path_str(ck),
+        "--force",
+        path_str(z),
+        path_str(&back),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    std::fs::read(back).unwrap()
+}
+
+fn hidden_temps(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
+        .collect()
+}
+
+#[test]
+fn compress_writes_through_a_symlink_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, input, src) = m1_and_input(dir.path());
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = dir.path().join("out.terse");
+    std::os::unix::fs::symlink(real.join("target.terse"), &link).unwrap();
+    let r = terse(&[
+        "compress",
+        "--m1",
+        path_str(&ck),
+        path_str(&src),
+        path_str(&link),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(decompressed(&ck, &real.join("target.terse")), input);
+    // The link now points at an existing file: refused without --force, followed with it.
+    let r = terse(&[
+        "compress",
+        "--m1",
+        path_str(&ck),
+        path_str(&src),
+        path_str(&link),
+    ]);
+    assert!(!r.status.success());
+    let r = terse(&[
+        "compress",
+        "--m1",
+        path_str(&ck),
+        "--force",
+        path_str(&src),
+        path_str(&link),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(decompressed(&ck, &link), input);
+}
+
+#[test]
+fn compress_writes_through_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, input, src) = m1_and_input(dir.path());
+    let fifo = dir.path().join("pipe");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let r = terse(&[
+        "compress",
+        "--m1",
+        path_str(&ck),
+        path_str(&src),
+        path_str(&fifo),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let got = reader.join().unwrap();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    // The bytes that went down the pipe are the compressed file.
+    let z = dir.path().join("from-pipe.terse");
+    std::fs::write(&z, &got).unwrap();
+    assert_eq!(decompressed(&ck, &z), input);
+    let regular = dir.path().join("regular.terse");
+    let r = terse(&[
+        "compress",
+        "--m1",
+        path_str(&ck),
+        path_str(&src),
+        path_str(&regular),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(std::fs::read(&regular).unwrap(), got);
+}
+
+/// Device files made in a temp dir (as root): a copy of /dev/null stays a device, and a copy of
+/// /dev/full gives a "disk full" error that names the path.
+#[test]
+fn compress_to_a_device_writes_through_and_a_full_disk_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let null = dir.path().join("null");
+    let made = std::process::Command::new("mknod")
+        .arg(&null)
+        .args(["c", "1", "3"])
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: mknod needs root");
+        return;
+    }
+    let (ck, _input, src) = m1_and_input(dir.path());
+    let r = terse(&[
+        "compress",
+        "--m1",
+        path_str(&ck),
+        path_str(&src),
+        path_str(&null),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::symlink_metadata(&null).unwrap().file_type();
+    assert!(t.is_char_device(), "{t:?}");
+    let r = terse(&[
+        "decompress",
+        "--m1",
+        path_str(&ck),
+        path_str(&src),
+        path_str(&null),
+    ]);
+    assert!(!r.status.success(), "not a compressed file");
+    assert!(std::fs::symlink_metadata(&null)
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    let full = dir.path().join("full");
+    assert!(std::process::Command::new("mknod")
+        .arg(&full)
+        .args(["c", "1", "7"])
+        .status()
+        .unwrap()
+        .success());
+    assert_fails_with(
+        &[
+            "compress",
+            "--m1",
+            path_str(&ck),
+            path_str(&src),
+            path_str(&full),
+        ],
+        &format!("cannot write {}", full.display()),
+    );
+    assert!(stderr(&terse(&[
+        "compress",
+        "--m1",
+        path_str(&ck),
+        path_str(&src),
+        path_str(&full)
+    ]))
+    .contains("No space left"));
+}
+
+#[test]
+fn existing_output_refused_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, input, src) = m1_and_input(dir.path());
+    let (m, s) = (path_str(&ck), path_str(&src));
+    let z = dir.path().join("out.terse");
+    std::fs::write(&z, b"precious").unwrap();
+    assert_fails_with(&["compress", "--m1", m, s, path_str(&z)], "--force");
+    assert_eq!(std::fs::read(&z).unwrap(), b"precious");
+    let r = terse(&["compress", "--m1", m, "--force", s, path_str(&z)]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let back = dir.path().join("back.bin");
+    std::fs::write(&back, b"precious too").unwrap();
+    assert_fails_with(
+        &["decompress", "--m1", m, path_str(&z), path_str(&back)],
+        "--force",
+    );
+    assert_eq!(std::fs::read(&back).unwrap(), b"precious too");
+    let r = terse(&[
+        "decompress",
+        "--m1",
+        m,
+        "--force",
+        path_str(&z),
+        path_str(&back),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(std::fs::read(&back).unwrap(), input);
+    // detokenize the same way.
+    let ds = dir.path().join("ds");
+    common::tokenize(
+        &dir.path().join("corpus.txt"),
+        &ds,
+        "bytes",
+        "8",
+        "256",
+        &[],
+    );
+    let (first, text) = (dir.path().join("first"), dir.path().join("text"));
+    let detok = |out: &std::path::Path, force: bool| {
+        let mut a = vec![
+            "detokenize",
+            "--data",
+            path_str(&ds),
+            "--out",
+            path_str(out),
+        ];
+        if force {
+            a.push("--force");
+        }
+        terse(&a)
+    };
+    assert!(detok(&first, false).status.success());
+    std::fs::write(&text, b"keep").unwrap();
+    let r = detok(&text, false);
+    assert!(!r.status.success() && stderr(&r).contains("--force"));
+    assert_eq!(std::fs::read(&text).unwrap(), b"keep");
+    let r = detok(&text, true);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(
+        std::fs::read(&text).unwrap(),
+        std::fs::read(&first).unwrap()
+    );
+}
+
+/// A compress killed mid-write leaves no output, only its hidden temp file, which the next run
+/// into the same place removes (saying so).
+#[test]
+fn killed_compress_leaves_no_output_and_next_run_cleans_its_temp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, input, src) = m1_and_input(dir.path());
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, input.repeat(4_000)).unwrap();
+    let z = dir.path().join("out.terse");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_terse"))
+        .args(["--threads", "1", "compress", "--m1", path_str(&ck)])
+        .args([&big, &z])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while hidden_temps(dir.path()).is_empty() {
+        assert!(t.elapsed().as_secs() < 120, "no temp file appeared");
+        assert!(child.try_wait().unwrap().is_none(), "finished too soon");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!z.exists(), "a killed compress left output");
+    assert_eq!(hidden_temps(dir.path()).len(), 1);
+    let r = terse(&[
+        "compress",
+        "--m1",
+        path_str(&ck),
+        path_str(&src),
+        path_str(&z),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("removed 1 temp file"), "{}", stderr(&r));
+    assert!(hidden_temps(dir.path()).is_empty());
+    assert_eq!(decompressed(&ck, &z), input);
+}
