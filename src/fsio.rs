@@ -262,6 +262,18 @@ impl AtomicFile {
     /// stale temp files of the target ([`remove_stale_temps`]) and creates
     /// `.<name>.<id>.tmp` beside it, with an existing file's permission bits.
     pub fn open(target: &Path, existing: Existing) -> io::Result<AtomicFile> {
+        // A device, FIFO or socket however reached (`/dev/stdout`'s links into /proc included,
+        // which name no path of their own) is written through.
+        if let Ok(m) = fs::metadata(target) {
+            if !m.is_file() && !m.is_dir() {
+                let file = OpenOptions::new().write(true).open(target)?;
+                return Ok(AtomicFile {
+                    target: target.to_path_buf(),
+                    tmp: PathBuf::new(),
+                    file: Some(file),
+                });
+            }
+        }
         let (target, meta) = resolve(target)?;
         if let Some(m) = &meta {
             refusal(m, existing)?;
@@ -562,6 +574,21 @@ mod tests {
         assert_eq!(reader.join().unwrap(), b"through the pipe");
         assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
         assert_eq!(listing(tmp.path()), set(&["pipe"]));
+    }
+
+    /// `/dev/stdout` when stdout is a pipe: a link into /proc whose target is no path.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pipe_reached_through_proc_is_written_through() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let (mut reader, writer) = io::pipe().unwrap();
+        let path = PathBuf::from(format!("/proc/self/fd/{}", writer.as_raw_fd()));
+        write_output_with(&path, Existing::Refuse, |f| f.write_all(b"to the pipe")).unwrap();
+        drop(writer);
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"to the pipe");
     }
 
     #[cfg(unix)]
