@@ -402,6 +402,16 @@ fn numeric_flags_are_checked_up_front() {
         assert_fails_with(&["generate", "--m2", "nowhere", set], flag);
     }
     assert_fails_with(&["--threads", "0", "info"], "--threads must be at least 1");
+    // demo's time budgets, before it writes anything.
+    let demo_out = dir.path().join("demo");
+    let demo_o = demo_out.to_str().unwrap();
+    for (set, flag) in [
+        ("--seconds=nan", "--seconds"),
+        ("--m2-seconds=0", "--m2-seconds"),
+    ] {
+        assert_fails_with(&["demo", set, "--out", demo_o], flag);
+    }
+    assert!(!demo_out.exists(), "a refused demo left output");
 }
 
 /// A batch that cannot fit in memory is refused with what it needs and what there is, instead of
