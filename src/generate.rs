@@ -33,6 +33,28 @@ pub struct SampleOptions {
     pub seed: u64,
 }
 
+impl SampleOptions {
+    /// Refuses settings sampling cannot use, naming the `terse generate` flag: a temperature
+    /// that is negative, NaN or infinite, no bytes to generate, and (when the model's
+    /// vocabulary is known) a top-k larger than the vocabulary.
+    pub fn validate(&self, vocab: Option<usize>) -> Result<()> {
+        ensure!(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            "--temperature must be a finite number, 0 or more (0 takes the most likely token), not {}",
+            self.temperature
+        );
+        ensure!(self.max_bytes > 0, "--max-bytes must be positive");
+        if let Some(v) = vocab {
+            ensure!(
+                self.top_k <= v,
+                "--top-k {} is larger than the model's vocabulary ({v}); 0 samples among all tokens",
+                self.top_k
+            );
+        }
+        Ok(())
+    }
+}
+
 /// What a generation did.
 #[derive(Clone, Debug, Serialize)]
 pub struct GenerationReport {
@@ -198,10 +220,7 @@ pub fn generate(
         m2.config().vocab,
         src.vocab
     );
-    ensure!(
-        o.temperature.is_finite() && o.temperature >= 0.0,
-        "temperature must be a non-negative number"
-    );
+    o.validate(Some(m2.config().vocab))?;
     let codec = UnitCodec::new(src, m1)?;
     let tb = src.token_bits;
     let unit = codec.tokens_per_unit(tb);

@@ -27,7 +27,7 @@ use terse::m1::ExactM1;
     about = "Train and serve language models over neurally compressed text"
 )]
 struct Cli {
-    /// Worker threads for the CPU backend (default: all cores).
+    /// Worker threads for the CPU backend, at most the machine's cores (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -120,7 +120,16 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    if let Some(n) = cli.threads {
+    if let Some(asked) = cli.threads {
+        if asked == 0 {
+            eprintln!("error: --threads must be at least 1 (leave it out to use every core)");
+            std::process::exit(2);
+        }
+        let cores = std::thread::available_parallelism().map_or(asked, |c| c.get());
+        let n = asked.min(cores);
+        if n < asked {
+            eprintln!("terse: --threads {asked} is more than the {cores} cores this machine has; using {cores}");
+        }
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()

@@ -599,3 +599,330 @@ fn killed_compress_leaves_no_output_and_next_run_cleans_its_temp() {
     assert!(hidden_temps(dir.path()).is_empty());
     assert_eq!(decompressed(&ck, &z), input);
 }
+
+/// Sets the last f32 of `path` (the end of the last tensor) to NaN and removes the manifest, so
+/// only the value check can catch it.
+fn poison_weights(ck: &std::path::Path) {
+    let path = ck.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::remove_file(ck.join("manifest.json")).unwrap();
+}
+
+/// One rule: a checkpoint whose weights hold NaN is refused by every command that loads it,
+/// naming the checkpoint and the tensor (eval used to report "NaN bits/byte" with exit 0).
+#[test]
+fn nonfinite_weights_are_refused_by_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 8_000);
+    let (m1, m2, ds) = (
+        dir.path().join("m1"),
+        dir.path().join("m2"),
+        dir.path().join("ds"),
+    );
+    common::train_tiny(&data, &m1, &["--steps", "1"]);
+    common::tokenize(&data, &ds, "bytes", "8", "2048", &[]);
+    common::train_tiny(&ds, &m2, &["--steps", "1"]);
+    poison_weights(&m1);
+    poison_weights(&m2);
+    let (d, m, m2s) = (
+        data.to_str().unwrap(),
+        m1.to_str().unwrap(),
+        m2.to_str().unwrap(),
+    );
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    let m1_msg = format!("checkpoint {m} cannot be used");
+    let m2_msg = format!("checkpoint {m2s} cannot be used");
+    for (args, needle) in [
+        (vec!["eval", "--checkpoint", m, "--data", d], &m1_msg),
+        (vec!["compress", "--m1", m, d, o], &m1_msg),
+        (
+            vec![
+                "tokenize", "--method", "ac", "--m1", m, "--data", d, "--out", o,
+            ],
+            &m1_msg,
+        ),
+        (
+            vec!["train", "--resume", m, "--steps", "3", "--quiet"],
+            &m1_msg,
+        ),
+        (vec!["generate", "--m2", m2s, "--max-bytes", "5"], &m2_msg),
+        (
+            vec!["eval", "--m2", m2s, "--data", ds.to_str().unwrap()],
+            &m2_msg,
+        ),
+    ] {
+        assert_fails_with(&args, needle);
+        assert_fails_with(&args, "non-finite value (NaN) in tensor lm_head.weight");
+    }
+    assert!(!out.exists(), "a refused command left output");
+}
+
+/// Numeric flags out of range are refused up front, naming the flag, before any data is read
+/// or any output written (`--weight-decay nan` and `--min-lr-frac 5` used to fail much later).
+#[test]
+fn numeric_flags_are_checked_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 4_000);
+    let out = dir.path().join("run");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    for (flag, value) in [
+        ("--weight-decay", "nan"),
+        ("--weight-decay", "-0.5"),
+        ("--min-lr-frac", "5"),
+        ("--min-lr-frac", "nan"),
+        ("--lr", "inf"),
+        ("--lr", "0"),
+        ("--clip", "-1"),
+        ("--clip", "inf"),
+        ("--warmup", "50"),
+        ("--time-budget", "nan"),
+    ] {
+        let set = format!("{flag}={value}");
+        assert_fails_with(
+            &[
+                "train", "--preset", "tiny", "--data", d, "--steps", "10", &set, "--out", o,
+            ],
+            flag,
+        );
+        assert!(!out.exists(), "{set}: a refused run left output");
+    }
+    // generate checks its flags before it loads anything (the checkpoint here does not exist).
+    for (set, flag) in [
+        ("--temperature=nan", "--temperature"),
+        ("--temperature=-1", "--temperature"),
+        ("--temperature=inf", "--temperature"),
+        ("--max-bytes=0", "--max-bytes"),
+    ] {
+        assert_fails_with(&["generate", "--m2", "nowhere", set], flag);
+    }
+    assert_fails_with(&["--threads", "0", "info"], "--threads must be at least 1");
+    // demo's time budgets, before it writes anything.
+    let demo_out = dir.path().join("demo");
+    let demo_o = demo_out.to_str().unwrap();
+    for (set, flag) in [
+        ("--seconds=nan", "--seconds"),
+        ("--m2-seconds=0", "--m2-seconds"),
+    ] {
+        assert_fails_with(&["demo", set, "--out", demo_o], flag);
+    }
+    assert!(!demo_out.exists(), "a refused demo left output");
+}
+
+/// A batch that cannot fit in memory is refused with what it needs and what there is, instead of
+/// aborting in the allocator (exit 134, "memory allocation of 39321600000 bytes failed").
+#[test]
+fn train_refuses_a_batch_larger_than_memory() {
+    let Some(available_kib) = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    }) else {
+        eprintln!("SKIPPED: no /proc/meminfo here, so terse makes no memory check");
+        return;
+    };
+    // tiny at 100000 x 256 bytes needs about 450 GiB.
+    if available_kib > 400 << 20 {
+        eprintln!("SKIPPED: this machine has room for the batch");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 4_000);
+    let out = dir.path().join("run");
+    let args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        data.to_str().unwrap(),
+        "--batch",
+        "100000",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let r = terse(&args);
+    assert_eq!(r.status.code(), Some(1), "{}", stderr(&r));
+    let e = stderr(&r);
+    assert!(
+        e.contains("--batch 100000 x --seq 256 needs about")
+            && e.contains("GiB available. Lower --batch or --seq"),
+        "{e}"
+    );
+    assert!(!out.exists(), "a refused run left output");
+}
+
+/// `--threads` beyond the machine's cores is capped at the cores, with a note saying so.
+#[test]
+fn threads_beyond_the_cores_are_capped_with_a_note() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let r = terse(&["--threads", "100000", "info", "--json"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(j["backends"]["cpu"]["threads"], cores);
+    assert!(
+        stderr(&r).contains(&format!(
+            "--threads 100000 is more than the {cores} cores this machine has; using {cores}"
+        )),
+        "{}",
+        stderr(&r)
+    );
+    let r = terse(&["--threads", "1", "info", "--json"]);
+    assert!(
+        r.status.success() && !stderr(&r).contains("more than"),
+        "{}",
+        stderr(&r)
+    );
+}
+
+/// `--stop-after 0` (and on resume, a step the checkpoint has already passed) is refused: it used
+/// to print "checkpoint in DIR" over a directory holding only an empty metrics.jsonl. Resuming
+/// such a directory says it is not a checkpoint, not that it "can be evaluated".
+#[test]
+fn stop_after_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 4_000);
+    let out = dir.path().join("run");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    assert_fails_with(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            d,
+            "--steps",
+            "4",
+            "--stop-after",
+            "0",
+            "--out",
+            o,
+        ],
+        "--stop-after 0 would stop before the first step",
+    );
+    assert!(!out.exists(), "a refused run left output");
+    common::train_tiny(&data, &out, &["--steps", "4", "--stop-after", "2"]);
+    assert_fails_with(
+        &["train", "--resume", o, "--stop-after", "2"],
+        "the checkpoint is already at step 2",
+    );
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("metrics.jsonl"), b"").unwrap();
+    let e = dir.path().join("empty");
+    let o = terse(&["train", "--resume", e.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("is not a checkpoint: it has no model.safetensors")
+            && !stderr(&o).contains("can be evaluated"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A FIFO named model.safetensors is refused at once instead of blocking the load forever.
+#[test]
+fn a_fifo_named_model_safetensors_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 4_000);
+    let ck = dir.path().join("ck");
+    common::train_tiny(&data, &ck, &["--steps", "1"]);
+    let model = ck.join("model.safetensors");
+    std::fs::remove_file(&model).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&model)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        eprintln!("SKIPPED: mkfifo is not available here");
+        return;
+    }
+    let (c, d) = (ck.to_str().unwrap(), data.to_str().unwrap());
+    for args in [
+        vec!["eval", "--checkpoint", c, "--data", d],
+        vec!["eval", "--checkpoint", model.to_str().unwrap(), "--data", d],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_terse"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("{args:?}: still blocked on the FIFO after 60 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let r = child.wait_with_output().unwrap();
+        assert!(!r.status.success());
+        assert!(
+            stderr(&r).contains("model.safetensors is a FIFO, not a regular file"),
+            "{}",
+            stderr(&r)
+        );
+    }
+}
+
+/// `eval --seq` beyond the context the model was trained with is refused, naming the context;
+/// without --seq, eval uses the model's context when it is shorter than the default.
+#[test]
+fn eval_seq_beyond_the_trained_context_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 4_000);
+    let ck = dir.path().join("ck");
+    common::train_tiny(&data, &ck, &["--steps", "1"]); // --seq 16
+    let (c, d) = (ck.to_str().unwrap(), data.to_str().unwrap());
+    assert_fails_with(
+        &["eval", "--checkpoint", c, "--data", d, "--seq", "17"],
+        &format!("--seq 17 is longer than the context of {c} (16 positions"),
+    );
+    for extra in [&["--seq", "16"][..], &[]] {
+        let mut args = vec!["eval", "--checkpoint", c, "--data", d, "--max-bytes", "500"];
+        args.extend(extra);
+        let r = terse(&args);
+        assert!(r.status.success(), "{extra:?}: {}", stderr(&r));
+    }
+}
+
+/// A run that failed before its first checkpoint (here: divergence) leaves only metrics.jsonl;
+/// a new run may go into that directory, and its log holds only its own steps.
+#[test]
+fn a_new_run_goes_into_a_dir_left_by_a_failed_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 4_000);
+    let out = dir.path().join("run");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let r = terse(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        d,
+        "--steps",
+        "20",
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--heldout-bytes",
+        "500",
+        "--lr",
+        "1e30",
+        "--clip",
+        "0",
+        "--out",
+        o,
+        "--quiet",
+    ]);
+    assert!(!r.status.success(), "the run should diverge");
+    assert!(stderr(&r).contains("not finite"), "{}", stderr(&r));
+    assert!(!out.join("model.safetensors").exists());
+    common::train_tiny(&data, &out, &["--steps", "2"]);
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
+}

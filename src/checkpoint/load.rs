@@ -14,7 +14,7 @@ use super::{
     MANIFEST_FILE, MANIFEST_FORMAT, MODEL_FILE, OPTIMIZER_FILE, PAYLOAD_FILES, TRAINER_FILE,
 };
 use crate::fsio::parent_dir;
-use crate::model::{ModelConfig, ParamArena};
+use crate::model::{ModelConfig, ParamArena, TensorSpec};
 
 /// Passes reads through, counting their length and CRC-32.
 struct SumReader<R> {
@@ -49,8 +49,55 @@ impl<R: Read> Read for SumReader<R> {
     }
 }
 
+/// Opens `path` for reading, refusing anything but a regular file (after following symlinks):
+/// reading a FIFO blocks until some writer appears, a device may never end.
+fn open_regular(path: &Path) -> io::Result<File> {
+    let kind = fs::metadata(path)?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else {
+            special_kind(&kind)
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is {what}, not a regular file; a checkpoint's files must be regular files",
+                path.display()
+            ),
+        ));
+    }
+    File::open(path)
+}
+
+#[cfg(unix)]
+fn special_kind(kind: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &fs::FileType) -> &'static str {
+    "a special file"
+}
+
+/// The whole content of the regular file `path` ([`open_regular`]).
+fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_regular(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn sum_of_file(path: &Path) -> io::Result<FileSum> {
-    let mut r = SumReader::new(BufReader::with_capacity(1 << 20, File::open(path)?));
+    let mut r = SumReader::new(BufReader::with_capacity(1 << 20, open_regular(path)?));
     io::copy(&mut r, &mut io::sink())?;
     Ok(r.sum())
 }
@@ -95,7 +142,7 @@ impl Checkpoint {
             Ok(_) => {}
         }
         let mpath = dir.join(MANIFEST_FILE);
-        let manifest = match fs::read(&mpath) {
+        let manifest = match read_regular(&mpath) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(anyhow!(e).context(format!("cannot read {}", mpath.display()))),
             Ok(bytes) => {
@@ -170,7 +217,8 @@ impl Checkpoint {
         let Some((path, sum)) = self.file(name)? else {
             return Ok(None);
         };
-        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes =
+            read_regular(&path).with_context(|| format!("cannot read {}", path.display()))?;
         if let Some(expected) = sum {
             let mut crc = Crc32::new();
             crc.update(&bytes);
@@ -218,7 +266,8 @@ impl Checkpoint {
         buf_len: usize,
         preset: &str,
     ) -> Result<Loaded> {
-        let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file =
+            open_regular(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let file_len = file
             .metadata()
             .with_context(|| format!("cannot stat {}", path.display()))?
@@ -274,7 +323,7 @@ impl Checkpoint {
             None => {
                 // A lone weights file made by terse carries its config in the metadata.
                 let (mpath, _) = model;
-                let file = File::open(mpath)
+                let file = open_regular(mpath)
                     .with_context(|| format!("cannot open {}", mpath.display()))?;
                 let len = file.metadata()?.len();
                 let header = read_header(mpath, &mut BufReader::new(file), len)?;
@@ -318,15 +367,42 @@ impl Checkpoint {
                 buf: 0,
             })
             .collect();
+        let path = model.0.clone();
         let (mut bufs, meta) =
             self.read_tensor_file(MODEL_FILE, model, &wants, 1, total, &cfg.preset)?;
         let data = bufs.pop().unwrap_or_default();
+        check_finite(&self.dir, &path, &specs, "", &data)?;
         Ok((
             cfg,
             ParamArena { specs, data },
             meta.get("save_id").cloned(),
         ))
     }
+}
+
+/// Refuses values that are NaN or infinite, naming the checkpoint, the file and the first tensor
+/// holding one (`prefix` is the tensor-name prefix of the file: `m.`/`v.` for AdamW moments).
+fn check_finite(
+    dir: &Path,
+    file: &Path,
+    specs: &[TensorSpec],
+    prefix: &str,
+    data: &[f32],
+) -> Result<()> {
+    let Some(i) = data.iter().position(|x| !x.is_finite()) else {
+        return Ok(());
+    };
+    let tensor = specs
+        .iter()
+        .find(|s| s.range().contains(&i))
+        .map_or_else(|| "?".to_string(), |s| format!("{prefix}{}", s.name));
+    bail!(
+        "checkpoint {} cannot be used: {} holds a non-finite value ({}) in tensor {tensor}; \
+         the run diverged or the file was damaged. Load an earlier checkpoint or retrain",
+        dir.display(),
+        file.display(),
+        data[i]
+    )
 }
 
 /// Bounds checked before [`ModelConfig::validate`] (whose arithmetic assumes sane sizes) and
@@ -395,8 +471,9 @@ fn check_same_save(dir: &Path, ids: &[(&str, Option<&String>)]) -> Result<()> {
 /// `config.json` that is not valid JSON or fails [`ModelConfig::validate`], a corrupt or
 /// truncated safetensors header or data section, a missing tensor, a tensor of another dtype
 /// than F32 or another shape than the config's layout, unknown extra tensors, and (when
-/// `manifest.json` is present) any file whose length or CRC-32 differs from the manifest.
-/// Values are returned bit for bit as saved; NaN and infinities are not rejected.
+/// `manifest.json` is present) any file whose length or CRC-32 differs from the manifest, and
+/// weights holding NaN or infinities (naming the first such tensor). Values are returned bit for
+/// bit as saved.
 pub fn load_model(path: &Path) -> Result<(ModelConfig, ParamArena)> {
     let (dir, model_file) = locate(path)?;
     let ck = Checkpoint::open(&dir)?;
@@ -449,7 +526,8 @@ pub fn load_trainer_state(path: &Path) -> Result<Option<Value>> {
 /// Loads everything needed to resume training from the checkpoint directory `dir`: config,
 /// parameters, AdamW moments and the trainer's state, all bit for bit as saved.
 ///
-/// Refuses everything [`load_model`] refuses, plus: a checkpoint saved without training state
+/// Refuses everything [`load_model`] refuses (non-finite weights included, and non-finite AdamW
+/// moments), plus: a checkpoint saved without training state
 /// ("checkpoint DIR has no training state (trainer.json); it can be evaluated but not resumed"),
 /// a `trainer.json` that is not valid JSON or of an unknown version, an `optimizer.safetensors`
 /// that is missing or whose `m.<name>`/`v.<name>` tensors do not match the layout, and files
@@ -457,6 +535,8 @@ pub fn load_trainer_state(path: &Path) -> Result<Option<Value>> {
 pub fn load_training(dir: &Path) -> Result<(ModelConfig, ParamArena, TrainingState)> {
     let ck = Checkpoint::open(dir)?;
     let Some((tpath, tbytes)) = ck.read_small(TRAINER_FILE)? else {
+        // A directory that is no checkpoint at all is not one that "can be evaluated".
+        ck.require(MODEL_FILE)?;
         bail!(
             "checkpoint {} has no training state ({TRAINER_FILE}); it can be evaluated but not resumed",
             dir.display()
@@ -486,6 +566,7 @@ pub fn load_training(dir: &Path) -> Result<(ModelConfig, ParamArena, TrainingSta
             buf,
         }));
     }
+    let opt_path = opt.0.clone();
     let (mut bufs, meta) =
         ck.read_tensor_file(OPTIMIZER_FILE, opt, &wants, 2, arena.len(), &cfg.preset)?;
     let manifest_id = ck.manifest.as_ref().map(|m| m.save_id.clone());
@@ -498,6 +579,9 @@ pub fn load_training(dir: &Path) -> Result<(ModelConfig, ParamArena, TrainingSta
             (MANIFEST_FILE, manifest_id.as_ref()),
         ],
     )?;
+    for (buf, prefix) in bufs.iter().zip(["m.", "v."]) {
+        check_finite(dir, &opt_path, &arena.specs, prefix, buf)?;
+    }
     let v = bufs.pop().unwrap_or_default();
     let m = bufs.pop().unwrap_or_default();
     Ok((
@@ -558,6 +642,52 @@ mod tests {
         .unwrap();
         let e = err(load_model(tmp.path()));
         assert!(e.contains("context must be positive"), "{e}");
+    }
+
+    /// NaN or an infinity anywhere in the weights or the AdamW moments is refused on every load,
+    /// with or without a manifest, naming the checkpoint, the file and the first bad tensor.
+    #[test]
+    fn nonfinite_weights_are_refused_naming_the_tensor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = small_cfg();
+        let specs = ParamArena::layout(&cfg);
+        let qkv = specs
+            .iter()
+            .find(|s| s.name == "layers.0.attn.qkv.weight")
+            .unwrap();
+        for which in 0..3 {
+            let mut p = params(&cfg, 1);
+            nonfinite(&mut p.data, qkv.offset + 5, which);
+            nonfinite(&mut p.data, specs.last().unwrap().offset, which);
+            save_checkpoint(tmp.path(), &cfg, &p, Some(&training(&cfg, 1))).unwrap();
+            for manifest in [true, false] {
+                if !manifest {
+                    fs::remove_file(tmp.path().join(MANIFEST_FILE)).unwrap();
+                }
+                for e in [err(load_model(tmp.path())), err(load_training(tmp.path()))] {
+                    assert!(
+                        e.contains(&format!(
+                            "checkpoint {} cannot be used",
+                            tmp.path().display()
+                        )) && e.contains(MODEL_FILE)
+                            && e.contains("non-finite value")
+                            && e.contains("in tensor layers.0.attn.qkv.weight;"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+        // Moments: the weights are fine, v is not.
+        let p = params(&cfg, 1);
+        let mut t = training(&cfg, 1);
+        nonfinite(&mut t.v, specs[2].offset, 0);
+        save_checkpoint(tmp.path(), &cfg, &p, Some(&t)).unwrap();
+        load_model(tmp.path()).unwrap();
+        let e = err(load_training(tmp.path()));
+        assert!(
+            e.contains(OPTIMIZER_FILE) && e.contains(&format!("in tensor v.{};", specs[2].name)),
+            "{e}"
+        );
     }
 
     #[test]

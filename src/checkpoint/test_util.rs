@@ -25,15 +25,15 @@ pub(super) fn small_cfg() -> ModelConfig {
     }
 }
 
-/// Parameters with awkward values (NaN payloads, infinities, -0, subnormals) to prove bit
-/// exactness.
+/// Parameters with awkward finite values (the extremes, -0, subnormals) to prove bit exactness
+/// (NaN and infinities are refused on load: [`nonfinite`]).
 pub(super) fn params(cfg: &ModelConfig, seed: u64) -> ParamArena {
     let mut p = ParamArena::init(cfg, seed);
     let specials = [
-        f32::NAN,
-        f32::from_bits(0x7fc0_1234),
-        f32::INFINITY,
-        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::MIN,
+        f32::MIN_POSITIVE,
+        f32::from_bits(0x8000_0001),
         -0.0,
         f32::from_bits(1),
     ];
@@ -41,6 +41,15 @@ pub(super) fn params(cfg: &ModelConfig, seed: u64) -> ParamArena {
         p.data[i * 7] = *x;
     }
     p
+}
+
+/// NaN (with a payload) or an infinity at `at`.
+pub(super) fn nonfinite(p: &mut [f32], at: usize, which: usize) {
+    p[at] = [
+        f32::from_bits(0x7fc0_1234),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ][which % 3];
 }
 
 pub(super) fn training(cfg: &ModelConfig, seed: u64) -> TrainingState {

@@ -9,6 +9,7 @@ use terse::checkpoint::load_model;
 use terse::data::{baselines, eval_windows, read_prefix};
 use terse::eval::score_windows;
 use terse::eval::tokens::{evaluate_m2, token_counts};
+use terse::model::ModelConfig;
 use terse::tokenize::ChunkSplit;
 use terse::tokenize::TokenDataset;
 use terse::train::{is_token_dataset, load_m2, M2Checkpoint};
@@ -22,7 +23,8 @@ pub struct EvalArgs {
     /// dataset (M2: every token of its chunks, tokenized like the M2's training data).
     #[arg(long)]
     data: PathBuf,
-    /// Context per window: bytes (M1) [default: 256], tokens (M2) [default: its training length].
+    /// Context per window, at most the model's: bytes (M1) [default: 256, or the model's context
+    /// when shorter], tokens (M2) [default: its training length].
     #[arg(long)]
     seq: Option<usize>,
     /// M2: which chunks of the token dataset to score.
@@ -60,18 +62,11 @@ fn run_m2(a: EvalArgs) -> Result<()> {
             opts.data.display().to_string(),
         )
     });
+    let seq = a.seq.unwrap_or(opts.seq);
+    check_context(&a, &cfg, seq)?;
     let t = Instant::now();
     let (mut be, _) = create_backend(a.device, &cfg, params, None)?;
-    let r = evaluate_m2(
-        be.as_mut(),
-        &cfg,
-        &src,
-        &ds,
-        a.split,
-        a.seq.unwrap_or(opts.seq),
-        a.batch,
-        unigram,
-    )?;
+    let r = evaluate_m2(be.as_mut(), &cfg, &src, &ds, a.split, seq, a.batch, unigram)?;
     let secs = t.elapsed().as_secs_f64();
     if a.json {
         let mut j = serde_json::to_value(&r)?;
@@ -108,6 +103,17 @@ fn run_m2(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a `--seq` longer than the context the model was trained with: positions it never saw.
+fn check_context(a: &EvalArgs, cfg: &ModelConfig, seq: usize) -> Result<()> {
+    if let Some(context) = cfg.context.filter(|&c| seq > c) {
+        bail!(
+            "--seq {seq} is longer than the context of {} ({context} positions, its training length); give --seq {context} or less",
+            a.checkpoint.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
     if a.seq == Some(0) || a.batch == 0 {
         bail!("--seq and --batch must be positive");
@@ -115,8 +121,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if is_token_dataset(&a.data) {
         return run_m2(a);
     }
-    let seq = a.seq.unwrap_or(256);
     let (cfg, params) = load_model(&a.checkpoint)?;
+    let seq = a.seq.unwrap_or(cfg.context.map_or(256, |c| c.min(256)));
     if cfg.vocab != 256 {
         bail!(
             "checkpoint {} has vocab {}: `terse eval --data` scores byte-level models (vocab 256)",
@@ -124,6 +130,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             cfg.vocab
         );
     }
+    check_context(&a, &cfg, seq)?;
     let bytes = read_prefix(&a.data, a.max_bytes.unwrap_or(u64::MAX))?;
     if bytes.len() < 2 {
         bail!(

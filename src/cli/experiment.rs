@@ -117,6 +117,11 @@ fn corpus_or_sample(out: &Path, data: Option<&PathBuf>) -> Result<PathBuf> {
 }
 
 pub fn demo(a: DemoArgs) -> Result<()> {
+    for (flag, v) in [("--seconds", a.seconds), ("--m2-seconds", a.m2_seconds)] {
+        if !(v > 0.0 && v.is_finite()) {
+            bail!("{flag} must be a positive number of seconds, not {v}");
+        }
+    }
     let data = corpus_or_sample(&a.out, a.data.as_ref())?;
     let o = DemoOptions {
         data,

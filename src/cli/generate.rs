@@ -37,6 +37,13 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
+    let o = SampleOptions {
+        max_bytes: a.max_bytes,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        seed: a.seed,
+    };
+    o.validate(None)?;
     let M2Checkpoint {
         config: cfg,
         params,
@@ -49,12 +56,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             .map(ExactM1::load)
             .transpose()?
             .map(Arc::new);
-    let o = SampleOptions {
-        max_bytes: a.max_bytes,
-        temperature: a.temperature,
-        top_k: a.top_k,
-        seed: a.seed,
-    };
+    o.validate(Some(cfg.vocab))?;
     let mut text = Vec::new();
     let mut out = std::io::stdout().lock();
     let prompt = a.prompt.as_bytes();

@@ -28,7 +28,7 @@ pub use batch::{CpuM1Batch, M1Batch};
 
 use crate::model::{ModelConfig, ParamArena};
 use crate::numerics::{exp_contract, RopeTables, HEAD_DIM};
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use matmul::{matmul, Panels};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -115,10 +115,18 @@ impl ExactModel {
             params.len() == cfg.total_params(),
             "weights do not match the configuration"
         );
-        ensure!(
-            params.data.iter().all(|x| x.is_finite()),
-            "M1 weights hold NaN or infinite values"
-        );
+        if let Some(i) = params.data.iter().position(|x| !x.is_finite()) {
+            let tensor = params
+                .specs
+                .iter()
+                .find(|s| s.range().contains(&i))
+                .map_or("?", |s| s.name.as_str());
+            bail!(
+                "the model's weights hold a non-finite value ({}) in tensor {tensor} (vocab {})",
+                params.data[i],
+                cfg.vocab
+            );
+        }
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         let t = |name: &str| params.tensor(name).to_vec();
         let layers = (0..cfg.n_layers)
@@ -765,5 +773,24 @@ mod tests {
         assert!(ExactM1::new(&cfg, &p).is_err());
         let big = ModelConfig::preset("tiny", Some(65536)).unwrap();
         assert!(ExactM1::new(&big, &ParamArena::zeros(&big)).is_err());
+    }
+
+    /// ExactModel serves M2 too: its refusal of NaN weights does not call them M1's, and names
+    /// the tensor.
+    #[test]
+    fn nonfinite_weights_message_names_the_tensor_not_m1() {
+        let cfg = ModelConfig::preset("tiny", Some(512)).unwrap();
+        let mut p = ParamArena::init(&cfg, 3);
+        let at = p.specs[3].offset + 2;
+        p.data[at] = f32::INFINITY;
+        let e = format!("{:#}", ExactModel::new(&cfg, &p).err().unwrap());
+        assert!(!e.contains("M1"), "{e}");
+        assert!(
+            e.contains(&format!(
+                "non-finite value (inf) in tensor {}",
+                p.specs[3].name
+            )),
+            "{e}"
+        );
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::coder::WindowRule;
 use crate::model::ModelConfig;
-use anyhow::{ensure, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -240,23 +240,183 @@ impl TokenSource {
     }
 
     /// Refuses a dataset at `dir` (metadata `m`) that was not tokenized like this source: another
-    /// method, token width, vocabulary, M1 or coding parameters.
+    /// method, token width, vocabulary, M1 or coding parameters; the message names the first
+    /// difference (`chunk_bytes 4096 vs 2048`).
     pub fn check_compatible(&self, m: &super::Metadata, dir: &Path) -> Result<()> {
-        let m1 = |f: &Option<String>| f.as_ref().map(|f| format!(", M1 {f}")).unwrap_or_default();
-        ensure!(
-            self.token_bits == m.token_bits
-                && self.vocab == m.vocab
-                && self.m1_fingerprint == m.m1_fingerprint
-                && self.method.codes_like(&m.method),
-            "token dataset {} was not tokenized like the model's training data ({} {}-bit tokens{} vs {} {}-bit{}, or other parameters)",
+        let same = self.token_bits == m.token_bits
+            && self.vocab == m.vocab
+            && self.m1_fingerprint == m.m1_fingerprint
+            && self.method.codes_like(&m.method);
+        if same {
+            return Ok(());
+        }
+        bail!(
+            "token dataset {} was not tokenized like the model's training data: {}",
             dir.display(),
-            m.method.method(),
-            m.token_bits,
-            m1(&m.m1_fingerprint),
-            self.method.method(),
-            self.token_bits,
-            m1(&self.m1_fingerprint),
+            m.first_difference(self)
+        )
+    }
+
+    /// The first thing in which this source (a dataset's) differs from `training`'s, with both
+    /// values: `chunk_bytes 4096 in the dataset, 2048 in training`; a long value (a tokenizer, an
+    /// M1 configuration, a frequency table) is named without being printed.
+    fn first_difference(&self, training: &TokenSource) -> String {
+        let both = |name: &str, mine: String, theirs: String| {
+            format!("{name} {mine} in the dataset, {theirs} in training")
+        };
+        let fp = |f: &Option<String>| f.clone().unwrap_or_else(|| "none".into());
+        if self.method.method() != training.method.method() {
+            return both(
+                "method",
+                self.method.method().to_string(),
+                training.method.method().to_string(),
+            );
+        }
+        if self.token_bits != training.token_bits {
+            return both(
+                "token_bits",
+                self.token_bits.to_string(),
+                training.token_bits.to_string(),
+            );
+        }
+        if self.vocab != training.vocab {
+            return both("vocab", self.vocab.to_string(), training.vocab.to_string());
+        }
+        if self.m1_fingerprint != training.m1_fingerprint {
+            return both(
+                "M1 fingerprint",
+                fp(&self.m1_fingerprint),
+                fp(&training.m1_fingerprint),
+            );
+        }
+        let params = |p: &MethodParams| match serde_json::to_value(p) {
+            Ok(serde_json::Value::Object(mut o)) => match o.remove("params") {
+                Some(serde_json::Value::Object(params)) => params,
+                _ => serde_json::Map::new(),
+            },
+            _ => serde_json::Map::new(),
+        };
+        let (mine, theirs) = (params(&self.method), params(&training.method));
+        let mut keys: Vec<&String> = mine.keys().chain(theirs.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        // Static-ac's byte counts are corpus statistics, not coding parameters.
+        let counts_only = matches!(self.method, MethodParams::StaticAc(_));
+        let show = |v: Option<&serde_json::Value>| v.map_or("none".into(), |v| v.to_string());
+        for k in keys {
+            if counts_only && k == "counts" {
+                continue;
+            }
+            let (a, b) = (mine.get(k), theirs.get(k));
+            if a != b {
+                let (a, b) = (show(a), show(b));
+                if a.len() > 40 || b.len() > 40 {
+                    return format!("the {k} field differs from the training data's");
+                }
+                return both(k, a, b);
+            }
+        }
+        "other parameters differ".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenize::dataset::{Metadata, FORMAT, VERSION};
+
+    fn source(method: MethodParams) -> TokenSource {
+        TokenSource {
+            method,
+            token_bits: 8,
+            vocab: 256,
+            m1_fingerprint: None,
+            source: "corpus.txt".into(),
+            bytes_covered: 100,
+            tokens: 100,
+        }
+    }
+
+    fn metadata(identity: TokenSource) -> Metadata {
+        Metadata {
+            format: FORMAT.into(),
+            version: VERSION,
+            identity,
+            examples: vec![],
+        }
+    }
+
+    fn refusal(trained: &TokenSource, data: TokenSource) -> String {
+        let e = trained.check_compatible(&metadata(data), Path::new("ds"));
+        format!("{:#}", e.unwrap_err())
+    }
+
+    /// Datasets that differ in one parameter are refused with that parameter and both values,
+    /// not a list of what is the same.
+    #[test]
+    fn incompatible_datasets_name_the_differing_parameter() {
+        let bytes = |chunk_bytes| source(MethodParams::Bytes(BytesParams { chunk_bytes }));
+        let trained = bytes(2048);
+        trained
+            .check_compatible(&metadata(bytes(2048)), Path::new("ds"))
+            .unwrap();
+        let e = refusal(&trained, bytes(4096));
+        assert!(
+            e == "token dataset ds was not tokenized like the model's training data: chunk_bytes 4096 in the dataset, 2048 in training",
+            "{e}"
         );
-        Ok(())
+        let e = refusal(
+            &trained,
+            TokenSource {
+                token_bits: 16,
+                vocab: 65536,
+                ..bytes(2048)
+            },
+        );
+        assert!(
+            e.ends_with(": token_bits 16 in the dataset, 8 in training"),
+            "{e}"
+        );
+        let gzip = source(MethodParams::Gzip(GzipParams {
+            chunk_bytes: 2048,
+            container: "zlib".into(),
+            level: 6,
+        }));
+        let e = refusal(&trained, gzip.clone());
+        assert!(
+            e.ends_with(": method gzip in the dataset, bytes in training"),
+            "{e}"
+        );
+        let e = refusal(
+            &gzip,
+            source(MethodParams::Gzip(GzipParams {
+                level: 9,
+                ..match &gzip.method {
+                    MethodParams::Gzip(p) => p.clone(),
+                    _ => unreachable!(),
+                }
+            })),
+        );
+        assert!(
+            e.ends_with(": level 9 in the dataset, 6 in training"),
+            "{e}"
+        );
+        // Static-ac: other corpus counts are fine, another frequency table is named, unprinted.
+        let sac = |counts: u64, f: u32| {
+            source(MethodParams::StaticAc(StaticAcParams {
+                cdf_total_bits: 16,
+                chunk_bytes: 2048,
+                counts: vec![counts; 256],
+                freqs: vec![f; 256],
+            }))
+        };
+        sac(1, 1)
+            .check_compatible(&metadata(sac(2, 1)), Path::new("ds"))
+            .unwrap();
+        let e = refusal(&sac(1, 1), sac(1, 2));
+        assert!(
+            e.ends_with(": the freqs field differs from the training data's"),
+            "{e}"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! `--resume` continues bit for bit.
 
 use super::schedule::{Schedule, ScheduleKind};
-use crate::backend::{create_backend, Backend, Device, OptimConfig};
+use crate::backend::cpu::{available_memory, training_memory};
+use crate::backend::{create_backend, cuda, Backend, Device, OptimConfig, CUDA_VALIDATED};
 use crate::checkpoint::{load_training, save_checkpoint, TrainingState, MANIFEST_FILE, MODEL_FILE};
 use crate::data::{eval_windows, read_heldout, ByteLoader, LoaderState};
 use crate::eval::{score_tokens, score_windows};
@@ -244,6 +245,9 @@ pub fn train(
     device: Device,
     progress: bool,
 ) -> Result<TrainSummary> {
+    if stop_after == Some(0) {
+        bail!("--stop-after 0 would stop before the first step and save no checkpoint; give a step of 1 or more");
+    }
     check_output_dir(&start, out)?;
     let (mut cfg, params, moments, mut run) = match start {
         RunStart::Resume {
@@ -263,7 +267,7 @@ pub fn train(
             (cfg, params, Some((st.m, st.v)), run)
         }
         RunStart::Fresh(opts) => {
-            validate(opts)?;
+            opts.validate()?;
             let mut opts = opts.clone();
             let vocab = if is_token_dataset(&opts.data) {
                 let ds = TokenDataset::open(&opts.data)?;
@@ -280,6 +284,7 @@ pub fn train(
                 256
             };
             let cfg = ModelConfig::preset(&opts.preset, Some(vocab))?;
+            check_memory(&cfg, &opts, device)?;
             let params = ParamArena::init(&cfg, opts.seed);
             let source = DataSource::open(&opts, None)?;
             let run = RunState {
@@ -301,6 +306,13 @@ pub fn train(
         run.step,
         o.steps
     );
+    if let Some(n) = stop_after.filter(|&n| n <= run.step) {
+        bail!(
+            "--stop-after {n}: the checkpoint is already at step {}, so no step would run and nothing would be saved; give a later step",
+            run.step
+        );
+    }
+    check_memory(&cfg, &o, device)?;
     let mut data = DataSource::open(&o, Some(&run.loader))?;
     let (mut backend, note) = create_backend(device, &cfg, params, moments)?;
     let unit = match &o.tokens {
@@ -422,12 +434,33 @@ pub fn train(
     })
 }
 
-fn validate(o: &TrainOptions) -> Result<()> {
-    if o.batch == 0 || o.seq == 0 || o.steps == 0 {
-        bail!("--batch, --seq and --steps must be positive");
-    }
-    if !(o.lr > 0.0 && o.lr.is_finite()) {
-        bail!("--lr must be a positive number");
+/// Refuses a run whose batch would not fit in this machine's available memory on the CPU
+/// backend, before anything is allocated (the allocation would abort the process). No check when
+/// the run goes to the GPU or the available memory cannot be read.
+fn check_memory(cfg: &ModelConfig, o: &TrainOptions, device: Device) -> Result<()> {
+    let on_gpu = match device {
+        Device::Cuda => true,
+        Device::Auto => CUDA_VALIDATED && cuda::cuda_available(),
+        Device::Cpu => false,
+    };
+    let Some(available) = available_memory().filter(|_| !on_gpu) else {
+        return Ok(());
+    };
+    let need = training_memory(cfg, o.batch, o.seq);
+    if need.total() > available as u128 {
+        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        bail!(
+            "--batch {} x --seq {} needs about {:.1} GiB of memory to train {} on the CPU \
+             (activations {:.1} GiB, weights, gradients and AdamW moments {:.1} GiB); this \
+             machine has {:.1} GiB available. Lower --batch or --seq",
+            o.batch,
+            o.seq,
+            gib(need.total()),
+            cfg.preset,
+            gib(need.activations),
+            gib(need.state),
+            gib(available as u128)
+        );
     }
     Ok(())
 }

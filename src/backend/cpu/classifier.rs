@@ -58,6 +58,11 @@ struct ChunkStats {
     target: Option<f32>,
 }
 
+/// Length of the logits buffer for `n` rows over vocabulary `v` (one block of rows).
+pub(crate) fn logits_floats(n: usize, v: usize) -> usize {
+    (BLOCK_FLOATS / v).clamp(1, n.max(1)) * v
+}
+
 /// Runs the classifier over `x[n, d]` with `w[v, d]` and integer `targets[n]`.
 #[allow(clippy::too_many_arguments)]
 pub fn classifier_forward_backward(
@@ -72,7 +77,7 @@ pub fn classifier_forward_backward(
 ) -> LossSums {
     let n = targets.len();
     let rows_per_block = (BLOCK_FLOATS / v).clamp(1, n.max(1));
-    logits.resize(rows_per_block * v, 0.0);
+    logits.resize(logits_floats(n, v), 0.0);
     let chunks = v.div_ceil(VOCAB_CHUNK);
     let scale = grads.as_ref().map_or(0.0, |g| 1.0 / g.rows_total as f32);
     let mut sums = LossSums::default();

@@ -116,6 +116,39 @@ fn activations_for<'a>(
     acts.as_mut().expect("just set")
 }
 
+/// Host memory the CPU backend holds to train a model, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrainingMemory {
+    /// Activations of one step's batch (with the classifier's logits block).
+    pub activations: u128,
+    /// Weights, gradients and the two AdamW moments: four floats per parameter.
+    pub state: u128,
+}
+
+impl TrainingMemory {
+    pub fn total(&self) -> u128 {
+        self.activations + self.state
+    }
+}
+
+/// What training `cfg` on `batch` sequences of `seq` tokens holds in host memory on the CPU
+/// backend (the same count as its allocations, checked by a test).
+pub fn training_memory(cfg: &ModelConfig, batch: usize, seq: usize) -> TrainingMemory {
+    TrainingMemory {
+        activations: 4 * Activations::floats(cfg, batch, seq),
+        state: 16 * cfg.total_params() as u128,
+    }
+}
+
+/// Memory this machine can still give a process (`MemAvailable` in `/proc/meminfo`), in bytes;
+/// `None` where that cannot be read.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())

@@ -84,6 +84,25 @@ impl Activations {
         }
     }
 
+    /// The floats [`Activations::new`] allocates for this shape, with the classifier's logits
+    /// block and the rotary tables (u128: a hostile shape must not overflow the count).
+    pub(crate) fn floats(cfg: &ModelConfig, batch: usize, seq: usize) -> u128 {
+        let w = |x: usize| x as u128;
+        let (n, d, l, ff) = (
+            w(batch) * w(seq),
+            w(cfg.d_model),
+            w(cfg.n_layers),
+            w(cfg.d_ff),
+        );
+        let per_layer = n * (8 * d + ff + 2) + w(batch) * w(cfg.n_heads) * w(seq);
+        let logits = w(super::classifier::logits_floats(
+            batch.saturating_mul(seq),
+            cfg.vocab,
+        ));
+        let rope = w(seq) * w(crate::numerics::HEAD_DIM);
+        l * per_layer + n * (d * 9 + ff + 1) + logits + rope
+    }
+
     pub(crate) fn fits(&self, batch: usize, seq: usize) -> bool {
         self.batch == batch && self.seq == seq
     }
@@ -267,4 +286,48 @@ pub(crate) fn forward_backward(
     }
     embed_backward(g[0], &a.dres, inputs, d);
     sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory estimate `terse train` checks before allocating counts exactly what
+    /// `Activations::new` and the classifier allocate.
+    #[test]
+    fn activation_floats_match_what_is_allocated() {
+        for (preset, batch, seq) in [("tiny", 3, 16), ("m1-3m", 2, 40), ("tiny", 1, 1)] {
+            let cfg = ModelConfig::preset(preset, None).unwrap();
+            let a = Activations::new(&cfg, batch, seq);
+            let bufs = [
+                &a.x,
+                &a.xmid,
+                &a.xn1,
+                &a.rstd1,
+                &a.qkv,
+                &a.att,
+                &a.lse,
+                &a.xn2,
+                &a.rstd2,
+                &a.h,
+                &a.xf,
+                &a.rstdf,
+                &a.tmp,
+                &a.dres,
+                &a.dxn,
+                &a.datt,
+                &a.dqkv,
+                &a.dh,
+                &a.rope.cos,
+                &a.rope.sin,
+            ];
+            let held: usize = bufs.iter().map(|b| b.len()).sum::<usize>()
+                + super::super::classifier::logits_floats(batch * seq, cfg.vocab);
+            assert_eq!(
+                Activations::floats(&cfg, batch, seq),
+                held as u128,
+                "{preset}"
+            );
+        }
+    }
 }
