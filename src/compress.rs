@@ -213,10 +213,14 @@ pub fn decompress_file(
     let t = std::time::Instant::now();
     let name = input.display();
     let file = File::open(input).with_context(|| format!("cannot open {name}"))?;
-    let len = file
+    let meta = file
         .metadata()
-        .with_context(|| format!("cannot read {name}"))?
-        .len();
+        .with_context(|| format!("cannot read {name}"))?;
+    ensure!(
+        !meta.is_dir(),
+        "{name} is a directory, not a terse compressed file"
+    );
+    let len = meta.len();
     ensure!(
         len >= HEADER_BYTES as u64,
         "{name} is not a terse compressed file (bad magic or too short)"
@@ -255,7 +259,13 @@ pub fn decompress_file(
     let mut chunks: Vec<&[u8]> = Vec::new();
     let mut windows = 0u64;
     let mut pos = HEADER_BYTES;
-    while pos < data.len() {
+    let expect_chunks = original_len.div_ceil(chunk_bytes as u64);
+    while (chunks.len() as u64) < expect_chunks {
+        ensure!(
+            pos < data.len(),
+            "{name} is truncated or corrupt: {} chunks, header implies {expect_chunks}",
+            chunks.len()
+        );
         ensure!(
             pos + 4 <= data.len(),
             "{name} is truncated (inside a chunk record)"
@@ -271,12 +281,17 @@ pub fn decompress_file(
         windows += n as u64;
         pos = end;
     }
-    let expect_chunks = original_len.div_ceil(chunk_bytes as u64);
-    ensure!(
-        chunks.len() as u64 == expect_chunks,
-        "{name} is truncated or corrupt: {} chunks, header implies {expect_chunks}",
-        chunks.len()
-    );
+    if pos < data.len() {
+        let what = if data[pos..].starts_with(MAGIC) {
+            "another terse file follows (concatenated files are not read: split them)"
+        } else {
+            "not part of any chunk"
+        };
+        bail!(
+            "{name}: trailing data after the last chunk ({} bytes at offset {pos}): {what}",
+            data.len() - pos
+        );
+    }
     // Decode a batch of chunks at a time (all cores), streaming the result to a temp file.
     let out_name = output.display();
     let mut out =
@@ -338,6 +353,34 @@ mod tests {
 
     fn err(r: Result<CompressReport>) -> String {
         format!("{:#}", r.unwrap_err())
+    }
+
+    #[test]
+    fn concatenated_files_and_directories_get_messages_that_say_so() {
+        let m = m1(1);
+        let dir = tempfile::tempdir().unwrap();
+        let (src, z) = (dir.path().join("t"), dir.path().join("t.terse"));
+        std::fs::write(&src, &include_bytes!("../data/sample-books.txt")[..2500]).unwrap();
+        compress_file(&src, &z, &m, 16, 1000, Existing::Replace).unwrap();
+        let one = std::fs::read(&z).unwrap();
+        let out = dir.path().join("out");
+        let two = dir.path().join("two.terse");
+        std::fs::write(&two, [one.clone(), one.clone()].concat()).unwrap();
+        let e = err(decompress_file(&two, &out, &m, Existing::Replace));
+        assert!(
+            e.contains("trailing data after the last chunk") && e.contains("another terse file"),
+            "{e}"
+        );
+        let junk = dir.path().join("junk.terse");
+        std::fs::write(&junk, [one, b"xyz".to_vec()].concat()).unwrap();
+        let e = err(decompress_file(&junk, &out, &m, Existing::Replace));
+        assert!(
+            e.contains("trailing data after the last chunk (3 bytes"),
+            "{e}"
+        );
+        let e = err(decompress_file(dir.path(), &out, &m, Existing::Replace));
+        assert!(e.contains("is a directory"), "{e}");
+        assert!(!out.exists());
     }
 
     #[test]
