@@ -107,6 +107,14 @@ struct Checkpoint {
     manifest: Option<Manifest>,
 }
 
+/// Refuses a file whose length and CRC-32 differ from what the manifest recorded.
+fn check_sum(dir: &Path, name: &str, expected: FileSum, found: FileSum) -> Result<()> {
+    if found != expected {
+        return Err(inconsistent(dir, name, expected, &found.to_string(), None));
+    }
+    Ok(())
+}
+
 fn inconsistent(
     dir: &Path,
     name: &str,
@@ -226,15 +234,7 @@ impl Checkpoint {
                 bytes: bytes.len() as u64,
                 crc32: crc.finalize(),
             };
-            if found != expected {
-                return Err(inconsistent(
-                    &self.dir,
-                    name,
-                    expected,
-                    &found.to_string(),
-                    None,
-                ));
-            }
+            check_sum(&self.dir, name, expected, found)?;
         }
         Ok(Some((path, bytes)))
     }
@@ -288,16 +288,7 @@ impl Checkpoint {
         let Some(expected) = sum else { return res };
         match res {
             Ok(out) => {
-                let found = r.sum();
-                if found != expected {
-                    return Err(inconsistent(
-                        &self.dir,
-                        name,
-                        expected,
-                        &found.to_string(),
-                        None,
-                    ));
-                }
+                check_sum(&self.dir, name, expected, r.sum())?;
                 Ok(out)
             }
             Err(e) => match sum_of_file(&path) {
