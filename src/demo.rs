@@ -10,7 +10,6 @@ use crate::experiment::Pipeline;
 use crate::experiment::{prepare_corpus, train_m1, M1Result, M2Budget, MethodResult, MethodSpec};
 use crate::generate::{generate, GenerationReport, SampleOptions};
 use crate::m1::{ExactM1, ExactModel};
-use crate::tokenize::TokenSource;
 use crate::tokenize::{Method, TokenDataset, DEFAULT_CHUNK_BYTES};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -109,7 +108,7 @@ pub fn run_demo(o: &DemoOptions, mut stage: impl FnMut(String)) -> Result<DemoRe
     stage("terse demo [4/4]: generating with the Equal-Info M2 (decoded through M1)".into());
     let (cfg, params) = load_model(&ei.checkpoint)?;
     let lm = ExactModel::new(&cfg, &params)?;
-    let src = TokenSource::from_metadata(TokenDataset::open(&ei.dataset)?.metadata());
+    let src = TokenDataset::open(&ei.dataset)?.metadata().identity.clone();
     let mut sample = Vec::new();
     let generation = generate(
         &lm,

@@ -419,7 +419,7 @@ impl Pipeline<'_> {
         .with_context(|| format!("{label}: training M2"))?;
         let ds = TokenDataset::open(&dataset)?;
         let (cfg, params) = load_model(&checkpoint)?;
-        let src = crate::tokenize::TokenSource::from_metadata(ds.metadata());
+        let src = ds.metadata().identity.clone();
         let counts = token_counts(&ds, ChunkSplit::Train);
         let (mut be, _) = create_backend(self.device, &cfg, params.clone(), None)?;
         let eval = evaluate_m2(

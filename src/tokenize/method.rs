@@ -224,10 +224,6 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
-    pub fn from_metadata(m: &super::Metadata) -> Self {
-        m.identity.clone()
-    }
-
     /// The codec that decodes (and codes) tokens of this source; methods that ran M1 need the
     /// same M1, checked by fingerprint.
     pub fn codec(&self, m1: Option<std::sync::Arc<crate::m1::ExactM1>>) -> Result<super::Codec> {

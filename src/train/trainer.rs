@@ -156,7 +156,11 @@ impl DataSource {
         let heldout = match &o.heldout_data {
             Some(dir) => {
                 let ds = TokenDataset::open(dir)?;
-                TokenSource::from_metadata(loader.dataset().metadata())
+                loader
+                    .dataset()
+                    .metadata()
+                    .identity
+                    .clone()
                     .check_compatible(ds.metadata(), dir)?;
                 TokenEvalSet::new(&ds, ChunkSplit::All, o.seq, max_rows)
             }
@@ -271,7 +275,7 @@ pub fn train(
             let mut opts = opts.clone();
             let vocab = if is_token_dataset(&opts.data) {
                 let ds = TokenDataset::open(&opts.data)?;
-                let src = TokenSource::from_metadata(ds.metadata());
+                let src = ds.metadata().identity.clone();
                 let vocab = src.vocab as usize;
                 opts.tokens = Some(src);
                 vocab
