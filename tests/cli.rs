@@ -926,3 +926,33 @@ fn a_new_run_goes_into_a_dir_left_by_a_failed_run() {
     let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 2, "{log}");
 }
+
+/// Finding 5 through the commands that read token datasets: one flipped bit in `tokens.bin` is
+/// refused by detokenize, train and eval, naming the damaged example; nothing is written.
+#[test]
+fn damaged_dataset_is_refused_by_detokenize_train_and_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 6_000);
+    let (ds, m2) = (dir.path().join("ds"), dir.path().join("m2"));
+    common::tokenize(&data, &ds, "static-ac", "8", "2048", &[]);
+    common::train_tiny(&ds, &m2, &["--steps", "1"]);
+    let last = terse::tokenize::TokenDataset::open(&ds).unwrap().num_examples() - 1;
+    let tokens = ds.join("tokens.bin");
+    let mut raw = std::fs::read(&tokens).unwrap();
+    let at = raw.len() - 3;
+    raw[at] ^= 0x10;
+    std::fs::write(&tokens, &raw).unwrap();
+    let out = dir.path().join("out");
+    let (d, o) = (path_str(&ds), path_str(&out));
+    for args in [
+        vec!["detokenize", "--data", d, "--out", o],
+        vec![
+            "train", "--preset", "tiny", "--data", d, "--steps", "2", "--out", o,
+        ],
+        vec!["eval", "--m2", path_str(&m2), "--data", d],
+    ] {
+        assert_fails_with(&args, &format!("tokens.bin: example {last} "));
+        assert_fails_with(&args, "is damaged");
+        assert!(!out.exists(), "{args:?}: a refused command left output");
+    }
+}

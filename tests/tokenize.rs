@@ -283,6 +283,15 @@ fn edit_meta(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
 }
 
+/// Edits the metadata as a `Metadata` and re-seals its checksum, as a deliberate rewrite would.
+fn edit_sealed(dir: &Path, f: impl FnOnce(&mut Metadata)) {
+    let p = dir.join(METADATA_FILE);
+    let mut meta: Metadata = serde_json::from_slice(&fs::read(&p).unwrap()).unwrap();
+    f(&mut meta);
+    meta.seal();
+    fs::write(&p, serde_json::to_vec(&meta).unwrap()).unwrap();
+}
+
 fn open_err(dir: &Path) -> DatasetError {
     let e = TokenDataset::open(dir).unwrap_err();
     // Every error names the file it is about.
@@ -323,10 +332,10 @@ fn validation_errors_are_specific() {
     assert!(matches!(open_err(&d), DatasetError::WrongFormat { .. }));
 
     let d = fresh();
-    edit_meta(&d, |v| v["version"] = serde_json::json!(2));
+    edit_meta(&d, |v| v["version"] = serde_json::json!(3));
     assert!(matches!(
         open_err(&d),
-        DatasetError::UnsupportedVersion { found: 2, .. }
+        DatasetError::UnsupportedVersion { found: 3, .. }
     ));
 
     let d = fresh();
@@ -350,7 +359,7 @@ fn validation_errors_are_specific() {
 
     // Token >= vocab.
     let d = fresh();
-    edit_meta(&d, |v| v["vocab"] = serde_json::json!(256));
+    edit_sealed(&d, |m| m.identity.vocab = 256);
     match open_err(&d) {
         DatasetError::TokenOutOfRange { token, vocab, .. } => {
             assert!(token >= 256);
@@ -391,8 +400,95 @@ fn corrupt_tokens_fail_to_decode_without_panic() {
     let mut raw = fs::read(&p).unwrap();
     raw[10] ^= 0x55;
     fs::write(&p, &raw).unwrap();
+    // Re-seal the damaged example so the checksum lets it through to the decoder.
+    let ds = TokenDataset::open(&d).unwrap_err();
+    assert!(matches!(ds, DatasetError::ExampleChecksum { index: 0, .. }));
+    edit_sealed(&d, |m| {
+        let end = m.examples[1][0];
+        m.example_crc32.as_mut().unwrap()[0] = crc32fast::hash(&raw[..2 * end as usize]);
+    });
     let e = decode_dataset(&d).unwrap_err();
     assert!(format!("{e:#}").contains("example 0"), "{e:#}");
+}
+
+/// Finding 5: one flipped bit anywhere in `tokens.bin` is refused on open, naming the example
+/// (it used to decode to other bytes with exit 0 for every method but gzip).
+#[test]
+fn flipped_token_bit_is_refused_naming_its_example() {
+    let root = tempfile::tempdir().unwrap();
+    let corpus = root.path().join("c.txt");
+    fs::write(&corpus, sample_prefix(3_000)).unwrap();
+    for method in METHODS {
+        let d = root.path().join(method.name());
+        tokenize_corpus(method, &corpus, &d, 8, 1_000, None, false).unwrap();
+        let clean = fs::read(d.join(TOKENS_FILE)).unwrap();
+        let ds = TokenDataset::open(&d).unwrap();
+        for at in [0, clean.len() / 2, clean.len() - 1] {
+            let example = (0..ds.num_examples())
+                .find(|&i| ds.example(i).unwrap().0.contains(&at))
+                .unwrap();
+            let mut raw = clean.clone();
+            raw[at] ^= 1 << (at % 8);
+            fs::write(d.join(TOKENS_FILE), &raw).unwrap();
+            match open_err(&d) {
+                DatasetError::ExampleChecksum { index, .. } => assert_eq!(index, example),
+                e => panic!("{}: flip at {at} gave {e}", method.name()),
+            }
+            let msg = format!("{:#}", decode_dataset(&d).unwrap_err());
+            assert!(msg.contains(&format!("example {example} ")), "{msg}");
+            assert!(msg.contains("damaged"), "{msg}");
+        }
+        fs::write(d.join(TOKENS_FILE), &clean).unwrap();
+        TokenDataset::open(&d).unwrap();
+    }
+}
+
+/// Any change to `metadata.json` that still parses and validates (here the source path, and a
+/// parameter) is refused by its checksum rather than read as another dataset.
+#[test]
+fn edited_metadata_is_refused_by_its_checksum() {
+    let root = tempfile::tempdir().unwrap();
+    let d = small_dataset(root.path());
+    edit_meta(&d, |v| v["source"] = serde_json::json!("elsewhere.txt"));
+    assert!(matches!(
+        open_err(&d),
+        DatasetError::MetadataChecksum { .. }
+    ));
+    let msg = open_err(&d).to_string();
+    assert!(msg.contains("changed after it was written"), "{msg}");
+    let d = small_dataset(root.path());
+    edit_meta(&d, |v| v["params"]["chunk_bytes"] = serde_json::json!(999));
+    assert!(matches!(
+        open_err(&d),
+        DatasetError::MetadataChecksum { .. }
+    ));
+    // Version 2 without its checksums is not a version 1 dataset.
+    let d = small_dataset(root.path());
+    edit_meta(&d, |v| {
+        v.as_object_mut().unwrap().remove("metadata_crc32");
+    });
+    assert!(matches!(open_err(&d), DatasetError::CorruptMetadata { .. }));
+}
+
+/// Datasets written before checksums (version 1: no `example_crc32`, no `metadata_crc32`) still
+/// open and decode to the same bytes.
+#[test]
+fn version_1_dataset_without_checksums_still_reads() {
+    let root = tempfile::tempdir().unwrap();
+    let d = small_dataset(root.path());
+    let before = decode_dataset(&d).unwrap();
+    edit_meta(&d, |v| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("example_crc32");
+        o.remove("metadata_crc32");
+        o.insert("version".into(), serde_json::json!(1));
+    });
+    let ds = TokenDataset::open(&d).unwrap();
+    assert!(!ds.metadata().has_checksums());
+    assert_eq!(decode_dataset(&d).unwrap(), before);
+    // ... but a version 1 file claiming checksums is refused.
+    edit_meta(&d, |v| v["metadata_crc32"] = serde_json::json!(0));
+    assert!(matches!(open_err(&d), DatasetError::CorruptMetadata { .. }));
 }
 
 #[test]

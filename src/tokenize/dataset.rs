@@ -4,13 +4,22 @@
 //!
 //! - `tokens.bin`: every token back to back, raw little-endian, one byte each (`token_bits = 8`)
 //!   or two bytes each (`token_bits = 16`); no header, so it memory-maps as a `u8`/`u16` array.
-//! - `metadata.json`: [`Metadata`]: `{"format": "terse-tokens", "version": 1, "method", "params",
-//!   "token_bits", "vocab", "m1_fingerprint", "source", "bytes_covered", "tokens", "examples"}`.
+//! - `metadata.json`: [`Metadata`]: `{"format": "terse-tokens", "version": 2, "method", "params",
+//!   "token_bits", "vocab", "m1_fingerprint", "source", "bytes_covered", "tokens", "examples",
+//!   "example_crc32", "metadata_crc32"}`.
 //!   `examples` has one `[token_offset, byte_offset]` pair per example (chunk) start: example `i`
 //!   covers tokens `examples[i][0]..examples[i+1][0]` (the last one up to `tokens`) and source
 //!   bytes `examples[i][1]..examples[i+1][1]` (the last one up to `bytes_covered`). Byte offsets
 //!   start at 0 and strictly increase (no example is empty of text); token offsets start at 0 and
 //!   never decrease (an example may code to zero tokens, e.g. StaticAC on a run of `0x00`s).
+//!
+//! # Checksums
+//!
+//! `example_crc32[i]` is the CRC-32 of example `i`'s bytes in `tokens.bin`, so a reader of one
+//! slice can verify just that slice; `metadata_crc32` is the CRC-32 of the metadata itself,
+//! serialised as compact JSON without that one field. Every change to either file after it was
+//! written (a flipped bit, a hand edit) is refused on open rather than decoded to other text.
+//! Version 1 datasets (earlier builds) carry neither and are still read, unverified.
 //!
 //! # Writing
 //!
@@ -37,8 +46,10 @@ use std::path::{Path, PathBuf};
 
 /// The `format` field of every token dataset's metadata.
 pub const FORMAT: &str = "terse-tokens";
-/// The metadata version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The metadata version this build writes (with checksums).
+pub const VERSION: u32 = 2;
+/// The oldest metadata version this build reads (no checksums).
+pub const OLDEST_VERSION: u32 = 1;
 /// The token file's name inside a dataset directory.
 pub const TOKENS_FILE: &str = "tokens.bin";
 /// The metadata file's name inside a dataset directory.
@@ -49,7 +60,7 @@ pub const METADATA_FILE: &str = "metadata.json";
 pub struct Metadata {
     /// Always [`FORMAT`].
     pub format: String,
-    /// Always [`VERSION`] for this build.
+    /// [`VERSION`] when written by this build; [`OLDEST_VERSION`]..=[`VERSION`] are read.
     pub version: u32,
     /// What the dataset is: method and parameters, token width, vocabulary, M1, corpus and
     /// counts, stored inline (`"method"`, `"params"`, `"token_bits"`, ...). Its fields read
@@ -58,6 +69,33 @@ pub struct Metadata {
     pub identity: TokenSource,
     /// `[token_offset, byte_offset]` of every example's start.
     pub examples: Vec<[u64; 2]>,
+    /// CRC-32 of each example's bytes in `tokens.bin` (version 2; absent in version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub example_crc32: Option<Vec<u32>>,
+    /// CRC-32 of this metadata serialised without this field (version 2; absent in version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_crc32: Option<u32>,
+}
+
+impl Metadata {
+    /// The CRC-32 that `metadata_crc32` must hold: of the compact JSON of `self` without it.
+    pub fn compute_crc32(&self) -> u32 {
+        let unsealed = Metadata {
+            metadata_crc32: None,
+            ..self.clone()
+        };
+        crc32fast::hash(&serde_json::to_vec(&unsealed).expect("metadata serialises"))
+    }
+
+    /// Sets `metadata_crc32` to match the rest of the metadata (after an edit, for instance).
+    pub fn seal(&mut self) {
+        self.metadata_crc32 = Some(self.compute_crc32());
+    }
+
+    /// True when the dataset carries checksums (version 2 and later).
+    pub fn has_checksums(&self) -> bool {
+        self.metadata_crc32.is_some()
+    }
 }
 
 impl std::ops::Deref for Metadata {
@@ -83,7 +121,10 @@ pub enum DatasetError {
     CorruptMetadata { path: PathBuf, message: String },
     #[error("{}: format is {found:?}, expected {FORMAT:?}", path.display())]
     WrongFormat { path: PathBuf, found: String },
-    #[error("{}: version {found} unsupported (this build reads version {VERSION})", path.display())]
+    #[error(
+        "{}: version {found} unsupported (this build reads versions {OLDEST_VERSION} to {VERSION})",
+        path.display()
+    )]
     UnsupportedVersion { path: PathBuf, found: u32 },
     #[error("{}: token_bits {bits} unsupported (need 8 or 16)", path.display())]
     TokenBits { path: PathBuf, bits: u32 },
@@ -110,6 +151,29 @@ pub enum DatasetError {
         path: PathBuf,
         index: usize,
         message: String,
+    },
+    #[error(
+        "{}: changed after it was written (metadata CRC-32 {computed:08x}, recorded {stored:08x}); \
+         tokenize the corpus again",
+        path.display()
+    )]
+    MetadataChecksum {
+        path: PathBuf,
+        stored: u32,
+        computed: u32,
+    },
+    #[error(
+        "{}: example {index} (tokens {start}..{end}) is damaged (CRC-32 {computed:08x}, recorded \
+         {stored:08x}); tokenize the corpus again",
+        path.display()
+    )]
+    ExampleChecksum {
+        path: PathBuf,
+        index: usize,
+        start: u64,
+        end: u64,
+        stored: u32,
+        computed: u32,
     },
     #[error("{}: token {token} at index {index} is not below the vocab {vocab}", path.display())]
     TokenOutOfRange {
@@ -142,7 +206,7 @@ pub fn validate_metadata(meta: &Metadata, path: &Path) -> Result<(), DatasetErro
             found: meta.format.clone(),
         });
     }
-    if meta.version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&meta.version) {
         return Err(DatasetError::UnsupportedVersion {
             path: p(),
             found: meta.version,
@@ -161,6 +225,7 @@ pub fn validate_metadata(meta: &Metadata, path: &Path) -> Result<(), DatasetErro
             token_bits: meta.token_bits,
         });
     }
+    let corrupt = |message: String| DatasetError::CorruptMetadata { path: p(), message };
     let bad = |index: usize, message: String| DatasetError::Examples {
         path: p(),
         index,
@@ -222,6 +287,34 @@ pub fn validate_metadata(meta: &Metadata, path: &Path) -> Result<(), DatasetErro
             ));
         }
     }
+    let checksums = (meta.example_crc32.as_ref(), meta.metadata_crc32);
+    match (meta.version, checksums) {
+        (1, (None, None)) => {}
+        (1, _) => return Err(corrupt("version 1 metadata carries checksums".into())),
+        (_, (Some(crcs), Some(_))) if crcs.len() == meta.examples.len() => {}
+        (_, (Some(crcs), Some(_))) => {
+            return Err(corrupt(format!(
+                "{} example checksums for {} examples",
+                crcs.len(),
+                meta.examples.len()
+            )))
+        }
+        (v, _) => {
+            return Err(corrupt(format!(
+                "version {v} metadata lacks `example_crc32` or `metadata_crc32`"
+            )))
+        }
+    }
+    if let Some(stored) = meta.metadata_crc32 {
+        let computed = meta.compute_crc32();
+        if computed != stored {
+            return Err(DatasetError::MetadataChecksum {
+                path: p(),
+                stored,
+                computed,
+            });
+        }
+    }
     Ok(())
 }
 
@@ -234,6 +327,7 @@ pub struct TokenDatasetWriter {
     tokens: u64,
     bytes: u64,
     examples: Vec<[u64; 2]>,
+    example_crc32: Vec<u32>,
 }
 
 impl TokenDatasetWriter {
@@ -254,6 +348,7 @@ impl TokenDatasetWriter {
             tokens: 0,
             bytes: 0,
             examples: Vec::new(),
+            example_crc32: Vec::new(),
         })
     }
 
@@ -264,19 +359,19 @@ impl TokenDatasetWriter {
             .file
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("dataset writer already failed"))?;
-        self.examples.push([self.tokens, self.bytes]);
-        let written = if self.token_bits == 8 {
+        let buf: Vec<u8> = if self.token_bits == 8 {
             let mut buf = Vec::with_capacity(tokens.len());
             for &t in tokens {
                 anyhow::ensure!(t < 256, "token {t} does not fit in 8 bits");
                 buf.push(t as u8);
             }
-            file.write_all(&buf)
+            buf
         } else {
-            let buf: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
-            file.write_all(&buf)
+            tokens.iter().flat_map(|t| t.to_le_bytes()).collect()
         };
-        if let Err(e) = written {
+        self.examples.push([self.tokens, self.bytes]);
+        self.example_crc32.push(crc32fast::hash(&buf));
+        if let Err(e) = file.write_all(&buf) {
             self.file = None;
             return Err(io_err(&self.tmp, e).into());
         }
@@ -309,7 +404,7 @@ impl TokenDatasetWriter {
         m1_fingerprint: Option<String>,
         source: &str,
     ) -> anyhow::Result<Metadata> {
-        let meta = Metadata {
+        let mut meta = Metadata {
             format: FORMAT.into(),
             version: VERSION,
             identity: TokenSource {
@@ -322,7 +417,10 @@ impl TokenDatasetWriter {
                 tokens: self.tokens,
             },
             examples: std::mem::take(&mut self.examples),
+            example_crc32: Some(std::mem::take(&mut self.example_crc32)),
+            metadata_crc32: None,
         };
+        meta.seal();
         let meta_path = self.dir.join(METADATA_FILE);
         validate_metadata(&meta, &meta_path)?;
         let file = self
@@ -404,6 +502,9 @@ impl TokenDataset {
             meta,
             map,
         };
+        for i in 0..ds.num_examples() {
+            ds.verify_example(i)?;
+        }
         if (ds.meta.vocab as u64) < 1u64 << ds.meta.token_bits {
             let vocab = ds.meta.vocab;
             if let Some((index, token)) = ds.tokens().enumerate().find(|&(_, t)| t >= vocab) {
@@ -416,6 +517,35 @@ impl TokenDataset {
             }
         }
         Ok(ds)
+    }
+
+    /// Checks example `i`'s bytes in `tokens.bin` against its recorded CRC-32 ([`open`](Self::open)
+    /// has checked them all; this is for a reader that maps one slice). A version 1 dataset has
+    /// no checksums and always passes; `i` past the end is an error.
+    pub fn verify_example(&self, i: usize) -> Result<(), DatasetError> {
+        let path = || self.dir.join(TOKENS_FILE);
+        let (tokens, _) = self.example(i).ok_or_else(|| DatasetError::Examples {
+            path: path(),
+            index: i,
+            message: format!("no example {i} (the dataset has {})", self.num_examples()),
+        })?;
+        let Some(crcs) = &self.meta.example_crc32 else {
+            return Ok(());
+        };
+        let width = self.meta.token_bits as usize / 8;
+        let computed = crc32fast::hash(&self.raw()[tokens.start * width..tokens.end * width]);
+        let stored = crcs[i];
+        if computed != stored {
+            return Err(DatasetError::ExampleChecksum {
+                path: path(),
+                index: i,
+                start: tokens.start as u64,
+                end: tokens.end as u64,
+                stored,
+                computed,
+            });
+        }
+        Ok(())
     }
 
     /// The dataset directory.
