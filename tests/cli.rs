@@ -936,7 +936,10 @@ fn damaged_dataset_is_refused_by_detokenize_train_and_eval() {
     let (ds, m2) = (dir.path().join("ds"), dir.path().join("m2"));
     common::tokenize(&data, &ds, "static-ac", "8", "2048", &[]);
     common::train_tiny(&ds, &m2, &["--steps", "1"]);
-    let last = terse::tokenize::TokenDataset::open(&ds).unwrap().num_examples() - 1;
+    let last = terse::tokenize::TokenDataset::open(&ds)
+        .unwrap()
+        .num_examples()
+        - 1;
     let tokens = ds.join("tokens.bin");
     let mut raw = std::fs::read(&tokens).unwrap();
     let at = raw.len() - 3;

@@ -9,25 +9,15 @@
 //!   to huge values; the unmutated file round-trips exactly;
 //! - the token-dataset opener (and decoder) on mutated `metadata.json` and `tokens.bin`.
 
+mod common;
+use common::tiny_m1;
+
 use proptest::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use terse::coder::{Cdf, WindowDecoder, WindowEncoder, WindowEnd, WindowRule};
-use terse::m1::ExactM1;
-use terse::model::{ModelConfig, ParamArena};
 use terse::tokenize::equal_info::EqualInfo;
-
-fn tiny_m1() -> Arc<ExactM1> {
-    static M1: OnceLock<Arc<ExactM1>> = OnceLock::new();
-    M1.get_or_init(|| {
-        let cfg = ModelConfig::preset("tiny", None).unwrap();
-        let mut p = ParamArena::init(&cfg, 21);
-        p.data.iter_mut().for_each(|x| *x *= 8.0);
-        Arc::new(ExactM1::new(&cfg, &p).unwrap())
-    })
-    .clone()
-}
 
 fn sample(n: usize) -> Vec<u8> {
     let all = fs::read(concat!(

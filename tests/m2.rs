@@ -2,12 +2,12 @@
 //! token sequence M2 can emit decodes.
 
 mod common;
+use common::tiny_m1;
 
 use common::{sample_prefix, stderr, terse};
 use proptest::prelude::*;
 use serde_json::Value;
 use std::path::Path;
-use std::sync::Arc;
 use terse::backend::Device;
 use terse::checkpoint::{load_model, load_training};
 use terse::tokenize::{BytesParams, EqualInfoParams, MethodParams, TokenSource};
@@ -190,17 +190,6 @@ fn too_short_chunks_are_refused_with_advice() {
     .unwrap()
     .to_string();
     assert!(e.contains("no training chunk holds 4096 tokens"), "{e}");
-}
-
-fn tiny_m1() -> Arc<terse::m1::ExactM1> {
-    static M1: std::sync::OnceLock<Arc<terse::m1::ExactM1>> = std::sync::OnceLock::new();
-    M1.get_or_init(|| {
-        let cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
-        let mut p = terse::model::ParamArena::init(&cfg, 21);
-        p.data.iter_mut().for_each(|x| *x *= 8.0); // sharp, varied distributions
-        Arc::new(terse::m1::ExactM1::new(&cfg, &p).unwrap())
-    })
-    .clone()
 }
 
 fn source(method: &str, token_bits: u32, window_bits: u32) -> TokenSource {

@@ -1,6 +1,9 @@
 //! Token datasets: exact round trips for every method and width, property tests, validation
 //! errors, and the `terse tokenize` command end to end.
 
+mod common;
+use common::tiny_m1;
+
 use proptest::prelude::*;
 use std::fs;
 use std::path::Path;
@@ -691,17 +694,6 @@ fn equal_info_through_the_cli_round_trips_with_its_m1_only() {
         );
         assert!(e.contains("wrong M1"), "{e}");
     }
-}
-
-fn tiny_m1() -> std::sync::Arc<terse::m1::ExactM1> {
-    static M1: std::sync::OnceLock<std::sync::Arc<terse::m1::ExactM1>> = std::sync::OnceLock::new();
-    M1.get_or_init(|| {
-        let cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
-        let mut p = terse::model::ParamArena::init(&cfg, 21);
-        p.data.iter_mut().for_each(|x| *x *= 8.0); // sharp, varied distributions
-        std::sync::Arc::new(terse::m1::ExactM1::new(&cfg, &p).unwrap())
-    })
-    .clone()
 }
 
 fn short_byte_strings() -> impl Strategy<Value = Vec<u8>> {

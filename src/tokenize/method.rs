@@ -339,6 +339,8 @@ mod tests {
             version: VERSION,
             identity,
             examples: vec![],
+            example_crc32: None,
+            metadata_crc32: None,
         }
     }
 
