@@ -1,9 +1,12 @@
 //! Criterion benches of the CPU backend's heaviest ops at the shapes of `tiny` and `m1-3m`
-//! training: the linear layer (forward and backward) and causal attention (forward and backward).
+//! training: the linear layer (forward and backward) and causal attention (forward and backward);
+//! and contract 3's int8 products (every kernel this machine has) at M1 coding shapes, beside the
+//! f32 training product at the same shapes.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use terse::backend::cpu::attention::{attention_backward, attention_forward, AttnShape};
 use terse::backend::cpu::matmul::{matmul_backward, matmul_forward};
+use terse::numerics::int8::{matmul_i8_with, I8Kernel, I8Matrix};
 use terse::rng::Rng;
 
 fn rand(n: usize, seed: u64) -> Vec<f32> {
@@ -59,5 +62,40 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, attention);
+fn int8_matmul(c: &mut Criterion) {
+    let mut g = c.benchmark_group("int8_matmul");
+    g.sample_size(10);
+    // (rows = positions coded at once, in, out): tiny's qkv, MLP up and down, and the byte head.
+    for &(n, di, dout) in &[
+        (256, 128, 384),
+        (256, 128, 512),
+        (256, 512, 128),
+        (256, 128, 256),
+    ] {
+        let ops = (2 * n * di * dout) as u64;
+        g.throughput(Throughput::Elements(ops));
+        let id = format!("{n}x{di}x{dout}");
+        let to_i8 = |v: Vec<f32>| -> Vec<i8> {
+            v.iter()
+                .map(|x| (x * 40.0).round().clamp(-127.0, 127.0) as i8)
+                .collect()
+        };
+        let (x, w) = (to_i8(rand(n * di, 6)), to_i8(rand(dout * di, 7)));
+        let m = I8Matrix::from_rows(&w, dout, di).unwrap();
+        let mut y = vec![0i32; n * dout];
+        for kernel in I8Kernel::available() {
+            g.bench_function(BenchmarkId::new(kernel.name(), &id), |b| {
+                b.iter(|| matmul_i8_with(kernel, &mut y, &x, &m))
+            });
+        }
+        let (xf, wf) = (rand(n * di, 6), rand(dout * di, 7));
+        let mut yf = vec![0.0; n * dout];
+        g.bench_function(BenchmarkId::new("f32-training", &id), |b| {
+            b.iter(|| matmul_forward(&mut yf, &xf, &wf, n, di, dout))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, matmul, attention, int8_matmul);
 criterion_main!(benches);

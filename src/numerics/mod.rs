@@ -1,9 +1,11 @@
 //! The numeric contract's shared pieces, defined once for every backend and for M1's exact path
-//! (see `docs/numeric-contract.md`): the one exponential, the rotary tables and the head width.
+//! (see `docs/numeric-contract.md`): the one exponential, the rotary tables, the head width, and
+//! contract 3's exact int8 matrix products.
 //!
 //! This is the bottom layer: it imports nothing from the crate.
 
 mod exp;
+pub mod int8;
 mod rope;
 
 pub use exp::exp_contract;

@@ -1,0 +1,491 @@
+//! Integer matrix products for numeric contract 3: `out[r][o] = Σ_k x[r][k] · w[o][k]` with
+//! int8 operands and an exact i32 result.
+//!
+//! Integer sums do not depend on their order, so every kernel here (AVX-512 VNNI, AVX-VNNI, AVX2,
+//! portable), any tiling, any thread split and any batch of rows gives the same integers; the
+//! tests force each kernel the machine has and compare it with a plain loop.
+//!
+//! **No overflow.** Operands are symmetric int8, in `-127..=127` (never -128: the quantiser clamps
+//! there), so every exact sum is at most `inp · 127² ≤ 2^31 - 1` for `inp ≤` [`MAX_INPUTS`] =
+//! 133,144; [`I8Matrix::from_rows`] refuses anything wider. The kernels' intermediates may wrap
+//! (VNNI adds `x + 128` as an unsigned byte, then subtracts `128 · Σ_k w[o][k]`), but all their
+//! arithmetic is modulo 2^32, so the result is the exact sum whenever the exact sum fits, which
+//! the bound guarantees. AVX2 sign-extends to i16 and uses `vpmaddwd` (pairs of products, each
+//! pair at most 2 · 127² in magnitude: no saturation); `vpmaddubsw`, which saturates to i16, is
+//! not used.
+//!
+//! **Layout.** Weights are packed in panels of [`PANEL`] outputs; inside a panel, inputs go in
+//! groups of 4 (one 32-bit lane of VNNI's `dpbusd`): byte `((p · groups + g) · PANEL + j) · 4 + t`
+//! holds `w[16p + j][4g + t]`, zero past `n` (padded to whole tiles of 4 panels). Each kernel
+//! computes a tile of [`TILE_ROWS`] rows by 4 panels (64 outputs), so each weight loaded serves 4
+//! rows and (with AVX-512) each input loaded serves 64 outputs.
+
+use rayon::prelude::*;
+
+/// Outputs per panel: one AVX-512 register of i32.
+pub const PANEL: usize = 16;
+/// Inputs per group: the four bytes one VNNI lane multiplies and adds.
+const GROUP: usize = 4;
+/// Rows per tile: each weight loaded serves this many rows.
+pub const TILE_ROWS: usize = 4;
+/// Panels per tile: each input loaded serves `TILE_PANELS · PANEL` outputs.
+const TILE_PANELS: usize = 4;
+/// Outputs per tile.
+const TILE_OUTPUTS: usize = TILE_PANELS * PANEL;
+/// The widest input for which `inp · 127²` fits in an i32 (module docs).
+pub const MAX_INPUTS: usize = (i32::MAX / (127 * 127)) as usize;
+/// Products smaller than this many multiply-adds run on the calling thread.
+const SERIAL_MACS: usize = 1 << 20;
+
+/// An int8 weight matrix of `n` outputs and `inp` inputs packed for [`matmul_i8`].
+#[derive(Clone, Debug)]
+pub struct I8Matrix {
+    n: usize,
+    inp: usize,
+    /// Panels, padded with zero panels to whole tiles.
+    data: Vec<i8>,
+    /// `128 · Σ_k w[o][k]` per output (padded likewise), undoing VNNI's `x + 128`.
+    bias: Vec<i32>,
+}
+
+/// Which instructions compute the products; every one gives the same integers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum I8Kernel {
+    /// AVX-512 VNNI: `vpdpbusd` on 16 outputs at once, 4 rows × 64 outputs per tile.
+    Avx512Vnni,
+    /// AVX-VNNI: the 256-bit `vpdpbusd`.
+    AvxVnni,
+    /// AVX2: sign-extend to i16, `vpmaddwd`.
+    Avx2,
+    /// Plain loops, any machine.
+    Portable,
+}
+
+impl I8Kernel {
+    /// Every kernel this machine can run, fastest first (the last is always `Portable`).
+    pub fn available() -> Vec<I8Kernel> {
+        let mut k = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512vnni") {
+                k.push(I8Kernel::Avx512Vnni);
+            }
+            if has!("avx2") && has!("avxvnni") {
+                k.push(I8Kernel::AvxVnni);
+            }
+            if has!("avx2") {
+                k.push(I8Kernel::Avx2);
+            }
+        }
+        k.push(I8Kernel::Portable);
+        k
+    }
+
+    /// The fastest kernel this machine can run.
+    pub fn best() -> I8Kernel {
+        Self::available()[0]
+    }
+
+    /// A short name for reports (`avx512-vnni`, `avx-vnni`, `avx2`, `portable`).
+    pub fn name(self) -> &'static str {
+        match self {
+            I8Kernel::Avx512Vnni => "avx512-vnni",
+            I8Kernel::AvxVnni => "avx-vnni",
+            I8Kernel::Avx2 => "avx2",
+            I8Kernel::Portable => "portable",
+        }
+    }
+}
+
+impl I8Matrix {
+    /// Packs `w` in the model's `[n, inp]` layout (row `o` holds output `o`'s weights). Refuses
+    /// an `inp` that is not a positive multiple of 4 or is above [`MAX_INPUTS`], a shape that
+    /// does not match `w`, and the value -128 (contract 3's int8 is symmetric).
+    pub fn from_rows(w: &[i8], n: usize, inp: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            w.len() == n * inp,
+            "weights: {} values for {n} x {inp}",
+            w.len()
+        );
+        anyhow::ensure!(
+            inp > 0 && inp % GROUP == 0 && inp <= MAX_INPUTS,
+            "inputs: {inp} must be a positive multiple of {GROUP}, at most {MAX_INPUTS}"
+        );
+        anyhow::ensure!(!w.contains(&i8::MIN), "weights: -128 is outside -127..=127");
+        let padded = n.next_multiple_of(TILE_OUTPUTS);
+        let mut data = vec![0i8; padded * inp];
+        let mut bias = vec![0i32; padded];
+        for o in 0..n {
+            let (p, j) = (o / PANEL, o % PANEL);
+            let row = &w[o * inp..(o + 1) * inp];
+            for (k, &v) in row.iter().enumerate() {
+                let (g, t) = (k / GROUP, k % GROUP);
+                data[((p * (inp / GROUP) + g) * PANEL + j) * GROUP + t] = v;
+            }
+            bias[o] = 128 * row.iter().map(|&v| v as i32).sum::<i32>();
+        }
+        Ok(I8Matrix { n, inp, data, bias })
+    }
+
+    /// Number of outputs.
+    pub fn outputs(&self) -> usize {
+        self.n
+    }
+
+    /// Number of inputs.
+    pub fn inputs(&self) -> usize {
+        self.inp
+    }
+
+    /// Tiles of outputs.
+    fn tiles(&self) -> usize {
+        self.n.div_ceil(TILE_OUTPUTS)
+    }
+}
+
+/// `out[r][o] = Σ_k x[r][k] · w[o][k]` for every `inp`-wide row of `x`, with the fastest kernel
+/// (`out`: `[rows][n]`). Panics on mismatched shapes or a -128 in `x`.
+pub fn matmul_i8(out: &mut [i32], x: &[i8], w: &I8Matrix) {
+    matmul_i8_with(I8Kernel::best(), out, x, w)
+}
+
+/// [`matmul_i8`] with a chosen kernel; panics if this machine cannot run it.
+pub fn matmul_i8_with(kernel: I8Kernel, out: &mut [i32], x: &[i8], w: &I8Matrix) {
+    assert!(
+        I8Kernel::available().contains(&kernel),
+        "{} unavailable here",
+        kernel.name()
+    );
+    let (inp, n) = (w.inp, w.n);
+    let rows = x.len() / inp;
+    assert!(
+        rows * inp == x.len() && rows * n == out.len(),
+        "matmul_i8 shapes"
+    );
+    assert!(
+        !x.contains(&i8::MIN),
+        "activations: -128 is outside -127..=127"
+    );
+    // Inputs as `x + 128` (what VNNI multiplies), padded with zero rows to whole tiles.
+    let mut xb = vec![0x80u8; rows.next_multiple_of(TILE_ROWS) * inp];
+    for (b, &v) in xb.iter_mut().zip(x) {
+        *b = (v as u8) ^ 0x80;
+    }
+    let tiles = w.tiles();
+    if rows * n * inp < SERIAL_MACS {
+        block(kernel, out, &xb, w, 0..tiles);
+    } else if rows < 2 * TILE_ROWS * rayon::current_num_threads() && tiles > 1 {
+        // Few rows, many outputs: split the output tiles; each task fills its own columns.
+        let parts: Vec<Vec<i32>> = (0..tiles)
+            .into_par_iter()
+            .map(|t| {
+                let mut part = vec![0i32; rows * n];
+                block(kernel, &mut part, &xb, w, t..t + 1);
+                part
+            })
+            .collect();
+        for (t, part) in parts.iter().enumerate() {
+            let cols = t * TILE_OUTPUTS..n.min((t + 1) * TILE_OUTPUTS);
+            for r in 0..rows {
+                let at = r * n;
+                out[at + cols.start..at + cols.end]
+                    .copy_from_slice(&part[at + cols.start..at + cols.end]);
+            }
+        }
+    } else {
+        let task = rows
+            .div_ceil(rayon::current_num_threads())
+            .next_multiple_of(TILE_ROWS);
+        out.par_chunks_mut(task * n)
+            .zip(xb.par_chunks(task * inp))
+            .for_each(|(o, xr)| block(kernel, o, xr, w, 0..tiles));
+    }
+}
+
+/// Every row of `out` (`[rows][n]`) for output tiles `tiles`; `xb` holds the biased inputs,
+/// padded to whole tiles of rows.
+fn block(
+    kernel: I8Kernel,
+    out: &mut [i32],
+    xb: &[u8],
+    w: &I8Matrix,
+    tiles: std::ops::Range<usize>,
+) {
+    let (n, inp) = (w.n, w.inp);
+    let rows = out.len() / n;
+    let tile_bytes = TILE_OUTPUTS * inp;
+    for t in tiles {
+        let weights = &w.data[t * tile_bytes..(t + 1) * tile_bytes];
+        let bias: &[i32; TILE_OUTPUTS] = w.bias[t * TILE_OUTPUTS..(t + 1) * TILE_OUTPUTS]
+            .try_into()
+            .unwrap();
+        let cols = TILE_OUTPUTS.min(n - t * TILE_OUTPUTS);
+        for r0 in (0..rows).step_by(TILE_ROWS) {
+            let x = &xb[r0 * inp..(r0 + TILE_ROWS) * inp];
+            let y = tile(kernel, x, inp, weights, bias);
+            for (i, row) in y.iter().take(TILE_ROWS.min(rows - r0)).enumerate() {
+                let at = (r0 + i) * n + t * TILE_OUTPUTS;
+                out[at..at + cols].copy_from_slice(&row[..cols]);
+            }
+        }
+    }
+}
+
+type Tile = [[i32; TILE_OUTPUTS]; TILE_ROWS];
+
+/// One tile: [`TILE_ROWS`] biased input rows by [`TILE_PANELS`] panels.
+fn tile(kernel: I8Kernel, x: &[u8], inp: usize, w: &[i8], bias: &[i32; TILE_OUTPUTS]) -> Tile {
+    assert!(x.len() == TILE_ROWS * inp && w.len() == TILE_OUTPUTS * inp);
+    match kernel {
+        // SAFETY (all three): `matmul_i8_with` checked the CPU features with `available()`, and
+        // the assert above gives the kernels the lengths they read.
+        #[cfg(target_arch = "x86_64")]
+        I8Kernel::Avx512Vnni => unsafe { x86::tile_vnni512(x, inp, w, bias) },
+        #[cfg(target_arch = "x86_64")]
+        I8Kernel::AvxVnni => unsafe { x86::tile_vnni256(x, inp, w, bias) },
+        #[cfg(target_arch = "x86_64")]
+        I8Kernel::Avx2 => unsafe { x86::tile_avx2(x, inp, w) },
+        _ => tile_portable(x, inp, w),
+    }
+}
+
+fn tile_portable(x: &[u8], inp: usize, w: &[i8]) -> Tile {
+    let mut acc = [[0i32; TILE_OUTPUTS]; TILE_ROWS];
+    for (p, panel) in w.chunks_exact(PANEL * inp).enumerate() {
+        for (g, wg) in panel.chunks_exact(PANEL * GROUP).enumerate() {
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xg = &x[r * inp + g * GROUP..r * inp + (g + 1) * GROUP];
+                for (j, wj) in wg.chunks_exact(GROUP).enumerate() {
+                    a[p * PANEL + j] += (0..GROUP)
+                        .map(|t| ((xg[t] ^ 0x80) as i8) as i32 * wj[t] as i32)
+                        .sum::<i32>();
+                }
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Tile, GROUP, PANEL, TILE_OUTPUTS, TILE_PANELS, TILE_ROWS};
+    use std::arch::x86_64::*;
+
+    /// The four biased input bytes of row `r`, group `g`, as one i32.
+    #[inline(always)]
+    unsafe fn group(x: &[u8], inp: usize, r: usize, g: usize) -> i32 {
+        (x.as_ptr().add(r * inp + g * GROUP) as *const i32).read_unaligned()
+    }
+
+    /// 4 rows × 4 panels: 16 accumulators; per group of 4 inputs, 4 weight loads and 4
+    /// broadcasts feed 16 `vpdpbusd`.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub(super) unsafe fn tile_vnni512(
+        x: &[u8],
+        inp: usize,
+        w: &[i8],
+        bias: &[i32; TILE_OUTPUTS],
+    ) -> Tile {
+        let mut acc = [[_mm512_setzero_si512(); TILE_PANELS]; TILE_ROWS];
+        let panel_bytes = PANEL * inp;
+        for g in 0..inp / GROUP {
+            let wp = w.as_ptr().add(g * PANEL * GROUP);
+            let wv: [__m512i; TILE_PANELS] =
+                std::array::from_fn(|p| _mm512_loadu_si512(wp.add(p * panel_bytes) as *const _));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xb = _mm512_set1_epi32(group(x, inp, r, g));
+                for p in 0..TILE_PANELS {
+                    a[p] = _mm512_dpbusd_epi32(a[p], xb, wv[p]);
+                }
+            }
+        }
+        let mut out = [[0i32; TILE_OUTPUTS]; TILE_ROWS];
+        for r in 0..TILE_ROWS {
+            for p in 0..TILE_PANELS {
+                let b = _mm512_loadu_si512(bias.as_ptr().add(p * PANEL) as *const _);
+                let o = out[r].as_mut_ptr().add(p * PANEL);
+                _mm512_storeu_si512(o as *mut _, _mm512_sub_epi32(acc[r][p], b));
+            }
+        }
+        out
+    }
+
+    /// One panel at a time: 4 rows × 2 halves = 8 accumulators (AVX-VNNI machines without
+    /// AVX-512 have 16 vector registers).
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(super) unsafe fn tile_vnni256(
+        x: &[u8],
+        inp: usize,
+        w: &[i8],
+        bias: &[i32; TILE_OUTPUTS],
+    ) -> Tile {
+        let mut out = [[0i32; TILE_OUTPUTS]; TILE_ROWS];
+        for p in 0..TILE_PANELS {
+            let panel = w.as_ptr().add(p * PANEL * inp);
+            let mut acc = [[_mm256_setzero_si256(); 2]; TILE_ROWS];
+            for g in 0..inp / GROUP {
+                let wp = panel.add(g * PANEL * GROUP);
+                let w0 = _mm256_loadu_si256(wp as *const _);
+                let w1 = _mm256_loadu_si256(wp.add(32) as *const _);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xb = _mm256_set1_epi32(group(x, inp, r, g));
+                    a[0] = _mm256_dpbusd_avx_epi32(a[0], xb, w0);
+                    a[1] = _mm256_dpbusd_avx_epi32(a[1], xb, w1);
+                }
+            }
+            let b = bias.as_ptr().add(p * PANEL);
+            let (b0, b1) = (
+                _mm256_loadu_si256(b as *const _),
+                _mm256_loadu_si256(b.add(8) as *const _),
+            );
+            for (r, a) in acc.iter().enumerate() {
+                let o = out[r].as_mut_ptr().add(p * PANEL);
+                _mm256_storeu_si256(o as *mut _, _mm256_sub_epi32(a[0], b0));
+                _mm256_storeu_si256(o.add(8) as *mut _, _mm256_sub_epi32(a[1], b1));
+            }
+        }
+        out
+    }
+
+    /// AVX2 has no byte dot product that cannot saturate, so: sign-extend 16 weight bytes (4
+    /// outputs × 4 inputs) to i16 and `vpmaddwd` them with the row's 4 inputs repeated; each i32
+    /// lane then holds one output's sum over 2 inputs, and the two lanes per output are added at
+    /// the end. One panel and two rows at a time: 8 accumulators.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn tile_avx2(x: &[u8], inp: usize, w: &[i8]) -> Tile {
+        let mut out = [[0i32; TILE_OUTPUTS]; TILE_ROWS];
+        let unbias = _mm_set1_epi32(0x8080_8080u32 as i32);
+        for p in 0..TILE_PANELS {
+            let panel = w.as_ptr().add(p * PANEL * inp);
+            for r0 in (0..TILE_ROWS).step_by(2) {
+                let mut acc = [[_mm256_setzero_si256(); 4]; 2];
+                for g in 0..inp / GROUP {
+                    let wp = panel.add(g * PANEL * GROUP);
+                    let wq: [__m256i; 4] = std::array::from_fn(|q| {
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(16 * q) as *const _))
+                    });
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let xg = _mm_xor_si128(_mm_set1_epi32(group(x, inp, r0 + i, g)), unbias);
+                        let xq = _mm256_cvtepi8_epi16(xg);
+                        for q in 0..4 {
+                            a[q] = _mm256_add_epi32(a[q], _mm256_madd_epi16(wq[q], xq));
+                        }
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    for (q, v) in a.iter().enumerate() {
+                        let mut lanes = [0i32; 8];
+                        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut _, *v);
+                        for j in 0..4 {
+                            out[r0 + i][p * PANEL + 4 * q + j] =
+                                lanes[2 * j].wrapping_add(lanes[2 * j + 1]);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition: a plain sum in i64, checked to fit.
+    fn reference(x: &[i8], w: &[i8], n: usize, inp: usize) -> Vec<i32> {
+        let rows = x.len() / inp.max(1);
+        let mut out = Vec::with_capacity(rows * n);
+        for r in 0..rows {
+            for o in 0..n {
+                let s: i64 = (0..inp)
+                    .map(|k| x[r * inp + k] as i64 * w[o * inp + k] as i64)
+                    .sum();
+                out.push(i32::try_from(s).expect("exact sum fits"));
+            }
+        }
+        out
+    }
+
+    fn values(seed: u64, len: usize) -> Vec<i8> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                // The extremes often: they are where saturation or a wrong bias would show.
+                match i % 7 {
+                    0 => 127,
+                    1 => -127,
+                    _ => (((s >> 11) % 255) as i32 - 127) as i8,
+                }
+            })
+            .collect()
+    }
+
+    /// Every kernel the machine has, at many shapes (rows not a multiple of the tile, outputs
+    /// not a multiple of the panel, serial and both parallel splits), equals the plain sum.
+    #[test]
+    fn every_kernel_equals_the_plain_sum() {
+        let shapes = [
+            (1, 1, 4),
+            (3, 17, 8),
+            (5, 16, 64),
+            (4, 33, 132),
+            (9, 256, 128),
+            (1, 256, 512),
+            (2, 1000, 256),
+            (64, 384, 128),
+            (300, 48, 256),
+        ];
+        for (i, &(rows, n, inp)) in shapes.iter().enumerate() {
+            let x = values(2 * i as u64 + 1, rows * inp);
+            let w = values(2 * i as u64 + 2, n * inp);
+            let want = reference(&x, &w, n, inp);
+            let m = I8Matrix::from_rows(&w, n, inp).unwrap();
+            for kernel in I8Kernel::available() {
+                let mut out = vec![i32::MIN; rows * n]; // poisoned
+                matmul_i8_with(kernel, &mut out, &x, &m);
+                assert!(out == want, "{} at {rows}x{n}x{inp}", kernel.name());
+            }
+        }
+    }
+
+    /// At the widest input allowed, the largest positive and negative sums are exact in every
+    /// kernel and every lane of a panel (the bound in the module docs, reached: a saturating
+    /// instruction would clip them).
+    #[test]
+    fn widest_input_sums_do_not_overflow() {
+        let inp = MAX_INPUTS / GROUP * GROUP;
+        let n = 2 * PANEL;
+        let w: Vec<i8> = (0..n)
+            .flat_map(|o| vec![if o % 2 == 0 { -127i8 } else { 127 }; inp])
+            .collect();
+        let m = I8Matrix::from_rows(&w, n, inp).unwrap();
+        let x: Vec<i8> = [vec![-127i8; inp], vec![127i8; inp]].concat();
+        let want = reference(&x, &w, n, inp);
+        assert_eq!(want[0], inp as i32 * 127 * 127);
+        assert_eq!(want[1], -(inp as i32) * 127 * 127);
+        for kernel in I8Kernel::available() {
+            let mut out = vec![0i32; 2 * n];
+            matmul_i8_with(kernel, &mut out, &x, &m);
+            assert!(out == want, "{}", kernel.name());
+        }
+        assert!(I8Matrix::from_rows(&vec![1i8; MAX_INPUTS + 4], 1, MAX_INPUTS + 4).is_err());
+    }
+
+    #[test]
+    fn refuses_what_the_contract_excludes() {
+        assert!(
+            I8Matrix::from_rows(&[1, 2, 3], 1, 3).is_err(),
+            "inp not a multiple of 4"
+        );
+        assert!(
+            I8Matrix::from_rows(&[i8::MIN, 0, 0, 0], 1, 4).is_err(),
+            "-128"
+        );
+        assert!(I8Matrix::from_rows(&[0; 8], 1, 4).is_err(), "shape");
+    }
+}
