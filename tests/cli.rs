@@ -619,41 +619,31 @@ fn killed_compress_leaves_no_output_and_next_run_cleans_its_temp() {
 }
 
 /// A decompress killed mid-write leaves no output, only its hidden temp file, which the next run
-/// into the same place removes (and says so) before writing the exact bytes.
+/// into the same place (of a small file) removes (and says so) before writing the exact bytes.
 #[test]
 fn killed_decompress_leaves_no_output_and_next_run_cleans_its_temp() {
     let dir = tempfile::tempdir().unwrap();
-    let (ck, input, _) = m1_and_input(dir.path());
+    let (ck, input, src) = m1_and_input(dir.path());
     let big = dir.path().join("big.bin");
-    let want = input.repeat(40);
-    std::fs::write(&big, &want).unwrap();
-    let z = dir.path().join("big.terse");
-    let r = terse(&[
-        "compress",
-        "--m1",
-        path_str(&ck),
-        path_str(&big),
-        path_str(&z),
-    ]);
-    assert!(r.status.success(), "{}", stderr(&r));
+    std::fs::write(&big, input.repeat(40)).unwrap();
+    let c = path_str(&ck);
+    let (z, small) = (dir.path().join("big.terse"), dir.path().join("small.terse"));
+    for (from, to) in [(&big, &z), (&src, &small)] {
+        let r = terse(&["compress", "--m1", c, path_str(from), path_str(to)]);
+        assert!(r.status.success(), "{}", stderr(&r));
+    }
     let out = dir.path().join("out.bin");
-    let args = [
-        "decompress",
-        "--m1",
-        path_str(&ck),
-        path_str(&z),
-        path_str(&out),
-    ];
-    kill_mid_write(&[&["--threads", "1"][..], &args].concat(), 300, || {
+    let args = ["--threads", "1", "decompress", "--m1", c, path_str(&z)];
+    kill_mid_write(&[&args[..], &[path_str(&out)]].concat(), 300, || {
         !hidden_temps(dir.path()).is_empty()
     });
     assert!(!out.exists(), "a killed decompress left output");
     assert_eq!(hidden_temps(dir.path()).len(), 1);
-    let r = terse(&args);
+    let r = terse(&["decompress", "--m1", c, path_str(&small), path_str(&out)]);
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(stderr(&r).contains("removed 1 temp file"), "{}", stderr(&r));
     assert!(hidden_temps(dir.path()).is_empty());
-    assert_eq!(std::fs::read(&out).unwrap(), want);
+    assert_eq!(std::fs::read(&out).unwrap(), input);
 }
 
 /// A tokenize killed while writing tokens.bin leaves a directory that is not a dataset:
@@ -732,36 +722,32 @@ fn killed_tokenize_leaves_no_dataset_and_next_run_cleans_its_temp() {
 }
 
 /// A detokenize killed while streaming its output leaves no output, only its hidden temp file,
-/// which the next run into the same place removes (and says so) before writing the exact text.
+/// which the next run into the same place (of a small dataset) removes (and says so) before
+/// writing the exact text.
 #[test]
 fn killed_detokenize_leaves_no_output_and_next_run_cleans_its_temp() {
     let dir = tempfile::tempdir().unwrap();
     let (ck, input, _) = m1_and_input(dir.path());
-    let big = dir.path().join("big.txt");
-    let want = input.repeat(40);
-    std::fs::write(&big, &want).unwrap();
-    let ds = dir.path().join("ds");
-    common::tokenize(
-        &big,
-        &ds,
-        "equal-info",
-        "16",
-        "10240",
-        &["--m1", path_str(&ck)],
-    );
+    let (big, small) = (dir.path().join("big.txt"), dir.path().join("small.txt"));
+    std::fs::write(&big, input.repeat(40)).unwrap();
+    std::fs::write(&small, &input).unwrap();
+    let (ds, small_ds) = (dir.path().join("ds"), dir.path().join("small_ds"));
+    let m1 = ["--m1", path_str(&ck)];
+    common::tokenize(&big, &ds, "equal-info", "16", "10240", &m1);
+    common::tokenize(&small, &small_ds, "bytes", "8", "10240", &[]);
     let out = dir.path().join("out.txt");
-    let args = ["detokenize", "--data", path_str(&ds), "--m1", path_str(&ck)];
-    let args = [&args[..], &["--out", path_str(&out)]].concat();
-    kill_mid_write(&[&["--threads", "1"][..], &args].concat(), 300, || {
+    let o = ["--out", path_str(&out)];
+    let args = ["--threads", "1", "detokenize", "--data", path_str(&ds)];
+    kill_mid_write(&[&args[..], &m1, &o].concat(), 300, || {
         !hidden_temps(dir.path()).is_empty()
     });
     assert!(!out.exists(), "a killed detokenize left output");
     assert_eq!(hidden_temps(dir.path()).len(), 1);
-    let r = terse(&args);
+    let r = terse(&[&["detokenize", "--data", path_str(&small_ds)][..], &o].concat());
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(stderr(&r).contains("removed 1 temp file"), "{}", stderr(&r));
     assert!(hidden_temps(dir.path()).is_empty());
-    assert_eq!(std::fs::read(&out).unwrap(), want);
+    assert_eq!(std::fs::read(&out).unwrap(), input);
 }
 
 /// A train killed while saving a checkpoint (one each step), first in its early saves, then,
