@@ -26,7 +26,8 @@ use std::time::Instant;
 pub struct SampleOptions {
     /// Stop once this many bytes have been generated (the output is cut to exactly this many).
     pub max_bytes: usize,
-    /// Softmax temperature; 0 takes the most likely token.
+    /// Softmax temperature; 0 takes the most likely token, and so does a temperature small
+    /// enough that every other token's weight `(p / p_max)^(1/t)` rounds to 0.
     pub temperature: f32,
     /// Keep only the `top_k` most likely tokens (0: all).
     pub top_k: usize,
@@ -167,9 +168,20 @@ fn sample(probs: &mut [f32], o: &SampleOptions, rng: &mut Rng) -> u32 {
     let weights: Vec<f64> = if inv_t == 1.0 {
         probs.iter().map(|&p| p as f64).collect()
     } else {
+        // Relative to the most likely token, which keeps weight exactly 1: `(p/max)^(1/t)` is in
+        // [0, 1] for any temperature, so the total never underflows to 0 (as `p^(1/t)` did for
+        // tiny ones, which then always drew token 0) and a tiny temperature is argmax (ties
+        // shared).
+        let max = probs.iter().fold(0f32, |m, &p| m.max(p)) as f64;
         probs
             .iter()
-            .map(|&p| if p > 0.0 { (p as f64).powf(inv_t) } else { 0.0 })
+            .map(|&p| {
+                if p > 0.0 {
+                    (p as f64 / max).powf(inv_t)
+                } else {
+                    0.0
+                }
+            })
             .collect()
     };
     let total: f64 = weights.iter().sum();
@@ -322,5 +334,26 @@ mod tests {
         }
         assert_eq!(seen[1], 0);
         assert!(seen[0] > 100 && seen[2] > 150, "{seen:?}");
+    }
+
+    /// Temperatures so small that `p^(1/t)` underflows to 0 for every probability below 1 used
+    /// to leave all weights 0 and return token 0; they now take the most likely token.
+    #[test]
+    fn tiny_temperature_takes_the_most_likely_token_not_token_0() {
+        let mut rng = Rng::new(3);
+        for temperature in [1e-30, f32::MIN_POSITIVE, 1e-6, 1e-4] {
+            for top_k in [0, 2] {
+                let o = SampleOptions {
+                    max_bytes: 1,
+                    temperature,
+                    top_k,
+                    seed: 0,
+                };
+                for _ in 0..20 {
+                    let got = sample(&mut [0.1, 0.6, 0.3], &o, &mut rng);
+                    assert_eq!(got, 1, "temperature {temperature}, top-k {top_k}");
+                }
+            }
+        }
     }
 }

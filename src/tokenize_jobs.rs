@@ -3,11 +3,11 @@
 
 use crate::backend::cuda::GpuExactM1;
 use crate::checkpoint::load_model;
-use crate::fsio::{check_output, write_output_with, Existing};
+use crate::fsio::{check_output, AtomicFile, Existing};
 use crate::m1::{ExactM1, M1Batch};
-use crate::tokenize::{decode_dataset_on, M1Spec, Method, TokenDataset};
+use crate::tokenize::{DatasetDecoder, M1Spec, Method, TokenDataset};
 use anyhow::{bail, ensure, Context, Result};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -66,7 +66,7 @@ pub struct Detokenized {
     pub seconds: f64,
 }
 
-/// Decodes the token dataset `data` back to the exact bytes it covers and writes them to `out`
+/// Decodes the token dataset `data` back to the exact bytes it covers and streams them to `out`
 /// atomically ([`crate::fsio`]: an existing regular file there is replaced only when `existing`
 /// says so). Equal-info and ac datasets need the M1 checkpoint they were coded with (`m1`);
 /// `gpu` runs it on the GPU.
@@ -97,10 +97,21 @@ pub fn detokenize(
         }
     };
     let t = Instant::now();
-    let bytes = decode_dataset_on(data, m1, batch)?;
-    write_output_with(out, existing, |f| f.write_all(&bytes))?;
+    let decoder = DatasetDecoder::open(data, m1, batch)?;
+    // Opened only once the dataset is accepted, and streamed into as examples decode.
+    let write_err = || format!("cannot write {}", out.display());
+    let mut file = AtomicFile::open(out, existing).with_context(write_err)?;
+    let mut w = BufWriter::with_capacity(1 << 20, &mut file);
+    let mut bytes = 0;
+    decoder.decode_into(|part| {
+        bytes += part.len();
+        w.write_all(part).with_context(write_err)
+    })?;
+    w.flush().with_context(write_err)?;
+    drop(w);
+    file.commit()?;
     Ok(Detokenized {
-        bytes: bytes.len(),
+        bytes,
         seconds: t.elapsed().as_secs_f64(),
     })
 }

@@ -560,8 +560,36 @@ fn existing_output_refused_without_force() {
     );
 }
 
+/// Runs `terse args`, waits until `writing` says its write is under way, lets it go on for
+/// `settle_ms`, then kills it and waits for it to die: a kill in the middle of the write. Fails
+/// if the command finishes first (its input is then too small to be caught mid-write).
+fn kill_mid_write(args: &[&str], settle_ms: u64, writing: impl Fn() -> bool) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_terse"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !writing() {
+        assert!(t.elapsed().as_secs() < 120, "{args:?}: no write began");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{args:?} ended too soon"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(settle_ms));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "{args:?} ended before the kill"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// A compress killed mid-write leaves no output, only its hidden temp file, which the next run
-/// into the same place removes (saying so).
+/// into the same place removes (and says so).
 #[test]
 fn killed_compress_leaves_no_output_and_next_run_cleans_its_temp() {
     let dir = tempfile::tempdir().unwrap();
@@ -569,22 +597,12 @@ fn killed_compress_leaves_no_output_and_next_run_cleans_its_temp() {
     let big = dir.path().join("big.bin");
     std::fs::write(&big, input.repeat(4_000)).unwrap();
     let z = dir.path().join("out.terse");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_terse"))
-        .args(["--threads", "1", "compress", "--m1", path_str(&ck)])
-        .args([&big, &z])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = std::time::Instant::now();
-    while hidden_temps(dir.path()).is_empty() {
-        assert!(t.elapsed().as_secs() < 120, "no temp file appeared");
-        assert!(child.try_wait().unwrap().is_none(), "finished too soon");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let args = ["--threads", "1", "compress", "--m1", path_str(&ck)];
+    kill_mid_write(
+        &[&args[..], &[path_str(&big), path_str(&z)]].concat(),
+        300,
+        || !hidden_temps(dir.path()).is_empty(),
+    );
     assert!(!z.exists(), "a killed compress left output");
     assert_eq!(hidden_temps(dir.path()).len(), 1);
     let r = terse(&[
@@ -598,6 +616,209 @@ fn killed_compress_leaves_no_output_and_next_run_cleans_its_temp() {
     assert!(stderr(&r).contains("removed 1 temp file"), "{}", stderr(&r));
     assert!(hidden_temps(dir.path()).is_empty());
     assert_eq!(decompressed(&ck, &z), input);
+}
+
+/// A decompress killed mid-write leaves no output, only its hidden temp file, which the next run
+/// into the same place (of a small file) removes (and says so) before writing the exact bytes.
+#[test]
+fn killed_decompress_leaves_no_output_and_next_run_cleans_its_temp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, input, src) = m1_and_input(dir.path());
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, input.repeat(40)).unwrap();
+    let c = path_str(&ck);
+    let (z, small) = (dir.path().join("big.terse"), dir.path().join("small.terse"));
+    for (from, to) in [(&big, &z), (&src, &small)] {
+        let r = terse(&["compress", "--m1", c, path_str(from), path_str(to)]);
+        assert!(r.status.success(), "{}", stderr(&r));
+    }
+    let out = dir.path().join("out.bin");
+    let args = ["--threads", "1", "decompress", "--m1", c, path_str(&z)];
+    kill_mid_write(&[&args[..], &[path_str(&out)]].concat(), 300, || {
+        !hidden_temps(dir.path()).is_empty()
+    });
+    assert!(!out.exists(), "a killed decompress left output");
+    assert_eq!(hidden_temps(dir.path()).len(), 1);
+    let r = terse(&["decompress", "--m1", c, path_str(&small), path_str(&out)]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("removed 1 temp file"), "{}", stderr(&r));
+    assert!(hidden_temps(dir.path()).is_empty());
+    assert_eq!(std::fs::read(&out).unwrap(), input);
+}
+
+/// A tokenize killed while writing tokens.bin leaves a directory that is not a dataset:
+/// detokenize, train and eval refuse it, naming its missing metadata.json. The next tokenize into it
+/// removes the stale temp file (and says so) and writes the dataset a clean run writes.
+#[test]
+fn killed_tokenize_leaves_no_dataset_and_next_run_cleans_its_temp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, input, _) = m1_and_input(dir.path());
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, input.repeat(40)).unwrap();
+    let ds = dir.path().join("ds");
+    let (c, d) = (path_str(&ck), path_str(&ds));
+    let args = [
+        "--threads",
+        "1",
+        "tokenize",
+        "--method",
+        "equal-info",
+        "--m1",
+        c,
+    ];
+    kill_mid_write(
+        &[&args[..], &["--data", path_str(&big), "--out", d]].concat(),
+        300,
+        || ds.exists() && !hidden_temps(&ds).is_empty(),
+    );
+    assert_eq!(hidden_temps(&ds).len(), 1);
+    assert_eq!(std::fs::read_dir(&ds).unwrap().count(), 1, "only the temp");
+    let not_a_dataset = format!("{d}/metadata.json: not found (not a token dataset?)");
+    let back = dir.path().join("back.txt");
+    assert_fails_with(
+        &[
+            "detokenize",
+            "--data",
+            d,
+            "--m1",
+            c,
+            "--out",
+            path_str(&back),
+        ],
+        &not_a_dataset,
+    );
+    assert!(!back.exists());
+    let not_a_corpus =
+        "not a token dataset (it has no metadata.json; an interrupted `terse tokenize`";
+    let run = dir.path().join("m2");
+    assert_fails_with(
+        &[
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            d,
+            "--out",
+            path_str(&run),
+        ],
+        not_a_corpus,
+    );
+    assert_fails_with(&["eval", "--checkpoint", c, "--data", d], not_a_corpus);
+    let bytes = ["tokenize", "--method", "bytes", "--data", path_str(&big)];
+    let r = terse(&[&bytes[..], &["--out", d]].concat());
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("removed 1 temp file"), "{}", stderr(&r));
+    assert!(hidden_temps(&ds).is_empty());
+    let fresh = dir.path().join("fresh");
+    let r = terse(&[&bytes[..], &["--out", path_str(&fresh)]].concat());
+    assert!(r.status.success(), "{}", stderr(&r));
+    for file in ["tokens.bin", "metadata.json"] {
+        let read = |dir: &std::path::Path| std::fs::read(dir.join(file)).unwrap();
+        assert!(
+            read(&ds) == read(&fresh),
+            "{file} differs from a clean run's"
+        );
+    }
+}
+
+/// A detokenize killed while streaming its output leaves no output, only its hidden temp file,
+/// which the next run into the same place (of a small dataset) removes (and says so) before
+/// writing the exact text.
+#[test]
+fn killed_detokenize_leaves_no_output_and_next_run_cleans_its_temp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, input, _) = m1_and_input(dir.path());
+    let (big, small) = (dir.path().join("big.txt"), dir.path().join("small.txt"));
+    std::fs::write(&big, input.repeat(40)).unwrap();
+    std::fs::write(&small, &input).unwrap();
+    let (ds, small_ds) = (dir.path().join("ds"), dir.path().join("small_ds"));
+    let m1 = ["--m1", path_str(&ck)];
+    common::tokenize(&big, &ds, "equal-info", "16", "10240", &m1);
+    common::tokenize(&small, &small_ds, "bytes", "8", "10240", &[]);
+    let out = dir.path().join("out.txt");
+    let o = ["--out", path_str(&out)];
+    let args = ["--threads", "1", "detokenize", "--data", path_str(&ds)];
+    kill_mid_write(&[&args[..], &m1, &o].concat(), 300, || {
+        !hidden_temps(dir.path()).is_empty()
+    });
+    assert!(!out.exists(), "a killed detokenize left output");
+    assert_eq!(hidden_temps(dir.path()).len(), 1);
+    let r = terse(&[&["detokenize", "--data", path_str(&small_ds)][..], &o].concat());
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("removed 1 temp file"), "{}", stderr(&r));
+    assert!(hidden_temps(dir.path()).is_empty());
+    assert_eq!(std::fs::read(&out).unwrap(), input);
+}
+
+/// A train killed while saving a checkpoint (one each step), first in its early saves, then,
+/// resumed, in a later save over a complete checkpoint, leaves each time a directory that still
+/// loads (eval runs on it); --resume continues from it to weights bit-identical to an
+/// uninterrupted run's, with one metrics.jsonl record per step and no staged files left behind.
+#[test]
+fn killed_train_mid_save_still_loads_and_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 4_000);
+    let (d, steps) = (path_str(&data), "40");
+    let (run, whole) = (dir.path().join("run"), dir.path().join("whole"));
+    let r = path_str(&run);
+    let args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        d,
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--steps",
+        steps,
+        "--heldout-bytes",
+        "500",
+        "--ckpt-every",
+        "1",
+        "--quiet",
+        "--out",
+        r,
+    ];
+    let hidden = |dir: &std::path::Path| -> Vec<String> {
+        let names = std::fs::read_dir(dir).into_iter().flatten();
+        let names = names.map(|e| e.unwrap().file_name().into_string().unwrap());
+        names.filter(|n| n.starts_with('.')).collect()
+    };
+    let resume = ["train", "--resume", r, "--quiet"];
+    // Files staged by a save this run has not seen yet: the kill lands in a new save.
+    let mut seen = Vec::new();
+    for cmd in [&args[..], &resume] {
+        kill_mid_write(cmd, 0, || {
+            run.join("manifest.json").exists()
+                && hidden(&run)
+                    .iter()
+                    .any(|n| n.ends_with(".staged") && !seen.contains(n))
+        });
+        let o = terse(&["eval", "--checkpoint", r, "--data", d, "--max-bytes", "500"]);
+        assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
+        seen = hidden(&run);
+    }
+    let o = terse(&resume);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(hidden(&run).is_empty(), "{:?}", hidden(&run));
+    common::train_tiny(&data, &whole, &["--steps", steps]);
+    let weights = |ck: &std::path::Path| {
+        let (_, p) = terse::checkpoint::load_model(ck).unwrap();
+        p.data.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
+    };
+    assert!(weights(&run) == weights(&whole), "resumed weights differ");
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let logged: Vec<u64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(logged, (1..=40).collect::<Vec<u64>>(), "{log}");
 }
 
 /// Sets the last f32 of `path` (the end of the last tensor) to NaN and removes the manifest, so

@@ -23,7 +23,8 @@ pub struct GenerateArgs {
     /// Bytes to generate.
     #[arg(long, default_value_t = 400)]
     max_bytes: usize,
-    /// Sampling temperature; 0 takes the most likely token.
+    /// Sampling temperature; 0 (or one so small that only the most likely token keeps any
+    /// weight) takes the most likely token.
     #[arg(long, default_value_t = 0.8)]
     temperature: f32,
     /// Sample among the K most likely tokens only (0: all).

@@ -113,8 +113,10 @@ pub fn open_documents(path: &Path) -> Result<DocumentReader> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("cannot open corpus {}", path.display()))?;
     if meta.is_dir() {
+        // Commands that take a corpus also take a token dataset directory, recognised by its
+        // metadata.json: say why this directory is not one.
         bail!(
-            "cannot open corpus {}: it is a directory, not a file",
+            "cannot open corpus {}: it is a directory, not a file, and not a token dataset (it has no metadata.json; an interrupted `terse tokenize` leaves such a directory: run it again)",
             path.display()
         );
     }

@@ -620,23 +620,66 @@ pub fn decode_dataset_on(
     m1: Option<Arc<ExactM1>>,
     batch: Option<Arc<Mutex<dyn M1Batch>>>,
 ) -> Result<Vec<u8>> {
-    let ds = TokenDataset::open(dir)?;
-    let meta = ds.metadata();
-    let codec = Codec::new(&meta.method, meta.m1_fingerprint.as_deref(), m1)
-        .with_context(|| format!("{}: cannot decode", dir.display()))?;
-    // Examples are independent: decode them in parallel, concatenate in order.
-    let parts: Vec<Vec<u8>> = match (&codec, batch) {
-        (Codec::Ac(_) | Codec::EqualInfo(_), Some(b)) => {
-            decode_batched(&ds, &codec, &mut *lock(&b)?)?
-        }
-        _ => (0..ds.num_examples())
-            .into_par_iter()
-            .map(|i| decode_example(&ds, &codec, i))
-            .collect::<Result<_>>()?,
-    };
-    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    for p in parts {
-        out.extend_from_slice(&p);
-    }
+    let decoder = DatasetDecoder::open(dir, m1, batch)?;
+    let mut out = Vec::with_capacity(decoder.bytes_covered() as usize);
+    decoder.decode_into(|bytes| {
+        out.extend_from_slice(bytes);
+        Ok(())
+    })?;
     Ok(out)
+}
+
+/// A token dataset opened for decoding, its codec ready: everything that can be refused about the
+/// dataset is refused by [`open`](Self::open), before [`decode_into`](Self::decode_into) hands
+/// out any bytes (so a caller can open its output in between).
+pub struct DatasetDecoder {
+    ds: TokenDataset,
+    codec: Codec,
+    batch: Option<Arc<Mutex<dyn M1Batch>>>,
+}
+
+impl DatasetDecoder {
+    /// Opens the dataset in `dir` with the M1 that M1-based methods need; an `ac` or
+    /// `equal-info` dataset decodes on `batch` when given (other methods ignore it).
+    pub fn open(
+        dir: &Path,
+        m1: Option<Arc<ExactM1>>,
+        batch: Option<Arc<Mutex<dyn M1Batch>>>,
+    ) -> Result<DatasetDecoder> {
+        let ds = TokenDataset::open(dir)?;
+        let meta = ds.metadata();
+        let codec = Codec::new(&meta.method, meta.m1_fingerprint.as_deref(), m1)
+            .with_context(|| format!("{}: cannot decode", dir.display()))?;
+        let batch = batch.filter(|_| matches!(codec, Codec::Ac(_) | Codec::EqualInfo(_)));
+        Ok(DatasetDecoder { ds, codec, batch })
+    }
+
+    /// The number of source bytes the dataset covers.
+    pub fn bytes_covered(&self) -> u64 {
+        self.ds.metadata().bytes_covered
+    }
+
+    /// Decodes every example, handing each one's bytes to `sink` in order. On the CPU, examples
+    /// decode in parallel a few per thread at a time, so the output streams out as it decodes;
+    /// on a batch, all examples decode together first.
+    pub fn decode_into(self, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let (ds, codec) = (&self.ds, &self.codec);
+        if let Some(b) = &self.batch {
+            for part in decode_batched(ds, codec, &mut *lock(b)?)? {
+                sink(&part)?;
+            }
+            return Ok(());
+        }
+        let (n, group) = (ds.num_examples(), rayon::current_num_threads() * 4);
+        for start in (0..n).step_by(group) {
+            let parts: Vec<Vec<u8>> = (start..n.min(start + group))
+                .into_par_iter()
+                .map(|i| decode_example(ds, codec, i))
+                .collect::<Result<_>>()?;
+            for part in &parts {
+                sink(part)?;
+            }
+        }
+        Ok(())
+    }
 }
