@@ -502,7 +502,8 @@ impl MetricsLog {
                 .collect(),
             _ => String::new(),
         };
-        std::fs::write(path, kept).with_context(|| format!("cannot write {}", path.display()))?;
+        // Atomic, so a kill during the rewrite leaves the old log, not an empty one.
+        crate::fsio::write_atomic(path, kept.as_bytes())?;
         let file = std::fs::OpenOptions::new().append(true).open(path)?;
         Ok(MetricsLog { file })
     }
