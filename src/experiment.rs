@@ -389,7 +389,7 @@ impl Pipeline<'_> {
                 .with_context(|| format!("cannot clear {}", checkpoint.display()))?;
         }
         ensure!(
-            budget.seq % spec.tokens_per_window() == 0,
+            budget.seq.is_multiple_of(spec.tokens_per_window()),
             "{label}: --seq {} is not a whole number of {}-token windows",
             budget.seq,
             spec.tokens_per_window()

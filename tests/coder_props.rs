@@ -150,7 +150,7 @@ fn input(seed: u64, toy: &Toy) -> Vec<u8> {
             let mut v = Vec::new();
             while v.len() < n {
                 let run = 1 + rng.below(200) as usize;
-                v.extend(std::iter::repeat(rng.next() as u8).take(run));
+                v.extend(std::iter::repeat_n(rng.next() as u8, run));
                 let m = rng.below(50) as usize;
                 v.extend(toy.sample(&mut rng, m, 7));
             }

@@ -44,7 +44,7 @@ fn safetensors_header(
         offset = end;
     }
     let mut header = Value::Object(map).to_string().into_bytes();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     header

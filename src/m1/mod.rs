@@ -211,7 +211,7 @@ impl ExactModel {
                 **state = self.empty_state();
             }
             let t = state.pos;
-            if state.rope.as_ref().map_or(true, |r| r.seq <= t) {
+            if state.rope.as_ref().is_none_or(|r| r.seq <= t) {
                 let seq = (t + 1).next_power_of_two().max(64);
                 state.rope = Some(RopeTables::new(seq, self.cfg.rope_theta));
             }

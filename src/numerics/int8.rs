@@ -109,7 +109,7 @@ impl I8Matrix {
             w.len()
         );
         anyhow::ensure!(
-            inp > 0 && inp % GROUP == 0 && inp <= MAX_INPUTS,
+            inp > 0 && inp.is_multiple_of(GROUP) && inp <= MAX_INPUTS,
             "inputs: {inp} must be a positive multiple of {GROUP}, at most {MAX_INPUTS}"
         );
         anyhow::ensure!(!w.contains(&i8::MIN), "weights: -128 is outside -127..=127");
@@ -301,11 +301,13 @@ mod x86 {
             }
         }
         let mut out = [[0i32; TILE_OUTPUTS]; TILE_ROWS];
-        for r in 0..TILE_ROWS {
-            for p in 0..TILE_PANELS {
+        for (o, a) in out.iter_mut().zip(&acc) {
+            for (p, &v) in a.iter().enumerate() {
                 let b = _mm512_loadu_si512(bias.as_ptr().add(p * PANEL) as *const _);
-                let o = out[r].as_mut_ptr().add(p * PANEL);
-                _mm512_storeu_si512(o as *mut _, _mm512_sub_epi32(acc[r][p], b));
+                _mm512_storeu_si512(
+                    o.as_mut_ptr().add(p * PANEL) as *mut _,
+                    _mm512_sub_epi32(v, b),
+                );
             }
         }
         out

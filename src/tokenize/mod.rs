@@ -382,7 +382,7 @@ pub fn tokenize_corpus_with(
             let e = m1.expect("checked above").clone();
             EqualInfo::with_rule(&e.m1, e.window_bits, e.rule)?;
             ensure!(
-                e.window_bits % token_bits == 0,
+                e.window_bits.is_multiple_of(token_bits),
                 "window bits {} must be a multiple of the token bits {token_bits}",
                 e.window_bits
             );

@@ -120,7 +120,8 @@ impl<T: GpuFloat> CudaTrainer<T> {
             cfg.total_params()
         );
         ensure!(
-            cfg.d_model % launch::HEAD_DIM == 0 && cfg.n_heads * launch::HEAD_DIM == cfg.d_model,
+            cfg.d_model.is_multiple_of(launch::HEAD_DIM)
+                && cfg.n_heads * launch::HEAD_DIM == cfg.d_model,
             "the CUDA kernels need head width {} (d_model {} with {} heads)",
             launch::HEAD_DIM,
             cfg.d_model,

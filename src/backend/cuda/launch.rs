@@ -95,7 +95,7 @@ fn grid_1d(n: usize, block: u32) -> LaunchConfig {
 
 fn check_heads(d: usize) -> Result<usize> {
     ensure!(
-        d > 0 && d % HEAD_DIM == 0,
+        d > 0 && d.is_multiple_of(HEAD_DIM),
         "d = {d} is not a positive multiple of the head width {HEAD_DIM}"
     );
     Ok(d / HEAD_DIM)

@@ -56,7 +56,7 @@ impl Taken {
     fn best_gap(cmin: u128, cmax: u128, taken: &[u128]) -> Option<u128> {
         let mut best: Option<u128> = None;
         let mut consider = |c: u128| {
-            if best.map_or(true, |b| precedes(c, b)) {
+            if best.is_none_or(|b| precedes(c, b)) {
                 best = Some(c);
             }
         };

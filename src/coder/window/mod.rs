@@ -101,7 +101,7 @@ pub const MAX_WINDOW_BITS: u32 = 128;
 
 /// Window sizes accepted: multiples of 8 in 16..=128.
 pub fn window_bits_supported(b: u32) -> bool {
-    (MIN_WINDOW_BITS..=MAX_WINDOW_BITS).contains(&b) && b % 8 == 0
+    (MIN_WINDOW_BITS..=MAX_WINDOW_BITS).contains(&b) && b.is_multiple_of(8)
 }
 
 fn check_b(b: u32) -> Result<(), CoderError> {
