@@ -926,3 +926,61 @@ fn a_new_run_goes_into_a_dir_left_by_a_failed_run() {
     let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 2, "{log}");
 }
+
+/// `eval --int8` scores an M1 on its exact path (contract 2) and quantised to int8 (contract 3,
+/// post-training): on a tiny M1 trained for a few hundred steps, over held-out text, int8 costs
+/// less than 1% more bits/byte.
+#[test]
+fn eval_int8_costs_under_one_percent_on_a_trained_tiny_m1() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample-books.txt"),
+    )
+    .unwrap();
+    let (train, heldout) = (dir.path().join("train.txt"), dir.path().join("heldout.txt"));
+    std::fs::write(&train, &text[..300_000]).unwrap();
+    std::fs::write(&heldout, &text[1_000_000..1_016_384]).unwrap();
+    let ck = dir.path().join("m1");
+    let (t, c, h) = (
+        train.to_str().unwrap(),
+        ck.to_str().unwrap(),
+        heldout.to_str().unwrap(),
+    );
+    let r = terse(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        t,
+        "--steps",
+        "300",
+        "--batch",
+        "8",
+        "--seq",
+        "64",
+        "--lr",
+        "3e-3",
+        "--heldout-bytes",
+        "500",
+        "--out",
+        c,
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let r = terse(&["eval", "--checkpoint", c, "--data", h, "--int8", "--json"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let (float, int8) = (
+        j["float_bpb"].as_f64().unwrap(),
+        j["int8_bpb"].as_f64().unwrap(),
+    );
+    assert_eq!(
+        (j["bytes_scored"].as_u64(), j["window"].as_u64()),
+        (Some(16_384), Some(64))
+    );
+    assert!(float < 4.0, "the M1 did not learn: {float} bits/byte");
+    assert!(
+        (int8 / float - 1.0).abs() < 0.01,
+        "int8 {int8} vs float {float} bits/byte"
+    );
+}
