@@ -101,6 +101,43 @@ fn bench_train_reports_throughput() {
     );
 }
 
+/// `bench m1 --int8` times contract 3's scalar reference beside contract 2 on the same windows,
+/// and refuses a context contract 3 cannot attend over.
+#[test]
+fn bench_m1_int8_reports_both_contracts() {
+    let r = terse(&[
+        "bench",
+        "m1",
+        "--preset",
+        "tiny",
+        "--windows",
+        "4",
+        "--len",
+        "8",
+        "--context",
+        "16",
+        "--int8",
+        "--json",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert!(j["positions_per_s"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["int8_positions_per_s"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["int8_device"].as_str().unwrap().contains("int8"), "{j}");
+    assert_fails_with(
+        &[
+            "bench",
+            "m1",
+            "--preset",
+            "tiny",
+            "--context",
+            "0",
+            "--int8",
+        ],
+        "--int8 needs --context between 1 and 1024",
+    );
+}
+
 /// Without a GPU, the CUDA paths exit non-zero with one clear message (never a panic).
 #[test]
 fn cuda_commands_explain_without_a_gpu() {
