@@ -349,13 +349,15 @@ mod tests {
     }
 
     /// Every distribution is finite, non-negative and sums to 1 within rounding, and stays close
-    /// to the float model's (mean total-variation distance below 0.05: the quantiser's scales
-    /// and the attention's integer weights are wired right).
+    /// to the float model's: mean total-variation distance 0.012 here, below 0.05, where a scale
+    /// off by a factor 2 (scores `2^-1` instead of `2^-3`, or values at half weight) gives 0.14
+    /// and more.
     #[test]
     fn probabilities_are_distributions_close_to_the_float_models() {
         let mut cfg = ModelConfig::preset("tiny", None).unwrap();
         cfg.context = Some(64);
-        let p = ParamArena::init(&cfg, 5);
+        let mut p = ParamArena::init(&cfg, 5);
+        p.data.iter_mut().for_each(|x| *x *= 2.0); // far from uniform, yet close to float
         let (m, float) = (
             Int8M1::new(&cfg, &p).unwrap(),
             ExactM1::new(&cfg, &p).unwrap(),
