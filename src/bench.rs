@@ -2,7 +2,7 @@
 //! kernels` is [`crate::backend::cuda::bench`]).
 
 use crate::backend::{create_backend, cuda, Device, OptimConfig};
-use crate::m1::{CpuM1Batch, ExactM1, M1Batch, WINDOW_START};
+use crate::m1::{CpuM1Batch, ExactM1, Int8M1, M1Batch, WINDOW_START};
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena};
 use crate::rng::Rng;
@@ -23,6 +23,9 @@ pub enum M1Mode {
     Lockstep,
     /// On the GPU ([`cuda::GpuExactM1`]), all windows together one position per step.
     Gpu,
+    /// On the CPU, numeric contract 3's scalar reference ([`Int8M1`], quantised from the same
+    /// weights), each window all at once, windows in parallel.
+    Int8,
 }
 
 /// What [`bench_m1`] measured.
@@ -49,7 +52,8 @@ pub fn bench_m1(
     ensure!(windows > 0, "no windows to run");
     let mut cfg = ModelConfig::preset(preset, Some(256))?;
     cfg.context = (context > 0).then_some(context);
-    let m1 = ExactM1::new(&cfg, &ParamArena::init(&cfg, 0))?;
+    let params = ParamArena::init(&cfg, 0);
+    let m1 = ExactM1::new(&cfg, &params)?;
     let mut rng = Rng::new(2);
     let data: Vec<Vec<u8>> = (0..windows)
         .map(|_| (0..len).map(|_| rng.below(256) as u8).collect())
@@ -79,6 +83,16 @@ pub fn bench_m1(
         M1Mode::Lockstep => {
             let (t, positions) = lockstep(&mut CpuM1Batch::new(&m1, windows))?;
             (t, positions, format!("cpu, lockstep ({threads} threads)"))
+        }
+        M1Mode::Int8 => {
+            let q = Int8M1::new(&cfg, &params)?;
+            let t = Instant::now();
+            let positions: usize = data.par_iter().map(|w| q.window_probs(w).len()).sum();
+            (
+                t,
+                positions,
+                format!("cpu, int8 scalar reference, all at once ({threads} threads)"),
+            )
         }
         M1Mode::AllAtOnce => {
             let t = Instant::now();

@@ -101,6 +101,43 @@ fn bench_train_reports_throughput() {
     );
 }
 
+/// `bench m1 --int8` times contract 3's scalar reference beside contract 2 on the same windows,
+/// and refuses a context contract 3 cannot attend over.
+#[test]
+fn bench_m1_int8_reports_both_contracts() {
+    let r = terse(&[
+        "bench",
+        "m1",
+        "--preset",
+        "tiny",
+        "--windows",
+        "4",
+        "--len",
+        "8",
+        "--context",
+        "16",
+        "--int8",
+        "--json",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert!(j["positions_per_s"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["int8_positions_per_s"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["int8_device"].as_str().unwrap().contains("int8"), "{j}");
+    assert_fails_with(
+        &[
+            "bench",
+            "m1",
+            "--preset",
+            "tiny",
+            "--context",
+            "0",
+            "--int8",
+        ],
+        "--int8 needs --context between 1 and 1024",
+    );
+}
+
 /// Without a GPU, the CUDA paths exit non-zero with one clear message (never a panic).
 #[test]
 fn cuda_commands_explain_without_a_gpu() {
@@ -1179,4 +1216,62 @@ fn damaged_dataset_is_refused_by_detokenize_train_and_eval() {
         assert_fails_with(&args, "is damaged");
         assert!(!out.exists(), "{args:?}: a refused command left output");
     }
+}
+
+/// `eval --int8` scores an M1 on its exact path (contract 2) and quantised to int8 (contract 3,
+/// post-training): on a tiny M1 trained for a few hundred steps, over held-out text, int8 costs
+/// less than 1% more bits/byte.
+#[test]
+fn eval_int8_costs_under_one_percent_on_a_trained_tiny_m1() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample-books.txt"),
+    )
+    .unwrap();
+    let (train, heldout) = (dir.path().join("train.txt"), dir.path().join("heldout.txt"));
+    std::fs::write(&train, &text[..300_000]).unwrap();
+    std::fs::write(&heldout, &text[1_000_000..1_016_384]).unwrap();
+    let ck = dir.path().join("m1");
+    let (t, c, h) = (
+        train.to_str().unwrap(),
+        ck.to_str().unwrap(),
+        heldout.to_str().unwrap(),
+    );
+    let r = terse(&[
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        t,
+        "--steps",
+        "300",
+        "--batch",
+        "8",
+        "--seq",
+        "64",
+        "--lr",
+        "3e-3",
+        "--heldout-bytes",
+        "500",
+        "--out",
+        c,
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let r = terse(&["eval", "--checkpoint", c, "--data", h, "--int8", "--json"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let (float, int8) = (
+        j["float_bpb"].as_f64().unwrap(),
+        j["int8_bpb"].as_f64().unwrap(),
+    );
+    assert_eq!(
+        (j["bytes_scored"].as_u64(), j["window"].as_u64()),
+        (Some(16_384), Some(64))
+    );
+    assert!(float < 4.0, "the M1 did not learn: {float} bits/byte");
+    assert!(
+        (int8 / float - 1.0).abs() < 0.01,
+        "int8 {int8} vs float {float} bits/byte"
+    );
 }

@@ -4,6 +4,7 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use terse::backend::{cuda, Device};
 use terse::bench::{bench_m1, bench_train, M1Mode};
+use terse::m1::int8::MAX_CONTEXT;
 use terse::model::ModelConfig;
 
 #[derive(Subcommand)]
@@ -29,6 +30,10 @@ pub enum BenchCmd {
         /// On the GPU (`GpuExactM1`): all windows advance together, one position per step.
         #[arg(long)]
         gpu: bool,
+        /// Also time numeric contract 3's scalar reference (`Int8M1`, int8 products in i32) on the
+        /// same model and windows, each window all at once, and print it beside contract 2.
+        #[arg(long)]
+        int8: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -90,10 +95,14 @@ pub fn run(b: BenchCmd) -> Result<()> {
             context,
             steps,
             gpu,
+            int8,
             json,
         } => {
             if windows == 0 {
                 bail!("--windows must be positive");
+            }
+            if int8 && !(1..=MAX_CONTEXT).contains(&context) {
+                bail!("--int8 needs --context between 1 and {MAX_CONTEXT} (contract 3's longest attention span), not {context}");
             }
             let mode = match (gpu, steps) {
                 (true, _) => M1Mode::Gpu,
@@ -101,18 +110,36 @@ pub fn run(b: BenchCmd) -> Result<()> {
                 (false, false) => M1Mode::AllAtOnce,
             };
             let r = bench_m1(&preset, windows, len, context, mode)?;
+            let q = if int8 {
+                Some(bench_m1(&preset, windows, len, context, M1Mode::Int8)?)
+            } else {
+                None
+            };
             let (positions, secs, rate, device) =
                 (r.positions, r.seconds, r.positions_per_s, r.device);
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"bench": "m1", "preset": preset, "windows": windows, "len": len, "context": context,
-                        "device": device, "positions_per_s": rate, "seconds": secs})
-                );
+                let mut j = serde_json::json!({"bench": "m1", "preset": preset, "windows": windows, "len": len, "context": context,
+                    "device": device, "positions_per_s": rate, "seconds": secs});
+                if let Some(q) = &q {
+                    j["int8_device"] = q.device.clone().into();
+                    j["int8_positions_per_s"] = q.positions_per_s.into();
+                    j["int8_seconds"] = q.seconds.into();
+                }
+                println!("{j}");
             } else {
                 println!(
                     "exact M1 {preset}: {positions} positions in {secs:.2} s = {rate:.0} positions/s on {device}"
                 );
+                if let Some(q) = q {
+                    println!(
+                        "int8 M1 {preset} (contract 3): {} positions in {:.2} s = {:.0} positions/s on {} ({:.2}x contract 2)",
+                        q.positions,
+                        q.seconds,
+                        q.positions_per_s,
+                        q.device,
+                        q.positions_per_s / rate
+                    );
+                }
             }
         }
         BenchCmd::Kernels {

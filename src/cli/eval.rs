@@ -1,6 +1,6 @@
 //! `terse eval`: its flags and what it prints (an M1 on a corpus, an M2 on a token dataset).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,7 +9,9 @@ use terse::checkpoint::load_model;
 use terse::data::{baselines, eval_windows, read_prefix};
 use terse::eval::score_windows;
 use terse::eval::tokens::{evaluate_m2, token_counts};
-use terse::model::ModelConfig;
+use terse::m1::int8::quantisation_cost;
+use terse::m1::{ExactM1, Int8M1};
+use terse::model::{ModelConfig, ParamArena};
 use terse::tokenize::ChunkSplit;
 use terse::tokenize::TokenDataset;
 use terse::train::{is_token_dataset, load_m2, M2Checkpoint};
@@ -42,8 +44,53 @@ pub struct EvalArgs {
     /// Where to run: auto (the GPU when usable, else the CPU), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
+    /// M1: score the model on its exact coding path (numeric contract 2) and quantised to int8
+    /// (contract 3's scalar reference, on the CPU), windows of --seq bytes from a fresh context.
+    #[arg(long)]
+    int8: bool,
     #[arg(long)]
     json: bool,
+}
+
+/// `--int8`: bits/byte of the float M1 on its exact path and of its int8 quantisation.
+fn run_int8(
+    a: &EvalArgs,
+    cfg: &ModelConfig,
+    params: &ParamArena,
+    bytes: &[u8],
+    seq: usize,
+) -> Result<()> {
+    if a.device == Device::Cuda {
+        bail!("--int8 runs contract 3's CPU reference only; drop --device cuda");
+    }
+    let c = a.checkpoint.display();
+    let float = ExactM1::new(cfg, params).with_context(|| format!("{c} cannot serve as M1"))?;
+    let int8 =
+        Int8M1::new(cfg, params).with_context(|| format!("{c} cannot be quantised to int8"))?;
+    let t = Instant::now();
+    let r = quantisation_cost(&float, &int8, bytes, seq);
+    let secs = t.elapsed().as_secs_f64();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "float_bpb": r.float_bpb, "int8_bpb": r.int8_bpb, "relative_loss": r.relative_loss(),
+                "bytes_scored": r.bytes, "window": r.window, "seconds": secs,
+            })
+        );
+    } else {
+        println!(
+            "{}: float (contract 2) {:.4}, int8 (contract 3) {:.4} bits/byte ({:+.2}%) over {} bytes in windows of {} ({:.1} s)",
+            a.data.display(),
+            r.float_bpb,
+            r.int8_bpb,
+            100.0 * r.relative_loss(),
+            r.bytes,
+            r.window,
+            secs
+        );
+    }
+    Ok(())
 }
 
 fn run_m2(a: EvalArgs) -> Result<()> {
@@ -119,6 +166,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bail!("--seq and --batch must be positive");
     }
     if is_token_dataset(&a.data) {
+        if a.int8 {
+            bail!(
+                "--int8 scores an M1 on a corpus; {} is a token dataset",
+                a.data.display()
+            );
+        }
         return run_m2(a);
     }
     let (cfg, params) = load_model(&a.checkpoint)?;
@@ -137,6 +190,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
             "corpus {} holds too little text to score (need at least 2 bytes)",
             a.data.display()
         );
+    }
+    if a.int8 {
+        return run_int8(&a, &cfg, &params, &bytes, seq);
     }
     let t = Instant::now();
     let (mut be, _) = create_backend(a.device, &cfg, params, None)?;

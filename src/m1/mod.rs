@@ -21,10 +21,12 @@
 //! gives identical bits, and so does any batching of windows: each output is the same chain.
 
 mod batch;
+pub mod int8;
 mod load;
 mod matmul;
 
 pub use batch::{CpuM1Batch, M1Batch};
+pub use int8::Int8M1;
 
 use crate::model::{ModelConfig, ParamArena};
 use crate::numerics::{exp_contract, RopeTables, HEAD_DIM};
@@ -108,25 +110,41 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
+/// Refuses weights of another size than `cfg`'s, or holding NaN or infinities (naming the tensor).
+fn check_weights(cfg: &ModelConfig, params: &ParamArena) -> Result<()> {
+    ensure!(
+        params.len() == cfg.total_params(),
+        "weights do not match the configuration"
+    );
+    if let Some(i) = params.data.iter().position(|x| !x.is_finite()) {
+        let tensor = params
+            .specs
+            .iter()
+            .find(|s| s.range().contains(&i))
+            .map_or("?", |s| s.name.as_str());
+        bail!(
+            "the model's weights hold a non-finite value ({}) in tensor {tensor} (vocab {})",
+            params.data[i],
+            cfg.vocab
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a model that is not byte-level: M1 predicts bytes.
+fn check_byte_level(cfg: &ModelConfig) -> Result<()> {
+    ensure!(
+        cfg.vocab == 256,
+        "M1 must be a byte-level model (vocab 256), this one has vocab {}",
+        cfg.vocab
+    );
+    Ok(())
+}
+
 impl ExactModel {
     /// Prepares `params` (transposing the matrices). Refuses non-finite weights.
     pub fn new(cfg: &ModelConfig, params: &ParamArena) -> Result<Self> {
-        ensure!(
-            params.len() == cfg.total_params(),
-            "weights do not match the configuration"
-        );
-        if let Some(i) = params.data.iter().position(|x| !x.is_finite()) {
-            let tensor = params
-                .specs
-                .iter()
-                .find(|s| s.range().contains(&i))
-                .map_or("?", |s| s.name.as_str());
-            bail!(
-                "the model's weights hold a non-finite value ({}) in tensor {tensor} (vocab {})",
-                params.data[i],
-                cfg.vocab
-            );
-        }
+        check_weights(cfg, params)?;
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         let t = |name: &str| params.tensor(name).to_vec();
         let layers = (0..cfg.n_layers)
@@ -210,11 +228,7 @@ impl ExactModel {
             if state.caches.is_empty() {
                 **state = self.empty_state();
             }
-            let t = state.pos;
-            if state.rope.as_ref().is_none_or(|r| r.seq <= t) {
-                let seq = (t + 1).next_power_of_two().max(64);
-                state.rope = Some(RopeTables::new(seq, self.cfg.rope_theta));
-            }
+            cover_position(&mut state.rope, state.pos, self.cfg.rope_theta);
         }
         let mut qkv = vec![0f32; rows * 3 * d];
         let mut att = vec![0f32; rows * d];
@@ -283,11 +297,7 @@ impl ExactModel {
 impl ExactM1 {
     /// Prepares `params` of a byte-level model. Refuses other vocabularies and non-finite weights.
     pub fn new(cfg: &ModelConfig, params: &ParamArena) -> Result<Self> {
-        ensure!(
-            cfg.vocab == 256,
-            "M1 must be a byte-level model (vocab 256), this one has vocab {}",
-            cfg.vocab
-        );
+        check_byte_level(cfg)?;
         let lm = ExactModel::new(cfg, params)?;
         let mut fp = fnv1a(0xCBF2_9CE4_8422_2325, &CONTRACT_VERSION.to_le_bytes());
         fp = fnv1a(fp, serde_json::to_string(cfg)?.as_bytes());
@@ -377,12 +387,17 @@ fn add_into(x: &mut [f32], y: &[f32]) {
     }
 }
 
-fn rmsnorm(out: &mut [f32], x: &[f32], g: &[f32], eps: f32) {
+/// RMSNorm's factor `r = 1 / sqrt(ss / d + eps)`, `ss` the fma chain of `x_k^2` over ascending k.
+fn rms_factor(x: &[f32], eps: f32) -> f32 {
     let mut ss = 0f32;
     for &v in x {
         ss = v.mul_add(v, ss);
     }
-    let r = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    1.0 / (ss / x.len() as f32 + eps).sqrt()
+}
+
+fn rmsnorm(out: &mut [f32], x: &[f32], g: &[f32], eps: f32) {
+    let r = rms_factor(x, eps);
     for ((o, &v), &gi) in out.iter_mut().zip(x).zip(g) {
         *o = (v * r) * gi;
     }
@@ -395,6 +410,15 @@ fn rmsnorm_rows(x: &[f32], g: &[f32], d: usize, eps: f32) -> Vec<f32> {
         rmsnorm(o, row, g, eps);
     }
     h
+}
+
+/// Makes `rope` (a window's tables, built on demand) reach position `t`, growing it in powers of
+/// two so a window rebuilds it only a few times.
+fn cover_position(rope: &mut Option<RopeTables>, t: usize, theta: f32) {
+    if rope.as_ref().is_none_or(|r| r.seq <= t) {
+        let seq = (t + 1).next_power_of_two().max(64);
+        *rope = Some(RopeTables::new(seq, theta));
+    }
 }
 
 /// Rotary embedding of the q and k parts (`[2d]`) at position `t`.

@@ -1,0 +1,408 @@
+//! M1 under numeric contract 3 (docs/numeric-contract.md, "Contract 3"): the scalar reference of
+//! the integer M1. Weights are int8 per output channel (norm gains folded in), activations int8
+//! per row, q and the key/value cache int8 per (position, head), attention weights integers of
+//! 2^-14; every matrix and attention product is a sum of integer products in i32, exact and
+//! independent of order, so later SIMD and tensor-core kernels can tile it any way and give the
+//! same bits. Everything else (RMSNorm, rotary, softmax, residuals) is contract 2's f32 operations.
+//!
+//! Contract 3 lives beside contract 2 ([`super::ExactM1`]): nothing codes with it yet.
+
+mod attention;
+mod measure;
+mod quantise;
+
+pub use measure::{quantisation_cost, QuantisationCost};
+pub use quantise::MAX_INNER;
+
+use super::{
+    add_into, check_byte_level, check_weights, cover_position, rms_factor, rotate,
+    softmax_in_place, Probs, WINDOW_START,
+};
+use crate::model::{ModelConfig, ParamArena};
+use crate::numerics::RopeTables;
+use anyhow::{ensure, Result};
+use attention::{attend, QKvCache};
+use quantise::{qmatmul, QMatrix};
+
+/// The longest attention span (a model's [`ModelConfig::context`]) contract 3 admits: the bound
+/// of the attention's i32 sums (`attention.rs`) holds for at most this many positions.
+pub const MAX_CONTEXT: usize = 1024;
+
+/// One layer's quantised matrices (`qkv` and `up` with the RMSNorm gains before them folded in).
+struct QLayer {
+    qkv: QMatrix,
+    out: QMatrix,
+    up: QMatrix,
+    down: QMatrix,
+}
+
+/// A byte-level model quantised for contract 3: the scalar reference (plain loops, one thread).
+pub struct Int8M1 {
+    cfg: ModelConfig,
+    context: usize,
+    tok_emb: Vec<f32>,
+    layers: Vec<QLayer>,
+    /// `lm_head` with the final norm's gain folded in.
+    head: QMatrix,
+}
+
+/// The context of one window under contract 3: int8 key/value caches of every layer.
+#[derive(Clone, Default)]
+pub struct Int8State {
+    pos: usize,
+    caches: Vec<QKvCache>,
+    rope: Option<RopeTables>,
+}
+
+impl Int8State {
+    /// Positions fed so far.
+    pub fn len(&self) -> usize {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
+}
+
+impl Int8M1 {
+    /// Quantises the float weights of a byte-level model (post-training: each weight matrix per
+    /// output channel, after folding in the RMSNorm gain that precedes it). Refuses, besides
+    /// what [`super::ExactM1::new`] refuses, shapes outside the proved integer bounds: `d_model`
+    /// or `d_ff` above [`MAX_INNER`], a context above [`MAX_CONTEXT`], or none recorded.
+    pub fn new(cfg: &ModelConfig, params: &ParamArena) -> Result<Self> {
+        check_byte_level(cfg)?;
+        check_weights(cfg, params)?;
+        let (d, ff) = (cfg.d_model, cfg.d_ff);
+        ensure!(
+            d <= MAX_INNER && ff <= MAX_INNER,
+            "contract 3 sums int8 products over at most {MAX_INNER} inputs; this model has d_model {d} and d_ff {ff}"
+        );
+        let context = match cfg.context {
+            Some(c) if c <= MAX_CONTEXT => c,
+            Some(c) => anyhow::bail!(
+                "contract 3 attends over at most {MAX_CONTEXT} positions; this model's context is {c}"
+            ),
+            None => anyhow::bail!(
+                "contract 3 attends over at most {MAX_CONTEXT} positions; this model records no context (it attends over the whole window): load it from a checkpoint that records its training length"
+            ),
+        };
+        let t = |name: &str| params.tensor(name);
+        let layers = (0..cfg.n_layers)
+            .map(|l| {
+                let p = |s: &str| format!("layers.{l}.{s}");
+                QLayer {
+                    qkv: QMatrix::from_rows(
+                        t(&p("attn.qkv.weight")),
+                        3 * d,
+                        d,
+                        Some(t(&p("attn_norm.weight"))),
+                    ),
+                    out: QMatrix::from_rows(t(&p("attn.out.weight")), d, d, None),
+                    up: QMatrix::from_rows(
+                        t(&p("mlp.up.weight")),
+                        ff,
+                        d,
+                        Some(t(&p("mlp_norm.weight"))),
+                    ),
+                    down: QMatrix::from_rows(t(&p("mlp.down.weight")), d, ff, None),
+                }
+            })
+            .collect();
+        Ok(Int8M1 {
+            cfg: cfg.clone(),
+            context,
+            tok_emb: t("tok_emb.weight").to_vec(),
+            layers,
+            head: QMatrix::from_rows(t("lm_head.weight"), 256, d, Some(t("final_norm.weight"))),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// A fresh window: feeds [`WINDOW_START`] and returns the distribution of its first byte.
+    pub fn start(&self, state: &mut Int8State) -> Probs {
+        *state = Int8State::default();
+        self.push(state, WINDOW_START)
+    }
+
+    /// Appends `byte` to the window and returns the distribution of the byte after it.
+    pub fn push(&self, state: &mut Int8State, byte: u8) -> Probs {
+        self.push_rows(&mut [state], &[byte])[0]
+    }
+
+    /// [`push`](Self::push) of `bytes[r]` to `states[r]` for independent windows (an empty
+    /// state starts one), each with its own bits: every row is quantised on its own, so the
+    /// batch does not change a row's integers.
+    pub fn push_rows(&self, states: &mut [&mut Int8State], bytes: &[u8]) -> Vec<Probs> {
+        let d = self.cfg.d_model;
+        let mut x: Vec<f32> = bytes.iter().flat_map(|&b| self.embed(b)).copied().collect();
+        for state in states.iter_mut() {
+            if state.caches.is_empty() {
+                state.caches = vec![QKvCache::new(d); self.cfg.n_layers];
+            }
+            cover_position(&mut state.rope, state.pos, self.cfg.rope_theta);
+        }
+        let mut att = vec![0f32; x.len()];
+        for (l, w) in self.layers.iter().enumerate() {
+            let mut qkv = self.project_qkv(w, &x);
+            for (state, (row, out)) in states
+                .iter_mut()
+                .zip(qkv.chunks_exact_mut(3 * d).zip(att.chunks_exact_mut(d)))
+            {
+                let t = state.pos;
+                rotate(
+                    &mut row[..2 * d],
+                    state.rope.as_ref().expect("set above"),
+                    t,
+                );
+                let cache = &mut state.caches[l];
+                cache.push(&row[d..2 * d], &row[2 * d..]);
+                let lo = self.window_start(t);
+                cache.forget_before(lo);
+                attend(out, &row[..d], cache, lo..t + 1);
+            }
+            self.finish_layer(w, &mut x, &att);
+        }
+        states.iter_mut().for_each(|s| s.pos += 1);
+        self.next_byte_probs(&x)
+    }
+
+    /// The distributions a coder needs for `window`: entry `k` is the distribution of byte `k`,
+    /// for `k` in `0..=window.len()`, all positions of a layer computed before the next; the
+    /// bits equal those of [`start`](Self::start) and [`push`](Self::push) one byte at a time.
+    pub fn window_probs(&self, window: &[u8]) -> Vec<Probs> {
+        let d = self.cfg.d_model;
+        let n = window.len() + 1;
+        let rope = RopeTables::new(n, self.cfg.rope_theta);
+        let mut x: Vec<f32> = std::iter::once(WINDOW_START)
+            .chain(window.iter().copied())
+            .flat_map(|b| self.embed(b).iter().copied())
+            .collect();
+        let mut att = vec![0f32; n * d];
+        for w in &self.layers {
+            let mut qkv = self.project_qkv(w, &x);
+            let mut cache = QKvCache::new(d);
+            for (t, row) in qkv.chunks_exact_mut(3 * d).enumerate() {
+                rotate(&mut row[..2 * d], &rope, t);
+                cache.push(&row[d..2 * d], &row[2 * d..]);
+            }
+            for (t, out) in att.chunks_exact_mut(d).enumerate() {
+                let q = &qkv[t * 3 * d..t * 3 * d + d];
+                attend(out, q, &cache, self.window_start(t)..t + 1);
+            }
+            self.finish_layer(w, &mut x, &att);
+        }
+        self.next_byte_probs(&x)
+    }
+
+    /// The input vector of `byte`: its row of the float embedding (a copy).
+    fn embed(&self, byte: u8) -> &[f32] {
+        let d = self.cfg.d_model;
+        &self.tok_emb[byte as usize * d..(byte as usize + 1) * d]
+    }
+
+    /// The first position a query at position `t` attends to.
+    fn window_start(&self, t: usize) -> usize {
+        (t + 1).saturating_sub(self.context)
+    }
+
+    /// `qkv` of every row: the RMSNorm (gain folded into the matrix), then the int8 product.
+    fn project_qkv(&self, w: &QLayer, x: &[f32]) -> Vec<f32> {
+        let mut qkv = vec![0f32; x.len() * 3];
+        qmatmul(&mut qkv, &self.normalise(x), &w.qkv);
+        qkv
+    }
+
+    /// The rest of a layer once `att` holds every row's attention output: projection, residual,
+    /// MLP, residual.
+    fn finish_layer(&self, w: &QLayer, x: &mut [f32], att: &[f32]) {
+        let mut proj = vec![0f32; x.len()];
+        qmatmul(&mut proj, att, &w.out);
+        add_into(x, &proj);
+        let mut up = vec![0f32; x.len() / self.cfg.d_model * self.cfg.d_ff];
+        qmatmul(&mut up, &self.normalise(x), &w.up);
+        up.iter_mut().for_each(|u| *u = u.max(0.0));
+        qmatmul(&mut proj, &up, &w.down);
+        add_into(x, &proj);
+    }
+
+    /// The next-byte distribution of every row of last-layer outputs.
+    fn next_byte_probs(&self, x: &[f32]) -> Vec<Probs> {
+        let mut probs = vec![[0f32; 256]; x.len() / self.cfg.d_model];
+        qmatmul(probs.as_flattened_mut(), &self.normalise(x), &self.head);
+        probs.iter_mut().for_each(|p| softmax_in_place(p));
+        probs
+    }
+
+    /// RMSNorm without its gain (folded into the next matrix): `y_k = x_k * r` per row.
+    fn normalise(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = x.to_vec();
+        for row in y.chunks_exact_mut(self.cfg.d_model) {
+            let r = rms_factor(row, self.cfg.norm_eps);
+            row.iter_mut().for_each(|v| *v *= r);
+        }
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::m1::ExactM1;
+
+    fn model(context: usize) -> (ModelConfig, ParamArena) {
+        let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+        cfg.context = Some(context);
+        let mut p = ParamArena::init(&cfg, 3);
+        p.data.iter_mut().for_each(|x| *x *= 8.0); // sharper, more varied distributions
+        (cfg, p)
+    }
+
+    fn bits(p: &[Probs]) -> Vec<u32> {
+        p.iter()
+            .flat_map(|r| r.iter().map(|x| x.to_bits()))
+            .collect()
+    }
+
+    fn stepped(m: &Int8M1, window: &[u8]) -> Vec<Probs> {
+        let mut st = Int8State::default();
+        let mut probs = vec![m.start(&mut st)];
+        probs.extend(window.iter().map(|&b| m.push(&mut st, b)));
+        probs
+    }
+
+    /// With the cache, one position at a time, a window gets the bits of the whole window at
+    /// once: within the context, across a sliding window, and past the cache's first drop of
+    /// old positions; a window does not depend on what the state held before.
+    #[test]
+    fn position_by_position_equals_all_at_once_bit_for_bit() {
+        let text = b"The quick brown fox jumps over the lazy dog, again and again.";
+        for context in [128, 7] {
+            let (cfg, p) = model(context);
+            let m = Int8M1::new(&cfg, &p).unwrap();
+            for window in [&b""[..], b"a", &text[..], &[0u8, 255, 7, 7, 7, 128][..]] {
+                assert_eq!(
+                    bits(&stepped(&m, window)),
+                    bits(&m.window_probs(window)),
+                    "context {context}, {window:?}"
+                );
+            }
+        }
+        let (cfg, p) = model(40);
+        let m = Int8M1::new(&cfg, &p).unwrap();
+        let long: Vec<u8> = text.iter().copied().cycle().take(1_200).collect();
+        let mut st = Int8State::default();
+        let mut probs = vec![m.start(&mut st)];
+        probs.extend(long.iter().map(|&b| m.push(&mut st, b)));
+        assert!(st.caches.iter().all(|c| c.start > 0), "no position dropped");
+        assert_eq!(bits(&probs), bits(&m.window_probs(&long)));
+        assert_eq!(bits(&[m.start(&mut st)]), bits(&m.window_probs(b"")));
+    }
+
+    /// Windows pushed together, in any grouping, get each window's own bits.
+    #[test]
+    fn any_batching_of_windows_equals_one_at_a_time() {
+        let (cfg, p) = model(16);
+        let m = Int8M1::new(&cfg, &p).unwrap();
+        let texts: [&[u8]; 5] = [
+            b"first stream",
+            b"a",
+            b"third one, longer than the context of sixteen",
+            b"",
+            b"zz",
+        ];
+        let alone: Vec<Vec<Probs>> = texts.iter().map(|t| stepped(&m, t)).collect();
+        for group in [1, 2, 5] {
+            let mut states = vec![Int8State::default(); texts.len()];
+            let mut together = vec![Vec::new(); texts.len()];
+            for k in 0..=texts.iter().map(|t| t.len()).max().unwrap() {
+                let live: Vec<usize> = (0..texts.len()).filter(|&i| k <= texts[i].len()).collect();
+                for part in live.chunks(group) {
+                    let bytes: Vec<u8> = part
+                        .iter()
+                        .map(|&i| {
+                            if k == 0 {
+                                WINDOW_START
+                            } else {
+                                texts[i][k - 1]
+                            }
+                        })
+                        .collect();
+                    let mut refs: Vec<&mut Int8State> = states
+                        .iter_mut()
+                        .enumerate()
+                        .filter(|(i, _)| part.contains(i))
+                        .map(|(_, s)| s)
+                        .collect();
+                    for (&i, p) in part.iter().zip(m.push_rows(&mut refs, &bytes)) {
+                        together[i].push(p);
+                    }
+                }
+            }
+            for (a, b) in alone.iter().zip(&together) {
+                assert_eq!(bits(a), bits(b), "groups of {group}");
+            }
+        }
+    }
+
+    /// Every distribution is finite, non-negative and sums to 1 within rounding, and stays close
+    /// to the float model's: mean total-variation distance 0.012 here, below 0.05, where a scale
+    /// off by a factor 2 (scores `2^-1` instead of `2^-3`, or values at half weight) gives 0.14
+    /// and more.
+    #[test]
+    fn probabilities_are_distributions_close_to_the_float_models() {
+        let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+        cfg.context = Some(64);
+        let mut p = ParamArena::init(&cfg, 5);
+        p.data.iter_mut().for_each(|x| *x *= 2.0); // far from uniform, yet close to float
+        let (m, float) = (
+            Int8M1::new(&cfg, &p).unwrap(),
+            ExactM1::new(&cfg, &p).unwrap(),
+        );
+        let text =
+            b"Probabilities of an int8 model, row by row, for a hundred bytes or so of text.";
+        let (q, f) = (m.window_probs(text), float.window_probs(text));
+        let mut tv = 0f64;
+        for (qr, fr) in q.iter().zip(&f) {
+            assert!(qr.iter().all(|&x| x.is_finite() && x >= 0.0));
+            let s: f64 = qr.iter().map(|&x| x as f64).sum();
+            assert!((s - 1.0).abs() < 1e-5, "sum {s}");
+            tv += qr
+                .iter()
+                .zip(fr)
+                .map(|(&a, &b)| (a - b).abs() as f64)
+                .sum::<f64>()
+                / 2.0;
+        }
+        let tv = tv / q.len() as f64;
+        assert!(tv < 0.05, "mean total variation {tv}");
+    }
+
+    /// Shapes outside the proved bounds are refused, saying which bound and the model's value.
+    #[test]
+    fn shapes_outside_the_integer_bounds_are_refused() {
+        let err = |cfg: &ModelConfig| {
+            let p = ParamArena::zeros(cfg);
+            format!("{:#}", Int8M1::new(cfg, &p).err().expect("refused"))
+        };
+        let (mut cfg, _) = model(MAX_CONTEXT);
+        assert!(Int8M1::new(&cfg, &ParamArena::zeros(&cfg)).is_ok());
+        cfg.context = Some(MAX_CONTEXT + 1);
+        assert!(err(&cfg).contains("at most 1024 positions; this model's context is 1025"));
+        cfg.context = None;
+        assert!(err(&cfg).contains("records no context"));
+        cfg.context = Some(8);
+        cfg.d_ff = MAX_INNER + 1;
+        cfg.d_model = 64;
+        cfg.n_heads = 1;
+        cfg.n_layers = 1;
+        assert!(
+            err(&cfg).contains("at most 131072 inputs; this model has d_model 64 and d_ff 131073")
+        );
+        let big = ModelConfig::preset("tiny", Some(512)).unwrap();
+        assert!(err(&big).contains("vocab 512"));
+    }
+}

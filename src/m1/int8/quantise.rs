@@ -1,0 +1,222 @@
+//! Contract 3's quantiser and its integer matrix product: a row of f32 values becomes int8
+//! values and one power-of-two scale `2^e`, with `e` read from the bits of the row's largest
+//! magnitude (no libm), so every backend computes the same integers.
+
+/// The largest int8 magnitude used: quantised values lie in `-127..=127` (never -128), so a
+/// product of two has magnitude at most `127 * 127` and the bounds below are symmetric.
+pub(crate) const QMAX: i32 = 127;
+
+/// The range of scale exponents. `2^e` and every sum of three exponents met in the contract
+/// (`ex + ew`; `eq + ek - 3`; `14 + ev - E`) stay inside f32's normal exponents `-126..=127`, so
+/// each scale is one exact power of two built from its bits. Rows below `127 * 2^E_MIN` (about
+/// 1e-16), all-zero rows included, get `E_MIN`; rows above `127 * 2^E_MAX` saturate at ±127.
+pub(crate) const E_MIN: i32 = -60;
+pub(crate) const E_MAX: i32 = 60;
+
+/// The longest inner dimension (`d_model`, `d_ff`) of an int8 product. No-overflow bound: every
+/// term `x_k * w_k` has `|x_k|, |w_k| <= 127`, so a sum of at most `2^17` terms has magnitude at
+/// most `127 * 127 * 2^17 = 2,114,060,288 < i32::MAX = 2,147,483,647`, in any order.
+/// (`int8_product_at_the_longest_inner_dimension_does_not_overflow` runs it at the bound.)
+pub const MAX_INNER: usize = 1 << 17;
+
+/// `2^e` as an f32, built from its exponent bits.
+#[inline]
+pub(crate) fn pow2(e: i32) -> f32 {
+    assert!((-126..=127).contains(&e), "2^{e} is not a normal f32");
+    f32::from_bits(((e + 127) as u32) << 23)
+}
+
+/// The scale exponent of `row`: the smallest `e` in `E_MIN..=E_MAX` with `m <= 127 * 2^e`, `m`
+/// the largest `|x|` (clamped to `E_MAX` when there is none). Read from bits: `m`'s pattern
+/// (sign cleared; the largest as an unsigned integer, so a NaN counts as the largest) is
+/// `field << 23 | frac`. A zero or subnormal `m` (`field == 0`) gives `E_MIN`. Otherwise
+/// `m = M * 2^(field - 150)` with `M = frac | 2^23` in `[2^23, 2^24)`, and the smallest `k`
+/// with `127 * 2^k >= M` is 17 when `M <= 127 * 2^17`, else 18:
+/// `e = clamp(field - 133 + (M > 16,646,144), E_MIN, E_MAX)`.
+pub(crate) fn scale_exponent(row: &[f32]) -> i32 {
+    let m = row
+        .iter()
+        .map(|x| x.to_bits() & 0x7FFF_FFFF)
+        .max()
+        .unwrap_or(0);
+    let field = (m >> 23) as i32;
+    if field == 0 {
+        return E_MIN;
+    }
+    let mant = (m & 0x7F_FFFF) | 0x80_0000;
+    let e = field - 150 + 17 + i32::from(mant > (QMAX as u32) << 17);
+    e.clamp(E_MIN, E_MAX)
+}
+
+/// Quantises `x` into `out`: `q_k = clamp(round_half_even(x_k * 2^-e), -127, 127)` with
+/// `e = scale_exponent(x)` (the multiply is exact for normal results; NaN becomes 0, by Rust's
+/// saturating float-to-int conversion, as PTX's `cvt.rni.sat`). Returns `e`.
+pub(crate) fn quantise_row(x: &[f32], out: &mut [i8]) -> i32 {
+    debug_assert_eq!(x.len(), out.len());
+    let e = scale_exponent(x);
+    let inv = pow2(-e);
+    let q = QMAX as f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v * inv).round_ties_even().clamp(-q, q) as i8;
+    }
+    e
+}
+
+/// `sum_k a_k b_k` in i32. Exact and order-free for `a.len() <= MAX_INNER` (the bound at
+/// [`MAX_INNER`]); callers' shapes are held to it by `Int8M1::new`.
+#[inline]
+pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    debug_assert!(a.len() == b.len() && a.len() <= MAX_INNER);
+    a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+/// A weight matrix quantised per output channel: row `o` (output `o`'s `inp` weights) is
+/// `w[o] * 2^e[o]`.
+pub(crate) struct QMatrix {
+    inp: usize,
+    n: usize,
+    w: Vec<i8>,
+    e: Vec<i32>,
+}
+
+impl QMatrix {
+    /// Quantises the model's `[n, inp]` layout row by row. With `gain` (the RMSNorm before the
+    /// product), each weight is first multiplied by its input's gain, `w[o][k] * g[k]` (one f32
+    /// multiply), so the norm itself applies no gain.
+    pub(crate) fn from_rows(w: &[f32], n: usize, inp: usize, gain: Option<&[f32]>) -> Self {
+        assert_eq!(w.len(), n * inp, "weight shape");
+        let mut q = vec![0i8; n * inp];
+        let mut e = Vec::with_capacity(n);
+        let mut row = vec![0f32; inp];
+        for (o, out) in q.chunks_exact_mut(inp).enumerate() {
+            row.copy_from_slice(&w[o * inp..(o + 1) * inp]);
+            if let Some(g) = gain {
+                row.iter_mut().zip(g).for_each(|(x, &g)| *x *= g);
+            }
+            e.push(quantise_row(&row, out));
+        }
+        QMatrix { inp, n, w: q, e }
+    }
+}
+
+/// `out[r][o] = (acc as f32) * 2^(ex_r + e_o)`, `acc = sum_k xq[r][k] w[o][k]` in i32, for every
+/// `inp`-wide row `r` of `x`, each row quantised on its own ([`quantise_row`]), so a row's result
+/// does not depend on the others. The one rounding is `acc as f32` (exact below 2^24); the scale
+/// is one exact power-of-two multiply (`ex + e_o` lies in `-120..=120`).
+pub(crate) fn qmatmul(out: &mut [f32], x: &[f32], w: &QMatrix) {
+    let (inp, n) = (w.inp, w.n);
+    assert!(
+        x.len() % inp == 0 && out.len() == x.len() / inp * n,
+        "qmatmul shapes"
+    );
+    let mut xq = vec![0i8; inp];
+    for (xr, or) in x.chunks_exact(inp).zip(out.chunks_exact_mut(n)) {
+        let ex = quantise_row(xr, &mut xq);
+        for ((o, wr), &ew) in or.iter_mut().zip(w.w.chunks_exact(inp)).zip(&w.e) {
+            *o = dot_i8(&xq, wr) as f32 * pow2(ex + ew);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exponent is the smallest in range with `m <= 127 * 2^e`, checked in f64 over
+    /// magnitudes around every boundary and across the range, negative values and zeros included.
+    #[test]
+    fn scale_exponent_is_the_smallest_power_of_two_that_fits_127_steps() {
+        let mut ms: Vec<f32> = vec![0.0, f32::MIN_POSITIVE, 1e-30, 1e-10, 1.0, 127.0, 3e20];
+        for e in E_MIN - 3..=E_MAX + 3 {
+            let edge = 127.0 * (e as f64).exp2();
+            let f = edge as f32;
+            ms.extend([
+                f,
+                f32::from_bits(f.to_bits() + 1),
+                f32::from_bits(f.to_bits() - 1),
+            ]);
+            ms.push((edge * 0.75) as f32);
+        }
+        for m in ms {
+            let e = scale_exponent(&[0.5 * m, -m, 0.0]);
+            let fits = |e: i32| m as f64 <= 127.0 * (e as f64).exp2();
+            assert!((E_MIN..=E_MAX).contains(&e), "{m:e}: {e}");
+            if e < E_MAX {
+                assert!(fits(e), "{m:e} does not fit 127 * 2^{e}");
+            }
+            if e > E_MIN {
+                assert!(!fits(e - 1), "{m:e}: 2^{} fits already", e - 1);
+            }
+        }
+        assert_eq!(scale_exponent(&[]), E_MIN);
+        assert_eq!(scale_exponent(&[f32::NAN, 1.0]), E_MAX);
+    }
+
+    /// A hand-computed row: ties round to even, saturation past the exponent range, NaN, and an
+    /// all-zero row.
+    #[test]
+    fn quantiser_rounds_ties_to_even_clamps_and_gives_zero_rows_the_smallest_scale() {
+        let mut q = [0i8; 8];
+        // max 1.0 <= 127 * 2^e first at e = -6 (127/64 = 1.98; 127/128 = 0.99 < 1), so x * 64:
+        // 1 -> 64; 0.5 -> 0 and 2.5 -> 2 and -3.5 -> -4 (ties to even); 1.5 -> 2; 0.75 -> 48.
+        let x = [
+            1.0,
+            0.5 / 64.0,
+            1.5 / 64.0,
+            2.5 / 64.0,
+            -3.5 / 64.0,
+            0.75,
+            -1.0,
+            -0.5,
+        ];
+        assert_eq!(quantise_row(&x, &mut q), -6);
+        assert_eq!(q, [64, 0, 2, 2, -4, 48, -64, -32]);
+        // Exactly 127 steps: e = 0, nothing clamped.
+        assert_eq!(quantise_row(&[127.0, -126.5, 0.5, 1.5], &mut q[..4]), 0);
+        assert_eq!(q[..4], [127, -126, 0, 2]);
+        // An all-zero row gets the smallest scale, 2^-60, and zeros.
+        q.fill(9);
+        assert_eq!(quantise_row(&[0.0, -0.0, 0.0], &mut q[..3]), E_MIN);
+        assert_eq!(q[..3], [0, 0, 0]);
+        // Past 127 * 2^60 the exponent stops at E_MAX and the values saturate.
+        assert_eq!(quantise_row(&[1e30, -1e30, 1e18], &mut q[..3]), E_MAX);
+        assert_eq!(q[..3], [127, -127, 1]); // 1e18 / 2^60 = 0.867 -> 1
+        assert_eq!(quantise_row(&[f32::NAN, 1e19], &mut q[..2]), E_MAX);
+        assert_eq!(q[..2], [0, 9]); // 1e19 / 2^60 = 8.67 -> 9
+    }
+
+    /// Gains fold into the weights before quantising, per output row, and the product
+    /// dequantises with `2^(ex + ew)`: a 2 x 3 case computed by hand.
+    #[test]
+    fn folded_gains_and_dequantisation_by_hand() {
+        // Row 0: [1, -2, 4] * g [1, 0.5, 0.25] = [1, -1, 1]: e = -6, q = [64, -64, 64].
+        // Row 1: [127, 0, -63.5] * g = [127, 0, -15.875]: e = 0, q = [127, 0, -16].
+        let w = [1.0, -2.0, 4.0, 127.0, 0.0, -63.5];
+        let m = QMatrix::from_rows(&w, 2, 3, Some(&[1.0, 0.5, 0.25]));
+        assert_eq!(m.w, [64, -64, 64, 127, 0, -16]);
+        assert_eq!(m.e, [-6, 0]);
+        // x = [1, 0.25, -0.5]: e = -6, xq = [64, 16, -32].
+        let mut out = [0f32; 2];
+        qmatmul(&mut out, &[1.0, 0.25, -0.5], &m);
+        let acc0 = 64 * 64 - 16 * 64 - 32 * 64; // 1024, times 2^(-6 - 6)
+        let acc1 = 64 * 127 + 32 * 16; // 8640, times 2^(-6 + 0)
+        assert_eq!((acc0, acc1), (1024, 8640));
+        assert_eq!(out, [0.25, 135.0]);
+    }
+
+    /// The no-overflow bound of [`MAX_INNER`], run at the bound: a product of `2^17` terms of
+    /// `±127 * 127` gives the exact sum (checked in i64), which a wrapping i32 would not.
+    #[test]
+    fn int8_product_at_the_longest_inner_dimension_does_not_overflow() {
+        for sign in [1.0f32, -1.0] {
+            let x = vec![127.0f32; MAX_INNER];
+            let w = vec![127.0 * sign; MAX_INNER];
+            let m = QMatrix::from_rows(&w, 1, MAX_INNER, None);
+            let mut out = [0f32];
+            qmatmul(&mut out, &x, &m);
+            let exact = 127i64 * 127 * MAX_INNER as i64 * sign as i64;
+            assert!(exact.abs() <= i32::MAX as i64);
+            assert_eq!(out[0] as i64, exact, "sum of 2^17 products of 127 * 127");
+        }
+    }
+}
