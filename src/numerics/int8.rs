@@ -16,7 +16,8 @@
 //!
 //! **Layout.** Weights are packed in panels of [`PANEL`] outputs; inside a panel, inputs go in
 //! groups of 4 (one 32-bit lane of VNNI's `dpbusd`): byte `((p · groups + g) · PANEL + j) · 4 + t`
-//! holds `w[16p + j][4g + t]`, zero past `n` (padded to whole tiles of 4 panels). Each kernel
+//! holds `w[16p + j][4g + t]`, zero past `n` (padded to whole tiles of 4 panels) and past `inp`
+//! (padded to whole groups; inputs are padded with zeros likewise). Each kernel
 //! computes a tile of [`TILE_ROWS`] rows by 4 panels (64 outputs), so each weight loaded serves 4
 //! rows and (with AVX-512) each input loaded serves 64 outputs.
 
@@ -42,6 +43,8 @@ const SERIAL_MACS: usize = 1 << 20;
 pub struct I8Matrix {
     n: usize,
     inp: usize,
+    /// `inp` rounded up to whole groups (the padding inputs have zero weights).
+    stride: usize,
     /// Panels, padded with zero panels to whole tiles.
     data: Vec<i8>,
     /// `128 · Σ_k w[o][k]` per output (padded likewise), undoing VNNI's `x + 128`.
@@ -100,8 +103,8 @@ impl I8Kernel {
 
 impl I8Matrix {
     /// Packs `w` in the model's `[n, inp]` layout (row `o` holds output `o`'s weights). Refuses
-    /// an `inp` that is not a positive multiple of 4 or is above [`MAX_INPUTS`], a shape that
-    /// does not match `w`, and the value -128 (contract 3's int8 is symmetric).
+    /// an `inp` of 0 or above [`MAX_INPUTS`], a shape that does not match `w`, and the value
+    /// -128 (contract 3's int8 is symmetric).
     pub fn from_rows(w: &[i8], n: usize, inp: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(
             w.len() == n * inp,
@@ -109,23 +112,42 @@ impl I8Matrix {
             w.len()
         );
         anyhow::ensure!(
-            inp > 0 && inp.is_multiple_of(GROUP) && inp <= MAX_INPUTS,
-            "inputs: {inp} must be a positive multiple of {GROUP}, at most {MAX_INPUTS}"
+            inp > 0 && inp <= MAX_INPUTS,
+            "inputs: {inp} must be in 1..={MAX_INPUTS}"
         );
         anyhow::ensure!(!w.contains(&i8::MIN), "weights: -128 is outside -127..=127");
+        let stride = inp.next_multiple_of(GROUP);
         let padded = n.next_multiple_of(TILE_OUTPUTS);
-        let mut data = vec![0i8; padded * inp];
+        let mut data = vec![0i8; padded * stride];
         let mut bias = vec![0i32; padded];
         for o in 0..n {
-            let (p, j) = (o / PANEL, o % PANEL);
             let row = &w[o * inp..(o + 1) * inp];
             for (k, &v) in row.iter().enumerate() {
-                let (g, t) = (k / GROUP, k % GROUP);
-                data[((p * (inp / GROUP) + g) * PANEL + j) * GROUP + t] = v;
+                data[Self::at(stride, o, k)] = v;
             }
             bias[o] = 128 * row.iter().map(|&v| v as i32).sum::<i32>();
         }
-        Ok(I8Matrix { n, inp, data, bias })
+        Ok(I8Matrix {
+            n,
+            inp,
+            stride,
+            data,
+            bias,
+        })
+    }
+
+    /// Where `w[o][k]` lives in the packed data (module docs).
+    fn at(stride: usize, o: usize, k: usize) -> usize {
+        let (p, j, g, t) = (o / PANEL, o % PANEL, k / GROUP, k % GROUP);
+        ((p * (stride / GROUP) + g) * PANEL + j) * GROUP + t
+    }
+
+    /// Output `o`'s weights, unpacked (`inp` of them).
+    pub fn row(&self, o: usize) -> Vec<i8> {
+        assert!(o < self.n, "output {o} of {}", self.n);
+        (0..self.inp)
+            .map(|k| self.data[Self::at(self.stride, o, k)])
+            .collect()
     }
 
     /// Number of outputs.
@@ -167,10 +189,14 @@ pub fn matmul_i8_with(kernel: I8Kernel, out: &mut [i32], x: &[i8], w: &I8Matrix)
         !x.contains(&i8::MIN),
         "activations: -128 is outside -127..=127"
     );
-    // Inputs as `x + 128` (what VNNI multiplies), padded with zero rows to whole tiles.
-    let mut xb = vec![0x80u8; rows.next_multiple_of(TILE_ROWS) * inp];
-    for (b, &v) in xb.iter_mut().zip(x) {
-        *b = (v as u8) ^ 0x80;
+    // Inputs as `x + 128` (what VNNI multiplies), each row padded with zeros to whole groups,
+    // and zero rows to whole tiles.
+    let stride = w.stride;
+    let mut xb = vec![0x80u8; rows.next_multiple_of(TILE_ROWS) * stride];
+    for (b, xr) in xb.chunks_exact_mut(stride).zip(x.chunks_exact(inp)) {
+        for (b, &v) in b.iter_mut().zip(xr) {
+            *b = (v as u8) ^ 0x80;
+        }
     }
     let tiles = w.tiles();
     if rows * n * inp < SERIAL_MACS {
@@ -198,7 +224,7 @@ pub fn matmul_i8_with(kernel: I8Kernel, out: &mut [i32], x: &[i8], w: &I8Matrix)
             .div_ceil(rayon::current_num_threads())
             .next_multiple_of(TILE_ROWS);
         out.par_chunks_mut(task * n)
-            .zip(xb.par_chunks(task * inp))
+            .zip(xb.par_chunks(task * stride))
             .for_each(|(o, xr)| block(kernel, o, xr, w, 0..tiles));
     }
 }
@@ -212,7 +238,7 @@ fn block(
     w: &I8Matrix,
     tiles: std::ops::Range<usize>,
 ) {
-    let (n, inp) = (w.n, w.inp);
+    let (n, inp) = (w.n, w.stride);
     let rows = out.len() / n;
     let tile_bytes = TILE_OUTPUTS * inp;
     for t in tiles {
@@ -433,7 +459,9 @@ mod tests {
     fn every_kernel_equals_the_plain_sum() {
         let shapes = [
             (1, 1, 4),
+            (2, 5, 3),
             (3, 17, 8),
+            (7, 70, 131),
             (5, 16, 64),
             (4, 33, 132),
             (9, 256, 128),
@@ -480,10 +508,7 @@ mod tests {
 
     #[test]
     fn refuses_what_the_contract_excludes() {
-        assert!(
-            I8Matrix::from_rows(&[1, 2, 3], 1, 3).is_err(),
-            "inp not a multiple of 4"
-        );
+        assert!(I8Matrix::from_rows(&[], 1, 0).is_err(), "no inputs");
         assert!(
             I8Matrix::from_rows(&[i8::MIN, 0, 0, 0], 1, 4).is_err(),
             "-128"
