@@ -2,7 +2,7 @@
 //! kernels` is [`crate::backend::cuda::bench`]).
 
 use crate::backend::{create_backend, cuda, Device, OptimConfig};
-use crate::m1::{CpuM1Batch, ExactM1, Int8M1, M1Batch, WINDOW_START};
+use crate::m1::{CpuM1Batch, ExactM1, Int8M1, Int8State, M1Batch, WINDOW_START};
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena};
 use crate::rng::Rng;
@@ -23,9 +23,10 @@ pub enum M1Mode {
     Lockstep,
     /// On the GPU ([`cuda::GpuExactM1`]), all windows together one position per step.
     Gpu,
-    /// On the CPU, numeric contract 3's scalar reference ([`Int8M1`], quantised from the same
-    /// weights), each window all at once, windows in parallel.
-    Int8,
+    /// On the CPU, numeric contract 3 ([`Int8M1`], quantised from the same weights): each
+    /// window all at once, windows in parallel; or with `lockstep`, all windows together one
+    /// position per step ([`Int8M1::push_rows`], as the coders will drive it).
+    Int8 { lockstep: bool },
 }
 
 /// What [`bench_m1`] measured.
@@ -84,14 +85,29 @@ pub fn bench_m1(
             let (t, positions) = lockstep(&mut CpuM1Batch::new(&m1, windows))?;
             (t, positions, format!("cpu, lockstep ({threads} threads)"))
         }
-        M1Mode::Int8 => {
+        M1Mode::Int8 { lockstep } => {
             let q = Int8M1::new(&cfg, &params)?;
+            let kernel = q.kernel().name();
             let t = Instant::now();
-            let positions: usize = data.par_iter().map(|w| q.window_probs(w).len()).sum();
+            let positions = if lockstep {
+                let mut states = vec![Int8State::default(); windows];
+                let mut positions = 0;
+                for k in 0..=len {
+                    let bytes: Vec<u8> = (0..windows)
+                        .map(|w| if k == 0 { WINDOW_START } else { data[w][k - 1] })
+                        .collect();
+                    let mut refs: Vec<&mut Int8State> = states.iter_mut().collect();
+                    positions += q.push_rows(&mut refs, &bytes).len();
+                }
+                positions
+            } else {
+                data.par_iter().map(|w| q.window_probs(w).len()).sum()
+            };
+            let how = if lockstep { "lockstep" } else { "all at once" };
             (
                 t,
                 positions,
-                format!("cpu, int8 scalar reference, all at once ({threads} threads)"),
+                format!("cpu, int8 products on {kernel}, {how} ({threads} threads)"),
             )
         }
         M1Mode::AllAtOnce => {

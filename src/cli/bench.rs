@@ -30,8 +30,9 @@ pub enum BenchCmd {
         /// On the GPU (`GpuExactM1`): all windows advance together, one position per step.
         #[arg(long)]
         gpu: bool,
-        /// Also time numeric contract 3's scalar reference (`Int8M1`, int8 products in i32) on the
-        /// same model and windows, each window all at once, and print it beside contract 2.
+        /// Also time numeric contract 3 (`Int8M1`, int8 products in i32 on the fastest kernel) on
+        /// the same model and windows, driven the same way (all at once, or `--steps`), and print
+        /// it beside contract 2.
         #[arg(long)]
         int8: bool,
         /// Print one JSON object.
@@ -111,7 +112,13 @@ pub fn run(b: BenchCmd) -> Result<()> {
             };
             let r = bench_m1(&preset, windows, len, context, mode)?;
             let q = if int8 {
-                Some(bench_m1(&preset, windows, len, context, M1Mode::Int8)?)
+                Some(bench_m1(
+                    &preset,
+                    windows,
+                    len,
+                    context,
+                    M1Mode::Int8 { lockstep: steps },
+                )?)
             } else {
                 None
             };

@@ -26,7 +26,7 @@ mod load;
 mod matmul;
 
 pub use batch::{CpuM1Batch, M1Batch};
-pub use int8::Int8M1;
+pub use int8::{Int8M1, Int8State};
 
 use crate::model::{ModelConfig, ParamArena};
 use crate::numerics::{exp_contract, RopeTables, HEAD_DIM};

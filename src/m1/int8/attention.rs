@@ -1,7 +1,7 @@
 //! Contract 3's attention: int8 q and key/value cache per (position, head), scores from i32 dot
 //! products, attention weights as integers of 2^-14 and their weighted sum of values in i32.
 
-use super::quantise::{dot_i8, pow2, quantise_row};
+use super::quantise::{dot_i8, pow2, quantise_row, round_even};
 use super::MAX_CONTEXT;
 use crate::numerics::{exp_contract, HEAD_DIM};
 use std::ops::Range;
@@ -119,9 +119,9 @@ pub(super) fn attend(out: &mut [f32], q: &[f32], cache: &QKvCache, span: Range<u
         let mut acc = [0i32; HEAD_DIM];
         for (&s, j) in scores.iter().zip(span.clone()) {
             let p = exp_contract(s - m);
-            sum += (p * pow2(P_BITS)).round_ties_even() as i32;
+            sum += round_even(p * pow2(P_BITS)) as i32;
             let (v, ev) = cache.value(j, h);
-            let w = (p * pow2(P_BITS + ev - top)).round_ties_even() as i32;
+            let w = round_even(p * pow2(P_BITS + ev - top)) as i32;
             for (a, &vc) in acc.iter_mut().zip(v) {
                 *a += w * vc as i32;
             }

@@ -19,10 +19,12 @@ use super::{
     softmax_in_place, Probs, WINDOW_START,
 };
 use crate::model::{ModelConfig, ParamArena};
+use crate::numerics::int8::I8Kernel;
 use crate::numerics::RopeTables;
 use anyhow::{ensure, Result};
 use attention::{attend, QKvCache};
 use quantise::{qmatmul, QMatrix};
+use rayon::prelude::*;
 
 /// The longest attention span (a model's [`ModelConfig::context`]) contract 3 admits: the bound
 /// of the attention's i32 sums (`attention.rs`) holds for at most this many positions.
@@ -36,9 +38,12 @@ struct QLayer {
     down: QMatrix,
 }
 
-/// A byte-level model quantised for contract 3: the scalar reference (plain loops, one thread).
+/// A byte-level model quantised for contract 3. Its integer products run on the fastest kernel
+/// of [`crate::numerics::int8`] the machine has ([`with_kernel`](Self::with_kernel) forces one;
+/// every kernel gives the same integers, so the same bits); the rest is plain loops.
 pub struct Int8M1 {
     cfg: ModelConfig,
+    kernel: I8Kernel,
     context: usize,
     tok_emb: Vec<f32>,
     layers: Vec<QLayer>,
@@ -111,6 +116,7 @@ impl Int8M1 {
             .collect();
         Ok(Int8M1 {
             cfg: cfg.clone(),
+            kernel: I8Kernel::best(),
             context,
             tok_emb: t("tok_emb.weight").to_vec(),
             layers,
@@ -120,6 +126,23 @@ impl Int8M1 {
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// The same model computing its integer products with `kernel`; refused where this machine
+    /// cannot run it.
+    pub fn with_kernel(mut self, kernel: I8Kernel) -> Result<Self> {
+        ensure!(
+            I8Kernel::available().contains(&kernel),
+            "the {} int8 kernel does not run on this machine",
+            kernel.name()
+        );
+        self.kernel = kernel;
+        Ok(self)
+    }
+
+    /// The kernel computing the integer products.
+    pub fn kernel(&self) -> I8Kernel {
+        self.kernel
     }
 
     /// A fresh window: feeds [`WINDOW_START`] and returns the distribution of its first byte.
@@ -148,22 +171,26 @@ impl Int8M1 {
         let mut att = vec![0f32; x.len()];
         for (l, w) in self.layers.iter().enumerate() {
             let mut qkv = self.project_qkv(w, &x);
-            for (state, (row, out)) in states
-                .iter_mut()
-                .zip(qkv.chunks_exact_mut(3 * d).zip(att.chunks_exact_mut(d)))
-            {
-                let t = state.pos;
-                rotate(
-                    &mut row[..2 * d],
-                    state.rope.as_ref().expect("set above"),
-                    t,
-                );
-                let cache = &mut state.caches[l];
-                cache.push(&row[d..2 * d], &row[2 * d..]);
-                let lo = self.window_start(t);
-                cache.forget_before(lo);
-                attend(out, &row[..d], cache, lo..t + 1);
-            }
+            // Streams are independent: their attention runs in parallel.
+            states
+                .par_iter_mut()
+                .zip(
+                    qkv.par_chunks_exact_mut(3 * d)
+                        .zip(att.par_chunks_exact_mut(d)),
+                )
+                .for_each(|(state, (row, out))| {
+                    let t = state.pos;
+                    rotate(
+                        &mut row[..2 * d],
+                        state.rope.as_ref().expect("set above"),
+                        t,
+                    );
+                    let cache = &mut state.caches[l];
+                    cache.push(&row[d..2 * d], &row[2 * d..]);
+                    let lo = self.window_start(t);
+                    cache.forget_before(lo);
+                    attend(out, &row[..d], cache, lo..t + 1);
+                });
             self.finish_layer(w, &mut x, &att);
         }
         states.iter_mut().for_each(|s| s.pos += 1);
@@ -212,7 +239,7 @@ impl Int8M1 {
     /// `qkv` of every row: the RMSNorm (gain folded into the matrix), then the int8 product.
     fn project_qkv(&self, w: &QLayer, x: &[f32]) -> Vec<f32> {
         let mut qkv = vec![0f32; x.len() * 3];
-        qmatmul(&mut qkv, &self.normalise(x), &w.qkv);
+        qmatmul(self.kernel, &mut qkv, &self.normalise(x), &w.qkv);
         qkv
     }
 
@@ -220,19 +247,24 @@ impl Int8M1 {
     /// MLP, residual.
     fn finish_layer(&self, w: &QLayer, x: &mut [f32], att: &[f32]) {
         let mut proj = vec![0f32; x.len()];
-        qmatmul(&mut proj, att, &w.out);
+        qmatmul(self.kernel, &mut proj, att, &w.out);
         add_into(x, &proj);
         let mut up = vec![0f32; x.len() / self.cfg.d_model * self.cfg.d_ff];
-        qmatmul(&mut up, &self.normalise(x), &w.up);
+        qmatmul(self.kernel, &mut up, &self.normalise(x), &w.up);
         up.iter_mut().for_each(|u| *u = u.max(0.0));
-        qmatmul(&mut proj, &up, &w.down);
+        qmatmul(self.kernel, &mut proj, &up, &w.down);
         add_into(x, &proj);
     }
 
     /// The next-byte distribution of every row of last-layer outputs.
     fn next_byte_probs(&self, x: &[f32]) -> Vec<Probs> {
         let mut probs = vec![[0f32; 256]; x.len() / self.cfg.d_model];
-        qmatmul(probs.as_flattened_mut(), &self.normalise(x), &self.head);
+        qmatmul(
+            self.kernel,
+            probs.as_flattened_mut(),
+            &self.normalise(x),
+            &self.head,
+        );
         probs.iter_mut().for_each(|p| softmax_in_place(p));
         probs
     }
@@ -345,6 +377,26 @@ mod tests {
             for (a, b) in alone.iter().zip(&together) {
                 assert_eq!(bits(a), bits(b), "groups of {group}");
             }
+        }
+    }
+
+    /// Every int8 kernel this machine has (AVX-512 VNNI, AVX-VNNI, AVX2, portable) gives the same
+    /// bits for whole windows and for batches of positions: the integer sums are the contract.
+    #[test]
+    fn every_kernel_gives_the_same_bits() {
+        let (cfg, p) = model(16);
+        let text = b"Every kernel sums the same integers, so every probability agrees.";
+        let want = bits(
+            &Int8M1::new(&cfg, &p)
+                .unwrap()
+                .with_kernel(I8Kernel::Portable)
+                .unwrap()
+                .window_probs(text),
+        );
+        for kernel in I8Kernel::available() {
+            let m = Int8M1::new(&cfg, &p).unwrap().with_kernel(kernel).unwrap();
+            assert_eq!(bits(&m.window_probs(text)), want, "{}", kernel.name());
+            assert_eq!(bits(&stepped(&m, text)), want, "{} stepped", kernel.name());
         }
     }
 

@@ -2,6 +2,8 @@
 //! values and one power-of-two scale `2^e`, with `e` read from the bits of the row's largest
 //! magnitude (no libm), so every backend computes the same integers.
 
+use crate::numerics::int8::{matmul_i8_with, I8Kernel, I8Matrix};
+
 /// The largest int8 magnitude used: quantised values lie in `-127..=127` (never -128), so a
 /// product of two has magnitude at most `127 * 127` and the bounds below are symmetric.
 pub(crate) const QMAX: i32 = 127;
@@ -48,6 +50,17 @@ pub(crate) fn scale_exponent(row: &[f32]) -> i32 {
     e.clamp(E_MIN, E_MAX)
 }
 
+/// `v` rounded to the nearest integer, ties to even, for `|v| < 2^22`: adding and subtracting
+/// `1.5 · 2^23` leaves no fraction bits, and f32 addition rounds to nearest even. Outside that
+/// range the result keeps `v`'s sign and is at least `2^22 - 1` in magnitude (NaN stays NaN), so
+/// a caller that clamps to `±127` gets what `f32::round_ties_even` would give (the test checks
+/// every f32). Two additions instead of a libm `rintf` call per value on x86-64's baseline.
+#[inline(always)]
+pub(crate) fn round_even(v: f32) -> f32 {
+    const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + SHIFTER) - SHIFTER
+}
+
 /// Quantises `x` into `out`: `q_k = clamp(round_half_even(x_k * 2^-e), -127, 127)` with
 /// `e = scale_exponent(x)` (the multiply is exact for normal results; NaN becomes 0, by Rust's
 /// saturating float-to-int conversion, as PTX's `cvt.rni.sat`). Returns `e`.
@@ -57,7 +70,7 @@ pub(crate) fn quantise_row(x: &[f32], out: &mut [i8]) -> i32 {
     let inv = pow2(-e);
     let q = QMAX as f32;
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v * inv).round_ties_even().clamp(-q, q) as i8;
+        *o = round_even(v * inv).clamp(-q, q) as i8;
     }
     e
 }
@@ -71,11 +84,9 @@ pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
 }
 
 /// A weight matrix quantised per output channel: row `o` (output `o`'s `inp` weights) is
-/// `w[o] * 2^e[o]`.
+/// `w[o] * 2^e[o]`, packed for the integer product.
 pub(crate) struct QMatrix {
-    inp: usize,
-    n: usize,
-    w: Vec<i8>,
+    w: I8Matrix,
     e: Vec<i32>,
 }
 
@@ -95,25 +106,33 @@ impl QMatrix {
             }
             e.push(quantise_row(&row, out));
         }
-        QMatrix { inp, n, w: q, e }
+        let w = I8Matrix::from_rows(&q, n, inp).expect("quantised values lie in -127..=127");
+        QMatrix { w, e }
     }
 }
 
 /// `out[r][o] = (acc as f32) * 2^(ex_r + e_o)`, `acc = sum_k xq[r][k] w[o][k]` in i32, for every
 /// `inp`-wide row `r` of `x`, each row quantised on its own ([`quantise_row`]), so a row's result
 /// does not depend on the others. The one rounding is `acc as f32` (exact below 2^24); the scale
-/// is one exact power-of-two multiply (`ex + e_o` lies in `-120..=120`).
-pub(crate) fn qmatmul(out: &mut [f32], x: &[f32], w: &QMatrix) {
-    let (inp, n) = (w.inp, w.n);
+/// is one exact power-of-two multiply (`ex + e_o` lies in `-120..=120`). The sums come from
+/// `kernel` (any of them gives the same integers).
+pub(crate) fn qmatmul(kernel: I8Kernel, out: &mut [f32], x: &[f32], w: &QMatrix) {
+    let (inp, n) = (w.w.inputs(), w.w.outputs());
     assert!(
         x.len() % inp == 0 && out.len() == x.len() / inp * n,
         "qmatmul shapes"
     );
-    let mut xq = vec![0i8; inp];
-    for (xr, or) in x.chunks_exact(inp).zip(out.chunks_exact_mut(n)) {
-        let ex = quantise_row(xr, &mut xq);
-        for ((o, wr), &ew) in or.iter_mut().zip(w.w.chunks_exact(inp)).zip(&w.e) {
-            *o = dot_i8(&xq, wr) as f32 * pow2(ex + ew);
+    let mut xq = vec![0i8; x.len()];
+    let ex: Vec<i32> = x
+        .chunks_exact(inp)
+        .zip(xq.chunks_exact_mut(inp))
+        .map(|(xr, qr)| quantise_row(xr, qr))
+        .collect();
+    let mut acc = vec![0i32; out.len()];
+    matmul_i8_with(kernel, &mut acc, &xq, &w.w);
+    for ((or, ar), &ex) in out.chunks_exact_mut(n).zip(acc.chunks_exact(n)).zip(&ex) {
+        for ((o, &a), &ew) in or.iter_mut().zip(ar).zip(&w.e) {
+            *o = a as f32 * pow2(ex + ew);
         }
     }
 }
@@ -121,6 +140,28 @@ pub(crate) fn qmatmul(out: &mut [f32], x: &[f32], w: &QMatrix) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `round_even` then the clamp equals `round_ties_even` then the clamp for every f32 bit
+    /// pattern, and equals `round_ties_even` alone below 2^22.
+    #[test]
+    fn round_even_matches_round_ties_even_on_every_f32() {
+        use rayon::prelude::*;
+        let q = QMAX as f32;
+        (0..=u16::MAX).into_par_iter().for_each(|hi| {
+            for lo in 0..=u16::MAX {
+                let v = f32::from_bits((hi as u32) << 16 | lo as u32);
+                let (fast, std) = (round_even(v), v.round_ties_even());
+                assert_eq!(fast.clamp(-q, q) as i8, std.clamp(-q, q) as i8, "{v:e}");
+                if v.abs() < 4_194_304.0 {
+                    assert_eq!(
+                        fast.to_bits() & 0x7FFF_FFFF,
+                        std.to_bits() & 0x7FFF_FFFF,
+                        "{v:e}"
+                    );
+                }
+            }
+        });
+    }
 
     /// The exponent is the smallest in range with `m <= 127 * 2^e`, checked in f64 over
     /// magnitudes around every boundary and across the range, negative values and zeros included.
@@ -193,11 +234,14 @@ mod tests {
         // Row 1: [127, 0, -63.5] * g = [127, 0, -15.875]: e = 0, q = [127, 0, -16].
         let w = [1.0, -2.0, 4.0, 127.0, 0.0, -63.5];
         let m = QMatrix::from_rows(&w, 2, 3, Some(&[1.0, 0.5, 0.25]));
-        assert_eq!(m.w, [64, -64, 64, 127, 0, -16]);
+        assert_eq!(
+            [m.w.row(0), m.w.row(1)].concat(),
+            [64, -64, 64, 127, 0, -16]
+        );
         assert_eq!(m.e, [-6, 0]);
         // x = [1, 0.25, -0.5]: e = -6, xq = [64, 16, -32].
         let mut out = [0f32; 2];
-        qmatmul(&mut out, &[1.0, 0.25, -0.5], &m);
+        qmatmul(I8Kernel::Portable, &mut out, &[1.0, 0.25, -0.5], &m);
         let acc0 = 64 * 64 - 16 * 64 - 32 * 64; // 1024, times 2^(-6 - 6)
         let acc1 = 64 * 127 + 32 * 16; // 8640, times 2^(-6 + 0)
         assert_eq!((acc0, acc1), (1024, 8640));
@@ -212,11 +256,18 @@ mod tests {
             let x = vec![127.0f32; MAX_INNER];
             let w = vec![127.0 * sign; MAX_INNER];
             let m = QMatrix::from_rows(&w, 1, MAX_INNER, None);
-            let mut out = [0f32];
-            qmatmul(&mut out, &x, &m);
             let exact = 127i64 * 127 * MAX_INNER as i64 * sign as i64;
             assert!(exact.abs() <= i32::MAX as i64);
-            assert_eq!(out[0] as i64, exact, "sum of 2^17 products of 127 * 127");
+            for kernel in I8Kernel::available() {
+                let mut out = [0f32];
+                qmatmul(kernel, &mut out, &x, &m);
+                assert_eq!(
+                    out[0] as i64,
+                    exact,
+                    "{}: 2^17 products of 127 * 127",
+                    kernel.name()
+                );
+            }
         }
     }
 }
