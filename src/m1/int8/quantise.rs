@@ -119,7 +119,7 @@ impl QMatrix {
 pub(crate) fn qmatmul(kernel: I8Kernel, out: &mut [f32], x: &[f32], w: &QMatrix) {
     let (inp, n) = (w.w.inputs(), w.w.outputs());
     assert!(
-        x.len() % inp == 0 && out.len() == x.len() / inp * n,
+        x.len().is_multiple_of(inp) && out.len() == x.len() / inp * n,
         "qmatmul shapes"
     );
     let mut xq = vec![0i8; x.len()];
