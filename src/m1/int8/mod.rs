@@ -23,7 +23,7 @@ use crate::numerics::int8::I8Kernel;
 use crate::numerics::RopeTables;
 use anyhow::{ensure, Result};
 use attention::{attend, QKvCache};
-use quantise::{qmatmul, QMatrix};
+use quantise::{qmatmul, QMatrix, ROWS_PER_TASK};
 use rayon::prelude::*;
 
 /// The longest attention span (a model's [`ModelConfig::context`]) contract 3 admits: the bound
@@ -265,17 +265,22 @@ impl Int8M1 {
             &self.normalise(x),
             &self.head,
         );
-        probs.iter_mut().for_each(|p| softmax_in_place(p));
+        probs
+            .par_iter_mut()
+            .with_min_len(ROWS_PER_TASK)
+            .for_each(|p| softmax_in_place(p));
         probs
     }
 
     /// RMSNorm without its gain (folded into the next matrix): `y_k = x_k * r` per row.
     fn normalise(&self, x: &[f32]) -> Vec<f32> {
         let mut y = x.to_vec();
-        for row in y.chunks_exact_mut(self.cfg.d_model) {
-            let r = rms_factor(row, self.cfg.norm_eps);
-            row.iter_mut().for_each(|v| *v *= r);
-        }
+        y.par_chunks_exact_mut(self.cfg.d_model)
+            .with_min_len(ROWS_PER_TASK)
+            .for_each(|row| {
+                let r = rms_factor(row, self.cfg.norm_eps);
+                row.iter_mut().for_each(|v| *v *= r);
+            });
         y
     }
 }

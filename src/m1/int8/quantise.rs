@@ -3,6 +3,7 @@
 //! magnitude (no libm), so every backend computes the same integers.
 
 use crate::numerics::int8::{matmul_i8_with, I8Kernel, I8Matrix};
+use rayon::prelude::*;
 
 /// The largest int8 magnitude used: quantised values lie in `-127..=127` (never -128), so a
 /// product of two has magnitude at most `127 * 127` and the bounds below are symmetric.
@@ -122,20 +123,29 @@ pub(crate) fn qmatmul(kernel: I8Kernel, out: &mut [f32], x: &[f32], w: &QMatrix)
         x.len().is_multiple_of(inp) && out.len() == x.len() / inp * n,
         "qmatmul shapes"
     );
+    // Rows are independent: quantised and dequantised in parallel, 16 or more to a task.
     let mut xq = vec![0i8; x.len()];
     let ex: Vec<i32> = x
-        .chunks_exact(inp)
-        .zip(xq.chunks_exact_mut(inp))
+        .par_chunks_exact(inp)
+        .zip(xq.par_chunks_exact_mut(inp))
+        .with_min_len(ROWS_PER_TASK)
         .map(|(xr, qr)| quantise_row(xr, qr))
         .collect();
     let mut acc = vec![0i32; out.len()];
     matmul_i8_with(kernel, &mut acc, &xq, &w.w);
-    for ((or, ar), &ex) in out.chunks_exact_mut(n).zip(acc.chunks_exact(n)).zip(&ex) {
-        for ((o, &a), &ew) in or.iter_mut().zip(ar).zip(&w.e) {
-            *o = a as f32 * pow2(ex + ew);
-        }
-    }
+    out.par_chunks_exact_mut(n)
+        .zip(acc.par_chunks_exact(n))
+        .zip(ex.par_iter())
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|((or, ar), &ex)| {
+            for ((o, &a), &ew) in or.iter_mut().zip(ar).zip(&w.e) {
+                *o = a as f32 * pow2(ex + ew);
+            }
+        });
 }
+
+/// The fewest rows a parallel task of row-wise work takes (fewer cost more to hand out).
+pub(crate) const ROWS_PER_TASK: usize = 16;
 
 #[cfg(test)]
 mod tests {
