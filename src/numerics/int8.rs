@@ -67,27 +67,40 @@ pub enum I8Kernel {
 impl I8Kernel {
     /// Every kernel this machine can run, fastest first (the last is always `Portable`).
     pub fn available() -> Vec<I8Kernel> {
-        let mut k = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512vnni") {
-                k.push(I8Kernel::Avx512Vnni);
+        Self::detected().to_vec()
+    }
+
+    /// True when this machine can run the kernel.
+    pub fn runs_here(self) -> bool {
+        Self::detected().contains(&self)
+    }
+
+    /// The CPU's features, read once (products check them on every call).
+    fn detected() -> &'static [I8Kernel] {
+        static KERNELS: std::sync::OnceLock<Vec<I8Kernel>> = std::sync::OnceLock::new();
+        KERNELS.get_or_init(|| {
+            let mut k = Vec::new();
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") && has!("avx512vnni") {
+                    k.push(I8Kernel::Avx512Vnni);
+                }
+                if has!("avx2") && has!("avxvnni") {
+                    k.push(I8Kernel::AvxVnni);
+                }
+                if has!("avx2") {
+                    k.push(I8Kernel::Avx2);
+                }
             }
-            if has!("avx2") && has!("avxvnni") {
-                k.push(I8Kernel::AvxVnni);
-            }
-            if has!("avx2") {
-                k.push(I8Kernel::Avx2);
-            }
-        }
-        k.push(I8Kernel::Portable);
-        k
+            k.push(I8Kernel::Portable);
+            k
+        })
     }
 
     /// The fastest kernel this machine can run.
     pub fn best() -> I8Kernel {
-        Self::available()[0]
+        Self::detected()[0]
     }
 
     /// A short name for reports (`avx512-vnni`, `avx-vnni`, `avx2`, `portable`).
@@ -174,11 +187,7 @@ pub fn matmul_i8(out: &mut [i32], x: &[i8], w: &I8Matrix) {
 
 /// [`matmul_i8`] with a chosen kernel; panics if this machine cannot run it.
 pub fn matmul_i8_with(kernel: I8Kernel, out: &mut [i32], x: &[i8], w: &I8Matrix) {
-    assert!(
-        I8Kernel::available().contains(&kernel),
-        "{} unavailable here",
-        kernel.name()
-    );
+    assert!(kernel.runs_here(), "{} unavailable here", kernel.name());
     let (inp, n) = (w.inp, w.n);
     let rows = x.len() / inp;
     assert!(

@@ -132,7 +132,7 @@ impl Int8M1 {
     /// cannot run it.
     pub fn with_kernel(mut self, kernel: I8Kernel) -> Result<Self> {
         ensure!(
-            I8Kernel::available().contains(&kernel),
+            kernel.runs_here(),
             "the {} int8 kernel does not run on this machine",
             kernel.name()
         );
