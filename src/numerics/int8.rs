@@ -21,6 +21,13 @@
 //! computes a tile of [`TILE_ROWS`] rows by 4 panels (64 outputs), so each weight loaded serves 4
 //! rows and (with AVX-512) each input loaded serves 64 outputs.
 
+//! **Cost model.** A product does `2 · rows · n · inp` integer operations and reads `n · inp`
+//! weight bytes once per tile of 4 rows (tiny's largest matrix, 512 × 128, is 64 KiB: it stays in
+//! L2). One `vpdpbusd` on 512 bits is 64 multiply-adds; at one per cycle per core that is 128
+//! op/cycle/core, about 0.6–0.8 Top/s on 2 cores at 2.5–3 GHz. Measured (BENCHMARKS.md, "M1
+//! under contract 3"): 262–380 Gop/s, roughly half of that ceiling; the gap is the tile's edges
+//! (256 outputs is 4 tiles), the per-call bias of the inputs and the thread hand-out.
+
 use rayon::prelude::*;
 
 /// Outputs per panel: one AVX-512 register of i32.
