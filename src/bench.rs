@@ -2,11 +2,11 @@
 //! kernels` is [`crate::backend::cuda::bench`]).
 
 use crate::backend::{create_backend, cuda, Device, OptimConfig};
-use crate::m1::{CpuM1Batch, ExactM1, Int8M1, Int8State, M1Batch, WINDOW_START};
+use crate::m1::{CpuM1Batch, ExactM1, Int8M1, M1Batch, WindowState, WINDOW_START};
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena};
 use crate::rng::Rng;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -18,15 +18,21 @@ pub const H100_PEAK_FLOPS: f64 = 989e12;
 pub enum M1Mode {
     /// On the CPU, each window all at once, windows in parallel.
     AllAtOnce,
-    /// On the CPU, all windows together one position per step ([`CpuM1Batch`], as the coders
-    /// drive M1).
+    /// On the CPU, all windows together one position per step (as the coders drive M1:
+    /// [`CpuM1Batch`]).
     Lockstep,
-    /// On the GPU ([`cuda::GpuExactM1`]), all windows together one position per step.
+    /// On the GPU ([`cuda::GpuExactM1`], contract 2 only), all windows together one position per
+    /// step.
     Gpu,
-    /// On the CPU, numeric contract 3 ([`Int8M1`], quantised from the same weights): each
-    /// window all at once, windows in parallel; or with `lockstep`, all windows together one
-    /// position per step ([`Int8M1::push_rows`], as the coders will drive it).
-    Int8 { lockstep: bool },
+}
+
+/// Which arithmetic [`bench_m1`] times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum M1Contract {
+    /// Contract 3, what M1 codes with ([`Int8M1`]: int8 products on the fastest kernel).
+    Int8,
+    /// Contract 2, the float model it is quantised from ([`ExactM1`]): the yardstick.
+    Float,
 }
 
 /// What [`bench_m1`] measured.
@@ -40,77 +46,69 @@ pub struct M1Bench {
     pub device: String,
 }
 
-/// Times M1's exact inference path on `windows` random windows of `len` bytes: a `preset`
-/// byte-level model with random weights attending over at most `context` positions (0:
-/// unbounded).
+/// Times M1 under `contract` on `windows` random windows of `len` bytes: a `preset` byte-level
+/// model with random weights attending over at most `context` positions (0: unbounded, which
+/// contract 3 refuses), driven as `mode` says.
 pub fn bench_m1(
     preset: &str,
     windows: usize,
     len: usize,
     context: usize,
     mode: M1Mode,
+    contract: M1Contract,
 ) -> Result<M1Bench> {
     ensure!(windows > 0, "no windows to run");
     let mut cfg = ModelConfig::preset(preset, Some(256))?;
     cfg.context = (context > 0).then_some(context);
     let params = ParamArena::init(&cfg, 0);
-    let m1 = ExactM1::new(&cfg, &params)?;
     let mut rng = Rng::new(2);
     let data: Vec<Vec<u8>> = (0..windows)
         .map(|_| (0..len).map(|_| rng.below(256) as u8).collect())
         .collect();
-    // All windows as streams of one batch, one position per step (how the coders drive M1).
-    let lockstep = |batch: &mut dyn M1Batch| -> Result<(Instant, usize)> {
+    // All windows as streams, one position per step (how the coders drive M1); `step` feeds
+    // each window's next byte and returns how many positions it computed.
+    let lockstep = |step: &mut dyn FnMut(&[u8]) -> Result<usize>| -> Result<(Instant, usize)> {
         let t = Instant::now();
         let mut positions = 0;
         for k in 0..=len {
-            let feeds: Vec<(usize, u8)> = (0..windows)
-                .map(|w| {
-                    let byte = if k == 0 { WINDOW_START } else { data[w][k - 1] };
-                    (w, byte)
-                })
+            let bytes: Vec<u8> = (0..windows)
+                .map(|w| if k == 0 { WINDOW_START } else { data[w][k - 1] })
                 .collect();
-            positions += batch.step(&feeds)?.len();
+            positions += step(&bytes)?;
         }
         Ok((t, positions))
     };
+    let feeds = |bytes: &[u8]| -> Vec<(usize, u8)> { bytes.iter().copied().enumerate().collect() };
     let threads = rayon::current_num_threads();
-    let (t, positions, device) = match mode {
-        M1Mode::Gpu => {
+    let (t, positions, device) = match (contract, mode) {
+        (M1Contract::Float, M1Mode::Gpu) => {
+            let m1 = ExactM1::new(&cfg, &params)?;
             let mut g = cuda::GpuExactM1::new(&m1, windows, len + 1)?;
-            let (t, positions) = lockstep(&mut g)?;
+            let (t, positions) = lockstep(&mut |b| Ok(g.step(&feeds(b))?.len()))?;
             (t, positions, "cuda".to_string())
         }
-        M1Mode::Lockstep => {
-            let (t, positions) = lockstep(&mut CpuM1Batch::new(&m1, windows))?;
+        (M1Contract::Int8, M1Mode::Gpu) => {
+            bail!("contract 3 (int8) has no GPU path yet; the GPU runs contract 2 only")
+        }
+        (M1Contract::Float, M1Mode::Lockstep) => {
+            let m1 = ExactM1::new(&cfg, &params)?;
+            let mut states = vec![WindowState::default(); windows];
+            let (t, positions) = lockstep(&mut |b| {
+                let mut refs: Vec<&mut WindowState> = states.iter_mut().collect();
+                Ok(m1.push_rows(&mut refs, b).len())
+            })?;
             (t, positions, format!("cpu, lockstep ({threads} threads)"))
         }
-        M1Mode::Int8 { lockstep } => {
-            let q = Int8M1::new(&cfg, &params)?;
-            let kernel = q.kernel().name();
-            let t = Instant::now();
-            let positions = if lockstep {
-                let mut states = vec![Int8State::default(); windows];
-                let mut positions = 0;
-                for k in 0..=len {
-                    let bytes: Vec<u8> = (0..windows)
-                        .map(|w| if k == 0 { WINDOW_START } else { data[w][k - 1] })
-                        .collect();
-                    let mut refs: Vec<&mut Int8State> = states.iter_mut().collect();
-                    positions += q.push_rows(&mut refs, &bytes).len();
-                }
-                positions
-            } else {
-                data.par_iter().map(|w| q.window_probs(w).len()).sum()
-            };
-            let how = if lockstep { "lockstep" } else { "all at once" };
-            (
-                t,
-                positions,
-                format!("cpu, int8 products on {kernel}, {how} ({threads} threads)"),
-            )
+        (M1Contract::Int8, M1Mode::Lockstep) => {
+            let m1 = Int8M1::new(&cfg, &params)?;
+            let mut batch = CpuM1Batch::new(&m1, windows);
+            let (t, positions) = lockstep(&mut |b| Ok(batch.step(&feeds(b))?.len()))?;
+            let kernel = m1.kernel().name();
+            let how = format!("cpu, int8 products on {kernel}, lockstep ({threads} threads)");
+            (t, positions, how)
         }
-        M1Mode::AllAtOnce => {
+        (M1Contract::Float, M1Mode::AllAtOnce) => {
+            let m1 = ExactM1::new(&cfg, &params)?;
             let t = Instant::now();
             let positions: usize = data.par_iter().map(|w| m1.window_probs(w).len()).sum();
             (
@@ -118,6 +116,14 @@ pub fn bench_m1(
                 positions,
                 format!("cpu, all at once ({threads} threads)"),
             )
+        }
+        (M1Contract::Int8, M1Mode::AllAtOnce) => {
+            let m1 = Int8M1::new(&cfg, &params)?;
+            let t = Instant::now();
+            let positions: usize = data.par_iter().map(|w| m1.window_probs(w).len()).sum();
+            let kernel = m1.kernel().name();
+            let how = format!("cpu, int8 products on {kernel}, all at once ({threads} threads)");
+            (t, positions, how)
         }
     };
     let seconds = t.elapsed().as_secs_f64();

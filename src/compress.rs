@@ -21,7 +21,7 @@
 //! and writes its output atomically ([`crate::fsio`]): on any error no output file is left.
 
 use crate::fsio::{AtomicFile, Existing};
-use crate::m1::{ExactM1, CONTRACT_VERSION};
+use crate::m1::{Int8M1, CONTRACT_VERSION};
 use crate::tokenize::equal_info::EqualInfo;
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
@@ -63,7 +63,7 @@ fn report(original: u64, compressed: u64, windows: u64, seconds: f64) -> Compres
 }
 
 /// The header of a file of `total` bytes with CRC-32 `crc`, coded with `b`-bit windows.
-fn header(m1: &ExactM1, b: u32, chunk_bytes: u32, total: u64, crc: u32) -> Vec<u8> {
+fn header(m1: &Int8M1, b: u32, chunk_bytes: u32, total: u64, crc: u32) -> Vec<u8> {
     let mut header = Vec::with_capacity(HEADER_BYTES);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -108,7 +108,7 @@ fn scan(input: &Path) -> Result<(u64, u32)> {
 pub fn compress_file(
     input: &Path,
     output: &Path,
-    m1: &ExactM1,
+    m1: &Int8M1,
     b: u32,
     chunk_bytes: u32,
     existing: Existing,
@@ -207,7 +207,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 pub fn decompress_file(
     input: &Path,
     output: &Path,
-    m1: &ExactM1,
+    m1: &Int8M1,
     existing: Existing,
 ) -> Result<CompressReport> {
     let t = std::time::Instant::now();
@@ -245,7 +245,7 @@ pub fn decompress_file(
     );
     ensure!(
         contract == CONTRACT_VERSION,
-        "{name}: written under M1 contract {contract}, this build implements {CONTRACT_VERSION}"
+        "{name}: compressed under M1 numeric contract {contract}, this build decodes contract {CONTRACT_VERSION}: decompress it with the build that wrote it"
     );
     ensure!(
         fingerprint == m1.fingerprint(),
@@ -344,11 +344,12 @@ mod tests {
     use crate::model::{ModelConfig, ParamArena};
     use crate::rng::Rng;
 
-    fn m1(seed: u64) -> ExactM1 {
-        let cfg = ModelConfig::preset("tiny", None).unwrap();
+    fn m1(seed: u64) -> Int8M1 {
+        let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+        cfg.context = Some(256); // contract 3 attends over a recorded context
         let mut p = ParamArena::init(&cfg, seed);
         p.data.iter_mut().for_each(|x| *x *= 8.0);
-        ExactM1::new(&cfg, &p).unwrap()
+        Int8M1::new(&cfg, &p).unwrap()
     }
 
     fn err(r: Result<CompressReport>) -> String {
@@ -438,8 +439,12 @@ mod tests {
         crc_bad[36] ^= 1;
         assert!(try_with(&crc_bad).contains("CRC-32"));
         let mut version = good.clone();
-        version[10] = 9;
-        assert!(try_with(&version).contains("contract"));
+        version[10] = 2;
+        let e = try_with(&version);
+        assert!(
+            e.contains("compressed under M1 numeric contract 2, this build decodes contract 3"),
+            "{e}"
+        );
         let e = err(decompress_file(&z, &out, &m1(2), Existing::Replace));
         assert!(e.contains("wrong M1"), "{e}");
         assert!(!out.exists());

@@ -9,7 +9,7 @@ use crate::data::{baselines, Baselines};
 use crate::experiment::Pipeline;
 use crate::experiment::{prepare_corpus, train_m1, M1Result, M2Budget, MethodResult, MethodSpec};
 use crate::generate::{generate, GenerationReport, SampleOptions};
-use crate::m1::{ExactM1, ExactModel};
+use crate::m1::{ExactModel, Int8M1};
 use crate::tokenize::{Method, TokenDataset, DEFAULT_CHUNK_BYTES};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -73,7 +73,7 @@ pub fn run_demo(o: &DemoOptions, mut stage: impl FnMut(String)) -> Result<DemoRe
         o.device,
         o.progress,
     )?;
-    let exact = Arc::new(ExactM1::load(&m1.checkpoint)?);
+    let exact = Arc::new(Int8M1::load(&m1.checkpoint)?);
     let base = baselines(&corpus.heldout)?;
     let p = Pipeline {
         corpus: &corpus,

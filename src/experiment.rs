@@ -13,7 +13,7 @@ use crate::checkpoint::load_model;
 use crate::data::{baselines, eval_windows, read_prefix, Baselines};
 use crate::eval::score_windows;
 use crate::eval::tokens::{evaluate_m2, token_counts, M2Report};
-use crate::m1::{ExactM1, ExactModel};
+use crate::m1::{ExactModel, Int8M1};
 use crate::tokenize::{
     tokenize_corpus, ChunkSplit, M1Spec, Method, TokenDataset, TokenEvalSet, TokenizeReport,
     HELDOUT_EVERY, M2_START,
@@ -322,7 +322,7 @@ pub struct MethodResult {
 /// Everything a method run needs besides its spec.
 pub struct Pipeline<'a> {
     pub corpus: &'a PreparedCorpus,
-    pub m1: Option<Arc<ExactM1>>,
+    pub m1: Option<Arc<Int8M1>>,
     pub out: PathBuf,
     pub device: Device,
     pub progress: bool,
@@ -630,7 +630,7 @@ pub fn run_experiment(o: &ExperimentOptions) -> Result<ExperimentResults> {
         )?,
     };
     let (cfg, params) = load_model(&m1.checkpoint)?;
-    let exact = Arc::new(ExactM1::new(&cfg, &params)?);
+    let exact = Arc::new(Int8M1::new(&cfg, &params)?);
     let budget = M2Budget {
         preset: spec.m2_preset.into(),
         steps: spec.m2_steps,

@@ -11,7 +11,7 @@
 //! `context - 1` tokens (the length it trained on); when full, it restarts from the most recent
 //! half, cut at a unit boundary.
 
-use crate::m1::{ExactM1, ExactModel, WindowState};
+use crate::m1::{ExactModel, Int8M1, WindowState};
 use crate::rng::Rng;
 use crate::tokenize::equal_info::EqualInfo;
 use crate::tokenize::M2_START;
@@ -82,7 +82,7 @@ enum UnitCodec {
 }
 
 impl UnitCodec {
-    fn new(src: &TokenSource, m1: Option<Arc<ExactM1>>) -> Result<Self> {
+    fn new(src: &TokenSource, m1: Option<Arc<Int8M1>>) -> Result<Self> {
         match src.method.method() {
             Method::Bytes => Ok(UnitCodec::Bytes {
                 token_bits: src.token_bits,
@@ -200,7 +200,7 @@ fn sample(probs: &mut [f32], o: &SampleOptions, rng: &mut Rng) -> u32 {
 /// or a token outside the vocabulary: any in-range sequence decodes.
 pub fn decode_tokens(
     src: &TokenSource,
-    m1: Option<Arc<ExactM1>>,
+    m1: Option<Arc<Int8M1>>,
     tokens: &[u16],
 ) -> Result<Vec<u8>> {
     if let Some(&t) = tokens.iter().find(|&&t| t as u32 >= src.vocab) {
@@ -220,7 +220,7 @@ pub fn decode_tokens(
 pub fn generate(
     m2: &ExactModel,
     src: &TokenSource,
-    m1: Option<Arc<ExactM1>>,
+    m1: Option<Arc<Int8M1>>,
     context: usize,
     prompt: &[u8],
     o: &SampleOptions,

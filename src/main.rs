@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use terse::backend;
 use terse::compress::{compress_file, decompress_file};
 use terse::fsio::{check_output, Existing};
-use terse::m1::ExactM1;
+use terse::m1::Int8M1;
 
 #[derive(Parser)]
 #[command(
@@ -163,7 +163,7 @@ fn main() {
             input,
             output,
         } => check_output(&output, Existing::replace_if(force)).and_then(|_| {
-            let m = ExactM1::load(&m1)?;
+            let m = Int8M1::load(&m1)?;
             let existing = Existing::replace_if(force);
             let r = compress_file(&input, &output, &m, window_bits, chunk_bytes, existing)?;
             print_compress(&r, json, "compressed")
@@ -175,7 +175,7 @@ fn main() {
             input,
             output,
         } => check_output(&output, Existing::replace_if(force)).and_then(|_| {
-            let m = ExactM1::load(&m1)?;
+            let m = Int8M1::load(&m1)?;
             let r = decompress_file(&input, &output, &m, Existing::replace_if(force))?;
             print_compress(&r, json, "decompressed")
         }),

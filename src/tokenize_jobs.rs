@@ -1,10 +1,9 @@
 //! Tokenizing and detokenizing as the command line runs them: M1 loaded from a checkpoint and
 //! run on the CPU or the GPU, a token dataset decoded back into a file.
 
-use crate::backend::cuda::GpuExactM1;
 use crate::checkpoint::load_model;
 use crate::fsio::{check_output, AtomicFile, Existing};
-use crate::m1::{ExactM1, M1Batch};
+use crate::m1::{Int8M1, M1Batch, CONTRACT_VERSION, FLOAT_CONTRACT_VERSION};
 use crate::tokenize::{DatasetDecoder, M1Spec, Method, TokenDataset};
 use anyhow::{bail, ensure, Context, Result};
 use std::io::{BufWriter, Write};
@@ -13,25 +12,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// M1 on the GPU for `ac` and `equal-info` (`--gpu`), as a batch for [`M1Spec::with_batch`]
-/// sized for `chunk_bytes`-byte chunks: refuses other methods and machines without a usable
-/// GPU. Says on stderr how many streams it runs at once.
+/// sized for `chunk_bytes`-byte chunks. Refused for now: M1 codes under contract 3, and the GPU
+/// runs only contract 2 (`backend::cuda::GpuExactM1`), whose probabilities are not contract 3's.
 pub fn gpu_m1_batch(
     method: &Method,
-    m1: &ExactM1,
-    chunk_bytes: usize,
+    _m1: &Int8M1,
+    _chunk_bytes: usize,
 ) -> Result<Arc<Mutex<dyn M1Batch>>> {
     ensure!(
         method.needs_m1(),
         "--gpu runs M1 (ac, equal-info); {} runs on the CPU",
         method.name()
     );
-    let g = GpuExactM1::for_chunks(m1, chunk_bytes).context("--gpu: M1 on the GPU")?;
-    eprintln!(
-        "M1 on the GPU: {} streams at a time (positions up to {})",
-        g.streams(),
-        g.capacity()
-    );
-    Ok(Arc::new(Mutex::new(g)))
+    bail!(
+        "--gpu: M1 codes under numeric contract {CONTRACT_VERSION} (int8), and the GPU's exact path implements only contract {FLOAT_CONTRACT_VERSION}: run without --gpu (M1 runs on the CPU's threads)"
+    )
 }
 
 /// What `method` (one that needs M1) codes with: the M1 checkpoint at `m1`, `window_bits`-bit
@@ -45,7 +40,7 @@ pub fn load_m1_spec(
     gpu: bool,
     chunk_bytes: usize,
 ) -> Result<M1Spec> {
-    let m1 = ExactM1::load(m1)?;
+    let m1 = Int8M1::load(m1)?;
     let batch = match gpu {
         true => Some(gpu_m1_batch(method, &m1, chunk_bytes)?),
         false => None,
@@ -82,7 +77,7 @@ pub fn detokenize(
     let m1 = match m1 {
         Some(path) => {
             let (cfg, params) = load_model(path)?;
-            Some(Arc::new(ExactM1::new(&cfg, &params)?))
+            Some(Arc::new(Int8M1::new(&cfg, &params)?))
         }
         None => None,
     };

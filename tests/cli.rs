@@ -101,40 +101,29 @@ fn bench_train_reports_throughput() {
     );
 }
 
-/// `bench m1 --int8` times contract 3's scalar reference beside contract 2 on the same windows,
-/// and refuses a context contract 3 cannot attend over.
+/// `bench m1` times contract 3 (what codes) beside contract 2 on the same windows, both ways of
+/// driving M1, and refuses a context contract 3 cannot attend over.
 #[test]
-fn bench_m1_int8_reports_both_contracts() {
-    let r = terse(&[
-        "bench",
-        "m1",
-        "--preset",
-        "tiny",
-        "--windows",
-        "4",
-        "--len",
-        "8",
-        "--context",
-        "16",
-        "--int8",
-        "--json",
-    ]);
-    assert!(r.status.success(), "{}", stderr(&r));
-    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
-    assert!(j["positions_per_s"].as_f64().unwrap() > 0.0, "{j}");
-    assert!(j["int8_positions_per_s"].as_f64().unwrap() > 0.0, "{j}");
-    assert!(j["int8_device"].as_str().unwrap().contains("int8"), "{j}");
+fn bench_m1_reports_both_contracts() {
+    for steps in [false, true] {
+        let mut args = vec!["bench", "m1", "--preset", "tiny", "--windows", "4"];
+        args.extend(["--len", "8", "--context", "16", "--json"]);
+        if steps {
+            args.push("--steps");
+        }
+        let r = terse(&args);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert!(j["positions_per_s"].as_f64().unwrap() > 0.0, "{j}");
+        assert!(j["float_positions_per_s"].as_f64().unwrap() > 0.0, "{j}");
+        assert!(j["ratio"].as_f64().unwrap() > 0.0, "{j}");
+        let device = j["device"].as_str().unwrap();
+        assert!(device.contains("int8"), "{j}");
+        assert_eq!(device.contains("lockstep"), steps, "{j}");
+    }
     assert_fails_with(
-        &[
-            "bench",
-            "m1",
-            "--preset",
-            "tiny",
-            "--context",
-            "0",
-            "--int8",
-        ],
-        "--int8 needs --context between 1 and 1024",
+        &["bench", "m1", "--preset", "tiny", "--context", "0"],
+        "--context must be between 1 and 1024",
     );
 }
 

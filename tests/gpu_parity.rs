@@ -1453,59 +1453,6 @@ fn exact_m1_refuses_bad_feeds() {
     assert_eq!(g.step(&[(0, 0), (1, 0)]).unwrap().len(), 2);
 }
 
-/// `terse tokenize --method ac|equal-info --gpu` end to end: the GPU batch gives the CPU's tokens,
-/// and decodes them back to the text.
-#[test]
-fn m1_datasets_on_gpu_equal_cpu() {
-    use std::sync::{Arc, Mutex};
-    use terse::tokenize::{self, M1Spec, Method};
-    let Some(_k) = gpu("m1_datasets_on_gpu_equal_cpu") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    // 30 chunks (ten groups of three streams) on a GPU; four (two groups, the last short) on
-    // the emulator.
-    let text = &sample_bytes()[..if emulated() { 6_500 } else { 60_000 }];
-    let corpus = dir.path().join("c.txt");
-    std::fs::write(&corpus, text).unwrap();
-    let m1 = Arc::new(exact_m1("tiny", Some(256), 9));
-    for method in [Method::Ac, Method::EqualInfo] {
-        let cpu_spec = M1Spec::new(m1.clone(), 16);
-        // 3 streams for many chunks: several groups, so resets between groups are exercised; an
-        // Equal-Info window of a whole 2,048-byte chunk would take 2,049 positions.
-        let gpu_batch = Arc::new(Mutex::new(
-            terse::backend::cuda::GpuExactM1::new(&m1, 3, 2049).unwrap(),
-        ));
-        let gpu_spec = M1Spec::new(m1.clone(), 16).with_batch(gpu_batch.clone());
-        let name = method.name();
-        let (a, b) = (
-            dir.path().join(format!("{name}-cpu")),
-            dir.path().join(format!("{name}-gpu")),
-        );
-        let t0 = std::time::Instant::now();
-        tokenize::tokenize_corpus(method, &corpus, &a, 16, 2048, Some(&cpu_spec), false).unwrap();
-        let t1 = std::time::Instant::now();
-        tokenize::tokenize_corpus(method, &corpus, &b, 16, 2048, Some(&gpu_spec), false).unwrap();
-        let t2 = std::time::Instant::now();
-        let read = |d: &std::path::Path| std::fs::read(d.join(tokenize::TOKENS_FILE)).unwrap();
-        assert_eq!(
-            read(&a),
-            read(&b),
-            "GPU {name} tokens differ from the CPU's"
-        );
-        let back = tokenize::decode_dataset_on(&b, Some(m1.clone()), Some(gpu_batch)).unwrap();
-        let cpu_back = tokenize::decode_dataset_with_m1(&a, Some(m1.clone())).unwrap();
-        assert_eq!(back, cpu_back, "{name} decoded on the GPU");
-        note(&format!(
-            "{name} on the GPU: {} bytes coded identically (CPU {:.2} s, GPU {:.2} s, decode {:.2} s)",
-            text.len(),
-            (t1 - t0).as_secs_f64(),
-            (t2 - t1).as_secs_f64(),
-            t2.elapsed().as_secs_f64()
-        ));
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // the same tests on the CUDA emulator
 

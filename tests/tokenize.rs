@@ -603,7 +603,8 @@ fn equal_info_through_the_cli_round_trips_with_its_m1_only() {
     let root = tempfile::tempdir().unwrap();
     let corpus = root.path().join("c.txt");
     fs::write(&corpus, sample_prefix(6_000)).unwrap();
-    let cfg = ModelConfig::preset("tiny", None).unwrap();
+    let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+    cfg.context = Some(256); // contract 3 attends over a recorded context
     let mut p = ParamArena::init(&cfg, 9);
     p.data.iter_mut().for_each(|x| *x *= 8.0);
     let ck = root.path().join("m1");
@@ -664,7 +665,7 @@ fn equal_info_through_the_cli_round_trips_with_its_m1_only() {
         } else {
             assert!(r.get("windows").is_none() && r.get("backoffs").is_none());
         }
-        let m1 = std::sync::Arc::new(terse::m1::ExactM1::new(&cfg, &p).unwrap());
+        let m1 = std::sync::Arc::new(terse::m1::Int8M1::new(&cfg, &p).unwrap());
         assert_eq!(
             terse::tokenize::decode_dataset_with_m1(&out, Some(m1)).unwrap(),
             sample_prefix(6_000)
@@ -687,7 +688,7 @@ fn equal_info_through_the_cli_round_trips_with_its_m1_only() {
         assert!(decode_dataset(&out).is_err());
         let mut other = p.clone();
         other.data[0] += 1.0;
-        let wrong = std::sync::Arc::new(terse::m1::ExactM1::new(&cfg, &other).unwrap());
+        let wrong = std::sync::Arc::new(terse::m1::Int8M1::new(&cfg, &other).unwrap());
         let e = format!(
             "{:#}",
             terse::tokenize::decode_dataset_with_m1(&out, Some(wrong)).unwrap_err()
@@ -783,9 +784,10 @@ fn m1_methods_round_trip_datasets() {
             M1Spec::new(m1.clone(), 32).with_delay(true),
         ),
     ];
-    let cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
+    let mut cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
+    cfg.context = Some(256); // contract 3 attends over a recorded context
     let other = std::sync::Arc::new(
-        terse::m1::ExactM1::new(&cfg, &terse::model::ParamArena::init(&cfg, 99)).unwrap(),
+        terse::m1::Int8M1::new(&cfg, &terse::model::ParamArena::init(&cfg, 99)).unwrap(),
     );
     for (name, content) in &inputs {
         let corpus = dir.path().join(format!("{name}.txt"));
@@ -866,7 +868,7 @@ fn delay_costs_compression() {
     let mut rng = xorshift(5, 6_000).into_iter();
     let mut data = Vec::new();
     while data.len() < 6_000 {
-        let mut st = terse::m1::WindowState::default();
+        let mut st = terse::m1::Int8State::default();
         let mut probs = m1.start(&mut st);
         for _ in 0..12 {
             let u = (rng.next().unwrap() as f32 + 0.5) / 256.0;
@@ -1016,4 +1018,38 @@ fn subword_datasets_round_trip() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("16-bit"));
+}
+
+/// Tokens coded under another numeric contract (an earlier build's contract 2) are refused before
+/// any decoding, with a message naming both contracts, even when the M1 is the right one.
+#[test]
+fn datasets_of_another_contract_are_refused_naming_both() {
+    use terse::tokenize::{decode_dataset_with_m1, M1Spec};
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c.txt");
+    fs::write(&corpus, sample_prefix(1_500)).unwrap();
+    for method in [Method::Ac, Method::EqualInfo] {
+        let out = dir.path().join(method.name());
+        let spec = M1Spec::new(tiny_m1(), 16);
+        tokenize_corpus(method, &corpus, &out, 16, 500, Some(&spec), false).unwrap();
+        assert!(decode_dataset_with_m1(&out, Some(tiny_m1())).is_ok());
+        let mut meta = TokenDataset::open(&out).unwrap().metadata().clone();
+        match &mut meta.identity.method {
+            MethodParams::Ac(p) => p.m1_contract = 2,
+            MethodParams::EqualInfo(p) => p.m1_contract = 2,
+            other => panic!("{other:?}"),
+        }
+        meta.seal();
+        fs::write(out.join(METADATA_FILE), serde_json::to_vec(&meta).unwrap()).unwrap();
+        let e = format!(
+            "{:#}",
+            decode_dataset_with_m1(&out, Some(tiny_m1())).unwrap_err()
+        );
+        assert!(
+            e.contains(
+                "coded under M1 numeric contract 2; this build codes and decodes under contract 3"
+            ),
+            "{e}"
+        );
+    }
 }

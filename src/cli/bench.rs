@@ -3,13 +3,14 @@
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use terse::backend::{cuda, Device};
-use terse::bench::{bench_m1, bench_train, M1Mode};
+use terse::bench::{bench_m1, bench_train, M1Bench, M1Contract, M1Mode};
 use terse::m1::int8::MAX_CONTEXT;
 use terse::model::ModelConfig;
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
-    /// Time M1's exact inference path (the coding contract) over many windows, all cores.
+    /// Time M1 as it codes (numeric contract 3, int8) beside the float model it is quantised
+    /// from (contract 2, the yardstick), on the same windows driven the same way, all cores.
     M1 {
         /// Model preset (a byte-level model).
         #[arg(long, default_value = "m1-3m")]
@@ -20,21 +21,17 @@ pub enum BenchCmd {
         /// Bytes per window (positions per window = len + 1).
         #[arg(long, default_value_t = 16)]
         len: usize,
-        /// Positions a query attends over (M1's training length; 0: unbounded).
+        /// Positions a query attends over (M1's training length), 1 to 1024.
         #[arg(long, default_value_t = 256)]
         context: usize,
-        /// On the CPU, advance all windows together one position per step (`CpuM1Batch`, as the
-        /// coders do) instead of each window all at once.
+        /// Advance all windows together one position per step (`CpuM1Batch`, as the coders do)
+        /// instead of each window all at once.
         #[arg(long)]
         steps: bool,
-        /// On the GPU (`GpuExactM1`): all windows advance together, one position per step.
+        /// Time contract 2 on the GPU (`GpuExactM1`; contract 3 has no GPU path yet): all
+        /// windows advance together, one position per step.
         #[arg(long)]
         gpu: bool,
-        /// Also time numeric contract 3 (`Int8M1`, int8 products in i32 on the fastest kernel) on
-        /// the same model and windows, driven the same way (all at once, or `--steps`), and print
-        /// it beside contract 2.
-        #[arg(long)]
-        int8: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -96,57 +93,48 @@ pub fn run(b: BenchCmd) -> Result<()> {
             context,
             steps,
             gpu,
-            int8,
             json,
         } => {
             if windows == 0 {
                 bail!("--windows must be positive");
             }
-            if int8 && !(1..=MAX_CONTEXT).contains(&context) {
-                bail!("--int8 needs --context between 1 and {MAX_CONTEXT} (contract 3's longest attention span), not {context}");
+            if !(1..=MAX_CONTEXT).contains(&context) {
+                bail!("--context must be between 1 and {MAX_CONTEXT} (contract 3's longest attention span), not {context}");
             }
-            let mode = match (gpu, steps) {
-                (true, _) => M1Mode::Gpu,
-                (false, true) => M1Mode::Lockstep,
-                (false, false) => M1Mode::AllAtOnce,
-            };
-            let r = bench_m1(&preset, windows, len, context, mode)?;
-            let q = if int8 {
-                Some(bench_m1(
-                    &preset,
-                    windows,
-                    len,
-                    context,
-                    M1Mode::Int8 { lockstep: steps },
-                )?)
-            } else {
-                None
-            };
-            let (positions, secs, rate, device) =
-                (r.positions, r.seconds, r.positions_per_s, r.device);
-            if json {
-                let mut j = serde_json::json!({"bench": "m1", "preset": preset, "windows": windows, "len": len, "context": context,
-                    "device": device, "positions_per_s": rate, "seconds": secs});
-                if let Some(q) = &q {
-                    j["int8_device"] = q.device.clone().into();
-                    j["int8_positions_per_s"] = q.positions_per_s.into();
-                    j["int8_seconds"] = q.seconds.into();
-                }
-                println!("{j}");
-            } else {
-                println!(
-                    "exact M1 {preset}: {positions} positions in {secs:.2} s = {rate:.0} positions/s on {device}"
-                );
-                if let Some(q) = q {
+            let run = |mode, contract| bench_m1(&preset, windows, len, context, mode, contract);
+            if gpu {
+                let r = run(M1Mode::Gpu, M1Contract::Float)?;
+                if json {
                     println!(
-                        "int8 M1 {preset} (contract 3): {} positions in {:.2} s = {:.0} positions/s on {} ({:.2}x contract 2)",
-                        q.positions,
-                        q.seconds,
-                        q.positions_per_s,
-                        q.device,
-                        q.positions_per_s / rate
+                        "{}",
+                        serde_json::json!({"bench": "m1", "preset": preset, "windows": windows, "len": len, "context": context,
+                        "float_device": r.device, "float_positions_per_s": r.positions_per_s, "float_seconds": r.seconds})
                     );
+                } else {
+                    println!("float M1 {preset} (contract 2): {}", rate_line(&r));
                 }
+                return Ok(());
+            }
+            let mode = if steps {
+                M1Mode::Lockstep
+            } else {
+                M1Mode::AllAtOnce
+            };
+            let q = run(mode, M1Contract::Int8)?;
+            let f = run(mode, M1Contract::Float)?;
+            let ratio = q.positions_per_s / f.positions_per_s;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "m1", "preset": preset, "windows": windows, "len": len, "context": context,
+                    "device": q.device, "positions_per_s": q.positions_per_s, "seconds": q.seconds,
+                    "float_device": f.device, "float_positions_per_s": f.positions_per_s, "float_seconds": f.seconds,
+                    "ratio": ratio})
+                );
+            } else {
+                println!("int8 M1 {preset} (contract 3, coding): {}", rate_line(&q));
+                println!("float M1 {preset} (contract 2): {}", rate_line(&f));
+                println!("contract 3 / contract 2: {ratio:.2}x");
             }
         }
         BenchCmd::Kernels {
@@ -211,4 +199,12 @@ pub fn run(b: BenchCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// "N positions in S s = R positions/s on DEVICE".
+fn rate_line(r: &M1Bench) -> String {
+    format!(
+        "{} positions in {:.2} s = {:.0} positions/s on {}",
+        r.positions, r.seconds, r.positions_per_s, r.device
+    )
 }

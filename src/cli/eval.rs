@@ -44,15 +44,15 @@ pub struct EvalArgs {
     /// Where to run: auto (the GPU when usable, else the CPU), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
-    /// M1: score the model on its exact coding path (numeric contract 2) and quantised to int8
-    /// (contract 3's scalar reference, on the CPU), windows of --seq bytes from a fresh context.
+    /// M1: score the float model (numeric contract 2) beside its int8 quantisation (contract 3,
+    /// what codes), on the CPU, windows of --seq bytes from a fresh context.
     #[arg(long)]
     int8: bool,
     #[arg(long)]
     json: bool,
 }
 
-/// `--int8`: bits/byte of the float M1 on its exact path and of its int8 quantisation.
+/// `--int8`: bits/byte of the float M1 (contract 2) and of its int8 quantisation (contract 3).
 fn run_int8(
     a: &EvalArgs,
     cfg: &ModelConfig,
@@ -61,7 +61,7 @@ fn run_int8(
     seq: usize,
 ) -> Result<()> {
     if a.device == Device::Cuda {
-        bail!("--int8 runs contract 3's CPU reference only; drop --device cuda");
+        bail!("--int8 runs on the CPU only (contract 3 has no GPU path yet); drop --device cuda");
     }
     let c = a.checkpoint.display();
     let float = ExactM1::new(cfg, params).with_context(|| format!("{c} cannot serve as M1"))?;

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use terse::generate::{generate, SampleOptions};
-use terse::m1::{ExactM1, ExactModel};
+use terse::m1::{ExactModel, Int8M1};
 use terse::train::{load_m2, M2Checkpoint};
 
 #[derive(Args)]
@@ -52,11 +52,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         tokens: src,
     } = load_m2(&a.m2)?;
     let m2 = ExactModel::new(&cfg, &params)?;
-    let m1 =
-        a.m1.as_deref()
-            .map(ExactM1::load)
-            .transpose()?
-            .map(Arc::new);
+    let m1 = a.m1.as_deref().map(Int8M1::load).transpose()?.map(Arc::new);
     o.validate(Some(cfg.vocab))?;
     let mut text = Vec::new();
     let mut out = std::io::stdout().lock();

@@ -1,18 +1,18 @@
 //! Many independent M1 contexts advanced together: the interface the coders drive in lockstep
 //! ([`M1Batch`]) and its CPU implementation ([`CpuM1Batch`]); the GPU's is
-//! `backend::cuda::GpuExactM1`.
+//! to come (contract 3 on the GPU is not built yet).
 
-use super::{ExactM1, Probs, WindowState, WINDOW_START};
+use super::{Int8M1, Int8State, Probs, WINDOW_START};
 use anyhow::{anyhow, ensure, Result};
 
 /// Independent M1 contexts ("streams": Equal-Info windows, or whole `ac` chunks) advanced
 /// together. Under the numeric contract every implementation gives, stream by stream, the bits of
-/// [`ExactM1::start`] followed by [`ExactM1::push`], whatever the other streams do in the same
+/// [`Int8M1::start`] followed by [`Int8M1::push`], whatever the other streams do in the same
 /// step and whatever the order of the feeds.
 pub trait M1Batch: Send {
     /// How many streams there are (`0..streams()`).
     fn streams(&self) -> usize;
-    /// [`ExactM1::fingerprint`] of the M1 it runs (coders check it against the data's M1).
+    /// [`Int8M1::fingerprint`] of the M1 it runs (coders check it against the data's M1).
     fn fingerprint(&self) -> u64;
     /// Empties `stream`'s context; its next feed must be [`WINDOW_START`].
     fn reset(&mut self, stream: usize);
@@ -21,20 +21,20 @@ pub trait M1Batch: Send {
     fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>>;
 }
 
-/// [`M1Batch`] on the CPU: one [`WindowState`] per stream; a step is one
-/// [`ExactM1::push_rows`] over the fed streams (matrix products over all of them, the rest in
+/// [`M1Batch`] on the CPU: one [`Int8State`] per stream; a step is one
+/// [`Int8M1::push_rows`] over the fed streams (matrix products over all of them, the rest in
 /// parallel on the CPU's threads). Also refuses a first feed after a reset other than
 /// [`WINDOW_START`].
 pub struct CpuM1Batch<'a> {
-    m1: &'a ExactM1,
-    states: Vec<WindowState>,
+    m1: &'a Int8M1,
+    states: Vec<Int8State>,
 }
 
 impl<'a> CpuM1Batch<'a> {
-    pub fn new(m1: &'a ExactM1, streams: usize) -> Self {
+    pub fn new(m1: &'a Int8M1, streams: usize) -> Self {
         CpuM1Batch {
             m1,
-            states: vec![WindowState::default(); streams],
+            states: vec![Int8State::default(); streams],
         }
     }
 }
@@ -53,7 +53,7 @@ impl M1Batch for CpuM1Batch<'_> {
     }
 
     fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>> {
-        let mut slots: Vec<Option<&mut WindowState>> = self.states.iter_mut().map(Some).collect();
+        let mut slots: Vec<Option<&mut Int8State>> = self.states.iter_mut().map(Some).collect();
         let mut states = Vec::with_capacity(feeds.len());
         for &(st, byte) in feeds {
             let state = slots
@@ -68,5 +68,78 @@ impl M1Batch for CpuM1Batch<'_> {
         }
         let bytes: Vec<u8> = feeds.iter().map(|&(_, b)| b).collect();
         Ok(self.m1.push_rows(&mut states, &bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelConfig, ParamArena};
+
+    fn bits(p: &[Probs]) -> Vec<u32> {
+        p.iter()
+            .flat_map(|r| r.iter().map(|x| x.to_bits()))
+            .collect()
+    }
+
+    /// Streams advanced together give each stream's own bits, whatever else is in the step, and
+    /// a reset stream starts a window afresh (the window-start byte first, or the step is refused).
+    #[test]
+    fn streams_advanced_together_equal_one_at_a_time() {
+        let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+        cfg.context = Some(16);
+        let mut p = ParamArena::init(&cfg, 3);
+        p.data.iter_mut().for_each(|x| *x *= 8.0);
+        let m1 = Int8M1::new(&cfg, &p).unwrap();
+        let texts: [&[u8]; 5] = [
+            b"first stream",
+            b"a",
+            b"third one, longer than the context of sixteen",
+            b"",
+            b"zz",
+        ];
+        let alone: Vec<Vec<Probs>> = texts
+            .iter()
+            .map(|t| {
+                let mut st = Int8State::default();
+                let mut probs = vec![m1.start(&mut st)];
+                probs.extend(t.iter().map(|&b| m1.push(&mut st, b)));
+                probs
+            })
+            .collect();
+        let mut batch = CpuM1Batch::new(&m1, texts.len());
+        for round in 0..2 {
+            let mut together = vec![Vec::new(); texts.len()];
+            for k in 0..=texts.iter().map(|t| t.len()).max().unwrap() {
+                let feeds: Vec<(usize, u8)> = (0..texts.len())
+                    .filter(|&i| k <= texts[i].len())
+                    .map(|i| {
+                        (
+                            i,
+                            if k == 0 {
+                                WINDOW_START
+                            } else {
+                                texts[i][k - 1]
+                            },
+                        )
+                    })
+                    .collect();
+                for (&(i, _), p) in feeds.iter().zip(batch.step(&feeds).unwrap()) {
+                    together[i].push(p);
+                }
+            }
+            for (a, b) in alone.iter().zip(&together) {
+                assert_eq!(bits(a), bits(b), "round {round}");
+            }
+            (0..texts.len()).for_each(|s| batch.reset(s));
+        }
+        let e = batch.step(&[(0, b'x')]).unwrap_err().to_string();
+        assert!(
+            e.contains("stream 0 must start with the window-start byte"),
+            "{e}"
+        );
+        let e = batch.step(&[(1, 0), (1, 0)]).unwrap_err().to_string();
+        assert!(e.contains("stream 1 out of range or fed twice"), "{e}");
+        assert!(batch.step(&[(5, 0)]).is_err());
     }
 }

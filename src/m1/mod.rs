@@ -1,9 +1,12 @@
-//! M1 inference for coding, under the numeric contract (docs/numeric-contract.md): the probabilities M1 gives
-//! for the next byte are a pure function of (weights, window bytes), defined by a fixed sequence
-//! of IEEE-754 f32 operations, so an encoder and a decoder (on any machine, CPU or GPU, batched or
-//! not) see exactly the same bits.
+//! M1 inference for coding. Coding runs under numeric contract 3 ([`Int8M1`], module [`int8`];
+//! version [`CONTRACT_VERSION`]): int8 products summed in i32 around a fixed sequence of f32
+//! operations, so an encoder and a decoder on any machine see exactly the same bits.
 //!
-//! The contract (version [`CONTRACT_VERSION`]):
+//! Contract 2 ([`FLOAT_CONTRACT_VERSION`], docs/numeric-contract.md), the float path defined
+//! here ([`ExactModel`], [`ExactM1`]), no longer codes: it is the float model that contract 3
+//! quantises and is measured against, the GPU's `GpuExactM1` twin, and M2 generation's arithmetic
+//! (a seeded sample is the same on every machine). Its probabilities are a pure function of
+//! (weights, window bytes), defined by a fixed sequence of IEEE-754 f32 operations:
 //! - every window starts from an empty context: position 0 is the input byte [`WINDOW_START`],
 //!   position `k + 1` is the window's byte `k`; rotary angles come from [`RopeTables`] (f64 on the
 //!   host, rounded to f32);
@@ -35,9 +38,13 @@ use matmul::{matmul, Panels};
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// Version of the arithmetic above; a compressed file records it and refuses another.
-/// (Version 2: attention over the sliding window of [`ModelConfig::context`] positions.)
-pub const CONTRACT_VERSION: u32 = 2;
+/// The contract M1 codes under (3: [`Int8M1`]); compressed files and token datasets record it,
+/// and a build refuses data coded under another.
+pub const CONTRACT_VERSION: u32 = 3;
+
+/// The version of the float arithmetic above ([`ExactM1`]; version 2: attention over the sliding
+/// window of [`ModelConfig::context`] positions). Nothing codes under it any more.
+pub const FLOAT_CONTRACT_VERSION: u32 = 2;
 
 /// The input byte at position 0 of every window (the window's empty context).
 pub const WINDOW_START: u8 = 0;
@@ -91,14 +98,6 @@ impl WindowState {
     pub fn is_empty(&self) -> bool {
         self.pos == 0
     }
-
-    /// Empties the context for a new window of the same model, keeping the caches' memory and
-    /// the rotary tables (a function of position and the model's theta only), which a window
-    /// start would otherwise rebuild.
-    pub(crate) fn restart(&mut self) {
-        self.pos = 0;
-        self.caches.iter_mut().for_each(KvCache::clear);
-    }
 }
 
 /// FNV-1a over bytes (64-bit): the fingerprint hash.
@@ -108,6 +107,14 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01B3);
     }
     h
+}
+
+/// An M1's identity under contract `version`: the hash of the version, the configuration (as
+/// JSON) and every bit of the float weights it was prepared from.
+fn fingerprint(version: u32, cfg: &ModelConfig, params: &ParamArena) -> Result<u64> {
+    let mut fp = fnv1a(0xCBF2_9CE4_8422_2325, &version.to_le_bytes());
+    fp = fnv1a(fp, serde_json::to_string(cfg)?.as_bytes());
+    Ok(fnv1a(fp, bytemuck::cast_slice(&params.data)))
 }
 
 /// Refuses weights of another size than `cfg`'s, or holding NaN or infinities (naming the tensor).
@@ -299,16 +306,13 @@ impl ExactM1 {
     pub fn new(cfg: &ModelConfig, params: &ParamArena) -> Result<Self> {
         check_byte_level(cfg)?;
         let lm = ExactModel::new(cfg, params)?;
-        let mut fp = fnv1a(0xCBF2_9CE4_8422_2325, &CONTRACT_VERSION.to_le_bytes());
-        fp = fnv1a(fp, serde_json::to_string(cfg)?.as_bytes());
-        fp = fnv1a(fp, bytemuck::cast_slice(&params.data));
         Ok(ExactM1 {
             lm,
-            fingerprint: fp,
+            fingerprint: fingerprint(FLOAT_CONTRACT_VERSION, cfg, params)?,
         })
     }
 
-    /// Hash of the contract version, the configuration and every weight bit.
+    /// Hash of [`FLOAT_CONTRACT_VERSION`], the configuration and every weight bit.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
     }
@@ -463,14 +467,6 @@ impl KvCache {
             d,
             ..Default::default()
         }
-    }
-
-    /// Forgets every position, keeping the memory.
-    fn clear(&mut self) {
-        self.len = 0;
-        self.dropped = 0;
-        self.keys.clear();
-        self.values.clear();
     }
 
     /// Appends the key and value (`[d]` each) of the next position.
@@ -740,50 +736,6 @@ mod tests {
             m1.fingerprint(),
             ExactM1::new(&cfg, &p).unwrap().fingerprint()
         );
-    }
-
-    /// Streams advanced together give each stream's own bits, whatever else is in the step.
-    #[test]
-    fn rows_advanced_together_equal_one_at_a_time() {
-        let (cfg, p) = model();
-        let m1 = ExactM1::new(&cfg, &p).unwrap();
-        let texts: [&[u8]; 5] = [
-            b"first stream",
-            b"a",
-            b"third one, longer than the rest",
-            b"",
-            b"zz",
-        ];
-        let mut alone = Vec::new();
-        for t in texts {
-            let mut st = WindowState::default();
-            let mut probs = vec![m1.start(&mut st)];
-            probs.extend(t.iter().map(|&b| m1.push(&mut st, b)));
-            alone.push(probs);
-        }
-        let mut batch = CpuM1Batch::new(&m1, texts.len());
-        let mut together = vec![Vec::new(); texts.len()];
-        for k in 0..=texts.iter().map(|t| t.len()).max().unwrap() {
-            let feeds: Vec<(usize, u8)> = (0..texts.len())
-                .filter(|&i| k <= texts[i].len())
-                .map(|i| {
-                    (
-                        i,
-                        if k == 0 {
-                            WINDOW_START
-                        } else {
-                            texts[i][k - 1]
-                        },
-                    )
-                })
-                .collect();
-            for (&(i, _), p) in feeds.iter().zip(batch.step(&feeds).unwrap()) {
-                together[i].push(p);
-            }
-        }
-        for (a, b) in alone.iter().zip(&together) {
-            assert_eq!(bits(a), bits(b));
-        }
     }
 
     #[test]

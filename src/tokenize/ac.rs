@@ -1,6 +1,6 @@
 //! `ac`: the paper's plain arithmetic-coding baseline, `AC[v]` (§3.3, Table 1). Each chunk (by
 //! default 10,240 bytes, the paper's example length) is one whole-sequence arithmetic code under
-//! M1's exact probabilities ([`ExactM1`]), with M1's context **never reset** inside the chunk: byte
+//! M1's exact probabilities ([`Int8M1`]), with M1's context **never reset** inside the chunk: byte
 //! `k` is coded with the distribution M1 gives after `WINDOW_START, x_0 .. x_{k-1}` (one key/value
 //! cache, rotary positions up to the chunk length; each position attends over M1's sliding window
 //! of `context` positions, its training length). The CDFs are M1's probabilities
@@ -32,17 +32,17 @@
 //! there is one implementation of each.
 
 use crate::coder::{bytes_to_tokens, tokens_to_bytes, CdfQuantizer, StreamDecoder, StreamEncoder};
-use crate::m1::{CpuM1Batch, ExactM1, M1Batch, WINDOW_START};
+use crate::m1::{CpuM1Batch, Int8M1, M1Batch, WINDOW_START};
 use anyhow::{ensure, Result};
 
 /// The chunk's arithmetic code under `m1`, as `token_bits`-bit tokens.
-pub fn encode(m1: &ExactM1, chunk: &[u8], token_bits: u32) -> Result<Vec<u16>> {
+pub fn encode(m1: &Int8M1, chunk: &[u8], token_bits: u32) -> Result<Vec<u16>> {
     let mut coded = encode_batch(&mut CpuM1Batch::new(m1, 1), &[chunk], token_bits)?;
     Ok(coded.pop().expect("one chunk"))
 }
 
 /// The `byte_len` bytes coded by `tokens` under `m1` (any tokens decode to some bytes).
-pub fn decode(m1: &ExactM1, tokens: &[u16], token_bits: u32, byte_len: usize) -> Result<Vec<u8>> {
+pub fn decode(m1: &Int8M1, tokens: &[u16], token_bits: u32, byte_len: usize) -> Result<Vec<u8>> {
     let mut out = decode_batch(
         &mut CpuM1Batch::new(m1, 1),
         &[tokens],
@@ -154,10 +154,11 @@ mod tests {
 
     #[test]
     fn round_trips_and_beats_uniform_on_text() {
-        let cfg = ModelConfig::preset("tiny", None).unwrap();
+        let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+        cfg.context = Some(256); // contract 3 attends over a recorded context
         let mut p = ParamArena::init(&cfg, 5);
         p.data.iter_mut().for_each(|x| *x *= 8.0);
-        let m1 = ExactM1::new(&cfg, &p).unwrap();
+        let m1 = Int8M1::new(&cfg, &p).unwrap();
         let text = &include_bytes!("../../data/sample-books.txt")[..3000];
         let inputs: [&[u8]; 5] = [text, b"", b"x", &[0u8; 700], &[255, 0, 1, 128]];
         for data in inputs {
@@ -172,10 +173,11 @@ mod tests {
 
     #[test]
     fn batched_coding_equals_chunk_by_chunk() {
-        let cfg = ModelConfig::preset("tiny", None).unwrap();
+        let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+        cfg.context = Some(256); // contract 3 attends over a recorded context
         let mut p = ParamArena::init(&cfg, 6);
         p.data.iter_mut().for_each(|x| *x *= 8.0);
-        let m1 = ExactM1::new(&cfg, &p).unwrap();
+        let m1 = Int8M1::new(&cfg, &p).unwrap();
         let text = &include_bytes!("../../data/sample-books.txt")[5000..6500];
         let chunks: Vec<&[u8]> = vec![&text[..700], b"", &text[700..701], &text[701..], &[9; 300]];
         // Two streams for five chunks: three groups, the last with a spare stream.

@@ -1,5 +1,5 @@
 //! EqualInfoAC (paper §3.3): text cut into windows that each code to exactly `b` bits under M1,
-//! with M1's context reset at every window. M1 runs on its exact path ([`ExactM1`]), so the
+//! with M1's context reset at every window. M1 runs on its exact path ([`Int8M1`]), so the
 //! probabilities, and so the codes, are the same on every machine: any code this module writes
 //! decodes back to exactly its bytes.
 //!
@@ -14,12 +14,12 @@
 //! Deferred bytes are counted with the back-offs.
 
 use crate::coder::{Cdf, CdfQuantizer, EncodedWindows, WindowDecoder, WindowEncoder, WindowRule};
-use crate::m1::{CpuM1Batch, ExactM1, M1Batch, WINDOW_START};
+use crate::m1::{CpuM1Batch, Int8M1, M1Batch, WINDOW_START};
 use anyhow::{ensure, Result};
 
 /// M1 and a window width, ready to code.
 pub struct EqualInfo<'a> {
-    m1: &'a ExactM1,
+    m1: &'a Int8M1,
     b: u32,
     rule: WindowRule,
     quantizer: CdfQuantizer,
@@ -27,12 +27,12 @@ pub struct EqualInfo<'a> {
 
 impl<'a> EqualInfo<'a> {
     /// Refuses a window width the coder does not support (16..=128, a multiple of 8).
-    pub fn new(m1: &'a ExactM1, b: u32) -> Result<Self> {
+    pub fn new(m1: &'a Int8M1, b: u32) -> Result<Self> {
         Self::with_rule(m1, b, WindowRule::Designated)
     }
 
     /// As [`new`](Self::new), with the window termination rule `rule`.
-    pub fn with_rule(m1: &'a ExactM1, b: u32, rule: WindowRule) -> Result<Self> {
+    pub fn with_rule(m1: &'a Int8M1, b: u32, rule: WindowRule) -> Result<Self> {
         WindowEncoder::new(b)?;
         Ok(EqualInfo {
             m1,
@@ -233,11 +233,12 @@ mod tests {
     use crate::model::{ModelConfig, ParamArena};
     use crate::rng::Rng;
 
-    fn m1() -> ExactM1 {
-        let cfg = ModelConfig::preset("tiny", None).unwrap();
+    fn m1() -> Int8M1 {
+        let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+        cfg.context = Some(256); // contract 3 attends over a recorded context
         let mut p = ParamArena::init(&cfg, 5);
         p.data.iter_mut().for_each(|x| *x *= 8.0); // sharper distributions: varied window lengths
-        ExactM1::new(&cfg, &p).unwrap()
+        Int8M1::new(&cfg, &p).unwrap()
     }
 
     #[test]
@@ -320,8 +321,9 @@ mod tests {
         }
 
         // A batch of another M1 is refused.
-        let cfg = ModelConfig::preset("tiny", None).unwrap();
-        let other = ExactM1::new(&cfg, &ParamArena::init(&cfg, 6)).unwrap();
+        let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+        cfg.context = Some(256); // contract 3 attends over a recorded context
+        let other = Int8M1::new(&cfg, &ParamArena::init(&cfg, 6)).unwrap();
         let mut wrong = CpuM1Batch::new(&other, 2);
         assert!(ei.encode_chunks(&mut wrong, &chunks).is_err());
         assert!(ei.decode_codes(&mut wrong, &codes).is_err());

@@ -195,6 +195,15 @@ impl MethodParams {
         }
     }
 
+    /// The numeric contract of the M1 the method coded with, if it ran one.
+    pub fn m1_contract(&self) -> Option<u32> {
+        match self {
+            MethodParams::Ac(p) => Some(p.m1_contract),
+            MethodParams::EqualInfo(p) => Some(p.m1_contract),
+            _ => None,
+        }
+    }
+
     /// Whether a dataset with `other` was coded the same way. Static-ac's byte counts are corpus
     /// statistics, different between files coded with the same table; its frequencies must match.
     pub fn codes_like(&self, other: &MethodParams) -> bool {
@@ -226,7 +235,7 @@ pub struct TokenSource {
 impl TokenSource {
     /// The codec that decodes (and codes) tokens of this source; methods that ran M1 need the
     /// same M1, checked by fingerprint.
-    pub fn codec(&self, m1: Option<std::sync::Arc<crate::m1::ExactM1>>) -> Result<super::Codec> {
+    pub fn codec(&self, m1: Option<std::sync::Arc<crate::m1::Int8M1>>) -> Result<super::Codec> {
         super::Codec::new(&self.method, self.m1_fingerprint.as_deref(), m1)
     }
 

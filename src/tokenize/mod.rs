@@ -46,7 +46,7 @@ pub use method::{
 
 use crate::coder::{codes_to_tokens, tokens_to_codes, EncodedWindows, WindowRule};
 use crate::data::open_stream;
-use crate::m1::{ExactM1, M1Batch};
+use crate::m1::{Int8M1, M1Batch, CONTRACT_VERSION};
 use anyhow::{anyhow, ensure, Context, Result};
 use equal_info::EqualInfo;
 use rayon::prelude::*;
@@ -70,7 +70,7 @@ const BATCH_BYTES: usize = 16 << 20;
 /// equal-info the window width and termination rule (ignored by `ac`).
 #[derive(Clone)]
 pub struct M1Spec {
-    pub m1: Arc<ExactM1>,
+    pub m1: Arc<Int8M1>,
     pub window_bits: u32,
     pub rule: WindowRule,
     /// Where M1 runs: many chunks (and, decoding equal-info, many windows) at once on this batch
@@ -81,7 +81,7 @@ pub struct M1Spec {
 
 impl M1Spec {
     /// `m1` with `window_bits`-bit windows under the default (designated-code) rule.
-    pub fn new(m1: Arc<ExactM1>, window_bits: u32) -> Self {
+    pub fn new(m1: Arc<Int8M1>, window_bits: u32) -> Self {
         M1Spec {
             m1,
             window_bits,
@@ -149,9 +149,14 @@ impl Codec {
     pub fn new(
         method: &MethodParams,
         m1_fingerprint: Option<&str>,
-        m1: Option<Arc<ExactM1>>,
+        m1: Option<Arc<Int8M1>>,
     ) -> Result<Codec> {
         let m1 = if method.method().needs_m1() {
+            let contract = method.m1_contract().unwrap_or(0);
+            ensure!(
+                contract == CONTRACT_VERSION,
+                "these tokens were coded under M1 numeric contract {contract}; this build codes and decodes under contract {CONTRACT_VERSION}: tokenize the text again with this build (or decode with the build that wrote them)"
+            );
             let m1 = m1.context("this dataset was coded with M1: pass the same M1 to decode it")?;
             let want = m1_fingerprint.unwrap_or("none");
             let have = format!("{:016x}", m1.fingerprint());
@@ -374,7 +379,7 @@ pub fn tokenize_corpus_with(
                 chunk_bytes: chunk,
                 m1_config: e.m1.config().clone(),
                 m1_context: "whole chunk, never reset".into(),
-                m1_contract: crate::m1::CONTRACT_VERSION,
+                m1_contract: CONTRACT_VERSION,
             });
             (Codec::Ac(e.clone()), params, None)
         }
@@ -391,7 +396,7 @@ pub fn tokenize_corpus_with(
                 cdf_total_bits: 16,
                 chunk_bytes: chunk,
                 m1_config: e.m1.config().clone(),
-                m1_contract: crate::m1::CONTRACT_VERSION,
+                m1_contract: CONTRACT_VERSION,
                 window_bits: e.window_bits,
                 window_rule: e.rule,
             });
@@ -609,7 +614,7 @@ pub fn decode_dataset(dir: &Path) -> Result<Vec<u8>> {
 }
 
 /// As [`decode_dataset`], with the M1 that datasets of M1-based methods need.
-pub fn decode_dataset_with_m1(dir: &Path, m1: Option<Arc<ExactM1>>) -> Result<Vec<u8>> {
+pub fn decode_dataset_with_m1(dir: &Path, m1: Option<Arc<Int8M1>>) -> Result<Vec<u8>> {
     decode_dataset_on(dir, m1, None)
 }
 
@@ -617,7 +622,7 @@ pub fn decode_dataset_with_m1(dir: &Path, m1: Option<Arc<ExactM1>>) -> Result<Ve
 /// ([`M1Spec::batch`]) when given (other methods ignore it).
 pub fn decode_dataset_on(
     dir: &Path,
-    m1: Option<Arc<ExactM1>>,
+    m1: Option<Arc<Int8M1>>,
     batch: Option<Arc<Mutex<dyn M1Batch>>>,
 ) -> Result<Vec<u8>> {
     let decoder = DatasetDecoder::open(dir, m1, batch)?;
@@ -643,7 +648,7 @@ impl DatasetDecoder {
     /// `equal-info` dataset decodes on `batch` when given (other methods ignore it).
     pub fn open(
         dir: &Path,
-        m1: Option<Arc<ExactM1>>,
+        m1: Option<Arc<Int8M1>>,
         batch: Option<Arc<Mutex<dyn M1Batch>>>,
     ) -> Result<DatasetDecoder> {
         let ds = TokenDataset::open(dir)?;

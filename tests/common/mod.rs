@@ -72,13 +72,14 @@ pub fn tokenize(
 
 /// A tiny M1 with sharp, varied distributions (random weights scaled up), built once per test
 /// binary: fixtures for the M1-based methods that need no training.
-pub fn tiny_m1() -> std::sync::Arc<terse::m1::ExactM1> {
-    static M1: std::sync::OnceLock<std::sync::Arc<terse::m1::ExactM1>> = std::sync::OnceLock::new();
+pub fn tiny_m1() -> std::sync::Arc<terse::m1::Int8M1> {
+    static M1: std::sync::OnceLock<std::sync::Arc<terse::m1::Int8M1>> = std::sync::OnceLock::new();
     M1.get_or_init(|| {
-        let cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
+        let mut cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
+        cfg.context = Some(256); // contract 3 attends over a recorded context
         let mut p = terse::model::ParamArena::init(&cfg, 21);
         p.data.iter_mut().for_each(|x| *x *= 8.0);
-        std::sync::Arc::new(terse::m1::ExactM1::new(&cfg, &p).unwrap())
+        std::sync::Arc::new(terse::m1::Int8M1::new(&cfg, &p).unwrap())
     })
     .clone()
 }

@@ -389,21 +389,3 @@ fn matvec(
     unsafe { l.launch(cfg) }?;
     Ok(())
 }
-
-impl crate::m1::M1Batch for GpuExactM1 {
-    fn streams(&self) -> usize {
-        GpuExactM1::streams(self)
-    }
-
-    fn fingerprint(&self) -> u64 {
-        GpuExactM1::fingerprint(self)
-    }
-
-    fn reset(&mut self, stream: usize) {
-        GpuExactM1::reset(self, stream)
-    }
-
-    fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>> {
-        GpuExactM1::step(self, feeds)
-    }
-}

@@ -43,6 +43,15 @@ impl QKvCache {
         }
     }
 
+    /// Forgets every position, keeping the memory.
+    pub(super) fn clear(&mut self) {
+        self.start = 0;
+        self.keys.clear();
+        self.key_e.clear();
+        self.values.clear();
+        self.value_e.clear();
+    }
+
     /// Appends the key and value (`[d]` each, f32, keys already rotated) of the next position.
     pub(super) fn push(&mut self, key: &[f32], value: &[f32]) {
         push_per_head(&mut self.keys, &mut self.key_e, key);

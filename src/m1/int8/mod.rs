@@ -5,7 +5,8 @@
 //! independent of order, so later SIMD and tensor-core kernels can tile it any way and give the
 //! same bits. Everything else (RMSNorm, rotary, softmax, residuals) is contract 2's f32 operations.
 //!
-//! Contract 3 lives beside contract 2 ([`super::ExactM1`]): nothing codes with it yet.
+//! Every coder runs M1 under contract 3; contract 2 ([`super::ExactM1`]) is the float model it
+//! is quantised from.
 
 mod attention;
 mod measure;
@@ -15,13 +16,13 @@ pub use measure::{quantisation_cost, QuantisationCost};
 pub use quantise::MAX_INNER;
 
 use super::{
-    add_into, check_byte_level, check_weights, cover_position, rms_factor, rotate,
-    softmax_in_place, Probs, WINDOW_START,
+    add_into, check_byte_level, check_weights, cover_position, fingerprint, rms_factor, rotate,
+    softmax_in_place, Probs, CONTRACT_VERSION, WINDOW_START,
 };
 use crate::model::{ModelConfig, ParamArena};
 use crate::numerics::int8::I8Kernel;
 use crate::numerics::RopeTables;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use attention::{attend, QKvCache};
 use quantise::{qmatmul, QMatrix, ROWS_PER_TASK};
 use rayon::prelude::*;
@@ -49,6 +50,7 @@ pub struct Int8M1 {
     layers: Vec<QLayer>,
     /// `lm_head` with the final norm's gain folded in.
     head: QMatrix,
+    fingerprint: u64,
 }
 
 /// The context of one window under contract 3: int8 key/value caches of every layer.
@@ -67,6 +69,13 @@ impl Int8State {
 
     pub fn is_empty(&self) -> bool {
         self.pos == 0
+    }
+
+    /// Empties the context for a new window of the same model, keeping the caches' memory and
+    /// the rotary tables (a function of position and the model's theta only).
+    pub(crate) fn restart(&mut self) {
+        self.pos = 0;
+        self.caches.iter_mut().for_each(QKvCache::clear);
     }
 }
 
@@ -121,11 +130,25 @@ impl Int8M1 {
             tok_emb: t("tok_emb.weight").to_vec(),
             layers,
             head: QMatrix::from_rows(t("lm_head.weight"), 256, d, Some(t("final_norm.weight"))),
+            fingerprint: fingerprint(CONTRACT_VERSION, cfg, params)?,
         })
+    }
+
+    /// Loads the checkpoint at `path` (a directory or its `model.safetensors`) and quantises it;
+    /// refuses a model that cannot serve as M1 under contract 3.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let (cfg, params) = crate::checkpoint::load_model(path)?;
+        Int8M1::new(&cfg, &params).with_context(|| format!("{} cannot serve as M1", path.display()))
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Hash of [`CONTRACT_VERSION`] (3), the configuration and every bit of the float weights
+    /// quantised: what coded data records to name its M1.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The same model computing its integer products with `kernel`; refused where this machine
@@ -436,6 +459,18 @@ mod tests {
         }
         let tv = tv / q.len() as f64;
         assert!(tv < 0.05, "mean total variation {tv}");
+    }
+
+    /// The fingerprint names contract 3 and every weight bit: it differs from the same weights'
+    /// contract-2 fingerprint, and a flipped weight bit changes it.
+    #[test]
+    fn fingerprint_tracks_the_contract_and_every_weight_bit() {
+        let (cfg, mut p) = model(16);
+        let a = Int8M1::new(&cfg, &p).unwrap().fingerprint();
+        assert_eq!(a, Int8M1::new(&cfg, &p).unwrap().fingerprint());
+        assert_ne!(a, ExactM1::new(&cfg, &p).unwrap().fingerprint());
+        p.data[12345] = f32::from_bits(p.data[12345].to_bits() ^ 1);
+        assert_ne!(a, Int8M1::new(&cfg, &p).unwrap().fingerprint());
     }
 
     /// Shapes outside the proved bounds are refused, saying which bound and the model's value.
