@@ -115,5 +115,34 @@ fn stream(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, window, stream);
+/// The integer CDF of one distribution (`CdfQuantizer::quantize`, 256 f32 probabilities to 257
+/// cumulative counts): the host's cost per position when M1's probabilities arrive as floats.
+fn quantize(c: &mut Criterion) {
+    let q = CdfQuantizer::default();
+    let mut s = 0x51_7CC1_B727_220Au64;
+    let probs: Vec<[f32; 256]> = (0..1024)
+        .map(|_| {
+            let mut p = [0f32; 256];
+            p.iter_mut()
+                .for_each(|x| *x = (xorshift(&mut s) % 1000 + 1) as f32 * 1e-6);
+            p[(xorshift(&mut s) % 256) as usize] += 0.6;
+            let sum: f32 = p.iter().sum();
+            p.iter_mut().for_each(|x| *x /= sum);
+            p
+        })
+        .collect();
+    let mut g = c.benchmark_group("cdf");
+    g.throughput(Throughput::Elements(probs.len() as u64));
+    g.bench_function("quantize", |bch| {
+        bch.iter(|| {
+            probs
+                .iter()
+                .map(|p| q.quantize(p).unwrap().freq(65))
+                .sum::<u32>()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, window, stream, quantize);
 criterion_main!(benches);
