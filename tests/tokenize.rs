@@ -1053,3 +1053,66 @@ fn datasets_of_another_contract_are_refused_naming_both() {
         );
     }
 }
+
+/// M1 as each int8 kernel of this machine computes it (AVX-512 VNNI, AVX-VNNI, AVX2, portable),
+/// from the weights of [`tiny_m1`].
+fn tiny_m1_on_every_kernel() -> &'static [terse::m1::Int8M1] {
+    static M1S: std::sync::OnceLock<Vec<terse::m1::Int8M1>> = std::sync::OnceLock::new();
+    M1S.get_or_init(|| {
+        let (cfg, p) = common::tiny_m1_weights();
+        terse::numerics::int8::I8Kernel::available()
+            .into_iter()
+            .map(|k| {
+                let m = terse::m1::Int8M1::new(&cfg, &p).unwrap();
+                m.with_kernel(k).unwrap()
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// Equal-Info windows and `ac` tokens are the same bits whatever computes M1: every int8
+    /// kernel, 1 or 2 threads, each chunk alone or chunks in lockstep on a shared batch of
+    /// 1 to 4 streams; and every variant decodes them back.
+    #[test]
+    fn prop_m1_tokens_agree_across_kernels_threads_and_batches(
+        chunks in prop::collection::vec(short_byte_strings(), 1..5),
+        streams in 1usize..5,
+    ) {
+        use terse::m1::CpuM1Batch;
+        use terse::tokenize::{ac, equal_info::EqualInfo};
+        let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
+        let m1s = tiny_m1_on_every_kernel();
+        let reference = &m1s[m1s.len() - 1]; // the portable kernel comes last
+        prop_assert_eq!(reference.kernel().name(), "portable");
+        let ei_ref: Vec<Vec<u128>> = chunks
+            .iter()
+            .map(|c| EqualInfo::new(reference, 16).unwrap().encode(c).unwrap().codes)
+            .collect();
+        let ac_ref: Vec<Vec<u16>> = chunks.iter().map(|c| ac::encode(reference, c, 16).unwrap()).collect();
+        for m1 in m1s {
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let (ei, ac_tokens, back) = pool.install(|| {
+                    let coder = EqualInfo::new(m1, 16).unwrap();
+                    let mut batch = CpuM1Batch::new(m1, streams);
+                    let ei: Vec<Vec<u128>> = coder
+                        .encode_chunks(&mut batch, &chunks)
+                        .unwrap()
+                        .into_iter()
+                        .map(|w| w.codes)
+                        .collect();
+                    let ac_tokens = ac::encode_chunks(&mut batch, &chunks, 16).unwrap();
+                    let back = coder.decode_codes(&mut batch, &ei.concat()).unwrap().concat();
+                    (ei, ac_tokens, back)
+                });
+                let at = format!("{} kernel, {threads} threads, {streams} streams", m1.kernel().name());
+                prop_assert_eq!(&ei, &ei_ref, "equal-info windows, {}", at);
+                prop_assert_eq!(&ac_tokens, &ac_ref, "ac tokens, {}", at);
+                prop_assert_eq!(back, chunks.concat(), "decoded, {}", at);
+            }
+        }
+    }
+}

@@ -70,15 +70,22 @@ pub fn tokenize(
     assert!(r.status.success(), "{}", stderr(&r));
 }
 
-/// A tiny M1 with sharp, varied distributions (random weights scaled up), built once per test
-/// binary: fixtures for the M1-based methods that need no training.
+/// The weights of [`tiny_m1`]: a tiny byte-level model (context 256) with random weights scaled
+/// up, for sharp, varied distributions.
+pub fn tiny_m1_weights() -> (terse::model::ModelConfig, terse::model::ParamArena) {
+    let mut cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
+    cfg.context = Some(256); // contract 3 attends over a recorded context
+    let mut p = terse::model::ParamArena::init(&cfg, 21);
+    p.data.iter_mut().for_each(|x| *x *= 8.0);
+    (cfg, p)
+}
+
+/// A tiny M1 ([`tiny_m1_weights`]) built once per test binary: fixtures for the M1-based methods
+/// that need no training.
 pub fn tiny_m1() -> std::sync::Arc<terse::m1::Int8M1> {
     static M1: std::sync::OnceLock<std::sync::Arc<terse::m1::Int8M1>> = std::sync::OnceLock::new();
     M1.get_or_init(|| {
-        let mut cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
-        cfg.context = Some(256); // contract 3 attends over a recorded context
-        let mut p = terse::model::ParamArena::init(&cfg, 21);
-        p.data.iter_mut().for_each(|x| *x *= 8.0);
+        let (cfg, p) = tiny_m1_weights();
         std::sync::Arc::new(terse::m1::Int8M1::new(&cfg, &p).unwrap())
     })
     .clone()
