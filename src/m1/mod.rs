@@ -388,6 +388,7 @@ fn add_into(x: &mut [f32], y: &[f32]) {
 }
 
 /// RMSNorm's factor `r = 1 / sqrt(ss / d + eps)`, `ss` the fma chain of `x_k^2` over ascending k.
+#[inline(always)]
 fn rms_factor(x: &[f32], eps: f32) -> f32 {
     let mut ss = 0f32;
     for &v in x {
@@ -422,6 +423,7 @@ fn cover_position(rope: &mut Option<RopeTables>, t: usize, theta: f32) {
 }
 
 /// Rotary embedding of the q and k parts (`[2d]`) at position `t`.
+#[inline(always)]
 fn rotate(qk: &mut [f32], rope: &RopeTables, t: usize) {
     let half = HEAD_DIM / 2;
     let (c, s) = (
