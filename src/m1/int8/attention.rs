@@ -1,7 +1,7 @@
 //! Contract 3's attention: int8 q and key/value cache per (position, head), scores from i32 dot
 //! products, attention weights as integers of 2^-14 and their weighted sum of values in i32.
 
-use super::quantise::{dot_i8, pow2, quantise_row, round_even};
+use super::quantise::{dot_i8, int_or_zero, pow2, quantise_row, round_even};
 use super::MAX_CONTEXT;
 use crate::numerics::int8::I8Kernel;
 use crate::numerics::{exp_contract, HEAD_DIM};
@@ -139,8 +139,9 @@ pub(super) fn attend(
                 scores.iter_mut().for_each(|s| *s = exp_contract(*s - m));
                 let mut sum = 0i32;
                 for ((w, &p), &ev) in weights.iter_mut().zip(&scores).zip(ev) {
-                    sum += round_even(p * pow2(P_BITS)) as i32;
-                    *w = round_even(p * pow2(P_BITS + ev - top)) as i32;
+                    // `p` is in [0, 1] (or NaN after an infinite score): both are in 0..=2^14.
+                    sum += int_or_zero(round_even(p * pow2(P_BITS)));
+                    *w = int_or_zero(round_even(p * pow2(P_BITS + ev - top)));
                 }
                 let mut acc = [0i32; HEAD_DIM];
                 for (&w, v) in weights.iter().zip(values.chunks_exact(d)) {
