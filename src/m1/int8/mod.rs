@@ -41,7 +41,8 @@ struct QLayer {
 
 /// A byte-level model quantised for contract 3. Its integer products run on the fastest kernel
 /// of [`crate::numerics::int8`] the machine has ([`with_kernel`](Self::with_kernel) forces one;
-/// every kernel gives the same integers, so the same bits); the rest is plain loops.
+/// every kernel gives the same integers, so the same bits); the row-wise work around them runs
+/// in the AVX2 and FMA copies of [`I8Kernel::vectorised`] (the same bits as plain code).
 pub struct Int8M1 {
     cfg: ModelConfig,
     kernel: I8Kernel,
