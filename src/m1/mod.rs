@@ -388,7 +388,6 @@ fn add_into(x: &mut [f32], y: &[f32]) {
 }
 
 /// RMSNorm's factor `r = 1 / sqrt(ss / d + eps)`, `ss` the fma chain of `x_k^2` over ascending k.
-#[inline(always)]
 fn rms_factor(x: &[f32], eps: f32) -> f32 {
     let mut ss = 0f32;
     for &v in x {

@@ -3,26 +3,26 @@
 //! per row, q and the key/value cache int8 per (position, head), attention weights integers of
 //! 2^-14; every matrix and attention product is a sum of integer products in i32, exact and
 //! independent of order, so later SIMD and tensor-core kernels can tile it any way and give the
-//! same bits. Everything else (RMSNorm, rotary, softmax, residuals) is contract 2's f32 operations.
+//! same bits. Everything else (RMSNorm, rotary, softmax, residuals) is contract 2's f32 operations,
+//! except that the two long sums (RMSNorm's and the softmax's) run in 16 lanes (`lanes.rs`).
 //!
 //! Contract 3 lives beside contract 2 ([`super::ExactM1`]): nothing codes with it yet.
 
 mod attention;
+mod lanes;
 mod measure;
 mod quantise;
 
 pub use measure::{quantisation_cost, QuantisationCost};
 pub use quantise::MAX_INNER;
 
-use super::{
-    add_into, check_byte_level, check_weights, rms_factor, rotate, softmax_in_place, Probs,
-    WINDOW_START,
-};
+use super::{add_into, check_byte_level, check_weights, rotate, Probs, WINDOW_START};
 use crate::model::{ModelConfig, ParamArena};
 use crate::numerics::int8::I8Kernel;
 use crate::numerics::RopeTables;
 use anyhow::{ensure, Result};
 use attention::{attend, QKvCache};
+use lanes::{rms_factor, softmax};
 use quantise::{qmatmul, QMatrix, ROWS_PER_TASK};
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
@@ -294,7 +294,12 @@ impl Int8M1 {
         probs
             .par_iter_mut()
             .with_min_len(ROWS_PER_TASK)
-            .for_each(|p| softmax_in_place(p));
+            .for_each(|p| {
+                self.kernel.vectorised(
+                    #[inline(always)]
+                    || softmax(p),
+                )
+            });
         probs
     }
 
