@@ -426,6 +426,7 @@ fn cover_position(rope: &mut Option<RopeTables>, t: usize, theta: f32) {
 }
 
 /// Rotary embedding of the q and k parts (`[2d]`) at position `t`.
+#[inline(always)]
 fn rotate(qk: &mut [f32], rope: &RopeTables, t: usize) {
     let half = HEAD_DIM / 2;
     let (c, s) = (

@@ -110,6 +110,27 @@ impl I8Kernel {
         Self::detected()[0]
     }
 
+    /// Runs `f` compiled for AVX2 and FMA when this kernel is not [`Portable`](Self::Portable)
+    /// and the CPU has both, else as plain code: for the row-wise work around the products
+    /// (quantising, norms, rotary, attention), whose loops vectorise with AVX2 and whose
+    /// `mul_add`s become one instruction instead of a libm call. The bits are the same either
+    /// way: rustc neither contracts nor reassociates f32 operations, `mul_add` rounds once in
+    /// both, and integer sums are exact. `f` (a closure marked `#[inline(always)]`) and what it
+    /// calls must be inlined into it to be compiled for those features.
+    #[inline(always)]
+    pub fn vectorised<R>(self, f: impl FnOnce() -> R) -> R {
+        #[cfg(target_arch = "x86_64")]
+        if self != I8Kernel::Portable && avx2_fma() {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn with_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { with_avx2_fma(f) };
+        }
+        f()
+    }
+
     /// A short name for reports (`avx512-vnni`, `avx-vnni`, `avx2`, `portable`).
     pub fn name(self) -> &'static str {
         match self {
@@ -119,6 +140,15 @@ impl I8Kernel {
             I8Kernel::Portable => "portable",
         }
     }
+}
+
+/// True when the CPU has AVX2 and FMA (read once).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    })
 }
 
 impl I8Matrix {

@@ -1,8 +1,9 @@
 //! Contract 3's attention: int8 q and key/value cache per (position, head), scores from i32 dot
 //! products, attention weights as integers of 2^-14 and their weighted sum of values in i32.
 
-use super::quantise::{dot_i8, pow2, quantise_row, round_even};
+use super::quantise::{dot_i8, int_or_zero, pow2, quantise_row, round_even};
 use super::MAX_CONTEXT;
+use crate::numerics::int8::I8Kernel;
 use crate::numerics::{exp_contract, HEAD_DIM};
 use std::ops::Range;
 
@@ -27,6 +28,7 @@ pub(super) struct QKvCache {
 }
 
 /// Appends `x` quantised per 64-wide head: its int8 values to `q`, one exponent per head to `e`.
+#[inline(always)]
 fn push_per_head(q: &mut Vec<i8>, e: &mut Vec<i32>, x: &[f32]) {
     for head in x.chunks_exact(HEAD_DIM) {
         let at = q.len();
@@ -53,6 +55,7 @@ impl QKvCache {
     }
 
     /// Appends the key and value (`[d]` each, f32, keys already rotated) of the next position.
+    #[inline(always)]
     pub(super) fn push(&mut self, key: &[f32], value: &[f32]) {
         push_per_head(&mut self.keys, &mut self.key_e, key);
         push_per_head(&mut self.values, &mut self.value_e, value);
@@ -72,14 +75,8 @@ impl QKvCache {
         }
     }
 
-    /// Position `j`'s int8 key of head `h` and its exponent.
-    fn key(&self, j: usize, h: usize) -> (&[i8], i32) {
-        let (row, heads) = (j - self.start, self.d / HEAD_DIM);
-        let at = row * self.d + h * HEAD_DIM;
-        (&self.keys[at..at + HEAD_DIM], self.key_e[row * heads + h])
-    }
-
     /// Position `j`'s int8 value of head `h` and its exponent.
+    #[cfg(test)]
     fn value(&self, j: usize, h: usize) -> (&[i8], i32) {
         let (row, heads) = (j - self.start, self.d / HEAD_DIM);
         let at = row * self.d + h * HEAD_DIM;
@@ -108,38 +105,66 @@ impl QKvCache {
 /// 2,130,706,432 < i32::MAX = 2,147,483,647`, whatever the order of the additions.
 /// (`attention_at_the_longest_context_does_not_overflow` runs it at the bound.) `sum >= 2^14`:
 /// the maximal score has `p = 1`.
-pub(super) fn attend(out: &mut [f32], q: &[f32], cache: &QKvCache, span: Range<usize>) {
+pub(super) fn attend(
+    kernel: I8Kernel,
+    out: &mut [f32],
+    q: &[f32],
+    cache: &QKvCache,
+    span: Range<usize>,
+) {
     debug_assert!(span.len() <= MAX_CONTEXT && !span.is_empty());
-    let mut qq = [0i8; HEAD_DIM];
+    let d = cache.d;
+    let heads = d / HEAD_DIM;
+    let rows = span.start - cache.start..span.end - cache.start;
+    let (keys, values) = (
+        &cache.keys[rows.start * d..rows.end * d],
+        &cache.values[rows.start * d..rows.end * d],
+    );
+    let (key_e, value_e) = (
+        &cache.key_e[rows.start * heads..rows.end * heads],
+        &cache.value_e[rows.start * heads..rows.end * heads],
+    );
     let mut scores = vec![0f32; span.len()];
-    for (h, o) in out.chunks_exact_mut(HEAD_DIM).enumerate() {
-        let eq = quantise_row(&q[h * HEAD_DIM..(h + 1) * HEAD_DIM], &mut qq);
-        for (s, j) in scores.iter_mut().zip(span.clone()) {
-            let (k, ek) = cache.key(j, h);
-            *s = dot_i8(&qq, k) as f32 * pow2(eq + ek + SCORE_SHIFT);
-        }
-        let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let top = span
-            .clone()
-            .map(|j| cache.value(j, h).1)
-            .max()
-            .expect("span");
-        let mut sum = 0i32;
-        let mut acc = [0i32; HEAD_DIM];
-        for (&s, j) in scores.iter().zip(span.clone()) {
-            let p = exp_contract(s - m);
-            sum += round_even(p * pow2(P_BITS)) as i32;
-            let (v, ev) = cache.value(j, h);
-            let w = round_even(p * pow2(P_BITS + ev - top)) as i32;
-            for (a, &vc) in acc.iter_mut().zip(v) {
-                *a += w * vc as i32;
+    let mut weights = vec![0i32; span.len()];
+    kernel.vectorised(
+        #[inline(always)]
+        || {
+            let mut qq = [0i8; HEAD_DIM];
+            for (h, o) in out.chunks_exact_mut(HEAD_DIM).enumerate() {
+                let head = h * HEAD_DIM..(h + 1) * HEAD_DIM;
+                let eq = quantise_row(&q[head.clone()], &mut qq);
+                for ((s, k), &ek) in scores
+                    .iter_mut()
+                    .zip(keys.chunks_exact(d))
+                    .zip(key_e.iter().skip(h).step_by(heads))
+                {
+                    *s = dot_i8(&qq, &k[head.clone()]) as f32 * pow2(eq + ek + SCORE_SHIFT);
+                }
+                let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let ev = value_e.iter().skip(h).step_by(heads);
+                let top = ev.clone().copied().max().expect("span");
+                // Elementwise passes (each entry's operations as written, so no bit changes) that
+                // vectorise; then the integer sums, exact in any order.
+                scores.iter_mut().for_each(|s| *s = exp_contract(*s - m));
+                let mut sum = 0i32;
+                for ((w, &p), &ev) in weights.iter_mut().zip(&scores).zip(ev) {
+                    // `p` is in [0, 1] (or NaN after an infinite score): both are in 0..=2^14.
+                    sum += int_or_zero(round_even(p * pow2(P_BITS)));
+                    *w = int_or_zero(round_even(p * pow2(P_BITS + ev - top)));
+                }
+                let mut acc = [0i32; HEAD_DIM];
+                for (&w, v) in weights.iter().zip(values.chunks_exact(d)) {
+                    for (a, &vc) in acc.iter_mut().zip(&v[head.clone()]) {
+                        *a += w * vc as i32;
+                    }
+                }
+                let (scale, total) = (pow2(top), sum as f32);
+                for (oc, a) in o.iter_mut().zip(acc) {
+                    *oc = (a as f32 * scale) / total;
+                }
             }
-        }
-        let (scale, total) = (pow2(top), sum as f32);
-        for (oc, a) in o.iter_mut().zip(acc) {
-            *oc = (a as f32 * scale) / total;
-        }
-    }
+        },
+    )
 }
 
 #[cfg(test)]
@@ -164,8 +189,43 @@ mod tests {
         let bound = 127i64 * (1 << P_BITS) * MAX_CONTEXT as i64;
         assert!(bound <= i32::MAX as i64, "{bound}");
         let mut out = vec![0f32; d];
-        attend(&mut out, &key, &cache, 0..MAX_CONTEXT);
+        attend(I8Kernel::best(), &mut out, &key, &cache, 0..MAX_CONTEXT);
         assert_eq!(out, value, "weighted sum of 1024 values, each 127 * 2^14");
+    }
+
+    /// Every kernel's attention (the vectorised copies) equals the plain code's bit for bit, for
+    /// every span length from 1 to 70 (so every tail of an 8- or 16-lane loop) and spans that
+    /// start past a dropped prefix, over keys and values whose heads have very different scales
+    /// (so the weights `W_j` differ from the `P_j`), zero heads included.
+    #[test]
+    fn attention_on_every_kernel_equals_the_plain_code() {
+        let d = 2 * HEAD_DIM;
+        let mut rng = crate::rng::Rng::new(11);
+        let mut row = |j: usize| -> Vec<f32> {
+            let scale = [1.0, 3e-3, 40.0, 0.0, 0.7][j % 5];
+            (0..d)
+                .map(|_| (rng.below(2001) as f32 - 1000.0) / 1000.0 * scale)
+                .collect()
+        };
+        let mut cache = QKvCache::new(d);
+        for j in 0..70 {
+            let (k, v) = (row(j), row(j + 2));
+            cache.push(&k, &v);
+        }
+        let queries: Vec<Vec<f32>> = (0..4).map(&mut row).collect();
+        for kernel in I8Kernel::available() {
+            for end in 1..=70 {
+                for start in [0, end / 3, end - 1] {
+                    for q in &queries {
+                        let (mut want, mut got) = (vec![0f32; d], vec![0f32; d]);
+                        attend(I8Kernel::Portable, &mut want, q, &cache, start..end);
+                        attend(kernel, &mut got, q, &cache, start..end);
+                        let bits = |o: &[f32]| o.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got), bits(&want), "{} {start}..{end}", kernel.name());
+                    }
+                }
+            }
+        }
     }
 
     /// Values of different scales enter on the largest one through their weights: two positions
@@ -180,7 +240,7 @@ mod tests {
         cache.push(&key, &vec![100.0; d]);
         cache.push(&key, &vec![1.5; d]);
         let mut out = vec![0f32; d];
-        attend(&mut out, &vec![1.0; d], &cache, 0..2);
+        attend(I8Kernel::best(), &mut out, &vec![1.0; d], &cache, 0..2);
         // Scores 0 and 0: p = 1, P = 2^14 each, sum = 2^15. E = 0: W_a = 2^14, W_b = 2^(14-6)
         // = 256; acc = 2^14 * 100 + 256 * 96 = 1,662,976; out = acc / 2^15 = 50.75 = (100 + 1.5) / 2.
         assert!(out.iter().all(|&o| o == 50.75), "{out:?}");

@@ -3,12 +3,14 @@
 //! per row, q and the key/value cache int8 per (position, head), attention weights integers of
 //! 2^-14; every matrix and attention product is a sum of integer products in i32, exact and
 //! independent of order, so later SIMD and tensor-core kernels can tile it any way and give the
-//! same bits. Everything else (RMSNorm, rotary, softmax, residuals) is contract 2's f32 operations.
+//! same bits. Everything else (RMSNorm, rotary, softmax, residuals) is contract 2's f32 operations,
+//! except that the two long sums (RMSNorm's and the softmax's) run in 16 lanes (`lanes.rs`).
 //!
 //! Every coder runs M1 under contract 3; contract 2 ([`super::ExactM1`]) is the float model it
 //! is quantised from.
 
 mod attention;
+mod lanes;
 mod measure;
 mod quantise;
 
@@ -16,16 +18,18 @@ pub use measure::{quantisation_cost, QuantisationCost};
 pub use quantise::MAX_INNER;
 
 use super::{
-    add_into, check_byte_level, check_weights, cover_position, fingerprint, rms_factor, rotate,
-    softmax_in_place, Probs, CONTRACT_VERSION, WINDOW_START,
+    add_into, check_byte_level, check_weights, fingerprint, rotate, Probs, CONTRACT_VERSION,
+    WINDOW_START,
 };
 use crate::model::{ModelConfig, ParamArena};
 use crate::numerics::int8::I8Kernel;
 use crate::numerics::RopeTables;
 use anyhow::{ensure, Context, Result};
 use attention::{attend, QKvCache};
+use lanes::{rms_factor, softmax};
 use quantise::{qmatmul, QMatrix, ROWS_PER_TASK};
 use rayon::prelude::*;
+use std::sync::{Arc, RwLock};
 
 /// The longest attention span (a model's [`ModelConfig::context`]) contract 3 admits: the bound
 /// of the attention's i32 sums (`attention.rs`) holds for at most this many positions.
@@ -41,7 +45,8 @@ struct QLayer {
 
 /// A byte-level model quantised for contract 3. Its integer products run on the fastest kernel
 /// of [`crate::numerics::int8`] the machine has ([`with_kernel`](Self::with_kernel) forces one;
-/// every kernel gives the same integers, so the same bits); the rest is plain loops.
+/// every kernel gives the same integers, so the same bits); the row-wise work around them runs
+/// in the AVX2 and FMA copies of [`I8Kernel::vectorised`] (the same bits as plain code).
 pub struct Int8M1 {
     cfg: ModelConfig,
     kernel: I8Kernel,
@@ -51,6 +56,9 @@ pub struct Int8M1 {
     /// `lm_head` with the final norm's gain folded in.
     head: QMatrix,
     fingerprint: u64,
+    /// The rotary tables, shared by every window and grown to the furthest position asked for
+    /// ([`rope_covering`](Self::rope_covering)): a table's entries do not depend on its length.
+    rope: RwLock<Arc<RopeTables>>,
 }
 
 /// The context of one window under contract 3: int8 key/value caches of every layer.
@@ -58,7 +66,6 @@ pub struct Int8M1 {
 pub struct Int8State {
     pos: usize,
     caches: Vec<QKvCache>,
-    rope: Option<RopeTables>,
 }
 
 impl Int8State {
@@ -71,8 +78,7 @@ impl Int8State {
         self.pos == 0
     }
 
-    /// Empties the context for a new window of the same model, keeping the caches' memory and
-    /// the rotary tables (a function of position and the model's theta only).
+    /// Empties the context for a new window of the same model, keeping the caches' memory.
     pub(crate) fn restart(&mut self) {
         self.pos = 0;
         self.caches.iter_mut().for_each(QKvCache::clear);
@@ -131,6 +137,7 @@ impl Int8M1 {
             layers,
             head: QMatrix::from_rows(t("lm_head.weight"), 256, d, Some(t("final_norm.weight"))),
             fingerprint: fingerprint(CONTRACT_VERSION, cfg, params)?,
+            rope: RwLock::new(Arc::new(RopeTables::new(0, cfg.rope_theta))),
         })
     }
 
@@ -189,8 +196,8 @@ impl Int8M1 {
             if state.caches.is_empty() {
                 state.caches = vec![QKvCache::new(d); self.cfg.n_layers];
             }
-            cover_position(&mut state.rope, state.pos, self.cfg.rope_theta);
         }
+        let rope = self.rope_covering(states.iter().map(|s| s.pos + 1).max().unwrap_or(0));
         let mut att = vec![0f32; x.len()];
         for (l, w) in self.layers.iter().enumerate() {
             let mut qkv = self.project_qkv(w, &x);
@@ -203,16 +210,17 @@ impl Int8M1 {
                 )
                 .for_each(|(state, (row, out))| {
                     let t = state.pos;
-                    rotate(
-                        &mut row[..2 * d],
-                        state.rope.as_ref().expect("set above"),
-                        t,
-                    );
                     let cache = &mut state.caches[l];
-                    cache.push(&row[d..2 * d], &row[2 * d..]);
+                    self.kernel.vectorised(
+                        #[inline(always)]
+                        || {
+                            rotate(&mut row[..2 * d], &rope, t);
+                            cache.push(&row[d..2 * d], &row[2 * d..]);
+                        },
+                    );
                     let lo = self.window_start(t);
                     cache.forget_before(lo);
-                    attend(out, &row[..d], cache, lo..t + 1);
+                    attend(self.kernel, out, &row[..d], cache, lo..t + 1);
                 });
             self.finish_layer(w, &mut x, &att);
         }
@@ -226,7 +234,7 @@ impl Int8M1 {
     pub fn window_probs(&self, window: &[u8]) -> Vec<Probs> {
         let d = self.cfg.d_model;
         let n = window.len() + 1;
-        let rope = RopeTables::new(n, self.cfg.rope_theta);
+        let rope = self.rope_covering(n);
         let mut x: Vec<f32> = std::iter::once(WINDOW_START)
             .chain(window.iter().copied())
             .flat_map(|b| self.embed(b).iter().copied())
@@ -235,17 +243,37 @@ impl Int8M1 {
         for w in &self.layers {
             let mut qkv = self.project_qkv(w, &x);
             let mut cache = QKvCache::new(d);
-            for (t, row) in qkv.chunks_exact_mut(3 * d).enumerate() {
-                rotate(&mut row[..2 * d], &rope, t);
-                cache.push(&row[d..2 * d], &row[2 * d..]);
-            }
+            self.kernel.vectorised(
+                #[inline(always)]
+                || {
+                    for (t, row) in qkv.chunks_exact_mut(3 * d).enumerate() {
+                        rotate(&mut row[..2 * d], &rope, t);
+                        cache.push(&row[d..2 * d], &row[2 * d..]);
+                    }
+                },
+            );
             for (t, out) in att.chunks_exact_mut(d).enumerate() {
                 let q = &qkv[t * 3 * d..t * 3 * d + d];
-                attend(out, q, &cache, self.window_start(t)..t + 1);
+                attend(self.kernel, out, q, &cache, self.window_start(t)..t + 1);
             }
             self.finish_layer(w, &mut x, &att);
         }
         self.next_byte_probs(&x)
+    }
+
+    /// The rotary tables of at least `positions` positions: the shared ones, rebuilt (to the
+    /// next power of two, at least 64) only when a window reaches past them.
+    fn rope_covering(&self, positions: usize) -> Arc<RopeTables> {
+        let shared = self.rope.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if shared.seq >= positions {
+            return shared;
+        }
+        let mut rope = self.rope.write().unwrap_or_else(|e| e.into_inner());
+        if rope.seq < positions {
+            let seq = positions.next_power_of_two().max(64);
+            *rope = Arc::new(RopeTables::new(seq, self.cfg.rope_theta));
+        }
+        rope.clone()
     }
 
     /// The input vector of `byte`: its row of the float embedding (a copy).
@@ -291,7 +319,12 @@ impl Int8M1 {
         probs
             .par_iter_mut()
             .with_min_len(ROWS_PER_TASK)
-            .for_each(|p| softmax_in_place(p));
+            .for_each(|p| {
+                self.kernel.vectorised(
+                    #[inline(always)]
+                    || softmax(p),
+                )
+            });
         probs
     }
 
@@ -301,8 +334,13 @@ impl Int8M1 {
         y.par_chunks_exact_mut(self.cfg.d_model)
             .with_min_len(ROWS_PER_TASK)
             .for_each(|row| {
-                let r = rms_factor(row, self.cfg.norm_eps);
-                row.iter_mut().for_each(|v| *v *= r);
+                self.kernel.vectorised(
+                    #[inline(always)]
+                    || {
+                        let r = rms_factor(row, self.cfg.norm_eps);
+                        row.iter_mut().for_each(|v| *v *= r);
+                    },
+                )
             });
         y
     }

@@ -22,10 +22,12 @@ pub(crate) const E_MAX: i32 = 60;
 /// (`int8_product_at_the_longest_inner_dimension_does_not_overflow` runs it at the bound.)
 pub const MAX_INNER: usize = 1 << 17;
 
-/// `2^e` as an f32, built from its exponent bits.
-#[inline]
+/// `2^e` as an f32, built from its exponent bits. Every `e` passed is a sum of exponents clamped
+/// to `E_MIN..=E_MAX` and constants that the contract keeps in `-126..=127` (see [`E_MIN`]), so
+/// the check is a debug one: a release build keeps the loops around it vectorisable.
+#[inline(always)]
 pub(crate) fn pow2(e: i32) -> f32 {
-    assert!((-126..=127).contains(&e), "2^{e} is not a normal f32");
+    debug_assert!((-126..=127).contains(&e), "2^{e} is not a normal f32");
     f32::from_bits(((e + 127) as u32) << 23)
 }
 
@@ -36,6 +38,7 @@ pub(crate) fn pow2(e: i32) -> f32 {
 /// `m = M * 2^(field - 150)` with `M = frac | 2^23` in `[2^23, 2^24)`, and the smallest `k`
 /// with `127 * 2^k >= M` is 17 when `M <= 127 * 2^17`, else 18:
 /// `e = clamp(field - 133 + (M > 16,646,144), E_MIN, E_MAX)`.
+#[inline(always)]
 pub(crate) fn scale_exponent(row: &[f32]) -> i32 {
     let m = row
         .iter()
@@ -62,23 +65,42 @@ pub(crate) fn round_even(v: f32) -> f32 {
     (v + SHIFTER) - SHIFTER
 }
 
+/// `v` as an i32 the way Rust's saturating `as` converts it, for a `v` that is NaN (0) or an
+/// integer of magnitude below 2^31 (itself). Unlike `as`, whose saturation x86 has no vector
+/// instruction for, this vectorises: one compare and one truncating conversion per lane.
+#[inline(always)]
+pub(crate) fn int_or_zero(v: f32) -> i32 {
+    debug_assert!(v.is_nan() || (v == v.trunc() && v.abs() < 2_147_483_648.0));
+    let v = if v.is_nan() { 0.0 } else { v };
+    // SAFETY: `v` is finite and in i32's range (the contract above).
+    unsafe { v.to_int_unchecked() }
+}
+
+/// `clamp(round_half_even(v), -127, 127)` as an i8, NaN to 0 (what
+/// `v.round_ties_even().clamp(-127.0, 127.0) as i8` gives, checked for every f32).
+#[inline(always)]
+pub(crate) fn quantise_value(v: f32) -> i8 {
+    let q = QMAX as f32;
+    int_or_zero(round_even(v).clamp(-q, q)) as i8
+}
+
 /// Quantises `x` into `out`: `q_k = clamp(round_half_even(x_k * 2^-e), -127, 127)` with
 /// `e = scale_exponent(x)` (the multiply is exact for normal results; NaN becomes 0, by Rust's
 /// saturating float-to-int conversion, as PTX's `cvt.rni.sat`). Returns `e`.
+#[inline(always)]
 pub(crate) fn quantise_row(x: &[f32], out: &mut [i8]) -> i32 {
     debug_assert_eq!(x.len(), out.len());
     let e = scale_exponent(x);
     let inv = pow2(-e);
-    let q = QMAX as f32;
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = round_even(v * inv).clamp(-q, q) as i8;
+        *o = quantise_value(v * inv);
     }
     e
 }
 
 /// `sum_k a_k b_k` in i32. Exact and order-free for `a.len() <= MAX_INNER` (the bound at
 /// [`MAX_INNER`]); callers' shapes are held to it by `Int8M1::new`.
-#[inline]
+#[inline(always)]
 pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     debug_assert!(a.len() == b.len() && a.len() <= MAX_INNER);
     a.iter().zip(b).map(|(&x, &y)| x as i32 * y as i32).sum()
@@ -129,7 +151,12 @@ pub(crate) fn qmatmul(kernel: I8Kernel, out: &mut [f32], x: &[f32], w: &QMatrix)
         .par_chunks_exact(inp)
         .zip(xq.par_chunks_exact_mut(inp))
         .with_min_len(ROWS_PER_TASK)
-        .map(|(xr, qr)| quantise_row(xr, qr))
+        .map(|(xr, qr)| {
+            kernel.vectorised(
+                #[inline(always)]
+                || quantise_row(xr, qr),
+            )
+        })
         .collect();
     let mut acc = vec![0i32; out.len()];
     matmul_i8_with(kernel, &mut acc, &xq, &w.w);
@@ -138,9 +165,14 @@ pub(crate) fn qmatmul(kernel: I8Kernel, out: &mut [f32], x: &[f32], w: &QMatrix)
         .zip(ex.par_iter())
         .with_min_len(ROWS_PER_TASK)
         .for_each(|((or, ar), &ex)| {
-            for ((o, &a), &ew) in or.iter_mut().zip(ar).zip(&w.e) {
-                *o = a as f32 * pow2(ex + ew);
-            }
+            kernel.vectorised(
+                #[inline(always)]
+                || {
+                    for ((o, &a), &ew) in or.iter_mut().zip(ar).zip(&w.e) {
+                        *o = a as f32 * pow2(ex + ew);
+                    }
+                },
+            )
         });
 }
 
@@ -151,8 +183,9 @@ pub(crate) const ROWS_PER_TASK: usize = 16;
 mod tests {
     use super::*;
 
-    /// `round_even` then the clamp equals `round_ties_even` then the clamp for every f32 bit
-    /// pattern, and equals `round_ties_even` alone below 2^22.
+    /// `quantise_value` (`round_even`, the clamp, the conversion) equals `round_ties_even`, the
+    /// clamp and Rust's saturating `as` for every f32 bit pattern, and `round_even` equals
+    /// `round_ties_even` alone below 2^22.
     #[test]
     fn round_even_matches_round_ties_even_on_every_f32() {
         use rayon::prelude::*;
@@ -161,7 +194,7 @@ mod tests {
             for lo in 0..=u16::MAX {
                 let v = f32::from_bits((hi as u32) << 16 | lo as u32);
                 let (fast, std) = (round_even(v), v.round_ties_even());
-                assert_eq!(fast.clamp(-q, q) as i8, std.clamp(-q, q) as i8, "{v:e}");
+                assert_eq!(quantise_value(v), std.clamp(-q, q) as i8, "{v:e}");
                 if v.abs() < 4_194_304.0 {
                     assert_eq!(
                         fast.to_bits() & 0x7FFF_FFFF,
@@ -256,6 +289,49 @@ mod tests {
         let acc1 = 64 * 127 + 32 * 16; // 8640, times 2^(-6 + 0)
         assert_eq!((acc0, acc1), (1024, 8640));
         assert_eq!(out, [0.25, 135.0]);
+    }
+
+    /// Every kernel quantises and dequantises rows (the vectorised copies) to the plain code's
+    /// bits, at every row width from 1 to 70 (every tail of an 8- or 16-lane loop) and with the
+    /// values that take special paths: ties, zeros, subnormals, infinities, NaN, magnitudes past
+    /// the exponent range.
+    #[test]
+    fn quantising_on_every_kernel_equals_the_plain_code() {
+        let special = [
+            0.5 / 64.0,
+            -2.5 / 64.0,
+            0.0,
+            -0.0,
+            1e-40,
+            f32::INFINITY,
+            f32::NAN,
+            3e25,
+            -7.25,
+            1.0,
+        ];
+        let mut rng = crate::rng::Rng::new(5);
+        for inp in 1..=70 {
+            let w: Vec<f32> = (0..3 * inp)
+                .map(|_| rng.below(255) as f32 - 127.0)
+                .collect();
+            let m = QMatrix::from_rows(&w, 3, inp, None);
+            let rows = 2 * ROWS_PER_TASK + 3;
+            let x: Vec<f32> = (0..rows * inp)
+                .map(|i| match rng.below(4) {
+                    0 => special[i % special.len()],
+                    _ => (rng.below(20001) as f32 - 10000.0) * 1e-3 * (1 + i % 3) as f32,
+                })
+                .collect();
+            let run = |kernel| {
+                let mut out = vec![0f32; rows * 3];
+                qmatmul(kernel, &mut out, &x, &m);
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let want = run(I8Kernel::Portable);
+            for kernel in I8Kernel::available() {
+                assert_eq!(run(kernel), want, "{} at width {inp}", kernel.name());
+            }
+        }
     }
 
     /// The no-overflow bound of [`MAX_INNER`], run at the bound: a product of `2^17` terms of
