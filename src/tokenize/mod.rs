@@ -46,7 +46,7 @@ pub use method::{
 
 use crate::coder::{codes_to_tokens, tokens_to_codes, EncodedWindows, WindowRule};
 use crate::data::open_stream;
-use crate::m1::{Int8M1, M1Batch, CONTRACT_VERSION};
+use crate::m1::{CpuM1Batch, Int8M1, M1Batch, CONTRACT_VERSION};
 use anyhow::{anyhow, ensure, Context, Result};
 use equal_info::EqualInfo;
 use rayon::prelude::*;
@@ -66,6 +66,11 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 30;
 /// Bytes of text read and coded per parallel batch (about).
 const BATCH_BYTES: usize = 16 << 20;
 
+/// Chunks M1 codes side by side on the CPU ([`CpuM1Batch`] streams): each step's int8 products
+/// then run over this many rows per weight read (about 5x the positions/s of one row at a time
+/// at m1-3m's width), and the rows' other work spreads over the threads.
+const CPU_STREAMS: usize = 256;
+
 /// What the M1-based methods ([`Method::Ac`], [`Method::EqualInfo`]) code with: M1, and for
 /// equal-info the window width and termination rule (ignored by `ac`).
 #[derive(Clone)]
@@ -73,9 +78,9 @@ pub struct M1Spec {
     pub m1: Arc<Int8M1>,
     pub window_bits: u32,
     pub rule: WindowRule,
-    /// Where M1 runs: many chunks (and, decoding equal-info, many windows) at once on this batch
-    /// (the GPU's `backend::cuda::GpuExactM1`), or, when `None`, chunk by chunk on the CPU's
-    /// threads. The tokens are the same either way (the numeric contract).
+    /// Where M1 runs: many chunks (and, decoding equal-info, many windows) at once on this batch,
+    /// or, when `None`, on the CPU: tokenizing codes [`CPU_STREAMS`] chunks in lockstep, decoding
+    /// runs examples in parallel. The tokens are the same either way (the numeric contract).
     pub batch: Option<Arc<Mutex<dyn M1Batch>>>,
 }
 
@@ -468,17 +473,26 @@ pub fn tokenize_corpus_with(
         let n = stream.read_full(&mut buf)?;
         let chunks: Vec<&[u8]> = buf[..n].chunks(chunk_bytes).collect();
         let coded: Vec<Result<(Vec<u16>, ChunkStats)>> = match &codec {
-            Codec::Ac(spec @ M1Spec { batch: Some(b), .. })
-            | Codec::EqualInfo(spec @ M1Spec { batch: Some(b), .. }) => {
-                let mut batch = lock(b)?;
+            Codec::Ac(spec) | Codec::EqualInfo(spec) => {
+                let (mut guard, mut cpu);
+                let batch: &mut dyn M1Batch = match &spec.batch {
+                    Some(b) => {
+                        guard = lock(b)?;
+                        &mut *guard
+                    }
+                    None => {
+                        cpu = CpuM1Batch::new(&spec.m1, CPU_STREAMS);
+                        &mut cpu
+                    }
+                };
                 if let Codec::Ac(_) = codec {
-                    ac::encode_chunks(&mut *batch, &chunks, token_bits)?
+                    ac::encode_chunks(batch, &chunks, token_bits)?
                         .into_iter()
                         .map(|t| Ok((t, ChunkStats::default())))
                         .collect()
                 } else {
                     let ei = EqualInfo::with_rule(&spec.m1, spec.window_bits, spec.rule)?;
-                    ei.encode_chunks(&mut *batch, &chunks)?
+                    ei.encode_chunks(batch, &chunks)?
                         .into_iter()
                         .map(|w| windows_to_tokens(&w, spec.window_bits, token_bits))
                         .collect()
