@@ -1563,6 +1563,67 @@ fn int8_m1_refuses_bad_feeds() {
     assert_eq!(g.step(&[(0, 0), (1, 0)]).unwrap().len(), 2);
 }
 
+/// `terse tokenize --method ac|equal-info --gpu` end to end: a [`GpuInt8M1`] batch gives the
+/// CPU's tokens, and decodes them back to what the CPU decodes.
+///
+/// [`GpuInt8M1`]: terse::backend::cuda::GpuInt8M1
+#[test]
+fn m1_datasets_on_gpu_equal_cpu() {
+    use std::sync::{Arc, Mutex};
+    use terse::tokenize::{self, M1Spec, Method};
+    let Some(_k) = gpu("m1_datasets_on_gpu_equal_cpu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // 30 chunks of 2,048 bytes (ten groups of three streams) on a GPU; on the emulator four
+    // chunks of 512 (two groups, the last short).
+    let (len, chunk) = if emulated() {
+        (1_700, 512)
+    } else {
+        (60_000, 2048)
+    };
+    let text = &sample_bytes()[..len];
+    let corpus = dir.path().join("c.txt");
+    std::fs::write(&corpus, text).unwrap();
+    // A context shorter than a chunk: `ac` slides M1's window.
+    let m1 = Arc::new(int8_m1("tiny", 128, 9));
+    for method in [Method::Ac, Method::EqualInfo] {
+        let cpu_spec = M1Spec::new(m1.clone(), 16);
+        // 3 streams for many chunks: several groups, so resets between groups are exercised; an
+        // Equal-Info window of a whole chunk would take chunk + 1 positions.
+        let gpu_batch = Arc::new(Mutex::new(
+            terse::backend::cuda::GpuInt8M1::new(&m1, 3, chunk + 1).unwrap(),
+        ));
+        let gpu_spec = M1Spec::new(m1.clone(), 16).with_batch(gpu_batch.clone());
+        let name = method.name();
+        let (a, b) = (
+            dir.path().join(format!("{name}-cpu")),
+            dir.path().join(format!("{name}-gpu")),
+        );
+        let t0 = std::time::Instant::now();
+        tokenize::tokenize_corpus(method, &corpus, &a, 16, chunk, Some(&cpu_spec), false).unwrap();
+        let t1 = std::time::Instant::now();
+        tokenize::tokenize_corpus(method, &corpus, &b, 16, chunk, Some(&gpu_spec), false).unwrap();
+        let t2 = std::time::Instant::now();
+        let read = |d: &std::path::Path| std::fs::read(d.join(tokenize::TOKENS_FILE)).unwrap();
+        assert_eq!(
+            read(&a),
+            read(&b),
+            "GPU {name} tokens differ from the CPU's"
+        );
+        let back = tokenize::decode_dataset_on(&b, Some(m1.clone()), Some(gpu_batch)).unwrap();
+        let cpu_back = tokenize::decode_dataset_with_m1(&a, Some(m1.clone())).unwrap();
+        assert_eq!(back, cpu_back, "{name} decoded on the GPU");
+        note(&format!(
+            "{name} on the GPU: {} bytes coded identically (CPU {:.2} s, GPU {:.2} s, decode {:.2} s)",
+            text.len(),
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            t2.elapsed().as_secs_f64()
+        ));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // the same tests on the CUDA emulator
 
