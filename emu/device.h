@@ -122,6 +122,27 @@ static inline float __uint_as_float(unsigned x) { return emu_bits<float>(x); }
 static inline unsigned __float_as_uint(float x) { return emu_bits<unsigned>(x); }
 static inline int __float_as_int(float x) { return emu_bits<int>(x); }
 
+// The IEEE-754 intrinsics (round to nearest even) the exact kernels write out: the host's f32
+// operations, which -ffp-contract=off keeps single and unfused.
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fdiv_rn(float a, float b) { return a / b; }
+static inline float __fsqrt_rn(float a) { return sqrtf(a); }
+static inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+
+// __dp4a: c plus the four byte products of a and b, as signed bytes for int operands and as
+// unsigned bytes for unsigned ones (the overload decides, as on a GPU), wrapping in 32 bits.
+static inline int __dp4a(int a, int b, int c) {
+    unsigned acc = (unsigned)c;
+    for (int i = 0; i < 4; ++i) acc += (unsigned)((int)(signed char)(a >> 8 * i) * (int)(signed char)(b >> 8 * i));
+    return (int)acc;
+}
+static inline unsigned __dp4a(unsigned a, unsigned b, unsigned c) {
+    for (int i = 0; i < 4; ++i) c += ((a >> 8 * i) & 0xffu) * ((b >> 8 * i) & 0xffu);
+    return c;
+}
+
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with D = C (in place): each lane passes its
 // fragments as laid out by the PTX ISA ("Matrix Fragments for mma.m16n8k16", g = lane / 4,
 // t = lane % 4): A 16x16 row-major as four registers of two bf16 (rows g, g+8, g, g+8; columns

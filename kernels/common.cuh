@@ -1,6 +1,7 @@
 /*
 Shared helpers for the training kernels (embed, norm, rope, attention, classifier, relu,
-global_norm, cast): the storage types, conversions, and warp/block reductions.
+global_norm, cast): the storage types, conversions, and warp/block reductions; and, at the end,
+the pieces M1's exact paths share (m1_exact.cu for contract 2, m1_int8.cu for contract 3).
 
 Storage: every training kernel is a template over its activation/weight storage type T, either
 `float` (the f32 path, checked against the CPU backend at 1e-4) or `bf16` (the training path,
@@ -48,6 +49,12 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) { return bf1
 
 // Butterfly (xor) reduction: every lane ends with the same value, computed in the same order.
 __device__ __forceinline__ float warp_reduce_sum(float v) {
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+// Integer sums are exact, so any tree gives the same value.
+__device__ __forceinline__ int warp_reduce_sum(int v) {
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     return v;
 }
@@ -189,4 +196,56 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* row
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"((unsigned)__cvta_generic_to_shared(row)));
 #endif
+}
+
+// ----------------------------------------------------------------------------
+// M1's exact paths (docs/numeric-contract.md). Every operation is written as the IEEE-754
+// intrinsic it must be (__fmaf_rn, __fmul_rn, __fadd_rn), so neither nvcc's contraction nor
+// --use_fast_math can change a bit, whichever file includes this.
+
+#define HEAD_DIM 64
+
+// The contract's exponential (src/numerics/exp.rs), constant for constant.
+__device__ __forceinline__ float exp_contract(float x) {
+    const float LOG2E = 1.44269504088896340736f;
+    const float LN2_HI = 0.69314575f;
+    const float LN2_LO = 1.4286068e-6f;
+    const float C6 = 1.0f / 720.0f;
+    const float C5 = 1.0f / 120.0f;
+    const float C4 = 1.0f / 24.0f;
+    const float C3 = 1.0f / 6.0f;
+    const float C2 = 0.5f;
+    if (isnan(x)) return x;
+    if (x < -87.0f) return 0.0f;
+    if (x > 88.0f) return INFINITY;
+    float n = floorf(__fadd_rn(__fmul_rn(x, LOG2E), 0.5f));
+    float r = __fmaf_rn(-n, LN2_HI, x);
+    r = __fmaf_rn(-n, LN2_LO, r);
+    float p = C6;
+    p = __fmaf_rn(p, r, C5);
+    p = __fmaf_rn(p, r, C4);
+    p = __fmaf_rn(p, r, C3);
+    p = __fmaf_rn(p, r, C2);
+    p = __fmaf_rn(p, r, 1.0f);
+    p = __fmaf_rn(p, r, 1.0f);
+    float scale = __int_as_float(((int)n + 127) << 23);
+    return __fmul_rn(p, scale);
+}
+
+__device__ __forceinline__ float max_of(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ int max_of(int a, int b) { return a > b ? a : b; }
+__device__ __forceinline__ unsigned max_of(unsigned a, unsigned b) { return a > b ? a : b; }
+
+// Max over a block (blockDim.x a multiple of 32, at most 1024), every thread passing `v` and the
+// identity `lowest`: exact in any order. Contains __syncthreads: call it from every thread.
+template <typename V> __device__ V block_max(V v, V lowest) {
+    __shared__ V part[32];
+    for (int off = 16; off > 0; off >>= 1) v = max_of(v, __shfl_xor_sync(0xffffffffu, v, off));
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads(); // `part` may still be read by a previous call
+    if (lane == 0) part[warp] = v;
+    __syncthreads();
+    V m = lowest;
+    for (int w = 0; w < (int)(blockDim.x / 32); w++) m = max_of(m, part[w]);
+    return m;
 }

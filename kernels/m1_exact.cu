@@ -24,49 +24,7 @@ position, read consecutive addresses), values `[S][P][d]` (the output threads, o
 read consecutive addresses).
 */
 
-#include <math.h>
-
-#define HEAD_DIM 64
-
-// The contract's exponential (src/m1/exp.rs), constant for constant.
-__device__ __forceinline__ float exp_contract(float x) {
-    const float LOG2E = 1.44269504088896340736f;
-    const float LN2_HI = 0.69314575f;
-    const float LN2_LO = 1.4286068e-6f;
-    const float C6 = 1.0f / 720.0f;
-    const float C5 = 1.0f / 120.0f;
-    const float C4 = 1.0f / 24.0f;
-    const float C3 = 1.0f / 6.0f;
-    const float C2 = 0.5f;
-    if (isnan(x)) return x;
-    if (x < -87.0f) return 0.0f;
-    if (x > 88.0f) return INFINITY;
-    float n = floorf(x * LOG2E + 0.5f);
-    float r = fmaf(-n, LN2_HI, x);
-    r = fmaf(-n, LN2_LO, r);
-    float p = C6;
-    p = fmaf(p, r, C5);
-    p = fmaf(p, r, C4);
-    p = fmaf(p, r, C3);
-    p = fmaf(p, r, C2);
-    p = fmaf(p, r, 1.0f);
-    p = fmaf(p, r, 1.0f);
-    float scale = __int_as_float(((int)n + 127) << 23);
-    return p * scale;
-}
-
-// Max over a block (blockDim.x a multiple of 32, at most 1024): exact in any order.
-__device__ float block_max(float v) {
-    __shared__ float part[32];
-    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads();
-    if (lane == 0) part[warp] = v;
-    __syncthreads();
-    float m = -INFINITY;
-    for (int w = 0; w < (int)(blockDim.x / 32); w++) m = fmaxf(m, part[w]);
-    return m;
-}
+#include "common.cuh"
 
 // x[r] = tok_emb[row_token[r]]. Grid: ceil(rows * d / 256) blocks of 256.
 extern "C" __global__ void m1x_embed(float* x, const float* tok_emb, const int* row_token, int rows,
@@ -173,7 +131,7 @@ extern "C" __global__ void m1x_attention(float* att, const float* qkv, const flo
         sc[j] = v;
         m = fmaxf(m, v);
     }
-    m = block_max(m);
+    m = block_max(m, -INFINITY);
     for (int j = threadIdx.x; j < n; j += blockDim.x) sc[j] = exp_contract(sc[j] - m);
     __syncthreads();
     const float* vh = vcache + s * cap * (size_t)d + head * HEAD_DIM;
@@ -196,7 +154,7 @@ extern "C" __global__ void m1x_softmax(float* p, int v) {
     float* row = p + (size_t)blockIdx.x * v;
     float m = -INFINITY;
     for (int i = threadIdx.x; i < v; i += blockDim.x) m = fmaxf(m, row[i]);
-    m = block_max(m);
+    m = block_max(m, -INFINITY);
     for (int i = threadIdx.x; i < v; i += blockDim.x) row[i] = exp_contract(row[i] - m);
     __syncthreads();
     if (threadIdx.x == 0) {

@@ -1,9 +1,11 @@
 //! Tokenizing and detokenizing as the command line runs them: M1 loaded from a checkpoint and
 //! run on the CPU or the GPU, a token dataset decoded back into a file.
 
+use crate::backend::cuda::GpuInt8M1;
+use crate::backend::CUDA_VALIDATED;
 use crate::checkpoint::load_model;
 use crate::fsio::{check_output, AtomicFile, Existing};
-use crate::m1::{Int8M1, M1Batch, CONTRACT_VERSION, FLOAT_CONTRACT_VERSION};
+use crate::m1::{Int8M1, M1Batch};
 use crate::tokenize::{DatasetDecoder, M1Spec, Method, TokenDataset};
 use anyhow::{bail, ensure, Context, Result};
 use std::io::{BufWriter, Write};
@@ -11,22 +13,33 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// M1 on the GPU for `ac` and `equal-info` (`--gpu`), as a batch for [`M1Spec::with_batch`]
-/// sized for `chunk_bytes`-byte chunks. Refused for now: M1 codes under contract 3, and the GPU
-/// runs only contract 2 (`backend::cuda::GpuExactM1`), whose probabilities are not contract 3's.
+/// M1 on the GPU for `ac` and `equal-info` (`--gpu`): contract 3's GPU twin ([`GpuInt8M1`]) as
+/// a batch for [`M1Spec::with_batch`], sized for `chunk_bytes`-byte chunks; refuses other methods
+/// and machines without a usable GPU. Says on stderr how many streams it runs at once and, until
+/// [`CUDA_VALIDATED`] is set, that its kernels have passed their parity tests on the CUDA
+/// emulator only (an explicit `--gpu` runs them, as `--device cuda` runs the training backend).
 pub fn gpu_m1_batch(
     method: &Method,
-    _m1: &Int8M1,
-    _chunk_bytes: usize,
+    m1: &Int8M1,
+    chunk_bytes: usize,
 ) -> Result<Arc<Mutex<dyn M1Batch>>> {
     ensure!(
         method.needs_m1(),
         "--gpu runs M1 (ac, equal-info); {} runs on the CPU",
         method.name()
     );
-    bail!(
-        "--gpu: M1 codes under numeric contract {CONTRACT_VERSION} (int8), and the GPU's exact path implements only contract {FLOAT_CONTRACT_VERSION}: run without --gpu (M1 runs on the CPU's threads)"
-    )
+    let g = GpuInt8M1::for_chunks(m1, chunk_bytes).context("--gpu: M1 on the GPU")?;
+    if !CUDA_VALIDATED {
+        eprintln!(
+            "note: M1's GPU kernels have passed their bit-for-bit tests on the CUDA emulator, not yet on a GPU (scripts/gpu-check.sh); decode a sample without --gpu to check the tokens"
+        );
+    }
+    eprintln!(
+        "M1 on the GPU: {} streams at a time (positions up to {})",
+        g.streams(),
+        g.capacity()
+    );
+    Ok(Arc::new(Mutex::new(g)))
 }
 
 /// What `method` (one that needs M1) codes with: the M1 checkpoint at `m1`, `window_bits`-bit

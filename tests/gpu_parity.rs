@@ -1368,16 +1368,47 @@ fn exact_m1(preset: &str, context: Option<usize>, seed: u64) -> terse::m1::Exact
     terse::m1::ExactM1::new(&cfg, &p).unwrap()
 }
 
-/// Runs a random schedule on the GPU and, stream by stream, on the CPU: each step feeds a random
-/// subset of streams in random order; a stream restarts (a new window) now and then, one never
-/// does (its context grows to `steps` positions). Every distribution must match bit for bit.
-fn exact_m1_case(preset: &str, context: Option<usize>, streams: usize, steps: usize, seed: u64) {
-    use terse::m1::{WindowState, WINDOW_START};
-    let m1 = exact_m1(preset, context, seed);
-    let mut gpu = terse::backend::cuda::GpuExactM1::new(&m1, streams, steps + 1).unwrap();
+/// What the random schedule needs of a GPU M1 (either contract's).
+trait GpuM1Streams {
+    fn position(&self, stream: usize) -> usize;
+    fn reset(&mut self, stream: usize);
+    fn step(&mut self, feeds: &[(usize, u8)]) -> anyhow::Result<Vec<terse::m1::Probs>>;
+}
+
+macro_rules! gpu_m1_streams {
+    ($t:ty) => {
+        impl GpuM1Streams for $t {
+            fn position(&self, stream: usize) -> usize {
+                <$t>::position(self, stream)
+            }
+            fn reset(&mut self, stream: usize) {
+                <$t>::reset(self, stream)
+            }
+            fn step(&mut self, feeds: &[(usize, u8)]) -> anyhow::Result<Vec<terse::m1::Probs>> {
+                <$t>::step(self, feeds)
+            }
+        }
+    };
+}
+gpu_m1_streams!(terse::backend::cuda::GpuExactM1);
+gpu_m1_streams!(terse::backend::cuda::GpuInt8M1);
+
+/// Runs a random schedule of `steps` steps on `gpu` and, stream by stream, on the CPU
+/// (`cpu(stream, byte, starts)` feeds one byte to that stream's CPU state, `starts` when it is
+/// the window's first): each step feeds a random subset of the streams in random order; a stream
+/// restarts (a new window) now and then, stream 0 never does (its context grows to `steps`
+/// positions). Every distribution must match bit for bit.
+fn check_random_schedule(
+    what: &str,
+    gpu: &mut impl GpuM1Streams,
+    streams: usize,
+    steps: usize,
+    seed: u64,
+    mut cpu: impl FnMut(usize, u8, bool) -> terse::m1::Probs,
+) {
+    use terse::m1::WINDOW_START;
     let text = sample_bytes();
     let mut r = Rng::new(seed);
-    let mut cpu: Vec<WindowState> = vec![WindowState::default(); streams];
     let mut checked = 0usize;
     let t0 = std::time::Instant::now();
     for step in 0..steps {
@@ -1399,14 +1430,10 @@ fn exact_m1_case(preset: &str, context: Option<usize>, streams: usize, steps: us
             .collect();
         let got = gpu.step(&feeds).unwrap();
         for (&(st, byte), g) in feeds.iter().zip(&got) {
-            let want = if gpu.position(st) == 1 {
-                m1.start(&mut cpu[st])
-            } else {
-                m1.push(&mut cpu[st], byte)
-            };
+            let want = cpu(st, byte, gpu.position(st) == 1);
             if let Some(i) = (0..256).find(|&i| g[i].to_bits() != want[i].to_bits()) {
                 panic!(
-                    "{preset}: step {step}, stream {st} at position {}: byte {i} GPU {:e} vs CPU {:e}",
+                    "{what}: step {step}, stream {st} at position {}: byte {i} GPU {:e} vs CPU {:e}",
                     gpu.position(st) - 1,
                     g[i],
                     want[i]
@@ -1416,10 +1443,26 @@ fn exact_m1_case(preset: &str, context: Option<usize>, streams: usize, steps: us
         }
     }
     note(&format!(
-        "exact M1 {preset}: {checked} distributions bit-identical over {streams} streams \
+        "{what}: {checked} distributions bit-identical over {streams} streams \
          (longest context {steps}); {:.1} s with the CPU twin",
         t0.elapsed().as_secs_f64()
     ));
+}
+
+/// [`check_random_schedule`] for contract 2's [`GpuExactM1`](terse::backend::cuda::GpuExactM1).
+fn exact_m1_case(preset: &str, context: Option<usize>, streams: usize, steps: usize, seed: u64) {
+    use terse::m1::WindowState;
+    let m1 = exact_m1(preset, context, seed);
+    let mut gpu = terse::backend::cuda::GpuExactM1::new(&m1, streams, steps + 1).unwrap();
+    let mut cpu: Vec<WindowState> = vec![WindowState::default(); streams];
+    let what = format!("exact M1 {preset}");
+    check_random_schedule(&what, &mut gpu, streams, steps, seed, |st, byte, starts| {
+        if starts {
+            m1.start(&mut cpu[st])
+        } else {
+            m1.push(&mut cpu[st], byte)
+        }
+    });
 }
 
 #[test]
@@ -1451,6 +1494,134 @@ fn exact_m1_refuses_bad_feeds() {
     assert_eq!(g.position(0), 2);
     g.reset(0);
     assert_eq!(g.step(&[(0, 0), (1, 0)]).unwrap().len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// M1 under contract 3 (int8), the one coding uses: bit for bit
+
+/// A random contract-3 M1 of `preset` attending over `context` positions.
+fn int8_m1(preset: &str, context: usize, seed: u64) -> terse::m1::Int8M1 {
+    let mut cfg = terse::model::ModelConfig::preset(preset, None).unwrap();
+    cfg.context = Some(context);
+    let mut p = terse::model::ParamArena::init(&cfg, seed);
+    p.data.iter_mut().for_each(|x| *x *= 4.0);
+    terse::m1::Int8M1::new(&cfg, &p).unwrap()
+}
+
+/// [`check_random_schedule`] for [`GpuInt8M1`](terse::backend::cuda::GpuInt8M1) against
+/// [`Int8M1`](terse::m1::Int8M1), with M1's `context` shorter than `steps` so the sliding window
+/// (and the ring cache wrapping) is exercised.
+fn int8_m1_case(preset: &str, context: usize, streams: usize, steps: usize, seed: u64) {
+    use terse::m1::Int8State;
+    let m1 = int8_m1(preset, context, seed);
+    let mut gpu = terse::backend::cuda::GpuInt8M1::new(&m1, streams, steps + 1).unwrap();
+    assert_eq!(gpu.fingerprint(), m1.fingerprint());
+    let mut cpu: Vec<Int8State> = vec![Int8State::default(); streams];
+    let what = format!("int8 M1 {preset}, context {context}");
+    check_random_schedule(&what, &mut gpu, streams, steps, seed, |st, byte, starts| {
+        if starts {
+            m1.start(&mut cpu[st])
+        } else {
+            m1.push(&mut cpu[st], byte)
+        }
+    });
+}
+
+#[test]
+fn int8_m1_matches_cpu_bit_for_bit() {
+    let Some(_k) = gpu("int8_m1_matches_cpu_bit_for_bit") else {
+        return;
+    };
+    // Many streams (more than a product block's 4 rows), resets, random bytes, a window that
+    // slides past the context; on a GPU also longer than a block of score threads (256).
+    let (short, long) = if emulated() { (200, 120) } else { (300, 1200) };
+    int8_m1_case("tiny", 24, 9, short, 31);
+    int8_m1_case("m1-3m", if emulated() { 40 } else { 300 }, 3, long, 32);
+}
+
+#[test]
+fn int8_m1_refuses_bad_feeds() {
+    let Some(_k) = gpu("int8_m1_refuses_bad_feeds") else {
+        return;
+    };
+    let m1 = int8_m1("tiny", 16, 3);
+    let mut g = terse::backend::cuda::GpuInt8M1::new(&m1, 2, 2).unwrap();
+    let full = |e: anyhow::Error| e.to_string();
+    assert_eq!(full(g.step(&[(2, 0)]).unwrap_err()), "stream 2 of 2");
+    assert_eq!(
+        full(g.step(&[(0, 0), (0, 1)]).unwrap_err()),
+        "stream 0 fed twice in one step"
+    );
+    g.step(&[(0, 0)]).unwrap();
+    g.step(&[(0, 1)]).unwrap();
+    assert_eq!(
+        full(g.step(&[(0, 2)]).unwrap_err()),
+        "stream 0 is full (2 positions)"
+    );
+    assert_eq!(g.position(0), 2);
+    g.reset(0);
+    assert_eq!(g.step(&[(0, 0), (1, 0)]).unwrap().len(), 2);
+}
+
+/// `terse tokenize --method ac|equal-info --gpu` end to end: a [`GpuInt8M1`] batch gives the
+/// CPU's tokens, and decodes them back to what the CPU decodes.
+///
+/// [`GpuInt8M1`]: terse::backend::cuda::GpuInt8M1
+#[test]
+fn m1_datasets_on_gpu_equal_cpu() {
+    use std::sync::{Arc, Mutex};
+    use terse::tokenize::{self, M1Spec, Method};
+    let Some(_k) = gpu("m1_datasets_on_gpu_equal_cpu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // 30 chunks of 2,048 bytes (ten groups of three streams) on a GPU; on the emulator four
+    // chunks of 512 (two groups, the last short).
+    let (len, chunk) = if emulated() {
+        (1_700, 512)
+    } else {
+        (60_000, 2048)
+    };
+    let text = &sample_bytes()[..len];
+    let corpus = dir.path().join("c.txt");
+    std::fs::write(&corpus, text).unwrap();
+    // A context shorter than a chunk: `ac` slides M1's window.
+    let m1 = Arc::new(int8_m1("tiny", 128, 9));
+    for method in [Method::Ac, Method::EqualInfo] {
+        let cpu_spec = M1Spec::new(m1.clone(), 16);
+        // 3 streams for many chunks: several groups, so resets between groups are exercised; an
+        // Equal-Info window of a whole chunk would take chunk + 1 positions.
+        let gpu_batch = Arc::new(Mutex::new(
+            terse::backend::cuda::GpuInt8M1::new(&m1, 3, chunk + 1).unwrap(),
+        ));
+        let gpu_spec = M1Spec::new(m1.clone(), 16).with_batch(gpu_batch.clone());
+        let name = method.name();
+        let (a, b) = (
+            dir.path().join(format!("{name}-cpu")),
+            dir.path().join(format!("{name}-gpu")),
+        );
+        let t0 = std::time::Instant::now();
+        tokenize::tokenize_corpus(method, &corpus, &a, 16, chunk, Some(&cpu_spec), false).unwrap();
+        let t1 = std::time::Instant::now();
+        tokenize::tokenize_corpus(method, &corpus, &b, 16, chunk, Some(&gpu_spec), false).unwrap();
+        let t2 = std::time::Instant::now();
+        let read = |d: &std::path::Path| std::fs::read(d.join(tokenize::TOKENS_FILE)).unwrap();
+        assert_eq!(
+            read(&a),
+            read(&b),
+            "GPU {name} tokens differ from the CPU's"
+        );
+        let back = tokenize::decode_dataset_on(&b, Some(m1.clone()), Some(gpu_batch)).unwrap();
+        let cpu_back = tokenize::decode_dataset_with_m1(&a, Some(m1.clone())).unwrap();
+        assert_eq!(back, cpu_back, "{name} decoded on the GPU");
+        note(&format!(
+            "{name} on the GPU: {} bytes coded identically (CPU {:.2} s, GPU {:.2} s, decode {:.2} s)",
+            text.len(),
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            t2.elapsed().as_secs_f64()
+        ));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1487,6 +1658,8 @@ const KERNEL_TESTS: &[&str] = &[
     "adamw_dev_matches_cpu",
     "reductions_are_deterministic",
     "exact_m1_refuses_bad_feeds",
+    "int8_m1_refuses_bad_feeds",
+    "int8_m1_matches_cpu_bit_for_bit",
 ];
 
 /// Where no GPU answers, every test above runs again in a child process whose libcuda and
@@ -1668,6 +1841,7 @@ const PLANTED_BUGS: &[PlantedBug] = &[
     planted("global_overflow", Some("outside every allocation"), false),
     planted("cp_async_no_wait", None, false),
     planted("refill_race", None, true),
+    planted("dp4a_unsigned", None, false),
 ];
 
 /// One planted bug on the emulator, proving one of its checks fires.
@@ -1697,6 +1871,24 @@ fn planted_bug_on_the_emulator() {
     let ramp_host: Vec<f32> = (0..128).map(|i| i as f32).collect();
     let ramp = up::<f32>(&k, &ramp_host);
     let n = 64i32;
+    // 32 words of four signed bytes each, every word with a negative byte, and their dot products.
+    let word = |i: i32, j: i32| -> i32 {
+        i32::from_le_bytes(
+            [(i - 16) as i8, -((j % 127) as i8) - 1, 3, (2 * i - j) as i8].map(|b: i8| b as u8),
+        )
+    };
+    let (words_a, words_b): (Vec<i32>, Vec<i32>) = (0..32)
+        .map(|i| (word(i, 7 * i), word(31 - i, i + 5)))
+        .unzip();
+    let signed_dot = |a: i32, b: i32| -> i32 {
+        a.to_le_bytes()
+            .iter()
+            .zip(b.to_le_bytes())
+            .map(|(&x, y)| x as i8 as i32 * y as i8 as i32)
+            .sum()
+    };
+    let (dev_a, dev_b) = (up_raw(&k, &words_a), up_raw(&k, &words_b));
+    let mut dots = up_raw(&k, &[0i32; 32]);
     let mut b = s.launch_builder(&kernel);
     // SAFETY (all launches): `out` holds 128 floats, `input` 64, `ramp` 128; each kernel's bug is deliberate
     // and is caught by the emulator before it touches memory outside them.
@@ -1709,6 +1901,12 @@ fn planted_bug_on_the_emulator() {
         "global_overflow" => unsafe { b.arg(&input).arg(&n).arg(&mut out).launch(config(1, 32)) },
         "cp_async_no_wait" => unsafe { b.arg(&input).arg(&mut out).launch(config(1, 64)) },
         "refill_race" => unsafe { b.arg(&ramp).arg(&mut out).launch(config(1, 64)) },
+        "dp4a_unsigned" => unsafe {
+            b.arg(&dev_a)
+                .arg(&dev_b)
+                .arg(&mut dots)
+                .launch(config(1, 32))
+        },
         other => panic!("no planted bug {other}"),
     };
     if bug == "launch_bounds" {
@@ -1734,6 +1932,15 @@ fn planted_bug_on_the_emulator() {
             (0..64).any(|t| got[t] != ramp_host[63 - t] + ramp_host[127 - t]),
             "a buffer refilled while another warp still read it gave the right answer: the \
              warps did not run apart, or the copies did not land at once"
+        );
+        return;
+    }
+    if bug == "dp4a_unsigned" {
+        let got = down_raw(&k, &dots);
+        assert!(
+            (0..32).all(|i| got[i] != signed_dot(words_a[i], words_b[i])),
+            "the unsigned __dp4a gave the signed dot products of negative bytes: the emulator \
+             does not tell the overloads apart, so a kernel mixing them up would pass here"
         );
         return;
     }

@@ -70,3 +70,11 @@ extern "C" __global__ void __launch_bounds__(64) planted_refill_race(const float
     }
     out[t] = acc;
 }
+
+// An int8 dot product through the unsigned __dp4a: words of signed bytes passed as `unsigned`
+// pick the overload that multiplies them as 0..255, so every negative byte counts as 256 more.
+// The right answer is out[i] = the signed dot of a[i] and b[i]; the emulator must not give it.
+extern "C" __global__ void planted_dp4a_unsigned(const int* a, const int* b, int* out) {
+    const int t = threadIdx.x;
+    out[t] = (int)__dp4a((unsigned)a[t], (unsigned)b[t], 0u);
+}

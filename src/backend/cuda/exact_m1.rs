@@ -56,11 +56,57 @@ struct Funcs {
     softmax: CudaFunction,
 }
 
+/// A step's feeds on the device, one row each: row `r` feeds byte `row_token[r]` to stream
+/// `row_stream[r]` at its position `row_pos[r]` (shared by both contracts' GPU M1s).
+pub(super) struct FeedBufs {
+    pub(super) row_stream: CudaSlice<i32>,
+    pub(super) row_token: CudaSlice<i32>,
+    pub(super) row_pos: CudaSlice<i32>,
+}
+
+impl FeedBufs {
+    /// Room for `rows` feeds.
+    pub(super) fn new(s: &Arc<CudaStream>, rows: usize) -> Result<Self> {
+        Ok(FeedBufs {
+            row_stream: s.alloc_zeros::<i32>(rows)?,
+            row_token: s.alloc_zeros::<i32>(rows)?,
+            row_pos: s.alloc_zeros::<i32>(rows)?,
+        })
+    }
+
+    /// Uploads `feeds` of streams at positions `pos`, after refusing (uploading nothing) a
+    /// stream out of range, fed twice, or already at `capacity` positions.
+    pub(super) fn upload(
+        &mut self,
+        s: &Arc<CudaStream>,
+        feeds: &[(usize, u8)],
+        pos: &[usize],
+        capacity: usize,
+    ) -> Result<()> {
+        let mut seen = vec![false; pos.len()];
+        for &(st, _) in feeds {
+            ensure!(st < pos.len(), "stream {st} of {}", pos.len());
+            ensure!(!seen[st], "stream {st} fed twice in one step");
+            ensure!(
+                pos[st] < capacity,
+                "stream {st} is full ({capacity} positions)"
+            );
+            seen[st] = true;
+        }
+        let rows = feeds.len();
+        let ids: Vec<i32> = feeds.iter().map(|&(st, _)| st as i32).collect();
+        let tokens: Vec<i32> = feeds.iter().map(|&(_, b)| b as i32).collect();
+        let positions: Vec<i32> = feeds.iter().map(|&(st, _)| pos[st] as i32).collect();
+        s.memcpy_htod(&ids, &mut self.row_stream.slice_mut(..rows))?;
+        s.memcpy_htod(&tokens, &mut self.row_token.slice_mut(..rows))?;
+        s.memcpy_htod(&positions, &mut self.row_pos.slice_mut(..rows))?;
+        Ok(())
+    }
+}
+
 /// Per-step buffers, `streams` rows each.
 struct StepBufs {
-    row_stream: CudaSlice<i32>,
-    row_token: CudaSlice<i32>,
-    row_pos: CudaSlice<i32>,
+    feeds: FeedBufs,
     x: CudaSlice<f32>,
     h: CudaSlice<f32>,
     qkv: CudaSlice<f32>,
@@ -112,7 +158,7 @@ impl GpuExactM1 {
             d % HEAD_DIM == 0,
             "d_model {d} is not a multiple of {HEAD_DIM}"
         );
-        let slots = ring_slots(m1, capacity);
+        let slots = ring_slots(cfg.context, capacity);
         let cells = streams
             .checked_mul(slots)
             .and_then(|c| c.checked_mul(d))
@@ -146,9 +192,7 @@ impl GpuExactM1 {
         let rope = RopeTables::new(capacity, cfg.rope_theta);
         let rows = streams;
         let step = StepBufs {
-            row_stream: s.alloc_zeros::<i32>(rows)?,
-            row_token: s.alloc_zeros::<i32>(rows)?,
-            row_pos: s.alloc_zeros::<i32>(rows)?,
+            feeds: FeedBufs::new(&s, rows)?,
             x: s.alloc_zeros::<f32>(rows * d)?,
             h: s.alloc_zeros::<f32>(rows * d)?,
             qkv: s.alloc_zeros::<f32>(rows * 3 * d)?,
@@ -185,9 +229,8 @@ impl GpuExactM1 {
         let cfg = m1.config();
         // An Equal-Info window of the whole chunk takes chunk_bytes + 1 positions.
         let capacity = chunk_bytes + 1;
-        let per_stream = 2 * cfg.n_layers * ring_slots(m1, capacity) * cfg.d_model * 4;
-        let streams = (CACHE_BUDGET / per_stream).clamp(1, 1024);
-        Self::new(m1, streams, capacity)
+        let per_stream = 2 * cfg.n_layers * ring_slots(cfg.context, capacity) * cfg.d_model * 4;
+        Self::new(m1, streams_within_budget(per_stream), capacity)
     }
 
     /// The fingerprint of the M1 this was built from ([`ExactM1::fingerprint`]).
@@ -220,35 +263,16 @@ impl GpuExactM1 {
         if rows == 0 {
             return Ok(Vec::new());
         }
-        let mut seen = vec![false; self.streams()];
-        for &(st, _) in feeds {
-            ensure!(st < self.streams(), "stream {st} of {}", self.streams());
-            ensure!(!seen[st], "stream {st} fed twice in one step");
-            ensure!(
-                self.pos[st] < self.capacity,
-                "stream {st} is full ({} positions)",
-                self.capacity
-            );
-            seen[st] = true;
-        }
-        let ids: Vec<i32> = feeds.iter().map(|&(st, _)| st as i32).collect();
-        let tokens: Vec<i32> = feeds.iter().map(|&(_, b)| b as i32).collect();
-        let positions: Vec<i32> = feeds.iter().map(|&(st, _)| self.pos[st] as i32).collect();
         let s = self.k.stream().clone();
-        s.memcpy_htod(&ids, &mut self.step.row_stream.slice_mut(..rows))?;
-        s.memcpy_htod(&tokens, &mut self.step.row_token.slice_mut(..rows))?;
-        s.memcpy_htod(&positions, &mut self.step.row_pos.slice_mut(..rows))?;
+        self.step
+            .feeds
+            .upload(&s, feeds, &self.pos, self.capacity)?;
         self.enqueue(rows)?;
-        let mut host = vec![0f32; rows * 256];
-        s.memcpy_dtoh(&self.step.probs.slice(..rows * 256), &mut host)?;
-        s.synchronize()?;
+        let probs = download_probs(&s, &self.step.probs, rows)?;
         for &(st, _) in feeds {
             self.pos[st] += 1;
         }
-        Ok(host
-            .chunks_exact(256)
-            .map(|c| c.try_into().expect("256 floats"))
-            .collect())
+        Ok(probs)
     }
 
     /// Enqueues one position for the first `rows` rows of the step buffers.
@@ -275,7 +299,7 @@ impl GpuExactM1 {
         let mut l = s.launch_builder(&f.embed);
         l.arg(&mut b.x)
             .arg(&self.tok_emb)
-            .arg(&b.row_token)
+            .arg(&b.feeds.row_token)
             .arg(&rows_i)
             .arg(&di);
         unsafe { l.launch(elementwise) }?;
@@ -292,15 +316,15 @@ impl GpuExactM1 {
             l.arg(&mut b.qkv)
                 .arg(&self.cos)
                 .arg(&self.sin)
-                .arg(&b.row_pos);
+                .arg(&b.feeds.row_pos);
             l.arg(&rows_i).arg(&di);
             unsafe { l.launch(elementwise) }?;
             let mut l = s.launch_builder(&f.append_kv);
             l.arg(&mut w.keys)
                 .arg(&mut w.values)
                 .arg(&b.qkv)
-                .arg(&b.row_stream);
-            l.arg(&b.row_pos).arg(&rows_i).arg(&di).arg(&slots_i);
+                .arg(&b.feeds.row_stream);
+            l.arg(&b.feeds.row_pos).arg(&rows_i).arg(&di).arg(&slots_i);
             unsafe { l.launch(elementwise) }?;
             let mut l = s.launch_builder(&f.attention);
             l.arg(&mut b.att)
@@ -308,7 +332,10 @@ impl GpuExactM1 {
                 .arg(&w.keys)
                 .arg(&w.values)
                 .arg(&mut b.scores);
-            l.arg(&b.row_stream).arg(&b.row_pos).arg(&di).arg(&slots_i);
+            l.arg(&b.feeds.row_stream)
+                .arg(&b.feeds.row_pos)
+                .arg(&di)
+                .arg(&slots_i);
             unsafe { l.launch(per_head) }?;
             matvec(&s, &f.matvec, rows, &mut b.x, &b.att, &w.out_t, d, d, 1)?;
             let mut l = s.launch_builder(&f.rmsnorm);
@@ -349,14 +376,35 @@ impl GpuExactM1 {
     }
 }
 
-/// Key/value slots per stream: M1's context, or fewer when no stream can reach that many
-/// positions. A position's query attends over the ring, so it holds exactly the window.
-fn ring_slots(m1: &ExactM1, capacity: usize) -> usize {
-    capacity.min(m1.config().context.unwrap_or(usize::MAX))
+/// The first `rows` distributions of `probs` (`[rows][256]`), once the stream has run.
+pub(super) fn download_probs(
+    s: &Arc<CudaStream>,
+    probs: &CudaSlice<f32>,
+    rows: usize,
+) -> Result<Vec<Probs>> {
+    let mut host = vec![0f32; rows * 256];
+    s.memcpy_dtoh(&probs.slice(..rows * 256), &mut host)?;
+    s.synchronize()?;
+    Ok(host
+        .chunks_exact(256)
+        .map(|c| c.try_into().expect("256 floats"))
+        .collect())
+}
+
+/// Key/value slots per stream: M1's `context` (`None`: unbounded), or fewer when no stream can
+/// reach that many positions. A position's query attends over the ring, so it holds exactly the
+/// window.
+pub(super) fn ring_slots(context: Option<usize>, capacity: usize) -> usize {
+    capacity.min(context.unwrap_or(usize::MAX))
+}
+
+/// Streams whose key/value caches of `per_stream` bytes each fit [`CACHE_BUDGET`] (1 to 1,024).
+pub(super) fn streams_within_budget(per_stream: usize) -> usize {
+    (CACHE_BUDGET / per_stream).clamp(1, 1024)
 }
 
 /// `ceil(n / block)` blocks of `block` threads.
-fn grid(n: usize, block: u32) -> LaunchConfig {
+pub(super) fn grid(n: usize, block: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (n.div_ceil(block as usize).max(1) as u32, 1, 1),
         block_dim: (block, 1, 1),

@@ -15,8 +15,9 @@
 //! kernel (grid maths stated beside each), generic over the storage type (`f32` or [`Bf16`]);
 //! [`gemm`] wraps cuBLASLt for the linear layers (plans cached per shape); [`CudaBackend`]
 //! (`backend.rs`) is the training backend built from both, a step captured as a CUDA graph;
-//! [`bench`](mod@bench) times every kernel for `terse bench kernels`; [`GpuExactM1`] is M1's exact coding
-//! path (`kernels/m1_exact.cu`), bit for bit the CPU's.
+//! [`bench`](mod@bench) times every kernel for `terse bench kernels`; [`GpuExactM1`] is M1's exact path under
+//! contract 2 (`kernels/m1_exact.cu`) and [`GpuInt8M1`] under contract 3, the one coding uses
+//! (`kernels/m1_int8.cu`), each bit for bit the CPU's.
 //!
 //! **None of this has run on a GPU yet.** It was written and compiled (kernels included, with
 //! nvcc 13.0) on machines without one, and runs there on the CUDA emulator (`emu/`), where every
@@ -29,11 +30,13 @@ mod backend;
 pub mod bench;
 pub mod exact_m1;
 pub mod gemm;
+pub mod int8_m1;
 pub mod launch;
 mod loader;
 
 pub use backend::{CudaBackend, CudaTrainer};
 pub use exact_m1::GpuExactM1;
+pub use int8_m1::GpuInt8M1;
 pub use loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels, KernelSource};
 
 /// One kernel file (`kernels/<name>.cu`) compiled at build time.

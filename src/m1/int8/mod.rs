@@ -15,6 +15,7 @@ mod measure;
 mod quantise;
 
 pub use measure::{quantisation_cost, QuantisationCost};
+pub(crate) use quantise::QMatrix;
 pub use quantise::MAX_INNER;
 
 use super::{
@@ -27,7 +28,7 @@ use crate::numerics::RopeTables;
 use anyhow::{ensure, Context, Result};
 use attention::{attend, QKvCache};
 use lanes::{rms_factor, softmax};
-use quantise::{qmatmul, QMatrix, ROWS_PER_TASK};
+use quantise::{qmatmul, ROWS_PER_TASK};
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
 
@@ -173,6 +174,27 @@ impl Int8M1 {
     /// The kernel computing the integer products.
     pub fn kernel(&self) -> I8Kernel {
         self.kernel
+    }
+
+    /// How far back a query attends (the model's context, at most [`MAX_CONTEXT`]).
+    pub(crate) fn context(&self) -> usize {
+        self.context
+    }
+
+    /// The float token embedding, `[256][d_model]`.
+    pub(crate) fn tok_emb(&self) -> &[f32] {
+        &self.tok_emb
+    }
+
+    /// Layer `l`'s quantised matrices: `qkv`, `out`, `up`, `down` (norm gains folded in).
+    pub(crate) fn layer_matrices(&self, l: usize) -> [&QMatrix; 4] {
+        let w = &self.layers[l];
+        [&w.qkv, &w.out, &w.up, &w.down]
+    }
+
+    /// `lm_head`, quantised with the final norm's gain folded in.
+    pub(crate) fn head(&self) -> &QMatrix {
+        &self.head
     }
 
     /// A fresh window: feeds [`WINDOW_START`] and returns the distribution of its first byte.

@@ -114,6 +114,24 @@ pub(crate) struct QMatrix {
 }
 
 impl QMatrix {
+    /// The int8 weights, `[n][inp]` (row `o`: output `o`'s), unpacked: what a GPU uploads.
+    pub(crate) fn rows(&self) -> Vec<i8> {
+        (0..self.w.outputs()).flat_map(|o| self.w.row(o)).collect()
+    }
+
+    /// Each output row's scale exponent `e[o]`.
+    pub(crate) fn exponents(&self) -> &[i32] {
+        &self.e
+    }
+
+    pub(crate) fn inputs(&self) -> usize {
+        self.w.inputs()
+    }
+
+    pub(crate) fn outputs(&self) -> usize {
+        self.w.outputs()
+    }
+
     /// Quantises the model's `[n, inp]` layout row by row. With `gain` (the RMSNorm before the
     /// product), each weight is first multiplied by its input's gain, `w[o][k] * g[k]` (one f32
     /// multiply), so the norm itself applies no gain.

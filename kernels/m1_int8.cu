@@ -1,0 +1,231 @@
+// terse: exact
+/*
+M1 under numeric contract 3 on the GPU (docs/numeric-contract.md, "Contract 3"; the CPU reference
+is src/m1/int8/): int8 weights per output row, int8 activations per row, int8 keys and values per
+(position, head), every product a sum of int8 x int8 in i32 (`__dp4a`: exact, so any tiling gives
+the CPU's integers); the f32 steps are the CPU's operations, written as IEEE intrinsics.
+
+A step advances a set of rows as m1_exact.cu does (row r feeds stream row_stream[r] at position
+row_pos[r]); the embedding and rotary kernels are m1_exact.cu's (the same operations under both
+contracts). Caches are rings of `cap` slots per stream (position t in slot t % cap), laid out
+per layer as keys and values `[S][H][cap][64]` int8 with exponents `[S][H][cap]`.
+
+Costs below are per step of R rows for m1-3m (d = 256, d_ff = 1024, 3 layers, 4 heads), against an
+H100 SXM's ceilings: 3.35 TB/s of HBM, and `__dp4a` at the int32 rate, taken as 64 per clock per
+SM x 132 SMs x 1.98 GHz = 16.7 T dp4a/s (67 T int8 multiply-adds/s). Speed work (tensor cores,
+fusion, CUDA graphs) is left for later: these kernels are written to be exact and simple.
+*/
+
+#include "common.cuh"
+
+#define Q_MAX 127
+#define E_MIN (-60)
+#define E_MAX 60
+// Attention weights are integers of 2^-P_BITS; 2^SCORE_SHIFT = 1 / sqrt(64).
+#define P_BITS 14
+#define SCORE_SHIFT (-3)
+
+// 2^e (e in -126..=127), built from its exponent bits.
+__device__ __forceinline__ float pow2i(int e) { return __int_as_float((e + 127) << 23); }
+
+// quantise.rs's scale_exponent from `m`, the largest magnitude's bit pattern (sign cleared; a NaN
+// counts as the largest): the smallest e in E_MIN..=E_MAX with m <= 127 * 2^e.
+__device__ __forceinline__ int scale_exponent(unsigned m) {
+    const int field = (int)(m >> 23);
+    if (field == 0) return E_MIN;
+    const unsigned mant = (m & 0x7FFFFFu) | 0x800000u;
+    const int e = field - 150 + 17 + (mant > ((unsigned)Q_MAX << 17) ? 1 : 0);
+    return min(max(e, E_MIN), E_MAX);
+}
+
+// clamp(round_half_even(v * inv), -127, 127), NaN to 0: what quantise.rs's round_even and clamp
+// give (rintf rounds to nearest even; beyond +-127 both saturate).
+__device__ __forceinline__ int quantise_value(float v, float inv) {
+    const float s = __fmul_rn(v, inv);
+    if (isnan(s)) return 0;
+    return (int)fminf(fmaxf(rintf(s), -(float)Q_MAX), (float)Q_MAX);
+}
+
+// Quantises the row y_k = x_k * r (k < n; r = 1 leaves x as it is, exactly) into q and returns
+// its exponent, to every thread. Block-collective (contains barriers).
+__device__ int block_quantise_row(signed char* q, const float* x, int n, float r) {
+    unsigned m = 0;
+    for (int k = threadIdx.x; k < n; k += blockDim.x) m = max_of(m, __float_as_uint(__fmul_rn(x[k], r)) & 0x7FFFFFFFu);
+    const int e = scale_exponent(block_max(m, 0u));
+    const float inv = pow2i(-e);
+    for (int k = threadIdx.x; k < n; k += blockDim.x) q[k] = (signed char)quantise_value(__fmul_rn(x[k], r), inv);
+    return e;
+}
+
+// Contract 3's order for a row's long f32 sums (src/m1/int8/lanes.rs): 16 lanes, lane i a
+// chain over k = i, i + 16, ... ascending, then the lanes added by a fixed tree (l[i] += l[i + 8],
+// then + 4, + 2, + 1). `sq` chooses RMSNorm's sum of squares (fma(x, x, l)) over the softmax's
+// plain sum (l + x). One thread runs the 16 chains: the one place this order is written.
+__device__ float c3_lane_sum(const float* x, int n, bool sq) {
+    float l[16];
+    for (int i = 0; i < 16; i++) l[i] = 0.0f;
+    for (int k = 0; k < n; k++) l[k & 15] = sq ? __fmaf_rn(x[k], x[k], l[k & 15]) : __fadd_rn(l[k & 15], x[k]);
+    for (int w = 8; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) l[i] = __fadd_rn(l[i], l[i + w]);
+    return l[0];
+}
+
+// Contract 3's RMSNorm factor: r = 1 / sqrt(ss / d + eps), ss the lane sum of squares.
+__device__ float c3_rms_factor(const float* x, int d, float eps) {
+    const float ss = c3_lane_sum(x, d, true);
+    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, (float)d), eps)));
+}
+
+// Contract 3's softmax sum: the lane sum of the exponentials.
+__device__ float c3_softmax_sum(const float* p, int n) { return c3_lane_sum(p, n, false); }
+
+// Row r of x ([rows][n] f32), RMS-normalised when `norm` (the gain is folded into the next
+// matrix), quantised: xq[r] ([rows][n] int8) and ex[r]. Grid: one block of 256 per row.
+// Cost: reads 4n, writes n + 4 bytes per row; one thread's 16 lane chains of n fmas when
+// normalising (m1-3m, R = 1,024, n = 256: 1.3 MB, 0.4 us of HBM; the thread's n fmas, its lanes
+// held in local memory, ~1 us, bound it).
+extern "C" __global__ void __launch_bounds__(256) m1q_quantise(signed char* xq, int* ex, const float* x, int n,
+                                                              float eps, int norm) {
+    __shared__ float rs;
+    const float* xr = x + (size_t)blockIdx.x * n;
+    if (threadIdx.x == 0) rs = norm ? c3_rms_factor(xr, n, eps) : 1.0f;
+    __syncthreads();
+    const int e = block_quantise_row(xq + (size_t)blockIdx.x * n, xr, n, rs);
+    if (threadIdx.x == 0) ex[blockIdx.x] = e;
+}
+
+// Rows per block of m1q_linear: each weight word read serves this many rows.
+#define LIN_ROWS 4
+
+// y[r][o] (mode 0: =, 1: += (the residual, y + v), 2: = max(v, 0) (ReLU)) v = (acc as f32) *
+// 2^(ex[r] + ew[o]), acc = sum_k xq[r][k] w[o][k] in i32. The weights come as 4-byte words
+// interleaved by output, w4[i][o] = w[o][4i..4i + 4] (k a multiple of 4), so a warp's loads of
+// one word index are consecutive. Grid: (ceil(n / 128), ceil(rows / 4)) blocks of 128, dynamic
+// shared memory 4 k bytes (the block's 4 input rows): thread o of the block sums its output for
+// the 4 rows, one dp4a per word and row (integers: exact in any order).
+// Cost: R n k multiply-adds (R n k / 4 dp4a); bytes: the weights n k from HBM once per step and
+// from L2 once per 4 rows, 4 R n written. m1-3m, R = 1,024, all of a step's products (2.42 M
+// weights): 0.62 G dp4a = 37 us at the dp4a ceiling; 0.62 GB of L2 reads, ~0.1 ms at ~6 TB/s;
+// 0.7 us of HBM: bound by L2 bandwidth.
+extern "C" __global__ void __launch_bounds__(128) m1q_linear(float* y, const signed char* xq, const int* ex,
+                                                            const int* w4, const int* ew, int rows, int k, int n,
+                                                            int mode) {
+    extern __shared__ int lin_rows[]; // [LIN_ROWS][k / 4] words
+    const int words = k / 4, r0 = blockIdx.y * LIN_ROWS;
+    const int live = min(LIN_ROWS, rows - r0);
+    for (int i = threadIdx.x; i < live * words; i += blockDim.x)
+        lin_rows[i] = reinterpret_cast<const int*>(xq + (size_t)r0 * k)[i];
+    __syncthreads();
+    const int o = blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= n) return;
+    int acc[LIN_ROWS] = {0, 0, 0, 0};
+    for (int i = 0; i < words; i++) {
+        const int wv = w4[(size_t)i * n + o];
+        for (int rr = 0; rr < live; rr++) acc[rr] = __dp4a(lin_rows[rr * words + i], wv, acc[rr]);
+    }
+    for (int rr = 0; rr < live; rr++) {
+        const int r = r0 + rr;
+        const float v = __fmul_rn((float)acc[rr], pow2i(ex[r] + ew[o]));
+        float* yo = y + (size_t)r * n + o;
+        if (mode == 1) {
+            *yo = __fadd_rn(*yo, v);
+        } else if (mode == 2) {
+            *yo = fmaxf(v, 0.0f);
+        } else {
+            *yo = v;
+        }
+    }
+}
+
+// Threads per block of m1q_attention: 4 groups of 64, one thread per value channel in each.
+#define ATT_THREADS 256
+
+// Attention of row r's query, head h (grid: (rows, heads) blocks of 256; dynamic shared memory
+// 8 cap bytes). First appends the row's rotated key and its value (qkv[r][d..3d]) to its stream's
+// caches, each head quantised as a row; then, over positions j in lo..=t (lo = t + 1 - cap, at
+// least 0; t = row_pos[r]), as attention.rs's `attend`: the query head quantised (qq, eq);
+// s_j = (dot(qq, kq_j) as f32) * 2^(eq + ek_j - 3); m = max s_j, E = max ev_j; p_j =
+// exp_contract(s_j - m); P_j = rne(p_j 2^14); W_j = rne(p_j 2^(14 + ev_j - E)); sum = sum of P_j
+// and acc_c = sum_j W_j vq_j[c], both in i32 (bounded by 2^24 and 127 2^24 for cap <= 1024:
+// exact in any order, so the block sums them in any tree); out_c = ((acc_c as f32) 2^E) / sum.
+// Cost per (row, head) over n positions: reads n (64 + 64 + 8) cache bytes (keys, values, their
+// exponents); 16 n dp4a, 64 n integer multiply-adds and n exp_contract. m1-3m, R = 1,024 rows all
+// at n = 256 (the full window), 3 layers, 4 heads: 428 MB of cache reads = 128 us of HBM against
+// 0.25 G integer operations (~10 us): memory-bound.
+extern "C" __global__ void __launch_bounds__(ATT_THREADS) m1q_attention(float* att, const float* qkv, signed char* kq,
+                                                                       int* ke, signed char* vq, int* ve,
+                                                                       const int* row_stream, const int* row_pos,
+                                                                       int d, int cap) {
+    extern __shared__ int att_shared[]; // p_j (as f32) then W_j, cap of each
+    __shared__ __align__(16) signed char qq[HEAD_DIM];
+    __shared__ int part[ATT_THREADS / HEAD_DIM][HEAD_DIM];
+    float* ps = reinterpret_cast<float*>(att_shared);
+    int* ws = att_shared + cap;
+    const int r = blockIdx.x, h = blockIdx.y, heads = d / HEAD_DIM;
+    const size_t s = row_stream[r];
+    const int t = row_pos[r], end = t + 1;
+    const int lo = end > cap ? end - cap : 0;
+    const int n = end - lo; // position lo + j sits in slot (lo + j) % cap
+    const float* row = qkv + (size_t)r * 3 * d + h * HEAD_DIM;
+    const size_t head0 = (s * heads + h) * (size_t)cap; // slot 0 of this stream's head
+    const size_t at = head0 + t % cap;
+    const int ek = block_quantise_row(kq + at * HEAD_DIM, row + d, HEAD_DIM, 1.0f);
+    const int ev = block_quantise_row(vq + at * HEAD_DIM, row + 2 * d, HEAD_DIM, 1.0f);
+    const int eq = block_quantise_row(qq, row, HEAD_DIM, 1.0f);
+    if (threadIdx.x == 0) {
+        ke[at] = ek;
+        ve[at] = ev;
+    }
+    __syncthreads(); // the new key and value (global memory) are visible to the whole block
+    const int* qw = reinterpret_cast<const int*>(qq);
+    float m = -INFINITY;
+    int top = E_MIN;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const size_t slot = head0 + (lo + j) % cap;
+        const int* kw = reinterpret_cast<const int*>(kq + slot * HEAD_DIM);
+        int dot = 0;
+        for (int i = 0; i < HEAD_DIM / 4; i++) dot = __dp4a(qw[i], kw[i], dot);
+        const float sj = __fmul_rn((float)dot, pow2i(eq + ke[slot] + SCORE_SHIFT));
+        ps[j] = sj;
+        m = fmaxf(m, sj);
+        top = max(top, ve[slot]);
+    }
+    m = block_max(m, -INFINITY);
+    top = block_max(top, E_MIN);
+    int psum = 0;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const size_t slot = head0 + (lo + j) % cap;
+        const float p = exp_contract(__fsub_rn(ps[j], m));
+        psum += (int)rintf(__fmul_rn(p, pow2i(P_BITS)));
+        ws[j] = (int)rintf(__fmul_rn(p, pow2i(P_BITS + ve[slot] - top)));
+    }
+    __shared__ int sum_part[32];
+    const int sum = block_reduce_sum(psum, sum_part); // its barriers also publish ws
+    const int c = threadIdx.x % HEAD_DIM, group = threadIdx.x / HEAD_DIM;
+    int acc = 0;
+    for (int j = group; j < n; j += ATT_THREADS / HEAD_DIM)
+        acc += ws[j] * (int)vq[(head0 + (lo + j) % cap) * HEAD_DIM + c];
+    part[group][c] = acc;
+    __syncthreads();
+    if (threadIdx.x < HEAD_DIM) {
+        int total = 0;
+        for (int g = 0; g < ATT_THREADS / HEAD_DIM; g++) total += part[g][c];
+        att[(size_t)r * d + h * HEAD_DIM + c] = __fdiv_rn(__fmul_rn((float)total, pow2i(top)), (float)sum);
+    }
+}
+
+// Softmax of each row of p ([rows][v]) in place: m = max, p_i = exp_contract(p_i - m), the sum
+// (c3_softmax_sum), p_i / sum. Grid: one block of 256 per row.
+// Cost: 8 v bytes per row (m1-3m, R = 1,024: 2 MB, 0.6 us of HBM); one thread's v lane adds.
+extern "C" __global__ void __launch_bounds__(256) m1q_softmax(float* p, int v) {
+    __shared__ float sum_s;
+    float* row = p + (size_t)blockIdx.x * v;
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < v; i += blockDim.x) m = fmaxf(m, row[i]);
+    m = block_max(m, -INFINITY);
+    for (int i = threadIdx.x; i < v; i += blockDim.x) row[i] = exp_contract(__fsub_rn(row[i], m));
+    __syncthreads();
+    if (threadIdx.x == 0) sum_s = c3_softmax_sum(row, v);
+    __syncthreads();
+    for (int i = threadIdx.x; i < v; i += blockDim.x) row[i] = __fdiv_rn(row[i], sum_s);
+}

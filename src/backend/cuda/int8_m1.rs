@@ -1,0 +1,434 @@
+//! M1 under numeric contract 3 on the GPU (`kernels/m1_int8.cu`): many independent contexts
+//! ("streams") advanced one position per step, with the probabilities of [`Int8M1`] bit for bit
+//! (docs/numeric-contract.md, "Contract 3").
+//!
+//! Guarantees: for every stream, the distribution returned after feeding bytes `b_0 .. b_k` since
+//! its last [`reset`](GpuInt8M1::reset) has the bits of `Int8M1::start` followed by
+//! `push(b_1) .. push(b_k)` on the CPU (the first byte fed must be
+//! [`WINDOW_START`](crate::m1::WINDOW_START) for that equivalence; any byte is accepted),
+//! whatever the other streams do in the same step and whatever the order of the feeds. Every
+//! integer sum is exact, so the kernels' tiling cannot change a bit; the f32 steps are the CPU's
+//! operations in the CPU's order. Refuses: a stream index out of range, a stream fed twice in one
+//! step, a stream past its capacity (positions per stream, fixed at creation).
+//!
+//! Memory: `2 x layers x streams x slots x (d_model + 4 heads)` bytes of int8 key/value cache
+//! with their exponents (m1-3m: 1.6 KiB per slot, a quarter of contract 2's), allocated once,
+//! `slots = min(capacity, M1's context)`; plus per-step buffers for `streams` rows.
+//!
+//! **Not yet run on a GPU** (written on a machine without one); `tests/gpu_parity.rs` checks it
+//! bit for bit against the CPU, on a GPU when one is present and on the CUDA emulator otherwise.
+
+use super::exact_m1::{download_probs, grid, ring_slots, streams_within_budget, FeedBufs};
+use super::loader::GpuKernels;
+use super::Entry;
+use crate::m1::int8::QMatrix;
+use crate::m1::{Int8M1, M1Batch, Probs};
+use crate::numerics::{RopeTables, HEAD_DIM};
+use anyhow::{anyhow, ensure, Context, Result};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+/// Threads per block of the per-row and per-(row, head) kernels (`m1q_quantise`, `m1q_softmax`,
+/// `m1q_attention`; the attention kernel needs exactly 256: four groups of 64 channels).
+const BLOCK: u32 = 256;
+/// Outputs (one per thread) and rows per block of `m1q_linear` (its `LIN_ROWS`).
+const LIN_OUTPUTS: u32 = 128;
+const LIN_ROWS: usize = 4;
+/// Dynamic shared memory a block may take without opting in on any GPU.
+const SHARED_LIMIT: usize = 48 << 10;
+
+/// A quantised matrix on the device: its int8 weights as 4-byte words interleaved by output
+/// (`w4[i][o]` holds `w[o][4i..4i + 4]`, so a warp reads consecutive words) and one exponent per
+/// output row.
+struct DevMatrix {
+    w4: CudaSlice<i32>,
+    e: CudaSlice<i32>,
+    k: usize,
+    n: usize,
+}
+
+impl DevMatrix {
+    fn new(s: &Arc<CudaStream>, m: &QMatrix) -> Result<Self> {
+        let (k, n, w) = (m.inputs(), m.outputs(), m.rows());
+        let w4: Vec<i32> = (0..k / 4)
+            .flat_map(|i| (0..n).map(move |o| (i, o)))
+            .map(|(i, o)| {
+                let at = o * k + 4 * i;
+                i32::from_le_bytes([w[at], w[at + 1], w[at + 2], w[at + 3]].map(|b| b as u8))
+            })
+            .collect();
+        Ok(DevMatrix {
+            w4: s.clone_htod(&w4).context("uploading M1's weights")?,
+            e: s.clone_htod(m.exponents())
+                .context("uploading M1's weights")?,
+            k,
+            n,
+        })
+    }
+}
+
+/// One layer: its matrices and its int8 key/value caches with their exponents,
+/// `[streams][heads][slots][64]` and `[streams][heads][slots]`.
+struct LayerBufs {
+    qkv: DevMatrix,
+    out: DevMatrix,
+    up: DevMatrix,
+    down: DevMatrix,
+    keys: CudaSlice<i8>,
+    key_e: CudaSlice<i32>,
+    values: CudaSlice<i8>,
+    value_e: CudaSlice<i32>,
+}
+
+struct Funcs {
+    embed: CudaFunction,
+    rope: CudaFunction,
+    quantise: CudaFunction,
+    linear: CudaFunction,
+    attention: CudaFunction,
+    softmax: CudaFunction,
+}
+
+/// Per-step buffers, `streams` rows each.
+struct StepBufs {
+    feeds: FeedBufs,
+    x: CudaSlice<f32>,
+    qkv: CudaSlice<f32>,
+    att: CudaSlice<f32>,
+    up: CudaSlice<f32>,
+    probs: CudaSlice<f32>,
+    /// A row quantised for a product (`max(d_model, d_ff)` wide) and its exponent.
+    xq: CudaSlice<i8>,
+    ex: CudaSlice<i32>,
+}
+
+/// A batch of contract-3 M1 contexts on the GPU (module docs).
+pub struct GpuInt8M1 {
+    k: GpuKernels,
+    f: Funcs,
+    d: usize,
+    ff: usize,
+    eps: f32,
+    layers: Vec<LayerBufs>,
+    tok_emb: CudaSlice<f32>,
+    head: DevMatrix,
+    cos: CudaSlice<f32>,
+    sin: CudaSlice<f32>,
+    step: StepBufs,
+    capacity: usize,
+    /// Ring slots per stream ([`ring_slots`]): also how far back a query attends.
+    slots: usize,
+    pos: Vec<usize>,
+    fingerprint: u64,
+}
+
+impl GpuInt8M1 {
+    /// `m1` on GPU 0 with `streams` contexts of up to `capacity` positions each (a window of n
+    /// bytes takes n + 1: the start token and every byte but the last feed the model).
+    pub fn new(m1: &Int8M1, streams: usize, capacity: usize) -> Result<Self> {
+        ensure!(streams > 0 && capacity > 0, "no streams or no capacity");
+        let k = GpuKernels::new(0)?;
+        let f = Funcs {
+            embed: k.function(Entry::m1x_embed).clone(),
+            rope: k.function(Entry::m1x_rope).clone(),
+            quantise: k.function(Entry::m1q_quantise).clone(),
+            linear: k.function(Entry::m1q_linear).clone(),
+            attention: k.function(Entry::m1q_attention).clone(),
+            softmax: k.function(Entry::m1q_softmax).clone(),
+        };
+        let cfg = m1.config();
+        let (d, ff) = (cfg.d_model, cfg.d_ff);
+        ensure!(
+            d % HEAD_DIM == 0,
+            "d_model {d} is not a multiple of {HEAD_DIM}"
+        );
+        // The product kernel reads rows as 4-byte words, LIN_ROWS of them in shared memory.
+        ensure!(
+            ff % 4 == 0 && LIN_ROWS * d.max(ff) <= SHARED_LIMIT,
+            "the GPU's int8 products need d_ff a multiple of 4 and d_model, d_ff at most {}; this model has d_model {d}, d_ff {ff}: run it on the CPU",
+            SHARED_LIMIT / LIN_ROWS
+        );
+        let slots = ring_slots(Some(m1.context()), capacity);
+        let cells = streams
+            .checked_mul(slots)
+            .and_then(|c| c.checked_mul(d))
+            .ok_or_else(|| anyhow!("{streams} streams x {capacity} positions is too large"))?;
+        ensure!(
+            i32::try_from(capacity).is_ok() && i32::try_from(streams * 3 * d.max(ff)).is_ok(),
+            "{streams} streams x {capacity} positions do not fit the kernels' int arguments"
+        );
+        let heads_cells = cells / HEAD_DIM;
+        let s = k.stream().clone();
+        let layers = (0..cfg.n_layers)
+            .map(|l| -> Result<LayerBufs> {
+                let [qkv, out, up, down] = m1.layer_matrices(l);
+                let cache = "allocating the key/value cache";
+                Ok(LayerBufs {
+                    qkv: DevMatrix::new(&s, qkv)?,
+                    out: DevMatrix::new(&s, out)?,
+                    up: DevMatrix::new(&s, up)?,
+                    down: DevMatrix::new(&s, down)?,
+                    keys: s.alloc_zeros::<i8>(cells).context(cache)?,
+                    key_e: s.alloc_zeros::<i32>(heads_cells).context(cache)?,
+                    values: s.alloc_zeros::<i8>(cells).context(cache)?,
+                    value_e: s.alloc_zeros::<i32>(heads_cells).context(cache)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rope = RopeTables::new(capacity, cfg.rope_theta);
+        let up = |x: &[f32]| s.clone_htod(x).context("uploading M1's weights");
+        let rows = streams;
+        let step = StepBufs {
+            feeds: FeedBufs::new(&s, rows)?,
+            x: s.alloc_zeros::<f32>(rows * d)?,
+            qkv: s.alloc_zeros::<f32>(rows * 3 * d)?,
+            att: s.alloc_zeros::<f32>(rows * d)?,
+            up: s.alloc_zeros::<f32>(rows * ff)?,
+            probs: s.alloc_zeros::<f32>(rows * 256)?,
+            xq: s.alloc_zeros::<i8>(rows * d.max(ff))?,
+            ex: s.alloc_zeros::<i32>(rows)?,
+        };
+        Ok(GpuInt8M1 {
+            f,
+            d,
+            ff,
+            eps: cfg.norm_eps,
+            layers,
+            tok_emb: up(m1.tok_emb())?,
+            head: DevMatrix::new(&s, m1.head())?,
+            cos: up(&rope.cos)?,
+            sin: up(&rope.sin)?,
+            step,
+            capacity,
+            slots,
+            pos: vec![0; streams],
+            fingerprint: m1.fingerprint(),
+            k,
+        })
+    }
+
+    /// For coding chunks of up to `chunk_bytes` bytes: as many streams as a
+    /// [`CACHE_BUDGET`](super::exact_m1::CACHE_BUDGET)-byte key/value cache holds (1 to 1,024).
+    pub fn for_chunks(m1: &Int8M1, chunk_bytes: usize) -> Result<Self> {
+        let cfg = m1.config();
+        // An Equal-Info window of the whole chunk takes chunk_bytes + 1 positions.
+        let capacity = chunk_bytes + 1;
+        let slots = ring_slots(Some(m1.context()), capacity);
+        let per_stream = 2 * cfg.n_layers * slots * (cfg.d_model + 4 * cfg.d_model / HEAD_DIM);
+        Self::new(m1, streams_within_budget(per_stream), capacity)
+    }
+
+    /// The fingerprint of the M1 this was built from ([`Int8M1::fingerprint`]).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    pub fn streams(&self) -> usize {
+        self.pos.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Positions fed to `stream` since its last reset.
+    pub fn position(&self, stream: usize) -> usize {
+        self.pos[stream]
+    }
+
+    /// Empties `stream`'s context (its next feed is position 0).
+    pub fn reset(&mut self, stream: usize) {
+        self.pos[stream] = 0;
+    }
+
+    /// Feeds each `(stream, byte)` and returns, in the same order, the distribution of each
+    /// stream's next byte. Refuses (feeding nothing) a stream out of range, fed twice, or full.
+    pub fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>> {
+        let rows = feeds.len();
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let s = self.k.stream().clone();
+        self.step
+            .feeds
+            .upload(&s, feeds, &self.pos, self.capacity)?;
+        self.enqueue(rows)?;
+        let probs = download_probs(&s, &self.step.probs, rows)?;
+        for &(st, _) in feeds {
+            self.pos[st] += 1;
+        }
+        Ok(probs)
+    }
+
+    /// Enqueues one position for the first `rows` rows of the step buffers: the CPU's order
+    /// (`Int8M1::push_rows`), each product's input row quantised first.
+    fn enqueue(&mut self, rows: usize) -> Result<()> {
+        let (d, ff) = (self.d, self.ff);
+        let s = self.k.stream().clone();
+        // Fits: slots <= capacity, checked to fit an int at creation.
+        let (rows_i, di, slots_i) = (rows as i32, d as i32, self.slots as i32);
+        let (f, b) = (&self.f, &mut self.step);
+        // One thread per (row, channel): the embedding and rotary (one per rotated pair).
+        let elementwise = grid(rows * d, BLOCK);
+        // One block per (row, head): attention, with 4 bytes of p and of W per cache slot.
+        let per_head = LaunchConfig {
+            grid_dim: (rows as u32, (d / HEAD_DIM) as u32, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 8 * self.slots as u32,
+        };
+        let mut l = s.launch_builder(&f.embed);
+        l.arg(&mut b.x)
+            .arg(&self.tok_emb)
+            .arg(&b.feeds.row_token)
+            .arg(&rows_i)
+            .arg(&di);
+        unsafe { l.launch(elementwise) }?;
+        let eps = self.eps;
+        // A product's input row quantised (RMS-normalised first when `norm`), and the product.
+        let q = |x: &CudaSlice<f32>,
+                 n: usize,
+                 norm: bool,
+                 xq: &mut CudaSlice<i8>,
+                 ex: &mut CudaSlice<i32>| {
+            quantise(&s, &f.quantise, rows, xq, ex, x, n, norm.then_some(eps))
+        };
+        let lin =
+            |y: &mut CudaSlice<f32>,
+             xq: &CudaSlice<i8>,
+             ex: &CudaSlice<i32>,
+             w: &DevMatrix,
+             mode: Mode| { linear(&s, &f.linear, rows, y, (xq, ex), w, mode) };
+        for w in &mut self.layers {
+            q(&b.x, d, true, &mut b.xq, &mut b.ex)?;
+            lin(&mut b.qkv, &b.xq, &b.ex, &w.qkv, Mode::Store)?;
+            let mut l = s.launch_builder(&f.rope);
+            l.arg(&mut b.qkv)
+                .arg(&self.cos)
+                .arg(&self.sin)
+                .arg(&b.feeds.row_pos);
+            l.arg(&rows_i).arg(&di);
+            unsafe { l.launch(elementwise) }?;
+            let mut l = s.launch_builder(&f.attention);
+            l.arg(&mut b.att)
+                .arg(&b.qkv)
+                .arg(&mut w.keys)
+                .arg(&mut w.key_e)
+                .arg(&mut w.values)
+                .arg(&mut w.value_e);
+            l.arg(&b.feeds.row_stream)
+                .arg(&b.feeds.row_pos)
+                .arg(&di)
+                .arg(&slots_i);
+            unsafe { l.launch(per_head) }?;
+            q(&b.att, d, false, &mut b.xq, &mut b.ex)?;
+            lin(&mut b.x, &b.xq, &b.ex, &w.out, Mode::Add)?;
+            q(&b.x, d, true, &mut b.xq, &mut b.ex)?;
+            lin(&mut b.up, &b.xq, &b.ex, &w.up, Mode::Relu)?;
+            q(&b.up, ff, false, &mut b.xq, &mut b.ex)?;
+            lin(&mut b.x, &b.xq, &b.ex, &w.down, Mode::Add)?;
+        }
+        q(&b.x, d, true, &mut b.xq, &mut b.ex)?;
+        lin(&mut b.probs, &b.xq, &b.ex, &self.head, Mode::Store)?;
+        let v = 256i32;
+        let mut l = s.launch_builder(&f.softmax);
+        l.arg(&mut b.probs).arg(&v);
+        unsafe { l.launch(per_row(rows)) }?;
+        Ok(())
+    }
+}
+
+/// One block of [`BLOCK`] threads per row: the quantiser and the softmax.
+fn per_row(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// What a product does with its result (`m1q_linear`'s mode).
+#[derive(Clone, Copy)]
+enum Mode {
+    Store = 0,
+    Add = 1,
+    Relu = 2,
+}
+
+/// Quantises `rows` rows of `x` (`n` wide) into `xq` and `ex`, RMS-normalised first when `eps` is given
+/// (`Some(norm_eps)`). Grid: one block per row ([`per_row`]).
+#[allow(clippy::too_many_arguments)]
+fn quantise(
+    s: &Arc<CudaStream>,
+    f: &CudaFunction,
+    rows: usize,
+    xq: &mut CudaSlice<i8>,
+    ex: &mut CudaSlice<i32>,
+    x: &CudaSlice<f32>,
+    n: usize,
+    norm_eps: Option<f32>,
+) -> Result<()> {
+    let (ni, normi, eps) = (
+        n as i32,
+        i32::from(norm_eps.is_some()),
+        norm_eps.unwrap_or(0.0),
+    );
+    let mut l = s.launch_builder(f);
+    l.arg(xq).arg(ex).arg(x).arg(&ni).arg(&eps).arg(&normi);
+    unsafe { l.launch(per_row(rows)) }?;
+    Ok(())
+}
+
+/// `y (=, +=, = relu) dequantised (xq W^T)` for `rows` rows: a grid of
+/// (ceil(n / LIN_OUTPUTS), ceil(rows / LIN_ROWS)) blocks of LIN_OUTPUTS threads (one per output),
+/// each with its LIN_ROWS input rows (`LIN_ROWS * k` bytes) in dynamic shared memory.
+#[allow(clippy::too_many_arguments)]
+fn linear(
+    s: &Arc<CudaStream>,
+    f: &CudaFunction,
+    rows: usize,
+    y: &mut CudaSlice<f32>,
+    (xq, ex): (&CudaSlice<i8>, &CudaSlice<i32>),
+    w: &DevMatrix,
+    mode: Mode,
+) -> Result<()> {
+    let cfg = LaunchConfig {
+        grid_dim: (
+            w.n.div_ceil(LIN_OUTPUTS as usize) as u32,
+            rows.div_ceil(LIN_ROWS) as u32,
+            1,
+        ),
+        block_dim: (LIN_OUTPUTS, 1, 1),
+        shared_mem_bytes: (LIN_ROWS * w.k) as u32,
+    };
+    let (rows_i, ki, ni, mode) = (rows as i32, w.k as i32, w.n as i32, mode as i32);
+    let mut l = s.launch_builder(f);
+    l.arg(y)
+        .arg(xq)
+        .arg(ex)
+        .arg(&w.w4)
+        .arg(&w.e)
+        .arg(&rows_i)
+        .arg(&ki)
+        .arg(&ni)
+        .arg(&mode);
+    unsafe { l.launch(cfg) }?;
+    Ok(())
+}
+
+impl M1Batch for GpuInt8M1 {
+    fn streams(&self) -> usize {
+        GpuInt8M1::streams(self)
+    }
+
+    fn fingerprint(&self) -> u64 {
+        GpuInt8M1::fingerprint(self)
+    }
+
+    fn reset(&mut self, stream: usize) {
+        GpuInt8M1::reset(self, stream)
+    }
+
+    fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>> {
+        GpuInt8M1::step(self, feeds)
+    }
+}
