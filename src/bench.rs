@@ -6,7 +6,7 @@ use crate::m1::{CpuM1Batch, ExactM1, Int8M1, M1Batch, WindowState, WINDOW_START}
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena};
 use crate::rng::Rng;
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -21,8 +21,8 @@ pub enum M1Mode {
     /// On the CPU, all windows together one position per step (as the coders drive M1:
     /// [`CpuM1Batch`]).
     Lockstep,
-    /// On the GPU ([`cuda::GpuExactM1`], contract 2 only), all windows together one position per
-    /// step.
+    /// On the GPU ([`cuda::GpuInt8M1`] for contract 3, [`cuda::GpuExactM1`] for contract 2),
+    /// all windows together one position per step.
     Gpu,
 }
 
@@ -88,7 +88,10 @@ pub fn bench_m1(
             (t, positions, "cuda".to_string())
         }
         (M1Contract::Int8, M1Mode::Gpu) => {
-            bail!("contract 3 (int8) has no GPU path yet; the GPU runs contract 2 only")
+            let m1 = Int8M1::new(&cfg, &params)?;
+            let mut g = cuda::GpuInt8M1::new(&m1, windows, len + 1)?;
+            let (t, positions) = lockstep(&mut |b| Ok(g.step(&feeds(b))?.len()))?;
+            (t, positions, "cuda, int8 products on dp4a".to_string())
         }
         (M1Contract::Float, M1Mode::Lockstep) => {
             let m1 = ExactM1::new(&cfg, &params)?;

@@ -1264,4 +1264,29 @@ fn eval_int8_costs_under_one_percent_on_a_trained_tiny_m1() {
         (int8 / float - 1.0).abs() < 0.01,
         "int8 {int8} vs float {float} bits/byte"
     );
+    // Refused, each with its reason: the GPU (both contracts are scored on the CPU), and a
+    // byte-level model whose context is beyond contract 3's proved bounds.
+    assert_fails_with(
+        &[
+            "eval",
+            "--checkpoint",
+            c,
+            "--data",
+            h,
+            "--int8",
+            "--device",
+            "cuda",
+        ],
+        "--int8 scores both contracts on the CPU; drop --device cuda",
+    );
+    let mut cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
+    cfg.context = Some(2048);
+    let long = dir.path().join("long");
+    let p = terse::model::ParamArena::init(&cfg, 1);
+    terse::checkpoint::save_checkpoint(&long, &cfg, &p, None).unwrap();
+    let long = long.to_str().unwrap();
+    assert_fails_with(
+        &["eval", "--checkpoint", long, "--data", h, "--int8", "--seq", "64"],
+        "cannot be quantised to int8: contract 3 attends over at most 1024 positions; this model's context is 2048",
+    );
 }

@@ -28,8 +28,8 @@ pub enum BenchCmd {
         /// instead of each window all at once.
         #[arg(long)]
         steps: bool,
-        /// Time contract 2 on the GPU (`GpuExactM1`; contract 3 has no GPU path yet): all
-        /// windows advance together, one position per step.
+        /// Time both contracts on the GPU (`GpuInt8M1`, `GpuExactM1`): all windows advance
+        /// together, one position per step.
         #[arg(long)]
         gpu: bool,
         /// Print one JSON object.
@@ -102,23 +102,10 @@ pub fn run(b: BenchCmd) -> Result<()> {
                 bail!("--context must be between 1 and {MAX_CONTEXT} (contract 3's longest attention span), not {context}");
             }
             let run = |mode, contract| bench_m1(&preset, windows, len, context, mode, contract);
-            if gpu {
-                let r = run(M1Mode::Gpu, M1Contract::Float)?;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"bench": "m1", "preset": preset, "windows": windows, "len": len, "context": context,
-                        "float_device": r.device, "float_positions_per_s": r.positions_per_s, "float_seconds": r.seconds})
-                    );
-                } else {
-                    println!("float M1 {preset} (contract 2): {}", rate_line(&r));
-                }
-                return Ok(());
-            }
-            let mode = if steps {
-                M1Mode::Lockstep
-            } else {
-                M1Mode::AllAtOnce
+            let mode = match (gpu, steps) {
+                (true, _) => M1Mode::Gpu,
+                (false, true) => M1Mode::Lockstep,
+                (false, false) => M1Mode::AllAtOnce,
             };
             let q = run(mode, M1Contract::Int8)?;
             let f = run(mode, M1Contract::Float)?;

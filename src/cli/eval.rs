@@ -61,7 +61,7 @@ fn run_int8(
     seq: usize,
 ) -> Result<()> {
     if a.device == Device::Cuda {
-        bail!("--int8 runs on the CPU only (contract 3 has no GPU path yet); drop --device cuda");
+        bail!("--int8 scores both contracts on the CPU; drop --device cuda");
     }
     let c = a.checkpoint.display();
     let float = ExactM1::new(cfg, params).with_context(|| format!("{c} cannot serve as M1"))?;
