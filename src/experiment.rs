@@ -629,8 +629,7 @@ pub fn run_experiment(o: &ExperimentOptions) -> Result<ExperimentResults> {
             o.progress,
         )?,
     };
-    let (cfg, params) = load_model(&m1.checkpoint)?;
-    let exact = Arc::new(Int8M1::new(&cfg, &params)?);
+    let exact = Arc::new(Int8M1::load(&m1.checkpoint)?);
     let budget = M2Budget {
         preset: spec.m2_preset.into(),
         steps: spec.m2_steps,

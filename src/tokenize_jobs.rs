@@ -3,7 +3,6 @@
 
 use crate::backend::cuda::GpuInt8M1;
 use crate::backend::CUDA_VALIDATED;
-use crate::checkpoint::load_model;
 use crate::fsio::{check_output, AtomicFile, Existing};
 use crate::m1::{Int8M1, M1Batch};
 use crate::tokenize::{DatasetDecoder, M1Spec, Method, TokenDataset};
@@ -87,13 +86,7 @@ pub fn detokenize(
 ) -> Result<Detokenized> {
     // An output that would be refused is refused before any decoding.
     check_output(out, existing)?;
-    let m1 = match m1 {
-        Some(path) => {
-            let (cfg, params) = load_model(path)?;
-            Some(Arc::new(Int8M1::new(&cfg, &params)?))
-        }
-        None => None,
-    };
+    let m1 = m1.map(Int8M1::load).transpose()?.map(Arc::new);
     let batch = match (gpu, &m1) {
         (false, _) => None,
         (true, None) => bail!("--gpu runs M1: pass --m1"),
