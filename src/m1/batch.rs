@@ -1,8 +1,9 @@
 //! Many independent M1 contexts advanced together: the interface the coders drive in lockstep
 //! ([`M1Batch`]) and its CPU implementation ([`CpuM1Batch`]); the GPU's is
-//! to come (contract 3 on the GPU is not built yet).
+//! `backend::cuda::GpuInt8M1`.
 
 use super::{Int8M1, Int8State, Probs, WINDOW_START};
+use crate::coder::{Cdf, CdfQuantizer};
 use anyhow::{anyhow, ensure, Result};
 use rayon::prelude::*;
 
@@ -24,6 +25,50 @@ pub trait M1Batch: Send {
     /// Feeds each `(stream, byte)` (each stream at most once) and returns, in order, the
     /// distribution of each stream's next byte. Refuses a stream out of range or fed twice.
     fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>>;
+    /// Starts a step: the feeds of [`step`](Self::step), whose distributions
+    /// [`collect`](Self::collect) returns as integer CDFs under `quantizer`. An implementation
+    /// that computes elsewhere (a GPU) returns at once, so the caller can code another batch's
+    /// windows meanwhile. One step may be pending: a second `submit` before `collect` is refused,
+    /// as are the feeds `step` refuses (the pending step is then dropped).
+    fn submit(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<()>;
+    /// The CDFs of the pending step, in feed order (waiting for them); refuses when none is
+    /// pending.
+    fn collect(&mut self) -> Result<Vec<Cdf>>;
+    /// [`submit`](Self::submit) and [`collect`](Self::collect): one step's CDFs.
+    fn step_cdfs(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<Vec<Cdf>> {
+        self.submit(feeds, quantizer)?;
+        self.collect()
+    }
+}
+
+/// The pending step of a batch that builds its CDFs on the host: computed at `submit`, handed
+/// over at `collect`.
+#[derive(Default)]
+pub struct HostPending(Option<Vec<Cdf>>);
+
+impl HostPending {
+    /// Refuses a second pending step (call before computing the next one).
+    pub fn ensure_idle(&self) -> Result<()> {
+        ensure!(
+            self.0.is_none(),
+            "a step is already pending: collect it before submitting another"
+        );
+        Ok(())
+    }
+
+    /// Records the CDFs of `probs`, one step's distributions (after [`ensure_idle`](Self::ensure_idle)).
+    pub fn submit(&mut self, probs: Result<Vec<Probs>>, quantizer: &CdfQuantizer) -> Result<()> {
+        self.ensure_idle()?;
+        self.0 = Some(quantizer.quantize_all(&probs?)?);
+        Ok(())
+    }
+
+    /// The pending step's CDFs.
+    pub fn collect(&mut self) -> Result<Vec<Cdf>> {
+        self.0
+            .take()
+            .ok_or_else(|| anyhow!("no step is pending: submit one first"))
+    }
 }
 
 /// [`M1Batch`] on the CPU: one [`Int8State`] per stream; a step is [`Int8M1::push_rows`] over
@@ -33,6 +78,7 @@ pub trait M1Batch: Send {
 pub struct CpuM1Batch<'a> {
     m1: &'a Int8M1,
     states: Vec<Int8State>,
+    pending: HostPending,
 }
 
 impl<'a> CpuM1Batch<'a> {
@@ -40,6 +86,7 @@ impl<'a> CpuM1Batch<'a> {
         CpuM1Batch {
             m1,
             states: vec![Int8State::default(); streams],
+            pending: HostPending::default(),
         }
     }
 }
@@ -86,6 +133,16 @@ impl M1Batch for CpuM1Batch<'_> {
             .map(|(s, b)| self.m1.push_rows(s, b))
             .collect();
         Ok(parts.concat())
+    }
+
+    fn submit(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<()> {
+        self.pending.ensure_idle()?;
+        let probs = self.step(feeds);
+        self.pending.submit(probs, quantizer)
+    }
+
+    fn collect(&mut self) -> Result<Vec<Cdf>> {
+        self.pending.collect()
     }
 }
 
@@ -159,5 +216,34 @@ mod tests {
         let e = batch.step(&[(1, 0), (1, 0)]).unwrap_err().to_string();
         assert!(e.contains("stream 1 out of range or fed twice"), "{e}");
         assert!(batch.step(&[(5, 0)]).is_err());
+    }
+
+    /// A submitted step's CDFs are those of its distributions; one step may be pending, and
+    /// collecting needs one.
+    #[test]
+    fn submitted_steps_give_the_quantised_distributions_one_at_a_time() {
+        let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+        cfg.context = Some(16);
+        let m1 = Int8M1::new(&cfg, &ParamArena::init(&cfg, 5)).unwrap();
+        let q = CdfQuantizer::default();
+        let mut by_probs = CpuM1Batch::new(&m1, 2);
+        let mut by_cdfs = CpuM1Batch::new(&m1, 2);
+        for feeds in [
+            [(0, WINDOW_START), (1, WINDOW_START)],
+            [(1, b'q'), (0, b'a')],
+        ] {
+            let want = q.quantize_all(&by_probs.step(&feeds).unwrap()).unwrap();
+            by_cdfs.submit(&feeds, &q).unwrap();
+            let e = by_cdfs.submit(&feeds, &q).unwrap_err().to_string();
+            assert!(e.contains("a step is already pending"), "{e}");
+            assert_eq!(by_cdfs.collect().unwrap(), want);
+        }
+        let e = by_cdfs.collect().unwrap_err().to_string();
+        assert!(e.contains("no step is pending"), "{e}");
+        assert!(by_cdfs.submit(&[(7, 0)], &q).is_err());
+        assert!(
+            by_cdfs.collect().is_err(),
+            "a refused step leaves nothing pending"
+        );
     }
 }

@@ -98,7 +98,7 @@ fn encode_batch(
     feeds.iter().for_each(|&(i, _)| batch.reset(i));
     let mut k = 0; // the byte each fed chunk codes next
     while !feeds.is_empty() {
-        let cdfs = q.quantize_all(&batch.step(&feeds)?)?;
+        let cdfs = batch.step_cdfs(&feeds, &q)?;
         for (&(i, _), cdf) in feeds.iter().zip(&cdfs) {
             coders[i].encode(chunks[i][k], cdf);
         }
@@ -136,7 +136,7 @@ fn decode_batch(
         .collect();
     feeds.iter().for_each(|&(i, _)| batch.reset(i));
     while !feeds.is_empty() {
-        let cdfs = q.quantize_all(&batch.step(&feeds)?)?;
+        let cdfs = batch.step_cdfs(&feeds, &q)?;
         for (f, cdf) in feeds.iter_mut().zip(&cdfs) {
             let b = coders[f.0].decode(cdf);
             out[f.0].push(b);

@@ -81,7 +81,7 @@ impl<'a> EqualInfo<'a> {
                 if feeds.is_empty() {
                     break;
                 }
-                let cdfs = self.quantizer.quantize_all(&batch.step(&feeds)?)?;
+                let cdfs = batch.step_cdfs(&feeds, &self.quantizer)?;
                 for (&(i, _), cdf) in feeds.iter().zip(&cdfs) {
                     cutters[i].take(self, cdf)?;
                 }
@@ -133,7 +133,7 @@ impl<'a> EqualInfo<'a> {
             if feeds.is_empty() {
                 return Ok(out);
             }
-            let cdfs = self.quantizer.quantize_all(&batch.step(&feeds)?)?;
+            let cdfs = batch.step_cdfs(&feeds, &self.quantizer)?;
             for (&(st, _), cdf) in feeds.iter().zip(&cdfs) {
                 let (_, dec, byte) = active[st].as_mut().expect("fed streams are active");
                 match dec.step(cdf) {

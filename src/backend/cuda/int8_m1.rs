@@ -21,8 +21,9 @@
 use super::exact_m1::{download_probs, grid, ring_slots, streams_within_budget, FeedBufs};
 use super::loader::GpuKernels;
 use super::Entry;
+use crate::coder::{Cdf, CdfQuantizer};
 use crate::m1::int8::QMatrix;
-use crate::m1::{Int8M1, M1Batch, Probs};
+use crate::m1::{HostPending, Int8M1, M1Batch, Probs};
 use crate::numerics::{RopeTables, HEAD_DIM};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
@@ -120,6 +121,7 @@ pub struct GpuInt8M1 {
     slots: usize,
     pos: Vec<usize>,
     fingerprint: u64,
+    pending: HostPending,
 }
 
 impl GpuInt8M1 {
@@ -203,6 +205,7 @@ impl GpuInt8M1 {
             slots,
             pos: vec![0; streams],
             fingerprint: m1.fingerprint(),
+            pending: HostPending::default(),
             k,
         })
     }
@@ -430,5 +433,15 @@ impl M1Batch for GpuInt8M1 {
 
     fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>> {
         GpuInt8M1::step(self, feeds)
+    }
+
+    fn submit(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<()> {
+        self.pending.ensure_idle()?;
+        let probs = GpuInt8M1::step(self, feeds);
+        self.pending.submit(probs, quantizer)
+    }
+
+    fn collect(&mut self) -> Result<Vec<Cdf>> {
+        self.pending.collect()
     }
 }
