@@ -4,7 +4,7 @@
 use crate::backend::cuda::GpuInt8M1;
 use crate::backend::CUDA_VALIDATED;
 use crate::fsio::{check_output, AtomicFile, Existing};
-use crate::m1::{Int8M1, M1Batch};
+use crate::m1::{Int8M1, M1Batch, M1BatchPair};
 use crate::tokenize::{DatasetDecoder, M1Spec, Method, TokenDataset};
 use anyhow::{bail, ensure, Context, Result};
 use std::io::{BufWriter, Write};
@@ -12,11 +12,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// M1 on the GPU for `ac` and `equal-info` (`--gpu`): contract 3's GPU twin ([`GpuInt8M1`]) as
-/// a batch for [`M1Spec::with_batch`], sized for `chunk_bytes`-byte chunks; refuses other methods
-/// and machines without a usable GPU. Says on stderr how many streams it runs at once and, until
-/// [`CUDA_VALIDATED`] is set, that its kernels have passed their parity tests on the CUDA
-/// emulator only (an explicit `--gpu` runs them, as `--device cuda` runs the training backend).
+/// M1 on the GPU for `ac` and `equal-info` (`--gpu`): two of contract 3's GPU twins
+/// ([`GpuInt8M1`], each on its own CUDA stream) as one [`M1BatchPair`] for
+/// [`M1Spec::with_batch`], sized for `chunk_bytes`-byte chunks, so the GPU computes one's step
+/// while the CPU codes the other's; refuses other methods and machines without a usable GPU.
+/// Says on stderr how many streams it runs at once and, until [`CUDA_VALIDATED`] is set, that
+/// its kernels have passed their parity tests on the CUDA emulator only (an explicit `--gpu` runs
+/// them, as `--device cuda` runs the training backend).
 pub fn gpu_m1_batch(
     method: &Method,
     m1: &Int8M1,
@@ -27,18 +29,22 @@ pub fn gpu_m1_batch(
         "--gpu runs M1 (ac, equal-info); {} runs on the CPU",
         method.name()
     );
-    let g = GpuInt8M1::for_chunks(m1, chunk_bytes).context("--gpu: M1 on the GPU")?;
+    let half = || GpuInt8M1::for_chunks(m1, chunk_bytes).context("--gpu: M1 on the GPU");
+    let (a, b) = (half()?, half()?);
     if !CUDA_VALIDATED {
         eprintln!(
             "note: M1's GPU kernels have passed their bit-for-bit tests on the CUDA emulator, not yet on a GPU (scripts/gpu-check.sh); decode a sample without --gpu to check the tokens"
         );
     }
     eprintln!(
-        "M1 on the GPU: {} streams at a time (positions up to {})",
-        g.streams(),
-        g.capacity()
+        "M1 on the GPU: 2 x {} streams at a time, stepping in turn (positions up to {})",
+        a.streams(),
+        a.capacity()
     );
-    Ok(Arc::new(Mutex::new(g)))
+    Ok(Arc::new(Mutex::new(M1BatchPair::new(
+        Box::new(a),
+        Box::new(b),
+    )?)))
 }
 
 /// What `method` (one that needs M1) codes with: the M1 checkpoint at `m1`, `window_bits`-bit

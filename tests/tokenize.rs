@@ -1075,13 +1075,15 @@ proptest! {
 
     /// Equal-Info windows and `ac` tokens are the same bits whatever computes M1: every int8
     /// kernel, 1 or 2 threads, each chunk alone or chunks in lockstep on a shared batch of
-    /// 1 to 4 streams; and every variant decodes them back.
+    /// 1 to 4 streams, or on a pair of batches stepping in turn (1 to 4 streams and 1 more);
+    /// and every variant decodes them back.
     #[test]
     fn prop_m1_tokens_agree_across_kernels_threads_and_batches(
         chunks in prop::collection::vec(short_byte_strings(), 1..5),
         streams in 1usize..5,
+        paired in any::<bool>(),
     ) {
-        use terse::m1::CpuM1Batch;
+        use terse::m1::{CpuM1Batch, M1Batch, M1BatchPair};
         use terse::tokenize::{ac, equal_info::EqualInfo};
         let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
         let m1s = tiny_m1_on_every_kernel();
@@ -1097,18 +1099,27 @@ proptest! {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let (ei, ac_tokens, back) = pool.install(|| {
                     let coder = EqualInfo::new(m1, 16).unwrap();
-                    let mut batch = CpuM1Batch::new(m1, streams);
+                    let mut batch: Box<dyn M1Batch> = match paired {
+                        false => Box::new(CpuM1Batch::new(m1, streams)),
+                        true => Box::new(
+                            M1BatchPair::new(
+                                Box::new(CpuM1Batch::new(m1, streams)),
+                                Box::new(CpuM1Batch::new(m1, 1)),
+                            )
+                            .unwrap(),
+                        ),
+                    };
                     let ei: Vec<Vec<u128>> = coder
-                        .encode_chunks(&mut batch, &chunks)
+                        .encode_chunks(&mut *batch, &chunks)
                         .unwrap()
                         .into_iter()
                         .map(|w| w.codes)
                         .collect();
-                    let ac_tokens = ac::encode_chunks(&mut batch, &chunks, 16).unwrap();
-                    let back = coder.decode_codes(&mut batch, &ei.concat()).unwrap().concat();
+                    let ac_tokens = ac::encode_chunks(&mut *batch, &chunks, 16).unwrap();
+                    let back = coder.decode_codes(&mut *batch, &ei.concat()).unwrap().concat();
                     (ei, ac_tokens, back)
                 });
-                let at = format!("{} kernel, {threads} threads, {streams} streams", m1.kernel().name());
+                let at = format!("{} kernel, {threads} threads, {streams} streams, paired {paired}", m1.kernel().name());
                 prop_assert_eq!(&ei, &ei_ref, "equal-info windows, {}", at);
                 prop_assert_eq!(&ac_tokens, &ac_ref, "ac tokens, {}", at);
                 prop_assert_eq!(back, chunks.concat(), "decoded, {}", at);

@@ -34,6 +34,10 @@ pub trait M1Batch: Send {
     /// The CDFs of the pending step, in feed order (waiting for them); refuses when none is
     /// pending.
     fn collect(&mut self) -> Result<Vec<Cdf>>;
+    /// The batches this one is made of, each with its own pending step, which
+    /// [`run_tasks`](super::run_tasks) steps in turn: `[self]` for a plain batch, the two of an
+    /// [`M1BatchPair`]. A part's stream indices are its own (from 0).
+    fn parts(&mut self) -> Vec<&mut dyn M1Batch>;
     /// [`submit`](Self::submit) and [`collect`](Self::collect): one step's CDFs.
     fn step_cdfs(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<Vec<Cdf>> {
         self.submit(feeds, quantizer)?;
@@ -144,6 +148,140 @@ impl M1Batch for CpuM1Batch<'_> {
     fn collect(&mut self) -> Result<Vec<Cdf>> {
         self.pending.collect()
     }
+
+    fn parts(&mut self) -> Vec<&mut dyn M1Batch> {
+        vec![self]
+    }
+}
+
+/// Two batches of the same M1 as one: streams `0..a.streams()` are `a`'s, the rest `b`'s. Its
+/// [`parts`](M1Batch::parts) are the two, so the coders step them in turn: on GPUs, one part
+/// computes while the CPU codes the other's windows. Its own `step`, `submit` and `collect`
+/// split the feeds between the two and merge the results in feed order. Refuses (at
+/// [`new`](Self::new)) two batches of different M1s.
+pub struct M1BatchPair<'a> {
+    a: Box<dyn M1Batch + 'a>,
+    b: Box<dyn M1Batch + 'a>,
+    /// The pending step's side of each feed (`true`: `b`).
+    pending: Option<Vec<bool>>,
+}
+
+/// Feeds split between the two parts: each feed's side, and each part's feeds (local streams).
+type Split = (Vec<bool>, Vec<(usize, u8)>, Vec<(usize, u8)>);
+
+impl<'a> M1BatchPair<'a> {
+    pub fn new(a: Box<dyn M1Batch + 'a>, b: Box<dyn M1Batch + 'a>) -> Result<Self> {
+        ensure!(
+            a.fingerprint() == b.fingerprint(),
+            "the two batches of a pair run different M1s ({:016x}, {:016x})",
+            a.fingerprint(),
+            b.fingerprint()
+        );
+        Ok(M1BatchPair {
+            a,
+            b,
+            pending: None,
+        })
+    }
+
+    fn split(&self, feeds: &[(usize, u8)]) -> Result<Split> {
+        let (na, mut split) = (self.a.streams(), Split::default());
+        for &(st, byte) in feeds {
+            ensure!(st < self.streams(), "stream {st} out of range or fed twice");
+            split.0.push(st >= na);
+            match st < na {
+                true => split.1.push((st, byte)),
+                false => split.2.push((st - na, byte)),
+            }
+        }
+        Ok(split)
+    }
+
+    fn merge<X>(sides: &[bool], a: Vec<X>, b: Vec<X>) -> Vec<X> {
+        let (mut a, mut b) = (a.into_iter(), b.into_iter());
+        sides
+            .iter()
+            .map(|&side| match side {
+                false => a.next(),
+                true => b.next(),
+            })
+            .collect::<Option<Vec<X>>>()
+            .expect("one result per feed")
+    }
+}
+
+impl M1Batch for M1BatchPair<'_> {
+    fn streams(&self) -> usize {
+        self.a.streams() + self.b.streams()
+    }
+
+    fn fingerprint(&self) -> u64 {
+        self.a.fingerprint()
+    }
+
+    fn reset(&mut self, stream: usize) {
+        match stream.checked_sub(self.a.streams()) {
+            None => self.a.reset(stream),
+            Some(st) => self.b.reset(st),
+        }
+    }
+
+    fn step(&mut self, feeds: &[(usize, u8)]) -> Result<Vec<Probs>> {
+        let (sides, fa, fb) = self.split(feeds)?;
+        let pa = if fa.is_empty() {
+            Vec::new()
+        } else {
+            self.a.step(&fa)?
+        };
+        let pb = if fb.is_empty() {
+            Vec::new()
+        } else {
+            self.b.step(&fb)?
+        };
+        Ok(Self::merge(&sides, pa, pb))
+    }
+
+    fn submit(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<()> {
+        ensure!(
+            self.pending.is_none(),
+            "a step is already pending: collect it before submitting another"
+        );
+        let (sides, fa, fb) = self.split(feeds)?;
+        if !fa.is_empty() {
+            self.a.submit(&fa, quantizer)?;
+        }
+        if !fb.is_empty() {
+            if let Err(e) = self.b.submit(&fb, quantizer) {
+                if !fa.is_empty() {
+                    let _ = self.a.collect(); // the step is refused whole
+                }
+                return Err(e);
+            }
+        }
+        self.pending = Some(sides);
+        Ok(())
+    }
+
+    fn collect(&mut self) -> Result<Vec<Cdf>> {
+        let sides = self
+            .pending
+            .take()
+            .ok_or_else(|| anyhow!("no step is pending: submit one first"))?;
+        let (ra, rb) = (
+            sides.contains(&false).then(|| self.a.collect()),
+            sides.contains(&true).then(|| self.b.collect()),
+        );
+        let (ca, cb) = (ra.transpose()?, rb.transpose()?);
+        Ok(Self::merge(
+            &sides,
+            ca.unwrap_or_default(),
+            cb.unwrap_or_default(),
+        ))
+    }
+
+    fn parts(&mut self) -> Vec<&mut dyn M1Batch> {
+        vec![&mut *self.a, &mut *self.b]
+    }
 }
 
 #[cfg(test)]
@@ -245,5 +383,57 @@ mod tests {
             by_cdfs.collect().is_err(),
             "a refused step leaves nothing pending"
         );
+    }
+
+    /// A pair is one batch of its two parts' streams: its steps and CDFs are those of a single
+    /// batch, in feed order, whichever part each feed goes to; it refuses what a batch refuses,
+    /// leaving nothing pending, and two different M1s.
+    #[test]
+    fn a_pair_steps_as_one_batch_of_both_parts_streams() {
+        let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+        cfg.context = Some(16);
+        let m1 = Int8M1::new(&cfg, &ParamArena::init(&cfg, 5)).unwrap();
+        let q = CdfQuantizer::default();
+        let mut single = CpuM1Batch::new(&m1, 3);
+        let mut pair = M1BatchPair::new(
+            Box::new(CpuM1Batch::new(&m1, 2)),
+            Box::new(CpuM1Batch::new(&m1, 1)),
+        )
+        .unwrap();
+        assert_eq!(pair.streams(), 3);
+        assert_eq!(pair.parts().len(), 2);
+        let start = [(2, WINDOW_START), (0, WINDOW_START), (1, WINDOW_START)];
+        assert_eq!(
+            bits(&pair.step(&start).unwrap()),
+            bits(&single.step(&start).unwrap())
+        );
+        for feeds in [
+            vec![(1, b'x'), (2, b'y')],
+            vec![(2, b'z'), (0, b'a'), (1, b'b')],
+        ] {
+            let want = q.quantize_all(&single.step(&feeds).unwrap()).unwrap();
+            pair.submit(&feeds, &q).unwrap();
+            assert!(pair.submit(&feeds, &q).is_err(), "one pending step");
+            assert_eq!(pair.collect().unwrap(), want);
+        }
+        assert!(pair.collect().is_err());
+        let e = pair.submit(&[(3, 0)], &q).unwrap_err().to_string();
+        assert!(e.contains("stream 3 out of range"), "{e}");
+        assert!(pair.submit(&[(0, 1), (2, 2), (2, 2)], &q).is_err());
+        assert!(
+            pair.collect().is_err(),
+            "a refused step leaves nothing pending"
+        );
+        pair.submit(&[(0, 1)], &q).unwrap();
+        assert_eq!(pair.collect().unwrap().len(), 1, "the parts were left idle");
+        let other = Int8M1::new(&cfg, &ParamArena::init(&cfg, 6)).unwrap();
+        let e = M1BatchPair::new(
+            Box::new(CpuM1Batch::new(&m1, 1)),
+            Box::new(CpuM1Batch::new(&other, 1)),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("different M1s"), "{e}");
     }
 }

@@ -26,10 +26,12 @@
 mod batch;
 pub mod int8;
 mod load;
+mod lockstep;
 mod matmul;
 
-pub use batch::{CpuM1Batch, HostPending, M1Batch};
+pub use batch::{CpuM1Batch, HostPending, M1Batch, M1BatchPair};
 pub use int8::{Int8M1, Int8State};
+pub use lockstep::{run_tasks, Feed, StreamTask};
 
 use crate::model::{ModelConfig, ParamArena};
 use crate::numerics::{exp_contract, RopeTables, HEAD_DIM};

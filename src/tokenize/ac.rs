@@ -31,19 +31,21 @@
 //! step with the same bits. A single chunk is the lockstep code on a one-stream [`CpuM1Batch`], so
 //! there is one implementation of each.
 
-use crate::coder::{bytes_to_tokens, tokens_to_bytes, CdfQuantizer, StreamDecoder, StreamEncoder};
-use crate::m1::{CpuM1Batch, Int8M1, M1Batch, WINDOW_START};
+use crate::coder::{
+    bytes_to_tokens, tokens_to_bytes, Cdf, CdfQuantizer, StreamDecoder, StreamEncoder,
+};
+use crate::m1::{run_tasks, CpuM1Batch, Feed, Int8M1, M1Batch, StreamTask};
 use anyhow::{ensure, Result};
 
 /// The chunk's arithmetic code under `m1`, as `token_bits`-bit tokens.
 pub fn encode(m1: &Int8M1, chunk: &[u8], token_bits: u32) -> Result<Vec<u16>> {
-    let mut coded = encode_batch(&mut CpuM1Batch::new(m1, 1), &[chunk], token_bits)?;
+    let mut coded = encode_chunks(&mut CpuM1Batch::new(m1, 1), &[chunk], token_bits)?;
     Ok(coded.pop().expect("one chunk"))
 }
 
 /// The `byte_len` bytes coded by `tokens` under `m1` (any tokens decode to some bytes).
 pub fn decode(m1: &Int8M1, tokens: &[u16], token_bits: u32, byte_len: usize) -> Result<Vec<u8>> {
-    let mut out = decode_batch(
+    let mut out = decode_chunks(
         &mut CpuM1Batch::new(m1, 1),
         &[tokens],
         token_bits,
@@ -52,21 +54,28 @@ pub fn decode(m1: &Int8M1, tokens: &[u16], token_bits: u32, byte_len: usize) -> 
     Ok(out.pop().expect("one chunk"))
 }
 
-/// [`encode`] of many chunks at once, `batch.streams()` chunks at a time (one stream each, all
-/// advanced one byte per step): the same tokens as [`encode`] chunk by chunk.
+/// [`encode`] of many chunks at once on `batch` (built from the same M1), one stream per chunk,
+/// all advanced one byte per step ([`run_tasks`]): the same tokens as [`encode`] chunk by chunk.
 pub fn encode_chunks(
     batch: &mut dyn M1Batch,
     chunks: &[&[u8]],
     token_bits: u32,
 ) -> Result<Vec<Vec<u16>>> {
-    let mut out = Vec::with_capacity(chunks.len());
-    for group in chunks.chunks(batch.streams().max(1)) {
-        out.extend(encode_batch(batch, group, token_bits)?);
-    }
-    Ok(out)
+    let tasks = chunks
+        .iter()
+        .map(|&chunk| Encoding {
+            chunk,
+            coded: 0,
+            coder: StreamEncoder::new(),
+        })
+        .collect();
+    run_tasks(batch, &CdfQuantizer::default(), tasks)?
+        .into_iter()
+        .map(|e| Ok(bytes_to_tokens(&e.coder.finish(), token_bits)?))
+        .collect()
 }
 
-/// [`decode`] of many chunks at once, `batch.streams()` at a time, as [`encode_chunks`].
+/// [`decode`] of many chunks at once (`lens[i]` bytes from `tokens[i]`), as [`encode_chunks`].
 pub fn decode_chunks(
     batch: &mut dyn M1Batch,
     tokens: &[&[u16]],
@@ -74,82 +83,74 @@ pub fn decode_chunks(
     lens: &[usize],
 ) -> Result<Vec<Vec<u8>>> {
     ensure!(tokens.len() == lens.len(), "one length per chunk");
-    let g = batch.streams().max(1);
-    let mut out = Vec::with_capacity(lens.len());
-    for (t, l) in tokens.chunks(g).zip(lens.chunks(g)) {
-        out.extend(decode_batch(batch, t, token_bits, l)?);
-    }
-    Ok(out)
-}
-
-/// [`encode`] of at most `batch.streams()` chunks at once, one stream per chunk.
-fn encode_batch(
-    batch: &mut dyn M1Batch,
-    chunks: &[&[u8]],
-    token_bits: u32,
-) -> Result<Vec<Vec<u16>>> {
-    ensure!(chunks.len() <= batch.streams(), "more chunks than streams");
-    let q = CdfQuantizer::default();
-    let mut coders: Vec<StreamEncoder> = chunks.iter().map(|_| StreamEncoder::new()).collect();
-    let mut feeds: Vec<(usize, u8)> = (0..chunks.len())
-        .filter(|&i| !chunks[i].is_empty())
-        .map(|i| (i, WINDOW_START))
-        .collect();
-    feeds.iter().for_each(|&(i, _)| batch.reset(i));
-    let mut k = 0; // the byte each fed chunk codes next
-    while !feeds.is_empty() {
-        let cdfs = batch.step_cdfs(&feeds, &q)?;
-        for (&(i, _), cdf) in feeds.iter().zip(&cdfs) {
-            coders[i].encode(chunks[i][k], cdf);
-        }
-        feeds.retain(|&(i, _)| k + 1 < chunks[i].len());
-        feeds.iter_mut().for_each(|f| f.1 = chunks[f.0][k]);
-        k += 1;
-    }
-    coders
-        .into_iter()
-        .map(|e| Ok(bytes_to_tokens(&e.finish(), token_bits)?))
-        .collect()
-}
-
-/// [`decode`] of at most `batch.streams()` chunks at once (`lens[i]` bytes from `tokens[i]`).
-fn decode_batch(
-    batch: &mut dyn M1Batch,
-    tokens: &[&[u16]],
-    token_bits: u32,
-    lens: &[usize],
-) -> Result<Vec<Vec<u8>>> {
-    ensure!(lens.len() <= batch.streams(), "more chunks than streams");
-    let q = CdfQuantizer::default();
     let streams: Vec<Vec<u8>> = tokens
         .iter()
         .map(|t| Ok(tokens_to_bytes(t, token_bits)?))
         .collect::<Result<_>>()?;
-    let mut coders: Vec<StreamDecoder> = streams.iter().map(|b| StreamDecoder::new(b)).collect();
-    let mut out: Vec<Vec<u8>> = lens
+    let tasks = streams
         .iter()
-        .map(|&n| Vec::with_capacity(n.min(1 << 20))) // the length may be corrupt
+        .zip(lens)
+        .map(|(bytes, &len)| Decoding {
+            coder: StreamDecoder::new(bytes),
+            out: Vec::with_capacity(len.min(1 << 20)), // the length may be corrupt
+            len,
+        })
         .collect();
-    let mut feeds: Vec<(usize, u8)> = (0..lens.len())
-        .filter(|&i| lens[i] > 0)
-        .map(|i| (i, WINDOW_START))
-        .collect();
-    feeds.iter().for_each(|&(i, _)| batch.reset(i));
-    while !feeds.is_empty() {
-        let cdfs = batch.step_cdfs(&feeds, &q)?;
-        for (f, cdf) in feeds.iter_mut().zip(&cdfs) {
-            let b = coders[f.0].decode(cdf);
-            out[f.0].push(b);
-            f.1 = b;
+    Ok(run_tasks(batch, &CdfQuantizer::default(), tasks)?
+        .into_iter()
+        .map(|d| d.out)
+        .collect())
+}
+
+/// One chunk being coded: byte `coded` is next.
+struct Encoding<'c> {
+    chunk: &'c [u8],
+    coded: usize,
+    coder: StreamEncoder,
+}
+
+impl StreamTask for Encoding<'_> {
+    fn next_feed(&self) -> Feed {
+        match self.coded {
+            k if k == self.chunk.len() => Feed::Done,
+            0 => Feed::Open,
+            k => Feed::Byte(self.chunk[k - 1]),
         }
-        feeds.retain(|&(i, _)| out[i].len() < lens[i]);
     }
-    Ok(out)
+
+    fn take(&mut self, cdf: &Cdf) -> Result<()> {
+        self.coder.encode(self.chunk[self.coded], cdf);
+        self.coded += 1;
+        Ok(())
+    }
+}
+
+/// One chunk being decoded, `len` bytes in all.
+struct Decoding<'t> {
+    coder: StreamDecoder<'t>,
+    out: Vec<u8>,
+    len: usize,
+}
+
+impl StreamTask for Decoding<'_> {
+    fn next_feed(&self) -> Feed {
+        match self.out.last() {
+            _ if self.out.len() == self.len => Feed::Done,
+            None => Feed::Open,
+            Some(&b) => Feed::Byte(b),
+        }
+    }
+
+    fn take(&mut self, cdf: &Cdf) -> Result<()> {
+        self.out.push(self.coder.decode(cdf));
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::m1::WINDOW_START;
     use crate::model::{ModelConfig, ParamArena};
 
     #[test]
@@ -180,7 +181,7 @@ mod tests {
         let m1 = Int8M1::new(&cfg, &p).unwrap();
         let text = &include_bytes!("../../data/sample-books.txt")[5000..6500];
         let chunks: Vec<&[u8]> = vec![&text[..700], b"", &text[700..701], &text[701..], &[9; 300]];
-        // Two streams for five chunks: three groups, the last with a spare stream.
+        // Two streams for five chunks: each stream takes the next chunk when its own ends.
         let mut batch = CpuM1Batch::new(&m1, 2);
         for bits in [8, 16] {
             let coded = encode_chunks(&mut batch, &chunks, bits).unwrap();

@@ -14,7 +14,7 @@
 //! Deferred bytes are counted with the back-offs.
 
 use crate::coder::{Cdf, CdfQuantizer, EncodedWindows, WindowDecoder, WindowEncoder, WindowRule};
-use crate::m1::{CpuM1Batch, Int8M1, M1Batch, WINDOW_START};
+use crate::m1::{run_tasks, CpuM1Batch, Feed, Int8M1, M1Batch, StreamTask};
 use anyhow::{ensure, Result};
 
 /// M1 and a window width, ready to code.
@@ -56,39 +56,20 @@ impl<'a> EqualInfo<'a> {
         Ok(out.pop().expect("one chunk"))
     }
 
-    /// [`encode`](Self::encode) of many chunks at once on `batch` (built from this M1),
-    /// `batch.streams()` chunks at a time, each stream cutting one chunk's windows one byte per
-    /// step: the same windows as chunk by chunk (this is also how one chunk is coded).
+    /// [`encode`](Self::encode) of many chunks at once on `batch` (built from this M1), one
+    /// stream per chunk cutting its windows one byte per step ([`run_tasks`]): the same windows as
+    /// chunk by chunk (this is also how one chunk is coded).
     pub fn encode_chunks(
         &self,
         batch: &mut dyn M1Batch,
         chunks: &[&[u8]],
     ) -> Result<Vec<EncodedWindows>> {
         self.check_batch(batch)?;
-        let mut out = Vec::with_capacity(chunks.len());
-        for group in chunks.chunks(batch.streams()) {
-            let mut cutters: Vec<Cutter> = group.iter().map(|&data| Cutter::new(data)).collect();
-            loop {
-                let mut feeds = Vec::new();
-                for (i, c) in cutters.iter().enumerate() {
-                    if let Some(byte) = c.feed() {
-                        if c.enc.is_none() {
-                            batch.reset(i);
-                        }
-                        feeds.push((i, byte));
-                    }
-                }
-                if feeds.is_empty() {
-                    break;
-                }
-                let cdfs = batch.step_cdfs(&feeds, &self.quantizer)?;
-                for (&(i, _), cdf) in feeds.iter().zip(&cdfs) {
-                    cutters[i].take(self, cdf)?;
-                }
-            }
-            out.extend(cutters.into_iter().map(|c| c.out));
-        }
-        Ok(out)
+        let tasks = chunks.iter().map(|&data| Cutter::new(self, data)).collect();
+        Ok(run_tasks(batch, &self.quantizer, tasks)?
+            .into_iter()
+            .map(|c| c.out)
+            .collect())
     }
 
     /// The bytes of one window. Any `b`-bit code decodes to some byte string (possibly empty for
@@ -109,42 +90,19 @@ impl<'a> EqualInfo<'a> {
     /// every stream takes the next undecoded window as soon as its last one ends.
     pub fn decode_codes(&self, batch: &mut dyn M1Batch, codes: &[u128]) -> Result<Vec<Vec<u8>>> {
         self.check_batch(batch)?;
-        let mut out = vec![Vec::new(); codes.len()];
-        // Per stream: the window it decodes (index into `codes`), its decoder, the byte to feed.
-        let mut active: Vec<Option<(usize, WindowDecoder, u8)>> = vec![None; batch.streams()];
-        let mut next = 0;
-        loop {
-            for (st, slot) in active.iter_mut().enumerate() {
-                if slot.is_none() && next < codes.len() {
-                    *slot = Some((
-                        next,
-                        WindowDecoder::with_rule(self.b, codes[next], self.rule)?,
-                        WINDOW_START,
-                    ));
-                    batch.reset(st);
-                    next += 1;
-                }
-            }
-            let feeds: Vec<(usize, u8)> = active
-                .iter()
-                .enumerate()
-                .filter_map(|(st, a)| a.as_ref().map(|(_, _, byte)| (st, *byte)))
-                .collect();
-            if feeds.is_empty() {
-                return Ok(out);
-            }
-            let cdfs = batch.step_cdfs(&feeds, &self.quantizer)?;
-            for (&(st, _), cdf) in feeds.iter().zip(&cdfs) {
-                let (_, dec, byte) = active[st].as_mut().expect("fed streams are active");
-                match dec.step(cdf) {
-                    Some(b) if !dec.is_done() => *byte = b,
-                    _ => {
-                        let (w, dec, _) = active[st].take().expect("active");
-                        out[w] = dec.into_bytes();
-                    }
-                }
-            }
-        }
+        let tasks = codes
+            .iter()
+            .map(|&code| {
+                Ok(WindowDecoding {
+                    dec: WindowDecoder::with_rule(self.b, code, self.rule)?,
+                    next: Feed::Open,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(run_tasks(batch, &self.quantizer, tasks)?
+            .into_iter()
+            .map(|w| w.dec.into_bytes())
+            .collect())
     }
 
     /// Refuses a batch running another M1 (its distributions would code other windows).
@@ -162,7 +120,8 @@ impl<'a> EqualInfo<'a> {
 
 /// One chunk being cut into windows, one M1 distribution at a time: the greedy rule of
 /// [`EqualInfo`] as a state machine, so many chunks can share an [`M1Batch`].
-struct Cutter<'d> {
+struct Cutter<'e, 'd> {
+    ei: &'e EqualInfo<'e>,
     data: &'d [u8],
     /// The next byte to code.
     pos: usize,
@@ -173,9 +132,10 @@ struct Cutter<'d> {
     out: EncodedWindows,
 }
 
-impl<'d> Cutter<'d> {
-    fn new(data: &'d [u8]) -> Self {
+impl<'e, 'd> Cutter<'e, 'd> {
+    fn new(ei: &'e EqualInfo<'e>, data: &'d [u8]) -> Self {
         Cutter {
+            ei,
             data,
             pos: 0,
             start: 0,
@@ -183,19 +143,23 @@ impl<'d> Cutter<'d> {
             out: EncodedWindows::default(),
         }
     }
+}
 
-    /// The byte M1 must be fed for the distribution of `data[pos]`: [`WINDOW_START`] when a
-    /// window opens (its stream reset first), else the byte before; `None` once all is coded.
-    fn feed(&self) -> Option<u8> {
+impl StreamTask for Cutter<'_, '_> {
+    /// For the distribution of `data[pos]`: a fresh context when a window opens, else the byte
+    /// before; done once all is coded.
+    fn next_feed(&self) -> Feed {
         match self.enc {
-            Some(_) => Some(self.data[self.pos - 1]),
-            None => (self.pos < self.data.len()).then_some(WINDOW_START),
+            Some(_) => Feed::Byte(self.data[self.pos - 1]),
+            None if self.pos < self.data.len() => Feed::Open,
+            None => Feed::Done,
         }
     }
 
-    /// Codes `data[pos]` with `cdf` (M1's distribution after [`feed`](Self::feed), quantised),
-    /// closing the window when the byte does not fit or the data ends.
-    fn take(&mut self, ei: &EqualInfo, cdf: &Cdf) -> Result<()> {
+    /// Codes `data[pos]` with `cdf` (M1's distribution after the feed, quantised), closing the
+    /// window when the byte does not fit or the data ends.
+    fn take(&mut self, cdf: &Cdf) -> Result<()> {
+        let ei = self.ei;
         let enc = match &mut self.enc {
             Some(enc) => enc,
             None => {
@@ -223,6 +187,26 @@ impl<'d> Cutter<'d> {
         self.out.backoffs += enc.backoffs() as u64 + deferred as u64;
         self.out.codes.push(enc.finish()?);
         self.out.lengths.push((self.pos - self.start) as u32);
+        Ok(())
+    }
+}
+
+/// One window being decoded: what to feed next, [`Feed::Done`] once its bytes are out.
+struct WindowDecoding {
+    dec: WindowDecoder,
+    next: Feed,
+}
+
+impl StreamTask for WindowDecoding {
+    fn next_feed(&self) -> Feed {
+        self.next
+    }
+
+    fn take(&mut self, cdf: &Cdf) -> Result<()> {
+        self.next = match self.dec.step(cdf) {
+            Some(b) if !self.dec.is_done() => Feed::Byte(b),
+            _ => Feed::Done,
+        };
         Ok(())
     }
 }

@@ -444,4 +444,8 @@ impl M1Batch for GpuInt8M1 {
     fn collect(&mut self) -> Result<Vec<Cdf>> {
         self.pending.collect()
     }
+
+    fn parts(&mut self) -> Vec<&mut dyn M1Batch> {
+        vec![self]
+    }
 }
