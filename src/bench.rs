@@ -72,7 +72,8 @@ pub fn bench_m1(
         .collect();
     // The first `n` windows as streams, one position per step (how the coders drive M1); `step`
     // feeds each window's next byte and returns how many positions it computed. Timed from here.
-    let lockstep = |n: usize, step: &mut dyn FnMut(&[(usize, u8)]) -> Result<usize>| {
+    type Step<'a> = dyn FnMut(&[(usize, u8)]) -> Result<usize> + 'a;
+    let lockstep = |n: usize, step: &mut Step| {
         let t = Instant::now();
         let mut positions = 0;
         for k in 0..=len {
