@@ -559,6 +559,46 @@ mod tests {
         );
     }
 
+    /// `fold_back` is the chain rule of the fold: for any direction `δ` of the float weights,
+    /// `<grads, δ>` equals `<geff, dF(δ)>`, where `F` maps the float weights to the pass's
+    /// (before rounding): a folded weight `W[o][k] g[k]` moves by `δW[o][k] g[k] + W[o][k] δg[k]`,
+    /// a unit gain not at all, every other weight by its own `δ`.
+    #[test]
+    fn fold_back_is_the_chain_rule_of_folding_gains_into_weights() {
+        let (cfg, p) = m1_hurt_by_int8(16);
+        let mut a = Activations::new(&cfg, 1, 4, true);
+        let q = a.qat.as_mut().unwrap();
+        let mut rng = crate::rng::Rng::new(3);
+        let mut random = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| rng.below(2001) as f32 / 1000.0 - 1.0)
+                .collect()
+        };
+        q.geff = random(p.len());
+        let delta = random(p.len());
+        let mut grads = vec![0f32; p.len()];
+        q.fold_back(&cfg, &p.data, &mut grads);
+        let specs = ParamArena::layout(&cfg);
+        let mut moved: Vec<f64> = delta.iter().map(|&d| d as f64).collect();
+        for lin in linears(&cfg) {
+            let Some(gi) = lin.gain else { continue };
+            let (ws, gs) = (&specs[lin.weight], &specs[gi]);
+            let inp = ws.shape[1];
+            for i in ws.range() {
+                let k = gs.offset + (i - ws.offset) % inp;
+                moved[i] = delta[i] as f64 * p.data[k] as f64 + p.data[i] as f64 * delta[k] as f64;
+            }
+            gs.range().for_each(|k| moved[k] = 0.0);
+        }
+        let dot = |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(&x, &y)| x as f64 * y).sum::<f64>();
+        let deltas: Vec<f64> = delta.iter().map(|&d| d as f64).collect();
+        let (lhs, rhs) = (dot(&grads, &deltas), dot(&q.geff, &moved));
+        assert!(
+            (lhs - rhs).abs() <= 1e-5 * rhs.abs().max(1.0),
+            "<grads, δ> {lhs} vs <geff, dF(δ)> {rhs}"
+        );
+    }
+
     /// The weights the quantisation-aware pass runs on are `Int8M1`'s, bit for bit: each
     /// linear layer dequantised with its RMSNorm gain folded in, and every gain 1.
     #[test]
