@@ -1290,3 +1290,121 @@ fn eval_int8_costs_under_one_percent_on_a_trained_tiny_m1() {
         "cannot be quantised to int8: contract 3 attends over at most 1024 positions; this model's context is 2048",
     );
 }
+
+/// `--init` starts from a checkpoint's weights and `--qat` fine-tunes them quantisation-aware:
+/// the run records both, a run stopped and resumed ends on the very weights of one run straight
+/// through, the start is the checkpoint's weights (a fine-tune ends nearer them than a fresh run
+/// does), quantisation-aware steps differ from float ones, and neither flag can change on resume.
+#[test]
+fn init_and_qat_fine_tune_a_checkpoint_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 8_000);
+    let base = dir.path().join("base");
+    common::train_tiny(&data, &base, &["--steps", "3"]);
+    let (d, b) = (path_str(&data), path_str(&base));
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["train", "--preset", "tiny", "--data", d, "--batch", "1"];
+        args.extend([
+            "--seq", "16", "--steps", "6", "--lr", "1e-3", "--warmup", "1",
+        ]);
+        args.extend(["--heldout-bytes", "500", "--quiet", "--out", path_str(&out)]);
+        args.extend(extra);
+        let r = terse(&args);
+        assert!(r.status.success(), "{args:?}: {}", stderr(&r));
+        out
+    };
+    let weights = |ck: &std::path::Path| terse::checkpoint::load_model(ck).unwrap().1.data;
+    let whole = run("whole", &["--init", b, "--qat"]);
+    let split = run("split", &["--init", b, "--qat", "--stop-after", "3"]);
+    let saved = terse::train::saved_options(&split).unwrap().unwrap();
+    assert_eq!(
+        (saved.init.as_deref(), saved.qat),
+        (Some(base.as_path()), true)
+    );
+    let r = terse(&["train", "--resume", path_str(&split), "--quiet"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let bits = |w: Vec<f32>| w.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(
+        bits(weights(&split)) == bits(weights(&whole)),
+        "resumed weights differ"
+    );
+    let float = run("float", &["--init", b]);
+    let fresh = run("fresh", &["--seed", "5"]);
+    let from_base = |ck: &std::path::Path| {
+        let w = weights(ck);
+        let w0 = weights(&base);
+        w.iter().zip(&w0).map(|(a, b)| (a - b).powi(2)).sum::<f32>()
+    };
+    assert!(
+        from_base(&float) < from_base(&fresh) / 10.0,
+        "--init did not start from base"
+    );
+    assert!(
+        bits(weights(&float)) != bits(weights(&whole)),
+        "--qat changed nothing"
+    );
+    for flag in [&["--qat"][..], &["--init", b]] {
+        let mut args = vec!["train", "--resume", path_str(&split)];
+        args.extend(flag);
+        assert_fails_with(&args, &format!("{} cannot be changed on --resume", flag[0]));
+    }
+}
+
+/// `--init` and `--qat` refuse what they cannot do, naming the path or flag: a checkpoint of
+/// another preset (naming both), a missing or corrupt checkpoint, `--qat` on a token dataset
+/// (M2 is never int8) and with `--device cuda` (the simulation is the CPU backend's).
+#[test]
+fn init_and_qat_refusals_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 8_000);
+    let base = dir.path().join("base");
+    common::train_tiny(&data, &base, &["--steps", "1"]);
+    let (d, b) = (path_str(&data), path_str(&base));
+    let out = dir.path().join("out");
+    let o = path_str(&out);
+    // A run on `data` (a corpus or a token dataset) with `extra` flags fails naming `needle`.
+    let fails = |data: &str, extra: &[&str], needle: &str| {
+        let mut args = vec!["train", "--data", data, "--steps", "2", "--batch", "1"];
+        args.extend([
+            "--seq",
+            "16",
+            "--heldout-bytes",
+            "500",
+            "--quiet",
+            "--out",
+            o,
+        ]);
+        args.extend(extra);
+        assert_fails_with(&args, needle);
+    };
+    let m1_3m = ["--preset", "m1-3m", "--init", b];
+    fails(d, &m1_3m, "is not the one --preset m1-3m trains");
+    fails(d, &m1_3m, "give the checkpoint's preset, --preset tiny");
+    let missing = dir.path().join("no-such-checkpoint");
+    let init_missing = ["--preset", "tiny", "--init", path_str(&missing)];
+    fails(d, &init_missing, &format!("--init {}", missing.display()));
+    let corrupt = dir.path().join("corrupt");
+    std::fs::create_dir(&corrupt).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(base.join(f), corrupt.join(f)).unwrap();
+    }
+    let model = corrupt.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let init_corrupt = ["--preset", "tiny", "--init", path_str(&corrupt)];
+    fails(d, &init_corrupt, &format!("--init {}", corrupt.display()));
+    let tokens = dir.path().join("tokens");
+    common::tokenize(&data, &tokens, "bytes", "8", "1024", &[]);
+    fails(
+        path_str(&tokens),
+        &["--preset", "tiny", "--qat"],
+        "is a token dataset, and M2 is never quantised",
+    );
+    fails(
+        d,
+        &["--preset", "tiny", "--qat", "--device", "cuda"],
+        "runs on the CPU only: drop --device cuda",
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+}

@@ -26,6 +26,8 @@ fn options(data: std::path::PathBuf) -> TrainOptions {
         time_budget_s: None,
         heldout_data: None,
         tokens: None,
+        init: None,
+        qat: false,
     }
 }
 

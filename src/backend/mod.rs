@@ -95,6 +95,30 @@ pub enum Device {
 /// name.
 pub const CUDA_VALIDATED: bool = false;
 
+/// Refuses `cuda` for quantisation-aware training: the simulation is the CPU backend's.
+pub fn check_qat_device(device: Device) -> Result<()> {
+    if device == Device::Cuda {
+        bail!("--qat simulates M1's int8 arithmetic in the CPU backend's forward pass, so it runs on the CPU only: drop --device cuda (auto and cpu run it on the CPU)");
+    }
+    Ok(())
+}
+
+/// Builds the backend of quantisation-aware training ([`cpu::CpuBackend::with_qat`]): the CPU
+/// for `auto` and `cpu`; `cuda` is refused (the simulation is the CPU backend's).
+pub fn create_qat_backend(
+    device: Device,
+    cfg: &ModelConfig,
+    params: ParamArena,
+    moments: Option<(Vec<f32>, Vec<f32>)>,
+) -> Result<(Box<dyn Backend>, String)> {
+    check_qat_device(device)?;
+    let be = cpu::CpuBackend::new(cfg, params, moments)?.with_qat()?;
+    Ok((
+        Box::new(be),
+        "quantisation-aware (--qat) on the CPU".to_string(),
+    ))
+}
+
 /// Builds the backend for `device`, with a note saying what was chosen and why.
 ///
 /// - `cuda`: the CUDA backend ([`cuda::CudaBackend`], bf16 activations, fp32 master weights), or

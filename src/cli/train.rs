@@ -74,6 +74,16 @@ pub struct TrainArgs {
     /// the step count is set from the speed of steps 3..12 (saved, so a resume repeats it).
     #[arg(long)]
     time_budget: Option<f64>,
+    /// Start from this checkpoint directory's weights (a model of --preset's configuration) with
+    /// a fresh optimiser and schedule: fine-tuning. A resume repeats it.
+    #[arg(long, value_name = "CHECKPOINT")]
+    init: Option<PathBuf>,
+    /// Quantisation-aware training of M1 (a corpus, not a token dataset): the forward pass
+    /// computes on the int8 numbers M1 codes with (numeric contract 3: weights with RMSNorm
+    /// gains folded in, input rows, q/k/v heads; gradients passed straight through). Runs on
+    /// the CPU backend; use with --init to fine-tune a trained M1 for int8.
+    #[arg(long)]
+    qat: bool,
     /// Where to run: auto (the GPU when usable, else the CPU), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
@@ -106,6 +116,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
             ("--seed", a.seed.is_some()),
             ("--heldout", a.heldout.is_some()),
             ("--time-budget", a.time_budget.is_some()),
+            ("--init", a.init.is_some()),
+            ("--qat", a.qat),
         ];
         if let Some((flag, _)) = fixed.iter().find(|f| f.1) {
             bail!("{flag} cannot be changed on --resume: the run's settings come from the checkpoint (only --steps, --stop-after, --out and --device may be given)");
@@ -145,6 +157,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         o.eval_windows = a.eval_windows.unwrap_or(o.eval_windows);
         o.ckpt_every = a.ckpt_every.unwrap_or(o.ckpt_every);
         o.seed = a.seed.unwrap_or(o.seed);
+        o.init = a.init.clone();
+        o.qat = a.qat;
         let out = a
             .out
             .clone()

@@ -15,7 +15,8 @@ impl TrainOptions {
     /// 256 bytes (a corpus) or 512 tokens (a token dataset) per step, peak learning rate 1e-3
     /// with `min(100, steps / 10)` warmup steps (at least 1) and a cosine decay to a tenth,
     /// AdamW's defaults, 262,144 held-out bytes scored on 64 windows every 100 steps, a
-    /// checkpoint every 500 steps, seed 0, no time budget. Callers change fields as they need.
+    /// checkpoint every 500 steps, seed 0, no time budget, a seeded initialisation (no `init`),
+    /// float training (no `qat`). Callers change fields as they need.
     pub fn new(data: PathBuf, preset: impl Into<String>, steps: u64) -> Self {
         let seq = if is_token_dataset(&data) { 512 } else { 256 };
         TrainOptions {
@@ -37,6 +38,8 @@ impl TrainOptions {
             time_budget_s: None,
             heldout_data: None,
             tokens: None,
+            init: None,
+            qat: false,
         }
     }
 

@@ -5,8 +5,12 @@
 
 use super::schedule::{Schedule, ScheduleKind};
 use crate::backend::cpu::{available_memory, training_memory};
-use crate::backend::{create_backend, cuda, Backend, Device, OptimConfig, CUDA_VALIDATED};
-use crate::checkpoint::{load_training, save_checkpoint, TrainingState, MANIFEST_FILE, MODEL_FILE};
+use crate::backend::{
+    create_backend, create_qat_backend, cuda, Backend, Device, OptimConfig, CUDA_VALIDATED,
+};
+use crate::checkpoint::{
+    load_model, load_training, save_checkpoint, TrainingState, MANIFEST_FILE, MODEL_FILE,
+};
 use crate::data::{eval_windows, read_heldout, ByteLoader, LoaderState};
 use crate::eval::{score_tokens, score_windows};
 use crate::m1::WINDOW_START;
@@ -59,6 +63,14 @@ pub struct TrainOptions {
     /// need to code text the way the training tokens were coded).
     #[serde(default)]
     pub tokens: Option<TokenSource>,
+    /// Start from this checkpoint's float weights (its configuration must be `preset`'s) with a
+    /// fresh optimiser and schedule, instead of the seeded initialisation.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// Quantisation-aware training of M1: the CPU backend's forward pass simulates contract 3
+    /// ([`crate::backend::cpu::CpuBackend::with_qat`]); byte-level runs only, never on CUDA.
+    #[serde(default)]
+    pub qat: bool,
 }
 
 /// The options a checkpoint at `path` was trained with (`None` for a checkpoint saved without
@@ -272,8 +284,14 @@ pub fn train(
         }
         RunStart::Fresh(opts) => {
             opts.validate()?;
+            check_qat_device(opts, device)?;
             let mut opts = opts.clone();
             let vocab = if is_token_dataset(&opts.data) {
+                ensure!(
+                    !opts.qat,
+                    "--qat simulates M1's int8 arithmetic (numeric contract 3), which only byte-level models run; {} is a token dataset, and M2 is never quantised: drop --qat",
+                    opts.data.display()
+                );
                 let ds = TokenDataset::open(&opts.data)?;
                 let src = ds.metadata().identity.clone();
                 let vocab = src.vocab as usize;
@@ -289,7 +307,10 @@ pub fn train(
             };
             let cfg = ModelConfig::preset(&opts.preset, Some(vocab))?;
             check_memory(&cfg, &opts, device)?;
-            let params = ParamArena::init(&cfg, opts.seed);
+            let params = match &opts.init {
+                None => ParamArena::init(&cfg, opts.seed),
+                Some(dir) => initial_weights(dir, &cfg)?,
+            };
             let source = DataSource::open(&opts, None)?;
             let run = RunState {
                 options: opts,
@@ -301,6 +322,7 @@ pub fn train(
         }
     };
     let o = run.options.clone();
+    check_qat_device(&o, device)?;
     // What exact inference will let a position attend over (checkpoints from before the field
     // get it when resumed).
     cfg.context.get_or_insert(o.seq);
@@ -318,7 +340,11 @@ pub fn train(
     }
     check_memory(&cfg, &o, device)?;
     let mut data = DataSource::open(&o, Some(&run.loader))?;
-    let (mut backend, note) = create_backend(device, &cfg, params, moments)?;
+    let (mut backend, note) = if o.qat {
+        create_qat_backend(device, &cfg, params, moments)?
+    } else {
+        create_backend(device, &cfg, params, moments)?
+    };
     let unit = match &o.tokens {
         Some(t) => format!("{}-bit {} tokens", t.token_bits, t.method),
         None => "bytes".to_string(),
@@ -443,6 +469,7 @@ pub fn train(
 /// the run goes to the GPU or the available memory cannot be read.
 fn check_memory(cfg: &ModelConfig, o: &TrainOptions, device: Device) -> Result<()> {
     let on_gpu = match device {
+        _ if o.qat => false,
         Device::Cuda => true,
         Device::Auto => CUDA_VALIDATED && cuda::cuda_available(),
         Device::Cpu => false,
@@ -450,7 +477,7 @@ fn check_memory(cfg: &ModelConfig, o: &TrainOptions, device: Device) -> Result<(
     let Some(available) = available_memory().filter(|_| !on_gpu) else {
         return Ok(());
     };
-    let need = training_memory(cfg, o.batch, o.seq);
+    let need = training_memory(cfg, o.batch, o.seq, o.qat);
     if need.total() > available as u128 {
         let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
         bail!(
@@ -467,6 +494,40 @@ fn check_memory(cfg: &ModelConfig, o: &TrainOptions, device: Device) -> Result<(
         );
     }
     Ok(())
+}
+
+/// Refuses `--qat` with `--device cuda` before anything is read.
+fn check_qat_device(o: &TrainOptions, device: Device) -> Result<()> {
+    if o.qat {
+        crate::backend::check_qat_device(device)?;
+    }
+    Ok(())
+}
+
+/// The float weights of the checkpoint at `dir` (`--init`), refused unless its configuration is
+/// `cfg`'s (the context aside: the run's `--seq` sets it).
+fn initial_weights(dir: &Path, cfg: &ModelConfig) -> Result<ParamArena> {
+    let (init_cfg, params) = load_model(dir).with_context(|| {
+        format!(
+            "--init {}: cannot read the checkpoint's weights; give a checkpoint directory that terse train wrote",
+            dir.display()
+        )
+    })?;
+    let shape = |c: &ModelConfig| ModelConfig {
+        context: None,
+        ..c.clone()
+    };
+    if shape(&init_cfg) != shape(cfg) {
+        bail!(
+            "--init {}: its model ({}) is not the one --preset {} trains ({}); give the checkpoint's preset, --preset {}",
+            dir.display(),
+            serde_json::to_string(&shape(&init_cfg))?,
+            cfg.preset,
+            serde_json::to_string(&shape(cfg))?,
+            init_cfg.preset
+        );
+    }
+    Ok(params)
 }
 
 fn save(out: &Path, cfg: &ModelConfig, backend: &dyn Backend, run: &RunState) -> Result<()> {

@@ -31,6 +31,8 @@ pub struct CpuBackend {
     m: Vec<f32>,
     v: Vec<f32>,
     acts: Option<Activations>,
+    /// Quantisation-aware: every pass simulates contract 3 ([`CpuBackend::with_qat`]).
+    qat: bool,
 }
 
 impl CpuBackend {
@@ -58,7 +60,24 @@ impl CpuBackend {
             m,
             v,
             acts: None,
+            qat: false,
         })
+    }
+
+    /// The same backend training quantisation-aware: every forward pass (training steps and
+    /// evaluation) computes on M1's contract-3 numbers (int8 weights with the RMSNorm gains
+    /// folded in, int8 input rows, int8 q, k and v heads; fake quantisation, gradients taken
+    /// straight through), so training fits the model `Int8M1` will run. Byte-level models only:
+    /// contract 3 quantises M1.
+    pub fn with_qat(mut self) -> Result<Self> {
+        ensure!(
+            self.cfg.vocab == 256,
+            "quantisation-aware training simulates M1's int8 contract 3, which quantises byte-level models (vocab 256); this model has vocab {}",
+            self.cfg.vocab
+        );
+        self.qat = true;
+        self.acts = None;
+        Ok(self)
     }
 
     fn check_batch(&self, batch: &Batch) -> Result<()> {
@@ -74,7 +93,7 @@ impl CpuBackend {
     ) -> Result<(LossSums, Vec<f32>)> {
         self.check_batch(batch)?;
         let mut grads = vec![0.0; params.len()];
-        let a = activations_for(&mut self.acts, &self.cfg, batch);
+        let a = activations_for(&mut self.acts, &self.cfg, batch, self.qat);
         let sums = forward_backward(
             &self.cfg,
             params,
@@ -89,7 +108,7 @@ impl CpuBackend {
     /// Loss sums only, for arbitrary `params`.
     pub fn loss(&mut self, params: &[f32], batch: &Batch) -> Result<LossSums> {
         self.check_batch(batch)?;
-        let a = activations_for(&mut self.acts, &self.cfg, batch);
+        let a = activations_for(&mut self.acts, &self.cfg, batch, self.qat);
         Ok(forward_backward(
             &self.cfg,
             params,
@@ -106,12 +125,13 @@ fn activations_for<'a>(
     acts: &'a mut Option<Activations>,
     cfg: &ModelConfig,
     batch: &Batch,
+    qat: bool,
 ) -> &'a mut Activations {
     if !acts
         .as_ref()
-        .is_some_and(|a| a.fits(batch.batch, batch.seq))
+        .is_some_and(|a| a.fits(batch.batch, batch.seq, qat))
     {
-        *acts = Some(Activations::new(cfg, batch.batch, batch.seq));
+        *acts = Some(Activations::new(cfg, batch.batch, batch.seq, qat));
     }
     acts.as_mut().expect("just set")
 }
@@ -131,11 +151,11 @@ impl TrainingMemory {
     }
 }
 
-/// What training `cfg` on `batch` sequences of `seq` tokens holds in host memory on the CPU
-/// backend (the same count as its allocations, checked by a test).
-pub fn training_memory(cfg: &ModelConfig, batch: usize, seq: usize) -> TrainingMemory {
+/// What training `cfg` on `batch` sequences of `seq` tokens (quantisation-aware with `qat`) holds
+/// in host memory on the CPU backend (the same count as its allocations, checked by a test).
+pub fn training_memory(cfg: &ModelConfig, batch: usize, seq: usize, qat: bool) -> TrainingMemory {
     TrainingMemory {
-        activations: 4 * Activations::floats(cfg, batch, seq),
+        activations: 4 * Activations::floats(cfg, batch, seq, qat),
         state: 16 * cfg.total_params() as u128,
     }
 }
@@ -168,7 +188,7 @@ impl Backend for CpuBackend {
         self.check_batch(batch)?;
         ensure!(step >= 1, "optimizer steps count from 1");
         self.grads.fill(0.0);
-        let acts = activations_for(&mut self.acts, &self.cfg, batch);
+        let acts = activations_for(&mut self.acts, &self.cfg, batch, self.qat);
         let sums = forward_backward(
             &self.cfg,
             &self.params.data,

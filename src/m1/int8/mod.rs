@@ -15,8 +15,8 @@ mod measure;
 mod quantise;
 
 pub use measure::{quantisation_cost, QuantisationCost};
-pub(crate) use quantise::QMatrix;
 pub use quantise::MAX_INNER;
+pub(crate) use quantise::{fake_quantise_rows, QMatrix};
 
 use super::{
     add_into, check_byte_level, check_weights, fingerprint, rotate, Probs, CONTRACT_VERSION,

@@ -98,6 +98,27 @@ pub(crate) fn quantise_row(x: &[f32], out: &mut [i8]) -> i32 {
     e
 }
 
+/// Replaces every `width`-wide row of `x` by its quantised value, `q_k * 2^e` ([`quantise_row`]):
+/// what contract 3 feeds its integer products, as f32 (fake quantisation, for
+/// quantisation-aware training). Rows are independent and run in parallel.
+pub(crate) fn fake_quantise_rows(x: &mut [f32], width: usize) {
+    assert!(
+        width > 0 && x.len().is_multiple_of(width),
+        "rows of {width}"
+    );
+    x.par_chunks_exact_mut(width)
+        .with_min_len(ROWS_PER_TASK)
+        .for_each_init(
+            || vec![0i8; width],
+            |q, row| {
+                let scale = pow2(quantise_row(row, q));
+                for (v, &q) in row.iter_mut().zip(q.iter()) {
+                    *v = f32::from(q) * scale;
+                }
+            },
+        );
+}
+
 /// `sum_k a_k b_k` in i32. Exact and order-free for `a.len() <= MAX_INNER` (the bound at
 /// [`MAX_INNER`]); callers' shapes are held to it by `Int8M1::new`.
 #[inline(always)]
@@ -130,6 +151,18 @@ impl QMatrix {
 
     pub(crate) fn outputs(&self) -> usize {
         self.w.outputs()
+    }
+
+    /// The weights this matrix stands for, `w[o][k] * 2^e[o]` in the model's `[n, inp]` layout
+    /// (each value exact: an integer below 128 times a power of two). Quantisation-aware
+    /// training computes with these, so it sees the very weights the integer product reads.
+    pub(crate) fn dequantised(&self) -> Vec<f32> {
+        let inp = self.w.inputs();
+        let mut out = self.rows().into_iter().map(f32::from).collect::<Vec<_>>();
+        for (row, &e) in out.chunks_exact_mut(inp).zip(&self.e) {
+            row.iter_mut().for_each(|v| *v *= pow2(e));
+        }
+        out
     }
 
     /// Quantises the model's `[n, inp]` layout row by row. With `gain` (the RMSNorm before the
@@ -307,6 +340,41 @@ mod tests {
         let acc1 = 64 * 127 + 32 * 16; // 8640, times 2^(-6 + 0)
         assert_eq!((acc0, acc1), (1024, 8640));
         assert_eq!(out, [0.25, 135.0]);
+    }
+
+    /// Fake quantisation is the integer product's arithmetic in f32: fake-quantised rows times
+    /// the dequantised weights (gain folded) give `qmatmul`'s bits, since with 64 inputs every
+    /// partial sum is an integer below 2^24 times `2^(ex + ew)`, so exact in f32.
+    #[test]
+    fn fake_quantised_rows_times_dequantised_weights_equal_the_integer_product() {
+        let (n, inp, rows) = (5, 64, 40);
+        let mut rng = crate::rng::Rng::new(9);
+        let mut val = |s: f32| (rng.below(20001) as f32 - 10000.0) * 1e-4 * s;
+        let w: Vec<f32> = (0..n * inp).map(|i| val(1.0 + (i / inp) as f32)).collect();
+        let gain: Vec<f32> = (0..inp).map(|_| 1.0 + val(0.5)).collect();
+        let x: Vec<f32> = (0..rows * inp)
+            .map(|i| val(0.1 + (i / inp) as f32))
+            .collect();
+        let m = QMatrix::from_rows(&w, n, inp, Some(&gain));
+        let mut want = vec![0f32; rows * n];
+        qmatmul(I8Kernel::Portable, &mut want, &x, &m);
+        let mut xq = x.clone();
+        fake_quantise_rows(&mut xq, inp);
+        let wq = m.dequantised();
+        for (r, xr) in xq.chunks_exact(inp).enumerate() {
+            let mut q = vec![0i8; inp];
+            let e = quantise_row(&x[r * inp..(r + 1) * inp], &mut q);
+            assert!(xr.iter().zip(&q).all(|(&v, &q)| v == q as f32 * pow2(e)));
+            for (o, wr) in wq.chunks_exact(inp).enumerate() {
+                let got = xr.iter().zip(wr).fold(0f32, |acc, (a, b)| acc + a * b);
+                assert_eq!(
+                    got.to_bits(),
+                    want[r * n + o].to_bits(),
+                    "row {r} output {o}"
+                );
+            }
+        }
+        assert_ne!(xq, x, "the rows were quantised");
     }
 
     /// Every kernel quantises and dequantises rows (the vectorised copies) to the plain code's
