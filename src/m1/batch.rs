@@ -41,13 +41,18 @@ pub trait M1Batch: Send {
     }
 }
 
-/// The pending step of a batch that builds its CDFs on the host: computed at `submit`, handed
-/// over at `collect`.
-#[derive(Default)]
-pub struct HostPending(Option<Vec<Cdf>>);
+/// The one pending step of an [`M1Batch`] (what [`collect`](M1Batch::collect) hands over, or what
+/// it needs to): the trait's refusals, for every implementation.
+pub struct PendingStep<T>(Option<T>);
 
-impl HostPending {
-    /// Refuses a second pending step (call before computing the next one).
+impl<T> Default for PendingStep<T> {
+    fn default() -> Self {
+        PendingStep(None)
+    }
+}
+
+impl<T> PendingStep<T> {
+    /// Refuses a second pending step (call before starting the next one).
     pub fn ensure_idle(&self) -> Result<()> {
         ensure!(
             self.0.is_none(),
@@ -56,15 +61,15 @@ impl HostPending {
         Ok(())
     }
 
-    /// Records the CDFs of `probs`, one step's distributions (after [`ensure_idle`](Self::ensure_idle)).
-    pub fn submit(&mut self, probs: Result<Vec<Probs>>, quantizer: &CdfQuantizer) -> Result<()> {
+    /// Records a submitted step (after [`ensure_idle`](Self::ensure_idle)).
+    pub fn start(&mut self, step: T) -> Result<()> {
         self.ensure_idle()?;
-        self.0 = Some(quantizer.quantize_all(&probs?)?);
+        self.0 = Some(step);
         Ok(())
     }
 
-    /// The pending step's CDFs.
-    pub fn collect(&mut self) -> Result<Vec<Cdf>> {
+    /// The pending step, leaving none.
+    pub fn take(&mut self) -> Result<T> {
         self.0
             .take()
             .ok_or_else(|| anyhow!("no step is pending: submit one first"))
@@ -78,7 +83,7 @@ impl HostPending {
 pub struct CpuM1Batch<'a> {
     m1: &'a Int8M1,
     states: Vec<Int8State>,
-    pending: HostPending,
+    pending: PendingStep<Vec<Cdf>>,
 }
 
 impl<'a> CpuM1Batch<'a> {
@@ -86,7 +91,7 @@ impl<'a> CpuM1Batch<'a> {
         CpuM1Batch {
             m1,
             states: vec![Int8State::default(); streams],
-            pending: HostPending::default(),
+            pending: PendingStep::default(),
         }
     }
 }
@@ -137,12 +142,12 @@ impl M1Batch for CpuM1Batch<'_> {
 
     fn submit(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<()> {
         self.pending.ensure_idle()?;
-        let probs = self.step(feeds);
-        self.pending.submit(probs, quantizer)
+        let probs = self.step(feeds)?;
+        self.pending.start(quantizer.quantize_all(&probs)?)
     }
 
     fn collect(&mut self) -> Result<Vec<Cdf>> {
-        self.pending.collect()
+        self.pending.take()
     }
 }
 

@@ -28,7 +28,7 @@ pub mod int8;
 mod load;
 mod matmul;
 
-pub use batch::{CpuM1Batch, HostPending, M1Batch};
+pub use batch::{CpuM1Batch, M1Batch, PendingStep};
 pub use int8::{Int8M1, Int8State};
 
 use crate::model::{ModelConfig, ParamArena};

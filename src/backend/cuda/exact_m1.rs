@@ -23,7 +23,9 @@ use super::Entry;
 use crate::m1::{ExactM1, Probs};
 use crate::numerics::{RopeTables, HEAD_DIM};
 use anyhow::{anyhow, ensure, Context, Result};
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
 use std::sync::Arc;
 
 /// GPU memory [`GpuExactM1::for_chunks`] gives the key/value caches (m1-3m with a 256-position
@@ -57,25 +59,38 @@ struct Funcs {
 }
 
 /// A step's feeds on the device, one row each: row `r` feeds byte `row_token[r]` to stream
-/// `row_stream[r]` at its position `row_pos[r]` (shared by both contracts' GPU M1s).
+/// `row_stream[r]` at its position `row_pos[r]` (shared by both contracts' GPU M1s). The device
+/// buffers stay at fixed addresses (a captured graph reads them), and the host stages each in a
+/// page-locked buffer: a copy from pageable memory may hold the host until the device is idle,
+/// one from page-locked memory is queued on the stream and returns.
 pub(super) struct FeedBufs {
     pub(super) row_stream: CudaSlice<i32>,
     pub(super) row_token: CudaSlice<i32>,
     pub(super) row_pos: CudaSlice<i32>,
+    staged: [PinnedHostSlice<i32>; 3],
 }
 
 impl FeedBufs {
     /// Room for `rows` feeds.
     pub(super) fn new(s: &Arc<CudaStream>, rows: usize) -> Result<Self> {
+        let pinned = || -> Result<PinnedHostSlice<i32>> {
+            // SAFETY: zeroed before any use.
+            let mut h = unsafe { s.context().alloc_pinned::<i32>(rows) }
+                .context("allocating page-locked host memory for the feeds")?;
+            h.as_mut_slice()?.fill(0);
+            Ok(h)
+        };
         Ok(FeedBufs {
             row_stream: s.alloc_zeros::<i32>(rows)?,
             row_token: s.alloc_zeros::<i32>(rows)?,
             row_pos: s.alloc_zeros::<i32>(rows)?,
+            staged: [pinned()?, pinned()?, pinned()?],
         })
     }
 
-    /// Uploads `feeds` of streams at positions `pos`, after refusing (uploading nothing) a
-    /// stream out of range, fed twice, or already at `capacity` positions.
+    /// Enqueues the upload of `feeds` of streams at positions `pos`, after refusing (uploading
+    /// nothing) a stream out of range, fed twice, or already at `capacity` positions. Does not
+    /// wait for the device (only, in the staging buffers, for the previous upload's copies).
     pub(super) fn upload(
         &mut self,
         s: &Arc<CudaStream>,
@@ -93,13 +108,20 @@ impl FeedBufs {
             );
             seen[st] = true;
         }
-        let rows = feeds.len();
-        let ids: Vec<i32> = feeds.iter().map(|&(st, _)| st as i32).collect();
-        let tokens: Vec<i32> = feeds.iter().map(|&(_, b)| b as i32).collect();
-        let positions: Vec<i32> = feeds.iter().map(|&(st, _)| pos[st] as i32).collect();
-        s.memcpy_htod(&ids, &mut self.row_stream.slice_mut(..rows))?;
-        s.memcpy_htod(&tokens, &mut self.row_token.slice_mut(..rows))?;
-        s.memcpy_htod(&positions, &mut self.row_pos.slice_mut(..rows))?;
+        let [ids, tokens, positions] = &mut self.staged;
+        let (ids, tokens, positions) = (
+            ids.as_mut_slice()?,
+            tokens.as_mut_slice()?,
+            positions.as_mut_slice()?,
+        );
+        for (r, &(st, byte)) in feeds.iter().enumerate() {
+            (ids[r], tokens[r], positions[r]) = (st as i32, byte as i32, pos[st] as i32);
+        }
+        let dev = [&mut self.row_stream, &mut self.row_token, &mut self.row_pos];
+        for (host, dev) in self.staged.iter().zip(dev) {
+            // The whole buffer (a few KiB at most): rows past the feeds are never read.
+            s.memcpy_htod(host, dev)?;
+        }
         Ok(())
     }
 }
