@@ -1747,6 +1747,11 @@ fn int8_cdf_kernel_matches_the_quantizer_on_crafted_rows() {
     row(&mut |_| 0.0);
     row(&mut |i| if i % 2 == 0 { -0.0 } else { 0.0 });
     row(&mut |i| f32::from_bits(1 + (i as u32 % 5) * 0x1234));
+    // Subnormals beside the smallest normals: their exponents within 40 of each other.
+    row(&mut |i| match i % 2 {
+        0 => f32::MIN_POSITIVE * (1 + i % 3) as f32,
+        _ => f32::from_bits(i as u32 * 30_011 + 1),
+    });
     row(&mut |i| {
         if i < 128 {
             f32::from_bits(i as u32 * 31)
