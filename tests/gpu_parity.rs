@@ -1383,16 +1383,24 @@ trait GpuM1Streams {
     ) -> Option<anyhow::Result<Vec<Cdf>>>;
 }
 
-impl GpuM1Streams for terse::backend::cuda::GpuExactM1 {
-    fn position(&self, stream: usize) -> usize {
-        Self::position(self, stream)
-    }
-    fn reset(&mut self, stream: usize) {
-        Self::reset(self, stream)
-    }
-    fn step(&mut self, feeds: &[(usize, u8)]) -> anyhow::Result<Vec<terse::m1::Probs>> {
-        Self::step(self, feeds)
-    }
+/// Implements [`GpuM1Streams`] for a GPU M1 by its own methods, plus `$extra` (its `step_cdfs`).
+macro_rules! gpu_m1_streams {
+    ($t:ty { $($extra:tt)* }) => {
+        impl GpuM1Streams for $t {
+            fn position(&self, stream: usize) -> usize {
+                <$t>::position(self, stream)
+            }
+            fn reset(&mut self, stream: usize) {
+                <$t>::reset(self, stream)
+            }
+            fn step(&mut self, feeds: &[(usize, u8)]) -> anyhow::Result<Vec<terse::m1::Probs>> {
+                <$t>::step(self, feeds)
+            }
+            $($extra)*
+        }
+    };
+}
+gpu_m1_streams!(terse::backend::cuda::GpuExactM1 {
     fn step_cdfs(
         &mut self,
         _: &[(usize, u8)],
@@ -1400,18 +1408,8 @@ impl GpuM1Streams for terse::backend::cuda::GpuExactM1 {
     ) -> Option<anyhow::Result<Vec<Cdf>>> {
         None
     }
-}
-
-impl GpuM1Streams for terse::backend::cuda::GpuInt8M1 {
-    fn position(&self, stream: usize) -> usize {
-        Self::position(self, stream)
-    }
-    fn reset(&mut self, stream: usize) {
-        Self::reset(self, stream)
-    }
-    fn step(&mut self, feeds: &[(usize, u8)]) -> anyhow::Result<Vec<terse::m1::Probs>> {
-        Self::step(self, feeds)
-    }
+});
+gpu_m1_streams!(terse::backend::cuda::GpuInt8M1 {
     fn step_cdfs(
         &mut self,
         feeds: &[(usize, u8)],
@@ -1419,7 +1417,7 @@ impl GpuM1Streams for terse::backend::cuda::GpuInt8M1 {
     ) -> Option<anyhow::Result<Vec<Cdf>>> {
         Some(self.submit(feeds, q).and_then(|()| self.collect()))
     }
-}
+});
 
 /// The CDF precisions the GPU's CDFs are checked under: every `total_bits` from the smallest to
 /// the largest the quantizer allows, with the smallest and other `f_min`s.
