@@ -28,7 +28,9 @@
 //! **Not yet run on a GPU** (written on a machine without one); `tests/gpu_parity.rs` checks it
 //! bit for bit against the CPU, on a GPU when one is present and on the CUDA emulator otherwise.
 
-use super::exact_m1::{download_probs, grid, ring_slots, streams_within_budget, FeedBufs};
+use super::exact_m1::{
+    download_probs, grid, ring_slots, stream_accessors, streams_within_budget, FeedBufs,
+};
 use super::graph::StepGraph;
 use super::loader::GpuKernels;
 use super::Entry;
@@ -134,10 +136,8 @@ pub struct GpuInt8M1 {
     cos: CudaSlice<f32>,
     sin: CudaSlice<f32>,
     step: StepBufs,
-    capacity: usize,
     /// Ring slots per stream ([`ring_slots`]): also how far back a query attends.
     slots: usize,
-    pos: Vec<usize>,
     fingerprint: u64,
     /// The step over every stream, captured once (keyed by nothing: the only graph).
     graph: StepGraph<()>,
@@ -209,7 +209,7 @@ impl GpuInt8M1 {
         let up = |x: &[f32]| s.clone_htod(x).context("uploading M1's weights");
         let rows = streams;
         let step = StepBufs {
-            feeds: FeedBufs::new(&s, rows)?,
+            feeds: FeedBufs::new(&s, streams, capacity)?,
             x: s.alloc_zeros::<f32>(rows * d)?,
             qkv: s.alloc_zeros::<f32>(rows * 3 * d)?,
             att: s.alloc_zeros::<f32>(rows * d)?,
@@ -233,9 +233,7 @@ impl GpuInt8M1 {
             cos: up(&rope.cos)?,
             sin: up(&rope.sin)?,
             step,
-            capacity,
             slots,
-            pos: vec![0; streams],
             fingerprint: m1.fingerprint(),
             graph: StepGraph::new(true),
             pending: PendingStep::default(),
@@ -254,28 +252,7 @@ impl GpuInt8M1 {
         Self::new(m1, streams_within_budget(per_stream), capacity)
     }
 
-    /// The fingerprint of the M1 this was built from ([`Int8M1::fingerprint`]).
-    pub fn fingerprint(&self) -> u64 {
-        self.fingerprint
-    }
-
-    pub fn streams(&self) -> usize {
-        self.pos.len()
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Positions fed to `stream` since its last reset.
-    pub fn position(&self, stream: usize) -> usize {
-        self.pos[stream]
-    }
-
-    /// Empties `stream`'s context (its next feed is position 0).
-    pub fn reset(&mut self, stream: usize) {
-        self.pos[stream] = 0;
-    }
+    stream_accessors!();
 
     /// Feeds each `(stream, byte)` and returns, in the same order, the distribution of each
     /// stream's next byte. Refuses (feeding nothing) a stream out of range, fed twice, or full.
@@ -327,13 +304,9 @@ impl GpuInt8M1 {
     /// them and advances their streams.
     fn launch_step(&mut self, feeds: &[(usize, u8)]) -> Result<()> {
         let s = self.k.stream().clone();
-        self.step
-            .feeds
-            .upload(&s, feeds, &self.pos, self.capacity)?;
+        self.step.feeds.upload(&s, feeds)?;
         self.run_model(feeds.len())?;
-        for &(st, _) in feeds {
-            self.pos[st] += 1;
-        }
+        self.step.feeds.advance(feeds);
         Ok(())
     }
 
