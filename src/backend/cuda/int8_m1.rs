@@ -533,7 +533,7 @@ fn cdfs_of(cum: &[u32], total_bits: u32, what: &str, ids: &[usize]) -> Result<Ve
             if c[0] != 0 {
                 bail!(
                     "the distribution of {what} {id} has a NaN, infinite or negative probability \
-                     (byte {}): M1's weights are not finite",
+                     (byte {}), which no CDF codes",
                     c[0] - 1
                 );
             }
