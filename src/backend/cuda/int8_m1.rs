@@ -311,9 +311,10 @@ impl GpuInt8M1 {
     }
 
     /// The model step for the first `rows` rows: a graph replay when every stream is fed (the
-    /// steady state of coding, where a step's ~50 launches would cost more host time than the
-    /// GPU's work); eager otherwise. Other row counts come only at the ends of chunks, so a graph
-    /// per row count would cost captures (and graph memory) for steps that are rare.
+    /// steady state of coding, where launching a step's dozens of small kernels one by one would
+    /// cost host time on every step); eager otherwise. Other row counts come where streams run
+    /// out of work (the last chunks), so a graph per row count would cost captures (and graph
+    /// memory) for steps that are rare.
     fn run_model(&mut self, rows: usize) -> Result<()> {
         if rows != self.streams() {
             return self.enqueue(rows);
