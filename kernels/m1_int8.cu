@@ -12,8 +12,10 @@ per layer as keys and values `[S][H][cap][64]` int8 with exponents `[S][H][cap]`
 
 Costs below are per step of R rows for m1-3m (d = 256, d_ff = 1024, 3 layers, 4 heads), against an
 H100 SXM's ceilings: 3.35 TB/s of HBM, and `__dp4a` at the int32 rate, taken as 64 per clock per
-SM x 132 SMs x 1.98 GHz = 16.7 T dp4a/s (67 T int8 multiply-adds/s). Speed work (tensor cores,
-fusion, CUDA graphs) is left for later: these kernels are written to be exact and simple.
+SM x 132 SMs x 1.98 GHz = 16.7 T dp4a/s (67 T int8 multiply-adds/s). A step ends with m1q_cdf,
+the coder's integer CDFs (1,028 bytes per row cross to the host instead of 1,024 of f32). The
+host replays a step over every stream as a CUDA graph; speed work on the kernels (tensor cores,
+fusion) is left for later: they are written to be exact and simple.
 */
 
 #include "common.cuh"
@@ -228,4 +230,58 @@ extern "C" __global__ void __launch_bounds__(256) m1q_softmax(float* p, int v) {
     if (threadIdx.x == 0) sum_s = c3_softmax_sum(row, v);
     __syncthreads();
     for (int i = threadIdx.x; i < v; i += blockDim.x) row[i] = __fdiv_rn(row[i], sum_s);
+}
+
+// The coder's integer CDF of each row of p ([rows][256] f32) into cum ([rows][257] u32): exactly
+// CdfQuantizer::quantize (src/coder/cdf.rs, whose module docs define the rule), so only integers
+// cross to the host. Thread i takes byte i: p_i = m_i 2^e_i read from its bits (subnormals in units
+// of 2^-149); e_max the largest exponent of a non-zero input; w_i = floor(m_i 2^(16 + e_i - e_max))
+// (0 when that shift is 64 or more); acc_i = sum_{j<i} w_j, W = sum w_j (u64, below 2^48); then
+// cum[i] = floor(acc_i free / W) + i f_min (u128: the product reaches 2^72), free = 2^total_bits -
+// 256 f_min, cum[256] = 2^total_bits; an all-zero row (W = 0) gives the uniform CDF. A row holding
+// a NaN, an infinity or a negative non-zero value (which quantize refuses) is marked instead:
+// cum[0] = 1 + the first such byte (a valid CDF has cum[0] = 0). Grid: one block of 256 per row.
+// Cost per row: reads 1 KiB, writes 1,028 bytes; two block maxima, an 8-round scan of u64 in
+// shared memory, one u128 product and division per thread (software, ~100s of instructions).
+// m1-3m, R = 1,024: 2 MB, 0.6 us of HBM; 262 k divisions, a few us across the SMs.
+extern "C" __global__ void __launch_bounds__(256) m1q_cdf(unsigned* cum, const float* p, int total_bits, int f_min) {
+    __shared__ unsigned long long scan[2][256];
+    const int i = threadIdx.x;
+    const unsigned bits = __float_as_uint(p[(size_t)blockIdx.x * 256 + i]);
+    const int field = (int)((bits >> 23) & 0xFFu);
+    const unsigned frac = bits & 0x7FFFFFu;
+    const unsigned long long mant = field == 0 ? frac : (frac | 0x800000u);
+    const bool bad = field == 0xFF || (mant != 0 && (bits >> 31) != 0);
+    const unsigned long long m = bad ? 0 : mant;
+    const int e = field == 0 ? -149 : field - 150;
+    // 256 - (the first bad byte), or 0: the largest marks the first.
+    const int first_bad = block_max(bad ? 256 - i : 0, 0);
+    const int e_max = block_max(m != 0 ? e : -1000, -1000);
+    const int shift = e_max - e;
+    const unsigned long long w = (m == 0 || shift >= 64) ? 0ull : (m << 16) >> shift;
+    // Inclusive scan (Hillis-Steele), double-buffered: round r reads buffer r % 2, writes the other.
+    scan[0][i] = w;
+    __syncthreads();
+    int from = 0;
+    for (int off = 1; off < 256; off <<= 1) {
+        const unsigned long long v = scan[from][i];
+        scan[from ^ 1][i] = i >= off ? v + scan[from][i - off] : v;
+        from ^= 1;
+        __syncthreads();
+    }
+    const unsigned long long sum = scan[from][255], acc = scan[from][i] - w;
+    unsigned* out = cum + (size_t)blockIdx.x * 257;
+    const unsigned long long total = 1ull << total_bits;
+    if (first_bad != 0) {
+        if (i == 0) out[0] = (unsigned)(257 - first_bad);
+        return;
+    }
+    if (sum == 0) {
+        out[i] = (unsigned)i << (total_bits - 8);
+    } else {
+        const unsigned long long free_ = total - 256ull * (unsigned)f_min;
+        const unsigned __int128 share = (unsigned __int128)acc * free_ / sum;
+        out[i] = (unsigned)((unsigned long long)share + (unsigned long long)i * (unsigned)f_min);
+    }
+    if (i == 255) out[256] = (unsigned)total;
 }

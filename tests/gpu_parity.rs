@@ -20,6 +20,7 @@ use terse::backend::cpu;
 use terse::backend::cpu::attention::AttnShape;
 use terse::backend::cuda::launch::{self, AttnKernels, EmbedBackwardPlan, GLOBAL_NORM_BLOCKS};
 use terse::backend::cuda::{self, Bf16, GpuFloat, GpuKernels, KernelSource};
+use terse::coder::{Cdf, CdfQuantizer};
 use terse::rng::Rng;
 
 const TOL_F32: f32 = 1e-4;
@@ -1373,10 +1374,18 @@ trait GpuM1Streams {
     fn position(&self, stream: usize) -> usize;
     fn reset(&mut self, stream: usize);
     fn step(&mut self, feeds: &[(usize, u8)]) -> anyhow::Result<Vec<terse::m1::Probs>>;
+    /// A step's integer CDFs under `q`, built on the GPU (submit, then collect); `None` where the
+    /// GPU M1 does not build them.
+    fn step_cdfs(
+        &mut self,
+        feeds: &[(usize, u8)],
+        q: &CdfQuantizer,
+    ) -> Option<anyhow::Result<Vec<Cdf>>>;
 }
 
+/// Implements [`GpuM1Streams`] for a GPU M1 by its own methods, plus `$extra` (its `step_cdfs`).
 macro_rules! gpu_m1_streams {
-    ($t:ty) => {
+    ($t:ty { $($extra:tt)* }) => {
         impl GpuM1Streams for $t {
             fn position(&self, stream: usize) -> usize {
                 <$t>::position(self, stream)
@@ -1387,17 +1396,55 @@ macro_rules! gpu_m1_streams {
             fn step(&mut self, feeds: &[(usize, u8)]) -> anyhow::Result<Vec<terse::m1::Probs>> {
                 <$t>::step(self, feeds)
             }
+            $($extra)*
         }
     };
 }
-gpu_m1_streams!(terse::backend::cuda::GpuExactM1);
-gpu_m1_streams!(terse::backend::cuda::GpuInt8M1);
+gpu_m1_streams!(terse::backend::cuda::GpuExactM1 {
+    fn step_cdfs(
+        &mut self,
+        _: &[(usize, u8)],
+        _: &CdfQuantizer,
+    ) -> Option<anyhow::Result<Vec<Cdf>>> {
+        None
+    }
+});
+gpu_m1_streams!(terse::backend::cuda::GpuInt8M1 {
+    fn step_cdfs(
+        &mut self,
+        feeds: &[(usize, u8)],
+        q: &CdfQuantizer,
+    ) -> Option<anyhow::Result<Vec<Cdf>>> {
+        Some(self.submit(feeds, q).and_then(|()| self.collect()))
+    }
+});
+
+/// The CDF precisions the GPU's CDFs are checked under: every `total_bits` from the smallest to
+/// the largest the quantizer allows, with the smallest and other `f_min`s.
+fn quantizers() -> Vec<CdfQuantizer> {
+    use terse::coder::min_f_min;
+    [
+        (16, 1),
+        (8, 1),
+        (24, min_f_min(24)),
+        (12, 3),
+        (20, min_f_min(20)),
+        (24, 1 << 16),
+        (16, 256),
+    ]
+    .into_iter()
+    .map(|(bits, f_min)| CdfQuantizer::new(bits, f_min).unwrap())
+    .collect()
+}
 
 /// Runs a random schedule of `steps` steps on `gpu` and, stream by stream, on the CPU
 /// (`cpu(stream, byte, starts)` feeds one byte to that stream's CPU state, `starts` when it is
-/// the window's first): each step feeds a random subset of the streams in random order; a stream
+/// the window's first): each step feeds a random subset of the streams in random order, every
+/// fifth step all of them (the steady state of coding: a graph replay on `GpuInt8M1`); a stream
 /// restarts (a new window) now and then, stream 0 never does (its context grows to `steps`
-/// positions). Every distribution must match bit for bit.
+/// positions). Every distribution must match bit for bit; where the GPU builds integer CDFs,
+/// every other step checks those instead, against `CdfQuantizer::quantize` of the CPU's
+/// distributions, under each of [`quantizers`] in turn.
 fn check_random_schedule(
     what: &str,
     gpu: &mut impl GpuM1Streams,
@@ -1408,11 +1455,14 @@ fn check_random_schedule(
 ) {
     use terse::m1::WINDOW_START;
     let text = sample_bytes();
+    let quantizers = quantizers();
     let mut r = Rng::new(seed);
-    let mut checked = 0usize;
+    let (mut checked, mut cdfs_checked) = (0usize, 0usize);
     let t0 = std::time::Instant::now();
     for step in 0..steps {
-        let mut order: Vec<usize> = (0..streams).filter(|_| r.below(4) != 0).collect();
+        let mut order: Vec<usize> = (0..streams)
+            .filter(|_| step % 5 == 4 || r.below(4) != 0)
+            .collect();
         r.shuffle(&mut order);
         let feeds: Vec<(usize, u8)> = order
             .iter()
@@ -1428,13 +1478,33 @@ fn check_random_schedule(
                 }
             })
             .collect();
-        let got = gpu.step(&feeds).unwrap();
-        for (&(st, byte), g) in feeds.iter().zip(&got) {
+        let q = quantizers[step / 2 % quantizers.len()];
+        let cdfs = if step % 2 == 1 {
+            gpu.step_cdfs(&feeds, &q).map(|c| c.unwrap())
+        } else {
+            None
+        };
+        let probs = match cdfs {
+            Some(_) => Vec::new(),
+            None => gpu.step(&feeds).unwrap(),
+        };
+        for (k, &(st, byte)) in feeds.iter().enumerate() {
             let want = cpu(st, byte, gpu.position(st) == 1);
+            let at = gpu.position(st) - 1;
+            if let Some(cdfs) = &cdfs {
+                assert_eq!(
+                    cdfs[k],
+                    q.quantize(&want).unwrap(),
+                    "{what}: step {step}, stream {st} at position {at}: the GPU's CDF under \
+                     {q:?} is not the quantised CPU distribution"
+                );
+                cdfs_checked += 1;
+                continue;
+            }
+            let g = &probs[k];
             if let Some(i) = (0..256).find(|&i| g[i].to_bits() != want[i].to_bits()) {
                 panic!(
-                    "{what}: step {step}, stream {st} at position {}: byte {i} GPU {:e} vs CPU {:e}",
-                    gpu.position(st) - 1,
+                    "{what}: step {step}, stream {st} at position {at}: byte {i} GPU {:e} vs CPU {:e}",
                     g[i],
                     want[i]
                 );
@@ -1443,8 +1513,8 @@ fn check_random_schedule(
         }
     }
     note(&format!(
-        "{what}: {checked} distributions bit-identical over {streams} streams \
-         (longest context {steps}); {:.1} s with the CPU twin",
+        "{what}: {checked} distributions and {cdfs_checked} CDFs bit-identical over {streams} \
+         streams (longest context {steps}); {:.1} s with the CPU twin",
         t0.elapsed().as_secs_f64()
     ));
 }
@@ -1525,8 +1595,15 @@ fn int8_m1_case(preset: &str, context: usize, streams: usize, steps: usize, seed
             m1.push(&mut cpu[st], byte)
         }
     });
+    assert!(
+        gpu.graph_active(),
+        "{what}: the step over every stream was not replayed as a graph"
+    );
 }
 
+/// The distributions and integer CDFs of [`GpuInt8M1`](terse::backend::cuda::GpuInt8M1), over
+/// steps feeding every stream (a captured graph, replayed) and steps feeding some (eager), equal
+/// the CPU's bit for bit.
 #[test]
 fn int8_m1_matches_cpu_bit_for_bit() {
     let Some(_k) = gpu("int8_m1_matches_cpu_bit_for_bit") else {
@@ -1563,6 +1640,171 @@ fn int8_m1_refuses_bad_feeds() {
     assert_eq!(g.step(&[(0, 0), (1, 0)]).unwrap().len(), 2);
 }
 
+/// `GpuInt8M1`'s submitted steps keep `M1Batch`'s rules: one step pending (a second submit and a
+/// collect with none pending are refused), refused feeds leave nothing pending and no stream
+/// advanced, and an empty step gives no CDFs.
+#[test]
+fn int8_m1_submit_holds_one_pending_step() {
+    use terse::m1::M1Batch;
+    let Some(_k) = gpu("int8_m1_submit_holds_one_pending_step") else {
+        return;
+    };
+    let m1 = int8_m1("tiny", 16, 3);
+    let mut g = terse::backend::cuda::GpuInt8M1::new(&m1, 2, 4).unwrap();
+    let q = CdfQuantizer::default();
+    let e = g.collect().unwrap_err().to_string();
+    assert!(e.contains("no step is pending"), "{e}");
+    g.submit(&[(0, 0)], &q).unwrap();
+    let e = g.submit(&[(1, 0)], &q).unwrap_err().to_string();
+    assert!(e.contains("a step is already pending"), "{e}");
+    assert_eq!(g.collect().unwrap().len(), 1);
+    assert!(g.collect().is_err(), "collected twice");
+    for bad in [vec![(2, 0)], vec![(1, 0), (1, 0)]] {
+        assert!(g.submit(&bad, &q).is_err(), "{bad:?}");
+        assert!(
+            g.collect().is_err(),
+            "{bad:?}: a refused step left one pending"
+        );
+    }
+    assert_eq!((g.position(0), g.position(1)), (1, 0));
+    g.submit(&[], &q).unwrap();
+    assert!(g.collect().unwrap().is_empty());
+    assert_eq!(
+        M1Batch::step_cdfs(&mut g, &[(1, 0), (0, 7)], &q)
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+/// Two `GpuInt8M1`s on one GPU stepping alternately, as the coders drive them (submit A, submit
+/// B, collect A, collect B), each with its own CUDA stream and page-locked buffers, give the
+/// CPU's CDFs; A feeds every stream each step (graph replay), B some of its streams.
+#[test]
+fn two_int8_batches_in_flight_give_the_cpu_cdfs() {
+    use terse::m1::{CpuM1Batch, M1Batch, WINDOW_START};
+    let Some(_k) = gpu("two_int8_batches_in_flight_give_the_cpu_cdfs") else {
+        return;
+    };
+    let m1 = int8_m1("tiny", 16, 5);
+    let streams = 5;
+    let new_gpu = || terse::backend::cuda::GpuInt8M1::new(&m1, streams, 40).unwrap();
+    let (mut a, mut b) = (new_gpu(), new_gpu());
+    let (mut cpu_a, mut cpu_b) = (CpuM1Batch::new(&m1, streams), CpuM1Batch::new(&m1, streams));
+    let text = sample_bytes();
+    let mut r = Rng::new(8);
+    let q = CdfQuantizer::default();
+    for step in 0..30 {
+        let byte = |st: usize| {
+            if step == 0 {
+                WINDOW_START
+            } else {
+                text[(step * 13 + st * 517) % text.len()]
+            }
+        };
+        let feeds_a: Vec<(usize, u8)> = (0..streams).rev().map(|st| (st, byte(st))).collect();
+        let feeds_b: Vec<(usize, u8)> = (0..streams)
+            .filter(|_| step == 0 || r.below(3) != 0)
+            .map(|st| (st, byte(st)))
+            .collect();
+        a.submit(&feeds_a, &q).unwrap();
+        b.submit(&feeds_b, &q).unwrap();
+        let (got_a, got_b) = (a.collect().unwrap(), b.collect().unwrap());
+        assert_eq!(
+            got_a,
+            cpu_a.step_cdfs(&feeds_a, &q).unwrap(),
+            "A, step {step}"
+        );
+        assert_eq!(
+            got_b,
+            cpu_b.step_cdfs(&feeds_b, &q).unwrap(),
+            "B, step {step}"
+        );
+    }
+    assert!(
+        a.graph_active(),
+        "A's steps over every stream were not a graph"
+    );
+    note("two GpuInt8M1 in flight: 30 alternating steps, every CDF the CPU's");
+}
+
+/// `m1q_cdf`, the CDF kernel every `GpuInt8M1` step ends with, is `CdfQuantizer::quantize` bit
+/// for bit on rows chosen to reach its edges (zeros, an all-zero row, subnormals, values spanning
+/// more than 2^40, one huge value among tiny ones, ties), at total_bits 8, 16, 20 and 24 with their
+/// smallest and largest `f_min`; and refuses, naming the row and byte, what `quantize` refuses.
+#[test]
+fn int8_cdf_kernel_matches_the_quantizer_on_crafted_rows() {
+    use terse::coder::min_f_min;
+    let Some(k) = gpu("int8_cdf_kernel_matches_the_quantizer_on_crafted_rows") else {
+        return;
+    };
+    let mut r = Rng::new(4);
+    let mut rows: Vec<[f32; 256]> = Vec::new();
+    let mut row = |f: &mut dyn FnMut(usize) -> f32| rows.push(std::array::from_fn(&mut *f));
+    row(&mut |i| if i == 200 { 1.0 } else { 0.0 });
+    row(&mut |_| 0.0);
+    row(&mut |i| if i % 2 == 0 { -0.0 } else { 0.0 });
+    row(&mut |i| f32::from_bits(1 + (i as u32 % 5) * 0x1234));
+    // Subnormals beside the smallest normals: their exponents within 40 of each other.
+    row(&mut |i| match i % 2 {
+        0 => f32::MIN_POSITIVE * (1 + i % 3) as f32,
+        _ => f32::from_bits(i as u32 * 30_011 + 1),
+    });
+    row(&mut |i| {
+        if i < 128 {
+            f32::from_bits(i as u32 * 31)
+        } else {
+            1e-30 * i as f32
+        }
+    });
+    // 2^0 down to 2^-127: more than 2^40 apart, the small ones floored to 0 or a few units.
+    row(&mut |i| (-(i as f32) / 2.0).exp2());
+    row(&mut |i| if i == 3 { f32::MAX } else { 1e-40 });
+    row(&mut |i| {
+        if i == 255 {
+            3.0e38
+        } else {
+            f32::from_bits(i as u32)
+        }
+    });
+    row(&mut |_| 0.25);
+    row(&mut |i| if i % 7 == 0 { 0.0 } else { (i % 7) as f32 });
+    for _ in 0..6 {
+        let scale = (r.below(60) as f32 - 30.0).exp2();
+        row(&mut |_| (r.below(1 << 20) as f32 / (1 << 20) as f32).powi(8) * scale);
+    }
+    let mut checked = 0;
+    for bits in [8, 16, 20, 24] {
+        for f_min in [min_f_min(bits), 1 << (bits - 8)] {
+            let q = CdfQuantizer::new(bits, f_min).unwrap();
+            let got = cuda::int8_m1::quantize_on_gpu(&k, &rows, &q).unwrap();
+            for (i, (g, p)) in got.iter().zip(&rows).enumerate() {
+                let want = q.quantize(p).unwrap();
+                assert_eq!(g.cumulative(), want.cumulative(), "row {i} under {q:?}");
+                checked += 1;
+            }
+        }
+    }
+    let q = CdfQuantizer::default();
+    for (bad, what) in [
+        (f32::NAN, "NaN"),
+        (f32::INFINITY, "infinity"),
+        (-1e-3, "negative"),
+    ] {
+        let mut refused = vec![[0.1f32; 256]; 3];
+        refused[1][9] = bad;
+        refused[1][40] = f32::NAN;
+        assert!(q.quantize(&refused[1]).is_err());
+        let e = cuda::int8_m1::quantize_on_gpu(&k, &refused, &q)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 1") && e.contains("(byte 9)"), "{what}: {e}");
+    }
+    note(&format!(
+        "m1q_cdf: {checked} crafted CDFs equal the quantizer's"
+    ));
+}
+
 /// `terse tokenize --method ac|equal-info --gpu` end to end: a [`GpuInt8M1`] batch gives the
 /// CPU's tokens, and decodes them back to what the CPU decodes.
 ///
@@ -1575,8 +1817,7 @@ fn m1_datasets_on_gpu_equal_cpu() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    // 30 chunks of 2,048 bytes (ten groups of three streams) on a GPU; on the emulator four
-    // chunks of 512 (two groups, the last short).
+    // 30 chunks of 2,048 bytes on a GPU; on the emulator four chunks of 512 (the last short).
     let (len, chunk) = if emulated() {
         (1_700, 512)
     } else {
@@ -1589,10 +1830,14 @@ fn m1_datasets_on_gpu_equal_cpu() {
     let m1 = Arc::new(int8_m1("tiny", 128, 9));
     for method in [Method::Ac, Method::EqualInfo] {
         let cpu_spec = M1Spec::new(m1.clone(), 16);
-        // 3 streams for many chunks: several groups, so resets between groups are exercised; an
-        // Equal-Info window of a whole chunk would take chunk + 1 positions.
+        // As `--gpu` codes: two batches stepping in turn (2 + 1 streams for many chunks, so a
+        // stream takes chunk after chunk, reset between them); an Equal-Info window of a whole
+        // chunk would take chunk + 1 positions.
+        let half = |streams| {
+            Box::new(terse::backend::cuda::GpuInt8M1::new(&m1, streams, chunk + 1).unwrap())
+        };
         let gpu_batch = Arc::new(Mutex::new(
-            terse::backend::cuda::GpuInt8M1::new(&m1, 3, chunk + 1).unwrap(),
+            terse::m1::M1BatchPair::new(half(2), half(1)).unwrap(),
         ));
         let gpu_spec = M1Spec::new(m1.clone(), 16).with_batch(gpu_batch.clone());
         let name = method.name();
@@ -1660,6 +1905,8 @@ const KERNEL_TESTS: &[&str] = &[
     "exact_m1_refuses_bad_feeds",
     "int8_m1_refuses_bad_feeds",
     "int8_m1_matches_cpu_bit_for_bit",
+    "int8_cdf_kernel_matches_the_quantizer_on_crafted_rows",
+    "two_int8_batches_in_flight_give_the_cpu_cdfs",
 ];
 
 /// Where no GPU answers, every test above runs again in a child process whose libcuda and

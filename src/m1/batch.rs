@@ -45,13 +45,18 @@ pub trait M1Batch: Send {
     }
 }
 
-/// The pending step of a batch that builds its CDFs on the host: computed at `submit`, handed
-/// over at `collect`.
-#[derive(Default)]
-pub struct HostPending(Option<Vec<Cdf>>);
+/// The one pending step of an [`M1Batch`] (what [`collect`](M1Batch::collect) hands over, or what
+/// it needs to): the trait's refusals, for every implementation.
+pub struct PendingStep<T>(Option<T>);
 
-impl HostPending {
-    /// Refuses a second pending step (call before computing the next one).
+impl<T> Default for PendingStep<T> {
+    fn default() -> Self {
+        PendingStep(None)
+    }
+}
+
+impl<T> PendingStep<T> {
+    /// Refuses a second pending step (call before starting the next one).
     pub fn ensure_idle(&self) -> Result<()> {
         ensure!(
             self.0.is_none(),
@@ -60,15 +65,15 @@ impl HostPending {
         Ok(())
     }
 
-    /// Records the CDFs of `probs`, one step's distributions (after [`ensure_idle`](Self::ensure_idle)).
-    pub fn submit(&mut self, probs: Result<Vec<Probs>>, quantizer: &CdfQuantizer) -> Result<()> {
+    /// Records a submitted step (after [`ensure_idle`](Self::ensure_idle)).
+    pub fn start(&mut self, step: T) -> Result<()> {
         self.ensure_idle()?;
-        self.0 = Some(quantizer.quantize_all(&probs?)?);
+        self.0 = Some(step);
         Ok(())
     }
 
-    /// The pending step's CDFs.
-    pub fn collect(&mut self) -> Result<Vec<Cdf>> {
+    /// The pending step, leaving none.
+    pub fn take(&mut self) -> Result<T> {
         self.0
             .take()
             .ok_or_else(|| anyhow!("no step is pending: submit one first"))
@@ -82,7 +87,7 @@ impl HostPending {
 pub struct CpuM1Batch<'a> {
     m1: &'a Int8M1,
     states: Vec<Int8State>,
-    pending: HostPending,
+    pending: PendingStep<Vec<Cdf>>,
 }
 
 impl<'a> CpuM1Batch<'a> {
@@ -90,7 +95,7 @@ impl<'a> CpuM1Batch<'a> {
         CpuM1Batch {
             m1,
             states: vec![Int8State::default(); streams],
-            pending: HostPending::default(),
+            pending: PendingStep::default(),
         }
     }
 }
@@ -141,12 +146,12 @@ impl M1Batch for CpuM1Batch<'_> {
 
     fn submit(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<()> {
         self.pending.ensure_idle()?;
-        let probs = self.step(feeds);
-        self.pending.submit(probs, quantizer)
+        let probs = self.step(feeds)?;
+        self.pending.start(quantizer.quantize_all(&probs)?)
     }
 
     fn collect(&mut self) -> Result<Vec<Cdf>> {
-        self.pending.collect()
+        self.pending.take()
     }
 
     fn parts(&mut self) -> Vec<&mut dyn M1Batch> {
@@ -163,7 +168,7 @@ pub struct M1BatchPair<'a> {
     a: Box<dyn M1Batch + 'a>,
     b: Box<dyn M1Batch + 'a>,
     /// The pending step's side of each feed (`true`: `b`).
-    pending: Option<Vec<bool>>,
+    pending: PendingStep<Vec<bool>>,
 }
 
 /// Feeds split between the two parts: each feed's side, and each part's feeds (local streams).
@@ -180,7 +185,7 @@ impl<'a> M1BatchPair<'a> {
         Ok(M1BatchPair {
             a,
             b,
-            pending: None,
+            pending: PendingStep::default(),
         })
     }
 
@@ -242,10 +247,7 @@ impl M1Batch for M1BatchPair<'_> {
     }
 
     fn submit(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<()> {
-        ensure!(
-            self.pending.is_none(),
-            "a step is already pending: collect it before submitting another"
-        );
+        self.pending.ensure_idle()?;
         let (sides, fa, fb) = self.split(feeds)?;
         if !fa.is_empty() {
             self.a.submit(&fa, quantizer)?;
@@ -258,15 +260,11 @@ impl M1Batch for M1BatchPair<'_> {
                 return Err(e);
             }
         }
-        self.pending = Some(sides);
-        Ok(())
+        self.pending.start(sides)
     }
 
     fn collect(&mut self) -> Result<Vec<Cdf>> {
-        let sides = self
-            .pending
-            .take()
-            .ok_or_else(|| anyhow!("no step is pending: submit one first"))?;
+        let sides = self.pending.take()?;
         let (ra, rb) = (
             sides.contains(&false).then(|| self.a.collect()),
             sides.contains(&true).then(|| self.b.collect()),

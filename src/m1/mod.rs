@@ -29,7 +29,7 @@ mod load;
 mod lockstep;
 mod matmul;
 
-pub use batch::{CpuM1Batch, HostPending, M1Batch, M1BatchPair};
+pub use batch::{CpuM1Batch, M1Batch, M1BatchPair, PendingStep};
 pub use int8::{Int8M1, Int8State};
 pub use lockstep::{run_tasks, Feed, StreamTask};
 

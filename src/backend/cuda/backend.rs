@@ -35,6 +35,7 @@ mod acts;
 mod step;
 
 use super::gemm::Gemm;
+use super::graph::StepGraph;
 use super::launch::{self, AttnKernels, EmbedBackwardPlan};
 use super::loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels};
 use crate::backend::{Backend, LossSums, OptimConfig, StepStats};
@@ -42,7 +43,7 @@ use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena, TensorSpec};
 use acts::Acts;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use cudarc::driver::{sys, CudaGraph, CudaSlice};
+use cudarc::driver::CudaSlice;
 
 /// The training backend: bf16 activations and working weights, fp32 master weights.
 pub type CudaBackend = CudaTrainer<Bf16>;
@@ -72,13 +73,9 @@ pub struct CudaTrainer<T: GpuFloat> {
     v: CudaSlice<f32>,
     acts: Option<Acts<T>>,
     eval_acts: Option<Acts<T>>,
-    graph: Option<(CudaGraph, GraphKey)>,
-    use_graph: bool,
+    graph: StepGraph<GraphKey>,
     /// Which attention kernels the step runs (`TERSE_CUDA_ATTENTION`, read once here).
     attention: AttnKernels,
-    graph_note: Option<String>,
-    /// Shape of the last eager step (the warm-up that planned every GEMM for that shape).
-    warmed: Option<GraphKey>,
     readback_every: u64,
     steps_since_readback: u64,
     last: StepStats,
@@ -165,11 +162,8 @@ impl<T: GpuFloat> CudaTrainer<T> {
             v,
             acts: None,
             eval_acts: None,
-            graph: None,
-            use_graph,
+            graph: StepGraph::new(use_graph),
             attention,
-            graph_note: None,
-            warmed: None,
             readback_every,
             steps_since_readback: 0,
             last: StepStats {
@@ -188,20 +182,17 @@ impl<T: GpuFloat> CudaTrainer<T> {
 
     /// Turns CUDA-graph replay on or off (default on; `TERSE_CUDA_GRAPH=0` turns it off).
     pub fn set_use_graph(&mut self, on: bool) {
-        self.use_graph = on;
-        if !on {
-            self.graph = None;
-        }
+        self.graph.set_enabled(on);
     }
 
     /// Whether the last training step was a graph replay.
     pub fn graph_active(&self) -> bool {
-        self.graph.is_some()
+        self.graph.active()
     }
 
     /// Why graph capture was abandoned (the backend then runs eagerly), if it was.
     pub fn graph_note(&self) -> Option<&str> {
-        self.graph_note.as_deref()
+        self.graph.note()
     }
 
     pub fn kernels(&self) -> &GpuKernels {
@@ -227,8 +218,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
 
     fn ensure_acts(&mut self, batch: usize, seq: usize) -> Result<()> {
         if !self.acts.as_ref().is_some_and(|a| a.fits(batch, seq)) {
-            self.graph = None;
-            self.warmed = None;
+            self.graph.clear();
             self.acts = None; // free the old shape before allocating the new one
             self.acts = Some(Acts::new(&self.k, &self.cfg, batch, seq)?);
         }
@@ -328,52 +318,21 @@ impl<T: GpuFloat> CudaTrainer<T> {
     /// the same key), or runs eagerly.
     fn run_step(&mut self, opt: &OptimConfig) -> Result<()> {
         let key = self.graph_key(opt);
-        if let Some((g, gk)) = &self.graph {
-            if *gk == key {
-                g.launch()?;
-                return Ok(());
-            }
-            self.graph = None;
-        }
-        if !self.use_graph || self.warmed != Some(key) {
-            self.enqueue_step(opt)?;
-            self.warmed = Some(key);
-            return Ok(());
-        }
-        let s = self.k.stream().clone();
-        s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let enq = self.enqueue_step(opt);
-        let captured = s.end_capture(sys::CUgraphInstantiate_flags(0));
-        match (enq, captured) {
-            (Ok(()), Ok(Some(g))) => {
-                g.upload()?;
-                g.launch()?;
-                self.graph = Some((g, key));
-            }
-            (enq, cap) => {
-                // Capture failed: note why, and run this step (and later ones) eagerly.
-                let why = match (enq, cap) {
-                    (Err(e), _) => format!("enqueue during capture failed: {e:#}"),
-                    (_, Err(e)) => format!("end_capture failed: {e}"),
-                    _ => "end_capture returned no graph".to_string(),
-                };
-                self.graph_note = Some(why);
-                self.use_graph = false;
-                self.k.context().check_err().ok();
-                self.enqueue_step(opt)?;
-            }
-        }
-        Ok(())
+        let (s, ctx) = (self.k.stream().clone(), self.k.context().clone());
+        let mut graph = std::mem::replace(&mut self.graph, StepGraph::new(false));
+        let ran = graph.run(&s, &ctx, key, || self.enqueue_step(opt));
+        self.graph = graph;
+        ran
     }
 }
 
 impl<T: GpuFloat> Backend for CudaTrainer<T> {
     fn name(&self) -> String {
-        let mode = if self.graph.is_some() {
+        let mode = if self.graph.active() {
             "graph replay".to_string()
-        } else if let Some(n) = &self.graph_note {
+        } else if let Some(n) = self.graph.note() {
             format!("eager; graph capture failed: {n}")
-        } else if self.use_graph {
+        } else if self.graph.enabled() {
             "eager until captured".to_string()
         } else {
             "eager".to_string()

@@ -23,7 +23,9 @@ use super::Entry;
 use crate::m1::{ExactM1, Probs};
 use crate::numerics::{RopeTables, HEAD_DIM};
 use anyhow::{anyhow, ensure, Context, Result};
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
 use std::sync::Arc;
 
 /// GPU memory [`GpuExactM1::for_chunks`] gives the key/value caches (m1-3m with a 256-position
@@ -56,33 +58,72 @@ struct Funcs {
     softmax: CudaFunction,
 }
 
-/// A step's feeds on the device, one row each: row `r` feeds byte `row_token[r]` to stream
-/// `row_stream[r]` at its position `row_pos[r]` (shared by both contracts' GPU M1s).
+/// The streams of a GPU M1 (both contracts'): each one's position since its reset, the positions
+/// each may hold, and a step's feeds on the device, one row each: row `r` feeds byte
+/// `row_token[r]` to stream `row_stream[r]` at its position `row_pos[r]`. The device
+/// buffers stay at fixed addresses (a captured graph reads them), and the host stages each in a
+/// page-locked buffer: a copy from pageable memory may hold the host until the device is idle,
+/// one from page-locked memory is queued on the stream and returns.
 pub(super) struct FeedBufs {
     pub(super) row_stream: CudaSlice<i32>,
     pub(super) row_token: CudaSlice<i32>,
     pub(super) row_pos: CudaSlice<i32>,
+    staged: [PinnedHostSlice<i32>; 3],
+    pos: Vec<usize>,
+    capacity: usize,
 }
 
 impl FeedBufs {
-    /// Room for `rows` feeds.
-    pub(super) fn new(s: &Arc<CudaStream>, rows: usize) -> Result<Self> {
+    /// `streams` streams (at most one feed each per step) of up to `capacity` positions.
+    pub(super) fn new(s: &Arc<CudaStream>, streams: usize, capacity: usize) -> Result<Self> {
+        let rows = streams;
+        let pinned = || -> Result<PinnedHostSlice<i32>> {
+            // SAFETY: zeroed before any use.
+            let mut h = unsafe { s.context().alloc_pinned::<i32>(rows) }
+                .context("allocating page-locked host memory for the feeds")?;
+            h.as_mut_slice()?.fill(0);
+            Ok(h)
+        };
         Ok(FeedBufs {
             row_stream: s.alloc_zeros::<i32>(rows)?,
             row_token: s.alloc_zeros::<i32>(rows)?,
             row_pos: s.alloc_zeros::<i32>(rows)?,
+            staged: [pinned()?, pinned()?, pinned()?],
+            pos: vec![0; streams],
+            capacity,
         })
     }
 
-    /// Uploads `feeds` of streams at positions `pos`, after refusing (uploading nothing) a
-    /// stream out of range, fed twice, or already at `capacity` positions.
-    pub(super) fn upload(
-        &mut self,
-        s: &Arc<CudaStream>,
-        feeds: &[(usize, u8)],
-        pos: &[usize],
-        capacity: usize,
-    ) -> Result<()> {
+    pub(super) fn streams(&self) -> usize {
+        self.pos.len()
+    }
+
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Positions fed to `stream` since its last reset.
+    pub(super) fn position(&self, stream: usize) -> usize {
+        self.pos[stream]
+    }
+
+    /// Empties `stream`'s context (its next feed is position 0).
+    pub(super) fn reset(&mut self, stream: usize) {
+        self.pos[stream] = 0;
+    }
+
+    /// Advances the streams of `feeds`, once their step is enqueued.
+    pub(super) fn advance(&mut self, feeds: &[(usize, u8)]) {
+        for &(st, _) in feeds {
+            self.pos[st] += 1;
+        }
+    }
+
+    /// Enqueues the upload of `feeds` at their streams' positions, after refusing (uploading
+    /// nothing) a stream out of range, fed twice, or already at its capacity. Does not
+    /// wait for the device (only, in the staging buffers, for the previous upload's copies).
+    pub(super) fn upload(&mut self, s: &Arc<CudaStream>, feeds: &[(usize, u8)]) -> Result<()> {
+        let (pos, capacity) = (&self.pos, self.capacity);
         let mut seen = vec![false; pos.len()];
         for &(st, _) in feeds {
             ensure!(st < pos.len(), "stream {st} of {}", pos.len());
@@ -93,13 +134,20 @@ impl FeedBufs {
             );
             seen[st] = true;
         }
-        let rows = feeds.len();
-        let ids: Vec<i32> = feeds.iter().map(|&(st, _)| st as i32).collect();
-        let tokens: Vec<i32> = feeds.iter().map(|&(_, b)| b as i32).collect();
-        let positions: Vec<i32> = feeds.iter().map(|&(st, _)| pos[st] as i32).collect();
-        s.memcpy_htod(&ids, &mut self.row_stream.slice_mut(..rows))?;
-        s.memcpy_htod(&tokens, &mut self.row_token.slice_mut(..rows))?;
-        s.memcpy_htod(&positions, &mut self.row_pos.slice_mut(..rows))?;
+        let [ids, tokens, positions] = &mut self.staged;
+        let (ids, tokens, positions) = (
+            ids.as_mut_slice()?,
+            tokens.as_mut_slice()?,
+            positions.as_mut_slice()?,
+        );
+        for (r, &(st, byte)) in feeds.iter().enumerate() {
+            (ids[r], tokens[r], positions[r]) = (st as i32, byte as i32, pos[st] as i32);
+        }
+        let dev = [&mut self.row_stream, &mut self.row_token, &mut self.row_pos];
+        for (host, dev) in self.staged.iter().zip(dev) {
+            // The whole buffer (a few KiB at most): rows past the feeds are never read.
+            s.memcpy_htod(host, dev)?;
+        }
         Ok(())
     }
 }
@@ -130,10 +178,8 @@ pub struct GpuExactM1 {
     cos: CudaSlice<f32>,
     sin: CudaSlice<f32>,
     step: StepBufs,
-    capacity: usize,
     /// Ring slots per stream ([`ring_slots`]): also how far back a query attends.
     slots: usize,
-    pos: Vec<usize>,
     fingerprint: u64,
 }
 
@@ -192,7 +238,7 @@ impl GpuExactM1 {
         let rope = RopeTables::new(capacity, cfg.rope_theta);
         let rows = streams;
         let step = StepBufs {
-            feeds: FeedBufs::new(&s, rows)?,
+            feeds: FeedBufs::new(&s, streams, capacity)?,
             x: s.alloc_zeros::<f32>(rows * d)?,
             h: s.alloc_zeros::<f32>(rows * d)?,
             qkv: s.alloc_zeros::<f32>(rows * 3 * d)?,
@@ -215,9 +261,7 @@ impl GpuExactM1 {
             cos: up(&rope.cos)?,
             sin: up(&rope.sin)?,
             step,
-            capacity,
             slots,
-            pos: vec![0; streams],
             fingerprint: m1.fingerprint(),
             k,
         })
@@ -233,28 +277,7 @@ impl GpuExactM1 {
         Self::new(m1, streams_within_budget(per_stream), capacity)
     }
 
-    /// The fingerprint of the M1 this was built from ([`ExactM1::fingerprint`]).
-    pub fn fingerprint(&self) -> u64 {
-        self.fingerprint
-    }
-
-    pub fn streams(&self) -> usize {
-        self.pos.len()
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Positions fed to `stream` since its last reset.
-    pub fn position(&self, stream: usize) -> usize {
-        self.pos[stream]
-    }
-
-    /// Empties `stream`'s context (its next feed is position 0).
-    pub fn reset(&mut self, stream: usize) {
-        self.pos[stream] = 0;
-    }
+    stream_accessors!();
 
     /// Feeds each `(stream, byte)` and returns, in the same order, the distribution of each
     /// stream's next byte. Refuses (feeding nothing) a stream out of range, fed twice, or full.
@@ -264,14 +287,10 @@ impl GpuExactM1 {
             return Ok(Vec::new());
         }
         let s = self.k.stream().clone();
-        self.step
-            .feeds
-            .upload(&s, feeds, &self.pos, self.capacity)?;
+        self.step.feeds.upload(&s, feeds)?;
         self.enqueue(rows)?;
         let probs = download_probs(&s, &self.step.probs, rows)?;
-        for &(st, _) in feeds {
-            self.pos[st] += 1;
-        }
+        self.step.feeds.advance(feeds);
         Ok(probs)
     }
 
@@ -375,6 +394,36 @@ impl GpuExactM1 {
         Ok(())
     }
 }
+
+/// The public stream accessors of a GPU M1 (both contracts'), from its `fingerprint` and its
+/// [`FeedBufs`] (`step.feeds`).
+macro_rules! stream_accessors {
+    () => {
+        /// The fingerprint of the M1 this was built from.
+        pub fn fingerprint(&self) -> u64 {
+            self.fingerprint
+        }
+
+        pub fn streams(&self) -> usize {
+            self.step.feeds.streams()
+        }
+
+        pub fn capacity(&self) -> usize {
+            self.step.feeds.capacity()
+        }
+
+        /// Positions fed to `stream` since its last reset.
+        pub fn position(&self, stream: usize) -> usize {
+            self.step.feeds.position(stream)
+        }
+
+        /// Empties `stream`'s context (its next feed is position 0).
+        pub fn reset(&mut self, stream: usize) {
+            self.step.feeds.reset(stream)
+        }
+    };
+}
+pub(super) use stream_accessors;
 
 /// The first `rows` distributions of `probs` (`[rows][256]`), once the stream has run.
 pub(super) fn download_probs(

@@ -11,6 +11,16 @@
 //! operations in the CPU's order. Refuses: a stream index out of range, a stream fed twice in one
 //! step, a stream past its capacity (positions per stream, fixed at creation).
 //!
+//! Coding calls [`submit`](GpuInt8M1::submit) and [`collect`](GpuInt8M1::collect) (the
+//! [`M1Batch`] rules: one step pending): `submit` enqueues, on this batch's own CUDA stream, the
+//! feeds' upload from page-locked memory, the step, `m1q_cdf` (the coder's integer CDFs,
+//! [`CdfQuantizer`]'s rule exactly) and their download into page-locked memory, and returns
+//! without waiting for the device; `collect` waits for that download and validates each CDF
+//! ([`Cdf::from_cumulative`]). With two batches alternating (submit A, code B's CDFs, collect A,
+//! ...), a GPU overlaps A's step with the host's coding of B, and A's copies with B's kernels.
+//! A step feeding every stream, the steady state of coding, is a CUDA graph from the second such
+//! step on (`graph::StepGraph`); other row counts launch eagerly.
+//!
 //! Memory: `2 x layers x streams x slots x (d_model + 4 heads)` bytes of int8 key/value cache
 //! with their exponents (m1-3m: 1.6 KiB per slot, a quarter of contract 2's), allocated once,
 //! `slots = min(capacity, M1's context)`; plus per-step buffers for `streams` rows.
@@ -18,15 +28,20 @@
 //! **Not yet run on a GPU** (written on a machine without one); `tests/gpu_parity.rs` checks it
 //! bit for bit against the CPU, on a GPU when one is present and on the CUDA emulator otherwise.
 
-use super::exact_m1::{download_probs, grid, ring_slots, streams_within_budget, FeedBufs};
+use super::exact_m1::{
+    download_probs, grid, ring_slots, stream_accessors, streams_within_budget, FeedBufs,
+};
+use super::graph::StepGraph;
 use super::loader::GpuKernels;
 use super::Entry;
 use crate::coder::{Cdf, CdfQuantizer};
 use crate::m1::int8::QMatrix;
-use crate::m1::{HostPending, Int8M1, M1Batch, Probs};
+use crate::m1::{Int8M1, M1Batch, PendingStep, Probs};
 use crate::numerics::{RopeTables, HEAD_DIM};
-use anyhow::{anyhow, ensure, Context, Result};
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
 use std::sync::Arc;
 
 /// Threads per block of the per-row and per-(row, head) kernels (`m1q_quantise`, `m1q_softmax`,
@@ -88,6 +103,7 @@ struct Funcs {
     linear: CudaFunction,
     attention: CudaFunction,
     softmax: CudaFunction,
+    cdf: CudaFunction,
 }
 
 /// Per-step buffers, `streams` rows each.
@@ -98,6 +114,10 @@ struct StepBufs {
     att: CudaSlice<f32>,
     up: CudaSlice<f32>,
     probs: CudaSlice<f32>,
+    /// The rows' integer CDFs (`[rows][257]`, `m1q_cdf`) and their page-locked host copy, which
+    /// the device writes while the host goes on ([`GpuInt8M1::collect`] waits for it).
+    cdf: CudaSlice<u32>,
+    cdf_host: PinnedHostSlice<u32>,
     /// A row quantised for a product (`max(d_model, d_ff)` wide) and its exponent.
     xq: CudaSlice<i8>,
     ex: CudaSlice<i32>,
@@ -116,12 +136,19 @@ pub struct GpuInt8M1 {
     cos: CudaSlice<f32>,
     sin: CudaSlice<f32>,
     step: StepBufs,
-    capacity: usize,
     /// Ring slots per stream ([`ring_slots`]): also how far back a query attends.
     slots: usize,
-    pos: Vec<usize>,
     fingerprint: u64,
-    pending: HostPending,
+    /// The step over every stream, captured once (keyed by nothing: the only graph).
+    graph: StepGraph<()>,
+    pending: PendingStep<Submitted>,
+}
+
+/// What [`GpuInt8M1::collect`] needs of a submitted step: the fed streams, in order, and the CDF
+/// total.
+struct Submitted {
+    streams: Vec<usize>,
+    total_bits: u32,
 }
 
 impl GpuInt8M1 {
@@ -137,6 +164,7 @@ impl GpuInt8M1 {
             linear: k.function(Entry::m1q_linear).clone(),
             attention: k.function(Entry::m1q_attention).clone(),
             softmax: k.function(Entry::m1q_softmax).clone(),
+            cdf: k.function(Entry::m1q_cdf).clone(),
         };
         let cfg = m1.config();
         let (d, ff) = (cfg.d_model, cfg.d_ff);
@@ -181,12 +209,16 @@ impl GpuInt8M1 {
         let up = |x: &[f32]| s.clone_htod(x).context("uploading M1's weights");
         let rows = streams;
         let step = StepBufs {
-            feeds: FeedBufs::new(&s, rows)?,
+            feeds: FeedBufs::new(&s, streams, capacity)?,
             x: s.alloc_zeros::<f32>(rows * d)?,
             qkv: s.alloc_zeros::<f32>(rows * 3 * d)?,
             att: s.alloc_zeros::<f32>(rows * d)?,
             up: s.alloc_zeros::<f32>(rows * ff)?,
             probs: s.alloc_zeros::<f32>(rows * 256)?,
+            cdf: s.alloc_zeros::<u32>(rows * 257)?,
+            // Not write-combined: the host reads it. SAFETY: the device writes what is read.
+            cdf_host: unsafe { k.context().alloc_pinned_with_flags::<u32>(rows * 257, 0) }
+                .context("allocating page-locked host memory for the CDFs")?,
             xq: s.alloc_zeros::<i8>(rows * d.max(ff))?,
             ex: s.alloc_zeros::<i32>(rows)?,
         };
@@ -201,11 +233,10 @@ impl GpuInt8M1 {
             cos: up(&rope.cos)?,
             sin: up(&rope.sin)?,
             step,
-            capacity,
             slots,
-            pos: vec![0; streams],
             fingerprint: m1.fingerprint(),
-            pending: HostPending::default(),
+            graph: StepGraph::new(true),
+            pending: PendingStep::default(),
             k,
         })
     }
@@ -221,28 +252,7 @@ impl GpuInt8M1 {
         Self::new(m1, streams_within_budget(per_stream), capacity)
     }
 
-    /// The fingerprint of the M1 this was built from ([`Int8M1::fingerprint`]).
-    pub fn fingerprint(&self) -> u64 {
-        self.fingerprint
-    }
-
-    pub fn streams(&self) -> usize {
-        self.pos.len()
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Positions fed to `stream` since its last reset.
-    pub fn position(&self, stream: usize) -> usize {
-        self.pos[stream]
-    }
-
-    /// Empties `stream`'s context (its next feed is position 0).
-    pub fn reset(&mut self, stream: usize) {
-        self.pos[stream] = 0;
-    }
+    stream_accessors!();
 
     /// Feeds each `(stream, byte)` and returns, in the same order, the distribution of each
     /// stream's next byte. Refuses (feeding nothing) a stream out of range, fed twice, or full.
@@ -251,16 +261,69 @@ impl GpuInt8M1 {
         if rows == 0 {
             return Ok(Vec::new());
         }
-        let s = self.k.stream().clone();
-        self.step
-            .feeds
-            .upload(&s, feeds, &self.pos, self.capacity)?;
-        self.enqueue(rows)?;
-        let probs = download_probs(&s, &self.step.probs, rows)?;
-        for &(st, _) in feeds {
-            self.pos[st] += 1;
+        self.launch_step(feeds)?;
+        download_probs(self.k.stream(), &self.step.probs, rows)
+    }
+
+    /// Whether the step over every stream is held as a CUDA graph (from the second such step on).
+    pub fn graph_active(&self) -> bool {
+        self.graph.active()
+    }
+
+    /// Starts a step (module docs; [`M1Batch::submit`]): enqueues the feeds' upload, the model,
+    /// `m1q_cdf` and the CDFs' download, and returns without waiting for the device.
+    pub fn submit(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<()> {
+        self.pending.ensure_idle()?;
+        let rows = feeds.len();
+        if rows > 0 {
+            self.launch_step(feeds)?;
+            let s = self.k.stream().clone();
+            let b = &mut self.step;
+            launch_cdf(&s, &self.f.cdf, &mut b.cdf, &b.probs, rows, quantizer)?;
+            s.memcpy_dtoh(&b.cdf.slice(..rows * 257), &mut b.cdf_host)?;
         }
-        Ok(probs)
+        self.pending.start(Submitted {
+            streams: feeds.iter().map(|&(st, _)| st).collect(),
+            total_bits: quantizer.total_bits(),
+        })
+    }
+
+    /// The pending step's CDFs, in feed order (waits for the device; [`M1Batch::collect`]).
+    pub fn collect(&mut self) -> Result<Vec<Cdf>> {
+        let done = self.pending.take()?;
+        let rows = done.streams.len();
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        // Waits for the download, the last work of the step.
+        let cum = self.step.cdf_host.as_slice()?;
+        cdfs_of(&cum[..rows * 257], done.total_bits, "stream", &done.streams)
+    }
+
+    /// Uploads `feeds` (refusing bad ones, nothing enqueued then), enqueues the model step for
+    /// them and advances their streams.
+    fn launch_step(&mut self, feeds: &[(usize, u8)]) -> Result<()> {
+        let s = self.k.stream().clone();
+        self.step.feeds.upload(&s, feeds)?;
+        self.run_model(feeds.len())?;
+        self.step.feeds.advance(feeds);
+        Ok(())
+    }
+
+    /// The model step for the first `rows` rows: a graph replay when every stream is fed (the
+    /// steady state of coding, where launching a step's dozens of small kernels one by one would
+    /// cost host time on every step); eager otherwise. Other row counts come where streams run
+    /// out of work (the last chunks), so a graph per row count would cost captures (and graph
+    /// memory) for steps that are rare.
+    fn run_model(&mut self, rows: usize) -> Result<()> {
+        if rows != self.streams() {
+            return self.enqueue(rows);
+        }
+        let (s, ctx) = (self.k.stream().clone(), self.k.context().clone());
+        let mut graph = std::mem::replace(&mut self.graph, StepGraph::new(false));
+        let ran = graph.run(&s, &ctx, (), || self.enqueue(rows));
+        self.graph = graph;
+        ran
     }
 
     /// Enqueues one position for the first `rows` rows of the step buffers: the CPU's order
@@ -436,16 +499,70 @@ impl M1Batch for GpuInt8M1 {
     }
 
     fn submit(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<()> {
-        self.pending.ensure_idle()?;
-        let probs = GpuInt8M1::step(self, feeds);
-        self.pending.submit(probs, quantizer)
+        GpuInt8M1::submit(self, feeds, quantizer)
     }
 
     fn collect(&mut self) -> Result<Vec<Cdf>> {
-        self.pending.collect()
+        GpuInt8M1::collect(self)
     }
 
     fn parts(&mut self) -> Vec<&mut dyn M1Batch> {
         vec![self]
     }
+}
+
+/// `m1q_cdf` over the first `rows` distributions of `probs` into `cum` (`[rows][257]`): one block
+/// of [`BLOCK`] threads (one per byte) per row.
+fn launch_cdf(
+    s: &Arc<CudaStream>,
+    f: &CudaFunction,
+    cum: &mut CudaSlice<u32>,
+    probs: &CudaSlice<f32>,
+    rows: usize,
+    q: &CdfQuantizer,
+) -> Result<()> {
+    let (total_bits, f_min) = (q.total_bits() as i32, q.f_min() as i32);
+    let mut l = s.launch_builder(f);
+    l.arg(cum).arg(probs).arg(&total_bits).arg(&f_min);
+    unsafe { l.launch(per_row(rows)) }?;
+    Ok(())
+}
+
+/// The [`Cdf`]s of `m1q_cdf`'s rows (`cum`, 257 counts each, under `total_bits`), validated by
+/// [`Cdf::from_cumulative`]; a row the kernel marked (an input `CdfQuantizer` refuses) is refused,
+/// named as `what` `ids[row]`.
+fn cdfs_of(cum: &[u32], total_bits: u32, what: &str, ids: &[usize]) -> Result<Vec<Cdf>> {
+    cum.chunks_exact(257)
+        .zip(ids)
+        .map(|(c, id)| {
+            if c[0] != 0 {
+                bail!(
+                    "the distribution of {what} {id} has a NaN, infinite or negative probability \
+                     (byte {}), which no CDF codes",
+                    c[0] - 1
+                );
+            }
+            let c: [u32; 257] = c.try_into().expect("257 counts");
+            Cdf::from_cumulative(c, total_bits)
+                .with_context(|| format!("the GPU's CDF of {what} {id}"))
+        })
+        .collect()
+}
+
+/// [`CdfQuantizer::quantize`] of each distribution, computed by `m1q_cdf` on `k`'s GPU (the
+/// kernel every [`GpuInt8M1`] step ends with), for checking that kernel on chosen rows.
+/// Refuses, naming the row, a distribution `quantize` refuses.
+pub fn quantize_on_gpu(k: &GpuKernels, probs: &[Probs], q: &CdfQuantizer) -> Result<Vec<Cdf>> {
+    if probs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let s = k.stream();
+    let rows = probs.len();
+    let flat: Vec<f32> = probs.iter().flatten().copied().collect();
+    let dev = s.clone_htod(&flat)?;
+    let mut cum = s.alloc_zeros::<u32>(rows * 257)?;
+    launch_cdf(s, k.function(Entry::m1q_cdf), &mut cum, &dev, rows, q)?;
+    let host = s.clone_dtoh(&cum)?;
+    let ids: Vec<usize> = (0..rows).collect();
+    cdfs_of(&host, q.total_bits(), "row", &ids)
 }

@@ -30,6 +30,7 @@ mod backend;
 pub mod bench;
 pub mod exact_m1;
 pub mod gemm;
+mod graph;
 pub mod int8_m1;
 pub mod launch;
 mod loader;
