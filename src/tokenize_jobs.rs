@@ -12,6 +12,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// GPU memory `--gpu` gives M1's key/value caches, both batches together (a sixth of an H100's
+/// 80 GB); m1-3m's `ac` at a 256-position context needs 3.4 GB for
+/// [`MAX_STREAMS`](crate::backend::cuda::MAX_STREAMS) per batch.
+const GPU_CACHE_BUDGET: usize = 12 << 30;
+
 /// M1 on the GPU for `ac` and `equal-info` (`--gpu`): two of contract 3's GPU twins
 /// ([`GpuInt8M1`], each on its own CUDA stream) as one [`M1BatchPair`] for
 /// [`M1Spec::with_batch`], sized for `chunk_bytes`-byte chunks, so the GPU computes one's step
@@ -29,7 +34,9 @@ pub fn gpu_m1_batch(
         "--gpu runs M1 (ac, equal-info); {} runs on the CPU",
         method.name()
     );
-    let half = || GpuInt8M1::for_chunks(m1, chunk_bytes).context("--gpu: M1 on the GPU");
+    let half = || {
+        GpuInt8M1::for_chunks(m1, chunk_bytes, GPU_CACHE_BUDGET / 2).context("--gpu: M1 on the GPU")
+    };
     let (a, b) = (half()?, half()?);
     if !CUDA_VALIDATED {
         eprintln!(

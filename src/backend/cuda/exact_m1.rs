@@ -28,10 +28,6 @@ use cudarc::driver::{
 };
 use std::sync::Arc;
 
-/// GPU memory [`GpuExactM1::for_chunks`] gives the key/value caches (m1-3m with a 256-position
-/// context: 1.5 MiB per stream, so the 1,024-stream cap binds).
-pub const CACHE_BUDGET: usize = 24 << 30;
-
 /// Threads per block of the attention and softmax kernels (the kernels assume a multiple of 32).
 const BLOCK: u32 = 256;
 /// Outputs per block of the matrix-vector kernel.
@@ -267,16 +263,6 @@ impl GpuExactM1 {
         })
     }
 
-    /// For coding chunks of up to `chunk_bytes` bytes (`ac`): as many streams as a
-    /// [`CACHE_BUDGET`]-byte key/value cache holds (1 to 1,024).
-    pub fn for_chunks(m1: &ExactM1, chunk_bytes: usize) -> Result<Self> {
-        let cfg = m1.config();
-        // An Equal-Info window of the whole chunk takes chunk_bytes + 1 positions.
-        let capacity = chunk_bytes + 1;
-        let per_stream = 2 * cfg.n_layers * ring_slots(cfg.context, capacity) * cfg.d_model * 4;
-        Self::new(m1, streams_within_budget(per_stream), capacity)
-    }
-
     stream_accessors!();
 
     /// Feeds each `(stream, byte)` and returns, in the same order, the distribution of each
@@ -445,11 +431,6 @@ pub(super) fn download_probs(
 /// window.
 pub(super) fn ring_slots(context: Option<usize>, capacity: usize) -> usize {
     capacity.min(context.unwrap_or(usize::MAX))
-}
-
-/// Streams whose key/value caches of `per_stream` bytes each fit [`CACHE_BUDGET`] (1 to 1,024).
-pub(super) fn streams_within_budget(per_stream: usize) -> usize {
-    (CACHE_BUDGET / per_stream).clamp(1, 1024)
 }
 
 /// `ceil(n / block)` blocks of `block` threads.

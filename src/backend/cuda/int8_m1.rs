@@ -28,9 +28,7 @@
 //! **Not yet run on a GPU** (written on a machine without one); `tests/gpu_parity.rs` checks it
 //! bit for bit against the CPU, on a GPU when one is present and on the CUDA emulator otherwise.
 
-use super::exact_m1::{
-    download_probs, grid, ring_slots, stream_accessors, streams_within_budget, FeedBufs,
-};
+use super::exact_m1::{download_probs, grid, ring_slots, stream_accessors, FeedBufs};
 use super::graph::StepGraph;
 use super::loader::GpuKernels;
 use super::Entry;
@@ -52,6 +50,9 @@ const LIN_OUTPUTS: u32 = 128;
 const LIN_ROWS: usize = 4;
 /// Dynamic shared memory a block may take without opting in on any GPU.
 const SHARED_LIMIT: usize = 48 << 10;
+/// Most streams [`GpuInt8M1::for_chunks`] gives a batch: the top of the range the roofline
+/// (docs/gpu-m1-roofline.md) predicts for, where Equal-Info passes 10M positions/s.
+pub const MAX_STREAMS: usize = 8192;
 
 /// A quantised matrix on the device: its int8 weights as 4-byte words interleaved by output
 /// (`w4[i][o]` holds `w[o][4i..4i + 4]`, so a warp reads consecutive words) and one exponent per
@@ -241,15 +242,20 @@ impl GpuInt8M1 {
         })
     }
 
-    /// For coding chunks of up to `chunk_bytes` bytes: as many streams as a
-    /// [`CACHE_BUDGET`](super::exact_m1::CACHE_BUDGET)-byte key/value cache holds (1 to 1,024).
-    pub fn for_chunks(m1: &Int8M1, chunk_bytes: usize) -> Result<Self> {
+    /// For coding chunks of up to `chunk_bytes` bytes: as many streams as a key/value cache of
+    /// `cache_bytes` holds, 1 to [`MAX_STREAMS`] (a batch of fewer than one stream's cache still
+    /// gets one).
+    pub fn for_chunks(m1: &Int8M1, chunk_bytes: usize, cache_bytes: usize) -> Result<Self> {
         let cfg = m1.config();
         // An Equal-Info window of the whole chunk takes chunk_bytes + 1 positions.
         let capacity = chunk_bytes + 1;
         let slots = ring_slots(Some(m1.context()), capacity);
         let per_stream = 2 * cfg.n_layers * slots * (cfg.d_model + 4 * cfg.d_model / HEAD_DIM);
-        Self::new(m1, streams_within_budget(per_stream), capacity)
+        Self::new(
+            m1,
+            (cache_bytes / per_stream).clamp(1, MAX_STREAMS),
+            capacity,
+        )
     }
 
     stream_accessors!();

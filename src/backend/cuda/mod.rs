@@ -37,7 +37,7 @@ mod loader;
 
 pub use backend::{CudaBackend, CudaTrainer};
 pub use exact_m1::GpuExactM1;
-pub use int8_m1::GpuInt8M1;
+pub use int8_m1::{GpuInt8M1, MAX_STREAMS};
 pub use loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels, KernelSource};
 
 /// One kernel file (`kernels/<name>.cu`) compiled at build time.
