@@ -190,8 +190,8 @@ if [ -x "$BIN/terse" ]; then
     done
     # M1's exact coding path: Equal-Info-sized windows (the yardstick's 4096 x 16) and long
     # contexts (plain AC).
-    STEP_LOG=05-kernels step "05-m1-exact-16" "$BENCH_TIMEOUT" "$BIN/terse" bench m1 --gpu --windows "${M1_WINDOWS[0]}" --len 16 --json
-    STEP_LOG=05-kernels step "05-m1-exact-1024" "$BENCH_TIMEOUT" "$BIN/terse" bench m1 --gpu --windows "${M1_WINDOWS[1]}" --len 1024 --json
+    STEP_LOG=05-kernels step "05-m1-exact-16" "$BENCH_TIMEOUT" "$BIN/terse" bench m1 --gpu --windows "${M1_WINDOWS[0]}" --len 16 --rounds 3 --json
+    STEP_LOG=05-kernels step "05-m1-exact-1024" "$BENCH_TIMEOUT" "$BIN/terse" bench m1 --gpu --windows "${M1_WINDOWS[1]}" --len 1024 --rounds 1 --json
     for shape in "${BENCH_SHAPES[@]}"; do
         set -- $shape
         STEP_LOG=06-train step "06-train-$1" "$BENCH_TIMEOUT" "$BIN/terse" bench train --device cuda --preset "$1" \

@@ -28,52 +28,137 @@ pub enum M1Mode {
 
 /// Which arithmetic [`bench_m1`] times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum M1Contract {
+enum M1Contract {
     /// Contract 3, what M1 codes with ([`Int8M1`]: int8 products on the fastest kernel).
     Int8,
     /// Contract 2, the float model it is quantised from ([`ExactM1`]): the yardstick.
     Float,
 }
 
-/// What [`bench_m1`] measured.
+/// One contract's side of [`bench_m1`].
 #[derive(Clone, Debug)]
 pub struct M1Bench {
-    /// Positions computed (a window of `len` bytes has `len + 1`).
+    /// Positions computed per run (a window of `len` bytes has `len + 1`).
     pub positions: usize,
-    pub seconds: f64,
+    /// Positions/s of each timed run, in the order run.
+    pub runs: Vec<f64>,
+    /// The median of `runs`.
     pub positions_per_s: f64,
     /// Where it ran, e.g. "cpu, lockstep (2 threads)".
     pub device: String,
 }
 
-/// Windows of the untimed warm-up run before each timed one (or all of them, when fewer).
+/// What [`bench_m1`] measured: both contracts on the same windows, driven the same way.
+#[derive(Clone, Debug)]
+pub struct M1Comparison {
+    /// Contract 3 (what codes).
+    pub int8: M1Bench,
+    /// Contract 2 (the yardstick).
+    pub float: M1Bench,
+    /// `int8.positions_per_s / float.positions_per_s`: the ratio of the medians.
+    pub ratio: f64,
+    /// The lowest and highest ratio of one round's two runs (each round runs both contracts back
+    /// to back, so a machine whose speed drifts moves both runs of a round alike).
+    pub round_ratios: (f64, f64),
+}
+
+/// Windows of the untimed warm-up run before the timed ones (or all of them, when fewer).
 const WARM_UP_WINDOWS: usize = 64;
 
-/// Times M1 under `contract` on `windows` random windows of `len` bytes: a `preset` byte-level
-/// model with random weights attending over at most `context` positions (0: unbounded, which
-/// contract 3 refuses), driven as `mode` says. The model is built and then run untimed on
-/// [`WARM_UP_WINDOWS`] of the windows (thread pool, first touch of the heap, kernel loading on a
-/// GPU), so whichever contract runs first pays no one-time costs; the timed run starts afresh.
+/// Times M1 under both contracts on `windows` random windows of `len` bytes: a `preset`
+/// byte-level model with random weights attending over at most `context` positions, driven as
+/// `mode` says. Both models are built and run untimed on [`WARM_UP_WINDOWS`] of the windows
+/// (thread pool, first touch of the heap, kernel loading on a GPU); then `rounds` rounds each
+/// time one run of both from fresh state, alternating which goes first, so that neither contract
+/// owns the machine's fast or slow moments. Refuses zero windows or rounds.
 pub fn bench_m1(
     preset: &str,
     windows: usize,
     len: usize,
     context: usize,
     mode: M1Mode,
-    contract: M1Contract,
-) -> Result<M1Bench> {
+    rounds: usize,
+) -> Result<M1Comparison> {
     ensure!(windows > 0, "no windows to run");
+    ensure!(rounds > 0, "no rounds to run");
+    ensure!(context > 0, "M1 needs a context of at least one position");
     let mut cfg = ModelConfig::preset(preset, Some(256))?;
-    cfg.context = (context > 0).then_some(context);
+    cfg.context = Some(context);
     let params = ParamArena::init(&cfg, 0);
     let mut rng = Rng::new(2);
     let data: Vec<Vec<u8>> = (0..windows)
         .map(|_| (0..len).map(|_| rng.below(256) as u8).collect())
         .collect();
+    let mut int8 = contract_runner(&cfg, &params, &data, mode, M1Contract::Int8)?;
+    let mut float = contract_runner(&cfg, &params, &data, mode, M1Contract::Float)?;
+    let warm = windows.min(WARM_UP_WINDOWS);
+    (int8.0)(warm)?;
+    (float.0)(warm)?;
+    let (mut q, mut f) = (Vec::new(), Vec::new());
+    let mut positions = 0;
+    for round in 0..rounds {
+        let mut time = |run: &mut Run| -> Result<f64> {
+            let (p, seconds) = run(windows)?;
+            positions = p;
+            Ok(p as f64 / seconds)
+        };
+        if round % 2 == 0 {
+            q.push(time(&mut int8.0)?);
+            f.push(time(&mut float.0)?);
+        } else {
+            f.push(time(&mut float.0)?);
+            q.push(time(&mut int8.0)?);
+        }
+    }
+    let ratios: Vec<f64> = q.iter().zip(&f).map(|(a, b)| a / b).collect();
+    let side = |runs: Vec<f64>, device: String| M1Bench {
+        positions,
+        positions_per_s: median(&runs),
+        runs,
+        device,
+    };
+    let (int8, float) = (side(q, int8.1), side(f, float.1));
+    Ok(M1Comparison {
+        ratio: int8.positions_per_s / float.positions_per_s,
+        round_ratios: (
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max),
+        ),
+        int8,
+        float,
+    })
+}
+
+/// The middle value (the mean of the middle two for an even count) of a non-empty slice.
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// One timed run over the first `n` windows from fresh state (built untimed): positions computed
+/// and seconds.
+type Run<'a> = Box<dyn FnMut(usize) -> Result<(usize, f64)> + 'a>;
+
+/// `contract`'s model built from `params`, as a [`Run`] over `data` driven as `mode` says, and
+/// where it runs.
+fn contract_runner<'a>(
+    cfg: &ModelConfig,
+    params: &ParamArena,
+    data: &'a [Vec<u8>],
+    mode: M1Mode,
+    contract: M1Contract,
+) -> Result<(Run<'a>, String)> {
+    let len = data[0].len();
     // The first `n` windows as streams, one position per step (how the coders drive M1); `step`
     // feeds each window's next byte and returns how many positions it computed. Timed from here.
     type Step<'a> = dyn FnMut(&[(usize, u8)]) -> Result<usize> + 'a;
-    let lockstep = |n: usize, step: &mut Step| {
+    let lockstep = move |n: usize, step: &mut Step| {
         let t = Instant::now();
         let mut positions = 0;
         for k in 0..=len {
@@ -85,12 +170,9 @@ pub fn bench_m1(
         Ok((positions, t.elapsed().as_secs_f64()))
     };
     let threads = rayon::current_num_threads();
-    // One run over the first `n` windows from fresh state (built untimed): positions computed
-    // and seconds.
-    type Run<'a> = Box<dyn FnMut(usize) -> Result<(usize, f64)> + 'a>;
-    let (mut run, device): (Run, String) = match (contract, mode) {
+    Ok(match (contract, mode) {
         (M1Contract::Float, M1Mode::Gpu) => {
-            let m1 = ExactM1::new(&cfg, &params)?;
+            let m1 = ExactM1::new(cfg, params)?;
             let run = move |n| {
                 let mut g = cuda::GpuExactM1::new(&m1, n, len + 1)?;
                 lockstep(n, &mut |f| Ok(g.step(f)?.len()))
@@ -98,7 +180,7 @@ pub fn bench_m1(
             (Box::new(run), "cuda".to_string())
         }
         (M1Contract::Int8, M1Mode::Gpu) => {
-            let m1 = Int8M1::new(&cfg, &params)?;
+            let m1 = Int8M1::new(cfg, params)?;
             let run = move |n| {
                 let mut g = cuda::GpuInt8M1::new(&m1, n, len + 1)?;
                 lockstep(n, &mut |f| Ok(g.step(f)?.len()))
@@ -106,7 +188,7 @@ pub fn bench_m1(
             (Box::new(run), "cuda, int8 products on dp4a".to_string())
         }
         (M1Contract::Float, M1Mode::Lockstep) => {
-            let m1 = ExactM1::new(&cfg, &params)?;
+            let m1 = ExactM1::new(cfg, params)?;
             let run = move |n| {
                 let mut states = vec![WindowState::default(); n];
                 lockstep(n, &mut |f| {
@@ -118,7 +200,7 @@ pub fn bench_m1(
             (Box::new(run), format!("cpu, lockstep ({threads} threads)"))
         }
         (M1Contract::Int8, M1Mode::Lockstep) => {
-            let m1 = Int8M1::new(&cfg, &params)?;
+            let m1 = Int8M1::new(cfg, params)?;
             let kernel = m1.kernel().name();
             let run = move |n| {
                 let mut batch = CpuM1Batch::new(&m1, n);
@@ -128,7 +210,7 @@ pub fn bench_m1(
             (Box::new(run), how)
         }
         (M1Contract::Float, M1Mode::AllAtOnce) => {
-            let m1 = ExactM1::new(&cfg, &params)?;
+            let m1 = ExactM1::new(cfg, params)?;
             let run = move |n| all_at_once(&data[..n], |w| m1.window_probs(w).len());
             (
                 Box::new(run),
@@ -136,20 +218,12 @@ pub fn bench_m1(
             )
         }
         (M1Contract::Int8, M1Mode::AllAtOnce) => {
-            let m1 = Int8M1::new(&cfg, &params)?;
+            let m1 = Int8M1::new(cfg, params)?;
             let kernel = m1.kernel().name();
             let run = move |n| all_at_once(&data[..n], |w| m1.window_probs(w).len());
             let how = format!("cpu, int8 products on {kernel}, all at once ({threads} threads)");
             (Box::new(run), how)
         }
-    };
-    run(windows.min(WARM_UP_WINDOWS))?;
-    let (positions, seconds) = run(windows)?;
-    Ok(M1Bench {
-        positions,
-        seconds,
-        positions_per_s: positions as f64 / seconds,
-        device,
     })
 }
 
@@ -230,4 +304,16 @@ pub fn bench_train(
         mfu: on_gpu.then(|| gflops * 1e9 / H100_PEAK_FLOPS),
         of_gemm_ceiling: on_gpu.then(|| gflops * 1e9 / cuda::bench::GEMM_CEILING_FLOPS),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[7.0]), 7.0);
+    }
 }

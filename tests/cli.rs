@@ -107,7 +107,7 @@ fn bench_train_reports_throughput() {
 fn bench_m1_reports_both_contracts() {
     for steps in [false, true] {
         let mut args = vec!["bench", "m1", "--preset", "tiny", "--windows", "4"];
-        args.extend(["--len", "8", "--context", "16", "--json"]);
+        args.extend(["--len", "8", "--context", "16", "--rounds", "3", "--json"]);
         if steps {
             args.push("--steps");
         }
@@ -116,7 +116,16 @@ fn bench_m1_reports_both_contracts() {
         let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
         assert!(j["positions_per_s"].as_f64().unwrap() > 0.0, "{j}");
         assert!(j["float_positions_per_s"].as_f64().unwrap() > 0.0, "{j}");
-        assert!(j["ratio"].as_f64().unwrap() > 0.0, "{j}");
+        // Four windows of nine positions, three timed runs of each contract.
+        assert_eq!(j["positions"], 36, "{j}");
+        let runs = |key: &str| j[key].as_array().unwrap().len();
+        assert_eq!((runs("runs"), runs("float_runs")), (3, 3), "{j}");
+        let ratio = j["ratio"].as_f64().unwrap();
+        let (low, high) = (
+            j["round_ratio_min"].as_f64().unwrap(),
+            j["round_ratio_max"].as_f64().unwrap(),
+        );
+        assert!(ratio > 0.0 && low > 0.0 && low <= high, "{j}");
         let device = j["device"].as_str().unwrap();
         assert!(device.contains("int8"), "{j}");
         assert_eq!(device.contains("lockstep"), steps, "{j}");
@@ -124,6 +133,10 @@ fn bench_m1_reports_both_contracts() {
     assert_fails_with(
         &["bench", "m1", "--preset", "tiny", "--context", "0"],
         "--context must be between 1 and 1024",
+    );
+    assert_fails_with(
+        &["bench", "m1", "--preset", "tiny", "--rounds", "0"],
+        "--windows and --rounds must be positive",
     );
 }
 

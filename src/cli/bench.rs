@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use terse::backend::{cuda, Device};
-use terse::bench::{bench_m1, bench_train, M1Bench, M1Contract, M1Mode};
+use terse::bench::{bench_m1, bench_train, M1Bench, M1Mode};
 use terse::m1::int8::MAX_CONTEXT;
 use terse::model::ModelConfig;
 
@@ -32,6 +32,10 @@ pub enum BenchCmd {
         /// together, one position per step.
         #[arg(long)]
         gpu: bool,
+        /// Timed rounds, each one run of both contracts back to back (the first of the two
+        /// alternating); the medians are reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -93,35 +97,38 @@ pub fn run(b: BenchCmd) -> Result<()> {
             context,
             steps,
             gpu,
+            rounds,
             json,
         } => {
-            if windows == 0 {
-                bail!("--windows must be positive");
+            if windows == 0 || rounds == 0 {
+                bail!("--windows and --rounds must be positive");
             }
             if !(1..=MAX_CONTEXT).contains(&context) {
                 bail!("--context must be between 1 and {MAX_CONTEXT} (contract 3's longest attention span), not {context}");
             }
-            let run = |mode, contract| bench_m1(&preset, windows, len, context, mode, contract);
             let mode = match (gpu, steps) {
                 (true, _) => M1Mode::Gpu,
                 (false, true) => M1Mode::Lockstep,
                 (false, false) => M1Mode::AllAtOnce,
             };
-            let q = run(mode, M1Contract::Int8)?;
-            let f = run(mode, M1Contract::Float)?;
-            let ratio = q.positions_per_s / f.positions_per_s;
+            let c = bench_m1(&preset, windows, len, context, mode, rounds)?;
+            let (q, f) = (&c.int8, &c.float);
             if json {
                 println!(
                     "{}",
                     serde_json::json!({"bench": "m1", "preset": preset, "windows": windows, "len": len, "context": context,
-                    "device": q.device, "positions_per_s": q.positions_per_s, "seconds": q.seconds,
-                    "float_device": f.device, "float_positions_per_s": f.positions_per_s, "float_seconds": f.seconds,
-                    "ratio": ratio})
+                    "rounds": rounds, "positions": q.positions,
+                    "device": q.device, "positions_per_s": q.positions_per_s, "runs": q.runs,
+                    "float_device": f.device, "float_positions_per_s": f.positions_per_s, "float_runs": f.runs,
+                    "ratio": c.ratio, "round_ratio_min": c.round_ratios.0, "round_ratio_max": c.round_ratios.1})
                 );
             } else {
-                println!("int8 M1 {preset} (contract 3, coding): {}", rate_line(&q));
-                println!("float M1 {preset} (contract 2): {}", rate_line(&f));
-                println!("contract 3 / contract 2: {ratio:.2}x");
+                println!("int8 M1 {preset} (contract 3, coding): {}", rate_line(q));
+                println!("float M1 {preset} (contract 2): {}", rate_line(f));
+                println!(
+                    "contract 3 / contract 2: {:.2}x (medians; one round's ratio {:.2}x to {:.2}x)",
+                    c.ratio, c.round_ratios.0, c.round_ratios.1
+                );
             }
         }
         BenchCmd::Kernels {
@@ -188,10 +195,19 @@ pub fn run(b: BenchCmd) -> Result<()> {
     Ok(())
 }
 
-/// "N positions in S s = R positions/s on DEVICE".
+/// "median R positions/s (LOW to HIGH over N runs of P positions) on DEVICE".
 fn rate_line(r: &M1Bench) -> String {
+    let (low, high) = r
+        .runs
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(l, h), &v| (l.min(v), h.max(v)));
     format!(
-        "{} positions in {:.2} s = {:.0} positions/s on {}",
-        r.positions, r.seconds, r.positions_per_s, r.device
+        "median {:.0} positions/s ({:.0} to {:.0} over {} runs of {} positions) on {}",
+        r.positions_per_s,
+        low,
+        high,
+        r.runs.len(),
+        r.positions,
+        r.device
     )
 }
