@@ -196,19 +196,8 @@ impl GpuExactM1 {
         };
         let cfg = m1.config();
         let (d, ff) = (cfg.d_model, cfg.d_ff);
-        ensure!(
-            d % HEAD_DIM == 0,
-            "d_model {d} is not a multiple of {HEAD_DIM}"
-        );
         let slots = ring_slots(cfg.context, capacity);
-        let cells = streams
-            .checked_mul(slots)
-            .and_then(|c| c.checked_mul(d))
-            .ok_or_else(|| anyhow!("{streams} streams x {capacity} positions is too large"))?;
-        ensure!(
-            i32::try_from(capacity).is_ok() && i32::try_from(streams * 3 * d.max(ff)).is_ok(),
-            "{streams} streams x {capacity} positions do not fit the kernels' int arguments"
-        );
+        let cells = cache_cells(streams, capacity, slots, d, ff)?;
         let s = k.stream().clone();
         let (tok_emb, layers, final_norm, head) = m1.lm().weights();
         let up = |x: &[f32]| s.clone_htod(x).context("uploading M1's weights");
@@ -424,6 +413,31 @@ pub(super) fn download_probs(
         .chunks_exact(256)
         .map(|c| c.try_into().expect("256 floats"))
         .collect())
+}
+
+/// Cells (`streams x slots x d`) of one layer's key or value cache for a GPU M1 of `streams`
+/// contexts of up to `capacity` positions, `slots` ring slots each; refuses a `d` (d_model)
+/// that is not whole heads and sizes past the kernels' `int` arguments (`ff`: d_ff).
+pub(super) fn cache_cells(
+    streams: usize,
+    capacity: usize,
+    slots: usize,
+    d: usize,
+    ff: usize,
+) -> Result<usize> {
+    ensure!(
+        d % HEAD_DIM == 0,
+        "d_model {d} is not a multiple of {HEAD_DIM}"
+    );
+    let cells = streams
+        .checked_mul(slots)
+        .and_then(|c| c.checked_mul(d))
+        .ok_or_else(|| anyhow!("{streams} streams x {capacity} positions is too large"))?;
+    ensure!(
+        i32::try_from(capacity).is_ok() && i32::try_from(streams * 3 * d.max(ff)).is_ok(),
+        "{streams} streams x {capacity} positions do not fit the kernels' int arguments"
+    );
+    Ok(cells)
 }
 
 /// Key/value slots per stream: M1's `context` (`None`: unbounded), or fewer when no stream can

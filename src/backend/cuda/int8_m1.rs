@@ -28,7 +28,7 @@
 //! **Not yet run on a GPU** (written on a machine without one); `tests/gpu_parity.rs` checks it
 //! bit for bit against the CPU, on a GPU when one is present and on the CUDA emulator otherwise.
 
-use super::exact_m1::{download_probs, grid, ring_slots, stream_accessors, FeedBufs};
+use super::exact_m1::{cache_cells, download_probs, grid, ring_slots, stream_accessors, FeedBufs};
 use super::graph::StepGraph;
 use super::loader::GpuKernels;
 use super::Entry;
@@ -36,7 +36,7 @@ use crate::coder::{Cdf, CdfQuantizer};
 use crate::m1::int8::QMatrix;
 use crate::m1::{Int8M1, M1Batch, PendingStep, Probs};
 use crate::numerics::{RopeTables, HEAD_DIM};
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
@@ -169,10 +169,6 @@ impl GpuInt8M1 {
         };
         let cfg = m1.config();
         let (d, ff) = (cfg.d_model, cfg.d_ff);
-        ensure!(
-            d % HEAD_DIM == 0,
-            "d_model {d} is not a multiple of {HEAD_DIM}"
-        );
         // The product kernel reads rows as 4-byte words, LIN_ROWS of them in shared memory.
         ensure!(
             ff % 4 == 0 && LIN_ROWS * d.max(ff) <= SHARED_LIMIT,
@@ -180,14 +176,7 @@ impl GpuInt8M1 {
             SHARED_LIMIT / LIN_ROWS
         );
         let slots = ring_slots(Some(m1.context()), capacity);
-        let cells = streams
-            .checked_mul(slots)
-            .and_then(|c| c.checked_mul(d))
-            .ok_or_else(|| anyhow!("{streams} streams x {capacity} positions is too large"))?;
-        ensure!(
-            i32::try_from(capacity).is_ok() && i32::try_from(streams * 3 * d.max(ff)).is_ok(),
-            "{streams} streams x {capacity} positions do not fit the kernels' int arguments"
-        );
+        let cells = cache_cells(streams, capacity, slots, d, ff)?;
         let heads_cells = cells / HEAD_DIM;
         let s = k.stream().clone();
         let layers = (0..cfg.n_layers)
