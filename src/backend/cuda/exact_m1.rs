@@ -426,7 +426,7 @@ pub(super) fn cache_cells(
     ff: usize,
 ) -> Result<usize> {
     ensure!(
-        d % HEAD_DIM == 0,
+        d.is_multiple_of(HEAD_DIM),
         "d_model {d} is not a multiple of {HEAD_DIM}"
     );
     let cells = streams
