@@ -1,27 +1,34 @@
-//! Self-describing compressed files: Equal-Info windows under M1's exact path, for any input
-//! bytes (text, binary, empty, not UTF-8).
+//! Self-describing compressed files under M1's exact path (numeric contract 3), for any input
+//! bytes (text, binary, empty, not UTF-8). Each chunk is coded one of two ways ([`Coding`]):
+//! one arithmetic code under M1 with its context never reset (`ac`, M1's own rate: the best
+//! ratio, the default), or Equal-Info windows (what M2 trains on). A chunk that the coding does
+//! not shrink is stored as it is, so no input grows by more than the header and four bytes per
+//! chunk.
 //!
-//! Layout (integers little-endian):
+//! Layout (integers little-endian; docs/file-formats.md has the full table):
 //!
 //! | field | size |
 //! |---|---|
 //! | magic `TERSEcf\0` | 8 |
-//! | format version (1) | 2 |
+//! | format version (2) | 2 |
 //! | M1 contract version | 4 |
 //! | M1 fingerprint | 8 |
-//! | window bits `b` | 2 |
+//! | coding: 1 equal-info, 2 ac | 1 |
+//! | window bits `b` (equal-info; 0 for ac) | 2 |
 //! | chunk bytes | 4 |
 //! | original length | 8 |
 //! | CRC-32 of the original | 4 |
-//! | then per chunk: window count (u32), then each window's code, `b / 8` bytes big-endian | |
+//! | then per chunk a u32 word: [`STORED`] and the chunk's bytes; or, coded, the window count and each window's code (`b / 8` bytes big-endian), or the `ac` code's length in bytes and its bytes | |
 //!
-//! Chunks (the last may be shorter) are coded independently, so both directions use every core;
-//! windows need no side information, the window count only says where a chunk ends. Decoding
-//! checks every header field against the M1 it is given and the length and CRC-32 of the result,
-//! and writes its output atomically ([`crate::fsio`]): on any error no output file is left.
+//! Chunks (the last may be shorter) are coded independently, so both directions use every core
+//! and a damaged chunk is named. Decoding also reads format 1 (Equal-Info only, no stored
+//! chunks, a 40-byte header without the coding byte), checks every header field against the M1 it
+//! is given and the length and CRC-32 of the result, and writes its output atomically
+//! ([`crate::fsio`]): on any error no output file is left.
 
 use crate::fsio::{AtomicFile, Existing};
 use crate::m1::{Int8M1, CONTRACT_VERSION};
+use crate::tokenize::ac;
 use crate::tokenize::equal_info::EqualInfo;
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
@@ -30,28 +37,77 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"TERSEcf\0";
-const FORMAT_VERSION: u16 = 1;
-const HEADER_BYTES: usize = 8 + 2 + 4 + 8 + 2 + 4 + 8 + 4;
+/// The format this build writes; it reads this one and format 1.
+const FORMAT_VERSION: u16 = 2;
+const HEADER_BYTES: usize = 8 + 2 + 4 + 8 + 1 + 2 + 4 + 8 + 4;
+/// Format 1's header: no coding byte.
+const V1_HEADER_BYTES: usize = HEADER_BYTES - 1;
+/// A chunk record's first word when the chunk's bytes follow as they are.
+pub const STORED: u32 = u32::MAX;
 
 /// Chunk size of `terse compress` unless told otherwise.
 pub const DEFAULT_CHUNK_BYTES: u32 = 64 * 1024;
 
+/// How `terse compress` codes each chunk under M1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coding {
+    /// One arithmetic code per chunk, M1's context never reset inside it ([`ac`]): M1's own
+    /// rate, the best ratio.
+    Ac,
+    /// Equal-Info windows of `window_bits` bits ([`EqualInfo`]): each window decodes on its own,
+    /// at a cost in ratio.
+    EqualInfo { window_bits: u32 },
+}
+
+impl Coding {
+    /// The header's coding byte and window bits.
+    fn fields(self) -> (u8, u16) {
+        match self {
+            Coding::EqualInfo { window_bits } => (1, window_bits as u16),
+            Coding::Ac => (2, 0),
+        }
+    }
+}
+
 /// What one compression or decompression did.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CompressReport {
+    /// "ac" or "equal-info".
+    pub method: &'static str,
     pub original_bytes: u64,
     pub compressed_bytes: u64,
+    /// Equal-Info windows (0 for `ac`).
     pub windows: u64,
+    /// Chunks kept as they were, because coding did not shrink them.
+    pub stored_chunks: u64,
     pub bits_per_byte: f64,
     pub seconds: f64,
     pub bytes_per_second: f64,
 }
 
-fn report(original: u64, compressed: u64, windows: u64, seconds: f64) -> CompressReport {
+/// Counts of a file's chunks.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    windows: u64,
+    stored: u64,
+}
+
+fn report(
+    coding: Coding,
+    original: u64,
+    compressed: u64,
+    tally: Tally,
+    seconds: f64,
+) -> CompressReport {
     CompressReport {
+        method: match coding {
+            Coding::Ac => "ac",
+            Coding::EqualInfo { .. } => "equal-info",
+        },
         original_bytes: original,
         compressed_bytes: compressed,
-        windows,
+        windows: tally.windows,
+        stored_chunks: tally.stored,
         bits_per_byte: if original > 0 {
             8.0 * compressed as f64 / original as f64
         } else {
@@ -62,18 +118,95 @@ fn report(original: u64, compressed: u64, windows: u64, seconds: f64) -> Compres
     }
 }
 
-/// The header of a file of `total` bytes with CRC-32 `crc`, coded with `b`-bit windows.
-fn header(m1: &Int8M1, b: u32, chunk_bytes: u32, total: u64, crc: u32) -> Vec<u8> {
+/// The header of a file of `total` bytes with CRC-32 `crc`.
+fn header(m1: &Int8M1, coding: Coding, chunk_bytes: u32, total: u64, crc: u32) -> Vec<u8> {
+    let (method, bits) = coding.fields();
     let mut header = Vec::with_capacity(HEADER_BYTES);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&CONTRACT_VERSION.to_le_bytes());
     header.extend_from_slice(&m1.fingerprint().to_le_bytes());
-    header.extend_from_slice(&(b as u16).to_le_bytes());
+    header.push(method);
+    header.extend_from_slice(&bits.to_le_bytes());
     header.extend_from_slice(&chunk_bytes.to_le_bytes());
     header.extend_from_slice(&total.to_le_bytes());
     header.extend_from_slice(&crc.to_le_bytes());
     header
+}
+
+/// The coders of one file: the Equal-Info coder when the coding is Equal-Info.
+struct ChunkCoder<'a> {
+    m1: &'a Int8M1,
+    equal_info: Option<EqualInfo<'a>>,
+}
+
+impl<'a> ChunkCoder<'a> {
+    fn new(m1: &'a Int8M1, coding: Coding) -> Result<Self> {
+        let equal_info = match coding {
+            Coding::EqualInfo { window_bits } => Some(EqualInfo::new(m1, window_bits)?),
+            Coding::Ac => None,
+        };
+        Ok(ChunkCoder { m1, equal_info })
+    }
+
+    /// `chunk`'s record: its word and what follows it (the chunk itself when coding would not
+    /// shrink it), and its Equal-Info windows.
+    fn encode(&self, chunk: &[u8]) -> Result<(Vec<u8>, u64)> {
+        let (word, body, windows) = match &self.equal_info {
+            Some(coder) => {
+                let codes = coder.encode(chunk)?.codes;
+                let width = coder.window_bits() as usize / 8;
+                let body: Vec<u8> = codes
+                    .iter()
+                    .flat_map(|c| c.to_be_bytes()[16 - width..].to_vec())
+                    .collect();
+                (codes.len() as u32, body, codes.len() as u64)
+            }
+            None => {
+                let body: Vec<u8> = ac::encode(self.m1, chunk, 8)?
+                    .into_iter()
+                    .map(|t| t as u8)
+                    .collect();
+                (body.len() as u32, body, 0)
+            }
+        };
+        let mut record = Vec::with_capacity(4 + body.len().min(chunk.len()));
+        if body.len() >= chunk.len() {
+            record.extend_from_slice(&STORED.to_le_bytes());
+            record.extend_from_slice(chunk);
+            return Ok((record, 0));
+        }
+        record.extend_from_slice(&word.to_le_bytes());
+        record.extend_from_slice(&body);
+        Ok((record, windows))
+    }
+
+    /// The `len` bytes of a coded chunk whose record holds `word` and `body`.
+    fn decode(&self, word: u32, body: &[u8], len: usize) -> Result<Vec<u8>> {
+        match &self.equal_info {
+            Some(coder) => {
+                let width = coder.window_bits() as usize / 8;
+                debug_assert_eq!(body.len(), word as usize * width);
+                let codes: Vec<u128> = body
+                    .chunks(width)
+                    .map(|k| k.iter().fold(0u128, |acc, &x| (acc << 8) | x as u128))
+                    .collect();
+                coder.decode(&codes)
+            }
+            None => {
+                let tokens: Vec<u16> = body.iter().map(|&b| b as u16).collect();
+                ac::decode(self.m1, &tokens, 8, len)
+            }
+        }
+    }
+
+    /// Bytes after the word of a coded chunk's record whose word is `word`.
+    fn body_bytes(&self, word: u32) -> usize {
+        match &self.equal_info {
+            Some(coder) => word as usize * (coder.window_bits() as usize / 8),
+            None => word as usize,
+        }
+    }
 }
 
 /// Length and CRC-32 of the regular file `input`, read once ahead of coding it.
@@ -101,20 +234,20 @@ fn scan(input: &Path) -> Result<(u64, u32)> {
     }
 }
 
-/// Compresses `input` into `output` with `b`-bit windows. Memory holds one batch of chunks. An
-/// existing regular file at `output` is replaced only when `existing` says so; a device or FIFO
-/// is written through (the input, which must then be a regular file, is read twice: its length
-/// and CRC-32 head the output).
+/// Compresses `input` into `output`, each chunk as `coding` says (or stored, when that does not
+/// shrink it). Memory holds one batch of chunks. An existing regular file at `output` is replaced
+/// only when `existing` says so; a device or FIFO is written through (the input, which must then
+/// be a regular file, is read twice: its length and CRC-32 head the output).
 pub fn compress_file(
     input: &Path,
     output: &Path,
     m1: &Int8M1,
-    b: u32,
+    coding: Coding,
     chunk_bytes: u32,
     existing: Existing,
 ) -> Result<CompressReport> {
     let t = std::time::Instant::now();
-    let coder = EqualInfo::new(m1, b)?;
+    let coder = ChunkCoder::new(m1, coding)?;
     ensure!(chunk_bytes > 0, "chunk bytes must be positive");
     let mut src = BufReader::new(
         File::open(input).with_context(|| format!("cannot open {}", input.display()))?,
@@ -129,7 +262,7 @@ pub fn compress_file(
     };
     let mut w = BufWriter::new(&mut out);
     let first = match known {
-        Some((total, crc)) => header(m1, b, chunk_bytes, total, crc),
+        Some((total, crc)) => header(m1, coding, chunk_bytes, total, crc),
         None => vec![0u8; HEADER_BYTES],
     };
     w.write_all(&first)
@@ -137,27 +270,23 @@ pub fn compress_file(
     let mut compressed = first.len() as u64;
     let batch_chunks = rayon::current_num_threads() * 4;
     let mut buf = vec![0u8; batch_chunks * chunk_bytes as usize];
-    let (mut crc, mut total, mut windows) = (crc32fast::Hasher::new(), 0u64, 0u64);
+    let (mut crc, mut total, mut tally) = (crc32fast::Hasher::new(), 0u64, Tally::default());
     loop {
         let n = read_full(&mut src, &mut buf)
             .with_context(|| format!("reading {}", input.display()))?;
         crc.update(&buf[..n]);
         total += n as u64;
-        let coded: Vec<Result<Vec<u128>>> = buf[..n]
+        let records: Vec<Result<(Vec<u8>, u64)>> = buf[..n]
             .par_chunks(chunk_bytes as usize)
-            .map(|c| Ok(coder.encode(c)?.codes))
+            .map(|c| coder.encode(c))
             .collect();
-        for codes in coded {
-            let codes = codes?;
-            let mut record = Vec::with_capacity(4 + codes.len() * b as usize / 8);
-            record.extend_from_slice(&(codes.len() as u32).to_le_bytes());
-            for c in &codes {
-                record.extend_from_slice(&c.to_be_bytes()[16 - b as usize / 8..]);
-            }
+        for record in records {
+            let (record, windows) = record?;
             w.write_all(&record)
                 .with_context(|| format!("cannot write {out_name}"))?;
             compressed += record.len() as u64;
-            windows += codes.len() as u64;
+            tally.windows += windows;
+            tally.stored += u64::from(record[..4] == STORED.to_le_bytes());
         }
         if n < buf.len() {
             break;
@@ -176,15 +305,16 @@ pub fn compress_file(
         ),
         None => {
             file.seek(SeekFrom::Start(0))
-                .and_then(|_| file.write_all(&header(m1, b, chunk_bytes, total, crc)))
+                .and_then(|_| file.write_all(&header(m1, coding, chunk_bytes, total, crc)))
                 .with_context(|| format!("cannot write {out_name}"))?;
         }
     }
     out.commit()?;
     Ok(report(
+        coding,
         total,
         compressed,
-        windows,
+        tally,
         t.elapsed().as_secs_f64(),
     ))
 }
@@ -222,7 +352,7 @@ pub fn decompress_file(
     );
     let len = meta.len();
     ensure!(
-        len >= HEADER_BYTES as u64,
+        len >= V1_HEADER_BYTES as u64,
         "{name} is not a terse compressed file (bad magic or too short)"
     );
     // SAFETY: the map is read-only and lives only inside this call; a file truncated underneath
@@ -237,11 +367,21 @@ pub fn decompress_file(
     let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().expect("4 bytes"));
     let u64_at = |o: usize| u64::from_le_bytes(data[o..o + 8].try_into().expect("8 bytes"));
     let (format, contract, fingerprint) = (u16_at(8), u32_at(10), u64_at(14));
-    let (b, chunk_bytes, original_len, crc) =
-        (u16_at(22) as u32, u32_at(24), u64_at(28), u32_at(36));
+    // Format 1 had no coding byte (Equal-Info only); the fields after it sit one byte earlier.
+    let (method, at, header_bytes) = match format {
+        1 => (1, 22, V1_HEADER_BYTES),
+        FORMAT_VERSION => (data[22], 23, HEADER_BYTES),
+        _ => bail!("{name}: format version {format}, this build reads 1 and {FORMAT_VERSION}"),
+    };
     ensure!(
-        format == FORMAT_VERSION,
-        "{name}: format version {format}, this build reads {FORMAT_VERSION}"
+        len >= header_bytes as u64,
+        "{name} is not a terse compressed file (bad magic or too short)"
+    );
+    let (bits, chunk_bytes, original_len, crc) = (
+        u16_at(at) as u32,
+        u32_at(at + 2),
+        u64_at(at + 6),
+        u32_at(at + 14),
     );
     ensure!(
         contract == CONTRACT_VERSION,
@@ -252,33 +392,54 @@ pub fn decompress_file(
         "{name}: wrong M1: the file was compressed with M1 {fingerprint:016x}, this M1 is {:016x}",
         m1.fingerprint()
     );
-    let coder = EqualInfo::new(m1, b).with_context(|| format!("{name}: corrupt header"))?;
+    let coding = match (method, bits) {
+        (1, window_bits) => Coding::EqualInfo { window_bits },
+        (2, 0) => Coding::Ac,
+        _ => bail!("{name}: corrupt header (coding {method}, window bits {bits})"),
+    };
+    let coder = ChunkCoder::new(m1, coding).with_context(|| format!("{name}: corrupt header"))?;
     ensure!(chunk_bytes > 0, "{name}: corrupt header (chunk size 0)");
     // Walk the chunk records, checking every length against the file before using it.
-    let code_bytes = b as usize / 8;
-    let mut chunks: Vec<&[u8]> = Vec::new();
-    let mut windows = 0u64;
-    let mut pos = HEADER_BYTES;
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let mut tally = Tally::default();
+    let mut pos = header_bytes;
     let expect_chunks = original_len.div_ceil(chunk_bytes as u64);
+    let share = |i: u64| (original_len - i * chunk_bytes as u64).min(chunk_bytes as u64) as usize;
     while (chunks.len() as u64) < expect_chunks {
+        let i = chunks.len();
         ensure!(
             pos < data.len(),
-            "{name} is truncated or corrupt: {} chunks, header implies {expect_chunks}",
-            chunks.len()
+            "{name} is truncated or corrupt: {i} chunks, header implies {expect_chunks}"
         );
         ensure!(
             pos + 4 <= data.len(),
-            "{name} is truncated (inside a chunk record)"
+            "{name} is truncated (inside chunk {i}'s record)"
         );
-        let n = u32_at(pos) as usize;
-        let end = pos + 4 + n * code_bytes;
+        let word = u32_at(pos);
+        let stored = format == FORMAT_VERSION && word == STORED;
+        let body = if stored {
+            share(i as u64)
+        } else {
+            coder.body_bytes(word)
+        };
+        let end = pos + 4 + body;
         ensure!(
-            n > 0 && end <= data.len(),
-            "{name} is truncated or corrupt (chunk {} claims {n} windows)",
-            chunks.len()
+            end <= data.len(),
+            "{name} is truncated or corrupt (chunk {i}'s record runs past the end of the file)"
         );
-        chunks.push(&data[pos + 4..end]);
-        windows += n as u64;
+        if let Coding::EqualInfo { .. } = coding {
+            ensure!(
+                stored || word > 0,
+                "{name} is corrupt (chunk {i} claims 0 windows)"
+            );
+            tally.windows += if stored { 0 } else { word as u64 };
+        }
+        tally.stored += u64::from(stored);
+        chunks.push(Chunk {
+            stored,
+            word,
+            body: &data[pos + 4..end],
+        });
         pos = end;
     }
     if pos < data.len() {
@@ -300,21 +461,21 @@ pub fn decompress_file(
     let mut hasher = crc32fast::Hasher::new();
     let batch = rayon::current_num_threads() * 4;
     for (bi, group) in chunks.chunks(batch).enumerate() {
+        let first = bi * batch;
         let parts: Vec<Result<Vec<u8>>> = group
             .par_iter()
-            .map(|c| {
-                let codes: Vec<u128> = c
-                    .chunks(code_bytes)
-                    .map(|k| k.iter().fold(0u128, |acc, &x| (acc << 8) | x as u128))
-                    .collect();
-                coder.decode(&codes)
+            .enumerate()
+            .map(|(k, c)| match c.stored {
+                true => Ok(c.body.to_vec()),
+                false => coder.decode(c.word, c.body, share((first + k) as u64)),
             })
             .collect();
         for (k, p) in parts.into_iter().enumerate() {
-            let (i, p) = (bi * batch + k, p?);
-            let want = (original_len - i as u64 * chunk_bytes as u64).min(chunk_bytes as u64);
+            let i = first + k;
+            let p = p.with_context(|| format!("{name}: chunk {i}"))?;
+            let want = share(i as u64);
             ensure!(
-                p.len() as u64 == want,
+                p.len() == want,
                 "{name} is corrupt: chunk {i} decodes to {} bytes, expected {want}",
                 p.len()
             );
@@ -331,11 +492,21 @@ pub fn decompress_file(
         .with_context(|| format!("cannot write {out_name}"))?;
     out.commit()?;
     Ok(report(
+        coding,
         original_len,
         data.len() as u64,
-        windows,
+        tally,
         t.elapsed().as_secs_f64(),
     ))
+}
+
+/// One chunk's record in a file being decompressed.
+struct Chunk<'a> {
+    stored: bool,
+    /// The record's first word: the window count or `ac` code length when coded.
+    word: u32,
+    /// What follows the word.
+    body: &'a [u8],
 }
 
 #[cfg(test)]
@@ -352,9 +523,45 @@ mod tests {
         Int8M1::new(&cfg, &p).unwrap()
     }
 
+    /// A tiny M1 trained for 80 steps on the sample's first 4,000 bytes: it shrinks that text
+    /// (about 5 bits/byte) and not random bytes, so files mix coded and stored chunks.
+    fn text_m1() -> &'static Int8M1 {
+        use crate::backend::{create_backend, Device, OptimConfig};
+        use crate::model::Batch;
+        static M1: std::sync::OnceLock<Int8M1> = std::sync::OnceLock::new();
+        M1.get_or_init(|| {
+            let mut cfg = ModelConfig::preset("tiny", None).unwrap();
+            cfg.context = Some(256);
+            let (mut be, _) =
+                create_backend(Device::Cpu, &cfg, ParamArena::init(&cfg, 1), None).unwrap();
+            let text = &include_bytes!("../data/sample-books.txt")[..4000];
+            let (batch, seq) = (4, 32);
+            let mut r = Rng::new(9);
+            for step in 1..=80 {
+                let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+                for _ in 0..batch {
+                    let at = r.below((text.len() - seq - 1) as u64) as usize;
+                    inputs.extend(text[at..at + seq].iter().map(|&b| b as u32));
+                    targets.extend(text[at + 1..at + seq + 1].iter().map(|&b| b as u32));
+                }
+                let b = Batch {
+                    inputs,
+                    targets,
+                    batch,
+                    seq,
+                };
+                be.train_step(&b, 3e-3, step, &OptimConfig::default())
+                    .unwrap();
+            }
+            Int8M1::new(&cfg, &be.params().unwrap()).unwrap()
+        })
+    }
+
     fn err(r: Result<CompressReport>) -> String {
         format!("{:#}", r.unwrap_err())
     }
+
+    const EQUAL_INFO_16: Coding = Coding::EqualInfo { window_bits: 16 };
 
     #[test]
     fn concatenated_files_and_directories_get_messages_that_say_so() {
@@ -362,7 +569,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (src, z) = (dir.path().join("t"), dir.path().join("t.terse"));
         std::fs::write(&src, &include_bytes!("../data/sample-books.txt")[..2500]).unwrap();
-        compress_file(&src, &z, &m, 16, 1000, Existing::Replace).unwrap();
+        compress_file(&src, &z, &m, EQUAL_INFO_16, 1000, Existing::Replace).unwrap();
         let one = std::fs::read(&z).unwrap();
         let out = dir.path().join("out");
         let two = dir.path().join("two.terse");
@@ -386,7 +593,7 @@ mod tests {
 
     #[test]
     fn round_trips_any_bytes_and_refuses_damage_without_partial_output() {
-        let m = m1(1);
+        let m = text_m1();
         let dir = tempfile::tempdir().unwrap();
         let mut r = Rng::new(3);
         let random: Vec<u8> = (0..3000).map(|_| r.below(256) as u8).collect();
@@ -398,30 +605,44 @@ mod tests {
             random,
             vec![0xFF, 0xFE, 0x80, 0xC3],
         ];
+        let codings = [
+            Coding::Ac,
+            EQUAL_INFO_16,
+            Coding::EqualInfo { window_bits: 32 },
+        ];
         for (i, input) in inputs.iter().enumerate() {
-            for b in [16, 32] {
+            for coding in codings {
                 let (src, z, back) = (
                     dir.path().join(format!("in{i}")),
                     dir.path().join(format!("z{i}")),
                     dir.path().join(format!("out{i}")),
                 );
                 std::fs::write(&src, input).unwrap();
-                let rep = compress_file(&src, &z, &m, b, 1000, Existing::Replace).unwrap();
+                let rep = compress_file(&src, &z, m, coding, 1000, Existing::Replace).unwrap();
                 assert_eq!(rep.original_bytes, input.len() as u64);
-                decompress_file(&z, &back, &m, Existing::Replace).unwrap();
-                assert_eq!(&std::fs::read(&back).unwrap(), input, "input {i}, b={b}");
+                let back_rep = decompress_file(&z, &back, m, Existing::Replace).unwrap();
+                assert_eq!(
+                    &std::fs::read(&back).unwrap(),
+                    input,
+                    "input {i}, {coding:?}"
+                );
+                assert_eq!(
+                    (back_rep.method, back_rep.windows, back_rep.stored_chunks),
+                    (rep.method, rep.windows, rep.stored_chunks)
+                );
             }
         }
         // Damage: each case is refused and leaves no output file.
         let (src, z) = (dir.path().join("t"), dir.path().join("t.terse"));
         std::fs::write(&src, &text).unwrap();
-        compress_file(&src, &z, &m, 16, 1000, Existing::Replace).unwrap();
+        let rep = compress_file(&src, &z, m, Coding::Ac, 1000, Existing::Replace).unwrap();
+        assert_eq!(rep.stored_chunks, 0, "text shrinks");
         let good = std::fs::read(&z).unwrap();
         let out = dir.path().join("never");
         let try_with = |bytes: &[u8]| {
             let p = dir.path().join("damaged");
             std::fs::write(&p, bytes).unwrap();
-            let e = err(decompress_file(&p, &out, &m, Existing::Replace));
+            let e = err(decompress_file(&p, &out, m, Existing::Replace));
             assert!(!out.exists(), "partial output left behind");
             e
         };
@@ -436,7 +657,7 @@ mod tests {
         let e = try_with(&flipped);
         assert!(e.contains("corrupt"), "{e}");
         let mut crc_bad = good.clone();
-        crc_bad[36] ^= 1;
+        crc_bad[37] ^= 1;
         assert!(try_with(&crc_bad).contains("CRC-32"));
         let mut version = good.clone();
         version[10] = 2;
@@ -445,17 +666,85 @@ mod tests {
             e.contains("compressed under M1 numeric contract 2, this build decodes contract 3"),
             "{e}"
         );
+        let mut format = good.clone();
+        format[8] = 9;
+        let e = try_with(&format);
+        assert!(
+            e.contains("format version 9, this build reads 1 and 2"),
+            "{e}"
+        );
+        let mut method = good.clone();
+        method[22] = 7;
+        assert!(try_with(&method).contains("corrupt header (coding 7"));
         let e = err(decompress_file(&z, &out, &m1(2), Existing::Replace));
         assert!(e.contains("wrong M1"), "{e}");
         assert!(!out.exists());
         assert!(err(compress_file(
             &dir.path().join("missing"),
             &out,
-            &m,
-            16,
+            m,
+            Coding::Ac,
             1000,
             Existing::Replace
         ))
         .contains("cannot open"));
+    }
+
+    /// Chunks that coding would not shrink are stored: random bytes grow by the header and four
+    /// bytes per chunk, and a file mixing both kinds round-trips.
+    #[test]
+    fn incompressible_chunks_are_stored_as_they_are() {
+        let m = text_m1();
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Rng::new(5);
+        let random: Vec<u8> = (0..2500).map(|_| r.below(256) as u8).collect();
+        let text = &include_bytes!("../data/sample-books.txt")[..2000];
+        let mixed = [text, &random[..], text].concat();
+        let (src, z, back) = (
+            dir.path().join("in"),
+            dir.path().join("in.terse"),
+            dir.path().join("back"),
+        );
+        for coding in [Coding::Ac, EQUAL_INFO_16] {
+            std::fs::write(&src, &random).unwrap();
+            let rep = compress_file(&src, &z, m, coding, 1000, Existing::Replace).unwrap();
+            assert_eq!(rep.stored_chunks, 3, "{coding:?}");
+            let size = (HEADER_BYTES + 3 * 4 + random.len()) as u64;
+            assert_eq!(rep.compressed_bytes, size);
+            assert_eq!(std::fs::metadata(&z).unwrap().len(), size);
+            std::fs::write(&src, &mixed).unwrap();
+            let rep = compress_file(&src, &z, m, coding, 1000, Existing::Replace).unwrap();
+            assert!(
+                rep.stored_chunks >= 2 && rep.stored_chunks < 7,
+                "{coding:?}: {rep:?}"
+            );
+            decompress_file(&z, &back, m, Existing::Replace).unwrap();
+            assert_eq!(std::fs::read(&back).unwrap(), mixed, "{coding:?}");
+        }
+    }
+
+    /// Format 1 (Equal-Info only, no coding byte, no stored chunks) still decompresses: a format 2
+    /// file without stored chunks, rewritten to format 1's header.
+    #[test]
+    fn format_1_files_still_decompress() {
+        let m = text_m1();
+        let dir = tempfile::tempdir().unwrap();
+        let text = &include_bytes!("../data/sample-books.txt")[..3000];
+        let (src, z, back) = (
+            dir.path().join("in"),
+            dir.path().join("in.terse"),
+            dir.path().join("back"),
+        );
+        std::fs::write(&src, text).unwrap();
+        let rep = compress_file(&src, &z, m, EQUAL_INFO_16, 1000, Existing::Replace).unwrap();
+        assert_eq!(rep.stored_chunks, 0);
+        let mut v1 = std::fs::read(&z).unwrap();
+        assert_eq!((v1[8], v1[22]), (2, 1));
+        v1[8] = 1;
+        v1.remove(22);
+        std::fs::write(&z, &v1).unwrap();
+        let rep = decompress_file(&z, &back, m, Existing::Replace).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), text);
+        assert_eq!(rep.method, "equal-info");
     }
 }

@@ -10,13 +10,13 @@ mod cli {
     pub mod train;
 }
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use cli::{bench::BenchCmd, eval::EvalArgs, experiment::DemoArgs, experiment::ExperimentArgs};
 use cli::{generate::GenerateArgs, tokenize::TokenizeArgs, train::TrainArgs};
 use std::path::PathBuf;
 use terse::backend;
-use terse::compress::{compress_file, decompress_file};
+use terse::compress::{compress_file, decompress_file, Coding};
 use terse::fsio::{check_output, Existing};
 use terse::m1::Int8M1;
 
@@ -32,6 +32,13 @@ struct Cli {
     threads: Option<usize>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// `terse compress --method`: the command line's names of [`Coding`]'s kinds.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CompressMethod {
+    Ac,
+    EqualInfo,
 }
 
 #[derive(Subcommand)]
@@ -63,10 +70,15 @@ enum Cmd {
         /// M1 checkpoint (a byte-level model); decompression needs the same one.
         #[arg(long)]
         m1: PathBuf,
-        /// Bits per window: 16..=128, a multiple of 8.
-        #[arg(long, default_value_t = 16)]
-        window_bits: u32,
-        /// Bytes per independently coded chunk (parallelism; each chunk ends a window).
+        /// How each chunk is coded: `ac` (one arithmetic code under M1: the best ratio) or
+        /// `equal-info` (windows of --window-bits that decode on their own). A chunk that the
+        /// coding does not shrink is stored as it is.
+        #[arg(long, value_enum, default_value = "ac")]
+        method: CompressMethod,
+        /// Bits per Equal-Info window: 16..=128, a multiple of 8 (default 16; equal-info only).
+        #[arg(long)]
+        window_bits: Option<u32>,
+        /// Bytes per independently coded chunk (parallelism; a damaged chunk is named).
         #[arg(long, default_value_t = terse::compress::DEFAULT_CHUNK_BYTES)]
         chunk_bytes: u32,
         /// Print the report as one JSON object.
@@ -156,16 +168,18 @@ fn main() {
         } => cli::tokenize::run_detokenize(&data, m1.as_deref(), &out, gpu, force),
         Cmd::Compress {
             m1,
+            method,
             window_bits,
             chunk_bytes,
             json,
             force,
             input,
             output,
-        } => check_output(&output, Existing::replace_if(force)).and_then(|_| {
+        } => compress_coding(method, window_bits).and_then(|coding| {
+            check_output(&output, Existing::replace_if(force))?;
             let m = Int8M1::load(&m1)?;
             let existing = Existing::replace_if(force);
-            let r = compress_file(&input, &output, &m, window_bits, chunk_bytes, existing)?;
+            let r = compress_file(&input, &output, &m, coding, chunk_bytes, existing)?;
             print_compress(&r, json, "compressed")
         }),
         Cmd::Decompress {
@@ -250,16 +264,33 @@ fn cmd_info(json: bool) -> Result<()> {
     Ok(())
 }
 
+/// What `terse compress --method --window-bits` asks for; refuses window bits for `ac`.
+fn compress_coding(method: CompressMethod, window_bits: Option<u32>) -> Result<Coding> {
+    Ok(match (method, window_bits) {
+        (CompressMethod::Ac, None) => Coding::Ac,
+        (CompressMethod::Ac, Some(_)) => {
+            bail!("--window-bits applies to --method equal-info, not ac")
+        }
+        (CompressMethod::EqualInfo, bits) => Coding::EqualInfo {
+            window_bits: bits.unwrap_or(16),
+        },
+    })
+}
+
 fn print_compress(r: &terse::compress::CompressReport, json: bool, what: &str) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(r)?);
     } else {
         println!(
-            "{what} {} bytes <-> {} bytes ({:.3} bits/byte, {} windows) in {:.2} s, {:.0} bytes/s",
+            "{what} {} bytes <-> {} bytes ({:.3} bits/byte, {}{} chunks stored) in {:.2} s, {:.0} bytes/s",
             r.original_bytes,
             r.compressed_bytes,
             r.bits_per_byte,
-            r.windows,
+            match r.method {
+                "ac" => "ac, ".to_string(),
+                m => format!("{m}, {} windows, ", r.windows),
+            },
+            r.stored_chunks,
             r.seconds,
             r.bytes_per_second
         );

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::tiny_m1;
+use common::{text_m1, tiny_m1};
 use proptest::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -223,7 +223,14 @@ fn compressed() -> &'static (tempfile::TempDir, PathBuf, Vec<u8>) {
         let dir = root.path().join("z");
         fs::create_dir(&dir).unwrap();
         let z = dir.join("f.terse");
-        terse::compress::compress_file(&input, &z, &tiny_m1(), 16, 211, Existing::Refuse).unwrap();
+        let coding = terse::compress::Coding::Ac;
+        let rep =
+            terse::compress::compress_file(&input, &z, &text_m1(), coding, 211, Existing::Refuse)
+                .unwrap();
+        assert_eq!(
+            rep.stored_chunks, 0,
+            "every chunk coded, so flips land in codes"
+        );
         let original = fs::read(&input).unwrap();
         (root, dir, original)
     })
@@ -237,7 +244,7 @@ proptest! {
         let (_, dir, original) = compressed();
         let copy = damaged_copy(dir, "f.terse", &flips);
         let out = copy.path().join("f.out");
-        match terse::compress::decompress_file(&copy.path().join("f.terse"), &out, &tiny_m1(), Existing::Refuse) {
+        match terse::compress::decompress_file(&copy.path().join("f.terse"), &out, &text_m1(), Existing::Refuse) {
             Ok(_) => prop_assert!(&fs::read(&out).unwrap() == original, "{flips:?}: other bytes"),
             Err(e) => {
                 assert_clear(&e, copy.path())?;

@@ -264,13 +264,30 @@ fn compress_decompress_round_trip_and_refusals() {
         z.to_str().unwrap(),
         back.to_str().unwrap(),
     );
-    let r = terse(&["compress", "--m1", m, "--json", s, zs]);
-    assert!(r.status.success(), "{}", stderr(&r));
-    let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
-    assert_eq!(rep["original_bytes"], input.len());
-    let r = terse(&["decompress", "--m1", m, zs, bs]);
-    assert!(r.status.success(), "{}", stderr(&r));
-    assert_eq!(std::fs::read(&back).unwrap(), input);
+    // Equal-Info windows, then the default (ac), which is written last and refused below.
+    for (method, extra) in [
+        (
+            "equal-info",
+            &["--method", "equal-info", "--window-bits", "24"][..],
+        ),
+        ("ac", &[]),
+    ] {
+        let mut args = vec!["compress", "--m1", m, "--json", "--force"];
+        args.extend(extra);
+        args.extend([s, zs]);
+        let r = terse(&args);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert_eq!(rep["original_bytes"], input.len());
+        assert_eq!(rep["method"], method);
+        let r = terse(&["decompress", "--m1", m, "--force", zs, bs]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        assert_eq!(std::fs::read(&back).unwrap(), input, "{method}");
+    }
+    assert_fails_with(
+        &["compress", "--m1", m, "--window-bits", "16", s, zs],
+        "--window-bits applies to --method equal-info, not ac",
+    );
     // Another M1 is refused by name, with no output left behind.
     let other = dir.path().join("m1b");
     common::train_tiny(&data, &other, &["--steps", "1", "--seed", "7"]);

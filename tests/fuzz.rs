@@ -10,7 +10,7 @@
 //! - the token-dataset opener (and decoder) on mutated `metadata.json` and `tokens.bin`.
 
 mod common;
-use common::tiny_m1;
+use common::{text_m1, tiny_m1};
 
 use proptest::prelude::*;
 use std::fs;
@@ -124,16 +124,17 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // (b) The compressed-file parser.
 
-/// Offsets of the header fields (see `terse::compress`): version 8, contract 10, fingerprint 14,
-/// window bits 22, chunk bytes 24, original length 28, CRC 36; chunk records from 40.
-const HEADER_BYTES: usize = 40;
+/// Offsets of the header fields (see `terse::compress`, format 2): version 8, contract 10,
+/// fingerprint 14, coding 22, window bits 23, chunk bytes 25, original length 29, CRC 37; chunk
+/// records from 41.
+const HEADER_BYTES: usize = 41;
 
 struct Valid {
     original: Vec<u8>,
     file: Vec<u8>,
 }
 
-/// A valid compressed file (b = 16, 97-byte chunks) of 400 bytes of text and binary.
+/// A valid compressed file (Equal-Info, b = 16, 97-byte chunks) of 400 bytes of text and binary.
 fn valid_file() -> &'static Valid {
     static V: OnceLock<Valid> = OnceLock::new();
     V.get_or_init(|| {
@@ -142,15 +143,18 @@ fn valid_file() -> &'static Valid {
         original.extend((0..100u32).map(|i| (i * 131 % 256) as u8));
         let (inp, out) = (dir.path().join("in"), dir.path().join("out.terse"));
         fs::write(&inp, &original).unwrap();
-        terse::compress::compress_file(
+        let coding = terse::compress::Coding::EqualInfo { window_bits: 16 };
+        let rep = terse::compress::compress_file(
             &inp,
             &out,
-            &tiny_m1(),
-            16,
+            &text_m1(),
+            coding,
             97,
             terse::fsio::Existing::Replace,
         )
         .unwrap();
+        // The text's chunks coded, the binary tail's stored: damage lands in both kinds.
+        assert!(rep.stored_chunks > 0 && rep.stored_chunks < 5, "{rep:?}");
         let file = fs::read(&out).unwrap();
         Valid { original, file }
     })
@@ -161,7 +165,7 @@ fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let dir = tempfile::tempdir().unwrap();
     let (inp, out) = (dir.path().join("f.terse"), dir.path().join("f.out"));
     fs::write(&inp, bytes).unwrap();
-    match terse::compress::decompress_file(&inp, &out, &tiny_m1(), terse::fsio::Existing::Replace) {
+    match terse::compress::decompress_file(&inp, &out, &text_m1(), terse::fsio::Existing::Replace) {
         Ok(_) => Ok(fs::read(&out).unwrap()),
         Err(e) => {
             let left: Vec<_> = fs::read_dir(dir.path())
@@ -199,7 +203,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (0u8..4, any::<usize>()).prop_map(|(class, at)| Mutation::Truncate { class, at }),
         prop::collection::vec(any::<u8>(), 1..64).prop_map(Mutation::Extend),
         (
-            0u8..5,
+            0u8..6,
             prop_oneof![
                 Just(0u64),
                 Just(u64::MAX),
@@ -234,10 +238,11 @@ fn apply(file: &[u8], m: &Mutation) -> Vec<u8> {
         Mutation::Field { which, value } => {
             let v = *value;
             match which {
-                0 => f[28..36].copy_from_slice(&v.to_le_bytes()), // original length
-                1 => f[24..28].copy_from_slice(&(v as u32).to_le_bytes()), // chunk bytes
-                2 => f[22..24].copy_from_slice(&(v as u16).to_le_bytes()), // window bits
+                0 => f[29..37].copy_from_slice(&v.to_le_bytes()), // original length
+                1 => f[25..29].copy_from_slice(&(v as u32).to_le_bytes()), // chunk bytes
+                2 => f[23..25].copy_from_slice(&(v as u16).to_le_bytes()), // window bits
                 3 => f[HEADER_BYTES..HEADER_BYTES + 4].copy_from_slice(&(v as u32).to_le_bytes()),
+                4 => f[22] = v as u8, // coding
                 _ => f[8..10].copy_from_slice(&(v as u16).to_le_bytes()), // format version
             }
         }

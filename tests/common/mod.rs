@@ -90,3 +90,18 @@ pub fn tiny_m1() -> std::sync::Arc<terse::m1::Int8M1> {
     })
     .clone()
 }
+
+/// A tiny M1 trained for 80 steps on the sample's first 4,000 bytes (about 5 bits/byte on that
+/// text), built once per test binary: it shrinks text and not random bytes, so compressed files
+/// hold both coded and stored chunks.
+pub fn text_m1() -> std::sync::Arc<terse::m1::Int8M1> {
+    static M1: std::sync::OnceLock<std::sync::Arc<terse::m1::Int8M1>> = std::sync::OnceLock::new();
+    M1.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = sample_prefix(dir.path(), 4_000);
+        let ck = dir.path().join("m1");
+        train_tiny(&data, &ck, &["--steps", "80"]);
+        std::sync::Arc::new(terse::m1::Int8M1::load(&ck).unwrap())
+    })
+    .clone()
+}
