@@ -266,6 +266,23 @@ impl<'a> ChunkCoder<'a> {
     }
 }
 
+/// A bar of `total` bytes on stderr, `what` before it; hidden unless `progress` (and, by
+/// indicatif, when stderr is not a terminal).
+fn byte_bar(progress: bool, total: u64, what: &str) -> indicatif::ProgressBar {
+    if !progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
 /// Length and CRC-32 of the regular file `input`, read once ahead of coding it.
 fn scan(input: &Path) -> Result<(u64, u32)> {
     let name = input.display();
@@ -295,7 +312,8 @@ fn scan(input: &Path) -> Result<(u64, u32)> {
 /// shrink it). Memory holds one batch of chunks (up to 64, 4 MiB unless one chunk is larger),
 /// coded in lockstep. An existing regular file at `output` is replaced only when `existing` says
 /// so; a device or FIFO is written through (the input, which must then be a regular file, is read
-/// twice: its length and CRC-32 head the output).
+/// twice: its length and CRC-32 head the output). With `progress`, a bar of the input's bytes on
+/// stderr (when it is a terminal).
 pub fn compress_file(
     input: &Path,
     output: &Path,
@@ -303,13 +321,14 @@ pub fn compress_file(
     coding: Coding,
     chunk_bytes: u32,
     existing: Existing,
+    progress: bool,
 ) -> Result<CompressReport> {
     let t = std::time::Instant::now();
     let coder = ChunkCoder::new(m1, coding)?;
     ensure!(chunk_bytes > 0, "chunk bytes must be positive");
-    let mut src = BufReader::new(
-        File::open(input).with_context(|| format!("cannot open {}", input.display()))?,
-    );
+    let file = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+    let size = file.metadata().map_or(0, |m| m.len());
+    let mut src = BufReader::new(file);
     let out_name = output.display();
     let mut out =
         AtomicFile::open(output, existing).with_context(|| format!("cannot write {out_name}"))?;
@@ -328,6 +347,7 @@ pub fn compress_file(
     let mut compressed = first.len() as u64;
     let mut buf = vec![0u8; batch_chunks(chunk_bytes) * chunk_bytes as usize];
     let (mut crc, mut total, mut tally) = (crc32fast::Hasher::new(), 0u64, Tally::default());
+    let bar = byte_bar(progress, size, "compressing");
     loop {
         let n = read_full(&mut src, &mut buf)
             .with_context(|| format!("reading {}", input.display()))?;
@@ -341,10 +361,12 @@ pub fn compress_file(
             tally.windows += windows;
             tally.stored += u64::from(record[..4] == STORED.to_le_bytes());
         }
+        bar.inc(n as u64);
         if n < buf.len() {
             break;
         }
     }
+    bar.finish_and_clear();
     let crc = crc.finalize();
     let file = w
         .into_inner()
@@ -386,12 +408,14 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Decompresses `input` into `output`, streaming (the input is memory-mapped, the output written
 /// a batch of chunks at a time, so memory stays bounded). Refuses (naming the mismatch) another format, contract or
 /// M1, a truncated or corrupt file, and a result whose length or CRC-32 differs from the header.
-/// An existing regular file at `output` is replaced only when `existing` says so.
+/// An existing regular file at `output` is replaced only when `existing` says so. With
+/// `progress`, a bar of the output's bytes on stderr (when it is a terminal).
 pub fn decompress_file(
     input: &Path,
     output: &Path,
     m1: &Int8M1,
     existing: Existing,
+    progress: bool,
 ) -> Result<CompressReport> {
     let t = std::time::Instant::now();
     let name = input.display();
@@ -513,6 +537,7 @@ pub fn decompress_file(
     let mut w = BufWriter::new(&mut out);
     let mut hasher = crc32fast::Hasher::new();
     let batch = batch_chunks(chunk_bytes);
+    let bar = byte_bar(progress, original_len, "decompressing");
     for (bi, group) in chunks.chunks(batch).enumerate() {
         let first = bi * batch;
         let shares: Vec<(&Chunk, usize)> = group
@@ -534,8 +559,10 @@ pub fn decompress_file(
             hasher.update(&p);
             w.write_all(&p)
                 .with_context(|| format!("cannot write {out_name}"))?;
+            bar.inc(p.len() as u64);
         }
     }
+    bar.finish_and_clear();
     if hasher.finalize() != crc {
         bail!("{name} is corrupt: the decoded bytes fail the CRC-32 check");
     }
@@ -621,24 +648,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (src, z) = (dir.path().join("t"), dir.path().join("t.terse"));
         std::fs::write(&src, &include_bytes!("../data/sample-books.txt")[..2500]).unwrap();
-        compress_file(&src, &z, &m, EQUAL_INFO_16, 1000, Existing::Replace).unwrap();
+        compress_file(&src, &z, &m, EQUAL_INFO_16, 1000, Existing::Replace, false).unwrap();
         let one = std::fs::read(&z).unwrap();
         let out = dir.path().join("out");
         let two = dir.path().join("two.terse");
         std::fs::write(&two, [one.clone(), one.clone()].concat()).unwrap();
-        let e = err(decompress_file(&two, &out, &m, Existing::Replace));
+        let e = err(decompress_file(&two, &out, &m, Existing::Replace, false));
         assert!(
             e.contains("trailing data after the last chunk") && e.contains("another terse file"),
             "{e}"
         );
         let junk = dir.path().join("junk.terse");
         std::fs::write(&junk, [one, b"xyz".to_vec()].concat()).unwrap();
-        let e = err(decompress_file(&junk, &out, &m, Existing::Replace));
+        let e = err(decompress_file(&junk, &out, &m, Existing::Replace, false));
         assert!(
             e.contains("trailing data after the last chunk (3 bytes"),
             "{e}"
         );
-        let e = err(decompress_file(dir.path(), &out, &m, Existing::Replace));
+        let e = err(decompress_file(
+            dir.path(),
+            &out,
+            &m,
+            Existing::Replace,
+            false,
+        ));
         assert!(e.contains("is a directory"), "{e}");
         assert!(!out.exists());
     }
@@ -670,9 +703,10 @@ mod tests {
                     dir.path().join(format!("out{i}")),
                 );
                 std::fs::write(&src, input).unwrap();
-                let rep = compress_file(&src, &z, m, coding, 1000, Existing::Replace).unwrap();
+                let rep =
+                    compress_file(&src, &z, m, coding, 1000, Existing::Replace, false).unwrap();
                 assert_eq!(rep.original_bytes, input.len() as u64);
-                let back_rep = decompress_file(&z, &back, m, Existing::Replace).unwrap();
+                let back_rep = decompress_file(&z, &back, m, Existing::Replace, false).unwrap();
                 assert_eq!(
                     &std::fs::read(&back).unwrap(),
                     input,
@@ -687,14 +721,14 @@ mod tests {
         // Damage: each case is refused and leaves no output file.
         let (src, z) = (dir.path().join("t"), dir.path().join("t.terse"));
         std::fs::write(&src, &text).unwrap();
-        let rep = compress_file(&src, &z, m, Coding::Ac, 1000, Existing::Replace).unwrap();
+        let rep = compress_file(&src, &z, m, Coding::Ac, 1000, Existing::Replace, false).unwrap();
         assert_eq!(rep.stored_chunks, 0, "text shrinks");
         let good = std::fs::read(&z).unwrap();
         let out = dir.path().join("never");
         let try_with = |bytes: &[u8]| {
             let p = dir.path().join("damaged");
             std::fs::write(&p, bytes).unwrap();
-            let e = err(decompress_file(&p, &out, m, Existing::Replace));
+            let e = err(decompress_file(&p, &out, m, Existing::Replace, false));
             assert!(!out.exists(), "partial output left behind");
             e
         };
@@ -728,7 +762,7 @@ mod tests {
         let mut method = good.clone();
         method[22] = 7;
         assert!(try_with(&method).contains("corrupt header (coding 7"));
-        let e = err(decompress_file(&z, &out, &m1(2), Existing::Replace));
+        let e = err(decompress_file(&z, &out, &m1(2), Existing::Replace, false));
         assert!(e.contains("wrong M1"), "{e}");
         assert!(!out.exists());
         assert!(err(compress_file(
@@ -737,7 +771,8 @@ mod tests {
             m,
             Coding::Ac,
             1000,
-            Existing::Replace
+            Existing::Replace,
+            false
         ))
         .contains("cannot open"));
     }
@@ -759,18 +794,18 @@ mod tests {
         );
         for coding in [Coding::Ac, EQUAL_INFO_16] {
             std::fs::write(&src, &random).unwrap();
-            let rep = compress_file(&src, &z, m, coding, 1000, Existing::Replace).unwrap();
+            let rep = compress_file(&src, &z, m, coding, 1000, Existing::Replace, false).unwrap();
             assert_eq!(rep.stored_chunks, 3, "{coding:?}");
             let size = (HEADER_BYTES + 3 * 4 + random.len()) as u64;
             assert_eq!(rep.compressed_bytes, size);
             assert_eq!(std::fs::metadata(&z).unwrap().len(), size);
             std::fs::write(&src, &mixed).unwrap();
-            let rep = compress_file(&src, &z, m, coding, 1000, Existing::Replace).unwrap();
+            let rep = compress_file(&src, &z, m, coding, 1000, Existing::Replace, false).unwrap();
             assert!(
                 rep.stored_chunks >= 2 && rep.stored_chunks < 7,
                 "{coding:?}: {rep:?}"
             );
-            decompress_file(&z, &back, m, Existing::Replace).unwrap();
+            decompress_file(&z, &back, m, Existing::Replace, false).unwrap();
             assert_eq!(std::fs::read(&back).unwrap(), mixed, "{coding:?}");
         }
     }
@@ -791,12 +826,12 @@ mod tests {
         );
         std::fs::write(&src, &input).unwrap();
         for coding in [Coding::Ac, EQUAL_INFO_16] {
-            let rep = compress_file(&src, &z, m, coding, 100, Existing::Replace).unwrap();
+            let rep = compress_file(&src, &z, m, coding, 100, Existing::Replace, false).unwrap();
             assert!(
                 input.len() / 100 > BATCH_CHUNKS && rep.stored_chunks >= 7,
                 "{rep:?}"
             );
-            decompress_file(&z, &back, m, Existing::Replace).unwrap();
+            decompress_file(&z, &back, m, Existing::Replace, false).unwrap();
             assert_eq!(std::fs::read(&back).unwrap(), input, "{coding:?}");
         }
     }
@@ -814,14 +849,15 @@ mod tests {
             dir.path().join("back"),
         );
         std::fs::write(&src, text).unwrap();
-        let rep = compress_file(&src, &z, m, EQUAL_INFO_16, 1000, Existing::Replace).unwrap();
+        let rep =
+            compress_file(&src, &z, m, EQUAL_INFO_16, 1000, Existing::Replace, false).unwrap();
         assert_eq!(rep.stored_chunks, 0);
         let mut v1 = std::fs::read(&z).unwrap();
         assert_eq!((v1[8], v1[22]), (2, 1));
         v1[8] = 1;
         v1.remove(22);
         std::fs::write(&z, &v1).unwrap();
-        let rep = decompress_file(&z, &back, m, Existing::Replace).unwrap();
+        let rep = decompress_file(&z, &back, m, Existing::Replace, false).unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), text);
         assert_eq!(rep.method, "equal-info");
     }

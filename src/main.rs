@@ -179,7 +179,7 @@ fn main() {
             check_output(&output, Existing::replace_if(force))?;
             let m = Int8M1::load(&m1)?;
             let existing = Existing::replace_if(force);
-            let r = compress_file(&input, &output, &m, coding, chunk_bytes, existing)?;
+            let r = compress_file(&input, &output, &m, coding, chunk_bytes, existing, !json)?;
             print_compress(&r, json, "compressed")
         }),
         Cmd::Decompress {
@@ -190,7 +190,7 @@ fn main() {
             output,
         } => check_output(&output, Existing::replace_if(force)).and_then(|_| {
             let m = Int8M1::load(&m1)?;
-            let r = decompress_file(&input, &output, &m, Existing::replace_if(force))?;
+            let r = decompress_file(&input, &output, &m, Existing::replace_if(force), !json)?;
             print_compress(&r, json, "decompressed")
         }),
     };

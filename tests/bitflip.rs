@@ -224,9 +224,16 @@ fn compressed() -> &'static (tempfile::TempDir, PathBuf, Vec<u8>) {
         fs::create_dir(&dir).unwrap();
         let z = dir.join("f.terse");
         let coding = terse::compress::Coding::Ac;
-        let rep =
-            terse::compress::compress_file(&input, &z, &text_m1(), coding, 211, Existing::Refuse)
-                .unwrap();
+        let rep = terse::compress::compress_file(
+            &input,
+            &z,
+            &text_m1(),
+            coding,
+            211,
+            Existing::Refuse,
+            false,
+        )
+        .unwrap();
         assert_eq!(
             rep.stored_chunks, 0,
             "every chunk coded, so flips land in codes"
@@ -244,7 +251,7 @@ proptest! {
         let (_, dir, original) = compressed();
         let copy = damaged_copy(dir, "f.terse", &flips);
         let out = copy.path().join("f.out");
-        match terse::compress::decompress_file(&copy.path().join("f.terse"), &out, &text_m1(), Existing::Refuse) {
+        match terse::compress::decompress_file(&copy.path().join("f.terse"), &out, &text_m1(), Existing::Refuse, false) {
             Ok(_) => prop_assert!(&fs::read(&out).unwrap() == original, "{flips:?}: other bytes"),
             Err(e) => {
                 assert_clear(&e, copy.path())?;

@@ -151,6 +151,7 @@ fn valid_file() -> &'static Valid {
             coding,
             97,
             terse::fsio::Existing::Replace,
+            false,
         )
         .unwrap();
         // The text's chunks coded, the binary tail's stored: damage lands in both kinds.
@@ -165,7 +166,13 @@ fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let dir = tempfile::tempdir().unwrap();
     let (inp, out) = (dir.path().join("f.terse"), dir.path().join("f.out"));
     fs::write(&inp, bytes).unwrap();
-    match terse::compress::decompress_file(&inp, &out, &text_m1(), terse::fsio::Existing::Replace) {
+    match terse::compress::decompress_file(
+        &inp,
+        &out,
+        &text_m1(),
+        terse::fsio::Existing::Replace,
+        false,
+    ) {
         Ok(_) => Ok(fs::read(&out).unwrap()),
         Err(e) => {
             let left: Vec<_> = fs::read_dir(dir.path())
