@@ -14,9 +14,9 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use cli::{bench::BenchCmd, eval::EvalArgs, experiment::DemoArgs, experiment::ExperimentArgs};
 use cli::{generate::GenerateArgs, tokenize::TokenizeArgs, train::TrainArgs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use terse::backend;
-use terse::compress::{compress_file, decompress_file, Coding};
+use terse::compress::{compress_file, decompress_file, Coding, STDIO};
 use terse::fsio::{check_output, Existing};
 use terse::m1::Int8M1;
 
@@ -87,9 +87,10 @@ enum Cmd {
         /// Replace OUTPUT if it is an existing file (without this, an existing file is refused).
         #[arg(long)]
         force: bool,
+        /// Input file, or `-` for standard input (read once, front to back).
         input: PathBuf,
-        /// Output file, written atomically; a symlink is followed, a device or FIFO written
-        /// through.
+        /// Output file, written atomically (a symlink is followed, a device or FIFO written
+        /// through), or `-` for standard output (the report then goes to stderr).
         output: PathBuf,
     },
     /// Restore a file made by `terse compress` (needs the same M1).
@@ -103,9 +104,12 @@ enum Cmd {
         /// Replace OUTPUT if it is an existing file (without this, an existing file is refused).
         #[arg(long)]
         force: bool,
+        /// Compressed file, or `-` for standard input.
         input: PathBuf,
-        /// Output file, written atomically; a symlink is followed, a device or FIFO written
-        /// through.
+        /// Output file, written atomically (a symlink is followed, a device or FIFO written
+        /// through), or `-` for standard output (the report then goes to stderr; a file refused
+        /// part way leaves there what was decoded before the refusal, and the exit status says
+        /// so).
         output: PathBuf,
     },
     /// Decode a token dataset back to the exact bytes it covers.
@@ -176,11 +180,11 @@ fn main() {
             input,
             output,
         } => compress_coding(method, window_bits).and_then(|coding| {
-            check_output(&output, Existing::replace_if(force))?;
+            check_stdio_output(&output, force)?;
             let m = Int8M1::load(&m1)?;
             let existing = Existing::replace_if(force);
             let r = compress_file(&input, &output, &m, coding, chunk_bytes, existing, !json)?;
-            print_compress(&r, json, "compressed")
+            print_compress(&r, json, "compressed", output == Path::new(STDIO))
         }),
         Cmd::Decompress {
             m1,
@@ -188,10 +192,10 @@ fn main() {
             force,
             input,
             output,
-        } => check_output(&output, Existing::replace_if(force)).and_then(|_| {
+        } => check_stdio_output(&output, force).and_then(|_| {
             let m = Int8M1::load(&m1)?;
             let r = decompress_file(&input, &output, &m, Existing::replace_if(force), !json)?;
-            print_compress(&r, json, "decompressed")
+            print_compress(&r, json, "decompressed", output == Path::new(STDIO))
         }),
     };
     if let Err(e) = result {
@@ -264,6 +268,14 @@ fn cmd_info(json: bool) -> Result<()> {
     Ok(())
 }
 
+/// [`check_output`] for an output that may be `-` (standard output, always writable).
+fn check_stdio_output(output: &Path, force: bool) -> Result<()> {
+    match output == Path::new(STDIO) {
+        true => Ok(()),
+        false => check_output(output, Existing::replace_if(force)),
+    }
+}
+
 /// What `terse compress --method --window-bits` asks for; refuses window bits for `ac`.
 fn compress_coding(method: CompressMethod, window_bits: Option<u32>) -> Result<Coding> {
     Ok(match (method, window_bits) {
@@ -277,11 +289,18 @@ fn compress_coding(method: CompressMethod, window_bits: Option<u32>) -> Result<C
     })
 }
 
-fn print_compress(r: &terse::compress::CompressReport, json: bool, what: &str) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(r)?);
+/// Prints what `compress` or `decompress` did: on stdout, or on stderr when the data went to
+/// stdout (`to_stderr`).
+fn print_compress(
+    r: &terse::compress::CompressReport,
+    json: bool,
+    what: &str,
+    to_stderr: bool,
+) -> Result<()> {
+    let line = if json {
+        serde_json::to_string(r)?
     } else {
-        println!(
+        format!(
             "{what} {} bytes <-> {} bytes ({:.3} bits/byte, {}{} chunks stored) in {:.2} s, {:.0} bytes/s",
             r.original_bytes,
             r.compressed_bytes,
@@ -293,7 +312,11 @@ fn print_compress(r: &terse::compress::CompressReport, json: bool, what: &str) -
             r.stored_chunks,
             r.seconds,
             r.bytes_per_second
-        );
+        )
+    };
+    match to_stderr {
+        true => eprintln!("{line}"),
+        false => println!("{line}"),
     }
     Ok(())
 }

@@ -487,6 +487,57 @@ fn compress_writes_through_a_fifo() {
     assert_eq!(std::fs::read(&regular).unwrap(), got);
 }
 
+/// `-` reads standard input and writes standard output, through real pipes: `cat FILE | terse
+/// compress - - | terse decompress - -` gives FILE back, the same bytes as compressing the file;
+/// the reports go to stderr, and a damaged stream on stdin is refused with a non-zero status.
+#[test]
+fn compress_and_decompress_through_pipes() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, input, src) = m1_and_input(dir.path());
+    let run = |args: &[&str], stdin: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_terse"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        let data = stdin.to_vec();
+        let feeder = std::thread::spawn(move || pipe.write_all(&data));
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap().unwrap();
+        out
+    };
+    let m = path_str(&ck);
+    let z = run(&["compress", "--m1", m, "-", "-"], &input);
+    assert!(z.status.success(), "{}", stderr(&z));
+    assert!(
+        stderr(&z).contains("compressed"),
+        "the report goes to stderr"
+    );
+    let from_file = dir.path().join("file.terse");
+    let r = terse(&["compress", "--m1", m, path_str(&src), path_str(&from_file)]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(std::fs::read(&from_file).unwrap(), z.stdout);
+    let back = run(&["decompress", "--m1", m, "--json", "-", "-"], &z.stdout);
+    assert!(back.status.success(), "{}", stderr(&back));
+    assert_eq!(back.stdout, input);
+    assert!(
+        stderr(&back).contains("\"method\":\"ac\""),
+        "{}",
+        stderr(&back)
+    );
+    let cut = run(
+        &["decompress", "--m1", m, "-", "-"],
+        &z.stdout[..z.stdout.len() - 5],
+    );
+    assert!(!cut.status.success());
+    assert!(stderr(&cut).contains("truncated"), "{}", stderr(&cut));
+}
+
 /// Device files made in a temp dir (as root): a copy of /dev/null stays a device, and a copy of
 /// /dev/full gives a "disk full" error that names the path.
 #[test]

@@ -125,9 +125,9 @@ proptest! {
 // (b) The compressed-file parser.
 
 /// Offsets of the header fields (see `terse::compress`, format 2): version 8, contract 10,
-/// fingerprint 14, coding 22, window bits 23, chunk bytes 25, original length 29, CRC 37; chunk
-/// records from 41.
-const HEADER_BYTES: usize = 41;
+/// fingerprint 14, coding 22, window bits 23, chunk bytes 25, the header's CRC-32 29; chunk
+/// records from 33; the end record's original length and CRC-32 are the file's last 12 bytes.
+const HEADER_BYTES: usize = 33;
 
 struct Valid {
     original: Vec<u8>,
@@ -245,7 +245,10 @@ fn apply(file: &[u8], m: &Mutation) -> Vec<u8> {
         Mutation::Field { which, value } => {
             let v = *value;
             match which {
-                0 => f[29..37].copy_from_slice(&v.to_le_bytes()), // original length
+                0 => {
+                    let at = f.len() - 12; // the end record's original length
+                    f[at..at + 8].copy_from_slice(&v.to_le_bytes())
+                }
                 1 => f[25..29].copy_from_slice(&(v as u32).to_le_bytes()), // chunk bytes
                 2 => f[23..25].copy_from_slice(&(v as u16).to_le_bytes()), // window bits
                 3 => f[HEADER_BYTES..HEADER_BYTES + 4].copy_from_slice(&(v as u32).to_le_bytes()),

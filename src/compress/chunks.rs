@@ -1,0 +1,148 @@
+//! Coding a batch of chunks under M1 ([`ChunkCoder`]): in lockstep on one [`CpuM1Batch`], so
+//! each step's rows share one read of M1's weights.
+
+use super::format::STORED;
+use super::Coding;
+use crate::m1::{CpuM1Batch, Int8M1};
+use crate::tokenize::ac;
+use crate::tokenize::equal_info::EqualInfo;
+use anyhow::Result;
+
+/// Streams that decode a batch's Equal-Info windows together.
+const DECODE_STREAMS: usize = 256;
+
+/// A chunk's record as read back: stored (its bytes) or coded (the record's word and body).
+pub(super) struct Chunk {
+    pub stored: bool,
+    pub word: u32,
+    pub body: Vec<u8>,
+}
+
+/// The coders of one file: the Equal-Info coder when the coding is Equal-Info.
+pub(super) struct ChunkCoder<'a> {
+    m1: &'a Int8M1,
+    equal_info: Option<EqualInfo<'a>>,
+}
+
+impl<'a> ChunkCoder<'a> {
+    pub fn new(m1: &'a Int8M1, coding: Coding) -> Result<Self> {
+        let equal_info = match coding {
+            Coding::EqualInfo { window_bits } => Some(EqualInfo::new(m1, window_bits)?),
+            Coding::Ac => None,
+        };
+        Ok(ChunkCoder { m1, equal_info })
+    }
+
+    /// The records of `chunks`, coded together in lockstep on one [`CpuM1Batch`] (a stream per
+    /// chunk, so each step's rows share one read of M1's weights), with their Equal-Info windows.
+    /// A chunk whose code would not be shorter than itself is stored.
+    pub fn encode_all(&self, chunks: &[&[u8]]) -> Result<Vec<(Vec<u8>, u64)>> {
+        let mut batch = CpuM1Batch::new(self.m1, chunks.len().max(1));
+        let coded: Vec<(u32, Vec<u8>)> = match &self.equal_info {
+            Some(coder) => {
+                let width = coder.window_bits() as usize / 8;
+                coder
+                    .encode_chunks(&mut batch, chunks)?
+                    .into_iter()
+                    .map(|w| {
+                        let body = w
+                            .codes
+                            .iter()
+                            .flat_map(|c| c.to_be_bytes()[16 - width..].to_vec());
+                        (w.codes.len() as u32, body.collect())
+                    })
+                    .collect()
+            }
+            None => ac::encode_chunks(&mut batch, chunks, 8)?
+                .into_iter()
+                .map(|tokens| {
+                    let body: Vec<u8> = tokens.into_iter().map(|t| t as u8).collect();
+                    (body.len() as u32, body)
+                })
+                .collect(),
+        };
+        Ok(coded
+            .into_iter()
+            .zip(chunks)
+            .map(|((word, body), &chunk)| {
+                let (word, body, windows) = match body.len() < chunk.len() {
+                    true if self.equal_info.is_some() => (word, &body[..], word as u64),
+                    true => (word, &body[..], 0),
+                    false => (STORED, chunk, 0),
+                };
+                let mut record = Vec::with_capacity(8 + body.len());
+                record.extend_from_slice(&word.to_le_bytes());
+                if word == STORED {
+                    record.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+                }
+                record.extend_from_slice(body);
+                (record, windows)
+            })
+            .collect())
+    }
+
+    /// The bytes of `chunks` (each with its share of the original), the coded ones decoded
+    /// together in lockstep on one [`CpuM1Batch`]: `ac` a stream per chunk, Equal-Info a stream
+    /// per window (windows are independent), up to [`DECODE_STREAMS`].
+    pub fn decode_all(&self, chunks: &[(Chunk, usize)]) -> Result<Vec<Vec<u8>>> {
+        let coded: Vec<&(Chunk, usize)> = chunks.iter().filter(|(c, _)| !c.stored).collect();
+        let mut decoded = match &self.equal_info {
+            Some(coder) => {
+                let width = coder.window_bits() as usize / 8;
+                let codes: Vec<u128> = coded
+                    .iter()
+                    .flat_map(|(c, _)| c.body.chunks(width))
+                    .map(|k| k.iter().fold(0u128, |acc, &x| (acc << 8) | x as u128))
+                    .collect();
+                let streams = codes.len().clamp(1, DECODE_STREAMS);
+                let mut windows = coder
+                    .decode_codes(&mut CpuM1Batch::new(self.m1, streams), &codes)?
+                    .into_iter();
+                coded
+                    .iter()
+                    .map(|(c, _)| {
+                        windows
+                            .by_ref()
+                            .take(c.word as usize)
+                            .collect::<Vec<_>>()
+                            .concat()
+                    })
+                    .collect::<Vec<_>>()
+            }
+            None => {
+                let tokens: Vec<Vec<u16>> = coded
+                    .iter()
+                    .map(|(c, _)| c.body.iter().map(|&b| b as u16).collect())
+                    .collect();
+                let refs: Vec<&[u16]> = tokens.iter().map(Vec::as_slice).collect();
+                let lens: Vec<usize> = coded.iter().map(|(_, len)| *len).collect();
+                let mut batch = CpuM1Batch::new(self.m1, coded.len().max(1));
+                ac::decode_chunks(&mut batch, &refs, 8, &lens)?
+            }
+        }
+        .into_iter();
+        Ok(chunks
+            .iter()
+            .map(|(c, _)| match c.stored {
+                true => c.body.to_vec(),
+                false => decoded.next().expect("one result per coded chunk"),
+            })
+            .collect())
+    }
+
+    /// Bytes after the word `word` of a coded record in a file of `chunk_bytes` chunks, or
+    /// `None` where no writer puts that word: a coded chunk is shorter than the chunk (format 2),
+    /// and a window covers at least one byte (format 1, `v1`).
+    pub fn body_bytes(&self, word: u32, chunk_bytes: u32, v1: bool) -> Option<usize> {
+        let body = match &self.equal_info {
+            Some(coder) if word > 0 => word as usize * (coder.window_bits() as usize / 8),
+            Some(_) => return None,
+            None => word as usize,
+        };
+        let fits = match v1 {
+            true => word <= chunk_bytes,
+            false => body < chunk_bytes as usize,
+        };
+        fits.then_some(body)
+    }
+}
