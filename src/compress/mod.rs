@@ -507,6 +507,30 @@ mod tests {
         format!("{:#}", r.unwrap_err())
     }
 
+    /// Compresses `input` with `coding` in `chunk`-byte chunks under `m` (in `dir`), checks that
+    /// it decompresses to `input` with the same counts, and returns the report and file size.
+    fn round_trip(
+        dir: &Path,
+        m: &Int8M1,
+        input: &[u8],
+        coding: Coding,
+        chunk: u32,
+    ) -> (CompressReport, u64) {
+        let (src, z, back) = (dir.join("in"), dir.join("in.terse"), dir.join("back"));
+        std::fs::write(&src, input).unwrap();
+        let rep = compress_file(&src, &z, m, coding, chunk, Existing::Replace, false).unwrap();
+        assert_eq!(rep.original_bytes, input.len() as u64);
+        let back_rep = decompress_file(&z, &back, m, Existing::Replace, false).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), input, "{coding:?}");
+        assert_eq!(
+            (back_rep.method, back_rep.windows, back_rep.stored_chunks),
+            (rep.method, rep.windows, rep.stored_chunks)
+        );
+        let size = std::fs::metadata(&z).unwrap().len();
+        assert_eq!(rep.compressed_bytes, size);
+        (rep, size)
+    }
+
     const EQUAL_INFO_16: Coding = Coding::EqualInfo { window_bits: 16 };
 
     #[test]
@@ -562,27 +586,9 @@ mod tests {
             EQUAL_INFO_16,
             Coding::EqualInfo { window_bits: 32 },
         ];
-        for (i, input) in inputs.iter().enumerate() {
+        for input in &inputs {
             for coding in codings {
-                let (src, z, back) = (
-                    dir.path().join(format!("in{i}")),
-                    dir.path().join(format!("z{i}")),
-                    dir.path().join(format!("out{i}")),
-                );
-                std::fs::write(&src, input).unwrap();
-                let rep =
-                    compress_file(&src, &z, m, coding, 1000, Existing::Replace, false).unwrap();
-                assert_eq!(rep.original_bytes, input.len() as u64);
-                let back_rep = decompress_file(&z, &back, m, Existing::Replace, false).unwrap();
-                assert_eq!(
-                    &std::fs::read(&back).unwrap(),
-                    input,
-                    "input {i}, {coding:?}"
-                );
-                assert_eq!(
-                    (back_rep.method, back_rep.windows, back_rep.stored_chunks),
-                    (rep.method, rep.windows, rep.stored_chunks)
-                );
+                round_trip(dir.path(), m, input, coding, 1000);
             }
         }
         // Damage: each case is refused and leaves no output file.
@@ -666,27 +672,16 @@ mod tests {
         let random: Vec<u8> = (0..2500).map(|_| r.below(256) as u8).collect();
         let text = &include_bytes!("../../data/sample-books.txt")[..2000];
         let mixed = [text, &random[..], text].concat();
-        let (src, z, back) = (
-            dir.path().join("in"),
-            dir.path().join("in.terse"),
-            dir.path().join("back"),
-        );
         for coding in [Coding::Ac, EQUAL_INFO_16] {
-            std::fs::write(&src, &random).unwrap();
-            let rep = compress_file(&src, &z, m, coding, 1000, Existing::Replace, false).unwrap();
+            let (rep, size) = round_trip(dir.path(), m, &random, coding, 1000);
             assert_eq!(rep.stored_chunks, 3, "{coding:?}");
             // Each stored record: its word, its length, its bytes; then the 16-byte end record.
-            let size = (HEADER_BYTES + 3 * 8 + random.len() + 16) as u64;
-            assert_eq!(rep.compressed_bytes, size);
-            assert_eq!(std::fs::metadata(&z).unwrap().len(), size);
-            std::fs::write(&src, &mixed).unwrap();
-            let rep = compress_file(&src, &z, m, coding, 1000, Existing::Replace, false).unwrap();
+            assert_eq!(size, (HEADER_BYTES + 3 * 8 + random.len() + 16) as u64);
+            let (rep, _) = round_trip(dir.path(), m, &mixed, coding, 1000);
             assert!(
                 rep.stored_chunks >= 2 && rep.stored_chunks < 7,
                 "{coding:?}: {rep:?}"
             );
-            decompress_file(&z, &back, m, Existing::Replace, false).unwrap();
-            assert_eq!(std::fs::read(&back).unwrap(), mixed, "{coding:?}");
         }
     }
 
@@ -699,20 +694,12 @@ mod tests {
         let mut r = Rng::new(7);
         let mut input = include_bytes!("../../data/sample-books.txt")[..6000].to_vec();
         input.extend((0..700).map(|_| r.below(256) as u8));
-        let (src, z, back) = (
-            dir.path().join("in"),
-            dir.path().join("in.terse"),
-            dir.path().join("back"),
-        );
-        std::fs::write(&src, &input).unwrap();
         for coding in [Coding::Ac, EQUAL_INFO_16] {
-            let rep = compress_file(&src, &z, m, coding, 100, Existing::Replace, false).unwrap();
+            let (rep, _) = round_trip(dir.path(), m, &input, coding, 100);
             assert!(
                 input.len() / 100 > BATCH_CHUNKS && rep.stored_chunks >= 7,
                 "{rep:?}"
             );
-            decompress_file(&z, &back, m, Existing::Replace, false).unwrap();
-            assert_eq!(std::fs::read(&back).unwrap(), input, "{coding:?}");
         }
     }
 
