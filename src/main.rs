@@ -3,6 +3,7 @@
 mod cli {
     //! One file per command family: its flags, the library calls it makes, what it prints.
     pub mod bench;
+    pub mod compress;
     pub mod eval;
     pub mod experiment;
     pub mod generate;
@@ -10,15 +11,13 @@ mod cli {
     pub mod train;
 }
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use cli::{bench::BenchCmd, eval::EvalArgs, experiment::DemoArgs, experiment::ExperimentArgs};
-use cli::{generate::GenerateArgs, tokenize::TokenizeArgs, train::TrainArgs};
-use std::path::{Path, PathBuf};
+use cli::{compress::CompressArgs, compress::DecompressArgs, generate::GenerateArgs};
+use cli::{tokenize::TokenizeArgs, train::TrainArgs};
+use std::path::PathBuf;
 use terse::backend;
-use terse::compress::{compress_file, decompress_file, Coding, STDIO};
-use terse::fsio::{check_output, Existing};
-use terse::m1::Int8M1;
 
 #[derive(Parser)]
 #[command(
@@ -32,13 +31,6 @@ struct Cli {
     threads: Option<usize>,
     #[command(subcommand)]
     cmd: Cmd,
-}
-
-/// `terse compress --method`: the command line's names of [`Coding`]'s kinds.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum CompressMethod {
-    Ac,
-    EqualInfo,
 }
 
 #[derive(Subcommand)]
@@ -65,53 +57,11 @@ enum Cmd {
     Bench(BenchCmd),
     /// Tokenize a corpus into a token dataset (raw tokens + metadata.json) for M2.
     Tokenize(TokenizeArgs),
-    /// Compress any file losslessly with Equal-Info windows under M1.
-    Compress {
-        /// M1 checkpoint (a byte-level model); decompression needs the same one.
-        #[arg(long)]
-        m1: PathBuf,
-        /// How each chunk is coded: `ac` (one arithmetic code under M1: the best ratio) or
-        /// `equal-info` (windows of --window-bits that decode on their own). A chunk that the
-        /// coding does not shrink is stored as it is.
-        #[arg(long, value_enum, default_value = "ac")]
-        method: CompressMethod,
-        /// Bits per Equal-Info window: 16..=128, a multiple of 8 (default 16; equal-info only).
-        #[arg(long)]
-        window_bits: Option<u32>,
-        /// Bytes per independently coded chunk (parallelism; a damaged chunk is named).
-        #[arg(long, default_value_t = terse::compress::DEFAULT_CHUNK_BYTES)]
-        chunk_bytes: u32,
-        /// Print the report as one JSON object.
-        #[arg(long)]
-        json: bool,
-        /// Replace OUTPUT if it is an existing file (without this, an existing file is refused).
-        #[arg(long)]
-        force: bool,
-        /// Input file, or `-` for standard input (read once, front to back).
-        input: PathBuf,
-        /// Output file, written atomically (a symlink is followed, a device or FIFO written
-        /// through), or `-` for standard output (the report then goes to stderr).
-        output: PathBuf,
-    },
-    /// Restore a file made by `terse compress` (needs the same M1).
-    Decompress {
-        /// The M1 checkpoint the file was compressed with.
-        #[arg(long)]
-        m1: PathBuf,
-        /// Print the report as one JSON object.
-        #[arg(long)]
-        json: bool,
-        /// Replace OUTPUT if it is an existing file (without this, an existing file is refused).
-        #[arg(long)]
-        force: bool,
-        /// Compressed file, or `-` for standard input.
-        input: PathBuf,
-        /// Output file, written atomically (a symlink is followed, a device or FIFO written
-        /// through), or `-` for standard output (the report then goes to stderr; a file refused
-        /// part way leaves there what was decoded before the refusal, and the exit status says
-        /// so).
-        output: PathBuf,
-    },
+    /// Compress any file or stream losslessly under M1 (xz's habits: `terse compress FILE` writes
+    /// FILE.terse and removes FILE unless -k; -c to stdout, -d to decompress, -t to test).
+    Compress(CompressArgs),
+    /// Restore what `terse compress` made (needs the same M1): FILE.terse gives FILE.
+    Decompress(DecompressArgs),
     /// Decode a token dataset back to the exact bytes it covers.
     Detokenize {
         /// Token dataset directory.
@@ -170,33 +120,8 @@ fn main() {
             force,
             gpu,
         } => cli::tokenize::run_detokenize(&data, m1.as_deref(), &out, gpu, force),
-        Cmd::Compress {
-            m1,
-            method,
-            window_bits,
-            chunk_bytes,
-            json,
-            force,
-            input,
-            output,
-        } => compress_coding(method, window_bits).and_then(|coding| {
-            check_stdio_output(&output, force)?;
-            let m = Int8M1::load(&m1)?;
-            let existing = Existing::replace_if(force);
-            let r = compress_file(&input, &output, &m, coding, chunk_bytes, existing, !json)?;
-            print_compress(&r, json, "compressed", output == Path::new(STDIO))
-        }),
-        Cmd::Decompress {
-            m1,
-            json,
-            force,
-            input,
-            output,
-        } => check_stdio_output(&output, force).and_then(|_| {
-            let m = Int8M1::load(&m1)?;
-            let r = decompress_file(&input, &output, &m, Existing::replace_if(force), !json)?;
-            print_compress(&r, json, "decompressed", output == Path::new(STDIO))
-        }),
+        Cmd::Compress(a) => cli::compress::run_compress(&a),
+        Cmd::Decompress(a) => cli::compress::run_decompress(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -264,59 +189,6 @@ fn cmd_info(json: bool) -> Result<()> {
             g.compute_capability.1,
             g.memory_bytes as f64 / (1u64 << 30) as f64
         );
-    }
-    Ok(())
-}
-
-/// [`check_output`] for an output that may be `-` (standard output, always writable).
-fn check_stdio_output(output: &Path, force: bool) -> Result<()> {
-    match output == Path::new(STDIO) {
-        true => Ok(()),
-        false => check_output(output, Existing::replace_if(force)),
-    }
-}
-
-/// What `terse compress --method --window-bits` asks for; refuses window bits for `ac`.
-fn compress_coding(method: CompressMethod, window_bits: Option<u32>) -> Result<Coding> {
-    Ok(match (method, window_bits) {
-        (CompressMethod::Ac, None) => Coding::Ac,
-        (CompressMethod::Ac, Some(_)) => {
-            bail!("--window-bits applies to --method equal-info, not ac")
-        }
-        (CompressMethod::EqualInfo, bits) => Coding::EqualInfo {
-            window_bits: bits.unwrap_or(16),
-        },
-    })
-}
-
-/// Prints what `compress` or `decompress` did: on stdout, or on stderr when the data went to
-/// stdout (`to_stderr`).
-fn print_compress(
-    r: &terse::compress::CompressReport,
-    json: bool,
-    what: &str,
-    to_stderr: bool,
-) -> Result<()> {
-    let line = if json {
-        serde_json::to_string(r)?
-    } else {
-        format!(
-            "{what} {} bytes <-> {} bytes ({:.3} bits/byte, {}{} chunks stored) in {:.2} s, {:.0} bytes/s",
-            r.original_bytes,
-            r.compressed_bytes,
-            r.bits_per_byte,
-            match r.method {
-                "ac" => "ac, ".to_string(),
-                m => format!("{m}, {} windows, ", r.windows),
-            },
-            r.stored_chunks,
-            r.seconds,
-            r.bytes_per_second
-        )
-    };
-    match to_stderr {
-        true => eprintln!("{line}"),
-        false => println!("{line}"),
     }
     Ok(())
 }

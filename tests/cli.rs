@@ -487,6 +487,67 @@ fn compress_writes_through_a_fifo() {
     assert_eq!(std::fs::read(&regular).unwrap(), got);
 }
 
+/// xz's habits: `compress FILE` writes FILE.terse and removes FILE, `decompress FILE.terse`
+/// restores FILE and removes FILE.terse; -k keeps the input, an existing output is refused
+/// without -f (and the input then stays), -c writes to stdout and keeps the input, -t checks
+/// without writing (and fails on a damaged file), `compress -d` decompresses, and a name without
+/// the suffix is refused when there is no OUTPUT.
+#[test]
+fn compress_follows_xz_habits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, input, src) = m1_and_input(dir.path());
+    let m = path_str(&ck);
+    let z = dir.path().join("in.bin.terse");
+    let ok = |args: &[&str]| {
+        let r = terse(args);
+        assert!(r.status.success(), "{args:?}: {}", stderr(&r));
+        r
+    };
+    ok(&["compress", "--m1", m, path_str(&src)]);
+    assert!(
+        z.exists() && !src.exists(),
+        "FILE.terse written, FILE removed"
+    );
+    ok(&["decompress", "--m1", m, path_str(&z)]);
+    assert_eq!(std::fs::read(&src).unwrap(), input);
+    assert!(!z.exists(), "FILE.terse removed");
+    ok(&["compress", "--m1", m, "-k", path_str(&src)]);
+    assert!(z.exists() && src.exists(), "-k keeps FILE");
+    assert_fails_with(&["compress", "--m1", m, path_str(&src)], "already exists");
+    assert!(src.exists(), "a refused run keeps its input");
+    ok(&["compress", "--m1", m, "-f", "-k", path_str(&src)]);
+    let c = ok(&["compress", "--m1", m, "-c", path_str(&src)]);
+    assert_eq!(
+        c.stdout,
+        std::fs::read(&z).unwrap(),
+        "-c writes the same bytes"
+    );
+    assert!(src.exists(), "-c keeps FILE");
+    let t = ok(&["decompress", "--m1", m, "-t", path_str(&z)]);
+    assert!(String::from_utf8_lossy(&t.stdout).starts_with("tested"));
+    assert!(z.exists(), "-t keeps FILE.terse");
+    ok(&["compress", "--m1", m, "-t", path_str(&z)]);
+    std::fs::remove_file(&src).unwrap();
+    ok(&["compress", "--m1", m, "-d", "-k", path_str(&z)]);
+    assert_eq!(std::fs::read(&src).unwrap(), input);
+    let bytes = std::fs::read(&z).unwrap();
+    let damaged = dir.path().join("damaged.terse");
+    std::fs::write(&damaged, &bytes[..bytes.len() - 3]).unwrap();
+    assert_fails_with(
+        &["decompress", "--m1", m, "-t", path_str(&damaged)],
+        "truncated",
+    );
+    assert!(damaged.exists(), "a refused file stays");
+    assert_fails_with(
+        &["decompress", "--m1", m, path_str(&src)],
+        "no .terse suffix to remove",
+    );
+    assert_fails_with(
+        &["compress", "--m1", m, "-c", path_str(&src), "out"],
+        "give OUTPUT or -c/--stdout, not both",
+    );
+}
+
 /// `-` reads standard input and writes standard output, through real pipes: `cat FILE | terse
 /// compress - - | terse decompress - -` gives FILE back, the same bytes as compressing the file;
 /// the reports go to stderr, and a damaged stream on stdin is refused with a non-zero status.

@@ -1,0 +1,198 @@
+//! `terse compress` and `terse decompress`: their flags, xz's habits (a derived output name, the
+//! input removed after success unless --keep, -c, -d, -t, -f), and what they print.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use terse::compress::{compress_file, decompress_file, Coding, CompressReport, STDIO};
+use terse::fsio::{check_output, Existing};
+use terse::m1::Int8M1;
+
+/// The suffix `compress` adds and `decompress` strips.
+const SUFFIX: &str = ".terse";
+
+/// `--method`: the command line's names of [`Coding`]'s kinds.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CompressMethod {
+    Ac,
+    EqualInfo,
+}
+
+/// Where the bytes come from and go, shared by both commands.
+#[derive(Args)]
+struct Streams {
+    /// Input file, or `-` for standard input (read once, front to back).
+    input: PathBuf,
+    /// Output file, written atomically (a symlink is followed, a device or FIFO written
+    /// through), or `-` for standard output. Default: INPUT with `.terse` added (compress) or
+    /// removed (decompress), and INPUT is then removed after success unless --keep.
+    output: Option<PathBuf>,
+    /// Write to standard output (OUTPUT `-`); the input is kept and the report goes to stderr.
+    #[arg(short = 'c', long)]
+    stdout: bool,
+    /// Keep INPUT when the output's name is derived from it.
+    #[arg(short, long)]
+    keep: bool,
+    /// Replace OUTPUT if it is an existing file (without this, an existing file is refused).
+    #[arg(short, long)]
+    force: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct CompressArgs {
+    /// M1 checkpoint (a byte-level model); decompression needs the same one.
+    #[arg(long)]
+    m1: PathBuf,
+    /// How each chunk is coded: `ac` (one arithmetic code under M1: the best ratio) or
+    /// `equal-info` (windows of --window-bits that decode on their own). A chunk that the coding
+    /// does not shrink is stored as it is.
+    #[arg(long, value_enum, default_value = "ac")]
+    method: CompressMethod,
+    /// Bits per Equal-Info window: 16..=128, a multiple of 8 (default 16; equal-info only).
+    #[arg(long)]
+    window_bits: Option<u32>,
+    /// Bytes per independently coded chunk (1 to 16 MiB; a damaged chunk is named).
+    #[arg(long, default_value_t = terse::compress::DEFAULT_CHUNK_BYTES)]
+    chunk_bytes: u32,
+    /// Decompress instead (as `terse decompress`).
+    #[arg(short, long)]
+    decompress: bool,
+    /// Check that INPUT decompresses, writing nothing (implies --decompress).
+    #[arg(short, long)]
+    test: bool,
+    #[command(flatten)]
+    io: Streams,
+}
+
+#[derive(Args)]
+pub struct DecompressArgs {
+    /// The M1 checkpoint the file was compressed with.
+    #[arg(long)]
+    m1: PathBuf,
+    /// Check that INPUT decompresses, writing nothing.
+    #[arg(short, long)]
+    test: bool,
+    #[command(flatten)]
+    io: Streams,
+}
+
+pub fn run_compress(a: &CompressArgs) -> Result<()> {
+    if a.decompress || a.test {
+        return decompress(&a.m1, a.test, &a.io);
+    }
+    let coding = match (a.method, a.window_bits) {
+        (CompressMethod::Ac, None) => Coding::Ac,
+        (CompressMethod::Ac, Some(_)) => {
+            bail!("--window-bits applies to --method equal-info, not ac")
+        }
+        (CompressMethod::EqualInfo, bits) => Coding::EqualInfo {
+            window_bits: bits.unwrap_or(16),
+        },
+    };
+    let (output, remove_input) = target(&a.io, false)?;
+    let m = Int8M1::load(&a.m1)?;
+    let existing = Existing::replace_if(a.io.force);
+    let r = compress_file(
+        &a.io.input,
+        &output,
+        &m,
+        coding,
+        a.chunk_bytes,
+        existing,
+        !a.io.json,
+    )?;
+    finish(&a.io, &r, "compressed", &output, remove_input)
+}
+
+pub fn run_decompress(a: &DecompressArgs) -> Result<()> {
+    decompress(&a.m1, a.test, &a.io)
+}
+
+fn decompress(m1: &Path, test: bool, io: &Streams) -> Result<()> {
+    let (output, remove_input) = match test {
+        // Written through, as a device: nothing is kept.
+        true => (PathBuf::from("/dev/null"), false),
+        false => target(io, true)?,
+    };
+    let m = Int8M1::load(m1)?;
+    let existing = Existing::replace_if(io.force || test);
+    let r = decompress_file(&io.input, &output, &m, existing, !io.json)?;
+    let what = if test { "tested" } else { "decompressed" };
+    finish(io, &r, what, &output, remove_input)
+}
+
+/// The output path and whether the input goes after success (only when the output's name is
+/// derived from it, as xz does); refuses an existing output file without --force and a name
+/// to derive from that lacks the suffix.
+fn target(io: &Streams, decompressing: bool) -> Result<(PathBuf, bool)> {
+    let stdio = Path::new(STDIO);
+    let (output, derived) = match (&io.output, io.stdout) {
+        (Some(_), true) => bail!("give OUTPUT or -c/--stdout, not both"),
+        (Some(o), false) => (o.clone(), false),
+        (None, true) => (stdio.to_path_buf(), false),
+        (None, false) if io.input == stdio => (stdio.to_path_buf(), false),
+        (None, false) => (derive(&io.input, decompressing)?, true),
+    };
+    if output != stdio {
+        check_output(&output, Existing::replace_if(io.force))?;
+    }
+    Ok((output, derived && !io.keep))
+}
+
+/// `input` with [`SUFFIX`] added, or (decompressing) removed.
+fn derive(input: &Path, decompressing: bool) -> Result<PathBuf> {
+    let name = input.as_os_str().to_string_lossy();
+    if !decompressing {
+        let mut out = input.as_os_str().to_owned();
+        out.push(SUFFIX);
+        return Ok(PathBuf::from(out));
+    }
+    match name.strip_suffix(SUFFIX) {
+        Some(stem) if !stem.is_empty() && !stem.ends_with('/') => Ok(PathBuf::from(stem)),
+        _ => bail!("{name}: no {SUFFIX} suffix to remove: give OUTPUT, or -c for standard output"),
+    }
+}
+
+/// Prints the report (on stderr when the data went to stdout) and removes the input when asked.
+fn finish(
+    io: &Streams,
+    r: &CompressReport,
+    what: &str,
+    output: &Path,
+    remove_input: bool,
+) -> Result<()> {
+    let line = if io.json {
+        serde_json::to_string(r)?
+    } else {
+        format!(
+            "{what} {} bytes <-> {} bytes ({:.3} bits/byte, {}{} chunks stored) in {:.2} s, {:.0} bytes/s",
+            r.original_bytes,
+            r.compressed_bytes,
+            r.bits_per_byte,
+            match r.method {
+                "ac" => "ac, ".to_string(),
+                m => format!("{m}, {} windows, ", r.windows),
+            },
+            r.stored_chunks,
+            r.seconds,
+            r.bytes_per_second
+        )
+    };
+    match output == Path::new(STDIO) {
+        true => eprintln!("{line}"),
+        false => println!("{line}"),
+    }
+    if remove_input {
+        std::fs::remove_file(&io.input).with_context(|| {
+            format!(
+                "{what} into {}, but cannot remove {}",
+                output.display(),
+                io.input.display()
+            )
+        })?;
+    }
+    Ok(())
+}
