@@ -554,17 +554,10 @@ fn compress_follows_xz_habits() {
 #[test]
 fn compress_and_decompress_through_pipes() {
     use std::io::Write;
-    use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
     let (ck, input, src) = m1_and_input(dir.path());
     let run = |args: &[&str], stdin: &[u8]| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_terse"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = common::spawn_piped(args);
         let mut pipe = child.stdin.take().unwrap();
         let data = stdin.to_vec();
         let feeder = std::thread::spawn(move || pipe.write_all(&data));
@@ -605,7 +598,6 @@ fn compress_and_decompress_through_pipes() {
 #[test]
 fn decompressing_a_large_pipe_holds_bounded_memory() {
     use std::io::{Read, Write};
-    use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
     let (ck, _, src) = m1_and_input(dir.path());
     let m = path_str(&ck);
@@ -615,13 +607,7 @@ fn decompressing_a_large_pipe_holds_bounded_memory() {
     let header = small.stdout[..33].to_vec();
     let chunk = u32::from_le_bytes(header[25..29].try_into().unwrap()) as usize;
     let chunks = (64 << 20) / chunk;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_terse"))
-        .args(["decompress", "--m1", m, "--json", "-", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = common::spawn_piped(&["decompress", "--m1", m, "--json", "-", "-"]);
     let mut pipe = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || -> std::io::Result<u32> {
         let mut crc = crc32fast::Hasher::new();

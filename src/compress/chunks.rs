@@ -65,9 +65,14 @@ impl<'a> ChunkCoder<'a> {
             .into_iter()
             .zip(chunks)
             .map(|((word, body), &chunk)| {
+                // An Equal-Info record's word is its window count.
+                let windows = if self.equal_info.is_some() {
+                    word as u64
+                } else {
+                    0
+                };
                 let (word, body, windows) = match body.len() < chunk.len() {
-                    true if self.equal_info.is_some() => (word, &body[..], word as u64),
-                    true => (word, &body[..], 0),
+                    true => (word, &body[..], windows),
                     false => (STORED, chunk, 0),
                 };
                 let mut record = Vec::with_capacity(8 + body.len());

@@ -65,6 +65,18 @@ impl Coding {
             Coding::Ac => (2, 0),
         }
     }
+
+    /// The coding a header's [`fields`](Coding::fields) name, or `None` for no coding this build
+    /// writes.
+    fn from_fields(method: u8, bits: u16) -> Option<Coding> {
+        match (method, bits) {
+            (1, bits) => Some(Coding::EqualInfo {
+                window_bits: bits as u32,
+            }),
+            (2, 0) => Some(Coding::Ac),
+            _ => None,
+        }
+    }
 }
 
 /// What one compression or decompression did.
@@ -317,13 +329,9 @@ pub fn decompress_file(
         "{name}: wrong M1: the file was compressed with M1 {fingerprint:016x}, this M1 is {:016x}",
         m1.fingerprint()
     );
-    let coding = match (h.coding, h.window_bits) {
-        (1, bits) => Coding::EqualInfo {
-            window_bits: bits as u32,
-        },
-        (2, 0) => Coding::Ac,
-        (c, bits) => bail!("{name}: corrupt header (coding {c}, window bits {bits})"),
-    };
+    let (c, bits) = (h.coding, h.window_bits);
+    let coding = Coding::from_fields(c, bits)
+        .with_context(|| format!("{name}: corrupt header (coding {c}, window bits {bits})"))?;
     let coder = ChunkCoder::new(m1, coding).with_context(|| format!("{name}: corrupt header"))?;
     let chunk = h.chunk_bytes;
     ensure!(

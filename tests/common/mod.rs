@@ -105,3 +105,15 @@ pub fn text_m1() -> std::sync::Arc<terse::m1::Int8M1> {
     })
     .clone()
 }
+
+/// Starts the `terse` binary with `args`, its stdin, stdout and stderr piped.
+pub fn spawn_piped(args: &[&str]) -> std::process::Child {
+    use std::process::Stdio;
+    Command::new(env!("CARGO_BIN_EXE_terse"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
