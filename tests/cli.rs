@@ -546,6 +546,20 @@ fn compress_follows_xz_habits() {
         &["compress", "--m1", m, "-c", path_str(&src), "out"],
         "give OUTPUT or -c/--stdout, not both",
     );
+    for bad in ["0", "16777217"] {
+        assert_fails_with(
+            &[
+                "compress",
+                "--m1",
+                m,
+                "-c",
+                "--chunk-bytes",
+                bad,
+                path_str(&src),
+            ],
+            &format!("chunk bytes {bad} out of range 1..=16777216"),
+        );
+    }
 }
 
 /// `-` reads standard input and writes standard output, through real pipes: `cat FILE | terse
