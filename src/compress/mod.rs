@@ -2,7 +2,8 @@
 //! bytes (text, binary, empty, not UTF-8). Each chunk is coded one of two ways ([`Coding`]):
 //! one arithmetic code under M1 with its context never reset (`ac`, M1's own rate: the best
 //! ratio, the default), or Equal-Info windows (what M2 trains on). A chunk that the coding does
-//! not shrink is stored as it is, so no input grows by more than 45 bytes and 8 per chunk.
+//! not shrink is stored as it is, so no input grows by more than 49 bytes (header and end
+//! record) and 8 per chunk.
 //!
 //! The layout ([`format`], docs/file-formats.md) is written and read front to back, a header
 //! (magic, format 2, M1's contract and fingerprint, coding, window bits, chunk bytes), one record
