@@ -236,26 +236,20 @@ impl<T: GpuFloat> CudaTrainer<T> {
         let a = self.acts_for_mut(batch, hyper.is_some())?;
         let s = a.1.stream().clone();
         let a = a.0;
-        a.pin_inputs.as_mut_slice()?.copy_from_slice(&batch.inputs);
-        s.memcpy_htod(&a.pin_inputs, &mut a.inputs)?;
-        a.pin_targets
-            .as_mut_slice()?
-            .copy_from_slice(&batch.targets);
-        s.memcpy_htod(&a.pin_targets, &mut a.targets)?;
+        a.pin_inputs.write(&batch.inputs)?;
+        a.pin_inputs.upload(&s, &mut a.inputs)?;
+        a.pin_targets.write(&batch.targets)?;
+        a.pin_targets.upload(&s, &mut a.targets)?;
         if let Some(h) = hyper {
             let plan = EmbedBackwardPlan::new(&batch.inputs, vocab, a.num_buckets)?;
-            a.pin_order.as_mut_slice()?.copy_from_slice(&plan.order);
-            s.memcpy_htod(&a.pin_order, &mut a.order)?;
-            a.pin_bucket_start
-                .as_mut_slice()?
-                .copy_from_slice(&plan.bucket_start);
-            s.memcpy_htod(&a.pin_bucket_start, &mut a.bucket_start)?;
-            a.pin_bucket_token
-                .as_mut_slice()?
-                .copy_from_slice(&plan.bucket_token);
-            s.memcpy_htod(&a.pin_bucket_token, &mut a.bucket_token)?;
-            a.pin_hyper.as_mut_slice()?.copy_from_slice(&h);
-            s.memcpy_htod(&a.pin_hyper, &mut a.hyper)?;
+            a.pin_order.write(&plan.order)?;
+            a.pin_order.upload(&s, &mut a.order)?;
+            a.pin_bucket_start.write(&plan.bucket_start)?;
+            a.pin_bucket_start.upload(&s, &mut a.bucket_start)?;
+            a.pin_bucket_token.write(&plan.bucket_token)?;
+            a.pin_bucket_token.upload(&s, &mut a.bucket_token)?;
+            a.pin_hyper.write(&h)?;
+            a.pin_hyper.upload(&s, &mut a.hyper)?;
         }
         Ok(())
     }
@@ -280,10 +274,10 @@ impl<T: GpuFloat> CudaTrainer<T> {
     fn read_stats(&mut self, step: u64) -> Result<StepStats> {
         let s = self.k.stream().clone();
         let a = self.acts.as_mut().expect("planned");
-        s.memcpy_dtoh(&a.sums, &mut a.pin_sums)?;
-        s.memcpy_dtoh(&a.gn_out, &mut a.pin_norm)?;
-        let sums = a.pin_sums.as_slice()?.to_vec();
-        let norm = a.pin_norm.as_slice()?[0];
+        a.pin_sums.download(&s, &a.sums)?;
+        a.pin_norm.download(&s, &a.gn_out)?;
+        let sums = a.pin_sums.read()?.to_vec();
+        let norm = a.pin_norm.read()?[0];
         let n = (a.batch * a.seq) as f64;
         let st = StepStats {
             ce: (sums[0] / n) as f32,
@@ -411,8 +405,8 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
         )?;
         launch::loss_sums(k, &mut a.sums, &a.ce_row, &a.lse_row, n)?;
         let s = k.stream().clone();
-        s.memcpy_dtoh(&a.sums, &mut a.pin_sums)?;
-        let sums = a.pin_sums.as_slice()?;
+        a.pin_sums.download(&s, &a.sums)?;
+        let sums = a.pin_sums.read()?;
         Ok(LossSums {
             ce: sums[0],
             z: sums[1],

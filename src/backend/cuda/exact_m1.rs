@@ -19,13 +19,12 @@
 //! otherwise, where it passes.
 
 use super::loader::GpuKernels;
+use super::staging::Staged;
 use super::Entry;
 use crate::m1::{ExactM1, Probs};
 use crate::numerics::{RopeTables, HEAD_DIM};
 use anyhow::{anyhow, ensure, Context, Result};
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
 /// Threads per block of the attention and softmax kernels (the kernels assume a multiple of 32).
@@ -64,7 +63,7 @@ pub(super) struct FeedBufs {
     pub(super) row_stream: CudaSlice<i32>,
     pub(super) row_token: CudaSlice<i32>,
     pub(super) row_pos: CudaSlice<i32>,
-    staged: [PinnedHostSlice<i32>; 3],
+    staged: [Staged<i32>; 3],
     pos: Vec<usize>,
     capacity: usize,
 }
@@ -73,12 +72,9 @@ impl FeedBufs {
     /// `streams` streams (at most one feed each per step) of up to `capacity` positions.
     pub(super) fn new(s: &Arc<CudaStream>, streams: usize, capacity: usize) -> Result<Self> {
         let rows = streams;
-        let pinned = || -> Result<PinnedHostSlice<i32>> {
-            // SAFETY: zeroed before any use.
-            let mut h = unsafe { s.context().alloc_pinned::<i32>(rows) }
-                .context("allocating page-locked host memory for the feeds")?;
-            h.as_mut_slice()?.fill(0);
-            Ok(h)
+        let pinned = || {
+            Staged::for_upload(s.context(), rows)
+                .context("allocating page-locked host memory for the feeds")
         };
         Ok(FeedBufs {
             row_stream: s.alloc_zeros::<i32>(rows)?,
@@ -131,18 +127,14 @@ impl FeedBufs {
             seen[st] = true;
         }
         let [ids, tokens, positions] = &mut self.staged;
-        let (ids, tokens, positions) = (
-            ids.as_mut_slice()?,
-            tokens.as_mut_slice()?,
-            positions.as_mut_slice()?,
-        );
+        let (ids, tokens, positions) = (ids.host_mut()?, tokens.host_mut()?, positions.host_mut()?);
         for (r, &(st, byte)) in feeds.iter().enumerate() {
             (ids[r], tokens[r], positions[r]) = (st as i32, byte as i32, pos[st] as i32);
         }
         let dev = [&mut self.row_stream, &mut self.row_token, &mut self.row_pos];
-        for (host, dev) in self.staged.iter().zip(dev) {
+        for (host, dev) in self.staged.iter_mut().zip(dev) {
             // The whole buffer (a few KiB at most): rows past the feeds are never read.
-            s.memcpy_htod(host, dev)?;
+            host.upload(s, dev)?;
         }
         Ok(())
     }

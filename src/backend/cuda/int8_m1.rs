@@ -31,15 +31,14 @@
 use super::exact_m1::{cache_cells, download_probs, grid, ring_slots, stream_accessors, FeedBufs};
 use super::graph::StepGraph;
 use super::loader::GpuKernels;
+use super::staging::Staged;
 use super::Entry;
 use crate::coder::{Cdf, CdfQuantizer};
 use crate::m1::int8::QMatrix;
 use crate::m1::{Int8M1, M1Batch, PendingStep, Probs};
 use crate::numerics::{RopeTables, HEAD_DIM};
 use anyhow::{bail, ensure, Context, Result};
-use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
 /// Threads per block of the per-row and per-(row, head) kernels (`m1q_quantise`, `m1q_softmax`,
@@ -118,7 +117,7 @@ struct StepBufs {
     /// The rows' integer CDFs (`[rows][257]`, `m1q_cdf`) and their page-locked host copy, which
     /// the device writes while the host goes on ([`GpuInt8M1::collect`] waits for it).
     cdf: CudaSlice<u32>,
-    cdf_host: PinnedHostSlice<u32>,
+    cdf_host: Staged<u32>,
     /// A row quantised for a product (`max(d_model, d_ff)` wide) and its exponent.
     xq: CudaSlice<i8>,
     ex: CudaSlice<i32>,
@@ -206,8 +205,7 @@ impl GpuInt8M1 {
             up: s.alloc_zeros::<f32>(rows * ff)?,
             probs: s.alloc_zeros::<f32>(rows * 256)?,
             cdf: s.alloc_zeros::<u32>(rows * 257)?,
-            // Not write-combined: the host reads it. SAFETY: the device writes what is read.
-            cdf_host: unsafe { k.context().alloc_pinned_with_flags::<u32>(rows * 257, 0) }
+            cdf_host: Staged::for_download(k.context(), rows * 257)
                 .context("allocating page-locked host memory for the CDFs")?,
             xq: s.alloc_zeros::<i8>(rows * d.max(ff))?,
             ex: s.alloc_zeros::<i32>(rows)?,
@@ -275,7 +273,7 @@ impl GpuInt8M1 {
             let s = self.k.stream().clone();
             let b = &mut self.step;
             launch_cdf(&s, &self.f.cdf, &mut b.cdf, &b.probs, rows, quantizer)?;
-            s.memcpy_dtoh(&b.cdf.slice(..rows * 257), &mut b.cdf_host)?;
+            b.cdf_host.download(&s, &b.cdf.slice(..rows * 257))?;
         }
         self.pending.start(Submitted {
             streams: feeds.iter().map(|&(st, _)| st).collect(),
@@ -291,7 +289,7 @@ impl GpuInt8M1 {
             return Ok(Vec::new());
         }
         // Waits for the download, the last work of the step.
-        let cum = self.step.cdf_host.as_slice()?;
+        let cum = self.step.cdf_host.read()?;
         cdfs_of(&cum[..rows * 257], done.total_bits, "stream", &done.streams)
     }
 

@@ -34,6 +34,7 @@ mod graph;
 pub mod int8_m1;
 pub mod launch;
 mod loader;
+mod staging;
 
 pub use backend::{CudaBackend, CudaTrainer};
 pub use exact_m1::GpuExactM1;

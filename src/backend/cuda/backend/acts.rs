@@ -2,10 +2,11 @@
 
 use crate::backend::cuda::launch::{self, EmbedBackwardPlan};
 use crate::backend::cuda::loader::{GpuFloat, GpuKernels};
+use crate::backend::cuda::staging::Staged;
 use crate::model::ModelConfig;
 use crate::numerics::RopeTables;
 use anyhow::Result;
-use cudarc::driver::{CudaSlice, PinnedHostSlice};
+use cudarc::driver::CudaSlice;
 
 /// Activations, scratch and staging for one (batch, seq) shape.
 pub(super) struct Acts<T: GpuFloat> {
@@ -20,14 +21,14 @@ pub(super) struct Acts<T: GpuFloat> {
     pub(super) bucket_token: CudaSlice<i32>,
     /// lr, bias_corr1, bias_corr2 (read by `adamw_dev`).
     pub(super) hyper: CudaSlice<f32>,
-    pub(super) pin_inputs: PinnedHostSlice<u32>,
-    pub(super) pin_targets: PinnedHostSlice<u32>,
-    pub(super) pin_order: PinnedHostSlice<i32>,
-    pub(super) pin_bucket_start: PinnedHostSlice<i32>,
-    pub(super) pin_bucket_token: PinnedHostSlice<i32>,
-    pub(super) pin_hyper: PinnedHostSlice<f32>,
-    pub(super) pin_sums: PinnedHostSlice<f64>,
-    pub(super) pin_norm: PinnedHostSlice<f32>,
+    pub(super) pin_inputs: Staged<u32>,
+    pub(super) pin_targets: Staged<u32>,
+    pub(super) pin_order: Staged<i32>,
+    pub(super) pin_bucket_start: Staged<i32>,
+    pub(super) pin_bucket_token: Staged<i32>,
+    pub(super) pin_hyper: Staged<f32>,
+    pub(super) pin_sums: Staged<f64>,
+    pub(super) pin_norm: Staged<f32>,
     pub(super) rope_cos: CudaSlice<f32>,
     pub(super) rope_sin: CudaSlice<f32>,
     // saved forward tensors, stacked [L, ...] as in the CPU model
@@ -69,8 +70,7 @@ impl<T: GpuFloat> Acts<T> {
         let t = |len: usize| s.alloc_zeros::<T>(len.max(1));
         let f = |len: usize| s.alloc_zeros::<f32>(len.max(1));
         let rope = RopeTables::new(seq, cfg.rope_theta);
-        // SAFETY (alloc_pinned): the staging buffers are always fully written before they are read.
-        let acts = unsafe {
+        let acts = {
             Acts {
                 batch,
                 seq,
@@ -81,14 +81,14 @@ impl<T: GpuFloat> Acts<T> {
                 bucket_start: s.alloc_zeros::<i32>(num_buckets + 1)?,
                 bucket_token: s.alloc_zeros::<i32>(num_buckets)?,
                 hyper: f(3)?,
-                pin_inputs: ctx.alloc_pinned::<u32>(n)?,
-                pin_targets: ctx.alloc_pinned::<u32>(n)?,
-                pin_order: ctx.alloc_pinned::<i32>(n)?,
-                pin_bucket_start: ctx.alloc_pinned::<i32>(num_buckets + 1)?,
-                pin_bucket_token: ctx.alloc_pinned::<i32>(num_buckets)?,
-                pin_hyper: ctx.alloc_pinned::<f32>(3)?,
-                pin_sums: ctx.alloc_pinned::<f64>(2)?,
-                pin_norm: ctx.alloc_pinned::<f32>(2)?,
+                pin_inputs: Staged::for_upload(ctx, n)?,
+                pin_targets: Staged::for_upload(ctx, n)?,
+                pin_order: Staged::for_upload(ctx, n)?,
+                pin_bucket_start: Staged::for_upload(ctx, num_buckets + 1)?,
+                pin_bucket_token: Staged::for_upload(ctx, num_buckets)?,
+                pin_hyper: Staged::for_upload(ctx, 3)?,
+                pin_sums: Staged::for_download(ctx, 2)?,
+                pin_norm: Staged::for_download(ctx, 2)?,
                 rope_cos: s.clone_htod(&rope.cos)?,
                 rope_sin: s.clone_htod(&rope.sin)?,
                 x: t((l + 1) * n * d)?,
