@@ -8,6 +8,10 @@ What it guarantees:
 - every stream operation runs when it is issued (streams are in order, so this is one valid
   schedule), except on a stream under capture, where it is recorded into the graph and runs at
   each cuGraphLaunch, with the arguments it had when captured;
+- an asynchronous copy into page-locked host memory (cuMemHostAlloc) lands only when the host
+  waits for it (cuStreamSynchronize, cuCtxSynchronize, or cuEventSynchronize / a successful
+  cuEventQuery of an event recorded after it), the latest a GPU may land it; until then the
+  destination holds 0xff bytes, so a host that reads without waiting reads NaN;
 - device memory is host memory: each allocation ends at a guard page (a kernel reading or writing
   past its end faults) and is filled with 0xff bytes (NaN as f32 or bf16) until written;
   copies and memsets outside an allocation are refused with CUDA_ERROR_INVALID_VALUE;
@@ -84,7 +88,42 @@ struct Stream {
 struct Event {
     double ms = 0.0;
     bool recorded = false;
+    uint64_t landings_before = 0; // copies into page-locked memory issued before the record
 };
+
+// Page-locked host allocations (cuMemHostAlloc): base -> bytes.
+std::map<uintptr_t, size_t> host_allocations;
+
+// A device-to-host copy into page-locked memory that has run on its stream but not yet landed
+// where the host can see it: the bytes as they were when it ran, and its issue number.
+struct Landing {
+    uint64_t id;
+    char* dst;
+    std::vector<char> bytes;
+};
+std::vector<Landing> landings;
+uint64_t landings_issued = 0;
+
+bool in_page_locked_memory(const void* p, size_t n) {
+    uintptr_t a = (uintptr_t)p;
+    auto it = host_allocations.upper_bound(a);
+    if (it == host_allocations.begin()) return false;
+    --it;
+    return a >= it->first && a + n <= it->first + it->second;
+}
+
+// Lands every pending copy issued before `before` (all of them by default): the host has waited.
+void land(uint64_t before = UINT64_MAX) {
+    std::vector<Landing> later;
+    for (Landing& l : landings) {
+        if (l.id < before) {
+            memcpy(l.dst, l.bytes.data(), l.bytes.size());
+        } else {
+            later.push_back(std::move(l));
+        }
+    }
+    landings = std::move(later);
+}
 
 struct Function {
     const EmuKernel* kernel;
@@ -270,7 +309,9 @@ CUresult cuCtxGetCurrent(void** ctx) {
 }
 CUresult cuCtxSynchronize() {
     LOCKED;
-    return sync_forbidden() ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+    if (sync_forbidden()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    land();
+    return CUDA_SUCCESS;
 }
 CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
     if (least) *least = 0;
@@ -298,6 +339,7 @@ CUresult cuStreamSynchronize(void* h) {
     LOCKED;
     Stream* s = stream_of(h);
     if ((s && s->capturing) || sync_forbidden()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    land(); // one device, and every stream's work has run: all of it is done
     return CUDA_SUCCESS;
 }
 CUresult cuStreamWaitEvent(void*, void*, unsigned) { return CUDA_SUCCESS; }
@@ -364,13 +406,21 @@ CUresult cuEventRecord(void* e, void* stream) {
     return submit(stream, [ev] {
         ev->ms = now_ms();
         ev->recorded = true;
+        ev->landings_before = landings_issued;
     });
 }
-CUresult cuEventSynchronize(void*) {
+// An event never recorded is complete at once (as on a GPU), and lands nothing.
+CUresult cuEventSynchronize(void* e) {
     LOCKED;
-    return sync_forbidden() ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+    if (sync_forbidden()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    land(static_cast<Event*>(e)->landings_before);
+    return CUDA_SUCCESS;
 }
-CUresult cuEventQuery(void*) { return CUDA_SUCCESS; }
+CUresult cuEventQuery(void* e) {
+    LOCKED;
+    land(static_cast<Event*>(e)->landings_before);
+    return CUDA_SUCCESS;
+}
 CUresult cuEventElapsedTime_v2(float* ms, void* a, void* b) {
     Event* x = static_cast<Event*>(a);
     Event* y = static_cast<Event*>(b);
@@ -408,10 +458,24 @@ CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     return CUDA_SUCCESS;
 }
 CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) {
+    LOCKED;
     *p = malloc(bytes ? bytes : 1);
-    return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+    if (!*p) return CUDA_ERROR_OUT_OF_MEMORY;
+    host_allocations[(uintptr_t)*p] = bytes;
+    return CUDA_SUCCESS;
 }
 CUresult cuMemFreeHost(void* p) {
+    LOCKED;
+    auto it = host_allocations.find((uintptr_t)p);
+    if (it == host_allocations.end()) return CUDA_ERROR_INVALID_VALUE;
+    char* base = (char*)p;
+    size_t bytes = it->second;
+    // Copies still in flight into it never land.
+    std::vector<Landing> keep;
+    for (Landing& l : landings)
+        if (l.dst < base || l.dst >= base + bytes) keep.push_back(std::move(l));
+    landings = std::move(keep);
+    host_allocations.erase(it);
     free(p);
     return CUDA_SUCCESS;
 }
@@ -424,7 +488,15 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void* 
 CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, void* stream) {
     LOCKED;
     if (!in_device_memory(src, n)) return CUDA_ERROR_INVALID_VALUE;
-    return submit(stream, [dst, src, n] { memcpy(dst, (const void*)src, n); });
+    // Into pageable memory the driver returns only once the copy is done; into page-locked
+    // memory it lands when the host waits for it (see the header).
+    if (!in_page_locked_memory(dst, n))
+        return submit(stream, [dst, src, n] { memcpy(dst, (const void*)src, n); });
+    return submit(stream, [dst, src, n] {
+        const char* from = (const char*)src;
+        landings.push_back(Landing{landings_issued++, (char*)dst, std::vector<char>(from, from + n)});
+        memset(dst, 0xff, n);
+    });
 }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, void* stream) {
     LOCKED;
@@ -439,7 +511,9 @@ CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
 CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
     LOCKED;
     if (sync_forbidden()) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
-    return cuMemcpyDtoHAsync_v2(dst, src, n, nullptr);
+    CUresult r = cuMemcpyDtoHAsync_v2(dst, src, n, nullptr);
+    land(); // a synchronous copy returns once it (and the work before it) is done
+    return r;
 }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
     return cuMemcpyDtoDAsync_v2(dst, src, n, nullptr);

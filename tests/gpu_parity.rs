@@ -976,6 +976,32 @@ fn ptx_path_loads_and_runs() {
     classifier_case::<Bf16>(&k, 8, 64, 1000, 82);
 }
 
+/// A download into page-locked memory is visible only after the host waits for it. The backend
+/// runs with cudarc's event tracking off, so `PinnedHostSlice::as_slice` does not wait (the bug
+/// the first H200 run found: losses a step late, CDFs read as zeros); the emulator lands such a
+/// copy only at the wait, so a read without one sees poison there instead of passing by luck.
+#[test]
+fn page_locked_download_lands_at_the_wait() {
+    let Some(k) = gpu("page-locked download") else {
+        return;
+    };
+    let want: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5).collect();
+    let dev = up::<f32>(&k, &want);
+    let s = k.stream();
+    // SAFETY: fully written by the copy below before the comparison reads it.
+    let mut host = unsafe { k.context().alloc_pinned::<f32>(want.len()) }.unwrap();
+    s.memcpy_dtoh(&dev, &mut host).unwrap();
+    if emulated() {
+        let early = host.as_slice().unwrap();
+        assert!(
+            early.iter().all(|x| x.is_nan()),
+            "the emulator landed a page-locked download before the host waited"
+        );
+    }
+    k.synchronize().unwrap();
+    assert_eq!(host.as_slice().unwrap(), &want[..]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // cuBLASLt GEMM wrapper
 
