@@ -56,6 +56,11 @@ for sp in site.getsitepackages():
     [ -d "$d" ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
 done
 export LD_LIBRARY_PATH
+# nsys, when the toolkit or Nsight Systems ships it outside PATH.
+for d in /usr/local/cuda/bin /usr/local/cuda-13.0/bin /opt/nvidia/nsight-systems/*/bin; do
+    [ -d "$d" ] && PATH="$PATH:$d"
+done
+export PATH
 export RUST_BACKTRACE=1
 export PYTHONUNBUFFERED=1
 
@@ -183,6 +188,8 @@ if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
     M1_WINDOWS=(16 2)
 fi
 if [ -x "$BIN/terse" ]; then
+    # The card's own ceilings first: the cost model's predictions use them (src/backend/cuda/cost.rs).
+    STEP_LOG=05-kernels step "05-ceilings" "$BENCH_TIMEOUT" "$BIN/terse" bench ceilings --reps 10
     for shape in "${BENCH_SHAPES[@]}"; do
         set -- $shape
         STEP_LOG=05-kernels step "05-kernels-$1" "$BENCH_TIMEOUT" "$BIN/terse" bench kernels --preset "$1" --vocab "$2" \
@@ -197,6 +204,16 @@ if [ -x "$BIN/terse" ]; then
         STEP_LOG=06-train step "06-train-$1" "$BENCH_TIMEOUT" "$BIN/terse" bench train --device cuda --preset "$1" \
             --vocab "$2" --batch "$3" --seq "$4" --steps 10 --json
     done
+    # Where a real step's time goes (graph nodes traced one by one), when nsys is installed.
+    if command -v nsys >/dev/null 2>&1 && [ "${GPU_CHECK_SMOKE:-0}" != 1 ]; then
+        set -- ${BENCH_SHAPES[0]}
+        STEP_LOG=06-train step "06-nsys-$1" 120 nsys profile --cuda-graph-trace=node --stats=true \
+            --force-overwrite=true -o "$OUT/nsys-$1" "$BIN/terse" bench train --device cuda \
+            --preset "$1" --vocab "$2" --batch "$3" --seq "$4" --steps 10
+        rm -f "$OUT/nsys-$1".nsys-rep "$OUT/nsys-$1".sqlite
+    else
+        skip 06-nsys "nsys not on PATH"
+    fi
 else
     skip 05-kernels "no $BIN/terse"
     skip 06-train "no $BIN/terse"

@@ -248,8 +248,9 @@ pub struct TrainBench {
     pub gflops: f64,
     /// On the GPU: the fraction of [`H100_PEAK_FLOPS`] reached.
     pub mfu: Option<f64>,
-    /// On the GPU: the fraction of the measured cuBLASLt ceiling
-    /// ([`cuda::bench::GEMM_CEILING_FLOPS`]) reached.
+    /// On the GPU: the card whose measured cuBLASLt ceiling `of_gemm_ceiling` is relative to
+    /// ([`cuda::cost::Card::for_device`]), and the fraction of it reached.
+    pub card: Option<cuda::cost::Card>,
     pub of_gemm_ceiling: Option<f64>,
 }
 
@@ -294,6 +295,7 @@ pub fn bench_train(
     let gflops = cfg.train_flops_per_token(seq) * tokens_per_s / 1e9;
     // Utilisation figures mean something only on the GPU.
     let on_gpu = be.device() == Device::Cuda;
+    let card = cuda::cost::Card::for_device(&be.name());
     Ok(TrainBench {
         vocab: cfg.vocab,
         backend: be.name(),
@@ -302,7 +304,8 @@ pub fn bench_train(
         tokens_per_s,
         gflops,
         mfu: on_gpu.then(|| gflops * 1e9 / H100_PEAK_FLOPS),
-        of_gemm_ceiling: on_gpu.then(|| gflops * 1e9 / cuda::bench::GEMM_CEILING_FLOPS),
+        card: on_gpu.then_some(card),
+        of_gemm_ceiling: on_gpu.then(|| gflops * 1e9 / card.gemm_flops),
     })
 }
 

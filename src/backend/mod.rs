@@ -90,10 +90,11 @@ pub enum Device {
     Cuda,
 }
 
-/// Whether `--device auto` may pick the CUDA backend. False until `scripts/gpu-check.sh` has
-/// passed on a GPU: a backend checked only on the CUDA emulator (`emu/`) must be asked for by
-/// name.
-pub const CUDA_VALIDATED: bool = false;
+/// Whether `--device auto` may pick the CUDA backend: set once `scripts/gpu-check.sh` has
+/// passed on a GPU (every parity test, the 200-step loss curve and the int8 M1 bit-for-bit tests
+/// on an H200, 2026-12-04). A change to the kernels that only the CUDA emulator (`emu/`) has
+/// checked clears it again until a GPU run passes: such a backend must be asked for by name.
+pub const CUDA_VALIDATED: bool = true;
 
 /// Refuses `cuda` for quantisation-aware training: the simulation is the CPU backend's.
 pub fn check_qat_device(device: Device) -> Result<()> {

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
+use terse::backend::cuda::cost::{self, Card};
 use terse::backend::{cuda, Device};
 use terse::bench::{bench_m1, bench_train, M1Bench, M1Mode};
 use terse::m1::int8::MAX_CONTEXT;
@@ -40,8 +41,10 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Time every CUDA training kernel and GEMM at a preset's shapes (CUDA events, median of
-    /// --reps): ms, bytes moved, GB/s or TFLOP/s against the measured H100 ceilings. Needs a GPU.
+    /// The cost model of a bf16 training step at a preset's shapes: each kernel's bytes, FLOPs,
+    /// launches per step and roofline time at a card's measured ceilings, and the step's
+    /// predicted floor. With a GPU, each kernel is also timed (CUDA events, median of --reps)
+    /// and its measured time printed beside the prediction.
     Kernels {
         /// Model preset.
         #[arg(long, default_value = "m1-3m")]
@@ -57,6 +60,20 @@ pub enum BenchCmd {
         seq: usize,
         /// Timed launches per kernel (the median is reported).
         #[arg(long, default_value_t = 20)]
+        reps: usize,
+        /// Without a GPU: the card whose ceilings the prediction uses (H100, H200). With one,
+        /// the card that runs is used.
+        #[arg(long, default_value = "H200")]
+        card: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the GPU's ceilings the cost model uses: a 2 GiB device-to-device copy and a
+    /// cuBLASLt bf16 GEMM at 8192^3 (median of --reps). Needs a GPU.
+    Ceilings {
+        /// Timed runs of each (the median is reported).
+        #[arg(long, default_value_t = 10)]
         reps: usize,
         /// Print one JSON object.
         #[arg(long)]
@@ -137,14 +154,52 @@ pub fn run(b: BenchCmd) -> Result<()> {
             batch,
             seq,
             reps,
+            card,
             json,
         } => {
             let cfg = ModelConfig::preset(&preset, vocab)?;
-            let r = cuda::bench::bench_kernels(&cfg, batch, seq, reps)?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
+            if batch == 0 || seq == 0 {
+                bail!("--batch and --seq must be positive");
+            }
+            let Some(card) = Card::by_name(&card) else {
+                let known: Vec<_> = cost::CARDS.iter().map(|c| c.name).collect();
+                bail!(
+                    "no measured ceilings for card {card:?} (known: {})",
+                    known.join(", ")
+                );
+            };
+            if cuda::gpu_unavailable_reason().is_none() {
+                let r = cuda::bench::bench_kernels(&cfg, batch, seq, reps)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    print!("{}", cuda::bench::format_report(&r));
+                }
+            } else if json {
+                let costs = cost::step_costs(&cfg, batch, seq);
+                let floor = cost::predicted_step_ms(&costs, &card);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "preset": cfg.preset, "vocab": cfg.vocab, "batch": batch, "seq": seq,
+                        "card": card, "kernels": costs, "predicted_step_ms": floor,
+                    })
+                );
             } else {
-                print!("{}", cuda::bench::format_report(&r));
+                print!("{}", cost::format_costs(&cfg, batch, seq, &card));
+            }
+        }
+        BenchCmd::Ceilings { reps, json } => {
+            let c = cuda::bench::measure_ceilings(reps)?;
+            if json {
+                println!("{}", serde_json::to_string(&c)?);
+            } else {
+                println!(
+                    "{}: copy {:.3} TB/s (read + write), bf16 GEMM {:.1} TFLOP/s at 8192^3",
+                    c.device,
+                    c.copy_bytes_per_s / 1e12,
+                    c.gemm_flops / 1e12
+                );
             }
         }
         BenchCmd::Train {
@@ -168,15 +223,17 @@ pub fn run(b: BenchCmd) -> Result<()> {
                         "bench": "train", "preset": preset, "vocab": r.vocab, "batch": batch, "seq": seq,
                         "steps": steps, "backend": r.backend, "note": r.note, "ms_per_step": secs * 1e3,
                         "tokens_per_s": tok_s, "gflops": gflops, "tflops": gflops / 1e3,
-                        "mfu_989": r.mfu, "of_gemm_ceiling_805": r.of_gemm_ceiling,
+                        "mfu_989": r.mfu, "card": r.card.map(|c| c.name), "of_gemm_ceiling": r.of_gemm_ceiling,
                     })
                 );
             } else {
-                let mfu_s = match (r.mfu, r.of_gemm_ceiling) {
-                    (Some(m), Some(g)) => format!(
-                        ", MFU {:.1}% of 989 TFLOP/s ({:.1}% of the measured 805)",
+                let mfu_s = match (r.mfu, r.of_gemm_ceiling, r.card) {
+                    (Some(m), Some(g), Some(c)) => format!(
+                        ", MFU {:.1}% of 989 TFLOP/s ({:.1}% of the {}'s measured {:.0})",
                         m * 100.0,
-                        g * 100.0
+                        g * 100.0,
+                        c.name,
+                        c.gemm_flops / 1e12
                     ),
                     _ => String::new(),
                 };

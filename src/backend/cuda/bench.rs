@@ -2,17 +2,12 @@
 //! CUDA events (median of `reps` launches after one warm-up), with the bytes it moves or the
 //! FLOPs it does, and the fraction of the device's measured ceiling that achieves.
 //!
-//! Ceilings are the H100 figures measured for this project: a copy kernel moves
-//! 2.85 TB/s (read + write), cuBLASLt bf16 reaches 805 TFLOP/s at 8192^3. On another GPU the
-//! percentages are relative to those H100 numbers (the report says which GPU ran).
-//!
-//! Byte counts are the minimum traffic (each input read once, each output written once); FLOP
-//! counts are `2 m n k` for GEMMs and, for causal attention, half the dense `4 B H T^2 64`
-//! (forward) and 2.5 times the forward (backward).
-//!
-//! Not yet run on a GPU: written on a machine without one and run only on the CUDA emulator
-//! (`emu/`), whose times mean nothing.
+//! What each kernel must move and do, its launches per step and its predicted time come from
+//! the cost model (`cost.rs`), at the ceilings of the card that runs (`Card::for_device`; the
+//! H100's for a GPU without measured ceilings, which the report names). `measure_ceilings`
+//! measures a card's ceilings (`terse bench ceilings`).
 
+use super::cost::{gemm_shapes, predicted_step_ms, step_costs, Card, KernelCost};
 use super::gemm::Gemm;
 use super::launch::{self, EmbedBackwardPlan};
 use super::loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels};
@@ -24,11 +19,6 @@ use anyhow::{bail, Result};
 use cudarc::driver::{sys, CudaSlice};
 use serde::Serialize;
 
-/// Measured H100 copy bandwidth, bytes/s (read + write).
-pub const COPY_CEILING_BYTES_PER_S: f64 = 2.85e12;
-/// Measured H100 cuBLASLt bf16 GEMM throughput at 8192^3, FLOP/s.
-pub const GEMM_CEILING_FLOPS: f64 = 805e12;
-
 /// One timed kernel.
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelTiming {
@@ -37,6 +27,10 @@ pub struct KernelTiming {
     pub shape: String,
     /// Median over the timed launches, milliseconds.
     pub ms: f64,
+    /// The cost model's roofline time on the report's card, milliseconds.
+    pub predicted_ms: f64,
+    /// Launches per training step (0: a comparison, not part of the step).
+    pub per_step: usize,
     pub bytes: f64,
     pub flops: f64,
     pub gb_per_s: f64,
@@ -56,27 +50,31 @@ pub struct KernelReport {
     pub batch: usize,
     pub seq: usize,
     pub reps: usize,
-    pub copy_ceiling_tb_per_s: f64,
-    pub gemm_ceiling_tflop_per_s: f64,
+    /// The card whose ceilings the predictions and percentages use.
+    pub card: Card,
     pub kernels: Vec<KernelTiming>,
+    /// Sum over the step of launches x predicted time, milliseconds.
+    pub predicted_step_ms: f64,
+    /// Sum over the step of launches x measured median, milliseconds.
+    pub measured_step_ms: f64,
 }
 
 struct Timer {
     k: GpuKernels,
     reps: usize,
+    card: Card,
+    costs: Vec<KernelCost>,
     out: Vec<KernelTiming>,
 }
 
 impl Timer {
-    /// Runs `f` once to warm up, then `reps` times between two events each; records the median.
-    fn time(
-        &mut self,
-        kernel: &str,
-        shape: String,
-        bytes: f64,
-        flops: f64,
-        mut f: impl FnMut(&GpuKernels) -> Result<()>,
-    ) -> Result<()> {
+    /// Runs `f` once to warm up, then `reps` times between two events each; records the median
+    /// beside `kernel`'s cost.
+    fn time(&mut self, kernel: &str, mut f: impl FnMut(&GpuKernels) -> Result<()>) -> Result<()> {
+        let Some(cost) = self.costs.iter().find(|c| c.kernel == kernel).cloned() else {
+            bail!("no cost model for kernel {kernel}");
+        };
+        let (bytes, flops, card) = (cost.bytes, cost.flops, self.card);
         let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
         let ctx = self.k.context().clone();
         let (start, end) = (ctx.new_event(flags)?, ctx.new_event(flags)?);
@@ -95,18 +93,20 @@ impl Timer {
         let compute = flops > 0.0;
         let (gbps, tflops) = (bytes / s / 1e9, flops / s / 1e12);
         self.out.push(KernelTiming {
-            kernel: kernel.to_string(),
-            shape,
+            kernel: cost.kernel,
+            shape: cost.shape,
             ms: med,
+            predicted_ms: card.predicted_ms(bytes, flops),
+            per_step: cost.per_step,
             bytes,
             flops,
             gb_per_s: gbps,
             tflop_per_s: tflops,
             bound: if compute { "compute" } else { "memory" },
             pct_of_ceiling: if compute {
-                100.0 * flops / s / GEMM_CEILING_FLOPS
+                100.0 * flops / s / card.gemm_flops
             } else {
-                100.0 * bytes / s / COPY_CEILING_BYTES_PER_S
+                100.0 * bytes / s / card.copy_bytes_per_s
             },
         });
         Ok(())
@@ -154,16 +154,18 @@ pub fn bench_kernels(
     }
     let k = GpuKernels::new(0)?;
     let device = k.device_name().to_string();
+    let card = Card::for_device(&device);
     let mut g = Gemm::new(k.stream().clone())?;
     let mut t = Timer {
         k,
         reps,
+        card,
+        costs: step_costs(cfg, batch, seq),
         out: Vec::new(),
     };
     let mut r = Rng::new(5);
     let (n, d, ff, v, h) = (batch * seq, cfg.d_model, cfg.d_ff, cfg.vocab, cfg.n_heads);
     let total = cfg.total_params();
-    let b2 = 2.0; // bytes per bf16
     type B = Bf16;
 
     let kk = &t.k;
@@ -180,6 +182,7 @@ pub fn bench_kernels(
     let mut hbuf = rand_dev::<B>(kk, &mut r, n * ff, 1.0)?;
     let mut dh = rand_dev::<B>(kk, &mut r, n * ff, 1.0)?;
     let w_qkv = rand_dev::<B>(kk, &mut r, 3 * d * d, 0.02)?;
+    let w_out = rand_dev::<B>(kk, &mut r, d * d, 0.02)?;
     let w_up = rand_dev::<B>(kk, &mut r, ff * d, 0.02)?;
     let w_down = rand_dev::<B>(kk, &mut r, d * ff, 0.02)?;
     let w_head = rand_dev::<B>(kk, &mut r, v * d, 0.02)?;
@@ -214,220 +217,133 @@ pub fn bench_kernels(
         seq,
         heads: h,
     };
-    let nd = (n * d) as f64;
-    let shp = |s: &str| format!("{s} (N={n})");
-
-    t.time(
-        "embed_forward",
-        shp(&format!("[{v},{d}] gather")),
-        2.0 * nd * b2 + 4.0 * n as f64,
-        0.0,
-        |k| launch::embed_forward(k, &mut x, &table, &d_tokens, n, d),
-    )?;
-    t.time(
-        "rmsnorm_forward",
-        shp(&format!("d={d}")),
-        2.0 * nd * b2,
-        0.0,
-        |k| launch::rmsnorm_forward(k, &mut y, &mut rstd, &x, &gain, n, d, cfg.norm_eps),
-    )?;
-    t.time(
-        "fused_residual_rmsnorm_forward",
-        shp(&format!("d={d}")),
-        4.0 * nd * b2,
-        0.0,
-        |k| {
-            launch::fused_residual_rmsnorm_forward(
-                k,
-                &mut res,
-                &mut y,
-                &mut rstd,
-                &x,
-                &x,
-                &gain,
-                n,
-                d,
-                cfg.norm_eps,
-            )
-        },
-    )?;
-    t.time(
-        "rmsnorm_backward",
-        shp(&format!("d={d}")),
-        4.0 * nd * b2,
-        0.0,
-        |k| {
-            launch::rmsnorm_backward(
-                k,
-                &mut res,
-                &mut dgain,
-                &mut scratch,
-                &y,
-                &x,
-                &gain,
-                &rstd,
-                n,
-                d,
-            )
-        },
-    )?;
+    t.time("embed_forward", |k| {
+        launch::embed_forward(k, &mut x, &table, &d_tokens, n, d)
+    })?;
+    t.time("rmsnorm_forward", |k| {
+        launch::rmsnorm_forward(k, &mut y, &mut rstd, &x, &gain, n, d, cfg.norm_eps)
+    })?;
+    t.time("fused_residual_rmsnorm_forward", |k| {
+        launch::fused_residual_rmsnorm_forward(
+            k,
+            &mut res,
+            &mut y,
+            &mut rstd,
+            &x,
+            &x,
+            &gain,
+            n,
+            d,
+            cfg.norm_eps,
+        )
+    })?;
+    t.time("rmsnorm_backward", |k| {
+        launch::rmsnorm_backward(
+            k,
+            &mut res,
+            &mut dgain,
+            &mut scratch,
+            &y,
+            &x,
+            &gain,
+            &rstd,
+            n,
+            d,
+        )
+    })?;
     // GEMMs of one layer and the head
-    let gemms: [(&str, usize, usize); 4] = [
-        ("qkv", d, 3 * d),
-        ("up", d, ff),
-        ("down", ff, d),
-        ("lm_head", d, v),
-    ];
-    for (name, din, dout) in gemms {
-        let flops = 2.0 * n as f64 * din as f64 * dout as f64;
-        let bytes = b2 * (n * din + din * dout + n * dout) as f64;
-        let shape = format!("{n}x{din} . [{dout},{din}]^T");
+    for (name, din, dout, _) in gemm_shapes(cfg) {
         let (inp, w, out): (&CudaSlice<B>, &CudaSlice<B>, &mut CudaSlice<B>) = match name {
             "qkv" => (&x, &w_qkv, &mut qkv),
+            "out" => (&x, &w_out, &mut res),
             "up" => (&x, &w_up, &mut hbuf),
             "down" => (&dh, &w_down, &mut y),
             _ => (&x, &w_head, &mut logits),
         };
-        t.time(
-            &format!("gemm_forward_{name}"),
-            shape.clone(),
-            bytes,
-            flops,
-            |_| g.forward(out, inp, w, None, n, din, dout),
-        )?;
+        t.time(&format!("gemm_forward_{name}"), |_| {
+            g.forward(out, inp, w, None, n, din, dout)
+        })?;
         // dgrad into a scratch of the input's shape; wgrad into fp32
         let mut dx = rand_dev::<B>(&t.k, &mut r, n * din, 0.0)?;
         let out_ro: &CudaSlice<B> = out;
-        t.time(
-            &format!("gemm_dgrad_{name}"),
-            shape.clone(),
-            bytes,
-            flops,
-            |_| g.dgrad(&mut dx, out_ro, w, n, din, dout, false),
-        )?;
-        let wbytes = b2 * (n * din + n * dout) as f64 + 4.0 * (din * dout) as f64;
-        t.time(&format!("gemm_wgrad_{name}"), shape, wbytes, flops, |_| {
+        t.time(&format!("gemm_dgrad_{name}"), |_| {
+            g.dgrad(&mut dx, out_ro, w, n, din, dout, false)
+        })?;
+        t.time(&format!("gemm_wgrad_{name}"), |_| {
             g.wgrad(&mut dw, out_ro, inp, n, din, dout, false)
         })?;
     }
-    t.time(
-        "rope",
-        shp(&format!("d={d}")),
-        2.0 * 2.0 * nd * b2,
-        0.0,
-        |k| launch::rope(k, &mut qkv, &cos, &sin, n, seq, d, false),
-    )?;
-    let att_flops = 4.0 * (batch * h) as f64 * (seq as f64).powi(2) * 64.0 / 2.0;
+    t.time("rope", |k| {
+        launch::rope(k, &mut qkv, &cos, &sin, n, seq, d, false)
+    })?;
     // Training's tensor-core kernels, then attention.cu's CUDA-core ones for comparison.
     for (suffix, kernels) in [
         ("", launch::AttnKernels::TensorCore),
         ("_cudacore", launch::AttnKernels::CudaCore),
     ] {
-        t.time(
-            &format!("attention_forward{suffix}"),
-            format!("B={batch} H={h} T={seq} hd=64 causal"),
-            b2 * (3.0 * nd + nd),
-            att_flops,
-            |k| launch::attention_forward(k, kernels, &mut y, &mut lse, &qkv, sh),
-        )?;
-        t.time(
-            &format!("attention_backward{suffix}"),
-            format!("B={batch} H={h} T={seq} hd=64 causal"),
-            b2 * (3.0 * nd * 2.0 + 2.0 * nd),
-            2.5 * att_flops,
-            |k| {
-                launch::attention_backward(
-                    k, kernels, &mut dqkv, &mut delta, &x, &y, &lse, &qkv, sh,
-                )
-            },
-        )?;
+        t.time(&format!("attention_forward{suffix}"), |k| {
+            launch::attention_forward(k, kernels, &mut y, &mut lse, &qkv, sh)
+        })?;
+        t.time(&format!("attention_backward{suffix}"), |k| {
+            launch::attention_backward(k, kernels, &mut dqkv, &mut delta, &x, &y, &lse, &qkv, sh)
+        })?;
     }
-    t.time(
-        "relu_forward",
-        shp(&format!("ff={ff}")),
-        2.0 * b2 * (n * ff) as f64,
-        0.0,
-        |k| launch::relu_forward_inplace(k, &mut hbuf, n * ff),
-    )?;
-    t.time(
-        "relu_backward",
-        shp(&format!("ff={ff}")),
-        3.0 * b2 * (n * ff) as f64,
-        0.0,
-        |k| launch::relu_backward(k, &mut dh, &hbuf, n * ff),
-    )?;
+    t.time("relu_forward", |k| {
+        launch::relu_forward_inplace(k, &mut hbuf, n * ff)
+    })?;
+    t.time("relu_backward", |k| {
+        launch::relu_backward(k, &mut dh, &hbuf, n * ff)
+    })?;
     // The classifier overwrites logits with dlogits; timing repeated launches on the same buffer
     // is fine (the values stay finite: dlogits are small).
-    t.time(
-        "classifier_forward_backward",
-        format!("N={n} V={v}"),
-        3.0 * b2 * (n * v) as f64,
-        0.0,
-        |k| {
-            launch::classifier_forward_backward(
-                k,
-                &mut logits,
-                &mut ce,
-                &mut lse_row,
-                &d_tokens,
-                n,
-                v,
-                cfg.z_loss,
-                1.0 / n as f32,
-            )
-        },
-    )?;
-    t.time(
-        "embed_backward",
-        format!("N={n} V={v} d={d} ({} buckets)", plan.num_buckets()),
-        nd * b2 + 2.0 * 4.0 * (v * d) as f64,
-        0.0,
-        |k| {
-            launch::embed_backward(
-                k,
-                &mut dtable,
-                &x,
-                &order,
-                &bstart,
-                &btok,
-                plan.num_buckets(),
-                d,
-            )
-        },
-    )?;
-    t.time(
-        "global_norm",
-        format!("{total} fp32 grads"),
-        4.0 * total as f64,
-        0.0,
-        |k| {
-            launch::global_norm_squared(k, &mut partial, &grads, total, false)?;
-            launch::global_norm_finish(k, &mut gn_out, &partial, 1.0)
-        },
-    )?;
-    t.time(
-        "adamw_dev",
-        format!("{total} params, bf16 working copy"),
-        (16 + 12 + 2) as f64 * total as f64,
-        0.0,
-        |k| {
-            launch::adamw_dev(
-                k,
-                &mut master,
-                &mut work,
-                &grads,
-                &mut m,
-                &mut vv,
-                &hyper,
-                &gn_out,
-                total,
-                0.9,
-                0.95,
-                1e-8,
-                0.1,
-            )
-        },
-    )?;
+    t.time("classifier_forward_backward", |k| {
+        launch::classifier_forward_backward(
+            k,
+            &mut logits,
+            &mut ce,
+            &mut lse_row,
+            &d_tokens,
+            n,
+            v,
+            cfg.z_loss,
+            1.0 / n as f32,
+        )
+    })?;
+    t.time("embed_backward", |k| {
+        launch::embed_backward(
+            k,
+            &mut dtable,
+            &x,
+            &order,
+            &bstart,
+            &btok,
+            plan.num_buckets(),
+            d,
+        )
+    })?;
+    t.time("global_norm", |k| {
+        launch::global_norm_squared(k, &mut partial, &grads, total, false)?;
+        launch::global_norm_finish(k, &mut gn_out, &partial, 1.0)
+    })?;
+    t.time("adamw_dev", |k| {
+        launch::adamw_dev(
+            k,
+            &mut master,
+            &mut work,
+            &grads,
+            &mut m,
+            &mut vv,
+            &hyper,
+            &gn_out,
+            total,
+            0.9,
+            0.95,
+            1e-8,
+            0.1,
+        )
+    })?;
+    let predicted_step_ms = predicted_step_ms(&t.costs, &card);
+    let measured_step_ms = t.out.iter().map(|k| k.per_step as f64 * k.ms).sum();
     Ok(KernelReport {
         device,
         preset: cfg.preset.clone(),
@@ -435,45 +351,100 @@ pub fn bench_kernels(
         batch,
         seq,
         reps,
-        copy_ceiling_tb_per_s: COPY_CEILING_BYTES_PER_S / 1e12,
-        gemm_ceiling_tflop_per_s: GEMM_CEILING_FLOPS / 1e12,
+        card,
         kernels: t.out,
+        predicted_step_ms,
+        measured_step_ms,
     })
 }
 
-/// The report as an aligned text table.
+/// A card's ceilings as measured here: a device-to-device copy of 2 GiB (read + write) and a
+/// cuBLASLt bf16 GEMM at 8192^3, each the median of `reps` after one warm-up.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ceilings {
+    pub device: String,
+    pub copy_bytes_per_s: f64,
+    pub gemm_flops: f64,
+}
+
+/// Measures the ceilings the cost model's [`Card`]s hold (`terse bench ceilings`).
+pub fn measure_ceilings(reps: usize) -> Result<Ceilings> {
+    if let Some(reason) = gpu_unavailable_reason() {
+        bail!("bench ceilings needs a GPU: {reason}");
+    }
+    if reps == 0 {
+        bail!("--reps must be positive");
+    }
+    let k = GpuKernels::new(0)?;
+    let s = k.stream().clone();
+    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let (start, end) = (k.context().new_event(flags)?, k.context().new_event(flags)?);
+    let median_ms = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        let mut ms = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            start.record(&s)?;
+            f()?;
+            end.record(&s)?;
+            ms.push(start.elapsed_ms(&end)? as f64);
+        }
+        ms.sort_by(|a, b| a.total_cmp(b));
+        Ok(ms[ms.len() / 2])
+    };
+    let words = 1usize << 29; // 2 GiB of f32
+    let src = s.alloc_zeros::<f32>(words)?;
+    let mut dst = s.alloc_zeros::<f32>(words)?;
+    let copy_ms = median_ms(&mut || Ok(s.memcpy_dtod(&src, &mut dst)?))?;
+    drop((src, dst));
+    let n = 8192;
+    let mut r = Rng::new(9);
+    let a = rand_dev::<Bf16>(&k, &mut r, n * n, 1.0)?;
+    let w = rand_dev::<Bf16>(&k, &mut r, n * n, 0.01)?;
+    let mut out = rand_dev::<Bf16>(&k, &mut r, n * n, 0.0)?;
+    let mut g = Gemm::new(s.clone())?;
+    let gemm_ms = median_ms(&mut || g.forward(&mut out, &a, &w, None, n, n, n))?;
+    Ok(Ceilings {
+        device: k.device_name().to_string(),
+        copy_bytes_per_s: 2.0 * 4.0 * words as f64 / (copy_ms / 1e3),
+        gemm_flops: 2.0 * (n as f64).powi(3) / (gemm_ms / 1e3),
+    })
+}
+
+/// The report as an aligned text table: each kernel's measured median beside the cost model's
+/// prediction, then the step's measured and predicted sums.
 pub fn format_report(r: &KernelReport) -> String {
     let mut s = format!(
-        "{} on {}: {} x {} tokens, vocab {}, median of {} (ceilings: copy {:.2} TB/s, bf16 GEMM {:.0} TFLOP/s)\n",
+        "{} on {}: {} x {} tokens, vocab {}, median of {} (predictions and % at the {}'s ceilings: copy {:.2} TB/s, bf16 GEMM {:.0} TFLOP/s)\n",
         r.preset,
         r.device,
         r.batch,
         r.seq,
         r.vocab,
         r.reps,
-        r.copy_ceiling_tb_per_s,
-        r.gemm_ceiling_tflop_per_s
+        r.card.name,
+        r.card.copy_bytes_per_s / 1e12,
+        r.card.gemm_flops / 1e12
     );
     s += &format!(
-        "{:<32} {:>10} {:>10} {:>10} {:>7}  shape\n",
-        "kernel", "ms", "GB/s", "TFLOP/s", "% ceil"
+        "{:<32} {:>9} {:>9} {:>6} {:>9} {:>8} {:>7}  shape\n",
+        "kernel", "ms", "pred ms", "/step", "GB/s", "TFLOP/s", "% ceil"
     );
     for k in &r.kernels {
         s += &format!(
-            "{:<32} {:>10.4} {:>10.1} {:>10.2} {:>6.1}%  {}\n",
-            k.kernel, k.ms, k.gb_per_s, k.tflop_per_s, k.pct_of_ceiling, k.shape
+            "{:<32} {:>9.4} {:>9.4} {:>6} {:>9.1} {:>8.2} {:>6.1}%  {}\n",
+            k.kernel,
+            k.ms,
+            k.predicted_ms,
+            k.per_step,
+            k.gb_per_s,
+            k.tflop_per_s,
+            k.pct_of_ceiling,
+            k.shape
         );
     }
-    // The `_cudacore` rows are a comparison, not part of a training step.
-    let total: f64 = r
-        .kernels
-        .iter()
-        .filter(|k| !k.kernel.ends_with("_cudacore"))
-        .map(|k| k.ms)
-        .sum();
     s += &format!(
-        "sum of medians (one of each, _cudacore rows excluded; a step runs most of them once per \
-         layer): {total:.3} ms\n"
+        "one step (launches x median, /step 0 rows excluded): measured {:.3} ms, predicted floor {:.3} ms\n",
+        r.measured_step_ms, r.predicted_step_ms
     );
     s
 }

@@ -28,6 +28,7 @@ use std::sync::OnceLock;
 
 mod backend;
 pub mod bench;
+pub mod cost;
 pub mod exact_m1;
 pub mod gemm;
 mod graph;
