@@ -28,11 +28,12 @@ pub const H100: Card = Card {
     gemm_flops: 805e12,
 };
 
-/// H200, measured by `terse bench ceilings` on the lent H200 (2026-12-04).
+/// H200, measured by `terse bench ceilings` on the lent H200 (2026-12-04): 4.262 TB/s and
+/// 779.2 TFLOP/s.
 pub const H200: Card = Card {
     name: "H200",
-    copy_bytes_per_s: 2.85e12,
-    gemm_flops: 805e12,
+    copy_bytes_per_s: 4.262e12,
+    gemm_flops: 779.2e12,
 };
 
 /// The cards with measured ceilings.
