@@ -31,7 +31,7 @@ Launch (grid maths):
         W = clamp(8192 / d, 1, 8) warps, block = 32 * W, grid = ceil(N / rows_per_chunk),
         dynamic shared memory = W * d * 4 bytes (<= 32 KiB for any d <= 8192; above 48 KiB would need
         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), partial = [grid, d] fp32 scratch.
-        rows_per_chunk = 64 (NORM_ROWS_PER_CHUNK: enough blocks to fill the GPU at N = 32K).
+        rows_per_chunk = norm_rows_per_chunk(N) (launch/norm.rs): about 512 blocks, 64 to 256 rows.
     rmsnorm_dgain_reduce:
         block = (32, 8), grid = ceil(d / 32); thread (x, y) sums chunks y, y + 8, ... of channel
         32 * blockIdx.x + x, then the 8 partial sums are added in y order.

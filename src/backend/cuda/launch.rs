@@ -54,8 +54,8 @@ pub use elementwise::{
 };
 pub use embed::{embed_backward, embed_forward, EmbedBackwardPlan};
 pub use norm::{
-    fused_residual_rmsnorm_forward, rmsnorm_backward, rmsnorm_backward_scratch_len,
-    rmsnorm_forward, NORM_ROWS_PER_CHUNK,
+    fused_residual_rmsnorm_forward, norm_rows_per_chunk, rmsnorm_backward,
+    rmsnorm_backward_scratch_len, rmsnorm_forward,
 };
 pub use optimizer::{
     adamw, adamw_dev, global_norm_finish, global_norm_squared, GLOBAL_NORM_BLOCKS,

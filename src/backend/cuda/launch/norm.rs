@@ -7,10 +7,13 @@ use crate::backend::cuda::Entry;
 use anyhow::{ensure, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-/// Rows per block in the RMSNorm backward. 64 gives 512 blocks at N = 32,768; 256 (the CPU
-/// twin's chunk) gave 128 blocks of 8 warps on the H200's 132 SMs and ran at 13% of its copy
-/// ceiling (2026-12-04). The dgain partial sums grow to N / 64 rows of d, about 3% more traffic.
-pub const NORM_ROWS_PER_CHUNK: usize = 64;
+/// Rows per block in the RMSNorm backward for `n` rows: the power of two that makes about 512
+/// blocks, within 64..=256. Measured on the H200 (2026-12-04): at N = 32,768 a fixed 256 made
+/// 128 blocks of 8 warps on 132 SMs and ran at 13% of the copy ceiling, 64 at 24%; at
+/// N = 131,072, 256 (41%) beat 64 (24%), whose dgain partials add N / 64 rows of d.
+pub fn norm_rows_per_chunk(n: usize) -> usize {
+    (n / 512).next_power_of_two().clamp(64, 256)
+}
 
 fn norm_rows_cfg(n: usize) -> LaunchConfig {
     // 8 warps of 32 per block, one row per warp: ceil(n / 8) blocks of 256.
@@ -109,13 +112,13 @@ pub fn fused_residual_rmsnorm_forward<T: GpuFloat>(
 
 /// Length of the fp32 scratch [`rmsnorm_backward`] needs: one `[d]` partial per row chunk.
 pub fn rmsnorm_backward_scratch_len(n: usize, d: usize) -> usize {
-    n.div_ceil(NORM_ROWS_PER_CHUNK) * d
+    n.div_ceil(norm_rows_per_chunk(n)) * d
 }
 
 /// Backward of [`rmsnorm_forward`]: `dinp += dL/dx` and `dgain += sum_rows dout * x * rstd`
 /// (deterministic two-stage reduction through `scratch`, see [`rmsnorm_backward_scratch_len`]).
 ///
-/// Grid: stage 1 ceil(n / 256) blocks of 32 W threads, W = clamp(8192 / d, 1, 8), with W d 4
+/// Grid: stage 1 ceil(n / norm_rows_per_chunk(n)) blocks of 32 W threads, W = clamp(8192 / d, 1, 8), with W d 4
 /// bytes of dynamic shared memory; stage 2 ceil(d / 32) blocks of (32, 8).
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_backward<T: GpuFloat>(
@@ -145,8 +148,9 @@ pub fn rmsnorm_backward<T: GpuFloat>(
         return Ok(());
     }
     let (ni, di) = (int(n, "n")?, int(d, "d")?);
-    let chunks = n.div_ceil(NORM_ROWS_PER_CHUNK);
-    let (chunks_i, rows_i) = (int(chunks, "chunks")?, NORM_ROWS_PER_CHUNK as i32);
+    let rows_per_chunk = norm_rows_per_chunk(n);
+    let chunks = n.div_ceil(rows_per_chunk);
+    let (chunks_i, rows_i) = (int(chunks, "chunks")?, rows_per_chunk as i32);
     let warps = (8192 / d).clamp(1, 8);
     let smem = warps * d * 4;
     ensure!(
@@ -189,4 +193,20 @@ pub fn rmsnorm_backward<T: GpuFloat>(
     };
     unsafe { b.launch(cfg) }?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::norm_rows_per_chunk;
+
+    /// The two shapes measured on the H200 get the chunk that measured faster there.
+    #[test]
+    fn rows_per_chunk_makes_about_512_blocks() {
+        assert_eq!(norm_rows_per_chunk(32_768), 64);
+        assert_eq!(norm_rows_per_chunk(131_072), 256);
+        assert_eq!(norm_rows_per_chunk(65_536), 128);
+        for n in [1, 300, 1024, 1 << 24] {
+            assert!((64..=256).contains(&norm_rows_per_chunk(n)), "{n}");
+        }
+    }
 }
