@@ -147,11 +147,30 @@ fn cuda_commands_explain_without_a_gpu() {
         eprintln!("SKIPPED: a GPU is usable here (the GPU paths are covered by gpu_parity)");
         return;
     }
+    assert_fails_with(&["bench", "ceilings"], "bench ceilings needs a GPU");
+    // bench kernels predicts alone: the cost model at the named card's ceilings
+    let r = terse(&[
+        "bench", "kernels", "--preset", "m1-3m", "--batch", "128", "--seq", "1024", "--json",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(j["card"]["name"], "H200", "{j}");
+    let floor = j["predicted_step_ms"].as_f64().unwrap();
+    assert!(floor > 1.0 && floor < 20.0, "{j}");
+    let kernels = j["kernels"].as_array().unwrap();
+    assert!(kernels
+        .iter()
+        .any(|k| k["kernel"] == "attention_backward" && k["per_step"] == 3));
+    let text = terse(&["bench", "kernels", "--preset", "tiny", "--card", "h100"]);
+    assert!(text.status.success(), "{}", stderr(&text));
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        out.contains("predicted on H100") && out.contains("predicted step floor"),
+        "{out}"
+    );
     assert_fails_with(
-        &[
-            "bench", "kernels", "--preset", "tiny", "--batch", "2", "--seq", "16",
-        ],
-        "bench kernels needs a GPU",
+        &["bench", "kernels", "--preset", "tiny", "--card", "A100"],
+        "no measured ceilings for card \"A100\"",
     );
     assert_fails_with(
         &[
