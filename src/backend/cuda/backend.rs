@@ -236,20 +236,16 @@ impl<T: GpuFloat> CudaTrainer<T> {
         let a = self.acts_for_mut(batch, hyper.is_some())?;
         let s = a.1.stream().clone();
         let a = a.0;
-        a.pin_inputs.write(&batch.inputs)?;
-        a.pin_inputs.upload(&s, &mut a.inputs)?;
-        a.pin_targets.write(&batch.targets)?;
-        a.pin_targets.upload(&s, &mut a.targets)?;
+        a.pin_inputs.send(&s, &batch.inputs, &mut a.inputs)?;
+        a.pin_targets.send(&s, &batch.targets, &mut a.targets)?;
         if let Some(h) = hyper {
             let plan = EmbedBackwardPlan::new(&batch.inputs, vocab, a.num_buckets)?;
-            a.pin_order.write(&plan.order)?;
-            a.pin_order.upload(&s, &mut a.order)?;
-            a.pin_bucket_start.write(&plan.bucket_start)?;
-            a.pin_bucket_start.upload(&s, &mut a.bucket_start)?;
-            a.pin_bucket_token.write(&plan.bucket_token)?;
-            a.pin_bucket_token.upload(&s, &mut a.bucket_token)?;
-            a.pin_hyper.write(&h)?;
-            a.pin_hyper.upload(&s, &mut a.hyper)?;
+            a.pin_order.send(&s, &plan.order, &mut a.order)?;
+            a.pin_bucket_start
+                .send(&s, &plan.bucket_start, &mut a.bucket_start)?;
+            a.pin_bucket_token
+                .send(&s, &plan.bucket_token, &mut a.bucket_token)?;
+            a.pin_hyper.send(&s, &h, &mut a.hyper)?;
         }
         Ok(())
     }

@@ -75,20 +75,8 @@ impl Timer {
             bail!("no cost model for kernel {kernel}");
         };
         let (bytes, flops, card) = (cost.bytes, cost.flops, self.card);
-        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let ctx = self.k.context().clone();
-        let (start, end) = (ctx.new_event(flags)?, ctx.new_event(flags)?);
-        f(&self.k)?;
-        self.k.synchronize()?;
-        let mut ms = Vec::with_capacity(self.reps);
-        for _ in 0..self.reps {
-            start.record(self.k.stream())?;
-            f(&self.k)?;
-            end.record(self.k.stream())?;
-            ms.push(start.elapsed_ms(&end)? as f64);
-        }
-        ms.sort_by(|a, b| a.total_cmp(b));
-        let med = ms[ms.len() / 2];
+        let k = &self.k;
+        let med = median_event_ms(k, self.reps, || f(k))?;
         let s = med / 1e3;
         let compute = flops > 0.0;
         let (gbps, tflops) = (bytes / s / 1e9, flops / s / 1e12);
@@ -111,6 +99,24 @@ impl Timer {
         });
         Ok(())
     }
+}
+
+/// Runs `f` once to warm up, then `reps` times between two CUDA events each on `k`'s stream;
+/// the median in milliseconds.
+fn median_event_ms(k: &GpuKernels, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let (start, end) = (k.context().new_event(flags)?, k.context().new_event(flags)?);
+    f()?;
+    k.synchronize()?;
+    let mut ms = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        start.record(k.stream())?;
+        f()?;
+        end.record(k.stream())?;
+        ms.push(start.elapsed_ms(&end)? as f64);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    Ok(ms[ms.len() / 2])
 }
 
 /// A device buffer of `n` values: one block of up to 2^20 seeded normals (times `scale`) tiled
@@ -377,24 +383,10 @@ pub fn measure_ceilings(reps: usize) -> Result<Ceilings> {
     }
     let k = GpuKernels::new(0)?;
     let s = k.stream().clone();
-    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let (start, end) = (k.context().new_event(flags)?, k.context().new_event(flags)?);
-    let median_ms = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        f()?;
-        let mut ms = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            start.record(&s)?;
-            f()?;
-            end.record(&s)?;
-            ms.push(start.elapsed_ms(&end)? as f64);
-        }
-        ms.sort_by(|a, b| a.total_cmp(b));
-        Ok(ms[ms.len() / 2])
-    };
     let words = 1usize << 29; // 2 GiB of f32
     let src = s.alloc_zeros::<f32>(words)?;
     let mut dst = s.alloc_zeros::<f32>(words)?;
-    let copy_ms = median_ms(&mut || Ok(s.memcpy_dtod(&src, &mut dst)?))?;
+    let copy_ms = median_event_ms(&k, reps, || Ok(s.memcpy_dtod(&src, &mut dst)?))?;
     drop((src, dst));
     let n = 8192;
     let mut r = Rng::new(9);
@@ -402,7 +394,7 @@ pub fn measure_ceilings(reps: usize) -> Result<Ceilings> {
     let w = rand_dev::<Bf16>(&k, &mut r, n * n, 0.01)?;
     let mut out = rand_dev::<Bf16>(&k, &mut r, n * n, 0.0)?;
     let mut g = Gemm::new(s.clone())?;
-    let gemm_ms = median_ms(&mut || g.forward(&mut out, &a, &w, None, n, n, n))?;
+    let gemm_ms = median_event_ms(&k, reps, || g.forward(&mut out, &a, &w, None, n, n, n))?;
     Ok(Ceilings {
         device: k.device_name().to_string(),
         copy_bytes_per_s: 2.0 * 4.0 * words as f64 / (copy_ms / 1e3),

@@ -56,7 +56,7 @@ impl<T: DeviceRepr + ValidAsZeroBits + Copy + Default> Staged<T> {
     }
 
     /// Copies `data` to the front of the buffer (waits for the last copy).
-    pub fn write(&mut self, data: &[T]) -> Result<()> {
+    fn write(&mut self, data: &[T]) -> Result<()> {
         let len = self.host.len();
         ensure!(
             data.len() <= len,
@@ -71,6 +71,13 @@ impl<T: DeviceRepr + ValidAsZeroBits + Copy + Default> Staged<T> {
     pub fn read(&self) -> Result<&[T]> {
         self.copied.synchronize()?;
         Ok(self.host.as_slice()?)
+    }
+
+    /// Copies `data` to the front of the buffer (waiting for the last copy), then enqueues the
+    /// whole buffer's copy to `dst` on `s`.
+    pub fn send(&mut self, s: &Arc<CudaStream>, data: &[T], dst: &mut CudaSlice<T>) -> Result<()> {
+        self.write(data)?;
+        self.upload(s, dst)
     }
 
     /// Enqueues a copy of the whole buffer to the front of `dst` on `s`.
