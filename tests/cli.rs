@@ -169,6 +169,10 @@ fn cuda_commands_explain_without_a_gpu() {
         "{out}"
     );
     assert_fails_with(
+        &["bench", "kernels", "--preset", "tiny", "--batch", "0"],
+        "--batch and --seq must be positive",
+    );
+    assert_fails_with(
         &["bench", "kernels", "--preset", "tiny", "--card", "A100"],
         "no measured ceilings for card \"A100\"",
     );
