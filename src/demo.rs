@@ -9,7 +9,7 @@ use crate::data::{baselines, Baselines};
 use crate::experiment::Pipeline;
 use crate::experiment::{prepare_corpus, train_m1, M1Result, M2Budget, MethodResult, MethodSpec};
 use crate::generate::{generate, GenerationReport, SampleOptions};
-use crate::m1::{ExactModel, Int8M1};
+use crate::m1::{Int8M1, Int8Model};
 use crate::tokenize::{Method, TokenDataset, DEFAULT_CHUNK_BYTES};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -107,7 +107,7 @@ pub fn run_demo(o: &DemoOptions, mut stage: impl FnMut(String)) -> Result<DemoRe
     )?;
     stage("terse demo [4/4]: generating with the Equal-Info M2 (decoded through M1)".into());
     let (cfg, params) = load_model(&ei.checkpoint)?;
-    let lm = ExactModel::new(&cfg, &params)?;
+    let lm = Int8Model::new(&cfg, &params)?;
     let src = TokenDataset::open(&ei.dataset)?.metadata().identity.clone();
     let mut sample = Vec::new();
     let generation = generate(

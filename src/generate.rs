@@ -7,11 +7,14 @@
 //! only decode as whole chunks (gzip, static-ac, plain AC): a sample of those is a stream prefix
 //! that generally does not decode.
 //!
-//! M2 runs on [`ExactModel`] with a key/value cache. Its context holds the start token and at most
+//! M2 runs on a [`Decoder`] with key/value caches: [`Int8Model`] for speed, [`ExactModel`] for a
+//! sample that is the same on every machine. Its context holds the start token and at most
 //! `context - 1` tokens (the length it trained on); when full, it restarts from the most recent
-//! half, cut at a unit boundary.
+//! half, cut at a unit boundary. [`Generation`] is one stream's state machine, apart from the model,
+//! so a server can batch many streams per model step.
 
-use crate::m1::{ExactModel, Int8M1, WindowState};
+use crate::m1::{ExactModel, Int8M1, Int8Model, Int8State, WindowState};
+use crate::model::ModelConfig;
 use crate::rng::Rng;
 use crate::tokenize::equal_info::EqualInfo;
 use crate::tokenize::M2_START;
@@ -215,10 +218,231 @@ pub fn decode_tokens(
     Ok(out)
 }
 
+/// A model M2 generation runs on: contexts extended a token at a time, many streams per step.
+/// [`ExactModel`] (contract 2's f32 chains, the same sample on every machine) and
+/// [`Int8Model`] (int8 weights and activations: a quarter of the bytes per step, for speed)
+/// both are.
+pub trait Decoder: Sync {
+    /// One stream's context (its key/value caches).
+    type State: Send;
+    fn config(&self) -> &ModelConfig;
+    fn empty_state(&self) -> Self::State;
+    /// Feeds `tokens` to `state` in order and writes the next token's distribution into `probs`
+    /// (`vocab` entries).
+    fn extend(&self, state: &mut Self::State, tokens: &[u32], probs: &mut [f32]);
+    /// Feeds `tokens[r]` to `states[r]` (independent streams, one position each; the weights
+    /// are read once for all of them) and writes row `r`'s next-token distribution into
+    /// `probs[r * vocab..]`.
+    fn step(&self, states: &mut [&mut Self::State], tokens: &[u32], probs: &mut [f32]);
+}
+
+impl Decoder for ExactModel {
+    type State = WindowState;
+    fn config(&self) -> &ModelConfig {
+        ExactModel::config(self)
+    }
+    fn empty_state(&self) -> WindowState {
+        ExactModel::empty_state(self)
+    }
+    fn extend(&self, state: &mut WindowState, tokens: &[u32], probs: &mut [f32]) {
+        let (last, head) = tokens.split_last().expect("at least one token to feed");
+        for &t in head {
+            self.feed_token(state, t);
+        }
+        self.push_token(state, *last, probs);
+    }
+    fn step(&self, states: &mut [&mut WindowState], tokens: &[u32], probs: &mut [f32]) {
+        self.push_rows(states, tokens, probs);
+    }
+}
+
+impl Decoder for Int8Model {
+    type State = Int8State;
+    fn config(&self) -> &ModelConfig {
+        Int8Model::config(self)
+    }
+    fn empty_state(&self) -> Int8State {
+        Int8State::default()
+    }
+    fn extend(&self, state: &mut Int8State, tokens: &[u32], probs: &mut [f32]) {
+        let x = self.extend(state, tokens);
+        let d = self.config().d_model;
+        self.next_token_probs(&x[x.len() - d..], probs);
+    }
+    fn step(&self, states: &mut [&mut Int8State], tokens: &[u32], probs: &mut [f32]) {
+        let x = self.advance_rows(states, tokens);
+        self.next_token_probs(&x, probs);
+    }
+}
+
+/// What a stream's model must be fed before its next token is drawn.
+#[derive(Debug, PartialEq)]
+pub enum Feed {
+    /// A fresh context: the start token and the kept tokens (the prompt at first; after the
+    /// context fills, its most recent half cut at a unit boundary).
+    Restart(Vec<u32>),
+    /// The token just drawn.
+    Next(u32),
+}
+
+/// One stream of generation as a state machine, apart from the model it runs on, so one
+/// caller ([`generate`]) or a server batching many streams per model step drives it the same
+/// way: feed the model what [`feed`](Self::feed) says, hand the resulting distribution to
+/// [`accept`](Self::accept), which draws a token and returns the text of any unit it completes,
+/// until [`is_done`](Self::is_done).
+pub struct Generation {
+    codec: UnitCodec,
+    token_bits: u32,
+    unit: usize,
+    context: usize,
+    options: SampleOptions,
+    rng: Rng,
+    ctx: Vec<u16>,
+    pending: Vec<u16>,
+    /// Positions in the model's context after the next feed.
+    positions: usize,
+    next: Option<u32>,
+    prompt_bytes: usize,
+    prompt_tokens: usize,
+    steps: usize,
+    produced: usize,
+    restarts: usize,
+}
+
+impl Generation {
+    /// A stream continuing `prompt` under `o`, for an M2 of vocabulary `vocab` trained on `src`'s
+    /// tokens in rows of `context` tokens. Refuses what [`SampleOptions::validate`] refuses, a
+    /// vocabulary other than the data's, a method that does not stream, an equal-info source
+    /// without its M1, and a context too short for two units.
+    pub fn new(
+        src: &TokenSource,
+        m1: Option<Arc<Int8M1>>,
+        vocab: usize,
+        context: usize,
+        prompt: &[u8],
+        o: &SampleOptions,
+    ) -> Result<Self> {
+        ensure!(
+            vocab == src.vocab as usize,
+            "M2 vocab {vocab} does not match its data's vocab {}",
+            src.vocab
+        );
+        o.validate(Some(vocab))?;
+        let codec = UnitCodec::new(src, m1)?;
+        let tb = src.token_bits;
+        let unit = codec.tokens_per_unit(tb);
+        ensure!(
+            context > 2 * unit,
+            "context {context} too short for {unit}-token units"
+        );
+        let (prompt_tokens, prompt_bytes) = codec.encode_prompt(prompt, tb)?;
+        let mut ctx = prompt_tokens.clone();
+        // Longer prompts keep their most recent whole units.
+        let max_tokens = (context - 1) / unit * unit;
+        if ctx.len() > max_tokens {
+            ctx.drain(..ctx.len() - max_tokens);
+        }
+        Ok(Generation {
+            codec,
+            token_bits: tb,
+            unit,
+            context,
+            options: *o,
+            rng: Rng::derive(o.seed, 0x6E6E),
+            positions: ctx.len() + 1,
+            ctx,
+            pending: Vec::with_capacity(unit),
+            next: None,
+            prompt_bytes,
+            prompt_tokens: prompt_tokens.len(),
+            steps: 0,
+            produced: 0,
+            restarts: 0,
+        })
+    }
+
+    /// What to feed the model now (the whole context at the start and after it fills).
+    pub fn feed(&self) -> Feed {
+        match self.next {
+            Some(t) => Feed::Next(t),
+            None => Feed::Restart(
+                std::iter::once(M2_START)
+                    .chain(self.ctx.iter().map(|&t| t as u32))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Draws the next token from `probs` (the distribution after [`feed`](Self::feed); modified
+    /// in place) and returns the text it completes: a whole unit's bytes (cut at the byte
+    /// limit), or nothing mid-unit.
+    pub fn accept(&mut self, probs: &mut [f32]) -> Result<Vec<u8>> {
+        ensure!(!self.is_done(), "this generation is already complete");
+        let token = sample(probs, &self.options, &mut self.rng);
+        self.steps += 1;
+        self.pending.push(token as u16);
+        self.ctx.push(token as u16);
+        let mut text = Vec::new();
+        if self.pending.len() == self.unit {
+            text = self.codec.decode_unit(&self.pending, self.token_bits)?;
+            self.pending.clear();
+            text.truncate(self.options.max_bytes - self.produced);
+            self.produced += text.len();
+        }
+        if self.positions >= self.context {
+            let keep = (self.context / 2) / self.unit * self.unit + self.pending.len();
+            self.ctx.drain(..self.ctx.len() - keep);
+            self.positions = self.ctx.len() + 1;
+            self.next = None;
+            self.restarts += 1;
+        } else {
+            self.positions += 1;
+            self.next = Some(token);
+        }
+        Ok(text)
+    }
+
+    /// Whether `max_bytes` bytes have been produced.
+    pub fn is_done(&self) -> bool {
+        self.produced >= self.options.max_bytes
+    }
+
+    /// Bytes produced so far.
+    pub fn produced(&self) -> usize {
+        self.produced
+    }
+
+    /// Tokens drawn so far.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Prompt bytes carried by the prompt's tokens, and the token count.
+    pub fn prompt(&self) -> (usize, usize) {
+        (self.prompt_bytes, self.prompt_tokens)
+    }
+
+    /// Times the context filled and was restarted from its recent half.
+    pub fn restarts(&self) -> usize {
+        self.restarts
+    }
+}
+
+/// Feeds one stream what `g` asks for, on `decoder`, leaving the distribution in `probs`.
+pub fn advance<D: Decoder>(decoder: &D, g: &Generation, state: &mut D::State, probs: &mut [f32]) {
+    match g.feed() {
+        Feed::Restart(tokens) => {
+            *state = decoder.empty_state();
+            decoder.extend(state, &tokens, probs);
+        }
+        Feed::Next(t) => decoder.step(&mut [state], &[t], probs),
+    }
+}
+
 /// Generates up to `o.max_bytes` bytes after `prompt` with M2 (`m2`, trained on `src`'s tokens
 /// with rows of `context` tokens). `on_text` receives each decoded unit's bytes, in order.
-pub fn generate(
-    m2: &ExactModel,
+pub fn generate<D: Decoder>(
+    m2: &D,
     src: &TokenSource,
     m1: Option<Arc<Int8M1>>,
     context: usize,
@@ -226,82 +450,38 @@ pub fn generate(
     o: &SampleOptions,
     mut on_text: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<GenerationReport> {
-    ensure!(
-        m2.config().vocab == src.vocab as usize,
-        "M2 vocab {} does not match its data's vocab {}",
-        m2.config().vocab,
-        src.vocab
-    );
-    o.validate(Some(m2.config().vocab))?;
-    let codec = UnitCodec::new(src, m1)?;
-    let tb = src.token_bits;
-    let unit = codec.tokens_per_unit(tb);
-    ensure!(
-        context > 2 * unit,
-        "context {context} too short for {unit}-token units"
-    );
+    let vocab = m2.config().vocab;
     let prefill_start = Instant::now();
-    let (prompt_tokens, prompt_bytes) = codec.encode_prompt(prompt, tb)?;
-    let mut ctx: Vec<u16> = prompt_tokens.clone();
-    // Longer prompts keep their most recent whole units.
-    let max_tokens = (context - 1) / unit * unit;
-    if ctx.len() > max_tokens {
-        ctx.drain(..ctx.len() - max_tokens);
-    }
-    let mut probs = vec![0f32; m2.config().vocab];
-    let mut state = WindowState::default();
-    let restart = |state: &mut WindowState, ctx: &[u16], probs: &mut [f32]| {
-        *state = m2.empty_state();
-        let mut inputs = std::iter::once(M2_START).chain(ctx.iter().map(|&t| t as u32));
-        let last = inputs.next_back().expect("the start token at least");
-        for t in inputs {
-            m2.feed_token(state, t);
-        }
-        m2.push_token(state, last, probs);
-    };
-    restart(&mut state, &ctx, &mut probs);
+    let mut g = Generation::new(src, m1, vocab, context, prompt, o)?;
+    let mut probs = vec![0f32; vocab];
+    let mut state = m2.empty_state();
+    advance(m2, &g, &mut state, &mut probs);
     let prefill_seconds = prefill_start.elapsed().as_secs_f64();
-
     let started = Instant::now();
-    let mut rng = Rng::derive(o.seed, 0x6E6E);
-    let (mut steps, mut produced, mut restarts) = (0, 0, 0);
-    let mut pending: Vec<u16> = Vec::with_capacity(unit);
-    while produced < o.max_bytes {
-        let token = sample(&mut probs, o, &mut rng);
-        steps += 1;
-        pending.push(token as u16);
-        ctx.push(token as u16);
-        if pending.len() == unit {
-            let text = codec.decode_unit(&pending, tb)?;
-            pending.clear();
-            let take = text.len().min(o.max_bytes - produced);
-            on_text(&text[..take])?;
-            produced += take;
+    loop {
+        let text = g.accept(&mut probs)?;
+        if !text.is_empty() {
+            on_text(&text)?;
         }
-        if produced >= o.max_bytes {
+        if g.is_done() {
             break;
         }
-        if state.len() >= context {
-            let keep = (context / 2) / unit * unit + pending.len();
-            ctx.drain(..ctx.len() - keep);
-            restart(&mut state, &ctx, &mut probs);
-            restarts += 1;
-        } else {
-            m2.push_token(&mut state, token, &mut probs);
-        }
+        advance(m2, &g, &mut state, &mut probs);
     }
     let seconds = started.elapsed().as_secs_f64();
+    let (prompt_bytes, prompt_tokens) = g.prompt();
+    let (steps, produced) = (g.steps(), g.produced());
     Ok(GenerationReport {
         method: src.method.to_string(),
         prompt_bytes,
-        prompt_tokens: prompt_tokens.len(),
+        prompt_tokens,
         steps,
         bytes: produced,
         bytes_per_step: produced as f64 / steps.max(1) as f64,
         seconds,
         ms_per_byte: 1e3 * seconds / produced.max(1) as f64,
         prefill_seconds,
-        context_restarts: restarts,
+        context_restarts: g.restarts(),
     })
 }
 

@@ -282,6 +282,35 @@ fn random_m2_generates_exactly_through_equal_info() {
     }
 }
 
+/// The int8 M2 (generation's default) streams the same way: exactly `max_bytes` bytes, context
+/// restarts included, and a seeded run repeats itself.
+#[test]
+fn int8_m2_generates_exactly_through_equal_info_and_repeats_with_a_seed() {
+    let src = source("equal-info", 16, 16);
+    let mut cfg = terse::model::ModelConfig::preset("tiny", Some(1 << 16)).unwrap();
+    cfg.context = Some(8);
+    let m2 = terse::m1::Int8Model::new(&cfg, &terse::model::ParamArena::init(&cfg, 2)).unwrap();
+    let o = terse::generate::SampleOptions {
+        max_bytes: 300,
+        temperature: 1.0,
+        top_k: 50,
+        seed: 4,
+    };
+    let run = || {
+        let mut text = Vec::new();
+        let r = terse::generate::generate(&m2, &src, Some(tiny_m1()), 8, b"Once upon", &o, |t| {
+            text.extend_from_slice(t);
+            Ok(())
+        })
+        .unwrap();
+        (text, r)
+    };
+    let (text, r) = run();
+    assert_eq!((text.len(), r.bytes), (300, 300));
+    assert!(r.context_restarts > 0, "{r:?}");
+    assert_eq!(run().0, text);
+}
+
 #[test]
 fn prompt_tokens_decode_to_the_prompt_under_both_window_rules() {
     let prompt = b"It was a dark and stormy night; the rain fell in torrents.";

@@ -1,12 +1,12 @@
 //! `terse generate`: its flags; the text streams to stdout as it is decoded.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use terse::generate::{generate, SampleOptions};
-use terse::m1::{ExactModel, Int8M1};
+use terse::m1::{ExactModel, Int8M1, Int8Model};
 use terse::train::{load_m2, M2Checkpoint};
 
 #[derive(Args)]
@@ -35,6 +35,16 @@ pub struct GenerateArgs {
     /// Print one JSON object (text and timing) instead of streaming the text.
     #[arg(long)]
     json: bool,
+    /// Run M2 in f32 under contract 2's fixed operation order (the same sample on every
+    /// machine, about 4x the bytes per step) instead of int8.
+    #[arg(long)]
+    exact: bool,
+}
+
+/// The M2 a generation runs on.
+enum M2 {
+    Exact(ExactModel),
+    Int8(Int8Model),
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -51,9 +61,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         options: opts,
         tokens: src,
     } = load_m2(&a.m2)?;
-    let m2 = ExactModel::new(&cfg, &params)?;
     let m1 = a.m1.as_deref().map(Int8M1::load).transpose()?.map(Arc::new);
     o.validate(Some(cfg.vocab))?;
+    let m2 = if a.exact {
+        M2::Exact(ExactModel::new(&cfg, &params)?)
+    } else {
+        M2::Int8(
+            Int8Model::new(&cfg, &params)
+                .context("M2 cannot run in int8 (--exact runs it in f32)")?,
+        )
+    };
     let mut text = Vec::new();
     let mut out = std::io::stdout().lock();
     let prompt = a.prompt.as_bytes();
@@ -62,14 +79,18 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         out.write_all(prompt)?;
         out.flush()?;
     }
-    let r = generate(&m2, &src, m1, opts.seq, prompt, &o, |bytes| {
+    let on_text = |bytes: &[u8]| {
         text.extend_from_slice(bytes);
         if !json {
             out.write_all(bytes)?;
             out.flush()?;
         }
         Ok(())
-    })?;
+    };
+    let r = match &m2 {
+        M2::Exact(m) => generate(m, &src, m1, opts.seq, prompt, &o, on_text)?,
+        M2::Int8(m) => generate(m, &src, m1, opts.seq, prompt, &o, on_text)?,
+    };
     if json {
         let mut j = serde_json::to_value(&r)?;
         j["text"] = String::from_utf8_lossy(&text).into_owned().into();

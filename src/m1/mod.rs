@@ -30,7 +30,7 @@ mod lockstep;
 mod matmul;
 
 pub use batch::{CpuM1Batch, M1Batch, M1BatchPair, PendingStep};
-pub use int8::{Int8M1, Int8State};
+pub use int8::{Int8M1, Int8Model, Int8State};
 pub use lockstep::{run_tasks, Feed, StreamTask};
 
 use crate::model::{ModelConfig, ParamArena};
@@ -211,6 +211,14 @@ impl ExactModel {
     /// `probs` (`vocab` entries). Panics if `token` is not below the vocabulary.
     pub fn push_token(&self, state: &mut WindowState, token: u32, probs: &mut [f32]) {
         let x = self.advance_rows(&mut [state], &[token]);
+        self.next_token_probs(&x, probs);
+    }
+
+    /// [`push_token`](Self::push_token) of `tokens[r]` to `states[r]` for independent contexts,
+    /// the weights read once for all of them; row `r`'s distribution goes to
+    /// `probs[r * vocab..]`. Each row's bits are those of `push_token` alone.
+    pub fn push_rows(&self, states: &mut [&mut WindowState], tokens: &[u32], probs: &mut [f32]) {
+        let x = self.advance_rows(states, tokens);
         self.next_token_probs(&x, probs);
     }
 

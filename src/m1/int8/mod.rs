@@ -44,11 +44,14 @@ struct QLayer {
     down: QMatrix,
 }
 
-/// A byte-level model quantised for contract 3. Its integer products run on the fastest kernel
-/// of [`crate::numerics::int8`] the machine has ([`with_kernel`](Self::with_kernel) forces one;
-/// every kernel gives the same integers, so the same bits); the row-wise work around them runs
-/// in the AVX2 and FMA copies of [`I8Kernel::vectorised`] (the same bits as plain code).
-pub struct Int8M1 {
+/// A model of any vocabulary quantised for contract 3's arithmetic, one position at a time with
+/// int8 key/value caches, many independent streams per step. M1 is its byte-level case
+/// ([`Int8M1`]); M2 generation runs on it for speed (a quarter of the float model's weight bytes
+/// per step; its sampling needs no exactness). Its integer products run on the fastest kernel of
+/// [`crate::numerics::int8`] the machine has (every kernel gives the same integers, so the same
+/// bits); the row-wise work around them runs in the AVX2 and FMA copies of
+/// [`I8Kernel::vectorised`] (the same bits as plain code).
+pub struct Int8Model {
     cfg: ModelConfig,
     kernel: I8Kernel,
     context: usize,
@@ -56,13 +59,19 @@ pub struct Int8M1 {
     layers: Vec<QLayer>,
     /// `lm_head` with the final norm's gain folded in.
     head: QMatrix,
-    fingerprint: u64,
-    /// The rotary tables, shared by every window and grown to the furthest position asked for
+    /// The rotary tables, shared by every stream and grown to the furthest position asked for
     /// ([`rope_covering`](Self::rope_covering)): a table's entries do not depend on its length.
     rope: RwLock<Arc<RopeTables>>,
 }
 
-/// The context of one window under contract 3: int8 key/value caches of every layer.
+/// A byte-level [`Int8Model`]: M1 under contract 3, named by its fingerprint.
+pub struct Int8M1 {
+    lm: Int8Model,
+    fingerprint: u64,
+}
+
+/// The context of one stream (an M1 window, an M2 generation) under contract 3: int8
+/// key/value caches of every layer.
 #[derive(Clone, Default)]
 pub struct Int8State {
     pos: usize,
@@ -86,13 +95,12 @@ impl Int8State {
     }
 }
 
-impl Int8M1 {
-    /// Quantises the float weights of a byte-level model (post-training: each weight matrix per
-    /// output channel, after folding in the RMSNorm gain that precedes it). Refuses, besides
-    /// what [`super::ExactM1::new`] refuses, shapes outside the proved integer bounds: `d_model`
-    /// or `d_ff` above [`MAX_INNER`], a context above [`MAX_CONTEXT`], or none recorded.
+impl Int8Model {
+    /// Quantises the float weights of a model (post-training: each weight matrix per output
+    /// channel, after folding in the RMSNorm gain that precedes it). Refuses weights that do not
+    /// match `cfg` or are not finite, and shapes outside the proved integer bounds: `d_model` or
+    /// `d_ff` above [`MAX_INNER`], a context above [`MAX_CONTEXT`], or none recorded.
     pub fn new(cfg: &ModelConfig, params: &ParamArena) -> Result<Self> {
-        check_byte_level(cfg)?;
         check_weights(cfg, params)?;
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         ensure!(
@@ -130,33 +138,24 @@ impl Int8M1 {
                 }
             })
             .collect();
-        Ok(Int8M1 {
+        Ok(Int8Model {
             cfg: cfg.clone(),
             kernel: I8Kernel::best(),
             context,
             tok_emb: t("tok_emb.weight").to_vec(),
             layers,
-            head: QMatrix::from_rows(t("lm_head.weight"), 256, d, Some(t("final_norm.weight"))),
-            fingerprint: fingerprint(CONTRACT_VERSION, cfg, params)?,
+            head: QMatrix::from_rows(
+                t("lm_head.weight"),
+                cfg.vocab,
+                d,
+                Some(t("final_norm.weight")),
+            ),
             rope: RwLock::new(Arc::new(RopeTables::new(0, cfg.rope_theta))),
         })
     }
 
-    /// Loads the checkpoint at `path` (a directory or its `model.safetensors`) and quantises it;
-    /// refuses a model that cannot serve as M1 under contract 3.
-    pub fn load(path: &std::path::Path) -> Result<Self> {
-        let (cfg, params) = crate::checkpoint::load_model(path)?;
-        Int8M1::new(&cfg, &params).with_context(|| format!("{} cannot serve as M1", path.display()))
-    }
-
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
-    }
-
-    /// Hash of [`CONTRACT_VERSION`] (3), the configuration and every bit of the float weights
-    /// quantised: what coded data records to name its M1.
-    pub fn fingerprint(&self) -> u64 {
-        self.fingerprint
     }
 
     /// The same model computing its integer products with `kernel`; refused where this machine
@@ -176,44 +175,30 @@ impl Int8M1 {
         self.kernel
     }
 
-    /// How far back a query attends (the model's context, at most [`MAX_CONTEXT`]).
-    pub(crate) fn context(&self) -> usize {
-        self.context
+    /// Bytes of weights one step reads: every quantised matrix once, and one embedding row per
+    /// stream (f32).
+    pub fn step_weight_bytes(&self) -> usize {
+        let matrices: usize = self
+            .layers
+            .iter()
+            .flat_map(|w| [&w.qkv, &w.out, &w.up, &w.down])
+            .chain([&self.head])
+            .map(|m| m.inputs() * m.outputs())
+            .sum();
+        matrices + 4 * self.cfg.d_model
     }
 
-    /// The float token embedding, `[256][d_model]`.
-    pub(crate) fn tok_emb(&self) -> &[f32] {
-        &self.tok_emb
-    }
-
-    /// Layer `l`'s quantised matrices: `qkv`, `out`, `up`, `down` (norm gains folded in).
-    pub(crate) fn layer_matrices(&self, l: usize) -> [&QMatrix; 4] {
-        let w = &self.layers[l];
-        [&w.qkv, &w.out, &w.up, &w.down]
-    }
-
-    /// `lm_head`, quantised with the final norm's gain folded in.
-    pub(crate) fn head(&self) -> &QMatrix {
-        &self.head
-    }
-
-    /// A fresh window: feeds [`WINDOW_START`] and returns the distribution of its first byte.
-    pub fn start(&self, state: &mut Int8State) -> Probs {
-        *state = Int8State::default();
-        self.push(state, WINDOW_START)
-    }
-
-    /// Appends `byte` to the window and returns the distribution of the byte after it.
-    pub fn push(&self, state: &mut Int8State, byte: u8) -> Probs {
-        self.push_rows(&mut [state], &[byte])[0]
-    }
-
-    /// [`push`](Self::push) of `bytes[r]` to `states[r]` for independent windows (an empty
-    /// state starts one), each with its own bits: every row is quantised on its own, so the
-    /// batch does not change a row's integers.
-    pub fn push_rows(&self, states: &mut [&mut Int8State], bytes: &[u8]) -> Vec<Probs> {
+    /// Feeds `tokens[r]` to `states[r]` (independent streams, one position each; an empty state
+    /// starts one) and returns the last layer's outputs `[rows][d]`: every row is quantised on
+    /// its own, so the batch does not change a row's integers. Panics on a token outside the
+    /// vocabulary.
+    pub fn advance_rows(&self, states: &mut [&mut Int8State], tokens: &[u32]) -> Vec<f32> {
         let d = self.cfg.d_model;
-        let mut x: Vec<f32> = bytes.iter().flat_map(|&b| self.embed(b)).copied().collect();
+        let mut x: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| self.embed(t))
+            .copied()
+            .collect();
         for state in states.iter_mut() {
             if state.caches.is_empty() {
                 state.caches = vec![QKvCache::new(d); self.cfg.n_layers];
@@ -247,44 +232,64 @@ impl Int8M1 {
             self.finish_layer(w, &mut x, &att);
         }
         states.iter_mut().for_each(|s| s.pos += 1);
-        self.next_byte_probs(&x)
+        x
     }
 
-    /// The distributions a coder needs for `window`: entry `k` is the distribution of byte `k`,
-    /// for `k` in `0..=window.len()`, all positions of a layer computed before the next; the
-    /// bits equal those of [`start`](Self::start) and [`push`](Self::push) one byte at a time.
-    pub fn window_probs(&self, window: &[u8]) -> Vec<Probs> {
+    /// Feeds `tokens` to one stream, all positions of a layer computed before the next, and
+    /// returns the last layer's outputs `[tokens][d]`; the bits equal those of
+    /// [`advance_rows`](Self::advance_rows) one token at a time.
+    pub fn extend(&self, state: &mut Int8State, tokens: &[u32]) -> Vec<f32> {
         let d = self.cfg.d_model;
-        let n = window.len() + 1;
-        let rope = self.rope_covering(n);
-        let mut x: Vec<f32> = std::iter::once(WINDOW_START)
-            .chain(window.iter().copied())
-            .flat_map(|b| self.embed(b).iter().copied())
+        let (p0, n) = (state.pos, tokens.len());
+        if state.caches.is_empty() {
+            state.caches = vec![QKvCache::new(d); self.cfg.n_layers];
+        }
+        let rope = self.rope_covering(p0 + n);
+        let mut x: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| self.embed(t))
+            .copied()
             .collect();
         let mut att = vec![0f32; n * d];
-        for w in &self.layers {
+        for (w, cache) in self.layers.iter().zip(&mut state.caches) {
             let mut qkv = self.project_qkv(w, &x);
-            let mut cache = QKvCache::new(d);
             self.kernel.vectorised(
                 #[inline(always)]
                 || {
-                    for (t, row) in qkv.chunks_exact_mut(3 * d).enumerate() {
-                        rotate(&mut row[..2 * d], &rope, t);
+                    for (i, row) in qkv.chunks_exact_mut(3 * d).enumerate() {
+                        rotate(&mut row[..2 * d], &rope, p0 + i);
                         cache.push(&row[d..2 * d], &row[2 * d..]);
                     }
                 },
             );
-            for (t, out) in att.chunks_exact_mut(d).enumerate() {
-                let q = &qkv[t * 3 * d..t * 3 * d + d];
-                attend(self.kernel, out, q, &cache, self.window_start(t)..t + 1);
+            for (i, out) in att.chunks_exact_mut(d).enumerate() {
+                let (t, q) = (p0 + i, &qkv[i * 3 * d..i * 3 * d + d]);
+                attend(self.kernel, out, q, cache, self.window_start(t)..t + 1);
             }
+            cache.forget_before(self.window_start(p0 + n.max(1) - 1));
             self.finish_layer(w, &mut x, &att);
         }
-        self.next_byte_probs(&x)
+        state.pos += n;
+        x
+    }
+
+    /// The next-token distribution of every row of last-layer outputs `x` (`[rows][d]`) into
+    /// `probs` (`[rows][vocab]`).
+    pub fn next_token_probs(&self, x: &[f32], probs: &mut [f32]) {
+        qmatmul(self.kernel, probs, &self.normalise(x), &self.head);
+        probs
+            .par_chunks_exact_mut(self.cfg.vocab)
+            .with_min_len(ROWS_PER_TASK)
+            .for_each(|p| {
+                self.kernel.vectorised(
+                    #[inline(always)]
+                    || softmax(p),
+                )
+            });
     }
 
     /// The rotary tables of at least `positions` positions: the shared ones, rebuilt (to the
-    /// next power of two, at least 64) only when a window reaches past them.
+    /// next power of two, at least 64) only when a stream reaches past them.
     fn rope_covering(&self, positions: usize) -> Arc<RopeTables> {
         let shared = self.rope.read().unwrap_or_else(|e| e.into_inner()).clone();
         if shared.seq >= positions {
@@ -298,10 +303,12 @@ impl Int8M1 {
         rope.clone()
     }
 
-    /// The input vector of `byte`: its row of the float embedding (a copy).
-    fn embed(&self, byte: u8) -> &[f32] {
-        let d = self.cfg.d_model;
-        &self.tok_emb[byte as usize * d..(byte as usize + 1) * d]
+    /// The input vector of `token`: its row of the float embedding. Panics outside the
+    /// vocabulary.
+    fn embed(&self, token: u32) -> &[f32] {
+        let (d, t) = (self.cfg.d_model, token as usize);
+        assert!(t < self.cfg.vocab, "token {t} outside the vocabulary");
+        &self.tok_emb[t * d..(t + 1) * d]
     }
 
     /// The first position a query at position `t` attends to.
@@ -329,27 +336,6 @@ impl Int8M1 {
         add_into(x, &proj);
     }
 
-    /// The next-byte distribution of every row of last-layer outputs.
-    fn next_byte_probs(&self, x: &[f32]) -> Vec<Probs> {
-        let mut probs = vec![[0f32; 256]; x.len() / self.cfg.d_model];
-        qmatmul(
-            self.kernel,
-            probs.as_flattened_mut(),
-            &self.normalise(x),
-            &self.head,
-        );
-        probs
-            .par_iter_mut()
-            .with_min_len(ROWS_PER_TASK)
-            .for_each(|p| {
-                self.kernel.vectorised(
-                    #[inline(always)]
-                    || softmax(p),
-                )
-            });
-        probs
-    }
-
     /// RMSNorm without its gain (folded into the next matrix): `y_k = x_k * r` per row.
     fn normalise(&self, x: &[f32]) -> Vec<f32> {
         let mut y = x.to_vec();
@@ -365,6 +351,105 @@ impl Int8M1 {
                 )
             });
         y
+    }
+}
+
+impl Int8M1 {
+    /// Quantises a byte-level model ([`Int8Model::new`]); refuses, besides what that refuses,
+    /// any other vocabulary than 256.
+    pub fn new(cfg: &ModelConfig, params: &ParamArena) -> Result<Self> {
+        check_byte_level(cfg)?;
+        Ok(Int8M1 {
+            lm: Int8Model::new(cfg, params)?,
+            fingerprint: fingerprint(CONTRACT_VERSION, cfg, params)?,
+        })
+    }
+
+    /// Loads the checkpoint at `path` (a directory or its `model.safetensors`) and quantises it;
+    /// refuses a model that cannot serve as M1 under contract 3.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let (cfg, params) = crate::checkpoint::load_model(path)?;
+        Int8M1::new(&cfg, &params).with_context(|| format!("{} cannot serve as M1", path.display()))
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.lm.cfg
+    }
+
+    /// Hash of [`CONTRACT_VERSION`] (3), the configuration and every bit of the float weights
+    /// quantised: what coded data records to name its M1.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// The same model computing its integer products with `kernel`; refused where this machine
+    /// cannot run it.
+    pub fn with_kernel(mut self, kernel: I8Kernel) -> Result<Self> {
+        self.lm = self.lm.with_kernel(kernel)?;
+        Ok(self)
+    }
+
+    /// The kernel computing the integer products.
+    pub fn kernel(&self) -> I8Kernel {
+        self.lm.kernel
+    }
+
+    /// How far back a query attends (the model's context, at most [`MAX_CONTEXT`]).
+    pub(crate) fn context(&self) -> usize {
+        self.lm.context
+    }
+
+    /// The float token embedding, `[256][d_model]`.
+    pub(crate) fn tok_emb(&self) -> &[f32] {
+        &self.lm.tok_emb
+    }
+
+    /// Layer `l`'s quantised matrices: `qkv`, `out`, `up`, `down` (norm gains folded in).
+    pub(crate) fn layer_matrices(&self, l: usize) -> [&QMatrix; 4] {
+        let w = &self.lm.layers[l];
+        [&w.qkv, &w.out, &w.up, &w.down]
+    }
+
+    /// `lm_head`, quantised with the final norm's gain folded in.
+    pub(crate) fn head(&self) -> &QMatrix {
+        &self.lm.head
+    }
+
+    /// A fresh window: feeds [`WINDOW_START`] and returns the distribution of its first byte.
+    pub fn start(&self, state: &mut Int8State) -> Probs {
+        *state = Int8State::default();
+        self.push(state, WINDOW_START)
+    }
+
+    /// Appends `byte` to the window and returns the distribution of the byte after it.
+    pub fn push(&self, state: &mut Int8State, byte: u8) -> Probs {
+        self.push_rows(&mut [state], &[byte])[0]
+    }
+
+    /// [`push`](Self::push) of `bytes[r]` to `states[r]` for independent windows (an empty
+    /// state starts one), each with its own bits: every row is quantised on its own, so the
+    /// batch does not change a row's integers.
+    pub fn push_rows(&self, states: &mut [&mut Int8State], bytes: &[u8]) -> Vec<Probs> {
+        let tokens: Vec<u32> = bytes.iter().map(|&b| b as u32).collect();
+        self.probs_of(&self.lm.advance_rows(states, &tokens))
+    }
+
+    /// The distributions a coder needs for `window`: entry `k` is the distribution of byte `k`,
+    /// for `k` in `0..=window.len()`, all positions of a layer computed before the next; the
+    /// bits equal those of [`start`](Self::start) and [`push`](Self::push) one byte at a time.
+    pub fn window_probs(&self, window: &[u8]) -> Vec<Probs> {
+        let tokens: Vec<u32> = std::iter::once(WINDOW_START)
+            .chain(window.iter().copied())
+            .map(|b| b as u32)
+            .collect();
+        self.probs_of(&self.lm.extend(&mut Int8State::default(), &tokens))
+    }
+
+    /// The next-byte distribution of every row of last-layer outputs.
+    fn probs_of(&self, x: &[f32]) -> Vec<Probs> {
+        let mut probs = vec![[0f32; 256]; x.len() / self.lm.cfg.d_model];
+        self.lm.next_token_probs(x, probs.as_flattened_mut());
+        probs
     }
 }
 
@@ -466,6 +551,74 @@ mod tests {
                 assert_eq!(bits(a), bits(b), "groups of {group}");
             }
         }
+    }
+
+    /// A model of any vocabulary (M2's) fed its context in pieces by `extend`, one token at a
+    /// time by `advance_rows`, or alongside other streams gets the same bits; across a sliding
+    /// window too.
+    #[test]
+    fn general_vocab_extend_in_pieces_equals_one_token_at_a_time() {
+        let mut cfg = ModelConfig::preset("tiny", Some(1000)).unwrap();
+        cfg.context = Some(24);
+        let p = ParamArena::init(&cfg, 9);
+        let m = Int8Model::new(&cfg, &p).unwrap();
+        let tokens: Vec<u32> = (0..60).map(|i| (i * 37 + 11) % 1000).collect();
+        let probs_of = |x: &[f32]| {
+            let mut p = vec![0f32; x.len() / cfg.d_model * cfg.vocab];
+            m.next_token_probs(x, &mut p);
+            p.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        };
+        let mut one = Int8State::default();
+        let mut other = Int8State::default();
+        let stepped: Vec<u32> = tokens
+            .iter()
+            .flat_map(|&t| {
+                // A second stream in the same step must not change this one's bits.
+                let x = m.advance_rows(&mut [&mut one, &mut other], &[t, 999 - t]);
+                probs_of(&x[..cfg.d_model])
+            })
+            .collect();
+        for cuts in [vec![60], vec![1, 59], vec![23, 2, 35], vec![10; 6]] {
+            let mut st = Int8State::default();
+            let mut at = 0;
+            let mut got = Vec::new();
+            for n in cuts {
+                got.extend(probs_of(&m.extend(&mut st, &tokens[at..at + n])));
+                at += n;
+            }
+            assert_eq!(got, stepped);
+            assert_eq!(st.len(), 60);
+        }
+    }
+
+    /// M2 generation's int8 model stays close to the float model it was quantised from at a
+    /// 65,536-token vocabulary: mean total-variation distance below 0.05 (as for M1 below).
+    #[test]
+    fn large_vocab_distributions_are_close_to_the_float_models() {
+        let mut cfg = ModelConfig::preset("tiny", Some(65536)).unwrap();
+        cfg.context = Some(64);
+        let mut p = ParamArena::init(&cfg, 6);
+        p.data.iter_mut().for_each(|x| *x *= 2.0);
+        let q = Int8Model::new(&cfg, &p).unwrap();
+        let f = crate::m1::ExactModel::new(&cfg, &p).unwrap();
+        let tokens: Vec<u32> = (0..20).map(|i| (i * 7919 + 3) % 65536).collect();
+        let (mut qs, mut fs) = (Int8State::default(), f.empty_state());
+        let (mut qp, mut fp) = (vec![0f32; 65536], vec![0f32; 65536]);
+        let mut tv = 0f64;
+        for &t in &tokens {
+            let x = q.advance_rows(&mut [&mut qs], &[t]);
+            q.next_token_probs(&x, &mut qp);
+            f.push_token(&mut fs, t, &mut fp);
+            assert!((qp.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 1e-3);
+            tv += 0.5
+                * qp.iter()
+                    .zip(&fp)
+                    .map(|(a, b)| (a - b).abs() as f64)
+                    .sum::<f64>();
+        }
+        let tv = tv / tokens.len() as f64;
+        assert!(tv < 0.05, "mean total variation {tv}");
+        assert!(q.step_weight_bytes() < f.config().total_params());
     }
 
     /// Every int8 kernel this machine has (AVX-512 VNNI, AVX-VNNI, AVX2, portable) gives the same
