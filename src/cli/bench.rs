@@ -4,9 +4,12 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use terse::backend::cuda::cost::{self, Card};
 use terse::backend::{cuda, Device};
+use terse::bench::decode::bench_decode;
+use terse::bench::memory::copy_bandwidth;
 use terse::bench::{bench_m1, bench_train, M1Bench, M1Mode};
+use terse::checkpoint::load_model;
 use terse::m1::int8::MAX_CONTEXT;
-use terse::model::ModelConfig;
+use terse::model::{ModelConfig, ParamArena};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
@@ -103,10 +106,111 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time M2's decode step on the CPU (one new token per stream, key/value caches): int8 (what
+    /// `terse generate` runs) beside f32 under contract 2 (`--exact`), each with the floor its
+    /// bytes per step imply at this machine's measured copy bandwidth.
+    Generate {
+        /// An M2 checkpoint to time (default: a random model of --preset and --vocab).
+        #[arg(long)]
+        m2: Option<std::path::PathBuf>,
+        /// Model preset (without --m2).
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        /// Vocabulary size (without --m2).
+        #[arg(long, default_value_t = 65536)]
+        vocab: usize,
+        /// Tokens the model attends over (without --m2; a checkpoint records its own).
+        #[arg(long, default_value_t = 128)]
+        context: usize,
+        /// Streams advanced together per step, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        streams: Vec<usize>,
+        /// Tokens in each stream's context before timing (default: half the context).
+        #[arg(long)]
+        position: Option<usize>,
+        /// Timed steps per configuration (after 2 untimed ones); the median is reported.
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(b: BenchCmd) -> Result<()> {
     match b {
+        BenchCmd::Generate {
+            m2,
+            preset,
+            vocab,
+            context,
+            streams,
+            position,
+            steps,
+            json,
+        } => {
+            let (cfg, params) = match m2 {
+                Some(dir) => load_model(&dir)?,
+                None => {
+                    let mut cfg = ModelConfig::preset(&preset, Some(vocab))?;
+                    cfg.context = Some(context);
+                    let params = ParamArena::init(&cfg, 1);
+                    (cfg, params)
+                }
+            };
+            let context = cfg.context.unwrap_or(context);
+            let position = position.unwrap_or(context / 2);
+            let bandwidth = copy_bandwidth(5);
+            let rows = bench_decode(&cfg, &params, &streams, position, steps, bandwidth)?;
+            let threads = rayon::current_num_threads();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "generate", "preset": cfg.preset, "vocab": cfg.vocab,
+                    "context": context, "threads": threads, "copy_bytes_per_s": bandwidth, "rows": rows})
+                );
+            } else {
+                println!(
+                    "M2 decode step, {} (vocab {}), context {context}, {threads} threads; copy bandwidth {:.1} GB/s",
+                    cfg.preset,
+                    cfg.vocab,
+                    bandwidth / 1e9
+                );
+                println!(
+                    "{:>7} {:>6} {:>9} {:>15} {:>9} {:>8} {:>9} {:>9}",
+                    "streams",
+                    "arith",
+                    "ms/step",
+                    "range",
+                    "tokens/s",
+                    "MB/step",
+                    "floor ms",
+                    "x floor"
+                );
+                for r in &rows {
+                    println!(
+                        "{:>7} {:>6} {:>9.3} {:>15} {:>9.0} {:>8.2} {:>9.3} {:>9.2}",
+                        r.streams,
+                        format!("{:?}", r.arith).to_lowercase(),
+                        r.ms_per_step,
+                        format!("{:.3}-{:.3}", r.ms_range.0, r.ms_range.1),
+                        r.tokens_per_s,
+                        r.bytes_per_step as f64 / 1e6,
+                        r.floor_ms,
+                        r.ms_per_step / r.floor_ms
+                    );
+                }
+                for pair in rows.chunks(2) {
+                    if let [q, e] = pair {
+                        println!(
+                            "{} streams: int8 is {:.2}x the exact path's speed",
+                            q.streams,
+                            e.ms_per_step / q.ms_per_step
+                        );
+                    }
+                }
+            }
+        }
         BenchCmd::M1 {
             preset,
             windows,

@@ -246,23 +246,26 @@ pub fn matmul_i8_with(kernel: I8Kernel, out: &mut [i32], x: &[i8], w: &I8Matrix)
     }
     let tiles = w.tiles();
     if rows * n * inp < SERIAL_MACS {
-        block(kernel, out, &xb, w, 0..tiles);
+        block(kernel, out, n, 0, &xb, w, 0..tiles);
     } else if rows < 2 * TILE_ROWS * rayon::current_num_threads() && tiles > 1 {
-        // Few rows, many outputs: split the output tiles; each task fills its own columns.
-        let parts: Vec<Vec<i32>> = (0..tiles)
+        // Few rows, many outputs (M2's head at batch 1): split the output tiles, a few tasks
+        // per thread; each task fills its own block of columns, then they are copied into place.
+        let per_task = tiles.div_ceil(4 * rayon::current_num_threads());
+        let parts: Vec<(usize, Vec<i32>)> = (0..tiles)
             .into_par_iter()
-            .map(|t| {
-                let mut part = vec![0i32; rows * n];
-                block(kernel, &mut part, &xb, w, t..t + 1);
-                part
+            .step_by(per_task)
+            .map(|t0| {
+                let t1 = tiles.min(t0 + per_task);
+                let (c0, c1) = (t0 * TILE_OUTPUTS, n.min(t1 * TILE_OUTPUTS));
+                let mut part = vec![0i32; rows * (c1 - c0)];
+                block(kernel, &mut part, c1 - c0, c0, &xb, w, t0..t1);
+                (c0, part)
             })
             .collect();
-        for (t, part) in parts.iter().enumerate() {
-            let cols = t * TILE_OUTPUTS..n.min((t + 1) * TILE_OUTPUTS);
-            for r in 0..rows {
-                let at = r * n;
-                out[at + cols.start..at + cols.end]
-                    .copy_from_slice(&part[at + cols.start..at + cols.end]);
+        for (c0, part) in &parts {
+            let width = part.len() / rows;
+            for (r, p) in part.chunks_exact(width).enumerate() {
+                out[r * n + c0..r * n + c0 + width].copy_from_slice(p);
             }
         }
     } else {
@@ -271,21 +274,24 @@ pub fn matmul_i8_with(kernel: I8Kernel, out: &mut [i32], x: &[i8], w: &I8Matrix)
             .next_multiple_of(TILE_ROWS);
         out.par_chunks_mut(task * n)
             .zip(xb.par_chunks(task * stride))
-            .for_each(|(o, xr)| block(kernel, o, xr, w, 0..tiles));
+            .for_each(|(o, xr)| block(kernel, o, n, 0, xr, w, 0..tiles));
     }
 }
 
-/// Every row of `out` (`[rows][n]`) for output tiles `tiles`; `xb` holds the biased inputs,
-/// padded to whole tiles of rows.
+/// Every row of `out` (`[rows][width]`, holding output columns `c0..c0 + width`) for output
+/// tiles `tiles`, which must lie in those columns; `xb` holds the biased inputs, padded to whole
+/// tiles of rows.
 fn block(
     kernel: I8Kernel,
     out: &mut [i32],
+    width: usize,
+    c0: usize,
     xb: &[u8],
     w: &I8Matrix,
     tiles: std::ops::Range<usize>,
 ) {
     let (n, inp) = (w.n, w.stride);
-    let rows = out.len() / n;
+    let rows = out.len() / width;
     let tile_bytes = TILE_OUTPUTS * inp;
     for t in tiles {
         let weights = &w.data[t * tile_bytes..(t + 1) * tile_bytes];
@@ -295,9 +301,9 @@ fn block(
         let cols = TILE_OUTPUTS.min(n - t * TILE_OUTPUTS);
         for r0 in (0..rows).step_by(TILE_ROWS) {
             let x = &xb[r0 * inp..(r0 + TILE_ROWS) * inp];
-            let y = tile(kernel, x, inp, weights, bias);
+            let y = tile(kernel, x, inp, weights, bias, TILE_ROWS.min(rows - r0));
             for (i, row) in y.iter().take(TILE_ROWS.min(rows - r0)).enumerate() {
-                let at = (r0 + i) * n + t * TILE_OUTPUTS;
+                let at = (r0 + i) * width + t * TILE_OUTPUTS - c0;
                 out[at..at + cols].copy_from_slice(&row[..cols]);
             }
         }
@@ -306,9 +312,18 @@ fn block(
 
 type Tile = [[i32; TILE_OUTPUTS]; TILE_ROWS];
 
-/// One tile: [`TILE_ROWS`] biased input rows by [`TILE_PANELS`] panels.
-fn tile(kernel: I8Kernel, x: &[u8], inp: usize, w: &[i8], bias: &[i32; TILE_OUTPUTS]) -> Tile {
+/// One tile: [`TILE_ROWS`] biased input rows by [`TILE_PANELS`] panels, of which the first
+/// `live` rows are wanted (kernels may skip the rest, which are padding).
+fn tile(
+    kernel: I8Kernel,
+    x: &[u8],
+    inp: usize,
+    w: &[i8],
+    bias: &[i32; TILE_OUTPUTS],
+    live: usize,
+) -> Tile {
     assert!(x.len() == TILE_ROWS * inp && w.len() == TILE_OUTPUTS * inp);
+    assert!((1..=TILE_ROWS).contains(&live));
     match kernel {
         // SAFETY (all three): `matmul_i8_with` checked the CPU features with `available()`, and
         // the assert above gives the kernels the lengths they read.
@@ -317,7 +332,14 @@ fn tile(kernel: I8Kernel, x: &[u8], inp: usize, w: &[i8], bias: &[i32; TILE_OUTP
         #[cfg(target_arch = "x86_64")]
         I8Kernel::AvxVnni => unsafe { x86::tile_vnni256(x, inp, w, bias) },
         #[cfg(target_arch = "x86_64")]
-        I8Kernel::Avx2 => unsafe { x86::tile_avx2(x, inp, w) },
+        I8Kernel::Avx2 => unsafe {
+            match live {
+                1 => x86::tile_avx2::<1>(x, inp, w),
+                2 => x86::tile_avx2::<2>(x, inp, w),
+                3 => x86::tile_avx2::<3>(x, inp, w),
+                _ => x86::tile_avx2::<4>(x, inp, w),
+            }
+        },
         _ => tile_portable(x, inp, w),
     }
 }
@@ -425,15 +447,18 @@ mod x86 {
     /// AVX2 has no byte dot product that cannot saturate, so: sign-extend 16 weight bytes (4
     /// outputs × 4 inputs) to i16 and `vpmaddwd` them with the row's 4 inputs repeated; each i32
     /// lane then holds one output's sum over 2 inputs, and the two lanes per output are added at
-    /// the end. One panel and two rows at a time: 8 accumulators.
+    /// the end. One panel and two rows at a time: 8 accumulators. Only the first `LIVE` rows
+    /// are computed (the rest of the tile is padding, left 0): a lone row (M2's batch-1 decode)
+    /// costs a quarter of a full tile.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn tile_avx2(x: &[u8], inp: usize, w: &[i8]) -> Tile {
+    pub(super) unsafe fn tile_avx2<const LIVE: usize>(x: &[u8], inp: usize, w: &[i8]) -> Tile {
         let mut out = [[0i32; TILE_OUTPUTS]; TILE_ROWS];
         let unbias = _mm_set1_epi32(0x8080_8080u32 as i32);
         for p in 0..TILE_PANELS {
             let panel = w.as_ptr().add(p * PANEL * inp);
-            for r0 in (0..TILE_ROWS).step_by(2) {
+            for r0 in (0..LIVE).step_by(2) {
                 let mut acc = [[_mm256_setzero_si256(); 4]; 2];
+                let acc = &mut acc[..2.min(LIVE - r0)];
                 for g in 0..inp / GROUP {
                     let wp = panel.add(g * PANEL * GROUP);
                     let wq: [__m256i; 4] = std::array::from_fn(|q| {
@@ -515,6 +540,9 @@ mod tests {
             (2, 1000, 256),
             (64, 384, 128),
             (300, 48, 256),
+            // Few rows, many outputs: the path that splits the output tiles.
+            (1, 5000, 256),
+            (3, 2100, 200),
         ];
         for (i, &(rows, n, inp)) in shapes.iter().enumerate() {
             let x = values(2 * i as u64 + 1, rows * inp);

@@ -1,5 +1,9 @@
-//! Throughput measurements behind `terse bench m1` and `terse bench train` (`terse bench
-//! kernels` is [`crate::backend::cuda::bench`]).
+//! Throughput measurements behind `terse bench m1`, `terse bench train` and `terse bench
+//! generate` ([`decode`], with [`memory`]'s copy bandwidth for its floor; `terse bench kernels`
+//! is [`crate::backend::cuda::bench`]).
+
+pub mod decode;
+pub mod memory;
 
 use crate::backend::{create_backend, cuda, Device, OptimConfig};
 use crate::m1::{CpuM1Batch, ExactM1, Int8M1, M1Batch, WindowState, WINDOW_START};

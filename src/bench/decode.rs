@@ -1,0 +1,175 @@
+//! `terse bench generate`: M2's decode step (one new token per stream, key/value caches) on the
+//! CPU, int8 ([`Int8Model`], what generation runs) beside f32 under contract 2 ([`ExactModel`],
+//! the exact path), each against the floor its bytes imply at the machine's copy bandwidth.
+//!
+//! Cost model: a step reads every weight matrix once whatever the number of streams (the
+//! products run over all streams' rows together) and, per stream, one embedding row and its
+//! key/value cache up to its position. Everything else (norms, softmax over the vocabulary,
+//! sampling) is small beside that at batch 1, so `bytes / copy bandwidth` is the floor.
+
+use crate::generate::Decoder;
+use crate::m1::{ExactModel, Int8Model};
+use crate::model::{ModelConfig, ParamArena};
+use crate::rng::Rng;
+use anyhow::{ensure, Result};
+use serde::Serialize;
+use std::time::Instant;
+
+/// The arithmetic a decode step runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecodeArith {
+    /// Int8 weights and activations ([`Int8Model`]): generation's default.
+    Int8,
+    /// F32 under contract 2 ([`ExactModel`]): `terse generate --exact`.
+    Exact,
+}
+
+impl DecodeArith {
+    /// Bytes per weight, and per cached key or value element.
+    fn bytes_per_element(self) -> usize {
+        match self {
+            DecodeArith::Int8 => 1,
+            DecodeArith::Exact => 4,
+        }
+    }
+
+    /// Bytes one step reads with `streams` streams each `position` tokens in (the model above).
+    pub fn step_bytes(self, cfg: &ModelConfig, streams: usize, position: usize) -> usize {
+        let (d, l) = (cfg.d_model, cfg.n_layers);
+        let matrices = l * (4 * d * d + 2 * d * cfg.d_ff) + cfg.vocab * d;
+        let per_stream = 4 * d + 2 * l * (position + 1) * d * self.bytes_per_element();
+        matrices * self.bytes_per_element() + streams * per_stream
+    }
+}
+
+/// One measured configuration of [`bench_decode`].
+#[derive(Clone, Debug, Serialize)]
+pub struct DecodeBench {
+    pub arith: DecodeArith,
+    /// Streams advanced together per step.
+    pub streams: usize,
+    /// Tokens already in each stream's context when timing starts.
+    pub position: usize,
+    /// Median milliseconds per step over the timed steps.
+    pub ms_per_step: f64,
+    /// Fastest and slowest timed step.
+    pub ms_range: (f64, f64),
+    /// Tokens produced per second (streams / step time).
+    pub tokens_per_s: f64,
+    /// Bytes one step reads ([`DecodeArith::step_bytes`]).
+    pub bytes_per_step: usize,
+    /// `bytes_per_step / copy bandwidth`, milliseconds.
+    pub floor_ms: f64,
+}
+
+/// Times `steps` decode steps (after two untimed ones) of `cfg`'s model with `params`, for each
+/// arithmetic and each count in `streams`: every stream is first filled with `position` random
+/// tokens, then advanced one token per step. `copy_bandwidth` (bytes/s) sets each floor.
+/// Refuses a position the model's context cannot hold with room for the timed steps, and zero
+/// steps or streams.
+pub fn bench_decode(
+    cfg: &ModelConfig,
+    params: &ParamArena,
+    streams: &[usize],
+    position: usize,
+    steps: usize,
+    copy_bandwidth: f64,
+) -> Result<Vec<DecodeBench>> {
+    ensure!(steps > 0, "--steps must be positive");
+    ensure!(
+        !streams.is_empty() && streams.iter().all(|&s| s > 0),
+        "--streams must list positive counts"
+    );
+    let context = cfg.context.unwrap_or(usize::MAX);
+    ensure!(
+        position >= 1 && position + steps + 2 <= context,
+        "--position {position} plus {} steps does not fit the model's context of {context} tokens",
+        steps + 2
+    );
+    let int8 = Int8Model::new(cfg, params)?;
+    let exact = ExactModel::new(cfg, params)?;
+    let mut out = Vec::new();
+    for &n in streams {
+        for arith in [DecodeArith::Int8, DecodeArith::Exact] {
+            let times = match arith {
+                DecodeArith::Int8 => time_steps(&int8, n, position, steps),
+                DecodeArith::Exact => time_steps(&exact, n, position, steps),
+            };
+            let median = times[times.len() / 2];
+            let bytes = arith.step_bytes(cfg, n, position + steps / 2);
+            out.push(DecodeBench {
+                arith,
+                streams: n,
+                position,
+                ms_per_step: median,
+                ms_range: (times[0], times[times.len() - 1]),
+                tokens_per_s: n as f64 / (median / 1e3),
+                bytes_per_step: bytes,
+                floor_ms: 1e3 * bytes as f64 / copy_bandwidth,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Sorted milliseconds of `steps` decode steps of `streams` streams filled to `position`.
+fn time_steps<D: Decoder>(m: &D, streams: usize, position: usize, steps: usize) -> Vec<f64> {
+    let vocab = m.config().vocab as u64;
+    let mut rng = Rng::new(7);
+    let mut token = move || (rng.next_u64() % vocab) as u32;
+    let mut probs = vec![0f32; streams * vocab as usize];
+    let mut states: Vec<D::State> = (0..streams)
+        .map(|_| {
+            let mut s = m.empty_state();
+            let prompt: Vec<u32> = (0..position).map(|_| token()).collect();
+            m.extend(&mut s, &prompt, &mut probs[..vocab as usize]);
+            s
+        })
+        .collect();
+    let mut times: Vec<f64> = (0..steps + 2)
+        .map(|_| {
+            let tokens: Vec<u32> = (0..streams).map(|_| token()).collect();
+            let mut refs: Vec<&mut D::State> = states.iter_mut().collect();
+            let t = Instant::now();
+            m.step(&mut refs, &tokens, &mut probs);
+            1e3 * t.elapsed().as_secs_f64()
+        })
+        .skip(2)
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte model counts every matrix once per step and each stream's cache: for tiny at
+    /// vocab 65,536, 1 stream at position 9, int8 reads 8,781,824 + 512 + 2*2*10*128 bytes.
+    #[test]
+    fn step_bytes_follow_the_model() {
+        let cfg = ModelConfig::preset("tiny", Some(65536)).unwrap();
+        let matrices = 2 * (4 * 128 * 128 + 2 * 128 * 512) + 65536 * 128;
+        assert_eq!(
+            DecodeArith::Int8.step_bytes(&cfg, 1, 9),
+            matrices + 512 + 5120
+        );
+        assert_eq!(
+            DecodeArith::Exact.step_bytes(&cfg, 3, 9),
+            4 * matrices + 3 * (512 + 4 * 5120)
+        );
+    }
+
+    #[test]
+    fn refuses_a_position_past_the_context() {
+        let mut cfg = ModelConfig::preset("tiny", Some(300)).unwrap();
+        cfg.context = Some(16);
+        let p = ParamArena::init(&cfg, 1);
+        let e = bench_decode(&cfg, &p, &[1], 10, 8, 1e10).unwrap_err();
+        assert!(e.to_string().contains("does not fit"), "{e}");
+        let r = bench_decode(&cfg, &p, &[1, 2], 4, 3, 1e10).unwrap();
+        assert_eq!(r.len(), 4);
+        assert!(r.iter().all(|b| b.ms_per_step > 0.0 && b.floor_ms > 0.0));
+    }
+}
