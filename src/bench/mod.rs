@@ -1,8 +1,10 @@
-//! Throughput measurements behind `terse bench m1`, `terse bench train` and `terse bench
-//! generate` ([`decode`], with [`memory`]'s copy bandwidth for its floor; `terse bench kernels`
-//! is [`crate::backend::cuda::bench`]).
+//! Throughput measurements behind `terse bench m1`, `terse bench train`, `terse bench generate`
+//! ([`decode`], with [`memory`]'s copy bandwidth for its floor) and `terse bench serve` ([`load`]:
+//! streaming clients against a running server); `terse bench kernels` is
+//! [`crate::backend::cuda::bench`].
 
 pub mod decode;
+pub mod load;
 pub mod memory;
 
 use crate::backend::{create_backend, cuda, Device, OptimConfig};

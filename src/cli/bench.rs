@@ -5,6 +5,7 @@ use clap::Subcommand;
 use terse::backend::cuda::cost::{self, Card};
 use terse::backend::{cuda, Device};
 use terse::bench::decode::bench_decode;
+use terse::bench::load::{run_load, LoadOptions};
 use terse::bench::memory::copy_bandwidth;
 use terse::bench::{bench_m1, bench_train, M1Bench, M1Mode};
 use terse::checkpoint::load_model;
@@ -106,6 +107,30 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Load a running `terse serve` with concurrent streaming clients for a bounded time:
+    /// p50/p99 time to first text and gap between text chunks, aggregate bytes/s, and every
+    /// failed or truncated stream (the exit status is non-zero if there was one).
+    Serve {
+        /// The server, host:port.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Concurrent streaming clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds during which clients start new requests.
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        /// Bytes each completion asks for.
+        #[arg(long, default_value_t = 200)]
+        max_tokens: usize,
+        #[arg(long, default_value = "It was a dark and stormy night; ")]
+        prompt: String,
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time M2's decode step on the CPU (one new token per stream, key/value caches): int8 (what
     /// `terse generate` runs) beside f32 under contract 2 (`--exact`), each with the floor its
     /// bytes per step imply at this machine's measured copy bandwidth.
@@ -139,6 +164,49 @@ pub enum BenchCmd {
 
 pub fn run(b: BenchCmd) -> Result<()> {
     match b {
+        BenchCmd::Serve {
+            addr,
+            clients,
+            seconds,
+            max_tokens,
+            prompt,
+            temperature,
+            json,
+        } => {
+            let r = run_load(&LoadOptions {
+                addr: addr.clone(),
+                clients,
+                seconds,
+                max_tokens,
+                prompt,
+                temperature,
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "serve", "addr": addr, "max_tokens": max_tokens, "report": r})
+                );
+            } else {
+                println!(
+                    "{} clients for {:.1} s against {addr}: {} streams completed, {} failed; {:.0} bytes/s",
+                    r.clients, r.seconds, r.streams_completed, r.streams_failed, r.bytes_per_s
+                );
+                println!(
+                    "time to first text: p50 {:.1} ms, p99 {:.1} ms; gap between chunks: p50 {:.1} ms, p99 {:.1} ms",
+                    r.ttfb_ms.p50, r.ttfb_ms.p99, r.gap_ms.p50, r.gap_ms.p99
+                );
+                for f in &r.failures {
+                    println!("failed: {f}");
+                }
+            }
+            if r.streams_failed > 0 {
+                bail!(
+                    "{} of {} streams failed",
+                    r.streams_failed,
+                    r.streams_failed + r.streams_completed
+                );
+            }
+        }
         BenchCmd::Generate {
             m2,
             preset,
