@@ -181,7 +181,16 @@ fn check_length(text: &str, bytes: usize) {
 
 #[test]
 fn a_streamed_completion_arrives_in_chunks_and_matches_the_whole_answer() {
-    let s = Server::start(&[]);
+    streamed_matches_whole(&[]);
+}
+
+#[test]
+fn the_exact_m2_serves_the_same_way() {
+    streamed_matches_whole(&["--exact"]);
+}
+
+fn streamed_matches_whole(flags: &[&str]) {
+    let s = Server::start(flags);
     let (status, body) = s.post(&completion("The ", 300, 7, true));
     assert_eq!(status, 200, "{body}");
     let (streamed, chunks) = streamed_text(&body);

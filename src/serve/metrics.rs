@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// How a request ended: refused before generation, or how its stream ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub enum Outcome {
     /// Every byte asked for was generated and handed to the connection.
     Ok,
@@ -19,13 +19,8 @@ pub enum Outcome {
     Cancelled,
 }
 
-const OUTCOMES: [(Outcome, &str); 5] = [
-    (Outcome::Ok, "ok"),
-    (Outcome::Invalid, "invalid"),
-    (Outcome::Busy, "busy"),
-    (Outcome::Error, "error"),
-    (Outcome::Cancelled, "cancelled"),
-];
+/// Each outcome's label, in the order of its variant (its index in [`Metrics`]' counters).
+const OUTCOMES: [&str; 5] = ["ok", "invalid", "busy", "error", "cancelled"];
 
 /// Upper bounds of the latency histograms' buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -78,8 +73,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn request(&self, o: Outcome) {
-        let i = OUTCOMES.iter().position(|(k, _)| *k == o).unwrap_or(0);
-        self.requests[i].fetch_add(1, Relaxed);
+        self.requests[o as usize].fetch_add(1, Relaxed);
     }
 
     pub fn set_active_streams(&self, n: usize) {
@@ -105,7 +99,7 @@ impl Metrics {
         let mut out = String::new();
         out += "# HELP terse_requests_total Completion requests by outcome.\n";
         out += "# TYPE terse_requests_total counter\n";
-        for ((_, name), n) in OUTCOMES.iter().zip(&self.requests) {
+        for (name, n) in OUTCOMES.iter().zip(&self.requests) {
             let _ = writeln!(
                 out,
                 "terse_requests_total{{outcome=\"{name}\"}} {}",
@@ -146,6 +140,7 @@ mod tests {
         m.request(Outcome::Busy);
         m.request(Outcome::Ok);
         m.request(Outcome::Ok);
+        m.request(Outcome::Cancelled);
         m.step(Duration::from_micros(300));
         m.step(Duration::from_millis(20));
         m.step(Duration::from_secs(9));
