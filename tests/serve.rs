@@ -356,3 +356,18 @@ print(len(parts))
     );
     assert!(stdout.trim().parse::<usize>().unwrap() > 5, "{stdout}");
 }
+
+#[test]
+fn bad_flags_and_a_taken_address_are_refused() {
+    let r = common::terse(&["serve", "--m2", "nowhere", "--max-streams", "0"]);
+    assert!(!r.status.success());
+    assert!(common::stderr(&r).contains("--max-streams must be at least 1"));
+    let s = Server::start(&[]);
+    let r = common::terse(&["serve", "--m2", m2().to_str().unwrap(), "--addr", &s.addr]);
+    assert!(!r.status.success());
+    assert!(
+        common::stderr(&r).contains(&format!("binding {}", s.addr)),
+        "{}",
+        common::stderr(&r)
+    );
+}

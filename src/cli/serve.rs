@@ -37,6 +37,14 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
+    let o = ServeOptions {
+        addr: a.addr,
+        max_streams: a.max_streams,
+        max_prompt_bytes: a.max_prompt_bytes,
+        max_output_bytes: a.max_output_bytes,
+    };
+    // Flags first: a bad one is refused before a model is loaded.
+    o.validate()?;
     let M2Checkpoint {
         config: cfg,
         params,
@@ -52,12 +60,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
         source: tokens,
         m1,
         context: options.seq,
-    };
-    let o = ServeOptions {
-        addr: a.addr,
-        max_streams: a.max_streams,
-        max_prompt_bytes: a.max_prompt_bytes,
-        max_output_bytes: a.max_output_bytes,
     };
     if a.exact {
         serve(ExactModel::new(&cfg, &params)?, model, &o)

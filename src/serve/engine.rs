@@ -26,6 +26,10 @@ pub enum Event {
 /// stepped) rather than the engine: a slow reader slows only itself.
 const EVENT_QUEUE: usize = 32;
 
+/// A client that takes nothing for this long is treated as gone, so a connection that stopped
+/// reading does not hold its place forever.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+
 /// One of the engine's `max_streams` places, held from admission until the engine drops the
 /// stream (finished, failed, or its client gone); dropping it frees the place.
 pub struct Slot(Arc<AtomicUsize>);
@@ -119,6 +123,8 @@ struct Stream<S> {
     end: Option<Event>,
     arrived: Instant,
     first_byte_seen: bool,
+    /// Since when the client's queue has been full.
+    stalled_since: Option<Instant>,
     _slot: Slot,
 }
 
@@ -151,9 +157,12 @@ impl<S> Stream<S> {
     }
 
     /// Queues what the client has not got yet. Returns whether the stream lives on: false once
-    /// its end is queued or its client is gone.
+    /// its end is queued or its client is gone (or took nothing for [`STALL_LIMIT`]).
     fn deliver(&mut self, metrics: &Metrics) -> bool {
-        if self.events.is_closed() {
+        let stalled = self
+            .stalled_since
+            .is_some_and(|t| t.elapsed() > STALL_LIMIT);
+        if self.events.is_closed() || stalled {
             metrics.request(Outcome::Cancelled);
             return false;
         }
@@ -162,9 +171,10 @@ impl<S> Stream<S> {
                 .events
                 .try_send(Event::Text(std::mem::take(&mut self.outbox)))
             {
-                Ok(()) => {}
+                Ok(()) => self.stalled_since = None,
                 Err(TrySendError::Full(Event::Text(t))) => {
                     self.outbox = t;
+                    self.stalled_since.get_or_insert_with(Instant::now);
                     return true;
                 }
                 Err(_) => {
@@ -187,6 +197,7 @@ impl<S> Stream<S> {
             }
             Err(TrySendError::Full(end)) => {
                 self.end = Some(end);
+                self.stalled_since.get_or_insert_with(Instant::now);
                 true
             }
             Err(TrySendError::Closed(_)) => {
@@ -226,6 +237,7 @@ fn run<D: Decoder>(decoder: D, jobs: std_mpsc::Receiver<Job>, metrics: Arc<Metri
                 end: None,
                 arrived: job.arrived,
                 first_byte_seen: false,
+                stalled_since: None,
                 _slot: job.slot,
             });
         }

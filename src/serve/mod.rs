@@ -44,8 +44,25 @@ pub struct ServeOptions {
     pub max_output_bytes: usize,
 }
 
+impl ServeOptions {
+    /// Refuses limits of 0, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.max_streams > 0, "--max-streams must be at least 1");
+        ensure!(
+            self.max_prompt_bytes > 0,
+            "--max-prompt-bytes must be at least 1"
+        );
+        ensure!(
+            self.max_output_bytes > 0,
+            "--max-output-bytes must be at least 1"
+        );
+        Ok(())
+    }
+}
+
 /// Serves `decoder` (M2, as `model` describes it) until SIGINT or SIGTERM. Prints the bound
-/// address on stderr once listening (so port 0 works). Refuses limits of 0 and a model that
+/// address on stderr once listening (so port 0 works). Refuses what
+/// [`ServeOptions::validate`] refuses, an address it cannot bind, and a model that
 /// cannot generate (a method that does not stream, a missing M1, a vocabulary other than its
 /// data's) before binding.
 pub fn serve<D: Decoder + Send + 'static>(
@@ -53,15 +70,7 @@ pub fn serve<D: Decoder + Send + 'static>(
     model: Model,
     o: &ServeOptions,
 ) -> Result<()> {
-    ensure!(o.max_streams > 0, "--max-streams must be at least 1");
-    ensure!(
-        o.max_prompt_bytes > 0,
-        "--max-prompt-bytes must be at least 1"
-    );
-    ensure!(
-        o.max_output_bytes > 0,
-        "--max-output-bytes must be at least 1"
-    );
+    o.validate()?;
     let vocab = decoder.config().vocab;
     // Whatever would refuse every request is refused now, once.
     let probe = SampleOptions {
