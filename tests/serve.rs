@@ -297,7 +297,7 @@ fn a_client_that_disconnects_frees_its_stream_while_another_completes() {
 }
 
 #[test]
-fn health_and_metrics_answer() {
+fn health_and_metrics_answer_and_sigterm_stops_it() {
     let s = Server::start(&[]);
     let (status, body) = s.get("/health");
     assert_eq!(status, 200);
@@ -316,6 +316,23 @@ fn health_and_metrics_answer() {
     ] {
         assert!(m.contains(want), "{want} missing from\n{m}");
     }
+    // SIGTERM stops it cleanly.
+    let mut s = s;
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop at SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
 }
 
 #[test]
