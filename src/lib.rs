@@ -8,7 +8,7 @@
 //! GPU is present, CUDA); `data` (corpus readers, byte loaders) and `tokenize` (text into token
 //! datasets, and their M2 examples); `train`, `eval`, `generate` and `compress`; on top
 //! `experiment` (the paper's comparison), `demo`, `bench` and `tokenize_jobs` (what the command
-//! line's commands run).
+//! line's commands run), and `serve` (M2 over HTTP).
 
 pub mod backend;
 pub mod bench;
@@ -25,6 +25,7 @@ pub mod m1;
 pub mod model;
 pub mod numerics;
 pub mod rng;
+pub mod serve;
 pub mod tokenize;
 pub mod tokenize_jobs;
 pub mod train;

@@ -7,6 +7,7 @@ mod cli {
     pub mod eval;
     pub mod experiment;
     pub mod generate;
+    pub mod serve;
     pub mod tokenize;
     pub mod train;
 }
@@ -15,7 +16,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use cli::{bench::BenchCmd, eval::EvalArgs, experiment::DemoArgs, experiment::ExperimentArgs};
 use cli::{compress::CompressArgs, compress::DecompressArgs, generate::GenerateArgs};
-use cli::{tokenize::TokenizeArgs, train::TrainArgs};
+use cli::{serve::ServeArgs, tokenize::TokenizeArgs, train::TrainArgs};
 use std::path::PathBuf;
 use terse::backend;
 
@@ -41,6 +42,9 @@ enum Cmd {
     Eval(EvalArgs),
     /// Generate text with M2: sample compressed tokens, decode them through M1 as they come.
     Generate(GenerateArgs),
+    /// Serve M2 over HTTP (OpenAI-style /v1/completions, streamed or not), many requests
+    /// batched per model step, until SIGINT or SIGTERM.
+    Serve(ServeArgs),
     /// Version, built-in backends, embedded kernels and GPUs found.
     Info {
         /// Print one JSON object.
@@ -108,6 +112,7 @@ fn main() {
         Cmd::Train(a) => cli::train::run(*a),
         Cmd::Eval(a) => cli::eval::run(a),
         Cmd::Generate(a) => cli::generate::run(a),
+        Cmd::Serve(a) => cli::serve::run(a),
         Cmd::Info { json } => cmd_info(json),
         Cmd::Demo(a) => cli::experiment::demo(a),
         Cmd::Experiment(a) => cli::experiment::run(a),

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["m1", "backend"],
     &["tokenize", "data"],
     &["train", "eval", "generate", "compress", "tokenize_jobs"],
-    &["experiment"],
+    &["experiment", "serve"],
     &["demo", "bench"],
 ];
 

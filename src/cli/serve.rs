@@ -1,0 +1,71 @@
+//! `terse serve`: its flags; loads M2 (and M1) as `terse generate` does and serves until
+//! SIGINT or SIGTERM.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use terse::m1::{ExactModel, Int8M1, Int8Model};
+use terse::serve::{serve, Model, ServeOptions};
+use terse::train::{load_m2, M2Checkpoint};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The M2 checkpoint (trained with `terse train --data TOKENS`).
+    #[arg(long)]
+    m2: PathBuf,
+    /// The M1 its tokens were coded with (equal-info models).
+    #[arg(long)]
+    m1: Option<PathBuf>,
+    /// Address to listen on (port 0: any free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Streams generating at once; a request beyond them is answered 429.
+    #[arg(long, default_value_t = 32)]
+    max_streams: usize,
+    /// The largest prompt accepted, in bytes (larger: 413).
+    #[arg(long, default_value_t = 4096)]
+    max_prompt_bytes: usize,
+    /// The largest `max_tokens` (bytes to generate) a request may ask for.
+    #[arg(long, default_value_t = 4096)]
+    max_output_bytes: usize,
+    /// Run M2 in f32 under contract 2's fixed operation order (the same sample on every
+    /// machine) instead of int8.
+    #[arg(long)]
+    exact: bool,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let o = ServeOptions {
+        addr: a.addr,
+        max_streams: a.max_streams,
+        max_prompt_bytes: a.max_prompt_bytes,
+        max_output_bytes: a.max_output_bytes,
+    };
+    // Flags first: a bad one is refused before a model is loaded.
+    o.validate()?;
+    let M2Checkpoint {
+        config: cfg,
+        params,
+        options,
+        tokens,
+    } = load_m2(&a.m2)?;
+    let m1 = a.m1.as_deref().map(Int8M1::load).transpose()?.map(Arc::new);
+    let name =
+        a.m2.file_name()
+            .map_or_else(|| "m2".into(), |n| n.to_string_lossy().into_owned());
+    let model = Model {
+        name,
+        source: tokens,
+        m1,
+        context: options.seq,
+    };
+    if a.exact {
+        serve(ExactModel::new(&cfg, &params)?, model, &o)
+    } else {
+        let m2 = Int8Model::new(&cfg, &params)
+            .context("M2 cannot run in int8 (--exact runs it in f32)")?;
+        serve(m2, model, &o)
+    }
+}
