@@ -118,12 +118,12 @@ fn time_steps<D: Decoder>(m: &D, streams: usize, position: usize, steps: usize) 
     let vocab = m.config().vocab as u64;
     let mut rng = Rng::new(7);
     let mut token = move || (rng.next_u64() % vocab) as u32;
-    let mut probs = vec![0f32; streams * vocab as usize];
+    let mut logits = vec![0f32; streams * vocab as usize];
     let mut states: Vec<D::State> = (0..streams)
         .map(|_| {
             let mut s = m.empty_state();
             let prompt: Vec<u32> = (0..position).map(|_| token()).collect();
-            m.extend(&mut s, &prompt, &mut probs[..vocab as usize]);
+            m.extend(&mut s, &prompt, &mut logits[..vocab as usize]);
             s
         })
         .collect();
@@ -132,7 +132,7 @@ fn time_steps<D: Decoder>(m: &D, streams: usize, position: usize, steps: usize) 
             let tokens: Vec<u32> = (0..streams).map(|_| token()).collect();
             let mut refs: Vec<&mut D::State> = states.iter_mut().collect();
             let t = Instant::now();
-            m.step(&mut refs, &tokens, &mut probs);
+            m.step(&mut refs, &tokens, &mut logits);
             1e3 * t.elapsed().as_secs_f64()
         })
         .skip(2)

@@ -214,12 +214,17 @@ impl ExactModel {
         self.next_token_probs(&x, probs);
     }
 
-    /// [`push_token`](Self::push_token) of `tokens[r]` to `states[r]` for independent contexts,
-    /// the weights read once for all of them; row `r`'s distribution goes to
-    /// `probs[r * vocab..]`. Each row's bits are those of `push_token` alone.
-    pub fn push_rows(&self, states: &mut [&mut WindowState], tokens: &[u32], probs: &mut [f32]) {
+    /// Appends `tokens[r]` to `states[r]` for independent contexts, the weights read once for
+    /// all of them, and writes row `r`'s next-token logits (the scores the distribution is the
+    /// softmax of) into `logits[r * vocab..]`. Each row's bits are those of one row alone.
+    pub fn push_rows_logits(
+        &self,
+        states: &mut [&mut WindowState],
+        tokens: &[u32],
+        logits: &mut [f32],
+    ) {
         let x = self.advance_rows(states, tokens);
-        self.next_token_probs(&x, probs);
+        self.next_token_logits(&x, logits);
     }
 
     /// Appends `token` to the context without computing the next distribution (prompt prefill).
@@ -303,11 +308,16 @@ impl ExactModel {
     /// The next-token distribution of every row of last-layer outputs `x` (`[rows][d]`) into
     /// `probs` (`[rows][vocab]`).
     fn next_token_probs(&self, x: &[f32], probs: &mut [f32]) {
-        let h = rmsnorm_rows(x, &self.final_norm, self.cfg.d_model, self.cfg.norm_eps);
-        matmul(probs, &h, &self.head);
+        self.next_token_logits(x, probs);
         probs
             .chunks_exact_mut(self.cfg.vocab)
             .for_each(softmax_in_place);
+    }
+
+    /// The next-token logits of every row of last-layer outputs `x` into `logits`.
+    fn next_token_logits(&self, x: &[f32], logits: &mut [f32]) {
+        let h = rmsnorm_rows(x, &self.final_norm, self.cfg.d_model, self.cfg.norm_eps);
+        matmul(logits, &h, &self.head);
     }
 }
 

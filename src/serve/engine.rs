@@ -135,9 +135,9 @@ impl<S> Stream<S> {
         self.end.is_none() && self.outbox.is_empty()
     }
 
-    /// Draws the next token from `probs` and keeps the text it completes.
-    fn accept(&mut self, probs: &mut [f32], metrics: &Metrics) {
-        match catch_unwind(AssertUnwindSafe(|| self.generation.accept(probs))) {
+    /// Draws the next token from `logits` and keeps the text it completes.
+    fn accept(&mut self, logits: &mut [f32], metrics: &Metrics) {
+        match catch_unwind(AssertUnwindSafe(|| self.generation.accept(logits))) {
             Ok(Ok(text)) => {
                 if !text.is_empty() {
                     if !self.first_byte_seen {
@@ -213,7 +213,7 @@ impl<S> Stream<S> {
 fn run<D: Decoder>(decoder: D, jobs: std_mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
     let vocab = decoder.config().vocab;
     let mut streams: Vec<Stream<D::State>> = Vec::new();
-    let mut probs = Vec::new();
+    let mut logits = Vec::new();
     let mut idle = false;
     loop {
         // Block only when there is nothing else to do; a step with every stream paused on a
@@ -242,7 +242,7 @@ fn run<D: Decoder>(decoder: D, jobs: std_mpsc::Receiver<Job>, metrics: Arc<Metri
             });
         }
         let started = Instant::now();
-        let stepped = step(&decoder, vocab, &mut streams, &mut probs, &metrics);
+        let stepped = step(&decoder, vocab, &mut streams, &mut logits, &metrics);
         if stepped > 0 {
             metrics.step(started.elapsed());
         }
@@ -259,7 +259,7 @@ fn step<D: Decoder>(
     decoder: &D,
     vocab: usize,
     streams: &mut [Stream<D::State>],
-    probs: &mut Vec<f32>,
+    logits: &mut Vec<f32>,
     metrics: &Metrics,
 ) -> usize {
     let mut batched = vec![false; streams.len()];
@@ -275,13 +275,13 @@ fn step<D: Decoder>(
                 tokens.push(t);
             }
             Feed::Restart(context) => {
-                probs.resize(vocab, 0.0);
+                logits.resize(vocab, 0.0);
                 let fed = catch_unwind(AssertUnwindSafe(|| {
                     s.state = decoder.empty_state();
-                    decoder.extend(&mut s.state, &context, &mut probs[..vocab]);
+                    decoder.extend(&mut s.state, &context, &mut logits[..vocab]);
                 }));
                 match fed {
-                    Ok(()) => s.accept(&mut probs[..vocab], metrics),
+                    Ok(()) => s.accept(&mut logits[..vocab], metrics),
                     Err(_) => s.end = Some(Event::Failed("the model panicked".into())),
                 }
                 advanced += 1;
@@ -292,7 +292,7 @@ fn step<D: Decoder>(
     if rows == 0 {
         return advanced;
     }
-    probs.resize(rows * vocab, 0.0);
+    logits.resize(rows * vocab, 0.0);
     let mut states: Vec<&mut D::State> = streams
         .iter_mut()
         .zip(&batched)
@@ -300,10 +300,10 @@ fn step<D: Decoder>(
         .map(|(s, _)| &mut s.state)
         .collect();
     let fed = catch_unwind(AssertUnwindSafe(|| {
-        decoder.step(&mut states, &tokens, &mut probs[..rows * vocab])
+        decoder.step(&mut states, &tokens, &mut logits[..rows * vocab])
     }));
     drop(states);
-    let mut row = probs[..rows * vocab].chunks_exact_mut(vocab);
+    let mut row = logits[..rows * vocab].chunks_exact_mut(vocab);
     for (s, _) in streams.iter_mut().zip(&batched).filter(|(_, &b)| b) {
         match (&fed, row.next()) {
             (Ok(()), Some(p)) => s.accept(p, metrics),

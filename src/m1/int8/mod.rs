@@ -260,10 +260,17 @@ impl Int8Model {
         x
     }
 
+    /// The next-token logits of every row of last-layer outputs `x` (`[rows][d]`) into `logits`
+    /// (`[rows][vocab]`): the scores [`next_token_probs`](Self::next_token_probs) takes the
+    /// softmax of.
+    pub fn next_token_logits(&self, x: &[f32], logits: &mut [f32]) {
+        qmatmul(self.kernel, logits, &self.normalise(x), &self.head);
+    }
+
     /// The next-token distribution of every row of last-layer outputs `x` (`[rows][d]`) into
     /// `probs` (`[rows][vocab]`).
     pub fn next_token_probs(&self, x: &[f32], probs: &mut [f32]) {
-        qmatmul(self.kernel, probs, &self.normalise(x), &self.head);
+        self.next_token_logits(x, probs);
         probs
             .par_chunks_exact_mut(self.cfg.vocab)
             .with_min_len(ROWS_PER_TASK)
