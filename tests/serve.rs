@@ -337,6 +337,62 @@ fn health_and_metrics_answer_and_sigterm_stops_it() {
     assert!(status.success(), "{status}");
 }
 
+/// `terse bench serve`'s own HTTP/1.1 client streams from the real server: every stream
+/// completes, its counts agree with the server's metrics, and a server that is not there is one
+/// clear error.
+#[test]
+fn bench_serve_loads_the_server_with_no_failed_stream() {
+    let s = Server::start(&["--max-streams", "8"]);
+    let out = common::terse(&[
+        "bench",
+        "serve",
+        "--addr",
+        &s.addr,
+        "--clients",
+        "4",
+        "--seconds",
+        "2",
+        "--max-tokens",
+        "40",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &j["report"];
+    let completed = r["streams_completed"].as_u64().unwrap();
+    assert!(completed >= 4, "{r}");
+    assert_eq!(r["streams_failed"], 0, "{r}");
+    assert!(r["ttfb_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["gap_ms"]["count"].as_u64().unwrap() > 0, "{r}");
+    // The server may count a stream's end just after its client has read `[DONE]`.
+    let want = format!("terse_requests_total{{outcome=\"ok\"}} {completed}\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, m) = s.get("/metrics");
+        if m.contains(&want) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{completed} streams\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = s.addr.rsplit(':').next().unwrap().to_string();
+    drop(s);
+    let gone = common::terse(&[
+        "bench",
+        "serve",
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+        "--seconds",
+        "1",
+    ]);
+    assert!(!gone.status.success());
+    assert!(
+        common::stderr(&gone).contains("cannot reach the server"),
+        "{}",
+        common::stderr(&gone)
+    );
+}
+
 #[test]
 fn openai_python_client_streams_a_completion() {
     let has_openai = Command::new("python3")
