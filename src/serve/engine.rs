@@ -125,7 +125,9 @@ struct Stream<S> {
     first_byte_seen: bool,
     /// Since when the client's queue has been full.
     stalled_since: Option<Instant>,
-    _slot: Slot,
+    /// Held while the stream generates; let go before its end is sent, so a client that sends
+    /// its next request on reading the end always finds the place free.
+    slot: Option<Slot>,
 }
 
 impl<S> Stream<S> {
@@ -186,6 +188,7 @@ impl<S> Stream<S> {
         let Some(end) = self.end.take() else {
             return true;
         };
+        self.slot = None;
         let outcome = match end {
             Event::Done => Outcome::Ok,
             _ => Outcome::Error,
@@ -238,7 +241,7 @@ fn run<D: Decoder>(decoder: D, jobs: std_mpsc::Receiver<Job>, metrics: Arc<Metri
                 arrived: job.arrived,
                 first_byte_seen: false,
                 stalled_since: None,
-                _slot: job.slot,
+                slot: Some(job.slot),
             });
         }
         let started = Instant::now();
