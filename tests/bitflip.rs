@@ -231,7 +231,7 @@ fn compressed() -> &'static (tempfile::TempDir, PathBuf, Vec<u8>) {
             coding,
             211,
             Existing::Refuse,
-            false,
+            terse::compress::Progress::Off,
         )
         .unwrap();
         assert_eq!(
@@ -251,7 +251,7 @@ proptest! {
         let (_, dir, original) = compressed();
         let copy = damaged_copy(dir, "f.terse", &flips);
         let out = copy.path().join("f.out");
-        match terse::compress::decompress_file(&copy.path().join("f.terse"), &out, &text_m1(), Existing::Refuse, false) {
+        match terse::compress::decompress_file(&copy.path().join("f.terse"), &out, &text_m1(), Existing::Refuse, terse::compress::Progress::Off) {
             Ok(_) => prop_assert!(&fs::read(&out).unwrap() == original, "{flips:?}: other bytes"),
             Err(e) => {
                 assert_clear(&e, copy.path())?;

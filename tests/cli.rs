@@ -629,6 +629,60 @@ fn compress_and_decompress_through_pipes() {
     assert!(stderr(&cut).contains("truncated"), "{}", stderr(&cut));
 }
 
+/// `-v` reports progress on stderr even when stderr is a pipe (as here): lines with the bytes in
+/// and out, the ratio and MB/s, the last one at the totals; the data on stdout is unchanged.
+#[test]
+fn verbose_reports_progress_lines_on_a_piped_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, input, src) = m1_and_input(dir.path());
+    let m = path_str(&ck);
+    let z = terse(&[
+        "compress",
+        "--m1",
+        m,
+        "-v",
+        "--chunk-bytes",
+        "512",
+        "-c",
+        path_str(&src),
+    ]);
+    assert!(z.status.success(), "{}", stderr(&z));
+    let err = stderr(&z);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("terse: compressing"))
+        .collect();
+    let last = lines
+        .last()
+        .unwrap_or_else(|| panic!("no progress line in\n{err}"));
+    let mib = |b: usize| format!("{:.2} MiB", b as f64 / (1 << 20) as f64);
+    assert!(
+        last.contains(&format!("{} -> {}", mib(input.len()), mib(z.stdout.len()))),
+        "{last}"
+    );
+    assert!(
+        last.contains("bits/byte") && last.contains("MB/s"),
+        "{last}"
+    );
+    let zfile = dir.path().join("v.terse");
+    std::fs::write(&zfile, &z.stdout).unwrap();
+    let back = terse(&["decompress", "--m1", m, "--verbose", "-c", path_str(&zfile)]);
+    assert!(back.status.success(), "{}", stderr(&back));
+    assert_eq!(back.stdout, input);
+    assert!(
+        stderr(&back).contains("terse: decompressing"),
+        "{}",
+        stderr(&back)
+    );
+    // Without -v nothing but the report reaches a piped stderr.
+    let quiet = terse(&["compress", "--m1", m, "-c", path_str(&src)]);
+    assert!(
+        !stderr(&quiet).contains("terse: compressing"),
+        "{}",
+        stderr(&quiet)
+    );
+}
+
 /// Decompressing holds a bounded amount of memory however large the stream: 64 MiB of stored
 /// 16 KiB chunks piped into `terse decompress - -` come back whole while the process's peak
 /// resident memory (VmHWM, polled from /proc) stays far below the stream's size.

@@ -151,7 +151,7 @@ fn valid_file() -> &'static Valid {
             coding,
             97,
             terse::fsio::Existing::Replace,
-            false,
+            terse::compress::Progress::Off,
         )
         .unwrap();
         // The text's chunks coded, the binary tail's stored: damage lands in both kinds.
@@ -171,7 +171,7 @@ fn decompress(bytes: &[u8]) -> Result<Vec<u8>, String> {
         &out,
         &text_m1(),
         terse::fsio::Existing::Replace,
-        false,
+        terse::compress::Progress::Off,
     ) {
         Ok(_) => Ok(fs::read(&out).unwrap()),
         Err(e) => {

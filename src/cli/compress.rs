@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use terse::compress::{compress_file, decompress_file, Coding, CompressReport, STDIO};
+use terse::compress::{compress_file, decompress_file, Coding, CompressReport, Progress, STDIO};
 use terse::fsio::{check_output, Existing};
 use terse::m1::Int8M1;
 
@@ -39,6 +39,21 @@ struct Streams {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Report progress on stderr as it runs, a line at most every half second even when stderr
+    /// is not a terminal: bytes in and out, ratio, MB/s. (Without it, a bar shows only on a
+    /// terminal, and not with --json.)
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+impl Streams {
+    fn progress(&self) -> Progress {
+        match (self.verbose, self.json) {
+            (true, _) => Progress::Lines,
+            (false, true) => Progress::Off,
+            (false, false) => Progress::Bar,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -102,7 +117,7 @@ pub fn run_compress(a: &CompressArgs) -> Result<()> {
         coding,
         a.chunk_bytes,
         existing,
-        !a.io.json,
+        a.io.progress(),
     )?;
     finish(&a.io, &r, "compressed", &output, remove_input)
 }
@@ -119,7 +134,7 @@ fn decompress(m1: &Path, test: bool, io: &Streams) -> Result<()> {
     };
     let m = Int8M1::load(m1)?;
     let existing = Existing::replace_if(io.force || test);
-    let r = decompress_file(&io.input, &output, &m, existing, !io.json)?;
+    let r = decompress_file(&io.input, &output, &m, existing, io.progress())?;
     let what = if test { "tested" } else { "decompressed" };
     finish(io, &r, what, &output, remove_input)
 }

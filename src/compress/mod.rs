@@ -16,6 +16,7 @@
 
 mod chunks;
 mod format;
+mod progress;
 
 use crate::fsio::{AtomicFile, Existing};
 use crate::m1::{Int8M1, CONTRACT_VERSION};
@@ -23,6 +24,8 @@ use anyhow::{bail, ensure, Context, Result};
 use chunks::{Chunk, ChunkCoder};
 use format::{end_record, fill, read_record, Header, Record, MAGIC};
 pub use format::{END, STORED};
+use progress::Meter;
+pub use progress::Progress;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
@@ -129,23 +132,6 @@ fn report(
     }
 }
 
-/// A bar of `total` bytes on stderr, `what` before it; hidden unless `progress` (and, by
-/// indicatif, when stderr is not a terminal).
-fn byte_bar(progress: bool, total: u64, what: &str) -> indicatif::ProgressBar {
-    if !progress {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(what.to_string());
-    bar
-}
-
 /// `-`, the path that names standard input (as an input) or standard output (as an output).
 pub const STDIO: &str = "-";
 
@@ -225,8 +211,8 @@ impl<R: Read> Read for Counted<R> {
 /// shrink it), reading and writing front to back: either may be a pipe or a device, or [`STDIO`]
 /// for standard input or output. Memory holds
 /// one batch of chunks (up to 64, 4 MiB unless one chunk is larger), coded in lockstep. An
-/// existing regular file at `output` is replaced only when `existing` says so. With `progress`,
-/// a bar of the input's bytes on stderr (when it is a terminal).
+/// existing regular file at `output` is replaced only when `existing` says so. `progress` says
+/// what is reported on stderr as it runs.
 pub fn compress_file(
     input: &Path,
     output: &Path,
@@ -234,7 +220,7 @@ pub fn compress_file(
     coding: Coding,
     chunk_bytes: u32,
     existing: Existing,
-    progress: bool,
+    progress: Progress,
 ) -> Result<CompressReport> {
     let t = std::time::Instant::now();
     let coder = ChunkCoder::new(m1, coding)?;
@@ -264,7 +250,7 @@ pub fn compress_file(
     let mut compressed = head.len() as u64;
     let mut buf = vec![0u8; batch_chunks(chunk_bytes) * chunk_bytes as usize];
     let (mut crc, mut total, mut tally) = (crc32fast::Hasher::new(), 0u64, Tally::default());
-    let bar = byte_bar(progress, size, "compressing");
+    let mut meter = Meter::new(progress, size, "compressing");
     loop {
         let n = fill(&mut src, &mut buf, &in_name)?;
         crc.update(&buf[..n]);
@@ -276,15 +262,15 @@ pub fn compress_file(
             tally.windows += windows;
             tally.stored += u64::from(record[..4] == STORED.to_le_bytes());
         }
-        bar.inc(n as u64);
+        meter.update(total, compressed);
         if n < buf.len() {
             break;
         }
     }
-    bar.finish_and_clear();
     let end = end_record(total, crc.finalize());
     put(&end)?;
     compressed += end.len() as u64;
+    meter.finish(total, compressed);
     w.into_inner()
         .map_err(|e| e.into_error())
         .with_context(|| format!("cannot write {out_name}"))?;
@@ -303,14 +289,14 @@ pub fn compress_file(
 /// chunks at a time, so memory stays bounded. Refuses (naming the mismatch) another format,
 /// contract or M1, a truncated or corrupt file, trailing bytes, and a result whose length or
 /// CRC-32 differs from the end record's. An existing regular file at `output` is replaced only
-/// when `existing` says so; a refused file leaves no output file. With `progress`, a bar of the
-/// output's bytes on stderr (when it is a terminal).
+/// when `existing` says so; a refused file leaves no output file. `progress` says what is
+/// reported on stderr as it runs.
 pub fn decompress_file(
     input: &Path,
     output: &Path,
     m1: &Int8M1,
     existing: Existing,
-    progress: bool,
+    progress: Progress,
 ) -> Result<CompressReport> {
     let t = std::time::Instant::now();
     let name = input.display().to_string();
@@ -343,7 +329,7 @@ pub fn decompress_file(
     let mut out = Sink::open(output, existing)?;
     let mut w = BufWriter::new(&mut out);
     let mut hasher = crc32fast::Hasher::new();
-    let bar = byte_bar(
+    let mut meter = Meter::new(
         progress,
         h.v1_end.map_or(0, |(total, _)| total),
         "decompressing",
@@ -383,7 +369,6 @@ pub fn decompress_file(
             hasher.update(p);
             w.write_all(p)
                 .with_context(|| format!("cannot write {out_name}"))?;
-            bar.inc(p.len() as u64);
             bytes += p.len() as u64;
         }
         Ok(bytes)
@@ -413,6 +398,7 @@ pub fn decompress_file(
         }
         if pending.len() == batch {
             done += decode(std::mem::take(&mut pending), read - batch as u64, None)?;
+            meter.update(done, src.bytes);
         }
         read += 1;
         pending.push(Chunk { stored, word, body });
@@ -446,7 +432,6 @@ pub fn decompress_file(
             extra as u64 + more
         );
     }
-    bar.finish_and_clear();
     if hasher.finalize() != crc {
         bail!("{name} is corrupt: the decoded bytes fail the CRC-32 check");
     }
@@ -454,6 +439,7 @@ pub fn decompress_file(
         .map_err(|e| e.into_error())
         .with_context(|| format!("cannot write {out_name}"))?;
     out.commit()?;
+    meter.finish(total, src.bytes);
     Ok(report(
         coding,
         total,
@@ -527,9 +513,10 @@ mod tests {
     ) -> (CompressReport, u64) {
         let (src, z, back) = (dir.join("in"), dir.join("in.terse"), dir.join("back"));
         std::fs::write(&src, input).unwrap();
-        let rep = compress_file(&src, &z, m, coding, chunk, Existing::Replace, false).unwrap();
+        let rep =
+            compress_file(&src, &z, m, coding, chunk, Existing::Replace, Progress::Off).unwrap();
         assert_eq!(rep.original_bytes, input.len() as u64);
-        let back_rep = decompress_file(&z, &back, m, Existing::Replace, false).unwrap();
+        let back_rep = decompress_file(&z, &back, m, Existing::Replace, Progress::Off).unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), input, "{coding:?}");
         assert_eq!(
             (back_rep.method, back_rep.windows, back_rep.stored_chunks),
@@ -548,19 +535,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (src, z) = (dir.path().join("t"), dir.path().join("t.terse"));
         std::fs::write(&src, &include_bytes!("../../data/sample-books.txt")[..2500]).unwrap();
-        compress_file(&src, &z, &m, EQUAL_INFO_16, 1000, Existing::Replace, false).unwrap();
+        compress_file(
+            &src,
+            &z,
+            &m,
+            EQUAL_INFO_16,
+            1000,
+            Existing::Replace,
+            Progress::Off,
+        )
+        .unwrap();
         let one = std::fs::read(&z).unwrap();
         let out = dir.path().join("out");
         let two = dir.path().join("two.terse");
         std::fs::write(&two, [one.clone(), one.clone()].concat()).unwrap();
-        let e = err(decompress_file(&two, &out, &m, Existing::Replace, false));
+        let e = err(decompress_file(
+            &two,
+            &out,
+            &m,
+            Existing::Replace,
+            Progress::Off,
+        ));
         assert!(
             e.contains("trailing data after the end record") && e.contains("another terse file"),
             "{e}"
         );
         let junk = dir.path().join("junk.terse");
         std::fs::write(&junk, [one, b"xyz".to_vec()].concat()).unwrap();
-        let e = err(decompress_file(&junk, &out, &m, Existing::Replace, false));
+        let e = err(decompress_file(
+            &junk,
+            &out,
+            &m,
+            Existing::Replace,
+            Progress::Off,
+        ));
         assert!(
             e.contains("trailing data after the end record (3 bytes"),
             "{e}"
@@ -570,7 +578,7 @@ mod tests {
             &out,
             &m,
             Existing::Replace,
-            false,
+            Progress::Off,
         ));
         assert!(e.contains("is a directory"), "{e}");
         assert!(!out.exists());
@@ -603,14 +611,29 @@ mod tests {
         // Damage: each case is refused and leaves no output file.
         let (src, z) = (dir.path().join("t"), dir.path().join("t.terse"));
         std::fs::write(&src, &text).unwrap();
-        let rep = compress_file(&src, &z, m, Coding::Ac, 1000, Existing::Replace, false).unwrap();
+        let rep = compress_file(
+            &src,
+            &z,
+            m,
+            Coding::Ac,
+            1000,
+            Existing::Replace,
+            Progress::Off,
+        )
+        .unwrap();
         assert_eq!(rep.stored_chunks, 0, "text shrinks");
         let good = std::fs::read(&z).unwrap();
         let out = dir.path().join("never");
         let try_with = |bytes: &[u8]| {
             let p = dir.path().join("damaged");
             std::fs::write(&p, bytes).unwrap();
-            let e = err(decompress_file(&p, &out, m, Existing::Replace, false));
+            let e = err(decompress_file(
+                &p,
+                &out,
+                m,
+                Existing::Replace,
+                Progress::Off,
+            ));
             assert!(!out.exists(), "partial output left behind");
             e
         };
@@ -656,7 +679,13 @@ mod tests {
         );
         assert!(try_with(&edited(22, 7)).contains("corrupt header (coding 7"));
         assert!(try_with(&edited(28, 2)).contains("corrupt header (chunk size 33555432)"));
-        let e = err(decompress_file(&z, &out, &m1(2), Existing::Replace, false));
+        let e = err(decompress_file(
+            &z,
+            &out,
+            &m1(2),
+            Existing::Replace,
+            Progress::Off,
+        ));
         assert!(e.contains("wrong M1"), "{e}");
         assert!(!out.exists());
         assert!(err(compress_file(
@@ -666,7 +695,7 @@ mod tests {
             Coding::Ac,
             1000,
             Existing::Replace,
-            false
+            Progress::Off
         ))
         .contains("cannot open"));
     }
@@ -738,12 +767,18 @@ mod tests {
         }
         let (z, back) = (dir.path().join("v1.terse"), dir.path().join("back"));
         std::fs::write(&z, &v1).unwrap();
-        let rep = decompress_file(&z, &back, m, Existing::Replace, false).unwrap();
+        let rep = decompress_file(&z, &back, m, Existing::Replace, Progress::Off).unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), text);
         assert_eq!((rep.method, rep.stored_chunks), ("equal-info", 0));
         // Its records end where the header's length says: a byte more is trailing data.
         std::fs::write(&z, [&v1[..], b"x"].concat()).unwrap();
-        let e = err(decompress_file(&z, &back, m, Existing::Replace, false));
+        let e = err(decompress_file(
+            &z,
+            &back,
+            m,
+            Existing::Replace,
+            Progress::Off,
+        ));
         assert!(e.contains("trailing data"), "{e}");
     }
 }
