@@ -107,6 +107,26 @@ fn m2_trains_scores_and_generates_on_byte_tokens() {
         f("flops_per_byte"),
         2.0 * e["m2_non_embedding_params"].as_f64().unwrap()
     );
+    // `--int8` adds the int8 M2's score on the same rows (what generation runs): close to the
+    // float model's, and the same float score beside it.
+    let q = json_line(&terse(&[
+        "eval",
+        "--m2",
+        run.to_str().unwrap(),
+        "--data",
+        ds.to_str().unwrap(),
+        "--split",
+        "heldout",
+        "--int8",
+        "--json",
+    ]));
+    assert_eq!(q["bits_per_byte"], e["bits_per_byte"]);
+    let (int8, loss) = (
+        q["int8_bits_per_byte"].as_f64().unwrap(),
+        q["int8_relative_loss"].as_f64().unwrap(),
+    );
+    assert!(loss.abs() < 0.02, "{q}");
+    assert!((int8 / f("bits_per_byte") - 1.0 - loss).abs() < 1e-12);
 
     // Data tokenized another way is refused, by name.
     let r = terse(&[

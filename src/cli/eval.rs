@@ -8,12 +8,12 @@ use terse::backend::{create_backend, Device};
 use terse::checkpoint::load_model;
 use terse::data::{baselines, eval_windows, read_prefix};
 use terse::eval::score_windows;
-use terse::eval::tokens::{evaluate_m2, token_counts};
+use terse::eval::tokens::{evaluate_m2, score_tokens_int8, token_counts};
 use terse::m1::int8::quantisation_cost;
-use terse::m1::{ExactM1, Int8M1};
+use terse::m1::{ExactM1, Int8M1, Int8Model};
 use terse::model::{ModelConfig, ParamArena};
 use terse::tokenize::ChunkSplit;
-use terse::tokenize::TokenDataset;
+use terse::tokenize::{TokenDataset, TokenEvalSet};
 use terse::train::{is_token_dataset, load_m2, M2Checkpoint};
 
 #[derive(Args)]
@@ -44,8 +44,10 @@ pub struct EvalArgs {
     /// Where to run: auto (the GPU when usable, else the CPU), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
-    /// M1: score the float model (numeric contract 2) beside its int8 quantisation (contract 3,
-    /// what codes), on the CPU, windows of --seq bytes from a fresh context.
+    /// Also score the int8 quantisation on the CPU beside the float model. M1: the float model
+    /// on the exact path (numeric contract 2) beside contract 3 (what codes), windows of --seq
+    /// bytes from a fresh context. M2: beside the usual score, M2 in int8 (`Int8Model`, what
+    /// `terse generate` and `terse serve` run) on the same rows.
     #[arg(long)]
     int8: bool,
     #[arg(long)]
@@ -112,13 +114,30 @@ fn run_m2(a: EvalArgs) -> Result<()> {
     let seq = a.seq.unwrap_or(opts.seq);
     check_context(&a, &cfg, seq)?;
     let t = Instant::now();
+    let int8 = match a.int8 {
+        true => {
+            let mut c = cfg.clone();
+            c.context.get_or_insert(opts.seq);
+            let m = Int8Model::new(&c, &params).context("M2 cannot be quantised to int8")?;
+            Some(score_tokens_int8(
+                &TokenEvalSet::new(&ds, a.split, seq, None),
+                &m,
+            )?)
+        }
+        false => None,
+    };
     let (mut be, _) = create_backend(a.device, &cfg, params, None)?;
     let r = evaluate_m2(be.as_mut(), &cfg, &src, &ds, a.split, seq, a.batch, unigram)?;
     let secs = t.elapsed().as_secs_f64();
+    let int8_loss = int8.map(|q| q.bits_per_byte / r.bits_per_byte - 1.0);
     if a.json {
         let mut j = serde_json::to_value(&r)?;
         j["seconds"] = secs.into();
         j["backend"] = be.name().into();
+        if let (Some(q), Some(loss)) = (int8, int8_loss) {
+            j["int8_bits_per_byte"] = q.bits_per_byte.into();
+            j["int8_relative_loss"] = loss.into();
+        }
         println!("{j}");
     } else {
         println!(
@@ -146,6 +165,13 @@ fn run_m2(a: EvalArgs) -> Result<()> {
             secs,
             be.name()
         );
+        if let (Some(q), Some(loss)) = (int8, int8_loss) {
+            println!(
+                "  int8 M2 (what generate runs) {:.4} bits/byte ({:+.2}% against the float model)",
+                q.bits_per_byte,
+                100.0 * loss
+            );
+        }
     }
     Ok(())
 }
@@ -166,12 +192,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bail!("--seq and --batch must be positive");
     }
     if is_token_dataset(&a.data) {
-        if a.int8 {
-            bail!(
-                "--int8 scores an M1 on a corpus; {} is a token dataset",
-                a.data.display()
-            );
-        }
         return run_m2(a);
     }
     let (cfg, params) = load_model(&a.checkpoint)?;

@@ -4,10 +4,12 @@
 
 use super::score_rows;
 use crate::backend::Backend;
+use crate::m1::{Int8Model, Int8State};
 use crate::model::ModelConfig;
 use crate::tokenize::TokenSource;
 use crate::tokenize::{ChunkSplit, TokenDataset, TokenEvalSet, M2_START};
 use anyhow::{ensure, Context, Result};
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// A model's loss over tokens that cover a known number of source bytes.
@@ -52,6 +54,41 @@ pub fn score_tokens(
     let (nll, scored) = score_rows(backend, &rows, set.seq, M2_START, batch)?;
     debug_assert_eq!(scored, set.tokens);
     Ok(TokenScore::new(nll, scored, set.bytes))
+}
+
+/// Scores every token of `set` as [`score_tokens`] does (each row from a fresh context after the
+/// start token), with M2 quantised to int8 ([`Int8Model`], what generation runs), so its cost
+/// in bits/byte can be set beside the float model's. Rows run in parallel; their sums are added
+/// in order.
+pub fn score_tokens_int8(set: &TokenEvalSet, m2: &Int8Model) -> Result<TokenScore> {
+    ensure!(set.bytes > 0, "nothing to score: the held-out set is empty");
+    let vocab = m2.config().vocab;
+    let per_row: Vec<f64> = set
+        .rows
+        .par_iter()
+        .filter(|row| !row.is_empty())
+        .map(|row| {
+            let inputs: Vec<u32> = std::iter::once(M2_START)
+                .chain(row[..row.len() - 1].iter().map(|&t| t as u32))
+                .collect();
+            let x = m2.extend(&mut Int8State::default(), &inputs);
+            let mut logits = vec![0f32; row.len() * vocab];
+            m2.next_token_logits(&x, &mut logits);
+            logits
+                .chunks_exact(vocab)
+                .zip(row)
+                .map(|(l, &t)| nll_nats(l, t as usize))
+                .sum()
+        })
+        .collect();
+    Ok(TokenScore::new(per_row.iter().sum(), set.tokens, set.bytes))
+}
+
+/// `-ln softmax(logits)[target]`, in f64.
+fn nll_nats(logits: &[f32], target: usize) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    max + sum.ln() - logits[target] as f64
 }
 
 /// Everything `terse eval` reports for an M2.
@@ -177,6 +214,14 @@ pub fn evaluate_m2(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log-softmax is taken stably: huge logits give the same loss as small ones shifted.
+    #[test]
+    fn nll_of_logits() {
+        let l = [0f32, (3f32).ln()];
+        assert!((nll_nats(&l, 1) - (4.0f64 / 3.0).ln()).abs() < 1e-6);
+        assert!((nll_nats(&[1000.0, 1000.0 + 3f32.ln()], 0) - 4f64.ln()).abs() < 1e-3);
+    }
 
     #[test]
     fn bits_per_byte_by_hand() {
