@@ -226,12 +226,18 @@ pub trait Decoder: Sync {
     fn config(&self) -> &ModelConfig;
     fn empty_state(&self) -> Self::State;
     /// Feeds `tokens` to `state` in order and writes the next token's logits (scores whose
-    /// softmax is the distribution) into `logits` (`vocab` entries).
-    fn extend(&self, state: &mut Self::State, tokens: &[u32], logits: &mut [f32]);
+    /// softmax is the distribution) into `logits` (`vocab` entries). Fails only where a device
+    /// does (the CPU models never fail).
+    fn extend(&self, state: &mut Self::State, tokens: &[u32], logits: &mut [f32]) -> Result<()>;
     /// Feeds `tokens[r]` to `states[r]` (independent streams, one position each; the weights
     /// are read once for all of them) and writes row `r`'s next-token logits into
-    /// `logits[r * vocab..]`.
-    fn step(&self, states: &mut [&mut Self::State], tokens: &[u32], logits: &mut [f32]);
+    /// `logits[r * vocab..]`. Fails only where a device does.
+    fn step(
+        &self,
+        states: &mut [&mut Self::State],
+        tokens: &[u32],
+        logits: &mut [f32],
+    ) -> Result<()>;
 }
 
 impl Decoder for ExactModel {
@@ -242,15 +248,22 @@ impl Decoder for ExactModel {
     fn empty_state(&self) -> WindowState {
         ExactModel::empty_state(self)
     }
-    fn extend(&self, state: &mut WindowState, tokens: &[u32], logits: &mut [f32]) {
+    fn extend(&self, state: &mut WindowState, tokens: &[u32], logits: &mut [f32]) -> Result<()> {
         let (last, head) = tokens.split_last().expect("at least one token to feed");
         for &t in head {
             self.feed_token(state, t);
         }
         self.push_rows_logits(&mut [state], &[*last], logits);
+        Ok(())
     }
-    fn step(&self, states: &mut [&mut WindowState], tokens: &[u32], logits: &mut [f32]) {
+    fn step(
+        &self,
+        states: &mut [&mut WindowState],
+        tokens: &[u32],
+        logits: &mut [f32],
+    ) -> Result<()> {
         self.push_rows_logits(states, tokens, logits);
+        Ok(())
     }
 }
 
@@ -262,14 +275,21 @@ impl Decoder for Int8Model {
     fn empty_state(&self) -> Int8State {
         Int8State::default()
     }
-    fn extend(&self, state: &mut Int8State, tokens: &[u32], logits: &mut [f32]) {
+    fn extend(&self, state: &mut Int8State, tokens: &[u32], logits: &mut [f32]) -> Result<()> {
         let x = self.extend(state, tokens);
         let d = self.config().d_model;
         self.next_token_logits(&x[x.len() - d..], logits);
+        Ok(())
     }
-    fn step(&self, states: &mut [&mut Int8State], tokens: &[u32], logits: &mut [f32]) {
+    fn step(
+        &self,
+        states: &mut [&mut Int8State],
+        tokens: &[u32],
+        logits: &mut [f32],
+    ) -> Result<()> {
         let x = self.advance_rows(states, tokens);
         self.next_token_logits(&x, logits);
+        Ok(())
     }
 }
 
@@ -428,11 +448,16 @@ impl Generation {
 
 /// Feeds one stream what `g` asks for, on `decoder`, leaving the next token's logits in
 /// `logits`.
-pub fn advance<D: Decoder>(decoder: &D, g: &Generation, state: &mut D::State, logits: &mut [f32]) {
+pub fn advance<D: Decoder>(
+    decoder: &D,
+    g: &Generation,
+    state: &mut D::State,
+    logits: &mut [f32],
+) -> Result<()> {
     match g.feed() {
         Feed::Restart(tokens) => {
             *state = decoder.empty_state();
-            decoder.extend(state, &tokens, logits);
+            decoder.extend(state, &tokens, logits)
         }
         Feed::Next(t) => decoder.step(&mut [state], &[t], logits),
     }
@@ -454,7 +479,7 @@ pub fn generate<D: Decoder>(
     let mut g = Generation::new(src, m1, vocab, context, prompt, o)?;
     let mut logits = vec![0f32; vocab];
     let mut state = m2.empty_state();
-    advance(m2, &g, &mut state, &mut logits);
+    advance(m2, &g, &mut state, &mut logits)?;
     let prefill_seconds = prefill_start.elapsed().as_secs_f64();
     let started = Instant::now();
     loop {
@@ -465,7 +490,7 @@ pub fn generate<D: Decoder>(
         if g.is_done() {
             break;
         }
-        advance(m2, &g, &mut state, &mut logits);
+        advance(m2, &g, &mut state, &mut logits)?;
     }
     let seconds = started.elapsed().as_secs_f64();
     let (prompt_bytes, prompt_tokens) = g.prompt();

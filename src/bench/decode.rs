@@ -93,8 +93,8 @@ pub fn bench_decode(
     for &n in streams {
         for arith in [DecodeArith::Int8, DecodeArith::Exact] {
             let times = match arith {
-                DecodeArith::Int8 => time_steps(&int8, n, position, steps),
-                DecodeArith::Exact => time_steps(&exact, n, position, steps),
+                DecodeArith::Int8 => time_steps(&int8, n, position, steps)?,
+                DecodeArith::Exact => time_steps(&exact, n, position, steps)?,
             };
             let median = times[times.len() / 2];
             let bytes = arith.step_bytes(cfg, n, position + steps / 2);
@@ -114,7 +114,12 @@ pub fn bench_decode(
 }
 
 /// Sorted milliseconds of `steps` decode steps of `streams` streams filled to `position`.
-fn time_steps<D: Decoder>(m: &D, streams: usize, position: usize, steps: usize) -> Vec<f64> {
+fn time_steps<D: Decoder>(
+    m: &D,
+    streams: usize,
+    position: usize,
+    steps: usize,
+) -> Result<Vec<f64>> {
     let vocab = m.config().vocab as u64;
     let mut rng = Rng::new(7);
     let mut token = move || (rng.next_u64() % vocab) as u32;
@@ -123,22 +128,22 @@ fn time_steps<D: Decoder>(m: &D, streams: usize, position: usize, steps: usize) 
         .map(|_| {
             let mut s = m.empty_state();
             let prompt: Vec<u32> = (0..position).map(|_| token()).collect();
-            m.extend(&mut s, &prompt, &mut logits[..vocab as usize]);
-            s
+            m.extend(&mut s, &prompt, &mut logits[..vocab as usize])?;
+            Ok(s)
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut times: Vec<f64> = (0..steps + 2)
         .map(|_| {
             let tokens: Vec<u32> = (0..streams).map(|_| token()).collect();
             let mut refs: Vec<&mut D::State> = states.iter_mut().collect();
             let t = Instant::now();
-            m.step(&mut refs, &tokens, &mut logits);
-            1e3 * t.elapsed().as_secs_f64()
+            m.step(&mut refs, &tokens, &mut logits)?;
+            Ok(1e3 * t.elapsed().as_secs_f64())
         })
         .skip(2)
-        .collect();
+        .collect::<Result<_>>()?;
     times.sort_by(f64::total_cmp);
-    times
+    Ok(times)
 }
 
 #[cfg(test)]

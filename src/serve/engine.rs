@@ -281,11 +281,11 @@ fn step<D: Decoder>(
                 logits.resize(vocab, 0.0);
                 let fed = catch_unwind(AssertUnwindSafe(|| {
                     s.state = decoder.empty_state();
-                    decoder.extend(&mut s.state, &context, &mut logits[..vocab]);
+                    decoder.extend(&mut s.state, &context, &mut logits[..vocab])
                 }));
-                match fed {
+                match model_outcome(fed) {
                     Ok(()) => s.accept(&mut logits[..vocab], metrics),
-                    Err(_) => s.end = Some(Event::Failed("the model panicked".into())),
+                    Err(why) => s.end = Some(Event::Failed(why)),
                 }
                 advanced += 1;
             }
@@ -302,16 +302,26 @@ fn step<D: Decoder>(
         .filter(|(_, &b)| b)
         .map(|(s, _)| &mut s.state)
         .collect();
-    let fed = catch_unwind(AssertUnwindSafe(|| {
+    let fed = model_outcome(catch_unwind(AssertUnwindSafe(|| {
         decoder.step(&mut states, &tokens, &mut logits[..rows * vocab])
-    }));
+    })));
     drop(states);
     let mut row = logits[..rows * vocab].chunks_exact_mut(vocab);
     for (s, _) in streams.iter_mut().zip(&batched).filter(|(_, &b)| b) {
         match (&fed, row.next()) {
             (Ok(()), Some(p)) => s.accept(p, metrics),
-            _ => s.end = Some(Event::Failed("the model panicked".into())),
+            (Err(why), _) => s.end = Some(Event::Failed(why.clone())),
+            (Ok(()), None) => unreachable!("a row of logits per batched stream"),
         }
     }
     advanced + rows
+}
+
+/// A model call's result as the reason its streams end, if they do: a device error or a panic.
+fn model_outcome(fed: std::thread::Result<anyhow::Result<()>>) -> Result<(), String> {
+    match fed {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("the model failed: {e:#}")),
+        Err(_) => Err("the model panicked".into()),
+    }
 }
