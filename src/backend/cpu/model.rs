@@ -607,7 +607,8 @@ mod tests {
         let mut a = Activations::new(&cfg, 1, 4, true);
         let q = a.qat.as_mut().unwrap();
         q.simulate(&cfg, &p.data);
-        let int8 = Int8M1::new(&cfg, &p).unwrap();
+        let m1 = Int8M1::new(&cfg, &p).unwrap();
+        let int8 = m1.lm();
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         let specs = ParamArena::layout(&cfg);
         let eff = |name: &str| {

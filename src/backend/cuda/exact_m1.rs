@@ -105,16 +105,21 @@ impl FeedBufs {
     }
 
     /// Advances the streams of `feeds`, once their step is enqueued.
-    pub(super) fn advance(&mut self, feeds: &[(usize, u8)]) {
+    pub(super) fn advance<T>(&mut self, feeds: &[(usize, T)]) {
         for &(st, _) in feeds {
             self.pos[st] += 1;
         }
     }
 
-    /// Enqueues the upload of `feeds` at their streams' positions, after refusing (uploading
-    /// nothing) a stream out of range, fed twice, or already at its capacity. Does not
-    /// wait for the device (only, in the staging buffers, for the previous upload's copies).
-    pub(super) fn upload(&mut self, s: &Arc<CudaStream>, feeds: &[(usize, u8)]) -> Result<()> {
+    /// Enqueues the upload of `feeds` (stream, token: a byte for M1) at their streams'
+    /// positions, after refusing (uploading nothing) a stream out of range, fed twice, or already
+    /// at its capacity. Does not wait for the device (only, in the staging buffers, for the
+    /// previous upload's copies). The caller checks tokens against its vocabulary.
+    pub(super) fn upload<T: Copy + Into<u32>>(
+        &mut self,
+        s: &Arc<CudaStream>,
+        feeds: &[(usize, T)],
+    ) -> Result<()> {
         let (pos, capacity) = (&self.pos, self.capacity);
         let mut seen = vec![false; pos.len()];
         for &(st, _) in feeds {
@@ -128,8 +133,8 @@ impl FeedBufs {
         }
         let [ids, tokens, positions] = &mut self.staged;
         let (ids, tokens, positions) = (ids.host_mut()?, tokens.host_mut()?, positions.host_mut()?);
-        for (r, &(st, byte)) in feeds.iter().enumerate() {
-            (ids[r], tokens[r], positions[r]) = (st as i32, byte as i32, pos[st] as i32);
+        for (r, &(st, token)) in feeds.iter().enumerate() {
+            (ids[r], tokens[r], positions[r]) = (st as i32, token.into() as i32, pos[st] as i32);
         }
         let dev = [&mut self.row_stream, &mut self.row_token, &mut self.row_pos];
         for (host, dev) in self.staged.iter_mut().zip(dev) {

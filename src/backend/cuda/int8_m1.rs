@@ -18,8 +18,9 @@
 //! without waiting for the device; `collect` waits for that download and validates each CDF
 //! ([`Cdf::from_cumulative`]). With two batches alternating (submit A, code B's CDFs, collect A,
 //! ...), a GPU overlaps A's step with the host's coding of B, and A's copies with B's kernels.
-//! A step feeding every stream, the steady state of coding, is a CUDA graph from the second such
-//! step on (`graph::StepGraph`); other row counts launch eagerly.
+//! It is [`GpuInt8Model`] at vocabulary 256 with a softmax and the CDFs after its logits: a step
+//! feeding every stream, the steady state of coding, is a CUDA graph from the second such step
+//! on; other row counts launch eagerly.
 //!
 //! Memory: `2 x layers x streams x slots x (d_model + 4 heads)` bytes of int8 key/value cache
 //! with their exponents (m1-3m: 1.6 KiB per slot, a quarter of contract 2's), allocated once,
@@ -28,119 +29,32 @@
 //! **Not yet run on a GPU** (written on a machine without one); `tests/gpu_parity.rs` checks it
 //! bit for bit against the CPU, on a GPU when one is present and on the CUDA emulator otherwise.
 
-use super::exact_m1::{cache_cells, download_probs, grid, ring_slots, stream_accessors, FeedBufs};
-use super::graph::StepGraph;
+use super::exact_m1::{download_probs, ring_slots};
+use super::int8_model::{per_row, GpuInt8Model};
 use super::loader::GpuKernels;
 use super::staging::Staged;
 use super::Entry;
 use crate::coder::{Cdf, CdfQuantizer};
-use crate::m1::int8::QMatrix;
 use crate::m1::{Int8M1, M1Batch, PendingStep, Probs};
-use crate::numerics::{RopeTables, HEAD_DIM};
-use anyhow::{bail, ensure, Context, Result};
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use crate::numerics::HEAD_DIM;
+use anyhow::{bail, Context, Result};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, PushKernelArg};
 use std::sync::Arc;
 
-/// Threads per block of the per-row and per-(row, head) kernels (`m1q_quantise`, `m1q_softmax`,
-/// `m1q_attention`; the attention kernel needs exactly 256: four groups of 64 channels).
-const BLOCK: u32 = 256;
-/// Outputs (one per thread) and rows per block of `m1q_linear` (its `LIN_ROWS`).
-const LIN_OUTPUTS: u32 = 128;
-const LIN_ROWS: usize = 4;
-/// Dynamic shared memory a block may take without opting in on any GPU.
-const SHARED_LIMIT: usize = 48 << 10;
 /// Most streams [`GpuInt8M1::for_chunks`] gives a batch: the top of the range the roofline
 /// (docs/gpu-m1-roofline.md) predicts for, where Equal-Info passes 10M positions/s.
 pub const MAX_STREAMS: usize = 8192;
 
-/// A quantised matrix on the device: its int8 weights as 4-byte words interleaved by output
-/// (`w4[i][o]` holds `w[o][4i..4i + 4]`, so a warp reads consecutive words) and one exponent per
-/// output row.
-struct DevMatrix {
-    w4: CudaSlice<i32>,
-    e: CudaSlice<i32>,
-    k: usize,
-    n: usize,
-}
-
-impl DevMatrix {
-    fn new(s: &Arc<CudaStream>, m: &QMatrix) -> Result<Self> {
-        let (k, n, w) = (m.inputs(), m.outputs(), m.rows());
-        let w4: Vec<i32> = (0..k / 4)
-            .flat_map(|i| (0..n).map(move |o| (i, o)))
-            .map(|(i, o)| {
-                let at = o * k + 4 * i;
-                i32::from_le_bytes([w[at], w[at + 1], w[at + 2], w[at + 3]].map(|b| b as u8))
-            })
-            .collect();
-        Ok(DevMatrix {
-            w4: s.clone_htod(&w4).context("uploading M1's weights")?,
-            e: s.clone_htod(m.exponents())
-                .context("uploading M1's weights")?,
-            k,
-            n,
-        })
-    }
-}
-
-/// One layer: its matrices and its int8 key/value caches with their exponents,
-/// `[streams][heads][slots][64]` and `[streams][heads][slots]`.
-struct LayerBufs {
-    qkv: DevMatrix,
-    out: DevMatrix,
-    up: DevMatrix,
-    down: DevMatrix,
-    keys: CudaSlice<i8>,
-    key_e: CudaSlice<i32>,
-    values: CudaSlice<i8>,
-    value_e: CudaSlice<i32>,
-}
-
-struct Funcs {
-    embed: CudaFunction,
-    rope: CudaFunction,
-    quantise: CudaFunction,
-    linear: CudaFunction,
-    attention: CudaFunction,
-    softmax: CudaFunction,
-    cdf: CudaFunction,
-}
-
-/// Per-step buffers, `streams` rows each.
-struct StepBufs {
-    feeds: FeedBufs,
-    x: CudaSlice<f32>,
-    qkv: CudaSlice<f32>,
-    att: CudaSlice<f32>,
-    up: CudaSlice<f32>,
-    probs: CudaSlice<f32>,
-    /// The rows' integer CDFs (`[rows][257]`, `m1q_cdf`) and their page-locked host copy, which
-    /// the device writes while the host goes on ([`GpuInt8M1::collect`] waits for it).
-    cdf: CudaSlice<u32>,
-    cdf_host: Staged<u32>,
-    /// A row quantised for a product (`max(d_model, d_ff)` wide) and its exponent.
-    xq: CudaSlice<i8>,
-    ex: CudaSlice<i32>,
-}
-
 /// A batch of contract-3 M1 contexts on the GPU (module docs).
 pub struct GpuInt8M1 {
-    k: GpuKernels,
-    f: Funcs,
-    d: usize,
-    ff: usize,
-    eps: f32,
-    layers: Vec<LayerBufs>,
-    tok_emb: CudaSlice<f32>,
-    head: DevMatrix,
-    cos: CudaSlice<f32>,
-    sin: CudaSlice<f32>,
-    step: StepBufs,
-    /// Ring slots per stream ([`ring_slots`]): also how far back a query attends.
-    slots: usize,
+    model: GpuInt8Model,
+    softmax: CudaFunction,
+    cdf: CudaFunction,
+    /// The rows' integer CDFs (`[rows][257]`, `m1q_cdf`) and their page-locked host copy, which
+    /// the device writes while the host goes on ([`GpuInt8M1::collect`] waits for it).
+    cum: CudaSlice<u32>,
+    cum_host: Staged<u32>,
     fingerprint: u64,
-    /// The step over every stream, captured once (keyed by nothing: the only graph).
-    graph: StepGraph<()>,
     pending: PendingStep<Submitted>,
 }
 
@@ -155,77 +69,18 @@ impl GpuInt8M1 {
     /// `m1` on GPU 0 with `streams` contexts of up to `capacity` positions each (a window of n
     /// bytes takes n + 1: the start token and every byte but the last feed the model).
     pub fn new(m1: &Int8M1, streams: usize, capacity: usize) -> Result<Self> {
-        ensure!(streams > 0 && capacity > 0, "no streams or no capacity");
-        let k = GpuKernels::new(0)?;
-        let f = Funcs {
-            embed: k.function(Entry::m1x_embed).clone(),
-            rope: k.function(Entry::m1x_rope).clone(),
-            quantise: k.function(Entry::m1q_quantise).clone(),
-            linear: k.function(Entry::m1q_linear).clone(),
-            attention: k.function(Entry::m1q_attention).clone(),
+        let model = GpuInt8Model::new(m1.lm(), streams, capacity)?;
+        let k = model.kernels();
+        let s = k.stream().clone();
+        Ok(GpuInt8M1 {
             softmax: k.function(Entry::m1q_softmax).clone(),
             cdf: k.function(Entry::m1q_cdf).clone(),
-        };
-        let cfg = m1.config();
-        let (d, ff) = (cfg.d_model, cfg.d_ff);
-        // The product kernel reads rows as 4-byte words, LIN_ROWS of them in shared memory.
-        ensure!(
-            ff % 4 == 0 && LIN_ROWS * d.max(ff) <= SHARED_LIMIT,
-            "the GPU's int8 products need d_ff a multiple of 4 and d_model, d_ff at most {}; this model has d_model {d}, d_ff {ff}: run it on the CPU",
-            SHARED_LIMIT / LIN_ROWS
-        );
-        let slots = ring_slots(Some(m1.context()), capacity);
-        let cells = cache_cells(streams, capacity, slots, d, ff)?;
-        let heads_cells = cells / HEAD_DIM;
-        let s = k.stream().clone();
-        let layers = (0..cfg.n_layers)
-            .map(|l| -> Result<LayerBufs> {
-                let [qkv, out, up, down] = m1.layer_matrices(l);
-                let cache = "allocating the key/value cache";
-                Ok(LayerBufs {
-                    qkv: DevMatrix::new(&s, qkv)?,
-                    out: DevMatrix::new(&s, out)?,
-                    up: DevMatrix::new(&s, up)?,
-                    down: DevMatrix::new(&s, down)?,
-                    keys: s.alloc_zeros::<i8>(cells).context(cache)?,
-                    key_e: s.alloc_zeros::<i32>(heads_cells).context(cache)?,
-                    values: s.alloc_zeros::<i8>(cells).context(cache)?,
-                    value_e: s.alloc_zeros::<i32>(heads_cells).context(cache)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let rope = RopeTables::new(capacity, cfg.rope_theta);
-        let up = |x: &[f32]| s.clone_htod(x).context("uploading M1's weights");
-        let rows = streams;
-        let step = StepBufs {
-            feeds: FeedBufs::new(&s, streams, capacity)?,
-            x: s.alloc_zeros::<f32>(rows * d)?,
-            qkv: s.alloc_zeros::<f32>(rows * 3 * d)?,
-            att: s.alloc_zeros::<f32>(rows * d)?,
-            up: s.alloc_zeros::<f32>(rows * ff)?,
-            probs: s.alloc_zeros::<f32>(rows * 256)?,
-            cdf: s.alloc_zeros::<u32>(rows * 257)?,
-            cdf_host: Staged::for_download(k.context(), rows * 257)
+            cum: s.alloc_zeros::<u32>(streams * 257)?,
+            cum_host: Staged::for_download(k.context(), streams * 257)
                 .context("allocating page-locked host memory for the CDFs")?,
-            xq: s.alloc_zeros::<i8>(rows * d.max(ff))?,
-            ex: s.alloc_zeros::<i32>(rows)?,
-        };
-        Ok(GpuInt8M1 {
-            f,
-            d,
-            ff,
-            eps: cfg.norm_eps,
-            layers,
-            tok_emb: up(m1.tok_emb())?,
-            head: DevMatrix::new(&s, m1.head())?,
-            cos: up(&rope.cos)?,
-            sin: up(&rope.sin)?,
-            step,
-            slots,
             fingerprint: m1.fingerprint(),
-            graph: StepGraph::new(true),
             pending: PendingStep::default(),
-            k,
+            model,
         })
     }
 
@@ -236,7 +91,7 @@ impl GpuInt8M1 {
         let cfg = m1.config();
         // An Equal-Info window of the whole chunk takes chunk_bytes + 1 positions.
         let capacity = chunk_bytes + 1;
-        let slots = ring_slots(Some(m1.context()), capacity);
+        let slots = ring_slots(Some(m1.lm().context()), capacity);
         let per_stream = 2 * cfg.n_layers * slots * (cfg.d_model + 4 * cfg.d_model / HEAD_DIM);
         Self::new(
             m1,
@@ -245,7 +100,28 @@ impl GpuInt8M1 {
         )
     }
 
-    stream_accessors!();
+    /// The fingerprint of the M1 this was built from.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    pub fn streams(&self) -> usize {
+        self.model.streams()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.model.capacity()
+    }
+
+    /// Positions fed to `stream` since its last reset.
+    pub fn position(&self, stream: usize) -> usize {
+        self.model.position(stream)
+    }
+
+    /// Empties `stream`'s context (its next feed is position 0).
+    pub fn reset(&mut self, stream: usize) {
+        self.model.reset(stream)
+    }
 
     /// Feeds each `(stream, byte)` and returns, in the same order, the distribution of each
     /// stream's next byte. Refuses (feeding nothing) a stream out of range, fed twice, or full.
@@ -255,12 +131,12 @@ impl GpuInt8M1 {
             return Ok(Vec::new());
         }
         self.launch_step(feeds)?;
-        download_probs(self.k.stream(), &self.step.probs, rows)
+        download_probs(self.model.kernels().stream(), self.model.logits(), rows)
     }
 
     /// Whether the step over every stream is held as a CUDA graph (from the second such step on).
     pub fn graph_active(&self) -> bool {
-        self.graph.active()
+        self.model.graph_active()
     }
 
     /// Starts a step (module docs; [`M1Batch::submit`]): enqueues the feeds' upload, the model,
@@ -270,10 +146,10 @@ impl GpuInt8M1 {
         let rows = feeds.len();
         if rows > 0 {
             self.launch_step(feeds)?;
-            let s = self.k.stream().clone();
-            let b = &mut self.step;
-            launch_cdf(&s, &self.f.cdf, &mut b.cdf, &b.probs, rows, quantizer)?;
-            b.cdf_host.download(&s, &b.cdf.slice(..rows * 257))?;
+            let s = self.model.kernels().stream().clone();
+            let probs = self.model.logits();
+            launch_cdf(&s, &self.cdf, &mut self.cum, probs, rows, quantizer)?;
+            self.cum_host.download(&s, &self.cum.slice(..rows * 257))?;
         }
         self.pending.start(Submitted {
             streams: feeds.iter().map(|&(st, _)| st).collect(),
@@ -289,189 +165,21 @@ impl GpuInt8M1 {
             return Ok(Vec::new());
         }
         // Waits for the download, the last work of the step.
-        let cum = self.step.cdf_host.read()?;
+        let cum = self.cum_host.read()?;
         cdfs_of(&cum[..rows * 257], done.total_bits, "stream", &done.streams)
     }
 
-    /// Uploads `feeds` (refusing bad ones, nothing enqueued then), enqueues the model step for
-    /// them and advances their streams.
+    /// The model's step for `feeds` (refusing bad ones, nothing enqueued then), then the softmax
+    /// of its rows' logits in place: the rows' distributions.
     fn launch_step(&mut self, feeds: &[(usize, u8)]) -> Result<()> {
-        let s = self.k.stream().clone();
-        self.step.feeds.upload(&s, feeds)?;
-        self.run_model(feeds.len())?;
-        self.step.feeds.advance(feeds);
-        Ok(())
-    }
-
-    /// The model step for the first `rows` rows: a graph replay when every stream is fed (the
-    /// steady state of coding, where launching a step's dozens of small kernels one by one would
-    /// cost host time on every step); eager otherwise. Other row counts come where streams run
-    /// out of work (the last chunks), so a graph per row count would cost captures (and graph
-    /// memory) for steps that are rare.
-    fn run_model(&mut self, rows: usize) -> Result<()> {
-        if rows != self.streams() {
-            return self.enqueue(rows);
-        }
-        let (s, ctx) = (self.k.stream().clone(), self.k.context().clone());
-        let mut graph = std::mem::replace(&mut self.graph, StepGraph::new(false));
-        let ran = graph.run(&s, &ctx, (), || self.enqueue(rows));
-        self.graph = graph;
-        ran
-    }
-
-    /// Enqueues one position for the first `rows` rows of the step buffers: the CPU's order
-    /// (`Int8M1::push_rows`), each product's input row quantised first.
-    fn enqueue(&mut self, rows: usize) -> Result<()> {
-        let (d, ff) = (self.d, self.ff);
-        let s = self.k.stream().clone();
-        // Fits: slots <= capacity, checked to fit an int at creation.
-        let (rows_i, di, slots_i) = (rows as i32, d as i32, self.slots as i32);
-        let (f, b) = (&self.f, &mut self.step);
-        // One thread per (row, channel): the embedding and rotary (one per rotated pair).
-        let elementwise = grid(rows * d, BLOCK);
-        // One block per (row, head): attention, with 4 bytes of p and of W per cache slot.
-        let per_head = LaunchConfig {
-            grid_dim: (rows as u32, (d / HEAD_DIM) as u32, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 8 * self.slots as u32,
-        };
-        let mut l = s.launch_builder(&f.embed);
-        l.arg(&mut b.x)
-            .arg(&self.tok_emb)
-            .arg(&b.feeds.row_token)
-            .arg(&rows_i)
-            .arg(&di);
-        unsafe { l.launch(elementwise) }?;
-        let eps = self.eps;
-        // A product's input row quantised (RMS-normalised first when `norm`), and the product.
-        let q = |x: &CudaSlice<f32>,
-                 n: usize,
-                 norm: bool,
-                 xq: &mut CudaSlice<i8>,
-                 ex: &mut CudaSlice<i32>| {
-            quantise(&s, &f.quantise, rows, xq, ex, x, n, norm.then_some(eps))
-        };
-        let lin =
-            |y: &mut CudaSlice<f32>,
-             xq: &CudaSlice<i8>,
-             ex: &CudaSlice<i32>,
-             w: &DevMatrix,
-             mode: Mode| { linear(&s, &f.linear, rows, y, (xq, ex), w, mode) };
-        for w in &mut self.layers {
-            q(&b.x, d, true, &mut b.xq, &mut b.ex)?;
-            lin(&mut b.qkv, &b.xq, &b.ex, &w.qkv, Mode::Store)?;
-            let mut l = s.launch_builder(&f.rope);
-            l.arg(&mut b.qkv)
-                .arg(&self.cos)
-                .arg(&self.sin)
-                .arg(&b.feeds.row_pos);
-            l.arg(&rows_i).arg(&di);
-            unsafe { l.launch(elementwise) }?;
-            let mut l = s.launch_builder(&f.attention);
-            l.arg(&mut b.att)
-                .arg(&b.qkv)
-                .arg(&mut w.keys)
-                .arg(&mut w.key_e)
-                .arg(&mut w.values)
-                .arg(&mut w.value_e);
-            l.arg(&b.feeds.row_stream)
-                .arg(&b.feeds.row_pos)
-                .arg(&di)
-                .arg(&slots_i);
-            unsafe { l.launch(per_head) }?;
-            q(&b.att, d, false, &mut b.xq, &mut b.ex)?;
-            lin(&mut b.x, &b.xq, &b.ex, &w.out, Mode::Add)?;
-            q(&b.x, d, true, &mut b.xq, &mut b.ex)?;
-            lin(&mut b.up, &b.xq, &b.ex, &w.up, Mode::Relu)?;
-            q(&b.up, ff, false, &mut b.xq, &mut b.ex)?;
-            lin(&mut b.x, &b.xq, &b.ex, &w.down, Mode::Add)?;
-        }
-        q(&b.x, d, true, &mut b.xq, &mut b.ex)?;
-        lin(&mut b.probs, &b.xq, &b.ex, &self.head, Mode::Store)?;
+        self.model.feed(feeds)?;
+        let s = self.model.kernels().stream().clone();
         let v = 256i32;
-        let mut l = s.launch_builder(&f.softmax);
-        l.arg(&mut b.probs).arg(&v);
-        unsafe { l.launch(per_row(rows)) }?;
+        let mut l = s.launch_builder(&self.softmax);
+        l.arg(self.model.logits_mut()).arg(&v);
+        unsafe { l.launch(per_row(feeds.len())) }?;
         Ok(())
     }
-}
-
-/// One block of [`BLOCK`] threads per row: the quantiser and the softmax.
-fn per_row(rows: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// What a product does with its result (`m1q_linear`'s mode).
-#[derive(Clone, Copy)]
-enum Mode {
-    Store = 0,
-    Add = 1,
-    Relu = 2,
-}
-
-/// Quantises `rows` rows of `x` (`n` wide) into `xq` and `ex`, RMS-normalised first when `eps` is given
-/// (`Some(norm_eps)`). Grid: one block per row ([`per_row`]).
-#[allow(clippy::too_many_arguments)]
-fn quantise(
-    s: &Arc<CudaStream>,
-    f: &CudaFunction,
-    rows: usize,
-    xq: &mut CudaSlice<i8>,
-    ex: &mut CudaSlice<i32>,
-    x: &CudaSlice<f32>,
-    n: usize,
-    norm_eps: Option<f32>,
-) -> Result<()> {
-    let (ni, normi, eps) = (
-        n as i32,
-        i32::from(norm_eps.is_some()),
-        norm_eps.unwrap_or(0.0),
-    );
-    let mut l = s.launch_builder(f);
-    l.arg(xq).arg(ex).arg(x).arg(&ni).arg(&eps).arg(&normi);
-    unsafe { l.launch(per_row(rows)) }?;
-    Ok(())
-}
-
-/// `y (=, +=, = relu) dequantised (xq W^T)` for `rows` rows: a grid of
-/// (ceil(n / LIN_OUTPUTS), ceil(rows / LIN_ROWS)) blocks of LIN_OUTPUTS threads (one per output),
-/// each with its LIN_ROWS input rows (`LIN_ROWS * k` bytes) in dynamic shared memory.
-#[allow(clippy::too_many_arguments)]
-fn linear(
-    s: &Arc<CudaStream>,
-    f: &CudaFunction,
-    rows: usize,
-    y: &mut CudaSlice<f32>,
-    (xq, ex): (&CudaSlice<i8>, &CudaSlice<i32>),
-    w: &DevMatrix,
-    mode: Mode,
-) -> Result<()> {
-    let cfg = LaunchConfig {
-        grid_dim: (
-            w.n.div_ceil(LIN_OUTPUTS as usize) as u32,
-            rows.div_ceil(LIN_ROWS) as u32,
-            1,
-        ),
-        block_dim: (LIN_OUTPUTS, 1, 1),
-        shared_mem_bytes: (LIN_ROWS * w.k) as u32,
-    };
-    let (rows_i, ki, ni, mode) = (rows as i32, w.k as i32, w.n as i32, mode as i32);
-    let mut l = s.launch_builder(f);
-    l.arg(y)
-        .arg(xq)
-        .arg(ex)
-        .arg(&w.w4)
-        .arg(&w.e)
-        .arg(&rows_i)
-        .arg(&ki)
-        .arg(&ni)
-        .arg(&mode);
-    unsafe { l.launch(cfg) }?;
-    Ok(())
 }
 
 impl M1Batch for GpuInt8M1 {

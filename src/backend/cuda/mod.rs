@@ -33,6 +33,7 @@ pub mod exact_m1;
 pub mod gemm;
 mod graph;
 pub mod int8_m1;
+pub mod int8_model;
 pub mod launch;
 mod loader;
 mod staging;
@@ -40,6 +41,7 @@ mod staging;
 pub use backend::{CudaBackend, CudaTrainer};
 pub use exact_m1::GpuExactM1;
 pub use int8_m1::{GpuInt8M1, MAX_STREAMS};
+pub use int8_model::GpuInt8Model;
 pub use loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels, KernelSource};
 
 /// One kernel file (`kernels/<name>.cu`) compiled at build time.

@@ -175,6 +175,27 @@ impl Int8Model {
         self.kernel
     }
 
+    /// How far back a query attends (the model's context, at most [`MAX_CONTEXT`]).
+    pub(crate) fn context(&self) -> usize {
+        self.context
+    }
+
+    /// The float token embedding, `[vocab][d_model]`.
+    pub(crate) fn tok_emb(&self) -> &[f32] {
+        &self.tok_emb
+    }
+
+    /// Layer `l`'s quantised matrices: `qkv`, `out`, `up`, `down` (norm gains folded in).
+    pub(crate) fn layer_matrices(&self, l: usize) -> [&QMatrix; 4] {
+        let w = &self.layers[l];
+        [&w.qkv, &w.out, &w.up, &w.down]
+    }
+
+    /// `lm_head`, quantised with the final norm's gain folded in.
+    pub(crate) fn head(&self) -> &QMatrix {
+        &self.head
+    }
+
     /// Feeds `tokens[r]` to `states[r]` (independent streams, one position each; an empty state
     /// starts one) and returns the last layer's outputs `[rows][d]`: every row is quantised on
     /// its own, so the batch does not change a row's integers. Panics on a token outside the
@@ -388,25 +409,9 @@ impl Int8M1 {
         self.lm.kernel
     }
 
-    /// How far back a query attends (the model's context, at most [`MAX_CONTEXT`]).
-    pub(crate) fn context(&self) -> usize {
-        self.lm.context
-    }
-
-    /// The float token embedding, `[256][d_model]`.
-    pub(crate) fn tok_emb(&self) -> &[f32] {
-        &self.lm.tok_emb
-    }
-
-    /// Layer `l`'s quantised matrices: `qkv`, `out`, `up`, `down` (norm gains folded in).
-    pub(crate) fn layer_matrices(&self, l: usize) -> [&QMatrix; 4] {
-        let w = &self.lm.layers[l];
-        [&w.qkv, &w.out, &w.up, &w.down]
-    }
-
-    /// `lm_head`, quantised with the final norm's gain folded in.
-    pub(crate) fn head(&self) -> &QMatrix {
-        &self.lm.head
+    /// The contract-3 model of any vocabulary this M1 is (what the GPU's twin is built from).
+    pub fn lm(&self) -> &Int8Model {
+        &self.lm
     }
 
     /// A fresh window: feeds [`WINDOW_START`] and returns the distribution of its first byte.
