@@ -7,11 +7,16 @@
 //! only decode as whole chunks (gzip, static-ac, plain AC): a sample of those is a stream prefix
 //! that generally does not decode.
 //!
-//! M2 runs on a [`Decoder`] with key/value caches: [`Int8Model`] for speed, [`ExactModel`] for a
-//! sample that is the same on every machine. Its context holds the start token and at most
+//! M2 runs on a [`Decoder`] with key/value caches: [`Int8Model`] for speed, [`GpuDecoder`] for
+//! the same samples on a GPU (bit for bit), [`ExactModel`] for a sample that is the same on every
+//! machine. Its context holds the start token and at most
 //! `context - 1` tokens (the length it trained on); when full, it restarts from the most recent
 //! half, cut at a unit boundary. [`Generation`] is one stream's state machine, apart from the model,
 //! so a server can batch many streams per model step.
+
+mod gpu;
+
+pub use gpu::{GpuContext, GpuDecoder};
 
 use crate::m1::{ExactModel, Int8M1, Int8Model, Int8State, WindowState};
 use crate::model::ModelConfig;

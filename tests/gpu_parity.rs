@@ -1854,6 +1854,179 @@ fn int8_cdf_kernel_matches_the_quantizer_on_crafted_rows() {
     ));
 }
 
+// ---------------------------------------------------------------------------------------------
+// M2 generation on the GPU: contract 3 at any vocabulary, bit for bit
+
+/// A random contract-3 model of `vocab` tokens on the tiny shape, attending over `context`.
+fn int8_model(vocab: usize, context: usize, seed: u64) -> terse::m1::Int8Model {
+    let mut cfg = terse::model::ModelConfig::preset("tiny", Some(vocab)).unwrap();
+    cfg.context = Some(context);
+    let mut p = terse::model::ParamArena::init(&cfg, seed);
+    p.data.iter_mut().for_each(|x| *x *= 4.0);
+    terse::m1::Int8Model::new(&cfg, &p).unwrap()
+}
+
+/// [`GpuDecoder`](terse::generate::GpuDecoder) gives [`Int8Model`](terse::m1::Int8Model)'s
+/// logits bit for bit, at a vocabulary that is not a whole number of product blocks: prompts
+/// extended one position per launch, steps of every context (a graph, replayed) and of some
+/// (eager), a dropped context's stream taken by a new one (emptied first). It refuses a fourth
+/// context on three streams, a prompt past the context, a token outside the vocabulary and a
+/// context stepped before its first feed.
+#[test]
+fn gpu_decoder_matches_int8_model_bit_for_bit() {
+    use terse::generate::{Decoder, GpuDecoder};
+    let Some(_k) = gpu("gpu_decoder_matches_int8_model_bit_for_bit") else {
+        return;
+    };
+    let (vocab, context) = (1000, 24);
+    let cpu = int8_model(vocab, context, 41);
+    let dev = GpuDecoder::new(&cpu, 3).unwrap();
+    let mut rng = Rng::new(5);
+    let mut token = move || (rng.next_u64() % vocab as u64) as u32;
+    let check = |what: &str, got: &[f32], want: &[f32]| {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "{what}: logit {i}: {g} vs {w}");
+        }
+    };
+    let poisoned = |n: usize| vec![f32::NAN; n];
+    let mut cpu_states = vec![cpu.empty_state(), cpu.empty_state(), cpu.empty_state()];
+    let mut dev_states = vec![dev.empty_state(), dev.empty_state(), dev.empty_state()];
+    for (i, len) in [4usize, 1, 7].into_iter().enumerate() {
+        let prompt: Vec<u32> = (0..len).map(|_| token()).collect();
+        let (mut want, mut got) = (poisoned(vocab), poisoned(vocab));
+        Decoder::extend(&cpu, &mut cpu_states[i], &prompt, &mut want).unwrap();
+        dev.extend(&mut dev_states[i], &prompt, &mut got).unwrap();
+        check(&format!("prompt of context {i}"), &got, &want);
+    }
+    for step in 0..8 {
+        // Every context, then contexts 0 and 2 only (rows 2 of 3 streams: eager).
+        let rows: Vec<usize> = if step % 3 == 2 {
+            vec![0, 2]
+        } else {
+            vec![0, 1, 2]
+        };
+        let tokens: Vec<u32> = rows.iter().map(|_| token()).collect();
+        let (mut want, mut got) = (poisoned(rows.len() * vocab), poisoned(rows.len() * vocab));
+        let mut c: Vec<_> = cpu_states
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| rows.contains(i))
+            .map(|(_, s)| s)
+            .collect();
+        Decoder::step(&cpu, &mut c, &tokens, &mut want).unwrap();
+        let mut d: Vec<_> = dev_states
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| rows.contains(i))
+            .map(|(_, s)| s)
+            .collect();
+        dev.step(&mut d, &tokens, &mut got).unwrap();
+        check(&format!("step {step} of contexts {rows:?}"), &got, &want);
+    }
+    assert!(
+        dev.graph_active(),
+        "the step of every context was not replayed as a graph"
+    );
+    // A fourth context while three are live is refused; once one drops, its stream is reused,
+    // emptied, by the newcomer.
+    let mut fourth = dev.empty_state();
+    let e = dev
+        .extend(&mut fourth, &[1], &mut poisoned(vocab))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "all 3 GPU contexts are in use: give the decoder more streams"
+    );
+    drop(dev_states.remove(1));
+    cpu_states.remove(1);
+    let prompt: Vec<u32> = (0..5).map(|_| token()).collect();
+    let (mut want, mut got) = (poisoned(vocab), poisoned(vocab));
+    let mut fresh = cpu.empty_state();
+    Decoder::extend(&cpu, &mut fresh, &prompt, &mut want).unwrap();
+    dev.extend(&mut fourth, &prompt, &mut got).unwrap();
+    check("a new context on a dropped context's stream", &got, &want);
+    // Refusals leave the contexts as they were.
+    let e = dev
+        .extend(&mut fourth, &vec![1; context], &mut poisoned(vocab))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("{context} tokens do not fit a context of {context} holding 5")
+    );
+    let e = dev
+        .step(&mut [&mut fourth], &[vocab as u32], &mut poisoned(vocab))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("token {vocab} fed to stream 1 is outside the vocabulary {vocab}")
+    );
+    let mut unstarted = dev.empty_state();
+    drop(dev_states.remove(0));
+    let e = dev
+        .step(&mut [&mut unstarted], &[1], &mut poisoned(vocab))
+        .unwrap_err();
+    assert!(e.to_string().contains("before its first feed"), "{e}");
+    let t = token();
+    let (mut want, mut got) = (poisoned(vocab), poisoned(vocab));
+    Decoder::step(&cpu, &mut [&mut fresh], &[t], &mut want).unwrap();
+    dev.step(&mut [&mut fourth], &[t], &mut got).unwrap();
+    check("a step after the refusals", &got, &want);
+}
+
+/// Generation on the GPU writes the CPU int8 model's text byte for byte with the same seed,
+/// through context restarts (each a dropped context and a new one).
+#[test]
+fn gpu_generation_equals_the_cpus() {
+    use terse::generate::{generate, GpuDecoder, SampleOptions};
+    use terse::tokenize::{BytesParams, MethodParams, TokenSource};
+    let Some(_k) = gpu("gpu_generation_equals_the_cpus") else {
+        return;
+    };
+    let context = 16;
+    let cpu = int8_model(256, context, 43);
+    let dev = GpuDecoder::new(&cpu, 1).unwrap();
+    let src = TokenSource {
+        method: MethodParams::Bytes(BytesParams {
+            chunk_bytes: 10_240,
+        }),
+        token_bits: 8,
+        vocab: 256,
+        m1_fingerprint: None,
+        source: "test".into(),
+        bytes_covered: 1,
+        tokens: 1,
+    };
+    let o = SampleOptions {
+        max_bytes: 60,
+        temperature: 1.0,
+        top_k: 0,
+        seed: 9,
+    };
+    let run = |m: &dyn Fn(&mut Vec<u8>) -> terse::generate::GenerationReport| {
+        let mut text = Vec::new();
+        let r = m(&mut text);
+        (text, r.context_restarts)
+    };
+    let on_cpu = run(&|text| {
+        generate(&cpu, &src, None, context, b"Once", &o, |t| {
+            text.extend_from_slice(t);
+            Ok(())
+        })
+        .unwrap()
+    });
+    let on_gpu = run(&|text| {
+        generate(&dev, &src, None, context, b"Once", &o, |t| {
+            text.extend_from_slice(t);
+            Ok(())
+        })
+        .unwrap()
+    });
+    assert_eq!(on_cpu.0.len(), 60);
+    assert!(on_cpu.1 > 0, "no context restart was exercised");
+    assert_eq!(on_gpu, on_cpu);
+}
+
 /// `terse tokenize --method ac|equal-info --gpu` end to end: a [`GpuInt8M1`] batch gives the
 /// CPU's tokens, and decodes them back to what the CPU decodes.
 ///
@@ -1957,6 +2130,7 @@ const KERNEL_TESTS: &[&str] = &[
     "int8_m1_matches_cpu_bit_for_bit",
     "int8_cdf_kernel_matches_the_quantizer_on_crafted_rows",
     "two_int8_batches_in_flight_give_the_cpu_cdfs",
+    "gpu_decoder_matches_int8_model_bit_for_bit",
 ];
 
 /// Where no GPU answers, every test above runs again in a child process whose libcuda and
