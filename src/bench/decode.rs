@@ -1,17 +1,22 @@
 //! `terse bench generate`: M2's decode step (one new token per stream, key/value caches) on the
 //! CPU, int8 ([`Int8Model`], what generation runs) beside f32 under contract 2 ([`ExactModel`],
-//! the exact path), each against the floor its bytes imply at the machine's copy bandwidth.
+//! the exact path), each against the floor its bytes imply at the machine's copy bandwidth; with
+//! `--gpu`, also int8 on the GPU ([`GpuDecoder`]) against its predicted step
+//! ([`decode_cost`](crate::backend::cuda::decode_cost)).
 //!
 //! Cost model: a step reads every weight matrix once whatever the number of streams (the
 //! products run over all streams' rows together) and, per stream, one embedding row and its
 //! key/value cache up to its position. Everything else (norms, softmax over the vocabulary,
 //! sampling) is small beside that at batch 1, so `bytes / copy bandwidth` is the floor.
 
-use crate::generate::Decoder;
+use crate::backend::cuda::cost::Card;
+use crate::backend::cuda::decode_cost::{decode_costs, predicted_decode_us};
+use crate::backend::cuda::GpuKernels;
+use crate::generate::{Decoder, GpuDecoder};
 use crate::m1::{ExactModel, Int8Model};
 use crate::model::{ModelConfig, ParamArena};
 use crate::rng::Rng;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -23,13 +28,16 @@ pub enum DecodeArith {
     Int8,
     /// F32 under contract 2 ([`ExactModel`]): `terse generate --exact`.
     Exact,
+    /// Int8 on the GPU ([`GpuDecoder`]), the same logits as `Int8`: `terse generate --device cuda`.
+    #[serde(rename = "gpu-int8")]
+    GpuInt8,
 }
 
 impl DecodeArith {
     /// Bytes per weight, and per cached key or value element.
     fn bytes_per_element(self) -> usize {
         match self {
-            DecodeArith::Int8 => 1,
+            DecodeArith::Int8 | DecodeArith::GpuInt8 => 1,
             DecodeArith::Exact => 4,
         }
     }
@@ -59,15 +67,28 @@ pub struct DecodeBench {
     pub tokens_per_s: f64,
     /// Bytes one step reads ([`DecodeArith::step_bytes`]).
     pub bytes_per_step: usize,
-    /// `bytes_per_step / copy bandwidth`, milliseconds.
+    /// `bytes_per_step / copy bandwidth`, milliseconds; on the GPU, the step the cost model
+    /// predicts for the card ([`predicted_decode_us`]).
     pub floor_ms: f64,
+}
+
+impl DecodeArith {
+    /// The name `terse bench generate` prints and its JSON holds.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecodeArith::Int8 => "int8",
+            DecodeArith::Exact => "exact",
+            DecodeArith::GpuInt8 => "gpu-int8",
+        }
+    }
 }
 
 /// Times `steps` decode steps (after two untimed ones) of `cfg`'s model with `params`, for each
 /// arithmetic and each count in `streams`: every stream is first filled with `position` random
-/// tokens, then advanced one token per step. `copy_bandwidth` (bytes/s) sets each floor.
-/// Refuses a position the model's context cannot hold with room for the timed steps, and zero
-/// steps or streams.
+/// tokens, then advanced one token per step. `copy_bandwidth` (bytes/s) sets each CPU floor.
+/// With `gpu`, also times [`GpuDecoder`] (`n` device streams for `n` streams, so every step is a
+/// graph replay). Refuses a position the model's context cannot hold with room for the timed
+/// steps, zero steps or streams, and `gpu` without a usable GPU (with the reason).
 pub fn bench_decode(
     cfg: &ModelConfig,
     params: &ParamArena,
@@ -75,6 +96,7 @@ pub fn bench_decode(
     position: usize,
     steps: usize,
     copy_bandwidth: f64,
+    gpu: bool,
 ) -> Result<Vec<DecodeBench>> {
     ensure!(steps > 0, "--steps must be positive");
     ensure!(
@@ -87,17 +109,38 @@ pub fn bench_decode(
         "--position {position} plus {} steps does not fit the model's context of {context} tokens",
         steps + 2
     );
+    let card = if gpu {
+        if let Some(why) = crate::backend::cuda::gpu_unavailable_reason() {
+            anyhow::bail!("--gpu: no usable GPU: {why}");
+        }
+        let k = GpuKernels::new(0).context("--gpu")?;
+        Some(Card::for_device(k.device_name()))
+    } else {
+        None
+    };
     let int8 = Int8Model::new(cfg, params)?;
     let exact = ExactModel::new(cfg, params)?;
     let mut out = Vec::new();
     for &n in streams {
-        for arith in [DecodeArith::Int8, DecodeArith::Exact] {
+        let mut ariths = vec![DecodeArith::Int8, DecodeArith::Exact];
+        ariths.extend(card.map(|_| DecodeArith::GpuInt8));
+        for arith in ariths {
             let times = match arith {
                 DecodeArith::Int8 => time_steps(&int8, n, position, steps)?,
                 DecodeArith::Exact => time_steps(&exact, n, position, steps)?,
+                DecodeArith::GpuInt8 => {
+                    time_steps(&GpuDecoder::new(&int8, n)?, n, position, steps)?
+                }
             };
             let median = times[times.len() / 2];
-            let bytes = arith.step_bytes(cfg, n, position + steps / 2);
+            let mid = position + steps / 2;
+            let bytes = arith.step_bytes(cfg, n, mid);
+            let floor_ms = match (arith, card) {
+                (DecodeArith::GpuInt8, Some(card)) => {
+                    predicted_decode_us(&decode_costs(cfg, n, mid), &card) / 1e3
+                }
+                _ => 1e3 * bytes as f64 / copy_bandwidth,
+            };
             out.push(DecodeBench {
                 arith,
                 streams: n,
@@ -106,7 +149,7 @@ pub fn bench_decode(
                 ms_range: (times[0], times[times.len() - 1]),
                 tokens_per_s: n as f64 / (median / 1e3),
                 bytes_per_step: bytes,
-                floor_ms: 1e3 * bytes as f64 / copy_bandwidth,
+                floor_ms,
             });
         }
     }
@@ -171,9 +214,9 @@ mod tests {
         let mut cfg = ModelConfig::preset("tiny", Some(300)).unwrap();
         cfg.context = Some(16);
         let p = ParamArena::init(&cfg, 1);
-        let e = bench_decode(&cfg, &p, &[1], 10, 8, 1e10).unwrap_err();
+        let e = bench_decode(&cfg, &p, &[1], 10, 8, 1e10, false).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
-        let r = bench_decode(&cfg, &p, &[1, 2], 4, 3, 1e10).unwrap();
+        let r = bench_decode(&cfg, &p, &[1, 2], 4, 3, 1e10, false).unwrap();
         assert_eq!(r.len(), 4);
         assert!(r.iter().all(|b| b.ms_per_step > 0.0 && b.floor_ms > 0.0));
     }

@@ -3,8 +3,9 @@
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use terse::backend::cuda::cost::{self, Card};
+use terse::backend::cuda::decode_cost::format_decode_costs;
 use terse::backend::{cuda, Device};
-use terse::bench::decode::bench_decode;
+use terse::bench::decode::{bench_decode, DecodeArith};
 use terse::bench::load::{run_load, LoadOptions};
 use terse::bench::memory::copy_bandwidth;
 use terse::bench::{bench_m1, bench_train, M1Bench, M1Mode};
@@ -156,6 +157,10 @@ pub enum BenchCmd {
         /// Timed steps per configuration (after 2 untimed ones); the median is reported.
         #[arg(long, default_value_t = 30)]
         steps: usize,
+        /// Also time int8 on the GPU, beside each stream count's predicted GPU step; without a
+        /// GPU, print the prediction alone (for an H200).
+        #[arg(long)]
+        gpu: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -215,6 +220,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
             streams,
             position,
             steps,
+            gpu,
             json,
         } => {
             let (cfg, params) = match m2 {
@@ -229,7 +235,20 @@ pub fn run(b: BenchCmd) -> Result<()> {
             let context = cfg.context.unwrap_or(context);
             let position = position.unwrap_or(context / 2);
             let bandwidth = copy_bandwidth(5);
-            let rows = bench_decode(&cfg, &params, &streams, position, steps, bandwidth)?;
+            let absent = gpu.then(cuda::gpu_unavailable_reason).flatten();
+            if let Some(why) = &absent {
+                eprintln!(
+                    "--gpu: no usable GPU here ({why}): the GPU step is predicted, not timed"
+                );
+                for &n in &streams {
+                    eprint!(
+                        "{}",
+                        format_decode_costs(&cfg, n, position, &cuda::cost::H200)
+                    );
+                }
+            }
+            let on_gpu = gpu && absent.is_none();
+            let rows = bench_decode(&cfg, &params, &streams, position, steps, bandwidth, on_gpu)?;
             let threads = rayon::current_num_threads();
             if json {
                 println!(
@@ -259,7 +278,7 @@ pub fn run(b: BenchCmd) -> Result<()> {
                     println!(
                         "{:>7} {:>6} {:>9.3} {:>15} {:>9.0} {:>8.2} {:>9.3} {:>9.2}",
                         r.streams,
-                        format!("{:?}", r.arith).to_lowercase(),
+                        r.arith.name(),
                         r.ms_per_step,
                         format!("{:.3}-{:.3}", r.ms_range.0, r.ms_range.1),
                         r.tokens_per_s,
@@ -268,13 +287,26 @@ pub fn run(b: BenchCmd) -> Result<()> {
                         r.ms_per_step / r.floor_ms
                     );
                 }
-                for pair in rows.chunks(2) {
-                    if let [q, e] = pair {
-                        println!(
-                            "{} streams: int8 is {:.2}x the exact path's speed",
-                            q.streams,
-                            e.ms_per_step / q.ms_per_step
-                        );
+                let ms = |n: usize, a: DecodeArith| {
+                    rows.iter()
+                        .find(|r| r.streams == n && r.arith == a)
+                        .map(|r| r.ms_per_step)
+                };
+                for &n in &streams {
+                    let (Some(q), Some(e)) = (ms(n, DecodeArith::Int8), ms(n, DecodeArith::Exact))
+                    else {
+                        continue;
+                    };
+                    print!("{n} streams: int8 is {:.2}x the exact path's speed", e / q);
+                    match ms(n, DecodeArith::GpuInt8) {
+                        Some(g) => println!("; the GPU is {:.2}x the CPU's int8", q / g),
+                        None => println!(),
+                    }
+                }
+                if on_gpu {
+                    let card = Card::for_device(cuda::GpuKernels::new(0)?.device_name());
+                    for &n in &streams {
+                        print!("{}", format_decode_costs(&cfg, n, position, &card));
                     }
                 }
             }

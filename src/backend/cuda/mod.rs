@@ -29,6 +29,7 @@ use std::sync::OnceLock;
 mod backend;
 pub mod bench;
 pub mod cost;
+pub mod decode_cost;
 pub mod exact_m1;
 pub mod gemm;
 mod graph;
