@@ -451,6 +451,18 @@ impl Generation {
     }
 }
 
+/// Replaces `state` with a fresh context holding `tokens` (a [`Feed::Restart`]'s), leaving the
+/// next token's logits in `logits`. Fails only where the decoder does.
+pub fn restart<D: Decoder>(
+    decoder: &D,
+    state: &mut D::State,
+    tokens: &[u32],
+    logits: &mut [f32],
+) -> Result<()> {
+    *state = decoder.empty_state();
+    decoder.extend(state, tokens, logits)
+}
+
 /// Feeds one stream what `g` asks for, on `decoder`, leaving the next token's logits in
 /// `logits`.
 pub fn advance<D: Decoder>(
@@ -460,10 +472,7 @@ pub fn advance<D: Decoder>(
     logits: &mut [f32],
 ) -> Result<()> {
     match g.feed() {
-        Feed::Restart(tokens) => {
-            *state = decoder.empty_state();
-            decoder.extend(state, &tokens, logits)
-        }
+        Feed::Restart(tokens) => restart(decoder, state, &tokens, logits),
         Feed::Next(t) => decoder.step(&mut [state], &[t], logits),
     }
 }

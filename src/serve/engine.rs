@@ -2,7 +2,7 @@
 //! token per stream per step, so the weights are read once per step for all of them.
 
 use super::metrics::{Metrics, Outcome};
-use crate::generate::{Decoder, Feed, Generation};
+use crate::generate::{restart, Decoder, Feed, Generation};
 use anyhow::{anyhow, Context, Result};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -280,8 +280,7 @@ fn step<D: Decoder>(
             Feed::Restart(context) => {
                 logits.resize(vocab, 0.0);
                 let fed = catch_unwind(AssertUnwindSafe(|| {
-                    s.state = decoder.empty_state();
-                    decoder.extend(&mut s.state, &context, &mut logits[..vocab])
+                    restart(decoder, &mut s.state, &context, &mut logits[..vocab])
                 }));
                 match model_outcome(fed) {
                     Ok(()) => s.accept(&mut logits[..vocab], metrics),
