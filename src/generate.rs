@@ -154,17 +154,20 @@ pub fn argmax(scores: &[f32]) -> usize {
     best
 }
 
-/// Draws one token from next-token `logits` (modified in place): the distribution
-/// `softmax(logits / temperature)` restricted to the `top_k` highest.
-fn sample(logits: &mut [f32], o: &SampleOptions, rng: &mut Rng) -> u32 {
+/// Draws one token from next-token `logits`: the distribution `softmax(logits / temperature)`
+/// restricted to the `top_k` highest. `logits` is overwritten with the tokens' weights and
+/// `scratch` holds top-k's working copy, so a draw allocates nothing once `scratch` has room
+/// for the vocabulary.
+fn sample(logits: &mut [f32], o: &SampleOptions, rng: &mut Rng, scratch: &mut Vec<f32>) -> u32 {
     if o.temperature <= 0.0 {
         return argmax(logits) as u32;
     }
     if o.top_k > 0 && o.top_k < logits.len() {
-        let mut sorted: Vec<f32> = logits.to_vec();
+        scratch.clear();
+        scratch.extend_from_slice(logits);
         let k = o.top_k;
-        sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-        let cut = sorted[k - 1];
+        scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        let cut = scratch[k - 1];
         let mut kept = 0;
         for l in logits.iter_mut() {
             // Keep exactly k entries when values tie at the cut.
@@ -181,15 +184,15 @@ fn sample(logits: &mut [f32], o: &SampleOptions, rng: &mut Rng) -> u32 {
     // where the CPU has them: over 65,536 tokens it is a noticeable part of a decode step.
     let inv_t = 1.0 / o.temperature;
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
-    let mut weights = vec![0f32; logits.len()];
     I8Kernel::best().vectorised(
         #[inline(always)]
         || {
-            for (w, &l) in weights.iter_mut().zip(logits.iter()) {
-                *w = exp_contract((l - max) * inv_t);
+            for l in logits.iter_mut() {
+                *l = exp_contract((*l - max) * inv_t);
             }
         },
     );
+    let weights = &*logits;
     let total: f64 = weights.iter().map(|&w| w as f64).sum();
     let mut u = rng.next_f64() * total;
     for (i, &w) in weights.iter().enumerate() {
@@ -320,6 +323,8 @@ pub struct Generation {
     context: usize,
     options: SampleOptions,
     rng: Rng,
+    /// Top-k's working copy of the logits, kept so that drawing a token allocates nothing.
+    scratch: Vec<f32>,
     ctx: Vec<u16>,
     pending: Vec<u16>,
     /// Positions in the model's context after the next feed.
@@ -372,6 +377,7 @@ impl Generation {
             context,
             options: *o,
             rng: Rng::derive(o.seed, 0x6E6E),
+            scratch: Vec::with_capacity(if o.top_k > 0 { vocab } else { 0 }),
             positions: ctx.len() + 1,
             ctx,
             pending: Vec::with_capacity(unit),
@@ -397,11 +403,11 @@ impl Generation {
     }
 
     /// Draws the next token from `logits` (the model's scores after [`feed`](Self::feed);
-    /// modified in place) and returns the text it completes: a whole unit's bytes (cut at the
+    /// overwritten) and returns the text it completes: a whole unit's bytes (cut at the
     /// byte limit), or nothing mid-unit.
     pub fn accept(&mut self, logits: &mut [f32]) -> Result<Vec<u8>> {
         ensure!(!self.is_done(), "this generation is already complete");
-        let token = sample(logits, &self.options, &mut self.rng);
+        let token = sample(logits, &self.options, &mut self.rng, &mut self.scratch);
         self.steps += 1;
         self.pending.push(token as u16);
         self.ctx.push(token as u16);
@@ -541,19 +547,26 @@ mod tests {
             seed: 0,
         };
         let mut rng = Rng::new(1);
-        assert_eq!(sample(&mut logits([0.1, 0.6, 0.3]), &o, &mut rng), 1);
+        let mut scratch = Vec::new();
+        assert_eq!(
+            sample(&mut logits([0.1, 0.6, 0.3]), &o, &mut rng, &mut scratch),
+            1
+        );
         let o1 = SampleOptions {
             temperature: 1.0,
             top_k: 1,
             ..o
         };
         for _ in 0..20 {
-            assert_eq!(sample(&mut logits([0.3, 0.2, 0.5]), &o1, &mut rng), 2);
+            assert_eq!(
+                sample(&mut logits([0.3, 0.2, 0.5]), &o1, &mut rng, &mut scratch),
+                2
+            );
         }
         let o2 = SampleOptions { top_k: 2, ..o1 };
         let mut seen = [0; 3];
         for _ in 0..400 {
-            seen[sample(&mut logits([0.3, 0.2, 0.5]), &o2, &mut rng) as usize] += 1;
+            seen[sample(&mut logits([0.3, 0.2, 0.5]), &o2, &mut rng, &mut scratch) as usize] += 1;
         }
         assert_eq!(seen[1], 0);
         assert!(seen[0] > 100 && seen[2] > 150, "{seen:?}");
@@ -564,6 +577,7 @@ mod tests {
     #[test]
     fn draws_follow_the_tempered_softmax() {
         let mut rng = Rng::new(5);
+        let mut scratch = Vec::new();
         for (t, want) in [(1.0, 0.2), (0.5, 0.04 / 0.68)] {
             let o = SampleOptions {
                 max_bytes: 1,
@@ -573,7 +587,14 @@ mod tests {
             };
             let n = 4000;
             let zeros = (0..n)
-                .filter(|_| sample(&mut [3.0 + 0.2f32.ln(), 3.0 + 0.8f32.ln()], &o, &mut rng) == 0)
+                .filter(|_| {
+                    sample(
+                        &mut [3.0 + 0.2f32.ln(), 3.0 + 0.8f32.ln()],
+                        &o,
+                        &mut rng,
+                        &mut scratch,
+                    ) == 0
+                })
                 .count();
             let share = zeros as f64 / n as f64;
             assert!((share - want).abs() < 0.03, "t {t}: {share} against {want}");
@@ -585,6 +606,7 @@ mod tests {
     #[test]
     fn tiny_temperature_takes_the_most_likely_token_not_token_0() {
         let mut rng = Rng::new(3);
+        let mut scratch = Vec::new();
         for temperature in [1e-30, f32::MIN_POSITIVE, 1e-6, 1e-4] {
             for top_k in [0, 2] {
                 let o = SampleOptions {
@@ -594,7 +616,7 @@ mod tests {
                     seed: 0,
                 };
                 for _ in 0..20 {
-                    let got = sample(&mut logits([0.1, 0.6, 0.3]), &o, &mut rng);
+                    let got = sample(&mut logits([0.1, 0.6, 0.3]), &o, &mut rng, &mut scratch);
                     assert_eq!(got, 1, "temperature {temperature}, top-k {top_k}");
                 }
             }
