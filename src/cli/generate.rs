@@ -5,8 +5,9 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use terse::generate::{generate, SampleOptions};
+use terse::generate::{generate, Decoder, SampleOptions};
 use terse::m1::{ExactModel, Int8M1, Int8Model};
+use terse::tokenize::TokenSource;
 use terse::train::{load_m2, M2Checkpoint};
 
 #[derive(Args)]
@@ -71,42 +72,77 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 .context("M2 cannot run in int8 (--exact runs it in f32)")?,
         )
     };
-    let mut text = Vec::new();
-    let mut out = std::io::stdout().lock();
-    let prompt = a.prompt.as_bytes();
-    let json = a.json;
-    if !json {
-        out.write_all(prompt)?;
-        out.flush()?;
+    let job = Job {
+        src,
+        m1,
+        context: opts.seq,
+        prompt: a.prompt,
+        options: o,
+        json: a.json,
+    };
+    match &m2 {
+        M2::Exact(m) => job.run(m),
+        M2::Int8(m) => job.run(m),
     }
-    let on_text = |bytes: &[u8]| {
-        text.extend_from_slice(bytes);
+}
+
+/// Everything a generation takes apart from the model it runs on.
+struct Job {
+    src: TokenSource,
+    m1: Option<Arc<Int8M1>>,
+    /// The context M2 trained at (tokens per row).
+    context: usize,
+    prompt: String,
+    options: SampleOptions,
+    /// Print one JSON object instead of streaming the text.
+    json: bool,
+}
+
+impl Job {
+    /// Generates on `m2`: the prompt and text stream to stdout with a summary on stderr, or
+    /// (`json`) one JSON object goes to stdout at the end.
+    fn run<D: Decoder>(self, m2: &D) -> Result<()> {
+        let Job {
+            src,
+            m1,
+            context,
+            prompt,
+            options,
+            json,
+        } = self;
+        let mut text = Vec::new();
+        let mut out = std::io::stdout().lock();
+        let prompt = prompt.as_bytes();
         if !json {
-            out.write_all(bytes)?;
+            out.write_all(prompt)?;
             out.flush()?;
         }
+        let on_text = |bytes: &[u8]| {
+            text.extend_from_slice(bytes);
+            if !json {
+                out.write_all(bytes)?;
+                out.flush()?;
+            }
+            Ok(())
+        };
+        let r = generate(m2, &src, m1, context, prompt, &options, on_text)?;
+        if json {
+            let mut j = serde_json::to_value(&r)?;
+            j["text"] = String::from_utf8_lossy(&text).into_owned().into();
+            writeln!(out, "{j}")?;
+        } else {
+            writeln!(out)?;
+            eprintln!(
+                "terse generate: {} bytes in {} steps ({:.2} bytes/step), {:.3} ms/byte, {:.1} steps/s ({} M2, {}-bit tokens)",
+                r.bytes,
+                r.steps,
+                r.bytes_per_step,
+                r.ms_per_byte,
+                r.steps as f64 / r.seconds.max(1e-9),
+                r.method,
+                src.token_bits
+            );
+        }
         Ok(())
-    };
-    let r = match &m2 {
-        M2::Exact(m) => generate(m, &src, m1, opts.seq, prompt, &o, on_text)?,
-        M2::Int8(m) => generate(m, &src, m1, opts.seq, prompt, &o, on_text)?,
-    };
-    if json {
-        let mut j = serde_json::to_value(&r)?;
-        j["text"] = String::from_utf8_lossy(&text).into_owned().into();
-        writeln!(out, "{j}")?;
-    } else {
-        writeln!(out)?;
-        eprintln!(
-            "terse generate: {} bytes in {} steps ({:.2} bytes/step), {:.3} ms/byte, {:.1} steps/s ({} M2, {}-bit tokens)",
-            r.bytes,
-            r.steps,
-            r.bytes_per_step,
-            r.ms_per_byte,
-            r.steps as f64 / r.seconds.max(1e-9),
-            r.method,
-            src.token_bits
-        );
     }
-    Ok(())
 }
