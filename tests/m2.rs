@@ -155,6 +155,43 @@ fn m2_trains_scores_and_generates_on_byte_tokens() {
     assert_eq!(g["bytes"], 50);
     assert_eq!(g["steps"], 50);
     assert_eq!(g["prompt_tokens"], 4);
+    // On the GPU: the CPU int8 model's sample, byte for byte, where a GPU is usable; a clear
+    // refusal where none is. `--exact` runs on the CPU only.
+    let on = |device: &str, extra: &[&str]| {
+        let m2 = run.to_str().unwrap();
+        let mut args = vec![
+            "generate",
+            "--m2",
+            m2,
+            "--prompt",
+            "The ",
+            "--max-bytes",
+            "50",
+        ];
+        args.extend(["--seed", "3", "--json", "--device", device]);
+        args.extend(extra);
+        terse(&args)
+    };
+    let r = on("cuda", &[]);
+    match terse::backend::cuda::gpu_unavailable_reason() {
+        Some(_) => {
+            assert!(!r.status.success());
+            assert!(
+                stderr(&r).contains("--device cuda: no usable GPU"),
+                "{}",
+                stderr(&r)
+            );
+        }
+        None => assert_eq!(json_line(&r)["text"], g["text"]),
+    }
+    let r = on("cuda", &["--exact"]);
+    assert!(!r.status.success());
+    assert!(
+        stderr(&r).contains("--exact runs M2 in f32 on the CPU only"),
+        "{}",
+        stderr(&r)
+    );
+    assert_eq!(json_line(&on("cpu", &[]))["text"], g["text"]);
     // A byte-level M1 is not an M2.
     let m1 = dir.path().join("m1");
     common::train_tiny(&corpus, &m1, &["--steps", "2"]);

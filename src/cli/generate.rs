@@ -5,7 +5,8 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use terse::generate::{generate, Decoder, SampleOptions};
+use terse::backend::Device;
+use terse::generate::{decode_on_gpu, generate, Decoder, GpuDecoder, SampleOptions};
 use terse::m1::{ExactModel, Int8M1, Int8Model};
 use terse::tokenize::TokenSource;
 use terse::train::{load_m2, M2Checkpoint};
@@ -40,12 +41,17 @@ pub struct GenerateArgs {
     /// machine, about 4x the bytes per step) instead of int8.
     #[arg(long)]
     exact: bool,
+    /// Where M2 runs: `cuda` decodes on the GPU in int8 (the same samples as the CPU's int8,
+    /// bit for bit); `auto` takes the GPU once GPU decoding has passed its parity tests on one.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
 }
 
 /// The M2 a generation runs on.
 enum M2 {
     Exact(ExactModel),
     Int8(Int8Model),
+    Gpu(GpuDecoder),
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -64,13 +70,18 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     } = load_m2(&a.m2)?;
     let m1 = a.m1.as_deref().map(Int8M1::load).transpose()?.map(Arc::new);
     o.validate(Some(cfg.vocab))?;
+    let (on_gpu, note) = decode_on_gpu(a.device, a.exact)?;
+    if let Some(note) = note {
+        eprintln!("terse generate: {note}");
+    }
+    let int8 =
+        || Int8Model::new(&cfg, &params).context("M2 cannot run in int8 (--exact runs it in f32)");
     let m2 = if a.exact {
         M2::Exact(ExactModel::new(&cfg, &params)?)
+    } else if on_gpu {
+        M2::Gpu(GpuDecoder::new(&int8()?, 1).context("--device cuda: M2 on the GPU")?)
     } else {
-        M2::Int8(
-            Int8Model::new(&cfg, &params)
-                .context("M2 cannot run in int8 (--exact runs it in f32)")?,
-        )
+        M2::Int8(int8()?)
     };
     let job = Job {
         src,
@@ -83,6 +94,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     match &m2 {
         M2::Exact(m) => job.run(m),
         M2::Int8(m) => job.run(m),
+        M2::Gpu(m) => job.run(m),
     }
 }
 

@@ -10,11 +10,45 @@
 //! step per prompt token.
 
 use super::Decoder;
-use crate::backend::cuda::GpuInt8Model;
+use crate::backend::cuda::{gpu_unavailable_reason, GpuInt8Model};
+use crate::backend::Device;
 use crate::m1::Int8Model;
 use crate::model::ModelConfig;
 use anyhow::{anyhow, bail, ensure, Result};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Whether M2 decoding on the GPU has passed its parity tests on a real GPU (so far it has run
+/// only on the CUDA emulator): until it has, `--device auto` decodes on the CPU.
+pub const GPU_DECODE_VALIDATED: bool = false;
+
+/// Whether `terse generate` and `terse serve` run M2 on the GPU for `device` (`--exact` runs
+/// on the CPU only), with a note for stderr when `auto` passes over a GPU that is present.
+/// Refuses `cuda` with `--exact`, and `cuda` without a usable GPU (saying why).
+pub fn decode_on_gpu(device: Device, exact: bool) -> Result<(bool, Option<String>)> {
+    match device {
+        Device::Cpu => Ok((false, None)),
+        Device::Cuda => {
+            ensure!(
+                !exact,
+                "--exact runs M2 in f32 on the CPU only; the GPU runs it in int8 (drop --exact or --device cuda)"
+            );
+            if let Some(why) = gpu_unavailable_reason() {
+                bail!("--device cuda: no usable GPU: {why}");
+            }
+            Ok((true, None))
+        }
+        Device::Auto => {
+            if exact || gpu_unavailable_reason().is_some() {
+                return Ok((false, None));
+            }
+            if !GPU_DECODE_VALIDATED {
+                let note = "a GPU is present, but GPU decoding has not yet passed its parity tests on a GPU; decoding on the CPU (--device cuda to try it)";
+                return Ok((false, Some(note.into())));
+            }
+            Ok((true, None))
+        }
+    }
+}
 
 /// M2 on the GPU under contract 3: `streams` contexts of the model's context length (module
 /// docs). Refuses what [`GpuInt8Model::new`] refuses (no usable GPU, shapes its kernels cannot
