@@ -51,7 +51,7 @@ pub struct GenerateArgs {
 enum M2 {
     Exact(ExactModel),
     Int8(Int8Model),
-    Gpu(GpuDecoder),
+    Gpu(Box<GpuDecoder>),
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -79,7 +79,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let m2 = if a.exact {
         M2::Exact(ExactModel::new(&cfg, &params)?)
     } else if on_gpu {
-        M2::Gpu(GpuDecoder::new(&int8()?, 1).context("--device cuda: M2 on the GPU")?)
+        M2::Gpu(Box::new(
+            GpuDecoder::new(&int8()?, 1).context("--device cuda: M2 on the GPU")?,
+        ))
     } else {
         M2::Int8(int8()?)
     };
@@ -94,7 +96,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     match &m2 {
         M2::Exact(m) => job.run(m),
         M2::Int8(m) => job.run(m),
-        M2::Gpu(m) => job.run(m),
+        M2::Gpu(m) => job.run(m.as_ref()),
     }
 }
 
