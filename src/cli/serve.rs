@@ -6,6 +6,7 @@ use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use terse::m1::{ExactModel, Int8M1, Int8Model};
 use terse::serve::{serve, Model, ServeOptions};
 use terse::train::{load_m2, M2Checkpoint};
@@ -30,6 +31,10 @@ pub struct ServeArgs {
     /// The largest `max_tokens` (bytes to generate) a request may ask for.
     #[arg(long, default_value_t = 4096)]
     max_output_bytes: usize,
+    /// Seconds a streaming client may take nothing (its stream's queue full) before it is
+    /// treated as gone: the stream is dropped and its place freed. At least 1.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    stall_timeout: u64,
     /// Run M2 in f32 under contract 2's fixed operation order (the same sample on every
     /// machine) instead of int8.
     #[arg(long)]
@@ -42,6 +47,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_streams: a.max_streams,
         max_prompt_bytes: a.max_prompt_bytes,
         max_output_bytes: a.max_output_bytes,
+        stall_timeout: Duration::from_secs(a.stall_timeout),
     };
     // Flags first: a bad one is refused before a model is loaded.
     o.validate()?;

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 /// Events a request's stream carries, in order: text as units decode, then exactly one of
-/// `Done` or `Failed` (a closed channel without either means the engine itself stopped).
+/// `Done` or `Failed`. A channel closed without either means the engine dropped the stream
+/// because its client took nothing for the stall timeout, or the engine itself stopped.
 #[derive(Debug)]
 pub enum Event {
     /// The bytes of one or more whole units (not necessarily UTF-8, nor cut at characters).
@@ -25,10 +26,6 @@ pub enum Event {
 /// Events a client has not yet taken, per stream. A full channel pauses that stream (it is not
 /// stepped) rather than the engine: a slow reader slows only itself.
 const EVENT_QUEUE: usize = 32;
-
-/// A client that takes nothing for this long is treated as gone, so a connection that stopped
-/// reading does not hold its place forever.
-const STALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// One of the engine's `max_streams` places, held from admission until the engine drops the
 /// stream (finished, failed, or its client gone); dropping it frees the place.
@@ -49,9 +46,10 @@ struct Job {
 
 /// The handle requests reach the engine thread through. Guarantees: at most `max_streams`
 /// streams are admitted or generating at once ([`reserve`](Self::reserve) refuses the next);
-/// each admitted stream gets its text in order and then `Done` or `Failed`; a panic inside one
-/// stream's sampling or decoding ends that stream, one inside the batched model step ends the
-/// streams of that step, and the engine goes on serving the others.
+/// each admitted stream gets its text in order and then `Done` or `Failed`, unless its client
+/// takes nothing for `stall_timeout`, which drops the stream and frees its place; a panic
+/// inside one stream's sampling or decoding ends that stream, one inside the batched model step
+/// ends the streams of that step, and the engine goes on serving the others.
 pub struct Engine {
     jobs: std_mpsc::Sender<Job>,
     in_use: Arc<AtomicUsize>,
@@ -63,12 +61,13 @@ impl Engine {
     pub fn start<D: Decoder + Send + 'static>(
         decoder: D,
         max_streams: usize,
+        stall_timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Engine> {
         let (jobs, rx) = std_mpsc::channel();
         std::thread::Builder::new()
             .name("terse-engine".into())
-            .spawn(move || run(decoder, rx, metrics))
+            .spawn(move || run(decoder, rx, stall_timeout, metrics))
             .context("starting the engine thread")?;
         Ok(Engine {
             jobs,
@@ -159,11 +158,11 @@ impl<S> Stream<S> {
     }
 
     /// Queues what the client has not got yet. Returns whether the stream lives on: false once
-    /// its end is queued or its client is gone (or took nothing for [`STALL_LIMIT`]).
-    fn deliver(&mut self, metrics: &Metrics) -> bool {
+    /// its end is queued or its client is gone (or took nothing for `stall_timeout`).
+    fn deliver(&mut self, stall_timeout: Duration, metrics: &Metrics) -> bool {
         let stalled = self
             .stalled_since
-            .is_some_and(|t| t.elapsed() > STALL_LIMIT);
+            .is_some_and(|t| t.elapsed() > stall_timeout);
         if self.events.is_closed() || stalled {
             metrics.request(Outcome::Cancelled);
             return false;
@@ -213,7 +212,12 @@ impl<S> Stream<S> {
 
 /// The engine thread: admit, step every ready stream, deliver, until every handle is dropped
 /// and no stream is left.
-fn run<D: Decoder>(decoder: D, jobs: std_mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
+fn run<D: Decoder>(
+    decoder: D,
+    jobs: std_mpsc::Receiver<Job>,
+    stall_timeout: Duration,
+    metrics: Arc<Metrics>,
+) {
     let vocab = decoder.config().vocab;
     let mut streams: Vec<Stream<D::State>> = Vec::new();
     let mut logits = Vec::new();
@@ -250,7 +254,7 @@ fn run<D: Decoder>(decoder: D, jobs: std_mpsc::Receiver<Job>, metrics: Arc<Metri
             metrics.step(started.elapsed());
         }
         idle = stepped == 0;
-        streams.retain_mut(|s| s.deliver(&metrics));
+        streams.retain_mut(|s| s.deliver(stall_timeout, &metrics));
         metrics.set_active_streams(streams.len());
     }
 }

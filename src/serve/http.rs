@@ -146,8 +146,9 @@ async fn collect(mut events: mpsc::Receiver<Event>) -> Result<(String, usize), A
 }
 
 /// The stream as Server-Sent Events: a chunk per piece of text, the final chunk with
-/// `finish_reason` "length", then `[DONE]`; a failure is one `{"error":...}` event, and the
-/// stream ends there. Text is cut only at whole characters (see [`Utf8Stream`]).
+/// `finish_reason` "length", then `[DONE]`; a failure (or a stream the engine dropped as
+/// stalled) is one `{"error":...}` event, and the stream ends there. Text is cut only at whole
+/// characters (see [`Utf8Stream`]).
 fn sse(header: Header, events: mpsc::Receiver<Event>) -> Response {
     struct Open {
         header: Header,
@@ -172,7 +173,7 @@ fn sse(header: Header, events: mpsc::Receiver<Event>) -> Response {
                 }
                 Some(Event::Done) => o.header.chunk(&o.text.finish(), Some("length")),
                 Some(Event::Failed(m)) => error_event(internal(m)),
-                None => error_event(internal("the generation engine stopped".into())),
+                None => error_event(internal(STREAM_DROPPED.into())),
             };
             return Some((Ok(chunk), None));
         }
@@ -186,6 +187,9 @@ fn sse(header: Header, events: mpsc::Receiver<Event>) -> Response {
     )
         .into_response()
 }
+
+/// Why a stream's events ended with neither its end nor a failure.
+const STREAM_DROPPED: &str = "the stream was dropped: its client took nothing for the stall timeout (--stall-timeout), or the generation engine stopped";
 
 fn error_event(e: ApiError) -> String {
     format!("data: {}\n\n", e.body())

@@ -15,7 +15,7 @@ pub enum Outcome {
     Busy,
     /// The stream failed inside the engine.
     Error,
-    /// The client went away before the stream ended.
+    /// The client went away before the stream ended, or took nothing for the stall timeout.
     Cancelled,
 }
 

@@ -6,8 +6,9 @@
 //! Guarantees: a request gets exactly the `max_tokens` bytes it asked for, or a JSON error; no
 //! request data can stop the server (requests are checked before they reach the engine, and a
 //! panic inside generation ends only the streams it touched); a client that goes away frees its
-//! stream's place at the engine's next step. Refuses (4xx) what [`api::parse`] refuses, and new
-//! streams beyond `max_streams` (429).
+//! stream's place at the engine's next step, and one that takes nothing for `stall_timeout` is
+//! treated as gone. Refuses (4xx) what [`api::parse`] refuses, and new streams beyond
+//! `max_streams` (429).
 
 mod api;
 mod engine;
@@ -21,6 +22,7 @@ use crate::tokenize::TokenSource;
 use anyhow::{ensure, Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The M2 being served, apart from its weights: what its tokens mean.
 pub struct Model {
@@ -42,10 +44,13 @@ pub struct ServeOptions {
     pub max_prompt_bytes: usize,
     /// The largest `max_tokens` (bytes) a request may ask for.
     pub max_output_bytes: usize,
+    /// A streaming client that takes nothing for this long is treated as gone: its stream is
+    /// dropped and its place freed.
+    pub stall_timeout: Duration,
 }
 
 impl ServeOptions {
-    /// Refuses limits of 0, naming the flag.
+    /// Refuses limits of 0 and a stall timeout of 0, naming the flag.
     pub fn validate(&self) -> Result<()> {
         ensure!(self.max_streams > 0, "--max-streams must be at least 1");
         ensure!(
@@ -55,6 +60,10 @@ impl ServeOptions {
         ensure!(
             self.max_output_bytes > 0,
             "--max-output-bytes must be at least 1"
+        );
+        ensure!(
+            !self.stall_timeout.is_zero(),
+            "--stall-timeout must be at least 1 second (0 would drop every stream whose client falls behind at all)"
         );
         Ok(())
     }
@@ -89,7 +98,7 @@ pub fn serve<D: Decoder + Send + 'static>(
     )?;
     let metrics = Arc::new(metrics::Metrics::default());
     let state = Arc::new(http::AppState {
-        engine: engine::Engine::start(decoder, o.max_streams, metrics.clone())?,
+        engine: engine::Engine::start(decoder, o.max_streams, o.stall_timeout, metrics.clone())?,
         limits: api::Limits {
             max_prompt_bytes: o.max_prompt_bytes,
             max_output_bytes: o.max_output_bytes,
@@ -133,7 +142,7 @@ pub fn serve<D: Decoder + Send + 'static>(
 }
 
 /// How long open requests may run on after SIGINT or SIGTERM.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Resolves at SIGINT or SIGTERM.
 async fn shutdown() {
