@@ -190,6 +190,21 @@ fn the_exact_m2_serves_the_same_way() {
     streamed_matches_whole(&["--exact"]);
 }
 
+/// On the GPU (or the CUDA emulator), where one is usable: the same streams as the CPU's int8
+/// (`streamed_matches_whole` checks the seed's text, streamed and whole, alone and batched).
+#[test]
+fn the_gpu_m2_serves_the_same_way() {
+    if let Some(why) = terse::backend::cuda::gpu_unavailable_reason() {
+        eprintln!("SKIPPED (no GPU): the_gpu_m2_serves_the_same_way: {why}");
+        return;
+    }
+    streamed_matches_whole(&["--device", "cuda"]);
+    let cpu = Server::start(&["--device", "cpu"]);
+    let gpu = Server::start(&["--device", "cuda"]);
+    let req = completion("The ", 200, 11, false);
+    assert_eq!(cpu.post(&req), gpu.post(&req));
+}
+
 fn streamed_matches_whole(flags: &[&str]) {
     let s = Server::start(flags);
     let (status, body) = s.post(&completion("The ", 300, 7, true));
@@ -513,6 +528,15 @@ fn bad_flags_and_a_taken_address_are_refused() {
     let r = common::terse(&["serve", "--m2", "nowhere", "--max-streams", "0"]);
     assert!(!r.status.success());
     assert!(common::stderr(&r).contains("--max-streams must be at least 1"));
+    let model = m2().to_str().unwrap();
+    let r = common::terse(&["serve", "--m2", model, "--device", "cuda", "--exact"]);
+    assert!(!r.status.success());
+    assert!(common::stderr(&r).contains("--exact runs M2 in f32 on the CPU only"));
+    if terse::backend::cuda::gpu_unavailable_reason().is_some() {
+        let r = common::terse(&["serve", "--m2", model, "--device", "cuda"]);
+        assert!(!r.status.success());
+        assert!(common::stderr(&r).contains("--device cuda: no usable GPU"));
+    }
     let r = common::terse(&["serve", "--m2", "nowhere", "--stall-timeout", "0"]);
     assert!(!r.status.success());
     assert!(common::stderr(&r).contains("--stall-timeout must be at least 1 second"));

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use terse::backend::Device;
+use terse::generate::{decode_on_gpu, GpuDecoder};
 use terse::m1::{ExactModel, Int8M1, Int8Model};
 use terse::serve::{serve, Model, ServeOptions};
 use terse::train::{load_m2, M2Checkpoint};
@@ -39,6 +41,11 @@ pub struct ServeArgs {
     /// machine) instead of int8.
     #[arg(long)]
     exact: bool,
+    /// Where M2 runs: `cuda` decodes on the GPU in int8, one device context per stream
+    /// (`--max-streams` of them); `auto` takes the GPU once GPU decoding has passed its parity
+    /// tests on one.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -67,11 +74,20 @@ pub fn run(a: ServeArgs) -> Result<()> {
         m1,
         context: options.seq,
     };
+    let (on_gpu, note) = decode_on_gpu(a.device, a.exact)?;
+    if let Some(note) = note {
+        eprintln!("terse serve: {note}");
+    }
     if a.exact {
-        serve(ExactModel::new(&cfg, &params)?, model, &o)
+        return serve(ExactModel::new(&cfg, &params)?, model, &o);
+    }
+    let m2 =
+        Int8Model::new(&cfg, &params).context("M2 cannot run in int8 (--exact runs it in f32)")?;
+    if on_gpu {
+        let gpu = GpuDecoder::new(&m2, o.max_streams).context("--device cuda: M2 on the GPU")?;
+        drop(m2);
+        serve(gpu, model, &o)
     } else {
-        let m2 = Int8Model::new(&cfg, &params)
-            .context("M2 cannot run in int8 (--exact runs it in f32)")?;
         serve(m2, model, &o)
     }
 }
