@@ -16,7 +16,10 @@
 #   01-env, 02-info, 03-lib-cuda, 04-gpu-parity (each test in its own process),
 #   05-kernels-*  `terse bench kernels` for m1-3m 128x1024, m2-25m and m2-113m (vocab 65536) 64x512,
 #   06-train-*    `terse bench train --device cuda` at the same shapes,
-#   07-torch      torch_train_shapes.py: torch eager, then torch.compile, at the same shapes.
+#   07-torch      torch_train_shapes.py: torch eager, then torch.compile, at the same shapes;
+#                 then torch_decode.py's batch-1 decode step for m2-25m (eager and compiled).
+# 05 also holds `terse bench generate --gpu` (M2's decode step on the GPU against its predicted
+# step) at torch_decode.py's shape.
 # A whole-run budget (GPU_CHECK_BUDGET, default 530 s) caps every step's timeout at the time left
 # and skips steps once less than 20 s remain, so the run never exceeds the budget.
 #
@@ -183,9 +186,13 @@ BENCH_SHAPES=(
     "m2-113m 65536 64 512"
 )
 M1_WINDOWS=(4096 256)
+# M2's decode step (torch_decode.py's: m2-25m, a 1,024-token cache, positions from 20 on):
+# preset, context, position, timed steps.
+DECODE_SHAPE="m2-25m 1024 160 30"
 if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
     BENCH_SHAPES=("tiny 256 2 64" "tiny 65536 2 32")
     M1_WINDOWS=(16 2)
+    DECODE_SHAPE="tiny 64 16 3"
 fi
 if [ -x "$BIN/terse" ]; then
     # The card's own ceilings first: the cost model's predictions use them (src/backend/cuda/cost.rs).
@@ -199,6 +206,11 @@ if [ -x "$BIN/terse" ]; then
     # contexts (plain AC).
     STEP_LOG=05-kernels step "05-m1-exact-16" "$BENCH_TIMEOUT" "$BIN/terse" bench m1 --gpu --windows "${M1_WINDOWS[0]}" --len 16 --rounds 3 --json
     STEP_LOG=05-kernels step "05-m1-exact-1024" "$BENCH_TIMEOUT" "$BIN/terse" bench m1 --gpu --windows "${M1_WINDOWS[1]}" --len 1024 --rounds 1 --json
+    # M2's decode step on the GPU (int8, GpuDecoder) beside the CPU's and the cost model's
+    # prediction (src/backend/cuda/decode_cost.rs), batch 1 and 16.
+    set -- $DECODE_SHAPE
+    STEP_LOG=05-kernels step "05-decode-$1" "$BENCH_TIMEOUT" "$BIN/terse" bench generate --gpu --preset "$1" \
+        --vocab 65536 --context "$2" --position "$3" --steps "$4" --streams 1,16
     for shape in "${BENCH_SHAPES[@]}"; do
         set -- $shape
         STEP_LOG=06-train step "06-train-$1" "$BENCH_TIMEOUT" "$BIN/terse" bench train --device cuda --preset "$1" \
@@ -223,6 +235,11 @@ if [ -f "$BIN/torch_train_shapes.py" ] && [ -f "$BIN/torch_baseline.py" ] && [ "
     torch_args=""
     [ "${GPU_CHECK_TORCH_EAGER_ONLY:-0}" = 1 ] && torch_args="--eager-only"
     step 07-torch "$TORCH_TIMEOUT" bash -c "cd '$BIN' && python3 torch_train_shapes.py $torch_args"
+    # The decode yardstick (gpt-fast's way: static cache, torch.compile reduce-overhead) for m2-25m.
+    if [ -f "$BIN/torch_decode.py" ] && [ "${GPU_CHECK_SMOKE:-0}" != 1 ]; then
+        STEP_LOG=07-torch step 07-torch-decode 180 bash -c "cd '$BIN' && python3 -c \
+            'import torch_decode as t; t.bench(\"m2-25m\", False); t.bench(\"m2-25m\", True)'"
+    fi
 else
     skip 07-torch "no torch_train_shapes.py + torch_baseline.py in $BIN (or GPU_CHECK_TORCH_TIMEOUT=0)"
 fi
