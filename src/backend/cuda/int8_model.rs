@@ -20,7 +20,7 @@
 //! Cost of a step of R rows (each kernel's comment in `m1_int8.cu` has its own): the int8
 //! weights once (`n x k` bytes per matrix, served from L2 to the later row groups), each row's
 //! key/value cache up to its position (`2 x layers x (d_model + 4 heads) x positions` bytes),
-//! and `4 x vocab` bytes of logits per row written and copied to the host. [`step_cost`] states
+//! and `4 x vocab` bytes of logits per row written and copied to the host. [`super::decode_cost`] states
 //! it for a shape, the time it implies at a card's ceilings, and the launches a step takes.
 //!
 //! Memory: `2 x layers x streams x slots x (d_model + 4 heads)` bytes of key/value cache,

@@ -17,12 +17,15 @@
 //! (`backend.rs`) is the training backend built from both, a step captured as a CUDA graph;
 //! [`bench`](mod@bench) times every kernel for `terse bench kernels`; [`GpuExactM1`] is M1's exact path under
 //! contract 2 (`kernels/m1_exact.cu`) and [`GpuInt8M1`] under contract 3, the one coding uses
-//! (`kernels/m1_int8.cu`), each bit for bit the CPU's.
+//! (`kernels/m1_int8.cu`), each bit for bit the CPU's; [`GpuInt8Model`] is contract 3 at any
+//! vocabulary (M2's decoding on the GPU, and `GpuInt8M1`'s core); [`decode_cost`] predicts its
+//! step.
 //!
-//! **None of this has run on a GPU yet.** It was written and compiled (kernels included, with
-//! nvcc 13.0) on machines without one, and runs there on the CUDA emulator (`emu/`), where every
-//! parity test of `tests/gpu_parity.rs` but the 200-step loss curve passes; on a GPU,
-//! `scripts/gpu-check.sh` runs them all.
+//! Written and compiled (kernels included, with nvcc 13.0) on machines without a GPU, where the
+//! CUDA emulator (`emu/`) runs every parity test of `tests/gpu_parity.rs` but the 200-step loss
+//! curve; `scripts/gpu-check.sh` runs them all on a GPU. They passed on an H200 (2026-12-04),
+//! before `GpuInt8Model` took the logits of any vocabulary: M2's GPU decoding has run on the
+//! emulator only.
 
 use std::sync::OnceLock;
 
