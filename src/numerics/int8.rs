@@ -10,9 +10,8 @@
 //! 133,144; [`I8Matrix::from_rows`] refuses anything wider. The kernels' intermediates may wrap
 //! (VNNI adds `x + 128` as an unsigned byte, then subtracts `128 · Σ_k w[o][k]`), but all their
 //! arithmetic is modulo 2^32, so the result is the exact sum whenever the exact sum fits, which
-//! the bound guarantees. AVX2 sign-extends to i16 and uses `vpmaddwd` (pairs of products, each
-//! pair at most 2 · 127² in magnitude: no saturation); `vpmaddubsw`, which saturates to i16, is
-//! not used.
+//! the bound guarantees. AVX2 uses `vpmaddubsw` on `|x|` and the weights carrying `x`'s sign:
+//! each i16 pair sum is at most 2 · 127² < 2^15 in magnitude, so its saturation never triggers.
 //!
 //! **Layout.** Weights are packed in panels of [`PANEL`] outputs; inside a panel, inputs go in
 //! groups of 4 (one 32-bit lane of VNNI's `dpbusd`): byte `((p · groups + g) · PANEL + j) · 4 + t`
@@ -65,7 +64,7 @@ pub enum I8Kernel {
     Avx512Vnni,
     /// AVX-VNNI: the 256-bit `vpdpbusd`.
     AvxVnni,
-    /// AVX2: sign-extend to i16, `vpmaddwd`.
+    /// AVX2: `vpmaddubsw` on `|x|` and the weights carrying `x`'s sign, then `vpmaddwd` by ones.
     Avx2,
     /// Plain loops, any machine.
     Portable,
@@ -444,43 +443,38 @@ mod x86 {
         out
     }
 
-    /// AVX2 has no byte dot product that cannot saturate, so: sign-extend 16 weight bytes (4
-    /// outputs × 4 inputs) to i16 and `vpmaddwd` them with the row's 4 inputs repeated; each i32
-    /// lane then holds one output's sum over 2 inputs, and the two lanes per output are added at
-    /// the end. One panel and two rows at a time: 8 accumulators. Only the first `LIVE` rows
-    /// are computed (the rest of the tile is padding, left 0): a lone row (M2's batch-1 decode)
-    /// costs a quarter of a full tile.
+    /// AVX2's byte product `vpmaddubsw` multiplies unsigned by signed bytes and adds pairs into
+    /// saturating i16: fed `|x|` and the weights with `x`'s sign moved onto them (`vpsignb`),
+    /// each pair is `x_a w_a + x_b w_b` exactly, at most `2 · 127² < 2^15` in magnitude, so it
+    /// never saturates; `vpmaddwd` by ones then adds the pairs into i32, one lane per output
+    /// (8 outputs × their 4 inputs per register). One panel at a time, its 16 outputs in two
+    /// registers per row: up to 8 accumulators. Only the first `LIVE` rows are computed (the
+    /// rest of the tile is padding, left 0): a lone row (M2's batch-1 decode) costs a quarter
+    /// of a full tile.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn tile_avx2<const LIVE: usize>(x: &[u8], inp: usize, w: &[i8]) -> Tile {
         let mut out = [[0i32; TILE_OUTPUTS]; TILE_ROWS];
-        let unbias = _mm_set1_epi32(0x8080_8080u32 as i32);
+        let unbias = _mm256_set1_epi8(0x80u8 as i8);
+        let ones = _mm256_set1_epi16(1);
         for p in 0..TILE_PANELS {
             let panel = w.as_ptr().add(p * PANEL * inp);
-            for r0 in (0..LIVE).step_by(2) {
-                let mut acc = [[_mm256_setzero_si256(); 4]; 2];
-                let acc = &mut acc[..2.min(LIVE - r0)];
-                for g in 0..inp / GROUP {
-                    let wp = panel.add(g * PANEL * GROUP);
-                    let wq: [__m256i; 4] = std::array::from_fn(|q| {
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(16 * q) as *const _))
-                    });
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        let xg = _mm_xor_si128(_mm_set1_epi32(group(x, inp, r0 + i, g)), unbias);
-                        let xq = _mm256_cvtepi8_epi16(xg);
-                        for q in 0..4 {
-                            a[q] = _mm256_add_epi32(a[q], _mm256_madd_epi16(wq[q], xq));
-                        }
+            let mut acc = [[_mm256_setzero_si256(); 2]; LIVE];
+            for g in 0..inp / GROUP {
+                let wp = panel.add(g * PANEL * GROUP);
+                let wv = [0, 1].map(|h| _mm256_loadu_si256(wp.add(32 * h) as *const _));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    // The row's 4 inputs of this group in every lane, unbiased to signed.
+                    let xs = _mm256_xor_si256(_mm256_set1_epi32(group(x, inp, r, g)), unbias);
+                    let xa = _mm256_abs_epi8(xs);
+                    for (h, a) in a.iter_mut().enumerate() {
+                        let pairs = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(wv[h], xs));
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
                     }
                 }
-                for (i, a) in acc.iter().enumerate() {
-                    for (q, v) in a.iter().enumerate() {
-                        let mut lanes = [0i32; 8];
-                        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut _, *v);
-                        for j in 0..4 {
-                            out[r0 + i][p * PANEL + 4 * q + j] =
-                                lanes[2 * j].wrapping_add(lanes[2 * j + 1]);
-                        }
-                    }
+            }
+            for (o, a) in out.iter_mut().zip(&acc) {
+                for (h, v) in a.iter().enumerate() {
+                    _mm256_storeu_si256(o.as_mut_ptr().add(p * PANEL + 8 * h) as *mut _, *v);
                 }
             }
         }
