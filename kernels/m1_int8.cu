@@ -14,8 +14,10 @@ Costs below are per step of R rows for m1-3m (d = 256, d_ff = 1024, 3 layers, 4 
 H100 SXM's ceilings: 3.35 TB/s of HBM, and `__dp4a` at the int32 rate, taken as 64 per clock per
 SM x 132 SMs x 1.98 GHz = 16.7 T dp4a/s (67 T int8 multiply-adds/s). A step ends with m1q_cdf,
 the coder's integer CDFs (1,028 bytes per row cross to the host instead of 1,024 of f32). The
-host replays a step over every stream as a CUDA graph; speed work on the kernels (tensor cores,
-fusion) is left for later: they are written to be exact and simple.
+host replays a step over every stream as a CUDA graph. M2's decode step (src/backend/cuda/
+int8_model.rs, Products::Fused) replaces each m1q_quantise + m1q_linear pair by m1q_qlinear, a
+launch fewer per product at the same bits; further speed work (tensor cores, a persistent step)
+is left for later: the kernels are written to be exact and simple.
 */
 
 #include "common.cuh"
@@ -62,21 +64,33 @@ __device__ int block_quantise_row(signed char* q, const float* x, int n, float r
 // Contract 3's order for a row's long f32 sums (src/m1/int8/lanes.rs): 16 lanes, lane i a
 // chain over k = i, i + 16, ... ascending, then the lanes added by a fixed tree (l[i] += l[i + 8],
 // then + 4, + 2, + 1). `sq` chooses RMSNorm's sum of squares (fma(x, x, l)) over the softmax's
-// plain sum (l + x). One thread runs the 16 chains: the one place this order is written.
-__device__ float c3_lane_sum(const float* x, int n, bool sq) {
-    float l[16];
-    for (int i = 0; i < 16; i++) l[i] = 0.0f;
-    for (int k = 0; k < n; k++) l[k & 15] = sq ? __fmaf_rn(x[k], x[k], l[k & 15]) : __fadd_rn(l[k & 15], x[k]);
+// plain sum (l + x). c3_lane is one lane's chain, c3_lane_tree the tree: the one place each is
+// written, whether one thread runs the 16 chains (c3_lane_sum) or 16 threads do (m1q_qlinear).
+__device__ float c3_lane(const float* x, int n, int i, bool sq) {
+    float l = 0.0f;
+    for (int k = i; k < n; k += 16) l = sq ? __fmaf_rn(x[k], x[k], l) : __fadd_rn(l, x[k]);
+    return l;
+}
+
+__device__ float c3_lane_tree(float l[16]) {
     for (int w = 8; w >= 1; w /= 2)
         for (int i = 0; i < w; i++) l[i] = __fadd_rn(l[i], l[i + w]);
     return l[0];
 }
 
-// Contract 3's RMSNorm factor: r = 1 / sqrt(ss / d + eps), ss the lane sum of squares.
-__device__ float c3_rms_factor(const float* x, int d, float eps) {
-    const float ss = c3_lane_sum(x, d, true);
+__device__ float c3_lane_sum(const float* x, int n, bool sq) {
+    float l[16];
+    for (int i = 0; i < 16; i++) l[i] = c3_lane(x, n, i, sq);
+    return c3_lane_tree(l);
+}
+
+// Contract 3's RMSNorm factor from the lane sum of squares ss of a row of d: 1 / sqrt(ss / d + eps).
+__device__ float c3_rms_of_sum(float ss, int d, float eps) {
     return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(__fdiv_rn(ss, (float)d), eps)));
 }
+
+// Contract 3's RMSNorm factor of x.
+__device__ float c3_rms_factor(const float* x, int d, float eps) { return c3_rms_of_sum(c3_lane_sum(x, d, true), d, eps); }
 
 // Contract 3's softmax sum: the lane sum of the exponentials.
 __device__ float c3_softmax_sum(const float* p, int n) { return c3_lane_sum(p, n, false); }
@@ -99,6 +113,33 @@ extern "C" __global__ void __launch_bounds__(256) m1q_quantise(signed char* xq, 
 // Rows per block of m1q_linear: each weight word read serves this many rows.
 #define LIN_ROWS 4
 
+// The product and its use, shared by m1q_linear and m1q_qlinear: thread o of the block (output
+// blockIdx.x * blockDim.x + o) sums its output for the block's `live` rows r0.. (int8 in
+// lin_rows, `[LIN_ROWS][words]`, exponents ex_rows[rr]), one dp4a per word and row (integers:
+// exact in any order), and stores (mode 0), adds (1) or stores the ReLU of (2) the dequantised
+// sum.
+__device__ void lin_rows_out(float* y, const int* lin_rows, const int* ex_rows, const int* w4, const int* ew,
+                             int r0, int live, int words, int n, int mode) {
+    const int o = blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= n) return;
+    int acc[LIN_ROWS] = {0, 0, 0, 0};
+    for (int i = 0; i < words; i++) {
+        const int wv = w4[(size_t)i * n + o];
+        for (int rr = 0; rr < live; rr++) acc[rr] = __dp4a(lin_rows[rr * words + i], wv, acc[rr]);
+    }
+    for (int rr = 0; rr < live; rr++) {
+        const float v = __fmul_rn((float)acc[rr], pow2i(ex_rows[rr] + ew[o]));
+        float* yo = y + (size_t)(r0 + rr) * n + o;
+        if (mode == 1) {
+            *yo = __fadd_rn(*yo, v);
+        } else if (mode == 2) {
+            *yo = fmaxf(v, 0.0f);
+        } else {
+            *yo = v;
+        }
+    }
+}
+
 // y[r][o] (mode 0: =, 1: += (the residual, y + v), 2: = max(v, 0) (ReLU)) v = (acc as f32) *
 // 2^(ex[r] + ew[o]), acc = sum_k xq[r][k] w[o][k] in i32. The weights come as 4-byte words
 // interleaved by output, w4[i][o] = w[o][4i..4i + 4] (k a multiple of 4), so a warp's loads of
@@ -118,25 +159,43 @@ extern "C" __global__ void __launch_bounds__(128) m1q_linear(float* y, const sig
     for (int i = threadIdx.x; i < live * words; i += blockDim.x)
         lin_rows[i] = reinterpret_cast<const int*>(xq + (size_t)r0 * k)[i];
     __syncthreads();
-    const int o = blockIdx.x * blockDim.x + threadIdx.x;
-    if (o >= n) return;
-    int acc[LIN_ROWS] = {0, 0, 0, 0};
-    for (int i = 0; i < words; i++) {
-        const int wv = w4[(size_t)i * n + o];
-        for (int rr = 0; rr < live; rr++) acc[rr] = __dp4a(lin_rows[rr * words + i], wv, acc[rr]);
+    lin_rows_out(y, lin_rows, ex + r0, w4, ew, r0, live, words, n, mode);
+}
+
+// m1q_quantise and m1q_linear in one launch, for M2's decode step, where a step is a chain of
+// small dependent kernels and each launch costs more than its work (src/backend/cuda/
+// decode_cost.rs): y[r][o] (mode as m1q_linear) from the f32 rows x ([rows][k]), each
+// RMS-normalised when `norm` (the gain folded into w) and quantised by this block itself into
+// shared memory. Every block of a row group repeats the same quantisation (the same integers);
+// the RMS sum runs as contract 3's 16 lane chains in 16 threads per row, then the fixed tree, so
+// the factor, and every bit after it, is m1q_quantise's. Grid, block and dynamic shared memory
+// as m1q_linear.
+// Cost: m1q_linear's, plus each block reading its rows (4 k bytes per row, from L2 after the
+// first block) and k / 16 fmas per lane thread; it saves a launch and the int8 rows' round trip.
+extern "C" __global__ void __launch_bounds__(128) m1q_qlinear(float* y, const float* x, int norm, float eps,
+                                                             const int* w4, const int* ew, int rows, int k, int n,
+                                                             int mode) {
+    extern __shared__ int lin_rows[]; // [LIN_ROWS][k / 4] words
+    __shared__ float lanes[LIN_ROWS][16];
+    __shared__ float factor[LIN_ROWS];
+    __shared__ int ex[LIN_ROWS];
+    const int words = k / 4, r0 = blockIdx.y * LIN_ROWS;
+    const int live = min(LIN_ROWS, rows - r0);
+    const int t = threadIdx.x;
+    if (norm) {
+        if (t < 16 * live) lanes[t / 16][t % 16] = c3_lane(x + (size_t)(r0 + t / 16) * k, k, t % 16, true);
+        __syncthreads();
+        if (t < live) factor[t] = c3_rms_of_sum(c3_lane_tree(lanes[t]), k, eps);
+        __syncthreads();
     }
     for (int rr = 0; rr < live; rr++) {
-        const int r = r0 + rr;
-        const float v = __fmul_rn((float)acc[rr], pow2i(ex[r] + ew[o]));
-        float* yo = y + (size_t)r * n + o;
-        if (mode == 1) {
-            *yo = __fadd_rn(*yo, v);
-        } else if (mode == 2) {
-            *yo = fmaxf(v, 0.0f);
-        } else {
-            *yo = v;
-        }
+        const float r = norm ? factor[rr] : 1.0f;
+        const int e = block_quantise_row(reinterpret_cast<signed char*>(lin_rows) + rr * k,
+                                         x + (size_t)(r0 + rr) * k, k, r);
+        if (t == 0) ex[rr] = e;
     }
+    __syncthreads();
+    lin_rows_out(y, lin_rows, ex, w4, ew, r0, live, words, n, mode);
 }
 
 // Threads per block of m1q_attention: 4 groups of 64, one thread per value channel in each.

@@ -1972,6 +1972,29 @@ fn gpu_decoder_matches_int8_model_bit_for_bit() {
     Decoder::step(&cpu, &mut [&mut fresh], &[t], &mut want).unwrap();
     dev.step(&mut [&mut fourth], &[t], &mut got).unwrap();
     check("a step after the refusals", &got, &want);
+    // Six contexts: two row groups of the fused products, the second part empty.
+    let dev = GpuDecoder::new(&cpu, 6).unwrap();
+    let mut cpu_states: Vec<_> = (0..6).map(|_| cpu.empty_state()).collect();
+    let mut dev_states: Vec<_> = (0..6).map(|_| dev.empty_state()).collect();
+    for step in 0..4 {
+        let tokens: Vec<u32> = (0..6).map(|_| token()).collect();
+        let (mut want, mut got) = (poisoned(6 * vocab), poisoned(6 * vocab));
+        for i in 0..6 {
+            if step == 0 {
+                let (w, g) = (i * vocab..(i + 1) * vocab, i * vocab..(i + 1) * vocab);
+                Decoder::extend(&cpu, &mut cpu_states[i], &tokens[i..=i], &mut want[w]).unwrap();
+                dev.extend(&mut dev_states[i], &tokens[i..=i], &mut got[g])
+                    .unwrap();
+            }
+        }
+        if step > 0 {
+            let mut c: Vec<_> = cpu_states.iter_mut().collect();
+            Decoder::step(&cpu, &mut c, &tokens, &mut want).unwrap();
+            let mut d: Vec<_> = dev_states.iter_mut().collect();
+            dev.step(&mut d, &tokens, &mut got).unwrap();
+        }
+        check(&format!("six contexts, step {step}"), &got, &want);
+    }
 }
 
 /// Generation on the GPU writes the CPU int8 model's text byte for byte with the same seed,

@@ -5,8 +5,8 @@
 //! alone without a GPU and beside the measured step with one.
 //!
 //! A launch costs the largest of: its bytes at the card's copy ceiling, its multiply-adds at the
-//! `__dp4a` ceiling, its one-thread serial chain (contract 3's RMS sum: one thread adds `d`
-//! squares in 16 lanes, a fixed order), and [`LAUNCH_FLOOR_US`], what a dependent kernel takes
+//! `__dp4a` ceiling, its serial chain (contract 3's RMS sum: 16 threads each add `d / 16`
+//! squares, a fixed order), and [`LAUNCH_FLOOR_US`], what a dependent kernel takes
 //! inside a CUDA graph however little it does. At batch 1 that floor dominates: the step is many
 //! small dependent kernels, and a persistent kernel (or fused layers) is what removes it.
 //! The logits then cross PCIe to the host, where sampling runs.
@@ -40,7 +40,7 @@ pub struct DecodeKernelCost {
     pub bytes: f64,
     /// Int8 multiply-adds per launch.
     pub int8_macs: f64,
-    /// Elements of the one-thread serial chain per launch.
+    /// Elements of the longest one-thread chain per launch.
     pub serial: f64,
     /// Whether the bytes cross PCIe (the logits' copy) rather than HBM.
     pub to_host: bool,
@@ -71,54 +71,32 @@ pub fn decode_costs(cfg: &ModelConfig, rows: usize, position: usize) -> Vec<Deco
     );
     let heads = (cfg.d_model / HEAD_DIM) as f64;
     let seen = (position + 1) as f64;
-    let row = |kernel, what: String, launches, bytes, serial| DecodeKernelCost {
+    let row = |kernel, what: String, launches, bytes| DecodeKernelCost {
         kernel,
         what,
         launches,
         bytes,
         int8_macs: 0.0,
-        serial,
-        to_host: false,
-    };
-    // A product of `n` outputs over `k` inputs: the int8 weights and their exponents once, each
-    // row's int8 input, its f32 output (read too when added to the residual).
-    let linear = |what: &str, k: f64, n: f64, adds: bool| DecodeKernelCost {
-        kernel: "m1q_linear",
-        what: format!("{what} {k} -> {n}"),
-        launches: if what == "head" { 1 } else { l },
-        bytes: n * k + 4.0 * n + r * (k + 4.0) + r * 4.0 * n * if adds { 2.0 } else { 1.0 },
-        int8_macs: r * n * k,
         serial: 0.0,
         to_host: false,
     };
-    // One row quantised (normalised first when `norm`): f32 in, int8 and an exponent out.
-    let quantise = |n: f64, norm: bool, launches| {
-        let what = format!("{} {n}", if norm { "norm + quantise" } else { "quantise" });
-        row(
-            "m1q_quantise",
-            what,
-            launches,
-            r * (5.0 * n + 4.0),
-            if norm { n } else { 0.0 },
-        )
+    // A product of `n` outputs over `k` inputs, its f32 input rows quantised (normalised first
+    // when `norm`) inside it: the int8 weights and their exponents once, each row's f32 input,
+    // its f32 output (read too when added to the residual); the RMS sum's 16 lane chains of
+    // k / 16 in parallel.
+    let product = |what: &str, k: f64, n: f64, norm: bool, adds: bool| DecodeKernelCost {
+        kernel: "m1q_qlinear",
+        what: format!("{}{what} {k} -> {n}", if norm { "norm + " } else { "" }),
+        launches: if what == "head" { 1 } else { l },
+        bytes: n * k + 4.0 * n + r * 4.0 * k + r * 4.0 * n * if adds { 2.0 } else { 1.0 },
+        int8_macs: r * n * k,
+        serial: if norm { k / 16.0 } else { 0.0 },
+        to_host: false,
     };
     vec![
-        row(
-            "m1x_embed",
-            format!("{rows} rows of {d}"),
-            1,
-            r * 8.0 * d,
-            0.0,
-        ),
-        quantise(d, true, 2 * l + 1),
-        linear("qkv", d, 3.0 * d, false),
-        row(
-            "m1x_rope",
-            format!("q, k of {rows} rows"),
-            l,
-            r * 16.0 * d,
-            0.0,
-        ),
+        row("m1x_embed", format!("{rows} rows of {d}"), 1, r * 8.0 * d),
+        product("qkv", d, 3.0 * d, true, false),
+        row("m1x_rope", format!("q, k of {rows} rows"), l, r * 16.0 * d),
         DecodeKernelCost {
             kernel: "m1q_attention",
             what: format!("{rows} rows x {heads} heads over {seen} positions"),
@@ -130,12 +108,10 @@ pub fn decode_costs(cfg: &ModelConfig, rows: usize, position: usize) -> Vec<Deco
             serial: 0.0,
             to_host: false,
         },
-        quantise(d, false, l),
-        linear("out", d, d, true),
-        linear("up", d, ff, false),
-        quantise(ff, false, l),
-        linear("down", ff, d, true),
-        linear("head", d, v, false),
+        product("out", d, d, false, true),
+        product("up", d, ff, true, false),
+        product("down", ff, d, false, true),
+        product("head", d, v, true, false),
         DecodeKernelCost {
             kernel: "logits to host",
             what: format!("{rows} x {v} f32"),
@@ -203,14 +179,15 @@ mod tests {
     use crate::backend::cuda::cost::H200;
 
     /// The products read every matrix once (the int8 weight count is the model's), and a step
-    /// launches 2 + 10 per layer kernels: the count `GpuInt8Model::enqueue` makes.
+    /// launches 2 + 6 per layer kernels: the count `GpuInt8Model::enqueue` makes with fused
+    /// products (M2's decoding).
     #[test]
     fn decode_costs_follow_the_model_and_the_launch_sequence() {
         let cfg = ModelConfig::preset("m2-25m", Some(65536)).unwrap();
         let costs = decode_costs(&cfg, 1, 100);
         let weights: f64 = costs
             .iter()
-            .filter(|c| c.kernel == "m1q_linear")
+            .filter(|c| c.kernel == "m1q_qlinear")
             .map(|c| c.launches as f64 * c.int8_macs)
             .sum();
         let (d, ff) = (cfg.d_model, cfg.d_ff);
@@ -221,11 +198,11 @@ mod tests {
             .filter(|c| !c.to_host)
             .map(|c| c.launches)
             .sum();
-        assert_eq!(launches, 2 + 10 * cfg.n_layers);
+        assert_eq!(launches, 2 + 6 * cfg.n_layers);
         // At batch 1 every kernel is at least a launch; the head's 33.5 MB sit above it.
         let floor = predicted_decode_us(&costs, &H200);
         assert!(floor >= LAUNCH_FLOOR_US * launches as f64, "{floor}");
-        let head = costs.iter().find(|c| c.what.starts_with("head")).unwrap();
+        let head = costs.iter().find(|c| c.what.starts_with("norm + head")).unwrap();
         assert!(head.us_each(&H200) > LAUNCH_FLOOR_US);
         // More streams add cache reads, products and logits, never less time.
         assert!(predicted_decode_us(&decode_costs(&cfg, 64, 100), &H200) > floor);

@@ -98,6 +98,7 @@ struct Funcs {
     rope: CudaFunction,
     quantise: CudaFunction,
     linear: CudaFunction,
+    qlinear: CudaFunction,
     attention: CudaFunction,
 }
 
@@ -120,7 +121,6 @@ pub struct GpuInt8Model {
     k: GpuKernels,
     f: Funcs,
     d: usize,
-    ff: usize,
     vocab: usize,
     eps: f32,
     layers: Vec<LayerBufs>,
@@ -133,11 +133,18 @@ pub struct GpuInt8Model {
     slots: usize,
     /// The step over every stream, captured once (keyed by nothing: the only graph).
     graph: StepGraph<()>,
+    products: Products,
 }
 
 impl GpuInt8Model {
-    /// `lm` on GPU 0 with `streams` contexts of up to `capacity` positions each.
-    pub fn new(lm: &Int8Model, streams: usize, capacity: usize) -> Result<Self> {
+    /// `lm` on GPU 0 with `streams` contexts of up to `capacity` positions each, its products
+    /// run as `products` says.
+    pub fn new(
+        lm: &Int8Model,
+        streams: usize,
+        capacity: usize,
+        products: Products,
+    ) -> Result<Self> {
         ensure!(streams > 0 && capacity > 0, "no streams or no capacity");
         let k = GpuKernels::new(0)?;
         let f = Funcs {
@@ -145,6 +152,7 @@ impl GpuInt8Model {
             rope: k.function(Entry::m1x_rope).clone(),
             quantise: k.function(Entry::m1q_quantise).clone(),
             linear: k.function(Entry::m1q_linear).clone(),
+            qlinear: k.function(Entry::m1q_qlinear).clone(),
             attention: k.function(Entry::m1q_attention).clone(),
         };
         let cfg = lm.config();
@@ -197,7 +205,6 @@ impl GpuInt8Model {
         Ok(GpuInt8Model {
             f,
             d,
-            ff,
             vocab,
             eps: cfg.norm_eps,
             layers,
@@ -208,6 +215,7 @@ impl GpuInt8Model {
             step,
             slots,
             graph: StepGraph::new(true),
+            products,
             k,
         })
     }
@@ -312,7 +320,7 @@ impl GpuInt8Model {
     /// Enqueues one position for the first `rows` rows of the step buffers: the CPU's order
     /// (`Int8Model::advance_rows`, then the head), each product's input row quantised first.
     fn enqueue(&mut self, rows: usize) -> Result<()> {
-        let (d, ff) = (self.d, self.ff);
+        let d = self.d;
         let s = self.k.stream().clone();
         // Fits: slots <= capacity, checked to fit an int at creation.
         let (rows_i, di, slots_i) = (rows as i32, d as i32, self.slots as i32);
@@ -332,24 +340,35 @@ impl GpuInt8Model {
             .arg(&rows_i)
             .arg(&di);
         unsafe { l.launch(elementwise) }?;
-        let eps = self.eps;
-        // A product's input row quantised (RMS-normalised first when `norm`), and the product.
-        let q = |x: &CudaSlice<f32>,
-                 n: usize,
-                 norm: bool,
-                 xq: &mut CudaSlice<i8>,
-                 ex: &mut CudaSlice<i32>| {
-            quantise(&s, &f.quantise, rows, xq, ex, x, n, norm.then_some(eps))
+        let (eps, products) = (self.eps, self.products);
+        // A product `y (mode) x W^T` of f32 rows x, each RMS-normalised first when `norm`, then
+        // quantised: by the product's own blocks, or by m1q_quantise into `xq` and `ex` first.
+        let product = |y: &mut CudaSlice<f32>,
+                       x: &CudaSlice<f32>,
+                       norm: bool,
+                       w: &DevMatrix,
+                       mode: Mode,
+                       xq: &mut CudaSlice<i8>,
+                       ex: &mut CudaSlice<i32>| {
+            let norm_eps = norm.then_some(eps);
+            match products {
+                Products::Fused => qlinear(&s, &f.qlinear, rows, y, x, norm_eps, w, mode),
+                Products::Separate => {
+                    quantise(&s, &f.quantise, rows, xq, ex, x, w.k, norm_eps)?;
+                    linear(&s, &f.linear, rows, y, (xq, ex), w, mode)
+                }
+            }
         };
-        let lin =
-            |y: &mut CudaSlice<f32>,
-             xq: &CudaSlice<i8>,
-             ex: &CudaSlice<i32>,
-             w: &DevMatrix,
-             mode: Mode| { linear(&s, &f.linear, rows, y, (xq, ex), w, mode) };
         for w in &mut self.layers {
-            q(&b.x, d, true, &mut b.xq, &mut b.ex)?;
-            lin(&mut b.qkv, &b.xq, &b.ex, &w.qkv, Mode::Store)?;
+            product(
+                &mut b.qkv,
+                &b.x,
+                true,
+                &w.qkv,
+                Mode::Store,
+                &mut b.xq,
+                &mut b.ex,
+            )?;
             let mut l = s.launch_builder(&f.rope);
             l.arg(&mut b.qkv)
                 .arg(&self.cos)
@@ -369,15 +388,43 @@ impl GpuInt8Model {
                 .arg(&di)
                 .arg(&slots_i);
             unsafe { l.launch(per_head) }?;
-            q(&b.att, d, false, &mut b.xq, &mut b.ex)?;
-            lin(&mut b.x, &b.xq, &b.ex, &w.out, Mode::Add)?;
-            q(&b.x, d, true, &mut b.xq, &mut b.ex)?;
-            lin(&mut b.up, &b.xq, &b.ex, &w.up, Mode::Relu)?;
-            q(&b.up, ff, false, &mut b.xq, &mut b.ex)?;
-            lin(&mut b.x, &b.xq, &b.ex, &w.down, Mode::Add)?;
+            product(
+                &mut b.x,
+                &b.att,
+                false,
+                &w.out,
+                Mode::Add,
+                &mut b.xq,
+                &mut b.ex,
+            )?;
+            product(
+                &mut b.up,
+                &b.x,
+                true,
+                &w.up,
+                Mode::Relu,
+                &mut b.xq,
+                &mut b.ex,
+            )?;
+            product(
+                &mut b.x,
+                &b.up,
+                false,
+                &w.down,
+                Mode::Add,
+                &mut b.xq,
+                &mut b.ex,
+            )?;
         }
-        q(&b.x, d, true, &mut b.xq, &mut b.ex)?;
-        lin(&mut b.logits, &b.xq, &b.ex, &self.head, Mode::Store)?;
+        product(
+            &mut b.logits,
+            &b.x,
+            true,
+            &self.head,
+            Mode::Store,
+            &mut b.xq,
+            &mut b.ex,
+        )?;
         Ok(())
     }
 }
@@ -389,6 +436,31 @@ pub(super) fn per_row(rows: usize) -> LaunchConfig {
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// (ceil(n / LIN_OUTPUTS), ceil(rows / LIN_ROWS)) blocks of LIN_OUTPUTS threads (one per
+/// output), each with its LIN_ROWS input rows (`LIN_ROWS * k` bytes) in dynamic shared memory.
+fn product_grid(rows: usize, w: &DevMatrix) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            w.n.div_ceil(LIN_OUTPUTS as usize) as u32,
+            rows.div_ceil(LIN_ROWS) as u32,
+            1,
+        ),
+        block_dim: (LIN_OUTPUTS, 1, 1),
+        shared_mem_bytes: (LIN_ROWS * w.k) as u32,
+    }
+}
+
+/// How a step quantises each product's input rows: with its own launch (`m1q_quantise`, then
+/// `m1q_linear`), or inside the product (`m1q_qlinear`: a launch fewer per product, the same
+/// bits). M1's coding keeps the separate launches, the kernels its parity run on an H200
+/// checked, until a GPU run checks the fused one; M2's decoding, a chain of small launches at
+/// batch 1, fuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Products {
+    Separate,
+    Fused,
 }
 
 /// What a product does with its result (`m1q_linear`'s mode).
@@ -436,15 +508,7 @@ fn linear(
     w: &DevMatrix,
     mode: Mode,
 ) -> Result<()> {
-    let cfg = LaunchConfig {
-        grid_dim: (
-            w.n.div_ceil(LIN_OUTPUTS as usize) as u32,
-            rows.div_ceil(LIN_ROWS) as u32,
-            1,
-        ),
-        block_dim: (LIN_OUTPUTS, 1, 1),
-        shared_mem_bytes: (LIN_ROWS * w.k) as u32,
-    };
+    let cfg = product_grid(rows, w);
     let (rows_i, ki, ni, mode) = (rows as i32, w.k as i32, w.n as i32, mode as i32);
     let mut l = s.launch_builder(f);
     l.arg(y)
@@ -457,5 +521,28 @@ fn linear(
         .arg(&ni)
         .arg(&mode);
     unsafe { l.launch(cfg) }?;
+    Ok(())
+}
+
+/// [`quantise`] and [`linear`] in one launch (`m1q_qlinear`): the same grid and shared memory
+/// as [`linear`], each block quantising (RMS-normalising first when `norm_eps` is given) its
+/// LIN_ROWS rows of `x` itself.
+#[allow(clippy::too_many_arguments)]
+fn qlinear(
+    s: &Arc<CudaStream>,
+    f: &CudaFunction,
+    rows: usize,
+    y: &mut CudaSlice<f32>,
+    x: &CudaSlice<f32>,
+    norm_eps: Option<f32>,
+    w: &DevMatrix,
+    mode: Mode,
+) -> Result<()> {
+    let (normi, eps) = (i32::from(norm_eps.is_some()), norm_eps.unwrap_or(0.0));
+    let (rows_i, ki, ni, mode) = (rows as i32, w.k as i32, w.n as i32, mode as i32);
+    let mut l = s.launch_builder(f);
+    l.arg(y).arg(x).arg(&normi).arg(&eps).arg(&w.w4).arg(&w.e);
+    l.arg(&rows_i).arg(&ki).arg(&ni).arg(&mode);
+    unsafe { l.launch(product_grid(rows, w)) }?;
     Ok(())
 }
