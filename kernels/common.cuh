@@ -205,6 +205,15 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* row
 
 #define HEAD_DIM 64
 
+// Rotary of the pair (h[j], h[j + 32]) of one head at the angle whose cos and sin are c and s, as
+// the CPU's `rotate` (src/m1/mod.rs); written once for the exact kernels that rotate (m1x_rope,
+// m1q_rope_attention), which compile without contraction, so the products round as written.
+__device__ __forceinline__ void rope_pair(float* h, int j, float c, float s) {
+    const float x1 = h[j], x2 = h[j + HEAD_DIM / 2];
+    h[j] = fmaf(x1, c, -(x2 * s));
+    h[j + HEAD_DIM / 2] = fmaf(x1, s, x2 * c);
+}
+
 // The contract's exponential (src/numerics/exp.rs), constant for constant.
 __device__ __forceinline__ float exp_contract(float x) {
     const float LOG2E = 1.44269504088896340736f;

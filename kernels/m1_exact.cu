@@ -82,10 +82,7 @@ extern "C" __global__ void m1x_rope(float* qkv, const float* cos_t, const float*
     int head = rem / half, j = rem % half;  // head in [0, 2d / 64): q heads then k heads
     float* h = qkv + (size_t)r * 3 * d + head * HEAD_DIM;
     size_t t = (size_t)row_pos[r] * half + j;
-    float c = cos_t[t], s = sin_t[t];
-    float x1 = h[j], x2 = h[j + half];
-    h[j] = fmaf(x1, c, -(x2 * s));
-    h[j + half] = fmaf(x1, s, x2 * c);
+    rope_pair(h, j, cos_t[t], sin_t[t]);
 }
 
 // Appends row r's key and value (qkv[r][d..3d]) to its stream's ring caches of `cap` slots, at

@@ -15,8 +15,8 @@ H100 SXM's ceilings: 3.35 TB/s of HBM, and `__dp4a` at the int32 rate, taken as 
 SM x 132 SMs x 1.98 GHz = 16.7 T dp4a/s (67 T int8 multiply-adds/s). A step ends with m1q_cdf,
 the coder's integer CDFs (1,028 bytes per row cross to the host instead of 1,024 of f32). The
 host replays a step over every stream as a CUDA graph. M2's decode step (src/backend/cuda/
-int8_model.rs, Products::Fused) replaces each m1q_quantise + m1q_linear pair by m1q_qlinear, a
-launch fewer per product at the same bits; further speed work (tensor cores, a persistent step)
+int8_model.rs, Fusion::Fused) replaces each m1q_quantise + m1q_linear pair by m1q_qlinear and
+m1x_rope + m1q_attention by m1q_rope_attention, at the same bits; further speed work (tensor cores, a persistent step)
 is left for later: the kernels are written to be exact and simple.
 */
 
@@ -213,11 +213,10 @@ extern "C" __global__ void __launch_bounds__(128) m1q_qlinear(float* y, const fl
 // exponents); 16 n dp4a, 64 n integer multiply-adds and n exp_contract. m1-3m, R = 1,024 rows all
 // at n = 256 (the full window), 3 layers, 4 heads: 428 MB of cache reads = 128 us of HBM against
 // 0.25 G integer operations (~10 us): memory-bound.
-extern "C" __global__ void __launch_bounds__(ATT_THREADS) m1q_attention(float* att, const float* qkv, signed char* kq,
-                                                                       int* ke, signed char* vq, int* ve,
-                                                                       const int* row_stream, const int* row_pos,
-                                                                       int d, int cap) {
-    extern __shared__ int att_shared[]; // p_j (as f32) then W_j, cap of each
+// The body of m1q_attention and m1q_rope_attention, written once; att_shared is the kernel's
+// dynamic shared memory (p_j as f32, then W_j, cap of each).
+__device__ void c3_attention(float* att, const float* qkv, signed char* kq, int* ke, signed char* vq, int* ve,
+                             const int* row_stream, const int* row_pos, int d, int cap, int* att_shared) {
     __shared__ __align__(16) signed char qq[HEAD_DIM];
     __shared__ int part[ATT_THREADS / HEAD_DIM][HEAD_DIM];
     float* ps = reinterpret_cast<float*>(att_shared);
@@ -273,6 +272,36 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) m1q_attention(float* a
         for (int g = 0; g < ATT_THREADS / HEAD_DIM; g++) total += part[g][c];
         att[(size_t)r * d + h * HEAD_DIM + c] = __fdiv_rn(__fmul_rn((float)total, pow2i(top)), (float)sum);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(ATT_THREADS) m1q_attention(float* att, const float* qkv, signed char* kq,
+                                                                       int* ke, signed char* vq, int* ve,
+                                                                       const int* row_stream, const int* row_pos,
+                                                                       int d, int cap) {
+    extern __shared__ int att_shared[];
+    c3_attention(att, qkv, kq, ke, vq, ve, row_stream, row_pos, d, cap, att_shared);
+}
+
+// m1x_rope and m1q_attention in one launch, for M2's decode step (a launch fewer per layer; the
+// same bits): block (r, h) first rotates head h's query and key of row r in place, the pairs
+// m1x_rope gives it (threads 0..31 the query's, 32..63 the key's; those values are this block's
+// alone), then attends as m1q_attention. Grid, block and shared memory as m1q_attention; cos_t
+// and sin_t are m1x_rope's tables ([positions][32]).
+extern "C" __global__ void __launch_bounds__(ATT_THREADS) m1q_rope_attention(float* att, float* qkv, signed char* kq,
+                                                                            int* ke, signed char* vq, int* ve,
+                                                                            const int* row_stream, const int* row_pos,
+                                                                            int d, int cap, const float* cos_t,
+                                                                            const float* sin_t) {
+    extern __shared__ int att_shared[];
+    const int half = HEAD_DIM / 2, r = blockIdx.x, h = blockIdx.y;
+    if (threadIdx.x < HEAD_DIM) {
+        const int j = threadIdx.x % half;
+        float* head = qkv + (size_t)r * 3 * d + (threadIdx.x < half ? 0 : d) + h * HEAD_DIM;
+        const size_t t = (size_t)row_pos[r] * half + j;
+        rope_pair(head, j, cos_t[t], sin_t[t]);
+    }
+    __syncthreads(); // the rotated query and key (global memory) are visible to the whole block
+    c3_attention(att, qkv, kq, ke, vq, ve, row_stream, row_pos, d, cap, att_shared);
 }
 
 // Softmax of each row of p ([rows][v]) in place: m = max, p_i = exp_contract(p_i - m), the sum

@@ -10,7 +10,7 @@
 //! step per prompt token.
 
 use super::Decoder;
-use crate::backend::cuda::int8_model::Products;
+use crate::backend::cuda::int8_model::Fusion;
 use crate::backend::cuda::{gpu_unavailable_reason, GpuInt8Model};
 use crate::backend::Device;
 use crate::m1::Int8Model;
@@ -84,7 +84,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl GpuDecoder {
     /// `lm` on GPU 0 with `streams` contexts (one per generation running at once).
     pub fn new(lm: &Int8Model, streams: usize) -> Result<Self> {
-        let model = GpuInt8Model::new(lm, streams, lm.context(), Products::Fused)?;
+        let model = GpuInt8Model::new(lm, streams, lm.context(), Fusion::Fused)?;
         Ok(GpuDecoder {
             cfg: lm.config().clone(),
             model: Mutex::new(model),

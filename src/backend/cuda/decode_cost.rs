@@ -71,15 +71,6 @@ pub fn decode_costs(cfg: &ModelConfig, rows: usize, position: usize) -> Vec<Deco
     );
     let heads = (cfg.d_model / HEAD_DIM) as f64;
     let seen = (position + 1) as f64;
-    let row = |kernel, what: String, launches, bytes| DecodeKernelCost {
-        kernel,
-        what,
-        launches,
-        bytes,
-        int8_macs: 0.0,
-        serial: 0.0,
-        to_host: false,
-    };
     // A product of `n` outputs over `k` inputs, its f32 input rows quantised (normalised first
     // when `norm`) inside it: the int8 weights and their exponents once, each row's f32 input,
     // its f32 output (read too when added to the residual); the RMS sum's 16 lane chains of
@@ -94,16 +85,23 @@ pub fn decode_costs(cfg: &ModelConfig, rows: usize, position: usize) -> Vec<Deco
         to_host: false,
     };
     vec![
-        row("m1x_embed", format!("{rows} rows of {d}"), 1, r * 8.0 * d),
-        product("qkv", d, 3.0 * d, true, false),
-        row("m1x_rope", format!("q, k of {rows} rows"), l, r * 16.0 * d),
         DecodeKernelCost {
-            kernel: "m1q_attention",
+            kernel: "m1x_embed",
+            what: format!("{rows} rows of {d}"),
+            launches: 1,
+            bytes: r * 8.0 * d,
+            int8_macs: 0.0,
+            serial: 0.0,
+            to_host: false,
+        },
+        product("qkv", d, 3.0 * d, true, false),
+        DecodeKernelCost {
+            kernel: "m1q_rope_attention",
             what: format!("{rows} rows x {heads} heads over {seen} positions"),
             launches: l,
-            // Each head's new key and value written, then every cached key, value and their
-            // exponents read; q, k, v in, the output row out.
-            bytes: r * (heads * seen * (2.0 * 64.0 + 8.0) + 4.0 * 4.0 * d),
+            // q and k rotated in place; each head's new key and value written, then every cached
+            // key, value and their exponents read; q, k, v in, the output row out.
+            bytes: r * (heads * seen * (2.0 * 64.0 + 8.0) + 8.0 * 4.0 * d),
             int8_macs: r * heads * seen * 2.0 * 64.0,
             serial: 0.0,
             to_host: false,
@@ -145,13 +143,13 @@ pub fn format_decode_costs(cfg: &ModelConfig, rows: usize, position: usize, card
         cfg.vocab
     );
     s += &format!(
-        "{:<15} {:>9} {:>9} {:>7} {:>9} {:>9}  what\n",
+        "{:<18} {:>9} {:>9} {:>7} {:>9} {:>9}  what\n",
         "kernel", "MB", "M MAC", "/step", "us each", "us/step"
     );
     for c in &costs {
         let each = c.us_each(card);
         s += &format!(
-            "{:<15} {:>9.3} {:>9.2} {:>7} {:>9.2} {:>9.2}  {}\n",
+            "{:<18} {:>9.3} {:>9.2} {:>7} {:>9.2} {:>9.2}  {}\n",
             c.kernel,
             c.bytes / 1e6,
             c.int8_macs / 1e6,
@@ -179,8 +177,8 @@ mod tests {
     use crate::backend::cuda::cost::H200;
 
     /// The products read every matrix once (the int8 weight count is the model's), and a step
-    /// launches 2 + 6 per layer kernels: the count `GpuInt8Model::enqueue` makes with fused
-    /// products (M2's decoding).
+    /// launches 2 + 5 per layer kernels: the count `GpuInt8Model::enqueue` makes fused
+    /// (M2's decoding).
     #[test]
     fn decode_costs_follow_the_model_and_the_launch_sequence() {
         let cfg = ModelConfig::preset("m2-25m", Some(65536)).unwrap();
@@ -198,11 +196,14 @@ mod tests {
             .filter(|c| !c.to_host)
             .map(|c| c.launches)
             .sum();
-        assert_eq!(launches, 2 + 6 * cfg.n_layers);
+        assert_eq!(launches, 2 + 5 * cfg.n_layers);
         // At batch 1 every kernel is at least a launch; the head's 33.5 MB sit above it.
         let floor = predicted_decode_us(&costs, &H200);
         assert!(floor >= LAUNCH_FLOOR_US * launches as f64, "{floor}");
-        let head = costs.iter().find(|c| c.what.starts_with("norm + head")).unwrap();
+        let head = costs
+            .iter()
+            .find(|c| c.what.starts_with("norm + head"))
+            .unwrap();
         assert!(head.us_each(&H200) > LAUNCH_FLOOR_US);
         // More streams add cache reads, products and logits, never less time.
         assert!(predicted_decode_us(&decode_costs(&cfg, 64, 100), &H200) > floor);

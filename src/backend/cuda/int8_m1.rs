@@ -30,7 +30,7 @@
 //! bit for bit against the CPU, on a GPU when one is present and on the CUDA emulator otherwise.
 
 use super::exact_m1::{download_probs, ring_slots};
-use super::int8_model::{per_row, GpuInt8Model, Products};
+use super::int8_model::{per_row, Fusion, GpuInt8Model};
 use super::loader::GpuKernels;
 use super::staging::Staged;
 use super::Entry;
@@ -69,7 +69,7 @@ impl GpuInt8M1 {
     /// `m1` on GPU 0 with `streams` contexts of up to `capacity` positions each (a window of n
     /// bytes takes n + 1: the start token and every byte but the last feed the model).
     pub fn new(m1: &Int8M1, streams: usize, capacity: usize) -> Result<Self> {
-        let model = GpuInt8Model::new(m1.lm(), streams, capacity, Products::Separate)?;
+        let model = GpuInt8Model::new(m1.lm(), streams, capacity, Fusion::Separate)?;
         let k = model.kernels();
         let s = k.stream().clone();
         Ok(GpuInt8M1 {

@@ -100,6 +100,7 @@ struct Funcs {
     linear: CudaFunction,
     qlinear: CudaFunction,
     attention: CudaFunction,
+    rope_attention: CudaFunction,
 }
 
 /// Per-step buffers, `streams` rows each.
@@ -133,18 +134,13 @@ pub struct GpuInt8Model {
     slots: usize,
     /// The step over every stream, captured once (keyed by nothing: the only graph).
     graph: StepGraph<()>,
-    products: Products,
+    products: Fusion,
 }
 
 impl GpuInt8Model {
     /// `lm` on GPU 0 with `streams` contexts of up to `capacity` positions each, its products
-    /// run as `products` says.
-    pub fn new(
-        lm: &Int8Model,
-        streams: usize,
-        capacity: usize,
-        products: Products,
-    ) -> Result<Self> {
+    /// run as `products` says ([`Fusion`]).
+    pub fn new(lm: &Int8Model, streams: usize, capacity: usize, products: Fusion) -> Result<Self> {
         ensure!(streams > 0 && capacity > 0, "no streams or no capacity");
         let k = GpuKernels::new(0)?;
         let f = Funcs {
@@ -154,6 +150,7 @@ impl GpuInt8Model {
             linear: k.function(Entry::m1q_linear).clone(),
             qlinear: k.function(Entry::m1q_qlinear).clone(),
             attention: k.function(Entry::m1q_attention).clone(),
+            rope_attention: k.function(Entry::m1q_rope_attention).clone(),
         };
         let cfg = lm.config();
         let (d, ff, vocab) = (cfg.d_model, cfg.d_ff, cfg.vocab);
@@ -352,8 +349,8 @@ impl GpuInt8Model {
                        ex: &mut CudaSlice<i32>| {
             let norm_eps = norm.then_some(eps);
             match products {
-                Products::Fused => qlinear(&s, &f.qlinear, rows, y, x, norm_eps, w, mode),
-                Products::Separate => {
+                Fusion::Fused => qlinear(&s, &f.qlinear, rows, y, x, norm_eps, w, mode),
+                Fusion::Separate => {
                     quantise(&s, &f.quantise, rows, xq, ex, x, w.k, norm_eps)?;
                     linear(&s, &f.linear, rows, y, (xq, ex), w, mode)
                 }
@@ -369,16 +366,23 @@ impl GpuInt8Model {
                 &mut b.xq,
                 &mut b.ex,
             )?;
-            let mut l = s.launch_builder(&f.rope);
-            l.arg(&mut b.qkv)
-                .arg(&self.cos)
-                .arg(&self.sin)
-                .arg(&b.feeds.row_pos);
-            l.arg(&rows_i).arg(&di);
-            unsafe { l.launch(elementwise) }?;
-            let mut l = s.launch_builder(&f.attention);
+            // Rotary, then attention: one launch when fused (the block rotates its own head).
+            if products == Fusion::Separate {
+                let mut l = s.launch_builder(&f.rope);
+                l.arg(&mut b.qkv)
+                    .arg(&self.cos)
+                    .arg(&self.sin)
+                    .arg(&b.feeds.row_pos);
+                l.arg(&rows_i).arg(&di);
+                unsafe { l.launch(elementwise) }?;
+            }
+            let attention = match products {
+                Fusion::Separate => &f.attention,
+                Fusion::Fused => &f.rope_attention,
+            };
+            let mut l = s.launch_builder(attention);
             l.arg(&mut b.att)
-                .arg(&b.qkv)
+                .arg(&mut b.qkv)
                 .arg(&mut w.keys)
                 .arg(&mut w.key_e)
                 .arg(&mut w.values)
@@ -387,6 +391,9 @@ impl GpuInt8Model {
                 .arg(&b.feeds.row_pos)
                 .arg(&di)
                 .arg(&slots_i);
+            if products == Fusion::Fused {
+                l.arg(&self.cos).arg(&self.sin);
+            }
             unsafe { l.launch(per_head) }?;
             product(
                 &mut b.x,
@@ -452,13 +459,14 @@ fn product_grid(rows: usize, w: &DevMatrix) -> LaunchConfig {
     }
 }
 
-/// How a step quantises each product's input rows: with its own launch (`m1q_quantise`, then
-/// `m1q_linear`), or inside the product (`m1q_qlinear`: a launch fewer per product, the same
-/// bits). M1's coding keeps the separate launches, the kernels its parity run on an H200
-/// checked, until a GPU run checks the fused one; M2's decoding, a chain of small launches at
-/// batch 1, fuses.
+/// How a step groups its work into launches, for the same bits: each product's input rows
+/// quantised by their own launch (`m1q_quantise`, then `m1q_linear`) or inside the product
+/// (`m1q_qlinear`), and the rotary a launch of its own (`m1x_rope`, then `m1q_attention`) or
+/// inside the attention (`m1q_rope_attention`). M1's coding keeps the separate launches, the
+/// kernels its parity run on an H200 checked, until a GPU run checks the fused ones; M2's
+/// decoding, a chain of small launches at batch 1, fuses (6 launches per layer instead of 10).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Products {
+pub enum Fusion {
     Separate,
     Fused,
 }
