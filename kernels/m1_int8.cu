@@ -287,6 +287,9 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS) m1q_attention(float* a
 // m1x_rope gives it (threads 0..31 the query's, 32..63 the key's; those values are this block's
 // alone), then attends as m1q_attention. Grid, block and shared memory as m1q_attention; cos_t
 // and sin_t are m1x_rope's tables ([positions][32]).
+// Cost: m1q_attention's, plus 512 bytes of q and k read and written per (row, head) and 64
+// rotations; it saves m1x_rope's launch (src/backend/cuda/decode_cost.rs: m2-25m at batch 1,
+// 6 launches of about 2 us each).
 extern "C" __global__ void __launch_bounds__(ATT_THREADS) m1q_rope_attention(float* att, float* qkv, signed char* kq,
                                                                             int* ke, signed char* vq, int* ve,
                                                                             const int* row_stream, const int* row_pos,

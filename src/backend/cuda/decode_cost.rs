@@ -75,10 +75,10 @@ pub fn decode_costs(cfg: &ModelConfig, rows: usize, position: usize) -> Vec<Deco
     // when `norm`) inside it: the int8 weights and their exponents once, each row's f32 input,
     // its f32 output (read too when added to the residual); the RMS sum's 16 lane chains of
     // k / 16 in parallel.
-    let product = |what: &str, k: f64, n: f64, norm: bool, adds: bool| DecodeKernelCost {
+    let product = |what: &str, launches, k: f64, n: f64, norm: bool, adds: bool| DecodeKernelCost {
         kernel: "m1q_qlinear",
         what: format!("{}{what} {k} -> {n}", if norm { "norm + " } else { "" }),
-        launches: if what == "head" { 1 } else { l },
+        launches,
         bytes: n * k + 4.0 * n + r * 4.0 * k + r * 4.0 * n * if adds { 2.0 } else { 1.0 },
         int8_macs: r * n * k,
         serial: if norm { k / 16.0 } else { 0.0 },
@@ -94,7 +94,7 @@ pub fn decode_costs(cfg: &ModelConfig, rows: usize, position: usize) -> Vec<Deco
             serial: 0.0,
             to_host: false,
         },
-        product("qkv", d, 3.0 * d, true, false),
+        product("qkv", l, d, 3.0 * d, true, false),
         DecodeKernelCost {
             kernel: "m1q_rope_attention",
             what: format!("{rows} rows x {heads} heads over {seen} positions"),
@@ -106,10 +106,10 @@ pub fn decode_costs(cfg: &ModelConfig, rows: usize, position: usize) -> Vec<Deco
             serial: 0.0,
             to_host: false,
         },
-        product("out", d, d, false, true),
-        product("up", d, ff, true, false),
-        product("down", ff, d, false, true),
-        product("head", d, v, true, false),
+        product("out", l, d, d, false, true),
+        product("up", l, d, ff, true, false),
+        product("down", l, ff, d, false, true),
+        product("head", 1, d, v, true, false),
         DecodeKernelCost {
             kernel: "logits to host",
             what: format!("{rows} x {v} f32"),
