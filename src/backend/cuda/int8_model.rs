@@ -34,7 +34,7 @@ use super::exact_m1::{cache_cells, grid, ring_slots, FeedBufs};
 use super::graph::StepGraph;
 use super::loader::GpuKernels;
 use super::Entry;
-use crate::m1::int8::QMatrix;
+use crate::m1::int8::{QMatrix, WeightBits};
 use crate::m1::Int8Model;
 use crate::numerics::{RopeTables, HEAD_DIM};
 use anyhow::{ensure, Context, Result};
@@ -137,11 +137,16 @@ pub struct GpuInt8Model {
     products: Fusion,
 }
 
+/// Why a model with 4-bit weights cannot go to the GPU.
+const INT8_ONLY: &str =
+    "the GPU decodes int8 weights only (contract 3's kernels); 4-bit weights run on the CPU";
+
 impl GpuInt8Model {
     /// `lm` on GPU 0 with `streams` contexts of up to `capacity` positions each, its products
     /// run as `products` says ([`Fusion`]).
     pub fn new(lm: &Int8Model, streams: usize, capacity: usize, products: Fusion) -> Result<Self> {
         ensure!(streams > 0 && capacity > 0, "no streams or no capacity");
+        ensure!(lm.weight_bits() == WeightBits::Int8, INT8_ONLY);
         let k = GpuKernels::new(0)?;
         let f = Funcs {
             embed: k.function(Entry::m1x_embed).clone(),
@@ -170,7 +175,7 @@ impl GpuInt8Model {
         let s = k.stream().clone();
         let layers = (0..cfg.n_layers)
             .map(|l| -> Result<LayerBufs> {
-                let [qkv, out, up, down] = lm.layer_matrices(l);
+                let [qkv, out, up, down] = lm.layer_matrices(l).context(INT8_ONLY)?;
                 let cache = "allocating the key/value cache";
                 Ok(LayerBufs {
                     qkv: DevMatrix::new(&s, qkv)?,
@@ -206,7 +211,7 @@ impl GpuInt8Model {
             eps: cfg.norm_eps,
             layers,
             tok_emb: up(lm.tok_emb())?,
-            head: DevMatrix::new(&s, lm.head())?,
+            head: DevMatrix::new(&s, lm.head().context(INT8_ONLY)?)?,
             cos: up(&rope.cos)?,
             sin: up(&rope.sin)?,
             step,

@@ -12,11 +12,14 @@
 mod attention;
 mod lanes;
 mod measure;
+mod q4;
 mod quantise;
+mod weights;
 
 pub use measure::{quantisation_cost, QuantisationCost};
 pub use quantise::MAX_INNER;
 pub(crate) use quantise::{fake_quantise_rows, QMatrix};
+pub use weights::WeightBits;
 
 use super::{
     add_into, check_byte_level, check_weights, fingerprint, rotate, Probs, CONTRACT_VERSION,
@@ -28,9 +31,10 @@ use crate::numerics::RopeTables;
 use anyhow::{ensure, Context, Result};
 use attention::{attend, QKvCache};
 use lanes::{rms_factor, softmax};
-use quantise::{qmatmul, ROWS_PER_TASK};
+use quantise::ROWS_PER_TASK;
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
+use weights::Weights;
 
 /// The longest attention span (a model's [`ModelConfig::context`]) contract 3 admits: the bound
 /// of the attention's i32 sums (`attention.rs`) holds for at most this many positions.
@@ -38,10 +42,10 @@ pub const MAX_CONTEXT: usize = 1024;
 
 /// One layer's quantised matrices (`qkv` and `up` with the RMSNorm gains before them folded in).
 struct QLayer {
-    qkv: QMatrix,
-    out: QMatrix,
-    up: QMatrix,
-    down: QMatrix,
+    qkv: Weights,
+    out: Weights,
+    up: Weights,
+    down: Weights,
 }
 
 /// A model of any vocabulary quantised for contract 3's arithmetic, one position at a time with
@@ -50,15 +54,17 @@ struct QLayer {
 /// per step; its sampling needs no exactness). Its integer products run on the fastest kernel of
 /// [`crate::numerics::int8`] the machine has (every kernel gives the same integers, so the same
 /// bits); the row-wise work around them runs in the AVX2 and FMA copies of
-/// [`I8Kernel::vectorised`] (the same bits as plain code).
+/// [`I8Kernel::vectorised`] (the same bits as plain code). Its weight matrices are int8 (contract
+/// 3) or, for M2 on the CPU only, 4-bit ([`WeightBits`]).
 pub struct Int8Model {
     cfg: ModelConfig,
+    bits: WeightBits,
     kernel: I8Kernel,
     context: usize,
     tok_emb: Vec<f32>,
     layers: Vec<QLayer>,
     /// `lm_head` with the final norm's gain folded in.
-    head: QMatrix,
+    head: Weights,
     /// The rotary tables, shared by every stream and grown to the furthest position asked for
     /// ([`rope_covering`](Self::rope_covering)): a table's entries do not depend on its length.
     rope: RwLock<Arc<RopeTables>>,
@@ -101,6 +107,12 @@ impl Int8Model {
     /// match `cfg` or are not finite, and shapes outside the proved integer bounds: `d_model` or
     /// `d_ff` above [`MAX_INNER`], a context above [`MAX_CONTEXT`], or none recorded.
     pub fn new(cfg: &ModelConfig, params: &ParamArena) -> Result<Self> {
+        Self::with_bits(cfg, params, WeightBits::Int8)
+    }
+
+    /// [`new`](Self::new) with the weight matrices in `bits`; 4-bit weights also refuse a
+    /// `d_model` or `d_ff` above [`crate::numerics::int4::MAX_INPUTS`].
+    pub fn with_bits(cfg: &ModelConfig, params: &ParamArena, bits: WeightBits) -> Result<Self> {
         check_weights(cfg, params)?;
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         ensure!(
@@ -117,45 +129,44 @@ impl Int8Model {
             ),
         };
         let t = |name: &str| params.tensor(name);
+        let q = |w: &str, n, inp, gain: Option<&str>| {
+            Weights::quantise(bits, t(w), n, inp, gain.map(t))
+        };
         let layers = (0..cfg.n_layers)
             .map(|l| {
                 let p = |s: &str| format!("layers.{l}.{s}");
-                QLayer {
-                    qkv: QMatrix::from_rows(
-                        t(&p("attn.qkv.weight")),
+                Ok(QLayer {
+                    qkv: q(
+                        &p("attn.qkv.weight"),
                         3 * d,
                         d,
-                        Some(t(&p("attn_norm.weight"))),
-                    ),
-                    out: QMatrix::from_rows(t(&p("attn.out.weight")), d, d, None),
-                    up: QMatrix::from_rows(
-                        t(&p("mlp.up.weight")),
-                        ff,
-                        d,
-                        Some(t(&p("mlp_norm.weight"))),
-                    ),
-                    down: QMatrix::from_rows(t(&p("mlp.down.weight")), d, ff, None),
-                }
+                        Some(&p("attn_norm.weight")),
+                    )?,
+                    out: q(&p("attn.out.weight"), d, d, None)?,
+                    up: q(&p("mlp.up.weight"), ff, d, Some(&p("mlp_norm.weight")))?,
+                    down: q(&p("mlp.down.weight"), d, ff, None)?,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Int8Model {
             cfg: cfg.clone(),
+            bits,
             kernel: I8Kernel::best(),
             context,
             tok_emb: t("tok_emb.weight").to_vec(),
             layers,
-            head: QMatrix::from_rows(
-                t("lm_head.weight"),
-                cfg.vocab,
-                d,
-                Some(t("final_norm.weight")),
-            ),
+            head: q("lm_head.weight", cfg.vocab, d, Some("final_norm.weight"))?,
             rope: RwLock::new(Arc::new(RopeTables::new(0, cfg.rope_theta))),
         })
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// How the weight matrices are stored.
+    pub fn weight_bits(&self) -> WeightBits {
+        self.bits
     }
 
     /// The same model computing its integer products with `kernel`; refused where this machine
@@ -185,15 +196,16 @@ impl Int8Model {
         &self.tok_emb
     }
 
-    /// Layer `l`'s quantised matrices: `qkv`, `out`, `up`, `down` (norm gains folded in).
-    pub(crate) fn layer_matrices(&self, l: usize) -> [&QMatrix; 4] {
+    /// Layer `l`'s int8 matrices: `qkv`, `out`, `up`, `down` (norm gains folded in); `None`
+    /// with 4-bit weights.
+    pub(crate) fn layer_matrices(&self, l: usize) -> Option<[&QMatrix; 4]> {
         let w = &self.layers[l];
-        [&w.qkv, &w.out, &w.up, &w.down]
+        Some([w.qkv.int8()?, w.out.int8()?, w.up.int8()?, w.down.int8()?])
     }
 
-    /// `lm_head`, quantised with the final norm's gain folded in.
-    pub(crate) fn head(&self) -> &QMatrix {
-        &self.head
+    /// `lm_head` in int8, with the final norm's gain folded in; `None` with 4-bit weights.
+    pub(crate) fn head(&self) -> Option<&QMatrix> {
+        self.head.int8()
     }
 
     /// Feeds `tokens[r]` to `states[r]` (independent streams, one position each; an empty state
@@ -285,7 +297,7 @@ impl Int8Model {
     /// (`[rows][vocab]`): the scores [`next_token_probs`](Self::next_token_probs) takes the
     /// softmax of.
     pub fn next_token_logits(&self, x: &[f32], logits: &mut [f32]) {
-        qmatmul(self.kernel, logits, &self.normalise(x), &self.head);
+        self.head.product(self.kernel, logits, &self.normalise(x));
     }
 
     /// The next-token distribution of every row of last-layer outputs `x` (`[rows][d]`) into
@@ -334,7 +346,7 @@ impl Int8Model {
     /// `qkv` of every row: the RMSNorm (gain folded into the matrix), then the int8 product.
     fn project_qkv(&self, w: &QLayer, x: &[f32]) -> Vec<f32> {
         let mut qkv = vec![0f32; x.len() * 3];
-        qmatmul(self.kernel, &mut qkv, &self.normalise(x), &w.qkv);
+        w.qkv.product(self.kernel, &mut qkv, &self.normalise(x));
         qkv
     }
 
@@ -342,12 +354,12 @@ impl Int8Model {
     /// MLP, residual.
     fn finish_layer(&self, w: &QLayer, x: &mut [f32], att: &[f32]) {
         let mut proj = vec![0f32; x.len()];
-        qmatmul(self.kernel, &mut proj, att, &w.out);
+        w.out.product(self.kernel, &mut proj, att);
         add_into(x, &proj);
         let mut up = vec![0f32; x.len() / self.cfg.d_model * self.cfg.d_ff];
-        qmatmul(self.kernel, &mut up, &self.normalise(x), &w.up);
+        w.up.product(self.kernel, &mut up, &self.normalise(x));
         up.iter_mut().for_each(|u| *u = u.max(0.0));
-        qmatmul(self.kernel, &mut proj, &up, &w.down);
+        w.down.product(self.kernel, &mut proj, &up);
         add_into(x, &proj);
     }
 
@@ -554,13 +566,20 @@ mod tests {
 
     /// A model of any vocabulary (M2's) fed its context in pieces by `extend`, one token at a
     /// time by `advance_rows`, or alongside other streams gets the same bits; across a sliding
-    /// window too.
+    /// window too; with int8 and with 4-bit weights (whose products split the work by
+    /// columns at batch 1, by row tiles for a long piece).
     #[test]
     fn general_vocab_extend_in_pieces_equals_one_token_at_a_time() {
+        for bits in [WeightBits::Int8, WeightBits::Int4] {
+            extend_in_pieces_equals_one_token_at_a_time(bits);
+        }
+    }
+
+    fn extend_in_pieces_equals_one_token_at_a_time(bits: WeightBits) {
         let mut cfg = ModelConfig::preset("tiny", Some(1000)).unwrap();
         cfg.context = Some(24);
         let p = ParamArena::init(&cfg, 9);
-        let m = Int8Model::new(&cfg, &p).unwrap();
+        let m = Int8Model::with_bits(&cfg, &p, bits).unwrap();
         let tokens: Vec<u32> = (0..60).map(|i| (i * 37 + 11) % 1000).collect();
         let probs_of = |x: &[f32]| {
             let mut p = vec![0f32; x.len() / cfg.d_model * cfg.vocab];
@@ -585,20 +604,28 @@ mod tests {
                 got.extend(probs_of(&m.extend(&mut st, &tokens[at..at + n])));
                 at += n;
             }
-            assert_eq!(got, stepped);
+            assert_eq!(got, stepped, "{}", bits.name());
             assert_eq!(st.len(), 60);
         }
     }
 
-    /// M2 generation's int8 model stays close to the float model it was quantised from at a
-    /// 65,536-token vocabulary: mean total-variation distance below 0.05 (as for M1 below).
+    /// M2 generation's quantised models stay close to the float model they were quantised from
+    /// at a 65,536-token vocabulary: mean total-variation distance below 0.05 with int8 (as for
+    /// M1 below), below 0.1 with 4-bit weights (measured 0.013 and 0.075 on these random
+    /// weights; on a trained M2, `terse eval --int4` measures the cost in bits/byte).
     #[test]
     fn large_vocab_distributions_are_close_to_the_float_models() {
+        for (bits, bound) in [(WeightBits::Int8, 0.05), (WeightBits::Int4, 0.1)] {
+            large_vocab_close_to_float(bits, bound);
+        }
+    }
+
+    fn large_vocab_close_to_float(bits: WeightBits, bound: f64) {
         let mut cfg = ModelConfig::preset("tiny", Some(65536)).unwrap();
         cfg.context = Some(64);
         let mut p = ParamArena::init(&cfg, 6);
         p.data.iter_mut().for_each(|x| *x *= 2.0);
-        let q = Int8Model::new(&cfg, &p).unwrap();
+        let q = Int8Model::with_bits(&cfg, &p, bits).unwrap();
         let f = crate::m1::ExactModel::new(&cfg, &p).unwrap();
         let tokens: Vec<u32> = (0..20).map(|i| (i * 7919 + 3) % 65536).collect();
         let (mut qs, mut fs) = (Int8State::default(), f.empty_state());
@@ -616,7 +643,37 @@ mod tests {
                     .sum::<f64>();
         }
         let tv = tv / tokens.len() as f64;
-        assert!(tv < 0.05, "mean total variation {tv}");
+        assert!(tv < bound, "{}: mean total variation {tv}", bits.name());
+    }
+
+    /// With 4-bit weights too, every kernel gives the same logits, bit for bit, stepped and in
+    /// one piece.
+    #[test]
+    fn every_kernel_gives_the_same_bits_with_4_bit_weights() {
+        let mut cfg = ModelConfig::preset("tiny", Some(3000)).unwrap();
+        cfg.context = Some(32);
+        let p = ParamArena::init(&cfg, 4);
+        let tokens: Vec<u32> = (0..20).map(|i| (i * 131 + 7) % 3000).collect();
+        let bits_of = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let run = |kernel| {
+            let m = Int8Model::with_bits(&cfg, &p, WeightBits::Int4)
+                .unwrap()
+                .with_kernel(kernel)
+                .unwrap();
+            let mut logits = vec![0f32; tokens.len() * cfg.vocab];
+            m.next_token_logits(&m.extend(&mut Int8State::default(), &tokens), &mut logits);
+            let mut st = Int8State::default();
+            for (t, l) in tokens.iter().zip(logits.chunks_exact(cfg.vocab)) {
+                let mut one = vec![0f32; cfg.vocab];
+                m.next_token_logits(&m.advance_rows(&mut [&mut st], &[*t]), &mut one);
+                assert_eq!(bits_of(&one), bits_of(l), "{} stepped", kernel.name());
+            }
+            bits_of(&logits)
+        };
+        let want = run(I8Kernel::Portable);
+        for kernel in I8Kernel::available() {
+            assert_eq!(run(kernel), want, "{}", kernel.name());
+        }
     }
 
     /// Every int8 kernel this machine has (AVX-512 VNNI, AVX-VNNI, AVX2, portable) gives the same

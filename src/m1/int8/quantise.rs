@@ -196,19 +196,7 @@ pub(crate) fn qmatmul(kernel: I8Kernel, out: &mut [f32], x: &[f32], w: &QMatrix)
         x.len().is_multiple_of(inp) && out.len() == x.len() / inp * n,
         "qmatmul shapes"
     );
-    // Rows are independent: quantised and dequantised in parallel, 16 or more to a task.
-    let mut xq = vec![0i8; x.len()];
-    let ex: Vec<i32> = x
-        .par_chunks_exact(inp)
-        .zip(xq.par_chunks_exact_mut(inp))
-        .with_min_len(ROWS_PER_TASK)
-        .map(|(xr, qr)| {
-            kernel.vectorised(
-                #[inline(always)]
-                || quantise_row(xr, qr),
-            )
-        })
-        .collect();
+    let (xq, ex) = quantise_rows(kernel, x, inp);
     let mut acc = vec![0i32; out.len()];
     matmul_i8_with(kernel, &mut acc, &xq, &w.w);
     out.par_chunks_exact_mut(n)
@@ -225,6 +213,24 @@ pub(crate) fn qmatmul(kernel: I8Kernel, out: &mut [f32], x: &[f32], w: &QMatrix)
                 },
             )
         });
+}
+
+/// Every `inp`-wide row of `x` quantised on its own ([`quantise_row`]): the int8 values and
+/// each row's exponent. Rows run in parallel, 16 or more to a task.
+pub(crate) fn quantise_rows(kernel: I8Kernel, x: &[f32], inp: usize) -> (Vec<i8>, Vec<i32>) {
+    let mut xq = vec![0i8; x.len()];
+    let ex: Vec<i32> = x
+        .par_chunks_exact(inp)
+        .zip(xq.par_chunks_exact_mut(inp))
+        .with_min_len(ROWS_PER_TASK)
+        .map(|(xr, qr)| {
+            kernel.vectorised(
+                #[inline(always)]
+                || quantise_row(xr, qr),
+            )
+        })
+        .collect();
+    (xq, ex)
 }
 
 /// The fewest rows a parallel task of row-wise work takes (fewer cost more to hand out).
