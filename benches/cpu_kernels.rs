@@ -1,11 +1,13 @@
 //! Criterion benches of the CPU backend's heaviest ops at the shapes of `tiny` and `m1-3m`
 //! training: the linear layer (forward and backward) and causal attention (forward and backward);
 //! and contract 3's int8 products (every kernel this machine has) at M1 coding shapes, beside the
-//! f32 training product at the same shapes.
+//! f32 training product at the same shapes; and M2's batch-1 head product (65,536 outputs) with
+//! int8 and 4-bit weights, whose throughput is in weight bytes read (the bound at batch 1).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use terse::backend::cpu::attention::{attention_backward, attention_forward, AttnShape};
 use terse::backend::cpu::matmul::{matmul_backward, matmul_forward};
+use terse::numerics::int4::{matmul_i4_with, I4Matrix, GROUP};
 use terse::numerics::int8::{matmul_i8_with, I8Kernel, I8Matrix};
 use terse::rng::Rng;
 
@@ -97,5 +99,34 @@ fn int8_matmul(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, attention, int8_matmul);
+fn decode_head(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode_head");
+    g.sample_size(20);
+    let n = 65536;
+    for inp in [128, 512] {
+        let id = format!("1x{inp}x{n}");
+        let x: Vec<i8> = (0..inp).map(|k| (k * 37 % 255) as i8 - 127).collect();
+        let w: Vec<i8> = (0..n * inp).map(|k| (k * 13 % 255) as i8 - 127).collect();
+        let m8 = I8Matrix::from_rows(&w, n, inp).unwrap();
+        let codes: Vec<i8> = w.iter().map(|v| v >> 4).collect();
+        let subs: Vec<u8> = (0..n * inp / GROUP).map(|k| (k % 255) as u8).collect();
+        let m4 = I4Matrix::from_rows(&codes, &subs, &vec![1e-3; n], n, inp).unwrap();
+        let (mut y8, mut y4) = (vec![0i32; n], vec![0f32; n]);
+        for kernel in I8Kernel::available() {
+            g.throughput(Throughput::Bytes((n * inp) as u64));
+            g.bench_function(
+                BenchmarkId::new(format!("int8-{}", kernel.name()), &id),
+                |b| b.iter(|| matmul_i8_with(kernel, &mut y8, &x, &m8)),
+            );
+            g.throughput(Throughput::Bytes((n * inp * 17 / 32) as u64));
+            g.bench_function(
+                BenchmarkId::new(format!("int4-{}", kernel.name()), &id),
+                |b| b.iter(|| matmul_i4_with(kernel, &mut y4, &x, &[1.0], &m4)),
+            );
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, matmul, attention, int8_matmul, decode_head);
 criterion_main!(benches);

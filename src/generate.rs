@@ -16,7 +16,7 @@
 
 mod gpu;
 
-pub use gpu::{decode_on_gpu, GpuContext, GpuDecoder, GPU_DECODE_VALIDATED};
+pub use gpu::{decode_on_gpu, decode_weights, GpuContext, GpuDecoder, GPU_DECODE_VALIDATED};
 
 use crate::m1::{ExactModel, Int8M1, Int8Model, Int8State, WindowState};
 use crate::model::ModelConfig;

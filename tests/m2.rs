@@ -155,8 +155,8 @@ fn m2_trains_scores_and_generates_on_byte_tokens() {
     assert_eq!(g["bytes"], 50);
     assert_eq!(g["steps"], 50);
     assert_eq!(g["prompt_tokens"], 4);
-    // On the GPU: the CPU int8 model's sample, byte for byte, where a GPU is usable; a clear
-    // refusal where none is. `--exact` runs on the CPU only.
+    // On the GPU: the CPU's sample with int8 weights, byte for byte, where a GPU is usable; a
+    // clear refusal where none is. `--exact` and `--weights int4` run on the CPU only.
     let on = |device: &str, extra: &[&str]| {
         let m2 = run.to_str().unwrap();
         let mut args = vec![
@@ -172,6 +172,8 @@ fn m2_trains_scores_and_generates_on_byte_tokens() {
         args.extend(extra);
         terse(&args)
     };
+    let int8 = json_line(&on("cpu", &["--weights", "int8"]));
+    assert_eq!(int8["bytes"], 50);
     let r = on("cuda", &[]);
     match terse::backend::cuda::gpu_unavailable_reason() {
         Some(_) => {
@@ -182,16 +184,28 @@ fn m2_trains_scores_and_generates_on_byte_tokens() {
                 stderr(&r)
             );
         }
-        None => assert_eq!(json_line(&r)["text"], g["text"]),
+        None => assert_eq!(json_line(&r)["text"], int8["text"]),
     }
-    let r = on("cuda", &["--exact"]);
-    assert!(!r.status.success());
-    assert!(
-        stderr(&r).contains("--exact runs M2 in f32 on the CPU only"),
-        "{}",
-        stderr(&r)
-    );
+    for (flag, says) in [
+        (&["--exact"][..], "--exact runs M2 in f32 on the CPU only"),
+        (
+            &["--weights", "int4"][..],
+            "--weights int4 runs M2 on the CPU only",
+        ),
+    ] {
+        let r = on("cuda", flag);
+        assert!(!r.status.success());
+        assert!(stderr(&r).contains(says), "{}", stderr(&r));
+    }
+    // The CPU's default is 4-bit weights; --exact takes no --weights.
     assert_eq!(json_line(&on("cpu", &[]))["text"], g["text"]);
+    assert_eq!(
+        json_line(&on("cpu", &["--weights", "int4"]))["text"],
+        g["text"]
+    );
+    let r = on("cpu", &["--exact", "--weights", "int8"]);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("cannot be used with"), "{}", stderr(&r));
     // A byte-level M1 is not an M2.
     let m1 = dir.path().join("m1");
     common::train_tiny(&corpus, &m1, &["--steps", "2"]);

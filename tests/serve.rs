@@ -190,8 +190,14 @@ fn the_exact_m2_serves_the_same_way() {
     streamed_matches_whole(&["--exact"]);
 }
 
-/// On the GPU (or the CUDA emulator), where one is usable: the same streams as the CPU's int8
-/// (`streamed_matches_whole` checks the seed's text, streamed and whole, alone and batched).
+#[test]
+fn the_m2_with_int8_weights_serves_the_same_way() {
+    streamed_matches_whole(&["--weights", "int8"]);
+}
+
+/// On the GPU (or the CUDA emulator), where one is usable: the same streams as the CPU's with
+/// int8 weights (`streamed_matches_whole` checks the seed's text, streamed and whole, alone and
+/// batched).
 #[test]
 fn the_gpu_m2_serves_the_same_way() {
     if let Some(why) = terse::backend::cuda::gpu_unavailable_reason() {
@@ -199,7 +205,7 @@ fn the_gpu_m2_serves_the_same_way() {
         return;
     }
     streamed_matches_whole(&["--device", "cuda"]);
-    let cpu = Server::start(&["--device", "cpu"]);
+    let cpu = Server::start(&["--device", "cpu", "--weights", "int8"]);
     let gpu = Server::start(&["--device", "cuda"]);
     let req = completion("The ", 200, 11, false);
     assert_eq!(cpu.post(&req), gpu.post(&req));
@@ -532,6 +538,17 @@ fn bad_flags_and_a_taken_address_are_refused() {
     let r = common::terse(&["serve", "--m2", model, "--device", "cuda", "--exact"]);
     assert!(!r.status.success());
     assert!(common::stderr(&r).contains("--exact runs M2 in f32 on the CPU only"));
+    let r = common::terse(&[
+        "serve",
+        "--m2",
+        model,
+        "--device",
+        "cuda",
+        "--weights",
+        "int4",
+    ]);
+    assert!(!r.status.success());
+    assert!(common::stderr(&r).contains("--weights int4 runs M2 on the CPU only"));
     if terse::backend::cuda::gpu_unavailable_reason().is_some() {
         let r = common::terse(&["serve", "--m2", model, "--device", "cuda"]);
         assert!(!r.status.success());

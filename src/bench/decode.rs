@@ -1,6 +1,6 @@
 //! `terse bench generate`: M2's decode step (one new token per stream, key/value caches) on the
-//! CPU, int8 ([`Int8Model`], what generation runs) beside f32 under contract 2 ([`ExactModel`],
-//! the exact path), each against the floor its bytes imply at the machine's copy bandwidth; with
+//! CPU, 4-bit and int8 weights ([`Int8Model`]; 4-bit is what CPU generation runs) beside f32
+//! under contract 2 ([`ExactModel`], the exact path), each against the floor its bytes imply at the machine's copy bandwidth; with
 //! `--gpu`, also int8 on the GPU ([`GpuDecoder`]) against its predicted step
 //! ([`decode_cost`](crate::backend::cuda::decode_cost)).
 //!
@@ -13,6 +13,7 @@ use crate::backend::cuda::cost::Card;
 use crate::backend::cuda::decode_cost::{decode_costs, predicted_decode_us};
 use crate::backend::cuda::GpuKernels;
 use crate::generate::{Decoder, GpuDecoder};
+use crate::m1::int8::WeightBits;
 use crate::m1::{ExactModel, Int8Model};
 use crate::model::{ModelConfig, ParamArena};
 use crate::rng::Rng;
@@ -24,7 +25,10 @@ use std::time::Instant;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DecodeArith {
-    /// Int8 weights and activations ([`Int8Model`]): generation's default.
+    /// 4-bit weights, int8 activations ([`Int8Model`] with [`WeightBits::Int4`]): CPU
+    /// generation's default.
+    Int4,
+    /// Int8 weights and activations ([`Int8Model`]): `--weights int8`.
     Int8,
     /// F32 under contract 2 ([`ExactModel`]): `terse generate --exact`.
     Exact,
@@ -34,20 +38,27 @@ pub enum DecodeArith {
 }
 
 impl DecodeArith {
-    /// Bytes per weight, and per cached key or value element.
-    fn bytes_per_element(self) -> usize {
+    /// Bytes per cached key or value element.
+    fn cache_bytes(self) -> usize {
         match self {
-            DecodeArith::Int8 | DecodeArith::GpuInt8 => 1,
+            DecodeArith::Int4 | DecodeArith::Int8 | DecodeArith::GpuInt8 => 1,
             DecodeArith::Exact => 4,
         }
     }
 
-    /// Bytes one step reads with `streams` streams each `position` tokens in (the model above).
+    /// Bytes one step reads with `streams` streams each `position` tokens in (the model above):
+    /// for 4-bit weights, half a byte per weight, a sub-scale byte per 32 and an f32 per output.
     pub fn step_bytes(self, cfg: &ModelConfig, streams: usize, position: usize) -> usize {
         let (d, l) = (cfg.d_model, cfg.n_layers);
         let matrices = l * (4 * d * d + 2 * d * cfg.d_ff) + cfg.vocab * d;
-        let per_stream = 4 * d + 2 * l * (position + 1) * d * self.bytes_per_element();
-        matrices * self.bytes_per_element() + streams * per_stream
+        let outputs = l * (5 * d + cfg.d_ff) + cfg.vocab;
+        let weights = match self {
+            DecodeArith::Int4 => matrices * 17 / 32 + 4 * outputs,
+            DecodeArith::Int8 | DecodeArith::GpuInt8 => matrices,
+            DecodeArith::Exact => 4 * matrices,
+        };
+        let per_stream = 4 * d + 2 * l * (position + 1) * d * self.cache_bytes();
+        weights + streams * per_stream
     }
 }
 
@@ -76,6 +87,7 @@ impl DecodeArith {
     /// The name `terse bench generate` prints and its JSON holds.
     pub fn name(self) -> &'static str {
         match self {
+            DecodeArith::Int4 => "int4",
             DecodeArith::Int8 => "int8",
             DecodeArith::Exact => "exact",
             DecodeArith::GpuInt8 => "gpu-int8",
@@ -118,14 +130,16 @@ pub fn bench_decode(
     } else {
         None
     };
+    let int4 = Int8Model::with_bits(cfg, params, WeightBits::Int4)?;
     let int8 = Int8Model::new(cfg, params)?;
     let exact = ExactModel::new(cfg, params)?;
     let mut out = Vec::new();
     for &n in streams {
-        let mut ariths = vec![DecodeArith::Int8, DecodeArith::Exact];
+        let mut ariths = vec![DecodeArith::Int4, DecodeArith::Int8, DecodeArith::Exact];
         ariths.extend(card.map(|_| DecodeArith::GpuInt8));
         for arith in ariths {
             let times = match arith {
+                DecodeArith::Int4 => time_steps(&int4, n, position, steps)?,
                 DecodeArith::Int8 => time_steps(&int8, n, position, steps)?,
                 DecodeArith::Exact => time_steps(&exact, n, position, steps)?,
                 DecodeArith::GpuInt8 => {
@@ -207,6 +221,12 @@ mod tests {
             DecodeArith::Exact.step_bytes(&cfg, 3, 9),
             4 * matrices + 3 * (512 + 4 * 5120)
         );
+        // 4-bit: 17/32 of a byte per weight, plus an f32 scale per output row.
+        let outputs = 2 * (5 * 128 + 512) + 65536;
+        assert_eq!(
+            DecodeArith::Int4.step_bytes(&cfg, 1, 9),
+            matrices * 17 / 32 + 4 * outputs + 512 + 5120
+        );
     }
 
     #[test]
@@ -217,7 +237,7 @@ mod tests {
         let e = bench_decode(&cfg, &p, &[1], 10, 8, 1e10, false).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
         let r = bench_decode(&cfg, &p, &[1, 2], 4, 3, 1e10, false).unwrap();
-        assert_eq!(r.len(), 4);
+        assert_eq!(r.len(), 6);
         assert!(r.iter().all(|b| b.ms_per_step > 0.0 && b.floor_ms > 0.0));
     }
 }

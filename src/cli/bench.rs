@@ -132,8 +132,8 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Time M2's decode step on the CPU (one new token per stream, key/value caches): int8 (what
-    /// `terse generate` runs) beside f32 under contract 2 (`--exact`), each with the floor its
+    /// Time M2's decode step on the CPU (one new token per stream, key/value caches): 4-bit and
+    /// int8 weights (`terse generate --weights`) beside f32 under contract 2 (`--exact`), each with the floor its
     /// bytes per step imply at this machine's measured copy bandwidth.
     Generate {
         /// An M2 checkpoint to time (default: a random model of --preset and --vocab).
@@ -293,11 +293,18 @@ pub fn run(b: BenchCmd) -> Result<()> {
                         .map(|r| r.ms_per_step)
                 };
                 for &n in &streams {
-                    let (Some(q), Some(e)) = (ms(n, DecodeArith::Int8), ms(n, DecodeArith::Exact))
-                    else {
+                    let (Some(q4), Some(q), Some(e)) = (
+                        ms(n, DecodeArith::Int4),
+                        ms(n, DecodeArith::Int8),
+                        ms(n, DecodeArith::Exact),
+                    ) else {
                         continue;
                     };
-                    print!("{n} streams: int8 is {:.2}x the exact path's speed", e / q);
+                    print!(
+                        "{n} streams: int4 is {:.2}x and int8 {:.2}x the exact path's speed",
+                        e / q4,
+                        e / q
+                    );
                     match ms(n, DecodeArith::GpuInt8) {
                         Some(g) => println!("; the GPU is {:.2}x the CPU's int8", q / g),
                         None => println!(),

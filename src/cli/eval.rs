@@ -8,8 +8,9 @@ use terse::backend::{create_backend, Device};
 use terse::checkpoint::load_model;
 use terse::data::{baselines, eval_windows, read_prefix};
 use terse::eval::score_windows;
-use terse::eval::tokens::{evaluate_m2, score_tokens_int8, token_counts};
+use terse::eval::tokens::{evaluate_m2, score_tokens_quantised, token_counts, TokenScore};
 use terse::m1::int8::quantisation_cost;
+use terse::m1::int8::WeightBits;
 use terse::m1::{ExactM1, Int8M1, Int8Model};
 use terse::model::{ModelConfig, ParamArena};
 use terse::tokenize::ChunkSplit;
@@ -50,6 +51,10 @@ pub struct EvalArgs {
     /// `terse generate` and `terse serve` run) on the same rows.
     #[arg(long)]
     int8: bool,
+    /// M2 only: also score M2 with 4-bit weights (`terse generate --weights int4`) on the same
+    /// rows.
+    #[arg(long)]
+    int4: bool,
     #[arg(long)]
     json: bool,
 }
@@ -114,29 +119,31 @@ fn run_m2(a: EvalArgs) -> Result<()> {
     let seq = a.seq.unwrap_or(opts.seq);
     check_context(&a, &cfg, seq)?;
     let t = Instant::now();
-    let int8 = match a.int8 {
-        true => {
-            let mut c = cfg.clone();
-            c.context.get_or_insert(opts.seq);
-            let m = Int8Model::new(&c, &params).context("M2 cannot be quantised to int8")?;
-            Some(score_tokens_int8(
-                &TokenEvalSet::new(&ds, a.split, seq, None),
-                &m,
-            )?)
-        }
-        false => None,
+    let quantised = |bits: WeightBits| -> Result<(WeightBits, TokenScore)> {
+        let mut c = cfg.clone();
+        c.context.get_or_insert(opts.seq);
+        let m = Int8Model::with_bits(&c, &params, bits)
+            .with_context(|| format!("M2 cannot be quantised to {}", bits.name()))?;
+        let set = TokenEvalSet::new(&ds, a.split, seq, None);
+        Ok((bits, score_tokens_quantised(&set, &m)?))
     };
+    let scores: Vec<(WeightBits, TokenScore)> =
+        [(a.int8, WeightBits::Int8), (a.int4, WeightBits::Int4)]
+            .into_iter()
+            .filter(|&(asked, _)| asked)
+            .map(|(_, bits)| quantised(bits))
+            .collect::<Result<_>>()?;
     let (mut be, _) = create_backend(a.device, &cfg, params, None)?;
     let r = evaluate_m2(be.as_mut(), &cfg, &src, &ds, a.split, seq, a.batch, unigram)?;
     let secs = t.elapsed().as_secs_f64();
-    let int8_loss = int8.map(|q| q.bits_per_byte / r.bits_per_byte - 1.0);
+    let loss = |q: &TokenScore| q.bits_per_byte / r.bits_per_byte - 1.0;
     if a.json {
         let mut j = serde_json::to_value(&r)?;
         j["seconds"] = secs.into();
         j["backend"] = be.name().into();
-        if let (Some(q), Some(loss)) = (int8, int8_loss) {
-            j["int8_bits_per_byte"] = q.bits_per_byte.into();
-            j["int8_relative_loss"] = loss.into();
+        for (bits, q) in &scores {
+            j[format!("{}_bits_per_byte", bits.name())] = q.bits_per_byte.into();
+            j[format!("{}_relative_loss", bits.name())] = loss(q).into();
         }
         println!("{j}");
     } else {
@@ -165,11 +172,13 @@ fn run_m2(a: EvalArgs) -> Result<()> {
             secs,
             be.name()
         );
-        if let (Some(q), Some(loss)) = (int8, int8_loss) {
+        for (bits, q) in &scores {
             println!(
-                "  int8 M2 (what generate runs) {:.4} bits/byte ({:+.2}% against the float model)",
+                "  M2 with {} weights (`generate --weights {}`) {:.4} bits/byte ({:+.2}% against the float model)",
+                bits.name(),
+                bits.name(),
                 q.bits_per_byte,
-                100.0 * loss
+                100.0 * loss(q)
             );
         }
     }
@@ -210,6 +219,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
             "corpus {} holds too little text to score (need at least 2 bytes)",
             a.data.display()
         );
+    }
+    if a.int4 {
+        bail!("--int4 scores M2 (a token dataset); M1 codes in int8 only (--int8)");
     }
     if a.int8 {
         return run_int8(&a, &cfg, &params, &bytes, seq);

@@ -6,7 +6,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use terse::backend::Device;
-use terse::generate::{decode_on_gpu, generate, Decoder, GpuDecoder, SampleOptions};
+use terse::generate::{
+    decode_on_gpu, decode_weights, generate, Decoder, GpuDecoder, SampleOptions,
+};
+use terse::m1::int8::WeightBits;
 use terse::m1::{ExactModel, Int8M1, Int8Model};
 use terse::tokenize::TokenSource;
 use terse::train::{load_m2, M2Checkpoint};
@@ -38,11 +41,16 @@ pub struct GenerateArgs {
     #[arg(long)]
     json: bool,
     /// Run M2 in f32 under contract 2's fixed operation order (the same sample on every
-    /// machine, about 4x the bytes per step) instead of int8.
-    #[arg(long)]
+    /// machine, about 8x the bytes per step) instead of quantised.
+    #[arg(long, conflicts_with = "weights")]
     exact: bool,
-    /// Where M2 runs: `cuda` decodes on the GPU in int8 (the same samples as the CPU's int8,
-    /// bit for bit); `auto` takes the GPU once GPU decoding has passed its parity tests on one.
+    /// M2's quantised weights: `int4` (the CPU's default: 4-bit codes with 8-bit group scales,
+    /// about half of int8's bytes per step) or `int8` (the GPU's, and the CPU's when asked).
+    #[arg(long, value_enum)]
+    weights: Option<WeightBits>,
+    /// Where M2 runs: `cuda` decodes on the GPU with int8 weights (the same samples as the
+    /// CPU's `--weights int8`, bit for bit); `auto` takes the GPU once GPU decoding has passed
+    /// its parity tests on one.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
 }
@@ -50,7 +58,7 @@ pub struct GenerateArgs {
 /// The M2 a generation runs on.
 enum M2 {
     Exact(ExactModel),
-    Int8(Int8Model),
+    Quantised(Int8Model),
     Gpu(Box<GpuDecoder>),
 }
 
@@ -70,20 +78,27 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     } = load_m2(&a.m2)?;
     let m1 = a.m1.as_deref().map(Int8M1::load).transpose()?.map(Arc::new);
     o.validate(Some(cfg.vocab))?;
-    let (on_gpu, note) = decode_on_gpu(a.device, a.exact)?;
+    let (on_gpu, note) = decode_on_gpu(a.device, a.exact, a.weights)?;
     if let Some(note) = note {
         eprintln!("terse generate: {note}");
     }
-    let int8 =
-        || Int8Model::new(&cfg, &params).context("M2 cannot run in int8 (--exact runs it in f32)");
+    let bits = decode_weights(on_gpu, a.weights);
+    let quantised = || {
+        Int8Model::with_bits(&cfg, &params, bits).with_context(|| {
+            format!(
+                "M2 cannot run with {} weights (--exact runs it in f32)",
+                bits.name()
+            )
+        })
+    };
     let m2 = if a.exact {
         M2::Exact(ExactModel::new(&cfg, &params)?)
     } else if on_gpu {
         M2::Gpu(Box::new(
-            GpuDecoder::new(&int8()?, 1).context("--device cuda: M2 on the GPU")?,
+            GpuDecoder::new(&quantised()?, 1).context("--device cuda: M2 on the GPU")?,
         ))
     } else {
-        M2::Int8(int8()?)
+        M2::Quantised(quantised()?)
     };
     let job = Job {
         src,
@@ -95,7 +110,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     match &m2 {
         M2::Exact(m) => job.run(m),
-        M2::Int8(m) => job.run(m),
+        M2::Quantised(m) => job.run(m),
         M2::Gpu(m) => job.run(m.as_ref()),
     }
 }

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use terse::backend::Device;
-use terse::generate::{decode_on_gpu, GpuDecoder};
+use terse::generate::{decode_on_gpu, decode_weights, GpuDecoder};
+use terse::m1::int8::WeightBits;
 use terse::m1::{ExactModel, Int8M1, Int8Model};
 use terse::serve::{serve, Model, ServeOptions};
 use terse::train::{load_m2, M2Checkpoint};
@@ -38,10 +39,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     stall_timeout: u64,
     /// Run M2 in f32 under contract 2's fixed operation order (the same sample on every
-    /// machine) instead of int8.
-    #[arg(long)]
+    /// machine) instead of quantised.
+    #[arg(long, conflicts_with = "weights")]
     exact: bool,
-    /// Where M2 runs: `cuda` decodes on the GPU in int8, one device context per stream
+    /// M2's quantised weights: `int4` (the CPU's default, about half of int8's bytes per step)
+    /// or `int8` (the GPU's, and the CPU's when asked).
+    #[arg(long, value_enum)]
+    weights: Option<WeightBits>,
+    /// Where M2 runs: `cuda` decodes on the GPU with int8 weights, one device context per stream
     /// (`--max-streams` of them); `auto` takes the GPU once GPU decoding has passed its parity
     /// tests on one.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
@@ -74,15 +79,20 @@ pub fn run(a: ServeArgs) -> Result<()> {
         m1,
         context: options.seq,
     };
-    let (on_gpu, note) = decode_on_gpu(a.device, a.exact)?;
+    let (on_gpu, note) = decode_on_gpu(a.device, a.exact, a.weights)?;
     if let Some(note) = note {
         eprintln!("terse serve: {note}");
     }
     if a.exact {
         return serve(ExactModel::new(&cfg, &params)?, model, &o);
     }
-    let m2 =
-        Int8Model::new(&cfg, &params).context("M2 cannot run in int8 (--exact runs it in f32)")?;
+    let bits = decode_weights(on_gpu, a.weights);
+    let m2 = Int8Model::with_bits(&cfg, &params, bits).with_context(|| {
+        format!(
+            "M2 cannot run with {} weights (--exact runs it in f32)",
+            bits.name()
+        )
+    })?;
     if on_gpu {
         let gpu = GpuDecoder::new(&m2, o.max_streams).context("--device cuda: M2 on the GPU")?;
         drop(m2);

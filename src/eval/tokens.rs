@@ -57,10 +57,10 @@ pub fn score_tokens(
 }
 
 /// Scores every token of `set` as [`score_tokens`] does (each row from a fresh context after the
-/// start token), with M2 quantised to int8 ([`Int8Model`], what generation runs), so its cost
-/// in bits/byte can be set beside the float model's. Rows run in parallel; their sums are added
+/// start token), with M2 quantised ([`Int8Model`], int8 or 4-bit weights: what generation
+/// runs), so its cost in bits/byte can be set beside the float model's. Rows run in parallel; their sums are added
 /// in order.
-pub fn score_tokens_int8(set: &TokenEvalSet, m2: &Int8Model) -> Result<TokenScore> {
+pub fn score_tokens_quantised(set: &TokenEvalSet, m2: &Int8Model) -> Result<TokenScore> {
     ensure!(set.bytes > 0, "nothing to score: the held-out set is empty");
     let vocab = m2.config().vocab;
     let per_row: Vec<f64> = set

@@ -13,6 +13,7 @@ use super::Decoder;
 use crate::backend::cuda::int8_model::Fusion;
 use crate::backend::cuda::{gpu_unavailable_reason, GpuInt8Model};
 use crate::backend::Device;
+use crate::m1::int8::WeightBits;
 use crate::m1::Int8Model;
 use crate::model::ModelConfig;
 use anyhow::{anyhow, bail, ensure, Result};
@@ -22,24 +23,35 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// only on the CUDA emulator): until it has, `--device auto` decodes on the CPU.
 pub const GPU_DECODE_VALIDATED: bool = false;
 
-/// Whether `terse generate` and `terse serve` run M2 on the GPU for `device` (`--exact` runs
-/// on the CPU only), with a note for stderr when `auto` passes over a GPU that is present.
-/// Refuses `cuda` with `--exact`, and `cuda` without a usable GPU (saying why).
-pub fn decode_on_gpu(device: Device, exact: bool) -> Result<(bool, Option<String>)> {
+/// Whether `terse generate` and `terse serve` run M2 on the GPU for `device`, given `--exact`
+/// and `--weights` (f32 and 4-bit weights run on the CPU only), with a note for stderr when
+/// `auto` passes over a GPU that is present. Refuses `cuda` with either of those, and `cuda`
+/// without a usable GPU (saying why).
+pub fn decode_on_gpu(
+    device: Device,
+    exact: bool,
+    weights: Option<WeightBits>,
+) -> Result<(bool, Option<String>)> {
+    let cpu_only = if exact {
+        Some("--exact runs M2 in f32 on the CPU only")
+    } else if weights == Some(WeightBits::Int4) {
+        Some("--weights int4 runs M2 on the CPU only")
+    } else {
+        None
+    };
     match device {
         Device::Cpu => Ok((false, None)),
         Device::Cuda => {
-            ensure!(
-                !exact,
-                "--exact runs M2 in f32 on the CPU only; the GPU runs it in int8 (drop --exact or --device cuda)"
-            );
+            if let Some(why) = cpu_only {
+                bail!("{why}; the GPU runs it with int8 weights (drop that flag or --device cuda)");
+            }
             if let Some(why) = gpu_unavailable_reason() {
                 bail!("--device cuda: no usable GPU: {why}");
             }
             Ok((true, None))
         }
         Device::Auto => {
-            if exact || gpu_unavailable_reason().is_some() {
+            if cpu_only.is_some() || gpu_unavailable_reason().is_some() {
                 return Ok((false, None));
             }
             if !GPU_DECODE_VALIDATED {
@@ -48,6 +60,15 @@ pub fn decode_on_gpu(device: Device, exact: bool) -> Result<(bool, Option<String
             }
             Ok((true, None))
         }
+    }
+}
+
+/// The weights M2 decodes with: int8 on the GPU (its kernels' format), else `asked`, by
+/// default 4-bit (the fewest bytes per step; `terse eval --int4` shows what they cost).
+pub fn decode_weights(on_gpu: bool, asked: Option<WeightBits>) -> WeightBits {
+    match on_gpu {
+        true => WeightBits::Int8,
+        false => asked.unwrap_or(WeightBits::Int4),
     }
 }
 
