@@ -32,6 +32,7 @@
 //! bytes: 4.25 bits per weight, so at batch 1 (bound by memory) a step takes about 53% of
 //! int8's time.
 
+use super::columns::by_column_runs;
 use super::int8::I8Kernel;
 use rayon::prelude::*;
 
@@ -243,25 +244,10 @@ pub fn matmul_i4_with(kernel: I8Kernel, out: &mut [f32], x: &[i8], xs: &[f32], w
             columns(kernel, o, o.len(), b0 * BLOCK, &inputs, 0..1, w, b0..b1);
         });
     } else if rows < 2 * TILE_ROWS * threads {
-        // Few rows: tasks take runs of blocks for every row, copied into place after.
-        let per_task = blocks.div_ceil(4 * threads);
-        let parts: Vec<(usize, Vec<f32>)> = (0..blocks)
-            .into_par_iter()
-            .step_by(per_task)
-            .map(|b0| {
-                let b1 = blocks.min(b0 + per_task);
-                let (c0, c1) = (b0 * BLOCK, n.min(b1 * BLOCK));
-                let mut part = vec![0f32; rows * (c1 - c0)];
-                columns(kernel, &mut part, c1 - c0, c0, &inputs, 0..rows, w, b0..b1);
-                (c0, part)
-            })
-            .collect();
-        for (c0, part) in &parts {
-            let width = part.len() / rows;
-            for (r, p) in part.chunks_exact(width).enumerate() {
-                out[r * n + c0..r * n + c0 + width].copy_from_slice(p);
-            }
-        }
+        // Few rows: tasks take runs of blocks for every row.
+        by_column_runs(out, rows, n, BLOCK, |part, c0, b| {
+            columns(kernel, part, part.len() / rows, c0, &inputs, 0..rows, w, b)
+        });
     } else {
         // Many rows: tasks take runs of whole tiles of rows, every output.
         let task = rows.div_ceil(threads).next_multiple_of(TILE_ROWS);

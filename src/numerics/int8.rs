@@ -27,6 +27,7 @@
 //! under contract 3"): 262–380 Gop/s, roughly half of that ceiling; the gap is the tile's edges
 //! (256 outputs is 4 tiles), the per-call bias of the inputs and the thread hand-out.
 
+use super::columns::by_column_runs;
 use rayon::prelude::*;
 
 /// Outputs per panel: one AVX-512 register of i32.
@@ -247,26 +248,10 @@ pub fn matmul_i8_with(kernel: I8Kernel, out: &mut [i32], x: &[i8], w: &I8Matrix)
     if rows * n * inp < SERIAL_MACS {
         block(kernel, out, n, 0, &xb, w, 0..tiles);
     } else if rows < 2 * TILE_ROWS * rayon::current_num_threads() && tiles > 1 {
-        // Few rows, many outputs (M2's head at batch 1): split the output tiles, a few tasks
-        // per thread; each task fills its own block of columns, then they are copied into place.
-        let per_task = tiles.div_ceil(4 * rayon::current_num_threads());
-        let parts: Vec<(usize, Vec<i32>)> = (0..tiles)
-            .into_par_iter()
-            .step_by(per_task)
-            .map(|t0| {
-                let t1 = tiles.min(t0 + per_task);
-                let (c0, c1) = (t0 * TILE_OUTPUTS, n.min(t1 * TILE_OUTPUTS));
-                let mut part = vec![0i32; rows * (c1 - c0)];
-                block(kernel, &mut part, c1 - c0, c0, &xb, w, t0..t1);
-                (c0, part)
-            })
-            .collect();
-        for (c0, part) in &parts {
-            let width = part.len() / rows;
-            for (r, p) in part.chunks_exact(width).enumerate() {
-                out[r * n + c0..r * n + c0 + width].copy_from_slice(p);
-            }
-        }
+        // Few rows, many outputs (M2's head at batch 1): split the output tiles.
+        by_column_runs(out, rows, n, TILE_OUTPUTS, |part, c0, t| {
+            block(kernel, part, part.len() / rows, c0, &xb, w, t)
+        });
     } else {
         let task = rows
             .div_ceil(rayon::current_num_threads())

@@ -5,6 +5,7 @@
 //!
 //! This is the bottom layer: it imports nothing from the crate.
 
+mod columns;
 mod exp;
 pub mod int4;
 pub mod int8;
