@@ -8,7 +8,7 @@ use crate::checkpoint::load_model;
 use crate::data::{baselines, Baselines};
 use crate::experiment::Pipeline;
 use crate::experiment::{prepare_corpus, train_m1, M1Result, M2Budget, MethodResult, MethodSpec};
-use crate::generate::{generate, GenerationReport, SampleOptions};
+use crate::generate::{decode_weights, generate, GenerationReport, SampleOptions};
 use crate::m1::{Int8M1, Int8Model};
 use crate::tokenize::{Method, TokenDataset, DEFAULT_CHUNK_BYTES};
 use anyhow::Result;
@@ -107,7 +107,8 @@ pub fn run_demo(o: &DemoOptions, mut stage: impl FnMut(String)) -> Result<DemoRe
     )?;
     stage("terse demo [4/4]: generating with the Equal-Info M2 (decoded through M1)".into());
     let (cfg, params) = load_model(&ei.checkpoint)?;
-    let lm = Int8Model::new(&cfg, &params)?;
+    // The weights `terse generate` decodes with on the CPU.
+    let lm = Int8Model::with_bits(&cfg, &params, decode_weights(false, None))?;
     let src = TokenDataset::open(&ei.dataset)?.metadata().identity.clone();
     let mut sample = Vec::new();
     let generation = generate(
