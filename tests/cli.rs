@@ -1577,6 +1577,10 @@ fn eval_int8_costs_under_one_percent_on_a_trained_tiny_m1() {
         ],
         "--int8 scores both contracts on the CPU; drop --device cuda",
     );
+    assert_fails_with(
+        &["eval", "--checkpoint", c, "--data", h, "--int4"],
+        "--int4 scores M2 (a token dataset); M1 codes in int8 only (--int8)",
+    );
     let mut cfg = terse::model::ModelConfig::preset("tiny", None).unwrap();
     cfg.context = Some(2048);
     let long = dir.path().join("long");

@@ -118,15 +118,18 @@ fn m2_trains_scores_and_generates_on_byte_tokens() {
         "--split",
         "heldout",
         "--int8",
+        "--int4",
         "--json",
     ]));
     assert_eq!(q["bits_per_byte"], e["bits_per_byte"]);
-    let (int8, loss) = (
-        q["int8_bits_per_byte"].as_f64().unwrap(),
-        q["int8_relative_loss"].as_f64().unwrap(),
-    );
-    assert!(loss.abs() < 0.02, "{q}");
-    assert!((int8 / f("bits_per_byte") - 1.0 - loss).abs() < 1e-12);
+    for (bits, bound) in [("int8", 0.02), ("int4", 0.05)] {
+        let (score, loss) = (
+            q[format!("{bits}_bits_per_byte")].as_f64().unwrap(),
+            q[format!("{bits}_relative_loss")].as_f64().unwrap(),
+        );
+        assert!(loss.abs() < bound, "{bits}: {q}");
+        assert!((score / f("bits_per_byte") - 1.0 - loss).abs() < 1e-12);
+    }
 
     // Data tokenized another way is refused, by name.
     let r = terse(&[
@@ -206,6 +209,13 @@ fn m2_trains_scores_and_generates_on_byte_tokens() {
     let r = on("cpu", &["--exact", "--weights", "int8"]);
     assert!(!r.status.success());
     assert!(stderr(&r).contains("cannot be used with"), "{}", stderr(&r));
+    let r = on("cpu", &["--weights", "int3"]);
+    assert!(!r.status.success());
+    assert!(
+        stderr(&r).contains("possible values: int8, int4"),
+        "{}",
+        stderr(&r)
+    );
     // A byte-level M1 is not an M2.
     let m1 = dir.path().join("m1");
     common::train_tiny(&corpus, &m1, &["--steps", "2"]);

@@ -175,15 +175,15 @@ impl I4Matrix {
 /// Inputs prepared for the kernels: rows padded with zeros to whole groups and whole tiles of
 /// rows, and per row and group the correction `8 · Σ x` over each half of the `vpmaddubsw`
 /// pairs (inputs `4j, 4j + 1` in the low i16, `4j + 2, 4j + 3` in the high), packed as one i32.
-struct Inputs {
+struct Inputs<'a> {
     x: Vec<i8>,
     corr: Vec<i32>,
     /// Each row's scale `xs[r]`.
-    scale: Vec<f32>,
+    scale: &'a [f32],
 }
 
-impl Inputs {
-    fn new(x: &[i8], scale: &[f32], inp: usize, groups: usize) -> Self {
+impl<'a> Inputs<'a> {
+    fn new(x: &[i8], scale: &'a [f32], inp: usize, groups: usize) -> Self {
         let rows = x.len() / inp;
         let stride = groups * GROUP;
         let padded_rows = rows.next_multiple_of(TILE_ROWS);
@@ -203,11 +203,7 @@ impl Inputs {
                 (half(0) as u16 as u32 | (half(1) as u16 as u32) << 16) as i32
             })
             .collect();
-        Inputs {
-            x: xp,
-            corr,
-            scale: scale.to_vec(),
-        }
+        Inputs { x: xp, corr, scale }
     }
 }
 
