@@ -303,13 +303,15 @@ impl GpuExactM1 {
                 .arg(&eps);
             unsafe { l.launch(per_row) }?;
             matvec(&s, &f.matvec, rows, &mut b.qkv, &b.h, &w.qkv_t, d, 3 * d, 0)?;
-            let mut l = s.launch_builder(&f.rope);
-            l.arg(&mut b.qkv)
-                .arg(&self.cos)
-                .arg(&self.sin)
-                .arg(&b.feeds.row_pos);
-            l.arg(&rows_i).arg(&di);
-            unsafe { l.launch(elementwise) }?;
+            rotate(
+                &s,
+                &f.rope,
+                &mut b.qkv,
+                (&self.cos, &self.sin),
+                &b.feeds.row_pos,
+                rows,
+                d,
+            )?;
             let mut l = s.launch_builder(&f.append_kv);
             l.arg(&mut w.keys)
                 .arg(&mut w.values)
@@ -451,6 +453,26 @@ pub(super) fn grid(n: usize, block: u32) -> LaunchConfig {
         block_dim: (block, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// Rotary position embedding on the query and key thirds of `rows` rows of `qkv` (`3 d` wide),
+/// each row at its position in `row_pos`: one thread per (row, pair of a head's dimensions)
+/// element, `ceil(rows d / BLOCK)` blocks. Shared by M1's exact path and the int8 model.
+pub(super) fn rotate(
+    s: &Arc<CudaStream>,
+    f: &CudaFunction,
+    qkv: &mut CudaSlice<f32>,
+    (cos, sin): (&CudaSlice<f32>, &CudaSlice<f32>),
+    row_pos: &CudaSlice<i32>,
+    rows: usize,
+    d: usize,
+) -> Result<()> {
+    let (rows_i, di) = (rows as i32, d as i32);
+    let mut l = s.launch_builder(f);
+    l.arg(qkv).arg(cos).arg(sin).arg(row_pos);
+    l.arg(&rows_i).arg(&di);
+    unsafe { l.launch(grid(rows * d, BLOCK)) }?;
+    Ok(())
 }
 
 /// `y[r] (=, +=, = relu) x[r] W` for `rows` rows (`mode` 0, 1, 2): a grid of

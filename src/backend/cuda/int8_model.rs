@@ -30,7 +30,7 @@
 //! **Not yet run on a GPU** (written on a machine without one); `tests/gpu_parity.rs` checks it
 //! bit for bit against the CPU on the CUDA emulator, and on a GPU when one is present.
 
-use super::exact_m1::{cache_cells, grid, ring_slots, FeedBufs};
+use super::exact_m1::{cache_cells, grid, ring_slots, rotate, FeedBufs};
 use super::graph::StepGraph;
 use super::loader::GpuKernels;
 use super::Entry;
@@ -373,13 +373,15 @@ impl GpuInt8Model {
             )?;
             // Rotary, then attention: one launch when fused (the block rotates its own head).
             if products == Fusion::Separate {
-                let mut l = s.launch_builder(&f.rope);
-                l.arg(&mut b.qkv)
-                    .arg(&self.cos)
-                    .arg(&self.sin)
-                    .arg(&b.feeds.row_pos);
-                l.arg(&rows_i).arg(&di);
-                unsafe { l.launch(elementwise) }?;
+                rotate(
+                    &s,
+                    &f.rope,
+                    &mut b.qkv,
+                    (&self.cos, &self.sin),
+                    &b.feeds.row_pos,
+                    rows,
+                    d,
+                )?;
             }
             let attention = match products {
                 Fusion::Separate => &f.attention,
