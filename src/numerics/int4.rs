@@ -269,6 +269,24 @@ fn columns(
     blocks: std::ops::Range<usize>,
 ) {
     let (groups, stride) = (w.groups, w.groups * GROUP);
+    #[cfg(target_arch = "x86_64")]
+    if rows.len() == 1 && kernel != I8Kernel::Portable {
+        let (r, b0, b1) = (rows.start, blocks.start, blocks.end);
+        let span = b0 * groups..b1 * groups;
+        // SAFETY: as in `tile`; the slices hold exactly blocks `b0..b1` and row `r`.
+        unsafe {
+            x86::row_avx2(
+                &xs.x[r * stride..(r + 1) * stride],
+                &xs.corr[r * groups..(r + 1) * groups],
+                xs.scale[r],
+                &w.codes[span.start * BLOCK_GROUP_BYTES..span.end * BLOCK_GROUP_BYTES],
+                &w.subs[span.start * BLOCK..span.end * BLOCK],
+                &w.scale[b0 * BLOCK..b1 * BLOCK],
+                &mut out[b0 * BLOCK - c0..(b1 * BLOCK).min(w.n) - c0],
+            )
+        };
+        return;
+    }
     for b in blocks {
         let codes = &w.codes[b * groups * BLOCK_GROUP_BYTES..][..groups * BLOCK_GROUP_BYTES];
         let subs = &w.subs[b * groups * BLOCK..][..groups * BLOCK];
@@ -350,6 +368,107 @@ mod x86 {
     use super::{Tile, BLOCK, BLOCK_GROUP_BYTES, GROUP, TILE_ROWS};
     use std::arch::x86_64::*;
 
+    /// How far ahead of the group being multiplied its codes are fetched: a core on its own
+    /// keeps too few misses in flight for the hardware prefetcher to reach memory's bandwidth.
+    const PREFETCH_BYTES: usize = 1024;
+
+    /// `vpshufb` control putting sub-scale `i` of 8 bytes into both i16 halves of i32 lane `i`
+    /// (each 128-bit lane sees the same 8 bytes: outputs 0-3 from the low lane, 4-7 the high).
+    #[inline(always)]
+    unsafe fn spread() -> __m256i {
+        _mm256_setr_epi8(
+            0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1, //
+            4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1,
+        )
+    }
+
+    /// Group `g`'s 128 code bytes of a block unpacked into eight registers (register `q`: the
+    /// group's inputs `4q..4q + 4` for each of the 8 outputs), after asking for the codes
+    /// [`PREFETCH_BYTES`] ahead.
+    #[inline(always)]
+    unsafe fn unpack(cp: *const u8) -> [__m256i; 8] {
+        _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(PREFETCH_BYTES) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(PREFETCH_BYTES + 64) as *const i8);
+        let nibble = _mm256_set1_epi8(0x0F);
+        let mut u = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            let v = _mm256_loadu_si256(cp.add(32 * c) as *const _);
+            u[2 * c] = _mm256_and_si256(v, nibble);
+            u[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
+        }
+        u
+    }
+
+    /// One row's group: eight `vpmaddubsw` against its inputs broadcast 4 at a time, added in
+    /// i16, corrected, then one `vpmaddwd` by the sub-scales `s`, added to `acc`.
+    #[inline(always)]
+    unsafe fn group(
+        acc: __m256i,
+        u: &[__m256i; 8],
+        xp: *const i8,
+        corr: i32,
+        s: __m256i,
+    ) -> __m256i {
+        let bcast = |q: usize| _mm256_set1_epi32((xp.add(4 * q) as *const i32).read_unaligned());
+        let mut sum = _mm256_maddubs_epi16(u[0], bcast(0));
+        for (q, &uq) in u.iter().enumerate().skip(1) {
+            sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(uq, bcast(q)));
+        }
+        sum = _mm256_sub_epi16(sum, _mm256_set1_epi32(corr));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(sum, s))
+    }
+
+    /// Group `g`'s 8 sub-scales of a block, spread for `vpmaddwd`.
+    #[inline(always)]
+    unsafe fn subscales(sp: *const u8) -> __m256i {
+        let s8 = (sp as *const i64).read_unaligned();
+        _mm256_shuffle_epi8(_mm256_set1_epi64x(s8), spread())
+    }
+
+    /// Batch 1: every block of `codes` (`subs`, `scale` alike) for one padded input row `x`,
+    /// each block's sums scaled and written to its 8 columns of `out` (the last block's only
+    /// up to `out`'s end). The scaling is `acc as f32 * (xs * S[o])`, lane by lane, the same
+    /// two roundings as the tiled path.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn row_avx2(
+        x: &[i8],
+        corr: &[i32],
+        xs: f32,
+        codes: &[u8],
+        subs: &[u8],
+        scale: &[f32],
+        out: &mut [f32],
+    ) {
+        let groups = corr.len();
+        let blocks = scale.len() / BLOCK;
+        assert!(x.len() == groups * GROUP && scale.len() == blocks * BLOCK);
+        assert!(codes.len() == blocks * groups * BLOCK_GROUP_BYTES);
+        assert!(subs.len() == blocks * groups * BLOCK);
+        assert!(out.len() <= blocks * BLOCK && out.len() > (blocks - 1) * BLOCK);
+        let row_scale = _mm256_set1_ps(xs);
+        for b in 0..blocks {
+            let mut acc = _mm256_setzero_si256();
+            for (g, &c) in corr.iter().enumerate() {
+                let at = b * groups + g;
+                let u = unpack(codes.as_ptr().add(at * BLOCK_GROUP_BYTES));
+                let s = subscales(subs.as_ptr().add(at * BLOCK));
+                acc = group(acc, &u, x.as_ptr().add(g * GROUP), c, s);
+            }
+            let f = _mm256_mul_ps(
+                _mm256_cvtepi32_ps(acc),
+                _mm256_mul_ps(row_scale, _mm256_loadu_ps(scale.as_ptr().add(b * BLOCK))),
+            );
+            let o = &mut out[b * BLOCK..];
+            if o.len() >= BLOCK {
+                _mm256_storeu_ps(o.as_mut_ptr(), f);
+            } else {
+                let mut last = [0f32; BLOCK];
+                _mm256_storeu_ps(last.as_mut_ptr(), f);
+                o.copy_from_slice(&last[..o.len()]);
+            }
+        }
+    }
+
     /// Per group: four 32-byte loads unpack into eight registers of codes (8 outputs × 4
     /// inputs), reused by every live row; per row, eight `vpmaddubsw` against the row's inputs
     /// broadcast 4 at a time, added in i16, corrected, then one `vpmaddwd` by the sub-scales.
@@ -362,35 +481,18 @@ mod x86 {
         subs: &[u8],
     ) -> Tile {
         let stride = groups * GROUP;
-        let nibble = _mm256_set1_epi8(0x0F);
-        // Sub-scale `i` of the 8 bytes into both i16 halves of i32 lane `i` (each 128-bit lane
-        // of `vpshufb` sees the same 8 bytes: outputs 0-3 from the low lane, 4-7 the high).
-        let spread = _mm256_setr_epi8(
-            0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1, //
-            4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1,
-        );
         let mut acc = [_mm256_setzero_si256(); LIVE];
         for g in 0..groups {
-            let cp = codes.as_ptr().add(g * BLOCK_GROUP_BYTES);
-            let mut u = [_mm256_setzero_si256(); 8];
-            for c in 0..4 {
-                let v = _mm256_loadu_si256(cp.add(32 * c) as *const _);
-                u[2 * c] = _mm256_and_si256(v, nibble);
-                u[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
-            }
-            let s8 = (subs.as_ptr().add(g * BLOCK) as *const i64).read_unaligned();
-            let s = _mm256_shuffle_epi8(_mm256_set1_epi64x(s8), spread);
+            let u = unpack(codes.as_ptr().add(g * BLOCK_GROUP_BYTES));
+            let s = subscales(subs.as_ptr().add(g * BLOCK));
             for (r, a) in acc.iter_mut().enumerate() {
-                let xp = x.as_ptr().add(r * stride + g * GROUP);
-                let bcast =
-                    |q: usize| _mm256_set1_epi32((xp.add(4 * q) as *const i32).read_unaligned());
-                // Register `q` holds the group's inputs `4q..4q + 4` (module docs).
-                let mut sum = _mm256_maddubs_epi16(u[0], bcast(0));
-                for (q, &uq) in u.iter().enumerate().skip(1) {
-                    sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(uq, bcast(q)));
-                }
-                sum = _mm256_sub_epi16(sum, _mm256_set1_epi32(corr[r * groups + g]));
-                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(sum, s));
+                *a = group(
+                    *a,
+                    &u,
+                    x.as_ptr().add(r * stride + g * GROUP),
+                    corr[r * groups + g],
+                    s,
+                );
             }
         }
         let mut out = [[0i32; BLOCK]; TILE_ROWS];
