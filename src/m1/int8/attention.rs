@@ -112,6 +112,21 @@ pub(super) fn attend(
     cache: &QKvCache,
     span: Range<usize>,
 ) {
+    for (h, o) in out.chunks_exact_mut(HEAD_DIM).enumerate() {
+        attend_head(kernel, o, q, cache, span.clone(), h);
+    }
+}
+
+/// Head `h` of [`attend`]: its 64 outputs `out` from `q` (`[d]`, all heads). Heads share
+/// nothing, so they may run on different threads.
+pub(super) fn attend_head(
+    kernel: I8Kernel,
+    out: &mut [f32],
+    q: &[f32],
+    cache: &QKvCache,
+    span: Range<usize>,
+    h: usize,
+) {
     debug_assert!(span.len() <= MAX_CONTEXT && !span.is_empty());
     let d = cache.d;
     let heads = d / HEAD_DIM;
@@ -130,38 +145,36 @@ pub(super) fn attend(
         #[inline(always)]
         || {
             let mut qq = [0i8; HEAD_DIM];
-            for (h, o) in out.chunks_exact_mut(HEAD_DIM).enumerate() {
-                let head = h * HEAD_DIM..(h + 1) * HEAD_DIM;
-                let eq = quantise_row(&q[head.clone()], &mut qq);
-                for ((s, k), &ek) in scores
-                    .iter_mut()
-                    .zip(keys.chunks_exact(d))
-                    .zip(key_e.iter().skip(h).step_by(heads))
-                {
-                    *s = dot_i8(&qq, &k[head.clone()]) as f32 * pow2(eq + ek + SCORE_SHIFT);
+            let head = h * HEAD_DIM..(h + 1) * HEAD_DIM;
+            let eq = quantise_row(&q[head.clone()], &mut qq);
+            for ((s, k), &ek) in scores
+                .iter_mut()
+                .zip(keys.chunks_exact(d))
+                .zip(key_e.iter().skip(h).step_by(heads))
+            {
+                *s = dot_i8(&qq, &k[head.clone()]) as f32 * pow2(eq + ek + SCORE_SHIFT);
+            }
+            let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let ev = value_e.iter().skip(h).step_by(heads);
+            let top = ev.clone().copied().max().expect("span");
+            // Elementwise passes (each entry's operations as written, so no bit changes) that
+            // vectorise; then the integer sums, exact in any order.
+            scores.iter_mut().for_each(|s| *s = exp_contract(*s - m));
+            let mut sum = 0i32;
+            for ((w, &p), &ev) in weights.iter_mut().zip(&scores).zip(ev) {
+                // `p` is in [0, 1] (or NaN after an infinite score): both are in 0..=2^14.
+                sum += int_or_zero(round_even(p * pow2(P_BITS)));
+                *w = int_or_zero(round_even(p * pow2(P_BITS + ev - top)));
+            }
+            let mut acc = [0i32; HEAD_DIM];
+            for (&w, v) in weights.iter().zip(values.chunks_exact(d)) {
+                for (a, &vc) in acc.iter_mut().zip(&v[head.clone()]) {
+                    *a += w * vc as i32;
                 }
-                let m = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                let ev = value_e.iter().skip(h).step_by(heads);
-                let top = ev.clone().copied().max().expect("span");
-                // Elementwise passes (each entry's operations as written, so no bit changes) that
-                // vectorise; then the integer sums, exact in any order.
-                scores.iter_mut().for_each(|s| *s = exp_contract(*s - m));
-                let mut sum = 0i32;
-                for ((w, &p), &ev) in weights.iter_mut().zip(&scores).zip(ev) {
-                    // `p` is in [0, 1] (or NaN after an infinite score): both are in 0..=2^14.
-                    sum += int_or_zero(round_even(p * pow2(P_BITS)));
-                    *w = int_or_zero(round_even(p * pow2(P_BITS + ev - top)));
-                }
-                let mut acc = [0i32; HEAD_DIM];
-                for (&w, v) in weights.iter().zip(values.chunks_exact(d)) {
-                    for (a, &vc) in acc.iter_mut().zip(&v[head.clone()]) {
-                        *a += w * vc as i32;
-                    }
-                }
-                let (scale, total) = (pow2(top), sum as f32);
-                for (oc, a) in o.iter_mut().zip(acc) {
-                    *oc = (a as f32 * scale) / total;
-                }
+            }
+            let (scale, total) = (pow2(top), sum as f32);
+            for (oc, a) in out.iter_mut().zip(acc) {
+                *oc = (a as f32 * scale) / total;
             }
         },
     )

@@ -27,9 +27,9 @@ use super::{
 };
 use crate::model::{ModelConfig, ParamArena};
 use crate::numerics::int8::I8Kernel;
-use crate::numerics::RopeTables;
+use crate::numerics::{RopeTables, HEAD_DIM};
 use anyhow::{ensure, Context, Result};
-use attention::{attend, QKvCache};
+use attention::{attend, attend_head, QKvCache};
 use lanes::{rms_factor, softmax};
 use quantise::ROWS_PER_TASK;
 use rayon::prelude::*;
@@ -228,14 +228,10 @@ impl Int8Model {
         let mut att = vec![0f32; x.len()];
         for (l, w) in self.layers.iter().enumerate() {
             let mut qkv = self.project_qkv(w, &x);
-            // Streams are independent: their attention runs in parallel.
             states
                 .par_iter_mut()
-                .zip(
-                    qkv.par_chunks_exact_mut(3 * d)
-                        .zip(att.par_chunks_exact_mut(d)),
-                )
-                .for_each(|(state, (row, out))| {
+                .zip(qkv.par_chunks_exact_mut(3 * d))
+                .for_each(|(state, row)| {
                     let t = state.pos;
                     let cache = &mut state.caches[l];
                     self.kernel.vectorised(
@@ -245,9 +241,18 @@ impl Int8Model {
                             cache.push(&row[d..2 * d], &row[2 * d..]);
                         },
                     );
-                    let lo = self.window_start(t);
-                    cache.forget_before(lo);
-                    attend(self.kernel, out, &row[..d], cache, lo..t + 1);
+                    cache.forget_before(self.window_start(t));
+                });
+            // Every (stream, head) is independent: at batch 1 the heads still share the threads.
+            let (states, heads) = (&*states, d / HEAD_DIM);
+            att.par_chunks_exact_mut(HEAD_DIM)
+                .enumerate()
+                .for_each(|(i, out)| {
+                    let (r, h) = (i / heads, i % heads);
+                    let t = states[r].pos;
+                    let q = &qkv[r * 3 * d..r * 3 * d + d];
+                    let span = self.window_start(t)..t + 1;
+                    attend_head(self.kernel, out, q, &states[r].caches[l], span, h);
                 });
             self.finish_layer(w, &mut x, &att);
         }
