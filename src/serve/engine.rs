@@ -4,6 +4,7 @@
 use super::metrics::{Metrics, Outcome};
 use crate::generate::{restart, Decoder, Feed, Generation};
 use anyhow::{anyhow, Context, Result};
+use rayon::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -309,13 +310,21 @@ fn step<D: Decoder>(
         decoder.step(&mut states, &tokens, &mut logits[..rows * vocab])
     })));
     drop(states);
-    let mut row = logits[..rows * vocab].chunks_exact_mut(vocab);
-    for (s, _) in streams.iter_mut().zip(&batched).filter(|(_, &b)| b) {
-        match (&fed, row.next()) {
-            (Ok(()), Some(p)) => s.accept(p, metrics),
-            (Err(why), _) => s.end = Some(Event::Failed(why.clone())),
-            (Ok(()), None) => unreachable!("a row of logits per batched stream"),
-        }
+    let batch: Vec<(&mut Stream<D::State>, &mut [f32])> = streams
+        .iter_mut()
+        .zip(&batched)
+        .filter(|(_, &b)| b)
+        .map(|(s, _)| s)
+        .zip(logits[..rows * vocab].chunks_exact_mut(vocab))
+        .collect();
+    match fed {
+        // Each stream draws and decodes its windows on its own: in parallel.
+        Ok(()) => batch
+            .into_par_iter()
+            .for_each(|(s, p)| s.accept(p, metrics)),
+        Err(why) => batch
+            .into_iter()
+            .for_each(|(s, _)| s.end = Some(Event::Failed(why.clone()))),
     }
     advanced + rows
 }
