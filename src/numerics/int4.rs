@@ -296,12 +296,35 @@ fn columns(
             let live = TILE_ROWS.min(rows.end - r0);
             let x = &xs.x[r0 * stride..(r0 + TILE_ROWS) * stride];
             let corr = &xs.corr[r0 * groups..(r0 + TILE_ROWS) * groups];
-            let acc = tile(kernel, x, corr, groups, codes, subs, live);
-            for (i, a) in acc.iter().take(live).enumerate() {
-                let at = (r0 - rows.start + i) * width + b * BLOCK - c0;
-                for (j, o) in out[at..at + cols].iter_mut().enumerate() {
-                    *o = a[j] as f32 * (xs.scale[r0 + i] * scale[j]);
-                }
+            let at = (r0 - rows.start) * width + b * BLOCK - c0;
+            let dst = TileOut {
+                out: &mut out[at..],
+                width,
+                cols,
+                xs: &xs.scale[r0..r0 + live],
+                scale,
+            };
+            tile(kernel, x, corr, groups, codes, subs, dst);
+        }
+    }
+}
+
+/// Where a tile's results go: row `i` (of the `xs.len()` live rows) at `out[i * width..]`, its
+/// first `cols` outputs `acc · (xs[i] · scale[j])`.
+struct TileOut<'a> {
+    out: &'a mut [f32],
+    width: usize,
+    cols: usize,
+    xs: &'a [f32],
+    scale: &'a [f32; BLOCK],
+}
+
+impl TileOut<'_> {
+    fn scale_from(self, acc: &Tile) {
+        for (i, a) in acc.iter().take(self.xs.len()).enumerate() {
+            let row = &mut self.out[i * self.width..][..self.cols];
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = a[j] as f32 * (self.xs[i] * self.scale[j]);
             }
         }
     }
@@ -309,8 +332,8 @@ fn columns(
 
 type Tile = [[i32; BLOCK]; TILE_ROWS];
 
-/// One block of outputs for [`TILE_ROWS`] padded input rows, of which the first `live` are
-/// wanted.
+/// One block of outputs for [`TILE_ROWS`] padded input rows, of which the live ones (as many
+/// as `dst` has row scales) are scaled and written to `dst`.
 fn tile(
     kernel: I8Kernel,
     x: &[i8],
@@ -318,26 +341,28 @@ fn tile(
     groups: usize,
     codes: &[u8],
     subs: &[u8],
-    live: usize,
-) -> Tile {
+    dst: TileOut,
+) {
+    let live = dst.xs.len();
     assert!(x.len() == TILE_ROWS * groups * GROUP && corr.len() == TILE_ROWS * groups);
     assert!(codes.len() == groups * BLOCK_GROUP_BYTES && subs.len() == groups * BLOCK);
-    assert!((1..=TILE_ROWS).contains(&live));
+    assert!((1..=TILE_ROWS).contains(&live) && (1..=BLOCK).contains(&dst.cols));
+    assert!(dst.out.len() >= (live - 1) * dst.width + dst.cols);
     match kernel {
-        I8Kernel::Portable => tile_portable(x, groups, codes, subs),
+        I8Kernel::Portable => dst.scale_from(&tile_portable(x, groups, codes, subs)),
         // SAFETY: every other kernel needs AVX2, which `matmul_i4_with` checked with
-        // `runs_here()`; the asserts above give the kernel the lengths it reads.
+        // `runs_here()`; the asserts above give the kernel the lengths it reads and writes.
         #[cfg(target_arch = "x86_64")]
         _ => unsafe {
             match live {
-                1 => x86::tile_avx2::<1>(x, corr, groups, codes, subs),
-                2 => x86::tile_avx2::<2>(x, corr, groups, codes, subs),
-                3 => x86::tile_avx2::<3>(x, corr, groups, codes, subs),
-                _ => x86::tile_avx2::<4>(x, corr, groups, codes, subs),
+                1 => x86::tile_avx2::<1>(x, corr, groups, codes, subs, dst),
+                2 => x86::tile_avx2::<2>(x, corr, groups, codes, subs, dst),
+                3 => x86::tile_avx2::<3>(x, corr, groups, codes, subs, dst),
+                _ => x86::tile_avx2::<4>(x, corr, groups, codes, subs, dst),
             }
         },
         #[cfg(not(target_arch = "x86_64"))]
-        _ => tile_portable(x, groups, codes, subs),
+        _ => dst.scale_from(&tile_portable(x, groups, codes, subs)),
     }
 }
 
@@ -365,7 +390,7 @@ fn tile_portable(x: &[i8], groups: usize, codes: &[u8], subs: &[u8]) -> Tile {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Tile, BLOCK, BLOCK_GROUP_BYTES, GROUP, TILE_ROWS};
+    use super::{TileOut, BLOCK, BLOCK_GROUP_BYTES, GROUP};
     use std::arch::x86_64::*;
 
     /// How far ahead of the group being multiplied its codes are fetched: a core on its own
@@ -445,7 +470,6 @@ mod x86 {
         assert!(codes.len() == blocks * groups * BLOCK_GROUP_BYTES);
         assert!(subs.len() == blocks * groups * BLOCK);
         assert!(out.len() <= blocks * BLOCK && out.len() > (blocks - 1) * BLOCK);
-        let row_scale = _mm256_set1_ps(xs);
         for b in 0..blocks {
             let mut acc = _mm256_setzero_si256();
             for (g, &c) in corr.iter().enumerate() {
@@ -454,18 +478,26 @@ mod x86 {
                 let s = subscales(subs.as_ptr().add(at * BLOCK));
                 acc = group(acc, &u, x.as_ptr().add(g * GROUP), c, s);
             }
-            let f = _mm256_mul_ps(
-                _mm256_cvtepi32_ps(acc),
-                _mm256_mul_ps(row_scale, _mm256_loadu_ps(scale.as_ptr().add(b * BLOCK))),
-            );
             let o = &mut out[b * BLOCK..];
-            if o.len() >= BLOCK {
-                _mm256_storeu_ps(o.as_mut_ptr(), f);
-            } else {
-                let mut last = [0f32; BLOCK];
-                _mm256_storeu_ps(last.as_mut_ptr(), f);
-                o.copy_from_slice(&last[..o.len()]);
-            }
+            let cols = o.len().min(BLOCK);
+            store_scaled(&mut o[..cols], acc, xs, scale.as_ptr().add(b * BLOCK));
+        }
+    }
+
+    /// `out[j] = acc[j] as f32 * (xs * scale[j])` for the `out.len()` (at most 8) first lanes:
+    /// lane by lane the same two roundings as the scalar code.
+    #[inline(always)]
+    unsafe fn store_scaled(out: &mut [f32], acc: __m256i, xs: f32, scale: *const f32) {
+        let f = _mm256_mul_ps(
+            _mm256_cvtepi32_ps(acc),
+            _mm256_mul_ps(_mm256_set1_ps(xs), _mm256_loadu_ps(scale)),
+        );
+        if out.len() == BLOCK {
+            _mm256_storeu_ps(out.as_mut_ptr(), f);
+        } else {
+            let mut lanes = [0f32; BLOCK];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), f);
+            out.copy_from_slice(&lanes[..out.len()]);
         }
     }
 
@@ -479,7 +511,8 @@ mod x86 {
         groups: usize,
         codes: &[u8],
         subs: &[u8],
-    ) -> Tile {
+        dst: TileOut,
+    ) {
         let stride = groups * GROUP;
         let mut acc = [_mm256_setzero_si256(); LIVE];
         for g in 0..groups {
@@ -495,11 +528,10 @@ mod x86 {
                 );
             }
         }
-        let mut out = [[0i32; BLOCK]; TILE_ROWS];
-        for (o, a) in out.iter_mut().zip(&acc) {
-            _mm256_storeu_si256(o.as_mut_ptr() as *mut _, *a);
+        for (i, &a) in acc.iter().enumerate() {
+            let row = &mut dst.out[i * dst.width..][..dst.cols];
+            store_scaled(row, a, dst.xs[i], dst.scale.as_ptr());
         }
-        out
     }
 }
 
