@@ -168,8 +168,7 @@ pub struct GpuExactM1 {
     tok_emb: CudaSlice<f32>,
     final_norm: CudaSlice<f32>,
     head_t: CudaSlice<f32>,
-    cos: CudaSlice<f32>,
-    sin: CudaSlice<f32>,
+    rope: DevRope,
     step: StepBufs,
     /// Ring slots per stream ([`ring_slots`]): also how far back a query attends.
     slots: usize,
@@ -240,8 +239,7 @@ impl GpuExactM1 {
             tok_emb: up(tok_emb)?,
             final_norm: up(final_norm)?,
             head_t: up(&head.to_inputs_by_outputs())?,
-            cos: up(&rope.cos)?,
-            sin: up(&rope.sin)?,
+            rope: DevRope::upload(&s, &rope)?,
             step,
             slots,
             fingerprint: m1.fingerprint(),
@@ -303,15 +301,8 @@ impl GpuExactM1 {
                 .arg(&eps);
             unsafe { l.launch(per_row) }?;
             matvec(&s, &f.matvec, rows, &mut b.qkv, &b.h, &w.qkv_t, d, 3 * d, 0)?;
-            rotate(
-                &s,
-                &f.rope,
-                &mut b.qkv,
-                (&self.cos, &self.sin),
-                &b.feeds.row_pos,
-                rows,
-                d,
-            )?;
+            self.rope
+                .rotate(&s, &f.rope, &mut b.qkv, &b.feeds.row_pos, rows, d)?;
             let mut l = s.launch_builder(&f.append_kv);
             l.arg(&mut w.keys)
                 .arg(&mut w.values)
@@ -455,24 +446,41 @@ pub(super) fn grid(n: usize, block: u32) -> LaunchConfig {
     }
 }
 
-/// Rotary position embedding on the query and key thirds of `rows` rows of `qkv` (`3 d` wide),
-/// each row at its position in `row_pos`: one thread per (row, pair of a head's dimensions)
-/// element, `ceil(rows d / BLOCK)` blocks. Shared by M1's exact path and the int8 model.
-pub(super) fn rotate(
-    s: &Arc<CudaStream>,
-    f: &CudaFunction,
-    qkv: &mut CudaSlice<f32>,
-    (cos, sin): (&CudaSlice<f32>, &CudaSlice<f32>),
-    row_pos: &CudaSlice<i32>,
-    rows: usize,
-    d: usize,
-) -> Result<()> {
-    let (rows_i, di) = (rows as i32, d as i32);
-    let mut l = s.launch_builder(f);
-    l.arg(qkv).arg(cos).arg(sin).arg(row_pos);
-    l.arg(&rows_i).arg(&di);
-    unsafe { l.launch(grid(rows * d, BLOCK)) }?;
-    Ok(())
+/// The rotary tables on the device (`[positions][32]` each), shared by M1's exact path and the
+/// int8 model.
+pub(super) struct DevRope {
+    pub(super) cos: CudaSlice<f32>,
+    pub(super) sin: CudaSlice<f32>,
+}
+
+impl DevRope {
+    pub(super) fn upload(s: &Arc<CudaStream>, rope: &RopeTables) -> Result<Self> {
+        let up = |x: &[f32]| s.clone_htod(x).context("uploading the rotary tables");
+        Ok(DevRope {
+            cos: up(&rope.cos)?,
+            sin: up(&rope.sin)?,
+        })
+    }
+
+    /// Rotary position embedding on the query and key thirds of `rows` rows of `qkv` (`3 d`
+    /// wide), each row at its position in `row_pos`: one thread per (row, pair of a head's
+    /// dimensions), `ceil(rows d / BLOCK)` blocks.
+    pub(super) fn rotate(
+        &self,
+        s: &Arc<CudaStream>,
+        f: &CudaFunction,
+        qkv: &mut CudaSlice<f32>,
+        row_pos: &CudaSlice<i32>,
+        rows: usize,
+        d: usize,
+    ) -> Result<()> {
+        let (rows_i, di) = (rows as i32, d as i32);
+        let mut l = s.launch_builder(f);
+        l.arg(qkv).arg(&self.cos).arg(&self.sin).arg(row_pos);
+        l.arg(&rows_i).arg(&di);
+        unsafe { l.launch(grid(rows * d, BLOCK)) }?;
+        Ok(())
+    }
 }
 
 /// `y[r] (=, +=, = relu) x[r] W` for `rows` rows (`mode` 0, 1, 2): a grid of

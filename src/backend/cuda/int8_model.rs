@@ -30,7 +30,7 @@
 //! **Not yet run on a GPU** (written on a machine without one); `tests/gpu_parity.rs` checks it
 //! bit for bit against the CPU on the CUDA emulator, and on a GPU when one is present.
 
-use super::exact_m1::{cache_cells, grid, ring_slots, rotate, FeedBufs};
+use super::exact_m1::{cache_cells, grid, ring_slots, DevRope, FeedBufs};
 use super::graph::StepGraph;
 use super::loader::GpuKernels;
 use super::Entry;
@@ -127,8 +127,7 @@ pub struct GpuInt8Model {
     layers: Vec<LayerBufs>,
     tok_emb: CudaSlice<f32>,
     head: DevMatrix,
-    cos: CudaSlice<f32>,
-    sin: CudaSlice<f32>,
+    rope: DevRope,
     step: StepBufs,
     /// Ring slots per stream ([`ring_slots`]): also how far back a query attends.
     slots: usize,
@@ -212,8 +211,7 @@ impl GpuInt8Model {
             layers,
             tok_emb: up(lm.tok_emb())?,
             head: DevMatrix::new(&s, lm.head().context(INT8_ONLY)?)?,
-            cos: up(&rope.cos)?,
-            sin: up(&rope.sin)?,
+            rope: DevRope::upload(&s, &rope)?,
             step,
             slots,
             graph: StepGraph::new(true),
@@ -373,15 +371,8 @@ impl GpuInt8Model {
             )?;
             // Rotary, then attention: one launch when fused (the block rotates its own head).
             if products == Fusion::Separate {
-                rotate(
-                    &s,
-                    &f.rope,
-                    &mut b.qkv,
-                    (&self.cos, &self.sin),
-                    &b.feeds.row_pos,
-                    rows,
-                    d,
-                )?;
+                let pos = &b.feeds.row_pos;
+                self.rope.rotate(&s, &f.rope, &mut b.qkv, pos, rows, d)?;
             }
             let attention = match products {
                 Fusion::Separate => &f.attention,
@@ -399,7 +390,7 @@ impl GpuInt8Model {
                 .arg(&di)
                 .arg(&slots_i);
             if products == Fusion::Fused {
-                l.arg(&self.cos).arg(&self.sin);
+                l.arg(&self.rope.cos).arg(&self.rope.sin);
             }
             unsafe { l.launch(per_head) }?;
             product(
