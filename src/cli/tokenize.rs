@@ -4,14 +4,14 @@ use anyhow::{bail, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use terse::fsio::Existing;
-use terse::tokenize::Method;
+use terse::tokenize::{merge_shards, Method, Shard};
 use terse::tokenize_jobs::{detokenize, load_m1_spec};
 
 #[derive(Args)]
 pub struct TokenizeArgs {
     /// Tokenization method (ac and equal-info need --m1).
-    #[arg(long, value_enum)]
-    method: terse::tokenize::Method,
+    #[arg(long, value_enum, required_unless_present = "merge")]
+    method: Option<terse::tokenize::Method>,
     /// M1 checkpoint (a byte-level model) for ac and equal-info.
     #[arg(long)]
     m1: Option<PathBuf>,
@@ -26,8 +26,8 @@ pub struct TokenizeArgs {
     #[arg(long)]
     subword_train: Option<PathBuf>,
     /// Corpus: .txt or .jsonl (C4 layout), optionally .gz or .zst.
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required_unless_present = "merge")]
+    data: Option<PathBuf>,
     /// Output dataset directory (created; tokens.bin and metadata.json are replaced).
     #[arg(long)]
     out: PathBuf,
@@ -41,6 +41,15 @@ pub struct TokenizeArgs {
     /// CPU).
     #[arg(long)]
     gpu: bool,
+    /// Code only shard I of N (counting from 0): chunk k when k mod N = I, so N processes (a
+    /// job array's tasks) share a corpus; `--merge` joins their outputs into the dataset one
+    /// process writes, byte for byte.
+    #[arg(long, value_name = "I/N", conflicts_with = "merge")]
+    shard: Option<Shard>,
+    /// Join the datasets of every shard of one `--shard` run (in any order) into --out, instead
+    /// of tokenizing.
+    #[arg(long, num_args = 1.., value_name = "SHARD_DIR", conflicts_with_all = ["method", "data", "m1", "gpu", "subword_train", "delay"])]
+    merge: Vec<PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -55,43 +64,61 @@ fn token_bits_parser() -> impl clap::builder::TypedValueParser<Value = u32> {
 }
 
 pub fn run(a: TokenizeArgs) -> Result<()> {
-    if a.delay && a.method != Method::EqualInfo {
+    let (Some(method), Some(data)) = (a.method, &a.data) else {
+        let meta = merge_shards(&a.merge, &a.out)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&meta.identity)?);
+        } else {
+            println!(
+                "{} shards -> {}: {} bytes, {} tokens, {} chunks",
+                a.merge.len(),
+                a.out.display(),
+                meta.bytes_covered,
+                meta.tokens,
+                meta.examples.len()
+            );
+        }
+        return Ok(());
+    };
+    if a.delay && method != Method::EqualInfo {
         bail!("--delay is a rule of --method equal-info only");
     }
-    if a.gpu && !a.method.needs_m1() {
+    if a.gpu && !method.needs_m1() {
         bail!(
             "--gpu runs M1 (ac, equal-info); {} runs on the CPU",
-            a.method.name()
+            method.name()
         );
     }
-    let spec = match (a.method.needs_m1(), &a.m1) {
+    let spec = match (method.needs_m1(), &a.m1) {
         (true, Some(path)) => Some(load_m1_spec(
-            &a.method,
+            &method,
             path,
             a.window_bits,
             a.delay,
             a.gpu,
             a.chunk_bytes,
         )?),
-        (true, None) => bail!("--method {} needs --m1 CHECKPOINT", a.method.name()),
+        (true, None) => bail!("--method {} needs --m1 CHECKPOINT", method.name()),
         (false, Some(_)) => bail!("--m1 is used only by --method ac and equal-info"),
         (false, None) => None,
     };
     let r = terse::tokenize::tokenize_corpus_with(
-        a.method,
-        &a.data,
+        method,
+        data,
         &a.out,
         a.token_bits,
         a.chunk_bytes,
         spec.as_ref(),
         a.subword_train.as_deref(),
+        a.shard,
         !a.json,
     )?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
+        let shard = a.shard.map(|s| format!(", shard {s}")).unwrap_or_default();
         println!(
-            "{} -> {} ({}, {}-bit tokens, {}-byte chunks)",
+            "{} -> {} ({}, {}-bit tokens, {}-byte chunks{shard})",
             r.source,
             r.out,
             r.method.name(),

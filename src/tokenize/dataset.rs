@@ -36,6 +36,7 @@
 //! [`TokenDataset::open`] reads and validates the metadata and memory-maps `tokens.bin`; every
 //! refusal is a [`DatasetError`] naming the offending file.
 
+use super::shard::ShardInfo;
 use super::{MethodParams, TokenSource};
 use crate::fsio::{self, AtomicFile};
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,9 @@ pub struct Metadata {
     pub identity: TokenSource,
     /// `[token_offset, byte_offset]` of every example's start.
     pub examples: Vec<[u64; 2]>,
+    /// Set on one shard of `terse tokenize --shard` (absent from a whole dataset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardInfo>,
     /// CRC-32 of each example's bytes in `tokens.bin` (version 2; absent in version 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub example_crc32: Option<Vec<u32>>,
@@ -328,6 +332,7 @@ pub struct TokenDatasetWriter {
     bytes: u64,
     examples: Vec<[u64; 2]>,
     example_crc32: Vec<u32>,
+    shard: Option<ShardInfo>,
 }
 
 impl TokenDatasetWriter {
@@ -349,7 +354,13 @@ impl TokenDatasetWriter {
             bytes: 0,
             examples: Vec::new(),
             example_crc32: Vec::new(),
+            shard: None,
         })
+    }
+
+    /// Marks the dataset as one shard of a sharded run (its metadata records `info`).
+    pub fn set_shard(&mut self, info: ShardInfo) {
+        self.shard = Some(info);
     }
 
     /// Appends one example: the tokens coding `byte_len` (> 0) bytes of the source.
@@ -417,6 +428,7 @@ impl TokenDatasetWriter {
                 tokens: self.tokens,
             },
             examples: std::mem::take(&mut self.examples),
+            shard: self.shard,
             example_crc32: Some(std::mem::take(&mut self.example_crc32)),
             metadata_crc32: None,
         };

@@ -348,6 +348,7 @@ mod tests {
             version: VERSION,
             identity,
             examples: vec![],
+            shard: None,
             example_crc32: None,
             metadata_crc32: None,
         }

@@ -29,6 +29,7 @@ pub mod examples;
 pub mod gzip;
 pub mod method;
 pub mod repack;
+pub mod shard;
 pub mod static_ac;
 pub mod subword;
 
@@ -43,6 +44,7 @@ pub use method::{
     AcParams, BytesParams, EqualInfoParams, GzipParams, Method, MethodParams, StaticAcParams,
     SubwordParams, TokenSource,
 };
+pub use shard::{merge_shards, Shard, ShardInfo};
 
 use crate::coder::{codes_to_tokens, tokens_to_codes, EncodedWindows, WindowRule};
 use crate::data::open_stream;
@@ -314,6 +316,7 @@ pub fn tokenize_corpus(
         chunk_bytes,
         m1,
         None,
+        None,
         progress,
     )
 }
@@ -329,6 +332,7 @@ pub fn tokenize_corpus_with(
     chunk_bytes: usize,
     m1: Option<&M1Spec>,
     subword_train: Option<&Path>,
+    shard: Option<Shard>,
     progress: bool,
 ) -> Result<TokenizeReport> {
     ensure!(
@@ -469,9 +473,18 @@ pub fn tokenize_corpus_with(
     let mut stream = open_stream(corpus)?;
     let mut w = TokenDatasetWriter::create(out, token_bits)?;
     let mut stats = ChunkStats::default();
+    let (mut corpus_chunks, mut corpus_bytes) = (0u64, 0u64);
     loop {
         let n = stream.read_full(&mut buf)?;
-        let chunks: Vec<&[u8]> = buf[..n].chunks(chunk_bytes).collect();
+        let first = corpus_chunks;
+        corpus_chunks += n.div_ceil(chunk_bytes) as u64;
+        corpus_bytes += n as u64;
+        let chunks: Vec<&[u8]> = buf[..n]
+            .chunks(chunk_bytes)
+            .enumerate()
+            .filter(|&(j, _)| shard.is_none_or(|s| s.takes(first + j as u64)))
+            .map(|(_, c)| c)
+            .collect();
         let coded: Vec<Result<(Vec<u16>, ChunkStats)>> = match &codec {
             Codec::Ac(spec) | Codec::EqualInfo(spec) => {
                 let (mut guard, mut cpu);
@@ -498,12 +511,12 @@ pub fn tokenize_corpus_with(
                         .collect()
                 }
             }
-            _ => buf[..n]
-                .par_chunks(chunk_bytes)
+            _ => chunks
+                .par_iter()
                 .map(|c| codec.encode_with_stats(c, token_bits))
                 .collect(),
         };
-        for (chunk, coded) in buf[..n].chunks(chunk_bytes).zip(coded) {
+        for (chunk, coded) in chunks.iter().zip(coded) {
             let (tokens, s) = coded?;
             stats.windows += s.windows;
             stats.backoffs += s.backoffs;
@@ -520,6 +533,14 @@ pub fn tokenize_corpus_with(
         _ => 1u32 << token_bits,
     };
     let source = corpus.display().to_string();
+    if let Some(s) = shard {
+        w.set_shard(ShardInfo {
+            index: s.index,
+            count: s.count,
+            corpus_chunks,
+            corpus_bytes,
+        });
+    }
     w.finish(params, vocab, m1_fingerprint, &source)
         .with_context(|| format!("cannot write token dataset {}", out.display()))?;
     bar.finish_and_clear();
