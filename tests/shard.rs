@@ -61,6 +61,7 @@ fn merged_shards_equal_the_single_process_dataset() {
     // More shards than fit evenly (10 chunks in 3 shards), and one shard with no chunk at all.
     merge_equals_whole(dir.path(), &corpus, "gzip", "4096", 3, &[]);
     merge_equals_whole(dir.path(), &corpus, "bytes", "30000", 3, &[]);
+    merge_equals_whole(dir.path(), &corpus, "static-ac", "8192", 2, &[]);
     let m1 = dir.path().join("m1");
     common::train_tiny(&corpus, &m1, &["--steps", "1"]);
     let small = dir.path().join("small.txt");
@@ -108,6 +109,25 @@ fn a_wrong_set_of_shards_is_refused() {
     assert!(e.contains("shard 1/3 is given twice"), "{e}");
     let e = merge(&[&a0, &b1, &a2]);
     assert!(e.contains("shards of different runs"), "{e}");
+    // The same path, but the corpus changed between tasks.
+    let text = std::fs::read(&corpus).unwrap();
+    let mut changed = text.clone();
+    changed[100] ^= 0x20;
+    std::fs::write(&corpus, &changed).unwrap();
+    let c1 = shard("c1", "4096", "1/3");
+    std::fs::write(&corpus, &text).unwrap();
+    let e = merge(&[&a0, &c1, &a2]);
+    assert!(e.contains("shards of different runs"), "{e}");
+    // The output is one of the shards, spelled another way.
+    let mut args = vec!["tokenize", "--out", a0.to_str().unwrap(), "--merge"];
+    let a0_again = d.join(".").join("a0");
+    args.extend([
+        a0_again.to_str().unwrap(),
+        a1.to_str().unwrap(),
+        a2.to_str().unwrap(),
+    ]);
+    let r = terse(&args);
+    assert!(!r.status.success() && stderr(&r).contains("cannot be one of its shards"));
     let e = merge(&[&a0, &a1, &whole]);
     assert!(e.contains("a whole dataset, not a shard"), "{e}");
     let e = merge(&[&a0, &a1, &a2, &a0.join("nothing")]);

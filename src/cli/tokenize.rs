@@ -48,7 +48,7 @@ pub struct TokenizeArgs {
     shard: Option<Shard>,
     /// Join the datasets of every shard of one `--shard` run (in any order) into --out, instead
     /// of tokenizing.
-    #[arg(long, num_args = 1.., value_name = "SHARD_DIR", conflicts_with_all = ["method", "data", "m1", "gpu", "subword_train", "delay"])]
+    #[arg(long, num_args = 1.., value_name = "SHARD_DIR", conflicts_with_all = ["method", "data", "m1", "gpu", "subword_train", "delay", "token_bits", "chunk_bytes", "window_bits"])]
     merge: Vec<PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]

@@ -269,6 +269,9 @@ fn columns(
     blocks: std::ops::Range<usize>,
 ) {
     let (groups, stride) = (w.groups, w.groups * GROUP);
+    if blocks.is_empty() {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if rows.len() == 1 && kernel != I8Kernel::Portable {
         let (r, b0, b1) = (rows.start, blocks.start, blocks.end);

@@ -474,11 +474,15 @@ pub fn tokenize_corpus_with(
     let mut w = TokenDatasetWriter::create(out, token_bits)?;
     let mut stats = ChunkStats::default();
     let (mut corpus_chunks, mut corpus_bytes) = (0u64, 0u64);
+    let mut corpus_crc = crc32fast::Hasher::new();
     loop {
         let n = stream.read_full(&mut buf)?;
         let first = corpus_chunks;
         corpus_chunks += n.div_ceil(chunk_bytes) as u64;
         corpus_bytes += n as u64;
+        if shard.is_some() {
+            corpus_crc.update(&buf[..n]);
+        }
         let chunks: Vec<&[u8]> = buf[..n]
             .chunks(chunk_bytes)
             .enumerate()
@@ -539,6 +543,7 @@ pub fn tokenize_corpus_with(
             count: s.count,
             corpus_chunks,
             corpus_bytes,
+            corpus_crc32: corpus_crc.finalize(),
         });
     }
     w.finish(params, vocab, m1_fingerprint, &source)

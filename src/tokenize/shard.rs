@@ -63,6 +63,9 @@ pub struct ShardInfo {
     pub count: u32,
     pub corpus_chunks: u64,
     pub corpus_bytes: u64,
+    /// CRC-32 of the whole corpus byte stream: shards of one corpus, however its path was
+    /// written, and never of a corpus changed between tasks.
+    pub corpus_crc32: u32,
 }
 
 /// Writes into `out` the dataset that one process would have written, from the datasets of
@@ -76,9 +79,10 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<Metadata> {
         "--merge needs the shard datasets to merge"
     );
     let mut shards: Vec<(ShardInfo, TokenDataset)> = Vec::with_capacity(dirs.len());
+    let out_id = std::fs::canonicalize(out).ok();
     for dir in dirs {
         ensure!(
-            dir != out,
+            dir != out && (out_id.is_none() || std::fs::canonicalize(dir).ok() != out_id),
             "the merged dataset {} cannot be one of its shards",
             out.display()
         );
@@ -121,9 +125,17 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<Metadata> {
             info.count
         );
         ensure!(
-            (info.count, info.corpus_chunks, info.corpus_bytes)
-                == (first.count, first.corpus_chunks, first.corpus_bytes)
-                && same_run(ds.metadata(), first_ds.metadata()),
+            (
+                info.count,
+                info.corpus_chunks,
+                info.corpus_bytes,
+                info.corpus_crc32
+            ) == (
+                first.count,
+                first.corpus_chunks,
+                first.corpus_bytes,
+                first.corpus_crc32
+            ) && same_run(ds.metadata(), first_ds.metadata()),
             "{name} and {} are shards of different runs (method, parameters, M1, corpus or \
              counts differ)",
             first_ds.dir().display()
@@ -166,14 +178,14 @@ pub fn merge_shards(dirs: &[PathBuf], out: &Path) -> Result<Metadata> {
     .with_context(|| format!("cannot write token dataset {}", out.display()))
 }
 
-/// Whether two shards' metadata describe the same run: everything but their own counts.
+/// Whether two shards' metadata describe the same run: everything but their own counts (the
+/// corpus path as written may differ; its bytes, checked by CRC, may not).
 fn same_run(a: &Metadata, b: &Metadata) -> bool {
     let (a, b) = (&a.identity, &b.identity);
     a.method == b.method
         && a.token_bits == b.token_bits
         && a.vocab == b.vocab
         && a.m1_fingerprint == b.m1_fingerprint
-        && a.source == b.source
 }
 
 #[cfg(test)]
