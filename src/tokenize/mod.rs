@@ -322,7 +322,9 @@ pub fn tokenize_corpus(
 }
 
 /// As [`tokenize_corpus`]; [`Method::Subword`] trains on `subword_train` (any corpus format; its
-/// first [`subword::TRAIN_MAX_BYTES`]) instead of the corpus's first bytes when given.
+/// first [`subword::TRAIN_MAX_BYTES`]) instead of the corpus's first bytes when given. With
+/// `shard`, only that shard's chunks are coded, and the dataset records the whole corpus's
+/// counts and CRC-32 for [`merge_shards`].
 #[allow(clippy::too_many_arguments)]
 pub fn tokenize_corpus_with(
     method: Method,
