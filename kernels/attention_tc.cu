@@ -30,10 +30,15 @@ of n-tiles 2k and 2k+1 is the A layout of k-step k.
         P = exp(S / 8 - lse), dP = dO V^T, dS = P (dP - delta) / 8, dQ += dS K.
     (delta comes from attention_backward_preprocess_bf16 in attention.cu.)
 
-Q, K, V and dO enter the tensor cores as they are stored (bf16); P and dS, computed in fp32, as a
-bf16 pair (rounding plus remainder, two mma each), so every result is as close to the fp32
-reference as the CUDA-core kernels' (that doubles the mma count of the second product of each
-kernel). Row sums and every accumulator are fp32.
+Precision is FlashAttention-2's: Q, K, V and dO enter the tensor cores as they are stored (bf16),
+P and dS (computed in fp32) rounded to bf16; every product, row sum and accumulator is fp32. The
+rounding of P and dS (2^-9 relative) is the kernels' one departure from the fp32 reference, and
+the parity tolerances (tests/gpu_parity.rs, `TOL_ATTN_TC`) follow from it. Per warp and 64 x 64
+tile that is 64 mma in the forward (S, then O), 128 for dK/dV (S^T, dP^T, dV, dK) and 96 for dQ
+(S, dP, dQ): FlashAttention-2's count but for the backward's S and dP, which the separate dQ
+kernel computes a second time rather than add dQ atomically (whose order, and so bits, would
+change from run to run). Only a block's diagonal tile is masked (`mask_unseen`); the tiles before
+it are seen whole.
 
 Launch (grid maths), nt = ceil(T / 64): each kernel grid (nt, H, B), block 128, static shared
 memory 36 KiB (37 KiB for dk/dv): two buffers of each streamed tile, so that the next tile's
@@ -41,11 +46,12 @@ cp.async copies fly while the tensor cores work on this one (`stream_tiles`). Th
 are scheduled first (queries: the last tile; keys: the first). qkv, out and dout must be 16-byte
 aligned (the launcher checks; d is a multiple of 64), for 16-byte copies and ldmatrix.
 
-Occupancy (ptxas, sm_90a, nvcc 13.0): the forward takes 114 registers, 4 blocks (16 warps) per
-SM. Left to itself ptxas gives dK/dV 249 registers (1 block) and dQ 138 (3 blocks); their launch
-bounds ask for 3 and 4 blocks per SM instead, which ptxas meets with 168 registers and a 32-byte
-spill (dK/dV) and 128 registers and a 4-byte spill (dQ). Whether that trade pays is for
-`terse bench kernels` on a GPU to say (not yet measured).
+Occupancy (ptxas, sm_90a, nvcc 13.0): the forward takes 100 registers, 4 blocks (16 warps) per
+SM. The backward kernels work on each 64-row tile in halves of 32 columns (P and dS of one half
+live at a time); left to itself ptxas then gives dK/dV 176 registers (2 blocks) and dQ 152 (3
+blocks), and their launch bounds ask for 3 and 4 blocks per SM, which ptxas meets with 168
+registers and a 16-byte spill (dK/dV) and 128 registers and a 28-byte spill (dQ). Whether that
+trade pays is for `terse bench kernels` on a GPU to say (not yet measured).
 */
 
 // Plain reference: attention.cu's (the CPU twin, backend::cpu::attention).
@@ -95,12 +101,6 @@ __device__ __forceinline__ void stream_tiles(int begin, int end, Fetch fetch, Bo
 // Two consecutive bf16 of a shared row as one operand register.
 __device__ __forceinline__ unsigned ld_pair(const raw16* p) { return *reinterpret_cast<const unsigned*>(p); }
 
-// x and y as a bf16 pair `hi` plus the pair of what rounding left out, `lo`.
-__device__ __forceinline__ void split_pair(float x, float y, unsigned& hi, unsigned& lo) {
-    hi = pack_bf16x2(x, y);
-    lo = pack_bf16x2(x - __uint_as_float(hi << 16), y - __uint_as_float(hi & 0xffff0000u));
-}
-
 // The A fragments (4 k-steps of 16 columns) of this warp's 16 rows of a 64-wide head slice in
 // global memory (rows `stride` elements apart; rows at or past `rows` are zeros).
 __device__ __forceinline__ void load_a_rows(unsigned a[4][4], const bf16* src, size_t stride, int row0, int rows) {
@@ -117,18 +117,21 @@ __device__ __forceinline__ void load_a_rows(unsigned a[4][4], const bf16* src, s
     }
 }
 
-// acc[n] = A (16 x 64, fragments) times B^T for a shared tile B (64 rows x 64 columns): the 16 x 64
-// product with a tile's rows as its columns (S = Q K^T and friends). One ldmatrix gives the B
-// fragments of two k-steps: lanes 8j..8j+7 address rows n*8.. at column 8j of the 32-column half.
-__device__ __forceinline__ void mma_rows_by_tile(float acc[8][4], const unsigned a[4][4], const raw16 (*tile)[TC_LD]) {
+// acc[n] = A (16 x 64, fragments) times B^T for nt 8-row slices of a shared tile B (rows 8 n0 ..
+// 8 (n0 + nt) - 1, 64 columns): the 16 x 8nt product with those rows as its columns (S = Q K^T and
+// friends). One ldmatrix gives the B fragments of two k-steps: lanes 8j..8j+7 address rows
+// (n0 + n) 8.. at column 8j of the 32-column half.
+template <int nt>
+__device__ __forceinline__ void mma_rows_by_tile(float (&acc)[nt][4], const unsigned a[4][4], const raw16 (*tile)[TC_LD],
+                                                 int n0) {
     const int lane = threadIdx.x % WARP_SIZE;
 #pragma unroll
-    for (int n = 0; n < 8; n++) {
+    for (int n = 0; n < nt; n++) {
         acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 #pragma unroll
         for (int kp = 0; kp < 2; kp++) {
             unsigned r[4];
-            ldmatrix_x4(r, &tile[n * 8 + lane % 8][kp * 32 + (lane / 8) * 8]);
+            ldmatrix_x4(r, &tile[(n0 + n) * 8 + lane % 8][kp * 32 + (lane / 8) * 8]);
             const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
             mma_bf16_16816(acc[n], a[2 * kp], b0);
             mma_bf16_16816(acc[n], a[2 * kp + 1], b1);
@@ -136,33 +139,29 @@ __device__ __forceinline__ void mma_rows_by_tile(float acc[8][4], const unsigned
     }
 }
 
-// out += P (16 x 64, as an accumulator of mma_rows_by_tile) times a shared tile (64 x 64):
-// the tile's rows are P's columns (O += P V and friends). P enters as two bf16 operands, its
-// rounding and the remainder (hi + lo carries 16 bits of mantissa), so the product is as exact
-// as the fp32 reference to well within bf16 tolerance; one operand alone would round P and dS
-// to 8 bits and leave dq and dk ~1e-2 off.
-__device__ __forceinline__ void mma_acc_by_tile(float out[8][4], const float p[8][4], const raw16 (*tile)[TC_LD]) {
+// out += P (16 x 8nt, as an accumulator of mma_rows_by_tile) times rows 8 n0 .. 8 (n0 + nt) - 1
+// of a shared tile (64 columns): those rows are P's columns (O += P V and friends). P enters the
+// tensor cores rounded to bf16, as FlashAttention-2 feeds it (its products still accumulate in
+// fp32): 32 mma per warp and 64 x 64 tile instead of the 64 of a bf16 pair carrying P's remainder.
+template <int nt>
+__device__ __forceinline__ void mma_acc_by_tile(float out[8][4], const float (&p)[nt][4], const raw16 (*tile)[TC_LD],
+                                                int n0) {
     const int lane = threadIdx.x % WARP_SIZE;
 #pragma unroll
-    for (int ks = 0; ks < 4; ks++) {
+    for (int ks = 0; ks < nt / 2; ks++) {
         const float* c0 = p[2 * ks];
         const float* c1 = p[2 * ks + 1];
-        unsigned hi[4], lo[4];
-        split_pair(c0[0], c0[1], hi[0], lo[0]);
-        split_pair(c0[2], c0[3], hi[1], lo[1]);
-        split_pair(c1[0], c1[1], hi[2], lo[2]);
-        split_pair(c1[2], c1[3], hi[3], lo[3]);
+        const unsigned a[4] = {pack_bf16x2(c0[0], c0[1]), pack_bf16x2(c0[2], c0[3]), pack_bf16x2(c1[0], c1[1]),
+                               pack_bf16x2(c1[2], c1[3])};
         // One transposed ldmatrix gives two n-tiles' B fragments: lanes 0-15 address the k-step's
         // 16 rows at column 16 np, lanes 16-31 the same rows at column 16 np + 8.
 #pragma unroll
         for (int np = 0; np < 4; np++) {
             unsigned r[4];
-            ldmatrix_x4_trans(r, &tile[ks * 16 + lane % 16][(2 * np + lane / 16) * 8]);
+            ldmatrix_x4_trans(r, &tile[n0 * 8 + ks * 16 + lane % 16][(2 * np + lane / 16) * 8]);
             const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-            mma_bf16_16816(out[2 * np], lo, b0);
-            mma_bf16_16816(out[2 * np], hi, b0);
-            mma_bf16_16816(out[2 * np + 1], lo, b1);
-            mma_bf16_16816(out[2 * np + 1], hi, b1);
+            mma_bf16_16816(out[2 * np], a, b0);
+            mma_bf16_16816(out[2 * np + 1], a, b1);
         }
     }
 }
@@ -175,6 +174,24 @@ __device__ __forceinline__ float quad_sum(float v) {
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+// Sets the entries of a 16 x 8nt score tile that a row does not see to -inf (P = 0): with rows r (this
+// thread's ra, rb) and columns c = col0 + 8n + 2t + (0, 1), a query sees keys at or before it and
+// inside the sequence. Only a block's diagonal tile needs it: key tiles wholly before a query tile
+// are seen whole, and padding rows or columns past T (zeros) are never stored and add zero to
+// every stored gradient.
+template <bool rows_are_queries, int nt>
+__device__ __forceinline__ void mask_unseen(float (&s)[nt][4], int col0, int ra, int rb, int t, int T_len) {
+#pragma unroll
+    for (int n = 0; n < nt; n++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int col = col0 + n * 8 + 2 * t + (i & 1), row = i < 2 ? ra : rb;
+            const bool seen = col < T_len && (rows_are_queries ? col <= row : col >= row);
+            if (!seen) s[n][i] = -INFINITY;
+        }
+    }
 }
 
 // Stores this warp's 16 x 64 accumulator rows (row0 + g, row0 + g + 8) times `scale_a`/`scale_b`
@@ -251,15 +268,15 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
 
     stream_kv_tiles(Ks, Vs, at, qt, T_len, [&](int k0, int buf) {
         float s[8][4];
-        mma_rows_by_tile(s, qa, Ks[buf]);
+        mma_rows_by_tile(s, qa, Ks[buf], 0);
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) s[n][i] *= TC_SCALE;
+        if (k0 == qt * TC_ROWS) mask_unseen<true>(s, k0, ra, rb, t, T_len);
         float mt_a = -INFINITY, mt_b = -INFINITY;
 #pragma unroll
         for (int n = 0; n < 8; n++) {
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int key = k0 + n * 8 + 2 * t + (i & 1), row = i < 2 ? ra : rb;
-                s[n][i] = (key <= row && key < T_len) ? s[n][i] * TC_SCALE : -INFINITY;
-            }
             mt_a = fmaxf(mt_a, fmaxf(s[n][0], s[n][1]));
             mt_b = fmaxf(mt_b, fmaxf(s[n][2], s[n][3]));
         }
@@ -282,7 +299,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
             o[n][2] *= al_b;
             o[n][3] *= al_b;
         }
-        mma_acc_by_tile(o, s, Vs[buf]);
+        mma_acc_by_tile(o, s, Vs[buf], 0);
         m_a = mn_a;
         m_b = mn_b;
     });
@@ -330,21 +347,25 @@ extern "C" __global__ void __launch_bounds__(128, 3)
         }
     };
     stream_tiles(kt * TC_ROWS, T_len, fetch_queries, [&](int q0, int buf) { // queries i >= the first key
-        float p[8][4], ds[8][4];
-        mma_rows_by_tile(p, ka, Qs[buf]);   // S^T: keys x queries
-        mma_rows_by_tile(ds, va, dOs[buf]); // dP^T
+        // In halves of 32 queries, which keeps P^T and dS^T within the registers of 3 blocks per SM.
 #pragma unroll
-        for (int n = 0; n < 8; n++) {
+        for (int h = 0; h < 2; h++) {
+            float p[4][4], ds[4][4];
+            mma_rows_by_tile(p, ka, Qs[buf], 4 * h);   // S^T: keys x queries
+            mma_rows_by_tile(ds, va, dOs[buf], 4 * h); // dP^T
+            if (q0 == kt * TC_ROWS) mask_unseen<false>(p, q0 + 32 * h, ja, jb, t, T_len);
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int qc = n * 8 + 2 * t + (i & 1), query = q0 + qc, key = i < 2 ? ja : jb;
-                const bool seen = query >= key && query < T_len;
-                p[n][i] = seen ? __expf(p[n][i] * TC_SCALE - lse_s[buf][qc]) : 0.0f;
-                ds[n][i] = p[n][i] * (ds[n][i] - delta_s[buf][qc]) * TC_SCALE;
+            for (int n = 0; n < 4; n++) {
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int qc = 32 * h + n * 8 + 2 * t + (i & 1);
+                    p[n][i] = __expf(p[n][i] * TC_SCALE - lse_s[buf][qc]);
+                    ds[n][i] = p[n][i] * (ds[n][i] - delta_s[buf][qc]) * TC_SCALE;
+                }
             }
+            mma_acc_by_tile(dv, p, dOs[buf], 4 * h);
+            mma_acc_by_tile(dk, ds, Qs[buf], 4 * h);
         }
-        mma_acc_by_tile(dv, p, dOs[buf]);
-        mma_acc_by_tile(dk, ds, Qs[buf]);
     });
     bf16* dhead_qkv = dqkv + (at.head - qkv); // the same head slice of the gradient
     store_rows(dhead_qkv + d, row3, j0, T_len, dk, 1.0f, 1.0f);
@@ -370,20 +391,23 @@ extern "C" __global__ void __launch_bounds__(128, 4)
     float dq[8][4] = {};
 
     stream_kv_tiles(Ks, Vs, at, qt, T_len, [&](int k0, int buf) {
-        float p[8][4], ds[8][4];
-        mma_rows_by_tile(p, qa, Ks[buf]);   // S
-        mma_rows_by_tile(ds, doa, Vs[buf]); // dP
+        // In halves of 32 keys, which keeps P and dS within the registers of 4 blocks per SM.
 #pragma unroll
-        for (int n = 0; n < 8; n++) {
+        for (int h = 0; h < 2; h++) {
+            float p[4][4], ds[4][4];
+            mma_rows_by_tile(p, qa, Ks[buf], 4 * h);   // S
+            mma_rows_by_tile(ds, doa, Vs[buf], 4 * h); // dP
+            if (k0 == qt * TC_ROWS) mask_unseen<true>(p, k0 + 32 * h, ra, rb, t, T_len);
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int key = k0 + n * 8 + 2 * t + (i & 1), row = i < 2 ? ra : rb;
-                const bool seen = key <= row && row < T_len;
-                p[n][i] = seen ? __expf(p[n][i] * TC_SCALE - (i < 2 ? lse_a : lse_b)) : 0.0f;
-                ds[n][i] = p[n][i] * (ds[n][i] - (i < 2 ? de_a : de_b)) * TC_SCALE;
+            for (int n = 0; n < 4; n++) {
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    p[n][i] = __expf(p[n][i] * TC_SCALE - (i < 2 ? lse_a : lse_b));
+                    ds[n][i] = p[n][i] * (ds[n][i] - (i < 2 ? de_a : de_b)) * TC_SCALE;
+                }
             }
+            mma_acc_by_tile(dq, ds, Ks[buf], 4 * h);
         }
-        mma_acc_by_tile(dq, ds, Ks[buf]);
     });
     store_rows(dqkv + (at.head - qkv), at.row3, at.row0, T_len, dq, 1.0f, 1.0f);
 }
