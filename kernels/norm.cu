@@ -19,7 +19,9 @@ Backward (rmsnorm_backward_*, then rmsnorm_dgain_reduce):
     dgain += sum over rows of dy * x * rstd
 Stage 1: block k owns rows [k * rows_per_chunk, (k+1) * rows_per_chunk); its W warps take the rows
 in turn (warp w: rows w, w + W, ...), each warp keeping its own per-channel dgain sums in shared
-memory ([W, d] fp32); at the end the block adds its W rows in warp order and writes
+memory ([W, d] fp32; a row is read once, in 16-byte packs, when it is at most 3 packs per lane:
+`rmsnorm_backward_packed`; else twice, element by element); at the end
+the block adds its W rows in warp order and writes
 partial[k, :]. Stage 2 (rmsnorm_dgain_reduce) sums partial[:, c] over k in a fixed order and adds
 to dgain[c]. No atomics: the bits do not depend on scheduling. (llm.c finishes the cross-block
 sum in-kernel with a flag; two launches are simpler and cost ~2 us.)
@@ -112,21 +114,56 @@ __device__ void fused_residual_rmsnorm_forward(T* residual, T* __restrict__ out,
     }
 }
 
-template <typename T>
-__device__ void rmsnorm_backward(T* __restrict__ dinp, float* __restrict__ partial, const T* __restrict__ dout,
-                                 const T* __restrict__ inp, const T* __restrict__ gain,
-                                 const float* __restrict__ rstd, int N, int d, int rows_per_chunk) {
-    extern __shared__ float dg_acc[]; // [num_warps, d]
+// The rows of rmsnorm_backward when d is 32 V packs of 16 bytes (V <= 3; bf16: d = 256, 512, 768;
+// at V = 4 x and dy would spill from the 80 registers of 3 blocks per SM): lane `lane` owns channels (32 v + lane) P .. + P - 1 for v < V (P elements per pack), so a
+// warp's loads are whole 512-byte runs, and a row's x and dy are read once, into registers (the
+// gain, the same for every row, comes from L1).
+template <typename T, int V>
+__device__ void rmsnorm_backward_packed(T* __restrict__ dinp, float* __restrict__ my_acc, const T* __restrict__ dout,
+                                        const T* __restrict__ inp, const T* __restrict__ gain,
+                                        const float* __restrict__ rstd, int row, int row_end, int step, int d) {
+    constexpr int P = Pack16<T>::N;
     const int lane = threadIdx.x % WARP_SIZE;
-    const int warp = threadIdx.x / WARP_SIZE;
-    const int num_warps = blockDim.x / WARP_SIZE;
-    for (int i = threadIdx.x; i < num_warps * d; i += blockDim.x) dg_acc[i] = 0.0f;
-    __syncthreads();
+    for (; row < row_end; row += step) {
+        const size_t off = (size_t)row * d;
+        const float rs = rstd[row];
+        float x[V][P], dy[V][P], g[P];
+        float ax = 0.0f;
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+            const int c = (v * WARP_SIZE + lane) * P;
+            Pack16<T>::unpack(*reinterpret_cast<const uint4*>(inp + off + c), x[v]);
+            Pack16<T>::unpack(*reinterpret_cast<const uint4*>(dout + off + c), dy[v]);
+            Pack16<T>::unpack(*reinterpret_cast<const uint4*>(gain + c), g);
+#pragma unroll
+            for (int i = 0; i < P; i++) ax += dy[v][i] * g[i] * x[v][i];
+        }
+        ax = warp_reduce_sum(ax);
+        const float coef = rs * rs * rs * ax / d;
+#pragma unroll
+        for (int v = 0; v < V; v++) {
+            const int c = (v * WARP_SIZE + lane) * P;
+            uint4* at = reinterpret_cast<uint4*>(dinp + off + c);
+            float dx[P];
+            Pack16<T>::unpack(*at, dx);
+            Pack16<T>::unpack(*reinterpret_cast<const uint4*>(gain + c), g);
+#pragma unroll
+            for (int i = 0; i < P; i++) {
+                dx[i] += rs * dy[v][i] * g[i] - coef * x[v][i];
+                my_acc[c + i] += dy[v][i] * x[v][i] * rs; // lane-private channels
+            }
+            *at = Pack16<T>::pack(dx);
+        }
+    }
+}
 
-    const int row_begin = blockIdx.x * rows_per_chunk;
-    const int row_end = min(N, row_begin + rows_per_chunk);
-    float* my_acc = dg_acc + (size_t)warp * d;
-    for (int row = row_begin + warp; row < row_end; row += num_warps) {
+// Any d: each lane strides the row by 32 single elements, and reads it twice.
+template <typename T>
+__device__ void rmsnorm_backward_strided(T* __restrict__ dinp, float* __restrict__ my_acc, const T* __restrict__ dout,
+                                         const T* __restrict__ inp, const T* __restrict__ gain,
+                                         const float* __restrict__ rstd, int row, int row_end, int step, int d) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    for (; row < row_end; row += step) {
         const size_t off = (size_t)row * d;
         const float rs = rstd[row];
         float ax = 0.0f;
@@ -143,6 +180,34 @@ __device__ void rmsnorm_backward(T* __restrict__ dinp, float* __restrict__ parti
             my_acc[c] += dy * x * rs; // lane-private channel: no race inside the warp
         }
     }
+}
+
+template <typename T>
+__device__ void rmsnorm_backward(T* __restrict__ dinp, float* __restrict__ partial, const T* __restrict__ dout,
+                                 const T* __restrict__ inp, const T* __restrict__ gain,
+                                 const float* __restrict__ rstd, int N, int d, int rows_per_chunk) {
+    extern __shared__ float dg_acc[]; // [num_warps, d]
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int num_warps = blockDim.x / WARP_SIZE;
+    for (int i = threadIdx.x; i < num_warps * d; i += blockDim.x) dg_acc[i] = 0.0f;
+    __syncthreads();
+
+    const int row_begin = blockIdx.x * rows_per_chunk;
+    const int row_end = min(N, row_begin + rows_per_chunk);
+    float* my_acc = dg_acc + (size_t)warp * d;
+    const int row = row_begin + warp;
+    // Whole 16-byte packs need d a multiple of 32 packs and every row (so the base) 16-byte aligned.
+    const int packs = d / (WARP_SIZE * Pack16<T>::N);
+    const bool packed = d % (WARP_SIZE * Pack16<T>::N) == 0 && fits_packs16(dinp, d) && fits_packs16(dout, d) &&
+                        fits_packs16(inp, d) && fits_packs16(gain, d);
+    if (packed && packs == 1)
+        rmsnorm_backward_packed<T, 1>(dinp, my_acc, dout, inp, gain, rstd, row, row_end, num_warps, d);
+    else if (packed && packs == 2)
+        rmsnorm_backward_packed<T, 2>(dinp, my_acc, dout, inp, gain, rstd, row, row_end, num_warps, d);
+    else if (packed && packs == 3)
+        rmsnorm_backward_packed<T, 3>(dinp, my_acc, dout, inp, gain, rstd, row, row_end, num_warps, d);
+    else
+        rmsnorm_backward_strided(dinp, my_acc, dout, inp, gain, rstd, row, row_end, num_warps, d);
     __syncthreads();
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
         float s = 0.0f;
@@ -169,12 +234,12 @@ extern "C" __global__ void fused_residual_rmsnorm_forward_bf16(bf16* residual, b
                                                                int N, int d, float eps) {
     fused_residual_rmsnorm_forward(residual, out, rstd, inp1, inp2, gain, N, d, eps);
 }
-extern "C" __global__ void rmsnorm_backward_f32(float* dinp, float* partial, const float* dout, const float* inp,
+extern "C" __global__ void __launch_bounds__(256, 3) rmsnorm_backward_f32(float* dinp, float* partial, const float* dout, const float* inp,
                                                 const float* gain, const float* rstd, int N, int d,
                                                 int rows_per_chunk) {
     rmsnorm_backward(dinp, partial, dout, inp, gain, rstd, N, d, rows_per_chunk);
 }
-extern "C" __global__ void rmsnorm_backward_bf16(bf16* dinp, float* partial, const bf16* dout, const bf16* inp,
+extern "C" __global__ void __launch_bounds__(256, 3) rmsnorm_backward_bf16(bf16* dinp, float* partial, const bf16* dout, const bf16* inp,
                                                  const bf16* gain, const float* rstd, int N, int d,
                                                  int rows_per_chunk) {
     rmsnorm_backward(dinp, partial, dout, inp, gain, rstd, N, d, rows_per_chunk);

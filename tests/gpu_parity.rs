@@ -366,6 +366,10 @@ fn rmsnorm_matches_cpu() {
     rmsnorm_case::<f32>(&k, 37, 96, 9);
     rmsnorm_case::<Bf16>(&k, 37, 96, 10);
     rmsnorm_case::<f32>(&k, 300, 1024, 11);
+    // The backward's row paths: 16-byte packs at 1, 2 and 3 per lane (bf16 d = 256 above, f32
+    // d = 256 above, bf16 d = 768 here), element by element for the rest (d = 96, 1024).
+    rmsnorm_case::<Bf16>(&k, 130, 768, 12);
+    rmsnorm_case::<Bf16>(&k, 70, 1024, 13);
 }
 
 fn fused_residual_case<T: GpuFloat>(k: &GpuKernels, n: usize, d: usize, seed: u64) {
