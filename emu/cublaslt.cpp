@@ -8,7 +8,13 @@ Built by emu/build.py as libcublasLt.so.13 beside the emulated libcuda, whose st
 Refused with CUBLAS_STATUS_INVALID_VALUE: layouts whose shapes disagree with the transposes, a
 leading dimension below the row count, C and D of different types or shapes; with
 CUBLAS_STATUS_NOT_SUPPORTED: attributes, types or compute types it does not implement (ordered
-layouts, epilogues, batches, scale types other than f32).
+layouts, epilogues other than RELU_AUX and DRELU, batches, scale types other than f32).
+RELU_AUX stores max(sum, 0) (a NaN sum stores 0, as the CPU model's ReLU gives) and sets bit
+i + j ld of the aux buffer (byte / 8, bit % 8: this emulator's layout, which only it reads) to
+sum > 0; DRELU stores the sum where that bit is set, else 0. Both need the aux pointer and an aux
+leading dimension that is a multiple of 128 and at least the rows of D (INVALID_VALUE otherwise).
+With TERSE_EMU_NO_EPILOGUES set, the heuristic offers no algorithm for an epilogue
+(CUBLAS_STATUS_NOT_SUPPORTED), for the callers' fallbacks.
 */
 #include <stdint.h>
 #include <stdlib.h>
@@ -29,8 +35,14 @@ extern "C" int terse_emu_submit(void* stream, void (*run)(void*), void* data, vo
 
 namespace {
 
+enum { EPILOGUE_DEFAULT = 1, EPILOGUE_RELU_AUX = 130, EPILOGUE_DRELU = 136 };
+enum { ATTR_TRANSA = 3, ATTR_TRANSB = 4, ATTR_EPILOGUE = 7, ATTR_AUX_POINTER = 11, ATTR_AUX_LD = 12 };
+
 struct MatmulDesc {
     int trans_a = 0, trans_b = 0;
+    int epilogue = EPILOGUE_DEFAULT;
+    uint8_t* aux = nullptr;
+    int64_t aux_ld = 0;
 };
 struct Layout {
     int type;
@@ -98,6 +110,17 @@ void run_gemm(void* data) {
         for (uint64_t i = 0; i < g.m; ++i) {
             float out = g.alpha * dot(&a[i * g.k], &bt[j * g.k], g.k);
             if (g.beta != 0.0f) out += g.beta * load(g.pc, g.c.type, i + j * (uint64_t)g.c.ld);
+            if (g.op.epilogue != EPILOGUE_DEFAULT) {
+                const uint64_t bit = i + j * (uint64_t)g.op.aux_ld;
+                uint8_t& byte = g.op.aux[bit / 8];
+                const uint8_t m = (uint8_t)(1u << (bit % 8));
+                if (g.op.epilogue == EPILOGUE_RELU_AUX) {
+                    byte = out > 0.0f ? byte | m : byte & ~m;
+                    out = out > 0.0f ? out : 0.0f;
+                } else if (!(byte & m)) {
+                    out = 0.0f;
+                }
+            }
             store(g.pd, g.d.type, i + j * (uint64_t)g.d.ld, out);
         }
 }
@@ -129,11 +152,23 @@ cublasStatus_t cublasLtMatmulDescDestroy(void* desc) {
 }
 cublasStatus_t cublasLtMatmulDescSetAttribute(void* desc, int attr, const void* buf, size_t size) {
     MatmulDesc* d = static_cast<MatmulDesc*>(desc);
-    if ((attr != 3 && attr != 4) || size != 4) return CUBLAS_STATUS_NOT_SUPPORTED; // TRANSA, TRANSB
+    if (attr == ATTR_AUX_POINTER || attr == ATTR_AUX_LD) {
+        if (size != 8) return CUBLAS_STATUS_INVALID_VALUE;
+        if (attr == ATTR_AUX_POINTER) memcpy(&d->aux, buf, 8);
+        else memcpy(&d->aux_ld, buf, 8);
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    if ((attr != ATTR_TRANSA && attr != ATTR_TRANSB && attr != ATTR_EPILOGUE) || size != 4)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
     int32_t v;
     memcpy(&v, buf, 4);
+    if (attr == ATTR_EPILOGUE) {
+        if (v != EPILOGUE_DEFAULT && v != EPILOGUE_RELU_AUX && v != EPILOGUE_DRELU) return CUBLAS_STATUS_NOT_SUPPORTED;
+        d->epilogue = v;
+        return CUBLAS_STATUS_SUCCESS;
+    }
     if (v != 0 && v != 1) return CUBLAS_STATUS_INVALID_VALUE;
-    (attr == 3 ? d->trans_a : d->trans_b) = v;
+    (attr == ATTR_TRANSA ? d->trans_a : d->trans_b) = v;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -172,6 +207,9 @@ struct HeuristicResult {
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(void*, void* desc, void* a, void* b, void* c, void* d, void*,
                                               int requested, HeuristicResult* results, int* count) {
     if (requested < 1 || !desc || !a || !b || !c || !d) return CUBLAS_STATUS_INVALID_VALUE;
+    // A cuBLASLt that offers no algorithm with an epilogue, for the callers' fallback paths.
+    if (getenv("TERSE_EMU_NO_EPILOGUES") && static_cast<MatmulDesc*>(desc)->epilogue != EPILOGUE_DEFAULT)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
     memset(results, 0, sizeof(HeuristicResult));
     results[0].algo[0] = 1;
     results[0].waves = 1.0f;
@@ -197,6 +235,8 @@ cublasStatus_t cublasLtMatmul(void*, void* desc, const void* alpha, const void* 
     g.n = g.op.trans_b ? g.b.rows : g.b.cols;
     if (kb != g.k || g.c.rows != g.m || g.c.cols != g.n || g.d.rows != g.m || g.d.cols != g.n ||
         g.c.type != g.d.type || g.a.type != g.b.type)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (g.op.epilogue != EPILOGUE_DEFAULT && (!g.op.aux || g.op.aux_ld % 128 != 0 || g.op.aux_ld < (int64_t)g.m))
         return CUBLAS_STATUS_INVALID_VALUE;
     g.pa = A;
     g.pb = B;

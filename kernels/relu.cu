@@ -1,12 +1,13 @@
 /*
 ReLU (the paper's MLP activation), forward and backward.
 
-Where it goes: h = relu(xn2 W_up^T). The forward can instead be fused into the up-projection GEMM
-as cuBLASLt's CUBLASLT_EPILOGUE_RELU (no extra pass over the [N, ff] activation); these kernels
-are the stand-alone version and the parity reference. The backward needs only the sign of the
-saved ReLU output h, so it masks the incoming gradient in place: dh = (h > 0) ? dh : 0. (A later
-fusion: cuBLASLt's DRELU epilogue with a bit-mask aux buffer, or masking while the down-projection
-backward GEMM's output is written.)
+Where it goes: h = relu(xn2 W_up^T). Training runs both directions in cuBLASLt epilogues
+(`Gemm::forward_relu_mask`: RELU_AUX, which also keeps a bit mask of h > 0; `Gemm::dgrad_relu_mask`:
+DRELU, which zeroes the down projection's dgrad where the mask is clear), so neither pass touches
+the [N, ff] activation on its own. These kernels are the fallback where cuBLASLt offers no such
+algorithm (or ff is not a multiple of 128, the mask's leading dimension), and the parity
+reference. The backward needs only the sign of the saved ReLU output h, so it masks the incoming
+gradient in place: dh = (h > 0) ? dh : 0.
 
 One thread per element; memory bound (forward 2 x sizeof(T) bytes per element, backward 3 x).
 

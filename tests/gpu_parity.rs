@@ -487,7 +487,10 @@ fn attention_case<T: GpuFloat>(k: &GpuKernels, kernels: AttnKernels, sh: AttnSha
         tol_el,
         f32::MIN_POSITIVE,
     );
-    assert!(rms <= tol_rms, "attention forward out {tag}: rms error {rms:e} > {tol_rms:e}");
+    assert!(
+        rms <= tol_rms,
+        "attention forward out {tag}: rms error {rms:e} > {tol_rms:e}"
+    );
     compare(
         &format!("attention forward lse {tag}"),
         &down(k, &lse),
@@ -1033,7 +1036,7 @@ fn page_locked_download_lands_at_the_wait() {
 // cuBLASLt GEMM wrapper
 
 fn gemm_case<T: GpuFloat>(k: &GpuKernels, n: usize, d_in: usize, d_out: usize, seed: u64) {
-    use terse::backend::cuda::gemm::Gemm;
+    use terse::backend::cuda::gemm::{relu_mask_bytes, Gemm};
     let mut r = Rng::new(seed);
     let mut g = Gemm::new(k.stream().clone()).expect("cuBLASLt");
     let x = quant::<T>(&randn(&mut r, n * d_in, 1.0));
@@ -1073,6 +1076,62 @@ fn gemm_case<T: GpuFloat>(k: &GpuKernels, n: usize, d_in: usize, d_out: usize, s
         &want_res,
         tol::<T>(),
     );
+
+    // The MLP's ReLU in cuBLASLt's epilogues, where it offers them (the emulator does unless told
+    // not to, which the emulated runs use to cover the step's fallback) and the width takes a
+    // mask: h = relu(x W^T) with its mask, then dh = (g Wd) where h > 0 for a layer Wd
+    // [d_in, d_out] (w's values read that way) taking h's width back.
+    let offered = emulated().then(|| std::env::var_os(NO_EPILOGUES).is_none());
+    let mut mask = up_raw(k, &vec![0u8; relu_mask_bytes(n, d_out).unwrap_or(0).max(1)]);
+    let mut h = poison::<T>(k, n * d_out);
+    let fused = g
+        .forward_relu_mask(&mut h, &mut mask, &dx, &dwt, n, d_in, d_out)
+        .unwrap();
+    if fused {
+        let want_relu: Vec<f32> = want.iter().map(|&v| v.max(0.0)).collect();
+        let got_h = down(k, &h);
+        compare(&what("forward+relu"), &got_h, &want_relu, tol::<T>());
+        let (mut want_dh, mut scratch) = (vec![0f32; n * d_out], vec![0f32; d_out * d_in]);
+        cpu::matmul::matmul_backward(
+            &mut want_dh,
+            &mut scratch,
+            &x,
+            &vec![0f32; n * d_out],
+            &w,
+            n,
+            d_out,
+            d_in,
+            false,
+        );
+        for (v, &hv) in want_dh.iter_mut().zip(&got_h) {
+            if hv <= 0.0 {
+                *v = 0.0;
+            }
+        }
+        let mut dh = poison::<T>(k, n * d_out);
+        let masked = g
+            .dgrad_relu_mask(&mut dh, &mask, &dx, &dwt, n, d_out, d_in)
+            .unwrap();
+        assert!(
+            masked,
+            "{}: the forward's epilogue ran, the dgrad's not",
+            what("dgrad+drelu")
+        );
+        compare(&what("dgrad+drelu"), &down(k, &dh), &want_dh, tol::<T>());
+    } else {
+        assert!(
+            down(k, &h).iter().all(|v| v.is_nan()),
+            "{}: refused, yet it wrote h",
+            what("forward+relu")
+        );
+        note(&format!(
+            "  {}: cuBLASLt takes no ReLU mask here; the step runs the ReLU kernels",
+            what("forward+relu")
+        ));
+    }
+    if let Some(offered) = offered {
+        assert_eq!(fused, offered && relu_mask_bytes(n, d_out).is_some());
+    }
 
     // dgrad (overwrite) and wgrad (overwrite, then accumulate onto random values)
     let (mut want_dx, mut want_dw) = (vec![0f32; n * d_in], vec![0f32; d_out * d_in]);
@@ -2148,6 +2207,9 @@ fn m1_datasets_on_gpu_equal_cpu() {
 /// Set in the child process that runs this file's tests against the emulator.
 const EMULATED: &str = "TERSE_EMULATED_GPU";
 
+/// Makes the emulated cuBLASLt offer no algorithm with an epilogue (`emu/cublaslt.cpp`).
+const NO_EPILOGUES: &str = "TERSE_EMU_NO_EPILOGUES";
+
 /// Whether this process runs against the emulator (which some tests meet with smaller sizes).
 fn emulated() -> bool {
     std::env::var_os(EMULATED).is_some()
@@ -2156,6 +2218,10 @@ fn emulated() -> bool {
 /// Tests too slow for the emulator, each covered there by a smaller one: the 200-step m1-3m loss
 /// curve by `train_step_matches_cpu` and `gpu_checkpoint_evaluates_on_cpu`.
 const TOO_SLOW_TO_EMULATE: &[&str] = &["loss_curve_tracks_cpu"];
+
+/// The tests rerun where the emulated cuBLASLt offers no epilogue (`NO_EPILOGUES`), so the
+/// step's fallback (the ReLU kernel after a plain product) runs too.
+const EPILOGUE_TESTS: &[&str] = &["gemm_matches_cpu", "train_step_matches_cpu"];
 
 /// The kernel-level tests, rerun under the emulator's reverse schedule (blocks last-to-first, a
 /// block's warps one at a time from the last, each until it waits on the block, and cp.async
@@ -2240,7 +2306,7 @@ fn gpu_parity_on_the_emulator() {
         cmd.env("LD_LIBRARY_PATH", &library_path).env(EMULATED, "1");
         cmd
     };
-    let run = |what: &str, filters: &[&str], reverse: bool| {
+    let run = |what: &str, filters: &[&str], env: &[(&str, &str)]| {
         let mut cmd = child();
         cmd.args(filters).args(["--exact", "--test-threads", "2"]);
         if filters.is_empty() {
@@ -2249,9 +2315,7 @@ fn gpu_parity_on_the_emulator() {
                 cmd.args(["--skip", t]);
             }
         }
-        if reverse {
-            cmd.env("TERSE_EMU_SCHEDULE", "reverse");
-        }
+        cmd.envs(env.iter().copied());
         let t0 = std::time::Instant::now();
         let out = cmd.output().expect("running the emulated tests");
         let (stdout, stderr) = (
@@ -2268,11 +2332,16 @@ fn gpu_parity_on_the_emulator() {
             "{what}: the tests did not find the emulator"
         );
     };
-    run("every test, emulated", &[], false);
+    run("every test, emulated", &[], &[]);
     run(
         "the kernel tests, reverse schedule (blocks last-to-first, warps apart)",
         KERNEL_TESTS,
-        true,
+        &[("TERSE_EMU_SCHEDULE", "reverse")],
+    );
+    run(
+        "the GEMMs and the training step where cuBLASLt offers no epilogue (the ReLU kernel)",
+        EPILOGUE_TESTS,
+        &[(NO_EPILOGUES, "1")],
     );
     for bug in PLANTED_BUGS {
         let mut cmd = child();
@@ -2317,12 +2386,13 @@ fn check_named_tests_exist(me: &std::path::Path) {
     let named = KERNEL_TESTS
         .iter()
         .chain(TOO_SLOW_TO_EMULATE)
+        .chain(EPILOGUE_TESTS)
         .chain(&["gpu_parity_on_the_emulator", "planted_bug_on_the_emulator"]);
     for name in named {
         assert!(
             listed.contains(name),
             "gpu_parity_on_the_emulator names the test {name}, which tests/gpu_parity.rs does not \
-             have (renamed or removed? update KERNEL_TESTS / TOO_SLOW_TO_EMULATE); its tests are \
+             have (renamed or removed? update KERNEL_TESTS / TOO_SLOW_TO_EMULATE / EPILOGUE_TESTS); its tests are \
              {listed:?}"
         );
     }

@@ -8,7 +8,7 @@
 //! measures a card's ceilings (`terse bench ceilings`).
 
 use super::cost::{gemm_shapes, predicted_step_ms, step_costs, Card, KernelCost};
-use super::gemm::Gemm;
+use super::gemm::{relu_mask_bytes, Gemm};
 use super::launch::{self, EmbedBackwardPlan};
 use super::loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels};
 use crate::backend::cpu::attention::AttnShape;
@@ -257,7 +257,10 @@ pub fn bench_kernels(
             d,
         )
     })?;
-    // GEMMs of one layer and the head
+    // GEMMs of one layer and the head; the up projection's forward and the down projection's
+    // dgrad carry the MLP's ReLU and its mask in their epilogues, as the step runs them
+    let mask_len = relu_mask_bytes(n, ff).unwrap_or(0).max(1);
+    let mut mask = t.k.stream().alloc_zeros::<u8>(mask_len)?;
     for (name, din, dout, _) in gemm_shapes(cfg) {
         let (inp, w, out): (&CudaSlice<B>, &CudaSlice<B>, &mut CudaSlice<B>) = match name {
             "qkv" => (&x, &w_qkv, &mut qkv),
@@ -267,12 +270,18 @@ pub fn bench_kernels(
             _ => (&x, &w_head, &mut logits),
         };
         t.time(&format!("gemm_forward_{name}"), |_| {
+            if name == "up" && g.forward_relu_mask(out, &mut mask, inp, w, n, din, dout)? {
+                return Ok(());
+            }
             g.forward(out, inp, w, None, n, din, dout)
         })?;
         // dgrad into a scratch of the input's shape; wgrad into fp32
         let mut dx = rand_dev::<B>(&t.k, &mut r, n * din, 0.0)?;
         let out_ro: &CudaSlice<B> = out;
         t.time(&format!("gemm_dgrad_{name}"), |_| {
+            if name == "down" && g.dgrad_relu_mask(&mut dx, &mask, out_ro, w, n, din, dout)? {
+                return Ok(());
+            }
             g.dgrad(&mut dx, out_ro, w, n, din, dout, false)
         })?;
         t.time(&format!("gemm_wgrad_{name}"), |_| {

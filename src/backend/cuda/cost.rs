@@ -180,23 +180,27 @@ pub fn step_costs(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<KernelCost
             &format!("attention_backward{suffix}"),
             att_shape.clone(),
             b2 * (3.0 * nd * 2.0 + 2.0 * nd),
+            // The floor's five products; attention_tc.cu does seven (its dQ kernel recomputes S
+            // and dP instead of adding dQ atomically, which would make the bits schedule-dependent).
             2.5 * att_flops,
             per_step,
         );
     }
+    // Both run in the GEMMs' epilogues (Gemm::forward_relu_mask, Gemm::dgrad_relu_mask); the
+    // kernels, the fallback where cuBLASLt offers no such algorithm, are timed for reference.
     add(
         "relu_forward",
         rows(format!("ff={ff}")),
         2.0 * b2 * nff,
         0.0,
-        l,
+        0,
     );
     add(
         "relu_backward",
         rows(format!("ff={ff}")),
         3.0 * b2 * nff,
         0.0,
-        l,
+        0,
     );
     add(
         "classifier_forward_backward",

@@ -10,6 +10,8 @@
 //! | op | row-major | cuBLASLt (column-major) |
 //! |---|---|---|
 //! | [`Gemm::forward`] | `y[N,out] = x[N,in] W^T (+ r)` | `Y^T = op_T(W) X^T`: m=out n=N k=in, A=W (T), B=x (N) |
+//! | [`Gemm::forward_relu_mask`] | `y[N,out] = max(x[N,in] W^T, 0)`, mask `y > 0` | as `forward`, epilogue `RELU_AUX` |
+//! | [`Gemm::dgrad_relu_mask`] | `dx[N,in] = (dy[N,out] W) where mask` | as `dgrad`, epilogue `DRELU` |
 //! | [`Gemm::dgrad`]   | `dx[N,in] = dy[N,out] W`        | `dX^T = W^T dY^T`: m=in n=N k=out, A=W (N), B=dy (N) |
 //! | [`Gemm::wgrad`]   | `dW[out,in] (+)= dy^T x`        | `dW^T = X^T dY`: m=in n=out k=N, A=x (N), B=dy (T) |
 //!
@@ -24,7 +26,7 @@ use super::loader::{Bf16, GpuFloat};
 use anyhow::{anyhow, ensure, Context, Result};
 use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -62,6 +64,38 @@ impl Dtype {
     }
 }
 
+/// What cuBLASLt does to `alpha op(A) op(B) + beta C` before it stores D. The two ReLU epilogues
+/// share a mask of one bit per element of D (`m x n`, leading dimension m, which cuBLASLt needs a
+/// multiple of 128), in a layout only cuBLASLt reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    /// D is the sum itself.
+    None,
+    /// `D = max(sum, 0)`, and the mask gets `sum > 0` (`CUBLASLT_EPILOGUE_RELU_AUX`): the MLP's
+    /// activation in the up projection's store instead of a pass of its own.
+    ReluMask,
+    /// `D = sum` where the mask's bit is set, else 0 (`CUBLASLT_EPILOGUE_DRELU`): the ReLU's
+    /// backward in the down projection's dgrad.
+    DreluMask,
+}
+
+impl Epilogue {
+    fn cuda(self) -> sys::cublasLtEpilogue_t {
+        use sys::cublasLtEpilogue_t as E;
+        match self {
+            Epilogue::None => E::CUBLASLT_EPILOGUE_DEFAULT,
+            Epilogue::ReluMask => E::CUBLASLT_EPILOGUE_RELU_AUX,
+            Epilogue::DreluMask => E::CUBLASLT_EPILOGUE_DRELU,
+        }
+    }
+}
+
+/// Bytes of the ReLU mask of an `[n, d]` activation (one bit per element), or `None` where cuBLASLt
+/// takes no mask for it (`d`, the mask's leading dimension, not a multiple of 128).
+pub fn relu_mask_bytes(n: usize, d: usize) -> Option<usize> {
+    d.is_multiple_of(128).then_some(n * d / 8)
+}
+
 /// One column-major GEMM `D = alpha op(A) op(B) + beta C` (C and D share a layout), the cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GemmShape {
@@ -79,6 +113,7 @@ pub struct GemmShape {
     /// inside the arena after a norm gain may be only `2 d`-byte aligned). Filled by
     /// [`Gemm::raw`]; 0 in a shape built by a caller.
     pub align: u32,
+    pub epilogue: Epilogue,
 }
 
 impl GemmShape {
@@ -112,7 +147,15 @@ pub struct Gemm {
     _workspace: CudaSlice<u8>,
     workspace_ptr: u64,
     plans: HashMap<GemmShape, Plan>,
+    /// Shapes with an epilogue for which cuBLASLt offered no algorithm (asked once each).
+    refused: HashSet<GemmShape>,
 }
+
+/// cuBLASLt offers no algorithm for a shape with an epilogue: the caller runs the plain product
+/// and the epilogue's own kernel instead.
+#[derive(Debug, thiserror::Error)]
+#[error("cuBLASLt has no algorithm for {0:?}")]
+pub struct NoEpilogueAlgorithm(GemmShape);
 
 impl std::fmt::Debug for Gemm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,6 +193,7 @@ impl Gemm {
             _workspace: workspace,
             workspace_ptr,
             plans: HashMap::new(),
+            refused: HashSet::new(),
         })
     }
 
@@ -159,9 +203,20 @@ impl Gemm {
     }
 
     fn plan(&mut self, s: GemmShape) -> Result<&Plan> {
+        if self.refused.contains(&s) {
+            return Err(NoEpilogueAlgorithm(s).into());
+        }
         if !self.plans.contains_key(&s) {
-            let p = self.build_plan(s)?;
-            self.plans.insert(s, p);
+            match self.build_plan(s) {
+                Ok(p) => {
+                    self.plans.insert(s, p);
+                }
+                Err(e) if e.is::<NoEpilogueAlgorithm>() => {
+                    self.refused.insert(s);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(&self.plans[&s])
     }
@@ -190,6 +245,24 @@ impl Gemm {
                 4,
             )
             .map_err(lt_err("TRANSB"))?;
+            if s.epilogue != Epilogue::None {
+                use sys::cublasLtMatmulDescAttributes_t as D;
+                let (epilogue, ld) = (s.epilogue.cuda() as u32, s.m as i64);
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    D::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                    &epilogue as *const u32 as *const c_void,
+                    4,
+                )
+                .map_err(lt_err("EPILOGUE"))?;
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                    &ld as *const i64 as *const c_void,
+                    8,
+                )
+                .map_err(lt_err("EPILOGUE_AUX_LD"))?;
+            }
         }
         // Stored shapes (before op): A is m x k (k x m when transposed), B is k x n (n x k).
         let (ar, ac) = if s.trans_a { (s.k, s.m) } else { (s.m, s.k) };
@@ -224,7 +297,13 @@ impl Gemm {
             }
             let h = lt::get_matmul_algo_heuristic(self.handle, desc, a, b, cd, cd, pref);
             lt::destroy_matmul_pref(pref).map_err(lt_err("destroy preference"))?;
-            h.map_err(|e| anyhow!("cuBLASLt has no algorithm for {s:?}: {e:?}"))?
+            match h {
+                Ok(h) => h,
+                Err(_) if s.epilogue != Epilogue::None => {
+                    return Err(NoEpilogueAlgorithm(s).into());
+                }
+                Err(e) => return Err(anyhow!("cuBLASLt has no algorithm for {s:?}: {e:?}")),
+            }
         };
         Ok(Plan {
             desc,
@@ -251,6 +330,26 @@ impl Gemm {
         alpha: f32,
         beta: f32,
     ) -> Result<()> {
+        // SAFETY: the caller's; a shape without an epilogue reads no mask.
+        unsafe { self.raw_masked(s, a, b, c, d, 0, alpha, beta) }
+    }
+
+    /// [`Gemm::raw`] with the device address of the ReLU mask its epilogue writes or reads.
+    ///
+    /// # Safety
+    /// As [`Gemm::raw`]; `mask` must hold `m n / 8` bytes where `s` has a ReLU epilogue.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn raw_masked(
+        &mut self,
+        s: GemmShape,
+        a: u64,
+        b: u64,
+        c: u64,
+        d: u64,
+        mask: u64,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
         ensure!(
             s.accumulate == (beta != 0.0),
             "GEMM plan key says accumulate = {} but beta = {beta}",
@@ -268,6 +367,20 @@ impl Gemm {
         let s = GemmShape { align, ..s };
         let (handle, stream, ws) = (self.handle, self.stream.cu_stream(), self.workspace_ptr);
         let p = self.plan(s)?;
+        if s.epilogue != Epilogue::None {
+            // The plan is shared by every layer of this shape; the mask is this call's. cuBLASLt
+            // reads the descriptor when the call is issued (or captured into a graph).
+            // SAFETY: the descriptor is live; the attribute is a device pointer (8 bytes).
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    p.desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                    &mask as *const u64 as *const c_void,
+                    8,
+                )
+                .map_err(lt_err("EPILOGUE_AUX_POINTER"))?;
+            }
+        }
         lt::matmul(
             handle,
             p.desc,
@@ -322,6 +435,82 @@ impl Gemm {
         };
         // SAFETY: lengths checked above; all buffers live on this stream's context.
         unsafe { self.raw(s, pw, px, pc, py, 1.0, beta) }
+    }
+
+    /// `y[n, out] = max(x[n, in] W[out, in]^T, 0)` in one product (the ReLU in cuBLASLt's
+    /// epilogue), and `mask` ([`relu_mask_bytes`]`(n, out)` bytes) gets which outputs were
+    /// positive, for [`Gemm::dgrad_relu_mask`]. `Ok(false)`, with nothing run, where cuBLASLt takes
+    /// no mask for this shape or offers no algorithm for it: the caller then runs
+    /// [`Gemm::forward`] and the ReLU kernels.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_relu_mask<T: GpuFloat>(
+        &mut self,
+        y: &mut impl DevicePtrMut<T>,
+        mask: &mut impl DevicePtrMut<u8>,
+        x: &impl DevicePtr<T>,
+        w: &impl DevicePtr<T>,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<bool> {
+        need(y.len(), n * d_out, "gemm forward y")?;
+        need(x.len(), n * d_in, "gemm forward x")?;
+        need(w.len(), d_out * d_in, "gemm forward w")?;
+        let Some(bytes) = relu_mask_bytes(n, d_out) else {
+            return Ok(false);
+        };
+        need(mask.len(), bytes, "gemm forward relu mask")?;
+        if n == 0 || d_out == 0 {
+            return Ok(true);
+        }
+        let s = GemmShape {
+            epilogue: Epilogue::ReluMask,
+            ..forward_shape(Dtype::of::<T>(), n, d_in, d_out, false)
+        };
+        let st = self.stream.clone();
+        let (py, _g0) = y.device_ptr_mut(&st);
+        let (pm, _g1) = mask.device_ptr_mut(&st);
+        let (px, _g2) = x.device_ptr(&st);
+        let (pw, _g3) = w.device_ptr(&st);
+        // SAFETY: lengths checked above; all buffers live on this stream's context.
+        epilogue_ran(unsafe { self.raw_masked(s, pw, px, py, py, pm, 1.0, 0.0) })
+    }
+
+    /// `dx[n, in] = dy[n, out] W[out, in]` where the bit of `mask` (written by
+    /// [`Gemm::forward_relu_mask`] for the `[n, in]` activation) is set, else 0: the ReLU's
+    /// backward in the product's epilogue. `Ok(false)`, with nothing run, as `forward_relu_mask`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dgrad_relu_mask<T: GpuFloat>(
+        &mut self,
+        dx: &mut impl DevicePtrMut<T>,
+        mask: &impl DevicePtr<u8>,
+        dy: &impl DevicePtr<T>,
+        w: &impl DevicePtr<T>,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<bool> {
+        need(dx.len(), n * d_in, "gemm dgrad dx")?;
+        need(dy.len(), n * d_out, "gemm dgrad dy")?;
+        need(w.len(), d_out * d_in, "gemm dgrad w")?;
+        let Some(bytes) = relu_mask_bytes(n, d_in) else {
+            return Ok(false);
+        };
+        need(mask.len(), bytes, "gemm dgrad relu mask")?;
+        if n == 0 || d_in == 0 {
+            return Ok(true);
+        }
+        let s = GemmShape {
+            epilogue: Epilogue::DreluMask,
+            ..dgrad_shape(Dtype::of::<T>(), n, d_in, d_out, false)
+        };
+        let st = self.stream.clone();
+        let (pdx, _g0) = dx.device_ptr_mut(&st);
+        let (pm, _g1) = mask.device_ptr(&st);
+        let (pdy, _g2) = dy.device_ptr(&st);
+        let (pw, _g3) = w.device_ptr(&st);
+        // SAFETY: lengths checked above.
+        epilogue_ran(unsafe { self.raw_masked(s, pw, pdy, pdx, pdx, pm, 1.0, 0.0) })
     }
 
     /// `dx[n, in] = dy[n, out] W[out, in]` (`accumulate`: `dx +=`).
@@ -399,6 +588,15 @@ impl Gemm {
     }
 }
 
+/// Whether a product with an epilogue ran (`false`: cuBLASLt offered no algorithm for it).
+fn epilogue_ran(r: Result<()>) -> Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.is::<NoEpilogueAlgorithm>() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Object-safe access to a device buffer's pointer (for the optional residual argument).
 pub trait DevicePtrDyn<T> {
     fn dyn_len(&self) -> usize;
@@ -428,6 +626,7 @@ pub fn forward_shape(ab: Dtype, n: usize, d_in: usize, d_out: usize, acc: bool) 
         cd: ab,
         accumulate: acc,
         align: 0,
+        epilogue: Epilogue::None,
     }
 }
 
@@ -443,6 +642,7 @@ pub fn dgrad_shape(ab: Dtype, n: usize, d_in: usize, d_out: usize, acc: bool) ->
         cd: ab,
         accumulate: acc,
         align: 0,
+        epilogue: Epilogue::None,
     }
 }
 
@@ -458,6 +658,7 @@ pub fn wgrad_shape(ab: Dtype, n: usize, d_in: usize, d_out: usize, acc: bool) ->
         cd: Dtype::F32,
         accumulate: acc,
         align: 0,
+        epilogue: Epilogue::None,
     }
 }
 

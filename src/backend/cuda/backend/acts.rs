@@ -1,5 +1,6 @@
 //! The activations, backward scratch and host staging buffers of one (batch, seq) shape.
 
+use crate::backend::cuda::gemm::relu_mask_bytes;
 use crate::backend::cuda::launch::{self, EmbedBackwardPlan};
 use crate::backend::cuda::loader::{GpuFloat, GpuKernels};
 use crate::backend::cuda::staging::Staged;
@@ -32,13 +33,21 @@ pub(super) struct Acts<T: GpuFloat> {
     pub(super) rope_cos: CudaSlice<f32>,
     pub(super) rope_sin: CudaSlice<f32>,
     // saved forward tensors, stacked [L, ...] as in the CPU model
-    pub(super) x: CudaSlice<T>,         // [L+1, N, d]
-    pub(super) xmid: CudaSlice<T>,      // [L, N, d]
-    pub(super) xn1: CudaSlice<T>,       // [L, N, d]
-    pub(super) qkv: CudaSlice<T>,       // [L, N, 3d]
-    pub(super) att: CudaSlice<T>,       // [L, N, d]
-    pub(super) xn2: CudaSlice<T>,       // [L, N, d]
-    pub(super) h: CudaSlice<T>,         // [L, N, ff]
+    pub(super) x: CudaSlice<T>,    // [L+1, N, d]
+    pub(super) xmid: CudaSlice<T>, // [L, N, d]
+    pub(super) xn1: CudaSlice<T>,  // [L, N, d]
+    pub(super) qkv: CudaSlice<T>,  // [L, N, 3d]
+    pub(super) att: CudaSlice<T>,  // [L, N, d]
+    pub(super) xn2: CudaSlice<T>,  // [L, N, d]
+    pub(super) h: CudaSlice<T>,    // [L, N, ff]
+    /// [L, relu_mask_stride]: which elements of h are positive, one bit each, in cuBLASLt's
+    /// layout (written by the up projection's epilogue, read by the down projection's dgrad).
+    pub(super) relu_mask: CudaSlice<u8>,
+    /// Bytes per layer of `relu_mask`: relu_mask_bytes(N, ff) rounded up to 256 (every layer's
+    /// mask as aligned as an allocation); 0 where cuBLASLt takes no mask for ff.
+    pub(super) relu_mask_stride: usize,
+    /// Whether the last forward wrote `relu_mask`, so that the backward may read it.
+    pub(super) relu_masked: bool,
     pub(super) xf: CudaSlice<T>,        // [N, d]
     pub(super) logits: CudaSlice<T>,    // [N, V]; dlogits in place
     pub(super) rstd1: CudaSlice<f32>,   // [L, N]
@@ -70,6 +79,7 @@ impl<T: GpuFloat> Acts<T> {
         let t = |len: usize| s.alloc_zeros::<T>(len.max(1));
         let f = |len: usize| s.alloc_zeros::<f32>(len.max(1));
         let rope = RopeTables::new(seq, cfg.rope_theta);
+        let relu_mask_stride = relu_mask_bytes(n, ff).map_or(0, |b| b.next_multiple_of(256));
         Ok(Acts {
             batch,
             seq,
@@ -97,6 +107,9 @@ impl<T: GpuFloat> Acts<T> {
             att: t(l * n * d)?,
             xn2: t(l * n * d)?,
             h: t(l * n * ff)?,
+            relu_mask: s.alloc_zeros::<u8>((l * relu_mask_stride).max(1))?,
+            relu_mask_stride,
+            relu_masked: false,
             xf: t(n * d)?,
             logits: t(n * v)?,
             rstd1: f(l * n)?,

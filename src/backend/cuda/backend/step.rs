@@ -100,17 +100,18 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 d,
                 cfg.norm_eps,
             )?;
+            // h = relu(xn2 Wup^T), the ReLU (and its mask for the backward) in the GEMM's
+            // epilogue where cuBLASLt offers it, else the ReLU kernel
             let rf = l * nff..(l + 1) * nff;
-            gemm.forward(
-                &mut a.h.slice_mut(rf.clone()),
-                &a.xn2.slice(r.clone()),
-                &w(base + 4),
-                None,
-                n,
-                d,
-                ff,
-            )?;
-            launch::relu_forward_inplace(k, &mut a.h.slice_mut(rf.clone()), nff)?;
+            let rm = l * a.relu_mask_stride..(l + 1) * a.relu_mask_stride;
+            let (xn2, w_up) = (a.xn2.slice(r.clone()), w(base + 4));
+            let mut mask = a.relu_mask.slice_mut(rm);
+            let mut h = a.h.slice_mut(rf.clone());
+            a.relu_masked = gemm.forward_relu_mask(&mut h, &mut mask, &xn2, &w_up, n, d, ff)?;
+            if !a.relu_masked {
+                gemm.forward(&mut h, &xn2, &w_up, None, n, d, ff)?;
+                launch::relu_forward_inplace(k, &mut h, nff)?;
+            }
             // x_next = xmid + h Wdown^T
             let xmid = a.xmid.slice(r.clone());
             gemm.forward(
@@ -218,18 +219,36 @@ impl<T: GpuFloat> CudaTrainer<T> {
             let r3 = l * nd3..(l + 1) * nd3;
             let rf = l * nff..(l + 1) * nff;
             let rn = l * n..(l + 1) * n;
-            // MLP: x_next = xmid + relu(xn2 Wup^T) Wdown^T
-            gemm.linear_backward(
-                &mut a.dh,
+            // MLP: x_next = xmid + relu(xn2 Wup^T) Wdown^T; dh through the ReLU in the dgrad's
+            // epilogue where the forward left its mask, else the ReLU kernel
+            let rm = l * a.relu_mask_stride..(l + 1) * a.relu_mask_stride;
+            let w_down = w(base + 5);
+            let masked = a.relu_masked
+                && gemm.dgrad_relu_mask(
+                    &mut a.dh,
+                    &a.relu_mask.slice(rm),
+                    &a.dres,
+                    &w_down,
+                    n,
+                    ff,
+                    d,
+                )?;
+            if !masked {
+                gemm.dgrad(&mut a.dh, &a.dres, &w_down, n, ff, d, false)?;
+            }
+            let h = a.h.slice(rf);
+            gemm.wgrad(
                 &mut grads.slice_mut(specs[base + 5].range()),
                 &a.dres,
-                &a.h.slice(rf.clone()),
-                &w(base + 5),
+                &h,
                 n,
                 ff,
                 d,
+                false,
             )?;
-            launch::relu_backward(k, &mut a.dh, &a.h.slice(rf), nff)?;
+            if !masked {
+                launch::relu_backward(k, &mut a.dh, &h, nff)?;
+            }
             gemm.linear_backward(
                 &mut a.dxn,
                 &mut grads.slice_mut(specs[base + 4].range()),
