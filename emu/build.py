@@ -61,7 +61,11 @@ def kernel_object(src, work):
         for entry, threads in entries:
             f.write(f"EMU_REGISTER({entry}, {threads})\n")
     obj = os.path.join(work, name + ".o")
-    run([CXX, *KERNEL_FLAGS, "-c", unit, "-o", obj])
+    # nvcc builds every kernel but the `// terse: exact` ones with --use_fast_math (build.rs):
+    # device.h models what that changes (the fast exp and log, denormals flushed) for those.
+    with open(src) as f:
+        exact = f.readline().strip() == "// terse: exact"
+    run([CXX, *KERNEL_FLAGS, *([] if exact else ["-DTERSE_EMU_FAST_MATH"]), "-c", unit, "-o", obj])
     return obj, [e for e, _ in entries]
 
 

@@ -10,8 +10,10 @@ thread has written it, or skips a barrier in divergent code, fails here as it wo
 barrier that can never be passed aborts with the kernel's name). `__shared__` variables are
 per-process statics, shared by the block that runs; they and dynamic shared memory are poisoned
 with NaN bytes before each block. Arithmetic is the host's IEEE-754 f32 without contraction, so the exact
-M1 path (explicit fmaf) gives the CPU's bits; `__expf`/`__logf` are the host's expf/logf, more
-exact than the GPU's fast intrinsics.
+M1 path (explicit fmaf) gives the CPU's bits. `__expf`/`__logf` follow the GPU's steps (below);
+kernels nvcc builds with --use_fast_math (all but `// terse: exact` ones) are built with
+TERSE_EMU_FAST_MATH, which maps expf/logf to those too, and run with denormals flushed to zero
+(emu/runtime.cpp). Fast-math division and square roots (within 2 ulp on a GPU) stay IEEE here.
 */
 #pragma once
 
@@ -106,9 +108,20 @@ static inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 static inline long long min(long long a, long long b) { return a < b ? a : b; }
 static inline long long max(long long a, long long b) { return a > b ? a : b; }
 
-// glibc declares its own __expf/__logf; the device intrinsics are macros over the host functions.
-#define __expf(x) expf(x)
-#define __logf(x) logf(x)
+// glibc declares its own __expf/__logf; the device intrinsics are macros over these. A GPU
+// computes __expf(x) as ex2.approx(x * log2 e) and __logf(x) as lg2.approx(x) * ln 2, each step
+// rounded to f32: modelled here step by step, with the host's exact exp2f/log2f for the
+// approximate instructions (which are within 2 ulp of them). The product's rounding is the
+// intrinsic's large error: relative |x| 2^-24 ln 2 in __expf(x). nvcc's --use_fast_math turns
+// expf and logf into these intrinsics; so does a fast-math kernel here.
+static inline float emu_fast_exp(float x) { return exp2f(x * 1.44269504f); }
+static inline float emu_fast_log(float x) { return log2f(x) * 0.693147181f; }
+#define __expf(x) emu_fast_exp(x)
+#define __logf(x) emu_fast_log(x)
+#ifdef TERSE_EMU_FAST_MATH
+#define expf(x) emu_fast_exp(x)
+#define logf(x) emu_fast_log(x)
+#endif
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 // The bits of one 4-byte type as another (the device's reinterpreting intrinsics).
 template <typename To, typename From> static inline To emu_bits(From x) {

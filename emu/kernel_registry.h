@@ -15,6 +15,7 @@ emulated thread.
 struct EmuKernel {
     const char* name;
     unsigned max_threads; // __launch_bounds__, or 1024
+    bool fast_math;       // built as nvcc's --use_fast_math builds it: runs with denormals flushed
     void* (*pack)(void** params);
     void (*run)(void* packed);
     void (*drop)(void* packed);
@@ -38,6 +39,12 @@ struct EmuRegistrar {
     EmuRegistrar(const EmuKernel& kernel) : k(kernel) { emu_register_kernel(&k); }
 };
 
+#ifdef TERSE_EMU_FAST_MATH
+#define EMU_FAST_MATH true
+#else
+#define EMU_FAST_MATH false
+#endif
+
 #define EMU_REGISTER(name, threads)                                                                    \
-    static EmuRegistrar emu_registrar_##name(                                                          \
-        EmuKernel{#name, threads, &EmuEntry<&name>::pack, &EmuEntry<&name>::run, &EmuEntry<&name>::drop});
+    static EmuRegistrar emu_registrar_##name(EmuKernel{#name, threads, EMU_FAST_MATH, &EmuEntry<&name>::pack, \
+                                                       &EmuEntry<&name>::run, &EmuEntry<&name>::drop});

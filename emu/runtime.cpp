@@ -32,6 +32,7 @@ another having run, gives different results under the two schedules.
 
 #include "device.h"
 #include "kernel_registry.h"
+#include <xmmintrin.h>
 #include "runtime.h"
 
 extern "C" {
@@ -392,6 +393,11 @@ const char* emu_run_kernel(const EmuKernel* k, void* packed, const unsigned grid
     catch_faults();
     s->kernel = k;
     s->packed = packed;
+    // A fast-math kernel flushes denormal results to zero and reads denormal inputs as zero, as
+    // the GPU's .ftz instructions do: MXCSR's FTZ and DAZ bits, for this host thread (every fiber
+    // of the grid runs on it) until the grid is done.
+    const unsigned mxcsr = _mm_getcsr();
+    if (k->fast_math) _mm_setcsr(mxcsr | 0x8040u);
     emu_grid_dim = {grid[0], grid[1], grid[2]};
     emu_block_dim = {block[0], block[1], block[2]};
     const unsigned long long blocks = (unsigned long long)grid[0] * grid[1] * grid[2];
@@ -401,6 +407,7 @@ const char* emu_run_kernel(const EmuKernel* k, void* packed, const unsigned grid
                          (unsigned)(i / ((unsigned long long)grid[0] * grid[1]))};
         run_block(s, (int)threads, dynamic_shared);
     }
+    _mm_setcsr(mxcsr);
     s->kernel = nullptr;
     return nullptr;
 }

@@ -2433,6 +2433,7 @@ const PLANTED_BUGS: &[PlantedBug] = &[
     planted("cp_async_no_wait", None, false),
     planted("refill_race", None, true),
     planted("dp4a_unsigned", None, false),
+    planted("fast_math_as_ieee", None, false),
 ];
 
 /// One planted bug on the emulator, proving one of its checks fires.
@@ -2479,6 +2480,7 @@ fn planted_bug_on_the_emulator() {
             .sum()
     };
     let (dev_a, dev_b) = (up_raw(&k, &words_a), up_raw(&k, &words_b));
+    let ieee_in = up_raw(&k, &[1e-20f32, 1e-20, 80.0]);
     let mut dots = up_raw(&k, &[0i32; 32]);
     let mut b = s.launch_builder(&kernel);
     // SAFETY (all launches): `out` holds 128 floats, `input` 64, `ramp` 128; each kernel's bug is deliberate
@@ -2498,6 +2500,7 @@ fn planted_bug_on_the_emulator() {
                 .arg(&mut dots)
                 .launch(config(1, 32))
         },
+        "fast_math_as_ieee" => unsafe { b.arg(&ieee_in).arg(&mut out).launch(config(1, 1)) },
         other => panic!("no planted bug {other}"),
     };
     if bug == "launch_bounds" {
@@ -2523,6 +2526,20 @@ fn planted_bug_on_the_emulator() {
             (0..64).any(|t| got[t] != ramp_host[63 - t] + ramp_host[127 - t]),
             "a buffer refilled while another warp still read it gave the right answer: the \
              warps did not run apart, or the copies did not land at once"
+        );
+        return;
+    }
+    if bug == "fast_math_as_ieee" {
+        let got = down(&k, &out);
+        assert_eq!(
+            got[0], 0.0,
+            "a fast-math kernel kept a denormal product: the emulator does not flush denormals"
+        );
+        assert_ne!(
+            got[1].to_bits(),
+            80f32.exp().to_bits(),
+            "__expf(80) gave the exact exp's bits: the emulator does not model the GPU's \
+             rounding of x log2 e"
         );
         return;
     }

@@ -78,3 +78,11 @@ extern "C" __global__ void planted_dp4a_unsigned(const int* a, const int* b, int
     const int t = threadIdx.x;
     out[t] = (int)__dp4a((unsigned)a[t], (unsigned)b[t], 0u);
 }
+
+// A fast-math kernel counting on IEEE arithmetic: a denormal product (1e-20 * 1e-20) and __expf to
+// the bit of an exact exp. nvcc builds it with --use_fast_math, so a GPU flushes the product to
+// zero and rounds x log2 e before its exp2; the emulator must answer the same way.
+extern "C" __global__ void planted_fast_math_as_ieee(const float* in, float* out) {
+    out[0] = in[0] * in[1];
+    out[1] = __expf(in[2]);
+}
