@@ -2,7 +2,7 @@
 //! run on the CPU or the GPU, a token dataset decoded back into a file.
 
 use crate::backend::cuda::GpuInt8M1;
-use crate::backend::CUDA_VALIDATED;
+use crate::backend::GPU_M1_VALIDATED;
 use crate::fsio::{check_output, AtomicFile, Existing};
 use crate::m1::{Int8M1, M1Batch, M1BatchPair};
 use crate::tokenize::{DatasetDecoder, M1Spec, Method, TokenDataset};
@@ -21,7 +21,7 @@ const GPU_CACHE_BUDGET: usize = 12 << 30;
 /// ([`GpuInt8M1`], each on its own CUDA stream) as one [`M1BatchPair`] for
 /// [`M1Spec::with_batch`], sized for `chunk_bytes`-byte chunks, so the GPU computes one's step
 /// while the CPU codes the other's; refuses other methods and machines without a usable GPU.
-/// Says on stderr how many streams it runs at once and, until [`CUDA_VALIDATED`] is set, that
+/// Says on stderr how many streams it runs at once and, until [`GPU_M1_VALIDATED`] is set, that
 /// its kernels have passed their parity tests on the CUDA emulator only (an explicit `--gpu` runs
 /// them, as `--device cuda` runs the training backend).
 pub fn gpu_m1_batch(
@@ -38,7 +38,7 @@ pub fn gpu_m1_batch(
         GpuInt8M1::for_chunks(m1, chunk_bytes, GPU_CACHE_BUDGET / 2).context("--gpu: M1 on the GPU")
     };
     let (a, b) = (half()?, half()?);
-    if !CUDA_VALIDATED {
+    if !GPU_M1_VALIDATED {
         eprintln!(
             "note: M1's GPU kernels have changed since they last passed their bit-for-bit tests on a GPU (scripts/gpu-check.sh); decode a sample without --gpu to check the tokens"
         );
