@@ -33,12 +33,13 @@ of n-tiles 2k and 2k+1 is the A layout of k-step k.
 Precision is FlashAttention-2's: Q, K, V and dO enter the tensor cores as they are stored (bf16),
 P and dS (computed in fp32) rounded to bf16; every product, row sum and accumulator is fp32. The
 rounding of P and dS (2^-9 relative) is the kernels' one departure from the fp32 reference, and
-the parity tolerances (tests/gpu_parity.rs, `TOL_ATTN_TC`) follow from it. Per warp and 64 x 64
+the parity tolerances (tests/gpu_parity.rs, `TOL_ATTN_TC`) follow from it (with `__expf` and the
+bf16 rounding of every output, which the CUDA-core kernels share). Per warp and 64 x 64
 tile that is 64 mma in the forward (S, then O), 128 for dK/dV (S^T, dP^T, dV, dK) and 96 for dQ
 (S, dP, dQ): FlashAttention-2's count but for the backward's S and dP, which the separate dQ
 kernel computes a second time rather than add dQ atomically (whose order, and so bits, would
-change from run to run). Only a block's diagonal tile is masked (`mask_unseen`); the tiles before
-it are seen whole.
+change from run to run). Only a block's diagonal tile is masked (`mask_unseen`); the other tiles
+(before it for the forward and dQ, after it for dK/dV) are seen whole.
 
 Launch (grid maths), nt = ceil(T / 64): each kernel grid (nt, H, B), block 128, static shared
 memory 36 KiB (37 KiB for dk/dv): two buffers of each streamed tile, so that the next tile's
@@ -179,8 +180,9 @@ __device__ __forceinline__ float quad_max(float v) {
 // Sets the entries of a 16 x 8nt score tile that a row does not see to -inf (P = 0): with rows r (this
 // thread's ra, rb) and columns c = col0 + 8n + 2t + (0, 1), a query sees keys at or before it and
 // inside the sequence. Only a block's diagonal tile needs it: key tiles wholly before a query tile
-// are seen whole, and padding rows or columns past T (zeros) are never stored and add zero to
-// every stored gradient.
+// are seen whole. Padding past T is harmless unmasked: padded query rows are never stored, and in
+// dK/dV a padded query gets P = 1 but adds exactly zero, because its Q and dO rows are zero-filled
+// and its lse and delta read as 0 (keep those fills if this changes).
 template <bool rows_are_queries, int nt>
 __device__ __forceinline__ void mask_unseen(float (&s)[nt][4], int col0, int ra, int rb, int t, int T_len) {
 #pragma unroll

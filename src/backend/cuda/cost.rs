@@ -186,8 +186,9 @@ pub fn step_costs(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<KernelCost
             per_step,
         );
     }
-    // Both run in the GEMMs' epilogues (Gemm::forward_relu_mask, Gemm::dgrad_relu_mask); the
-    // kernels, the fallback where cuBLASLt offers no such algorithm, are timed for reference.
+    // Both run in the GEMMs' epilogues (Gemm::forward_relu_mask, Gemm::dgrad_relu_mask), so the
+    // floor counts no launch of them; they do run, 1 per layer each, where ff is not a multiple of
+    // 128 or cuBLASLt offers no such algorithm. The kernels are timed for reference.
     add(
         "relu_forward",
         rows(format!("ff={ff}")),

@@ -113,6 +113,7 @@ pub struct GemmShape {
     /// inside the arena after a norm gain may be only `2 d`-byte aligned). Filled by
     /// [`Gemm::raw`]; 0 in a shape built by a caller.
     pub align: u32,
+    /// What is done to the sum before D is stored (part of the plan: the descriptor carries it).
     pub epilogue: Epilogue,
 }
 
@@ -299,10 +300,18 @@ impl Gemm {
             lt::destroy_matmul_pref(pref).map_err(lt_err("destroy preference"))?;
             match h {
                 Ok(h) => h,
-                Err(_) if s.epilogue != Epilogue::None => {
-                    return Err(NoEpilogueAlgorithm(s).into());
+                Err(e) => {
+                    let _ = lt::destroy_matrix_layout(a);
+                    let _ = lt::destroy_matrix_layout(b);
+                    let _ = lt::destroy_matrix_layout(cd);
+                    let _ = lt::destroy_matmul_desc(desc);
+                    // Only "no such algorithm" is a refusal the caller may work around.
+                    let refused = e.0 == sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED;
+                    if refused && s.epilogue != Epilogue::None {
+                        return Err(NoEpilogueAlgorithm(s).into());
+                    }
+                    return Err(anyhow!("cuBLASLt has no algorithm for {s:?}: {e:?}"));
                 }
-                Err(e) => return Err(anyhow!("cuBLASLt has no algorithm for {s:?}: {e:?}")),
             }
         };
         Ok(Plan {
@@ -334,7 +343,9 @@ impl Gemm {
         unsafe { self.raw_masked(s, a, b, c, d, 0, alpha, beta) }
     }
 
-    /// [`Gemm::raw`] with the device address of the ReLU mask its epilogue writes or reads.
+    /// [`Gemm::raw`] with the device address of the ReLU mask its epilogue writes or reads,
+    /// 256-byte aligned (the heuristic chose its algorithm without seeing the address, and an
+    /// allocation's alignment is what it may assume).
     ///
     /// # Safety
     /// As [`Gemm::raw`]; `mask` must hold `m n / 8` bytes where `s` has a ReLU epilogue.
@@ -366,6 +377,10 @@ impl Gemm {
         );
         let s = GemmShape { align, ..s };
         let (handle, stream, ws) = (self.handle, self.stream.cu_stream(), self.workspace_ptr);
+        ensure!(
+            s.epilogue == Epilogue::None || mask.is_multiple_of(256),
+            "GEMM ReLU mask not 256-byte aligned"
+        );
         let p = self.plan(s)?;
         if s.epilogue != Epilogue::None {
             // The plan is shared by every layer of this shape; the mask is this call's. cuBLASLt

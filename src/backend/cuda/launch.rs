@@ -25,8 +25,9 @@
 //! att  = attention(qkv)           attention_forward dqkv = attn_bwd(datt)      attention_backward
 //! xmid = x + att Wout^T           cuBLASLt +        datt = dx Wout; dWout += dx^T att     (2 GEMMs)
 //! xn2  = rmsnorm(xmid)            fused_residual_rmsnorm_forward   (dres accumulates in place)
-//! h    = relu(xn2 Wup^T)          cuBLASLt (+RELU epilogue, or relu_forward)
-//!                                                   dh = (dx Wdown) * (h > 0)  GEMM + relu_backward
+//! h    = relu(xn2 Wup^T)          cuBLASLt (+RELU_AUX epilogue and mask, or relu_forward)
+//!                                                   dh = (dx Wdown) * (h > 0)  GEMM + DRELU epilogue,
+//!                                                                              or + relu_backward
 //! x'   = xmid + h Wdown^T         cuBLASLt (beta=1 into a copy of xmid, or the fused residual)
 //! ```
 //!
