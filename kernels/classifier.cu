@@ -24,10 +24,13 @@ fixed order in fp64.
 Launch (grid maths):
     classifier_forward_backward_*: grid = N (one block per row), block = 1024 when V >= 8192 else
         256 (any multiple of 32 up to 1024 is correct); static smem 256 B.
+    classifier_warp_rows_*: the same rows a warp each, for V <= 2048 (at most 8 packs of bf16 per
+        lane; a block per row of 256 would leave 7 of its 8 warps idle at V = 256): block = 256
+        (8 rows), grid = ceil(N / 8).
     loss_sums: grid = 1, block = 1024: out[0] = sum ce, out[1] = sum lse^2 (fp64), each thread
         summing rows tid, tid + 1024, ... then a fixed tree.
 
-Entry points: classifier_forward_backward_{f32,bf16}, loss_sums.
+Entry points: classifier_forward_backward_{f32,bf16}, classifier_warp_rows_{f32,bf16}, loss_sums.
 */
 
 // Plain reference (the CPU twin, backend::cpu::classifier, per row):
@@ -67,19 +70,24 @@ __device__ __forceinline__ void online_add(float& m, float& s, float v) {
     }
 }
 
-template <typename T>
+// warp_rows = false: a block per row (blockIdx.x), its threads striding the row. warp_rows =
+// true: a warp per row (row blockIdx.x * warps + warp), for rows too short to feed a block; the
+// warp's butterfly is then the whole reduction and the block never synchronises.
+template <typename T, bool warp_rows>
 __device__ void classifier_forward_backward(T* __restrict__ logits, float* __restrict__ ce,
                                             float* __restrict__ lse_out, const unsigned* __restrict__ targets,
                                             int N, int V, float z_loss, float dscale) {
     __shared__ float sm_m[32];
     __shared__ float sm_s[32];
     __shared__ float sm_lse;
-    const int row = blockIdx.x;
-    if (row >= N) return;
-    T* x = logits + (size_t)row * V;
     const int lane = threadIdx.x % WARP_SIZE;
     const int warp = threadIdx.x / WARP_SIZE;
     const int num_warps = blockDim.x / WARP_SIZE;
+    const int row = warp_rows ? blockIdx.x * num_warps + warp : blockIdx.x;
+    if (row >= N) return; // a whole block, or (warp_rows) a whole warp
+    const int tid = warp_rows ? lane : threadIdx.x;      // this thread's place among the row's
+    const int stride = warp_rows ? WARP_SIZE : blockDim.x; // threads
+    T* x = logits + (size_t)row * V;
     const unsigned target = targets[row];
     // Rows are read and written in 16-byte packs (a warp covers 512 contiguous bytes per step)
     // where every row starts aligned, else element by element; the same for the whole grid.
@@ -89,53 +97,63 @@ __device__ void classifier_forward_backward(T* __restrict__ logits, float* __res
     // Pass 1: online max and sum of exponentials.
     float m = -INFINITY, s = 0.0f;
     if (packed) {
-        for (int j = threadIdx.x * P; j < V; j += blockDim.x * P) {
+        for (int j = tid * P; j < V; j += stride * P) {
             float v[P];
             Pack16<T>::unpack(*reinterpret_cast<const uint4*>(x + j), v);
             for (int e = 0; e < P; ++e) online_add(m, s, v[e]);
         }
     } else {
-        for (int j = threadIdx.x; j < V; j += blockDim.x) online_add(m, s, to_float(x[j]));
+        for (int j = tid; j < V; j += stride) online_add(m, s, to_float(x[j]));
     }
+    // Read the target logit before any thread can overwrite the row in pass 2: the block's
+    // barrier, or (warp_rows) the shuffle that hands it to the warp, orders the two.
+    float x_target = tid == 0 ? to_float(x[target]) : 0.0f;
     for (int off = 16; off > 0; off >>= 1) {
         const float m2 = __shfl_xor_sync(0xffffffffu, m, off);
         const float s2 = __shfl_xor_sync(0xffffffffu, s, off);
         combine(m, s, m2, s2);
     }
-    if (lane == 0) {
-        sm_m[warp] = m;
-        sm_s[warp] = s;
+    float lse;
+    if (warp_rows) {
+        x_target = __shfl_sync(0xffffffffu, x_target, 0);
+        lse = m + __logf(s);
+        if (lane == 0) {
+            ce[row] = lse - x_target;
+            lse_out[row] = lse;
+        }
+    } else {
+        if (lane == 0) {
+            sm_m[warp] = m;
+            sm_s[warp] = s;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float mt = sm_m[0], st = sm_s[0];
+            for (int w = 1; w < num_warps; w++) combine(mt, st, sm_m[w], sm_s[w]);
+            sm_lse = mt + __logf(st);
+            ce[row] = sm_lse - x_target;
+            lse_out[row] = sm_lse;
+        }
+        __syncthreads();
+        lse = sm_lse;
     }
-    // Read the target logit before any thread can overwrite the row in pass 2.
-    const float x_target = threadIdx.x == 0 ? to_float(x[target]) : 0.0f;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float mt = sm_m[0], st = sm_s[0];
-        for (int w = 1; w < num_warps; w++) combine(mt, st, sm_m[w], sm_s[w]);
-        const float lse = mt + __logf(st);
-        sm_lse = lse;
-        ce[row] = lse - x_target;
-        lse_out[row] = lse;
-    }
-    __syncthreads();
     if (dscale == 0.0f) return;
 
     // Pass 2: dlogits in place.
-    const float lse = sm_lse;
     const float coef = dscale * (1.0f + 2.0f * z_loss * lse);
     auto dlogit = [&](float v, int j) {
         const float g = __expf(v - lse) * coef;
         return j == (int)target ? g - dscale : g;
     };
     if (packed) {
-        for (int j = threadIdx.x * P; j < V; j += blockDim.x * P) {
+        for (int j = tid * P; j < V; j += stride * P) {
             float v[P];
             Pack16<T>::unpack(*reinterpret_cast<const uint4*>(x + j), v);
             for (int e = 0; e < P; ++e) v[e] = dlogit(v[e], j + e);
             *reinterpret_cast<uint4*>(x + j) = Pack16<T>::pack(v);
         }
     } else {
-        for (int j = threadIdx.x; j < V; j += blockDim.x) x[j] = from_float<T>(dlogit(to_float(x[j]), j));
+        for (int j = tid; j < V; j += stride) x[j] = from_float<T>(dlogit(to_float(x[j]), j));
     }
 }
 
@@ -143,14 +161,24 @@ extern "C" __global__ void __launch_bounds__(1024) classifier_forward_backward_f
                                                                                    float* lse, const unsigned* targets,
                                                                                    int N, int V, float z_loss,
                                                                                    float dscale) {
-    classifier_forward_backward(logits, ce, lse, targets, N, V, z_loss, dscale);
+    classifier_forward_backward<float, false>(logits, ce, lse, targets, N, V, z_loss, dscale);
 }
 extern "C" __global__ void __launch_bounds__(1024) classifier_forward_backward_bf16(bf16* logits, float* ce,
                                                                                     float* lse,
                                                                                     const unsigned* targets, int N,
                                                                                     int V, float z_loss,
                                                                                     float dscale) {
-    classifier_forward_backward(logits, ce, lse, targets, N, V, z_loss, dscale);
+    classifier_forward_backward<bf16, false>(logits, ce, lse, targets, N, V, z_loss, dscale);
+}
+extern "C" __global__ void __launch_bounds__(256) classifier_warp_rows_f32(float* logits, float* ce, float* lse,
+                                                                           const unsigned* targets, int N, int V,
+                                                                           float z_loss, float dscale) {
+    classifier_forward_backward<float, true>(logits, ce, lse, targets, N, V, z_loss, dscale);
+}
+extern "C" __global__ void __launch_bounds__(256) classifier_warp_rows_bf16(bf16* logits, float* ce, float* lse,
+                                                                            const unsigned* targets, int N, int V,
+                                                                            float z_loss, float dscale) {
+    classifier_forward_backward<bf16, true>(logits, ce, lse, targets, N, V, z_loss, dscale);
 }
 
 // out[0] = sum_n ce[n], out[1] = sum_n lse[n]^2, in fp64 (the CPU backend's LossSums are fp64).

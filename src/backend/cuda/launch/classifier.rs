@@ -7,10 +7,15 @@ use crate::backend::cuda::Entry;
 use anyhow::{ensure, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
+/// The widest vocabulary whose rows go a warp each (at most 8 bf16 packs per lane); wider rows
+/// get a block each.
+pub const WARP_ROWS_MAX_VOCAB: usize = 2048;
+
 /// Per row of `logits[n, v]`: `ce[row] = lse - logit[target]`, `lse[row]`; when `dscale != 0`,
 /// overwrites the row with `dscale * ((1 + 2 z_loss lse) softmax - onehot(target))`.
 /// `dscale = 1 / rows_total` when training, 0 for evaluation.
-/// Grid: n blocks (a block per row) of 1024 threads when v >= 8192, else 256.
+/// Grid: a warp per row for v <= [`WARP_ROWS_MAX_VOCAB`] (ceil(n / 8) blocks of 256, 8 rows each),
+/// else n blocks (a block per row) of 1024 threads when v >= 8192, else 256.
 #[allow(clippy::too_many_arguments)]
 pub fn classifier_forward_backward<T: GpuFloat>(
     k: &GpuKernels,
@@ -41,10 +46,19 @@ pub fn classifier_forward_backward<T: GpuFloat>(
     let (p_ce, _g1) = ce.device_ptr_mut(s);
     let (p_lse, _g2) = lse.device_ptr_mut(s);
     let (p_tgt, _g3) = targets.device_ptr(s);
-    let mut b = s.launch_builder(k.function(T::pick(
-        Entry::classifier_forward_backward_f32,
-        Entry::classifier_forward_backward_bf16,
-    )));
+    let warp_rows = v <= WARP_ROWS_MAX_VOCAB;
+    let entry = if warp_rows {
+        T::pick(
+            Entry::classifier_warp_rows_f32,
+            Entry::classifier_warp_rows_bf16,
+        )
+    } else {
+        T::pick(
+            Entry::classifier_forward_backward_f32,
+            Entry::classifier_forward_backward_bf16,
+        )
+    };
+    let mut b = s.launch_builder(k.function(entry));
     b.arg(&p_log)
         .arg(&p_ce)
         .arg(&p_lse)
@@ -53,9 +67,14 @@ pub fn classifier_forward_backward<T: GpuFloat>(
         .arg(&vi)
         .arg(&z_loss)
         .arg(&dscale);
+    let (grid, block) = if warp_rows {
+        (n.div_ceil(8) as u32, 256)
+    } else {
+        (n as u32, if v >= 8192 { 1024 } else { 256 })
+    };
     let cfg = LaunchConfig {
-        grid_dim: (n as u32, 1, 1),
-        block_dim: (if v >= 8192 { 1024 } else { 256 }, 1, 1),
+        grid_dim: (grid, 1, 1),
+        block_dim: (block, 1, 1),
         shared_mem_bytes: 0,
     };
     unsafe { b.launch(cfg) }?;
