@@ -19,8 +19,9 @@ Backward (rmsnorm_backward_*, then rmsnorm_dgain_reduce):
     dgain += sum over rows of dy * x * rstd
 Stage 1: block k owns rows [k * rows_per_chunk, (k+1) * rows_per_chunk); its W warps take the rows
 in turn (warp w: rows w, w + W, ...), each warp keeping its own per-channel dgain sums in shared
-memory ([W, d] fp32; a row is read once, in 16-byte packs, when it is at most 3 packs per lane:
-`rmsnorm_backward_packed`; else twice, element by element); at the end
+memory ([W, d] fp32, a channel's sum at `packed_slot` on the packed path; a row is read once, in
+16-byte packs, when it is at most 3 packs per lane: `rmsnorm_backward_packed`; else twice,
+element by element); at the end
 the block adds its W rows in warp order and writes
 partial[k, :]. Stage 2 (rmsnorm_dgain_reduce) sums partial[:, c] over k in a fixed order and adds
 to dgain[c]. No atomics: the bits do not depend on scheduling. (llm.c finishes the cross-block
@@ -114,10 +115,19 @@ __device__ void fused_residual_rmsnorm_forward(T* residual, T* __restrict__ out,
     }
 }
 
-// The rows of rmsnorm_backward when d is 32 V packs of 16 bytes (V <= 3; bf16: d = 256, 512, 768;
-// at V = 4 x and dy would spill from the 80 registers of 3 blocks per SM): lane `lane` owns channels (32 v + lane) P .. + P - 1 for v < V (P elements per pack), so a
-// warp's loads are whole 512-byte runs, and a row's x and dy are read once, into registers (the
-// gain, the same for every row, comes from L1).
+// Where rmsnorm_backward_packed keeps channel c's dgain sum in its warp's accumulator: slot
+// (v P + i) 32 + lane for c = (32 v + lane) P + i, so that the warp's 32 lanes add into 32
+// consecutive floats (32 banks) instead of floats P apart (a P-way bank conflict).
+template <typename T> __device__ __forceinline__ int packed_slot(int c) {
+    constexpr int P = Pack16<T>::N;
+    return ((c / (WARP_SIZE * P)) * P + c % P) * WARP_SIZE + (c / P) % WARP_SIZE;
+}
+
+// The rows of rmsnorm_backward when d is 32 V packs of 16 bytes (V <= 3; bf16: d = 256, 512,
+// 768; at V = 4 x and dy would spill from the 80 registers of 3 blocks per SM): lane `lane` owns
+// channels (32 v + lane) P .. + P - 1 for v < V (P elements per pack), so a warp's loads are
+// whole 512-byte runs, and a row's x and dy are read once, into registers (the gain, the same for
+// every row, comes from L1). The dgain sums go to `my_acc` at `packed_slot`.
 template <typename T, int V>
 __device__ void rmsnorm_backward_packed(T* __restrict__ dinp, float* __restrict__ my_acc, const T* __restrict__ dout,
                                         const T* __restrict__ inp, const T* __restrict__ gain,
@@ -150,7 +160,7 @@ __device__ void rmsnorm_backward_packed(T* __restrict__ dinp, float* __restrict_
 #pragma unroll
             for (int i = 0; i < P; i++) {
                 dx[i] += rs * dy[v][i] * g[i] - coef * x[v][i];
-                my_acc[c + i] += dy[v][i] * x[v][i] * rs; // lane-private channels
+                my_acc[packed_slot<T>(c + i)] += dy[v][i] * x[v][i] * rs; // lane-private slots
             }
             *at = Pack16<T>::pack(dx);
         }
@@ -200,6 +210,7 @@ __device__ void rmsnorm_backward(T* __restrict__ dinp, float* __restrict__ parti
     const int packs = d / (WARP_SIZE * Pack16<T>::N);
     const bool packed = d % (WARP_SIZE * Pack16<T>::N) == 0 && fits_packs16(dinp, d) && fits_packs16(dout, d) &&
                         fits_packs16(inp, d) && fits_packs16(gain, d);
+    const bool slotted = packed && packs <= 3; // the channels' sums sit at packed_slot
     if (packed && packs == 1)
         rmsnorm_backward_packed<T, 1>(dinp, my_acc, dout, inp, gain, rstd, row, row_end, num_warps, d);
     else if (packed && packs == 2)
@@ -211,7 +222,8 @@ __device__ void rmsnorm_backward(T* __restrict__ dinp, float* __restrict__ parti
     __syncthreads();
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
         float s = 0.0f;
-        for (int w = 0; w < num_warps; w++) s += dg_acc[(size_t)w * d + c];
+        const int at = slotted ? packed_slot<T>(c) : c;
+        for (int w = 0; w < num_warps; w++) s += dg_acc[(size_t)w * d + at];
         partial[(size_t)blockIdx.x * d + c] = s;
     }
 }
