@@ -430,26 +430,8 @@ impl Gemm {
         d_in: usize,
         d_out: usize,
     ) -> Result<()> {
-        need(y.len(), n * d_out, "gemm forward y")?;
-        need(x.len(), n * d_in, "gemm forward x")?;
-        need(w.len(), d_out * d_in, "gemm forward w")?;
-        if n == 0 || d_out == 0 {
-            return Ok(());
-        }
-        let s = forward_shape(Dtype::of::<T>(), n, d_in, d_out, residual.is_some());
-        let st = self.stream.clone();
-        let (py, _g0) = y.device_ptr_mut(&st);
-        let (px, _g1) = x.device_ptr(&st);
-        let (pw, _g2) = w.device_ptr(&st);
-        let (pc, beta) = match residual {
-            Some(r) => {
-                need(r.dyn_len(), n * d_out, "gemm forward residual")?;
-                (r.dyn_ptr(&st), 1.0)
-            }
-            None => (py, 0.0),
-        };
-        // SAFETY: lengths checked above; all buffers live on this stream's context.
-        unsafe { self.raw(s, pw, px, pc, py, 1.0, beta) }
+        // SAFETY: no epilogue, so no mask is read or written.
+        unsafe { self.forward_with(y, x, w, residual, Epilogue::None, 0, n, d_in, d_out) }
     }
 
     /// `y[n, out] = max(x[n, in] W[out, in]^T, 0)` in one product (the ReLU in cuBLASLt's
@@ -468,27 +450,59 @@ impl Gemm {
         d_in: usize,
         d_out: usize,
     ) -> Result<bool> {
-        need(y.len(), n * d_out, "gemm forward y")?;
-        need(x.len(), n * d_in, "gemm forward x")?;
-        need(w.len(), d_out * d_in, "gemm forward w")?;
         let Some(bytes) = relu_mask_bytes(n, d_out) else {
             return Ok(false);
         };
         need(mask.len(), bytes, "gemm forward relu mask")?;
+        let st = self.stream.clone();
+        let (pm, _g) = mask.device_ptr_mut(&st);
+        // SAFETY: the mask holds the n out / 8 bytes the epilogue writes.
+        let r = unsafe { self.forward_with(y, x, w, None, Epilogue::ReluMask, pm, n, d_in, d_out) };
+        epilogue_ran(r)
+    }
+
+    /// The one forward product behind [`Gemm::forward`] and [`Gemm::forward_relu_mask`].
+    ///
+    /// # Safety
+    /// Where `epilogue` is not `None`, `mask` is a live device address holding
+    /// [`relu_mask_bytes`]`(n, d_out)` bytes.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn forward_with<T: GpuFloat>(
+        &mut self,
+        y: &mut impl DevicePtrMut<T>,
+        x: &impl DevicePtr<T>,
+        w: &impl DevicePtr<T>,
+        residual: Option<&dyn DevicePtrDyn<T>>,
+        epilogue: Epilogue,
+        mask: u64,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<()> {
+        need(y.len(), n * d_out, "gemm forward y")?;
+        need(x.len(), n * d_in, "gemm forward x")?;
+        need(w.len(), d_out * d_in, "gemm forward w")?;
         if n == 0 || d_out == 0 {
-            return Ok(true);
+            return Ok(());
         }
         let s = GemmShape {
-            epilogue: Epilogue::ReluMask,
-            ..forward_shape(Dtype::of::<T>(), n, d_in, d_out, false)
+            epilogue,
+            ..forward_shape(Dtype::of::<T>(), n, d_in, d_out, residual.is_some())
         };
         let st = self.stream.clone();
         let (py, _g0) = y.device_ptr_mut(&st);
-        let (pm, _g1) = mask.device_ptr_mut(&st);
-        let (px, _g2) = x.device_ptr(&st);
-        let (pw, _g3) = w.device_ptr(&st);
-        // SAFETY: lengths checked above; all buffers live on this stream's context.
-        epilogue_ran(unsafe { self.raw_masked(s, pw, px, py, py, pm, 1.0, 0.0) })
+        let (px, _g1) = x.device_ptr(&st);
+        let (pw, _g2) = w.device_ptr(&st);
+        let (pc, beta) = match residual {
+            Some(r) => {
+                need(r.dyn_len(), n * d_out, "gemm forward residual")?;
+                (r.dyn_ptr(&st), 1.0)
+            }
+            None => (py, 0.0),
+        };
+        // SAFETY: lengths checked above, the mask's by the caller; all buffers live on this
+        // stream's context.
+        unsafe { self.raw_masked(s, pw, px, pc, py, mask, 1.0, beta) }
     }
 
     /// `dx[n, in] = dy[n, out] W[out, in]` where the bit of `mask` (written by
@@ -505,27 +519,16 @@ impl Gemm {
         d_in: usize,
         d_out: usize,
     ) -> Result<bool> {
-        need(dx.len(), n * d_in, "gemm dgrad dx")?;
-        need(dy.len(), n * d_out, "gemm dgrad dy")?;
-        need(w.len(), d_out * d_in, "gemm dgrad w")?;
         let Some(bytes) = relu_mask_bytes(n, d_in) else {
             return Ok(false);
         };
         need(mask.len(), bytes, "gemm dgrad relu mask")?;
-        if n == 0 || d_in == 0 {
-            return Ok(true);
-        }
-        let s = GemmShape {
-            epilogue: Epilogue::DreluMask,
-            ..dgrad_shape(Dtype::of::<T>(), n, d_in, d_out, false)
-        };
         let st = self.stream.clone();
-        let (pdx, _g0) = dx.device_ptr_mut(&st);
-        let (pm, _g1) = mask.device_ptr(&st);
-        let (pdy, _g2) = dy.device_ptr(&st);
-        let (pw, _g3) = w.device_ptr(&st);
-        // SAFETY: lengths checked above.
-        epilogue_ran(unsafe { self.raw_masked(s, pw, pdy, pdx, pdx, pm, 1.0, 0.0) })
+        let (pm, _g) = mask.device_ptr(&st);
+        // SAFETY: the mask holds the n in / 8 bytes the epilogue reads.
+        let r =
+            unsafe { self.dgrad_with(dx, dy, w, Epilogue::DreluMask, pm, n, d_in, d_out, false) };
+        epilogue_ran(r)
     }
 
     /// `dx[n, in] = dy[n, out] W[out, in]` (`accumulate`: `dx +=`).
@@ -540,20 +543,45 @@ impl Gemm {
         d_out: usize,
         accumulate: bool,
     ) -> Result<()> {
+        // SAFETY: no epilogue, so no mask is read.
+        unsafe { self.dgrad_with(dx, dy, w, Epilogue::None, 0, n, d_in, d_out, accumulate) }
+    }
+
+    /// The one data-gradient product behind [`Gemm::dgrad`] and [`Gemm::dgrad_relu_mask`].
+    ///
+    /// # Safety
+    /// Where `epilogue` is not `None`, `mask` is a live device address holding
+    /// [`relu_mask_bytes`]`(n, d_in)` bytes.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dgrad_with<T: GpuFloat>(
+        &mut self,
+        dx: &mut impl DevicePtrMut<T>,
+        dy: &impl DevicePtr<T>,
+        w: &impl DevicePtr<T>,
+        epilogue: Epilogue,
+        mask: u64,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+        accumulate: bool,
+    ) -> Result<()> {
         need(dx.len(), n * d_in, "gemm dgrad dx")?;
         need(dy.len(), n * d_out, "gemm dgrad dy")?;
         need(w.len(), d_out * d_in, "gemm dgrad w")?;
         if n == 0 || d_in == 0 {
             return Ok(());
         }
-        let s = dgrad_shape(Dtype::of::<T>(), n, d_in, d_out, accumulate);
+        let s = GemmShape {
+            epilogue,
+            ..dgrad_shape(Dtype::of::<T>(), n, d_in, d_out, accumulate)
+        };
         let st = self.stream.clone();
         let (pdx, _g0) = dx.device_ptr_mut(&st);
         let (pdy, _g1) = dy.device_ptr(&st);
         let (pw, _g2) = w.device_ptr(&st);
         let beta = if accumulate { 1.0 } else { 0.0 };
-        // SAFETY: lengths checked above.
-        unsafe { self.raw(s, pw, pdy, pdx, pdx, 1.0, beta) }
+        // SAFETY: lengths checked above, the mask's by the caller.
+        unsafe { self.raw_masked(s, pw, pdy, pdx, pdx, mask, 1.0, beta) }
     }
 
     /// `dW[out, in] = dy[n, out]^T x[n, in]` in fp32 (`accumulate`: `dW +=`).
