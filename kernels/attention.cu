@@ -3,8 +3,15 @@ Causal self-attention over the fused qkv activation, head dim 64: a flash-style 
 only the output and the per-row log-sum-exp, and a backward that recomputes the probabilities from
 that log-sum-exp (FlashAttention-2's scheme). The T x T matrix is never stored.
 
-Layouts (the CPU twin's, backend::cpu::attention):
-    qkv   [B*T, 3d] (T), q | k | v, each split into H heads of 64 (d = 64 H)
+Rotary position embedding is fused in: qkv holds q and k as the projection wrote them, and the
+kernels rotate them to their positions as they load them (the pairs (c, c + 32) of each head, as
+the CPU's rope_apply) and un-rotate dq and dk as they store them, so dqkv is the gradient of the
+stored, unrotated qkv. That saves the rotary's own launches, a read and a write of q and k each,
+forward and backward.
+
+Layouts (the CPU twin's, backend::cpu::attention, with backend::cpu::rope around it):
+    qkv   [B*T, 3d] (T), q | k | v, each split into H heads of 64 (d = 64 H); q and k unrotated
+    cos, sin [T, 32] fp32: the rotary tables (RopeTables), row t for position t
     out   [B*T, d]  (T), heads side by side
     lse   [B, H, T] fp32: m + log(sum exp(s - m)) of each query row's scaled scores
     delta [B, H, T] fp32 scratch: D_i = dot(dout_i, out_i) (backward preprocess)
@@ -48,12 +55,13 @@ attention_backward_dkdv_{f32,bf16}, attention_backward_dq_{f32,bf16}.
 
 // Plain reference (the CPU twin):
 //
-//   for each (b, h), for i in 0..T:
+//   q, k = rope(q), rope(k) (backend::cpu::rope::rope_apply); then for each (b, h), for i in 0..T:
 //       s_j = dot(q_i, k_j) / 8 for j <= i;  m = max_j s_j;  l = sum_j exp(s_j - m)
 //       out_i = sum_j exp(s_j - m) v_j / l;  lse_i = m + log(l)
 //   backward, with D_i = dot(dout_i, out_i):
 //       p_ij = exp(dot(q_i, k_j) / 8 - lse_i);  ds_ij = p_ij (dot(dout_i, v_j) - D_i) / 8
 //       dq_i = sum_{j <= i} ds_ij k_j;  dk_j = sum_{i >= j} ds_ij q_i;  dv_j = sum_{i >= j} p_ij dout_i
+//   and dq, dk rotated back (rope_apply's inverse).
 
 #include "common.cuh"
 
@@ -64,12 +72,48 @@ attention_backward_dkdv_{f32,bf16}, attention_backward_dq_{f32,bf16}.
 #define BWD_BC 16    // backward: streamed rows per shared tile
 #define SCALE 0.125f // 1 / sqrt(HD)
 
+// A rotated q or k value as storage type T holds it: the kernels see what a separate rotary pass
+// would have stored (and the tensor cores, bf16 operands, can see nothing finer).
+template <typename T>
+__device__ __forceinline__ float as_stored(float x) {
+    return to_float(from_float<T>(x));
+}
+
+// Rows r0..r0+n-1 of a 64-wide q or k head slice (`src` at row 0, rows `row3` apart) into shared
+// `dst` (rows `ld` floats apart), each rotated to its position (as_stored); rows at or past T_len
+// are zeros.
+template <typename T>
+__device__ __forceinline__ void load_rotated_rows(float* dst, int ld, const T* src, size_t row3, int r0, int n,
+                                                  int T_len, const float* cos_t, const float* sin_t) {
+    for (int e = threadIdx.x; e < n * (HD / 2); e += blockDim.x) {
+        const int r = e / (HD / 2), c = e % (HD / 2), pos = r0 + r;
+        float x1 = 0.0f, x2 = 0.0f;
+        if (pos < T_len) {
+            const T* xp = src + (size_t)pos * row3;
+            x1 = to_float(xp[c]);
+            x2 = to_float(xp[c + HD / 2]);
+            rotate_pair(x1, x2, cos_t[pos * (HD / 2) + c], sin_t[pos * (HD / 2) + c]);
+        }
+        dst[r * ld + c] = as_stored<T>(x1);
+        dst[r * ld + c + HD / 2] = as_stored<T>(x2);
+    }
+}
+
+// A row of 64 in registers rotated to position pos (sign = 1) or back from it (sign = -1, the
+// backward's un-rotation of dq and dk).
+__device__ __forceinline__ void rotate_row(float x[HD], int pos, const float* cos_t, const float* sin_t, float sign) {
+#pragma unroll
+    for (int c = 0; c < HD / 2; c++)
+        rotate_pair(x[c], x[c + HD / 2], cos_t[pos * (HD / 2) + c], sign * sin_t[pos * (HD / 2) + c]);
+}
+
 // ----------------------------------------------------------------------------
 // forward
 
 template <typename T>
-__device__ void attention_forward(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ qkv, int B,
-                                  int T_len, int H) {
+__device__ void attention_forward(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ qkv,
+                                  const float* __restrict__ cos_t, const float* __restrict__ sin_t, int B, int T_len,
+                                  int H) {
     __shared__ float Ks[FWD_BC][HD];
     __shared__ float Vs[FWD_BC][HD];
     const int qt = gridDim.x - 1 - blockIdx.x; // heaviest tiles first
@@ -87,21 +131,18 @@ __device__ void attention_forward(T* __restrict__ out, float* __restrict__ lse, 
         q[c] = valid ? to_float(base[(size_t)i * row3 + h * HD + c]) : 0.0f;
         o[c] = 0.0f;
     }
+    if (valid) rotate_row(q, i, cos_t, sin_t, 1.0f);
+#pragma unroll
+    for (int c = 0; c < HD; c++) q[c] = as_stored<T>(q[c]);
     float m = -INFINITY, l = 0.0f;
 
     const int kv_end = min(T_len, (qt + 1) * FWD_BR); // keys the tile's last row can see
     for (int k0 = 0; k0 < kv_end; k0 += FWD_BC) {
         __syncthreads(); // previous tile fully consumed
+        load_rotated_rows(&Ks[0][0], HD, base + d + h * HD, row3, k0, FWD_BC, T_len, cos_t, sin_t);
         for (int e = threadIdx.x; e < FWD_BC * HD; e += blockDim.x) {
             const int r = e / HD, c = e % HD, j = k0 + r;
-            float kv = 0.0f, vv = 0.0f;
-            if (j < T_len) {
-                const T* kp = base + (size_t)j * row3 + d + h * HD;
-                kv = to_float(kp[c]);
-                vv = to_float(kp[d + c]);
-            }
-            Ks[r][c] = kv;
-            Vs[r][c] = vv;
+            Vs[r][c] = j < T_len ? to_float(base[(size_t)j * row3 + 2 * d + h * HD + c]) : 0.0f;
         }
         __syncthreads();
         if (!valid || k0 > i) continue; // the whole tile is in this row's future
@@ -162,7 +203,8 @@ __device__ void attention_backward_preprocess(float* __restrict__ delta, const T
 
 template <typename T>
 __device__ void attention_backward_dkdv(T* __restrict__ dqkv, const T* __restrict__ qkv, const T* __restrict__ dout,
-                                        const float* __restrict__ lse, const float* __restrict__ delta, int B,
+                                        const float* __restrict__ lse, const float* __restrict__ delta,
+                                        const float* __restrict__ cos_t, const float* __restrict__ sin_t, int B,
                                         int T_len, int H) {
     __shared__ float Kp[BWD_BR][HD + 1]; // own keys (padded: thread t reads row t conflict-free)
     __shared__ float Vp[BWD_BR][HD + 1];
@@ -183,16 +225,10 @@ __device__ void attention_backward_dkdv(T* __restrict__ dqkv, const T* __restric
     const int j = j0 + threadIdx.x;
     const bool valid = j < T_len;
 
+    load_rotated_rows(&Kp[0][0], HD + 1, base + d + h * HD, row3, j0, BWD_BR, T_len, cos_t, sin_t);
     for (int e = threadIdx.x; e < BWD_BR * HD; e += blockDim.x) {
         const int r = e / HD, c = e % HD, jj = j0 + r;
-        float kv = 0.0f, vv = 0.0f;
-        if (jj < T_len) {
-            const T* kp = base + (size_t)jj * row3 + d + h * HD;
-            kv = to_float(kp[c]);
-            vv = to_float(kp[d + c]);
-        }
-        Kp[r][c] = kv;
-        Vp[r][c] = vv;
+        Vp[r][c] = jj < T_len ? to_float(base[(size_t)jj * row3 + 2 * d + h * HD + c]) : 0.0f;
     }
     float dk[HD], dv[HD];
 #pragma unroll
@@ -203,15 +239,10 @@ __device__ void attention_backward_dkdv(T* __restrict__ dqkv, const T* __restric
 
     for (int q0 = j0; q0 < T_len; q0 += BWD_BC) { // queries i >= j0 only
         __syncthreads();
+        load_rotated_rows(&Qs[0][0], HD, base + h * HD, row3, q0, BWD_BC, T_len, cos_t, sin_t);
         for (int e = threadIdx.x; e < BWD_BC * HD; e += blockDim.x) {
             const int r = e / HD, c = e % HD, i = q0 + r;
-            float qv = 0.0f, gv = 0.0f;
-            if (i < T_len) {
-                qv = to_float(base[(size_t)i * row3 + h * HD + c]);
-                gv = to_float(dbase[(size_t)i * d + h * HD + c]);
-            }
-            Qs[r][c] = qv;
-            dOs[r][c] = gv;
+            dOs[r][c] = i < T_len ? to_float(dbase[(size_t)i * d + h * HD + c]) : 0.0f;
         }
         if (threadIdx.x < BWD_BC) {
             const int i = q0 + threadIdx.x;
@@ -239,7 +270,9 @@ __device__ void attention_backward_dkdv(T* __restrict__ dqkv, const T* __restric
             }
         }
     }
-    // Stage through shared memory so the global stores are coalesced.
+    // Un-rotated (the gradient of the stored k), then staged through shared memory so the global
+    // stores are coalesced.
+    if (valid) rotate_row(dk, j, cos_t, sin_t, -1.0f);
     __syncthreads();
 #pragma unroll
     for (int c = 0; c < HD; c++) {
@@ -260,7 +293,8 @@ __device__ void attention_backward_dkdv(T* __restrict__ dqkv, const T* __restric
 
 template <typename T>
 __device__ void attention_backward_dq(T* __restrict__ dqkv, const T* __restrict__ qkv, const T* __restrict__ dout,
-                                      const float* __restrict__ lse, const float* __restrict__ delta, int B,
+                                      const float* __restrict__ lse, const float* __restrict__ delta,
+                                      const float* __restrict__ cos_t, const float* __restrict__ sin_t, int B,
                                       int T_len, int H) {
     __shared__ float Qp[BWD_BR][HD + 1]; // own queries (padded)
     __shared__ float dOp[BWD_BR][HD + 1];
@@ -279,15 +313,10 @@ __device__ void attention_backward_dq(T* __restrict__ dqkv, const T* __restrict_
     const float lse_i = valid ? lse[((size_t)b * H + h) * T_len + i] : 0.0f;
     const float delta_i = valid ? delta[((size_t)b * H + h) * T_len + i] : 0.0f;
 
+    load_rotated_rows(&Qp[0][0], HD + 1, base + h * HD, row3, i0, BWD_BR, T_len, cos_t, sin_t);
     for (int e = threadIdx.x; e < BWD_BR * HD; e += blockDim.x) {
         const int r = e / HD, c = e % HD, ii = i0 + r;
-        float qv = 0.0f, gv = 0.0f;
-        if (ii < T_len) {
-            qv = to_float(base[(size_t)ii * row3 + h * HD + c]);
-            gv = to_float(dbase[(size_t)ii * d + h * HD + c]);
-        }
-        Qp[r][c] = qv;
-        dOp[r][c] = gv;
+        dOp[r][c] = ii < T_len ? to_float(dbase[(size_t)ii * d + h * HD + c]) : 0.0f;
     }
     float dq[HD];
 #pragma unroll
@@ -296,16 +325,10 @@ __device__ void attention_backward_dq(T* __restrict__ dqkv, const T* __restrict_
     const int kv_end = min(T_len, i0 + BWD_BR);
     for (int k0 = 0; k0 < kv_end; k0 += BWD_BC) {
         __syncthreads();
+        load_rotated_rows(&Ks[0][0], HD, base + d + h * HD, row3, k0, BWD_BC, T_len, cos_t, sin_t);
         for (int e = threadIdx.x; e < BWD_BC * HD; e += blockDim.x) {
             const int r = e / HD, c = e % HD, jj = k0 + r;
-            float kv = 0.0f, vv = 0.0f;
-            if (jj < T_len) {
-                const T* kp = base + (size_t)jj * row3 + d + h * HD;
-                kv = to_float(kp[c]);
-                vv = to_float(kp[d + c]);
-            }
-            Ks[r][c] = kv;
-            Vs[r][c] = vv;
+            Vs[r][c] = jj < T_len ? to_float(base[(size_t)jj * row3 + 2 * d + h * HD + c]) : 0.0f;
         }
         __syncthreads();
         if (!valid) continue;
@@ -325,6 +348,7 @@ __device__ void attention_backward_dq(T* __restrict__ dqkv, const T* __restrict_
             for (int c = 0; c < HD; c++) dq[c] += ds * Ks[r][c];
         }
     }
+    if (valid) rotate_row(dq, i, cos_t, sin_t, -1.0f); // the gradient of the stored q
     __syncthreads();
 #pragma unroll
     for (int c = 0; c < HD; c++) Qp[threadIdx.x][c] = dq[c];
@@ -340,24 +364,24 @@ __device__ void attention_backward_dq(T* __restrict__ dqkv, const T* __restrict_
 // entry points
 
 #define ATTN_ENTRIES(SUFFIX, TYPE)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(FWD_BR) attention_forward_##SUFFIX(TYPE* out, float* lse,            \
-                                                                                   const TYPE* qkv, int B, int T_len, \
-                                                                                   int H) {                            \
-        attention_forward(out, lse, qkv, B, T_len, H);                                                                \
+    extern "C" __global__ void __launch_bounds__(FWD_BR)                                                               \
+        attention_forward_##SUFFIX(TYPE* out, float* lse, const TYPE* qkv, const float* cos_t, const float* sin_t,    \
+                                   int B, int T_len, int H) {                                                          \
+        attention_forward(out, lse, qkv, cos_t, sin_t, B, T_len, H);                                                  \
     }                                                                                                                  \
     extern "C" __global__ void attention_backward_preprocess_##SUFFIX(float* delta, const TYPE* dout,                \
                                                                       const TYPE* out, int B, int T_len, int H) {     \
         attention_backward_preprocess(delta, dout, out, B, T_len, H);                                                 \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(BWD_BR) attention_backward_dkdv_##SUFFIX(                             \
-        TYPE* dqkv, const TYPE* qkv, const TYPE* dout, const float* lse, const float* delta, int B, int T_len,        \
-        int H) {                                                                                                       \
-        attention_backward_dkdv(dqkv, qkv, dout, lse, delta, B, T_len, H);                                            \
+        TYPE* dqkv, const TYPE* qkv, const TYPE* dout, const float* lse, const float* delta, const float* cos_t,      \
+        const float* sin_t, int B, int T_len, int H) {                                                                 \
+        attention_backward_dkdv(dqkv, qkv, dout, lse, delta, cos_t, sin_t, B, T_len, H);                              \
     }                                                                                                                  \
     extern "C" __global__ void __launch_bounds__(BWD_BR) attention_backward_dq_##SUFFIX(                               \
-        TYPE* dqkv, const TYPE* qkv, const TYPE* dout, const float* lse, const float* delta, int B, int T_len,        \
-        int H) {                                                                                                       \
-        attention_backward_dq(dqkv, qkv, dout, lse, delta, B, T_len, H);                                              \
+        TYPE* dqkv, const TYPE* qkv, const TYPE* dout, const float* lse, const float* delta, const float* cos_t,      \
+        const float* sin_t, int B, int T_len, int H) {                                                                 \
+        attention_backward_dq(dqkv, qkv, dout, lse, delta, cos_t, sin_t, B, T_len, H);                                \
     }
 
 ATTN_ENTRIES(f32, float)

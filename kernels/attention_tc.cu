@@ -4,8 +4,16 @@ storage, with the same signatures, layouts and outputs (out and lse; dqkv overwr
 element written exactly once), FlashAttention-2's scheme on mma.sync m16n8k16 (bf16 inputs, fp32
 accumulation). attention.cu stays the exact-to-fp32 reference and the f32 path.
 
-Layouts: see attention.cu (qkv [B*T, 3d], out and dout [B*T, d], lse and delta [B, H, T] fp32,
-head dim 64, scores s_ij = q_i . k_j / 8 for j <= i).
+Layouts: see attention.cu (qkv [B*T, 3d] with q and k unrotated, cos and sin [T, 32], out and
+dout [B*T, d], lse and delta [B, H, T] fp32, head dim 64, scores s_ij = q_i . k_j / 8 for j <= i
+on the rotated q and k).
+
+The rotary embedding is fused in as in attention.cu. The rows a warp owns are rotated in
+registers as they are loaded (`load_a_rows_rotated`: columns c and c + 32 are k-steps ks and
+ks + 2 of the same thread); each streamed q or k tile is rotated in shared memory once its copy
+has landed (`rotate_tile`, then a barrier before any warp reads it); dq and dk are rotated back
+in their accumulators before the store (`unrotate_acc`: n-tiles n and n + 4). Rotated values are
+rounded to bf16, as the operands a separate rotary pass would have stored.
 
 Every kernel: block = 4 warps (128 threads) owning 64 rows (queries, or keys for dk/dv), warp w
 the 16 rows 16w..16w+15, so each warp's rows are one m16 tile and everything per row stays in
@@ -51,7 +59,8 @@ Occupancy (ptxas, sm_90a, nvcc 13.0): the forward takes 100 registers, 4 blocks 
 SM. The backward kernels work on each 64-row tile in halves of 32 columns (P and dS of one half
 live at a time); left to itself ptxas then gives dK/dV 176 registers (2 blocks) and dQ 152 (3
 blocks), and their launch bounds ask for 3 and 4 blocks per SM, which ptxas meets with 168
-registers and a 16-byte spill (dK/dV) and 128 registers and a 28-byte spill (dQ). Whether that
+registers and a 28-byte spill (dK/dV; 16 before the rotary moved in) and 128 registers and a
+28-byte spill (dQ). Whether that
 trade pays is for `terse bench kernels` on a GPU to say (not yet measured).
 */
 
@@ -117,6 +126,68 @@ __device__ __forceinline__ void load_a_rows(unsigned a[4][4], const bf16* src, s
         a[ks][3] = rb < rows ? ld_pair(s + (size_t)rb * stride + c + 8) : 0u;
     }
 }
+
+// ----------------------------------------------------------------------------
+// rotary (q and k are stored unrotated; see the header)
+
+// The pairs (x1, x2) = (columns c and c + 1, columns c + 32 and c + 33) of one row, as two bf16
+// pairs, rotated to the angles at cs[0..1] and sn[0..1] (its position's row of the tables,
+// from column c) and rounded back to bf16.
+__device__ __forceinline__ void rotate_bf16_pairs(unsigned& lo, unsigned& hi, const float* cs, const float* sn) {
+    float a0 = __uint_as_float(lo << 16), a1 = __uint_as_float(lo & 0xffff0000u);
+    float b0 = __uint_as_float(hi << 16), b1 = __uint_as_float(hi & 0xffff0000u);
+    rotate_pair(a0, b0, cs[0], sn[0]);
+    rotate_pair(a1, b1, cs[1], sn[1]);
+    lo = pack_bf16x2(a0, a1);
+    hi = pack_bf16x2(b0, b1);
+}
+
+// load_a_rows of q or k, each row rotated to its position: columns c and c + 32 are k-steps ks
+// and ks + 2 of the same thread. Rounded to bf16 as the rotated operand would have been stored.
+__device__ __forceinline__ void load_a_rows_rotated(unsigned a[4][4], const bf16* src, size_t stride, int row0,
+                                                    int rows, const float* cos_t, const float* sin_t) {
+    load_a_rows(a, src, stride, row0, rows);
+    const int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++) {
+#pragma unroll
+        for (int r = 0; r < 4; r++) { // fragment r: row g (+8 for odd r), columns 2t (+8 for r >= 2)
+            const int pos = row0 + g + (r & 1) * 8, c = ks * 16 + 2 * t + (r >> 1) * 8;
+            if (pos < rows) rotate_bf16_pairs(a[ks][r], a[ks + 2][r], cos_t + pos * 32 + c, sin_t + pos * 32 + c);
+        }
+    }
+}
+
+// Rotates the rows of a streamed q or k tile (rows r0.., in shared memory) to their positions in
+// place; rows at or past `rows` are zeros and stay so. The caller's barrier publishes the result.
+__device__ __forceinline__ void rotate_tile(raw16 (*tile)[TC_LD], int r0, int rows, const float* cos_t,
+                                            const float* sin_t) {
+    for (int e = threadIdx.x; e < TC_TILE * 16; e += blockDim.x) {
+        const int r = e / 16, c = (e % 16) * 2, pos = r0 + r;
+        if (pos < rows)
+            rotate_bf16_pairs(*reinterpret_cast<unsigned*>(&tile[r][c]), *reinterpret_cast<unsigned*>(&tile[r][c + 32]),
+                              cos_t + pos * 32 + c, sin_t + pos * 32 + c);
+    }
+}
+
+// Rotates this warp's 16 x 64 accumulator rows back from their positions (the inverse rotary, so
+// dq and dk become the gradients of the stored, unrotated q and k): columns c and c + 32 are
+// n-tiles n and n + 4 of the same thread.
+__device__ __forceinline__ void unrotate_acc(float acc[8][4], int row0, int rows, const float* cos_t,
+                                             const float* sin_t) {
+    const int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int n = 0; n < 4; n++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int pos = row0 + g + (i >> 1) * 8, c = n * 8 + 2 * t + (i & 1);
+            if (pos < rows) rotate_pair(acc[n][i], acc[n + 4][i], cos_t[pos * 32 + c], -sin_t[pos * 32 + c]);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// products
 
 // acc[n] = A (16 x 64, fragments) times B^T for nt 8-row slices of a shared tile B (rows 8 n0 ..
 // 8 (n0 + nt) - 1, 64 columns): the 16 x 8nt product with those rows as its columns (S = Q K^T and
@@ -256,6 +327,7 @@ __device__ __forceinline__ void stream_kv_tiles(raw16 (*Ks)[TC_TILE][TC_LD], raw
 // forward
 
 extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16* out, float* lse, const bf16* qkv,
+                                                                             const float* cos_t, const float* sin_t,
                                                                              int B, int T_len, int H) {
     __shared__ __align__(16) raw16 Ks[2][TC_TILE][TC_LD];
     __shared__ __align__(16) raw16 Vs[2][TC_TILE][TC_LD];
@@ -264,11 +336,13 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
     const int t = at.t, ra = at.row0 + at.g, rb = ra + 8;
 
     unsigned qa[4][4];
-    load_a_rows(qa, at.head, at.row3, at.row0, T_len);
+    load_a_rows_rotated(qa, at.head, at.row3, at.row0, T_len, cos_t, sin_t);
     float o[8][4] = {};
     float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
 
     stream_kv_tiles(Ks, Vs, at, qt, T_len, [&](int k0, int buf) {
+        rotate_tile(Ks[buf], k0, T_len, cos_t, sin_t);
+        __syncthreads();
         float s[8][4];
         mma_rows_by_tile(s, qa, Ks[buf], 0);
 #pragma unroll
@@ -320,7 +394,8 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
 
 extern "C" __global__ void __launch_bounds__(128, 3)
     attention_backward_dkdv_tc_bf16(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse,
-                                    const float* delta, int B, int T_len, int H) {
+                                    const float* delta, const float* cos_t, const float* sin_t, int B, int T_len,
+                                    int H) {
     __shared__ __align__(16) raw16 Qs[2][TC_TILE][TC_LD];
     __shared__ __align__(16) raw16 dOs[2][TC_TILE][TC_LD];
     __shared__ float lse_s[2][TC_TILE], delta_s[2][TC_TILE];
@@ -334,7 +409,7 @@ extern "C" __global__ void __launch_bounds__(128, 3)
     const float* delta_bh = delta + at.stats;
 
     unsigned ka[4][4], va[4][4];
-    load_a_rows(ka, head + d, row3, j0, T_len);
+    load_a_rows_rotated(ka, head + d, row3, j0, T_len, cos_t, sin_t);
     load_a_rows(va, head + 2 * d, row3, j0, T_len);
     float dk[8][4] = {}, dv[8][4] = {};
 
@@ -349,6 +424,8 @@ extern "C" __global__ void __launch_bounds__(128, 3)
         }
     };
     stream_tiles(kt * TC_ROWS, T_len, fetch_queries, [&](int q0, int buf) { // queries i >= the first key
+        rotate_tile(Qs[buf], q0, T_len, cos_t, sin_t);
+        __syncthreads();
         // In halves of 32 queries, which keeps P^T and dS^T within the registers of 3 blocks per SM.
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -370,13 +447,14 @@ extern "C" __global__ void __launch_bounds__(128, 3)
         }
     });
     bf16* dhead_qkv = dqkv + (at.head - qkv); // the same head slice of the gradient
+    unrotate_acc(dk, j0, T_len, cos_t, sin_t);
     store_rows(dhead_qkv + d, row3, j0, T_len, dk, 1.0f, 1.0f);
     store_rows(dhead_qkv + 2 * d, row3, j0, T_len, dv, 1.0f, 1.0f);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 4)
     attention_backward_dq_tc_bf16(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* delta,
-                                  int B, int T_len, int H) {
+                                  const float* cos_t, const float* sin_t, int B, int T_len, int H) {
     __shared__ __align__(16) raw16 Ks[2][TC_TILE][TC_LD];
     __shared__ __align__(16) raw16 Vs[2][TC_TILE][TC_LD];
     const int qt = gridDim.x - 1 - blockIdx.x; // heaviest tiles first
@@ -388,11 +466,13 @@ extern "C" __global__ void __launch_bounds__(128, 4)
     const float de_a = ra < T_len ? delta_bh[ra] : 0.0f, de_b = rb < T_len ? delta_bh[rb] : 0.0f;
 
     unsigned qa[4][4], doa[4][4];
-    load_a_rows(qa, at.head, at.row3, at.row0, T_len);
+    load_a_rows_rotated(qa, at.head, at.row3, at.row0, T_len, cos_t, sin_t);
     load_a_rows(doa, dout + at.act, at.d, at.row0, T_len);
     float dq[8][4] = {};
 
     stream_kv_tiles(Ks, Vs, at, qt, T_len, [&](int k0, int buf) {
+        rotate_tile(Ks[buf], k0, T_len, cos_t, sin_t);
+        __syncthreads();
         // In halves of 32 keys, which keeps P and dS within the registers of 4 blocks per SM.
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -411,5 +491,6 @@ extern "C" __global__ void __launch_bounds__(128, 4)
             mma_acc_by_tile(dq, ds, Ks[buf], 4 * h);
         }
     });
+    unrotate_acc(dq, at.row0, T_len, cos_t, sin_t);
     store_rows(dqkv + (at.head - qkv), at.row3, at.row0, T_len, dq, 1.0f, 1.0f);
 }

@@ -205,13 +205,20 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* row
 
 #define HEAD_DIM 64
 
-// Rotary of the pair (h[j], h[j + 32]) of one head at the angle whose cos and sin are c and s, as
-// the CPU's `rotate` (src/m1/mod.rs); written once for the exact kernels that rotate (m1x_rope,
-// m1q_rope_attention), which compile without contraction, so the products round as written.
+// Rotary of one pair (x1, x2) = (x[j], x[j + 32]) of a head at the angle whose cos and sin are
+// c and s, as the CPU's `rotate` (src/m1/mod.rs); with -s it is the inverse (the backward). The
+// one rotation of every kernel: the exact ones (m1x_rope, m1q_rope_attention) compile without
+// contraction, so the products round as written; the training attention kernels rotate q and k
+// as they load them and un-rotate dq and dk as they store them.
+__device__ __forceinline__ void rotate_pair(float& x1, float& x2, float c, float s) {
+    const float y1 = fmaf(x1, c, -(x2 * s));
+    x2 = fmaf(x1, s, x2 * c);
+    x1 = y1;
+}
+
+// rotate_pair on (h[j], h[j + 32]) in place.
 __device__ __forceinline__ void rope_pair(float* h, int j, float c, float s) {
-    const float x1 = h[j], x2 = h[j + HEAD_DIM / 2];
-    h[j] = fmaf(x1, c, -(x2 * s));
-    h[j + HEAD_DIM / 2] = fmaf(x1, s, x2 * c);
+    rotate_pair(h[j], h[j + HEAD_DIM / 2], c, s);
 }
 
 // The contract's exponential (src/numerics/exp.rs), constant for constant.

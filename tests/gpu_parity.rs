@@ -427,47 +427,35 @@ fn fused_residual_rmsnorm_matches_cpu() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// rope
+// attention (the rotary embedding fused in)
 
-fn rope_case<T: GpuFloat>(k: &GpuKernels, batch: usize, seq: usize, d: usize, seed: u64) {
-    let mut r = Rng::new(seed);
-    let n = batch * seq;
-    let tables = terse::numerics::RopeTables::new(seq, 10_000.0);
-    let qkv = quant::<T>(&randn(&mut r, n * 3 * d, 1.0));
-    let (dcos, dsin) = (up_raw(k, &tables.cos), up_raw(k, &tables.sin));
-    for inverse in [false, true] {
-        let mut want = qkv.clone();
-        cpu::rope::rope_apply(&mut want, &tables, d, inverse);
-        let mut dq = up::<T>(k, &qkv);
-        launch::rope::<T>(k, &mut dq, &dcos, &dsin, n, seq, d, inverse).unwrap();
-        let what = format!("rope {} inverse={inverse} B{batch} T{seq} d{d}", T::SUFFIX);
-        compare(&what, &down(k, &dq), &want, tol::<T>());
-    }
+/// The rotary tables of `seq` positions, on the device: (cos, sin).
+fn rope_tables(k: &GpuKernels, seq: usize) -> (CudaSlice<f32>, CudaSlice<f32>) {
+    let t = terse::numerics::RopeTables::new(seq, 10_000.0);
+    (up_raw(k, &t.cos), up_raw(k, &t.sin))
 }
 
-#[test]
-fn rope_matches_cpu() {
-    let Some(k) = gpu("rope") else { return };
-    rope_case::<f32>(&k, 2, 50, 128, 14);
-    rope_case::<Bf16>(&k, 2, 50, 128, 15);
-    rope_case::<f32>(&k, 1, 1024, 256, 16);
-}
-
-// ---------------------------------------------------------------------------------------------
-// attention
-
+/// The GPU's attention on unrotated qkv against the CPU's rope, attention and inverse rope.
 fn attention_case<T: GpuFloat>(k: &GpuKernels, kernels: AttnKernels, sh: AttnShape, seed: u64) {
     let mut r = Rng::new(seed);
     let (n, d) = (sh.batch * sh.seq, sh.heads * 64);
     let rows = sh.batch * sh.heads * sh.seq;
     let qkv = quant::<T>(&randn(&mut r, n * 3 * d, 1.0));
+    let tables = terse::numerics::RopeTables::new(sh.seq, 10_000.0);
+    // q and k rotated as a separate rotary pass would have stored them (the kernels round the
+    // same way).
+    let mut rotated = qkv.clone();
+    cpu::rope::rope_apply(&mut rotated, &tables, d, false);
+    let rotated = quant::<T>(&rotated);
     let mut want = vec![0f32; n * d];
     let mut want_lse = vec![0f32; rows];
-    cpu::attention::attention_forward(&mut want, &mut want_lse, &qkv, sh);
+    cpu::attention::attention_forward(&mut want, &mut want_lse, &rotated, sh);
     let dqkv_in = up::<T>(k, &qkv);
+    let (cos, sin) = rope_tables(k, sh.seq);
     let mut out = poison::<T>(k, n * d);
     let mut lse = poison::<f32>(k, rows);
-    launch::attention_forward::<T>(k, kernels, &mut out, &mut lse, &dqkv_in, sh).unwrap();
+    launch::attention_forward::<T>(k, kernels, &mut out, &mut lse, &dqkv_in, &cos, &sin, sh)
+        .unwrap();
     let tag = format!(
         "{} {kernels:?} B{} T{} H{}",
         T::SUFFIX,
@@ -502,12 +490,13 @@ fn attention_case<T: GpuFloat>(k: &GpuKernels, kernels: AttnKernels, sh: AttnSha
     let out_q = quant::<T>(&want);
     let dout = quant::<T>(&randn(&mut r, n * d, 1.0));
     let mut want_d = vec![0f32; n * 3 * d];
-    cpu::attention::attention_backward(&mut want_d, &dout, &out_q, &want_lse, &qkv, sh);
+    cpu::attention::attention_backward(&mut want_d, &dout, &out_q, &want_lse, &rotated, sh);
+    cpu::rope::rope_apply(&mut want_d, &tables, d, true);
     let (d_out, d_dout, d_lse) = (up::<T>(k, &out_q), up::<T>(k, &dout), up_raw(k, &want_lse));
     let mut dqkv = poison::<T>(k, n * 3 * d);
     let mut delta = poison::<f32>(k, rows);
     launch::attention_backward::<T>(
-        k, kernels, &mut dqkv, &mut delta, &d_dout, &d_out, &d_lse, &dqkv_in, sh,
+        k, kernels, &mut dqkv, &mut delta, &d_dout, &d_out, &d_lse, &dqkv_in, &cos, &sin, sh,
     )
     .unwrap();
     let got = down(k, &dqkv);
@@ -538,8 +527,9 @@ fn attention_matches_cpu() {
     };
     let (mut out, mut lse) = (poison::<f32>(&k, 8 * 64), poison::<f32>(&k, 8));
     let qkv = up::<f32>(&k, &[0.0; 8 * 3 * 64]);
-    let refused =
-        launch::attention_forward(&k, AttnKernels::TensorCore, &mut out, &mut lse, &qkv, sh);
+    let (cos, sin) = rope_tables(&k, 8);
+    let tc = AttnKernels::TensorCore;
+    let refused = launch::attention_forward(&k, tc, &mut out, &mut lse, &qkv, &cos, &sin, sh);
     assert!(
         refused.is_err(),
         "tensor-core attention accepted f32 storage"
@@ -962,12 +952,13 @@ fn reductions_are_deterministic() {
         let mut out = poison::<Bf16>(&k, sh.batch * sh.seq * 128);
         let mut lse = poison::<f32>(&k, rows);
         let tc = AttnKernels::TensorCore;
-        launch::attention_forward::<Bf16>(&k, tc, &mut out, &mut lse, &dq, sh).unwrap();
+        let (cos, sin) = rope_tables(&k, sh.seq);
+        launch::attention_forward::<Bf16>(&k, tc, &mut out, &mut lse, &dq, &cos, &sin, sh).unwrap();
         let mut dqkv = poison::<Bf16>(&k, qkv.len());
         let mut delta = poison::<f32>(&k, rows);
         let datt = up::<Bf16>(&k, &dout[..sh.batch * sh.seq * 128]);
         launch::attention_backward::<Bf16>(
-            &k, tc, &mut dqkv, &mut delta, &datt, &out, &lse, &dq, sh,
+            &k, tc, &mut dqkv, &mut delta, &datt, &out, &lse, &dq, &cos, &sin, sh,
         )
         .unwrap();
         let mut partial = up_raw(&k, &vec![0f64; GLOBAL_NORM_BLOCKS]);
@@ -997,7 +988,16 @@ fn ptx_path_loads_and_runs() {
     let Some(_) = gpu("ptx path") else { return };
     let k = GpuKernels::with_source(0, Some(KernelSource::Ptx)).expect("PTX modules load");
     assert_eq!(k.source(), KernelSource::Ptx);
-    rope_case::<f32>(&k, 2, 33, 128, 80);
+    attention_case::<f32>(
+        &k,
+        AttnKernels::CudaCore,
+        AttnShape {
+            batch: 2,
+            seq: 33,
+            heads: 2,
+        },
+        80,
+    );
     attention_case::<Bf16>(
         &k,
         AttnKernels::TensorCore,
@@ -2242,7 +2242,6 @@ const KERNEL_TESTS: &[&str] = &[
     "embed_matches_cpu",
     "rmsnorm_matches_cpu",
     "fused_residual_rmsnorm_matches_cpu",
-    "rope_matches_cpu",
     "attention_matches_cpu",
     "classifier_matches_cpu",
     "global_norm_matches_cpu",

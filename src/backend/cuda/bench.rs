@@ -288,19 +288,18 @@ pub fn bench_kernels(
             g.wgrad(&mut dw, out_ro, inp, n, din, dout, false)
         })?;
     }
-    t.time("rope", |k| {
-        launch::rope(k, &mut qkv, &cos, &sin, n, seq, d, false)
-    })?;
     // Training's tensor-core kernels, then attention.cu's CUDA-core ones for comparison.
     for (suffix, kernels) in [
         ("", launch::AttnKernels::TensorCore),
         ("_cudacore", launch::AttnKernels::CudaCore),
     ] {
         t.time(&format!("attention_forward{suffix}"), |k| {
-            launch::attention_forward(k, kernels, &mut y, &mut lse, &qkv, sh)
+            launch::attention_forward(k, kernels, &mut y, &mut lse, &qkv, &cos, &sin, sh)
         })?;
         t.time(&format!("attention_backward{suffix}"), |k| {
-            launch::attention_backward(k, kernels, &mut dqkv, &mut delta, &x, &y, &lse, &qkv, sh)
+            launch::attention_backward(
+                k, kernels, &mut dqkv, &mut delta, &x, &y, &lse, &qkv, &cos, &sin, sh,
+            )
         })?;
     }
     t.time("relu_forward", |k| {

@@ -158,14 +158,8 @@ pub fn step_costs(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<KernelCost
             per_step,
         );
     }
-    // Forward on q and k, and backward on their gradients.
-    add(
-        "rope",
-        rows(format!("d={d}")),
-        2.0 * 2.0 * nd * b2,
-        0.0,
-        2 * l,
-    );
+    // The rotary embedding is fused into the attention kernels (q and k rotated as they are loaded,
+    // dq and dk rotated back as they are stored), so it moves no bytes of its own.
     let att_flops = attention_forward_flops(batch, seq, h);
     let att_shape = format!("B={batch} H={h} T={seq} hd=64 causal");
     for (suffix, per_step) in [("", l), ("_cudacore", 0)] {

@@ -48,7 +48,7 @@ mod embed;
 mod norm;
 mod optimizer;
 
-pub use attention::{attention_backward, attention_forward, rope, AttnKernels};
+pub use attention::{attention_backward, attention_forward, AttnKernels};
 pub use classifier::{classifier_forward_backward, loss_sums};
 pub use elementwise::{
     cast_bf16_to_f32, cast_f32_to_bf16, relu_backward, relu_forward, relu_forward_inplace,
@@ -92,12 +92,4 @@ fn grid_1d(n: usize, block: u32) -> LaunchConfig {
         block_dim: (block, 1, 1),
         shared_mem_bytes: 0,
     }
-}
-
-fn check_heads(d: usize) -> Result<usize> {
-    ensure!(
-        d > 0 && d.is_multiple_of(HEAD_DIM),
-        "d = {d} is not a positive multiple of the head width {HEAD_DIM}"
-    );
-    Ok(d / HEAD_DIM)
 }

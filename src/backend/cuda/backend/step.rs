@@ -61,22 +61,14 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 d,
                 3 * d,
             )?;
-            launch::rope(
-                k,
-                &mut a.qkv.slice_mut(r3.clone()),
-                &a.rope_cos,
-                &a.rope_sin,
-                n,
-                t,
-                d,
-                false,
-            )?;
             launch::attention_forward(
                 k,
                 attention,
                 &mut a.att.slice_mut(r.clone()),
                 &mut a.lse.slice_mut(l * nlse..(l + 1) * nlse),
                 &a.qkv.slice(r3),
+                &a.rope_cos,
+                &a.rope_sin,
                 shape,
             )?;
             // xmid = x + att Wout^T (the residual add fused into the GEMM, beta = 1)
@@ -291,9 +283,10 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 &a.att.slice(r.clone()),
                 &a.lse.slice(l * nlse..(l + 1) * nlse),
                 &a.qkv.slice(r3),
+                &a.rope_cos,
+                &a.rope_sin,
                 shape,
             )?;
-            launch::rope(k, &mut a.dqkv, &a.rope_cos, &a.rope_sin, n, t, d, true)?;
             gemm.linear_backward(
                 &mut a.dxn,
                 &mut grads.slice_mut(specs[base + 1].range()),

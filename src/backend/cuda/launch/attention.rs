@@ -1,56 +1,12 @@
-//! Launchers of the attention kernels: rotary embedding (`kernels/rope.cu`) and causal attention,
-//! on CUDA cores (`kernels/attention.cu`) or tensor cores (`kernels/attention_tc.cu`).
+//! Launchers of causal attention with the rotary embedding fused in, on CUDA cores
+//! (`kernels/attention.cu`) or tensor cores (`kernels/attention_tc.cu`).
 
-use super::{check_heads, grid_1d, int, need, HEAD_DIM};
+use super::{grid_1d, int, need, HEAD_DIM};
 use crate::backend::cpu::attention::AttnShape;
 use crate::backend::cuda::loader::{GpuFloat, GpuKernels};
 use crate::backend::cuda::Entry;
 use anyhow::{bail, ensure, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-
-// ---------------------------------------------------------------------------------------------
-// rope.cu
-
-/// Rotates q and k of `qkv[n, 3d]` in place (row r is position r % seq); `inverse` is the
-/// backward. `cos`, `sin`: `[seq, 32]` device copies of `RopeTables`.
-/// Grid: ceil(n * d / 256) blocks of 256, a thread per rotated pair.
-#[allow(clippy::too_many_arguments)]
-pub fn rope<T: GpuFloat>(
-    k: &GpuKernels,
-    qkv: &mut impl DevicePtrMut<T>,
-    cos: &impl DevicePtr<f32>,
-    sin: &impl DevicePtr<f32>,
-    n: usize,
-    seq: usize,
-    d: usize,
-    inverse: bool,
-) -> Result<()> {
-    check_heads(d)?;
-    need(qkv.len(), n * 3 * d, "qkv")?;
-    need(cos.len(), seq * HEAD_DIM / 2, "rope cos")?;
-    need(sin.len(), seq * HEAD_DIM / 2, "rope sin")?;
-    ensure!(seq > 0, "rope: seq = 0");
-    if n == 0 {
-        return Ok(());
-    }
-    let (ni, seqi, di) = (int(n, "n")?, int(seq, "seq")?, int(d, "d")?);
-    int(n * d, "n * d")?;
-    let inv = inverse as i32;
-    let s = k.stream();
-    let (p_qkv, _g0) = qkv.device_ptr_mut(s);
-    let (p_cos, _g1) = cos.device_ptr(s);
-    let (p_sin, _g2) = sin.device_ptr(s);
-    let mut b = s.launch_builder(k.function(T::pick(Entry::rope_f32, Entry::rope_bf16)));
-    b.arg(&p_qkv)
-        .arg(&p_cos)
-        .arg(&p_sin)
-        .arg(&ni)
-        .arg(&seqi)
-        .arg(&di)
-        .arg(&inv);
-    unsafe { b.launch(grid_1d(n * d, 256)) }?;
-    Ok(())
-}
 
 // ---------------------------------------------------------------------------------------------
 // attention.cu
@@ -116,6 +72,12 @@ impl AttnKernels {
     }
 }
 
+/// The rotary tables' lengths: `[seq, 32]` each, device copies of `RopeTables`.
+fn check_rope(cos: &impl DevicePtr<f32>, sin: &impl DevicePtr<f32>, seq: usize) -> Result<()> {
+    need(cos.len(), seq * HEAD_DIM / 2, "rope cos")?;
+    need(sin.len(), seq * HEAD_DIM / 2, "rope sin")
+}
+
 fn attn_dims(sh: AttnShape, kernels: AttnKernels) -> Result<(i32, i32, i32, LaunchConfig)> {
     ensure!(
         sh.batch > 0 && sh.seq > 0 && sh.heads > 0,
@@ -139,15 +101,19 @@ fn attn_dims(sh: AttnShape, kernels: AttnKernels) -> Result<(i32, i32, i32, Laun
     ))
 }
 
-/// Causal attention: `out[B*T, d]` and `lse[B, H, T]` from `qkv[B*T, 3d]` on the given kernels
-/// (training passes [`AttnKernels::for_storage`]). Grid: (ceil(T / 64), H, B) blocks of 64
-/// threads (CUDA cores: a thread per query) or 128 (tensor cores: a warp per 16 queries).
+/// Causal attention: `out[B*T, d]` and `lse[B, H, T]` from `qkv[B*T, 3d]`, whose q and k the
+/// kernels rotate by the rotary tables `cos`, `sin` (`[T, 32]`) as they load them, on the given
+/// kernels (training passes [`AttnKernels::for_storage`]). Grid: (ceil(T / 64), H, B) blocks of
+/// 64 threads (CUDA cores: a thread per query) or 128 (tensor cores: a warp per 16 queries).
+#[allow(clippy::too_many_arguments)]
 pub fn attention_forward<T: GpuFloat>(
     k: &GpuKernels,
     kernels: AttnKernels,
     out: &mut impl DevicePtrMut<T>,
     lse: &mut impl DevicePtrMut<f32>,
     qkv: &impl DevicePtr<T>,
+    cos: &impl DevicePtr<f32>,
+    sin: &impl DevicePtr<f32>,
     sh: AttnShape,
 ) -> Result<()> {
     let (bi, ti, hi, cfg) = attn_dims(sh, kernels)?;
@@ -155,10 +121,13 @@ pub fn attention_forward<T: GpuFloat>(
     need(out.len(), n * d, "attention out")?;
     need(lse.len(), sh.batch * sh.heads * sh.seq, "attention lse")?;
     need(qkv.len(), n * 3 * d, "attention qkv")?;
+    check_rope(cos, sin, sh.seq)?;
     let s = k.stream();
     let (p_out, _g0) = out.device_ptr_mut(s);
     let (p_lse, _g1) = lse.device_ptr_mut(s);
     let (p_qkv, _g2) = qkv.device_ptr(s);
+    let (p_cos, _g3) = cos.device_ptr(s);
+    let (p_sin, _g4) = sin.device_ptr(s);
     kernels.check::<T>(&[p_out, p_qkv])?;
     let mut b = s.launch_builder(k.function(kernels.entry::<T>(
         Entry::attention_forward_f32,
@@ -168,6 +137,8 @@ pub fn attention_forward<T: GpuFloat>(
     b.arg(&p_out)
         .arg(&p_lse)
         .arg(&p_qkv)
+        .arg(&p_cos)
+        .arg(&p_sin)
         .arg(&bi)
         .arg(&ti)
         .arg(&hi);
@@ -175,7 +146,8 @@ pub fn attention_forward<T: GpuFloat>(
     Ok(())
 }
 
-/// Backward of [`attention_forward`] on the given kernels: overwrites `dqkv[B*T, 3d]`. `delta`
+/// Backward of [`attention_forward`] on the given kernels: overwrites `dqkv[B*T, 3d]` with the
+/// gradient of the stored (unrotated) `qkv`, dq and dk rotated back as they are stored. `delta`
 /// is `[B, H, T]` fp32 scratch. Three launches: preprocess (ceil(B H T / 8) blocks of 256, a warp
 /// per row), dk/dv and dq (each (ceil(T / 64), H, B) blocks of 64 on CUDA cores, 128 on tensor
 /// cores).
@@ -189,6 +161,8 @@ pub fn attention_backward<T: GpuFloat>(
     out: &impl DevicePtr<T>,
     lse: &impl DevicePtr<f32>,
     qkv: &impl DevicePtr<T>,
+    cos: &impl DevicePtr<f32>,
+    sin: &impl DevicePtr<f32>,
     sh: AttnShape,
 ) -> Result<()> {
     let (bi, ti, hi, cfg) = attn_dims(sh, kernels)?;
@@ -203,6 +177,7 @@ pub fn attention_backward<T: GpuFloat>(
     need(out.len(), n * d, "attention out")?;
     need(lse.len(), rows, "attention lse")?;
     need(qkv.len(), n * 3 * d, "attention qkv")?;
+    check_rope(cos, sin, sh.seq)?;
     let s = k.stream();
     let (p_dqkv, _g0) = dqkv.device_ptr_mut(s);
     let (p_delta, _g1) = delta.device_ptr_mut(s);
@@ -210,6 +185,8 @@ pub fn attention_backward<T: GpuFloat>(
     let (p_out, _g3) = out.device_ptr(s);
     let (p_lse, _g4) = lse.device_ptr(s);
     let (p_qkv, _g5) = qkv.device_ptr(s);
+    let (p_cos, _g6) = cos.device_ptr(s);
+    let (p_sin, _g7) = sin.device_ptr(s);
     kernels.check::<T>(&[p_dqkv, p_dout, p_qkv])?;
 
     let mut b = s.launch_builder(k.function(T::pick(
@@ -242,6 +219,8 @@ pub fn attention_backward<T: GpuFloat>(
             .arg(&p_dout)
             .arg(&p_lse)
             .arg(&p_delta)
+            .arg(&p_cos)
+            .arg(&p_sin)
             .arg(&bi)
             .arg(&ti)
             .arg(&hi);
