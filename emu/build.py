@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Builds the CUDA emulator: libcuda.so.1 (the fake driver with every kernel in kernels/*.cu
-compiled for the host) and libcublasLt.so.13, into OUT_DIR (default target/cuda-emu).
+compiled for the host), libcublasLt.so.13 and libnvToolsExt.so.1 (NVTX ranges, recorded for the
+tests), into OUT_DIR (default target/cuda-emu).
 
 usage: emu/build.py [OUT_DIR]
 
@@ -88,7 +89,10 @@ def main():
         lt = os.path.join(out, "libcublasLt.so.13")
         run([CXX, *FLAGS, "-shared", "-Wl,-soname,libcublasLt.so.13", "-o", lt, os.path.join(EMU, "cublaslt.cpp"),
              cuda, "-Wl,-rpath,$ORIGIN"])
-    for link, target in [("libcuda.so", "libcuda.so.1"), ("libcublasLt.so", "libcublasLt.so.13")]:
+        nvtx = os.path.join(out, "libnvToolsExt.so.1")
+        run([CXX, *FLAGS, "-shared", "-Wl,-soname,libnvToolsExt.so.1", "-o", nvtx, os.path.join(EMU, "nvtx.cpp")])
+    for link, target in [("libcuda.so", "libcuda.so.1"), ("libcublasLt.so", "libcublasLt.so.13"),
+                         ("libnvToolsExt.so", "libnvToolsExt.so.1")]:
         path = os.path.join(out, link)
         if os.path.lexists(path):
             os.remove(path)

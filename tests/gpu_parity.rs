@@ -1310,6 +1310,83 @@ fn train_step_matches_cpu() {
     }
 }
 
+/// Where the emulator's stand-in libnvToolsExt records NVTX ranges (`emu/nvtx.cpp`).
+const NVTX_LOG: &str = "TERSE_EMU_NVTX_LOG";
+
+/// NVTX ranges name a training step's phases and layers and an evaluation, nest, and all close.
+/// The emulated run that sets `TERSE_EMU_NVTX_LOG` reads them back from the emulator's stand-in
+/// libnvToolsExt; every other run trains and evaluates with ranges on (where NVTX is loaded) and
+/// checks the step still gives a finite loss.
+#[test]
+fn nvtx_ranges_name_the_step() {
+    if backend_skip("nvtx ranges") {
+        return;
+    }
+    let log = std::env::var_os(NVTX_LOG).map(std::path::PathBuf::from);
+    if let Some(path) = &log {
+        let _ = std::fs::remove_file(path);
+        assert!(
+            cuda::nvtx::enabled(),
+            "{NVTX_LOG} is set but NVTX is not loaded"
+        );
+    }
+    let cfg = ModelConfig::preset("tiny", None).unwrap();
+    let params = ParamArena::init(&cfg, 9);
+    let mut be = CudaTrainer::<Bf16>::new(&cfg, &params, None).unwrap();
+    be.set_use_graph(false); // eager, so the per-layer ranges are opened on every step
+    let mut r = Rng::new(102);
+    let b = random_batch(&mut r, cfg.vocab, 2, 64);
+    let st = be.train_step(&b, 1e-3, 1, &OptimConfig::default()).unwrap();
+    assert!(st.ce.is_finite(), "loss {} with NVTX ranges on", st.ce);
+    be.eval_batch(&b).unwrap();
+    let Some(path) = log else { return };
+
+    // "start ID THREAD NAME" / "end ID THREAD": per thread, an end closes the innermost open range.
+    let text = std::fs::read_to_string(&path).expect("the NVTX log");
+    let mut open: std::collections::HashMap<&str, Vec<(&str, String)>> = Default::default();
+    let mut seen: Vec<String> = Vec::new(); // each closed range as its path, outermost first
+    for line in text.lines() {
+        let f: Vec<&str> = line.splitn(4, ' ').collect();
+        let stack = open.entry(f[2]).or_default();
+        match f[0] {
+            "start" => {
+                let parent = stack
+                    .last()
+                    .map(|(_, p)| format!("{p}/"))
+                    .unwrap_or_default();
+                stack.push((f[1], format!("{parent}{}", f[3])));
+            }
+            "end" => {
+                let (id, path) = stack.pop().expect("an end with no open range");
+                assert_eq!(id, f[1], "range {} closed out of order", f[1]);
+                seen.push(path);
+            }
+            other => panic!("unexpected NVTX log line {other:?}"),
+        }
+    }
+    for (thread, stack) in &open {
+        assert!(
+            stack.is_empty(),
+            "thread {thread} left ranges open: {stack:?}"
+        );
+    }
+    let last = cfg.n_layers - 1;
+    for want in [
+        "train_step/upload".to_string(),
+        "train_step/step/forward/layer 0 forward".into(),
+        format!("train_step/step/forward/layer {last} forward"),
+        "train_step/step/loss".into(),
+        format!("train_step/step/backward/layer {last} backward"),
+        "train_step/step/backward/layer 0 backward".into(),
+        "train_step/step/optimizer".into(),
+        "train_step/read_stats".into(),
+        "eval_batch/forward/layer 0 forward".into(),
+    ] {
+        assert!(seen.contains(&want), "no NVTX range {want:?} in {seen:?}");
+    }
+    note(&format!("  nvtx: {} ranges, nested and closed", seen.len()));
+}
+
 /// Three steps replayed from a captured CUDA graph give the same bits as three eager steps.
 #[test]
 fn graph_replay_matches_eager() {
@@ -2349,6 +2426,12 @@ fn gpu_parity_on_the_emulator() {
         "the GEMMs and the training step where cuBLASLt offers no epilogue (the ReLU kernel)",
         EPILOGUE_TESTS,
         &[(NO_EPILOGUES, "1")],
+    );
+    let nvtx_log = libs.join("nvtx.log");
+    run(
+        "NVTX ranges, read back from the emulator's stand-in libnvToolsExt",
+        &["nvtx_ranges_name_the_step"],
+        &[(NVTX_LOG, nvtx_log.to_str().expect("a UTF-8 target path"))],
     );
     for bug in PLANTED_BUGS {
         let mut cmd = child();

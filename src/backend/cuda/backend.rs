@@ -38,6 +38,7 @@ use super::gemm::Gemm;
 use super::graph::StepGraph;
 use super::launch::{self, AttnKernels, EmbedBackwardPlan};
 use super::loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels};
+use super::nvtx;
 use crate::backend::{Backend, LossSums, OptimConfig, StepStats};
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena, TensorSpec};
@@ -310,6 +311,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
         let key = self.graph_key(opt);
         let (s, ctx) = (self.k.stream().clone(), self.k.context().clone());
         let mut graph = std::mem::replace(&mut self.graph, StepGraph::new(false));
+        let _range = nvtx::range("step");
         let ran = graph.run(&s, &ctx, key, || self.enqueue_step(opt));
         self.graph = graph;
         ran
@@ -352,16 +354,21 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
     ) -> Result<StepStats> {
         self.check_batch(batch)?;
         ensure!(step >= 1, "optimizer steps count from 1");
+        let _range = nvtx::range("train_step");
         // Bias corrections exactly as the CPU backend computes them (f32 powi).
         let hyper = [
             lr,
             1.0 - opt.beta1.powi(step as i32),
             1.0 - opt.beta2.powi(step as i32),
         ];
-        self.upload(batch, Some(hyper))?;
+        {
+            let _upload = nvtx::range("upload");
+            self.upload(batch, Some(hyper))?;
+        }
         self.run_step(opt)?;
         self.steps_since_readback += 1;
         if self.steps_since_readback >= self.readback_every || self.last.ce.is_nan() {
+            let _read = nvtx::range("read_stats");
             self.steps_since_readback = 0;
             self.last = self.read_stats(step)?;
         }
@@ -370,6 +377,7 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
 
     fn eval_batch(&mut self, batch: &Batch) -> Result<LossSums> {
         self.check_batch(batch)?;
+        let _range = nvtx::range("eval_batch");
         self.upload(batch, None)?;
         let CudaTrainer {
             cfg,

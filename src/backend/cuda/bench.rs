@@ -76,6 +76,7 @@ impl Timer {
         };
         let (bytes, flops, card) = (cost.bytes, cost.flops, self.card);
         let k = &self.k;
+        let _range = super::nvtx::range(kernel);
         let med = median_event_ms(k, self.reps, || f(k))?;
         let s = med / 1e3;
         let compute = flops > 0.0;

@@ -40,6 +40,7 @@ pub mod int8_m1;
 pub mod int8_model;
 pub mod launch;
 mod loader;
+pub mod nvtx;
 mod staging;
 
 pub use backend::{CudaBackend, CudaTrainer};

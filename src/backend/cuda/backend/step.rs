@@ -8,6 +8,7 @@ use crate::backend::cpu::attention::AttnShape;
 use crate::backend::cuda::gemm::{DevicePtrDyn, Gemm};
 use crate::backend::cuda::launch::{self, AttnKernels};
 use crate::backend::cuda::loader::{GpuFloat, GpuKernels};
+use crate::backend::cuda::nvtx;
 use crate::backend::OptimConfig;
 use crate::model::{ModelConfig, TensorSpec};
 use anyhow::Result;
@@ -37,8 +38,10 @@ impl<T: GpuFloat> CudaTrainer<T> {
         };
         let w = |i: usize| work.slice(specs[i].range());
         let last = specs.len() - 1;
+        let _range = nvtx::range("forward");
         launch::embed_forward(k, &mut a.x.slice_mut(..nd), &w(0), &a.inputs, n, d)?;
         for l in 0..cfg.n_layers {
+            let _layer = nvtx::range_with(|| format!("layer {l} forward"));
             let base = 1 + PER_LAYER * l;
             let r = l * nd..(l + 1) * nd;
             launch::rmsnorm_forward(
@@ -167,6 +170,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
         Self::forward(k, gemm, *attention, cfg, specs, work, a)?;
 
         // loss, dlogits in place
+        let loss = nvtx::range("loss");
         launch::classifier_forward_backward(
             k,
             &mut a.logits,
@@ -179,7 +183,9 @@ impl<T: GpuFloat> CudaTrainer<T> {
             1.0 / n as f32,
         )?;
         launch::loss_sums(k, &mut a.sums, &a.ce_row, &a.lse_row, n)?;
+        drop(loss);
 
+        let backward = nvtx::range("backward");
         let w = |i: usize| work.slice(specs[i].range());
         // lm_head: dxf = dlogits Whead, dWhead = dlogits^T xf
         gemm.linear_backward(
@@ -206,6 +212,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
             d,
         )?;
         for l in (0..cfg.n_layers).rev() {
+            let _layer = nvtx::range_with(|| format!("layer {l} backward"));
             let base = 1 + PER_LAYER * l;
             let r = l * nd..(l + 1) * nd;
             let r3 = l * nd3..(l + 1) * nd3;
@@ -321,7 +328,10 @@ impl<T: GpuFloat> CudaTrainer<T> {
             d,
         )?;
 
+        drop(backward);
+
         // global norm and clip scale on the device, then AdamW per tensor (decay on matrices)
+        let _optimizer = nvtx::range("optimizer");
         launch::global_norm_squared(k, &mut a.gn_partial, &*grads, grads.len(), false)?;
         launch::global_norm_finish(k, &mut a.gn_out, &a.gn_partial, opt.clip)?;
         for spec in specs.iter() {
