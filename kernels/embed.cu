@@ -20,13 +20,22 @@ Buckets come largest first (llm.c's trick) so the long sums start early. Empty p
 (a CUDA graph needs fixed launch shapes). Each block owns one table row, so no two blocks ever
 write the same address.
 
+Backward for a small vocabulary (V <= 256: M1's bytes), where one token can hold a sixth of all
+positions (the space byte) and its bucket would be one block's long serial sum: embed_onehot_*
+writes onehot [N, V] (T, exactly 1 at column tokens[n] of row n, else 0) and the caller adds
+onehot^T dout to dtable with one cuBLASLt product (Gemm::wgrad, fp32 accumulation), which spreads
+every row's sum over the whole GPU in a fixed order (the plan cuBLASLt picks once per shape), so
+the bits are the same from run to run. No plan is built on the host for it.
+
 Launch (grid maths):
     embed_forward_*:  block = 256, grid = ceil(N * d / 256) (one thread per output element).
+    embed_onehot_*:   block = 256, grid = ceil(N * V / P / 256), a thread per 16-byte pack of P
+                      elements (P = 8 bf16 or 4 f32; V a multiple of P, onehot 16-byte aligned).
     embed_backward_*: block = 256 (threads stride over the d channels of the row),
                       grid = num_buckets (>= the number of distinct tokens; typically min(N, V)).
 
-Entry points: embed_forward_f32, embed_forward_bf16, embed_backward_f32, embed_backward_bf16
-(the suffix names T, the type of table/out/dout).
+Entry points: embed_forward_f32, embed_forward_bf16, embed_backward_f32, embed_backward_bf16,
+embed_onehot_f32, embed_onehot_bf16 (the suffix names T, the type of table/out/dout/onehot).
 */
 
 // Plain reference:
@@ -67,6 +76,28 @@ __device__ void embed_backward(float* __restrict__ dtable, const T* __restrict__
         }
         row[c] = acc;
     }
+}
+
+// One 16-byte pack of a one-hot row: columns v0 .. v0 + P - 1 of row n.
+template <typename T>
+__device__ void embed_onehot(T* __restrict__ onehot, const unsigned* __restrict__ tokens, int N, int V) {
+    constexpr int P = Pack16<T>::N;
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; // pack index
+    const size_t packs_per_row = (size_t)(V / P);
+    if (idx >= (size_t)N * packs_per_row) return;
+    const unsigned t = tokens[idx / packs_per_row];
+    const unsigned v0 = (unsigned)(idx % packs_per_row) * P;
+    float v[P];
+#pragma unroll
+    for (int i = 0; i < P; i++) v[i] = v0 + i == t ? 1.0f : 0.0f;
+    reinterpret_cast<uint4*>(onehot)[idx] = Pack16<T>::pack(v);
+}
+
+extern "C" __global__ void embed_onehot_f32(float* onehot, const unsigned* tokens, int N, int V) {
+    embed_onehot(onehot, tokens, N, V);
+}
+extern "C" __global__ void embed_onehot_bf16(bf16* onehot, const unsigned* tokens, int N, int V) {
+    embed_onehot(onehot, tokens, N, V);
 }
 
 extern "C" __global__ void embed_forward_f32(float* out, const float* table, const unsigned* tokens, int N, int d) {

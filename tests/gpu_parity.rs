@@ -276,6 +276,35 @@ fn embed_case<T: GpuFloat>(k: &GpuKernels, vocab: usize, n: usize, d: usize, see
     compare(&what, &down(k, &dtable), &want_dt, TOL_F32);
 }
 
+/// The one-hot backward of a byte vocabulary (M1's), as the step runs it: one-hot rows, then
+/// `dtable += onehot^T dout` in one product. A sixth of the positions hold one token (the space
+/// byte of text), which the bucket kernel would sum in one block.
+fn embed_onehot_case<T: GpuFloat>(k: &GpuKernels, n: usize, d: usize, seed: u64) {
+    use terse::backend::cuda::gemm::Gemm;
+    let vocab = 256;
+    let mut r = Rng::new(seed);
+    let tokens: Vec<u32> = (0..n)
+        .map(|_| match r.below(6) {
+            0 => 32,
+            _ => r.below(vocab as u64) as u32,
+        })
+        .collect();
+    let dout = quant::<T>(&randn(&mut r, n * d, 1.0));
+    let dtable0 = randn(&mut r, vocab * d, 0.1);
+    let mut want = dtable0.clone();
+    cpu::embed::embed_backward(&mut want, &dout, &tokens, d);
+    let mut onehot = poison::<T>(k, n * vocab);
+    let mut dtable = up_raw(k, &dtable0);
+    launch::embed_onehot::<T>(k, &mut onehot, &up_raw(k, &tokens), n, vocab).unwrap();
+    let mut g = Gemm::new(k.stream().clone()).expect("cuBLASLt");
+    g.wgrad(&mut dtable, &onehot, &up::<T>(k, &dout), n, d, vocab, true)
+        .unwrap();
+    let what = format!("embed backward one-hot {} N{n} d{d}", T::SUFFIX);
+    compare(&what, &down(k, &dtable), &want, TOL_F32);
+    // A vocabulary the one-hot rows do not take is refused, not half-written.
+    assert!(launch::embed_onehot::<T>(k, &mut onehot, &up_raw(k, &tokens), n, 260).is_err());
+}
+
 #[test]
 fn embed_matches_cpu() {
     let Some(k) = gpu("embed") else { return };
@@ -283,6 +312,8 @@ fn embed_matches_cpu() {
     embed_case::<Bf16>(&k, 300, 500, 128, 4);
     embed_case::<f32>(&k, 65536, 256, 64, 5);
     embed_case::<Bf16>(&k, 65536, 256, 64, 6);
+    embed_onehot_case::<f32>(&k, 600, 128, 7);
+    embed_onehot_case::<Bf16>(&k, 1000, 64, 8);
 }
 
 // ---------------------------------------------------------------------------------------------

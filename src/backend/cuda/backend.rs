@@ -240,12 +240,14 @@ impl<T: GpuFloat> CudaTrainer<T> {
         a.pin_inputs.send(&s, &batch.inputs, &mut a.inputs)?;
         a.pin_targets.send(&s, &batch.targets, &mut a.targets)?;
         if let Some(h) = hyper {
-            let plan = EmbedBackwardPlan::new(&batch.inputs, vocab, a.num_buckets)?;
-            a.pin_order.send(&s, &plan.order, &mut a.order)?;
-            a.pin_bucket_start
-                .send(&s, &plan.bucket_start, &mut a.bucket_start)?;
-            a.pin_bucket_token
-                .send(&s, &plan.bucket_token, &mut a.bucket_token)?;
+            if a.embed_onehot.is_none() {
+                let plan = EmbedBackwardPlan::new(&batch.inputs, vocab, a.num_buckets)?;
+                a.pin_order.send(&s, &plan.order, &mut a.order)?;
+                a.pin_bucket_start
+                    .send(&s, &plan.bucket_start, &mut a.bucket_start)?;
+                a.pin_bucket_token
+                    .send(&s, &plan.bucket_token, &mut a.bucket_token)?;
+            }
             a.pin_hyper.send(&s, &h, &mut a.hyper)?;
         }
         Ok(())

@@ -211,6 +211,8 @@ pub fn bench_kernels(
     let bstart = kk.stream().clone_htod(&plan.bucket_start)?;
     let btok = kk.stream().clone_htod(&plan.bucket_token)?;
     let mut dtable = rand_dev::<f32>(kk, &mut r, v * d, 0.0)?;
+    let onehot_fits = launch::embed_onehot_fits(v, std::mem::size_of::<B>());
+    let mut onehot = rand_dev::<B>(kk, &mut r, if onehot_fits { n * v } else { 1 }, 0.0)?;
     let mut master = rand_dev::<f32>(kk, &mut r, total, 0.02)?;
     let mut work = rand_dev::<B>(kk, &mut r, total, 0.02)?;
     let grads = rand_dev::<f32>(kk, &mut r, total, 1e-3)?;
@@ -336,6 +338,14 @@ pub fn bench_kernels(
             d,
         )
     })?;
+    if onehot_fits {
+        t.time("embed_onehot", |k| {
+            launch::embed_onehot(k, &mut onehot, &d_tokens, n, v)
+        })?;
+        t.time("gemm_wgrad_embed", |_| {
+            g.wgrad(&mut dtable, &onehot, &x, n, d, v, true)
+        })?;
+    }
     t.time("global_norm", |k| {
         launch::global_norm_squared(k, &mut partial, &grads, total, false)?;
         launch::global_norm_finish(k, &mut gn_out, &partial, 1.0)

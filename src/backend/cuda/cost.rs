@@ -204,13 +204,27 @@ pub fn step_costs(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<KernelCost
         0.0,
         1,
     );
+    // A small vocabulary's embedding backward is a one-hot product (backend/step.rs); the bucket
+    // kernel is then timed for comparison.
+    let onehot = crate::backend::cuda::launch::embed_onehot_fits(v, 2);
     add(
         "embed_backward",
         format!("N={n} V={v} d={d}"),
         nd * b2 + 2.0 * 4.0 * (v * d) as f64,
         0.0,
-        1,
+        usize::from(!onehot),
     );
+    if onehot {
+        let nv = (n * v) as f64;
+        add("embed_onehot", format!("N={n} V={v}"), nv * b2, 0.0, 1);
+        add(
+            "gemm_wgrad_embed",
+            format!("[{n},{v}]^T . {n}x{d}"),
+            b2 * (nv + nd) + 2.0 * 4.0 * (v * d) as f64,
+            2.0 * nv * d as f64,
+            1,
+        );
+    }
     add(
         "global_norm",
         format!("{total} fp32 grads"),

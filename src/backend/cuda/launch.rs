@@ -53,7 +53,10 @@ pub use classifier::{classifier_forward_backward, loss_sums};
 pub use elementwise::{
     cast_bf16_to_f32, cast_f32_to_bf16, relu_backward, relu_forward, relu_forward_inplace,
 };
-pub use embed::{embed_backward, embed_forward, EmbedBackwardPlan};
+pub use embed::{
+    embed_backward, embed_forward, embed_onehot, embed_onehot_fits, EmbedBackwardPlan,
+    EMBED_ONEHOT_MAX_VOCAB,
+};
 pub use norm::{
     fused_residual_rmsnorm_forward, norm_rows_per_chunk, rmsnorm_backward,
     rmsnorm_backward_scratch_len, rmsnorm_forward,

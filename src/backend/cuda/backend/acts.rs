@@ -13,7 +13,12 @@ use cudarc::driver::CudaSlice;
 pub(super) struct Acts<T: GpuFloat> {
     pub(super) batch: usize,
     pub(super) seq: usize,
+    /// The embedding backward's buckets (0 where it runs as a one-hot product).
     pub(super) num_buckets: usize,
+    /// `[N, V]` one-hot rows of the inputs where the vocabulary is small enough
+    /// (`EMBED_ONEHOT_MAX_VOCAB`): the embedding backward is then one product, and no bucket plan
+    /// is built or uploaded (its buffers hold one element).
+    pub(super) embed_onehot: Option<CudaSlice<T>>,
     // the batch on the device and its pinned staging copies
     pub(super) inputs: CudaSlice<u32>,
     pub(super) targets: CudaSlice<u32>,
@@ -75,7 +80,12 @@ impl<T: GpuFloat> Acts<T> {
         let ctx = k.context();
         let (n, d, l, ff, v) = (batch * seq, cfg.d_model, cfg.n_layers, cfg.d_ff, cfg.vocab);
         let nlse = batch * cfg.n_heads * seq;
-        let num_buckets = EmbedBackwardPlan::max_buckets(n, v);
+        let onehot = launch::embed_onehot_fits(v, std::mem::size_of::<T>());
+        let (num_buckets, plan_len) = if onehot {
+            (0, 1)
+        } else {
+            (EmbedBackwardPlan::max_buckets(n, v), n)
+        };
         let t = |len: usize| s.alloc_zeros::<T>(len.max(1));
         let f = |len: usize| s.alloc_zeros::<f32>(len.max(1));
         let rope = RopeTables::new(seq, cfg.rope_theta);
@@ -84,15 +94,16 @@ impl<T: GpuFloat> Acts<T> {
             batch,
             seq,
             num_buckets,
+            embed_onehot: if onehot { Some(t(n * v)?) } else { None },
             inputs: s.alloc_zeros::<u32>(n)?,
             targets: s.alloc_zeros::<u32>(n)?,
-            order: s.alloc_zeros::<i32>(n)?,
+            order: s.alloc_zeros::<i32>(plan_len)?,
             bucket_start: s.alloc_zeros::<i32>(num_buckets + 1)?,
             bucket_token: s.alloc_zeros::<i32>(num_buckets)?,
             hyper: f(3)?,
             pin_inputs: Staged::for_upload(ctx, n)?,
             pin_targets: Staged::for_upload(ctx, n)?,
-            pin_order: Staged::for_upload(ctx, n)?,
+            pin_order: Staged::for_upload(ctx, plan_len)?,
             pin_bucket_start: Staged::for_upload(ctx, num_buckets + 1)?,
             pin_bucket_token: Staged::for_upload(ctx, num_buckets)?,
             pin_hyper: Staged::for_upload(ctx, 3)?,

@@ -317,16 +317,23 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 d,
             )?;
         }
-        launch::embed_backward(
-            k,
-            &mut grads.slice_mut(specs[0].range()),
-            &a.dres,
-            &a.order,
-            &a.bucket_start,
-            &a.bucket_token,
-            a.num_buckets,
-            d,
-        )?;
+        // embedding: dtable += the positions' rows of dres, by token
+        let dtable = &mut grads.slice_mut(specs[0].range());
+        if let Some(onehot) = a.embed_onehot.as_mut() {
+            launch::embed_onehot(k, onehot, &a.inputs, n, vocab)?;
+            gemm.wgrad(dtable, &*onehot, &a.dres, n, d, vocab, true)?;
+        } else {
+            launch::embed_backward(
+                k,
+                dtable,
+                &a.dres,
+                &a.order,
+                &a.bucket_start,
+                &a.bucket_token,
+                a.num_buckets,
+                d,
+            )?;
+        }
 
         drop(backward);
 

@@ -1,5 +1,5 @@
-//! Launchers of `kernels/embed.cu`: the token embedding and its backward, with the host-side
-//! bucketing the backward runs on.
+//! Launchers of `kernels/embed.cu`: the token embedding and its backward, either as buckets
+//! planned on the host (large vocabularies) or as a one-hot product (M1's bytes).
 
 use super::{grid_1d, int, need};
 use crate::backend::cuda::loader::{GpuFloat, GpuKernels};
@@ -162,6 +162,52 @@ pub fn embed_backward<T: GpuFloat>(
         shared_mem_bytes: 0,
     };
     unsafe { b.launch(cfg) }?;
+    Ok(())
+}
+
+/// The largest vocabulary whose embedding backward runs as a one-hot product
+/// ([`embed_onehot`] then `Gemm::wgrad`) rather than [`embed_backward`]'s buckets: M1's bytes,
+/// where the space alone is about a sixth of all positions. The one-hot rows cost `N V` elements.
+pub const EMBED_ONEHOT_MAX_VOCAB: usize = 256;
+
+/// Whether a vocabulary takes the one-hot backward with `elem_bytes`-byte storage: at most
+/// [`EMBED_ONEHOT_MAX_VOCAB`] and whole 16-byte packs per row.
+pub fn embed_onehot_fits(vocab: usize, elem_bytes: usize) -> bool {
+    vocab > 0 && vocab <= EMBED_ONEHOT_MAX_VOCAB && vocab.is_multiple_of(16 / elem_bytes)
+}
+
+/// `onehot[n, v] = 1` where `v == tokens[n]`, else 0 (`[n, vocab]`, exact in either storage type),
+/// for `dtable += onehot^T dout` as one product. `vocab` at most [`EMBED_ONEHOT_MAX_VOCAB`] and a
+/// multiple of a 16-byte pack (8 bf16, 4 f32); `onehot` 16-byte aligned; tokens below `vocab`
+/// (the batch's check). Grid: ceil(n vocab / pack / 256) blocks of 256, a thread per pack.
+pub fn embed_onehot<T: GpuFloat>(
+    k: &GpuKernels,
+    onehot: &mut impl DevicePtrMut<T>,
+    tokens: &impl DevicePtr<u32>,
+    n: usize,
+    vocab: usize,
+) -> Result<()> {
+    let pack = 16 / std::mem::size_of::<T>();
+    ensure!(
+        embed_onehot_fits(vocab, std::mem::size_of::<T>()),
+        "one-hot embedding backward: vocab {vocab} is not a multiple of {pack} up to \
+         {EMBED_ONEHOT_MAX_VOCAB}"
+    );
+    need(onehot.len(), n * vocab, "embed onehot")?;
+    need(tokens.len(), n, "tokens")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (ni, vi) = (int(n, "n")?, int(vocab, "vocab")?);
+    int(n * vocab, "n * vocab")?;
+    let s = k.stream();
+    let (p_oh, _g0) = onehot.device_ptr_mut(s);
+    let (p_tok, _g1) = tokens.device_ptr(s);
+    ensure!(p_oh % 16 == 0, "one-hot rows not 16-byte aligned");
+    let mut b =
+        s.launch_builder(k.function(T::pick(Entry::embed_onehot_f32, Entry::embed_onehot_bf16)));
+    b.arg(&p_oh).arg(&p_tok).arg(&ni).arg(&vi);
+    unsafe { b.launch(grid_1d(n * vocab / pack, 256)) }?;
     Ok(())
 }
 
