@@ -172,7 +172,7 @@ bool in_device_memory(CUdeviceptr p, size_t n) {
 }
 
 CUresult device_alloc(CUdeviceptr* out, size_t bytes) {
-    if (!out) return CUDA_ERROR_INVALID_VALUE;
+    if (!out || bytes == 0) return CUDA_ERROR_INVALID_VALUE; // as cuMemAlloc refuses 0 bytes
     size_t rounded = (bytes + 255) / 256 * 256;
     size_t pages = (rounded + PAGE - 1) / PAGE;
     if (pages == 0) pages = 1;
@@ -458,8 +458,9 @@ CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     return CUDA_SUCCESS;
 }
 CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) {
+    if (bytes == 0) return CUDA_ERROR_INVALID_VALUE; // cudarc would take the null pointer as a failure
     LOCKED;
-    *p = malloc(bytes ? bytes : 1);
+    *p = malloc(bytes);
     if (!*p) return CUDA_ERROR_OUT_OF_MEMORY;
     host_allocations[(uintptr_t)*p] = bytes;
     return CUDA_SUCCESS;

@@ -38,8 +38,8 @@ of n-tiles 2k and 2k+1 is the A layout of k-step k.
         P = exp(S / 8 - lse), dP = dO V^T, dS = P (dP - delta) / 8, dQ += dS K.
     (delta comes from attention_backward_preprocess_bf16 in attention.cu.)
 
-Precision is FlashAttention-2's: Q, K, V and dO enter the tensor cores as they are stored (bf16),
-P and dS (computed in fp32) rounded to bf16; every product, row sum and accumulator is fp32. The
+Precision is FlashAttention-2's: V and dO enter the tensor cores as they are stored (bf16), Q and
+K rotated and rounded to bf16 (what a separate rotary pass would have stored), P and dS (computed in fp32) rounded to bf16; every product, row sum and accumulator is fp32. The
 rounding of P and dS (2^-9 relative) is the kernels' one departure from the fp32 reference, and
 the parity tolerances (tests/gpu_parity.rs, `TOL_ATTN_TC`) follow from it (with `__expf` and the
 bf16 rounding of every output, which the CUDA-core kernels share). Per warp and 64 x 64
@@ -153,21 +153,26 @@ __device__ __forceinline__ void load_a_rows_rotated(unsigned a[4][4], const bf16
 #pragma unroll
         for (int r = 0; r < 4; r++) { // fragment r: row g (+8 for odd r), columns 2t (+8 for r >= 2)
             const int pos = row0 + g + (r & 1) * 8, c = ks * 16 + 2 * t + (r >> 1) * 8;
-            if (pos < rows) rotate_bf16_pairs(a[ks][r], a[ks + 2][r], cos_t + pos * 32 + c, sin_t + pos * 32 + c);
+            if (pos < rows)
+                rotate_bf16_pairs(a[ks][r], a[ks + 2][r], cos_t + pos * (HD_TC / 2) + c, sin_t + pos * (HD_TC / 2) + c);
         }
     }
 }
 
 // Rotates the rows of a streamed q or k tile (rows r0.., in shared memory) to their positions in
-// place; rows at or past `rows` are zeros and stay so. The caller's barrier publishes the result.
+// place; rows at or past `rows` are zeros and stay so. Ends at a block barrier, so every thread of
+// the block calls it and no warp reads the tile before all of it is rotated.
 __device__ __forceinline__ void rotate_tile(raw16 (*tile)[TC_LD], int r0, int rows, const float* cos_t,
                                             const float* sin_t) {
-    for (int e = threadIdx.x; e < TC_TILE * 16; e += blockDim.x) {
-        const int r = e / 16, c = (e % 16) * 2, pos = r0 + r;
+    constexpr int HALF = HD_TC / 2;
+    for (int e = threadIdx.x; e < TC_TILE * HALF / 2; e += blockDim.x) {
+        const int r = e / (HALF / 2), c = (e % (HALF / 2)) * 2, pos = r0 + r;
         if (pos < rows)
-            rotate_bf16_pairs(*reinterpret_cast<unsigned*>(&tile[r][c]), *reinterpret_cast<unsigned*>(&tile[r][c + 32]),
-                              cos_t + pos * 32 + c, sin_t + pos * 32 + c);
+            rotate_bf16_pairs(*reinterpret_cast<unsigned*>(&tile[r][c]),
+                              *reinterpret_cast<unsigned*>(&tile[r][c + HALF]), cos_t + pos * HALF + c,
+                              sin_t + pos * HALF + c);
     }
+    __syncthreads();
 }
 
 // Rotates this warp's 16 x 64 accumulator rows back from their positions (the inverse rotary, so
@@ -181,7 +186,8 @@ __device__ __forceinline__ void unrotate_acc(float acc[8][4], int row0, int rows
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int pos = row0 + g + (i >> 1) * 8, c = n * 8 + 2 * t + (i & 1);
-            if (pos < rows) rotate_pair(acc[n][i], acc[n + 4][i], cos_t[pos * 32 + c], -sin_t[pos * 32 + c]);
+            if (pos < rows)
+                rotate_pair(acc[n][i], acc[n + 4][i], cos_t[pos * (HD_TC / 2) + c], -sin_t[pos * (HD_TC / 2) + c]);
         }
     }
 }
@@ -342,7 +348,6 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_tc_bf16(bf16
 
     stream_kv_tiles(Ks, Vs, at, qt, T_len, [&](int k0, int buf) {
         rotate_tile(Ks[buf], k0, T_len, cos_t, sin_t);
-        __syncthreads();
         float s[8][4];
         mma_rows_by_tile(s, qa, Ks[buf], 0);
 #pragma unroll
@@ -425,7 +430,6 @@ extern "C" __global__ void __launch_bounds__(128, 3)
     };
     stream_tiles(kt * TC_ROWS, T_len, fetch_queries, [&](int q0, int buf) { // queries i >= the first key
         rotate_tile(Qs[buf], q0, T_len, cos_t, sin_t);
-        __syncthreads();
         // In halves of 32 queries, which keeps P^T and dS^T within the registers of 3 blocks per SM.
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -472,7 +476,6 @@ extern "C" __global__ void __launch_bounds__(128, 4)
 
     stream_kv_tiles(Ks, Vs, at, qt, T_len, [&](int k0, int buf) {
         rotate_tile(Ks[buf], k0, T_len, cos_t, sin_t);
-        __syncthreads();
         // In halves of 32 keys, which keeps P and dS within the registers of 4 blocks per SM.
 #pragma unroll
         for (int h = 0; h < 2; h++) {

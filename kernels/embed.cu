@@ -11,7 +11,7 @@ Backward: dtable[t, :] += sum over positions n with tokens[n] == t of dout[n, :]
 in ascending n, starting from the value already in dtable (accumulate). With V = 65536 and many
 repeated tokens, atomics would make the sum order (and so the bits) change from run to run; instead
 the host buckets positions by token (a counting sort, exactly like the CPU twin
-`backend::cpu::embed::embed_backward`; see `EmbedBackwardPlan` in `src/backend/cuda/launch.rs`):
+`backend::cpu::embed::embed_backward`; see `EmbedBackwardPlan` in `src/backend/cuda/launch/embed.rs`):
     order[N]                    positions grouped by token, ascending inside each group
     bucket_start[num_buckets+1] bucket b covers order[bucket_start[b] .. bucket_start[b+1])
     bucket_token[num_buckets]   the token (table row) of bucket b

@@ -961,6 +961,14 @@ fn reductions_are_deterministic() {
             d,
         )
         .unwrap();
+        // The one-hot embedding backward: its product's sums must not depend on the run either.
+        let mut onehot = poison::<Bf16>(&k, n * vocab);
+        launch::embed_onehot::<Bf16>(&k, &mut onehot, &up_raw(&k, &tokens), n, vocab).unwrap();
+        let mut dtable_onehot = up_raw(&k, &vec![0f32; vocab * d]);
+        terse::backend::cuda::gemm::Gemm::new(k.stream().clone())
+            .expect("cuBLASLt")
+            .wgrad(&mut dtable_onehot, &onehot, &ddout, n, d, vocab, true)
+            .unwrap();
         let mut dinp = up::<Bf16>(&k, &vec![0.0; n * d]);
         let mut dgain = up_raw(&k, &vec![0f32; d]);
         let mut scratch = poison::<f32>(&k, launch::rmsnorm_backward_scratch_len(n, d));
@@ -998,6 +1006,7 @@ fn reductions_are_deterministic() {
         launch::global_norm_finish(&k, &mut norm, &partial, 1.0).unwrap();
         vec![
             down(&k, &dtable),
+            down(&k, &dtable_onehot),
             down(&k, &dgain),
             down(&k, &dinp),
             down(&k, &dqkv),
@@ -1009,7 +1018,10 @@ fn reductions_are_deterministic() {
         let same = x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
         assert!(same, "output {i} differs between two identical runs");
     }
-    note("  determinism: embed/rmsnorm/attention backward and global norm bit-identical");
+    note(
+        "  determinism: embed (buckets and one-hot)/rmsnorm/attention backward and global norm \
+         bit-identical",
+    );
 }
 
 /// The compute_80 PTX (what non-sm_90 GPUs get) loads through the driver JIT and computes the
@@ -1350,9 +1362,7 @@ const NVTX_LOG: &str = "TERSE_EMU_NVTX_LOG";
 /// checks the step still gives a finite loss.
 #[test]
 fn nvtx_ranges_name_the_step() {
-    if backend_skip("nvtx ranges") {
-        return;
-    }
+    let Some(_) = gpu("nvtx ranges") else { return };
     let log = std::env::var_os(NVTX_LOG).map(std::path::PathBuf::from);
     if let Some(path) = &log {
         let _ = std::fs::remove_file(path);

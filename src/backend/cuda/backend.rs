@@ -230,8 +230,9 @@ impl<T: GpuFloat> CudaTrainer<T> {
         batch.check(self.cfg.vocab)
     }
 
-    /// Copies the batch (and, when training, the embedding-backward buckets and the per-step
-    /// scalars) through the pinned staging buffers into their fixed device buffers.
+    /// Copies the batch (and, when training, the per-step scalars and, where the embedding
+    /// backward is not a one-hot product, its buckets) through the pinned staging buffers into
+    /// their fixed device buffers.
     fn upload(&mut self, batch: &Batch, hyper: Option<[f32; 3]>) -> Result<()> {
         let vocab = self.cfg.vocab;
         let a = self.acts_for_mut(batch, hyper.is_some())?;

@@ -206,7 +206,7 @@ pub fn step_costs(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<KernelCost
     );
     // A small vocabulary's embedding backward is a one-hot product (backend/step.rs); the bucket
     // kernel is then timed for comparison.
-    let onehot = crate::backend::cuda::launch::embed_onehot_fits(v, 2);
+    let onehot = crate::backend::cuda::launch::embed_onehot_fits(v, b2 as usize); // bf16 rows
     add(
         "embed_backward",
         format!("N={n} V={v} d={d}"),

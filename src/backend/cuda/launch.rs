@@ -21,8 +21,8 @@
 //! forward                                         backward (reverse order)
 //! xn1  = rmsnorm(x)               rmsnorm_forward   dx  += rmsnorm_bwd(dxn1)   rmsnorm_backward
 //! qkv  = xn1 Wqkv^T               cuBLASLt          dxn1 = dqkv Wqkv; dWqkv += dqkv^T xn1  (2 GEMMs)
-//! qkv  = rope(qkv)                rope              dqkv = rope^-1(dqkv)       rope (inverse)
-//! att  = attention(qkv)           attention_forward dqkv = attn_bwd(datt)      attention_backward
+//! att  = attention(rope(qkv))     attention_forward dqkv = rope^-1(attn_bwd(datt)) attention_backward
+//!      (the rotary inside the attention kernels: q and k rotated as loaded, dq and dk back as stored)
 //! xmid = x + att Wout^T           cuBLASLt +        datt = dx Wout; dWout += dx^T att     (2 GEMMs)
 //! xn2  = rmsnorm(xmid)            fused_residual_rmsnorm_forward   (dres accumulates in place)
 //! h    = relu(xn2 Wup^T)          cuBLASLt (+RELU_AUX epilogue and mask, or relu_forward)
@@ -33,12 +33,13 @@
 //!
 //! Then `rmsnorm` (final), `logits = xf Whead^T` (cuBLASLt), [`classifier_forward_backward`]
 //! (dlogits in place), `dxf = dlogits Whead` and `dWhead += dlogits^T xf` (cuBLASLt), and at the
-//! bottom [`embed_backward`]. Weight-gradient GEMMs take bf16 A/B and accumulate into fp32 C with
+//! bottom the embedding backward: [`embed_onehot`] and `dtable += onehot^T dres` (cuBLASLt) for a
+//! vocabulary of at most [`EMBED_ONEHOT_MAX_VOCAB`], else [`embed_backward`] on host-planned buckets. Weight-gradient GEMMs take bf16 A/B and accumulate into fp32 C with
 //! beta = 1, which cudarc's `Matmul` trait cannot express (one dtype for A, B and C): use
 //! `cudarc::cublaslt::result` with cached descriptors and algorithms per shape.
 //!
 //! The launchers live in one file per op family (as llm.c's kernels do): `elementwise` (cast,
-//! ReLU), `embed`, `norm`, `attention` (rope and attention), `classifier`, `optimizer` (global
+//! ReLU), `embed`, `norm`, `attention` (attention with the rotary fused in), `classifier`, `optimizer` (global
 //! norm, AdamW); every one is re-exported here. The checks and grid helpers they share are below.
 
 mod attention;

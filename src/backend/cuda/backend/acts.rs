@@ -99,13 +99,13 @@ impl<T: GpuFloat> Acts<T> {
             targets: s.alloc_zeros::<u32>(n)?,
             order: s.alloc_zeros::<i32>(plan_len)?,
             bucket_start: s.alloc_zeros::<i32>(num_buckets + 1)?,
-            bucket_token: s.alloc_zeros::<i32>(num_buckets)?,
+            bucket_token: s.alloc_zeros::<i32>(num_buckets.max(1))?,
             hyper: f(3)?,
             pin_inputs: Staged::for_upload(ctx, n)?,
             pin_targets: Staged::for_upload(ctx, n)?,
             pin_order: Staged::for_upload(ctx, plan_len)?,
             pin_bucket_start: Staged::for_upload(ctx, num_buckets + 1)?,
-            pin_bucket_token: Staged::for_upload(ctx, num_buckets)?,
+            pin_bucket_token: Staged::for_upload(ctx, num_buckets.max(1))?,
             pin_hyper: Staged::for_upload(ctx, 3)?,
             pin_sums: Staged::for_download(ctx, 2)?,
             pin_norm: Staged::for_download(ctx, 2)?,
@@ -166,7 +166,10 @@ impl<T: GpuFloat> Acts<T> {
             &mut self.datt,
             &mut self.dqkv,
             &mut self.dh,
-        ] {
+        ]
+        .into_iter()
+        .chain(self.embed_onehot.as_mut())
+        {
             let host = vec![nan_t; b.len()];
             s.memcpy_htod(&host, b)?;
         }
