@@ -26,6 +26,9 @@ writes onehot [N, V] (T, exactly 1 at column tokens[n] of row n, else 0) and the
 onehot^T dout to dtable with one cuBLASLt product (Gemm::wgrad, fp32 accumulation), which spreads
 every row's sum over the whole GPU in a fixed order (the plan cuBLASLt picks once per shape), so
 the bits are the same from run to run. No plan is built on the host for it.
+Cost (src/backend/cuda/cost.rs, m1-3m at 128 x 1024, bf16): embed_onehot writes N V 2 bytes =
+67.1 MB, 0.016 ms at the H200's measured 2.85 TB/s copy ceiling; the product reads those rows and
+dout (134.7 MB) for 2 N V d = 17.2 GFLOP, 0.032 ms. Not yet timed on a GPU.
 
 Launch (grid maths):
     embed_forward_*:  block = 256, grid = ceil(N * d / 256) (one thread per output element).
