@@ -7,6 +7,7 @@ mod cli {
     pub mod eval;
     pub mod experiment;
     pub mod generate;
+    pub mod pack_m1;
     pub mod serve;
     pub mod tokenize;
     pub mod train;
@@ -16,7 +17,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use cli::{bench::BenchCmd, eval::EvalArgs, experiment::DemoArgs, experiment::ExperimentArgs};
 use cli::{compress::CompressArgs, compress::DecompressArgs, generate::GenerateArgs};
-use cli::{serve::ServeArgs, tokenize::TokenizeArgs, train::TrainArgs};
+use cli::{pack_m1::PackM1Args, serve::ServeArgs, tokenize::TokenizeArgs, train::TrainArgs};
 use std::path::PathBuf;
 use terse::backend;
 
@@ -66,6 +67,9 @@ enum Cmd {
     Compress(CompressArgs),
     /// Restore what `terse compress` made (needs the same M1): FILE.terse gives FILE.
     Decompress(DecompressArgs),
+    /// Quantise an M1 checkpoint once into an M1 pack: one file holding contract 3's int8 model,
+    /// which every --m1 flag takes in place of the checkpoint (the same codes, bit for bit).
+    PackM1(PackM1Args),
     /// Decode a token dataset back to the exact bytes it covers.
     Detokenize {
         /// Token dataset directory.
@@ -125,6 +129,7 @@ fn main() {
             force,
             gpu,
         } => cli::tokenize::run_detokenize(&data, m1.as_deref(), &out, gpu, force),
+        Cmd::PackM1(a) => cli::pack_m1::run(a),
         Cmd::Compress(a) => cli::compress::run_compress(&a),
         Cmd::Decompress(a) => cli::compress::run_decompress(&a),
     };

@@ -335,6 +335,48 @@ fn compress_decompress_round_trip_and_refusals() {
     assert!(!nope.exists());
 }
 
+/// `terse pack-m1` writes an M1 pack that `--m1` takes in place of its checkpoint: it reports
+/// the checkpoint's fingerprint, compresses to the same bytes and decodes what the checkpoint
+/// coded; an existing output is refused without --force; a damaged pack is refused by its CRC-32.
+#[test]
+fn pack_m1_codes_as_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, input, src) = m1_and_input(dir.path());
+    let pack = dir.path().join("m1.pack");
+    let args = ["pack-m1", "--m1", path_str(&ck), "--out", path_str(&pack)];
+    let r = terse(&[&args[..], &["--json"]].concat());
+    assert!(r.status.success(), "{}", stderr(&r));
+    let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(rep["bytes"], std::fs::metadata(&pack).unwrap().len());
+    let fingerprint = terse::m1::Int8M1::load(&ck).unwrap().fingerprint();
+    assert_eq!(rep["fingerprint"], format!("{fingerprint:016x}"));
+    assert_fails_with(&args, "already exists (--force replaces it)");
+    let r = terse(&[&args[..], &["--force"]].concat());
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains(&format!("M1 fingerprint {fingerprint:016x}"))
+    );
+
+    let coded = |m1: &std::path::Path| {
+        let r = terse(&["compress", "--m1", path_str(m1), "-c", path_str(&src)]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        r.stdout
+    };
+    let by_checkpoint = coded(&ck);
+    assert_eq!(coded(&pack), by_checkpoint);
+    let z = dir.path().join("in.terse");
+    std::fs::write(&z, &by_checkpoint).unwrap();
+    assert_eq!(decompressed(&pack, &z), input);
+
+    let mut bytes = std::fs::read(&pack).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&pack, &bytes).unwrap();
+    assert_fails_with(
+        &["decompress", "--m1", path_str(&pack), "-c", path_str(&z)],
+        "its tensor data does not match its CRC-32",
+    );
+}
+
 /// `--gpu` (M1 of `ac` or `equal-info` on the GPU) on a machine without one is refused with the
 /// reason and writes nothing; with a GPU, tests/gpu_parity.rs checks the same path bit for bit.
 #[test]

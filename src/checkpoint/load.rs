@@ -398,7 +398,7 @@ fn check_finite(
 
 /// Bounds checked before [`ModelConfig::validate`] (whose arithmetic assumes sane sizes) and
 /// before any layout is computed from the configuration.
-fn check_config(cfg: &ModelConfig) -> Result<()> {
+pub(crate) fn check_config(cfg: &ModelConfig) -> Result<()> {
     if cfg.n_heads > 1 << 12
         || cfg.d_model > 1 << 18
         || cfg.d_ff > 1 << 20

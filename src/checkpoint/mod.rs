@@ -54,7 +54,8 @@
 //!
 //! # Where the code is
 //!
-//! - `safetensors`: the reader and writer of the safetensors format.
+//! - `safetensors`: the reader and writer of the safetensors format (also the int8 M1 pack's:
+//!   [`crate::m1::Int8M1::pack`]).
 //! - `save`: the save protocol above ([`save_checkpoint`]).
 //! - `load`: locating, validating and loading ([`load_model`], [`load_training`],
 //!   [`load_trainer_state`]).
@@ -69,11 +70,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 mod load;
-mod safetensors;
+pub(crate) mod safetensors;
 mod save;
 #[cfg(test)]
 mod test_util;
 
+pub(crate) use load::check_config;
 pub use load::{load_model, load_trainer_state, load_training};
 pub use save::save_checkpoint;
 

@@ -1,4 +1,5 @@
-//! The safetensors format: the writer of terse's F32 tensor files and a streaming reader.
+//! The safetensors format: the writer of terse's tensor files (F32 checkpoints; the int8 M1
+//! pack's I8, I32 and F32 tensors) and the one reader of their headers, streaming or in memory.
 //!
 //! A safetensors file is an 8-byte little-endian header length, a JSON header
 //! (`{"__metadata__": {..}, name: {"dtype", "shape", "data_offsets"}, ..}`) and the tensors' bytes
@@ -23,23 +24,54 @@ use serde_json::{json, Value};
 
 use crate::model::TensorSpec;
 
+/// The `format` metadata of a checkpoint's tensor files (`model.safetensors`,
+/// `optimizer.safetensors`); files from other writers have none.
+const CHECKPOINT_FORMATS: [&str; 2] = ["terse", "terse-optimizer"];
+
 /// The safetensors reference implementation refuses headers above 100 MB; so do we.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
-/// A safetensors header for F32 tensors stored back to back in the given order, padded with
+/// The element types terse writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dtype {
+    F32,
+    I32,
+    I8,
+}
+
+impl Dtype {
+    /// The header's name of the type.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::I32 => "I32",
+            Dtype::I8 => "I8",
+        }
+    }
+
+    /// Bytes per element.
+    fn size(self) -> usize {
+        match self {
+            Dtype::F32 | Dtype::I32 => 4,
+            Dtype::I8 => 1,
+        }
+    }
+}
+
+/// A safetensors header for tensors stored back to back in the given order, padded with
 /// spaces so the data starts 8-byte aligned (as the reference implementation writes it).
 fn safetensors_header(
-    entries: &[(String, &[usize])],
+    entries: &[(String, Dtype, &[usize])],
     metadata: &BTreeMap<String, String>,
 ) -> Vec<u8> {
     let mut map = serde_json::Map::new();
     map.insert("__metadata__".into(), json!(metadata));
     let mut offset = 0usize;
-    for (name, shape) in entries {
-        let end = offset + shape.iter().product::<usize>() * 4;
+    for (name, dtype, shape) in entries {
+        let end = offset + shape.iter().product::<usize>() * dtype.size();
         map.insert(
             name.clone(),
-            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+            json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, end]}),
         );
         offset = end;
     }
@@ -74,7 +106,7 @@ pub(super) fn tensor_payload<'a>(
     let mut chunks = Vec::new();
     for (p, d) in prefixes.iter().zip(data) {
         for s in specs {
-            entries.push((format!("{p}{}", s.name), s.shape.as_slice()));
+            entries.push((format!("{p}{}", s.name), Dtype::F32, s.shape.as_slice()));
             chunks.push(&d[s.range()]);
         }
     }
@@ -107,6 +139,36 @@ impl Payload<'_> {
             Payload::Bytes(b) => w.write_all(b),
         }
     }
+}
+
+/// One tensor of a file written whole from memory ([`write_whole`]).
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<usize>,
+}
+
+/// Writes a safetensors file whose data section, `data`, holds `entries` back to back in the
+/// given order (little-endian values). Panics if `data` is not exactly their size.
+pub(crate) fn write_whole(
+    w: &mut dyn Write,
+    entries: &[Entry],
+    data: &[u8],
+    metadata: &BTreeMap<String, String>,
+) -> io::Result<()> {
+    let table: Vec<(String, Dtype, &[usize])> = entries
+        .iter()
+        .map(|e| (e.name.clone(), e.dtype, e.shape.as_slice()))
+        .collect();
+    let size: usize = table
+        .iter()
+        .map(|(_, d, s)| s.iter().product::<usize>() * d.size())
+        .sum();
+    assert_eq!(size, data.len(), "the data section holds the entries");
+    let header = safetensors_header(&table, metadata);
+    w.write_all(&(header.len() as u64).to_le_bytes())?;
+    w.write_all(&header)?;
+    w.write_all(data)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -189,9 +251,16 @@ fn parse_entry(path: &Path, name: &str, v: &Value) -> Result<StEntry> {
     })
 }
 
-/// Reads and checks the header: every size is checked against `file_len` before use, tensors
-/// must tile the data section exactly (no gap, overlap or trailing bytes).
-pub(super) fn read_header(path: &Path, r: &mut impl Read, file_len: u64) -> Result<StHeader> {
+/// A header's metadata, its tensor entries unparsed, and its length in bytes.
+type HeaderObject = (
+    BTreeMap<String, String>,
+    serde_json::Map<String, Value>,
+    u64,
+);
+
+/// Reads the header's JSON: its length (checked against `file_len` before use), the object,
+/// and `__metadata__` as strings.
+fn read_header_object(path: &Path, r: &mut impl Read, file_len: u64) -> Result<HeaderObject> {
     if file_len < 8 {
         bail!(
             "{} is truncated: {file_len} bytes, too short for a safetensors header",
@@ -224,35 +293,51 @@ pub(super) fn read_header(path: &Path, r: &mut impl Read, file_len: u64) -> Resu
             path.display()
         )
     })?;
-    let Value::Object(map) = value else {
+    let Value::Object(mut map) = value else {
         bail!(
             "{} has a corrupt header (not a JSON object)",
             path.display()
         );
     };
     let mut metadata = BTreeMap::new();
-    let mut entries = Vec::new();
-    for (k, v) in &map {
-        if k == "__metadata__" {
-            let obj = v.as_object().ok_or_else(|| {
+    if let Some(v) = map.remove("__metadata__") {
+        let obj = v.as_object().ok_or_else(|| {
+            anyhow!(
+                "{} has a corrupt header: __metadata__ is not an object",
+                path.display()
+            )
+        })?;
+        for (mk, mv) in obj {
+            let s = mv.as_str().ok_or_else(|| {
                 anyhow!(
-                    "{} has a corrupt header: __metadata__ is not an object",
+                    "{} has a corrupt header: metadata value '{mk}' is not a string",
                     path.display()
                 )
             })?;
-            for (mk, mv) in obj {
-                let s = mv.as_str().ok_or_else(|| {
-                    anyhow!(
-                        "{} has a corrupt header: metadata value '{mk}' is not a string",
-                        path.display()
-                    )
-                })?;
-                metadata.insert(mk.clone(), s.to_string());
-            }
-        } else {
-            entries.push(parse_entry(path, k, v)?);
+            metadata.insert(mk.clone(), s.to_string());
         }
     }
+    Ok((metadata, map, n))
+}
+
+/// The header's `__metadata__` alone, the tensor entries unchecked: enough to tell what kind of
+/// file this is before reading it.
+pub(crate) fn read_metadata(
+    path: &Path,
+    r: &mut impl Read,
+    file_len: u64,
+) -> Result<BTreeMap<String, String>> {
+    Ok(read_header_object(path, r, file_len)?.0)
+}
+
+/// Reads and checks the header: every size is checked against `file_len` before use, tensors
+/// must tile the data section exactly (no gap, overlap or trailing bytes).
+pub(super) fn read_header(path: &Path, r: &mut impl Read, file_len: u64) -> Result<StHeader> {
+    let (metadata, map, n) = read_header_object(path, r, file_len)?;
+    let mut entries = map
+        .iter()
+        .map(|(k, v)| parse_entry(path, k, v))
+        .collect::<Result<Vec<_>>>()?;
     entries.sort_by_key(|e| (e.begin, e.end));
     let data_len = file_len - 8 - n;
     let mut at = 0u64;
@@ -283,6 +368,51 @@ pub(super) fn read_header(path: &Path, r: &mut impl Read, file_len: u64) -> Resu
     Ok(StHeader { metadata, entries })
 }
 
+/// A safetensors file held whole in memory, its header checked as [`read_header`] checks it.
+pub(crate) struct InMemory<'a> {
+    header: StHeader,
+    data: &'a [u8],
+}
+
+/// One tensor of an [`InMemory`] file: its header entry and its bytes.
+pub(crate) struct TensorView<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) dtype: &'a str,
+    pub(crate) shape: &'a [u64],
+    pub(crate) bytes: &'a [u8],
+}
+
+impl<'a> InMemory<'a> {
+    /// Checks the header of `bytes`, the whole file read from `path` (named in errors).
+    pub(crate) fn parse(path: &Path, bytes: &'a [u8]) -> Result<Self> {
+        let header = read_header(path, &mut &bytes[..], bytes.len() as u64)?;
+        let data_len = header.entries.last().map_or(0, |e| e.end) as usize;
+        Ok(InMemory {
+            header,
+            data: &bytes[bytes.len() - data_len..],
+        })
+    }
+
+    pub(crate) fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.header.metadata
+    }
+
+    /// The data section: every tensor's bytes, in file order.
+    pub(crate) fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// Every tensor, in file order.
+    pub(crate) fn tensors(&self) -> impl Iterator<Item = TensorView<'_>> + '_ {
+        self.header.entries.iter().map(|e| TensorView {
+            name: &e.name,
+            dtype: &e.dtype,
+            shape: &e.shape,
+            bytes: &self.data[e.begin as usize..e.end as usize],
+        })
+    }
+}
+
 /// Tensor buffers read from a file, and the file's metadata.
 pub(super) type Loaded = (Vec<Vec<f32>>, BTreeMap<String, String>);
 
@@ -305,6 +435,15 @@ pub(super) fn read_tensors<R: Read>(
     preset: &str,
 ) -> Result<Loaded> {
     let header = read_header(path, r, file_len)?;
+    // Another kind of terse file (an M1 pack, say) is named as such, not by its first tensor.
+    if let Some(format) = header.metadata.get("format") {
+        if !CHECKPOINT_FORMATS.contains(&format.as_str()) {
+            bail!(
+                "{} is not a checkpoint's float tensors: its format is '{format}'",
+                path.display()
+            );
+        }
+    }
     let by_name: HashMap<&str, usize> = header
         .entries
         .iter()

@@ -12,11 +12,13 @@
 mod attention;
 mod lanes;
 mod measure;
+mod pack;
 mod q4;
 mod quantise;
 mod weights;
 
 pub use measure::{quantisation_cost, QuantisationCost};
+pub use pack::PACK_FORMAT;
 pub use quantise::MAX_INNER;
 pub(crate) use quantise::{fake_quantise_rows, QMatrix};
 pub use weights::WeightBits;
@@ -114,20 +116,9 @@ impl Int8Model {
     /// `d_model` or `d_ff` above [`crate::numerics::int4::MAX_INPUTS`].
     pub fn with_bits(cfg: &ModelConfig, params: &ParamArena, bits: WeightBits) -> Result<Self> {
         check_weights(cfg, params)?;
-        let (d, ff) = (cfg.d_model, cfg.d_ff);
-        ensure!(
-            d <= MAX_INNER && ff <= MAX_INNER,
-            "contract 3 sums int8 products over at most {MAX_INNER} inputs; this model has d_model {d} and d_ff {ff}"
-        );
-        let context = match cfg.context {
-            Some(c) if c <= MAX_CONTEXT => c,
-            Some(c) => anyhow::bail!(
-                "contract 3 attends over at most {MAX_CONTEXT} positions; this model's context is {c}"
-            ),
-            None => anyhow::bail!(
-                "contract 3 attends over at most {MAX_CONTEXT} positions; this model records no context (it attends over the whole window): load it from a checkpoint that records its training length"
-            ),
-        };
+        check_shape(cfg)?; // before any quantising, which assumes the bounds
+        let d = cfg.d_model;
+        let ff = cfg.d_ff;
         let t = |name: &str| params.tensor(name);
         let q = |w: &str, n, inp, gain: Option<&str>| {
             Weights::quantise(bits, t(w), n, inp, gain.map(t))
@@ -148,14 +139,27 @@ impl Int8Model {
                 })
             })
             .collect::<Result<_>>()?;
+        let head = q("lm_head.weight", cfg.vocab, d, Some("final_norm.weight"))?;
+        Self::assemble(cfg, bits, t("tok_emb.weight").to_vec(), layers, head)
+    }
+
+    /// The model of quantised parts (an M1 pack's, or [`with_bits`](Self::with_bits)'):
+    /// refuses a shape [`check_shape`] refuses.
+    fn assemble(
+        cfg: &ModelConfig,
+        bits: WeightBits,
+        tok_emb: Vec<f32>,
+        layers: Vec<QLayer>,
+        head: Weights,
+    ) -> Result<Self> {
         Ok(Int8Model {
             cfg: cfg.clone(),
             bits,
             kernel: I8Kernel::best(),
-            context,
-            tok_emb: t("tok_emb.weight").to_vec(),
+            context: check_shape(cfg)?,
+            tok_emb,
             layers,
-            head: q("lm_head.weight", cfg.vocab, d, Some("final_norm.weight"))?,
+            head,
             rope: RwLock::new(Arc::new(RopeTables::new(0, cfg.rope_theta))),
         })
     }
@@ -386,6 +390,26 @@ impl Int8Model {
     }
 }
 
+/// The context contract 3 runs `cfg` with (its recorded one). Refuses shapes outside the proved
+/// integer bounds: `d_model` or `d_ff` above [`MAX_INNER`], a context above [`MAX_CONTEXT`], or
+/// none recorded.
+fn check_shape(cfg: &ModelConfig) -> Result<usize> {
+    let (d, ff) = (cfg.d_model, cfg.d_ff);
+    ensure!(
+        d <= MAX_INNER && ff <= MAX_INNER,
+        "contract 3 sums int8 products over at most {MAX_INNER} inputs; this model has d_model {d} and d_ff {ff}"
+    );
+    match cfg.context {
+        Some(c) if c <= MAX_CONTEXT => Ok(c),
+        Some(c) => anyhow::bail!(
+            "contract 3 attends over at most {MAX_CONTEXT} positions; this model's context is {c}"
+        ),
+        None => anyhow::bail!(
+            "contract 3 attends over at most {MAX_CONTEXT} positions; this model records no context (it attends over the whole window): load it from a checkpoint that records its training length"
+        ),
+    }
+}
+
 impl Int8M1 {
     /// Quantises a byte-level model ([`Int8Model::new`]); refuses, besides what that refuses,
     /// any other vocabulary than 256.
@@ -397,9 +421,14 @@ impl Int8M1 {
         })
     }
 
-    /// Loads the checkpoint at `path` (a directory or its `model.safetensors`) and quantises it;
-    /// refuses a model that cannot serve as M1 under contract 3.
+    /// Loads the M1 at `path`: an M1 pack ([`from_packed`](Self::from_packed); told apart by
+    /// the format its header names, whatever the file is called), or a checkpoint (a directory
+    /// or its `model.safetensors`) that it quantises. Refuses a model that cannot serve as M1
+    /// under contract 3, and what either reader refuses.
     pub fn load(path: &std::path::Path) -> Result<Self> {
+        if pack::is_pack(path) {
+            return pack::read_file(path);
+        }
         let (cfg, params) = crate::checkpoint::load_model(path)?;
         Int8M1::new(&cfg, &params).with_context(|| format!("{} cannot serve as M1", path.display()))
     }

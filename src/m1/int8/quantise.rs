@@ -3,6 +3,7 @@
 //! magnitude (no libm), so every backend computes the same integers.
 
 use crate::numerics::int8::{matmul_i8_with, I8Kernel, I8Matrix};
+use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
 /// The largest int8 magnitude used: quantised values lie in `-127..=127` (never -128), so a
@@ -163,6 +164,40 @@ impl QMatrix {
             row.iter_mut().for_each(|v| *v *= pow2(e));
         }
         out
+    }
+
+    /// The matrix whose rows are `w` (`[n][inp]` int8 values) scaled by `2^e[o]`, as
+    /// [`from_rows`](Self::from_rows) made and stored it. Refuses what contract 3's quantiser
+    /// cannot produce: the value -128, an exponent outside `E_MIN..=E_MAX`, and a row whose
+    /// exponent is above the smallest that fits it (strictly between `E_MIN` and `E_MAX`, its
+    /// largest magnitude is then at least 64: the quantiser picks the smallest `e` with
+    /// `max |x| <= 127 * 2^e`, so `max |x| * 2^-e > 63.5`).
+    pub(crate) fn from_parts(w: &[i8], e: Vec<i32>, n: usize, inp: usize) -> Result<Self> {
+        ensure!(
+            w.len() == n * inp && e.len() == n,
+            "{} weights and {} exponents for {n} rows of {inp}",
+            w.len(),
+            e.len()
+        );
+        for (o, &eo) in e.iter().enumerate() {
+            ensure!(
+                (E_MIN..=E_MAX).contains(&eo),
+                "row {o} has scale exponent {eo}, outside contract 3's {E_MIN}..={E_MAX}"
+            );
+            let largest = w[o * inp..(o + 1) * inp]
+                .iter()
+                .map(|v| v.unsigned_abs())
+                .max()
+                .unwrap_or(0);
+            ensure!(
+                eo == E_MIN || eo == E_MAX || largest >= 64,
+                "row {o} has scale exponent {eo} but its largest weight is {largest}: the quantiser would have chosen a smaller exponent"
+            );
+        }
+        Ok(QMatrix {
+            w: I8Matrix::from_rows(w, n, inp)?,
+            e,
+        })
     }
 
     /// Quantises the model's `[n, inp]` layout row by row. With `gain` (the RMSNorm before the
@@ -346,6 +381,45 @@ mod tests {
         let acc1 = 64 * 127 + 32 * 16; // 8640, times 2^(-6 + 0)
         assert_eq!((acc0, acc1), (1024, 8640));
         assert_eq!(out, [0.25, 135.0]);
+    }
+
+    /// A matrix rebuilt from its stored rows and exponents is the quantised one; what the
+    /// quantiser cannot produce is refused: -128, an exponent out of range, and a row whose
+    /// exponent is larger than the smallest that fits it (unless it is the clamp at either end).
+    #[test]
+    fn stored_parts_rebuild_the_matrix_and_impossible_ones_are_refused() {
+        let w = [
+            1.0, -2.0, 4.0, 127.0, 0.0, -63.5, 0.0, 0.0, 0.0, 1e30, 0.0, -1.0,
+        ];
+        let m = QMatrix::from_rows(&w, 4, 3, None);
+        assert_eq!(m.e, [-4, 0, E_MIN, E_MAX]);
+        let back = QMatrix::from_parts(&m.rows(), m.e.clone(), 4, 3).unwrap();
+        assert_eq!((back.rows(), back.e.clone()), (m.rows(), m.e.clone()));
+        let refused = |w: &[i8], e: Vec<i32>| {
+            format!(
+                "{:#}",
+                QMatrix::from_parts(w, e, 4, 3).err().expect("refused")
+            )
+        };
+        let mut rows = m.rows();
+        rows[0] = -128;
+        assert!(refused(&rows, m.e.clone()).contains("-128"));
+        for bad in [E_MIN - 1, E_MAX + 1] {
+            let mut e = m.e.clone();
+            e[2] = bad;
+            assert!(refused(&m.rows(), e).contains("outside contract 3's -60..=60"));
+        }
+        // Row 0 is [16, -32, 64] at 2^-4; at 2^-3 it would read [8, -16, 32]: an exponent
+        // one too large leaves every magnitude below 64.
+        assert_eq!(m.rows()[..3], [16, -32, 64]);
+        let mut half = m.rows();
+        half[..3].copy_from_slice(&[8, -16, 32]);
+        let mut e = m.e.clone();
+        e[0] = -3;
+        assert!(
+            refused(&half, e).contains("row 0 has scale exponent -3 but its largest weight is 32")
+        );
+        assert!(refused(&m.rows()[..11], m.e.clone()).contains("11 weights"));
     }
 
     /// Fake quantisation is the integer product's arithmetic in f32: fake-quantised rows times
