@@ -11,7 +11,8 @@ What it guarantees:
 - an asynchronous copy into page-locked host memory (cuMemHostAlloc) lands only when the host
   waits for it (cuStreamSynchronize, cuCtxSynchronize, or cuEventSynchronize / a successful
   cuEventQuery of an event recorded after it), the latest a GPU may land it; until then the
-  destination holds 0xff bytes, so a host that reads without waiting reads NaN;
+  destination holds 0xff bytes, so a host that reads without waiting reads NaN; with
+  TERSE_EMU_EVENTS_BUSY set, every query of a recorded event answers CUDA_ERROR_NOT_READY;
 - device memory is host memory: each allocation ends at a guard page (a kernel reading or writing
   past its end faults) and is filled with 0xff bytes (NaN as f32 or bf16) until written;
   copies and memsets outside an allocation are refused with CUDA_ERROR_INVALID_VALUE;
@@ -50,6 +51,7 @@ enum : int {
     CUDA_ERROR_INVALID_DEVICE = 101,
     CUDA_ERROR_INVALID_HANDLE = 400,
     CUDA_ERROR_NOT_FOUND = 500,
+    CUDA_ERROR_NOT_READY = 600,
     CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
     CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
     CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
@@ -416,9 +418,14 @@ CUresult cuEventSynchronize(void* e) {
     land(static_cast<Event*>(e)->landings_before);
     return CUDA_SUCCESS;
 }
+// TERSE_EMU_EVENTS_BUSY=1: a recorded event's query answers "not ready" and lands nothing, as a
+// GPU still running the work before it does, so the host's no-wait paths meet a busy device.
 CUresult cuEventQuery(void* e) {
     LOCKED;
-    land(static_cast<Event*>(e)->landings_before);
+    Event* ev = static_cast<Event*>(e);
+    static const bool busy = getenv("TERSE_EMU_EVENTS_BUSY") != nullptr;
+    if (busy && ev->recorded) return CUDA_ERROR_NOT_READY;
+    land(ev->landings_before);
     return CUDA_SUCCESS;
 }
 CUresult cuEventElapsedTime_v2(float* ms, void* a, void* b) {

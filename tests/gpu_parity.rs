@@ -1237,7 +1237,7 @@ fn gemm_matches_cpu() {
 // the whole CUDA training backend against the CPU backend
 
 use terse::backend::cuda::CudaTrainer;
-use terse::backend::{Backend, OptimConfig};
+use terse::backend::{Backend, OptimConfig, StepStats};
 use terse::model::Batch;
 use terse::model::{ModelConfig, ParamArena};
 
@@ -1413,19 +1413,91 @@ fn nvtx_ranges_name_the_step() {
     }
     let last = cfg.n_layers - 1;
     for want in [
-        "train_step/upload".to_string(),
-        "train_step/step/forward/layer 0 forward".into(),
-        format!("train_step/step/forward/layer {last} forward"),
-        "train_step/step/loss".into(),
-        format!("train_step/step/backward/layer {last} backward"),
-        "train_step/step/backward/layer 0 backward".into(),
-        "train_step/step/optimizer".into(),
-        "train_step/read_stats".into(),
+        "submit_step/upload".to_string(),
+        "submit_step/step/forward/layer 0 forward".into(),
+        format!("submit_step/step/forward/layer {last} forward"),
+        "submit_step/step/loss".into(),
+        format!("submit_step/step/backward/layer {last} backward"),
+        "submit_step/step/backward/layer 0 backward".into(),
+        "submit_step/step/optimizer".into(),
+        "read_stats".into(),
         "eval_batch/forward/layer 0 forward".into(),
     ] {
         assert!(seen.contains(&want), "no NVTX range {want:?} in {seen:?}");
     }
     note(&format!("  nvtx: {} ranges, nested and closed", seen.len()));
+}
+
+/// The metrics ring: steps submitted without waiting, their metrics taken without waiting after
+/// each and with waiting mid-run (which leaves the ring's slots out of step with its copies) and
+/// at the end, arrive once each, in order, with the bits of a trainer that reads every step back;
+/// and a step whose gradient norm is not finite is named when its metrics are taken.
+#[test]
+fn step_metrics_arrive_in_order() {
+    if backend_skip("step metrics ring") {
+        return;
+    }
+    let cfg = ModelConfig::preset("tiny", None).unwrap();
+    let params = ParamArena::init(&cfg, 11);
+    let opt = OptimConfig::default();
+    let mut r = Rng::new(103);
+    let batches: Vec<Batch> = (0..8)
+        .map(|_| random_batch(&mut r, cfg.vocab, 2, 64))
+        .collect();
+    let lr = |step: u64| 1e-3 * step as f32;
+
+    let mut every = CudaTrainer::<f32>::new(&cfg, &params, None).unwrap();
+    every.set_readback_every(1).unwrap();
+    let want: Vec<StepStats> = (1..=8)
+        .map(|step| {
+            every
+                .train_step(&batches[step as usize - 1], lr(step), step, &opt)
+                .unwrap()
+        })
+        .collect();
+
+    let mut be = CudaTrainer::<f32>::new(&cfg, &params, None).unwrap();
+    be.set_readback_every(3).unwrap();
+    let mut got = Vec::new();
+    for step in 1..=8u64 {
+        be.submit_step(&batches[step as usize - 1], lr(step), step, &opt)
+            .unwrap();
+        got.extend(be.take_step_stats(step == 5).unwrap());
+    }
+    got.extend(be.take_step_stats(true).unwrap());
+    assert!(be.graph_active(), "the ring's steps were not graph replays");
+    let steps: Vec<u64> = got.iter().map(|r| r.step).collect();
+    assert_eq!(
+        steps,
+        (1..=8).collect::<Vec<_>>(),
+        "steps out of order or lost"
+    );
+    for (r, w) in got.iter().zip(&want) {
+        assert_eq!(
+            r.stats, *w,
+            "step {}: ring {:?} vs read back each step {w:?}",
+            r.step, r.stats
+        );
+    }
+    assert!(
+        be.take_step_stats(true).unwrap().is_empty(),
+        "metrics handed back twice"
+    );
+    assert_eq!(
+        be.params().unwrap().data,
+        every.params().unwrap().data,
+        "weights differ"
+    );
+
+    let mut bad = params.clone();
+    bad.data.fill(f32::NAN);
+    let mut be = CudaTrainer::<f32>::new(&cfg, &bad, None).unwrap();
+    be.set_readback_every(3).unwrap();
+    be.submit_step(&batches[0], lr(1), 1, &opt).unwrap();
+    be.submit_step(&batches[1], lr(2), 2, &opt).unwrap();
+    let err = be.take_step_stats(true).unwrap_err().to_string();
+    assert!(err.contains("not finite at step 1"), "{err}");
+    note("  step metrics: 8 steps through a ring of 3, in order, bit for bit");
 }
 
 /// Three steps replayed from a captured CUDA graph give the same bits as three eager steps.
@@ -2467,6 +2539,11 @@ fn gpu_parity_on_the_emulator() {
         "the GEMMs and the training step where cuBLASLt offers no epilogue (the ReLU kernel)",
         EPILOGUE_TESTS,
         &[(NO_EPILOGUES, "1")],
+    );
+    run(
+        "the step metrics with every event query answering not ready (a busy GPU)",
+        &["step_metrics_arrive_in_order"],
+        &[("TERSE_EMU_EVENTS_BUSY", "1")],
     );
     let nvtx_log = libs.join("nvtx.log");
     run(

@@ -58,24 +58,52 @@ impl StepStats {
     }
 }
 
+/// A training step's metrics and the optimiser step (from 1) they belong to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    pub step: u64,
+    pub stats: StepStats,
+}
+
 /// One model on one device.
+///
+/// Training steps are submitted, and their metrics taken, separately: a GPU backend enqueues a
+/// step and returns without waiting for the device, keeps each step's metrics in device memory
+/// and copies them back in batches, so that the host prepares the next batch while the GPU runs
+/// and never waits on a copy between steps. The weights change in submission order either way.
 pub trait Backend {
     /// A human-readable description ("cpu (2 threads)", "cuda: NVIDIA H100 ...").
     fn name(&self) -> String;
     /// Where it runs: [`Device::Cpu`] or [`Device::Cuda`] (never `Auto`).
     fn device(&self) -> Device;
     /// Forward, backward, clipping and one AdamW update at learning rate `lr`; `step` counts
-    /// optimiser steps from 1 (bias correction).
+    /// optimiser steps from 1 (bias correction). The step may still be running on the device
+    /// when this returns; its metrics arrive through [`take_step_stats`](Self::take_step_stats).
+    fn submit_step(&mut self, batch: &Batch, lr: f32, step: u64, opt: &OptimConfig) -> Result<()>;
+    /// The metrics of submitted steps not yet taken, oldest first. With `wait`, those of every
+    /// submitted step (waiting for the device to finish them); without, only those already back
+    /// on the host, possibly none. Errs when a step's gradient norm is not finite: its update
+    /// has already been applied, so the run cannot go on.
+    fn take_step_stats(&mut self, wait: bool) -> Result<Vec<StepReport>>;
+    /// [`submit_step`](Self::submit_step), then that step's metrics (waiting for them);
+    /// metrics of earlier steps not yet taken are dropped.
     fn train_step(
         &mut self,
         batch: &Batch,
         lr: f32,
         step: u64,
         opt: &OptimConfig,
-    ) -> Result<StepStats>;
+    ) -> Result<StepStats> {
+        self.submit_step(batch, lr, step, opt)?;
+        let done = self.take_step_stats(true)?;
+        match done.last() {
+            Some(r) if r.step == step => Ok(r.stats),
+            _ => bail!("the backend returned no metrics for step {step}"),
+        }
+    }
     /// Loss sums of the current weights on `batch`, without touching any state.
     fn eval_batch(&mut self, batch: &Batch) -> Result<LossSums>;
-    /// A host copy of the current weights.
+    /// A host copy of the current weights (after every submitted step).
     fn params(&self) -> Result<ParamArena>;
     /// Host copies of the AdamW moments (m, v), in the weights' layout.
     fn optimizer_state(&self) -> Result<(Vec<f32>, Vec<f32>)>;

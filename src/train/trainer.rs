@@ -387,6 +387,7 @@ pub fn train(
     let mut window_t = Instant::now();
     let mut window_tokens = 0u64;
     let mut steps_total = o.steps;
+    let mut submitted = std::collections::VecDeque::new();
     while run.step < stop.min(steps_total) {
         let sched = Schedule {
             kind: o.schedule,
@@ -397,11 +398,10 @@ pub fn train(
         };
         let lr = sched.lr(run.step);
         let batch = data.next_batch()?;
-        let stats = backend.train_step(&batch, lr, run.step + 1, &o.optim)?;
+        backend.submit_step(&batch, lr, run.step + 1, &o.optim)?;
         run.step += 1;
         run.tokens += tokens_per_step;
         window_tokens += tokens_per_step;
-        last_bpb = stats.ce as f64 / std::f64::consts::LN_2 * tokens_per_byte;
         if run.step == start_step + 2 {
             budget_clock = Instant::now();
         }
@@ -417,32 +417,50 @@ pub fn train(
             bar.set_length(steps_total);
         }
         let tok_s = window_tokens as f64 / window_t.elapsed().as_secs_f64().max(1e-9);
-        let eval_now = o.eval_every > 0 && run.step % o.eval_every == 0;
-        let mut rec = serde_json::json!({
-            "step": run.step, "loss": stats.ce, "train_bpb": last_bpb, "z": stats.z,
-            "grad_norm": stats.grad_norm, "lr": lr, "tokens_per_s": tok_s, "tokens": run.tokens,
+        submitted.push_back(Submitted {
+            step: run.step,
+            lr,
+            tokens_per_s: tok_s,
+            tokens: run.tokens,
         });
-        if eval_now || run.step == steps_total {
-            if let Some(bpb) = data.heldout_bpb(backend.as_mut(), &o)? {
-                heldout_bpb = Some(bpb);
-                rec["heldout_bpb"] = bpb.into();
-                bar.println(format!(
-                    "step {:>6}/{steps_total}  train {:.3} bpb  held-out {:.3} bpb  lr {:.2e}  {:.0} tok/s",
-                    run.step, last_bpb, bpb, lr, tok_s
-                ));
+        let eval_now =
+            (o.eval_every > 0 && run.step % o.eval_every == 0) || run.step == steps_total;
+        let save_now = (o.ckpt_every > 0 && run.step % o.ckpt_every == 0)
+            || run.step == stop
+            || run.step == steps_total;
+        // Metrics rows are written as the backend hands the steps' metrics back (a GPU copies
+        // them back in batches); an evaluation or a checkpoint waits for every step's, so that
+        // the held-out score joins its step's row and the log stops where the checkpoint does.
+        for done in backend.take_step_stats(eval_now || save_now)? {
+            let sub = submitted
+                .pop_front()
+                .filter(|s| s.step == done.step)
+                .with_context(|| format!("the backend reported step {} out of order", done.step))?;
+            last_bpb = done.stats.ce as f64 / std::f64::consts::LN_2 * tokens_per_byte;
+            let mut rec = serde_json::json!({
+                "step": sub.step, "loss": done.stats.ce, "train_bpb": last_bpb, "z": done.stats.z,
+                "grad_norm": done.stats.grad_norm, "lr": sub.lr, "tokens_per_s": sub.tokens_per_s,
+                "tokens": sub.tokens,
+            });
+            if eval_now && sub.step == run.step {
+                if let Some(bpb) = data.heldout_bpb(backend.as_mut(), &o)? {
+                    heldout_bpb = Some(bpb);
+                    rec["heldout_bpb"] = bpb.into();
+                    bar.println(format!(
+                        "step {:>6}/{steps_total}  train {:.3} bpb  held-out {:.3} bpb  lr {:.2e}  {:.0} tok/s",
+                        sub.step, last_bpb, bpb, sub.lr, sub.tokens_per_s
+                    ));
+                }
             }
+            metrics.write(&rec)?;
         }
-        metrics.write(&rec)?;
         bar.set_position(run.step);
         bar.set_message(format!("{last_bpb:.3} bpb {:.1}K tok/s", tok_s / 1e3));
         if run.step % 20 == 0 {
             window_t = Instant::now();
             window_tokens = 0;
         }
-        if (o.ckpt_every > 0 && run.step % o.ckpt_every == 0)
-            || run.step == stop
-            || run.step == steps_total
-        {
+        if save_now {
             run.loader = data.state();
             save(out, &cfg, backend.as_ref(), &run)?;
         }
@@ -462,6 +480,15 @@ pub fn train(
         heldout_bpb,
         params: cfg.total_params(),
     })
+}
+
+/// What the trainer knew of a step when it submitted it, kept until the backend hands back the
+/// step's metrics to write its row.
+struct Submitted {
+    step: u64,
+    lr: f32,
+    tokens_per_s: f64,
+    tokens: u64,
 }
 
 /// Refuses a run whose batch would not fit in this machine's available memory on the CPU

@@ -15,7 +15,7 @@ pub mod norm;
 pub mod rope;
 mod vecops;
 
-use super::{Backend, OptimConfig, StepStats};
+use super::{Backend, OptimConfig, StepReport, StepStats};
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena};
 use adamw::{adamw, AdamWStep};
@@ -33,6 +33,8 @@ pub struct CpuBackend {
     acts: Option<Activations>,
     /// Quantisation-aware: every pass simulates contract 3 ([`CpuBackend::with_qat`]).
     qat: bool,
+    /// Metrics of finished steps not yet taken (each step runs to the end when submitted).
+    done: Vec<StepReport>,
 }
 
 impl CpuBackend {
@@ -61,6 +63,7 @@ impl CpuBackend {
             v,
             acts: None,
             qat: false,
+            done: Vec::new(),
         })
     }
 
@@ -178,13 +181,7 @@ impl Backend for CpuBackend {
         super::Device::Cpu
     }
 
-    fn train_step(
-        &mut self,
-        batch: &Batch,
-        lr: f32,
-        step: u64,
-        opt: &OptimConfig,
-    ) -> Result<StepStats> {
+    fn submit_step(&mut self, batch: &Batch, lr: f32, step: u64, opt: &OptimConfig) -> Result<()> {
         self.check_batch(batch)?;
         ensure!(step >= 1, "optimizer steps count from 1");
         self.grads.fill(0.0);
@@ -236,7 +233,15 @@ impl Backend for CpuBackend {
                 &h,
             );
         }
-        Ok(StepStats::from_sums(&sums, grad_norm))
+        self.done.push(StepReport {
+            step,
+            stats: StepStats::from_sums(&sums, grad_norm),
+        });
+        Ok(())
+    }
+
+    fn take_step_stats(&mut self, _wait: bool) -> Result<Vec<StepReport>> {
+        Ok(std::mem::take(&mut self.done))
     }
 
     fn eval_batch(&mut self, batch: &Batch) -> Result<LossSums> {

@@ -19,9 +19,10 @@
 //! (zero grads, forward, fused classifier, backward, global norm and clip scale, AdamW on every
 //! tensor) is enqueued, eagerly for the first step of a shape (which also plans every GEMM), and
 //! from the second on as one CUDA graph captured once and replayed. Because every per-step value
-//! lives in device memory at a fixed address, the replay stays valid. The loss sums and the
-//! gradient norm are copied back every `readback_every` steps (default every step, the trainer
-//! logs each one); steps in between return the last values read back.
+//! lives in device memory at a fixed address, the replay stays valid. The step ends by appending
+//! its loss and gradient norm to a ring in device memory (`metrics.rs`), copied back every 16
+//! steps (`TERSE_CUDA_READBACK_EVERY`) without the host waiting for it: `submit_step` returns as
+//! soon as the step is enqueued, and the host prepares the next batch while the GPU runs.
 //!
 //! Residual stream, activations and their gradients are `T` (bf16 when training, as in llm.c);
 //! every reduction and every GEMM accumulates in fp32, weight gradients and optimizer state are
@@ -29,9 +30,10 @@
 //!
 //! Files: this one holds the trainer (creation, upload, graph capture and replay, the `Backend`
 //! methods); `acts.rs` the buffers of one (batch, seq) shape; `step.rs` the op sequence of the
-//! forward pass and of a training step.
+//! forward pass and of a training step; `metrics.rs` the ring of step metrics.
 
 mod acts;
+mod metrics;
 mod step;
 
 use super::gemm::Gemm;
@@ -39,12 +41,13 @@ use super::graph::StepGraph;
 use super::launch::{self, AttnKernels, EmbedBackwardPlan};
 use super::loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels};
 use super::nvtx;
-use crate::backend::{Backend, LossSums, OptimConfig, StepStats};
+use crate::backend::{Backend, LossSums, OptimConfig, StepReport};
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena, TensorSpec};
 use acts::Acts;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::CudaSlice;
+use metrics::{MetricsRing, DEFAULT_READBACK_EVERY};
 
 /// The training backend: bf16 activations and working weights, fp32 master weights.
 pub type CudaBackend = CudaTrainer<Bf16>;
@@ -77,9 +80,7 @@ pub struct CudaTrainer<T: GpuFloat> {
     graph: StepGraph<GraphKey>,
     /// Which attention kernels the step runs (`TERSE_CUDA_ATTENTION`, read once here).
     attention: AttnKernels,
-    readback_every: u64,
-    steps_since_readback: u64,
-    last: StepStats,
+    metrics: MetricsRing,
 }
 
 impl<T: GpuFloat> CudaTrainer<T> {
@@ -144,9 +145,9 @@ impl<T: GpuFloat> CudaTrainer<T> {
         let grads = s.alloc_zeros::<f32>(total)?;
         let readback_every = std::env::var("TERSE_CUDA_READBACK_EVERY")
             .ok()
-            .and_then(|x| x.parse::<u64>().ok())
-            .unwrap_or(1)
-            .max(1);
+            .and_then(|x| x.parse::<usize>().ok())
+            .unwrap_or(DEFAULT_READBACK_EVERY);
+        let metrics = MetricsRing::new(&k, readback_every)?;
         let use_graph = std::env::var("TERSE_CUDA_GRAPH").map_or(true, |x| x != "0");
         let choice = std::env::var("TERSE_CUDA_ATTENTION").ok();
         let attention = AttnKernels::for_storage::<T>(choice.as_deref())?;
@@ -165,20 +166,17 @@ impl<T: GpuFloat> CudaTrainer<T> {
             eval_acts: None,
             graph: StepGraph::new(use_graph),
             attention,
-            readback_every,
-            steps_since_readback: 0,
-            last: StepStats {
-                ce: f32::NAN,
-                z: f32::NAN,
-                grad_norm: f32::NAN,
-            },
+            metrics,
         })
     }
 
-    /// Copy the loss and gradient norm back every `n` steps (1 = every step, the default; also
-    /// `TERSE_CUDA_READBACK_EVERY`). Steps in between return the last values read back.
-    pub fn set_readback_every(&mut self, n: u64) {
-        self.readback_every = n.max(1);
+    /// Copies the step metrics back every `n` steps (at least 1; default 16, or
+    /// `TERSE_CUDA_READBACK_EVERY`). A new ring: metrics of steps not yet taken are dropped, and
+    /// the step graph is captured again.
+    pub fn set_readback_every(&mut self, n: usize) -> Result<()> {
+        self.graph.clear();
+        self.metrics = MetricsRing::new(&self.k, n)?;
+        Ok(())
     }
 
     /// Turns CUDA-graph replay on or off (default on; `TERSE_CUDA_GRAPH=0` turns it off).
@@ -271,28 +269,6 @@ impl<T: GpuFloat> CudaTrainer<T> {
         Ok((self.eval_acts.as_mut().expect("just set"), &self.k))
     }
 
-    fn read_stats(&mut self, step: u64) -> Result<StepStats> {
-        let s = self.k.stream().clone();
-        let a = self.acts.as_mut().expect("planned");
-        a.pin_sums.download(&s, &a.sums)?;
-        a.pin_norm.download(&s, &a.gn_out)?;
-        let sums = a.pin_sums.read()?.to_vec();
-        let norm = a.pin_norm.read()?[0];
-        let n = (a.batch * a.seq) as f64;
-        let st = StepStats {
-            ce: (sums[0] / n) as f32,
-            z: (sums[1] / n) as f32,
-            grad_norm: norm,
-        };
-        ensure!(
-            norm.is_finite(),
-            "gradient norm is not finite at step {step} (loss {}); the weights were already \
-             updated on the device, so this run cannot continue",
-            st.ce
-        );
-        Ok(st)
-    }
-
     fn graph_key(&self, opt: &OptimConfig) -> GraphKey {
         let a = self.acts.as_ref().expect("planned");
         GraphKey {
@@ -348,16 +324,10 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
         crate::backend::Device::Cuda
     }
 
-    fn train_step(
-        &mut self,
-        batch: &Batch,
-        lr: f32,
-        step: u64,
-        opt: &OptimConfig,
-    ) -> Result<StepStats> {
+    fn submit_step(&mut self, batch: &Batch, lr: f32, step: u64, opt: &OptimConfig) -> Result<()> {
         self.check_batch(batch)?;
         ensure!(step >= 1, "optimizer steps count from 1");
-        let _range = nvtx::range("train_step");
+        let _range = nvtx::range("submit_step");
         // Bias corrections exactly as the CPU backend computes them (f32 powi).
         let hyper = [
             lr,
@@ -369,13 +339,12 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
             self.upload(batch, Some(hyper))?;
         }
         self.run_step(opt)?;
-        self.steps_since_readback += 1;
-        if self.steps_since_readback >= self.readback_every || self.last.ce.is_nan() {
-            let _read = nvtx::range("read_stats");
-            self.steps_since_readback = 0;
-            self.last = self.read_stats(step)?;
-        }
-        Ok(self.last)
+        self.metrics.submitted(&self.k, step)
+    }
+
+    fn take_step_stats(&mut self, wait: bool) -> Result<Vec<StepReport>> {
+        let _range = wait.then(|| nvtx::range("read_stats"));
+        self.metrics.take(&self.k, wait)
     }
 
     fn eval_batch(&mut self, batch: &Batch) -> Result<LossSums> {

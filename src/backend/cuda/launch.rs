@@ -40,7 +40,7 @@
 //!
 //! The launchers live in one file per op family (as llm.c's kernels do): `elementwise` (cast,
 //! ReLU), `embed`, `norm`, `attention` (attention with the rotary fused in), `classifier`, `optimizer` (global
-//! norm, AdamW); every one is re-exported here. The checks and grid helpers they share are below.
+//! norm, AdamW), `step_stats` (the step's metrics kept on the device); every one is re-exported here. The checks and grid helpers they share are below.
 
 mod attention;
 mod classifier;
@@ -48,6 +48,7 @@ mod elementwise;
 mod embed;
 mod norm;
 mod optimizer;
+mod step_stats;
 
 pub use attention::{attention_backward, attention_forward, AttnKernels};
 pub use classifier::{classifier_forward_backward, loss_sums};
@@ -65,6 +66,7 @@ pub use norm::{
 pub use optimizer::{
     adamw, adamw_dev, global_norm_finish, global_norm_squared, GLOBAL_NORM_BLOCKS,
 };
+pub use step_stats::{step_stats_record, STEP_STATS_FLOATS};
 
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::LaunchConfig;

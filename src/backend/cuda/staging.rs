@@ -73,6 +73,11 @@ impl<T: DeviceRepr + ValidAsZeroBits + Copy + Default> Staged<T> {
         Ok(self.host.as_slice()?)
     }
 
+    /// Whether the last copy has finished (so [`read`](Self::read) would not wait).
+    pub fn landed(&self) -> Result<bool> {
+        Ok(self.copied.try_is_complete()?)
+    }
+
     /// Copies `data` to the front of the buffer (waiting for the last copy), then enqueues the
     /// whole buffer's copy to `dst` on `s`.
     pub fn send(&mut self, s: &Arc<CudaStream>, data: &[T], dst: &mut CudaSlice<T>) -> Result<()> {

@@ -34,7 +34,6 @@ pub(super) struct Acts<T: GpuFloat> {
     pub(super) pin_bucket_token: Staged<i32>,
     pub(super) pin_hyper: Staged<f32>,
     pub(super) pin_sums: Staged<f64>,
-    pub(super) pin_norm: Staged<f32>,
     pub(super) rope_cos: CudaSlice<f32>,
     pub(super) rope_sin: CudaSlice<f32>,
     // saved forward tensors, stacked [L, ...] as in the CPU model
@@ -108,7 +107,6 @@ impl<T: GpuFloat> Acts<T> {
             pin_bucket_token: Staged::for_upload(ctx, num_buckets.max(1))?,
             pin_hyper: Staged::for_upload(ctx, 3)?,
             pin_sums: Staged::for_download(ctx, 2)?,
-            pin_norm: Staged::for_download(ctx, 2)?,
             rope_cos: s.clone_htod(&rope.cos)?,
             rope_sin: s.clone_htod(&rope.sin)?,
             x: t((l + 1) * n * d)?,

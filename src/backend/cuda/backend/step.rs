@@ -1,6 +1,6 @@
 //! The training step's op sequence, the CPU model's order op for op: the forward pass through
-//! the logits, and the whole step (zero grads, forward, classifier, backward, global norm, AdamW)
-//! as it is enqueued eagerly or into a CUDA graph.
+//! the logits, and the whole step (zero grads, forward, classifier, backward, global norm, the
+//! metrics record, AdamW) as it is enqueued eagerly or into a CUDA graph.
 
 use super::acts::Acts;
 use super::{CudaTrainer, PER_LAYER};
@@ -135,8 +135,8 @@ impl<T: GpuFloat> CudaTrainer<T> {
     }
 
     /// Enqueues one whole training step on the stream (captured into a graph after warm-up):
-    /// zero grads, forward, classifier, backward, global norm, AdamW. Reads the batch and the
-    /// per-step scalars from their device buffers.
+    /// zero grads, forward, classifier, backward, global norm, the metrics record, AdamW. Reads
+    /// the batch and the per-step scalars from their device buffers.
     pub(super) fn enqueue_step(&mut self, opt: &OptimConfig) -> Result<()> {
         let CudaTrainer {
             cfg,
@@ -150,6 +150,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
             v,
             acts,
             attention,
+            metrics,
             ..
         } = self;
         let a = acts.as_mut().expect("activations planned before a step");
@@ -341,6 +342,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
         let _optimizer = nvtx::range("optimizer");
         launch::global_norm_squared(k, &mut a.gn_partial, &*grads, grads.len(), false)?;
         launch::global_norm_finish(k, &mut a.gn_out, &a.gn_partial, opt.clip)?;
+        metrics.record(k, &a.sums, &a.gn_out, n)?;
         for spec in specs.iter() {
             let r = spec.range();
             let wd = if spec.shape.len() == 2 {
