@@ -1434,9 +1434,9 @@ fn nvtx_ranges_name_the_step() {
 /// and a step whose gradient norm is not finite is named when its metrics are taken.
 #[test]
 fn step_metrics_arrive_in_order() {
-    if backend_skip("step metrics ring") {
+    let Some(_) = gpu("step metrics ring") else {
         return;
-    }
+    };
     let cfg = ModelConfig::preset("tiny", None).unwrap();
     let params = ParamArena::init(&cfg, 11);
     let opt = OptimConfig::default();
