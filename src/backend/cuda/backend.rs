@@ -44,7 +44,7 @@ use super::nvtx;
 use crate::backend::{Backend, LossSums, OptimConfig, StepReport};
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena, TensorSpec};
-use acts::Acts;
+use acts::{Acts, EmbedGrad};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::CudaSlice;
 use metrics::{MetricsRing, DEFAULT_READBACK_EVERY};
@@ -219,7 +219,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
         if !self.acts.as_ref().is_some_and(|a| a.fits(batch, seq)) {
             self.graph.clear();
             self.acts = None; // free the old shape before allocating the new one
-            self.acts = Some(Acts::new(&self.k, &self.cfg, batch, seq)?);
+            self.acts = Some(Acts::new(&self.k, &self.cfg, batch, seq, true)?);
         }
         Ok(())
     }
@@ -239,13 +239,13 @@ impl<T: GpuFloat> CudaTrainer<T> {
         a.pin_inputs.send(&s, &batch.inputs, &mut a.inputs)?;
         a.pin_targets.send(&s, &batch.targets, &mut a.targets)?;
         if let Some(h) = hyper {
-            if a.embed_onehot.is_none() {
-                let plan = EmbedBackwardPlan::new(&batch.inputs, vocab, a.num_buckets)?;
-                a.pin_order.send(&s, &plan.order, &mut a.order)?;
-                a.pin_bucket_start
-                    .send(&s, &plan.bucket_start, &mut a.bucket_start)?;
-                a.pin_bucket_token
-                    .send(&s, &plan.bucket_token, &mut a.bucket_token)?;
+            if let Some(EmbedGrad::Buckets(p)) = a.embed_grad.as_mut() {
+                let plan = EmbedBackwardPlan::new(&batch.inputs, vocab, p.num_buckets)?;
+                p.pin_order.send(&s, &plan.order, &mut p.order)?;
+                p.pin_bucket_start
+                    .send(&s, &plan.bucket_start, &mut p.bucket_start)?;
+                p.pin_bucket_token
+                    .send(&s, &plan.bucket_token, &mut p.bucket_token)?;
             }
             a.pin_hyper.send(&s, &h, &mut a.hyper)?;
         }
@@ -264,7 +264,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
         }
         if !self.eval_acts.as_ref().is_some_and(|a| a.fits(b, t)) {
             self.eval_acts = None;
-            self.eval_acts = Some(Acts::new(&self.k, &self.cfg, b, t)?);
+            self.eval_acts = Some(Acts::new(&self.k, &self.cfg, b, t, false)?);
         }
         Ok((self.eval_acts.as_mut().expect("just set"), &self.k))
     }

@@ -19,6 +19,7 @@
 //! otherwise, where it passes.
 
 use super::loader::GpuKernels;
+use super::rope::DevRope;
 use super::staging::Staged;
 use super::Entry;
 use crate::m1::{ExactM1, Probs};
@@ -301,8 +302,15 @@ impl GpuExactM1 {
                 .arg(&eps);
             unsafe { l.launch(per_row) }?;
             matvec(&s, &f.matvec, rows, &mut b.qkv, &b.h, &w.qkv_t, d, 3 * d, 0)?;
-            self.rope
-                .rotate(&s, &f.rope, &mut b.qkv, &b.feeds.row_pos, rows, d)?;
+            rotate_rows(
+                &s,
+                &f.rope,
+                &self.rope,
+                &mut b.qkv,
+                &b.feeds.row_pos,
+                rows,
+                d,
+            )?;
             let mut l = s.launch_builder(&f.append_kv);
             l.arg(&mut w.keys)
                 .arg(&mut w.values)
@@ -446,41 +454,24 @@ pub(super) fn grid(n: usize, block: u32) -> LaunchConfig {
     }
 }
 
-/// The rotary tables on the device (`[positions][32]` each), shared by M1's exact path and the
-/// int8 model.
-pub(super) struct DevRope {
-    pub(super) cos: CudaSlice<f32>,
-    pub(super) sin: CudaSlice<f32>,
-}
-
-impl DevRope {
-    pub(super) fn upload(s: &Arc<CudaStream>, rope: &RopeTables) -> Result<Self> {
-        let up = |x: &[f32]| s.clone_htod(x).context("uploading the rotary tables");
-        Ok(DevRope {
-            cos: up(&rope.cos)?,
-            sin: up(&rope.sin)?,
-        })
-    }
-
-    /// Rotary position embedding on the query and key thirds of `rows` rows of `qkv` (`3 d`
-    /// wide), each row at its position in `row_pos`: one thread per (row, pair of a head's
-    /// dimensions), `ceil(rows d / BLOCK)` blocks.
-    pub(super) fn rotate(
-        &self,
-        s: &Arc<CudaStream>,
-        f: &CudaFunction,
-        qkv: &mut CudaSlice<f32>,
-        row_pos: &CudaSlice<i32>,
-        rows: usize,
-        d: usize,
-    ) -> Result<()> {
-        let (rows_i, di) = (rows as i32, d as i32);
-        let mut l = s.launch_builder(f);
-        l.arg(qkv).arg(&self.cos).arg(&self.sin).arg(row_pos);
-        l.arg(&rows_i).arg(&di);
-        unsafe { l.launch(grid(rows * d, BLOCK)) }?;
-        Ok(())
-    }
+/// Rotary position embedding on the query and key thirds of `rows` rows of `qkv` (`3 d` wide),
+/// each row at its position in `row_pos`, with the kernel `f` (`m1x_rope`): one thread per (row,
+/// pair of a head's dimensions), `ceil(rows d / BLOCK)` blocks.
+pub(super) fn rotate_rows(
+    s: &Arc<CudaStream>,
+    f: &CudaFunction,
+    rope: &DevRope,
+    qkv: &mut CudaSlice<f32>,
+    row_pos: &CudaSlice<i32>,
+    rows: usize,
+    d: usize,
+) -> Result<()> {
+    let (rows_i, di) = (rows as i32, d as i32);
+    let mut l = s.launch_builder(f);
+    l.arg(qkv).arg(&rope.cos).arg(&rope.sin).arg(row_pos);
+    l.arg(&rows_i).arg(&di);
+    unsafe { l.launch(grid(rows * d, BLOCK)) }?;
+    Ok(())
 }
 
 /// `y[r] (=, +=, = relu) x[r] W` for `rows` rows (`mode` 0, 1, 2): a grid of

@@ -30,9 +30,10 @@
 //! **Not yet run on a GPU** (written on a machine without one); `tests/gpu_parity.rs` checks it
 //! bit for bit against the CPU on the CUDA emulator, and on a GPU when one is present.
 
-use super::exact_m1::{cache_cells, grid, ring_slots, DevRope, FeedBufs};
+use super::exact_m1::{cache_cells, grid, ring_slots, rotate_rows, FeedBufs};
 use super::graph::StepGraph;
 use super::loader::GpuKernels;
+use super::rope::DevRope;
 use super::Entry;
 use crate::m1::int8::{QMatrix, WeightBits};
 use crate::m1::Int8Model;
@@ -372,7 +373,7 @@ impl GpuInt8Model {
             // Rotary, then attention: one launch when fused (the block rotates its own head).
             if products == Fusion::Separate {
                 let pos = &b.feeds.row_pos;
-                self.rope.rotate(&s, &f.rope, &mut b.qkv, pos, rows, d)?;
+                rotate_rows(&s, &f.rope, &self.rope, &mut b.qkv, pos, rows, d)?;
             }
             let attention = match products {
                 Fusion::Separate => &f.attention,

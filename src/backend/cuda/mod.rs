@@ -41,6 +41,7 @@ pub mod int8_model;
 pub mod launch;
 mod loader;
 pub mod nvtx;
+mod rope;
 mod staging;
 
 pub use backend::{CudaBackend, CudaTrainer};

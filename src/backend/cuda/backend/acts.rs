@@ -3,39 +3,49 @@
 use crate::backend::cuda::gemm::relu_mask_bytes;
 use crate::backend::cuda::launch::{self, EmbedBackwardPlan};
 use crate::backend::cuda::loader::{GpuFloat, GpuKernels};
+use crate::backend::cuda::rope::DevRope;
 use crate::backend::cuda::staging::Staged;
 use crate::model::ModelConfig;
 use crate::numerics::RopeTables;
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
 
+/// How a training step's embedding backward runs, with the buffers it needs.
+pub(super) enum EmbedGrad<T> {
+    /// One product `dtable += onehotᵀ dres` over `[N, V]` one-hot rows of the inputs (built on
+    /// the device), where the vocabulary is small enough (`EMBED_ONEHOT_MAX_VOCAB`).
+    OneHot(CudaSlice<T>),
+    /// The host's bucket plan (`EmbedBackwardPlan`) uploaded each step through pinned copies.
+    Buckets(Box<BucketPlanBufs>),
+}
+
+/// The device buffers of an embedding-backward bucket plan and their pinned staging copies.
+pub(super) struct BucketPlanBufs {
+    pub(super) num_buckets: usize,
+    pub(super) order: CudaSlice<i32>,
+    pub(super) bucket_start: CudaSlice<i32>,
+    pub(super) bucket_token: CudaSlice<i32>,
+    pub(super) pin_order: Staged<i32>,
+    pub(super) pin_bucket_start: Staged<i32>,
+    pub(super) pin_bucket_token: Staged<i32>,
+}
+
 /// Activations, scratch and staging for one (batch, seq) shape.
 pub(super) struct Acts<T: GpuFloat> {
     pub(super) batch: usize,
     pub(super) seq: usize,
-    /// The embedding backward's buckets (0 where it runs as a one-hot product).
-    pub(super) num_buckets: usize,
-    /// `[N, V]` one-hot rows of the inputs where the vocabulary is small enough
-    /// (`EMBED_ONEHOT_MAX_VOCAB`): the embedding backward is then one product, and no bucket plan
-    /// is built or uploaded (its buffers hold one element).
-    pub(super) embed_onehot: Option<CudaSlice<T>>,
+    /// The embedding backward's buffers; `None` for a set that only evaluates.
+    pub(super) embed_grad: Option<EmbedGrad<T>>,
     // the batch on the device and its pinned staging copies
     pub(super) inputs: CudaSlice<u32>,
     pub(super) targets: CudaSlice<u32>,
-    pub(super) order: CudaSlice<i32>,
-    pub(super) bucket_start: CudaSlice<i32>,
-    pub(super) bucket_token: CudaSlice<i32>,
     /// lr, bias_corr1, bias_corr2 (read by `adamw_dev`).
     pub(super) hyper: CudaSlice<f32>,
     pub(super) pin_inputs: Staged<u32>,
     pub(super) pin_targets: Staged<u32>,
-    pub(super) pin_order: Staged<i32>,
-    pub(super) pin_bucket_start: Staged<i32>,
-    pub(super) pin_bucket_token: Staged<i32>,
     pub(super) pin_hyper: Staged<f32>,
     pub(super) pin_sums: Staged<f64>,
-    pub(super) rope_cos: CudaSlice<f32>,
-    pub(super) rope_sin: CudaSlice<f32>,
+    pub(super) rope: DevRope,
     // saved forward tensors, stacked [L, ...] as in the CPU model
     pub(super) x: CudaSlice<T>,    // [L+1, N, d]
     pub(super) xmid: CudaSlice<T>, // [L, N, d]
@@ -74,41 +84,53 @@ pub(super) struct Acts<T: GpuFloat> {
 }
 
 impl<T: GpuFloat> Acts<T> {
-    pub(super) fn new(k: &GpuKernels, cfg: &ModelConfig, batch: usize, seq: usize) -> Result<Self> {
+    /// The buffers of one shape; `train` adds the embedding backward's.
+    pub(super) fn new(
+        k: &GpuKernels,
+        cfg: &ModelConfig,
+        batch: usize,
+        seq: usize,
+        train: bool,
+    ) -> Result<Self> {
         let s = k.stream();
         let ctx = k.context();
         let (n, d, l, ff, v) = (batch * seq, cfg.d_model, cfg.n_layers, cfg.d_ff, cfg.vocab);
         let nlse = batch * cfg.n_heads * seq;
-        let onehot = launch::embed_onehot_fits(v, std::mem::size_of::<T>());
-        let (num_buckets, plan_len) = if onehot {
-            (0, 1)
-        } else {
-            (EmbedBackwardPlan::max_buckets(n, v), n)
-        };
         let t = |len: usize| s.alloc_zeros::<T>(len.max(1));
+        let embed_grad = match (
+            train,
+            launch::embed_onehot_fits(v, std::mem::size_of::<T>()),
+        ) {
+            (false, _) => None,
+            (true, true) => Some(EmbedGrad::OneHot(t(n * v)?)),
+            (true, false) => {
+                let num_buckets = EmbedBackwardPlan::max_buckets(n, v);
+                Some(EmbedGrad::Buckets(Box::new(BucketPlanBufs {
+                    num_buckets,
+                    order: s.alloc_zeros::<i32>(n)?,
+                    bucket_start: s.alloc_zeros::<i32>(num_buckets + 1)?,
+                    bucket_token: s.alloc_zeros::<i32>(num_buckets)?,
+                    pin_order: Staged::for_upload(ctx, n)?,
+                    pin_bucket_start: Staged::for_upload(ctx, num_buckets + 1)?,
+                    pin_bucket_token: Staged::for_upload(ctx, num_buckets)?,
+                })))
+            }
+        };
         let f = |len: usize| s.alloc_zeros::<f32>(len.max(1));
         let rope = RopeTables::new(seq, cfg.rope_theta);
         let relu_mask_stride = relu_mask_bytes(n, ff).map_or(0, |b| b.next_multiple_of(256));
         Ok(Acts {
             batch,
             seq,
-            num_buckets,
-            embed_onehot: if onehot { Some(t(n * v)?) } else { None },
+            embed_grad,
             inputs: s.alloc_zeros::<u32>(n)?,
             targets: s.alloc_zeros::<u32>(n)?,
-            order: s.alloc_zeros::<i32>(plan_len)?,
-            bucket_start: s.alloc_zeros::<i32>(num_buckets + 1)?,
-            bucket_token: s.alloc_zeros::<i32>(num_buckets.max(1))?,
             hyper: f(3)?,
             pin_inputs: Staged::for_upload(ctx, n)?,
             pin_targets: Staged::for_upload(ctx, n)?,
-            pin_order: Staged::for_upload(ctx, plan_len)?,
-            pin_bucket_start: Staged::for_upload(ctx, num_buckets + 1)?,
-            pin_bucket_token: Staged::for_upload(ctx, num_buckets.max(1))?,
             pin_hyper: Staged::for_upload(ctx, 3)?,
             pin_sums: Staged::for_download(ctx, 2)?,
-            rope_cos: s.clone_htod(&rope.cos)?,
-            rope_sin: s.clone_htod(&rope.sin)?,
+            rope: DevRope::upload(s, &rope)?,
             x: t((l + 1) * n * d)?,
             xmid: t(l * n * d)?,
             xn1: t(l * n * d)?,
@@ -166,8 +188,10 @@ impl<T: GpuFloat> Acts<T> {
             &mut self.dh,
         ]
         .into_iter()
-        .chain(self.embed_onehot.as_mut())
-        {
+        .chain(match self.embed_grad.as_mut() {
+            Some(EmbedGrad::OneHot(rows)) => Some(rows),
+            _ => None,
+        }) {
             let host = vec![nan_t; b.len()];
             s.memcpy_htod(&host, b)?;
         }

@@ -2,7 +2,7 @@
 //! the logits, and the whole step (zero grads, forward, classifier, backward, global norm, the
 //! metrics record, AdamW) as it is enqueued eagerly or into a CUDA graph.
 
-use super::acts::Acts;
+use super::acts::{Acts, EmbedGrad};
 use super::{CudaTrainer, PER_LAYER};
 use crate::backend::cpu::attention::AttnShape;
 use crate::backend::cuda::gemm::{DevicePtrDyn, Gemm};
@@ -70,8 +70,8 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 &mut a.att.slice_mut(r.clone()),
                 &mut a.lse.slice_mut(l * nlse..(l + 1) * nlse),
                 &a.qkv.slice(r3),
-                &a.rope_cos,
-                &a.rope_sin,
+                &a.rope.cos,
+                &a.rope.sin,
                 shape,
             )?;
             // xmid = x + att Wout^T (the residual add fused into the GEMM, beta = 1)
@@ -291,8 +291,8 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 &a.att.slice(r.clone()),
                 &a.lse.slice(l * nlse..(l + 1) * nlse),
                 &a.qkv.slice(r3),
-                &a.rope_cos,
-                &a.rope_sin,
+                &a.rope.cos,
+                &a.rope.sin,
                 shape,
             )?;
             gemm.linear_backward(
@@ -320,20 +320,21 @@ impl<T: GpuFloat> CudaTrainer<T> {
         }
         // embedding: dtable += the positions' rows of dres, by token
         let dtable = &mut grads.slice_mut(specs[0].range());
-        if let Some(onehot) = a.embed_onehot.as_mut() {
-            launch::embed_onehot(k, onehot, &a.inputs, n, vocab)?;
-            gemm.wgrad(dtable, &*onehot, &a.dres, n, d, vocab, true)?;
-        } else {
-            launch::embed_backward(
+        match a.embed_grad.as_mut().expect("training activations") {
+            EmbedGrad::OneHot(onehot) => {
+                launch::embed_onehot(k, onehot, &a.inputs, n, vocab)?;
+                gemm.wgrad(dtable, &*onehot, &a.dres, n, d, vocab, true)?;
+            }
+            EmbedGrad::Buckets(p) => launch::embed_backward(
                 k,
                 dtable,
                 &a.dres,
-                &a.order,
-                &a.bucket_start,
-                &a.bucket_token,
-                a.num_buckets,
+                &p.order,
+                &p.bucket_start,
+                &p.bucket_token,
+                p.num_buckets,
                 d,
-            )?;
+            )?,
         }
 
         drop(backward);
