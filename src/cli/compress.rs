@@ -6,7 +6,7 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use terse::compress::{compress_file, decompress_file, Coding, CompressReport, Progress, STDIO};
 use terse::fsio::{check_output, Existing};
-use terse::m1::Int8M1;
+use terse::m1::{builtin_m1, Int8M1};
 
 /// The suffix `compress` adds and `decompress` strips.
 const SUFFIX: &str = ".terse";
@@ -58,9 +58,10 @@ impl Streams {
 
 #[derive(Args)]
 pub struct CompressArgs {
-    /// M1 checkpoint (a byte-level model); decompression needs the same one.
+    /// M1: a checkpoint of a byte-level model or an M1 pack (`terse pack-m1`); decompression
+    /// needs the same one. Default: the M1 built into terse (data/README.md).
     #[arg(long)]
-    m1: PathBuf,
+    m1: Option<PathBuf>,
     /// How each chunk is coded: `ac` (one arithmetic code under M1: the best ratio) or
     /// `equal-info` (windows of --window-bits that decode on their own). A chunk that the coding
     /// does not shrink is stored as it is.
@@ -84,9 +85,10 @@ pub struct CompressArgs {
 
 #[derive(Args)]
 pub struct DecompressArgs {
-    /// The M1 checkpoint the file was compressed with.
+    /// The M1 the file was compressed with (a checkpoint or an M1 pack). Default: the M1 built
+    /// into terse.
     #[arg(long)]
-    m1: PathBuf,
+    m1: Option<PathBuf>,
     /// Check that INPUT decompresses, writing nothing.
     #[arg(short, long)]
     test: bool,
@@ -96,7 +98,7 @@ pub struct DecompressArgs {
 
 pub fn run_compress(a: &CompressArgs) -> Result<()> {
     if a.decompress || a.test {
-        return decompress(&a.m1, a.test, &a.io);
+        return decompress(a.m1.as_deref(), a.test, &a.io);
     }
     let coding = match (a.method, a.window_bits) {
         (CompressMethod::Ac, None) => Coding::Ac,
@@ -108,7 +110,7 @@ pub fn run_compress(a: &CompressArgs) -> Result<()> {
         },
     };
     let (output, remove_input) = target(&a.io, false)?;
-    let m = Int8M1::load(&a.m1)?;
+    let m = load_m1(a.m1.as_deref())?;
     let existing = Existing::replace_if(a.io.force);
     let r = compress_file(
         &a.io.input,
@@ -122,19 +124,31 @@ pub fn run_compress(a: &CompressArgs) -> Result<()> {
     finish(&a.io, &r, "compressed", &output, remove_input)
 }
 
-pub fn run_decompress(a: &DecompressArgs) -> Result<()> {
-    decompress(&a.m1, a.test, &a.io)
+/// The M1 at `path`, or the built-in one.
+fn load_m1(path: Option<&Path>) -> Result<Int8M1> {
+    match path {
+        Some(p) => Int8M1::load(p),
+        None => builtin_m1(),
+    }
 }
 
-fn decompress(m1: &Path, test: bool, io: &Streams) -> Result<()> {
+pub fn run_decompress(a: &DecompressArgs) -> Result<()> {
+    decompress(a.m1.as_deref(), a.test, &a.io)
+}
+
+fn decompress(m1: Option<&Path>, test: bool, io: &Streams) -> Result<()> {
     let (output, remove_input) = match test {
         // Written through, as a device: nothing is kept.
         true => (PathBuf::from("/dev/null"), false),
         false => target(io, true)?,
     };
-    let m = Int8M1::load(m1)?;
+    let m = load_m1(m1)?;
     let existing = Existing::replace_if(io.force || test);
-    let r = decompress_file(&io.input, &output, &m, existing, io.progress())?;
+    let r =
+        decompress_file(&io.input, &output, &m, existing, io.progress()).map_err(|e| match m1 {
+            None => e.context("decompressing with the built-in M1 (give the file's own with --m1)"),
+            Some(_) => e,
+        })?;
     let what = if test { "tested" } else { "decompressed" };
     finish(io, &r, what, &output, remove_input)
 }

@@ -24,12 +24,14 @@
 //! gives identical bits, and so does any batching of windows: each output is the same chain.
 
 mod batch;
+mod builtin;
 pub mod int8;
 mod load;
 mod lockstep;
 mod matmul;
 
 pub use batch::{CpuM1Batch, M1Batch, M1BatchPair, PendingStep};
+pub use builtin::{builtin_m1, BUILTIN_M1_FINGERPRINT};
 pub use int8::{Int8M1, Int8Model, Int8State};
 pub use lockstep::{run_tasks, Feed, StreamTask};
 
