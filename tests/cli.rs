@@ -627,23 +627,26 @@ fn compress_follows_xz_habits() {
     }
 }
 
+/// Runs terse with `args`, `stdin` written to its standard input through a pipe (from another
+/// thread, so a child that writes while it reads cannot deadlock), and its output collected.
+fn run(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = common::spawn_piped(args);
+    let mut pipe = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || pipe.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    out
+}
+
 /// `-` reads standard input and writes standard output, through real pipes: `cat FILE | terse
 /// compress - - | terse decompress - -` gives FILE back, the same bytes as compressing the file;
 /// the reports go to stderr, and a damaged stream on stdin is refused with a non-zero status.
 #[test]
 fn compress_and_decompress_through_pipes() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let (ck, input, src) = m1_and_input(dir.path());
-    let run = |args: &[&str], stdin: &[u8]| {
-        let mut child = common::spawn_piped(args);
-        let mut pipe = child.stdin.take().unwrap();
-        let data = stdin.to_vec();
-        let feeder = std::thread::spawn(move || pipe.write_all(&data));
-        let out = child.wait_with_output().unwrap();
-        feeder.join().unwrap().unwrap();
-        out
-    };
     let m = path_str(&ck);
     let z = run(&["compress", "--m1", m, "-", "-"], &input);
     assert!(z.status.success(), "{}", stderr(&z));
@@ -677,15 +680,6 @@ fn compress_and_decompress_through_pipes() {
 #[test]
 fn builtin_m1_compresses_through_pipes() {
     use std::io::Write;
-    let run = |args: &[&str], stdin: &[u8]| {
-        let mut child = common::spawn_piped(args);
-        let mut pipe = child.stdin.take().unwrap();
-        let data = stdin.to_vec();
-        let feeder = std::thread::spawn(move || pipe.write_all(&data));
-        let out = child.wait_with_output().unwrap();
-        feeder.join().unwrap().unwrap();
-        out
-    };
     let books = include_bytes!("../data/sample-books.txt");
     let input = &books[400_000..408_000];
     let z = run(&["compress", "-", "-"], input);
