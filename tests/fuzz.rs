@@ -124,7 +124,7 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // (b) The compressed-file parser.
 
-/// Offsets of the header fields (see `terse::compress`, format 2): version 8, contract 10,
+/// Offsets of the header fields (see `terse::compress`, format 3): version 8, contract 10,
 /// fingerprint 14, coding 22, window bits 23, chunk bytes 25, the header's CRC-32 29; chunk
 /// records from 33; the end record's original length and CRC-32 are the file's last 12 bytes.
 const HEADER_BYTES: usize = 33;

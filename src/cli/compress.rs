@@ -197,7 +197,7 @@ fn finish(
         serde_json::to_string(r)?
     } else {
         format!(
-            "{what} {} bytes <-> {} bytes ({:.3} bits/byte, {}{} chunks stored) in {:.2} s, {:.0} bytes/s",
+            "{what} {} bytes <-> {} bytes ({:.3} bits/byte, {}{} chunks by xz, {} stored) in {:.2} s, {:.0} bytes/s",
             r.original_bytes,
             r.compressed_bytes,
             r.bits_per_byte,
@@ -205,6 +205,7 @@ fn finish(
                 "ac" => "ac, ".to_string(),
                 m => format!("{m}, {} windows, ", r.windows),
             },
+            r.xz_chunks,
             r.stored_chunks,
             r.seconds,
             r.bytes_per_second

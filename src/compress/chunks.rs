@@ -1,7 +1,8 @@
 //! Coding a batch of chunks under M1 ([`ChunkCoder`]): in lockstep on one [`CpuM1Batch`], so
 //! each step's rows share one read of M1's weights.
 
-use super::format::STORED;
+use super::classic::xz_chunk;
+use super::format::{STORED, XZ};
 use super::Coding;
 use crate::m1::{CpuM1Batch, Int8M1};
 use crate::tokenize::ac;
@@ -61,7 +62,7 @@ impl<'a> ChunkCoder<'a> {
                 })
                 .collect(),
         };
-        Ok(coded
+        coded
             .into_iter()
             .zip(chunks)
             .map(|((word, body), &chunk)| {
@@ -71,19 +72,26 @@ impl<'a> ChunkCoder<'a> {
                 } else {
                     0
                 };
-                let (word, body, windows) = match body.len() < chunk.len() {
-                    true => (word, &body[..], windows),
-                    false => (STORED, chunk, 0),
+                // The shortest record of three: M1's code, xz's stream (for what M1 models
+                // badly), the bytes as they are; a tie goes to the earlier.
+                let xz = xz_chunk(chunk)?;
+                let coded_len = 4 + body.len();
+                let (word, body, windows) = if coded_len < 8 + chunk.len().min(xz.len()) {
+                    (word, &body[..], windows)
+                } else if xz.len() < chunk.len() {
+                    (XZ, &xz[..], 0)
+                } else {
+                    (STORED, chunk, 0)
                 };
                 let mut record = Vec::with_capacity(8 + body.len());
                 record.extend_from_slice(&word.to_le_bytes());
-                if word == STORED {
-                    record.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+                if word == STORED || word == XZ {
+                    record.extend_from_slice(&(body.len() as u32).to_le_bytes());
                 }
                 record.extend_from_slice(body);
-                (record, windows)
+                Ok((record, windows))
             })
-            .collect())
+            .collect()
     }
 
     /// The bytes of `chunks` (each with its share of the original), the coded ones decoded

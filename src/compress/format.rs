@@ -1,13 +1,14 @@
 //! The `.terse` layout (docs/file-formats.md): a header, one record per chunk, an end record with
 //! the original's length and CRC-32; written and read front to back, so either side may be a
-//! pipe. Also reads format 1 (length and CRC-32 in the header, no stored chunks, no end record).
+//! pipe. Also reads format 2 (no xz records) and format 1 (length and CRC-32 in the header, no
+//! stored chunks, no end record).
 
 use anyhow::{bail, ensure, Context, Result};
 use std::io::Read;
 
 pub(super) const MAGIC: &[u8; 8] = b"TERSEcf\0";
-/// The format this build writes; it reads this one and format 1.
-pub(super) const FORMAT_VERSION: u16 = 2;
+/// The format this build writes; it reads this one, format 2 and format 1.
+pub(super) const FORMAT_VERSION: u16 = 3;
 /// Magic, version, contract, fingerprint, coding, window bits, chunk bytes, and the CRC-32 of
 /// those (a damaged chunk size would otherwise make every chunk decode to the wrong length at
 /// length, before the end record could say so).
@@ -16,6 +17,9 @@ pub(super) const HEADER_BYTES: usize = 8 + 2 + 4 + 8 + 1 + 2 + 4 + 4;
 const V1_HEADER_BYTES: usize = 8 + 2 + 4 + 8 + 2 + 4 + 8 + 4;
 /// A record's first word when the chunk is stored: its length (u32) and bytes follow.
 pub const STORED: u32 = u32::MAX - 1;
+/// A record's first word when the chunk is coded by xz (`classic.rs`; format 3): the stream's
+/// length (u32) and bytes follow.
+pub const XZ: u32 = u32::MAX - 2;
 /// The first word of the end record: the original's length (u64) and CRC-32 (u32) follow.
 pub const END: u32 = u32::MAX;
 
@@ -29,6 +33,8 @@ pub(super) struct Header {
     pub chunk_bytes: u32,
     /// Format 1: the original's length and CRC-32, which later formats keep for the end.
     pub v1_end: Option<(u64, u32)>,
+    /// Format 3 and later: chunks may be xz records.
+    pub xz_records: bool,
 }
 
 impl Header {
@@ -47,7 +53,7 @@ impl Header {
         h
     }
 
-    /// Reads a header of format 1 or 2 from `r` (`name` for messages).
+    /// Reads a header of format 1, 2 or 3 from `r` (`name` for messages).
     pub fn read(r: &mut impl Read, name: &str) -> Result<Header> {
         let not_ours = || format!("{name} is not a terse compressed file (bad magic or too short)");
         let mut head = [0u8; 10];
@@ -56,8 +62,8 @@ impl Header {
         let format = u16::from_le_bytes([head[8], head[9]]);
         let rest = match format {
             1 => V1_HEADER_BYTES,
-            FORMAT_VERSION => HEADER_BYTES,
-            _ => bail!("{name}: format version {format}, this build reads 1 and {FORMAT_VERSION}"),
+            2..=FORMAT_VERSION => HEADER_BYTES,
+            _ => bail!("{name}: format version {format}, this build reads 1 to {FORMAT_VERSION}"),
         } - head.len();
         let mut b = vec![0u8; rest];
         ensure!(fill(r, &mut b, name)? == rest, not_ours());
@@ -65,7 +71,7 @@ impl Header {
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
         let (contract, fingerprint) = (u32_at(0), u64_at(4));
-        if format == FORMAT_VERSION {
+        if format >= 2 {
             let mut hasher = crc32fast::Hasher::new();
             hasher.update(&head);
             hasher.update(&b[..rest - 4]);
@@ -82,6 +88,7 @@ impl Header {
                 window_bits: u16_at(12),
                 chunk_bytes: u32_at(14),
                 v1_end: Some((u64_at(18), u32_at(26))),
+                xz_records: false,
             },
             _ => Header {
                 contract,
@@ -90,6 +97,7 @@ impl Header {
                 window_bits: u16_at(13),
                 chunk_bytes: u32_at(15),
                 v1_end: None,
+                xz_records: format >= 3,
             },
         })
     }
@@ -106,6 +114,8 @@ pub(super) fn end_record(total: u64, crc: u32) -> Vec<u8> {
 /// One record as read.
 pub(super) enum Record {
     Stored(Vec<u8>),
+    /// An xz stream of the chunk's bytes.
+    Xz(Vec<u8>),
     /// The first word (window count or `ac` code length) and what follows it.
     Coded {
         word: u32,
@@ -117,7 +127,7 @@ pub(super) enum Record {
     },
 }
 
-/// Reads chunk `index`'s record (format 2; format 1 has only coded records), refusing lengths
+/// Reads chunk `index`'s record (formats 2 and 3; format 1 has only coded records), refusing lengths
 /// past `max_body` (a stored chunk longer than a chunk, a coded body larger than its chunk can
 /// need) before allocating. `body_bytes` gives a coded record's body length from its word.
 pub(super) fn read_record(
@@ -155,6 +165,17 @@ pub(super) fn read_record(
             );
             n as usize
         }
+        // An xz record is written only when shorter than the stored chunk.
+        XZ if h.xz_records => {
+            let mut n = [0u8; 4];
+            ensure!(fill(r, &mut n, name)? == 4, truncated());
+            let n = u32::from_le_bytes(n);
+            ensure!(
+                (1..h.chunk_bytes).contains(&n),
+                "{name} is corrupt (chunk {index} claims an xz stream of {n} bytes)"
+            );
+            n as usize
+        }
         _ => body_bytes(word)
             .with_context(|| format!("{name} is corrupt (chunk {index}'s record claims {word})"))?,
     };
@@ -162,6 +183,7 @@ pub(super) fn read_record(
     ensure!(fill(r, &mut body, name)? == body_len, truncated());
     Ok(match word {
         STORED if v2 => Record::Stored(body),
+        XZ if h.xz_records => Record::Xz(body),
         _ => Record::Coded { word, body },
     })
 }

@@ -15,6 +15,7 @@
 //! the output is written atomically ([`crate::fsio`]): on any error no output file is left.
 
 mod chunks;
+mod classic;
 mod format;
 mod progress;
 
@@ -22,8 +23,9 @@ use crate::fsio::{AtomicFile, Existing};
 use crate::m1::{Int8M1, CONTRACT_VERSION};
 use anyhow::{bail, ensure, Context, Result};
 use chunks::{Chunk, ChunkCoder};
+use classic::unxz_chunk;
 use format::{end_record, fill, read_record, Header, Record, MAGIC};
-pub use format::{END, STORED};
+pub use format::{END, STORED, XZ};
 use progress::Meter;
 pub use progress::Progress;
 use std::fs::File;
@@ -92,7 +94,9 @@ pub struct CompressReport {
     pub compressed_bytes: u64,
     /// Equal-Info windows (0 for `ac`).
     pub windows: u64,
-    /// Chunks kept as they were, because coding did not shrink them.
+    /// Chunks coded by xz, because M1 coded them worse (format 3).
+    pub xz_chunks: u64,
+    /// Chunks kept as they were, because neither coding shrank them.
     pub stored_chunks: u64,
     pub bits_per_byte: f64,
     pub seconds: f64,
@@ -103,6 +107,7 @@ pub struct CompressReport {
 #[derive(Clone, Copy, Default)]
 struct Tally {
     windows: u64,
+    xz: u64,
     stored: u64,
 }
 
@@ -121,6 +126,7 @@ fn report(
         original_bytes: original,
         compressed_bytes: compressed,
         windows: tally.windows,
+        xz_chunks: tally.xz,
         stored_chunks: tally.stored,
         bits_per_byte: if original > 0 {
             8.0 * compressed as f64 / original as f64
@@ -261,6 +267,7 @@ pub fn compress_file(
             compressed += record.len() as u64;
             tally.windows += windows;
             tally.stored += u64::from(record[..4] == STORED.to_le_bytes());
+            tally.xz += u64::from(record[..4] == XZ.to_le_bytes());
         }
         meter.update(total, compressed);
         if n < buf.len() {
@@ -387,12 +394,20 @@ pub fn decompress_file(
                 &name,
             )?,
         };
+        // An xz chunk is restored here and joins the stored ones: its bytes are final.
         let (stored, word, body) = match record {
             Record::End { total, crc } => break (total, crc),
-            Record::Stored(body) => (true, 0, body),
+            Record::Stored(body) => {
+                tally.stored += 1;
+                (true, 0, body)
+            }
+            Record::Xz(z) => {
+                tally.xz += 1;
+                let what = format!("{name} (chunk {read})");
+                (true, 0, unxz_chunk(&z, chunk as usize, &what)?)
+            }
             Record::Coded { word, body } => (false, word, body),
         };
-        tally.stored += u64::from(stored);
         if !stored && matches!(coding, Coding::EqualInfo { .. }) {
             tally.windows += word as u64;
         }
@@ -519,8 +534,13 @@ mod tests {
         let back_rep = decompress_file(&z, &back, m, Existing::Replace, Progress::Off).unwrap();
         assert_eq!(std::fs::read(&back).unwrap(), input, "{coding:?}");
         assert_eq!(
-            (back_rep.method, back_rep.windows, back_rep.stored_chunks),
-            (rep.method, rep.windows, rep.stored_chunks)
+            (
+                back_rep.method,
+                back_rep.windows,
+                back_rep.stored_chunks,
+                back_rep.xz_chunks
+            ),
+            (rep.method, rep.windows, rep.stored_chunks, rep.xz_chunks)
         );
         let size = std::fs::metadata(&z).unwrap().len();
         assert_eq!(rep.compressed_bytes, size);
@@ -674,7 +694,7 @@ mod tests {
         format[8] = 9;
         let e = try_with(&format);
         assert!(
-            e.contains("format version 9, this build reads 1 and 2"),
+            e.contains("format version 9, this build reads 1 to 3"),
             "{e}"
         );
         assert!(try_with(&edited(22, 7)).contains("corrupt header (coding 7"));
@@ -721,6 +741,54 @@ mod tests {
                 "{coding:?}: {rep:?}"
             );
         }
+    }
+
+    /// Chunks M1 codes worse than xz (here a block of random bytes repeated at a distance past
+    /// M1's context, which only a long-range matcher finds) are xz records, and the file
+    /// round-trips; format 2, which has no xz records, is refused on them, and a format 2 file
+    /// (only coded and stored records) still decodes.
+    #[test]
+    fn chunks_m1_codes_badly_go_to_xz() {
+        let m = text_m1();
+        let dir = tempfile::tempdir().unwrap();
+        let text = &include_bytes!("../../data/sample-books.txt")[..2000];
+        let mut r = Rng::new(9);
+        let block: Vec<u8> = (0..300).map(|_| r.below(256) as u8).collect();
+        let input = [text, &block.repeat(10)[..], text].concat();
+        for coding in [Coding::Ac, EQUAL_INFO_16] {
+            // The text chunks sit at chunk boundaries, so they code as the text alone does.
+            let (_, text_only) = round_trip(dir.path(), m, &[text, text].concat(), coding, 1000);
+            let (rep, size) = round_trip(dir.path(), m, &input, coding, 1000);
+            assert!(
+                rep.xz_chunks >= 3 && rep.stored_chunks == 0,
+                "{coding:?}: {rep:?}"
+            );
+            // Three xz records of the 3,000 repeated bytes, where storing them takes 3,024.
+            let xz = size - text_only;
+            assert!(xz < 1500, "{coding:?}: {xz} bytes");
+        }
+        let z = std::fs::read(dir.path().join("in.terse")).unwrap();
+        let as_format_2 = |mut f: Vec<u8>| {
+            f[8..10].copy_from_slice(&2u16.to_le_bytes());
+            let crc = crc32fast::hash(&f[..HEADER_BYTES - 4]);
+            f[HEADER_BYTES - 4..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+            let p = dir.path().join("v2.terse");
+            std::fs::write(&p, f).unwrap();
+            decompress_file(
+                &p,
+                &dir.path().join("v2"),
+                m,
+                Existing::Replace,
+                Progress::Off,
+            )
+        };
+        let e = format!("{:#}", as_format_2(z).unwrap_err());
+        assert!(e.contains("corrupt"), "{e}");
+        let (rep, _) = round_trip(dir.path(), m, text, Coding::Ac, 1000);
+        assert_eq!(rep.xz_chunks, 0, "{rep:?}");
+        let z = std::fs::read(dir.path().join("in.terse")).unwrap();
+        as_format_2(z).expect("a format 2 file decodes");
+        assert_eq!(std::fs::read(dir.path().join("v2")).unwrap(), text);
     }
 
     /// A file of more chunks than one batch holds (coded and stored ones mixed) round-trips,
