@@ -223,7 +223,7 @@ fn compressed() -> &'static (tempfile::TempDir, PathBuf, Vec<u8>) {
         let dir = root.path().join("z");
         fs::create_dir(&dir).unwrap();
         let z = dir.join("f.terse");
-        let coding = terse::compress::Coding::Ac;
+        let coding = terse::compress::Coding::AC;
         let rep = terse::compress::compress_file(
             &input,
             &z,

@@ -101,7 +101,7 @@ pub fn run_compress(a: &CompressArgs) -> Result<()> {
         return decompress(a.m1.as_deref(), a.test, &a.io);
     }
     let coding = match (a.method, a.window_bits) {
-        (CompressMethod::Ac, None) => Coding::Ac,
+        (CompressMethod::Ac, None) => Coding::AC,
         (CompressMethod::Ac, Some(_)) => {
             bail!("--window-bits applies to --method equal-info, not ac")
         }

@@ -1,5 +1,5 @@
 //! Pure integer arithmetic coding: quantised CDFs, the Equal-Info window coder, the whole-stream
-//! coder of the plain AC baseline, and bit <-> token packing. No model code lives here and no
+//! coder of the plain AC baseline, and bit <-> token packing. No neural model code lives here and no
 //! floating point is used, except that [`CdfQuantizer`] reads `f32` probabilities (by their bit
 //! patterns: the conversion itself is integer arithmetic).
 //!
@@ -15,11 +15,14 @@
 //! - [`stream`]: [`StreamEncoder`] / [`StreamDecoder`], a carry-propagating range coder (64-bit
 //!   state, byte output) for whole-text AC; the decoder needs the symbol count.
 //! - [`pack`]: window codes and byte streams to 8- or 16-bit tokens, MSB first, and back.
+//! - [`repeats`]: [`Repeats`], an integer model of a chunk's own history (the byte that followed
+//!   the last occurrence of the current context) mixed into M1's CDF, for `terse compress`.
 //!
 //! Every decoder here is total: no input bytes, code or token makes it panic or loop forever.
 
 pub mod cdf;
 pub mod pack;
+pub mod repeats;
 pub mod stream;
 pub mod window;
 
@@ -27,6 +30,7 @@ pub use cdf::{
     min_f_min, Cdf, CdfQuantizer, DEFAULT_F_MIN, DEFAULT_TOTAL_BITS, MAX_TOTAL_BITS, MIN_TOTAL_BITS,
 };
 pub use pack::{bytes_to_tokens, codes_to_tokens, tokens_to_bytes, tokens_to_codes};
+pub use repeats::Repeats;
 pub use stream::{StreamDecoder, StreamEncoder};
 pub use window::{
     decode_window, decode_windows, encode_windows, window_bits_supported, EncodedWindows,

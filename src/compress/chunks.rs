@@ -5,7 +5,7 @@ use super::classic::xz_chunk;
 use super::format::{STORED, XZ};
 use super::Coding;
 use crate::m1::{CpuM1Batch, Int8M1};
-use crate::tokenize::ac;
+use crate::tokenize::ac::{self, AcModel};
 use crate::tokenize::equal_info::EqualInfo;
 use anyhow::Result;
 
@@ -19,19 +19,27 @@ pub(super) struct Chunk {
     pub body: Vec<u8>,
 }
 
-/// The coders of one file: the Equal-Info coder when the coding is Equal-Info.
+/// The coders of one file: the Equal-Info coder when the coding is Equal-Info, else the `ac`
+/// model.
 pub(super) struct ChunkCoder<'a> {
     m1: &'a Int8M1,
     equal_info: Option<EqualInfo<'a>>,
+    ac_model: AcModel,
 }
 
 impl<'a> ChunkCoder<'a> {
     pub fn new(m1: &'a Int8M1, coding: Coding) -> Result<Self> {
-        let equal_info = match coding {
-            Coding::EqualInfo { window_bits } => Some(EqualInfo::new(m1, window_bits)?),
-            Coding::Ac => None,
+        let (equal_info, ac_model) = match coding {
+            Coding::EqualInfo { window_bits } => {
+                (Some(EqualInfo::new(m1, window_bits)?), AcModel::M1)
+            }
+            Coding::Ac(model) => (None, model),
         };
-        Ok(ChunkCoder { m1, equal_info })
+        Ok(ChunkCoder {
+            m1,
+            equal_info,
+            ac_model,
+        })
     }
 
     /// The records of `chunks`, coded together in lockstep on one [`CpuM1Batch`] (a stream per
@@ -54,7 +62,7 @@ impl<'a> ChunkCoder<'a> {
                     })
                     .collect()
             }
-            None => ac::encode_chunks(&mut batch, chunks, 8)?
+            None => ac::encode_chunks(&mut batch, chunks, 8, self.ac_model)?
                 .into_iter()
                 .map(|tokens| {
                     let body: Vec<u8> = tokens.into_iter().map(|t| t as u8).collect();
@@ -130,7 +138,7 @@ impl<'a> ChunkCoder<'a> {
                 let refs: Vec<&[u16]> = tokens.iter().map(Vec::as_slice).collect();
                 let lens: Vec<usize> = coded.iter().map(|(_, len)| *len).collect();
                 let mut batch = CpuM1Batch::new(self.m1, coded.len().max(1));
-                ac::decode_chunks(&mut batch, &refs, 8, &lens)?
+                ac::decode_chunks(&mut batch, &refs, 8, &lens, self.ac_model)?
             }
         }
         .into_iter();

@@ -7,8 +7,9 @@ use anyhow::{bail, ensure, Context, Result};
 use std::io::Read;
 
 pub(super) const MAGIC: &[u8; 8] = b"TERSEcf\0";
-/// The format this build writes; it reads this one, format 2 and format 1.
-pub(super) const FORMAT_VERSION: u16 = 3;
+/// The format this build writes (4: `ac` may mix in each chunk's repeats); it reads every
+/// earlier one too.
+pub(super) const FORMAT_VERSION: u16 = 4;
 /// Magic, version, contract, fingerprint, coding, window bits, chunk bytes, and the CRC-32 of
 /// those (a damaged chunk size would otherwise make every chunk decode to the wrong length at
 /// length, before the end record could say so).
@@ -33,11 +34,16 @@ pub(super) struct Header {
     pub chunk_bytes: u32,
     /// Format 1: the original's length and CRC-32, which later formats keep for the end.
     pub v1_end: Option<(u64, u32)>,
-    /// Format 3 and later: chunks may be xz records.
-    pub xz_records: bool,
+    /// The format's version (1 to [`FORMAT_VERSION`]).
+    pub format: u16,
 }
 
 impl Header {
+    /// Format 3 and later: chunks may be xz records.
+    pub fn xz_records(&self) -> bool {
+        self.format >= 3
+    }
+
     /// This build's header.
     pub fn encode(fingerprint: u64, contract: u32, coding: u8, bits: u16, chunk: u32) -> Vec<u8> {
         let mut h = Vec::with_capacity(HEADER_BYTES);
@@ -88,7 +94,7 @@ impl Header {
                 window_bits: u16_at(12),
                 chunk_bytes: u32_at(14),
                 v1_end: Some((u64_at(18), u32_at(26))),
-                xz_records: false,
+                format,
             },
             _ => Header {
                 contract,
@@ -97,7 +103,7 @@ impl Header {
                 window_bits: u16_at(13),
                 chunk_bytes: u32_at(15),
                 v1_end: None,
-                xz_records: format >= 3,
+                format,
             },
         })
     }
@@ -166,7 +172,7 @@ pub(super) fn read_record(
             n as usize
         }
         // An xz record is written only when shorter than the stored chunk.
-        XZ if h.xz_records => {
+        XZ if h.xz_records() => {
             let mut n = [0u8; 4];
             ensure!(fill(r, &mut n, name)? == 4, truncated());
             let n = u32::from_le_bytes(n);
@@ -183,7 +189,7 @@ pub(super) fn read_record(
     ensure!(fill(r, &mut body, name)? == body_len, truncated());
     Ok(match word {
         STORED if v2 => Record::Stored(body),
-        XZ if h.xz_records => Record::Xz(body),
+        XZ if h.xz_records() => Record::Xz(body),
         _ => Record::Coded { word, body },
     })
 }

@@ -1,16 +1,16 @@
 //! Self-describing compressed files under M1's exact path (numeric contract 3), for any input
 //! bytes (text, binary, empty, not UTF-8). Each chunk is coded one of two ways ([`Coding`]):
-//! one arithmetic code under M1 with its context never reset (`ac`, M1's own rate: the best
-//! ratio, the default), or Equal-Info windows (what M2 trains on). A chunk that the coding does
-//! not shrink is stored as it is, so no input grows by more than 49 bytes (header and end
-//! record) and 8 per chunk.
+//! one arithmetic code under M1 with its context never reset, mixed with the chunk's own
+//! repeats (`ac`: the best ratio, the default), or Equal-Info windows (what M2 trains on). A
+//! chunk that xz codes shorter becomes an xz record, and one that nothing shrinks is stored as it
+//! is, so no input grows by more than 49 bytes (header and end record) and 8 per chunk.
 //!
 //! The layout ([`format`], docs/file-formats.md) is written and read front to back, a header
-//! (magic, format 2, M1's contract and fingerprint, coding, window bits, chunk bytes), one record
+//! (magic, format 4, M1's contract and fingerprint, coding, window bits, chunk bytes), one record
 //! per chunk, then an end record with the original's length and CRC-32, so the input of
 //! `compress` and of `decompress` may be a pipe and memory holds one batch of chunks. Chunks are
 //! independent (the last may be shorter), so a batch codes in lockstep ([`chunks`]) and a damaged
-//! chunk is named. Decoding also reads format 1, checks every header field against the M1 it is
+//! chunk is named. Decoding also reads formats 1 to 3, checks every header field against the M1 it is
 //! given, every length before it allocates, and the length and CRC-32 of the result. Into a file
 //! the output is written atomically ([`crate::fsio`]): on any error no output file is left.
 
@@ -21,6 +21,7 @@ mod progress;
 
 use crate::fsio::{AtomicFile, Existing};
 use crate::m1::{Int8M1, CONTRACT_VERSION};
+use crate::tokenize::ac::AcModel;
 use anyhow::{bail, ensure, Context, Result};
 use chunks::{Chunk, ChunkCoder};
 use classic::unxz_chunk;
@@ -38,13 +39,15 @@ const BATCH_CHUNKS: usize = 64;
 /// chunks are large.
 const BATCH_BYTES: usize = 4 << 20;
 
-/// Chunk size of `terse compress` unless told otherwise: with M1's context of a few hundred
-/// bytes, a chunk's fresh start costs `ac` 0.06% of the size against 64 KiB chunks on c4-sample,
-/// and a small file still fills a lockstep batch.
-pub const DEFAULT_CHUNK_BYTES: u32 = 16 * 1024;
+/// Chunk size of `terse compress` unless told otherwise. A chunk's repeats model
+/// ([`Repeats`](crate::coder::Repeats)) remembers the whole chunk, so larger chunks code smaller
+/// (on 192 KiB of sample-books, 1.949 bits/byte at 64 KiB, 1.984 at 16 KiB, 1.928 in one chunk),
+/// while smaller ones give more streams to run in parallel: a file of 128 KiB still keeps two
+/// cores busy.
+pub const DEFAULT_CHUNK_BYTES: u32 = 64 * 1024;
 
-/// The largest chunk `compress` writes and `decompress` accepts: far past M1's context, where a
-/// larger chunk gains nothing, and a bound on what one chunk's decoding may allocate and run.
+/// The largest chunk `compress` writes and `decompress` accepts: a bound on what one chunk's
+/// decoding may allocate and run.
 pub const MAX_CHUNK_BYTES: u32 = 16 << 20;
 
 /// Chunks per batch for chunks of `chunk_bytes`: [`BATCH_CHUNKS`], fewer for large chunks.
@@ -55,31 +58,36 @@ fn batch_chunks(chunk_bytes: u32) -> usize {
 /// How `terse compress` codes each chunk under M1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Coding {
-    /// One arithmetic code per chunk, M1's context never reset inside it ([`ac`](crate::tokenize::ac)): M1's own
-    /// rate, the best ratio.
-    Ac,
+    /// One arithmetic code per chunk, M1's context never reset inside it
+    /// ([`ac`](crate::tokenize::ac)), under `AcModel`: the best ratio.
+    Ac(AcModel),
     /// Equal-Info windows of `window_bits` bits ([`EqualInfo`](crate::tokenize::equal_info::EqualInfo)): each window decodes on its own,
     /// at a cost in ratio.
     EqualInfo { window_bits: u32 },
 }
 
 impl Coding {
+    /// The `ac` coding this build writes: M1 mixed with each chunk's repeats.
+    pub const AC: Coding = Coding::Ac(AcModel::M1Repeats);
+
     /// The header's coding byte and window bits.
     fn fields(self) -> (u8, u16) {
         match self {
             Coding::EqualInfo { window_bits } => (1, window_bits as u16),
-            Coding::Ac => (2, 0),
+            Coding::Ac(AcModel::M1) => (2, 0),
+            Coding::Ac(AcModel::M1Repeats) => (3, 0),
         }
     }
 
-    /// The coding a header's [`fields`](Coding::fields) name, or `None` for no coding this build
-    /// writes.
-    fn from_fields(method: u8, bits: u16) -> Option<Coding> {
+    /// The coding a header of format `format` names by its [`fields`](Coding::fields), or `None`
+    /// for none that format has (`ac` with repeats came with format 4).
+    fn from_fields(method: u8, bits: u16, format: u16) -> Option<Coding> {
         match (method, bits) {
             (1, bits) => Some(Coding::EqualInfo {
                 window_bits: bits as u32,
             }),
-            (2, 0) => Some(Coding::Ac),
+            (2, 0) => Some(Coding::Ac(AcModel::M1)),
+            (3, 0) if format >= 4 => Some(Coding::AC),
             _ => None,
         }
     }
@@ -120,7 +128,7 @@ fn report(
 ) -> CompressReport {
     CompressReport {
         method: match coding {
-            Coding::Ac => "ac",
+            Coding::Ac(_) => "ac",
             Coding::EqualInfo { .. } => "equal-info",
         },
         original_bytes: original,
@@ -324,7 +332,7 @@ pub fn decompress_file(
         m1.fingerprint()
     );
     let (c, bits) = (h.coding, h.window_bits);
-    let coding = Coding::from_fields(c, bits)
+    let coding = Coding::from_fields(c, bits, h.format)
         .with_context(|| format!("{name}: corrupt header (coding {c}, window bits {bits})"))?;
     let coder = ChunkCoder::new(m1, coding).with_context(|| format!("{name}: corrupt header"))?;
     let chunk = h.chunk_bytes;
@@ -619,7 +627,7 @@ mod tests {
             vec![0xFF, 0xFE, 0x80, 0xC3],
         ];
         let codings = [
-            Coding::Ac,
+            Coding::AC,
             EQUAL_INFO_16,
             Coding::EqualInfo { window_bits: 32 },
         ];
@@ -635,7 +643,7 @@ mod tests {
             &src,
             &z,
             m,
-            Coding::Ac,
+            Coding::AC,
             1000,
             Existing::Replace,
             Progress::Off,
@@ -694,7 +702,7 @@ mod tests {
         format[8] = 9;
         let e = try_with(&format);
         assert!(
-            e.contains("format version 9, this build reads 1 to 3"),
+            e.contains("format version 9, this build reads 1 to 4"),
             "{e}"
         );
         assert!(try_with(&edited(22, 7)).contains("corrupt header (coding 7"));
@@ -712,7 +720,7 @@ mod tests {
             &dir.path().join("missing"),
             &out,
             m,
-            Coding::Ac,
+            Coding::AC,
             1000,
             Existing::Replace,
             Progress::Off
@@ -730,7 +738,7 @@ mod tests {
         let random: Vec<u8> = (0..2500).map(|_| r.below(256) as u8).collect();
         let text = &include_bytes!("../../data/sample-books.txt")[..2000];
         let mixed = [text, &random[..], text].concat();
-        for coding in [Coding::Ac, EQUAL_INFO_16] {
+        for coding in [Coding::AC, EQUAL_INFO_16] {
             let (rep, size) = round_trip(dir.path(), m, &random, coding, 1000);
             assert_eq!(rep.stored_chunks, 3, "{coding:?}");
             // Each stored record: its word, its length, its bytes; then the 16-byte end record.
@@ -755,7 +763,7 @@ mod tests {
         let mut r = Rng::new(9);
         let block: Vec<u8> = (0..300).map(|_| r.below(256) as u8).collect();
         let input = [text, &block.repeat(10)[..], text].concat();
-        for coding in [Coding::Ac, EQUAL_INFO_16] {
+        for coding in [Coding::AC, EQUAL_INFO_16] {
             // The text chunks sit at chunk boundaries, so they code as the text alone does.
             let (_, text_only) = round_trip(dir.path(), m, &[text, text].concat(), coding, 1000);
             let (rep, size) = round_trip(dir.path(), m, &input, coding, 1000);
@@ -768,8 +776,8 @@ mod tests {
             assert!(xz < 1500, "{coding:?}: {xz} bytes");
         }
         let z = std::fs::read(dir.path().join("in.terse")).unwrap();
-        let as_format_2 = |mut f: Vec<u8>| {
-            f[8..10].copy_from_slice(&2u16.to_le_bytes());
+        let as_format = |format: u16, mut f: Vec<u8>| {
+            f[8..10].copy_from_slice(&format.to_le_bytes());
             let crc = crc32fast::hash(&f[..HEADER_BYTES - 4]);
             f[HEADER_BYTES - 4..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
             let p = dir.path().join("v2.terse");
@@ -782,13 +790,21 @@ mod tests {
                 Progress::Off,
             )
         };
-        let e = format!("{:#}", as_format_2(z).unwrap_err());
+        let e = format!("{:#}", as_format(2, z).unwrap_err());
         assert!(e.contains("corrupt"), "{e}");
-        let (rep, _) = round_trip(dir.path(), m, text, Coding::Ac, 1000);
+        // Format 2 had `ac` under M1 alone; `ac` with repeats is refused before format 4.
+        let (rep, _) = round_trip(dir.path(), m, text, Coding::Ac(AcModel::M1), 1000);
         assert_eq!(rep.xz_chunks, 0, "{rep:?}");
         let z = std::fs::read(dir.path().join("in.terse")).unwrap();
-        as_format_2(z).expect("a format 2 file decodes");
+        as_format(2, z).expect("a format 2 file decodes");
         assert_eq!(std::fs::read(dir.path().join("v2")).unwrap(), text);
+        round_trip(dir.path(), m, text, Coding::AC, 1000);
+        let z = std::fs::read(dir.path().join("in.terse")).unwrap();
+        let e = format!("{:#}", as_format(3, z).unwrap_err());
+        assert!(
+            e.contains("corrupt header (coding 3, window bits 0)"),
+            "{e}"
+        );
     }
 
     /// A file of more chunks than one batch holds (coded and stored ones mixed) round-trips,
@@ -800,7 +816,7 @@ mod tests {
         let mut r = Rng::new(7);
         let mut input = include_bytes!("../../data/sample-books.txt")[..6000].to_vec();
         input.extend((0..700).map(|_| r.below(256) as u8));
-        for coding in [Coding::Ac, EQUAL_INFO_16] {
+        for coding in [Coding::AC, EQUAL_INFO_16] {
             let (rep, _) = round_trip(dir.path(), m, &input, coding, 100);
             assert!(
                 input.len() / 100 > BATCH_CHUNKS && rep.stored_chunks >= 7,

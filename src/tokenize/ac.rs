@@ -32,34 +32,63 @@
 //! there is one implementation of each.
 
 use crate::coder::{
-    bytes_to_tokens, tokens_to_bytes, Cdf, CdfQuantizer, StreamDecoder, StreamEncoder,
+    bytes_to_tokens, tokens_to_bytes, Cdf, CdfQuantizer, Repeats, StreamDecoder, StreamEncoder,
 };
 use crate::m1::{run_tasks, CpuM1Batch, Feed, Int8M1, M1Batch, StreamTask};
 use anyhow::{ensure, Result};
 
-/// The chunk's arithmetic code under `m1`, as `token_bits`-bit tokens.
+/// The probabilities an `ac` code is made under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcModel {
+    /// M1's own: the paper's baseline (what M2 trains on), and `terse compress` before format 4.
+    M1,
+    /// M1's mixed with the chunk's own repeats ([`Repeats`], one per chunk): `terse compress`
+    /// from format 4.
+    M1Repeats,
+}
+
+impl AcModel {
+    /// A chunk's repeats model of `len` bytes, when this model has one.
+    fn repeats(self, len: usize) -> Option<Repeats> {
+        match self {
+            AcModel::M1 => None,
+            AcModel::M1Repeats => Some(Repeats::new(len)),
+        }
+    }
+}
+
+/// The chunk's arithmetic code under `m1` ([`AcModel::M1`]), as `token_bits`-bit tokens.
 pub fn encode(m1: &Int8M1, chunk: &[u8], token_bits: u32) -> Result<Vec<u16>> {
-    let mut coded = encode_chunks(&mut CpuM1Batch::new(m1, 1), &[chunk], token_bits)?;
+    let mut coded = encode_chunks(
+        &mut CpuM1Batch::new(m1, 1),
+        &[chunk],
+        token_bits,
+        AcModel::M1,
+    )?;
     Ok(coded.pop().expect("one chunk"))
 }
 
-/// The `byte_len` bytes coded by `tokens` under `m1` (any tokens decode to some bytes).
+/// The `byte_len` bytes coded by `tokens` under `m1` ([`AcModel::M1`]; any tokens decode to
+/// some bytes).
 pub fn decode(m1: &Int8M1, tokens: &[u16], token_bits: u32, byte_len: usize) -> Result<Vec<u8>> {
     let mut out = decode_chunks(
         &mut CpuM1Batch::new(m1, 1),
         &[tokens],
         token_bits,
         &[byte_len],
+        AcModel::M1,
     )?;
     Ok(out.pop().expect("one chunk"))
 }
 
-/// [`encode`] of many chunks at once on `batch` (built from the same M1), one stream per chunk,
-/// all advanced one byte per step ([`run_tasks`]): the same tokens as [`encode`] chunk by chunk.
+/// The codes of many chunks under `model` at once on `batch` (built from the same M1), one
+/// stream per chunk, all advanced one byte per step ([`run_tasks`]): under [`AcModel::M1`], the
+/// same tokens as [`encode`] chunk by chunk.
 pub fn encode_chunks(
     batch: &mut dyn M1Batch,
     chunks: &[&[u8]],
     token_bits: u32,
+    model: AcModel,
 ) -> Result<Vec<Vec<u16>>> {
     let tasks = chunks
         .iter()
@@ -67,6 +96,7 @@ pub fn encode_chunks(
             chunk,
             coded: 0,
             coder: StreamEncoder::new(),
+            repeats: model.repeats(chunk.len()),
         })
         .collect();
     run_tasks(batch, &CdfQuantizer::default(), tasks)?
@@ -75,12 +105,13 @@ pub fn encode_chunks(
         .collect()
 }
 
-/// [`decode`] of many chunks at once (`lens[i]` bytes from `tokens[i]`), as [`encode_chunks`].
+/// The chunks (`lens[i]` bytes from `tokens[i]`) that [`encode_chunks`] coded under `model`.
 pub fn decode_chunks(
     batch: &mut dyn M1Batch,
     tokens: &[&[u16]],
     token_bits: u32,
     lens: &[usize],
+    model: AcModel,
 ) -> Result<Vec<Vec<u8>>> {
     ensure!(tokens.len() == lens.len(), "one length per chunk");
     let streams: Vec<Vec<u8>> = tokens
@@ -94,6 +125,7 @@ pub fn decode_chunks(
             coder: StreamDecoder::new(bytes),
             out: Vec::with_capacity(len.min(1 << 20)), // the length may be corrupt
             len,
+            repeats: model.repeats(len),
         })
         .collect();
     Ok(run_tasks(batch, &CdfQuantizer::default(), tasks)?
@@ -107,6 +139,7 @@ struct Encoding<'c> {
     chunk: &'c [u8],
     coded: usize,
     coder: StreamEncoder,
+    repeats: Option<Repeats>,
 }
 
 impl StreamTask for Encoding<'_> {
@@ -119,7 +152,14 @@ impl StreamTask for Encoding<'_> {
     }
 
     fn take(&mut self, cdf: &Cdf) -> Result<()> {
-        self.coder.encode(self.chunk[self.coded], cdf);
+        let (k, byte) = (self.coded, self.chunk[self.coded]);
+        match &mut self.repeats {
+            Some(r) => {
+                self.coder.encode(byte, &r.predict(&self.chunk[..k], cdf));
+                r.update(&self.chunk[..=k]);
+            }
+            None => self.coder.encode(byte, cdf),
+        }
         self.coded += 1;
         Ok(())
     }
@@ -130,6 +170,7 @@ struct Decoding<'t> {
     coder: StreamDecoder<'t>,
     out: Vec<u8>,
     len: usize,
+    repeats: Option<Repeats>,
 }
 
 impl StreamTask for Decoding<'_> {
@@ -142,7 +183,14 @@ impl StreamTask for Decoding<'_> {
     }
 
     fn take(&mut self, cdf: &Cdf) -> Result<()> {
-        self.out.push(self.coder.decode(cdf));
+        match &mut self.repeats {
+            Some(r) => {
+                let byte = self.coder.decode(&r.predict(&self.out, cdf));
+                self.out.push(byte);
+                r.update(&self.out);
+            }
+            None => self.out.push(self.coder.decode(cdf)),
+        }
         Ok(())
     }
 }
@@ -183,16 +231,33 @@ mod tests {
         let chunks: Vec<&[u8]> = vec![&text[..700], b"", &text[700..701], &text[701..], &[9; 300]];
         // Two streams for five chunks: each stream takes the next chunk when its own ends.
         let mut batch = CpuM1Batch::new(&m1, 2);
+        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
         for bits in [8, 16] {
-            let coded = encode_chunks(&mut batch, &chunks, bits).unwrap();
+            let coded = encode_chunks(&mut batch, &chunks, bits, AcModel::M1).unwrap();
             for (c, t) in chunks.iter().zip(&coded) {
                 assert_eq!(t, &encode(&m1, c, bits).unwrap());
             }
             let toks: Vec<&[u16]> = coded.iter().map(Vec::as_slice).collect();
-            let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
-            let back = decode_chunks(&mut batch, &toks, bits, &lens).unwrap();
+            let back = decode_chunks(&mut batch, &toks, bits, &lens, AcModel::M1).unwrap();
             assert_eq!(back, chunks);
         }
+        // With repeats: each chunk's code is its own (one stream gives the same), it decodes,
+        // and the repeated chunk (text twice) codes shorter than under M1 alone.
+        let twice = [&text[..700], &text[..700]].concat();
+        let chunks: Vec<&[u8]> = vec![&twice, b"", &text[700..701], &text[701..], &[9; 300]];
+        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        let coded = encode_chunks(&mut batch, &chunks, 8, AcModel::M1Repeats).unwrap();
+        let alone = encode_chunks(&mut CpuM1Batch::new(&m1, 1), &chunks, 8, AcModel::M1Repeats);
+        assert_eq!(coded, alone.unwrap());
+        let toks: Vec<&[u16]> = coded.iter().map(Vec::as_slice).collect();
+        let back = decode_chunks(&mut batch, &toks, 8, &lens, AcModel::M1Repeats).unwrap();
+        assert_eq!(back, chunks);
+        let plain = encode(&m1, &twice, 8).unwrap().len();
+        assert!(
+            coded[0].len() * 10 < plain * 8,
+            "{} vs {plain}",
+            coded[0].len()
+        );
         // A stream fed twice in one step, or out of range, is refused.
         assert!(batch.step(&[(0, WINDOW_START), (0, WINDOW_START)]).is_err());
         assert!(batch.step(&[(2, WINDOW_START)]).is_err());
