@@ -1,16 +1,28 @@
 //! Coding a batch of chunks under M1 ([`ChunkCoder`]): in lockstep on one [`CpuM1Batch`], so
-//! each step's rows share one read of M1's weights.
+//! each step's rows share one read of M1's weights. The batch lives as long as the file's coder:
+//! its streams' key/value caches are reset and reused from batch to batch of chunks, not grown
+//! again from nothing each time (which left a long run's memory growing with its input, the
+//! allocator keeping what each batch had freed).
 
 use super::classic::xz_chunk;
 use super::format::{STORED, XZ};
-use super::Coding;
+use super::{Coding, BATCH_CHUNKS};
 use crate::m1::{CpuM1Batch, Int8M1};
 use crate::tokenize::ac::{self, AcModel};
 use crate::tokenize::equal_info::EqualInfo;
 use anyhow::Result;
+use std::cell::RefCell;
 
 /// Streams that decode a batch's Equal-Info windows together.
 const DECODE_STREAMS: usize = 256;
+
+/// Streams of a file's batch: one per chunk of a batch, or per window decoded together (a
+/// stream's memory is taken at its first use).
+const STREAMS: usize = if DECODE_STREAMS > BATCH_CHUNKS {
+    DECODE_STREAMS
+} else {
+    BATCH_CHUNKS
+};
 
 /// A chunk's record as read back: stored (its bytes) or coded (the record's word and body).
 pub(super) struct Chunk {
@@ -22,9 +34,10 @@ pub(super) struct Chunk {
 /// The coders of one file: the Equal-Info coder when the coding is Equal-Info, else the `ac`
 /// model.
 pub(super) struct ChunkCoder<'a> {
-    m1: &'a Int8M1,
     equal_info: Option<EqualInfo<'a>>,
     ac_model: AcModel,
+    /// Borrowed by one coding call at a time.
+    batch: RefCell<CpuM1Batch<'a>>,
 }
 
 impl<'a> ChunkCoder<'a> {
@@ -36,22 +49,23 @@ impl<'a> ChunkCoder<'a> {
             Coding::Ac(model) => (None, model),
         };
         Ok(ChunkCoder {
-            m1,
             equal_info,
             ac_model,
+            batch: RefCell::new(CpuM1Batch::new(m1, STREAMS)),
         })
     }
 
-    /// The records of `chunks`, coded together in lockstep on one [`CpuM1Batch`] (a stream per
-    /// chunk, so each step's rows share one read of M1's weights), with their Equal-Info windows.
-    /// A chunk whose code would not be shorter than itself is stored.
+    /// The records of `chunks` (at most [`BATCH_CHUNKS`]), coded together in lockstep on the
+    /// file's [`CpuM1Batch`] (a stream per chunk, so each step's rows share one read of M1's
+    /// weights), with their Equal-Info windows. A chunk whose code would not be shorter than
+    /// itself is stored.
     pub fn encode_all(&self, chunks: &[&[u8]]) -> Result<Vec<(Vec<u8>, u64)>> {
-        let mut batch = CpuM1Batch::new(self.m1, chunks.len().max(1));
+        let batch = &mut *self.batch.borrow_mut();
         let coded: Vec<(u32, Vec<u8>)> = match &self.equal_info {
             Some(coder) => {
                 let width = coder.window_bits() as usize / 8;
                 coder
-                    .encode_chunks(&mut batch, chunks)?
+                    .encode_chunks(batch, chunks)?
                     .into_iter()
                     .map(|w| {
                         let body = w
@@ -62,7 +76,7 @@ impl<'a> ChunkCoder<'a> {
                     })
                     .collect()
             }
-            None => ac::encode_chunks(&mut batch, chunks, 8, self.ac_model)?
+            None => ac::encode_chunks(batch, chunks, 8, self.ac_model)?
                 .into_iter()
                 .map(|tokens| {
                     let body: Vec<u8> = tokens.into_iter().map(|t| t as u8).collect();
@@ -103,8 +117,8 @@ impl<'a> ChunkCoder<'a> {
     }
 
     /// The bytes of `chunks` (each with its share of the original), the coded ones decoded
-    /// together in lockstep on one [`CpuM1Batch`]: `ac` a stream per chunk, Equal-Info a stream
-    /// per window (windows are independent), up to [`DECODE_STREAMS`].
+    /// together in lockstep on the file's [`CpuM1Batch`]: `ac` a stream per chunk, Equal-Info a
+    /// stream per window (windows are independent), up to [`DECODE_STREAMS`].
     pub fn decode_all(&self, chunks: &[(Chunk, usize)]) -> Result<Vec<Vec<u8>>> {
         let coded: Vec<&(Chunk, usize)> = chunks.iter().filter(|(c, _)| !c.stored).collect();
         let mut decoded = match &self.equal_info {
@@ -115,9 +129,8 @@ impl<'a> ChunkCoder<'a> {
                     .flat_map(|(c, _)| c.body.chunks(width))
                     .map(|k| k.iter().fold(0u128, |acc, &x| (acc << 8) | x as u128))
                     .collect();
-                let streams = codes.len().clamp(1, DECODE_STREAMS);
                 let mut windows = coder
-                    .decode_codes(&mut CpuM1Batch::new(self.m1, streams), &codes)?
+                    .decode_codes(&mut *self.batch.borrow_mut(), &codes)?
                     .into_iter();
                 coded
                     .iter()
@@ -137,8 +150,13 @@ impl<'a> ChunkCoder<'a> {
                     .collect();
                 let refs: Vec<&[u16]> = tokens.iter().map(Vec::as_slice).collect();
                 let lens: Vec<usize> = coded.iter().map(|(_, len)| *len).collect();
-                let mut batch = CpuM1Batch::new(self.m1, coded.len().max(1));
-                ac::decode_chunks(&mut batch, &refs, 8, &lens, self.ac_model)?
+                ac::decode_chunks(
+                    &mut *self.batch.borrow_mut(),
+                    &refs,
+                    8,
+                    &lens,
+                    self.ac_model,
+                )?
             }
         }
         .into_iter();

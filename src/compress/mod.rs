@@ -34,7 +34,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 /// Most chunks read, coded and written at a time: each a stream of one lockstep batch.
-const BATCH_CHUNKS: usize = 64;
+pub(super) const BATCH_CHUNKS: usize = 64;
 /// Bytes of input (compressing) or output (decompressing) a batch of chunks may hold, when its
 /// chunks are large.
 const BATCH_BYTES: usize = 4 << 20;
