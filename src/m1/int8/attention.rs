@@ -37,6 +37,9 @@ fn push_per_head(q: &mut Vec<i8>, e: &mut Vec<i32>, x: &[f32]) {
     }
 }
 
+/// The fewest dead positions a cache drops at once.
+const MIN_DROP: usize = 64;
+
 impl QKvCache {
     pub(super) fn new(d: usize) -> Self {
         QKvCache {
@@ -61,11 +64,14 @@ impl QKvCache {
         push_per_head(&mut self.values, &mut self.value_e, value);
     }
 
-    /// Lets go of the positions before `pos`, once [`MAX_CONTEXT`] of them have piled up (a drop
-    /// moves the live ones, so it is done in batches).
+    /// Lets go of the positions before `pos`, once at least [`MIN_DROP`] of them have piled up
+    /// and they are as many as the live ones: a drop moves the live ones, so each moves no more
+    /// than it frees, and a cache holds at most about twice the window (a stream of M1 with a
+    /// 256-byte window keeps ~0.8 MB, where waiting for [`MAX_CONTEXT`] dead kept ~2 MB).
     pub(super) fn forget_before(&mut self, pos: usize) {
         let dead = pos - self.start;
-        if dead >= MAX_CONTEXT {
+        let live = self.values.len() / self.d - dead;
+        if dead >= live.max(MIN_DROP) {
             let heads = self.d / HEAD_DIM;
             self.keys.drain(..dead * self.d);
             self.values.drain(..dead * self.d);
