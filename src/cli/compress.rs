@@ -62,15 +62,16 @@ pub struct CompressArgs {
     /// needs the same one. Default: the M1 built into terse (data/README.md).
     #[arg(long)]
     m1: Option<PathBuf>,
-    /// How each chunk is coded: `ac` (one arithmetic code under M1: the best ratio) or
-    /// `equal-info` (windows of --window-bits that decode on their own). A chunk that the coding
-    /// does not shrink is stored as it is.
+    /// How each chunk is coded: `ac` (one arithmetic code under M1 mixed with the chunk's own
+    /// repeats: the best ratio) or `equal-info` (windows of --window-bits that decode on their
+    /// own). A chunk that xz codes shorter is xz's; one that nothing shrinks is stored as it is.
     #[arg(long, value_enum, default_value = "ac")]
     method: CompressMethod,
     /// Bits per Equal-Info window: 16..=128, a multiple of 8 (default 16; equal-info only).
     #[arg(long)]
     window_bits: Option<u32>,
-    /// Bytes per independently coded chunk (1 to 16 MiB; a damaged chunk is named).
+    /// Bytes per independently coded chunk (1 to 16 MiB; a damaged chunk is named). Larger
+    /// chunks remember more repeats (a better ratio); smaller ones run on more cores at once.
     #[arg(long, default_value_t = terse::compress::DEFAULT_CHUNK_BYTES)]
     chunk_bytes: u32,
     /// Decompress instead (as `terse decompress`).
