@@ -47,7 +47,8 @@ use crate::model::{ModelConfig, ParamArena, TensorSpec};
 use acts::{Acts, EmbedGrad};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::CudaSlice;
-use metrics::{MetricsRing, DEFAULT_READBACK_EVERY};
+use metrics::MetricsRing;
+pub(crate) use metrics::DEFAULT_READBACK_EVERY;
 
 /// The training backend: bf16 activations and working weights, fp32 master weights.
 pub type CudaBackend = CudaTrainer<Bf16>;

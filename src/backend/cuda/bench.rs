@@ -7,9 +7,10 @@
 //! H100's for a GPU without measured ceilings, which the report names). `measure_ceilings`
 //! measures a card's ceilings (`terse bench ceilings`).
 
+use super::backend::DEFAULT_READBACK_EVERY;
 use super::cost::{gemm_shapes, predicted_step_ms, step_costs, Card, KernelCost};
 use super::gemm::{relu_mask_bytes, Gemm};
-use super::launch::{self, EmbedBackwardPlan};
+use super::launch::{self, EmbedBackwardPlan, STEP_STATS_FLOATS};
 use super::loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels};
 use crate::backend::cpu::attention::AttnShape;
 use crate::model::ModelConfig;
@@ -220,6 +221,11 @@ pub fn bench_kernels(
     let mut vv = rand_dev::<f32>(kk, &mut r, total, 1e-4)?;
     let mut partial = kk.stream().alloc_zeros::<f64>(launch::GLOBAL_NORM_BLOCKS)?;
     let mut gn_out = kk.stream().clone_htod(&[0.0f32, 1.0])?;
+    let mut sums = kk.stream().alloc_zeros::<f64>(2)?;
+    let mut ring = kk
+        .stream()
+        .alloc_zeros::<f32>(DEFAULT_READBACK_EVERY * STEP_STATS_FLOATS)?;
+    let mut cursor = kk.stream().alloc_zeros::<u64>(1)?;
     let hyper = kk.stream().clone_htod(&[1e-4f32, 0.1, 0.05])?;
     let sh = AttnShape {
         batch,
@@ -326,6 +332,9 @@ pub fn bench_kernels(
             1.0 / n as f32,
         )
     })?;
+    t.time("loss_sums", |k| {
+        launch::loss_sums(k, &mut sums, &ce, &lse_row, n)
+    })?;
     t.time("embed_backward", |k| {
         launch::embed_backward(
             k,
@@ -365,6 +374,17 @@ pub fn bench_kernels(
             0.95,
             1e-8,
             0.1,
+        )
+    })?;
+    t.time("step_stats_record", |k| {
+        launch::step_stats_record(
+            k,
+            &mut ring,
+            &mut cursor,
+            &sums,
+            &gn_out,
+            n,
+            DEFAULT_READBACK_EVERY,
         )
     })?;
     let predicted_step_ms = predicted_step_ms(&t.costs, &card);

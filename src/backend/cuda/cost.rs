@@ -204,6 +204,14 @@ pub fn step_costs(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<KernelCost
         0.0,
         1,
     );
+    // The step's loss and z-term: its rows' ce and lse (fp32) summed in a fixed order into fp64.
+    add(
+        "loss_sums",
+        rows("ce, lse fp32".to_string()),
+        2.0 * 4.0 * n as f64 + 16.0,
+        0.0,
+        1,
+    );
     // A small vocabulary's embedding backward is a one-hot product (backend/step.rs); the bucket
     // kernel is then timed for comparison.
     let onehot = crate::backend::cuda::launch::embed_onehot_fits(v, b2 as usize); // bf16 rows
@@ -237,6 +245,15 @@ pub fn step_costs(cfg: &ModelConfig, batch: usize, seq: usize) -> Vec<KernelCost
         "adamw_dev",
         format!("{total} params, bf16 working copy"),
         (16 + 12 + 2) as f64 * total,
+        0.0,
+        1,
+    );
+    // One thread appends the step's metrics to the device ring: a launch's latency, no bytes to
+    // speak of (two fp64 sums, the norm and the cursor read, a slot and the cursor written).
+    add(
+        "step_stats_record",
+        "1 thread, 3-float slot".to_string(),
+        16.0 + 4.0 + 8.0 + 4.0 * crate::backend::cuda::launch::STEP_STATS_FLOATS as f64 + 8.0,
         0.0,
         1,
     );

@@ -15,7 +15,7 @@ use anyhow::{ensure, Result};
 use cudarc::driver::{CudaSlice, DevicePtr};
 
 /// Slots in the ring, and so steps per copy back, unless `TERSE_CUDA_READBACK_EVERY` says.
-pub(super) const DEFAULT_READBACK_EVERY: usize = 16;
+pub(crate) const DEFAULT_READBACK_EVERY: usize = 16;
 
 /// The device ring of step metrics and the host's account of it.
 pub(super) struct MetricsRing {
