@@ -162,9 +162,7 @@ pub(super) fn read_record(
             });
         }
         STORED if v2 => {
-            let mut n = [0u8; 4];
-            ensure!(fill(r, &mut n, name)? == 4, truncated());
-            let n = u32::from_le_bytes(n);
+            let n = read_u32(r, name, truncated)?;
             ensure!(
                 (1..=h.chunk_bytes).contains(&n),
                 "{name} is corrupt (chunk {index} claims {n} stored bytes)"
@@ -173,9 +171,7 @@ pub(super) fn read_record(
         }
         // An xz record is written only when shorter than the stored chunk.
         XZ if h.xz_records() => {
-            let mut n = [0u8; 4];
-            ensure!(fill(r, &mut n, name)? == 4, truncated());
-            let n = u32::from_le_bytes(n);
+            let n = read_u32(r, name, truncated)?;
             ensure!(
                 (1..h.chunk_bytes).contains(&n),
                 "{name} is corrupt (chunk {index} claims an xz stream of {n} bytes)"
@@ -192,6 +188,13 @@ pub(super) fn read_record(
         XZ if h.xz_records() => Record::Xz(body),
         _ => Record::Coded { word, body },
     })
+}
+
+/// A record's little-endian u32 length field, `truncated` saying why when the input ends first.
+fn read_u32(r: &mut impl Read, name: &str, truncated: impl Fn() -> String) -> Result<u32> {
+    let mut n = [0u8; 4];
+    ensure!(fill(r, &mut n, name)? == 4, truncated());
+    Ok(u32::from_le_bytes(n))
 }
 
 /// Reads until `buf` is full or the input ends; how many bytes it read.
