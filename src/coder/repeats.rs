@@ -22,6 +22,7 @@
 //! `repeats.update(&history[..=k])`. Encoder and decoder make the same calls.
 
 use super::{Cdf, DEFAULT_TOTAL_BITS};
+use std::borrow::Cow;
 
 /// Bytes of context a match must share before it predicts.
 const MIN_MATCH: usize = 4;
@@ -120,10 +121,10 @@ impl Repeats {
     /// The CDF to code the byte after `history` with: `cdf` (M1's) reshaped so that the byte the
     /// match in force predicts gets the mixed probability, the others keeping their proportions;
     /// `cdf` itself when no match is in force. `cdf` must have the default total (`2^16`).
-    pub fn predict(&mut self, history: &[u8], cdf: &Cdf) -> Cdf {
+    pub fn predict<'c>(&mut self, history: &[u8], cdf: &'c Cdf) -> Cow<'c, Cdf> {
         self.pending = None;
         if self.len == 0 {
-            return cdf.clone();
+            return Cow::Borrowed(cdf);
         }
         debug_assert_eq!(cdf.total_bits(), DEFAULT_TOTAL_BITS);
         let byte = history[self.ptr];
@@ -140,7 +141,7 @@ impl Repeats {
             inputs,
             p,
         });
-        reshape(cdf, byte, (p as u32) << 4)
+        Cow::Owned(reshape(cdf, byte, (p as u32) << 4))
     }
 
     /// Learns from the byte just coded (the last of `history`), then moves the match on: it
@@ -251,7 +252,7 @@ mod tests {
             assert_eq!(cdf.total(), flat.total());
             assert!((0..=255).all(|s| cdf.freq(s) >= 1));
             if k < phrase.len() + MIN_MATCH {
-                assert_eq!(cdf, flat, "no match before the first repeat, at byte {k}");
+                assert_eq!(*cdf, flat, "no match before the first repeat, at byte {k}");
             } else if cdf.freq(text[k]) > flat.freq(text[k]) {
                 gained += 1;
             }

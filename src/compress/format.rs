@@ -1,7 +1,7 @@
 //! The `.terse` layout (docs/file-formats.md): a header, one record per chunk, an end record with
 //! the original's length and CRC-32; written and read front to back, so either side may be a
-//! pipe. Also reads format 2 (no xz records) and format 1 (length and CRC-32 in the header, no
-//! stored chunks, no end record).
+//! pipe. Also reads format 3 (no `ac` with repeats), format 2 (no xz records either) and format 1
+//! (length and CRC-32 in the header, no stored chunks, no end record).
 
 use anyhow::{bail, ensure, Context, Result};
 use std::io::Read;
@@ -59,7 +59,7 @@ impl Header {
         h
     }
 
-    /// Reads a header of format 1, 2 or 3 from `r` (`name` for messages).
+    /// Reads a header of format 1 to [`FORMAT_VERSION`] from `r` (`name` for messages).
     pub fn read(r: &mut impl Read, name: &str) -> Result<Header> {
         let not_ours = || format!("{name} is not a terse compressed file (bad magic or too short)");
         let mut head = [0u8; 10];
@@ -133,7 +133,7 @@ pub(super) enum Record {
     },
 }
 
-/// Reads chunk `index`'s record (formats 2 and 3; format 1 has only coded records), refusing lengths
+/// Reads chunk `index`'s record (format 2 and later; format 1 has only coded records), refusing lengths
 /// past `max_body` (a stored chunk longer than a chunk, a coded body larger than its chunk can
 /// need) before allocating. `body_bytes` gives a coded record's body length from its word.
 pub(super) fn read_record(
