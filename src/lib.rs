@@ -2,8 +2,8 @@
 //!
 //! The crate is laid out as `docs/architecture.md` describes, in layers whose imports only point
 //! down (`tests/layers.rs` checks it). At the bottom, `numerics` (the contract's shared
-//! arithmetic), `fsio` (durable file writes) and `rng`; above them `coder` (the arithmetic coder)
-//! and `model` (configurations, the parameter arena, batches); `checkpoint` (saved models); `m1`
+//! arithmetic), `fsio` (durable file writes), `rng` and `dist` (the ranks of a run under MPI);
+//! above them `coder` (the arithmetic coder) and `model` (configurations, the parameter arena, batches); `checkpoint` (saved models); `m1`
 //! (exact inference, which coding runs) and `backend` (the compute: a CPU reference and, where a
 //! GPU is present, CUDA); `data` (corpus readers, byte loaders) and `tokenize` (text into token
 //! datasets, and their M2 examples); `train`, `eval`, `generate` and `compress`; on top
@@ -17,6 +17,7 @@ pub mod coder;
 pub mod compress;
 pub mod data;
 pub mod demo;
+pub mod dist;
 pub mod eval;
 pub mod experiment;
 pub mod fsio;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Top-level library modules by layer, lowest first.
 const LAYERS: &[&[&str]] = &[
-    &["numerics", "fsio", "rng"],
+    &["numerics", "fsio", "rng", "dist"],
     &["coder", "model"],
     &["checkpoint"],
     &["m1", "backend"],

@@ -8,7 +8,7 @@ use common::{sample_prefix, stderr, terse};
 use proptest::prelude::*;
 use serde_json::Value;
 use std::path::Path;
-use terse::backend::Device;
+use terse::backend::{Device, GradReduction};
 use terse::checkpoint::{load_model, load_training};
 use terse::tokenize::{BytesParams, EqualInfoParams, MethodParams, TokenSource};
 use terse::train::{train, RunStart, TrainOptions};
@@ -45,6 +45,8 @@ fn options(data: std::path::PathBuf) -> TrainOptions {
         tokens: None,
         init: None,
         qat: false,
+        accum: 1,
+        grad_reduction: GradReduction::SequenceTree,
     }
 }
 

@@ -7,10 +7,12 @@
 pub mod cpu;
 pub mod cuda;
 
+use crate::dist::Group;
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena};
 use anyhow::{bail, Result};
-pub use cpu::LossSums;
+pub use cpu::{GradReduction, LossSums};
+use std::rc::Rc;
 
 /// AdamW and clipping settings shared by every step of a run.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -107,6 +109,12 @@ pub trait Backend {
     fn params(&self) -> Result<ParamArena>;
     /// Host copies of the AdamW moments (m, v), in the weights' layout.
     fn optimizer_state(&self) -> Result<(Vec<f32>, Vec<f32>)>;
+    /// From the next step on, sums each step's gradient as `reduction` says, with each batch
+    /// shared between the ranks of `group` (every rank passes the whole batch and computes its
+    /// share). The CPU backend does both; CUDA sums over the whole batch in one pass and refuses
+    /// a group.
+    fn share_steps(&mut self, reduction: GradReduction, group: Option<Rc<dyn Group>>)
+        -> Result<()>;
 }
 
 /// Where to run.

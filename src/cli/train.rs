@@ -3,8 +3,10 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
+use std::rc::Rc;
 use terse::backend::Device;
-use terse::train::{train, RunStart, ScheduleKind, TrainOptions, TrainSummary};
+use terse::dist::{Group, OnEveryRank};
+use terse::train::{train_in_group, RunStart, ScheduleKind, TrainOptions, TrainSummary};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -22,9 +24,14 @@ pub struct TrainArgs {
     /// Total optimiser steps (the schedule's length). On --resume, may extend the run.
     #[arg(long)]
     steps: Option<u64>,
-    /// Sequences per step [default: 16].
+    /// Sequences per pass [default: 16]; a step is --accum passes.
     #[arg(long)]
     batch: Option<usize>,
+    /// Gradient accumulation: passes of --batch sequences summed into each step, so the global
+    /// batch is --batch x --accum (on the CPU, bit for bit the same as --batch x --accum in one
+    /// pass) [default: 1].
+    #[arg(long)]
+    accum: Option<usize>,
     /// Bytes (M1) or tokens (M2) per sequence [default: 256 bytes, 512 tokens].
     #[arg(long)]
     seq: Option<usize>,
@@ -95,13 +102,50 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
+/// Runs `terse train`, as one rank of an MPI job when a launcher started it.
 pub fn run(a: TrainArgs) -> Result<()> {
+    let Some(mpi) = terse::dist::join()? else {
+        return run_in(a, None);
+    };
+    let (rank, size) = (mpi.rank(), mpi.size());
+    let mpi = Rc::new(mpi);
+    let result = run_in(a, Some(mpi.clone()));
+    let Ok(mpi) = Rc::try_unwrap(mpi) else {
+        unreachable!("the run has ended, so nothing else holds the group")
+    };
+    match result {
+        Ok(()) => mpi.finalize(),
+        // Every rank met this error: each says why before the ranks end together (a rank that
+        // exited first would have mpirun kill the others mid-sentence).
+        Err(e) if e.is::<OnEveryRank>() => {
+            say_once(&format!("error: rank {rank} of {size}: {e:#}\n"));
+            mpi.finalize()?;
+            std::process::exit(1)
+        }
+        // This rank alone: the others would wait for it forever, so end the whole job.
+        Err(e) => {
+            say_once(&format!("error: rank {rank} of {size}: {e:#}\n"));
+            mpi.abort(1)
+        }
+    }
+}
+
+/// Writes `line` to stderr in one write, so that ranks sharing mpirun's stderr do not interleave
+/// their messages mid-line.
+fn say_once(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+fn run_in(a: TrainArgs, group: Option<Rc<dyn Group>>) -> Result<()> {
+    let lead = group.as_ref().is_none_or(|g| g.rank() == 0);
     let progress = !a.quiet;
     let summary = if let Some(dir) = &a.resume {
         let fixed = [
             ("--preset", a.preset.is_some()),
             ("--data", a.data.is_some()),
             ("--batch", a.batch.is_some()),
+            ("--accum", a.accum.is_some()),
             ("--seq", a.seq.is_some()),
             ("--lr", a.lr.is_some()),
             ("--warmup", a.warmup.is_some()),
@@ -123,7 +167,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             bail!("{flag} cannot be changed on --resume: the run's settings come from the checkpoint (only --steps, --stop-after, --out and --device may be given)");
         }
         let out = a.out.clone().unwrap_or_else(|| dir.clone());
-        train(
+        train_in_group(
             RunStart::Resume {
                 dir,
                 steps: a.steps,
@@ -132,6 +176,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             &out,
             a.device,
             progress,
+            group,
         )?
     } else {
         let Some(data) = a.data.clone() else {
@@ -144,6 +189,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let mut o = TrainOptions::new(data, preset.clone(), a.steps.unwrap_or(1000));
         o.heldout_data = a.heldout.clone();
         o.batch = a.batch.unwrap_or(o.batch);
+        o.accum = a.accum.unwrap_or(o.accum);
         o.seq = a.seq.unwrap_or(o.seq);
         o.lr = a.lr.unwrap_or(o.lr);
         o.warmup = a.warmup.unwrap_or(o.warmup);
@@ -163,8 +209,18 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(&preset));
-        train(RunStart::Fresh(&o), a.stop_after, &out, a.device, progress)?
+        train_in_group(
+            RunStart::Fresh(&o),
+            a.stop_after,
+            &out,
+            a.device,
+            progress,
+            group,
+        )?
     };
+    if !lead {
+        return Ok(());
+    }
     print_summary(&summary, a.json)
 }
 

@@ -6,4 +6,6 @@ mod trainer;
 
 pub use options::{load_m2, M2Checkpoint};
 pub use schedule::{Schedule, ScheduleKind};
-pub use trainer::{is_token_dataset, saved_options, train, RunStart, TrainOptions, TrainSummary};
+pub use trainer::{
+    is_token_dataset, saved_options, train, train_in_group, RunStart, TrainOptions, TrainSummary,
+};

@@ -3,7 +3,7 @@
 
 use super::schedule::ScheduleKind;
 use super::trainer::{is_token_dataset, saved_options, TrainOptions};
-use crate::backend::OptimConfig;
+use crate::backend::{GradReduction, OptimConfig};
 use crate::checkpoint::load_model;
 use crate::model::{ModelConfig, ParamArena};
 use crate::tokenize::TokenSource;
@@ -16,7 +16,8 @@ impl TrainOptions {
     /// with `min(100, steps / 10)` warmup steps (at least 1) and a cosine decay to a tenth,
     /// AdamW's defaults, 262,144 held-out bytes scored on 64 windows every 100 steps, a
     /// checkpoint every 500 steps, seed 0, no time budget, a seeded initialisation (no `init`),
-    /// float training (no `qat`). Callers change fields as they need.
+    /// float training (no `qat`), one pass per step (`accum` 1), gradients summed per sequence
+    /// ([`GradReduction::SequenceTree`]). Callers change fields as they need.
     pub fn new(data: PathBuf, preset: impl Into<String>, steps: u64) -> Self {
         let seq = if is_token_dataset(&data) { 512 } else { 256 };
         TrainOptions {
@@ -40,6 +41,8 @@ impl TrainOptions {
             tokens: None,
             init: None,
             qat: false,
+            accum: 1,
+            grad_reduction: GradReduction::SequenceTree,
         }
     }
 
@@ -49,8 +52,8 @@ impl TrainOptions {
     /// `weight_decay` and `clip` finite and not negative; `time_budget_s` finite and positive;
     /// AdamW's `beta1` and `beta2` in [0, 1) and `eps` finite and positive.
     pub fn validate(&self) -> Result<()> {
-        if self.batch == 0 || self.seq == 0 || self.steps == 0 {
-            bail!("--batch, --seq and --steps must be positive");
+        if self.batch == 0 || self.seq == 0 || self.steps == 0 || self.accum == 0 {
+            bail!("--batch, --accum, --seq and --steps must be positive");
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("--lr must be a positive number, not {}", self.lr);
@@ -160,6 +163,7 @@ mod tests {
             ("--time-budget", |o| o.time_budget_s = Some(f64::NAN)),
             ("--time-budget", |o| o.time_budget_s = Some(0.0)),
             ("--batch", |o| o.batch = 0),
+            ("--accum", |o| o.accum = 0),
             ("--seq", |o| o.seq = 0),
             ("beta1", |o| o.optim.beta1 = 1.0),
             ("beta2", |o| o.optim.beta2 = f32::NAN),

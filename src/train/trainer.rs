@@ -4,14 +4,16 @@
 //! `--resume` continues bit for bit.
 
 use super::schedule::{Schedule, ScheduleKind};
-use crate::backend::cpu::{available_memory, training_memory};
+use crate::backend::cpu::{available_memory, rank_share, training_memory};
 use crate::backend::{
-    create_backend, create_qat_backend, cuda, Backend, Device, OptimConfig, CUDA_VALIDATED,
+    create_backend, create_qat_backend, cuda, Backend, Device, GradReduction, OptimConfig,
+    CUDA_VALIDATED,
 };
 use crate::checkpoint::{
     load_model, load_training, save_checkpoint, TrainingState, MANIFEST_FILE, MODEL_FILE,
 };
 use crate::data::{eval_windows, read_heldout, ByteLoader, LoaderState};
+use crate::dist::{check_agreement, gather_u64, Group, OnEveryRank};
 use crate::eval::{score_tokens, score_windows};
 use crate::m1::WINDOW_START;
 use crate::model::{Batch, ModelConfig, ParamArena};
@@ -24,6 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 /// Everything that defines a run. Saved in the checkpoint so that a resume continues the same run.
@@ -38,6 +41,7 @@ pub struct TrainOptions {
     pub heldout_data: Option<PathBuf>,
     /// Total optimiser steps (the schedule's length).
     pub steps: u64,
+    /// Sequences per pass; a step's global batch is `batch * accum` sequences.
     pub batch: usize,
     /// Bytes (M1) or tokens (M2) per sequence.
     pub seq: usize,
@@ -71,6 +75,25 @@ pub struct TrainOptions {
     /// ([`crate::backend::cpu::CpuBackend::with_qat`]); byte-level runs only, never on CUDA.
     #[serde(default)]
     pub qat: bool,
+    /// Passes of `batch` sequences summed into each step (gradient accumulation): the data, and
+    /// on the CPU every bit of the result, are those of `batch * accum` in one pass.
+    #[serde(default = "one_pass")]
+    pub accum: usize,
+    /// How the CPU backend sums a step's gradient over its sequences. Runs saved before the
+    /// field sum over the whole batch at once, and continue so.
+    #[serde(default)]
+    pub grad_reduction: GradReduction,
+}
+
+fn one_pass() -> usize {
+    1
+}
+
+impl TrainOptions {
+    /// Sequences per optimiser step: `batch * accum`.
+    pub fn global_batch(&self) -> usize {
+        self.batch * self.accum
+    }
 }
 
 /// The options a checkpoint at `path` was trained with (`None` for a checkpoint saved without
@@ -145,10 +168,15 @@ impl DataSource {
     fn open(o: &TrainOptions, state: Option<&DataState>) -> Result<Self> {
         if o.tokens.is_none() {
             let loader = match state {
-                None => ByteLoader::new(&o.data, o.heldout_bytes, o.batch, o.seq, o.seed)?,
-                Some(DataState::Bytes(s)) => {
-                    ByteLoader::resume(&o.data, o.heldout_bytes, o.batch, o.seq, o.seed, s)?
-                }
+                None => ByteLoader::new(&o.data, o.heldout_bytes, o.global_batch(), o.seq, o.seed)?,
+                Some(DataState::Bytes(s)) => ByteLoader::resume(
+                    &o.data,
+                    o.heldout_bytes,
+                    o.global_batch(),
+                    o.seq,
+                    o.seed,
+                    s,
+                )?,
                 Some(DataState::Tokens(_)) => bail!("byte run saved with a token loader state"),
             };
             let heldout = read_heldout(&o.data, o.heldout_bytes)?;
@@ -160,8 +188,8 @@ impl DataSource {
             ChunkSplit::Train
         };
         let loader = match state {
-            None => TokenLoader::new(&o.data, split, o.batch, o.seq, o.seed)?,
-            Some(DataState::Tokens(s)) => TokenLoader::resume(&o.data, o.batch, s)?,
+            None => TokenLoader::new(&o.data, split, o.global_batch(), o.seq, o.seed)?,
+            Some(DataState::Tokens(s)) => TokenLoader::resume(&o.data, o.global_batch(), s)?,
             Some(DataState::Bytes(_)) => bail!("token run saved with a byte loader state"),
         };
         let max_rows = (o.eval_windows > 0).then_some(o.eval_windows);
@@ -261,6 +289,31 @@ pub fn train(
     device: Device,
     progress: bool,
 ) -> Result<TrainSummary> {
+    train_in_group(start, stop_after, out, device, progress, None)
+}
+
+/// [`train`] as one rank of `group` (`None`: alone). Every rank is given the same arguments and
+/// passes every step's whole batch to its backend, which computes the rank's share; the ranks'
+/// sums make every rank's weights identical to one process's. Rank 0 alone writes the
+/// checkpoints and `metrics.jsonl` and shows progress. Errors every rank meets together (flags
+/// that disagree between ranks, a batch they cannot share) are [`OnEveryRank`].
+pub fn train_in_group(
+    start: RunStart,
+    stop_after: Option<u64>,
+    out: &Path,
+    device: Device,
+    progress: bool,
+    group: Option<Rc<dyn Group>>,
+) -> Result<TrainSummary> {
+    if let Some(g) = &group {
+        check_agreement(
+            g.as_ref(),
+            command_fingerprint(&start, stop_after, out, device)?,
+            "flags",
+        )?;
+    }
+    let lead = group.as_ref().is_none_or(|g| g.rank() == 0);
+    let progress = progress && lead;
     if stop_after == Some(0) {
         bail!("--stop-after 0 would stop before the first step and save no checkpoint; give a step of 1 or more");
     }
@@ -339,32 +392,57 @@ pub fn train(
         );
     }
     check_memory(&cfg, &o, device)?;
+    rank_share(o.global_batch(), group.as_deref())?;
     let mut data = DataSource::open(&o, Some(&run.loader))?;
     let (mut backend, note) = if o.qat {
         create_qat_backend(device, &cfg, params, moments)?
     } else {
         create_backend(device, &cfg, params, moments)?
     };
+    ensure!(
+        o.accum == 1 || backend.device() == Device::Cpu,
+        "--accum {} runs on the CPU backend only in this version: give --device cpu",
+        o.accum
+    );
+    let shared = group.is_some();
+    backend
+        .share_steps(o.grad_reduction, group.clone())
+        .map_err(|e| -> anyhow::Error {
+            if shared {
+                OnEveryRank(format!("{e:#}")).into()
+            } else {
+                e
+            }
+        })?;
     let unit = match &o.tokens {
         Some(t) => format!("{}-bit {} tokens", t.token_bits, t.method),
         None => "bytes".to_string(),
     };
-    eprintln!(
-        "terse train: {} ({:.2}M params, vocab {}) on {} [{note}], {} x {} {unit} per step, steps {}..{}",
-        cfg.preset,
-        cfg.total_params() as f64 / 1e6,
-        cfg.vocab,
-        backend.name(),
-        o.batch,
-        o.seq,
-        run.step,
-        o.steps
-    );
+    let ranks = group
+        .as_ref()
+        .map_or(String::new(), |g| format!(", {} ranks", g.size()));
+    if lead {
+        eprintln!(
+            "terse train: {} ({:.2}M params, vocab {}) on {}{ranks} [{note}], {} x {} {unit} per step, steps {}..{}",
+            cfg.preset,
+            cfg.total_params() as f64 / 1e6,
+            cfg.vocab,
+            backend.name(),
+            o.global_batch(),
+            o.seq,
+            run.step,
+            o.steps
+        );
+    }
     // Training loss is per token; scale it to bits per byte by the data's tokens per byte.
     let tokens_per_byte = o.tokens.as_ref().map_or(1.0, |t| t.tokens_per_byte());
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create output directory {}", out.display()))?;
-    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), run.step)?;
+    let mut metrics = if lead {
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("cannot create output directory {}", out.display()))?;
+        Some(MetricsLog::open(&out.join("metrics.jsonl"), run.step)?)
+    } else {
+        None
+    };
 
     let stop = stop_after.unwrap_or(o.steps).min(o.steps);
     let bar = if progress {
@@ -379,7 +457,7 @@ pub fn train(
         .expect("static template"),
     );
     bar.set_position(run.step);
-    let tokens_per_step = (o.batch * o.seq) as u64;
+    let tokens_per_step = (o.global_batch() * o.seq) as u64;
     let started = Instant::now();
     let start_step = run.step;
     let mut budget_clock = Instant::now();
@@ -412,6 +490,10 @@ pub fn train(
             let spent = started.elapsed().as_secs_f64();
             steps_total = (run.step + ((budget - spent).max(0.0) / per_step) as u64)
                 .clamp(run.step + 1, o.steps);
+            // Every rank must stop at the same step: rank 0's clock decides.
+            if let Some(g) = &group {
+                steps_total = gather_u64(g.as_ref(), steps_total)?[0];
+            }
             run.options.steps = steps_total;
             run.options.time_budget_s = None;
             bar.set_length(steps_total);
@@ -452,7 +534,9 @@ pub fn train(
                     ));
                 }
             }
-            metrics.write(&rec)?;
+            if let Some(m) = metrics.as_mut() {
+                m.write(&rec)?;
+            }
         }
         bar.set_position(run.step);
         bar.set_message(format!("{last_bpb:.3} bpb {:.1}K tok/s", tok_s / 1e3));
@@ -460,7 +544,7 @@ pub fn train(
             window_t = Instant::now();
             window_tokens = 0;
         }
-        if save_now {
+        if save_now && lead {
             run.loader = data.state();
             save(out, &cfg, backend.as_ref(), &run)?;
         }
@@ -480,6 +564,24 @@ pub fn train(
         heldout_bpb,
         params: cfg.total_params(),
     })
+}
+
+/// A hash of what defines this invocation (the run's settings or the checkpoint it resumes, where
+/// it stops, where it writes, the device), which every rank of a group must share.
+fn command_fingerprint(
+    start: &RunStart,
+    stop_after: Option<u64>,
+    out: &Path,
+    device: Device,
+) -> Result<u64> {
+    let what = match start {
+        RunStart::Fresh(o) => serde_json::to_string(o)?,
+        RunStart::Resume { dir, steps } => format!("resume {} {steps:?}", dir.display()),
+    };
+    let text = format!("{what}\n{stop_after:?}\n{}\n{device:?}", out.display());
+    let mut h = crc32fast::Hasher::new();
+    h.update(text.as_bytes());
+    Ok(u64::from(h.finalize()) | (text.len() as u64) << 32)
 }
 
 /// What the trainer knew of a step when it submitted it, kept until the backend hands back the
@@ -504,7 +606,7 @@ fn check_memory(cfg: &ModelConfig, o: &TrainOptions, device: Device) -> Result<(
     let Some(available) = available_memory().filter(|_| !on_gpu) else {
         return Ok(());
     };
-    let need = training_memory(cfg, o.batch, o.seq, o.qat);
+    let need = training_memory(cfg, o.global_batch(), o.seq, o.qat, o.grad_reduction);
     if need.total() > available as u128 {
         let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
         bail!(

@@ -3,7 +3,9 @@
 //! fallback that runs the whole pipeline where no GPU is present.
 //!
 //! Every reduction runs in a fixed order over fixed-size blocks, so a step's results are
-//! bit-identical across runs and thread counts; this is what makes `--resume` exact.
+//! bit-identical across runs and thread counts; this is what makes `--resume` exact. With
+//! [`GradReduction::SequenceTree`] the batch's gradient is a fixed-order sum of its sequences'
+//! (`reduce.rs`), which also makes it independent of how many ranks share the batch.
 
 pub mod adamw;
 pub mod attention;
@@ -12,16 +14,21 @@ pub mod embed;
 pub mod matmul;
 mod model;
 pub mod norm;
+mod reduce;
 pub mod rope;
 mod vecops;
 
 use super::{Backend, OptimConfig, StepReport, StepStats};
+use crate::dist::Group;
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena};
 use adamw::{adamw, AdamWStep};
 use anyhow::{ensure, Result};
 pub use classifier::LossSums;
 use model::{forward_backward, Activations};
+use reduce::{halving_tree_sum, sum_across_ranks, tree_depth};
+pub use reduce::{rank_share, GradReduction};
+use std::rc::Rc;
 
 /// Model weights, gradients, AdamW moments and activations in host memory.
 pub struct CpuBackend {
@@ -31,6 +38,12 @@ pub struct CpuBackend {
     m: Vec<f32>,
     v: Vec<f32>,
     acts: Option<Activations>,
+    /// How a step sums its gradient over the batch, and the ranks that share each batch.
+    reduction: GradReduction,
+    group: Option<Rc<dyn Group>>,
+    /// One sequence's activations and the halving tree's spare gradients (`SequenceTree`).
+    leaf_acts: Option<Activations>,
+    spare: Vec<Vec<f32>>,
     /// Quantisation-aware: every pass simulates contract 3 ([`CpuBackend::with_qat`]).
     qat: bool,
     /// Metrics of finished steps not yet taken (each step runs to the end when submitted).
@@ -62,6 +75,10 @@ impl CpuBackend {
             m,
             v,
             acts: None,
+            reduction: GradReduction::WholeBatch,
+            group: None,
+            leaf_acts: None,
+            spare: Vec::new(),
             qat: false,
             done: Vec::new(),
         })
@@ -96,7 +113,7 @@ impl CpuBackend {
     ) -> Result<(LossSums, Vec<f32>)> {
         self.check_batch(batch)?;
         let mut grads = vec![0.0; params.len()];
-        let a = activations_for(&mut self.acts, &self.cfg, batch, self.qat);
+        let a = activations_for(&mut self.acts, &self.cfg, batch.batch, batch.seq, self.qat);
         let sums = forward_backward(
             &self.cfg,
             params,
@@ -104,6 +121,7 @@ impl CpuBackend {
             &batch.targets,
             a,
             Some(&mut grads),
+            batch.inputs.len(),
         );
         Ok((sums, grads))
     }
@@ -111,7 +129,7 @@ impl CpuBackend {
     /// Loss sums only, for arbitrary `params`.
     pub fn loss(&mut self, params: &[f32], batch: &Batch) -> Result<LossSums> {
         self.check_batch(batch)?;
-        let a = activations_for(&mut self.acts, &self.cfg, batch, self.qat);
+        let a = activations_for(&mut self.acts, &self.cfg, batch.batch, batch.seq, self.qat);
         Ok(forward_backward(
             &self.cfg,
             params,
@@ -119,22 +137,70 @@ impl CpuBackend {
             &batch.targets,
             a,
             None,
+            batch.inputs.len(),
         ))
+    }
+
+    /// The gradient of `batch`'s mean loss into `self.grads`, summed as `self.reduction` says,
+    /// and the batch's loss sums.
+    fn batch_gradient(&mut self, batch: &Batch) -> Result<LossSums> {
+        let rows_total = batch.inputs.len();
+        if self.reduction == GradReduction::WholeBatch {
+            self.grads.fill(0.0);
+            let acts = activations_for(&mut self.acts, &self.cfg, batch.batch, batch.seq, self.qat);
+            return Ok(forward_backward(
+                &self.cfg,
+                &self.params.data,
+                &batch.inputs,
+                &batch.targets,
+                acts,
+                Some(&mut self.grads),
+                rows_total,
+            ));
+        }
+        let share = rank_share(batch.batch, self.group.as_deref())?;
+        let ranks = self.group.as_ref().map_or(1, |g| g.size());
+        let depth = tree_depth(share.len()).max(tree_depth(ranks));
+        let n = self.grads.len();
+        self.spare.resize_with(depth, || vec![0.0; n]);
+        let (cfg, params, t) = (&self.cfg, &self.params.data, batch.seq);
+        let acts = activations_for(&mut self.leaf_acts, cfg, 1, t, self.qat);
+        let mut sums = halving_tree_sum(
+            share.start,
+            share.end,
+            &mut self.grads,
+            &mut self.spare,
+            &mut |i, buf| {
+                buf.fill(0.0);
+                let rows = i * t..(i + 1) * t;
+                forward_backward(
+                    cfg,
+                    params,
+                    &batch.inputs[rows.clone()],
+                    &batch.targets[rows],
+                    acts,
+                    Some(buf),
+                    rows_total,
+                )
+            },
+        );
+        if let Some(group) = &self.group {
+            sum_across_ranks(group.as_ref(), &mut self.grads, &mut sums, &mut self.spare)?;
+        }
+        Ok(sums)
     }
 }
 
-/// The activation buffers for `batch`'s shape, reallocated only when the shape changes.
+/// The activation buffers for `batch` sequences of `seq`, reallocated only when the shape changes.
 fn activations_for<'a>(
     acts: &'a mut Option<Activations>,
     cfg: &ModelConfig,
-    batch: &Batch,
+    batch: usize,
+    seq: usize,
     qat: bool,
 ) -> &'a mut Activations {
-    if !acts
-        .as_ref()
-        .is_some_and(|a| a.fits(batch.batch, batch.seq, qat))
-    {
-        *acts = Some(Activations::new(cfg, batch.batch, batch.seq, qat));
+    if !acts.as_ref().is_some_and(|a| a.fits(batch, seq, qat)) {
+        *acts = Some(Activations::new(cfg, batch, seq, qat));
     }
     acts.as_mut().expect("just set")
 }
@@ -142,9 +208,11 @@ fn activations_for<'a>(
 /// Host memory the CPU backend holds to train a model, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrainingMemory {
-    /// Activations of one step's batch (with the classifier's logits block).
+    /// Activations of one batch (held for held-out evaluation, and for each step under
+    /// [`GradReduction::WholeBatch`]) and, under `SequenceTree`, of one sequence.
     pub activations: u128,
-    /// Weights, gradients and the two AdamW moments: four floats per parameter.
+    /// Weights, gradients and the two AdamW moments (four floats per parameter), and under
+    /// `SequenceTree` the halving tree's spare gradients.
     pub state: u128,
 }
 
@@ -154,12 +222,27 @@ impl TrainingMemory {
     }
 }
 
-/// What training `cfg` on `batch` sequences of `seq` tokens (quantisation-aware with `qat`) holds
-/// in host memory on the CPU backend (the same count as its allocations, checked by a test).
-pub fn training_memory(cfg: &ModelConfig, batch: usize, seq: usize, qat: bool) -> TrainingMemory {
+/// What training `cfg` on `batch` sequences of `seq` tokens (quantisation-aware with `qat`,
+/// gradients summed by `reduction`) holds in host memory on the CPU backend in one process (the
+/// same count as its allocations, checked by a test); ranks sharing the batch hold no more.
+pub fn training_memory(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    qat: bool,
+    reduction: GradReduction,
+) -> TrainingMemory {
+    let params = cfg.total_params() as u128;
+    let (leaf, spare) = match reduction {
+        GradReduction::WholeBatch => (0, 0),
+        GradReduction::SequenceTree => (
+            Activations::floats(cfg, 1, seq, qat),
+            tree_depth(batch) as u128 * params,
+        ),
+    };
     TrainingMemory {
-        activations: 4 * Activations::floats(cfg, batch, seq, qat),
-        state: 16 * cfg.total_params() as u128,
+        activations: 4 * (Activations::floats(cfg, batch, seq, qat) + leaf),
+        state: 16 * params + 4 * spare,
     }
 }
 
@@ -184,16 +267,7 @@ impl Backend for CpuBackend {
     fn submit_step(&mut self, batch: &Batch, lr: f32, step: u64, opt: &OptimConfig) -> Result<()> {
         self.check_batch(batch)?;
         ensure!(step >= 1, "optimizer steps count from 1");
-        self.grads.fill(0.0);
-        let acts = activations_for(&mut self.acts, &self.cfg, batch, self.qat);
-        let sums = forward_backward(
-            &self.cfg,
-            &self.params.data,
-            &batch.inputs,
-            &batch.targets,
-            acts,
-            Some(&mut self.grads),
-        );
+        let sums = self.batch_gradient(batch)?;
         let mut sq = 0f64;
         for s in &self.params.specs {
             sq += vecops::sum_sq_f64(&self.grads[s.range()]);
@@ -257,5 +331,19 @@ impl Backend for CpuBackend {
 
     fn optimizer_state(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         Ok((self.m.clone(), self.v.clone()))
+    }
+
+    fn share_steps(
+        &mut self,
+        reduction: GradReduction,
+        group: Option<Rc<dyn Group>>,
+    ) -> Result<()> {
+        ensure!(
+            group.is_none() || reduction == GradReduction::SequenceTree,
+            "this run sums each step's gradient over its whole batch at once (it began before per-sequence reduction), which cannot be shared between ranks: continue it in one process"
+        );
+        self.reduction = reduction;
+        self.group = group;
+        Ok(())
     }
 }

@@ -225,8 +225,9 @@ impl Qat {
 }
 
 /// Forward pass over `inputs[B*T]` scoring `targets[B*T]`; when `grads` is given, also the full
-/// backward pass, accumulating into `grads` (same layout as `params`) the gradient of the mean
-/// loss `mean(ce) + z_loss * mean(lse^2)`.
+/// backward pass, accumulating into `grads` (same layout as `params`) the gradient of
+/// `(sum(ce) + z_loss * sum(lse^2)) / rows_total`: the mean loss when `rows_total` is `B*T`, this
+/// batch's share of a larger batch's mean otherwise.
 /// With [`Qat`] buffers in `a`, the pass runs on contract 3's simulated numbers and the gradient
 /// is taken straight through the quantiser back onto `params`.
 pub(crate) fn forward_backward(
@@ -236,9 +237,10 @@ pub(crate) fn forward_backward(
     targets: &[u32],
     a: &mut Activations,
     grads: Option<&mut [f32]>,
+    rows_total: usize,
 ) -> LossSums {
     let Some(mut q) = a.qat.take() else {
-        return pass(cfg, params, inputs, targets, a, grads, None);
+        return pass(cfg, params, inputs, targets, a, grads, rows_total, None);
     };
     q.simulate(cfg, params);
     q.geff.fill(0.0);
@@ -251,6 +253,7 @@ pub(crate) fn forward_backward(
         targets,
         a,
         want_grads.then_some(&mut geff[..]),
+        rows_total,
         Some(QuantisedInputs { att, h }),
     );
     if let Some(grads) = grads {
@@ -281,6 +284,7 @@ fn linear_input<'a>(x: &'a [f32], store: Option<&'a mut [f32]>, width: usize) ->
 /// The forward pass, and with `grads` the backward pass, on weights `params`. With `qin`, every
 /// linear layer's input rows and the rotated q, k, v heads are fake-quantised (contract 3; the
 /// weights are then [`Qat`]'s, quantised already and with unit gains).
+#[allow(clippy::too_many_arguments)]
 fn pass(
     cfg: &ModelConfig,
     params: &[f32],
@@ -288,6 +292,7 @@ fn pass(
     targets: &[u32],
     a: &mut Activations,
     grads: Option<&mut [f32]>,
+    rows_total: usize,
     mut qin: Option<QuantisedInputs>,
 ) -> LossSums {
     let quantise = qin.is_some();
@@ -408,7 +413,7 @@ fn pass(
         Some(ClassifierGrads {
             dx: &mut a.dxn,
             dw: g[last],
-            rows_total: n,
+            rows_total,
         }),
         &mut a.logits,
     );
@@ -529,7 +534,8 @@ mod tests {
     fn pass_bits(cfg: &ModelConfig, p: &ParamArena, windows: &[&[u8]], qat: bool) -> f64 {
         let batch = Batch::from_windows(windows, WINDOW_START as u32);
         let mut a = Activations::new(cfg, batch.batch, batch.seq, qat);
-        let s = forward_backward(cfg, &p.data, &batch.inputs, &batch.targets, &mut a, None);
+        let n = batch.inputs.len();
+        let s = forward_backward(cfg, &p.data, &batch.inputs, &batch.targets, &mut a, None, n);
         s.ce / s.rows as f64 / std::f64::consts::LN_2
     }
 

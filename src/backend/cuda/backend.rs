@@ -41,7 +41,8 @@ use super::graph::StepGraph;
 use super::launch::{self, AttnKernels, EmbedBackwardPlan};
 use super::loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels};
 use super::nvtx;
-use crate::backend::{Backend, LossSums, OptimConfig, StepReport};
+use crate::backend::{Backend, GradReduction, LossSums, OptimConfig, StepReport};
+use crate::dist::Group;
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena, TensorSpec};
 use acts::{Acts, EmbedGrad};
@@ -49,6 +50,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::CudaSlice;
 use metrics::MetricsRing;
 pub(crate) use metrics::DEFAULT_READBACK_EVERY;
+use std::rc::Rc;
 
 /// The training backend: bf16 activations and working weights, fp32 master weights.
 pub type CudaBackend = CudaTrainer<Bf16>;
@@ -401,5 +403,19 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
     fn optimizer_state(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let s = self.k.stream();
         Ok((s.clone_dtoh(&self.m)?, s.clone_dtoh(&self.v)?))
+    }
+
+    fn share_steps(
+        &mut self,
+        _reduction: GradReduction,
+        group: Option<Rc<dyn Group>>,
+    ) -> Result<()> {
+        // The whole batch runs in one pass whatever the reduction asks: GPU steps are checked
+        // against the CPU by tolerance, not bit for bit.
+        anyhow::ensure!(
+            group.is_none(),
+            "training shared between ranks runs on the CPU backend only in this version (the CUDA backend has no NCCL all-reduce yet): give --device cpu"
+        );
+        Ok(())
     }
 }

@@ -1,0 +1,254 @@
+//! Training shared between ranks under a real `mpirun` (Open MPI): two ranks give the weights of
+//! one process bit for bit, a two-rank run resumes on one rank exactly, and every refusal is a
+//! clear message with no checkpoint written. Skipped, saying so, where `mpirun` is absent
+//! (`.ci/run` installs Open MPI).
+
+mod common;
+
+use common::stderr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use terse::checkpoint::{load_model, load_training};
+
+fn mpirun_present() -> bool {
+    let found = Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIPPED (no mpirun: install Open MPI, Debian's openmpi-bin)");
+    }
+    found
+}
+
+/// `mpirun -np N` running `program args` (root allowed and cores oversubscribed, as on CI).
+fn mpirun(n: usize, program: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--oversubscribe", "-np", &n.to_string(), program])
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    c.output().expect("run mpirun")
+}
+
+/// `terse train` flags of a small M1 run of `steps` steps on `data` into `out`.
+fn train_args(data: &Path, out: &Path, steps: u64) -> Vec<String> {
+    [
+        "train",
+        "--preset",
+        "tiny",
+        "--seq",
+        "32",
+        "--batch",
+        "4",
+        "--lr",
+        "3e-3",
+        "--heldout-bytes",
+        "2000",
+        "--eval-every",
+        "3",
+        "--eval-windows",
+        "4",
+        "--quiet",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "--data".into(),
+        data.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--steps".into(),
+        steps.to_string(),
+    ])
+    .collect()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The weights and AdamW moments of the checkpoint at `dir`, as bits.
+fn checkpoint_bits(dir: &Path) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let (_, w) = load_model(dir).unwrap();
+    let (_, _, st) = load_training(dir).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect();
+    (bits(&w.data), bits(&st.m), bits(&st.v))
+}
+
+/// Each step's logged numbers (without the speed), as text.
+fn metrics(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("tokens_per_s");
+            v.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn two_ranks_train_the_bits_of_one_process_and_resume_on_one() {
+    if !mpirun_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 20_000);
+    let terse = env!("CARGO_BIN_EXE_terse");
+    let (one, two, split) = (
+        dir.path().join("one"),
+        dir.path().join("two"),
+        dir.path().join("split"),
+    );
+    let r = common::terse(&strs(&train_args(&data, &one, 6)));
+    assert!(r.status.success(), "{}", stderr(&r));
+
+    let r = run(mpirun(2, terse, &strs(&train_args(&data, &two, 6))));
+    assert!(r.status.success(), "{}", stderr(&r));
+    let printed = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(printed.matches("trained 6/6 steps").count(), 1, "{printed}");
+    assert!(stderr(&r).contains("2 ranks"), "{}", stderr(&r));
+    assert_eq!(checkpoint_bits(&one), checkpoint_bits(&two));
+    assert_eq!(metrics(&one), metrics(&two));
+
+    // Two ranks to step 3, then one process to step 6.
+    let mut first = train_args(&data, &split, 6);
+    first.extend(["--stop-after".into(), "3".into()]);
+    let r = run(mpirun(2, terse, &strs(&first)));
+    assert!(r.status.success(), "{}", stderr(&r));
+    let s = split.display().to_string();
+    let r = common::terse(&["train", "--resume", &s, "--quiet"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(checkpoint_bits(&one), checkpoint_bits(&split));
+    assert_eq!(metrics(&one), metrics(&split));
+}
+
+#[test]
+fn ranks_started_with_other_flags_all_refuse_and_write_nothing() {
+    if !mpirun_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 20_000);
+    let out = dir.path().join("run");
+    // Rank 1 asks for another learning rate than rank 0.
+    let script = format!(
+        "exec {} \"$@\" --lr 1e-3$OMPI_COMM_WORLD_RANK",
+        env!("CARGO_BIN_EXE_terse")
+    );
+    let mut args = vec!["-c".to_string(), script, "sh".into()];
+    args.extend(
+        train_args(&data, &out, 4)
+            .into_iter()
+            .filter(|a| a != "3e-3" && a != "--lr"),
+    );
+    let r = run(mpirun(2, "sh", &strs(&args)));
+    assert!(!r.status.success());
+    let err = stderr(&r);
+    for rank in 0..2 {
+        assert!(
+            err.contains(&format!(
+                "rank {rank} of 2: rank 1 of 2 was started with other flags than rank 0"
+            )),
+            "{err}"
+        );
+    }
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+
+    // Three sequences cannot be shared by two ranks.
+    let mut odd = train_args(&data, &out, 4);
+    let b = odd.iter().position(|a| a == "--batch").unwrap();
+    odd[b + 1] = "3".into();
+    let r = run(mpirun(2, env!("CARGO_BIN_EXE_terse"), &strs(&odd)));
+    assert!(!r.status.success());
+    let err = stderr(&r);
+    for rank in 0..2 {
+        assert!(
+            err.contains(&format!(
+                "rank {rank} of 2: 2 ranks cannot share a batch of 3 sequences"
+            )),
+            "{err}"
+        );
+    }
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+}
+
+#[test]
+fn a_missing_mpi_library_is_one_clear_message() {
+    if !mpirun_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 20_000);
+    let out = dir.path().join("run");
+    let mut c = mpirun(
+        2,
+        env!("CARGO_BIN_EXE_terse"),
+        &strs(&train_args(&data, &out, 4)),
+    );
+    // Ranks on this machine inherit mpirun's environment.
+    c.env("TERSE_MPI_LIBRARY", dir.path().join("libmpi.so.40"));
+    let r = run(c);
+    assert!(!r.status.success());
+    let err = stderr(&r);
+    assert!(
+        err.contains("cannot open Open MPI's library") && err.contains("TERSE_MPI_LIBRARY"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_rank_that_dies_leaves_the_last_whole_checkpoint() {
+    if !mpirun_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 20_000);
+    let out = dir.path().join("run");
+    let mut args = train_args(&data, &out, 100_000);
+    args.extend(["--ckpt-every".into(), "2".into()]);
+    let mut job = mpirun(2, env!("CARGO_BIN_EXE_terse"), &strs(&args))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for a checkpoint, then kill rank 1 while the run goes on.
+    let t0 = std::time::Instant::now();
+    while !out.join("trainer.json").exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let rank1 = rank_pid(&out, 1).expect("rank 1's process");
+    Command::new("kill")
+        .args(["-9", &rank1.to_string()])
+        .status()
+        .unwrap();
+    let status = job.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "the job survived a dead rank: {err}");
+    // What is on disk is a whole checkpoint that resumes.
+    let (_, _, st) = load_training(&out).unwrap();
+    assert!(st.state["step"].as_u64().unwrap() >= 2);
+}
+
+/// The pid of the `terse train` rank `rank` writing to `out`, from `/proc`.
+fn rank_pid(out: &Path, rank: usize) -> Option<u32> {
+    let want_rank = format!("OMPI_COMM_WORLD_RANK={rank}");
+    let want_out = out.display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        let has = |hay: &[u8], needle: &str| hay.split(|&b| b == 0).any(|p| p == needle.as_bytes());
+        (has(&cmdline, &want_out) && has(&environ, &want_rank)).then_some(pid)
+    })
+}
