@@ -1,11 +1,12 @@
 //! Throughput measurements behind `terse bench m1`, `terse bench train`, `terse bench generate`
 //! ([`decode`], with [`memory`]'s copy bandwidth for its floor) and `terse bench serve` ([`load`]:
-//! streaming clients against a running server); `terse bench kernels` is
-//! [`crate::backend::cuda::bench`].
+//! streaming clients against a running server) and `terse bench scaling` ([`scaling`]: the
+//! data-parallel model); `terse bench kernels` is [`crate::backend::cuda::bench`].
 
 pub mod decode;
 pub mod load;
 pub mod memory;
+pub mod scaling;
 
 use crate::backend::{create_backend, cuda, Device, OptimConfig};
 use crate::m1::{CpuM1Batch, ExactM1, Int8M1, M1Batch, WindowState, WINDOW_START};

@@ -74,6 +74,26 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The scaling model of data-parallel training: each step's fp32 gradient all-reduce over
+    /// NVLink inside a node and InfiniBand NDR or 100 GbE between nodes, against the step's
+    /// compute from the cost model (`terse bench kernels`), at 8, 64 and 512 GPUs. No GPU needed.
+    Scaling {
+        /// Model presets.
+        #[arg(long, value_delimiter = ',', default_value = "m2-113m,m2-403m")]
+        presets: Vec<String>,
+        /// Sequences per GPU per step.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 512)]
+        seq: usize,
+        /// The card whose ceilings give the compute time (H100, H200).
+        #[arg(long, default_value = "H100")]
+        card: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the GPU's ceilings the cost model uses: a 2 GiB device-to-device copy and a
     /// cuBLASLt bf16 GEMM at 8192^3 (median of --reps). Needs a GPU.
     Ceilings {
@@ -398,6 +418,56 @@ pub fn run(b: BenchCmd) -> Result<()> {
                 );
             } else {
                 print!("{}", cost::format_costs(&cfg, batch, seq, &card));
+            }
+        }
+        BenchCmd::Scaling {
+            presets,
+            batch,
+            seq,
+            card,
+            json,
+        } => {
+            use terse::bench::scaling::{
+                format_points, scaling_points, ETHERNET_100G, INFINIBAND_NDR,
+            };
+            if batch == 0 || seq == 0 {
+                bail!("--batch and --seq must be positive");
+            }
+            let Some(card) = Card::by_name(&card) else {
+                bail!("no measured ceilings for card {card:?} (known: H100, H200)");
+            };
+            let mut points = Vec::new();
+            for preset in &presets {
+                let cfg = ModelConfig::preset(preset, None)?;
+                // One node (8 GPUs) is NVLink alone, whatever joins the nodes.
+                points.extend(scaling_points(
+                    &cfg,
+                    batch,
+                    seq,
+                    &card,
+                    &[8, 64, 512],
+                    &INFINIBAND_NDR,
+                ));
+                points.extend(scaling_points(
+                    &cfg,
+                    batch,
+                    seq,
+                    &card,
+                    &[64, 512],
+                    &ETHERNET_100G,
+                ));
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"card": card, "batch": batch, "seq": seq, "points": points})
+                );
+            } else {
+                println!(
+                    "{} x {seq} tokens per GPU per step on {} (compute: the cost model's floor)",
+                    batch, card.name
+                );
+                print!("{}", format_points(&points));
             }
         }
         BenchCmd::Ceilings { reps, json } => {
