@@ -8,6 +8,7 @@ mod cli {
     pub mod experiment;
     pub mod generate;
     pub mod pack_m1;
+    pub mod ranks;
     pub mod serve;
     pub mod tokenize;
     pub mod train;

@@ -252,3 +252,74 @@ fn rank_pid(out: &Path, rank: usize) -> Option<u32> {
         (has(&cmdline, &want_out) && has(&environ, &want_rank)).then_some(pid)
     })
 }
+
+#[test]
+fn two_ranks_tokenize_the_single_process_dataset() {
+    if !mpirun_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::sample_prefix(dir.path(), 40_000);
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, &std::fs::read(&corpus).unwrap()[..6000]).unwrap();
+    let m1 = dir.path().join("m1");
+    common::train_tiny(&corpus, &m1, &["--steps", "1"]);
+    let m1 = m1.display().to_string();
+    let cases: [(&Path, &str, &str, &[&str]); 2] = [
+        (&corpus, "gzip", "4096", &[]),
+        (&small, "equal-info", "1000", &["--m1", &m1]),
+    ];
+    for (data, method, chunk, extra) in cases {
+        let (one, two) = (
+            dir.path().join(format!("{method}-1")),
+            dir.path().join(format!("{method}-2")),
+        );
+        common::tokenize(data, &one, method, "16", chunk, extra);
+        let mut args: Vec<String> = ["tokenize", "--method", method, "--chunk-bytes", chunk]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--data".into(), data.display().to_string()]);
+        args.extend(["--out".into(), two.display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let r = run(mpirun(2, env!("CARGO_BIN_EXE_terse"), &strs(&args)));
+        assert!(r.status.success(), "{method}: {}", stderr(&r));
+        for f in ["tokens.bin", "metadata.json"] {
+            assert!(
+                std::fs::read(one.join(f)).unwrap() == std::fs::read(two.join(f)).unwrap(),
+                "{method}: {f} differs"
+            );
+        }
+        // The ranks' shard directories are gone.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".rank-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    // A rank that cannot code its shard fails every rank and leaves no dataset.
+    let out = dir.path().join("refused");
+    let r = run(mpirun(
+        2,
+        env!("CARGO_BIN_EXE_terse"),
+        &[
+            "tokenize",
+            "--method",
+            "ac",
+            "--data",
+            corpus.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert!(!r.status.success());
+    for rank in 0..2 {
+        assert!(
+            stderr(&r).contains(&format!("rank {rank} of 2: --method ac needs --m1")),
+            "{}",
+            stderr(&r)
+        );
+    }
+    assert!(!out.exists());
+}

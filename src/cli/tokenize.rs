@@ -1,8 +1,9 @@
 //! `terse tokenize` and `terse detokenize`: their flags and what they print.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
+use terse::dist::{bytes_fingerprint, check_agreement, gather_u64, Group, OnEveryRank};
 use terse::fsio::Existing;
 use terse::tokenize::{merge_shards, Method, Shard};
 use terse::tokenize_jobs::{detokenize, load_m1_spec};
@@ -63,23 +64,107 @@ fn token_bits_parser() -> impl clap::builder::TypedValueParser<Value = u32> {
     )
 }
 
+/// Runs `terse tokenize`; under `mpirun` or `srun`, the ranks share the corpus's chunks
+/// ([`run_ranks`]).
 pub fn run(a: TokenizeArgs) -> Result<()> {
+    super::ranks::run_ranked(|group| match group {
+        None => run_alone(a),
+        Some(g) => run_ranks(a, g.as_ref()),
+    })
+}
+
+/// Every rank codes shard `rank/size` into a directory beside `--out`; once all have, rank 0
+/// merges them into `--out` (the dataset one process writes, byte for byte) and each rank
+/// removes its own. A rank that fails makes every rank fail, naming it.
+fn run_ranks(a: TokenizeArgs, g: &dyn Group) -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    check_agreement(g, bytes_fingerprint(args.join("\0").as_bytes()), "flags")?;
     let (Some(method), Some(data)) = (a.method, &a.data) else {
-        let meta = merge_shards(&a.merge, &a.out)?;
+        return Err(OnEveryRank(
+            "--merge joins shards in one process; run it without mpirun".into(),
+        )
+        .into());
+    };
+    if a.shard.is_some() {
+        return Err(OnEveryRank(
+            "--shard splits a corpus between separate tasks; under mpirun the ranks split it themselves: drop --shard".into(),
+        )
+        .into());
+    }
+    let (rank, size) = (g.rank(), g.size());
+    let part = |r: usize| {
+        let name = a
+            .out
+            .file_name()
+            .map_or("dataset".into(), |n| n.to_string_lossy());
+        a.out.with_file_name(format!(".{name}.rank-{r}-of-{size}"))
+    };
+    let shard = Shard {
+        index: rank as u32,
+        count: size as u32,
+    };
+    let started = std::time::Instant::now();
+    let mine = code(
+        &a,
+        method,
+        data,
+        &part(rank),
+        Some(shard),
+        rank == 0 && !a.json,
+    );
+    let failed = gather_u64(g, mine.is_err() as u64)?;
+    let cleanup = || std::fs::remove_dir_all(part(rank));
+    if let Err(e) = mine {
+        let _ = cleanup();
+        return Err(OnEveryRank(format!("{e:#}")).into());
+    }
+    if let Some(r) = failed.iter().position(|&f| f != 0) {
+        let _ = cleanup();
+        return Err(OnEveryRank(format!(
+            "rank {r} could not code its shard (its error is above)"
+        ))
+        .into());
+    }
+    let merged = if rank == 0 {
+        merge_shards(&(0..size).map(part).collect::<Vec<_>>(), &a.out).map(Some)
+    } else {
+        Ok(None)
+    };
+    let merge_failed = gather_u64(g, merged.is_err() as u64)?[0] != 0;
+    cleanup().with_context(|| format!("cannot remove {}", part(rank).display()))?;
+    if merge_failed {
+        let why = merged
+            .err()
+            .map_or("(its error is above)".into(), |e| format!("{e:#}"));
+        return Err(OnEveryRank(format!("rank 0 could not merge the shards: {why}")).into());
+    }
+    if let Ok(Some(meta)) = merged {
         if a.json {
             println!("{}", serde_json::to_string(&meta.identity)?);
         } else {
             println!(
-                "{} shards -> {}: {} bytes, {} tokens, {} chunks",
-                a.merge.len(),
+                "{} ranks -> {}: {} bytes, {} tokens, {} chunks in {:.2} s",
+                size,
                 a.out.display(),
                 meta.bytes_covered,
                 meta.tokens,
-                meta.examples.len()
+                meta.examples.len(),
+                started.elapsed().as_secs_f64()
             );
         }
-        return Ok(());
-    };
+    }
+    Ok(())
+}
+
+/// Codes `data` (or its `shard`) into `out` as `a` asks.
+fn code(
+    a: &TokenizeArgs,
+    method: Method,
+    data: &Path,
+    out: &Path,
+    shard: Option<Shard>,
+    progress: bool,
+) -> Result<terse::tokenize::TokenizeReport> {
     if a.delay && method != Method::EqualInfo {
         bail!("--delay is a rule of --method equal-info only");
     }
@@ -102,17 +187,37 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
         (false, Some(_)) => bail!("--m1 is used only by --method ac and equal-info"),
         (false, None) => None,
     };
-    let r = terse::tokenize::tokenize_corpus_with(
+    terse::tokenize::tokenize_corpus_with(
         method,
         data,
-        &a.out,
+        out,
         a.token_bits,
         a.chunk_bytes,
         spec.as_ref(),
         a.subword_train.as_deref(),
-        a.shard,
-        !a.json,
-    )?;
+        shard,
+        progress,
+    )
+}
+
+fn run_alone(a: TokenizeArgs) -> Result<()> {
+    let (Some(method), Some(data)) = (a.method, &a.data) else {
+        let meta = merge_shards(&a.merge, &a.out)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&meta.identity)?);
+        } else {
+            println!(
+                "{} shards -> {}: {} bytes, {} tokens, {} chunks",
+                a.merge.len(),
+                a.out.display(),
+                meta.bytes_covered,
+                meta.tokens,
+                meta.examples.len()
+            );
+        }
+        return Ok(());
+    };
+    let r = code(&a, method, data, &a.out, a.shard, !a.json)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

@@ -5,7 +5,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::rc::Rc;
 use terse::backend::Device;
-use terse::dist::{Group, OnEveryRank};
+use terse::dist::Group;
 use terse::train::{train_in_group, RunStart, ScheduleKind, TrainOptions, TrainSummary};
 
 #[derive(Args)]
@@ -104,37 +104,7 @@ pub struct TrainArgs {
 
 /// Runs `terse train`, as one rank of an MPI job when a launcher started it.
 pub fn run(a: TrainArgs) -> Result<()> {
-    let Some(mpi) = terse::dist::join()? else {
-        return run_in(a, None);
-    };
-    let (rank, size) = (mpi.rank(), mpi.size());
-    let mpi = Rc::new(mpi);
-    let result = run_in(a, Some(mpi.clone()));
-    let Ok(mpi) = Rc::try_unwrap(mpi) else {
-        unreachable!("the run has ended, so nothing else holds the group")
-    };
-    match result {
-        Ok(()) => mpi.finalize(),
-        // Every rank met this error: each says why before the ranks end together (a rank that
-        // exited first would have mpirun kill the others mid-sentence).
-        Err(e) if e.is::<OnEveryRank>() => {
-            say_once(&format!("error: rank {rank} of {size}: {e:#}\n"));
-            mpi.finalize()?;
-            std::process::exit(1)
-        }
-        // This rank alone: the others would wait for it forever, so end the whole job.
-        Err(e) => {
-            say_once(&format!("error: rank {rank} of {size}: {e:#}\n"));
-            mpi.abort(1)
-        }
-    }
-}
-
-/// Writes `line` to stderr in one write, so that ranks sharing mpirun's stderr do not interleave
-/// their messages mid-line.
-fn say_once(line: &str) {
-    use std::io::Write;
-    let _ = std::io::stderr().write_all(line.as_bytes());
+    super::ranks::run_ranked(|group| run_in(a, group))
 }
 
 fn run_in(a: TrainArgs, group: Option<Rc<dyn Group>>) -> Result<()> {

@@ -41,6 +41,12 @@ pub fn gather_u64(group: &dyn Group, value: u64) -> Result<Vec<u64>> {
         .collect())
 }
 
+/// A fingerprint of `bytes` (a command's arguments or settings) for [`check_agreement`]: its
+/// CRC-32 and length.
+pub fn bytes_fingerprint(bytes: &[u8]) -> u64 {
+    u64::from(crc32fast::hash(bytes)) | (bytes.len() as u64) << 32
+}
+
 /// Fails on every rank, naming the first rank that differs from rank 0, unless every rank gives
 /// the same `fingerprint` (a hash of its settings). `what` names what was compared.
 pub fn check_agreement(group: &dyn Group, fingerprint: u64, what: &str) -> Result<()> {

@@ -13,7 +13,7 @@ use crate::checkpoint::{
     load_model, load_training, save_checkpoint, TrainingState, MANIFEST_FILE, MODEL_FILE,
 };
 use crate::data::{eval_windows, read_heldout, ByteLoader, LoaderState};
-use crate::dist::{check_agreement, gather_u64, Group, OnEveryRank};
+use crate::dist::{bytes_fingerprint, check_agreement, gather_u64, Group, OnEveryRank};
 use crate::eval::{score_tokens, score_windows};
 use crate::m1::WINDOW_START;
 use crate::model::{Batch, ModelConfig, ParamArena};
@@ -579,9 +579,7 @@ fn command_fingerprint(
         RunStart::Resume { dir, steps } => format!("resume {} {steps:?}", dir.display()),
     };
     let text = format!("{what}\n{stop_after:?}\n{}\n{device:?}", out.display());
-    let mut h = crc32fast::Hasher::new();
-    h.update(text.as_bytes());
-    Ok(u64::from(h.finalize()) | (text.len() as u64) << 32)
+    Ok(bytes_fingerprint(text.as_bytes()))
 }
 
 /// What the trainer knew of a step when it submitted it, kept until the backend hands back the
