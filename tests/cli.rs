@@ -627,6 +627,55 @@ fn compress_follows_xz_habits() {
     }
 }
 
+#[test]
+fn a_file_list_codes_each_file_and_names_the_ones_that_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, input, _) = m1_and_input(dir.path());
+    let m = path_str(&ck);
+    let files: Vec<_> = (1..=3)
+        .map(|i| {
+            let f = dir.path().join(format!("f{i}"));
+            std::fs::write(&f, &input[..500 * i]).unwrap();
+            f
+        })
+        .collect();
+    let missing = dir.path().join("missing");
+    let list = dir.path().join("list");
+    let names = [&files[0], &missing, &files[1], &files[2]];
+    let text: String = names
+        .iter()
+        .map(|f| format!("{}\n\n", f.display()))
+        .collect();
+    std::fs::write(&list, text).unwrap();
+    let r = terse(&["compress", "--m1", m, "-k", "--filelist", path_str(&list)]);
+    assert!(!r.status.success(), "a missing file fails the run");
+    let err = stderr(&r);
+    assert!(err.contains(path_str(&missing)), "{err}");
+    assert!(err.contains("1 of the 4 files"), "{err}");
+    // The others were coded, each to its derived name, and decode to their input.
+    for (i, f) in files.iter().enumerate() {
+        let z = dir.path().join(format!("f{}.terse", i + 1));
+        assert_eq!(decompressed(&ck, &z), input[..500 * (i + 1)]);
+        assert!(f.exists(), "-k keeps each input");
+    }
+    assert_fails_with(
+        &[
+            "compress",
+            "--m1",
+            m,
+            "--filelist",
+            path_str(&list),
+            path_str(&files[0]),
+        ],
+        "cannot be used with",
+    );
+    std::fs::write(&list, "-\n").unwrap();
+    assert_fails_with(
+        &["compress", "--m1", m, "--filelist", path_str(&list)],
+        "standard input (-) cannot be one of a list's files",
+    );
+}
+
 /// Runs terse with `args`, `stdin` written to its standard input through a pipe (from another
 /// thread, so a child that writes while it reads cannot deadlock), and its output collected.
 fn run(args: &[&str], stdin: &[u8]) -> std::process::Output {

@@ -323,3 +323,79 @@ fn two_ranks_tokenize_the_single_process_dataset() {
     }
     assert!(!out.exists());
 }
+
+#[test]
+fn two_ranks_share_a_file_list_and_code_what_one_process_codes() {
+    if !mpirun_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::sample_prefix(dir.path(), 20_000);
+    let m1 = dir.path().join("m1");
+    common::train_tiny(&corpus, &m1, &["--steps", "1"]);
+    let text = std::fs::read(&corpus).unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    for d in [&one, &two] {
+        std::fs::create_dir(d).unwrap();
+        for i in 1..=3 {
+            std::fs::write(d.join(format!("f{i}")), &text[..700 * i]).unwrap();
+        }
+    }
+    let list = |d: &Path, suffix: &str| {
+        let l = d.join("list");
+        let names: String = (1..=3)
+            .map(|i| format!("{}/f{i}{suffix}\n", d.display()))
+            .collect();
+        std::fs::write(&l, names).unwrap();
+        l.display().to_string()
+    };
+    let m = m1.display().to_string();
+    let r = common::terse(&["compress", "--m1", &m, "-k", "--filelist", &list(&one, "")]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let terse = env!("CARGO_BIN_EXE_terse");
+    let r = run(mpirun(
+        2,
+        terse,
+        &["compress", "--m1", &m, "-k", "--filelist", &list(&two, "")],
+    ));
+    assert!(r.status.success(), "{}", stderr(&r));
+    for i in 1..=3 {
+        let name = format!("f{i}.terse");
+        assert!(
+            std::fs::read(one.join(&name)).unwrap() == std::fs::read(two.join(&name)).unwrap(),
+            "{name} differs"
+        );
+        std::fs::remove_file(two.join(format!("f{i}"))).unwrap();
+    }
+    let r = run(mpirun(
+        2,
+        terse,
+        &[
+            "decompress",
+            "--m1",
+            &m,
+            "--filelist",
+            &list(&two, ".terse"),
+        ],
+    ));
+    assert!(r.status.success(), "{}", stderr(&r));
+    for i in 1..=3 {
+        assert_eq!(
+            std::fs::read(two.join(format!("f{i}"))).unwrap(),
+            &text[..700 * i]
+        );
+    }
+    // One file under mpirun would be coded by every rank at once: refused on each.
+    let f1 = one.join("f1").display().to_string();
+    let r = run(mpirun(2, terse, &["compress", "--m1", &m, "-c", &f1]));
+    assert!(!r.status.success());
+    for rank in 0..2 {
+        assert!(
+            stderr(&r).contains(&format!(
+                "rank {rank} of 2: under mpirun, name the files with --filelist"
+            )),
+            "{}",
+            stderr(&r)
+        );
+    }
+}

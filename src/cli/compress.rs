@@ -1,10 +1,12 @@
 //! `terse compress` and `terse decompress`: their flags, xz's habits (a derived output name, the
 //! input removed after success unless --keep, -c, -d, -t, -f), and what they print.
 
+use super::ranks::say_once;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use terse::compress::{compress_file, decompress_file, Coding, CompressReport, Progress, STDIO};
+use terse::dist::{bytes_fingerprint, check_agreement, gather_u64, OnEveryRank};
 use terse::fsio::{check_output, Existing};
 use terse::m1::{builtin_m1, Int8M1};
 
@@ -22,7 +24,8 @@ enum CompressMethod {
 #[derive(Args)]
 struct Streams {
     /// Input file, or `-` for standard input (read once, front to back).
-    input: PathBuf,
+    #[arg(required_unless_present = "filelist")]
+    input: Option<PathBuf>,
     /// Output file, written atomically (a symlink is followed, a device or FIFO written
     /// through), or `-` for standard output. Default: INPUT with `.terse` added (compress) or
     /// removed (decompress), and INPUT is then removed after success unless --keep.
@@ -36,6 +39,12 @@ struct Streams {
     /// Replace OUTPUT if it is an existing file (without this, an existing file is refused).
     #[arg(short, long)]
     force: bool,
+    /// Code every file named in LIST (one path a line) instead of INPUT, each to its derived
+    /// name, as xz and zstd do with several files: a file that fails is named and the others go
+    /// on (exit status 1 if any failed). Under `mpirun` or `srun` the ranks share the list
+    /// (file k goes to rank k mod N).
+    #[arg(long, value_name = "LIST", conflicts_with_all = ["input", "output", "stdout"])]
+    filelist: Option<PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -97,9 +106,16 @@ pub struct DecompressArgs {
     io: Streams,
 }
 
+/// What is done to each input.
+#[derive(Clone, Copy)]
+enum Job {
+    Compress { coding: Coding, chunk_bytes: u32 },
+    Decompress { test: bool },
+}
+
 pub fn run_compress(a: &CompressArgs) -> Result<()> {
     if a.decompress || a.test {
-        return decompress(a.m1.as_deref(), a.test, &a.io);
+        return run(Job::Decompress { test: a.test }, a.m1.as_deref(), &a.io);
     }
     let coding = match (a.method, a.window_bits) {
         (CompressMethod::Ac, None) => Coding::AC,
@@ -110,19 +126,126 @@ pub fn run_compress(a: &CompressArgs) -> Result<()> {
             window_bits: bits.unwrap_or(16),
         },
     };
-    let (output, remove_input) = target(&a.io, false)?;
-    let m = load_m1(a.m1.as_deref())?;
-    let existing = Existing::replace_if(a.io.force);
-    let r = compress_file(
-        &a.io.input,
-        &output,
-        &m,
+    let job = Job::Compress {
         coding,
-        a.chunk_bytes,
-        existing,
-        a.io.progress(),
-    )?;
-    finish(&a.io, &r, "compressed", &output, remove_input)
+        chunk_bytes: a.chunk_bytes,
+    };
+    run(job, a.m1.as_deref(), &a.io)
+}
+
+pub fn run_decompress(a: &DecompressArgs) -> Result<()> {
+    run(Job::Decompress { test: a.test }, a.m1.as_deref(), &a.io)
+}
+
+/// Does `job` to INPUT, or to every file of `--filelist` (shared between the ranks of an MPI
+/// job when a launcher started this process).
+fn run(job: Job, m1: Option<&Path>, io: &Streams) -> Result<()> {
+    super::ranks::run_ranked(|group| {
+        let Some(list) = &io.filelist else {
+            if group.is_some() {
+                return Err(OnEveryRank(
+                    "under mpirun, name the files with --filelist: each rank then codes its share of them".into(),
+                )
+                .into());
+            }
+            let input = io
+                .input
+                .as_deref()
+                .expect("clap requires INPUT without --filelist");
+            return one_file(job, &load_m1(m1)?, m1.is_some(), io, input);
+        };
+        let (rank, size) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
+        if let Some(g) = &group {
+            let args: Vec<String> = std::env::args().collect();
+            check_agreement(
+                g.as_ref(),
+                bytes_fingerprint(args.join("\0").as_bytes()),
+                "flags",
+            )?;
+        }
+        let files = read_filelist(list)?;
+        let m = load_m1(m1)?;
+        let mut failed = 0u64;
+        for file in files.iter().skip(rank).step_by(size) {
+            if let Err(e) = one_file(job, &m, m1.is_some(), io, file) {
+                say_once(&format!("error: {}: {e:#}\n", file.display()));
+                failed += 1;
+            }
+        }
+        let failed: u64 = match &group {
+            Some(g) => gather_u64(g.as_ref(), failed)?.iter().sum(),
+            None => failed,
+        };
+        if failed > 0 {
+            return Err(OnEveryRank(format!(
+                "{failed} of the {} files of {} failed (each is named above)",
+                files.len(),
+                list.display()
+            ))
+            .into());
+        }
+        Ok(())
+    })
+}
+
+/// The paths `list` names, one a line (blank lines skipped); standard input cannot be one.
+fn read_filelist(list: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(list)
+        .with_context(|| format!("cannot read the file list {}", list.display()))?;
+    let files: Vec<PathBuf> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if files.iter().any(|f| f == Path::new(STDIO)) {
+        bail!(
+            "{}: standard input (-) cannot be one of a list's files",
+            list.display()
+        );
+    }
+    if files.is_empty() {
+        bail!("{}: the file list names no file", list.display());
+    }
+    Ok(files)
+}
+
+/// Does `job` to `input` with M1 `m` (`own_m1`: given with --m1, not the built-in one).
+fn one_file(job: Job, m: &Int8M1, own_m1: bool, io: &Streams, input: &Path) -> Result<()> {
+    let test = match job {
+        Job::Compress {
+            coding,
+            chunk_bytes,
+        } => {
+            let (output, remove_input) = target(io, input, false)?;
+            let existing = Existing::replace_if(io.force);
+            let r = compress_file(
+                input,
+                &output,
+                m,
+                coding,
+                chunk_bytes,
+                existing,
+                io.progress(),
+            )?;
+            return finish(io, input, &r, "compressed", &output, remove_input);
+        }
+        Job::Decompress { test } => test,
+    };
+    let (output, remove_input) = match test {
+        // Written through, as a device: nothing is kept.
+        true => (PathBuf::from("/dev/null"), false),
+        false => target(io, input, true)?,
+    };
+    let existing = Existing::replace_if(io.force || test);
+    let r = decompress_file(input, &output, m, existing, io.progress()).map_err(|e| {
+        if own_m1 {
+            e
+        } else {
+            e.context("decompressing with the built-in M1 (give the file's own with --m1)")
+        }
+    })?;
+    let what = if test { "tested" } else { "decompressed" };
+    finish(io, input, &r, what, &output, remove_input)
 }
 
 /// The M1 at `path`, or the built-in one.
@@ -133,38 +256,17 @@ fn load_m1(path: Option<&Path>) -> Result<Int8M1> {
     }
 }
 
-pub fn run_decompress(a: &DecompressArgs) -> Result<()> {
-    decompress(a.m1.as_deref(), a.test, &a.io)
-}
-
-fn decompress(m1: Option<&Path>, test: bool, io: &Streams) -> Result<()> {
-    let (output, remove_input) = match test {
-        // Written through, as a device: nothing is kept.
-        true => (PathBuf::from("/dev/null"), false),
-        false => target(io, true)?,
-    };
-    let m = load_m1(m1)?;
-    let existing = Existing::replace_if(io.force || test);
-    let r =
-        decompress_file(&io.input, &output, &m, existing, io.progress()).map_err(|e| match m1 {
-            None => e.context("decompressing with the built-in M1 (give the file's own with --m1)"),
-            Some(_) => e,
-        })?;
-    let what = if test { "tested" } else { "decompressed" };
-    finish(io, &r, what, &output, remove_input)
-}
-
 /// The output path and whether the input goes after success (only when the output's name is
 /// derived from it, as xz does); refuses an existing output file without --force and a name
 /// to derive from that lacks the suffix.
-fn target(io: &Streams, decompressing: bool) -> Result<(PathBuf, bool)> {
+fn target(io: &Streams, input: &Path, decompressing: bool) -> Result<(PathBuf, bool)> {
     let stdio = Path::new(STDIO);
     let (output, derived) = match (&io.output, io.stdout) {
         (Some(_), true) => bail!("give OUTPUT or -c/--stdout, not both"),
         (Some(o), false) => (o.clone(), false),
         (None, true) => (stdio.to_path_buf(), false),
-        (None, false) if io.input == stdio => (stdio.to_path_buf(), false),
-        (None, false) => (derive(&io.input, decompressing)?, true),
+        (None, false) if input == stdio => (stdio.to_path_buf(), false),
+        (None, false) => (derive(input, decompressing)?, true),
     };
     if output != stdio {
         check_output(&output, Existing::replace_if(io.force))?;
@@ -189,6 +291,7 @@ fn derive(input: &Path, decompressing: bool) -> Result<PathBuf> {
 /// Prints the report (on stderr when the data went to stdout) and removes the input when asked.
 fn finish(
     io: &Streams,
+    input: &Path,
     r: &CompressReport,
     what: &str,
     output: &Path,
@@ -217,11 +320,11 @@ fn finish(
         false => println!("{line}"),
     }
     if remove_input {
-        std::fs::remove_file(&io.input).with_context(|| {
+        std::fs::remove_file(input).with_context(|| {
             format!(
                 "{what} into {}, but cannot remove {}",
                 output.display(),
-                io.input.display()
+                input.display()
             )
         })?;
     }

@@ -34,7 +34,7 @@ pub fn run_ranked(command: impl FnOnce(Option<Rc<dyn Group>>) -> Result<()>) -> 
 
 /// Writes `line` to stderr in one write, so that ranks sharing mpirun's stderr do not interleave
 /// their messages mid-line.
-fn say_once(line: &str) {
+pub fn say_once(line: &str) {
     use std::io::Write;
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
