@@ -36,6 +36,18 @@ fn run(mut c: Command) -> Output {
     c.output().expect("run mpirun")
 }
 
+/// Asserts that the job failed and that each of its 2 ranks said `message` after its name.
+fn assert_every_rank_says(r: &Output, message: &str) {
+    assert!(!r.status.success(), "the job succeeded");
+    let err = stderr(r);
+    for rank in 0..2 {
+        assert!(
+            err.contains(&format!("rank {rank} of 2: {message}")),
+            "{err}"
+        );
+    }
+}
+
 /// `terse train` flags of a small M1 run of `steps` steps on `data` into `out`.
 fn train_args(data: &Path, out: &Path, steps: u64) -> Vec<String> {
     [
@@ -150,16 +162,7 @@ fn ranks_started_with_other_flags_all_refuse_and_write_nothing() {
             .filter(|a| a != "3e-3" && a != "--lr"),
     );
     let r = run(mpirun(2, "sh", &strs(&args)));
-    assert!(!r.status.success());
-    let err = stderr(&r);
-    for rank in 0..2 {
-        assert!(
-            err.contains(&format!(
-                "rank {rank} of 2: rank 1 of 2 was started with other flags than rank 0"
-            )),
-            "{err}"
-        );
-    }
+    assert_every_rank_says(&r, "rank 1 of 2 was started with other flags than rank 0");
     assert!(!out.exists(), "a refused run wrote {}", out.display());
 
     // Three sequences cannot be shared by two ranks.
@@ -167,16 +170,7 @@ fn ranks_started_with_other_flags_all_refuse_and_write_nothing() {
     let b = odd.iter().position(|a| a == "--batch").unwrap();
     odd[b + 1] = "3".into();
     let r = run(mpirun(2, env!("CARGO_BIN_EXE_terse"), &strs(&odd)));
-    assert!(!r.status.success());
-    let err = stderr(&r);
-    for rank in 0..2 {
-        assert!(
-            err.contains(&format!(
-                "rank {rank} of 2: 2 ranks cannot share a batch of 3 sequences"
-            )),
-            "{err}"
-        );
-    }
+    assert_every_rank_says(&r, "2 ranks cannot share a batch of 3 sequences");
     assert!(!out.exists(), "a refused run wrote {}", out.display());
 }
 
@@ -313,14 +307,7 @@ fn two_ranks_tokenize_the_single_process_dataset() {
             out.to_str().unwrap(),
         ],
     ));
-    assert!(!r.status.success());
-    for rank in 0..2 {
-        assert!(
-            stderr(&r).contains(&format!("rank {rank} of 2: --method ac needs --m1")),
-            "{}",
-            stderr(&r)
-        );
-    }
+    assert_every_rank_says(&r, "--method ac needs --m1");
     assert!(!out.exists());
 }
 
@@ -388,14 +375,5 @@ fn two_ranks_share_a_file_list_and_code_what_one_process_codes() {
     // One file under mpirun would be coded by every rank at once: refused on each.
     let f1 = one.join("f1").display().to_string();
     let r = run(mpirun(2, terse, &["compress", "--m1", &m, "-c", &f1]));
-    assert!(!r.status.success());
-    for rank in 0..2 {
-        assert!(
-            stderr(&r).contains(&format!(
-                "rank {rank} of 2: under mpirun, name the files with --filelist"
-            )),
-            "{}",
-            stderr(&r)
-        );
-    }
+    assert_every_rank_says(&r, "under mpirun, name the files with --filelist");
 }
