@@ -8,7 +8,7 @@ pub mod load;
 pub mod memory;
 pub mod scaling;
 
-use crate::backend::{create_backend, cuda, Device, OptimConfig};
+use crate::backend::{create_backend, cuda, Device, GradReduction, OptimConfig};
 use crate::m1::{CpuM1Batch, ExactM1, Int8M1, M1Batch, WindowState, WINDOW_START};
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena};
@@ -262,7 +262,8 @@ pub struct TrainBench {
 }
 
 /// Times `steps` training steps of a `preset` model (vocabulary `vocab`, default the preset's)
-/// on one fixed random `batch x seq` batch, after 2 untimed warm-up steps.
+/// on one fixed random `batch x seq` batch, after 2 untimed warm-up steps, with the gradient
+/// summed as `terse train` sums it (`reduction`: on the CPU, new runs sum per sequence).
 pub fn bench_train(
     preset: &str,
     vocab: Option<usize>,
@@ -270,6 +271,7 @@ pub fn bench_train(
     seq: usize,
     steps: u64,
     device: Device,
+    reduction: GradReduction,
 ) -> Result<TrainBench> {
     ensure!(
         batch > 0 && seq > 0 && steps > 0,
@@ -278,6 +280,7 @@ pub fn bench_train(
     let cfg = ModelConfig::preset(preset, vocab)?;
     let params = ParamArena::init(&cfg, 0);
     let (mut be, note) = create_backend(device, &cfg, params, None)?;
+    be.share_steps(reduction, None)?;
     let mut rng = Rng::new(1);
     let n = batch * seq;
     let tokens: Vec<u32> = (0..n + 1)

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use terse::backend::cuda::cost::{self, Card};
 use terse::backend::cuda::decode_cost::format_decode_costs;
-use terse::backend::{cuda, Device};
+use terse::backend::{cuda, Device, GradReduction};
 use terse::bench::decode::{bench_decode, DecodeArith};
 use terse::bench::load::{run_load, LoadOptions};
 use terse::bench::memory::copy_bandwidth;
@@ -124,6 +124,10 @@ pub enum BenchCmd {
         /// Where to run: auto, cpu or cuda.
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
+        /// How the CPU sums a step's gradient: sequence-tree (each sequence alone, as `terse
+        /// train` does) or whole-batch (one pass over the batch, as runs begun before it did).
+        #[arg(long, value_enum, default_value = "sequence-tree")]
+        reduction: GradReduction,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -490,12 +494,13 @@ pub fn run(b: BenchCmd) -> Result<()> {
             seq,
             steps,
             device,
+            reduction,
             json,
         } => {
             if batch == 0 || seq == 0 || steps == 0 {
                 bail!("--batch, --seq and --steps must be positive");
             }
-            let r = bench_train(&preset, vocab, batch, seq, steps, device)?;
+            let r = bench_train(&preset, vocab, batch, seq, steps, device, reduction)?;
             let (secs, tok_s, gflops) = (r.seconds_per_step, r.tokens_per_s, r.gflops);
             if json {
                 println!(

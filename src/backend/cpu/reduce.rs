@@ -14,7 +14,17 @@ use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
 /// How a CPU training step sums its gradient over the batch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum GradReduction {
     /// One pass over the whole batch: the matrix kernels sum over all its rows at once. Runs
