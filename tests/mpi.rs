@@ -377,3 +377,80 @@ fn two_ranks_share_a_file_list_and_code_what_one_process_codes() {
     let r = run(mpirun(2, terse, &["compress", "--m1", &m, "-c", &f1]));
     assert_every_rank_says(&r, "under mpirun, name the files with --filelist");
 }
+
+/// The libraries of the CUDA emulator (`emu/`), built once into the test's scratch directory;
+/// `None`, saying why, where it cannot run here.
+fn emulator_libraries() -> Option<std::path::PathBuf> {
+    use terse::backend::cuda;
+    let skip = |why: &str| {
+        eprintln!("SKIPPED (the emulated GPU: {why})");
+        None
+    };
+    if cuda::embedded_kernels().is_empty() {
+        return skip("this build has no kernels: build with NVCC set");
+    }
+    if cfg!(not(target_arch = "x86_64")) {
+        return skip("the emulator runs on x86-64 only");
+    }
+    let libs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu-mpi");
+    let built = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/emu/build.py"))
+        .arg(&libs)
+        .output();
+    match built {
+        Ok(o) if o.status.success() => Some(libs),
+        Ok(o) => panic!(
+            "emu/build.py failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(_) => skip("python3 not found"),
+    }
+}
+
+/// The CUDA backend shares a batch the same way (each rank's share forward and backward, the
+/// gradients summed on the host by the halving tree), on the emulated GPU: two ranks' update
+/// matches one GPU process's within bf16 rounding (GPU steps are not bit-exact across shapes),
+/// where a rank that skipped the sum would be off by half.
+#[test]
+fn two_ranks_on_the_emulated_gpu_update_as_one_process() {
+    if !mpirun_present() {
+        return;
+    }
+    let Some(libs) = emulator_libraries() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 20_000);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let with_gpu = |out: &Path| {
+        let mut a = train_args(&data, out, 2);
+        a.extend(["--device".into(), "cuda".into()]);
+        a
+    };
+    let path = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(p) if !p.is_empty() => format!("{}:{p}", libs.display()),
+        _ => libs.display().to_string(),
+    };
+    let mut single = Command::new(env!("CARGO_BIN_EXE_terse"));
+    single.args(with_gpu(&one)).env("LD_LIBRARY_PATH", &path);
+    let r = run(single);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let mut shared = mpirun(2, env!("CARGO_BIN_EXE_terse"), &strs(&with_gpu(&two)));
+    shared.env("LD_LIBRARY_PATH", &path);
+    let r = run(shared);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("cuda"), "{}", stderr(&r));
+    let (cfg, w1) = load_model(&one).unwrap();
+    let (_, w2) = load_model(&two).unwrap();
+    let w0 = terse::model::ParamArena::init(&cfg, 0);
+    let (mut diff, mut step) = (0f64, 0f64);
+    for ((a, b), z) in w1.data.iter().zip(&w2.data).zip(&w0.data) {
+        diff += ((a - b) as f64).powi(2);
+        step += ((a - z) as f64).powi(2);
+    }
+    let rel = (diff / step).sqrt();
+    assert!(
+        step > 0.0 && rel < 0.01,
+        "the two-rank update differs by {rel:.4} of its size"
+    );
+}

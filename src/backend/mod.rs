@@ -6,12 +6,14 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod reduce;
 
 use crate::dist::Group;
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena};
 use anyhow::{bail, Result};
-pub use cpu::{GradReduction, LossSums};
+pub use cpu::LossSums;
+pub use reduce::GradReduction;
 use std::rc::Rc;
 
 /// AdamW and clipping settings shared by every step of a run.
@@ -132,6 +134,11 @@ pub enum Device {
 /// an H200 on 2026-12-04; the attention, RMSNorm and ReLU-epilogue redesigns of 2026-12-05 have
 /// passed only on the emulator, so it is clear.
 pub const CUDA_VALIDATED: bool = false;
+
+/// Whether `--device auto` may pick the CUDA backend for a run shared between MPI ranks: set once
+/// a multi-GPU machine has run `tests/mpi.rs`'s GPU test on real GPUs. Until then only the CUDA
+/// emulator has run the shared step, and ranks on `auto` train on the CPU.
+pub const MULTI_GPU_VALIDATED: bool = false;
 
 /// Whether M1's int8 GPU kernels (`--gpu` coding) have passed their bit-for-bit tests on a GPU
 /// since they last changed (an H200, 2026-12-04). Cleared, like [`CUDA_VALIDATED`], by a change

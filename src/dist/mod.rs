@@ -5,7 +5,7 @@
 //! environment and opens the MPI library then (`mpi.rs`), so a machine without MPI builds and
 //! runs terse unchanged. What the ranks do with the gathered bytes (a fixed-order sum, so that
 //! any number of ranks gives the bits of one process) is the caller's: see
-//! `backend::cpu::reduce`.
+//! `backend::reduce`.
 
 mod mpi;
 
@@ -69,6 +69,18 @@ pub fn join() -> Result<Option<Mpi>> {
         Some(n) if n > 1 => Mpi::init().map(Some),
         _ => Ok(None),
     }
+}
+
+/// This process's rank among those of its node, as the launcher announced it (Open MPI, Slurm,
+/// MPICH's Hydra); `None` outside a launcher. Ranks of one node pick their GPU by it.
+pub fn local_rank() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "SLURM_LOCALID",
+        "MPI_LOCALRANKID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
 }
 
 /// The process count an MPI launcher announced in the environment, if any: Open MPI's `mpirun`,

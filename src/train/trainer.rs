@@ -4,10 +4,11 @@
 //! `--resume` continues bit for bit.
 
 use super::schedule::{Schedule, ScheduleKind};
-use crate::backend::cpu::{available_memory, rank_share, training_memory};
+use crate::backend::cpu::{available_memory, training_memory};
+use crate::backend::reduce::rank_share;
 use crate::backend::{
     create_backend, create_qat_backend, cuda, Backend, Device, GradReduction, OptimConfig,
-    CUDA_VALIDATED,
+    CUDA_VALIDATED, MULTI_GPU_VALIDATED,
 };
 use crate::checkpoint::{
     load_model, load_training, save_checkpoint, TrainingState, MANIFEST_FILE, MODEL_FILE,
@@ -391,6 +392,11 @@ pub fn train_in_group(
             run.step
         );
     }
+    // A shared run takes the GPU on `auto` only once a multi-GPU machine has run it.
+    let device = match device {
+        Device::Auto if group.is_some() && !MULTI_GPU_VALIDATED => Device::Cpu,
+        d => d,
+    };
     check_memory(&cfg, &o, device)?;
     rank_share(o.global_batch(), group.as_deref())?;
     let mut data = DataSource::open(&o, Some(&run.loader))?;

@@ -5,7 +5,7 @@
 //! Every reduction runs in a fixed order over fixed-size blocks, so a step's results are
 //! bit-identical across runs and thread counts; this is what makes `--resume` exact. With
 //! [`GradReduction::SequenceTree`] the batch's gradient is a fixed-order sum of its sequences'
-//! (`reduce.rs`), which also makes it independent of how many ranks share the batch.
+//! (`backend/reduce.rs`), which also makes it independent of how many ranks share the batch.
 
 pub mod adamw;
 pub mod attention;
@@ -14,10 +14,10 @@ pub mod embed;
 pub mod matmul;
 mod model;
 pub mod norm;
-mod reduce;
 pub mod rope;
 mod vecops;
 
+use super::reduce::{halving_tree_sum, rank_share, sum_across_ranks, tree_depth, GradReduction};
 use super::{Backend, OptimConfig, StepReport, StepStats};
 use crate::dist::Group;
 use crate::model::Batch;
@@ -26,8 +26,6 @@ use adamw::{adamw, AdamWStep};
 use anyhow::{ensure, Result};
 pub use classifier::LossSums;
 use model::{forward_backward, Activations};
-use reduce::{halving_tree_sum, sum_across_ranks, tree_depth};
-pub use reduce::{rank_share, GradReduction};
 use std::rc::Rc;
 
 /// Model weights, gradients, AdamW moments and activations in host memory.

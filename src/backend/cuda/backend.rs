@@ -41,6 +41,7 @@ use super::graph::StepGraph;
 use super::launch::{self, AttnKernels, EmbedBackwardPlan};
 use super::loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels};
 use super::nvtx;
+use crate::backend::reduce::{rank_share, sum_across_ranks, tree_depth};
 use crate::backend::{Backend, GradReduction, LossSums, OptimConfig, StepReport};
 use crate::dist::Group;
 use crate::model::Batch;
@@ -84,10 +85,15 @@ pub struct CudaTrainer<T: GpuFloat> {
     /// Which attention kernels the step runs (`TERSE_CUDA_ATTENTION`, read once here).
     attention: AttnKernels,
     metrics: MetricsRing,
+    /// The ranks sharing each batch ([`Backend::share_steps`]), and the halving tree's host
+    /// buffers for summing their gradients.
+    group: Option<Rc<dyn Group>>,
+    spare: Vec<Vec<f32>>,
 }
 
 impl<T: GpuFloat> CudaTrainer<T> {
-    /// Uploads `params` (and the AdamW moments on resume) to GPU 0.
+    /// Uploads `params` (and the AdamW moments on resume) to GPU 0, or under an MPI launcher to
+    /// GPU `local rank mod GPUs`.
     ///
     /// Errors with the reason when no GPU is usable, the kernels are not embedded, or libcublasLt
     /// is missing; never panics for want of CUDA.
@@ -129,7 +135,10 @@ impl<T: GpuFloat> CudaTrainer<T> {
             cfg.d_model,
             cfg.n_heads
         );
-        let k = GpuKernels::new(0).context("loading the CUDA kernels")?;
+        // Ranks of one node take its GPUs in turn (rank 0 alone, or a single process, GPU 0).
+        let gpus = cudarc::driver::CudaContext::device_count()?.max(1) as usize;
+        let ordinal = crate::dist::local_rank().map_or(0, |r| r % gpus);
+        let k = GpuKernels::new(ordinal).context("loading the CUDA kernels")?;
         let gemm = Gemm::new(k.stream().clone())?;
         let s = k.stream().clone();
         let master = s.clone_htod(&params.data)?;
@@ -170,6 +179,8 @@ impl<T: GpuFloat> CudaTrainer<T> {
             graph: StepGraph::new(use_graph),
             attention,
             metrics,
+            group: None,
+            spare: Vec::new(),
         })
     }
 
@@ -300,9 +311,59 @@ impl<T: GpuFloat> CudaTrainer<T> {
     }
 }
 
+impl<T: GpuFloat> CudaTrainer<T> {
+    /// One step of a batch shared by `group`, eagerly: this rank's share of the sequences runs
+    /// forward and backward (its gradient scaled to the whole batch's mean); the gradients and
+    /// loss sums go to the host, are summed over the ranks by the halving tree (identically on
+    /// every rank: `backend::reduce`) and come back; then the update. The host staging stands
+    /// in for an NCCL all-reduce, which this backend does not have yet.
+    fn shared_step(
+        &mut self,
+        batch: &Batch,
+        hyper: [f32; 3],
+        opt: &OptimConfig,
+        group: &dyn Group,
+    ) -> Result<()> {
+        let share = rank_share(batch.batch, Some(group))?;
+        let t = batch.seq;
+        let rows = share.start * t..share.end * t;
+        let part = Batch {
+            inputs: batch.inputs[rows.clone()].to_vec(),
+            targets: batch.targets[rows].to_vec(),
+            batch: share.len(),
+            seq: t,
+        };
+        self.upload(&part, Some(hyper))?;
+        let rows_total = batch.batch * t;
+        self.enqueue_gradients(rows_total)?;
+        let s = self.k.stream().clone();
+        let a = self.acts.as_mut().expect("planned by upload");
+        a.pin_sums.download(&s, &a.sums)?;
+        let device_sums = a.pin_sums.read()?;
+        let mut grads = s.clone_dtoh(&self.grads)?;
+        let mut sums = LossSums {
+            ce: device_sums[0],
+            z: device_sums[1],
+            rows: part.batch * t,
+        };
+        self.spare
+            .resize_with(tree_depth(group.size()), || vec![0.0; grads.len()]);
+        sum_across_ranks(group, &mut grads, &mut sums, &mut self.spare)?;
+        s.memcpy_htod(&grads, &mut self.grads)?;
+        let a = self.acts.as_mut().expect("planned by upload");
+        s.memcpy_htod(&[sums.ce, sums.z], &mut a.sums)?;
+        self.enqueue_update(opt, rows_total)
+    }
+}
+
 impl<T: GpuFloat> Backend for CudaTrainer<T> {
     fn name(&self) -> String {
-        let mode = if self.graph.active() {
+        let mode = if let Some(g) = &self.group {
+            format!(
+                "eager, each step's gradients summed over {} ranks through the host",
+                g.size()
+            )
+        } else if self.graph.active() {
             "graph replay".to_string()
         } else if let Some(n) = self.graph.note() {
             format!("eager; graph capture failed: {n}")
@@ -337,6 +398,10 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
             1.0 - opt.beta1.powi(step as i32),
             1.0 - opt.beta2.powi(step as i32),
         ];
+        if let Some(group) = self.group.clone() {
+            self.shared_step(batch, hyper, opt, group.as_ref())?;
+            return self.metrics.submitted(&self.k, step);
+        }
         {
             let _upload = nvtx::range("upload");
             self.upload(batch, Some(hyper))?;
@@ -410,12 +475,9 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
         _reduction: GradReduction,
         group: Option<Rc<dyn Group>>,
     ) -> Result<()> {
-        // The whole batch runs in one pass whatever the reduction asks: GPU steps are checked
+        // A rank's share runs in one pass whatever the reduction asks: GPU steps are checked
         // against the CPU by tolerance, not bit for bit.
-        anyhow::ensure!(
-            group.is_none(),
-            "training shared between ranks runs on the CPU backend only in this version (the CUDA backend has no NCCL all-reduce yet): give --device cpu"
-        );
+        self.group = group;
         Ok(())
     }
 }

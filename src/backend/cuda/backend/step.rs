@@ -138,19 +138,29 @@ impl<T: GpuFloat> CudaTrainer<T> {
     /// zero grads, forward, classifier, backward, global norm, the metrics record, AdamW. Reads
     /// the batch and the per-step scalars from their device buffers.
     pub(super) fn enqueue_step(&mut self, opt: &OptimConfig) -> Result<()> {
+        let a = self
+            .acts
+            .as_ref()
+            .expect("activations planned before a step");
+        let rows = a.batch * a.seq;
+        self.enqueue_gradients(rows)?;
+        self.enqueue_update(opt, rows)
+    }
+
+    /// Enqueues the first part of a step: zero grads, forward, classifier, backward, the
+    /// gradient being of the batch's summed loss over `rows_total` (its mean when that is the
+    /// batch's own rows, its share of a larger batch's mean otherwise). The batch's loss sums
+    /// land in the activations' `sums`.
+    pub(super) fn enqueue_gradients(&mut self, rows_total: usize) -> Result<()> {
         let CudaTrainer {
             cfg,
             specs,
             k,
             gemm,
-            master,
             work,
             grads,
-            m,
-            v,
             acts,
             attention,
-            metrics,
             ..
         } = self;
         let a = acts.as_mut().expect("activations planned before a step");
@@ -181,7 +191,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
             n,
             vocab,
             cfg.z_loss,
-            1.0 / n as f32,
+            1.0 / rows_total as f32,
         )?;
         launch::loss_sums(k, &mut a.sums, &a.ce_row, &a.lse_row, n)?;
         drop(loss);
@@ -338,12 +348,30 @@ impl<T: GpuFloat> CudaTrainer<T> {
         }
 
         drop(backward);
+        Ok(())
+    }
 
-        // global norm and clip scale on the device, then AdamW per tensor (decay on matrices)
+    /// Enqueues the rest of a step on the gradients in `grads`: global norm and clip scale on
+    /// the device, the metrics record (the loss sums in `sums`, over `rows` rows), then AdamW per
+    /// tensor (decay on matrices).
+    pub(super) fn enqueue_update(&mut self, opt: &OptimConfig, rows: usize) -> Result<()> {
+        let CudaTrainer {
+            specs,
+            k,
+            master,
+            work,
+            grads,
+            m,
+            v,
+            acts,
+            metrics,
+            ..
+        } = self;
+        let a = acts.as_mut().expect("activations planned before a step");
         let _optimizer = nvtx::range("optimizer");
         launch::global_norm_squared(k, &mut a.gn_partial, &*grads, grads.len(), false)?;
         launch::global_norm_finish(k, &mut a.gn_out, &a.gn_partial, opt.clip)?;
-        metrics.record(k, &a.sums, &a.gn_out, n)?;
+        metrics.record(k, &a.sums, &a.gn_out, rows)?;
         for spec in specs.iter() {
             let r = spec.range();
             let wd = if spec.shape.len() == 2 {

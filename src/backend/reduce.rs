@@ -1,5 +1,6 @@
 //! A step's gradient as a fixed-order sum of its sequences' gradients, so that splitting the
-//! batch (across ranks, or into accumulation passes) cannot change a bit of it.
+//! batch (across ranks, or into accumulation passes) cannot change a bit of it; and the sum of
+//! the ranks' shares, which both backends use.
 //!
 //! Each sequence's gradient of the step's mean loss is computed alone; the batch's gradient is
 //! their sum by the halving tree: the sum over sequences `lo..hi` is the sum over `lo..mid` plus
@@ -8,7 +9,7 @@
 //! tree over the ranks' subtree sums is the top of the whole tree: N ranks add exactly what one
 //! process adds, in the same order.
 
-use super::classifier::LossSums;
+use super::LossSums;
 use crate::dist::{Group, OnEveryRank};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
