@@ -107,7 +107,7 @@ fn metrics(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn two_ranks_train_the_bits_of_one_process_and_resume_on_one() {
+fn two_and_four_ranks_train_the_bits_of_one_process_and_resume_on_one() {
     if !mpirun_present() {
         return;
     }
@@ -129,6 +129,11 @@ fn two_ranks_train_the_bits_of_one_process_and_resume_on_one() {
     assert!(stderr(&r).contains("2 ranks"), "{}", stderr(&r));
     assert_eq!(checkpoint_bits(&one), checkpoint_bits(&two));
     assert_eq!(metrics(&one), metrics(&two));
+    // Four ranks, one sequence each.
+    let four = dir.path().join("four");
+    let r = run(mpirun(4, terse, &strs(&train_args(&data, &four, 6))));
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(checkpoint_bits(&one), checkpoint_bits(&four));
 
     // Two ranks to step 3, then one process to step 6.
     let mut first = train_args(&data, &split, 6);

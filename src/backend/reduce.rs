@@ -7,11 +7,12 @@
 //! the sum over `mid..hi`, `mid = lo + (hi - lo) / 2`. When the ranks are a power of two that
 //! divides the batch, each rank's share `r * B/N .. (r+1) * B/N` is one subtree, and the same
 //! tree over the ranks' subtree sums is the top of the whole tree: N ranks add exactly what one
-//! process adds, in the same order.
+//! process adds, in the same order. Each rank adds only one slice of the gradient over the
+//! ranks ([`sum_across_ranks`]), so the traffic is a ring all-reduce's, not N copies.
 
 use super::LossSums;
 use crate::dist::{Group, OnEveryRank};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 
 /// How a CPU training step sums its gradient over the batch.
@@ -91,36 +92,53 @@ pub fn rank_share(batch: usize, group: Option<&dyn Group>) -> Result<std::ops::R
     Ok(g.rank() * share..(g.rank() + 1) * share)
 }
 
-/// Replaces this rank's subtree sum (`grads`, `sums`) with the whole batch's: every rank's sum
-/// gathered, then added by the top of the halving tree, identically on every rank.
+/// Replaces this rank's subtree sum (`grads`, `sums`) with the whole batch's, identically on
+/// every rank, moving `2 (N-1)/N` of the gradient through each rank as a ring all-reduce does:
+/// rank `r` receives every rank's `r`-th slice of the gradient (an all-to-all), adds them by the
+/// top of the halving tree, and the summed slices are gathered back on every rank. Each element
+/// is the halving tree over the ranks' values whichever rank adds it.
 pub(crate) fn sum_across_ranks(
     group: &dyn Group,
     grads: &mut [f32],
     sums: &mut LossSums,
-    spare: &mut [Vec<f32>],
 ) -> Result<()> {
     let n = group.size();
-    let mut mine = Vec::with_capacity(24 + 4 * grads.len());
+    let slice = grads.len().div_ceil(n);
+    let mut blocks = vec![0f32; slice * n];
+    blocks[..grads.len()].copy_from_slice(grads);
+    let mut received = vec![0f32; slice * n];
+    group.alltoall(
+        bytemuck::cast_slice(&blocks),
+        bytemuck::cast_slice_mut(&mut received),
+    )?;
+    drop(blocks);
+    let mut mine = vec![0f32; slice];
+    let mut spare = vec![vec![0f32; slice]; tree_depth(n)];
+    halving_tree_sum(0, n, &mut mine, &mut spare, &mut |r, buf| {
+        buf.copy_from_slice(&received[r * slice..][..slice]);
+        LossSums::default()
+    });
+    let mut summed = received;
+    group.allgather(
+        bytemuck::cast_slice(&mine),
+        bytemuck::cast_slice_mut(&mut summed),
+    )?;
+    grads.copy_from_slice(&summed[..grads.len()]);
+
+    // The loss sums: every rank's, added by the same tree.
+    let mut mine = Vec::with_capacity(24);
     mine.extend_from_slice(&sums.ce.to_le_bytes());
     mine.extend_from_slice(&sums.z.to_le_bytes());
     mine.extend_from_slice(&(sums.rows as u64).to_le_bytes());
-    mine.extend_from_slice(bytemuck::cast_slice(grads));
-    let len = mine.len();
-    let mut all = vec![0u8; len * n];
+    let mut all = vec![0u8; 24 * n];
     group.allgather(&mine, &mut all)?;
-    drop(mine);
-    let f64_at = |b: &[u8], i: usize| f64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-    ensure!(spare.len() >= tree_depth(n), "too few spare buffers");
-    *sums = halving_tree_sum(0, n, grads, spare, &mut |r, buf| {
-        let b = &all[r * len..][..len];
-        for (dst, src) in buf.iter_mut().zip(b[24..].chunks_exact(4)) {
-            *dst = f32::from_le_bytes(src.try_into().expect("4 bytes"));
-        }
-        LossSums {
-            ce: f64_at(b, 0),
-            z: f64_at(b, 8),
-            rows: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")) as usize,
-        }
+    let word =
+        |r: usize, i: usize| -> [u8; 8] { all[24 * r + 8 * i..][..8].try_into().expect("8 bytes") };
+    let mut no_spare = vec![Vec::new(); tree_depth(n)];
+    *sums = halving_tree_sum(0, n, &mut [], &mut no_spare, &mut |r, _| LossSums {
+        ce: f64::from_le_bytes(word(r, 0)),
+        z: f64::from_le_bytes(word(r, 1)),
+        rows: u64::from_le_bytes(word(r, 2)) as usize,
     });
     Ok(())
 }
@@ -164,6 +182,93 @@ mod tests {
         // A left fold rounds differently: the test can tell orders apart.
         let fold = values.iter().fold(0f32, |a, &v| a + v);
         assert_ne!(fold.to_bits(), whole.to_bits());
+    }
+
+    /// Ranks as threads of this process, exchanging through shared slots.
+    struct Threads {
+        rank: usize,
+        size: usize,
+        slots: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+        barrier: std::sync::Arc<std::sync::Barrier>,
+    }
+
+    impl Threads {
+        /// Publishes `bytes` as this rank's, then hands every rank's to `read`.
+        fn exchange(&self, bytes: &[u8], read: impl FnOnce(&[Vec<u8>])) {
+            self.slots.lock().unwrap()[self.rank] = bytes.to_vec();
+            self.barrier.wait();
+            read(&self.slots.lock().unwrap());
+            self.barrier.wait();
+        }
+    }
+
+    impl Group for Threads {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn size(&self) -> usize {
+            self.size
+        }
+        fn allgather(&self, mine: &[u8], all: &mut [u8]) -> Result<()> {
+            self.exchange(mine, |slots| all.copy_from_slice(&slots.concat()));
+            Ok(())
+        }
+        fn alltoall(&self, blocks: &[u8], mine: &mut [u8]) -> Result<()> {
+            let len = blocks.len() / self.size;
+            self.exchange(blocks, |slots| {
+                for (r, slot) in slots.iter().enumerate() {
+                    mine[r * len..][..len].copy_from_slice(&slot[self.rank * len..][..len]);
+                }
+            });
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_rank_gets_the_halving_tree_of_the_ranks_gradients() {
+        // Three ranks and seven values: the slices are uneven, and the last is padded.
+        let (n, len) = (3, 7);
+        let grad = |r: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((r * 31 + i * 7) as f32).sin() * if i % 2 == 0 { 1e4 } else { 1.0 })
+                .collect()
+        };
+        let mut want = vec![0f32; len];
+        let mut spare = vec![vec![0f32; len]; tree_depth(n)];
+        halving_tree_sum(0, n, &mut want, &mut spare, &mut |r, b| {
+            b.copy_from_slice(&grad(r));
+            LossSums::default()
+        });
+        let slots = std::sync::Arc::new(std::sync::Mutex::new(vec![Vec::new(); n]));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+        let got: Vec<(Vec<f32>, LossSums)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|rank| {
+                    let group = Threads {
+                        rank,
+                        size: n,
+                        slots: slots.clone(),
+                        barrier: barrier.clone(),
+                    };
+                    s.spawn(move || {
+                        let mut g = grad(rank);
+                        let mut sums = LossSums {
+                            ce: rank as f64 + 0.5,
+                            z: 1.0,
+                            rows: 10,
+                        };
+                        sum_across_ranks(&group, &mut g, &mut sums).unwrap();
+                        (g, sums)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (g, sums) in got {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&g), bits(&want));
+            assert_eq!((sums.ce, sums.z, sums.rows), (0.5 + (1.5 + 2.5), 3.0, 30));
+        }
     }
 
     #[test]

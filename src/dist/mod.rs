@@ -1,5 +1,6 @@
-//! Several processes of one run: which rank this process is, how many there are, and the one
-//! collective the rest of terse needs (every rank's bytes gathered on every rank, in rank order).
+//! Several processes of one run: which rank this process is, how many there are, and the two
+//! collectives the rest of terse needs: every rank's bytes gathered on every rank in rank order,
+//! and the all-to-all that lets each rank sum one slice of a vector instead of all of it.
 //!
 //! A run is launched by `mpirun` or Slurm's `srun`; [`join`] notices the launcher from its
 //! environment and opens the MPI library then (`mpi.rs`), so a machine without MPI builds and
@@ -22,6 +23,9 @@ pub trait Group: Send {
     /// Gathers every rank's `mine` (all of one length) into `all`, rank 0's first:
     /// `all[r * mine.len()..][..mine.len()]` is rank `r`'s.
     fn allgather(&self, mine: &[u8], all: &mut [u8]) -> Result<()>;
+    /// Sends block `r` of `blocks` (one block per rank, all of one length) to rank `r`, and
+    /// receives into `mine` every rank's block for this rank, rank 0's first.
+    fn alltoall(&self, blocks: &[u8], mine: &mut [u8]) -> Result<()>;
 }
 
 /// An error every rank of the run reaches at the same point with the same message (settings that

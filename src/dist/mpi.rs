@@ -1,6 +1,6 @@
 //! Open MPI, opened at run time.
 //!
-//! terse calls five MPI functions, so it binds them by hand from `libmpi.so.40` (Open MPI 3 to 5)
+//! terse calls seven MPI functions, so it binds them by hand from `libmpi.so.40` (Open MPI 3 to 5)
 //! when a launcher started it, rather than linking MPI at build time: a build needs no MPI
 //! headers, and a machine without MPI runs single-process training unchanged. Open MPI's handles
 //! are the addresses of its predefined objects (`MPI_COMM_WORLD` is `&ompi_mpi_comm_world`), read
@@ -12,6 +12,9 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::ffi::{c_int, c_void};
 
 type Handle = *mut c_void;
+/// `MPI_Allgather` and `MPI_Alltoall`, whose C signatures are the same.
+type Exchange =
+    unsafe extern "C" fn(*const c_void, c_int, Handle, *mut c_void, c_int, Handle, Handle) -> c_int;
 
 const LIBRARY: &str = "libmpi.so.40";
 const MPI_SUCCESS: c_int = 0;
@@ -23,15 +26,8 @@ struct Api {
     finalize: unsafe extern "C" fn() -> c_int,
     comm_rank: unsafe extern "C" fn(Handle, *mut c_int) -> c_int,
     comm_size: unsafe extern "C" fn(Handle, *mut c_int) -> c_int,
-    allgather: unsafe extern "C" fn(
-        *const c_void,
-        c_int,
-        Handle,
-        *mut c_void,
-        c_int,
-        Handle,
-        Handle,
-    ) -> c_int,
+    allgather: Exchange,
+    alltoall: Exchange,
     abort: unsafe extern "C" fn(Handle, c_int) -> c_int,
     comm_world: Handle,
     byte: Handle,
@@ -70,6 +66,7 @@ impl Mpi {
             comm_rank: lookup(&lib, &path, "MPI_Comm_rank")?,
             comm_size: lookup(&lib, &path, "MPI_Comm_size")?,
             allgather: lookup(&lib, &path, "MPI_Allgather")?,
+            alltoall: lookup(&lib, &path, "MPI_Alltoall")?,
             abort: lookup(&lib, &path, "MPI_Abort")?,
             comm_world: lookup(&lib, &path, "ompi_mpi_comm_world")?,
             byte: lookup(&lib, &path, "ompi_mpi_byte")?,
@@ -118,34 +115,58 @@ impl Group for Mpi {
     }
 
     fn allgather(&self, mine: &[u8], all: &mut [u8]) -> Result<()> {
-        let len = mine.len();
+        self.exchange(self.api.allgather, "MPI_Allgather", mine, 1, all)
+    }
+
+    fn alltoall(&self, blocks: &[u8], mine: &mut [u8]) -> Result<()> {
+        self.exchange(self.api.alltoall, "MPI_Alltoall", blocks, self.size, mine)
+    }
+}
+
+impl Mpi {
+    /// Runs `call` on `send` (`sends` blocks of one length: 1 for an all-gather, one per rank
+    /// for an all-to-all) into `recv` (one block from each rank, rank 0's first), in pieces of
+    /// at most [`MAX_PIECE`] bytes a block, since MPI counts in `int`s.
+    fn exchange(
+        &self,
+        call: Exchange,
+        name: &str,
+        send: &[u8],
+        sends: usize,
+        recv: &mut [u8],
+    ) -> Result<()> {
+        let block = send.len() / sends;
         ensure!(
-            all.len() == len * self.size,
-            "allgather: {} bytes cannot hold {} ranks' {len}",
-            all.len(),
+            send.len() == block * sends && recv.len() == block * self.size,
+            "{name}: {} bytes sent in {sends} blocks cannot fill {} bytes from {} ranks",
+            send.len(),
+            recv.len(),
             self.size
         );
-        let mut gathered = vec![0u8; MAX_PIECE.min(len) * self.size];
-        for start in (0..len).step_by(MAX_PIECE) {
-            let piece = &mine[start..len.min(start + MAX_PIECE)];
-            let n = piece.len();
-            // SAFETY: `piece` holds n bytes and `gathered` at least n per rank; counts fit an int.
+        let step = MAX_PIECE.min(block.max(1));
+        let (mut out, mut got) = (vec![0u8; step * sends], vec![0u8; step * self.size]);
+        for start in (0..block).step_by(step) {
+            let m = step.min(block - start);
+            for b in 0..sends {
+                out[b * m..][..m].copy_from_slice(&send[b * block + start..][..m]);
+            }
+            // SAFETY: `out` holds m bytes per block sent and `got` m per rank; m fits an int.
             check(
                 unsafe {
-                    (self.api.allgather)(
-                        piece.as_ptr().cast(),
-                        n as c_int,
+                    call(
+                        out.as_ptr().cast(),
+                        m as c_int,
                         self.api.byte,
-                        gathered.as_mut_ptr().cast(),
-                        n as c_int,
+                        got.as_mut_ptr().cast(),
+                        m as c_int,
                         self.api.byte,
                         self.api.comm_world,
                     )
                 },
-                "MPI_Allgather",
+                name,
             )?;
             for r in 0..self.size {
-                all[r * len + start..][..n].copy_from_slice(&gathered[r * n..][..n]);
+                recv[r * block + start..][..m].copy_from_slice(&got[r * m..][..m]);
             }
         }
         Ok(())

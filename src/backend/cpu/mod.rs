@@ -157,10 +157,9 @@ impl CpuBackend {
             ));
         }
         let share = rank_share(batch.batch, self.group.as_deref())?;
-        let ranks = self.group.as_ref().map_or(1, |g| g.size());
-        let depth = tree_depth(share.len()).max(tree_depth(ranks));
         let n = self.grads.len();
-        self.spare.resize_with(depth, || vec![0.0; n]);
+        self.spare
+            .resize_with(tree_depth(share.len()), || vec![0.0; n]);
         let (cfg, params, t) = (&self.cfg, &self.params.data, batch.seq);
         let acts = activations_for(&mut self.leaf_acts, cfg, 1, t, self.qat);
         let mut sums = halving_tree_sum(
@@ -183,7 +182,7 @@ impl CpuBackend {
             },
         );
         if let Some(group) = &self.group {
-            sum_across_ranks(group.as_ref(), &mut self.grads, &mut sums, &mut self.spare)?;
+            sum_across_ranks(group.as_ref(), &mut self.grads, &mut sums)?;
         }
         Ok(sums)
     }

@@ -41,7 +41,7 @@ use super::graph::StepGraph;
 use super::launch::{self, AttnKernels, EmbedBackwardPlan};
 use super::loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels};
 use super::nvtx;
-use crate::backend::reduce::{rank_share, sum_across_ranks, tree_depth};
+use crate::backend::reduce::{rank_share, sum_across_ranks};
 use crate::backend::{Backend, GradReduction, LossSums, OptimConfig, StepReport};
 use crate::dist::Group;
 use crate::model::Batch;
@@ -85,10 +85,8 @@ pub struct CudaTrainer<T: GpuFloat> {
     /// Which attention kernels the step runs (`TERSE_CUDA_ATTENTION`, read once here).
     attention: AttnKernels,
     metrics: MetricsRing,
-    /// The ranks sharing each batch ([`Backend::share_steps`]), and the halving tree's host
-    /// buffers for summing their gradients.
+    /// The ranks sharing each batch ([`Backend::share_steps`]).
     group: Option<Rc<dyn Group>>,
-    spare: Vec<Vec<f32>>,
 }
 
 impl<T: GpuFloat> CudaTrainer<T> {
@@ -180,7 +178,6 @@ impl<T: GpuFloat> CudaTrainer<T> {
             attention,
             metrics,
             group: None,
-            spare: Vec::new(),
         })
     }
 
@@ -314,8 +311,9 @@ impl<T: GpuFloat> CudaTrainer<T> {
 impl<T: GpuFloat> CudaTrainer<T> {
     /// One step of a batch shared by `group`, eagerly: this rank's share of the sequences runs
     /// forward and backward (its gradient scaled to the whole batch's mean); the gradients and
-    /// loss sums go to the host, are summed over the ranks by the halving tree (identically on
-    /// every rank: `backend::reduce`) and come back; then the update. The host staging stands
+    /// loss sums go to the host, are summed over the ranks by the halving tree (each rank adds
+    /// one slice, and every rank gets the same sums: `backend::reduce`) and come back; then the
+    /// update. The host staging stands
     /// in for an NCCL all-reduce, which this backend does not have yet.
     fn shared_step(
         &mut self,
@@ -346,9 +344,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
             z: device_sums[1],
             rows: part.batch * t,
         };
-        self.spare
-            .resize_with(tree_depth(group.size()), || vec![0.0; grads.len()]);
-        sum_across_ranks(group, &mut grads, &mut sums, &mut self.spare)?;
+        sum_across_ranks(group, &mut grads, &mut sums)?;
         s.memcpy_htod(&grads, &mut self.grads)?;
         let a = self.acts.as_mut().expect("planned by upload");
         s.memcpy_htod(&[sums.ce, sums.z], &mut a.sums)?;
