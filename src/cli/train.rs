@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::rc::Rc;
-use terse::backend::Device;
+use terse::backend::{Device, GradReduction};
 use terse::dist::Group;
 use terse::train::{train_in_group, RunStart, ScheduleKind, TrainOptions, TrainSummary};
 
@@ -32,6 +32,11 @@ pub struct TrainArgs {
     /// pass) [default: 1].
     #[arg(long)]
     accum: Option<usize>,
+    /// How the CPU sums a step's gradient: sequence-tree (each sequence alone, added by a fixed
+    /// tree: the same bits at any --accum and rank count) or whole-batch (one pass over the
+    /// batch, as runs begun before 2026-12-06 did; one process only) [default: sequence-tree].
+    #[arg(long, value_enum)]
+    reduction: Option<GradReduction>,
     /// Bytes (M1) or tokens (M2) per sequence [default: 256 bytes, 512 tokens].
     #[arg(long)]
     seq: Option<usize>,
@@ -116,6 +121,7 @@ fn run_in(a: TrainArgs, group: Option<Rc<dyn Group>>) -> Result<()> {
             ("--data", a.data.is_some()),
             ("--batch", a.batch.is_some()),
             ("--accum", a.accum.is_some()),
+            ("--reduction", a.reduction.is_some()),
             ("--seq", a.seq.is_some()),
             ("--lr", a.lr.is_some()),
             ("--warmup", a.warmup.is_some()),
@@ -160,6 +166,7 @@ fn run_in(a: TrainArgs, group: Option<Rc<dyn Group>>) -> Result<()> {
         o.heldout_data = a.heldout.clone();
         o.batch = a.batch.unwrap_or(o.batch);
         o.accum = a.accum.unwrap_or(o.accum);
+        o.grad_reduction = a.reduction.unwrap_or(o.grad_reduction);
         o.seq = a.seq.unwrap_or(o.seq);
         o.lr = a.lr.unwrap_or(o.lr);
         o.warmup = a.warmup.unwrap_or(o.warmup);
