@@ -10,6 +10,17 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use terse::checkpoint::{load_model, load_training};
 
+/// Where `mpirun` is present: a scratch directory holding the first `bytes` of the sample corpus
+/// (`corpus.txt`), and that file.
+fn setup(bytes: usize) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    if !mpirun_present() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::sample_prefix(dir.path(), bytes);
+    Some((dir, corpus))
+}
+
 fn mpirun_present() -> bool {
     let found = Command::new("mpirun")
         .arg("--version")
@@ -108,11 +119,9 @@ fn metrics(dir: &Path) -> Vec<String> {
 
 #[test]
 fn two_and_four_ranks_train_the_bits_of_one_process_and_resume_on_one() {
-    if !mpirun_present() {
+    let Some((dir, data)) = setup(20_000) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let data = common::sample_prefix(dir.path(), 20_000);
+    };
     let terse = env!("CARGO_BIN_EXE_terse");
     let (one, two, split) = (
         dir.path().join("one"),
@@ -149,11 +158,9 @@ fn two_and_four_ranks_train_the_bits_of_one_process_and_resume_on_one() {
 
 #[test]
 fn ranks_started_with_other_flags_all_refuse_and_write_nothing() {
-    if !mpirun_present() {
+    let Some((dir, data)) = setup(20_000) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let data = common::sample_prefix(dir.path(), 20_000);
+    };
     let out = dir.path().join("run");
     // Rank 1 asks for another learning rate than rank 0.
     let script = format!(
@@ -181,11 +188,9 @@ fn ranks_started_with_other_flags_all_refuse_and_write_nothing() {
 
 #[test]
 fn a_missing_mpi_library_is_one_clear_message() {
-    if !mpirun_present() {
+    let Some((dir, data)) = setup(20_000) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let data = common::sample_prefix(dir.path(), 20_000);
+    };
     let out = dir.path().join("run");
     let mut c = mpirun(
         2,
@@ -206,11 +211,9 @@ fn a_missing_mpi_library_is_one_clear_message() {
 
 #[test]
 fn a_rank_that_dies_leaves_the_last_whole_checkpoint() {
-    if !mpirun_present() {
+    let Some((dir, data)) = setup(20_000) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let data = common::sample_prefix(dir.path(), 20_000);
+    };
     let out = dir.path().join("run");
     let mut args = train_args(&data, &out, 100_000);
     args.extend(["--ckpt-every".into(), "2".into()]);
@@ -254,11 +257,9 @@ fn rank_pid(out: &Path, rank: usize) -> Option<u32> {
 
 #[test]
 fn two_ranks_tokenize_the_single_process_dataset() {
-    if !mpirun_present() {
+    let Some((dir, corpus)) = setup(40_000) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = common::sample_prefix(dir.path(), 40_000);
+    };
     let small = dir.path().join("small.txt");
     std::fs::write(&small, &std::fs::read(&corpus).unwrap()[..6000]).unwrap();
     let m1 = dir.path().join("m1");
@@ -318,11 +319,9 @@ fn two_ranks_tokenize_the_single_process_dataset() {
 
 #[test]
 fn two_ranks_share_a_file_list_and_code_what_one_process_codes() {
-    if !mpirun_present() {
+    let Some((dir, corpus)) = setup(20_000) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = common::sample_prefix(dir.path(), 20_000);
+    };
     let m1 = dir.path().join("m1");
     common::train_tiny(&corpus, &m1, &["--steps", "1"]);
     let text = std::fs::read(&corpus).unwrap();
@@ -418,14 +417,12 @@ fn emulator_libraries() -> Option<std::path::PathBuf> {
 /// where a rank that skipped the sum would be off by half.
 #[test]
 fn two_ranks_on_the_emulated_gpu_update_as_one_process() {
-    if !mpirun_present() {
+    let Some((dir, data)) = setup(20_000) else {
         return;
-    }
+    };
     let Some(libs) = emulator_libraries() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let data = common::sample_prefix(dir.path(), 20_000);
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     let with_gpu = |out: &Path| {
         let mut a = train_args(&data, out, 2);
