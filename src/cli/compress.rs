@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use terse::compress::{compress_file, decompress_file, Coding, CompressReport, Progress, STDIO};
-use terse::dist::{bytes_fingerprint, check_agreement, gather_u64, OnEveryRank};
+use terse::dist::{check_same_command, gather_u64, OnEveryRank};
 use terse::fsio::{check_output, Existing};
 use terse::m1::{builtin_m1, Int8M1};
 
@@ -156,12 +156,7 @@ fn run(job: Job, m1: Option<&Path>, io: &Streams) -> Result<()> {
         };
         let (rank, size) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.size()));
         if let Some(g) = &group {
-            let args: Vec<String> = std::env::args().collect();
-            check_agreement(
-                g.as_ref(),
-                bytes_fingerprint(args.join("\0").as_bytes()),
-                "flags",
-            )?;
+            check_same_command(g.as_ref())?;
         }
         let files = read_filelist(list)?;
         let m = load_m1(m1)?;

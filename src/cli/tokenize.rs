@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use terse::dist::{bytes_fingerprint, check_agreement, gather_u64, Group, OnEveryRank};
+use terse::dist::{check_same_command, gather_u64, Group, OnEveryRank};
 use terse::fsio::Existing;
 use terse::tokenize::{merge_shards, Method, Shard};
 use terse::tokenize_jobs::{detokenize, load_m1_spec};
@@ -77,8 +77,7 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
 /// merges them into `--out` (the dataset one process writes, byte for byte) and each rank
 /// removes its own. A rank that fails makes every rank fail, naming it.
 fn run_ranks(a: TokenizeArgs, g: &dyn Group) -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    check_agreement(g, bytes_fingerprint(args.join("\0").as_bytes()), "flags")?;
+    check_same_command(g)?;
     let (Some(method), Some(data)) = (a.method, &a.data) else {
         return Err(OnEveryRank(
             "--merge joins shards in one process; run it without mpirun".into(),

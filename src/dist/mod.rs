@@ -65,6 +65,17 @@ pub fn check_agreement(group: &dyn Group, fingerprint: u64, what: &str) -> Resul
     Ok(())
 }
 
+/// Fails on every rank unless every rank was started with the same command line (the
+/// commands whose ranks share work by index: `tokenize`, `compress --filelist`).
+pub fn check_same_command(group: &dyn Group) -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    check_agreement(
+        group,
+        bytes_fingerprint(args.join("\0").as_bytes()),
+        "flags",
+    )
+}
+
 /// The run this process belongs to: `None` when it was not started by an MPI launcher (or by one
 /// with a single process), else the joined group. Fails with a clear message where the launcher
 /// is there but its MPI library cannot be used.
