@@ -674,6 +674,49 @@ fn a_file_list_codes_each_file_and_names_the_ones_that_fail() {
         &["compress", "--m1", m, "--filelist", path_str(&list)],
         "standard input (-) cannot be one of a list's files",
     );
+    std::fs::write(&list, "\n \n").unwrap();
+    assert_fails_with(
+        &["compress", "--m1", m, "--filelist", path_str(&list)],
+        "the file list names no file",
+    );
+    assert_fails_with(
+        &["decompress", "--m1", m, "--filelist", path_str(&missing)],
+        "cannot read the file list",
+    );
+}
+
+/// A process that an MPI launcher seems to have started, but whose MPI library is missing or
+/// is not Open MPI, stops with one clear message (no mpirun needed: the launcher's variable is
+/// set by hand).
+#[test]
+fn an_unusable_mpi_library_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::sample_prefix(dir.path(), 4_000);
+    let out = dir.path().join("run");
+    let not_mpi = dir.path().join("not-mpi.so");
+    std::fs::write(&not_mpi, b"not a shared library").unwrap();
+    for (library, needle) in [
+        (
+            dir.path().join("libmpi.so.40"),
+            "cannot open Open MPI's library",
+        ),
+        (not_mpi, "cannot open Open MPI's library"),
+    ] {
+        let r = std::process::Command::new(env!("CARGO_BIN_EXE_terse"))
+            .args(["train", "--preset", "tiny", "--steps", "1", "--quiet"])
+            .args(["--data", path_str(&data), "--out", path_str(&out)])
+            .env("OMPI_COMM_WORLD_SIZE", "2")
+            .env("TERSE_MPI_LIBRARY", &library)
+            .output()
+            .unwrap();
+        assert!(!r.status.success());
+        let err = stderr(&r);
+        assert!(
+            err.contains(needle) && err.contains(path_str(&library)),
+            "{err}"
+        );
+        assert!(!out.exists(), "a refused run wrote {}", out.display());
+    }
 }
 
 /// Runs terse with `args`, `stdin` written to its standard input through a pipe (from another
