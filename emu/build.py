@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Builds the CUDA emulator: libcuda.so.1 (the fake driver with every kernel in kernels/*.cu
-compiled for the host), libcublasLt.so.13 and libnvToolsExt.so.1 (NVTX ranges, recorded for the
-tests), into OUT_DIR (default target/cuda-emu).
+compiled for the host), libcublasLt.so.13, libnvToolsExt.so.1 (NVTX ranges, recorded for the
+tests) and libnccl.so.2 (all-reduce between the ranks of one run), into OUT_DIR (default
+target/cuda-emu).
 
 usage: emu/build.py [OUT_DIR]
 
@@ -91,6 +92,8 @@ def main():
              cuda, "-Wl,-rpath,$ORIGIN"])
         nvtx = os.path.join(out, "libnvToolsExt.so.1")
         run([CXX, *FLAGS, "-shared", "-Wl,-soname,libnvToolsExt.so.1", "-o", nvtx, os.path.join(EMU, "nvtx.cpp")])
+        nccl = os.path.join(out, "libnccl.so.2")
+        run([CXX, *FLAGS, "-shared", "-Wl,-soname,libnccl.so.2", "-o", nccl, os.path.join(EMU, "nccl.cpp")])
     for link, target in [("libcuda.so", "libcuda.so.1"), ("libcublasLt.so", "libcublasLt.so.13"),
                          ("libnvToolsExt.so", "libnvToolsExt.so.1")]:
         path = os.path.join(out, link)
