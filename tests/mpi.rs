@@ -382,9 +382,14 @@ fn two_ranks_share_a_file_list_and_code_what_one_process_codes() {
     assert_every_rank_says(&r, "under mpirun, name the files with --filelist");
 }
 
-/// The libraries of the CUDA emulator (`emu/`), built once into the test's scratch directory;
-/// `None`, saying why, where it cannot run here.
+/// The libraries of the CUDA emulator (`emu/`), built once (for every test of this file) into
+/// the test's scratch directory; `None`, saying why, where it cannot run here.
 fn emulator_libraries() -> Option<std::path::PathBuf> {
+    static BUILT: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_emulator).clone()
+}
+
+fn build_emulator() -> Option<std::path::PathBuf> {
     use terse::backend::cuda;
     let skip = |why: &str| {
         eprintln!("SKIPPED (the emulated GPU: {why})");
@@ -411,10 +416,11 @@ fn emulator_libraries() -> Option<std::path::PathBuf> {
     }
 }
 
-/// The CUDA backend shares a batch the same way (each rank's share forward and backward, the
-/// gradients summed on the host by the halving tree), on the emulated GPU: two ranks' update
-/// matches one GPU process's within bf16 rounding (GPU steps are not bit-exact across shapes),
-/// where a rank that skipped the sum would be off by half.
+/// The CUDA backend shares a batch on the emulated GPU both ways: by the emulator's NCCL, in
+/// many small buckets started during the backward, and through the host where NCCL is turned
+/// off. Each two-rank update matches one GPU process's within bf16 rounding (GPU steps are not
+/// bit-exact across shapes), where a rank that skipped the sum, or a bucket summed before the
+/// backward wrote it, would be off by a large part.
 #[test]
 fn two_ranks_on_the_emulated_gpu_update_as_one_process() {
     let Some((dir, data)) = setup(20_000) else {
@@ -423,7 +429,6 @@ fn two_ranks_on_the_emulated_gpu_update_as_one_process() {
     let Some(libs) = emulator_libraries() else {
         return;
     };
-    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     let with_gpu = |out: &Path| {
         let mut a = train_args(&data, out, 2);
         a.extend(["--device".into(), "cuda".into()]);
@@ -433,26 +438,161 @@ fn two_ranks_on_the_emulated_gpu_update_as_one_process() {
         Ok(p) if !p.is_empty() => format!("{}:{p}", libs.display()),
         _ => libs.display().to_string(),
     };
+    let one = dir.path().join("one");
     let mut single = Command::new(env!("CARGO_BIN_EXE_terse"));
     single.args(with_gpu(&one)).env("LD_LIBRARY_PATH", &path);
     let r = run(single);
     assert!(r.status.success(), "{}", stderr(&r));
-    let mut shared = mpirun(2, env!("CARGO_BIN_EXE_terse"), &strs(&with_gpu(&two)));
-    shared.env("LD_LIBRARY_PATH", &path);
-    let r = run(shared);
-    assert!(r.status.success(), "{}", stderr(&r));
-    assert!(stderr(&r).contains("cuda"), "{}", stderr(&r));
     let (cfg, w1) = load_model(&one).unwrap();
-    let (_, w2) = load_model(&two).unwrap();
     let w0 = terse::model::ParamArena::init(&cfg, 0);
-    let (mut diff, mut step) = (0f64, 0f64);
-    for ((a, b), z) in w1.data.iter().zip(&w2.data).zip(&w0.data) {
-        diff += ((a - b) as f64).powi(2);
-        step += ((a - z) as f64).powi(2);
+    for (mode, says) in [
+        ("nccl", "all-reduced over 2 ranks by NCCL"),
+        ("host", "summed over 2 ranks through the host"),
+    ] {
+        let two = dir.path().join(mode);
+        let mut shared = mpirun(2, env!("CARGO_BIN_EXE_terse"), &strs(&with_gpu(&two)));
+        shared
+            .env("LD_LIBRARY_PATH", &path)
+            .env("TERSE_CUDA_ALLREDUCE", mode)
+            .env("TERSE_CUDA_BUCKET_KIB", "1");
+        let r = run(shared);
+        assert!(r.status.success(), "{mode}: {}", stderr(&r));
+        assert!(stderr(&r).contains(says), "{mode}: {}", stderr(&r));
+        let (_, w2) = load_model(&two).unwrap();
+        let (mut diff, mut step) = (0f64, 0f64);
+        for ((a, b), z) in w1.data.iter().zip(&w2.data).zip(&w0.data) {
+            diff += ((a - b) as f64).powi(2);
+            step += ((a - z) as f64).powi(2);
+        }
+        let rel = (diff / step).sqrt();
+        assert!(
+            step > 0.0 && rel < 0.01,
+            "{mode}: the two-rank update differs by {rel:.4} of its size"
+        );
     }
-    let rel = (diff / step).sqrt();
+}
+
+/// The emulator's NCCL (`emu/nccl.cpp`) sums its ranks' buffers in rank order, and catches the
+/// bug a GPU would hang or corrupt memory on: ranks whose calls of the same number reduce
+/// different counts. Two threads stand for two ranks (device memory is host memory there).
+#[test]
+fn the_emulated_nccl_sums_and_refuses_ranks_that_disagree() {
+    use std::ffi::{c_int, c_void, CStr};
+    let Some(libs) = emulator_libraries() else {
+        return;
+    };
+    type Comm = *mut c_void;
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Id([u8; 128]);
+    type AllReduce = unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        Comm,
+        *mut c_void,
+    ) -> c_int;
+    // SAFETY: the emulator's library, its functions named with nccl.h's signatures.
+    let lib = unsafe { libloading::Library::new(libs.join("libnccl.so.2")) }.unwrap();
+    let get_id = unsafe {
+        *lib.get::<unsafe extern "C" fn(*mut Id) -> c_int>(b"ncclGetUniqueId")
+            .unwrap()
+    };
+    let init = unsafe {
+        *lib.get::<unsafe extern "C" fn(*mut Comm, c_int, Id, c_int) -> c_int>(b"ncclCommInitRank")
+            .unwrap()
+    };
+    let all_reduce = unsafe { *lib.get::<AllReduce>(b"ncclAllReduce").unwrap() };
+    let last_error = unsafe {
+        *lib.get::<unsafe extern "C" fn(Comm) -> *const std::ffi::c_char>(b"ncclGetLastError")
+            .unwrap()
+    };
+    let destroy = unsafe {
+        *lib.get::<unsafe extern "C" fn(Comm) -> c_int>(b"ncclCommDestroy")
+            .unwrap()
+    };
+    let mut id = Id([0; 128]);
+    assert_eq!(unsafe { get_id(&mut id) }, 0);
+    let dir = String::from_utf8_lossy(&id.0)
+        .trim_end_matches('\0')
+        .to_string();
+    // Each rank: a correct sum of 3 values, then a call whose count is rank-dependent.
+    let rank = |r: c_int| {
+        move || -> (Vec<f32>, c_int, String) {
+            let mut comm: Comm = std::ptr::null_mut();
+            assert_eq!(unsafe { init(&mut comm, 2, id, r) }, 0);
+            let mut buf = vec![1.0 + r as f32, 10.0 * (r + 1) as f32, -0.5];
+            let p = buf.as_mut_ptr() as *mut c_void;
+            assert_eq!(
+                unsafe { all_reduce(p, p, 3, 7, 0, comm, std::ptr::null_mut()) },
+                0
+            );
+            let mut bad = vec![0f32; 4 + r as usize];
+            let q = bad.as_mut_ptr() as *mut c_void;
+            let code = unsafe { all_reduce(q, q, bad.len(), 7, 0, comm, std::ptr::null_mut()) };
+            let why = unsafe { CStr::from_ptr(last_error(comm)) }
+                .to_string_lossy()
+                .into_owned();
+            assert_eq!(unsafe { destroy(comm) }, 0);
+            (buf, code, why)
+        }
+    };
+    let other = std::thread::spawn(rank(1));
+    let (sum0, code0, why0) = rank(0)();
+    let (sum1, code1, why1) = other.join().unwrap();
+    assert_eq!(sum0, vec![3.0, 30.0, -1.0]);
+    assert_eq!(sum1, sum0);
+    const INVALID_USAGE: c_int = 5;
+    assert_eq!((code0, code1), (INVALID_USAGE, INVALID_USAGE));
     assert!(
-        step > 0.0 && rel < 0.01,
-        "the two-rank update differs by {rel:.4} of its size"
+        why0.contains("sums 4 elements") && why0.contains("5 elements of 4 bytes on rank 1"),
+        "{why0}"
     );
+    assert!(why1.contains("sums 5 elements"), "{why1}");
+    assert!(!Path::new(&dir).exists(), "the ranks left {dir} behind");
+}
+
+/// On the emulated GPU, a run asked for NCCL where it cannot be opened, and a run whose rank 1
+/// alone lacks NCCL (its sums would never meet rank 0's), each stop with one clear message on
+/// every rank and no checkpoint.
+#[test]
+fn ranks_without_nccl_all_refuse_and_write_nothing() {
+    let Some((dir, data)) = setup(20_000) else {
+        return;
+    };
+    let Some(libs) = emulator_libraries() else {
+        return;
+    };
+    let out = dir.path().join("run");
+    let mut args = train_args(&data, &out, 2);
+    args.extend(["--device".into(), "cuda".into()]);
+    let path = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(p) if !p.is_empty() => format!("{}:{p}", libs.display()),
+        _ => libs.display().to_string(),
+    };
+    let missing = dir.path().join("libnccl.so.2").display().to_string();
+    let mut c = mpirun(2, env!("CARGO_BIN_EXE_terse"), &strs(&args));
+    c.env("LD_LIBRARY_PATH", &path)
+        .env("TERSE_CUDA_ALLREDUCE", "nccl")
+        .env("TERSE_NCCL_LIBRARY", &missing);
+    let r = run(c);
+    assert_every_rank_says(
+        &r,
+        "TERSE_CUDA_ALLREDUCE=nccl, but cannot open NCCL's library",
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+
+    let script = format!(
+        "[ \"$OMPI_COMM_WORLD_RANK\" = 1 ] && export TERSE_NCCL_LIBRARY={missing}; exec {} \"$@\"",
+        env!("CARGO_BIN_EXE_terse")
+    );
+    let mut sh = vec!["-c".to_string(), script, "sh".into()];
+    sh.extend(args);
+    let mut c = mpirun(2, "sh", &strs(&sh));
+    c.env("LD_LIBRARY_PATH", &path);
+    let r = run(c);
+    assert_every_rank_says(&r, "rank 0 can open NCCL and rank 1 cannot");
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
 }

@@ -136,8 +136,9 @@ pub enum Device {
 pub const CUDA_VALIDATED: bool = false;
 
 /// Whether `--device auto` may pick the CUDA backend for a run shared between MPI ranks: set once
-/// a multi-GPU machine has run `tests/mpi.rs`'s GPU test on real GPUs. Until then only the CUDA
-/// emulator has run the shared step, and ranks on `auto` train on the CPU.
+/// a multi-GPU machine has run `tests/mpi.rs`'s GPU test on real GPUs, with NCCL and through the
+/// host. Until then only the CUDA emulator (and its stand-in NCCL) has run the shared step, and
+/// ranks on `auto` train on the CPU.
 pub const MULTI_GPU_VALIDATED: bool = false;
 
 /// Whether M1's int8 GPU kernels (`--gpu` coding) have passed their bit-for-bit tests on a GPU

@@ -30,9 +30,11 @@
 //!
 //! Files: this one holds the trainer (creation, upload, graph capture and replay, the `Backend`
 //! methods); `acts.rs` the buffers of one (batch, seq) shape; `step.rs` the op sequence of the
-//! forward pass and of a training step; `metrics.rs` the ring of step metrics.
+//! forward pass and of a training step; `allreduce.rs` a shared step's bucketed NCCL sum;
+//! `metrics.rs` the ring of step metrics.
 
 mod acts;
+mod allreduce;
 mod metrics;
 mod step;
 
@@ -40,6 +42,7 @@ use super::gemm::Gemm;
 use super::graph::StepGraph;
 use super::launch::{self, AttnKernels, EmbedBackwardPlan};
 use super::loader::{gpu_unavailable_reason, Bf16, GpuFloat, GpuKernels};
+use super::nccl::NcclComm;
 use super::nvtx;
 use crate::backend::reduce::{rank_share, sum_across_ranks};
 use crate::backend::{Backend, GradReduction, LossSums, OptimConfig, StepReport};
@@ -47,6 +50,7 @@ use crate::dist::Group;
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena, TensorSpec};
 use acts::{Acts, EmbedGrad};
+use allreduce::{GradAllReduce, DEFAULT_BUCKET_BYTES};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::CudaSlice;
 use metrics::MetricsRing;
@@ -87,6 +91,8 @@ pub struct CudaTrainer<T: GpuFloat> {
     metrics: MetricsRing,
     /// The ranks sharing each batch ([`Backend::share_steps`]).
     group: Option<Rc<dyn Group>>,
+    /// Their gradient sum on the GPUs, where every rank has NCCL; through the host otherwise.
+    allreduce: Option<GradAllReduce>,
 }
 
 impl<T: GpuFloat> CudaTrainer<T> {
@@ -178,6 +184,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
             attention,
             metrics,
             group: None,
+            allreduce: None,
         })
     }
 
@@ -310,11 +317,11 @@ impl<T: GpuFloat> CudaTrainer<T> {
 
 impl<T: GpuFloat> CudaTrainer<T> {
     /// One step of a batch shared by `group`, eagerly: this rank's share of the sequences runs
-    /// forward and backward (its gradient scaled to the whole batch's mean); the gradients and
-    /// loss sums go to the host, are summed over the ranks by the halving tree (each rank adds
-    /// one slice, and every rank gets the same sums: `backend::reduce`) and come back; then the
-    /// update. The host staging stands
-    /// in for an NCCL all-reduce, which this backend does not have yet.
+    /// forward and backward (its gradient scaled to the whole batch's mean), the gradients and
+    /// loss sums are summed over the ranks, and every rank runs the same update. The sum is
+    /// NCCL's, bucket by bucket during the backward (`allreduce.rs`), or without NCCL the host's:
+    /// the gradients go to the host, are summed by the halving tree (each rank adds one slice,
+    /// and every rank gets the same sums: `backend::reduce`) and come back.
     fn shared_step(
         &mut self,
         batch: &Batch,
@@ -333,7 +340,13 @@ impl<T: GpuFloat> CudaTrainer<T> {
         };
         self.upload(&part, Some(hyper))?;
         let rows_total = batch.batch * t;
-        self.enqueue_gradients(rows_total)?;
+        if let Some(mut sync) = self.allreduce.take() {
+            let enqueued = self.enqueue_gradients(rows_total, Some(&mut sync));
+            self.allreduce = Some(sync);
+            enqueued?;
+            return self.enqueue_update(opt, rows_total);
+        }
+        self.enqueue_gradients(rows_total, None)?;
         let s = self.k.stream().clone();
         let a = self.acts.as_mut().expect("planned by upload");
         a.pin_sums.download(&s, &a.sums)?;
@@ -350,11 +363,31 @@ impl<T: GpuFloat> CudaTrainer<T> {
         s.memcpy_htod(&[sums.ce, sums.z], &mut a.sums)?;
         self.enqueue_update(opt, rows_total)
     }
+
+    /// The offsets from which the backward pass has finished the gradient, in the order it
+    /// reaches them (`step.rs` hands each to [`GradAllReduce::ready`]): the head and final norm,
+    /// each layer from the last, and the embedding.
+    fn backward_done_from(&self) -> Vec<usize> {
+        let last = self.specs.len() - 1;
+        let layers = (0..self.cfg.n_layers).rev().map(|l| 1 + PER_LAYER * l);
+        std::iter::once(last - 1)
+            .chain(layers)
+            .chain(std::iter::once(0))
+            .map(|i| self.specs[i].range().start)
+            .collect()
+    }
 }
 
 impl<T: GpuFloat> Backend for CudaTrainer<T> {
     fn name(&self) -> String {
-        let mode = if let Some(g) = &self.group {
+        let mode = if let (Some(g), Some(sync)) = (&self.group, &self.allreduce) {
+            format!(
+                "eager, each step's gradients all-reduced over {} ranks by NCCL ({}) in {} buckets during the backward",
+                g.size(),
+                sync.library(),
+                sync.buckets().len()
+            )
+        } else if let Some(g) = &self.group {
             format!(
                 "eager, each step's gradients summed over {} ranks through the host",
                 g.size()
@@ -473,6 +506,23 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
     ) -> Result<()> {
         // A rank's share runs in one pass whatever the reduction asks: GPU steps are checked
         // against the CPU by tolerance, not bit for bit.
+        self.allreduce = None;
+        if let Some(g) = group.as_deref().filter(|g| g.size() > 1) {
+            if let Some(nccl) = super::nccl::choose(g)? {
+                let comm = NcclComm::join(nccl, g, self.k.context())?;
+                let bucket_bytes = std::env::var("TERSE_CUDA_BUCKET_KIB")
+                    .ok()
+                    .and_then(|x| x.parse::<usize>().ok())
+                    .map_or(DEFAULT_BUCKET_BYTES, |kib| kib << 10);
+                self.allreduce = Some(GradAllReduce::new(
+                    comm,
+                    self.k.context(),
+                    &self.backward_done_from(),
+                    self.grads.len(),
+                    bucket_bytes,
+                )?);
+            }
+        }
         self.group = group;
         Ok(())
     }

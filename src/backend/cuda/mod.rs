@@ -19,7 +19,7 @@
 //! contract 2 (`kernels/m1_exact.cu`) and [`GpuInt8M1`] under contract 3, the one coding uses
 //! (`kernels/m1_int8.cu`), each bit for bit the CPU's; [`GpuInt8Model`] is contract 3 at any
 //! vocabulary (M2's decoding on the GPU, and `GpuInt8M1`'s core); [`decode_cost`] predicts its
-//! step.
+//! step; [`nccl`] opens NCCL at run time for the gradient sum of ranks sharing a batch.
 //!
 //! Written and compiled (kernels included, with nvcc 13.0) on machines without a GPU, where the
 //! CUDA emulator (`emu/`) runs every parity test of `tests/gpu_parity.rs` but the 200-step loss
@@ -40,6 +40,7 @@ pub mod int8_m1;
 pub mod int8_model;
 pub mod launch;
 mod loader;
+pub mod nccl;
 pub mod nvtx;
 mod rope;
 mod staging;

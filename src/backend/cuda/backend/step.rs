@@ -3,6 +3,7 @@
 //! metrics record, AdamW) as it is enqueued eagerly or into a CUDA graph.
 
 use super::acts::{Acts, EmbedGrad};
+use super::allreduce::GradAllReduce;
 use super::{CudaTrainer, PER_LAYER};
 use crate::backend::cpu::attention::AttnShape;
 use crate::backend::cuda::gemm::{DevicePtrDyn, Gemm};
@@ -143,15 +144,21 @@ impl<T: GpuFloat> CudaTrainer<T> {
             .as_ref()
             .expect("activations planned before a step");
         let rows = a.batch * a.seq;
-        self.enqueue_gradients(rows)?;
+        self.enqueue_gradients(rows, None)?;
         self.enqueue_update(opt, rows)
     }
 
     /// Enqueues the first part of a step: zero grads, forward, classifier, backward, the
     /// gradient being of the batch's summed loss over `rows_total` (its mean when that is the
     /// batch's own rows, its share of a larger batch's mean otherwise). The batch's loss sums
-    /// land in the activations' `sums`.
-    pub(super) fn enqueue_gradients(&mut self, rows_total: usize) -> Result<()> {
+    /// land in the activations' `sums`. With `sync`, each part of the gradient is handed to it
+    /// as the backward finishes it, and the gradient and loss sums are every rank's sum when the
+    /// stream reaches the end.
+    pub(super) fn enqueue_gradients(
+        &mut self,
+        rows_total: usize,
+        mut sync: Option<&mut GradAllReduce>,
+    ) -> Result<()> {
         let CudaTrainer {
             cfg,
             specs,
@@ -178,6 +185,9 @@ impl<T: GpuFloat> CudaTrainer<T> {
 
         s.memset_zeros(grads)?;
         s.memset_zeros(&mut a.dres)?;
+        if let Some(sync) = sync.as_deref_mut() {
+            sync.begin();
+        }
         Self::forward(k, gemm, *attention, cfg, specs, work, a)?;
 
         // loss, dlogits in place
@@ -222,6 +232,9 @@ impl<T: GpuFloat> CudaTrainer<T> {
             n,
             d,
         )?;
+        if let Some(sync) = sync.as_deref_mut() {
+            sync.ready(&s, grads, specs[last - 1].range().start)?;
+        }
         for l in (0..cfg.n_layers).rev() {
             let _layer = nvtx::range_with(|| format!("layer {l} backward"));
             let base = 1 + PER_LAYER * l;
@@ -327,6 +340,9 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 n,
                 d,
             )?;
+            if let Some(sync) = sync.as_deref_mut() {
+                sync.ready(&s, grads, specs[base].range().start)?;
+            }
         }
         // embedding: dtable += the positions' rows of dres, by token
         let dtable = &mut grads.slice_mut(specs[0].range());
@@ -348,6 +364,9 @@ impl<T: GpuFloat> CudaTrainer<T> {
         }
 
         drop(backward);
+        if let Some(sync) = sync {
+            sync.finish(&s, grads, &mut a.sums)?;
+        }
         Ok(())
     }
 
