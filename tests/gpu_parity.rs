@@ -1353,6 +1353,67 @@ fn train_step_matches_cpu() {
     }
 }
 
+/// Gradient accumulation on the GPU (`--accum`): a step of 8 sequences in 2 or 4 passes (each
+/// pass's activations poisoned first) gives one pass's loss, gradient norm, gradients and update,
+/// to fp32 rounding (the passes' weight-gradient products are added rather than taken at once),
+/// where a pass that overwrote the gradient, or a loss sum over one pass, would be off by far
+/// more. Passes that do not divide the batch are refused.
+#[test]
+fn accumulated_passes_match_one_pass() {
+    use terse::backend::GradReduction;
+    if backend_skip("accumulated passes") {
+        return;
+    }
+    let cfg = ModelConfig::preset("tiny", None).unwrap();
+    let params = ParamArena::init(&cfg, 11);
+    let mut r = Rng::new(101);
+    let batch = random_batch(&mut r, cfg.vocab, 8, 32);
+    let opt = OptimConfig::default();
+    let step = |passes: usize| {
+        let mut be = CudaTrainer::<f32>::new(&cfg, &params, None).expect("CUDA backend");
+        be.share_steps(GradReduction::SequenceTree, passes, None)
+            .unwrap();
+        be.poison_activations(batch.batch / passes, batch.seq)
+            .unwrap();
+        let st = be.train_step(&batch, 1e-3, 1, &opt).expect("GPU step");
+        (st, be.last_grads().unwrap(), be.params().unwrap().data)
+    };
+    let (want, want_g, want_p) = step(1);
+    for passes in [2, 4] {
+        let (st, g, p) = step(passes);
+        assert!(
+            ((st.ce - want.ce) / want.ce).abs() < 1e-6,
+            "{passes} passes: loss {} vs {}",
+            st.ce,
+            want.ce
+        );
+        assert!(
+            ((st.grad_norm - want.grad_norm) / want.grad_norm).abs() < 1e-5,
+            "{passes} passes: grad norm {} vs {}",
+            st.grad_norm,
+            want.grad_norm
+        );
+        for s in &params.specs {
+            let e = rel_l2(&g[s.range()], &want_g[s.range()]);
+            assert!(
+                e < 1e-5,
+                "{passes} passes: gradient of {} off by {e:.2e}",
+                s.name
+            );
+        }
+        let e = rel_l2(&p, &want_p);
+        assert!(e < 1e-6, "{passes} passes: weights off by {e:.2e}");
+    }
+    let mut be = CudaTrainer::<f32>::new(&cfg, &params, None).expect("CUDA backend");
+    be.share_steps(GradReduction::SequenceTree, 3, None)
+        .unwrap();
+    let e = be.train_step(&batch, 1e-3, 1, &opt).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("cannot split a share of 8 sequences"),
+        "{e:#}"
+    );
+}
+
 /// Where the emulator's stand-in libnvToolsExt records NVTX ranges (`emu/nvtx.cpp`).
 const NVTX_LOG: &str = "TERSE_EMU_NVTX_LOG";
 

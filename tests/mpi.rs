@@ -418,7 +418,7 @@ fn build_emulator() -> Option<std::path::PathBuf> {
 
 /// The CUDA backend shares a batch on the emulated GPU both ways: by the emulator's NCCL, in
 /// many small buckets started during the backward, and through the host where NCCL is turned
-/// off. Each two-rank update matches one GPU process's within bf16 rounding (GPU steps are not
+/// off; and with gradient accumulation. Each two-rank update matches one GPU process's within bf16 rounding (GPU steps are not
 /// bit-exact across shapes), where a rank that skipped the sum, or a bucket summed before the
 /// backward wrote it, would be off by a large part.
 #[test]
@@ -445,12 +445,21 @@ fn two_ranks_on_the_emulated_gpu_update_as_one_process() {
     assert!(r.status.success(), "{}", stderr(&r));
     let (cfg, w1) = load_model(&one).unwrap();
     let w0 = terse::model::ParamArena::init(&cfg, 0);
-    for (mode, says) in [
-        ("nccl", "all-reduced over 2 ranks by NCCL"),
-        ("host", "summed over 2 ranks through the host"),
+    // The same global batch of 4 in one pass per rank, or as --batch 2 --accum 2 (each rank's
+    // share in two passes, NCCL's sum after the second).
+    for (mode, accum, says) in [
+        ("nccl", false, "all-reduced over 2 ranks by NCCL"),
+        ("host", false, "summed over 2 ranks through the host"),
+        ("nccl", true, "share in 2 accumulated passes"),
     ] {
-        let two = dir.path().join(mode);
-        let mut shared = mpirun(2, env!("CARGO_BIN_EXE_terse"), &strs(&with_gpu(&two)));
+        let two = dir.path().join(format!("{mode}-{accum}"));
+        let mut args = with_gpu(&two);
+        if accum {
+            let b = args.iter().position(|a| a == "--batch").unwrap();
+            args[b + 1] = "2".into();
+            args.extend(["--accum".into(), "2".into()]);
+        }
+        let mut shared = mpirun(2, env!("CARGO_BIN_EXE_terse"), &strs(&args));
         shared
             .env("LD_LIBRARY_PATH", &path)
             .env("TERSE_CUDA_ALLREDUCE", mode)

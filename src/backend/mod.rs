@@ -113,10 +113,16 @@ pub trait Backend {
     fn optimizer_state(&self) -> Result<(Vec<f32>, Vec<f32>)>;
     /// From the next step on, sums each step's gradient as `reduction` says, with each batch
     /// shared between the ranks of `group` (every rank passes the whole batch and computes its
-    /// share). The CPU backend does both; CUDA sums over the whole batch in one pass and refuses
-    /// a group.
-    fn share_steps(&mut self, reduction: GradReduction, group: Option<Rc<dyn Group>>)
-        -> Result<()>;
+    /// share) and each rank's share computed in `passes` passes (gradient accumulation: the
+    /// memory of one pass). The CPU backend does all three, its sequence-by-sequence sum holding
+    /// one sequence at a time whatever `passes` says; CUDA sums in its own order (by tolerance),
+    /// and refuses a share that `passes` does not divide.
+    fn share_steps(
+        &mut self,
+        reduction: GradReduction,
+        passes: usize,
+        group: Option<Rc<dyn Group>>,
+    ) -> Result<()>;
 }
 
 /// Where to run.

@@ -280,7 +280,7 @@ pub fn bench_train(
     let cfg = ModelConfig::preset(preset, vocab)?;
     let params = ParamArena::init(&cfg, 0);
     let (mut be, note) = create_backend(device, &cfg, params, None)?;
-    be.share_steps(reduction, None)?;
+    be.share_steps(reduction, 1, None)?;
     let mut rng = Rng::new(1);
     let n = batch * seq;
     let tokens: Vec<u32> = (0..n + 1)

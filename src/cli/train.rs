@@ -29,7 +29,7 @@ pub struct TrainArgs {
     batch: Option<usize>,
     /// Gradient accumulation: passes of --batch sequences summed into each step, so the global
     /// batch is --batch x --accum (on the CPU, bit for bit the same as --batch x --accum in one
-    /// pass) [default: 1].
+    /// pass; on the GPU, within fp32 rounding, with one pass's activation memory) [default: 1].
     #[arg(long)]
     accum: Option<usize>,
     /// How the CPU sums a step's gradient: sequence-tree (each sequence alone, added by a fixed

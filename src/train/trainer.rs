@@ -405,14 +405,9 @@ pub fn train_in_group(
     } else {
         create_backend(device, &cfg, params, moments)?
     };
-    ensure!(
-        o.accum == 1 || backend.device() == Device::Cpu,
-        "--accum {} runs on the CPU backend only in this version: give --device cpu",
-        o.accum
-    );
     let shared = group.is_some();
     backend
-        .share_steps(o.grad_reduction, group.clone())
+        .share_steps(o.grad_reduction, o.accum, group.clone())
         .map_err(|e| -> anyhow::Error {
             if shared {
                 OnEveryRank(format!("{e:#}")).into()

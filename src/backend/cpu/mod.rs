@@ -333,6 +333,7 @@ impl Backend for CpuBackend {
     fn share_steps(
         &mut self,
         reduction: GradReduction,
+        _passes: usize,
         group: Option<Rc<dyn Group>>,
     ) -> Result<()> {
         ensure!(

@@ -46,7 +46,7 @@ use super::nccl::NcclComm;
 use super::nvtx;
 use crate::backend::reduce::{rank_share, sum_across_ranks};
 use crate::backend::{Backend, GradReduction, LossSums, OptimConfig, StepReport};
-use crate::dist::Group;
+use crate::dist::{Group, OnEveryRank};
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena, TensorSpec};
 use acts::{Acts, EmbedGrad};
@@ -56,6 +56,7 @@ use cudarc::driver::CudaSlice;
 use metrics::MetricsRing;
 pub(crate) use metrics::DEFAULT_READBACK_EVERY;
 use std::rc::Rc;
+use step::Pass;
 
 /// The training backend: bf16 activations and working weights, fp32 master weights.
 pub type CudaBackend = CudaTrainer<Bf16>;
@@ -93,6 +94,8 @@ pub struct CudaTrainer<T: GpuFloat> {
     group: Option<Rc<dyn Group>>,
     /// Their gradient sum on the GPUs, where every rank has NCCL; through the host otherwise.
     allreduce: Option<GradAllReduce>,
+    /// Passes each step's share is computed in (gradient accumulation).
+    passes: usize,
 }
 
 impl<T: GpuFloat> CudaTrainer<T> {
@@ -185,6 +188,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
             metrics,
             group: None,
             allreduce: None,
+            passes: 1,
         })
     }
 
@@ -234,10 +238,15 @@ impl<T: GpuFloat> CudaTrainer<T> {
     }
 
     fn ensure_acts(&mut self, batch: usize, seq: usize) -> Result<()> {
-        if !self.acts.as_ref().is_some_and(|a| a.fits(batch, seq)) {
+        let passes = self.passes;
+        if !self
+            .acts
+            .as_ref()
+            .is_some_and(|a| a.fits(batch, seq) && a.passes == passes)
+        {
             self.graph.clear();
             self.acts = None; // free the old shape before allocating the new one
-            self.acts = Some(Acts::new(&self.k, &self.cfg, batch, seq, true)?);
+            self.acts = Some(Acts::new(&self.k, &self.cfg, batch, seq, passes, true)?);
         }
         Ok(())
     }
@@ -282,7 +291,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
         }
         if !self.eval_acts.as_ref().is_some_and(|a| a.fits(b, t)) {
             self.eval_acts = None;
-            self.eval_acts = Some(Acts::new(&self.k, &self.cfg, b, t, false)?);
+            self.eval_acts = Some(Acts::new(&self.k, &self.cfg, b, t, 1, false)?);
         }
         Ok((self.eval_acts.as_mut().expect("just set"), &self.k))
     }
@@ -316,51 +325,72 @@ impl<T: GpuFloat> CudaTrainer<T> {
 }
 
 impl<T: GpuFloat> CudaTrainer<T> {
-    /// One step of a batch shared by `group`, eagerly: this rank's share of the sequences runs
-    /// forward and backward (its gradient scaled to the whole batch's mean), the gradients and
-    /// loss sums are summed over the ranks, and every rank runs the same update. The sum is
-    /// NCCL's, bucket by bucket during the backward (`allreduce.rs`), or without NCCL the host's:
-    /// the gradients go to the host, are summed by the halving tree (each rank adds one slice,
-    /// and every rank gets the same sums: `backend::reduce`) and come back.
-    fn shared_step(
-        &mut self,
-        batch: &Batch,
-        hyper: [f32; 3],
-        opt: &OptimConfig,
-        group: &dyn Group,
-    ) -> Result<()> {
-        let share = rank_share(batch.batch, Some(group))?;
-        let t = batch.seq;
-        let rows = share.start * t..share.end * t;
-        let part = Batch {
-            inputs: batch.inputs[rows.clone()].to_vec(),
-            targets: batch.targets[rows].to_vec(),
-            batch: share.len(),
-            seq: t,
-        };
-        self.upload(&part, Some(hyper))?;
-        let rows_total = batch.batch * t;
-        if let Some(mut sync) = self.allreduce.take() {
-            let enqueued = self.enqueue_gradients(rows_total, Some(&mut sync));
-            self.allreduce = Some(sync);
-            enqueued?;
-            return self.enqueue_update(opt, rows_total);
+    /// One step in pieces, eagerly: this rank's share of the batch (all of it without a group),
+    /// in `passes` passes whose gradients accumulate (each scaled to the whole batch's mean),
+    /// then, shared by a group, the sum over the ranks, and the update every rank runs alike.
+    /// The sum is NCCL's, bucket by bucket during the last pass's backward (`allreduce.rs`), or
+    /// without NCCL the host's: the gradients go to the host, are summed by the halving tree
+    /// (each rank adds one slice, and every rank gets the same sums: `backend::reduce`) and come
+    /// back.
+    fn split_step(&mut self, batch: &Batch, hyper: [f32; 3], opt: &OptimConfig) -> Result<()> {
+        let group = self.group.clone();
+        let share = rank_share(batch.batch, group.as_deref())?;
+        let passes = self.passes;
+        if !share.len().is_multiple_of(passes) {
+            let e = format!(
+                "--accum {passes} cannot split a share of {} sequences into equal passes on the GPU: make --batch a multiple of the rank count",
+                share.len()
+            );
+            return Err(match group {
+                Some(_) => OnEveryRank(e).into(),
+                None => anyhow!(e),
+            });
         }
-        self.enqueue_gradients(rows_total, None)?;
-        let s = self.k.stream().clone();
-        let a = self.acts.as_mut().expect("planned by upload");
-        a.pin_sums.download(&s, &a.sums)?;
-        let device_sums = a.pin_sums.read()?;
-        let mut grads = s.clone_dtoh(&self.grads)?;
-        let mut sums = LossSums {
-            ce: device_sums[0],
-            z: device_sums[1],
-            rows: part.batch * t,
-        };
-        sum_across_ranks(group, &mut grads, &mut sums)?;
-        s.memcpy_htod(&grads, &mut self.grads)?;
-        let a = self.acts.as_mut().expect("planned by upload");
-        s.memcpy_htod(&[sums.ce, sums.z], &mut a.sums)?;
+        let (t, per_pass) = (batch.seq, share.len() / passes);
+        let rows_total = batch.batch * t;
+        for index in 0..passes {
+            let first = share.start + index * per_pass;
+            let rows = first * t..(first + per_pass) * t;
+            let part = Batch {
+                inputs: batch.inputs[rows.clone()].to_vec(),
+                targets: batch.targets[rows].to_vec(),
+                batch: per_pass,
+                seq: t,
+            };
+            self.upload(&part, Some(hyper))?;
+            let pass = Pass {
+                index,
+                count: passes,
+            };
+            let last = index + 1 == passes;
+            match self.allreduce.take() {
+                Some(mut sync) if last => {
+                    let enqueued = self.enqueue_gradients(rows_total, pass, Some(&mut sync));
+                    self.allreduce = Some(sync);
+                    enqueued?;
+                }
+                sync => {
+                    self.allreduce = sync;
+                    self.enqueue_gradients(rows_total, pass, None)?;
+                }
+            }
+        }
+        if let (Some(g), None) = (&group, &self.allreduce) {
+            let s = self.k.stream().clone();
+            let a = self.acts.as_mut().expect("planned by upload");
+            a.pin_sums.download(&s, &a.sums)?;
+            let device_sums = a.pin_sums.read()?;
+            let mut grads = s.clone_dtoh(&self.grads)?;
+            let mut sums = LossSums {
+                ce: device_sums[0],
+                z: device_sums[1],
+                rows: share.len() * t,
+            };
+            sum_across_ranks(g.as_ref(), &mut grads, &mut sums)?;
+            s.memcpy_htod(&grads, &mut self.grads)?;
+            let a = self.acts.as_mut().expect("planned by upload");
+            s.memcpy_htod(&[sums.ce, sums.z], &mut a.sums)?;
+        }
         self.enqueue_update(opt, rows_total)
     }
 
@@ -392,6 +422,8 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
                 "eager, each step's gradients summed over {} ranks through the host",
                 g.size()
             )
+        } else if self.passes > 1 {
+            "eager".to_string()
         } else if self.graph.active() {
             "graph replay".to_string()
         } else if let Some(n) = self.graph.note() {
@@ -400,6 +432,10 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
             "eager until captured".to_string()
         } else {
             "eager".to_string()
+        };
+        let mode = match self.passes {
+            1 => mode,
+            p => format!("{mode}, each step's share in {p} accumulated passes"),
         };
         let attention = match self.attention {
             AttnKernels::TensorCore => "tensor-core attention",
@@ -427,8 +463,8 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
             1.0 - opt.beta1.powi(step as i32),
             1.0 - opt.beta2.powi(step as i32),
         ];
-        if let Some(group) = self.group.clone() {
-            self.shared_step(batch, hyper, opt, group.as_ref())?;
+        if self.group.is_some() || self.passes > 1 {
+            self.split_step(batch, hyper, opt)?;
             return self.metrics.submitted(&self.k, step);
         }
         {
@@ -502,10 +538,13 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
     fn share_steps(
         &mut self,
         _reduction: GradReduction,
+        passes: usize,
         group: Option<Rc<dyn Group>>,
     ) -> Result<()> {
         // A rank's share runs in one pass whatever the reduction asks: GPU steps are checked
         // against the CPU by tolerance, not bit for bit.
+        ensure!(passes >= 1, "a step needs at least one pass");
+        self.passes = passes;
         self.allreduce = None;
         if let Some(g) = group.as_deref().filter(|g| g.size() > 1) {
             if let Some(nccl) = super::nccl::choose(g)? {

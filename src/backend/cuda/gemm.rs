@@ -612,8 +612,8 @@ impl Gemm {
         unsafe { self.raw(s, px, pdy, pdw, pdw, 1.0, beta) }
     }
 
-    /// The backward of a linear layer `y[n, out] = x[n, in] W[out, in]^T`: `dx = dy W` and
-    /// `dW = dy^T x` (fp32), both overwritten.
+    /// The backward of a linear layer `y[n, out] = x[n, in] W[out, in]^T`: `dx = dy W`,
+    /// overwritten, and `dW = dy^T x` (fp32), overwritten or, with `accumulate`, added to.
     #[allow(clippy::too_many_arguments)]
     pub fn linear_backward<T: GpuFloat>(
         &mut self,
@@ -625,9 +625,10 @@ impl Gemm {
         n: usize,
         d_in: usize,
         d_out: usize,
+        accumulate: bool,
     ) -> Result<()> {
         self.dgrad(dx, dy, w, n, d_in, d_out, false)?;
-        self.wgrad(dw, dy, x, n, d_in, d_out, false)
+        self.wgrad(dw, dy, x, n, d_in, d_out, accumulate)
     }
 }
 

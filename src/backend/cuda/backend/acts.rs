@@ -34,6 +34,8 @@ pub(super) struct BucketPlanBufs {
 pub(super) struct Acts<T: GpuFloat> {
     pub(super) batch: usize,
     pub(super) seq: usize,
+    /// Passes of this shape a training step accumulates (1 for evaluation).
+    pub(super) passes: usize,
     /// The embedding backward's buffers; `None` for a set that only evaluates.
     pub(super) embed_grad: Option<EmbedGrad<T>>,
     // the batch on the device and its pinned staging copies
@@ -68,8 +70,8 @@ pub(super) struct Acts<T: GpuFloat> {
     pub(super) rstd2: CudaSlice<f32>,   // [L, N]
     pub(super) rstdf: CudaSlice<f32>,   // [N]
     pub(super) lse: CudaSlice<f32>,     // [L, B, H, T]
-    pub(super) ce_row: CudaSlice<f32>,  // [N]
-    pub(super) lse_row: CudaSlice<f32>, // [N]
+    pub(super) ce_row: CudaSlice<f32>,  // [passes N]
+    pub(super) lse_row: CudaSlice<f32>, // [passes N]
     // backward scratch
     pub(super) dres: CudaSlice<T>,           // [N, d]
     pub(super) dxn: CudaSlice<T>,            // [N, d]
@@ -84,12 +86,15 @@ pub(super) struct Acts<T: GpuFloat> {
 }
 
 impl<T: GpuFloat> Acts<T> {
-    /// The buffers of one shape; `train` adds the embedding backward's.
+    /// The buffers of one shape; `train` adds the embedding backward's. The per-row losses
+    /// hold `passes` passes of the shape, so that a step accumulated over several passes sums
+    /// them in one fixed order at its end.
     pub(super) fn new(
         k: &GpuKernels,
         cfg: &ModelConfig,
         batch: usize,
         seq: usize,
+        passes: usize,
         train: bool,
     ) -> Result<Self> {
         let s = k.stream();
@@ -122,6 +127,7 @@ impl<T: GpuFloat> Acts<T> {
         Ok(Acts {
             batch,
             seq,
+            passes,
             embed_grad,
             inputs: s.alloc_zeros::<u32>(n)?,
             targets: s.alloc_zeros::<u32>(n)?,
@@ -147,8 +153,8 @@ impl<T: GpuFloat> Acts<T> {
             rstd2: f(l * n)?,
             rstdf: f(n)?,
             lse: f(l * nlse)?,
-            ce_row: f(n)?,
-            lse_row: f(n)?,
+            ce_row: f(n * passes)?,
+            lse_row: f(n * passes)?,
             dres: t(n * d)?,
             dxn: t(n * d)?,
             datt: t(n * d)?,

@@ -15,6 +15,27 @@ use crate::model::{ModelConfig, TensorSpec};
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
 
+/// Which of a step's accumulated passes a backward is: the first zeroes the gradient, the
+/// others add to it, and the last sums the per-row losses of them all.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pass {
+    pub(super) index: usize,
+    pub(super) count: usize,
+}
+
+impl Pass {
+    /// A step in one pass.
+    pub(super) const WHOLE: Pass = Pass { index: 0, count: 1 };
+
+    fn accumulates(self) -> bool {
+        self.index > 0
+    }
+
+    fn last(self) -> bool {
+        self.index + 1 == self.count
+    }
+}
+
 impl<T: GpuFloat> CudaTrainer<T> {
     /// Forward pass of the current working weights over the uploaded batch in `a`, through the
     /// logits (the CPU model's order).
@@ -144,19 +165,21 @@ impl<T: GpuFloat> CudaTrainer<T> {
             .as_ref()
             .expect("activations planned before a step");
         let rows = a.batch * a.seq;
-        self.enqueue_gradients(rows, None)?;
+        self.enqueue_gradients(rows, Pass::WHOLE, None)?;
         self.enqueue_update(opt, rows)
     }
 
     /// Enqueues the first part of a step: zero grads, forward, classifier, backward, the
     /// gradient being of the batch's summed loss over `rows_total` (its mean when that is the
     /// batch's own rows, its share of a larger batch's mean otherwise). The batch's loss sums
-    /// land in the activations' `sums`. With `sync`, each part of the gradient is handed to it
-    /// as the backward finishes it, and the gradient and loss sums are every rank's sum when the
-    /// stream reaches the end.
+    /// land in the activations' `sums`. A `pass` after the first adds to the gradient the ones
+    /// before left, and the last sums every pass's losses. With `sync` (the last pass only),
+    /// each part of the gradient is handed to it as the backward finishes it, and the gradient
+    /// and loss sums are every rank's sum when the stream reaches the end.
     pub(super) fn enqueue_gradients(
         &mut self,
         rows_total: usize,
+        pass: Pass,
         mut sync: Option<&mut GradAllReduce>,
     ) -> Result<()> {
         let CudaTrainer {
@@ -183,7 +206,9 @@ impl<T: GpuFloat> CudaTrainer<T> {
         };
         let last = specs.len() - 1;
 
-        s.memset_zeros(grads)?;
+        if !pass.accumulates() {
+            s.memset_zeros(grads)?;
+        }
         s.memset_zeros(&mut a.dres)?;
         if let Some(sync) = sync.as_deref_mut() {
             sync.begin();
@@ -192,21 +217,27 @@ impl<T: GpuFloat> CudaTrainer<T> {
 
         // loss, dlogits in place
         let loss = nvtx::range("loss");
+        let rows = pass.index * n..(pass.index + 1) * n;
         launch::classifier_forward_backward(
             k,
             &mut a.logits,
-            &mut a.ce_row,
-            &mut a.lse_row,
+            &mut a.ce_row.slice_mut(rows.clone()),
+            &mut a.lse_row.slice_mut(rows),
             &a.targets,
             n,
             vocab,
             cfg.z_loss,
             1.0 / rows_total as f32,
         )?;
-        launch::loss_sums(k, &mut a.sums, &a.ce_row, &a.lse_row, n)?;
+        if pass.last() {
+            let all = pass.count * n;
+            launch::loss_sums(k, &mut a.sums, &a.ce_row, &a.lse_row, all)?;
+        }
         drop(loss);
 
         let backward = nvtx::range("backward");
+        // Passes after the first add their weight gradients to the ones before.
+        let acc = pass.accumulates();
         let w = |i: usize| work.slice(specs[i].range());
         // lm_head: dxf = dlogits Whead, dWhead = dlogits^T xf
         gemm.linear_backward(
@@ -218,6 +249,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
             n,
             d,
             vocab,
+            acc,
         )?;
         let lx = cfg.n_layers * nd..(cfg.n_layers + 1) * nd;
         launch::rmsnorm_backward(
@@ -267,7 +299,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 n,
                 ff,
                 d,
-                false,
+                acc,
             )?;
             if !masked {
                 launch::relu_backward(k, &mut a.dh, &h, nff)?;
@@ -281,6 +313,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 n,
                 d,
                 ff,
+                acc,
             )?;
             launch::rmsnorm_backward(
                 k,
@@ -304,6 +337,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 n,
                 d,
                 d,
+                acc,
             )?;
             launch::attention_backward(
                 k,
@@ -327,6 +361,7 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 n,
                 d,
                 3 * d,
+                acc,
             )?;
             launch::rmsnorm_backward(
                 k,
