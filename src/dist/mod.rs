@@ -81,7 +81,7 @@ pub fn check_same_command(group: &dyn Group) -> Result<()> {
 /// is there but its MPI library cannot be used.
 pub fn join() -> Result<Option<Mpi>> {
     match launched_size() {
-        Some(n) if n > 1 => Mpi::init().map(Some),
+        Some(n) if n > 1 => Mpi::init(n).map(Some),
         _ => Ok(None),
     }
 }
