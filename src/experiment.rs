@@ -272,7 +272,7 @@ pub fn score_m1(c: &PreparedCorpus, checkpoint: &Path, device: Device) -> Result
     );
     let (mut be, _) = create_backend(device, &cfg, params, None)?;
     let seq = 128;
-    let s = score_windows(be.as_mut(), &eval_windows(&c.heldout, seq, None), 16)?;
+    let s = score_windows(be.as_mut(), &eval_windows(&c.heldout, seq, None), 16, None)?;
     Ok(M1Result {
         checkpoint: checkpoint.to_path_buf(),
         preset: cfg.preset.clone(),

@@ -1712,8 +1712,8 @@ fn gpu_checkpoint_evaluates_on_cpu() {
     let held = &bytes[bytes.len() - 4096..];
     let windows = terse::data::eval_windows(held, 64, None);
     let mut cpu_be = cpu::CpuBackend::new(&cfg2, loaded, None).unwrap();
-    let c = terse::eval::score_windows(&mut cpu_be, &windows, 8).unwrap();
-    let g = terse::eval::score_windows(&mut gpu_be, &windows, 8).unwrap();
+    let c = terse::eval::score_windows(&mut cpu_be, &windows, 8, None).unwrap();
+    let g = terse::eval::score_windows(&mut gpu_be, &windows, 8, None).unwrap();
     note(&format!(
         "  checkpoint: held-out {:.4} bpb on the CPU, {:.4} on the GPU",
         c.bits_per_byte, g.bits_per_byte

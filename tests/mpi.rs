@@ -76,7 +76,7 @@ fn train_args(data: &Path, out: &Path, steps: u64) -> Vec<String> {
         "--eval-every",
         "3",
         "--eval-windows",
-        "4",
+        "10",
         "--quiet",
     ]
     .iter()

@@ -229,7 +229,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let t = Instant::now();
     let (mut be, _) = create_backend(a.device, &cfg, params, None)?;
     let windows = eval_windows(&bytes, seq, None);
-    let score = score_windows(be.as_mut(), &windows, a.batch)?;
+    let score = score_windows(be.as_mut(), &windows, a.batch, None)?;
     let secs = t.elapsed().as_secs_f64();
     let base = if a.baselines {
         Some(baselines(&bytes)?)

@@ -4,6 +4,7 @@
 
 use super::score_rows;
 use crate::backend::Backend;
+use crate::dist::Group;
 use crate::m1::{Int8Model, Int8State};
 use crate::model::ModelConfig;
 use crate::tokenize::TokenSource;
@@ -42,16 +43,18 @@ impl TokenScore {
     }
 }
 
-/// Scores every token of `set`: full rows `batch` at a time, each shorter row alone.
+/// Scores every token of `set`: full rows `batch` at a time, each shorter row alone; shared by
+/// `group` as [`score_rows`](super::score_rows) is.
 pub fn score_tokens(
     set: &TokenEvalSet,
     backend: &mut dyn Backend,
     batch: usize,
+    group: Option<&dyn Group>,
 ) -> Result<TokenScore> {
     ensure!(batch > 0, "batch must be positive");
     ensure!(set.bytes > 0, "nothing to score: the held-out set is empty");
     let rows: Vec<&[u16]> = set.rows.iter().map(|r| r.as_slice()).collect();
-    let (nll, scored) = score_rows(backend, &rows, set.seq, M2_START, batch)?;
+    let (nll, scored) = score_rows(backend, &rows, set.seq, M2_START, batch, group)?;
     debug_assert_eq!(scored, set.tokens);
     Ok(TokenScore::new(nll, scored, set.bytes))
 }
@@ -175,7 +178,7 @@ pub fn evaluate_m2(
     unigram: Option<(Vec<u64>, String)>,
 ) -> Result<M2Report> {
     let set = TokenEvalSet::new(ds, split, seq, None);
-    let score = score_tokens(&set, m2, batch)?;
+    let score = score_tokens(&set, m2, batch, None)?;
     let (counts, unigram_source) = unigram.unwrap_or_else(|| {
         (
             token_counts(ds, ChunkSplit::All),

@@ -226,8 +226,14 @@ impl DataSource {
         }
     }
 
-    /// Held-out bits per byte (`None` when there is nothing held out).
-    fn heldout_bpb(&self, backend: &mut dyn Backend, o: &TrainOptions) -> Result<Option<f64>> {
+    /// Held-out bits per byte (`None` when there is nothing held out), its batches shared by the
+    /// ranks of `group`.
+    fn heldout_bpb(
+        &self,
+        backend: &mut dyn Backend,
+        o: &TrainOptions,
+        group: Option<&dyn Group>,
+    ) -> Result<Option<f64>> {
         match self {
             DataSource::Bytes { heldout, .. } => {
                 let windows = eval_windows(
@@ -239,14 +245,16 @@ impl DataSource {
                     return Ok(None);
                 }
                 Ok(Some(
-                    score_windows(backend, &windows, o.batch)?.bits_per_byte,
+                    score_windows(backend, &windows, o.batch, group)?.bits_per_byte,
                 ))
             }
             DataSource::Tokens { heldout, .. } => {
                 if heldout.tokens == 0 {
                     return Ok(None);
                 }
-                Ok(Some(score_tokens(heldout, backend, o.batch)?.bits_per_byte))
+                Ok(Some(
+                    score_tokens(heldout, backend, o.batch, group)?.bits_per_byte,
+                ))
             }
         }
     }
@@ -526,7 +534,7 @@ pub fn train_in_group(
                 "tokens": sub.tokens,
             });
             if eval_now && sub.step == run.step {
-                if let Some(bpb) = data.heldout_bpb(backend.as_mut(), &o)? {
+                if let Some(bpb) = data.heldout_bpb(backend.as_mut(), &o, group.as_deref())? {
                     heldout_bpb = Some(bpb);
                     rec["heldout_bpb"] = bpb.into();
                     bar.println(format!(
