@@ -440,6 +440,14 @@ fn emulator_libraries() -> Option<std::path::PathBuf> {
     BUILT.get_or_init(build_emulator).clone()
 }
 
+/// `LD_LIBRARY_PATH` with `libs` (the emulator's) in front.
+fn library_path_with(libs: &Path) -> String {
+    match std::env::var("LD_LIBRARY_PATH") {
+        Ok(p) if !p.is_empty() => format!("{}:{p}", libs.display()),
+        _ => libs.display().to_string(),
+    }
+}
+
 fn build_emulator() -> Option<std::path::PathBuf> {
     use terse::backend::cuda;
     let skip = |why: &str| {
@@ -469,9 +477,9 @@ fn build_emulator() -> Option<std::path::PathBuf> {
 
 /// The CUDA backend shares a batch on the emulated GPU both ways: by the emulator's NCCL, in
 /// many small buckets started during the backward, and through the host where NCCL is turned
-/// off; and with gradient accumulation. Each two-rank update matches one GPU process's within bf16 rounding (GPU steps are not
-/// bit-exact across shapes), where a rank that skipped the sum, or a bucket summed before the
-/// backward wrote it, would be off by a large part.
+/// off; and with gradient accumulation. Each two-rank update matches one GPU process's within
+/// bf16 rounding (GPU steps are not bit-exact across shapes), where a rank that skipped the
+/// sum, or a bucket summed before the backward wrote it, would be off by a large part.
 #[test]
 fn two_ranks_on_the_emulated_gpu_update_as_one_process() {
     let Some((dir, data)) = setup(20_000) else {
@@ -485,10 +493,7 @@ fn two_ranks_on_the_emulated_gpu_update_as_one_process() {
         a.extend(["--device".into(), "cuda".into()]);
         a
     };
-    let path = match std::env::var("LD_LIBRARY_PATH") {
-        Ok(p) if !p.is_empty() => format!("{}:{p}", libs.display()),
-        _ => libs.display().to_string(),
-    };
+    let path = library_path_with(&libs);
     let one = dir.path().join("one");
     let mut single = Command::new(env!("CARGO_BIN_EXE_terse"));
     single.args(with_gpu(&one)).env("LD_LIBRARY_PATH", &path);
@@ -628,10 +633,7 @@ fn ranks_without_nccl_all_refuse_and_write_nothing() {
     let out = dir.path().join("run");
     let mut args = train_args(&data, &out, 2);
     args.extend(["--device".into(), "cuda".into()]);
-    let path = match std::env::var("LD_LIBRARY_PATH") {
-        Ok(p) if !p.is_empty() => format!("{}:{p}", libs.display()),
-        _ => libs.display().to_string(),
-    };
+    let path = library_path_with(&libs);
     let missing = dir.path().join("libnccl.so.2").display().to_string();
     let mut c = mpirun(2, env!("CARGO_BIN_EXE_terse"), &strs(&args));
     c.env("LD_LIBRARY_PATH", &path)
