@@ -1414,6 +1414,55 @@ fn accumulated_passes_match_one_pass() {
     );
 }
 
+/// A run of one process, as a [`Group`](terse::dist::Group) (NCCL's binding needs one).
+struct Alone;
+
+impl terse::dist::Group for Alone {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn allgather(&self, mine: &[u8], all: &mut [u8]) -> anyhow::Result<()> {
+        all.copy_from_slice(mine);
+        Ok(())
+    }
+    fn alltoall(&self, blocks: &[u8], mine: &mut [u8]) -> anyhow::Result<()> {
+        mine.copy_from_slice(blocks);
+        Ok(())
+    }
+}
+
+/// terse's NCCL binding against the NCCL found (the emulator's stand-in here, the real library
+/// on a GPU machine: `libnccl.so.2` or `TERSE_NCCL_LIBRARY`): a one-rank communicator made from
+/// its unique id sums f32 and f64 buffers, and the sum of one rank is the buffer itself. It
+/// checks the hand-written signatures (the id passed by value, the enums) before any multi-GPU
+/// run does. Skipped, saying so, where no NCCL opens.
+#[test]
+fn nccl_binding_runs_a_one_rank_sum() {
+    use terse::backend::cuda::nccl::{Nccl, NcclComm};
+    let Some(k) = gpu("nccl binding") else {
+        return;
+    };
+    let nccl = match Nccl::open() {
+        Ok(n) => n,
+        Err(e) => return note(&format!("SKIPPED (no NCCL): nccl binding: {e:#}")),
+    };
+    let comm = NcclComm::join(nccl, &Alone, k.context()).expect("a one-rank communicator");
+    let s = k.stream();
+    let want32: Vec<f32> = (0..1000).map(|i| i as f32 * 0.25 - 7.0).collect();
+    let want64: Vec<f64> = vec![1.5, -2.25e300, 3.0];
+    let mut a = s.clone_htod(&want32).unwrap();
+    let mut b = s.clone_htod(&want64).unwrap();
+    comm.all_reduce_sum(&mut a.slice_mut(..), s).unwrap();
+    comm.all_reduce_sum(&mut b.slice_mut(1..), s).unwrap();
+    s.synchronize().unwrap();
+    assert_eq!(s.clone_dtoh(&a).unwrap(), want32);
+    assert_eq!(s.clone_dtoh(&b).unwrap(), want64);
+    note(&format!("  nccl binding: {} sums one rank", comm.library()));
+}
+
 /// Where the emulator's stand-in libnvToolsExt records NVTX ranges (`emu/nvtx.cpp`).
 const NVTX_LOG: &str = "TERSE_EMU_NVTX_LOG";
 
