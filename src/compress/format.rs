@@ -9,7 +9,7 @@ use std::io::Read;
 pub(super) const MAGIC: &[u8; 8] = b"TERSEcf\0";
 /// The format this build writes (4: `ac` may mix in each chunk's repeats); it reads every
 /// earlier one too.
-pub(super) const FORMAT_VERSION: u16 = 4;
+pub(super) const FORMAT_VERSION: u16 = 5;
 /// Magic, version, contract, fingerprint, coding, window bits, chunk bytes, and the CRC-32 of
 /// those (a damaged chunk size would otherwise make every chunk decode to the wrong length at
 /// length, before the end record could say so).

@@ -1,16 +1,17 @@
 //! Self-describing compressed files under M1's exact path (numeric contract 3), for any input
 //! bytes (text, binary, empty, not UTF-8). Each chunk is coded one of two ways ([`Coding`]):
 //! one arithmetic code under M1 with its context never reset, mixed with the chunk's own
-//! repeats (`ac`: the best ratio, the default), or Equal-Info windows (what M2 trains on). A
+//! repeats and context statistics (`ac`: the best ratio, the default), or Equal-Info windows
+//! (what M2 trains on). A
 //! chunk that xz codes shorter becomes an xz record, and one that nothing shrinks is stored as it
 //! is, so no input grows by more than 49 bytes (header and end record) and 8 per chunk.
 //!
 //! The layout ([`format`], docs/file-formats.md) is written and read front to back, a header
-//! (magic, format 4, M1's contract and fingerprint, coding, window bits, chunk bytes), one record
+//! (magic, format 5, M1's contract and fingerprint, coding, window bits, chunk bytes), one record
 //! per chunk, then an end record with the original's length and CRC-32, so the input of
 //! `compress` and of `decompress` may be a pipe and memory holds one batch of chunks. Chunks are
 //! independent (the last may be shorter), so a batch codes in lockstep ([`chunks`]) and a damaged
-//! chunk is named. Decoding also reads formats 1 to 3, checks every header field against the M1 it is
+//! chunk is named. Decoding also reads formats 1 to 4, checks every header field against the M1 it is
 //! given, every length before it allocates, and the length and CRC-32 of the result. Into a file
 //! the output is written atomically ([`crate::fsio`]): on any error no output file is left.
 
@@ -67,8 +68,9 @@ pub enum Coding {
 }
 
 impl Coding {
-    /// The `ac` coding this build writes: M1 mixed with each chunk's repeats.
-    pub const AC: Coding = Coding::Ac(AcModel::M1Repeats);
+    /// The `ac` coding this build writes: M1 mixed with each chunk's repeats and context
+    /// statistics.
+    pub const AC: Coding = Coding::Ac(AcModel::M1RepeatsContexts);
 
     /// The header's coding byte and window bits.
     fn fields(self) -> (u8, u16) {
@@ -76,18 +78,21 @@ impl Coding {
             Coding::EqualInfo { window_bits } => (1, window_bits as u16),
             Coding::Ac(AcModel::M1) => (2, 0),
             Coding::Ac(AcModel::M1Repeats) => (3, 0),
+            Coding::Ac(AcModel::M1RepeatsContexts) => (4, 0),
         }
     }
 
     /// The coding a header of format `format` names by its [`fields`](Coding::fields), or `None`
-    /// for none that format has (`ac` with repeats came with format 4).
+    /// for none that format has (`ac` with repeats came with format 4, with context statistics
+    /// too with format 5).
     fn from_fields(method: u8, bits: u16, format: u16) -> Option<Coding> {
         match (method, bits) {
             (1, bits) => Some(Coding::EqualInfo {
                 window_bits: bits as u32,
             }),
             (2, 0) => Some(Coding::Ac(AcModel::M1)),
-            (3, 0) if format >= 4 => Some(Coding::AC),
+            (3, 0) if format >= 4 => Some(Coding::Ac(AcModel::M1Repeats)),
+            (4, 0) if format >= 5 => Some(Coding::AC),
             _ => None,
         }
     }
@@ -702,7 +707,7 @@ mod tests {
         format[8] = 9;
         let e = try_with(&format);
         assert!(
-            e.contains("format version 9, this build reads 1 to 4"),
+            e.contains("format version 9, this build reads 1 to 5"),
             "{e}"
         );
         assert!(try_with(&edited(22, 7)).contains("corrupt header (coding 7"));
@@ -792,17 +797,28 @@ mod tests {
         };
         let e = format!("{:#}", as_format(2, z).unwrap_err());
         assert!(e.contains("corrupt"), "{e}");
-        // Format 2 had `ac` under M1 alone; `ac` with repeats is refused before format 4.
+        // Format 2 had `ac` under M1 alone.
         let (rep, _) = round_trip(dir.path(), m, text, Coding::Ac(AcModel::M1), 1000);
         assert_eq!(rep.xz_chunks, 0, "{rep:?}");
         let z = std::fs::read(dir.path().join("in.terse")).unwrap();
         as_format(2, z).expect("a format 2 file decodes");
         assert_eq!(std::fs::read(dir.path().join("v2")).unwrap(), text);
-        round_trip(dir.path(), m, text, Coding::AC, 1000);
+        // Format 4's `ac` (repeats, no context statistics) still decodes; it is refused before
+        // format 4, and format 5's coding before format 5.
+        round_trip(dir.path(), m, text, Coding::Ac(AcModel::M1Repeats), 1000);
         let z = std::fs::read(dir.path().join("in.terse")).unwrap();
+        as_format(4, z.clone()).expect("a format 4 file decodes");
+        assert_eq!(std::fs::read(dir.path().join("v2")).unwrap(), text);
         let e = format!("{:#}", as_format(3, z).unwrap_err());
         assert!(
             e.contains("corrupt header (coding 3, window bits 0)"),
+            "{e}"
+        );
+        round_trip(dir.path(), m, text, Coding::AC, 1000);
+        let z = std::fs::read(dir.path().join("in.terse")).unwrap();
+        let e = format!("{:#}", as_format(4, z).unwrap_err());
+        assert!(
+            e.contains("corrupt header (coding 4, window bits 0)"),
             "{e}"
         );
     }

@@ -32,10 +32,12 @@
 //! there is one implementation of each.
 
 use crate::coder::{
-    bytes_to_tokens, tokens_to_bytes, Cdf, CdfQuantizer, Repeats, StreamDecoder, StreamEncoder,
+    bytes_to_tokens, tokens_to_bytes, Cdf, CdfQuantizer, Contexts, Repeats, StreamDecoder,
+    StreamEncoder,
 };
 use crate::m1::{run_tasks, CpuM1Batch, Feed, Int8M1, M1Batch, StreamTask};
 use anyhow::{ensure, Result};
+use std::borrow::Cow;
 
 /// The probabilities an `ac` code is made under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,16 +45,48 @@ pub enum AcModel {
     /// M1's own: the paper's baseline (what M2 trains on), and `terse compress` before format 4.
     M1,
     /// M1's mixed with the chunk's own repeats ([`Repeats`], one per chunk): `terse compress`
-    /// from format 4.
+    /// in format 4.
     M1Repeats,
+    /// That, mixed in turn with the chunk's own context statistics ([`Contexts`], one per
+    /// chunk): `terse compress` from format 5.
+    M1RepeatsContexts,
 }
 
 impl AcModel {
-    /// A chunk's repeats model of `len` bytes, when this model has one.
-    fn repeats(self, len: usize) -> Option<Repeats> {
-        match self {
-            AcModel::M1 => None,
-            AcModel::M1Repeats => Some(Repeats::new(len)),
+    /// The per-chunk models of a chunk of `len` bytes.
+    fn chunk_models(self, len: usize) -> ChunkModels {
+        let repeats = (self != AcModel::M1).then(|| Repeats::new(len));
+        let contexts = (self == AcModel::M1RepeatsContexts).then(Contexts::new);
+        ChunkModels { repeats, contexts }
+    }
+}
+
+/// What a chunk learns of itself as it is coded, on top of M1 (none under [`AcModel::M1`]).
+struct ChunkModels {
+    repeats: Option<Repeats>,
+    contexts: Option<Contexts>,
+}
+
+impl ChunkModels {
+    /// The CDF to code the byte after `history` with, from M1's `cdf`.
+    fn predict<'c>(&mut self, history: &[u8], cdf: &'c Cdf) -> Cow<'c, Cdf> {
+        let cdf = match &mut self.repeats {
+            Some(r) => r.predict(history, cdf),
+            None => Cow::Borrowed(cdf),
+        };
+        match &mut self.contexts {
+            Some(c) => Cow::Owned(c.predict(history, &cdf)),
+            None => cdf,
+        }
+    }
+
+    /// Learns from the byte just coded, the last of `history`.
+    fn update(&mut self, history: &[u8]) {
+        if let Some(r) = &mut self.repeats {
+            r.update(history);
+        }
+        if let Some(c) = &mut self.contexts {
+            c.update(history);
         }
     }
 }
@@ -96,7 +130,7 @@ pub fn encode_chunks(
             chunk,
             coded: 0,
             coder: StreamEncoder::new(),
-            repeats: model.repeats(chunk.len()),
+            models: model.chunk_models(chunk.len()),
         })
         .collect();
     run_tasks(batch, &CdfQuantizer::default(), tasks)?
@@ -125,7 +159,7 @@ pub fn decode_chunks(
             coder: StreamDecoder::new(bytes),
             out: Vec::with_capacity(len.min(1 << 20)), // the length may be corrupt
             len,
-            repeats: model.repeats(len),
+            models: model.chunk_models(len),
         })
         .collect();
     Ok(run_tasks(batch, &CdfQuantizer::default(), tasks)?
@@ -139,7 +173,7 @@ struct Encoding<'c> {
     chunk: &'c [u8],
     coded: usize,
     coder: StreamEncoder,
-    repeats: Option<Repeats>,
+    models: ChunkModels,
 }
 
 impl StreamTask for Encoding<'_> {
@@ -153,13 +187,9 @@ impl StreamTask for Encoding<'_> {
 
     fn take(&mut self, cdf: &Cdf) -> Result<()> {
         let (k, byte) = (self.coded, self.chunk[self.coded]);
-        match &mut self.repeats {
-            Some(r) => {
-                self.coder.encode(byte, &r.predict(&self.chunk[..k], cdf));
-                r.update(&self.chunk[..=k]);
-            }
-            None => self.coder.encode(byte, cdf),
-        }
+        self.coder
+            .encode(byte, &self.models.predict(&self.chunk[..k], cdf));
+        self.models.update(&self.chunk[..=k]);
         self.coded += 1;
         Ok(())
     }
@@ -170,7 +200,7 @@ struct Decoding<'t> {
     coder: StreamDecoder<'t>,
     out: Vec<u8>,
     len: usize,
-    repeats: Option<Repeats>,
+    models: ChunkModels,
 }
 
 impl StreamTask for Decoding<'_> {
@@ -183,14 +213,9 @@ impl StreamTask for Decoding<'_> {
     }
 
     fn take(&mut self, cdf: &Cdf) -> Result<()> {
-        match &mut self.repeats {
-            Some(r) => {
-                let byte = self.coder.decode(&r.predict(&self.out, cdf));
-                self.out.push(byte);
-                r.update(&self.out);
-            }
-            None => self.out.push(self.coder.decode(cdf)),
-        }
+        let byte = self.coder.decode(&self.models.predict(&self.out, cdf));
+        self.out.push(byte);
+        self.models.update(&self.out);
         Ok(())
     }
 }
