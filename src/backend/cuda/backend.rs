@@ -50,7 +50,7 @@ use crate::dist::{Group, OnEveryRank};
 use crate::model::Batch;
 use crate::model::{ModelConfig, ParamArena, TensorSpec};
 use acts::{Acts, EmbedGrad};
-use allreduce::{GradAllReduce, DEFAULT_BUCKET_BYTES};
+use allreduce::GradAllReduce;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use cudarc::driver::CudaSlice;
 use metrics::MetricsRing;
@@ -362,18 +362,17 @@ impl<T: GpuFloat> CudaTrainer<T> {
                 index,
                 count: passes,
             };
-            let last = index + 1 == passes;
-            match self.allreduce.take() {
-                Some(mut sync) if last => {
-                    let enqueued = self.enqueue_gradients(rows_total, pass, Some(&mut sync));
-                    self.allreduce = Some(sync);
-                    enqueued?;
-                }
-                sync => {
-                    self.allreduce = sync;
-                    self.enqueue_gradients(rows_total, pass, None)?;
-                }
+            // NCCL's buckets go during the last pass's backward.
+            let mut sync = if index + 1 == passes {
+                self.allreduce.take()
+            } else {
+                None
+            };
+            let enqueued = self.enqueue_gradients(rows_total, pass, sync.as_mut());
+            if sync.is_some() {
+                self.allreduce = sync;
             }
+            enqueued?;
         }
         if let (Some(g), None) = (&group, &self.allreduce) {
             let s = self.k.stream().clone();
@@ -549,16 +548,11 @@ impl<T: GpuFloat> Backend for CudaTrainer<T> {
         if let Some(g) = group.as_deref().filter(|g| g.size() > 1) {
             if let Some(nccl) = super::nccl::choose(g)? {
                 let comm = NcclComm::join(nccl, g, self.k.context())?;
-                let bucket_bytes = std::env::var("TERSE_CUDA_BUCKET_KIB")
-                    .ok()
-                    .and_then(|x| x.parse::<usize>().ok())
-                    .map_or(DEFAULT_BUCKET_BYTES, |kib| kib << 10);
                 self.allreduce = Some(GradAllReduce::new(
                     comm,
                     self.k.context(),
                     &self.backward_done_from(),
                     self.grads.len(),
-                    bucket_bytes,
                 )?);
             }
         }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 /// DDP's default bucket: large enough that a transfer's latency is small beside its bytes, small
 /// enough that the first one starts early in the backward. `TERSE_CUDA_BUCKET_KIB` overrides it.
-pub(super) const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
+const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 
 /// Splits a gradient of `total` values into buckets at the offsets where the backward pass
 /// finishes a part of it (`done_from`, decreasing, the last 0): consecutive parts are merged
@@ -65,8 +65,11 @@ impl GradAllReduce {
         ctx: &Arc<CudaContext>,
         done_from: &[usize],
         total: usize,
-        bucket_bytes: usize,
     ) -> Result<Self> {
+        let bucket_bytes = std::env::var("TERSE_CUDA_BUCKET_KIB")
+            .ok()
+            .and_then(|x| x.parse::<usize>().ok())
+            .map_or(DEFAULT_BUCKET_BYTES, |kib| kib << 10);
         let min_len = (bucket_bytes / 4).max(1);
         Ok(GradAllReduce {
             comm,
