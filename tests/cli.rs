@@ -766,6 +766,23 @@ fn compress_and_decompress_through_pipes() {
     assert!(stderr(&cut).contains("truncated"), "{}", stderr(&cut));
 }
 
+/// A file written by an earlier build decodes with this one, byte for byte: the built-in M1's
+/// format 5 coding of 8,000 bytes of the bundled sample, kept as it was written (2026-12-06, the
+/// last build that wrote format 5).
+#[test]
+fn format_5_files_from_an_earlier_build_decode() {
+    let books = include_bytes!("../data/sample-books.txt");
+    let old = include_bytes!("fixtures/books-400000-8000.format5.terse");
+    assert_eq!(
+        u16::from_le_bytes([old[8], old[9]]),
+        5,
+        "the fixture's format"
+    );
+    let back = run(&["decompress", "-", "-"], old);
+    assert!(back.status.success(), "{}", stderr(&back));
+    assert_eq!(back.stdout, &books[400_000..408_000]);
+}
+
 /// Without --m1, compress and decompress use the M1 built into the binary: English text through
 /// pipes comes back byte for byte at well under gzip's size, and a file coded with another M1 is
 /// refused naming the flag that would decode it.

@@ -17,8 +17,9 @@
 //! - [`pack`]: window codes and byte streams to 8- or 16-bit tokens, MSB first, and back.
 //! - [`repeats`]: [`Repeats`], an integer model of a chunk's own history (the byte that followed
 //!   the last occurrence of the current context) mixed into M1's CDF, for `terse compress`.
-//! - [`contexts`]: [`Contexts`], a chunk's own order-0 to order-6 byte statistics mixed
-//!   geometrically with that CDF, for `terse compress` from format 5.
+//! - [`contexts`]: [`Contexts`], a chunk's own statistics of the bytes after its short contexts
+//!   (up to 8 bytes) mixed geometrically with that CDF, for `terse compress` from format 5, by
+//!   the [`ContextsRecipe`] its format names.
 //!
 //! Every decoder here is total: no input bytes, code or token makes it panic or loop forever.
 
@@ -32,7 +33,7 @@ pub mod window;
 pub use cdf::{
     min_f_min, Cdf, CdfQuantizer, DEFAULT_F_MIN, DEFAULT_TOTAL_BITS, MAX_TOTAL_BITS, MIN_TOTAL_BITS,
 };
-pub use contexts::Contexts;
+pub use contexts::{Contexts, ContextsRecipe};
 pub use pack::{bytes_to_tokens, codes_to_tokens, tokens_to_bytes, tokens_to_codes};
 pub use repeats::Repeats;
 pub use stream::{StreamDecoder, StreamEncoder};

@@ -1,15 +1,16 @@
 //! The `.terse` layout (docs/file-formats.md): a header, one record per chunk, an end record with
 //! the original's length and CRC-32; written and read front to back, so either side may be a
-//! pipe. Also reads format 3 (no `ac` with repeats), format 2 (no xz records either) and format 1
+//! pipe. Also reads format 5 (context statistics by their first recipe only), format 4 (no
+//! context statistics), format 3 (no `ac` with repeats), format 2 (no xz records either) and format 1
 //! (length and CRC-32 in the header, no stored chunks, no end record).
 
 use anyhow::{bail, ensure, Context, Result};
 use std::io::Read;
 
 pub(super) const MAGIC: &[u8; 8] = b"TERSEcf\0";
-/// The format this build writes (4: `ac` may mix in each chunk's repeats); it reads every
-/// earlier one too.
-pub(super) const FORMAT_VERSION: u16 = 5;
+/// The format this build writes (6: `ac` may mix in each chunk's context statistics by their
+/// second recipe); it reads every earlier one too.
+pub(super) const FORMAT_VERSION: u16 = 6;
 /// Magic, version, contract, fingerprint, coding, window bits, chunk bytes, and the CRC-32 of
 /// those (a damaged chunk size would otherwise make every chunk decode to the wrong length at
 /// length, before the end record could say so).

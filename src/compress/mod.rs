@@ -7,11 +7,11 @@
 //! is, so no input grows by more than 49 bytes (header and end record) and 8 per chunk.
 //!
 //! The layout ([`format`], docs/file-formats.md) is written and read front to back, a header
-//! (magic, format 5, M1's contract and fingerprint, coding, window bits, chunk bytes), one record
+//! (magic, format 6, M1's contract and fingerprint, coding, window bits, chunk bytes), one record
 //! per chunk, then an end record with the original's length and CRC-32, so the input of
 //! `compress` and of `decompress` may be a pipe and memory holds one batch of chunks. Chunks are
 //! independent (the last may be shorter), so a batch codes in lockstep ([`chunks`]) and a damaged
-//! chunk is named. Decoding also reads formats 1 to 4, checks every header field against the M1 it is
+//! chunk is named. Decoding also reads formats 1 to 5, checks every header field against the M1 it is
 //! given, every length before it allocates, and the length and CRC-32 of the result. Into a file
 //! the output is written atomically ([`crate::fsio`]): on any error no output file is left.
 
@@ -20,6 +20,7 @@ mod classic;
 mod format;
 mod progress;
 
+use crate::coder::ContextsRecipe;
 use crate::fsio::{AtomicFile, Existing};
 use crate::m1::{Int8M1, CONTRACT_VERSION};
 use crate::tokenize::ac::AcModel;
@@ -69,8 +70,8 @@ pub enum Coding {
 
 impl Coding {
     /// The `ac` coding this build writes: M1 mixed with each chunk's repeats and context
-    /// statistics.
-    pub const AC: Coding = Coding::Ac(AcModel::M1RepeatsContexts);
+    /// statistics, by format 6's recipe.
+    pub const AC: Coding = Coding::Ac(AcModel::M1RepeatsContexts(ContextsRecipe::Format6));
 
     /// The header's coding byte and window bits.
     fn fields(self) -> (u8, u16) {
@@ -78,13 +79,14 @@ impl Coding {
             Coding::EqualInfo { window_bits } => (1, window_bits as u16),
             Coding::Ac(AcModel::M1) => (2, 0),
             Coding::Ac(AcModel::M1Repeats) => (3, 0),
-            Coding::Ac(AcModel::M1RepeatsContexts) => (4, 0),
+            Coding::Ac(AcModel::M1RepeatsContexts(ContextsRecipe::Format5)) => (4, 0),
+            Coding::Ac(AcModel::M1RepeatsContexts(ContextsRecipe::Format6)) => (5, 0),
         }
     }
 
     /// The coding a header of format `format` names by its [`fields`](Coding::fields), or `None`
     /// for none that format has (`ac` with repeats came with format 4, with context statistics
-    /// too with format 5).
+    /// too with format 5, by their second recipe with format 6).
     fn from_fields(method: u8, bits: u16, format: u16) -> Option<Coding> {
         match (method, bits) {
             (1, bits) => Some(Coding::EqualInfo {
@@ -92,7 +94,10 @@ impl Coding {
             }),
             (2, 0) => Some(Coding::Ac(AcModel::M1)),
             (3, 0) if format >= 4 => Some(Coding::Ac(AcModel::M1Repeats)),
-            (4, 0) if format >= 5 => Some(Coding::AC),
+            (4, 0) if format >= 5 => Some(Coding::Ac(AcModel::M1RepeatsContexts(
+                ContextsRecipe::Format5,
+            ))),
+            (5, 0) if format >= 6 => Some(Coding::AC),
             _ => None,
         }
     }
@@ -707,7 +712,7 @@ mod tests {
         format[8] = 9;
         let e = try_with(&format);
         assert!(
-            e.contains("format version 9, this build reads 1 to 5"),
+            e.contains("format version 9, this build reads 1 to 6"),
             "{e}"
         );
         assert!(try_with(&edited(22, 7)).contains("corrupt header (coding 7"));
@@ -757,7 +762,9 @@ mod tests {
     }
 
     /// Chunks M1 codes worse than xz (here a block of random bytes repeated at a distance past
-    /// M1's context, which only a long-range matcher finds) are xz records, and the file
+    /// M1's context, under format 4's coding, whose repeats model alone does not make up for an
+    /// M1 that pays more than 8 bits a random byte; format 6's context statistics learn the
+    /// block and beat xz on it) are xz records, and the file
     /// round-trips; format 2, which has no xz records, is refused on them, and a format 2 file
     /// (only coded and stored records) still decodes.
     #[test]
@@ -768,7 +775,9 @@ mod tests {
         let mut r = Rng::new(9);
         let block: Vec<u8> = (0..300).map(|_| r.below(256) as u8).collect();
         let input = [text, &block.repeat(10)[..], text].concat();
-        for coding in [Coding::AC, EQUAL_INFO_16] {
+        let (rep, _) = round_trip(dir.path(), m, &input, Coding::AC, 1000);
+        assert_eq!(rep.xz_chunks, 0, "{rep:?}");
+        for coding in [Coding::Ac(AcModel::M1Repeats), EQUAL_INFO_16] {
             // The text chunks sit at chunk boundaries, so they code as the text alone does.
             let (_, text_only) = round_trip(dir.path(), m, &[text, text].concat(), coding, 1000);
             let (rep, size) = round_trip(dir.path(), m, &input, coding, 1000);
@@ -804,7 +813,7 @@ mod tests {
         as_format(2, z).expect("a format 2 file decodes");
         assert_eq!(std::fs::read(dir.path().join("v2")).unwrap(), text);
         // Format 4's `ac` (repeats, no context statistics) still decodes; it is refused before
-        // format 4, and format 5's coding before format 5.
+        // format 4, format 5's coding before format 5, and format 6's before format 6.
         round_trip(dir.path(), m, text, Coding::Ac(AcModel::M1Repeats), 1000);
         let z = std::fs::read(dir.path().join("in.terse")).unwrap();
         as_format(4, z.clone()).expect("a format 4 file decodes");
@@ -814,13 +823,18 @@ mod tests {
             e.contains("corrupt header (coding 3, window bits 0)"),
             "{e}"
         );
-        round_trip(dir.path(), m, text, Coding::AC, 1000);
-        let z = std::fs::read(dir.path().join("in.terse")).unwrap();
-        let e = format!("{:#}", as_format(4, z).unwrap_err());
-        assert!(
-            e.contains("corrupt header (coding 4, window bits 0)"),
-            "{e}"
-        );
+        let format_5 = Coding::Ac(AcModel::M1RepeatsContexts(ContextsRecipe::Format5));
+        for (format, coding, field) in [(5, format_5, 4), (6, Coding::AC, 5)] {
+            round_trip(dir.path(), m, text, coding, 1000);
+            let z = std::fs::read(dir.path().join("in.terse")).unwrap();
+            as_format(format, z.clone()).expect("a file of its format decodes");
+            assert_eq!(std::fs::read(dir.path().join("v2")).unwrap(), text);
+            let e = format!("{:#}", as_format(format - 1, z).unwrap_err());
+            assert!(
+                e.contains(&format!("corrupt header (coding {field}, window bits 0)")),
+                "{e}"
+            );
+        }
     }
 
     /// A file of more chunks than one batch holds (coded and stored ones mixed) round-trips,

@@ -32,8 +32,8 @@
 //! there is one implementation of each.
 
 use crate::coder::{
-    bytes_to_tokens, tokens_to_bytes, Cdf, CdfQuantizer, Contexts, Repeats, StreamDecoder,
-    StreamEncoder,
+    bytes_to_tokens, tokens_to_bytes, Cdf, CdfQuantizer, Contexts, ContextsRecipe, Repeats,
+    StreamDecoder, StreamEncoder,
 };
 use crate::m1::{run_tasks, CpuM1Batch, Feed, Int8M1, M1Batch, StreamTask};
 use anyhow::{ensure, Result};
@@ -48,15 +48,18 @@ pub enum AcModel {
     /// in format 4.
     M1Repeats,
     /// That, mixed in turn with the chunk's own context statistics ([`Contexts`], one per
-    /// chunk): `terse compress` from format 5.
-    M1RepeatsContexts,
+    /// chunk, by the recipe given): `terse compress` from format 5.
+    M1RepeatsContexts(ContextsRecipe),
 }
 
 impl AcModel {
     /// The per-chunk models of a chunk of `len` bytes.
     fn chunk_models(self, len: usize) -> ChunkModels {
         let repeats = (self != AcModel::M1).then(|| Repeats::new(len));
-        let contexts = (self == AcModel::M1RepeatsContexts).then(Contexts::new);
+        let contexts = match self {
+            AcModel::M1RepeatsContexts(recipe) => Some(Contexts::new(recipe)),
+            AcModel::M1 | AcModel::M1Repeats => None,
+        };
         ChunkModels { repeats, contexts }
     }
 }
