@@ -1094,7 +1094,7 @@ proptest! {
             .map(|c| EqualInfo::new(reference, 16).unwrap().encode(c).unwrap().codes)
             .collect();
         // `ac` with repeats: M1's CDFs and the chunk's own history, the same on every batch.
-        let ac_ref = ac::encode_chunks(&mut CpuM1Batch::new(reference, 1), &chunks, 16, ac::AcModel::M1Repeats).unwrap();
+        let ac_ref = ac::encode_chunks(&mut CpuM1Batch::new(reference, 1), &chunks, 16, &mut ac::ChunkModelStore::new(ac::AcModel::M1Repeats)).unwrap();
         for m1 in m1s {
             for threads in [1, 2] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -1117,7 +1117,7 @@ proptest! {
                         .map(|w| w.codes)
                         .collect();
                     let ac_tokens =
-                        ac::encode_chunks(&mut *batch, &chunks, 16, ac::AcModel::M1Repeats).unwrap();
+                        ac::encode_chunks(&mut *batch, &chunks, 16, &mut ac::ChunkModelStore::new(ac::AcModel::M1Repeats)).unwrap();
                     let back = coder.decode_codes(&mut *batch, &ei.concat()).unwrap().concat();
                     (ei, ac_tokens, back)
                 });

@@ -288,19 +288,35 @@ impl Contexts {
     /// An empty model, before a chunk's first byte: it starts by returning the given CDF's
     /// distribution (to the exponential table's rounding).
     pub fn new(recipe: ContextsRecipe) -> Self {
-        let mut start = [0; INPUTS];
-        start[0] = WEIGHT_ONE;
-        Contexts {
+        let mut c = Contexts {
             recipe,
             pair_weights: [[0; INPUTS]; KINDS * KINDS],
             all_weights: [0; INPUTS],
             order0: [0; 256],
             tables: Default::default(),
-            weights: vec![start; SETS],
+            weights: vec![[0; INPUTS]; SETS],
             logs: Box::new([[0; 256]; INPUTS]),
             freqs: [0; 256],
             pending: None,
+        };
+        c.reset();
+        c
+    }
+
+    /// Back to the empty model of [`new`](Contexts::new), keeping the memory its tables took:
+    /// a coder that codes chunk after chunk takes memory once, not once a chunk.
+    pub fn reset(&mut self) {
+        let mut start = [0; INPUTS];
+        start[0] = WEIGHT_ONE;
+        self.weights.fill(start);
+        self.pair_weights = [[0; INPUTS]; KINDS * KINDS];
+        self.all_weights = [0; INPUTS];
+        self.order0 = [0; 256];
+        for t in &mut self.tables {
+            t.heads.clear();
+            t.nodes.clear();
         }
+        self.pending = None;
     }
 
     /// The CDF to code the byte after `history` with: `cdf` (total `2^16`) mixed with the

@@ -103,19 +103,33 @@ impl Repeats {
     /// An empty model for a chunk of `chunk_len` bytes (which sizes its table), before its
     /// first byte.
     pub fn new(chunk_len: usize) -> Self {
-        let hash_bits = chunk_len
+        let mut r = Repeats {
+            table: Vec::new(),
+            hash_bits: 0,
+            ptr: 0,
+            len: 0,
+            hits: [(0, 0); BUCKETS],
+            weights: [[0; 3]; BUCKETS],
+            pending: None,
+        };
+        r.reset(chunk_len);
+        r
+    }
+
+    /// Back to the empty model of [`new`](Repeats::new) for a chunk of `chunk_len` bytes,
+    /// keeping its table's memory.
+    pub fn reset(&mut self, chunk_len: usize) {
+        self.hash_bits = chunk_len
             .next_power_of_two()
             .ilog2()
             .clamp(*HASH_BITS.start(), *HASH_BITS.end());
-        Repeats {
-            table: vec![0; 1 << hash_bits],
-            hash_bits,
-            ptr: 0,
-            len: 0,
-            hits: [(1 << 15, 0); BUCKETS],
-            weights: [[WEIGHT_ONE * 3 / 10, WEIGHT_ONE * 7 / 10, 0]; BUCKETS],
-            pending: None,
-        }
+        self.table.clear();
+        self.table.resize(1 << self.hash_bits, 0);
+        self.ptr = 0;
+        self.len = 0;
+        self.hits = [(1 << 15, 0); BUCKETS];
+        self.weights = [[WEIGHT_ONE * 3 / 10, WEIGHT_ONE * 7 / 10, 0]; BUCKETS];
+        self.pending = None;
     }
 
     /// The CDF to code the byte after `history` with: `cdf` (M1's) reshaped so that the byte the

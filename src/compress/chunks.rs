@@ -8,7 +8,7 @@ use super::classic::xz_chunk;
 use super::format::{STORED, XZ};
 use super::{Coding, BATCH_CHUNKS};
 use crate::m1::{CpuM1Batch, Int8M1};
-use crate::tokenize::ac::{self, AcModel};
+use crate::tokenize::ac::{self, AcModel, ChunkModelStore};
 use crate::tokenize::equal_info::EqualInfo;
 use anyhow::Result;
 use std::cell::RefCell;
@@ -32,10 +32,11 @@ pub(super) struct Chunk {
 }
 
 /// The coders of one file: the Equal-Info coder when the coding is Equal-Info, else the `ac`
-/// model.
+/// model's chunk models, kept for the whole file.
 pub(super) struct ChunkCoder<'a> {
     equal_info: Option<EqualInfo<'a>>,
-    ac_model: AcModel,
+    /// Borrowed by one coding call at a time.
+    chunk_models: RefCell<ChunkModelStore>,
     /// Borrowed by one coding call at a time.
     batch: RefCell<CpuM1Batch<'a>>,
 }
@@ -50,7 +51,7 @@ impl<'a> ChunkCoder<'a> {
         };
         Ok(ChunkCoder {
             equal_info,
-            ac_model,
+            chunk_models: RefCell::new(ChunkModelStore::new(ac_model)),
             batch: RefCell::new(CpuM1Batch::new(m1, STREAMS)),
         })
     }
@@ -76,7 +77,7 @@ impl<'a> ChunkCoder<'a> {
                     })
                     .collect()
             }
-            None => ac::encode_chunks(batch, chunks, 8, self.ac_model)?
+            None => ac::encode_chunks(batch, chunks, 8, &mut self.chunk_models.borrow_mut())?
                 .into_iter()
                 .map(|tokens| {
                     let body: Vec<u8> = tokens.into_iter().map(|t| t as u8).collect();
@@ -155,7 +156,7 @@ impl<'a> ChunkCoder<'a> {
                     &refs,
                     8,
                     &lens,
-                    self.ac_model,
+                    &mut self.chunk_models.borrow_mut(),
                 )?
             }
         }

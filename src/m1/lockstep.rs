@@ -4,7 +4,7 @@
 //!
 //! A batch made of parts ([`M1Batch::parts`], e.g. two GPUs' worth of streams in an
 //! [`M1BatchPair`](super::M1BatchPair)) steps its parts in turn: part A's step is submitted, then
-//! part B's CDFs are taken by the tasks on this thread while A computes, then A's are collected,
+//! part B's CDFs are taken by its tasks (in parallel) while A computes, then A's are collected,
 //! and so on. So a GPU computes one part's probabilities while the CPU's coder cuts the other's
 //! windows. Each stream's probabilities depend only on what it was fed since its reset (the
 //! numeric contract), so the results are the same whatever the parts, streams and schedule.
@@ -25,7 +25,7 @@ pub enum Feed {
 }
 
 /// One task: a state machine that codes one byte (or decodes one) per M1 distribution.
-pub trait StreamTask {
+pub trait StreamTask: Send {
     /// What to feed for the next distribution. A task's first feed is [`Feed::Open`] (or
     /// [`Feed::Done`] when it has nothing to do).
     fn next_feed(&self) -> Feed;
@@ -83,14 +83,36 @@ fn drive<T: StreamTask>(
             }
             let cdfs = part.collect()?;
             let fed = std::mem::take(&mut lane.fed);
-            for (&(stream, _), cdf) in fed.iter().zip(&cdfs) {
-                let task = lane.carried[stream].expect("fed streams carry a task");
-                tasks[task].take(cdf)?;
-            }
+            let taking = fed.iter().zip(&cdfs).map(|(&(stream, _), cdf)| {
+                (lane.carried[stream].expect("fed streams carry a task"), cdf)
+            });
+            take_all(tasks, taking.collect())?;
             submit_next(*part, lane, quantizer, tasks, &mut next)?;
         }
     }
     Ok(())
+}
+
+/// Hands each `(task, cdf)` pair's CDF to its task (each task at most once), the tasks in
+/// parallel: their own models (a chunk's repeats and context statistics) are the coders' share
+/// of a step. Every task takes its CDF; the error returned, if any, is the lowest-numbered
+/// task's.
+fn take_all<T: StreamTask>(tasks: &mut [T], mut taking: Vec<(usize, &Cdf)>) -> Result<()> {
+    use rayon::prelude::*;
+    taking.sort_unstable_by_key(|&(task, _)| task);
+    let mut picked = Vec::with_capacity(taking.len());
+    let (mut rest, mut base) = (tasks, 0);
+    for (task, cdf) in taking {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(task - base);
+        let (one, tail) = tail.split_first_mut().expect("a task taken once");
+        picked.push((one, cdf));
+        (rest, base) = (tail, task + 1);
+    }
+    let results: Vec<Result<()>> = picked
+        .into_par_iter()
+        .map(|(task, cdf)| task.take(cdf))
+        .collect();
+    results.into_iter().collect()
 }
 
 /// Gives each idle stream of `part` the next unfinished task, gathers every stream's feed

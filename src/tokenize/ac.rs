@@ -70,6 +70,41 @@ struct ChunkModels {
     contexts: Option<Contexts>,
 }
 
+/// The chunk models of one [`AcModel`], kept from one batch of chunks to the next: a chunk
+/// takes a model another chunk has finished with, reset, so the tables' memory is taken once
+/// for a whole file rather than freed and taken again (on whichever thread codes the chunk)
+/// batch after batch.
+pub struct ChunkModelStore {
+    model: AcModel,
+    spare: Vec<ChunkModels>,
+}
+
+impl ChunkModelStore {
+    /// An empty store for chunks coded under `model`.
+    pub fn new(model: AcModel) -> Self {
+        ChunkModelStore {
+            model,
+            spare: Vec::new(),
+        }
+    }
+
+    /// The models for a chunk of `len` bytes, as new.
+    fn take(&mut self, len: usize) -> ChunkModels {
+        match self.spare.pop() {
+            Some(mut m) => {
+                if let Some(r) = &mut m.repeats {
+                    r.reset(len);
+                }
+                if let Some(c) = &mut m.contexts {
+                    c.reset();
+                }
+                m
+            }
+            None => self.model.chunk_models(len),
+        }
+    }
+}
+
 impl ChunkModels {
     /// The CDF to code the byte after `history` with, from M1's `cdf`.
     fn predict<'c>(&mut self, history: &[u8], cdf: &'c Cdf) -> Cow<'c, Cdf> {
@@ -100,7 +135,7 @@ pub fn encode(m1: &Int8M1, chunk: &[u8], token_bits: u32) -> Result<Vec<u16>> {
         &mut CpuM1Batch::new(m1, 1),
         &[chunk],
         token_bits,
-        AcModel::M1,
+        &mut ChunkModelStore::new(AcModel::M1),
     )?;
     Ok(coded.pop().expect("one chunk"))
 }
@@ -113,19 +148,20 @@ pub fn decode(m1: &Int8M1, tokens: &[u16], token_bits: u32, byte_len: usize) -> 
         &[tokens],
         token_bits,
         &[byte_len],
-        AcModel::M1,
+        &mut ChunkModelStore::new(AcModel::M1),
     )?;
     Ok(out.pop().expect("one chunk"))
 }
 
-/// The codes of many chunks under `model` at once on `batch` (built from the same M1), one
-/// stream per chunk, all advanced one byte per step ([`run_tasks`]): under [`AcModel::M1`], the
-/// same tokens as [`encode`] chunk by chunk.
+/// The codes of many chunks at once on `batch` (built from the same M1), under the model of
+/// `store` (whose models they use and give back), one stream per chunk, all advanced one byte
+/// per step ([`run_tasks`]): under [`AcModel::M1`], the same tokens as [`encode`] chunk by
+/// chunk.
 pub fn encode_chunks(
     batch: &mut dyn M1Batch,
     chunks: &[&[u8]],
     token_bits: u32,
-    model: AcModel,
+    store: &mut ChunkModelStore,
 ) -> Result<Vec<Vec<u16>>> {
     let tasks = chunks
         .iter()
@@ -133,22 +169,26 @@ pub fn encode_chunks(
             chunk,
             coded: 0,
             coder: StreamEncoder::new(),
-            models: model.chunk_models(chunk.len()),
+            models: store.take(chunk.len()),
         })
         .collect();
     run_tasks(batch, &CdfQuantizer::default(), tasks)?
         .into_iter()
-        .map(|e| Ok(bytes_to_tokens(&e.coder.finish(), token_bits)?))
+        .map(|e| {
+            store.spare.push(e.models);
+            Ok(bytes_to_tokens(&e.coder.finish(), token_bits)?)
+        })
         .collect()
 }
 
-/// The chunks (`lens[i]` bytes from `tokens[i]`) that [`encode_chunks`] coded under `model`.
+/// The chunks (`lens[i]` bytes from `tokens[i]`) that [`encode_chunks`] coded under the model
+/// of `store`.
 pub fn decode_chunks(
     batch: &mut dyn M1Batch,
     tokens: &[&[u16]],
     token_bits: u32,
     lens: &[usize],
-    model: AcModel,
+    store: &mut ChunkModelStore,
 ) -> Result<Vec<Vec<u8>>> {
     ensure!(tokens.len() == lens.len(), "one length per chunk");
     let streams: Vec<Vec<u8>> = tokens
@@ -162,12 +202,15 @@ pub fn decode_chunks(
             coder: StreamDecoder::new(bytes),
             out: Vec::with_capacity(len.min(1 << 20)), // the length may be corrupt
             len,
-            models: model.chunk_models(len),
+            models: store.take(len),
         })
         .collect();
     Ok(run_tasks(batch, &CdfQuantizer::default(), tasks)?
         .into_iter()
-        .map(|d| d.out)
+        .map(|d| {
+            store.spare.push(d.models);
+            d.out
+        })
         .collect())
 }
 
@@ -261,12 +304,25 @@ mod tests {
         let mut batch = CpuM1Batch::new(&m1, 2);
         let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
         for bits in [8, 16] {
-            let coded = encode_chunks(&mut batch, &chunks, bits, AcModel::M1).unwrap();
+            let coded = encode_chunks(
+                &mut batch,
+                &chunks,
+                bits,
+                &mut ChunkModelStore::new(AcModel::M1),
+            )
+            .unwrap();
             for (c, t) in chunks.iter().zip(&coded) {
                 assert_eq!(t, &encode(&m1, c, bits).unwrap());
             }
             let toks: Vec<&[u16]> = coded.iter().map(Vec::as_slice).collect();
-            let back = decode_chunks(&mut batch, &toks, bits, &lens, AcModel::M1).unwrap();
+            let back = decode_chunks(
+                &mut batch,
+                &toks,
+                bits,
+                &lens,
+                &mut ChunkModelStore::new(AcModel::M1),
+            )
+            .unwrap();
             assert_eq!(back, chunks);
         }
         // With repeats: each chunk's code is its own (one stream gives the same), it decodes,
@@ -274,11 +330,22 @@ mod tests {
         let twice = [&text[..700], &text[..700]].concat();
         let chunks: Vec<&[u8]> = vec![&twice, b"", &text[700..701], &text[701..], &[9; 300]];
         let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
-        let coded = encode_chunks(&mut batch, &chunks, 8, AcModel::M1Repeats).unwrap();
-        let alone = encode_chunks(&mut CpuM1Batch::new(&m1, 1), &chunks, 8, AcModel::M1Repeats);
+        // A store's models, reset and reused from call to call (here those of chunks of other
+        // lengths), code as new ones do.
+        let mut store = ChunkModelStore::new(AcModel::M1Repeats);
+        let coded = encode_chunks(&mut batch, &chunks, 8, &mut store).unwrap();
+        let mut reversed = chunks.clone();
+        reversed.reverse();
+        encode_chunks(&mut batch, &reversed, 8, &mut store).unwrap();
+        let fresh = &mut ChunkModelStore::new(AcModel::M1Repeats);
+        let alone = encode_chunks(&mut CpuM1Batch::new(&m1, 1), &chunks, 8, fresh);
         assert_eq!(coded, alone.unwrap());
+        assert_eq!(
+            encode_chunks(&mut batch, &chunks, 8, &mut store).unwrap(),
+            coded
+        );
         let toks: Vec<&[u16]> = coded.iter().map(Vec::as_slice).collect();
-        let back = decode_chunks(&mut batch, &toks, 8, &lens, AcModel::M1Repeats).unwrap();
+        let back = decode_chunks(&mut batch, &toks, 8, &lens, &mut store).unwrap();
         assert_eq!(back, chunks);
         let plain = encode(&m1, &twice, 8).unwrap().len();
         assert!(

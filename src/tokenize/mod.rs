@@ -505,10 +505,15 @@ pub fn tokenize_corpus_with(
                     }
                 };
                 if let Codec::Ac(_) = codec {
-                    ac::encode_chunks(batch, &chunks, token_bits, ac::AcModel::M1)?
-                        .into_iter()
-                        .map(|t| Ok((t, ChunkStats::default())))
-                        .collect()
+                    ac::encode_chunks(
+                        batch,
+                        &chunks,
+                        token_bits,
+                        &mut ac::ChunkModelStore::new(ac::AcModel::M1),
+                    )?
+                    .into_iter()
+                    .map(|t| Ok((t, ChunkStats::default())))
+                    .collect()
                 } else {
                     let ei = EqualInfo::with_rule(&spec.m1, spec.window_bits, spec.rule)?;
                     ei.encode_chunks(batch, &chunks)?
@@ -621,7 +626,14 @@ fn decode_batched(
     let bits = ds.token_bits();
     let Codec::EqualInfo(e) = codec else {
         let views: Vec<&[u16]> = tokens.iter().map(|t| &t[..]).collect();
-        return ac::decode_chunks(batch, &views, bits, &lens, ac::AcModel::M1).with_context(fail);
+        return ac::decode_chunks(
+            batch,
+            &views,
+            bits,
+            &lens,
+            &mut ac::ChunkModelStore::new(ac::AcModel::M1),
+        )
+        .with_context(fail);
     };
     let codes: Vec<Vec<u128>> = tokens
         .iter()
