@@ -2,7 +2,8 @@
 //!
 //! The crate is laid out as `docs/architecture.md` describes, in layers whose imports only point
 //! down (`tests/layers.rs` checks it). At the bottom, `numerics` (the contract's shared
-//! arithmetic), `fsio` (durable file writes), `rng` and `dist` (the ranks of a run under MPI);
+//! arithmetic), `fsio` (durable file writes), `rng`, `dynlib` (C libraries opened at run time)
+//! and `dist` (the ranks of a run under MPI);
 //! above them `coder` (the arithmetic coder) and `model` (configurations, the parameter arena, batches); `checkpoint` (saved models); `m1`
 //! (exact inference, which coding runs) and `backend` (the compute: a CPU reference and, where a
 //! GPU is present, CUDA); `data` (corpus readers, byte loaders) and `tokenize` (text into token
@@ -18,6 +19,7 @@ pub mod compress;
 pub mod data;
 pub mod demo;
 pub mod dist;
+pub mod dynlib;
 pub mod eval;
 pub mod experiment;
 pub mod fsio;

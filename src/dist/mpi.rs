@@ -10,7 +10,7 @@
 //! tried first (Open MPI's under `mpirun` or PMIx, MPICH's under a PMI launcher such as Hydra).
 
 use super::Group;
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use std::ffi::{c_int, c_void};
 
 /// Where each ABI's library is looked for.
@@ -302,9 +302,7 @@ impl Mpi {
 fn lookup<T: Copy>(lib: &libloading::Library, path: &str, name: &str) -> Result<T> {
     // SAFETY: every caller names an MPI symbol with its type from mpi.h (functions) or asks for
     // an object's address only.
-    let s = unsafe { lib.get::<T>(name.as_bytes()) }
-        .with_context(|| format!("{path} lacks {name}: is it an MPI library?"))?;
-    Ok(*s)
+    unsafe { crate::dynlib::symbol(lib, path, name, "an MPI library") }
 }
 
 /// Opens `name` with its symbols global: Open MPI's own plugins resolve against them.

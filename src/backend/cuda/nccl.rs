@@ -75,9 +75,7 @@ impl Nccl {
             .with_context(|| format!("cannot open NCCL's library {path}"))?;
         fn lookup<T: Copy>(lib: &libloading::Library, path: &str, name: &str) -> Result<T> {
             // SAFETY: each caller names an NCCL function with its signature from nccl.h.
-            let s = unsafe { lib.get::<T>(name.as_bytes()) }
-                .with_context(|| format!("{path} lacks {name}: is it NCCL?"))?;
-            Ok(*s)
+            unsafe { crate::dynlib::symbol(lib, path, name, "NCCL") }
         }
         let api = Api {
             get_unique_id: lookup(&lib, &path, "ncclGetUniqueId")?,
@@ -121,21 +119,42 @@ impl Nccl {
     }
 }
 
+/// How a run's gradients are summed across ranks, as `TERSE_CUDA_ALLREDUCE` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AllReduceMode {
+    /// NCCL where every rank can open it, else through the host (unset, or `auto`).
+    Auto,
+    /// NCCL, its absence an error (`nccl`).
+    Nccl,
+    /// Through the host, NCCL not even opened (`host`).
+    Host,
+}
+
+impl AllReduceMode {
+    /// The mode a value of `TERSE_CUDA_ALLREDUCE` names (`None`: unset); any other value is
+    /// refused with the ones it may take.
+    fn parse(value: Option<&str>) -> Result<AllReduceMode, String> {
+        match value {
+            None | Some("" | "auto") => Ok(AllReduceMode::Auto),
+            Some("nccl") => Ok(AllReduceMode::Nccl),
+            Some("host") => Ok(AllReduceMode::Host),
+            Some(other) => Err(format!(
+                "TERSE_CUDA_ALLREDUCE={other} is neither nccl, host nor auto"
+            )),
+        }
+    }
+}
+
 /// Whether this rank's share of a step is summed by NCCL on the GPU or through the host, decided
 /// alike on every rank of `group`: NCCL where every rank can open it, unless
 /// `TERSE_CUDA_ALLREDUCE=host`; `TERSE_CUDA_ALLREDUCE=nccl` makes its absence an error. Fails on
 /// every rank when some ranks have NCCL and others do not (their sums would never meet).
 pub fn choose(group: &dyn Group) -> Result<Option<Nccl>> {
-    let mode = std::env::var("TERSE_CUDA_ALLREDUCE").unwrap_or_default();
-    let opened = match mode.as_str() {
-        "host" => Err(anyhow!("TERSE_CUDA_ALLREDUCE=host")),
-        "" | "auto" | "nccl" => Nccl::open(),
-        other => {
-            return Err(OnEveryRank(format!(
-                "TERSE_CUDA_ALLREDUCE={other} is neither nccl, host nor auto"
-            ))
-            .into())
-        }
+    let value = std::env::var("TERSE_CUDA_ALLREDUCE").ok();
+    let mode = AllReduceMode::parse(value.as_deref()).map_err(OnEveryRank)?;
+    let opened = match mode {
+        AllReduceMode::Host => Err(anyhow!("TERSE_CUDA_ALLREDUCE=host")),
+        AllReduceMode::Auto | AllReduceMode::Nccl => Nccl::open(),
     };
     let all = crate::dist::gather_u64(group, opened.is_ok() as u64)?;
     if let Some(r) = all.iter().position(|&ok| ok != all[0]) {
@@ -147,7 +166,7 @@ pub fn choose(group: &dyn Group) -> Result<Option<Nccl>> {
     }
     match opened {
         Ok(nccl) => Ok(Some(nccl)),
-        Err(e) if mode == "nccl" => Err(OnEveryRank(format!(
+        Err(e) if mode == AllReduceMode::Nccl => Err(OnEveryRank(format!(
             "TERSE_CUDA_ALLREDUCE=nccl, but {e:#}; install NCCL (Debian: libnccl2) or name the library in TERSE_NCCL_LIBRARY"
         ))
         .into()),
@@ -235,5 +254,30 @@ impl Drop for NcclComm {
     fn drop(&mut self) {
         // SAFETY: `comm` came from ncclCommInitRank and is not used after this.
         unsafe { (self.nccl.api.comm_abort)(self.comm) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AllReduceMode;
+
+    #[test]
+    fn allreduce_mode_takes_its_three_values_and_refuses_others() {
+        assert_eq!(AllReduceMode::parse(None), Ok(AllReduceMode::Auto));
+        for (value, mode) in [
+            ("", AllReduceMode::Auto),
+            ("auto", AllReduceMode::Auto),
+            ("nccl", AllReduceMode::Nccl),
+            ("host", AllReduceMode::Host),
+        ] {
+            assert_eq!(AllReduceMode::parse(Some(value)), Ok(mode), "{value}");
+        }
+        for bad in ["NCCL", "gpu", "host "] {
+            let e = AllReduceMode::parse(Some(bad)).unwrap_err();
+            assert!(
+                e.contains(&format!("={bad} is neither nccl, host nor auto")),
+                "{e}"
+            );
+        }
     }
 }
