@@ -2527,6 +2527,11 @@ fn emulated() -> bool {
 /// curve by `train_step_matches_cpu` and `gpu_checkpoint_evaluates_on_cpu`.
 const TOO_SLOW_TO_EMULATE: &[&str] = &["loss_curve_tracks_cpu"];
 
+/// Tests that check a page-locked copy has not landed before the host waits: the emulator models
+/// one device, whose every host wait lands all pending copies, so another test's wait in the same
+/// process could land this test's copy early. Each runs emulated in a process of its own.
+const RUN_ALONE: &[&str] = &["page_locked_download_lands_at_the_wait"];
+
 /// The tests rerun where the emulated cuBLASLt offers no epilogue (`NO_EPILOGUES`), so the
 /// step's fallback (the ReLU kernel after a plain product) runs too.
 const EPILOGUE_TESTS: &[&str] = &["gemm_matches_cpu", "train_step_matches_cpu"];
@@ -2618,7 +2623,7 @@ fn gpu_parity_on_the_emulator() {
         cmd.args(filters).args(["--exact", "--test-threads", "2"]);
         if filters.is_empty() {
             cmd.args(["--skip", "gpu_parity_on_the_emulator"]);
-            for t in TOO_SLOW_TO_EMULATE {
+            for t in TOO_SLOW_TO_EMULATE.iter().chain(RUN_ALONE) {
                 cmd.args(["--skip", t]);
             }
         }
@@ -2640,6 +2645,9 @@ fn gpu_parity_on_the_emulator() {
         );
     };
     run("every test, emulated", &[], &[]);
+    for &t in RUN_ALONE {
+        run(&format!("{t}, emulated in a process of its own"), &[t], &[]);
+    }
     run(
         "the kernel tests, reverse schedule (blocks last-to-first, warps apart)",
         KERNEL_TESTS,
@@ -2704,13 +2712,14 @@ fn check_named_tests_exist(me: &std::path::Path) {
     let named = KERNEL_TESTS
         .iter()
         .chain(TOO_SLOW_TO_EMULATE)
+        .chain(RUN_ALONE)
         .chain(EPILOGUE_TESTS)
         .chain(&["gpu_parity_on_the_emulator", "planted_bug_on_the_emulator"]);
     for name in named {
         assert!(
             listed.contains(name),
             "gpu_parity_on_the_emulator names the test {name}, which tests/gpu_parity.rs does not \
-             have (renamed or removed? update KERNEL_TESTS / TOO_SLOW_TO_EMULATE / EPILOGUE_TESTS); its tests are \
+             have (renamed or removed? update KERNEL_TESTS / TOO_SLOW_TO_EMULATE / RUN_ALONE / EPILOGUE_TESTS); its tests are \
              {listed:?}"
         );
     }
