@@ -92,12 +92,7 @@ impl ChunkModelStore {
     fn take(&mut self, len: usize) -> ChunkModels {
         match self.spare.pop() {
             Some(mut m) => {
-                if let Some(r) = &mut m.repeats {
-                    r.reset(len);
-                }
-                if let Some(c) = &mut m.contexts {
-                    c.reset();
-                }
+                m.reset(len);
                 m
             }
             None => self.model.chunk_models(len),
@@ -106,6 +101,16 @@ impl ChunkModelStore {
 }
 
 impl ChunkModels {
+    /// Back to new, for a chunk of `len` bytes, keeping the models' memory.
+    fn reset(&mut self, len: usize) {
+        if let Some(r) = &mut self.repeats {
+            r.reset(len);
+        }
+        if let Some(c) = &mut self.contexts {
+            c.reset();
+        }
+    }
+
     /// The CDF to code the byte after `history` with, from M1's `cdf`.
     fn predict<'c>(&mut self, history: &[u8], cdf: &'c Cdf) -> Cow<'c, Cdf> {
         let cdf = match &mut self.repeats {
