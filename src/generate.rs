@@ -20,8 +20,8 @@ pub use gpu::{decode_on_gpu, decode_weights, GpuContext, GpuDecoder, GPU_DECODE_
 
 use crate::m1::{ExactModel, Int8M1, Int8Model, Int8State, WindowState};
 use crate::model::ModelConfig;
-use crate::numerics::exp_contract;
 use crate::numerics::int8::I8Kernel;
+use crate::numerics::{exp_contract, on_a_worker};
 use crate::rng::Rng;
 use crate::tokenize::equal_info::EqualInfo;
 use crate::tokenize::M2_START;
@@ -353,14 +353,6 @@ impl Decoder for Int8Model {
         });
         Ok(())
     }
-}
-
-/// Runs `f` on one of rayon's worker threads. A decode step is some fifty short parallel
-/// passes; called from outside the pool, each would hand itself to a worker and wait to be
-/// woken, and at batch 1 those hand-offs cost about a tenth of the step. (Inside the pool
-/// already, `f` runs in place.)
-fn on_a_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
 }
 
 /// What a stream's model must be fed before its next token is drawn.

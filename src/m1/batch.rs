@@ -4,12 +4,9 @@
 
 use super::{Int8M1, Int8State, Probs, WINDOW_START};
 use crate::coder::{Cdf, CdfQuantizer};
+use crate::numerics::on_a_worker;
 use anyhow::{anyhow, ensure, Result};
 use rayon::prelude::*;
-
-/// The fewest streams a thread takes on its own in a step: below it, one `push_rows` over all
-/// the streams spreads each operation over the threads instead.
-const MIN_SHARE: usize = 16;
 
 /// Independent M1 contexts ("streams": Equal-Info windows, or whole `ac` chunks) advanced
 /// together. Under the numeric contract every implementation gives, stream by stream, the bits of
@@ -81,8 +78,8 @@ impl<T> PendingStep<T> {
 }
 
 /// [`M1Batch`] on the CPU: one [`Int8State`] per stream; a step is [`Int8M1::push_rows`] over
-/// the fed streams, one share of them per thread (or one call over all, its operations spread
-/// over the threads, when the shares would be small). Also refuses a first feed after a reset other than
+/// the fed streams, one share of them per thread (with one stream, its operations spread over
+/// the threads), run from a worker thread. Also refuses a first feed after a reset other than
 /// [`WINDOW_START`].
 pub struct CpuM1Batch<'a> {
     m1: &'a Int8M1,
@@ -128,20 +125,26 @@ impl M1Batch for CpuM1Batch<'_> {
             states.push(state);
         }
         let bytes: Vec<u8> = feeds.iter().map(|&(_, b)| b).collect();
-        // One share of the streams per thread, each a whole `push_rows`: the threads stay busy
-        // through the step instead of meeting at every operation's parallel section (which cost
-        // about a third of the time at a hundred streams). Rows are independent, so the bits are
-        // those of one call over all of them.
-        let share = states.len().div_ceil(rayon::current_num_threads());
-        if share < MIN_SHARE || share == states.len() {
-            return Ok(self.m1.push_rows(&mut states, &bytes));
-        }
-        let parts: Vec<Vec<Probs>> = states
-            .par_chunks_mut(share)
-            .zip(bytes.par_chunks(share))
-            .map(|(s, b)| self.m1.push_rows(s, b))
-            .collect();
-        Ok(parts.concat())
+        let m1 = self.m1;
+        // From a worker thread: the step's passes split in place instead of each being handed
+        // to the pool from outside and waited for.
+        Ok(on_a_worker(|| {
+            // One share of the streams per thread, each a whole `push_rows`: the threads stay
+            // busy through the step instead of meeting at every operation's parallel section
+            // (which cost a third of the time at a hundred streams, and a third with four
+            // streams on two cores); a share's own passes still split for idle threads to take.
+            // Rows are independent, so the bits are those of one call over all of them.
+            let share = states.len().div_ceil(rayon::current_num_threads());
+            if share == states.len() {
+                return m1.push_rows(&mut states, &bytes);
+            }
+            let parts: Vec<Vec<Probs>> = states
+                .par_chunks_mut(share)
+                .zip(bytes.par_chunks(share))
+                .map(|(s, b)| m1.push_rows(s, b))
+                .collect();
+            parts.concat()
+        }))
     }
 
     fn submit(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<()> {

@@ -10,9 +10,11 @@ mod exp;
 pub mod int4;
 pub mod int8;
 mod rope;
+mod workers;
 
 pub use exp::exp_contract;
 pub use rope::RopeTables;
+pub use workers::on_a_worker;
 
 /// Width of every attention head, in every model and on every backend.
 pub const HEAD_DIM: usize = 64;
