@@ -35,6 +35,11 @@ pub trait M1Batch: Send {
     /// [`run_tasks`](super::run_tasks) steps in turn: `[self]` for a plain batch, the two of an
     /// [`M1BatchPair`]. A part's stream indices are its own (from 0).
     fn parts(&mut self) -> Vec<&mut dyn M1Batch>;
+    /// True when every step runs on the CPU's thread pool (rayon): [`run_tasks`](super::run_tasks)
+    /// then drives the batch from one of its worker threads, so neither the steps nor the tasks'
+    /// own parallel work hand themselves to the pool from outside. False for a batch with any
+    /// GPU part, whose calls stay on the caller's thread.
+    fn runs_on_the_cpu_pool(&self) -> bool;
     /// [`submit`](Self::submit) and [`collect`](Self::collect): one step's CDFs.
     fn step_cdfs(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<Vec<Cdf>> {
         self.submit(feeds, quantizer)?;
@@ -160,6 +165,10 @@ impl M1Batch for CpuM1Batch<'_> {
     fn parts(&mut self) -> Vec<&mut dyn M1Batch> {
         vec![self]
     }
+
+    fn runs_on_the_cpu_pool(&self) -> bool {
+        true
+    }
 }
 
 /// Two batches of the same M1 as one: streams `0..a.streams()` are `a`'s, the rest `b`'s. Its
@@ -282,6 +291,10 @@ impl M1Batch for M1BatchPair<'_> {
 
     fn parts(&mut self) -> Vec<&mut dyn M1Batch> {
         vec![&mut *self.a, &mut *self.b]
+    }
+
+    fn runs_on_the_cpu_pool(&self) -> bool {
+        self.a.runs_on_the_cpu_pool() && self.b.runs_on_the_cpu_pool()
     }
 }
 

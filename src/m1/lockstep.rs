@@ -11,6 +11,7 @@
 
 use super::{M1Batch, WINDOW_START};
 use crate::coder::{Cdf, CdfQuantizer};
+use crate::numerics::on_a_worker;
 use anyhow::Result;
 
 /// What a task feeds M1 next.
@@ -35,11 +36,14 @@ pub trait StreamTask: Send {
 
 /// Runs every task to its end on `batch` (module docs) and returns them, finished, in order.
 /// Stops at the first error (a task's, or the batch's), leaving no step pending on the batch.
+/// A batch wholly on the CPU is driven from a rayon worker thread
+/// ([`runs_on_the_cpu_pool`](M1Batch::runs_on_the_cpu_pool)).
 pub fn run_tasks<T: StreamTask>(
     batch: &mut dyn M1Batch,
     quantizer: &CdfQuantizer,
     mut tasks: Vec<T>,
 ) -> Result<Vec<T>> {
+    let on_the_pool = batch.runs_on_the_cpu_pool();
     let mut parts = batch.parts();
     let mut lanes: Vec<Lanes> = parts
         .iter()
@@ -48,7 +52,11 @@ pub fn run_tasks<T: StreamTask>(
             fed: Vec::new(),
         })
         .collect();
-    let result = drive(&mut parts, &mut lanes, quantizer, &mut tasks);
+    let result = if on_the_pool {
+        on_a_worker(|| drive(&mut parts, &mut lanes, quantizer, &mut tasks))
+    } else {
+        drive(&mut parts, &mut lanes, quantizer, &mut tasks)
+    };
     if result.is_err() {
         // Whatever the error, a later run on this batch must not find a step pending.
         for (part, lane) in parts.iter_mut().zip(&lanes) {

@@ -210,6 +210,10 @@ impl M1Batch for GpuInt8M1 {
     fn parts(&mut self) -> Vec<&mut dyn M1Batch> {
         vec![self]
     }
+
+    fn runs_on_the_cpu_pool(&self) -> bool {
+        false // the CUDA context is the caller's thread's
+    }
 }
 
 /// `m1q_cdf` over the first `rows` distributions of `probs` into `cum` (`[rows][257]`): one block
