@@ -4,7 +4,6 @@
 
 use super::{Int8M1, Int8State, Probs, WINDOW_START};
 use crate::coder::{Cdf, CdfQuantizer};
-use crate::numerics::on_a_worker;
 use anyhow::{anyhow, ensure, Result};
 use rayon::prelude::*;
 
@@ -84,8 +83,8 @@ impl<T> PendingStep<T> {
 
 /// [`M1Batch`] on the CPU: one [`Int8State`] per stream; a step is [`Int8M1::push_rows`] over
 /// the fed streams, one share of them per thread (with one stream, its operations spread over
-/// the threads), run from a worker thread. Also refuses a first feed after a reset other than
-/// [`WINDOW_START`].
+/// the threads); [`run_tasks`](super::run_tasks) steps it from a rayon worker. Also refuses a
+/// first feed after a reset other than [`WINDOW_START`].
 pub struct CpuM1Batch<'a> {
     m1: &'a Int8M1,
     states: Vec<Int8State>,
@@ -130,26 +129,21 @@ impl M1Batch for CpuM1Batch<'_> {
             states.push(state);
         }
         let bytes: Vec<u8> = feeds.iter().map(|&(_, b)| b).collect();
-        let m1 = self.m1;
-        // From a worker thread: the step's passes split in place instead of each being handed
-        // to the pool from outside and waited for.
-        Ok(on_a_worker(|| {
-            // One share of the streams per thread, each a whole `push_rows`: the threads stay
-            // busy through the step instead of meeting at every operation's parallel section
-            // (which cost a third of the time at a hundred streams, and 44% with four streams
-            // on two cores); a share's own passes still split for idle threads to take.
-            // Rows are independent, so the bits are those of one call over all of them.
-            let share = states.len().div_ceil(rayon::current_num_threads());
-            if share == states.len() {
-                return m1.push_rows(&mut states, &bytes);
-            }
-            let parts: Vec<Vec<Probs>> = states
-                .par_chunks_mut(share)
-                .zip(bytes.par_chunks(share))
-                .map(|(s, b)| m1.push_rows(s, b))
-                .collect();
-            parts.concat()
-        }))
+        // One share of the streams per thread, each a whole `push_rows`: the threads stay busy
+        // through the step instead of meeting at every operation's parallel section (which cost
+        // a third of the time at a hundred streams, and 44% with four streams on two cores); a
+        // share's own passes still split for idle threads to take. Rows are independent, so the
+        // bits are those of one call over all of them.
+        let share = states.len().div_ceil(rayon::current_num_threads());
+        if share == states.len() {
+            return Ok(self.m1.push_rows(&mut states, &bytes));
+        }
+        let parts: Vec<Vec<Probs>> = states
+            .par_chunks_mut(share)
+            .zip(bytes.par_chunks(share))
+            .map(|(s, b)| self.m1.push_rows(s, b))
+            .collect();
+        Ok(parts.concat())
     }
 
     fn submit(&mut self, feeds: &[(usize, u8)], quantizer: &CdfQuantizer) -> Result<()> {

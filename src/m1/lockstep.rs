@@ -52,11 +52,8 @@ pub fn run_tasks<T: StreamTask>(
             fed: Vec::new(),
         })
         .collect();
-    let result = if on_the_pool {
-        on_a_worker(|| drive(&mut parts, &mut lanes, quantizer, &mut tasks))
-    } else {
-        drive(&mut parts, &mut lanes, quantizer, &mut tasks)
-    };
+    let mut run = || drive(&mut parts, &mut lanes, quantizer, &mut tasks);
+    let result = if on_the_pool { on_a_worker(run) } else { run() };
     if result.is_err() {
         // Whatever the error, a later run on this batch must not find a step pending.
         for (part, lane) in parts.iter_mut().zip(&lanes) {
